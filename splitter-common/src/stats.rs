@@ -1,0 +1,111 @@
+//! Per-CPU counters of the data path: one `u64` slot per [`Stat`].
+//!
+//! The kernel never logs per packet; it increments one of these. The agent sums
+//! the per-CPU values and shows them by [`Stat::name`].
+
+/// Index of a counter in the `SPLITTER_STATS` per-CPU array.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stat {
+    /// Every packet the ingress program saw.
+    RxPackets = 0,
+    /// Bytes of every packet the ingress program saw (whole frame).
+    RxBytes,
+    /// Frames whose EtherType is neither IPv4 nor IPv6 (ARP, LLDP, ...). Passed.
+    NonIp,
+    /// IPv4 packets with a well-formed header.
+    Ipv4,
+    /// IPv6 packets with a well-formed fixed header.
+    Ipv6,
+    /// TCP segments whose header fits in the packet.
+    Tcp,
+    /// UDP datagrams whose header fits in the packet.
+    Udp,
+    /// ICMP and ICMPv6.
+    Icmp,
+    /// Any other L4 protocol, or an IPv6 extension header we do not walk. Passed.
+    OtherL4,
+    /// IPv4 fragments after the first (no L4 header). Passed.
+    Fragment,
+    /// Frames cut short inside a header, or with an impossible header length.
+    /// Passed to the stack, which drops them with its own accounting.
+    Malformed,
+    /// Packets handed to the kernel stack (`XDP_PASS`).
+    Passed,
+    /// Packets dropped by the program (`XDP_DROP`).
+    Dropped,
+}
+
+impl Stat {
+    /// Every counter, in index order.
+    pub const ALL: [Stat; 13] = [
+        Stat::RxPackets,
+        Stat::RxBytes,
+        Stat::NonIp,
+        Stat::Ipv4,
+        Stat::Ipv6,
+        Stat::Tcp,
+        Stat::Udp,
+        Stat::Icmp,
+        Stat::OtherL4,
+        Stat::Fragment,
+        Stat::Malformed,
+        Stat::Passed,
+        Stat::Dropped,
+    ];
+
+    /// Number of slots in the stats map.
+    pub const COUNT: u32 = Self::ALL.len() as u32;
+
+    /// Stable, Prometheus-friendly name.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Stat::RxPackets => "rx_packets",
+            Stat::RxBytes => "rx_bytes",
+            Stat::NonIp => "non_ip",
+            Stat::Ipv4 => "ipv4",
+            Stat::Ipv6 => "ipv6",
+            Stat::Tcp => "tcp",
+            Stat::Udp => "udp",
+            Stat::Icmp => "icmp",
+            Stat::OtherL4 => "other_l4",
+            Stat::Fragment => "fragment",
+            Stat::Malformed => "malformed",
+            Stat::Passed => "passed",
+            Stat::Dropped => "dropped",
+        }
+    }
+
+    /// The counter at `index`, if any.
+    pub const fn from_index(index: u32) -> Option<Stat> {
+        if index < Self::COUNT {
+            Some(Self::ALL[index as usize])
+        } else {
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn indices_are_dense_and_in_order() {
+        for (i, s) in Stat::ALL.iter().enumerate() {
+            assert_eq!(*s as u32, i as u32, "{s:?} is out of place");
+            assert_eq!(Stat::from_index(i as u32), Some(*s));
+        }
+        assert_eq!(Stat::from_index(Stat::COUNT), None);
+    }
+
+    #[test]
+    fn names_are_unique_snake_case() {
+        for (i, a) in Stat::ALL.iter().enumerate() {
+            assert!(a.name().bytes().all(|b| b.is_ascii_lowercase() || b == b'_' || b.is_ascii_digit()));
+            for b in &Stat::ALL[i + 1..] {
+                assert_ne!(a.name(), b.name());
+            }
+        }
+    }
+}

@@ -1,0 +1,168 @@
+//! Parse a frame once into a `Packet` (the flow key plus header offsets).
+//!
+//! Understood: Ethernet, one 802.1Q/802.1ad tag, IPv4 (with options), IPv6
+//! (fixed header), TCP and UDP. Everything else is classified so the caller can
+//! count it and apply its written policy.
+
+use aya_ebpf::programs::XdpContext;
+use core::mem;
+use network_types::{eth::EthHdr, ip::Ipv4Hdr, ip::Ipv6Hdr, tcp::TcpHdr, udp::UdpHdr};
+use splitter_common::{stats::Stat, FlowKey, FAMILY_V4, FAMILY_V6};
+
+use crate::counters;
+
+pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+pub const IPPROTO_ICMPV6: u8 = 58;
+
+// EtherTypes as they sit in memory (network order read as little-endian u16).
+const ETH_P_IP: u16 = 0x0800u16.to_be();
+const ETH_P_IPV6: u16 = 0x86DDu16.to_be();
+const ETH_P_8021Q: u16 = 0x8100u16.to_be();
+const ETH_P_8021AD: u16 = 0x88A8u16.to_be();
+const VLAN_HLEN: usize = 4;
+// More-fragments flag clear and offset 0, in network order: 0x3fff masks both.
+const IP_MF_OFFSET_MASK: u16 = 0x3fffu16.to_be();
+
+/// A TCP or UDP packet this program understands.
+pub struct Packet {
+    pub key: FlowKey,
+    /// Offset of the IP header from the start of the frame.
+    #[allow(dead_code)] // used by the rewrite path
+    pub l3_off: usize,
+    /// Offset of the TCP/UDP header from the start of the frame.
+    #[allow(dead_code)] // used by the rewrite path
+    pub l4_off: usize,
+}
+
+/// What a well-formed packet that is not TCP/UDP turned out to be.
+pub enum Verdict {
+    NonIp,
+    Icmp,
+    OtherL4,
+    Fragment,
+}
+
+pub enum Parsed {
+    Flow(Packet),
+    Other(Verdict),
+}
+
+/// A header did not fit in the frame, or had an impossible length.
+pub struct Malformed;
+
+/// The one bounds check: a pointer to a `T` at `offset`, if the frame holds it.
+#[inline(always)]
+pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Result<*mut T, Malformed> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + offset + mem::size_of::<T>() > end {
+        return Err(Malformed);
+    }
+    Ok((start + offset) as *mut T)
+}
+
+#[inline(always)]
+pub fn parse(ctx: &XdpContext) -> Result<Parsed, Malformed> {
+    let eth: *const EthHdr = ptr_at(ctx, 0)?;
+    let mut l3_off = EthHdr::LEN;
+    // SAFETY: ptr_at checked the header is inside the frame.
+    let mut ether_type = unsafe { (*eth).ether_type };
+    if ether_type == ETH_P_8021Q || ether_type == ETH_P_8021AD {
+        // The tag's inner EtherType is its last two bytes.
+        let inner: *const u16 = ptr_at(ctx, l3_off + 2)?;
+        ether_type = unsafe { *inner };
+        l3_off += VLAN_HLEN;
+    }
+    match ether_type {
+        ETH_P_IP => parse_v4(ctx, l3_off),
+        ETH_P_IPV6 => parse_v6(ctx, l3_off),
+        _ => Ok(Parsed::Other(Verdict::NonIp)),
+    }
+}
+
+#[inline(always)]
+fn parse_v4(ctx: &XdpContext, l3_off: usize) -> Result<Parsed, Malformed> {
+    let ip: *const Ipv4Hdr = ptr_at(ctx, l3_off)?;
+    // SAFETY: bounds-checked by ptr_at.
+    let ip = unsafe { &*ip };
+    let ihl = (ip.vihl & 0x0f) as usize * 4;
+    if ip.vihl >> 4 != 4 || ihl < Ipv4Hdr::LEN {
+        return Err(Malformed);
+    }
+    counters::inc(Stat::Ipv4);
+    if u16::from_ne_bytes(ip.frags) & IP_MF_OFFSET_MASK != 0 {
+        // Any fragment: only the first carries ports, and a later one of the
+        // same datagram could not follow it. Leave reassembly to the stack.
+        return Ok(Parsed::Other(Verdict::Fragment));
+    }
+    let mut key = FlowKey {
+        src_addr: [u32::from_ne_bytes(ip.src_addr), 0, 0, 0],
+        dst_addr: [u32::from_ne_bytes(ip.dst_addr), 0, 0, 0],
+        src_port: 0,
+        dst_port: 0,
+        proto: ip.proto,
+        family: FAMILY_V4,
+        _pad: [0; 2],
+    };
+    parse_l4(ctx, &mut key, l3_off, l3_off + ihl, IPPROTO_ICMP)
+}
+
+#[inline(always)]
+fn parse_v6(ctx: &XdpContext, l3_off: usize) -> Result<Parsed, Malformed> {
+    let ip: *const Ipv6Hdr = ptr_at(ctx, l3_off)?;
+    // SAFETY: bounds-checked by ptr_at.
+    let ip = unsafe { &*ip };
+    if ip.vcf[0] >> 4 != 6 {
+        return Err(Malformed);
+    }
+    counters::inc(Stat::Ipv6);
+    let mut key = FlowKey {
+        src_addr: words(&ip.src_addr),
+        dst_addr: words(&ip.dst_addr),
+        src_port: 0,
+        dst_port: 0,
+        proto: ip.next_hdr,
+        family: FAMILY_V6,
+        _pad: [0; 2],
+    };
+    // Extension headers are not walked: they land in OtherL4 and are passed.
+    parse_l4(ctx, &mut key, l3_off, l3_off + Ipv6Hdr::LEN, IPPROTO_ICMPV6)
+}
+
+#[inline(always)]
+fn parse_l4(ctx: &XdpContext, key: &mut FlowKey, l3_off: usize, l4_off: usize, icmp: u8) -> Result<Parsed, Malformed> {
+    match key.proto {
+        IPPROTO_TCP => {
+            let tcp: *const TcpHdr = ptr_at(ctx, l4_off)?;
+            // SAFETY: bounds-checked by ptr_at.
+            let tcp = unsafe { &*tcp };
+            if (tcp.doff() as usize) * 4 < TcpHdr::LEN {
+                return Err(Malformed);
+            }
+            key.src_port = u16::from_ne_bytes(tcp.source);
+            key.dst_port = u16::from_ne_bytes(tcp.dest);
+        }
+        IPPROTO_UDP => {
+            let udp: *const UdpHdr = ptr_at(ctx, l4_off)?;
+            // SAFETY: bounds-checked by ptr_at.
+            let udp = unsafe { &*udp };
+            key.src_port = u16::from_ne_bytes(udp.src);
+            key.dst_port = u16::from_ne_bytes(udp.dst);
+        }
+        p if p == icmp => return Ok(Parsed::Other(Verdict::Icmp)),
+        _ => return Ok(Parsed::Other(Verdict::OtherL4)),
+    }
+    Ok(Parsed::Flow(Packet { key: *key, l3_off, l4_off }))
+}
+
+#[inline(always)]
+fn words(a: &[u8; 16]) -> [u32; 4] {
+    [
+        u32::from_ne_bytes([a[0], a[1], a[2], a[3]]),
+        u32::from_ne_bytes([a[4], a[5], a[6], a[7]]),
+        u32::from_ne_bytes([a[8], a[9], a[10], a[11]]),
+        u32::from_ne_bytes([a[12], a[13], a[14], a[15]]),
+    ]
+}

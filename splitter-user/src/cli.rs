@@ -1,0 +1,162 @@
+//! The command line: every verb an operator types, as clap definitions.
+//!
+//! Parsing only; `main.rs` dispatches. Verbs that talk to a running agent take
+//! `--socket` to override `control.socket` from the config file.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::dataplane::AttachMode;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "splitter",
+    version,
+    about = "eBPF/XDP traffic splitter for progressive delivery: canary, blue-green, mirroring",
+    long_about = "splitter splits new connections to a service address between versions by \
+                  weight in an XDP program, keeps established connections where they are, and \
+                  lets operators move weights, flip blue-green and roll back from this CLI."
+)]
+pub struct Cli {
+    /// Log filter (tracing EnvFilter syntax), e.g. `info` or `splitter_user=debug`.
+    #[arg(long, global = true, env = "SPLITTER_LOG", default_value = "info")]
+    pub log: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the privileged agent in the foreground: load the XDP program, attach it
+    /// to the client interfaces and serve until SIGINT/SIGTERM (systemd-friendly).
+    Run(RunArgs),
+    /// Validate a config file and exit: 0 when valid, non-zero with the error.
+    Check(CheckArgs),
+    /// Show what a running agent is doing: data-path counters (services, versions,
+    /// weights and live-vs-file differences arrive with the control socket).
+    Status(StatusArgs),
+    /// Set version weights of a service on the running agent, e.g. `shop blue=95 green=5`.
+    Weight(WeightArgs),
+    /// Blue-green: send all new connections of SERVICE to one version, in one step.
+    Flip(FlipArgs),
+    /// Undo the last runtime change to SERVICE; repeat to go further back.
+    Rollback(RollbackArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The YAML desired state.
+    #[arg(short, long, value_name = "FILE")]
+    pub config: PathBuf,
+    /// Control socket path; overrides `control.socket` from the file.
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// How XDP attaches to the interfaces.
+    #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
+    pub xdp_mode: AttachMode,
+    /// Log a counters summary this often (seconds; 0 disables).
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    pub stats_every: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// The YAML file to validate.
+    #[arg(short, long, value_name = "FILE")]
+    pub config: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Read `pin_path` (and the control socket) from this config file.
+    #[arg(short, long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// bpffs directory where the agent pins its maps; overrides the config's `pin_path`.
+    #[arg(long, value_name = "PATH")]
+    pub pin_path: Option<PathBuf>,
+    /// Control socket path; overrides `control.socket`.
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct WeightArgs {
+    /// Service name, as in the config file.
+    pub service: String,
+    /// New weights as VERSION=WEIGHT; versions not named keep their weight.
+    #[arg(required = true, value_name = "VERSION=W", value_parser = parse_weight)]
+    pub weights: Vec<(String, u32)>,
+    /// Control socket path; overrides `control.socket`.
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct FlipArgs {
+    /// Service name, as in the config file.
+    pub service: String,
+    /// The version that takes all new connections.
+    #[arg(long, value_name = "VERSION")]
+    pub to: String,
+    /// Control socket path; overrides `control.socket`.
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    /// Service name, as in the config file.
+    pub service: String,
+    /// Control socket path; overrides `control.socket`.
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+}
+
+/// Parses `VERSION=WEIGHT`.
+pub fn parse_weight(s: &str) -> Result<(String, u32), String> {
+    let (name, w) = s.split_once('=').ok_or_else(|| format!("{s:?} is not VERSION=WEIGHT (e.g. green=5)"))?;
+    if name.is_empty() {
+        return Err(format!("{s:?} has no version name before '='"));
+    }
+    let w: u32 = w
+        .parse()
+        .map_err(|_| format!("weight {w:?} of version {name:?} is not a whole number from 0 to {}", u32::MAX))?;
+    Ok((name.to_owned(), w))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn weight_arguments_parse_or_explain() {
+        assert_eq!(parse_weight("green=5"), Ok(("green".into(), 5)));
+        assert!(parse_weight("green").unwrap_err().contains("VERSION=WEIGHT"));
+        assert!(parse_weight("=5").unwrap_err().contains("no version name"));
+        assert!(parse_weight("green=-1").unwrap_err().contains("whole number"));
+        assert!(parse_weight("green=5%").unwrap_err().contains("whole number"));
+    }
+
+    #[test]
+    fn every_verb_is_there() {
+        for verb in ["run", "check", "status", "weight", "flip", "rollback"] {
+            assert!(Cli::command().find_subcommand(verb).is_some(), "missing verb {verb}");
+        }
+        let cli = Cli::try_parse_from(["splitter", "weight", "shop", "blue=95", "green=5"]).unwrap();
+        match cli.command {
+            Command::Weight(w) => assert_eq!(w.weights, [("blue".into(), 95), ("green".into(), 5)]),
+            other => panic!("parsed as {other:?}"),
+        }
+        assert!(Cli::try_parse_from(["splitter", "flip", "shop"]).is_err(), "--to is required");
+    }
+}

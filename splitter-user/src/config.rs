@@ -1,0 +1,355 @@
+//! The YAML desired state: its serde model and validation.
+//!
+//! Only this module knows YAML. `Config::from_yaml` either returns a config
+//! that every later stage can trust, or a `ConfigError` that names the field
+//! and says what to change. Nothing is applied before validation passes.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// Default control socket (`control.socket`).
+pub const DEFAULT_SOCKET: &str = "/run/splitter/splitter.sock";
+/// Default directory for persisted runtime changes (`state_dir`).
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/splitter";
+/// Default bpffs directory for pinned programs, links and maps (`pin_path`).
+pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/splitter";
+/// Linux interface names are at most 15 bytes (IFNAMSIZ - 1).
+const IFNAME_MAX: usize = 15;
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config is not valid YAML for splitter: {0}")]
+    Syntax(#[from] serde_yaml_ng::Error),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+fn invalid(msg: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid(msg.into())
+}
+
+/// The whole file.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub interfaces: Interfaces,
+    #[serde(default)]
+    pub control: Control,
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    #[serde(default = "default_pin_path")]
+    pub pin_path: PathBuf,
+    #[serde(default)]
+    pub services: BTreeMap<String, Service>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Interfaces {
+    /// Where clients arrive; the ingress XDP program attaches here.
+    pub clients: Vec<String>,
+    /// Where backends live (may repeat a client interface).
+    #[serde(default)]
+    pub backends: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Control {
+    #[serde(default = "default_socket")]
+    pub socket: PathBuf,
+}
+
+impl Default for Control {
+    fn default() -> Self {
+        Control { socket: default_socket() }
+    }
+}
+
+fn default_socket() -> PathBuf {
+    DEFAULT_SOCKET.into()
+}
+fn default_state_dir() -> PathBuf {
+    DEFAULT_STATE_DIR.into()
+}
+fn default_pin_path() -> PathBuf {
+    DEFAULT_PIN_PATH.into()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    /// IP protocol number.
+    pub const fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => 6,
+            Protocol::Udp => 17,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Split in the kernel, per connection.
+    #[default]
+    L4,
+    /// Proxy through the agent's HTTP path.
+    L7,
+}
+
+/// One service: a VIP:port/protocol split over named versions.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Service {
+    pub listen: SocketAddr,
+    pub protocol: Protocol,
+    #[serde(default)]
+    pub mode: Mode,
+    /// Version name → endpoints. Ordered by name, so every node lays out the
+    /// selection tables identically.
+    pub versions: BTreeMap<String, Vec<SocketAddr>>,
+    /// Relative weights; versions missing here weigh 0.
+    #[serde(default)]
+    pub weights: BTreeMap<String, u32>,
+}
+
+impl Service {
+    /// Weight of every version, in version order (missing ones are 0).
+    pub fn version_weights(&self) -> Vec<(&str, u32)> {
+        self.versions.keys().map(|v| (v.as_str(), self.weights.get(v).copied().unwrap_or(0))).collect()
+    }
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        Config::from_yaml(&text)
+    }
+
+    /// Parses and validates YAML text.
+    pub fn from_yaml(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = serde_yaml_ng::from_str(text)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks everything serde cannot: names, families, references, duplicates.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.interfaces.clients.is_empty() {
+            return Err(invalid("interfaces.clients is empty: name at least one interface where clients arrive"));
+        }
+        for (field, list) in [("clients", &self.interfaces.clients), ("backends", &self.interfaces.backends)] {
+            for name in list {
+                check_ifname(name).map_err(|why| invalid(format!("interfaces.{field}: {why}")))?;
+            }
+        }
+        let mut listeners = BTreeMap::new();
+        for (name, svc) in &self.services {
+            check_service(name, svc)?;
+            if let Some(other) = listeners.insert((svc.listen, svc.protocol), name) {
+                return Err(invalid(format!(
+                    "services.{name}: listen {} ({:?}) is already used by service {other:?}",
+                    svc.listen, svc.protocol
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check_ifname(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > IFNAME_MAX {
+        return Err(format!("interface name {name:?} must be 1 to {IFNAME_MAX} bytes long"));
+    }
+    if name.bytes().any(|b| b == b'/' || b.is_ascii_whitespace() || b == b':') {
+        return Err(format!("interface name {name:?} contains '/', ':' or whitespace"));
+    }
+    Ok(())
+}
+
+fn check_name(what: &str, name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("{what} name {name:?} must be 1-63 characters of [A-Za-z0-9._-]"))
+    }
+}
+
+fn check_service(name: &str, svc: &Service) -> Result<(), ConfigError> {
+    let ctx = |msg: String| invalid(format!("services.{name}: {msg}"));
+    check_name("service", name).map_err(ctx)?;
+    if svc.listen.port() == 0 {
+        return Err(ctx(format!("listen {} needs a port other than 0", svc.listen)));
+    }
+    if svc.mode == Mode::L7 && svc.protocol == Protocol::Udp {
+        return Err(ctx("mode l7 proxies HTTP and needs protocol tcp".into()));
+    }
+    if svc.versions.is_empty() {
+        return Err(ctx("versions is empty: name at least one version with its endpoints".into()));
+    }
+    for (version, endpoints) in &svc.versions {
+        check_name("version", version).map_err(ctx)?;
+        if endpoints.is_empty() {
+            return Err(ctx(format!("version {version:?} has no endpoints")));
+        }
+        let mut seen = BTreeSet::new();
+        for ep in endpoints {
+            if ep.is_ipv4() != svc.listen.is_ipv4() {
+                return Err(ctx(format!(
+                    "version {version:?}: endpoint {ep} is not in the address family of listen {}",
+                    svc.listen
+                )));
+            }
+            if ep.port() == 0 {
+                return Err(ctx(format!("version {version:?}: endpoint {ep} needs a port other than 0")));
+            }
+            if !seen.insert(ep) {
+                return Err(ctx(format!("version {version:?}: endpoint {ep} is listed twice")));
+            }
+        }
+    }
+    for version in svc.weights.keys() {
+        if !svc.versions.contains_key(version) {
+            let known: Vec<_> = svc.versions.keys().map(String::as_str).collect();
+            return Err(ctx(format!("weights names version {version:?}, which is not one of the versions {known:?}")));
+        }
+    }
+    if svc.weights.values().all(|w| *w == 0) {
+        return Err(ctx("every version weighs 0: give at least one version a positive weight".into()));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The agent issue's example file, verbatim.
+    const EXAMPLE: &str = r#"
+interfaces:
+  clients: [eth0]            # where clients arrive: XDP attaches here
+  backends: [eth1, eth2]     # where backends live (may repeat a client interface)
+control:
+  socket: /run/splitter/splitter.sock
+state_dir: /var/lib/splitter          # persisted runtime changes (weights, flips, rollback history)
+pin_path: /sys/fs/bpf/splitter        # where programs, links and maps are pinned
+services:
+  shop:
+    listen: 203.0.113.10:80
+    protocol: tcp
+    mode: l4
+    versions:
+      blue:  [198.51.100.10:8080, 198.51.100.11:8080]
+      green: [198.51.100.20:8080]
+    weights: { blue: 100, green: 0 }
+  shop6:
+    listen: "[2001:db8::10]:80"
+    protocol: tcp
+    mode: l4
+    versions:
+      blue:  ["[2001:db8:1::10]:8080"]
+      green: ["[2001:db8:2::10]:8080"]
+    weights: { blue: 95, green: 5 }
+"#;
+
+    fn err(yaml: &str) -> String {
+        Config::from_yaml(yaml).expect_err("config should be rejected").to_string()
+    }
+
+    #[test]
+    fn accepts_the_documented_example() {
+        let c = Config::from_yaml(EXAMPLE).expect("example config");
+        assert_eq!(c.interfaces.backends, ["eth1", "eth2"]);
+        let shop = &c.services["shop"];
+        assert_eq!(shop.listen, "203.0.113.10:80".parse().unwrap());
+        assert_eq!(shop.versions["blue"].len(), 2);
+        assert_eq!(shop.version_weights(), [("blue", 100), ("green", 0)]);
+        assert!(c.services["shop6"].listen.is_ipv6());
+    }
+
+    #[test]
+    fn defaults_fill_missing_sections() {
+        let c = Config::from_yaml(
+            "interfaces: {clients: [eth0]}\nservices:\n  s: {listen: 10.0.0.1:53, protocol: udp, versions: {a: [10.0.1.1:53], b: [10.0.1.2:53]}, weights: {a: 1}}\n",
+        )
+        .unwrap();
+        assert_eq!(c.control.socket, PathBuf::from(DEFAULT_SOCKET));
+        assert_eq!(c.pin_path, PathBuf::from(DEFAULT_PIN_PATH));
+        assert_eq!(c.services["s"].mode, Mode::L4);
+        assert_eq!(c.services["s"].version_weights(), [("a", 1), ("b", 0)], "missing weights are 0");
+    }
+
+    #[test]
+    fn rejects_bad_input_with_a_pointed_message() {
+        let base = |svc: &str| format!("interfaces: {{clients: [eth0]}}\nservices:\n  s: {svc}\n");
+        let cases = [
+            (
+                base("{listen: 10.0.0.1:80, protocol: tcp, versions: {a: [10.0.1.1:80]}, weights: {b: 1}}"),
+                "not one of the versions",
+            ),
+            (
+                base("{listen: 10.0.0.1:80, protocol: tcp, versions: {a: ['[2001:db8::1]:80']}, weights: {a: 1}}"),
+                "address family",
+            ),
+            (base("{listen: 10.0.0.1:80, protocol: tcp, versions: {a: []}, weights: {a: 1}}"), "has no endpoints"),
+            (base("{listen: 10.0.0.1:80, protocol: tcp, versions: {a: [10.0.1.1:80]}, weights: {a: 0}}"), "weighs 0"),
+            (base("{listen: 10.0.0.1:80, protocol: sctp, versions: {a: [10.0.1.1:80]}}"), "unknown variant"),
+            (
+                base("{listen: 10.0.0.1:80, protocol: udp, mode: l7, versions: {a: [10.0.1.1:80]}, weights: {a: 1}}"),
+                "needs protocol tcp",
+            ),
+            (base("{listen: 10.0.0.1, protocol: tcp, versions: {a: [10.0.1.1:80]}}"), "socket address"),
+            (
+                base(
+                    "{listen: 10.0.0.1:80, protocol: tcp, versions: {a: [10.0.1.1:80, 10.0.1.1:80]}, weights: {a: 1}}",
+                ),
+                "listed twice",
+            ),
+            (
+                base(
+                    "{listen: 10.0.0.1:80, protocol: tcp, versions: {a: [10.0.1.1:80]}, weights: {a: 1}, colour: red}",
+                ),
+                "unknown field",
+            ),
+            ("interfaces: {clients: []}\n".to_string(), "interfaces.clients is empty"),
+            ("interfaces: {clients: [averyveryverylongname0]}\n".to_string(), "1 to 15 bytes"),
+            ("interfaces: {clients: [eth0]}\nservices: [\n".to_string(), "not valid YAML"),
+        ];
+        for (yaml, want) in cases {
+            let msg = err(&yaml);
+            assert!(msg.contains(want), "for\n{yaml}\nexpected an error mentioning {want:?}, got: {msg}");
+        }
+    }
+
+    #[test]
+    fn rejects_two_services_on_one_listener() {
+        let msg = err(
+            "interfaces: {clients: [eth0]}\nservices:\n  a: {listen: 10.0.0.1:80, protocol: tcp, versions: {x: [10.0.1.1:80]}, weights: {x: 1}}\n  b: {listen: 10.0.0.1:80, protocol: tcp, versions: {x: [10.0.1.2:80]}, weights: {x: 1}}\n",
+        );
+        assert!(msg.contains("already used by service"), "{msg}");
+        // Same address, other protocol, is a different service.
+        Config::from_yaml(
+            "interfaces: {clients: [eth0]}\nservices:\n  a: {listen: 10.0.0.1:80, protocol: tcp, versions: {x: [10.0.1.1:80]}, weights: {x: 1}}\n  b: {listen: 10.0.0.1:80, protocol: udp, versions: {x: [10.0.1.2:80]}, weights: {x: 1}}\n",
+        )
+        .unwrap();
+    }
+}

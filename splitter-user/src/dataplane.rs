@@ -1,0 +1,195 @@
+//! The kernel side as the agent sees it: the embedded eBPF object, loading and
+//! attaching it, pinning its maps in bpffs and reading its counters.
+
+use std::{
+    io,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    include_bytes_aligned,
+    maps::{Map, MapData, PerCpuArray},
+    programs::{xdp::XdpLinkId, Xdp, XdpMode},
+    Ebpf,
+};
+use splitter_common::{
+    names::{MAP_STATS, PROG_INGRESS},
+    stats::Stat,
+};
+use thiserror::Error;
+
+/// The compiled `splitter-ebpf` object, built by this crate's build script.
+pub static OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/splitter-ebpf"));
+
+#[derive(Debug, Error)]
+pub enum DataplaneError {
+    #[error("loading the eBPF object into the kernel failed (are you root, with CAP_BPF and CAP_NET_ADMIN?): {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("the eBPF object has no {kind} named {name:?}; the binary was built from a mismatched kernel program")]
+    Missing { kind: &'static str, name: &'static str },
+    #[error("program {PROG_INGRESS}: {0}")]
+    Program(#[from] aya::programs::ProgramError),
+    #[error("attaching XDP to {ifname:?}: {source} (the interface must exist in the agent's network namespace)")]
+    Attach { ifname: String, source: aya::programs::ProgramError },
+    #[error("map {MAP_STATS}: {0}")]
+    Map(#[from] aya::maps::MapError),
+    #[error("pinning {what} at {path}: {source}")]
+    Pin { what: &'static str, path: PathBuf, source: aya::pin::PinError },
+    #[error("bpffs at {path}: {source}")]
+    Bpffs { path: PathBuf, source: io::Error },
+    #[error("no pinned counters at {path}: is `splitter run` running with this pin_path? ({source})")]
+    NotRunning { path: PathBuf, source: aya::maps::MapError },
+}
+
+/// How XDP attaches: the kernel's choice, the driver, or generic (skb) mode.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum AttachMode {
+    /// Native (driver) mode where the driver has it, else generic.
+    #[default]
+    Auto,
+    /// Driver mode only; fails on drivers without XDP support.
+    Native,
+    /// Generic mode, in the stack after the skb is built (slower, works everywhere).
+    Skb,
+}
+
+impl AttachMode {
+    fn xdp(self) -> XdpMode {
+        match self {
+            AttachMode::Auto => XdpMode::Default,
+            AttachMode::Native => XdpMode::Driver,
+            AttachMode::Skb => XdpMode::Skb,
+        }
+    }
+}
+
+/// The loaded object and the links it holds. Dropping it detaches everything.
+pub struct Dataplane {
+    ebpf: Ebpf,
+    attached: Vec<(String, XdpLinkId)>,
+    pinned: Vec<PathBuf>,
+}
+
+impl Dataplane {
+    /// Loads the embedded object and the ingress program into the kernel.
+    pub fn load() -> Result<Self, DataplaneError> {
+        let mut ebpf = Ebpf::load(OBJECT)?;
+        ingress(&mut ebpf)?.load()?;
+        Ok(Dataplane { ebpf, attached: Vec::new(), pinned: Vec::new() })
+    }
+
+    /// Attaches the ingress program to `ifname` (in this network namespace).
+    pub fn attach_ingress(&mut self, ifname: &str, mode: AttachMode) -> Result<(), DataplaneError> {
+        let prog = ingress(&mut self.ebpf)?;
+        let link = prog
+            .attach(ifname, mode.xdp())
+            .map_err(|source| DataplaneError::Attach { ifname: ifname.to_owned(), source })?;
+        self.attached.push((ifname.to_owned(), link));
+        Ok(())
+    }
+
+    /// Interfaces the ingress program is attached to.
+    pub fn attached(&self) -> impl Iterator<Item = &str> {
+        self.attached.iter().map(|(i, _)| i.as_str())
+    }
+
+    /// Pins the counters under `dir` (a bpffs directory), replacing a stale pin.
+    pub fn pin_stats(&mut self, dir: &Path) -> Result<(), DataplaneError> {
+        let path = dir.join(MAP_STATS);
+        // A pin left by an agent that died without cleaning up would make the
+        // pin fail; it belongs to no running agent (the caller holds the lock).
+        let _ = std::fs::remove_file(&path);
+        let map = self.ebpf.map(MAP_STATS).ok_or(DataplaneError::Missing { kind: "map", name: MAP_STATS })?;
+        map.pin(&path).map_err(|source| DataplaneError::Pin { what: MAP_STATS, path: path.clone(), source })?;
+        self.pinned.push(path);
+        Ok(())
+    }
+
+    /// Current counters, summed over CPUs.
+    pub fn stats(&self) -> Result<Counters, DataplaneError> {
+        let map = self.ebpf.map(MAP_STATS).ok_or(DataplaneError::Missing { kind: "map", name: MAP_STATS })?;
+        let array: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map)?;
+        Counters::read(&array)
+    }
+}
+
+impl Drop for Dataplane {
+    fn drop(&mut self) {
+        for path in &self.pinned {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+fn ingress(ebpf: &mut Ebpf) -> Result<&mut Xdp, DataplaneError> {
+    let prog = ebpf.program_mut(PROG_INGRESS).ok_or(DataplaneError::Missing { kind: "program", name: PROG_INGRESS })?;
+    Ok(prog.try_into()?)
+}
+
+/// The data path's counters, summed over CPUs, indexed by `Stat`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Counters(pub [u64; Stat::COUNT as usize]);
+
+impl Counters {
+    fn read<T: std::borrow::Borrow<MapData>>(array: &PerCpuArray<T, u64>) -> Result<Counters, DataplaneError> {
+        let mut c = Counters::default();
+        for stat in Stat::ALL {
+            let per_cpu = array.get(&(stat as u32), 0)?;
+            c.0[stat as usize] = per_cpu.iter().sum();
+        }
+        Ok(c)
+    }
+
+    /// Reads the counters an agent pinned under `pin_dir`.
+    pub fn read_pinned(pin_dir: &Path) -> Result<Counters, DataplaneError> {
+        let path = pin_dir.join(MAP_STATS);
+        let data =
+            MapData::from_pin(&path).map_err(|source| DataplaneError::NotRunning { path: path.clone(), source })?;
+        let array: PerCpuArray<MapData, u64> = PerCpuArray::try_from(Map::from_map_data(data)?)?;
+        Counters::read(&array)
+    }
+
+    pub fn get(&self, stat: Stat) -> u64 {
+        self.0[stat as usize]
+    }
+
+    /// `(name, value)` for every counter, in index order.
+    pub fn iter(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        Stat::ALL.iter().map(|s| (s.name(), self.get(*s)))
+    }
+
+    /// The counters as a JSON object `{name: value}`.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::Value::Object(self.iter().map(|(n, v)| (n.to_owned(), v.into())).collect())
+    }
+
+    /// Element-wise `self - earlier` (for deltas between two reads).
+    pub fn since(&self, earlier: &Counters) -> Counters {
+        let mut d = Counters::default();
+        for (i, slot) in d.0.iter_mut().enumerate() {
+            *slot = self.0[i].saturating_sub(earlier.0[i]);
+        }
+        d
+    }
+}
+
+/// Makes sure `dir` lives on a mounted bpffs, mounting `/sys/fs/bpf` if it is
+/// not (as on hosts without systemd's mount), then creates `dir`.
+pub fn ensure_bpffs(dir: &Path) -> Result<(), DataplaneError> {
+    let root = Path::new("/sys/fs/bpf");
+    let err = |source| DataplaneError::Bpffs { path: root.to_owned(), source };
+    let is_bpffs =
+        |p: &Path| nix::sys::statfs::statfs(p).map(|s| s.filesystem_type() == nix::sys::statfs::BPF_FS_MAGIC).unwrap_or(false);
+    if dir.starts_with(root) && !is_bpffs(root) {
+        nix::mount::mount(Some("bpf"), root, Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>)
+            .map_err(|e| err(io::Error::from(e)))?;
+    }
+    std::fs::create_dir_all(dir).map_err(|source| DataplaneError::Bpffs { path: dir.to_owned(), source })?;
+    if !is_bpffs(dir) {
+        return Err(DataplaneError::Bpffs {
+            path: dir.to_owned(),
+            source: io::Error::other("not on a bpf filesystem: set pin_path under a mounted bpffs such as /sys/fs/bpf"),
+        });
+    }
+    Ok(())
+}

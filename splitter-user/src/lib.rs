@@ -1,0 +1,8 @@
+//! The splitter agent and CLI as a library: the binary (`main.rs`) is a thin
+//! edge over these modules, and the tests package drives them directly.
+
+pub mod agent;
+pub mod cli;
+pub mod config;
+pub mod dataplane;
+pub mod demo;

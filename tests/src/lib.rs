@@ -1,0 +1,22 @@
+//! Harnesses shared by splitter's tests: network namespaces and veth pairs
+//! (`netns`), test packets (`packet`), `BPF_PROG_TEST_RUN` fixtures
+//! (`fixture`) and the real agent as a child process (`agent`).
+//!
+//! Tests that need root or the eBPF object call [`require_root`] and fail
+//! loudly when they cannot run: nothing here skips silently.
+
+pub mod agent;
+pub mod fixture;
+pub mod netns;
+pub mod packet;
+
+/// Panics unless the test runs as root (CI does). A test that needs the kernel
+/// must not pass by doing nothing.
+pub fn require_root(what: &str) {
+    if !nix::unistd::geteuid().is_root() {
+        panic!(
+            "{what} needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN): run the suite with \
+             `sudo -E cargo xtask test`. Refusing to skip silently."
+        );
+    }
+}
