@@ -178,8 +178,9 @@ impl Counters {
 pub fn ensure_bpffs(dir: &Path) -> Result<(), DataplaneError> {
     let root = Path::new("/sys/fs/bpf");
     let err = |source| DataplaneError::Bpffs { path: root.to_owned(), source };
-    let is_bpffs =
-        |p: &Path| nix::sys::statfs::statfs(p).map(|s| s.filesystem_type() == nix::sys::statfs::BPF_FS_MAGIC).unwrap_or(false);
+    let is_bpffs = |p: &Path| {
+        nix::sys::statfs::statfs(p).map(|s| s.filesystem_type() == nix::sys::statfs::BPF_FS_MAGIC).unwrap_or(false)
+    };
     if dir.starts_with(root) && !is_bpffs(root) {
         nix::mount::mount(Some("bpf"), root, Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>)
             .map_err(|e| err(io::Error::from(e)))?;

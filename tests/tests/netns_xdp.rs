@@ -10,7 +10,7 @@ use std::{
 
 use splitter_tests::{
     agent::{splitter_bin, Agent},
-    netns::{NetNs, Veth},
+    netns::{netns, NetNs, Veth},
 };
 
 const CLIENT4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
@@ -21,13 +21,13 @@ const TIMEOUT: Duration = Duration::from_secs(5);
 
 /// client ns ──veth── lb ns, addressed on both families.
 fn topology() -> (NetNs, NetNs, Veth) {
-    let client = NetNs::new("cl");
-    let lb = NetNs::new("lb");
+    let client = netns("cl");
+    let lb = netns("lb");
     let veth = Veth::new(&client, &lb);
-    client.addr(&veth.a, CLIENT4.into(), 24);
-    client.addr(&veth.a, CLIENT6.into(), 64);
-    lb.addr(&veth.b, LB4.into(), 24);
-    lb.addr(&veth.b, LB6.into(), 64);
+    client.addr(&veth.a, CLIENT4.into(), 24).unwrap();
+    client.addr(&veth.a, CLIENT6.into(), 64).unwrap();
+    lb.addr(&veth.b, LB4.into(), 24).unwrap();
+    lb.addr(&veth.b, LB6.into(), 64).unwrap();
     (client, lb, veth)
 }
 
@@ -52,7 +52,7 @@ fn recv_udp(server: &UdpSocket, n: usize) -> usize {
 fn agent_attaches_xdp_and_counts_real_tcp_and_udp() {
     let (client, lb, veth) = topology();
     let mut agent = Agent::start(&lb, &format!("interfaces: {{ clients: [{}] }}\n", veth.b));
-    assert!(lb.has_xdp(&veth.b), "no XDP program on {} after start:\n{}", veth.b, agent.log());
+    assert!(lb.has_xdp(&veth.b).unwrap(), "no XDP program on {} after start:\n{}", veth.b, agent.log());
 
     let udp4 = lb.run(|| UdpSocket::bind((LB4, 0)).expect("bind UDP server"));
     let udp6 = lb.run(|| UdpSocket::bind((LB6, 0)).expect("bind UDP6 server"));
@@ -107,14 +107,14 @@ fn agent_attaches_xdp_and_counts_real_tcp_and_udp() {
     // A clean stop detaches the program and removes the pins.
     let status = agent.stop();
     assert!(status.success(), "agent exit {status}:\n{}", agent.log());
-    assert!(!lb.has_xdp(&veth.b), "XDP program still attached after SIGTERM");
+    assert!(!lb.has_xdp(&veth.b).unwrap(), "XDP program still attached after SIGTERM");
     assert!(!agent.pin_path.exists(), "pins left at {}", agent.pin_path.display());
 }
 
 #[test]
 fn agent_refuses_a_missing_interface_and_leaves_nothing_behind() {
     splitter_tests::require_root("starting the agent");
-    let lb = NetNs::new("lb");
+    let lb = netns("lb");
     let dir = tempfile::tempdir().unwrap();
     let pin = std::path::PathBuf::from("/sys/fs/bpf").join(splitter_tests::netns::unique_name("spt"));
     let cfg = dir.path().join("c.yaml");

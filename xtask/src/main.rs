@@ -1,1 +1,123 @@
-fn main() {}
+//! Project tasks, run as `cargo xtask <task>`: bootstrap the toolchain, lint,
+//! test, demo. Each task installs what it needs first, so a fresh machine of
+//! the supported kind needs nothing but this repository and cargo.
+
+mod bootstrap;
+
+use std::process::Command;
+
+use anyhow::{bail, Context as _, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "splitter's project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install the toolchain and tools (nightly rust-src, LLVM 22, bpf-linker,
+    /// iproute2, ethtool...). A no-op when everything is already there.
+    Bootstrap,
+    /// Bootstrap, then run every test tier: host unit tests, BPF_PROG_TEST_RUN
+    /// fixtures and network-namespace end-to-end tests (needs root).
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+    /// rustfmt check and clippy (-D warnings) on the host crates and the eBPF crate.
+    Lint,
+    /// Lint, then test: what CI runs.
+    Ci,
+    /// Bootstrap, build the release binary and run `splitter demo` (needs root).
+    Demo {
+        /// Extra arguments for `splitter demo`.
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().task {
+        Task::Bootstrap => bootstrap::run(),
+        Task::Test { args } => test(&args),
+        Task::Lint => {
+            bootstrap::run()?;
+            lint()
+        }
+        Task::Ci => {
+            bootstrap::run()?;
+            lint()?;
+            test(&[])
+        }
+        Task::Demo { args } => {
+            bootstrap::run()?;
+            require_root("the demo")?;
+            cargo(&["build", "--release", "--package", "splitter-user", "--bin", "splitter"])?;
+            let bin = workspace_root().join("target/release/splitter");
+            let status = Command::new(&bin)
+                .arg("demo")
+                .args(&args)
+                .status()
+                .with_context(|| format!("running {}", bin.display()))?;
+            if !status.success() {
+                bail!("splitter demo failed ({status})");
+            }
+            Ok(())
+        }
+    }
+}
+
+fn test(args: &[String]) -> Result<()> {
+    bootstrap::run()?;
+    require_root("the test suite (tiers 2 and 3 load XDP programs and create network namespaces)")?;
+    // The end-to-end tests run the real `splitter` binary: build it first.
+    cargo(&["build", "--package", "splitter-user", "--bin", "splitter"])?;
+    let mut cmd = vec!["test", "--no-fail-fast"];
+    cmd.extend(args.iter().map(String::as_str));
+    cargo(&cmd)
+}
+
+fn lint() -> Result<()> {
+    cargo(&["fmt", "--all", "--check"])?;
+    cargo(&["clippy", "--all-targets", "--", "-D", "warnings"])?;
+    // The eBPF crate only builds for the BPF target on nightly.
+    let status = Command::new("cargo")
+        .current_dir(workspace_root())
+        .args(["+nightly", "clippy", "--package", "splitter-ebpf", "--target", "bpfel-unknown-none"])
+        .args(["-Z", "build-std=core", "--release", "--target-dir", "target/ebpf-clippy", "--", "-D", "warnings"])
+        .env("CARGO_ENCODED_RUSTFLAGS", "--cfg=bpf_target_arch=\"x86_64\"")
+        .status()
+        .context("running nightly clippy on splitter-ebpf")?;
+    if !status.success() {
+        bail!("clippy found problems in splitter-ebpf");
+    }
+    Ok(())
+}
+
+fn require_root(what: &str) -> Result<()> {
+    if !bootstrap::is_root() {
+        bail!("{what} needs root: run `sudo -E cargo xtask ...`");
+    }
+    Ok(())
+}
+
+pub(crate) fn workspace_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_owned()
+}
+
+pub(crate) fn cargo(args: &[&str]) -> Result<()> {
+    eprintln!("xtask: cargo {}", args.join(" "));
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .current_dir(workspace_root())
+        .args(args)
+        .status()
+        .with_context(|| format!("running cargo {}", args.join(" ")))?;
+    if !status.success() {
+        bail!("cargo {} failed ({status})", args.join(" "));
+    }
+    Ok(())
+}

@@ -1,0 +1,140 @@
+//! Network namespaces and veth pairs as RAII guards, and ways to run code and
+//! programs inside a namespace. Used by `splitter demo` and by the tests.
+//!
+//! Dropping a [`NetNs`] deletes it, and with it every veth end inside it, even
+//! when the caller is unwinding from a panic.
+
+use std::{
+    ffi::OsStr,
+    fs::File,
+    net::IpAddr,
+    path::PathBuf,
+    process::{Command, Output},
+};
+
+use nix::sched::{setns, CloneFlags};
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum NetnsError {
+    #[error("could not start `{cmd}`: {source} (is it installed? `cargo xtask bootstrap` installs it)")]
+    Spawn { cmd: String, source: std::io::Error },
+    #[error("`{cmd}` failed: {stderr}")]
+    Failed { cmd: String, stderr: String },
+}
+
+fn render(cmd: &Command) -> String {
+    std::iter::once(cmd.get_program()).chain(cmd.get_args()).map(OsStr::to_string_lossy).collect::<Vec<_>>().join(" ")
+}
+
+/// Runs `cmd`, turning a failure into an error that carries its stderr.
+pub fn run_ok(cmd: &mut Command) -> Result<Output, NetnsError> {
+    let out = cmd.output().map_err(|source| NetnsError::Spawn { cmd: render(cmd), source })?;
+    if !out.status.success() {
+        return Err(NetnsError::Failed {
+            cmd: render(cmd),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        });
+    }
+    Ok(out)
+}
+
+/// A named network namespace (`/run/netns/NAME`), deleted on drop.
+#[derive(Debug)]
+pub struct NetNs {
+    name: String,
+}
+
+impl NetNs {
+    /// Creates namespace `name` with loopback up. The caller picks a name no
+    /// one else uses.
+    pub fn new(name: impl Into<String>) -> Result<NetNs, NetnsError> {
+        let name = name.into();
+        run_ok(Command::new("ip").args(["netns", "add", &name]))?;
+        let ns = NetNs { name };
+        ns.ip(&["link", "set", "dev", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The namespace file, for `setns` and `nsenter --net=`.
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from("/run/netns").join(&self.name)
+    }
+
+    /// Runs `ip -n NAME ARGS...` and returns its stdout.
+    pub fn ip(&self, args: &[&str]) -> Result<String, NetnsError> {
+        let out = run_ok(Command::new("ip").arg("-n").arg(&self.name).args(args))?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Adds `addr/prefix` to `dev`; IPv6 addresses skip duplicate address
+    /// detection so they are usable at once.
+    pub fn addr(&self, dev: &str, addr: IpAddr, prefix: u8) -> Result<(), NetnsError> {
+        let cidr = format!("{addr}/{prefix}");
+        let mut args = vec!["addr", "add", &cidr, "dev", dev];
+        if addr.is_ipv6() {
+            args.push("nodad");
+        }
+        self.ip(&args).map(drop)
+    }
+
+    /// Sets a sysctl inside the namespace, e.g. `net.ipv4.ip_forward=1`.
+    pub fn sysctl(&self, key_value: &str) -> Result<(), NetnsError> {
+        run_ok(self.command("sysctl").args(["-q", "-w", key_value])).map(drop)
+    }
+
+    /// A command that runs in this namespace's network stack but keeps the
+    /// host's mounts (the host's bpffs stays visible, unlike `ip netns exec`).
+    pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net={}", self.path().display())).arg("--").arg(program);
+        cmd
+    }
+
+    /// Runs `f` on a thread that entered this namespace. Sockets created in `f`
+    /// belong to the namespace and can be returned and used from any thread.
+    pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        let path = self.path();
+        let file = File::open(&path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+        std::thread::scope(|s| {
+            s.spawn(move || {
+                setns(&file, CloneFlags::CLONE_NEWNET).unwrap_or_else(|e| panic!("setns into {}: {e}", self.name));
+                f()
+            })
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p))
+        })
+    }
+
+    /// Whether `dev` in this namespace has an XDP program attached.
+    pub fn has_xdp(&self, dev: &str) -> Result<bool, NetnsError> {
+        let out = self.ip(&["-details", "link", "show", "dev", dev])?;
+        Ok(out.contains("prog/xdp"))
+    }
+
+    /// Turns GRO on for `dev` (ethtool). An XDP redirect into a veth lands only
+    /// when the veth's peer runs NAPI: GRO on, or an XDP program attached.
+    pub fn enable_gro(&self, dev: &str) -> Result<(), NetnsError> {
+        run_ok(self.command("ethtool").args(["-K", dev, "gro", "on"])).map(drop)
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        // Errors ignored: a panic in drop while unwinding would abort.
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
+    }
+}
+
+/// Creates a veth pair: `a` in `ns_a`, `b` in `ns_b`, both up. It goes away
+/// with either namespace.
+pub fn veth(ns_a: &NetNs, a: &str, ns_b: &NetNs, b: &str) -> Result<(), NetnsError> {
+    ns_a.ip(&["link", "add", "name", a, "type", "veth", "peer", "name", b, "netns", ns_b.name()])?;
+    ns_a.ip(&["link", "set", "dev", a, "up"])?;
+    ns_b.ip(&["link", "set", "dev", b, "up"])?;
+    Ok(())
+}
