@@ -5,8 +5,10 @@
 //! adds the `aya::Pod` impls the agent needs to read and write the maps.
 #![no_std]
 
+pub mod csum;
 pub mod flow;
 pub mod names;
+pub mod service;
 pub mod stats;
 
-pub use flow::{FlowKey, FAMILY_V4, FAMILY_V6};
+pub use flow::{flow_hash, FlowKey, FAMILY_V4, FAMILY_V6};

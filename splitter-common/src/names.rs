@@ -3,8 +3,24 @@
 //! The kernel side names its statics exactly like these constants; a host test
 //! in `splitter-user` checks the built object against them.
 
-/// XDP program on the client-facing interfaces.
+/// The XDP program, attached to client- and backend-facing interfaces alike:
+/// it NATs packets to a service forward and replies from an endpoint back.
 pub const PROG_INGRESS: &str = "splitter_ingress";
 
 /// Per-CPU array of `u64` counters, indexed by [`crate::stats::Stat`].
 pub const MAP_STATS: &str = "SPLITTER_STATS";
+
+/// Service address → live selection-table generation.
+pub const MAP_SERVICES: &str = "SPLITTER_SERVICES";
+
+/// Selection tables (two generations per service).
+pub const MAP_TABLES: &str = "SPLITTER_TABLES";
+
+/// Flow table (LRU): client flow → chosen endpoint.
+pub const MAP_FLOWS: &str = "SPLITTER_FLOWS";
+
+/// Reverse NAT (LRU): reply 5-tuple → VIP.
+pub const MAP_REVERSE: &str = "SPLITTER_REVERSE";
+
+/// Every map, for pinning and for the object-vs-constants check.
+pub const ALL_MAPS: [&str; 5] = [MAP_STATS, MAP_SERVICES, MAP_TABLES, MAP_FLOWS, MAP_REVERSE];

@@ -34,11 +34,37 @@ pub enum Stat {
     Passed,
     /// Packets dropped by the program (`XDP_DROP`).
     Dropped,
+    /// TCP/UDP packets addressed to a configured service.
+    ServicePackets,
+    /// Flows placed on an endpoint at their first packet.
+    NewFlows,
+    /// Service packets that followed an existing flow entry.
+    FlowHits,
+    /// Mid-flow packets without an entry (evicted, or older than the program):
+    /// placed by the current tables and given an entry.
+    Adopted,
+    /// Replies from an endpoint rewritten back to the VIP.
+    Replies,
+    /// Rewritten packets redirected to another interface.
+    Redirected,
+    /// Rewritten packets sent back out of the interface they came in on.
+    Tx,
+    /// Rewritten packets the FIB could not forward directly (no neighbour
+    /// entry yet, no route): passed to the stack, which forwards them.
+    FibPass,
+    /// Service packets whose TTL/hop limit ran out: passed unchanged, the
+    /// stack answers with ICMP time exceeded.
+    TtlExpired,
+    /// Service packets dropped because the service's selection table was
+    /// missing or inconsistent (an agent bug or a half-written map).
+    NoTable,
+    /// Flow-table inserts that failed (flows are then placed per packet).
+    FlowInsertFailed,
 }
 
 impl Stat {
     /// Every counter, in index order.
-    pub const ALL: [Stat; 13] = [
+    pub const ALL: [Stat; 24] = [
         Stat::RxPackets,
         Stat::RxBytes,
         Stat::NonIp,
@@ -52,6 +78,17 @@ impl Stat {
         Stat::Malformed,
         Stat::Passed,
         Stat::Dropped,
+        Stat::ServicePackets,
+        Stat::NewFlows,
+        Stat::FlowHits,
+        Stat::Adopted,
+        Stat::Replies,
+        Stat::Redirected,
+        Stat::Tx,
+        Stat::FibPass,
+        Stat::TtlExpired,
+        Stat::NoTable,
+        Stat::FlowInsertFailed,
     ];
 
     /// Number of slots in the stats map.
@@ -73,6 +110,17 @@ impl Stat {
             Stat::Malformed => "malformed",
             Stat::Passed => "passed",
             Stat::Dropped => "dropped",
+            Stat::ServicePackets => "service_packets",
+            Stat::NewFlows => "new_flows",
+            Stat::FlowHits => "flow_hits",
+            Stat::Adopted => "adopted",
+            Stat::Replies => "replies",
+            Stat::Redirected => "redirected",
+            Stat::Tx => "tx",
+            Stat::FibPass => "fib_pass",
+            Stat::TtlExpired => "ttl_expired",
+            Stat::NoTable => "no_table",
+            Stat::FlowInsertFailed => "flow_insert_failed",
         }
     }
 

@@ -1,21 +1,33 @@
-//! splitter's XDP programs: entry points only. Parsing, maps and counters live
-//! in their own modules so each role reads on its own.
+//! splitter's XDP program: the entry point and the decision per packet.
+//! Parsing, selection, rewriting, forwarding, maps and counters each live in
+//! their own module.
 #![no_std]
 #![no_main]
 
 mod counters;
+mod forward;
 mod maps;
+mod nat;
 mod parse;
+mod select;
 
-use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
-use splitter_common::stats::Stat;
+use aya_ebpf::{bindings::xdp_action, helpers::generated::bpf_ktime_get_ns, macros::xdp, programs::XdpContext};
+use splitter_common::{
+    service::{FlowState, ReverseNat, ServiceKey, FLOW_ADOPTED},
+    stats::Stat,
+    FlowKey,
+};
 
-use crate::parse::{Parsed, Verdict};
+use crate::{
+    maps::{SPLITTER_FLOWS, SPLITTER_REVERSE, SPLITTER_SERVICES},
+    nat::{NatError, Side},
+    parse::{Packet, Parsed, Verdict, IPPROTO_TCP, TCP_RST},
+};
 
-/// Ingress on the client-facing interfaces: parse once, count, decide.
-///
-/// Today every packet is passed to the stack; what it parsed is counted. The
-/// split (service lookup, flow table, rewrite, redirect) builds on `Parsed`.
+/// Attached to every client- and backend-facing interface. A packet to a
+/// service is placed (or follows its flow), rewritten to its endpoint and
+/// forwarded; a reply from an endpoint is rewritten back to the VIP; anything
+/// else goes to the stack untouched.
 #[xdp]
 pub fn splitter_ingress(ctx: XdpContext) -> u32 {
     let action = try_ingress(&ctx);
@@ -35,9 +47,17 @@ fn try_ingress(ctx: &XdpContext) -> u32 {
     match parse::parse(ctx) {
         Ok(Parsed::Flow(pkt)) => {
             counters::inc(match pkt.key.proto {
-                parse::IPPROTO_TCP => Stat::Tcp,
+                IPPROTO_TCP => Stat::Tcp,
                 _ => Stat::Udp,
             });
+            if let Some(svc) = unsafe { SPLITTER_SERVICES.get(ServiceKey::of_flow(&pkt.key)) } {
+                let svc = *svc;
+                return to_service(ctx, &pkt, &svc);
+            }
+            if let Some(rev) = unsafe { SPLITTER_REVERSE.get(pkt.key) } {
+                let rev = *rev;
+                return to_client(ctx, &pkt, &rev);
+            }
             xdp_action::XDP_PASS
         }
         Ok(Parsed::Other(verdict)) => {
@@ -56,6 +76,85 @@ fn try_ingress(ctx: &XdpContext) -> u32 {
             xdp_action::XDP_PASS
         }
     }
+}
+
+/// Client → service: follow the flow's entry or place the flow, then DNAT.
+#[inline(always)]
+fn to_service(ctx: &XdpContext, pkt: &Packet, svc: &splitter_common::service::ServiceRef) -> u32 {
+    counters::inc(Stat::ServicePackets);
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let (backend, backend_port) = match SPLITTER_FLOWS.get_ptr_mut(pkt.key) {
+        Some(state) => {
+            counters::inc(Stat::FlowHits);
+            // SAFETY: the pointer is the map's value; a racing update of
+            // last_seen from another CPU is harmless.
+            unsafe {
+                (*state).last_seen_ns = now;
+                ((*state).backend, (*state).backend_port)
+            }
+        }
+        None => {
+            let ep = match select::place(&pkt.key, svc) {
+                Ok(ep) => ep,
+                Err(select::NoPlace::BadTable) => {
+                    counters::inc(Stat::NoTable);
+                    return xdp_action::XDP_DROP;
+                }
+            };
+            let adopted = !pkt.opens_flow();
+            counters::inc(if adopted { Stat::Adopted } else { Stat::NewFlows });
+            let state = FlowState {
+                backend: ep.addr,
+                backend_port: ep.port,
+                version: ep.version,
+                flags: if adopted { FLOW_ADOPTED } else { 0 },
+                _pad: 0,
+                last_seen_ns: now,
+            };
+            let reply = FlowKey {
+                src_addr: ep.addr,
+                dst_addr: pkt.key.src_addr,
+                src_port: ep.port,
+                dst_port: pkt.key.src_port,
+                proto: pkt.key.proto,
+                family: pkt.key.family,
+                _pad: [0; 2],
+            };
+            let rev = ReverseNat { vip: pkt.key.dst_addr, vip_port: pkt.key.dst_port, _pad: 0 };
+            if SPLITTER_FLOWS.insert(pkt.key, state, 0).is_err() || SPLITTER_REVERSE.insert(reply, rev, 0).is_err() {
+                counters::inc(Stat::FlowInsertFailed);
+            }
+            (ep.addr, ep.port)
+        }
+    };
+    if pkt.key.proto == IPPROTO_TCP && pkt.tcp_flags & TCP_RST != 0 {
+        // The connection is over: forget it now rather than when it ages out.
+        let _ = SPLITTER_FLOWS.remove(pkt.key);
+    }
+    match nat::rewrite(ctx, pkt, Side::Dst, &backend, backend_port) {
+        Ok(()) => forward::forward(ctx, pkt, &pkt.key.src_addr, &backend),
+        Err(e) => nat_failed(e),
+    }
+}
+
+/// Endpoint → client: SNAT back to the VIP so the client only sees the VIP.
+#[inline(always)]
+fn to_client(ctx: &XdpContext, pkt: &Packet, rev: &ReverseNat) -> u32 {
+    counters::inc(Stat::Replies);
+    match nat::rewrite(ctx, pkt, Side::Src, &rev.vip, rev.vip_port) {
+        Ok(()) => forward::forward(ctx, pkt, &rev.vip, &pkt.key.dst_addr),
+        Err(e) => nat_failed(e),
+    }
+}
+
+#[inline(always)]
+fn nat_failed(e: NatError) -> u32 {
+    match e {
+        NatError::TtlExpired => counters::inc(Stat::TtlExpired),
+        NatError::Malformed => counters::inc(Stat::Malformed),
+    }
+    xdp_action::XDP_PASS
 }
 
 #[cfg(not(test))]

@@ -1,9 +1,37 @@
 //! Every map the kernel programs use. Names match `splitter_common::names`
 //! (the agent's tests check the built object against those constants).
 
-use aya_ebpf::{macros::map, maps::PerCpuArray};
-use splitter_common::stats::Stat;
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+};
+use splitter_common::{
+    service::{
+        FlowState, ReverseNat, SelectionTable, ServiceKey, ServiceRef, DEFAULT_FLOW_TABLE_SIZE, MAX_SERVICES,
+        MAX_TABLES,
+    },
+    stats::Stat,
+    FlowKey,
+};
 
-/// Per-CPU `u64` counters indexed by `Stat` (`names::MAP_STATS`).
+/// Per-CPU `u64` counters indexed by `Stat`.
 #[map]
 pub static SPLITTER_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Stat::COUNT, 0);
+
+/// Service address → live selection-table generation.
+#[map]
+pub static SPLITTER_SERVICES: HashMap<ServiceKey, ServiceRef> = HashMap::with_max_entries(MAX_SERVICES, 0);
+
+/// Selection tables, two generations per service, written only by the agent.
+#[map]
+pub static SPLITTER_TABLES: Array<SelectionTable> = Array::with_max_entries(MAX_TABLES, 0);
+
+/// Client → service flows and the endpoint each was given. One LRU shared by
+/// all CPUs: packets of one flow may arrive on any CPU. The agent resizes it
+/// at load time (`flow_table_size`).
+#[map]
+pub static SPLITTER_FLOWS: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max_entries(DEFAULT_FLOW_TABLE_SIZE, 0);
+
+/// Reply 5-tuples (endpoint → client) → the VIP the client addressed.
+#[map]
+pub static SPLITTER_REVERSE: LruHashMap<FlowKey, ReverseNat> = LruHashMap::with_max_entries(DEFAULT_FLOW_TABLE_SIZE, 0);

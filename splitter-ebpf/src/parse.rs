@@ -29,11 +29,24 @@ const IP_MF_OFFSET_MASK: u16 = 0x3fffu16.to_be();
 pub struct Packet {
     pub key: FlowKey,
     /// Offset of the IP header from the start of the frame.
-    #[allow(dead_code)] // used by the rewrite path
     pub l3_off: usize,
     /// Offset of the TCP/UDP header from the start of the frame.
-    #[allow(dead_code)] // used by the rewrite path
     pub l4_off: usize,
+    /// TCP flags byte (`TCP_*`); 0 for UDP.
+    pub tcp_flags: u8,
+}
+
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
+
+impl Packet {
+    /// The first packet of a connection: a TCP SYN without ACK, or any UDP
+    /// datagram (a UDP "connection" starts wherever there is no entry).
+    #[inline(always)]
+    pub fn opens_flow(&self) -> bool {
+        self.key.proto != IPPROTO_TCP || self.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+    }
 }
 
 /// What a well-formed packet that is not TCP/UDP turned out to be.
@@ -133,6 +146,7 @@ fn parse_v6(ctx: &XdpContext, l3_off: usize) -> Result<Parsed, Malformed> {
 
 #[inline(always)]
 fn parse_l4(ctx: &XdpContext, key: &mut FlowKey, l3_off: usize, l4_off: usize, icmp: u8) -> Result<Parsed, Malformed> {
+    let mut tcp_flags = 0;
     match key.proto {
         IPPROTO_TCP => {
             let tcp: *const TcpHdr = ptr_at(ctx, l4_off)?;
@@ -143,6 +157,9 @@ fn parse_l4(ctx: &XdpContext, key: &mut FlowKey, l3_off: usize, l4_off: usize, i
             }
             key.src_port = u16::from_ne_bytes(tcp.source);
             key.dst_port = u16::from_ne_bytes(tcp.dest);
+            // Byte 13 of the header holds CWR..FIN.
+            // SAFETY: the whole TcpHdr was bounds-checked above.
+            tcp_flags = unsafe { *((tcp as *const TcpHdr as *const u8).add(13)) };
         }
         IPPROTO_UDP => {
             let udp: *const UdpHdr = ptr_at(ctx, l4_off)?;
@@ -154,7 +171,7 @@ fn parse_l4(ctx: &XdpContext, key: &mut FlowKey, l3_off: usize, l4_off: usize, i
         p if p == icmp => return Ok(Parsed::Other(Verdict::Icmp)),
         _ => return Ok(Parsed::Other(Verdict::OtherL4)),
     }
-    Ok(Parsed::Flow(Packet { key: *key, l3_off, l4_off }))
+    Ok(Parsed::Flow(Packet { key: *key, l3_off, l4_off, tcp_flags }))
 }
 
 #[inline(always)]

@@ -1,6 +1,7 @@
-//! `splitter run`: validate, load, attach, pin, then serve until a signal.
+//! `splitter run`: validate and plan, lock the state dir, load and program the
+//! data path, attach, pin, then serve until SIGINT/SIGTERM.
 
-use std::time::Duration;
+use std::{fs::File, path::Path, time::Duration};
 
 use thiserror::Error;
 use tokio::signal::unix::{signal, SignalKind};
@@ -9,12 +10,19 @@ use tracing::{info, warn};
 use crate::{
     config::Config,
     dataplane::{ensure_bpffs, AttachMode, Dataplane, DataplaneError},
+    plan::{plan_service, PlanError, ServicePlan},
 };
 
 #[derive(Debug, Error)]
 pub enum AgentError {
     #[error(transparent)]
     Dataplane(#[from] DataplaneError),
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    #[error("state dir {path}: {source}")]
+    StateDir { path: std::path::PathBuf, source: std::io::Error },
+    #[error("another splitter agent holds {path}; give each agent its own state_dir (and pin_path, control.socket)")]
+    Locked { path: std::path::PathBuf },
     #[error("installing signal handlers: {0}")]
     Signals(std::io::Error),
 }
@@ -26,32 +34,68 @@ pub struct RunOptions {
     pub stats_every: Duration,
 }
 
+/// The plans of every L4 service of `config` (L7 services are served by the
+/// proxy path and stay out of the kernel tables).
+pub fn plan_all(config: &Config) -> Result<Vec<ServicePlan>, PlanError> {
+    config
+        .services
+        .iter()
+        .filter(|(_, s)| s.mode == crate::config::Mode::L4)
+        .map(|(name, svc)| plan_service(name, svc, None))
+        .collect()
+}
+
+/// Takes the agent lock in `state_dir`: one agent per state dir.
+fn lock_state_dir(dir: &Path) -> Result<nix::fcntl::Flock<File>, AgentError> {
+    let err = |source| AgentError::StateDir { path: dir.to_owned(), source };
+    std::fs::create_dir_all(dir).map_err(err)?;
+    let path = dir.join("agent.lock");
+    let file = File::create(&path).map_err(err)?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|_| AgentError::Locked { path })
+}
+
+/// Warns when the namespace does not forward a family a service uses: the
+/// XDP FIB lookup then fails and packets fall back to a stack that drops them.
+fn check_forwarding(config: &Config) {
+    for (v6, key) in [(false, "/proc/sys/net/ipv4/ip_forward"), (true, "/proc/sys/net/ipv6/conf/all/forwarding")] {
+        let used = config.services.values().any(|s| s.listen.is_ipv6() == v6);
+        let on = std::fs::read_to_string(key).map(|s| s.trim() == "1").unwrap_or(false);
+        if used && !on {
+            warn!(
+                "{key} is not 1: {} services cannot be forwarded; enable it (sysctl -w)",
+                if v6 { "IPv6" } else { "IPv4" }
+            );
+        }
+    }
+}
+
 /// Runs the agent until SIGINT or SIGTERM. Everything it attached or pinned is
 /// removed on the way out (the `Dataplane` guard).
 pub async fn run(config: Config, opts: RunOptions) -> Result<(), AgentError> {
+    let plans = plan_all(&config)?;
+    let _lock = lock_state_dir(&config.state_dir)?;
     ensure_bpffs(&config.pin_path)?;
-    let mut dp = Dataplane::load()?;
-    for ifname in &config.interfaces.clients {
+    let mut dp = Dataplane::load(config.flow_table_size)?;
+    dp.apply(&plans)?;
+    for plan in &plans {
+        let split: Vec<String> =
+            plan.versions.iter().zip(&plan.bps).map(|(v, b)| format!("{v}={:.2}%", *b as f64 / 100.0)).collect();
+        info!(service = %plan.name, "programmed: {}", split.join(" "));
+    }
+    let interfaces: Vec<&String> = config.interfaces.clients.iter().chain(&config.interfaces.backends).collect();
+    let mut seen = std::collections::BTreeSet::new();
+    for ifname in interfaces.into_iter().filter(|i| seen.insert(*i)) {
         dp.attach_ingress(ifname, opts.xdp_mode)?;
         info!(interface = %ifname, mode = ?opts.xdp_mode, "attached {}", splitter_common::names::PROG_INGRESS);
     }
-    dp.pin_stats(&config.pin_path)?;
-    info!(
-        pin_path = %config.pin_path.display(),
-        services = config.services.len(),
-        "splitter running; counters pinned (see `splitter status`)"
-    );
-    if !config.services.is_empty() {
-        warn!("this build parses and counts traffic; it does not split services yet");
-    }
+    dp.pin_maps(&config.pin_path)?;
+    check_forwarding(&config);
+    info!(pin_path = %config.pin_path.display(), services = plans.len(), "splitter running");
 
     let mut sigterm = signal(SignalKind::terminate()).map_err(AgentError::Signals)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(AgentError::Signals)?;
-    let mut tick = tokio::time::interval(if opts.stats_every.is_zero() {
-        Duration::from_secs(3600 * 24 * 365)
-    } else {
-        opts.stats_every
-    });
+    let every = if opts.stats_every.is_zero() { Duration::from_secs(365 * 24 * 3600) } else { opts.stats_every };
+    let mut tick = tokio::time::interval(every);
     tick.tick().await;
     let mut last = dp.stats()?;
     loop {
@@ -62,7 +106,7 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<(), AgentError> {
                 let now = dp.stats()?;
                 let d = now.since(&last);
                 let summary: Vec<String> = d.iter().filter(|(_, v)| *v > 0).map(|(n, v)| format!("{n}={v}")).collect();
-                info!("last {}s: {}", opts.stats_every.as_secs(), if summary.is_empty() { "no packets".into() } else { summary.join(" ") });
+                info!("last {}s: {}", every.as_secs(), if summary.is_empty() { "no packets".into() } else { summary.join(" ") });
                 last = now;
             }
         }

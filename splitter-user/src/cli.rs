@@ -42,6 +42,16 @@ pub enum Command {
     Flip(FlipArgs),
     /// Undo the last runtime change to SERVICE; repeat to go further back.
     Rollback(RollbackArgs),
+    /// Build a throwaway namespace topology (client, lb, blue, green), run the
+    /// agent on an embedded config and show the split real connections get.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// TCP connections the demo client opens.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub connections: u32,
 }
 
 #[derive(Debug, Args)]

@@ -11,6 +11,7 @@ use std::{
 };
 
 use serde::{Deserialize, Serialize};
+use splitter_common::service::{MAX_ENDPOINTS, MAX_VERSIONS};
 use thiserror::Error;
 
 /// Default control socket (`control.socket`).
@@ -47,8 +48,65 @@ pub struct Config {
     pub state_dir: PathBuf,
     #[serde(default = "default_pin_path")]
     pub pin_path: PathBuf,
+    /// Entries in the kernel flow table (LRU); a flow evicted early is placed
+    /// again by the current tables when its next packet comes.
+    #[serde(default = "default_flow_table_size")]
+    pub flow_table_size: u32,
     #[serde(default)]
     pub services: BTreeMap<String, Service>,
+}
+
+/// Bounds for `flow_table_size`.
+pub const FLOW_TABLE_MIN: u32 = 1024;
+pub const FLOW_TABLE_MAX: u32 = 1 << 24;
+
+fn default_flow_table_size() -> u32 {
+    splitter_common::service::DEFAULT_FLOW_TABLE_SIZE
+}
+
+/// What keeps a client on one version. YAML: `client-ip`, `{ cookie: NAME }`
+/// or `{ header: NAME }`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(try_from = "AffinityRepr", into = "AffinityRepr")]
+pub enum Affinity {
+    /// Hash the client address only: one client, one version (L4 and L7).
+    ClientIp,
+    /// L7: hash this cookie's value.
+    Cookie(String),
+    /// L7: hash this header's value.
+    Header(String),
+}
+
+#[derive(Deserialize, Serialize)]
+#[serde(untagged, deny_unknown_fields)]
+enum AffinityRepr {
+    Name(String),
+    Cookie { cookie: String },
+    Header { header: String },
+}
+
+impl TryFrom<AffinityRepr> for Affinity {
+    type Error = String;
+    fn try_from(r: AffinityRepr) -> Result<Self, String> {
+        match r {
+            AffinityRepr::Name(n) if n == "client-ip" => Ok(Affinity::ClientIp),
+            AffinityRepr::Name(n) => {
+                Err(format!("unknown variant affinity {n:?}: use client-ip, {{ cookie: NAME }} or {{ header: NAME }}"))
+            }
+            AffinityRepr::Cookie { cookie } => Ok(Affinity::Cookie(cookie)),
+            AffinityRepr::Header { header } => Ok(Affinity::Header(header)),
+        }
+    }
+}
+
+impl From<Affinity> for AffinityRepr {
+    fn from(a: Affinity) -> Self {
+        match a {
+            Affinity::ClientIp => AffinityRepr::Name("client-ip".into()),
+            Affinity::Cookie(cookie) => AffinityRepr::Cookie { cookie },
+            Affinity::Header(header) => AffinityRepr::Header { header },
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -125,6 +183,9 @@ pub struct Service {
     /// Relative weights; versions missing here weigh 0.
     #[serde(default)]
     pub weights: BTreeMap<String, u32>,
+    /// Default: each connection (L4) or request (L7) is placed on its own.
+    #[serde(default)]
+    pub affinity: Option<Affinity>,
 }
 
 impl Service {
@@ -158,6 +219,12 @@ impl Config {
             for name in list {
                 check_ifname(name).map_err(|why| invalid(format!("interfaces.{field}: {why}")))?;
             }
+        }
+        if !(FLOW_TABLE_MIN..=FLOW_TABLE_MAX).contains(&self.flow_table_size) {
+            return Err(invalid(format!(
+                "flow_table_size {} is out of range: use {FLOW_TABLE_MIN} to {FLOW_TABLE_MAX} entries",
+                self.flow_table_size
+            )));
         }
         let mut listeners = BTreeMap::new();
         for (name, svc) in &self.services {
@@ -202,6 +269,16 @@ fn check_service(name: &str, svc: &Service) -> Result<(), ConfigError> {
     }
     if svc.mode == Mode::L7 && svc.protocol == Protocol::Udp {
         return Err(ctx("mode l7 proxies HTTP and needs protocol tcp".into()));
+    }
+    if svc.mode == Mode::L4 && matches!(svc.affinity, Some(Affinity::Cookie(_) | Affinity::Header(_))) {
+        return Err(ctx("cookie and header affinity need mode l7; mode l4 supports affinity: client-ip".into()));
+    }
+    if svc.versions.len() > MAX_VERSIONS {
+        return Err(ctx(format!("{} versions; at most {MAX_VERSIONS} are supported", svc.versions.len())));
+    }
+    let endpoints: usize = svc.versions.values().map(Vec::len).sum();
+    if endpoints > MAX_ENDPOINTS {
+        return Err(ctx(format!("{endpoints} endpoints over all versions; at most {MAX_ENDPOINTS} are supported")));
     }
     if svc.versions.is_empty() {
         return Err(ctx("versions is empty: name at least one version with its endpoints".into()));
@@ -330,6 +407,9 @@ services:
                 ),
                 "unknown field",
             ),
+            (base("{listen: 10.0.0.1:80, protocol: tcp, versions: {a: [10.0.1.1:80]}, weights: {a: 1}, affinity: {cookie: user}}"), "need mode l7"),
+            (base("{listen: 10.0.0.1:80, protocol: tcp, versions: {a: [10.0.1.1:80]}, weights: {a: 1}, affinity: sticky}"), "unknown variant"),
+            ("interfaces: {clients: [eth0]}\nflow_table_size: 10\n".to_string(), "flow_table_size 10 is out of range"),
             ("interfaces: {clients: []}\n".to_string(), "interfaces.clients is empty"),
             ("interfaces: {clients: [averyveryverylongname0]}\n".to_string(), "1 to 15 bytes"),
             ("interfaces: {clients: [eth0]}\nservices: [\n".to_string(), "not valid YAML"),

@@ -6,16 +6,21 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use std::collections::BTreeMap;
+
 use aya::{
     include_bytes_aligned,
-    maps::{Map, MapData, PerCpuArray},
+    maps::{Array, HashMap, Map, MapData, PerCpuArray},
     programs::{xdp::XdpLinkId, Xdp, XdpMode},
-    Ebpf,
+    Ebpf, EbpfLoader,
 };
 use splitter_common::{
-    names::{MAP_STATS, PROG_INGRESS},
+    names::{ALL_MAPS, MAP_FLOWS, MAP_REVERSE, MAP_SERVICES, MAP_STATS, MAP_TABLES, PROG_INGRESS},
+    service::{SelectionTable, ServiceKey, ServiceRef, MAX_SERVICES},
     stats::Stat,
 };
+
+use crate::plan::ServicePlan;
 use thiserror::Error;
 
 /// The compiled `splitter-ebpf` object, built by this crate's build script.
@@ -31,10 +36,14 @@ pub enum DataplaneError {
     Program(#[from] aya::programs::ProgramError),
     #[error("attaching XDP to {ifname:?}: {source} (the interface must exist in the agent's network namespace)")]
     Attach { ifname: String, source: aya::programs::ProgramError },
-    #[error("map {MAP_STATS}: {0}")]
+    #[error("map operation failed: {0}")]
     Map(#[from] aya::maps::MapError),
+    #[error("more than {MAX_SERVICES} services; the kernel tables hold at most that many")]
+    TooManyServices,
     #[error("pinning {what} at {path}: {source}")]
     Pin { what: &'static str, path: PathBuf, source: aya::pin::PinError },
+    #[error("reading pinned map {path}: {source}")]
+    Pinned { path: PathBuf, source: aya::maps::MapError },
     #[error("bpffs at {path}: {source}")]
     Bpffs { path: PathBuf, source: io::Error },
     #[error("no pinned counters at {path}: is `splitter run` running with this pin_path? ({source})")]
@@ -68,14 +77,61 @@ pub struct Dataplane {
     ebpf: Ebpf,
     attached: Vec<(String, XdpLinkId)>,
     pinned: Vec<PathBuf>,
+    /// Live services: name → (service slot, live generation, key).
+    live: BTreeMap<String, (u32, u32, ServiceKey)>,
 }
 
 impl Dataplane {
-    /// Loads the embedded object and the ingress program into the kernel.
-    pub fn load() -> Result<Self, DataplaneError> {
-        let mut ebpf = Ebpf::load(OBJECT)?;
+    /// Loads the embedded object and the ingress program into the kernel,
+    /// with a flow table (and reverse-NAT table) of `flow_table_size` entries.
+    pub fn load(flow_table_size: u32) -> Result<Self, DataplaneError> {
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(MAP_FLOWS, flow_table_size)
+            .map_max_entries(MAP_REVERSE, flow_table_size)
+            .load(OBJECT)?;
         ingress(&mut ebpf)?.load()?;
-        Ok(Dataplane { ebpf, attached: Vec::new(), pinned: Vec::new() })
+        Ok(Dataplane { ebpf, attached: Vec::new(), pinned: Vec::new(), live: BTreeMap::new() })
+    }
+
+    /// Makes `plans` the live services. Each service's new table is written
+    /// into its spare generation first; then one `SERVICES` write repoints the
+    /// service, so a packet sees the whole old or the whole new table. Services
+    /// no longer planned are removed.
+    pub fn apply(&mut self, plans: &[ServicePlan]) -> Result<(), DataplaneError> {
+        let mut next = BTreeMap::new();
+        let mut used: Vec<u32> = self.live.values().map(|(slot, _, _)| *slot).collect();
+        for plan in plans {
+            let (slot, generation) = match self.live.get(&plan.name) {
+                Some((slot, generation, _)) => (*slot, 1 - generation),
+                None => {
+                    let slot = (0..MAX_SERVICES).find(|s| !used.contains(s)).ok_or(DataplaneError::TooManyServices)?;
+                    used.push(slot);
+                    (slot, 0)
+                }
+            };
+            let table_id = slot * 2 + generation;
+            let mut tables: Array<&mut MapData, SelectionTable> =
+                Array::try_from(map_mut(&mut self.ebpf, MAP_TABLES)?)?;
+            tables.set(table_id, *plan.table, 0)?;
+            let mut services: HashMap<&mut MapData, ServiceKey, ServiceRef> =
+                HashMap::try_from(map_mut(&mut self.ebpf, MAP_SERVICES)?)?;
+            services.insert(plan.key, ServiceRef { table: table_id, flags: plan.flags }, 0)?;
+            if let Some((_, _, old_key)) = self.live.get(&plan.name) {
+                if *old_key != plan.key {
+                    services.remove(old_key)?;
+                }
+            }
+            next.insert(plan.name.clone(), (slot, generation, plan.key));
+        }
+        let mut services: HashMap<&mut MapData, ServiceKey, ServiceRef> =
+            HashMap::try_from(map_mut(&mut self.ebpf, MAP_SERVICES)?)?;
+        for (name, (_, _, key)) in &self.live {
+            if !next.contains_key(name) {
+                services.remove(key)?;
+            }
+        }
+        self.live = next;
+        Ok(())
     }
 
     /// Attaches the ingress program to `ifname` (in this network namespace).
@@ -93,15 +149,17 @@ impl Dataplane {
         self.attached.iter().map(|(i, _)| i.as_str())
     }
 
-    /// Pins the counters under `dir` (a bpffs directory), replacing a stale pin.
-    pub fn pin_stats(&mut self, dir: &Path) -> Result<(), DataplaneError> {
-        let path = dir.join(MAP_STATS);
-        // A pin left by an agent that died without cleaning up would make the
-        // pin fail; it belongs to no running agent (the caller holds the lock).
-        let _ = std::fs::remove_file(&path);
-        let map = self.ebpf.map(MAP_STATS).ok_or(DataplaneError::Missing { kind: "map", name: MAP_STATS })?;
-        map.pin(&path).map_err(|source| DataplaneError::Pin { what: MAP_STATS, path: path.clone(), source })?;
-        self.pinned.push(path);
+    /// Pins every map under `dir` (a bpffs directory) so `splitter status`
+    /// can read them, replacing pins a crashed agent left behind (the caller
+    /// holds the state-dir lock, so no running agent owns them).
+    pub fn pin_maps(&mut self, dir: &Path) -> Result<(), DataplaneError> {
+        for name in ALL_MAPS {
+            let path = dir.join(name);
+            let _ = std::fs::remove_file(&path);
+            let map = self.ebpf.map(name).ok_or(DataplaneError::Missing { kind: "map", name })?;
+            map.pin(&path).map_err(|source| DataplaneError::Pin { what: name, path: path.clone(), source })?;
+            self.pinned.push(path);
+        }
         Ok(())
     }
 
@@ -119,6 +177,10 @@ impl Drop for Dataplane {
             let _ = std::fs::remove_file(path);
         }
     }
+}
+
+fn map_mut<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Map, DataplaneError> {
+    ebpf.map_mut(name).ok_or(DataplaneError::Missing { kind: "map", name })
 }
 
 fn ingress(ebpf: &mut Ebpf) -> Result<&mut Xdp, DataplaneError> {
@@ -193,4 +255,39 @@ pub fn ensure_bpffs(dir: &Path) -> Result<(), DataplaneError> {
         });
     }
     Ok(())
+}
+
+/// A service as the kernel holds it now, read from the pinned maps.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LiveService {
+    pub table: u32,
+    pub flags: u32,
+    /// Basis-point slots each version owns in the live table (by version index).
+    pub version_bps: Vec<u32>,
+    pub n_endpoints: u16,
+}
+
+/// Reads the live table of the service at `key` from maps pinned under `pin_dir`.
+pub fn read_pinned_service(pin_dir: &Path, key: &ServiceKey) -> Result<Option<LiveService>, DataplaneError> {
+    let open = |name: &str| {
+        let path = pin_dir.join(name);
+        MapData::from_pin(&path)
+            .and_then(Map::from_map_data)
+            .map_err(|source| DataplaneError::NotRunning { path, source })
+    };
+    let services: HashMap<MapData, ServiceKey, ServiceRef> = HashMap::try_from(open(MAP_SERVICES)?)?;
+    let svc_ref = match services.get(key, 0) {
+        Ok(r) => r,
+        Err(aya::maps::MapError::KeyNotFound) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let tables: Array<MapData, SelectionTable> = Array::try_from(open(MAP_TABLES)?)?;
+    let table = tables.get(&svc_ref.table, 0)?;
+    let mut version_bps = vec![0u32; table.n_versions as usize];
+    for v in table.slot_version.iter() {
+        if let Some(n) = version_bps.get_mut(*v as usize) {
+            *n += 1;
+        }
+    }
+    Ok(Some(LiveService { table: svc_ref.table, flags: svc_ref.flags, version_bps, n_endpoints: table.n_endpoints }))
 }

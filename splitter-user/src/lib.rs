@@ -7,3 +7,4 @@ pub mod config;
 pub mod dataplane;
 pub mod demo;
 pub mod netns;
+pub mod plan;

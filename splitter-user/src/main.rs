@@ -47,6 +47,7 @@ fn dispatch(command: Command) -> Result<()> {
             Ok(())
         }
         Command::Status(args) => status(args),
+        Command::Demo(args) => Ok(splitter_user::demo::run(args.connections as usize)?),
         Command::Weight(_) | Command::Flip(_) | Command::Rollback(_) => bail!(
             "runtime changes go through the agent's control socket, which this build does not have yet; \
              nothing was changed. Edit the config file and restart `splitter run` meanwhile"

@@ -123,6 +123,16 @@ impl NetNs {
     }
 }
 
+impl NetNs {
+    /// Turns off TX checksum offload (and so TSO) on `dev`. Packets a host
+    /// sends over veth otherwise carry a partial checksum that the receiver
+    /// completes; an XDP redirect drops that state and the frame arrives with
+    /// a bad checksum. Real NICs deliver full checksums and need nothing.
+    pub fn disable_tx_offload(&self, dev: &str) -> Result<(), NetnsError> {
+        run_ok(self.command("ethtool").args(["-K", dev, "tx", "off"])).map(drop)
+    }
+}
+
 impl Drop for NetNs {
     fn drop(&mut self) {
         // Errors ignored: a panic in drop while unwinding would abort.

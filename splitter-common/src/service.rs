@@ -1,0 +1,181 @@
+//! Map types of the L4 split: services, their selection tables, flows and
+//! the reverse-NAT entries. Userspace builds every table; the kernel only
+//! hashes a flow and indexes them.
+//!
+//! A service (`SERVICES`: [`ServiceKey`] → [`ServiceRef`]) points at one of
+//! two [`SelectionTable`] generations in `TABLES`. The agent writes the spare
+//! generation whole, then repoints the service in one map write: a packet
+//! sees the old table or the new one, never a mix.
+
+use bytemuck::{Pod, Zeroable};
+
+/// Weights resolve to basis points: the version table has one slot per 1/10,000.
+pub const BPS: usize = 10_000;
+/// Versions per service.
+pub const MAX_VERSIONS: usize = 8;
+/// Endpoints per service, over all its versions.
+pub const MAX_ENDPOINTS: usize = 64;
+/// Consistent-hash (Maglev) ring size per version: a prime well above the
+/// endpoints a version has, so each endpoint owns ~RING_SIZE/N slots.
+pub const RING_SIZE: usize = 2053;
+/// Services per agent.
+pub const MAX_SERVICES: u32 = 256;
+/// `TABLES` slots: two generations per service.
+pub const MAX_TABLES: u32 = 2 * MAX_SERVICES;
+/// Default size of the flow table (entries; LRU).
+pub const DEFAULT_FLOW_TABLE_SIZE: u32 = 65_536;
+
+/// Hash seed for choosing a version (a slot of `slot_version`).
+pub const SEED_VERSION: u32 = 0x5eed_0001;
+/// Hash seed for choosing an endpoint within a version (a ring slot).
+pub const SEED_ENDPOINT: u32 = 0x5eed_0002;
+
+/// `ServiceRef::flags`: hash the client address only, so one client sees one
+/// version across its connections.
+pub const SVC_AFFINITY_CLIENT_IP: u32 = 1;
+
+/// Maps a 32-bit hash uniformly onto `0..n` by multiply-shift (Lemire). Unlike
+/// `%`, the verifier can prove the result is below `n`, and it is as uniform.
+#[inline(always)]
+pub const fn reduce(hash: u32, n: u32) -> u32 {
+    ((hash as u64 * n as u64) >> 32) as u32
+}
+
+/// The basis-point slot (`0..BPS`) a flow hash selects.
+#[inline(always)]
+pub const fn version_slot(hash: u32) -> usize {
+    reduce(hash, BPS as u32) as usize
+}
+
+/// The ring slot (`0..RING_SIZE`) a flow hash selects.
+#[inline(always)]
+pub const fn ring_slot(hash: u32) -> usize {
+    reduce(hash, RING_SIZE as u32) as usize
+}
+
+/// `SERVICES` key: the service address as clients send to it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct ServiceKey {
+    /// VIP, same layout as `FlowKey::dst_addr`.
+    pub addr: [u32; 4],
+    /// Port, network byte order.
+    pub port: u16,
+    pub proto: u8,
+    pub family: u8,
+}
+
+/// `SERVICES` value: which table generation is live, and per-service flags.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub struct ServiceRef {
+    /// Index into `TABLES`.
+    pub table: u32,
+    /// `SVC_*` flags.
+    pub flags: u32,
+}
+
+/// One backend address of a version.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct Endpoint {
+    pub addr: [u32; 4],
+    /// Port, network byte order.
+    pub port: u16,
+    /// Index of the version it belongs to (into the service's versions, by name order).
+    pub version: u8,
+    pub family: u8,
+}
+
+/// Everything the kernel needs to place a new flow of one service.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub struct SelectionTable {
+    /// The service this table belongs to (checked against the lookup key).
+    pub vip: ServiceKey,
+    pub n_endpoints: u16,
+    pub n_versions: u8,
+    pub _pad: u8,
+    pub endpoints: [Endpoint; MAX_ENDPOINTS],
+    /// Version index for each basis-point slot (`hash % BPS`).
+    pub slot_version: [u8; BPS],
+    /// Per version, endpoint index for each ring slot (`hash % RING_SIZE`).
+    pub rings: [[u8; RING_SIZE]; MAX_VERSIONS],
+}
+
+/// `FLOWS` value: where a flow was sent, decided once at its first packet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub struct FlowState {
+    /// The chosen endpoint (address and port, network order).
+    pub backend: [u32; 4],
+    pub backend_port: u16,
+    pub version: u8,
+    /// `FLOW_*` flags.
+    pub flags: u8,
+    pub _pad: u32,
+    /// `bpf_ktime_get_ns()` of the last packet seen; the agent ages idle flows.
+    pub last_seen_ns: u64,
+}
+
+/// `FlowState::flags`: the flow was placed mid-stream (no entry, not a SYN).
+pub const FLOW_ADOPTED: u8 = 1;
+
+/// `REVERSE` value, keyed by the reply's 5-tuple (backend → client): what the
+/// source must become so the client only ever sees the VIP.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub struct ReverseNat {
+    pub vip: [u32; 4],
+    /// VIP port, network order.
+    pub vip_port: u16,
+    pub _pad: u16,
+}
+
+const _: () = assert!(core::mem::size_of::<ServiceKey>() == 20);
+const _: () = assert!(core::mem::size_of::<ServiceRef>() == 8);
+const _: () = assert!(core::mem::size_of::<Endpoint>() == 20);
+const _: () = assert!(core::mem::size_of::<FlowState>() == 32);
+const _: () = assert!(core::mem::size_of::<ReverseNat>() == 20);
+const _: () =
+    assert!(core::mem::size_of::<SelectionTable>() == 24 + 20 * MAX_ENDPOINTS + BPS + RING_SIZE * MAX_VERSIONS);
+const _: () = assert!(core::mem::size_of::<SelectionTable>().is_multiple_of(4));
+// Endpoint and version indices are stored as u8.
+const _: () = assert!(MAX_ENDPOINTS <= u8::MAX as usize);
+const _: () = assert!(MAX_VERSIONS <= u8::MAX as usize);
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all of these are repr(C), without implicit padding (sizes are
+    // asserted above) and valid for any bit pattern.
+    unsafe impl aya::Pod for super::ServiceKey {}
+    unsafe impl aya::Pod for super::ServiceRef {}
+    unsafe impl aya::Pod for super::SelectionTable {}
+    unsafe impl aya::Pod for super::FlowState {}
+    unsafe impl aya::Pod for super::ReverseNat {}
+}
+
+impl ServiceKey {
+    /// The service a flow addresses (its destination).
+    #[inline(always)]
+    pub const fn of_flow(key: &crate::FlowKey) -> Self {
+        ServiceKey { addr: key.dst_addr, port: key.dst_port, proto: key.proto, family: key.family }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reduce_stays_in_range_and_covers_it() {
+        assert_eq!(version_slot(0), 0);
+        assert_eq!(version_slot(u32::MAX), BPS - 1);
+        assert_eq!(ring_slot(u32::MAX), RING_SIZE - 1);
+        let mut seen = [false; BPS];
+        for i in 0..(BPS as u32 * 8) {
+            seen[version_slot(i.wrapping_mul(0x9e37_79b9))] = true;
+        }
+        assert!(seen.iter().all(|s| *s), "some basis-point slots are unreachable");
+    }
+}

@@ -1,0 +1,64 @@
+//! Sending a rewritten packet on: the kernel FIB picks the interface, next hop
+//! and MAC addresses; the frame is redirected there (XDP_TX when it leaves the
+//! way it came). Without a usable route or neighbour entry the packet goes to
+//! the stack, which forwards it (and resolves the neighbour) itself.
+
+use core::{ffi::c_void, mem};
+
+use aya_ebpf::{
+    bindings::{bpf_fib_lookup, xdp_action, BPF_FIB_LKUP_RET_SUCCESS},
+    helpers::generated::{bpf_fib_lookup as fib_lookup, bpf_redirect},
+    programs::XdpContext,
+};
+use network_types::eth::EthHdr;
+use splitter_common::{stats::Stat, FAMILY_V4};
+
+use crate::{
+    counters,
+    parse::{ptr_at, Packet},
+};
+
+const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
+
+/// Forwards a packet whose addresses are `src` → `dst` (already rewritten).
+#[inline(always)]
+pub fn forward(ctx: &XdpContext, pkt: &Packet, src: &[u32; 4], dst: &[u32; 4]) -> u32 {
+    // SAFETY: bpf_fib_lookup is a plain C struct; all-zero is a valid start.
+    let mut p: bpf_fib_lookup = unsafe { mem::zeroed() };
+    p.l4_protocol = pkt.key.proto;
+    p.ifindex = ctx.ingress_ifindex() as u32;
+    if pkt.key.family == FAMILY_V4 {
+        p.family = AF_INET;
+        p.__bindgen_anon_3.ipv4_src = src[0];
+        p.__bindgen_anon_4.ipv4_dst = dst[0];
+    } else {
+        p.family = AF_INET6;
+        p.__bindgen_anon_3.ipv6_src = *src;
+        p.__bindgen_anon_4.ipv6_dst = *dst;
+    }
+    // SAFETY: the helper reads and writes only `p`, whose size we pass.
+    let rc = unsafe { fib_lookup(ctx.ctx as *mut c_void, &mut p, mem::size_of::<bpf_fib_lookup>() as i32, 0) };
+    if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
+        counters::inc(Stat::FibPass);
+        return xdp_action::XDP_PASS;
+    }
+    let Ok(eth) = ptr_at::<EthHdr>(ctx, 0) else {
+        return xdp_action::XDP_PASS;
+    };
+    // SAFETY: bounds-checked by ptr_at.
+    unsafe {
+        (*eth).dst_addr = p.dmac;
+        (*eth).src_addr = p.smac;
+    }
+    if p.ifindex == ctx.ingress_ifindex() as u32 {
+        counters::inc(Stat::Tx);
+        return xdp_action::XDP_TX;
+    }
+    // SAFETY: plain helper call.
+    let action = unsafe { bpf_redirect(p.ifindex, 0) } as u32;
+    if action == xdp_action::XDP_REDIRECT {
+        counters::inc(Stat::Redirected);
+    }
+    action
+}

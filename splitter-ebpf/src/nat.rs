@@ -1,0 +1,106 @@
+//! NAT rewrites: the destination on the way in (VIP → endpoint), the source on
+//! the way back (endpoint → VIP). Checksums are updated incrementally (IPv4
+//! header, TCP/UDP with the pseudo-header) and the TTL/hop limit decremented,
+//! as a router does.
+
+use aya_ebpf::programs::XdpContext;
+use network_types::ip::{Ipv4Hdr, Ipv6Hdr};
+use splitter_common::{csum::Delta, FAMILY_V4};
+
+use crate::parse::{ptr_at, Malformed, Packet, IPPROTO_TCP};
+
+/// Which end of the packet to rewrite.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Src,
+    Dst,
+}
+
+pub enum NatError {
+    /// A header moved out of reach (cannot happen after a successful parse,
+    /// but the verifier wants every access checked).
+    Malformed,
+    /// TTL / hop limit would reach 0: leave the packet to the stack, which
+    /// answers with ICMP time exceeded.
+    TtlExpired,
+}
+
+impl From<Malformed> for NatError {
+    fn from(_: Malformed) -> Self {
+        NatError::Malformed
+    }
+}
+
+/// Rewrites `side`'s address and port to `addr:port` (port in network order).
+#[inline(always)]
+pub fn rewrite(ctx: &XdpContext, pkt: &Packet, side: Side, addr: &[u32; 4], port: u16) -> Result<(), NatError> {
+    let old_addr = if side == Side::Src { pkt.key.src_addr } else { pkt.key.dst_addr };
+    let old_port = if side == Side::Src { pkt.key.src_port } else { pkt.key.dst_port };
+    if pkt.key.family == FAMILY_V4 {
+        rewrite_ipv4(ctx, pkt, side, addr[0])?;
+    } else {
+        rewrite_ipv6(ctx, pkt, side, addr)?;
+    }
+    let delta = Delta::new().addr(&old_addr, addr).word(old_port, port);
+    let port_off = pkt.l4_off + if side == Side::Src { 0 } else { 2 };
+    let port_ptr: *mut [u8; 2] = ptr_at(ctx, port_off)?;
+    // SAFETY: bounds-checked by ptr_at; the frame is writable in XDP.
+    unsafe { *port_ptr = port.to_ne_bytes() };
+    if pkt.key.proto == IPPROTO_TCP {
+        let check: *mut [u8; 2] = ptr_at(ctx, pkt.l4_off + 16)?;
+        // SAFETY: as above.
+        unsafe { *check = delta.apply(u16::from_ne_bytes(*check)).to_ne_bytes() };
+    } else {
+        let check: *mut [u8; 2] = ptr_at(ctx, pkt.l4_off + 6)?;
+        // SAFETY: as above.
+        unsafe {
+            let c = u16::from_ne_bytes(*check);
+            let new = if pkt.key.family == FAMILY_V4 {
+                delta.apply_udp4(c)
+            } else {
+                // UDP over IPv6 always carries a checksum; 0 is sent as 0xffff.
+                match delta.apply(c) {
+                    0 => 0xffff,
+                    v => v,
+                }
+            };
+            *check = new.to_ne_bytes();
+        }
+    }
+    Ok(())
+}
+
+#[inline(always)]
+fn rewrite_ipv4(ctx: &XdpContext, pkt: &Packet, side: Side, new: u32) -> Result<(), NatError> {
+    let ip: *mut Ipv4Hdr = ptr_at(ctx, pkt.l3_off)?;
+    // SAFETY: bounds-checked by ptr_at; the frame is writable in XDP.
+    let ip = unsafe { &mut *ip };
+    if ip.ttl <= 1 {
+        return Err(NatError::TtlExpired);
+    }
+    let field = if side == Side::Src { &mut ip.src_addr } else { &mut ip.dst_addr };
+    let old = u32::from_ne_bytes(*field);
+    *field = new.to_ne_bytes();
+    let old_ttl = u16::from_ne_bytes([ip.ttl, ip.proto]);
+    ip.ttl -= 1;
+    let new_ttl = u16::from_ne_bytes([ip.ttl, ip.proto]);
+    let check = Delta::new().word32(old, new).word(old_ttl, new_ttl).apply(u16::from_ne_bytes(ip.check));
+    ip.check = check.to_ne_bytes();
+    Ok(())
+}
+
+#[inline(always)]
+fn rewrite_ipv6(ctx: &XdpContext, pkt: &Packet, side: Side, new: &[u32; 4]) -> Result<(), NatError> {
+    let ip: *mut Ipv6Hdr = ptr_at(ctx, pkt.l3_off)?;
+    // SAFETY: bounds-checked by ptr_at; the frame is writable in XDP.
+    let ip = unsafe { &mut *ip };
+    if ip.hop_limit <= 1 {
+        return Err(NatError::TtlExpired);
+    }
+    ip.hop_limit -= 1;
+    let field = if side == Side::Src { &mut ip.src_addr } else { &mut ip.dst_addr };
+    for (i, w) in new.iter().enumerate() {
+        field[4 * i..4 * i + 4].copy_from_slice(&w.to_ne_bytes());
+    }
+    Ok(())
+}
