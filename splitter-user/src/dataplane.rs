@@ -163,6 +163,28 @@ impl Dataplane {
         Ok(())
     }
 
+    /// Runs the ingress program once on `input` with `BPF_PROG_TEST_RUN`
+    /// (`repeat` times; the kernel reports the mean duration). The program
+    /// sees the calling thread's network namespace (FIB, neighbours).
+    pub fn test_run(&self, input: &[u8], repeat: u32) -> Result<TestOutcome, DataplaneError> {
+        use aya::programs::{TestRun, TestRunOptions};
+        let prog: &Xdp = self
+            .ebpf
+            .program(PROG_INGRESS)
+            .ok_or(DataplaneError::Missing { kind: "program", name: PROG_INGRESS })?
+            .try_into()?;
+        // Room for programs that grow the frame (encapsulation) later.
+        let mut out = vec![0u8; input.len() + 256];
+        let res = prog.test_run(TestRunOptions {
+            data_in: Some(input),
+            data_out: Some(&mut out),
+            repeat,
+            ..TestRunOptions::new()
+        })?;
+        out.truncate(res.data_size_out as usize);
+        Ok(TestOutcome { action: res.return_value, output: out, duration: res.duration })
+    }
+
     /// Current counters, summed over CPUs.
     pub fn stats(&self) -> Result<Counters, DataplaneError> {
         let map = self.ebpf.map(MAP_STATS).ok_or(DataplaneError::Missing { kind: "map", name: MAP_STATS })?;
@@ -186,6 +208,17 @@ fn map_mut<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Map, Da
 fn ingress(ebpf: &mut Ebpf) -> Result<&mut Xdp, DataplaneError> {
     let prog = ebpf.program_mut(PROG_INGRESS).ok_or(DataplaneError::Missing { kind: "program", name: PROG_INGRESS })?;
     Ok(prog.try_into()?)
+}
+
+/// What one `BPF_PROG_TEST_RUN` returned.
+#[derive(Clone, Debug)]
+pub struct TestOutcome {
+    /// The XDP action.
+    pub action: u32,
+    /// The frame after the program.
+    pub output: Vec<u8>,
+    /// Mean run time per repetition, as the kernel measured it.
+    pub duration: std::time::Duration,
 }
 
 /// The data path's counters, summed over CPUs, indexed by `Stat`.

@@ -3,26 +3,31 @@
 //! split they got next to the configured one, and a clean teardown.
 //!
 //! ```text
-//!  client ns            lb ns (agent, XDP)              blue ns / green ns
-//!  eth0 192.0.2.2 ── lb-client 192.0.2.1
-//!                       lb-blue  198.51.100.1/28  ── eth0 198.51.100.10 :8080
-//!                       lb-green 198.51.100.17/28 ── eth0 198.51.100.20 :8080
+//!  client ns                lb ns (agent, XDP on all three)    blue ns / green ns
+//!  eth0 192.0.2.2         ── lb-client 192.0.2.1
+//!       2001:db8:c::2            2001:db8:c::1
+//!                            lb-blue  198.51.100.1/28    ── eth0 198.51.100.10, 2001:db8:1::10
+//!                                     2001:db8:1::1
+//!                            lb-green 198.51.100.17/28   ── eth0 198.51.100.20, 2001:db8:2::10
+//!                                     2001:db8:2::1
 //! ```
+//! VIPs (203.0.113.0/24, 2001:db8::/64) are routed to the lb by the client's
+//! default routes and owned by no one: only the XDP program answers for them.
 //! Nothing leaves the machine: every address lives in namespaces the demo
 //! created and deletes on the way out.
 
 use std::{
     collections::BTreeMap,
     io::{Read, Write},
-    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    net::{SocketAddr, TcpListener, TcpStream},
     path::{Path, PathBuf},
-    process::{Child, Stdio},
     time::{Duration, Instant},
 };
 
 use thiserror::Error;
 
 use crate::{
+    agent_process::AgentProcess,
     config::Config,
     dataplane::{read_pinned_service, Counters},
     netns::{veth, NetNs, NetnsError},
@@ -56,32 +61,14 @@ pub enum DemoError {
     Netns(#[from] NetnsError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
-    #[error("the agent did not start:\n{0}")]
-    Agent(String),
+    #[error("the agent did not start: {0}")]
+    Agent(#[from] crate::agent_process::AgentProcessError),
     #[error("embedded demo config is invalid: {0}")]
     Config(#[from] crate::config::ConfigError),
     #[error("{failed} of {total} demo connections failed; agent log:\n{log}")]
     Failed { failed: usize, total: usize, log: String },
     #[error("reading the live state: {0}")]
     Dataplane(#[from] crate::dataplane::DataplaneError),
-}
-
-/// Kills and reaps the agent when the demo ends, however it ends.
-struct AgentGuard(Child);
-
-impl Drop for AgentGuard {
-    fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.0.id() as i32), nix::sys::signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// Deletes demo namespaces left by a demo that was killed (its pid is gone).
@@ -97,43 +84,55 @@ fn remove_stale_namespaces() {
     }
 }
 
-struct Topology {
-    client: NetNs,
-    lb: NetNs,
-    blue: NetNs,
-    green: NetNs,
+/// The four namespaces of the demo topology (see the module docs), deleted
+/// with everything in them when dropped.
+pub struct Topology {
+    pub client: NetNs,
+    pub lb: NetNs,
+    pub blue: NetNs,
+    pub green: NetNs,
 }
 
-fn build_topology() -> Result<Topology, DemoError> {
-    let pid = std::process::id();
-    let ns = |role: &str| NetNs::new(format!("{NS_PREFIX}{pid}-{role}"));
-    let t = Topology { client: ns("client")?, lb: ns("lb")?, blue: ns("blue")?, green: ns("green")? };
-    veth(&t.lb, "lb-client", &t.client, "eth0")?;
-    veth(&t.lb, "lb-blue", &t.blue, "eth0")?;
-    veth(&t.lb, "lb-green", &t.green, "eth0")?;
-    t.lb.addr("lb-client", [192, 0, 2, 1].into(), 24)?;
-    t.lb.addr("lb-blue", [198, 51, 100, 1].into(), 28)?;
-    t.lb.addr("lb-green", [198, 51, 100, 17].into(), 28)?;
-    t.lb.sysctl("net.ipv4.ip_forward=1")?;
-    t.client.addr("eth0", [192, 0, 2, 2].into(), 24)?;
-    t.client.ip(&["route", "add", "default", "via", "192.0.2.1"])?;
-    t.blue.addr("eth0", [198, 51, 100, 10].into(), 28)?;
-    t.blue.ip(&["route", "add", "default", "via", "198.51.100.1"])?;
-    t.green.addr("eth0", [198, 51, 100, 20].into(), 28)?;
-    t.green.ip(&["route", "add", "default", "via", "198.51.100.17"])?;
-    for ns in [&t.client, &t.blue, &t.green] {
-        // XDP redirects into a veth land only if its peer runs NAPI (GRO on),
-        // and a redirected frame loses the "checksum still to be completed"
-        // state of locally sent packets: hosts on veth send full checksums.
-        ns.enable_gro("eth0")?;
-        ns.disable_tx_offload("eth0")?;
+impl Topology {
+    /// Builds the topology with namespaces `{prefix}-client`, `-lb`, `-blue`, `-green`.
+    pub fn build(prefix: &str) -> Result<Topology, NetnsError> {
+        let ns = |role: &str| NetNs::new(format!("{prefix}-{role}"));
+        let t = Topology { client: ns("client")?, lb: ns("lb")?, blue: ns("blue")?, green: ns("green")? };
+        veth(&t.lb, "lb-client", &t.client, "eth0")?;
+        veth(&t.lb, "lb-blue", &t.blue, "eth0")?;
+        veth(&t.lb, "lb-green", &t.green, "eth0")?;
+        let lb = &t.lb;
+        lb.addr("lb-client", [192, 0, 2, 1].into(), 24)?;
+        lb.addr("lb-client", "2001:db8:c::1".parse().expect("v6"), 64)?;
+        lb.addr("lb-blue", [198, 51, 100, 1].into(), 28)?;
+        lb.addr("lb-blue", "2001:db8:1::1".parse().expect("v6"), 64)?;
+        lb.addr("lb-green", [198, 51, 100, 17].into(), 28)?;
+        lb.addr("lb-green", "2001:db8:2::1".parse().expect("v6"), 64)?;
+        lb.sysctl("net.ipv4.ip_forward=1")?;
+        lb.sysctl("net.ipv6.conf.all.forwarding=1")?;
+        for (ns, v4, gw4, v6, gw6, prefix4) in [
+            (&t.client, "192.0.2.2", "192.0.2.1", "2001:db8:c::2", "2001:db8:c::1", 24),
+            (&t.blue, "198.51.100.10", "198.51.100.1", "2001:db8:1::10", "2001:db8:1::1", 28),
+            (&t.green, "198.51.100.20", "198.51.100.17", "2001:db8:2::10", "2001:db8:2::1", 28),
+        ] {
+            ns.addr("eth0", v4.parse().expect("v4"), prefix4)?;
+            ns.addr("eth0", v6.parse().expect("v6"), 64)?;
+            ns.ip(&["route", "add", "default", "via", gw4])?;
+            ns.ip(&["-6", "route", "add", "default", "via", gw6])?;
+            // XDP redirects into a veth land only if its peer runs NAPI (GRO
+            // on), and a redirected frame loses the "checksum to be completed"
+            // state of locally sent packets: hosts on veth send full checksums.
+            ns.enable_gro("eth0")?;
+            ns.disable_tx_offload("eth0")?;
+        }
+        Ok(t)
     }
-    Ok(t)
 }
 
-/// A backend: answers each connection with its version name, then closes.
-fn serve_version(ns: &NetNs, name: &'static str) -> Result<(), DemoError> {
-    let listener = ns.run(|| TcpListener::bind((Ipv4Addr::UNSPECIFIED, 8080)))?;
+/// A TCP backend on `[::]:port` (both families): answers each connection
+/// with `name` and a newline, then closes. Runs until the process exits.
+pub fn serve_tcp(ns: &NetNs, port: u16, name: &'static str) -> std::io::Result<()> {
+    let listener = ns.run(|| TcpListener::bind((std::net::Ipv6Addr::UNSPECIFIED, port)))?;
     std::thread::spawn(move || {
         for mut conn in listener.incoming().flatten() {
             let _ = conn.write_all(format!("{name}\n").as_bytes());
@@ -142,37 +141,16 @@ fn serve_version(ns: &NetNs, name: &'static str) -> Result<(), DemoError> {
     Ok(())
 }
 
-fn start_agent(lb: &NetNs, dir: &Path) -> Result<(AgentGuard, PathBuf, PathBuf), DemoError> {
-    let pin_path = PathBuf::from("/sys/fs/bpf").join(format!("{NS_PREFIX}{}", std::process::id()));
-    let config = format!(
-        "pin_path: {}\nstate_dir: {}\ncontrol: {{ socket: {} }}\n{DEMO_CONFIG}",
-        pin_path.display(),
-        dir.join("state").display(),
-        dir.join("splitter.sock").display()
-    );
-    let config_path = dir.join("demo.yaml");
-    std::fs::write(&config_path, config)?;
-    let log_path = dir.join("agent.log");
-    let log = std::fs::File::create(&log_path)?;
-    let child = lb
-        .command(std::env::current_exe()?)
-        .args(["run", "--stats-every", "0", "--config"])
-        .arg(&config_path)
-        .env("SPLITTER_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .spawn()?;
-    let mut guard = AgentGuard(child);
-    let ready = pin_path.join(splitter_common::names::MAP_STATS);
-    let start = Instant::now();
-    while !ready.exists() {
-        if guard.0.try_wait()?.is_some() || start.elapsed() > Duration::from_secs(20) {
-            return Err(DemoError::Agent(std::fs::read_to_string(&log_path).unwrap_or_default()));
+/// A UDP backend on `[::]:port` (both families): answers each datagram with `name`.
+pub fn serve_udp(ns: &NetNs, port: u16, name: &'static str) -> std::io::Result<()> {
+    let sock = ns.run(|| std::net::UdpSocket::bind((std::net::Ipv6Addr::UNSPECIFIED, port)))?;
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 1500];
+        while let Ok((_, from)) = sock.recv_from(&mut buf) {
+            let _ = sock.send_to(name.as_bytes(), from);
         }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Ok((guard, pin_path, config_path))
+    });
+    Ok(())
 }
 
 /// Opens `n` connections to `vip` from the client namespace (4 threads) and
@@ -218,19 +196,19 @@ pub fn run(connections: usize) -> Result<(), DemoError> {
     remove_stale_namespaces();
     let config = Config::from_yaml(DEMO_CONFIG)?;
     let shop = &config.services["shop"];
-    let dir = tempfile_dir()?;
+    let pid = std::process::id();
+    let dir = std::env::temp_dir().join(format!("{NS_PREFIX}{pid}"));
 
     println!("splitter demo\n=============");
     println!("config (embedded):\n{}", indent(DEMO_CONFIG));
-    let topo = build_topology()?;
-    println!(
-        "topology: namespaces {}-{{client,lb,blue,green}}, veth pairs, XDP on lb-client, lb-blue, lb-green",
-        topo.lb.name().trim_end_matches("-lb")
-    );
-    serve_version(&topo.blue, "blue")?;
-    serve_version(&topo.green, "green")?;
-    let (agent, pin_path, config_path) = start_agent(&topo.lb, &dir.0)?;
-    println!("agent: `splitter run --config {}` in the lb namespace\n", config_path.display());
+    let prefix = format!("{NS_PREFIX}{pid}");
+    let topo = Topology::build(&prefix)?;
+    println!("topology: namespaces {prefix}-{{client,lb,blue,green}} joined by veth pairs; XDP on lb-client, lb-blue, lb-green");
+    serve_tcp(&topo.blue, 8080, "blue")?;
+    serve_tcp(&topo.green, 8080, "green")?;
+    let pin_path = PathBuf::from("/sys/fs/bpf").join(&prefix);
+    let agent = AgentProcess::start(&std::env::current_exe()?, &topo.lb, &dir, &pin_path, DEMO_CONFIG)?;
+    println!("agent: `splitter run --config {}` in {prefix}-lb\n", agent.config_path.display());
 
     let before = Counters::read_pinned(&pin_path)?;
     let started = Instant::now();
@@ -266,29 +244,14 @@ pub fn run(connections: usize) -> Result<(), DemoError> {
     for (name, v) in delta.iter().filter(|(_, v)| *v > 0) {
         println!("  {name:<18} {v:>10}");
     }
+    let log = agent.log();
     drop(agent);
-    let log = std::fs::read_to_string(dir.0.join("agent.log")).unwrap_or_default();
     drop(topo);
     println!("\ncleaned up: agent stopped, XDP detached, namespaces deleted");
     if failed > 0 {
         return Err(DemoError::Failed { failed, total: connections, log });
     }
     Ok(())
-}
-
-/// A private temporary directory, removed on drop.
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn tempfile_dir() -> std::io::Result<TempDir> {
-    let dir = std::env::temp_dir().join(format!("{NS_PREFIX}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    Ok(TempDir(dir))
 }
 
 fn indent(text: &str) -> String {

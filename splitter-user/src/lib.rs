@@ -2,6 +2,7 @@
 //! edge over these modules, and the tests package drives them directly.
 
 pub mod agent;
+pub mod agent_process;
 pub mod cli;
 pub mod config;
 pub mod dataplane;

@@ -1,18 +1,14 @@
-//! The real `splitter` binary as a child process inside a test namespace,
-//! started the way a user starts it (`splitter run --config FILE`), stopped
-//! with SIGTERM on drop.
+//! The real `splitter` binary as a child process inside a test namespace
+//! (`splitter_user::agent_process`), with unique paths and helpers to read
+//! its state through the CLI as an operator would.
 
 use std::{
-    fs,
+    ops::{Deref, DerefMut},
     path::{Path, PathBuf},
-    process::{Child, Command, ExitStatus, Stdio},
-    time::{Duration, Instant},
+    process::Command,
 };
 
-use nix::{
-    sys::signal::{kill, Signal},
-    unistd::Pid,
-};
+use splitter_user::agent_process::AgentProcess;
 
 use crate::netns::{unique_name, NetNs};
 
@@ -33,83 +29,45 @@ pub fn splitter_bin() -> PathBuf {
     bin
 }
 
-/// A running agent. Its pin path, control socket and state dir are unique.
-pub struct Agent {
-    child: Option<Child>,
-    pub pin_path: PathBuf,
-    pub config_path: PathBuf,
-    log_path: PathBuf,
-    _dir: tempfile::TempDir,
+/// A running agent; panics with the agent's log when it cannot start.
+pub struct Agent(AgentProcess);
+
+impl Deref for Agent {
+    type Target = AgentProcess;
+    fn deref(&self) -> &AgentProcess {
+        &self.0
+    }
+}
+
+impl DerefMut for Agent {
+    fn deref_mut(&mut self) -> &mut AgentProcess {
+        &mut self.0
+    }
 }
 
 impl Agent {
-    /// Starts `splitter run` in `ns` with `body` (YAML: interfaces, services...)
-    /// plus a unique `pin_path`, `state_dir` and `control.socket`. Returns once
-    /// the agent has pinned its counters, or panics with the agent's log.
+    /// Starts `splitter run` in `ns` with `body` (YAML: interfaces,
+    /// services...) and a unique pin path, state dir and control socket.
     pub fn start(ns: &NetNs, body: &str) -> Agent {
         crate::require_root("running the agent");
-        let dir = tempfile::tempdir().expect("tempdir");
-        let pin_path = PathBuf::from("/sys/fs/bpf").join(unique_name("spt"));
-        let config = format!(
-            "pin_path: {}\nstate_dir: {}\ncontrol: {{ socket: {} }}\n{body}",
-            pin_path.display(),
-            dir.path().join("state").display(),
-            dir.path().join("splitter.sock").display()
-        );
-        let config_path = dir.path().join("splitter.yaml");
-        fs::write(&config_path, config).expect("write config");
-        let log_path = dir.path().join("agent.log");
-        let log = fs::File::create(&log_path).expect("agent log");
-        let child = ns
-            .command(splitter_bin())
-            .args(["run", "--config"])
-            .arg(&config_path)
-            .args(["--stats-every", "0"])
-            .env("SPLITTER_LOG", "debug")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("dup log"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn splitter run");
-        let mut agent = Agent { child: Some(child), pin_path, config_path, log_path, _dir: dir };
-        agent.wait_ready(Duration::from_secs(20));
-        agent
+        let name = unique_name("spt");
+        let dir = std::env::temp_dir().join(format!("splitter-test-{name}"));
+        let pin = PathBuf::from("/sys/fs/bpf").join(&name);
+        let p = AgentProcess::start(&splitter_bin(), ns, &dir, &pin, body).unwrap_or_else(|e| panic!("{e}"));
+        Agent(p)
     }
 
-    fn wait_ready(&mut self, limit: Duration) {
-        let stats = self.pin_path.join(splitter_common::names::MAP_STATS);
-        let start = Instant::now();
-        while !stats.exists() {
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().expect("try_wait")) {
-                panic!("splitter run exited with {status} before it was ready:\n{}", self.log());
-            }
-            if start.elapsed() > limit {
-                panic!("splitter run not ready after {limit:?}:\n{}", self.log());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// Everything the agent logged so far.
-    pub fn log(&self) -> String {
-        fs::read_to_string(&self.log_path).unwrap_or_default()
-    }
-
-    /// A `splitter` CLI command aimed at this agent's config.
+    /// A `splitter` CLI command.
     pub fn cli(&self) -> Command {
         let mut cmd = Command::new(splitter_bin());
         cmd.env("SPLITTER_LOG", "warn");
         cmd
     }
 
-    /// `splitter status --json` for this agent, parsed.
+    /// `splitter status --json --config FILE` for this agent, parsed.
     pub fn status(&self) -> serde_json::Value {
-        let out = self
-            .cli()
-            .args(["status", "--json", "--config"])
-            .arg(&self.config_path)
-            .output()
-            .expect("run splitter status");
+        let out =
+            self.cli().args(["status", "--json", "--config"]).arg(&self.config_path).output().expect("run status");
         assert!(
             out.status.success(),
             "splitter status failed: {}\nagent log:\n{}",
@@ -119,45 +77,15 @@ impl Agent {
         serde_json::from_slice(&out.stdout).expect("status --json prints JSON")
     }
 
-    /// One counter from `status --json`.
+    /// One data-path counter from `status --json`.
     pub fn counter(&self, name: &str) -> u64 {
         let s = self.status();
         s["counters"][name].as_u64().unwrap_or_else(|| panic!("no counter {name} in {s}"))
     }
 
-    /// SIGTERM, then wait (bounded); returns the exit status.
-    pub fn stop(&mut self) -> ExitStatus {
-        let mut child = self.child.take().expect("agent already stopped");
-        let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
-        let start = Instant::now();
-        loop {
-            if let Some(status) = child.try_wait().expect("try_wait") {
-                return status;
-            }
-            if start.elapsed() > Duration::from_secs(10) {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("splitter run ignored SIGTERM for 10 s:\n{}", self.log());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        let _ = fs::remove_dir_all(&self.pin_path);
+    /// Stops the agent with SIGTERM and returns whether it exited cleanly.
+    pub fn stop_ok(&mut self) -> bool {
+        let status = self.0.stop().unwrap_or_else(|e| panic!("{e}"));
+        status.success()
     }
 }

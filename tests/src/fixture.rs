@@ -1,21 +1,22 @@
 //! `BPF_PROG_TEST_RUN` fixtures, Katran style: an input frame, the verdict the
 //! program must return, the bytes it must leave, and the counters it must move.
 //!
-//! The program runs in the kernel on the real object the `splitter` binary
-//! embeds; only the packet source is synthetic.
+//! The program is the real object the `splitter` binary embeds, loaded and
+//! programmed by the agent's own `Dataplane` code. Runs happen inside a
+//! private network namespace whose routes and permanent neighbour entries are
+//! fixed ([`FixtureNet`]), so FIB lookups and the MACs they return are exact.
 
 use std::fmt::Write as _;
 
-use aya::{
-    maps::{MapData, PerCpuArray},
-    programs::{TestRun, TestRunOptions, Xdp},
-    Ebpf,
+use splitter_common::stats::Stat;
+use splitter_user::{
+    config::Config,
+    dataplane::Dataplane,
+    netns::NetNs,
+    plan::{plan_service, ServicePlan},
 };
-use splitter_common::{
-    names::{MAP_STATS, PROG_INGRESS},
-    stats::Stat,
-};
-use splitter_user::dataplane::OBJECT;
+
+use crate::netns::netns;
 
 /// XDP verdicts (`enum xdp_action`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,58 +58,146 @@ pub struct Case {
     pub input: Vec<u8>,
     pub verdict: Verdict,
     pub output: Output,
-    /// Counters this packet must move, besides `rx_packets` (+1), `rx_bytes`
-    /// (+input length) and `passed`/`dropped` (from the verdict). Every other
-    /// counter must stay where it was.
+    /// Counters this packet must move by one each (a counter listed twice
+    /// must move by two), besides `rx_packets` (+1), `rx_bytes` (+input
+    /// length) and `passed`/`dropped` (from the verdict). Every other counter
+    /// must stay where it was.
     pub counts: Vec<Stat>,
 }
 
-/// The ingress program loaded for test runs, with its counters.
-pub struct Harness {
-    ebpf: Ebpf,
+/// The fixture namespace's addresses. Backend-side interface `fxa`, client
+/// side `fxb`, both with fixed MACs and permanent neighbours.
+pub mod net {
+    pub const FXA_MAC: [u8; 6] = [0x02, 0, 0, 0, 0xfa, 0xaa];
+    pub const FXB_MAC: [u8; 6] = [0x02, 0, 0, 0, 0xfb, 0xbb];
+    /// Neighbour MAC of backend 198.51.100.N (`N`) or 2001:db8:1::X (`0xX`).
+    pub const fn backend_mac(last: u8) -> [u8; 6] {
+        [0x02, 0, 0, 0, 0xbe, last]
+    }
+    pub const CLIENT_NEIGH_MAC: [u8; 6] = [0x02, 0, 0, 0, 0xc1, 0x01];
+    pub const CLIENT4: [u8; 4] = [192, 0, 2, 1];
+    pub const VIP4: [u8; 4] = [203, 0, 113, 10];
+    pub const BLUE4: [u8; 4] = [198, 51, 100, 10];
+    pub const GREEN4: [u8; 4] = [198, 51, 100, 20];
+    pub const CLIENT6: [u8; 16] = [0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+    pub const VIP6: [u8; 16] = [0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10];
+    pub const BLUE6: [u8; 16] = [0x20, 1, 0xd, 0xb8, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10];
 }
 
-impl Default for Harness {
+/// A namespace where FIB lookups have fixed answers:
+/// 198.51.100.0/24 and 2001:db8:1::/64 via `fxa`, 192.0.2.0/24 and
+/// 2001:db8::/64 via `fxb`, with permanent neighbours for every host the
+/// fixtures use, and forwarding on.
+pub struct FixtureNet {
+    pub ns: NetNs,
+    pub fxa_ifindex: u32,
+    pub fxb_ifindex: u32,
+}
+
+impl FixtureNet {
+    pub fn new() -> FixtureNet {
+        use net::*;
+        let ns = netns("fx");
+        let ip = |args: &[&str]| {
+            ns.ip(args).unwrap_or_else(|e| panic!("fixture namespace setup: {e}"));
+        };
+        let mac = |m: [u8; 6]| m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
+        ip(&[
+            "link",
+            "add",
+            "name",
+            "fxa",
+            "address",
+            &mac(FXA_MAC),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "fxb",
+            "address",
+            &mac(FXB_MAC),
+        ]);
+        ip(&["link", "set", "dev", "fxa", "up"]);
+        ip(&["link", "set", "dev", "fxb", "up"]);
+        ip(&["addr", "add", "198.51.100.1/24", "dev", "fxa"]);
+        ip(&["addr", "add", "2001:db8:1::1/64", "dev", "fxa", "nodad"]);
+        ip(&["addr", "add", "192.0.2.254/24", "dev", "fxb"]);
+        ip(&["addr", "add", "2001:db8::fe/64", "dev", "fxb", "nodad"]);
+        // 198.51.100.N has MAC backend_mac(N); 2001:db8:1::X (hex) has backend_mac(0xX).
+        for (v4_last, v6_last) in [(10u8, 0x10u8), (11, 0x11), (20, 0x20)] {
+            let v4 = format!("198.51.100.{v4_last}");
+            let v6 = format!("2001:db8:1::{v6_last:x}");
+            ip(&["neigh", "add", &v4, "lladdr", &mac(backend_mac(v4_last)), "dev", "fxa", "nud", "permanent"]);
+            ip(&["neigh", "add", &v6, "lladdr", &mac(backend_mac(v6_last)), "dev", "fxa", "nud", "permanent"]);
+        }
+        ip(&["neigh", "add", "192.0.2.1", "lladdr", &mac(CLIENT_NEIGH_MAC), "dev", "fxb", "nud", "permanent"]);
+        ip(&["neigh", "add", "2001:db8::1", "lladdr", &mac(CLIENT_NEIGH_MAC), "dev", "fxb", "nud", "permanent"]);
+        ns.sysctl("net.ipv4.ip_forward=1").expect("ipv4 forwarding");
+        ns.sysctl("net.ipv6.conf.all.forwarding=1").expect("ipv6 forwarding");
+        let ifindex = |dev: &str| -> u32 {
+            let out = ns.ip(&["-o", "link", "show", "dev", dev]).expect("link show");
+            out.split(':').next().and_then(|n| n.trim().parse().ok()).expect("ifindex")
+        };
+        let (fxa_ifindex, fxb_ifindex) = (ifindex("fxa"), ifindex("fxb"));
+        FixtureNet { ns, fxa_ifindex, fxb_ifindex }
+    }
+}
+
+impl Default for FixtureNet {
     fn default() -> Self {
         Self::new()
     }
 }
 
+/// The ingress program, loaded and programmed as the agent does it.
+pub struct Harness {
+    pub dp: Dataplane,
+    pub net: FixtureNet,
+    /// The plans last applied, by service name (for the next plan's slots).
+    pub plans: Vec<ServicePlan>,
+}
+
 impl Harness {
-    /// Loads the embedded object (root needed) and its ingress program.
+    /// Loads the embedded object (root needed) with no services.
     pub fn new() -> Harness {
-        crate::require_root("BPF_PROG_TEST_RUN fixtures");
-        let mut ebpf = Ebpf::load(OBJECT).expect("loading the embedded eBPF object");
-        let prog: &mut Xdp = ebpf
-            .program_mut(PROG_INGRESS)
-            .unwrap_or_else(|| panic!("no program {PROG_INGRESS} in the object"))
-            .try_into()
-            .expect("ingress is an XDP program");
-        prog.load().expect("the verifier rejected the ingress program");
-        Harness { ebpf }
+        Harness::with_config("interfaces: { clients: [fxb] }\n")
     }
 
-    fn prog(&self) -> &Xdp {
-        self.ebpf.program(PROG_INGRESS).expect("program").try_into().expect("xdp")
+    /// Loads the object and applies the L4 services of `yaml` (a whole config).
+    pub fn with_config(yaml: &str) -> Harness {
+        crate::require_root("BPF_PROG_TEST_RUN fixtures");
+        let config = Config::from_yaml(yaml).expect("fixture config");
+        let dp = Dataplane::load(config.flow_table_size).expect("loading and verifying the embedded eBPF object");
+        let mut h = Harness { dp, net: FixtureNet::new(), plans: Vec::new() };
+        h.apply(&config);
+        h
+    }
+
+    /// Plans `config` from the current tables and applies it, as a reload does.
+    pub fn apply(&mut self, config: &Config) {
+        let plans: Vec<ServicePlan> = config
+            .services
+            .iter()
+            .map(|(name, svc)| {
+                let prev = self.plans.iter().find(|p| &p.name == name).map(|p| &p.table.slot_version);
+                plan_service(name, svc, prev).expect("plan")
+            })
+            .collect();
+        self.dp.apply(&plans).expect("apply plans");
+        self.plans = plans;
     }
 
     /// Counters summed over CPUs.
     pub fn stats(&self) -> Vec<u64> {
-        let map = self.ebpf.map(MAP_STATS).expect("stats map");
-        let array: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map).expect("per-cpu array");
-        Stat::ALL.iter().map(|s| array.get(&(*s as u32), 0).expect("read counter").iter().sum()).collect()
+        let c = self.dp.stats().expect("read counters");
+        Stat::ALL.iter().map(|s| c.get(*s)).collect()
     }
 
-    /// Runs `input` once; returns the raw verdict and the output frame.
+    /// Runs `input` once inside the fixture namespace; returns the raw verdict
+    /// and the output frame.
     pub fn run(&self, input: &[u8]) -> (u32, Vec<u8>) {
-        // Room for programs that grow the frame (encapsulation) later.
-        let mut out = vec![0u8; input.len() + 256];
-        let res = self
-            .prog()
-            .test_run(TestRunOptions { data_in: Some(input), data_out: Some(&mut out), ..TestRunOptions::new() })
-            .expect("BPF_PROG_TEST_RUN");
-        out.truncate(res.data_size_out as usize);
-        (res.return_value, out)
+        let out = self.net.ns.run(|| self.dp.test_run(input, 1)).expect("BPF_PROG_TEST_RUN");
+        (out.action, out.output)
     }
 
     /// Checks one case; `Err` says everything that was wrong with it.
@@ -149,12 +238,19 @@ impl Harness {
         }
     }
 
-    /// Runs every case and panics with the list of all that failed.
+    /// Runs every case in order (state carries over: flows created by one
+    /// row are seen by the next) and panics listing all that failed.
     pub fn check_table(&self, cases: &[Case]) {
         let failures: Vec<String> = cases.iter().filter_map(|c| self.check(c).err()).collect();
         if !failures.is_empty() {
             panic!("{} of {} fixtures failed:\n{}", failures.len(), cases.len(), failures.join("\n"));
         }
+    }
+}
+
+impl Default for Harness {
+    fn default() -> Self {
+        Self::new()
     }
 }
 

@@ -1,6 +1,8 @@
 //! Test packets: whole Ethernet frames with valid checksums, built with
 //! etherparse, plus the deliberately broken ones the parser must survive.
 
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+
 use etherparse::{PacketBuilder, VlanId};
 
 pub const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
@@ -18,40 +20,106 @@ pub enum Tcp {
     Rst,
 }
 
-fn finish_tcp(b: etherparse::PacketBuilderStep<etherparse::TcpHeader>, flags: Tcp, payload: &[u8]) -> Vec<u8> {
-    let b = match flags {
-        Tcp::Syn => b.syn(),
-        Tcp::Ack => b.ack(1),
-        Tcp::Fin => b.fin().ack(1),
-        Tcp::Rst => b.rst(),
-    };
-    let mut out = Vec::with_capacity(b.size(payload.len()));
-    b.write(&mut out, payload).expect("building a TCP frame");
-    out
+/// A TCP or UDP frame, field by field: inputs and the exact frames the
+/// program must produce from them.
+#[derive(Clone, Debug)]
+pub struct Frame {
+    pub src_mac: [u8; 6],
+    pub dst_mac: [u8; 6],
+    pub src: SocketAddr,
+    pub dst: SocketAddr,
+    /// TTL / hop limit.
+    pub ttl: u8,
+    /// `Some(flags)` for TCP, `None` for UDP.
+    pub tcp: Option<Tcp>,
+    pub payload: Vec<u8>,
+}
+
+impl Frame {
+    pub fn tcp(src: impl Into<SocketAddr>, dst: impl Into<SocketAddr>, flags: Tcp) -> Frame {
+        Frame {
+            src_mac: CLIENT_MAC,
+            dst_mac: LB_MAC,
+            src: src.into(),
+            dst: dst.into(),
+            ttl: 64,
+            tcp: Some(flags),
+            payload: Vec::new(),
+        }
+    }
+
+    pub fn udp(src: impl Into<SocketAddr>, dst: impl Into<SocketAddr>) -> Frame {
+        Frame { tcp: None, ..Frame::tcp(src, dst, Tcp::Syn) }
+    }
+
+    pub fn payload(mut self, p: &[u8]) -> Frame {
+        self.payload = p.to_vec();
+        self
+    }
+
+    pub fn ttl(mut self, ttl: u8) -> Frame {
+        self.ttl = ttl;
+        self
+    }
+
+    pub fn macs(mut self, src: [u8; 6], dst: [u8; 6]) -> Frame {
+        self.src_mac = src;
+        self.dst_mac = dst;
+        self
+    }
+
+    pub fn src(mut self, a: impl Into<SocketAddr>) -> Frame {
+        self.src = a.into();
+        self
+    }
+
+    pub fn dst(mut self, a: impl Into<SocketAddr>) -> Frame {
+        self.dst = a.into();
+        self
+    }
+
+    /// The frame's bytes, every checksum correct.
+    pub fn build(&self) -> Vec<u8> {
+        let eth = PacketBuilder::ethernet2(self.src_mac, self.dst_mac);
+        let ip = match (self.src.ip(), self.dst.ip()) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => eth.ipv4(s.octets(), d.octets(), self.ttl),
+            (IpAddr::V6(s), IpAddr::V6(d)) => eth.ipv6(s.octets(), d.octets(), self.ttl),
+            _ => panic!("frame mixes address families: {} -> {}", self.src, self.dst),
+        };
+        let mut out = Vec::new();
+        match self.tcp {
+            Some(flags) => {
+                let b = ip.tcp(self.src.port(), self.dst.port(), 1000, 64240);
+                let b = match flags {
+                    Tcp::Syn => b.syn(),
+                    Tcp::Ack => b.ack(1),
+                    Tcp::Fin => b.fin().ack(1),
+                    Tcp::Rst => b.rst(),
+                };
+                b.write(&mut out, &self.payload).expect("building a TCP frame");
+            }
+            None => {
+                ip.udp(self.src.port(), self.dst.port()).write(&mut out, &self.payload).expect("building a UDP frame")
+            }
+        }
+        out
+    }
 }
 
 pub fn tcp_v4(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, flags: Tcp, payload: &[u8]) -> Vec<u8> {
-    let b = PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC).ipv4(src, dst, 64).tcp(sport, dport, 1000, 64240);
-    finish_tcp(b, flags, payload)
+    Frame::tcp((src, sport), (dst, dport), flags).payload(payload).build()
 }
 
 pub fn tcp_v6(src: [u8; 16], sport: u16, dst: [u8; 16], dport: u16, flags: Tcp, payload: &[u8]) -> Vec<u8> {
-    let b = PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC).ipv6(src, dst, 64).tcp(sport, dport, 1000, 64240);
-    finish_tcp(b, flags, payload)
+    Frame::tcp((Ipv6Addr::from(src), sport), (Ipv6Addr::from(dst), dport), flags).payload(payload).build()
 }
 
 pub fn udp_v4(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, payload: &[u8]) -> Vec<u8> {
-    let b = PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC).ipv4(src, dst, 64).udp(sport, dport);
-    let mut out = Vec::new();
-    b.write(&mut out, payload).expect("building a UDP frame");
-    out
+    Frame::udp((src, sport), (dst, dport)).payload(payload).build()
 }
 
 pub fn udp_v6(src: [u8; 16], sport: u16, dst: [u8; 16], dport: u16, payload: &[u8]) -> Vec<u8> {
-    let b = PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC).ipv6(src, dst, 64).udp(sport, dport);
-    let mut out = Vec::new();
-    b.write(&mut out, payload).expect("building a UDP frame");
-    out
+    Frame::udp((Ipv6Addr::from(src), sport), (Ipv6Addr::from(dst), dport)).payload(payload).build()
 }
 
 /// UDP over IPv4 inside one 802.1Q tag.

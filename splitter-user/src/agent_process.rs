@@ -1,0 +1,128 @@
+//! The agent as a child process inside a network namespace, started the way a
+//! user starts it (`splitter run --config FILE`) and stopped with SIGTERM when
+//! dropped. Used by `splitter demo` and by the end-to-end tests.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::{Child, ExitStatus, Stdio},
+    time::{Duration, Instant},
+};
+
+use nix::{
+    sys::signal::{kill, Signal},
+    unistd::Pid,
+};
+use thiserror::Error;
+
+use crate::netns::NetNs;
+
+#[derive(Debug, Error)]
+pub enum AgentProcessError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("splitter run exited ({status}) before it was ready:\n{log}")]
+    Exited { status: ExitStatus, log: String },
+    #[error("splitter run was not ready after {limit:?}:\n{log}")]
+    NotReady { limit: Duration, log: String },
+    #[error("splitter run ignored SIGTERM for {0:?}")]
+    Hung(Duration),
+}
+
+/// A running agent with its own pin path, state dir and control socket under
+/// a private directory; everything is removed when it is dropped.
+pub struct AgentProcess {
+    child: Option<Child>,
+    pub pin_path: PathBuf,
+    pub config_path: PathBuf,
+    log_path: PathBuf,
+    dir: PathBuf,
+}
+
+impl AgentProcess {
+    /// Writes `body` (interfaces, services...) plus `pin_path`, `state_dir`
+    /// and `control.socket` under `dir` into a config file and starts
+    /// `exe run` in `ns`. Returns once the agent has pinned its maps.
+    pub fn start(exe: &Path, ns: &NetNs, dir: &Path, pin_path: &Path, body: &str) -> Result<Self, AgentProcessError> {
+        fs::create_dir_all(dir)?;
+        let config = format!(
+            "pin_path: {}\nstate_dir: {}\ncontrol: {{ socket: {} }}\n{body}",
+            pin_path.display(),
+            dir.join("state").display(),
+            dir.join("splitter.sock").display()
+        );
+        let config_path = dir.join("splitter.yaml");
+        fs::write(&config_path, config)?;
+        let log_path = dir.join("agent.log");
+        let log = fs::File::create(&log_path)?;
+        let child = ns
+            .command(exe)
+            .args(["run", "--stats-every", "0", "--config"])
+            .arg(&config_path)
+            .env("SPLITTER_LOG", std::env::var("SPLITTER_LOG").unwrap_or_else(|_| "info".into()))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        let mut agent = AgentProcess {
+            child: Some(child),
+            pin_path: pin_path.to_owned(),
+            config_path,
+            log_path,
+            dir: dir.to_owned(),
+        };
+        agent.wait_ready(Duration::from_secs(20))?;
+        Ok(agent)
+    }
+
+    fn wait_ready(&mut self, limit: Duration) -> Result<(), AgentProcessError> {
+        let ready = self.pin_path.join(splitter_common::names::MAP_STATS);
+        let start = Instant::now();
+        while !ready.exists() {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                return Err(AgentProcessError::Exited { status, log: self.log() });
+            }
+            if start.elapsed() > limit {
+                return Err(AgentProcessError::NotReady { limit, log: self.log() });
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
+    /// Everything the agent logged so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// SIGTERM, then wait up to 10 s; returns the exit status.
+    pub fn stop(&mut self) -> Result<ExitStatus, AgentProcessError> {
+        let Some(mut child) = self.child.take() else {
+            return Err(AgentProcessError::Io(std::io::Error::other("agent already stopped")));
+        };
+        let limit = Duration::from_secs(10);
+        let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+        let start = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status);
+            }
+            if start.elapsed() > limit {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(AgentProcessError::Hung(limit));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            let _ = self.stop();
+        }
+        let _ = fs::remove_dir_all(&self.pin_path);
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
