@@ -23,6 +23,8 @@ pub enum AgentError {
     StateDir { path: std::path::PathBuf, source: std::io::Error },
     #[error("another splitter agent holds {path}; give each agent its own state_dir (and pin_path, control.socket)")]
     Locked { path: std::path::PathBuf },
+    #[error("service {0:?} has mode l7, which this build cannot serve yet (the HTTP proxy path is still to come); use mode l4 or leave the service out")]
+    L7NotAvailable(String),
     #[error("installing signal handlers: {0}")]
     Signals(std::io::Error),
 }
@@ -72,6 +74,9 @@ fn check_forwarding(config: &Config) {
 /// Runs the agent until SIGINT or SIGTERM. Everything it attached or pinned is
 /// removed on the way out (the `Dataplane` guard).
 pub async fn run(config: Config, opts: RunOptions) -> Result<(), AgentError> {
+    if let Some((name, _)) = config.services.iter().find(|(_, s)| s.mode == crate::config::Mode::L7) {
+        return Err(AgentError::L7NotAvailable(name.clone()));
+    }
     let plans = plan_all(&config)?;
     let _lock = lock_state_dir(&config.state_dir)?;
     ensure_bpffs(&config.pin_path)?;

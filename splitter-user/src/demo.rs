@@ -240,10 +240,18 @@ pub fn run(connections: usize) -> Result<(), DemoError> {
     }
     let failed: usize = results.iter().filter(|(k, _)| k.is_none()).map(|(_, v)| v).sum();
     println!("  {:<8} {:>45}", "failed", failed);
-    println!("\ndata path counters for this run (splitter status shows them live):");
-    for (name, v) in delta.iter().filter(|(_, v)| *v > 0) {
-        println!("  {name:<18} {v:>10}");
-    }
+    use splitter_common::stats::Stat;
+    println!(
+        "\nin the kernel during the run: {} new flows placed, {} packets redirected by XDP, {} replies rewritten to the VIP, {} packets left to the stack",
+        delta.get(Stat::NewFlows),
+        delta.get(Stat::Redirected),
+        delta.get(Stat::Replies),
+        delta.get(Stat::Passed)
+    );
+    let mut live_config = config.clone();
+    live_config.pin_path = pin_path.clone();
+    println!("\n`splitter status --config {}` says:", agent.config_path.display());
+    println!("{}", indent(&crate::status::report(pin_path.clone(), Some(&live_config))?.render()));
     let log = agent.log();
     drop(agent);
     drop(topo);

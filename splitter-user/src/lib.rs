@@ -9,3 +9,4 @@ pub mod dataplane;
 pub mod demo;
 pub mod netns;
 pub mod plan;
+pub mod status;

@@ -9,7 +9,6 @@ use splitter_user::{
     agent::{self, RunOptions},
     cli::{Cli, Command, StatusArgs},
     config::{Config, DEFAULT_PIN_PATH},
-    dataplane::Counters,
 };
 
 fn main() -> ExitCode {
@@ -56,20 +55,17 @@ fn dispatch(command: Command) -> Result<()> {
 }
 
 fn status(args: StatusArgs) -> Result<()> {
-    let pin_path: PathBuf = match (args.pin_path, &args.config) {
+    let config = args.config.as_deref().map(Config::load).transpose()?;
+    let pin_path: PathBuf = match (args.pin_path, &config) {
         (Some(p), _) => p,
-        (None, Some(file)) => Config::load(file)?.pin_path,
+        (None, Some(c)) => c.pin_path.clone(),
         (None, None) => DEFAULT_PIN_PATH.into(),
     };
-    let counters = Counters::read_pinned(&pin_path)?;
+    let report = splitter_user::status::report(pin_path, config.as_ref())?;
     if args.json {
-        let doc = serde_json::json!({ "pin_path": pin_path, "counters": counters.to_json() });
-        println!("{}", serde_json::to_string_pretty(&doc)?);
+        println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        println!("data path counters ({}):", pin_path.display());
-        for (name, value) in counters.iter() {
-            println!("  {name:<12} {value:>14}");
-        }
+        print!("{}", report.render());
     }
     Ok(())
 }

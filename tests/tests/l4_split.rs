@@ -90,6 +90,14 @@ fn tcp_connections_split_by_weight_over_ipv4_and_ipv6() {
     assert_eq!(delta("new_flows"), 1400, "one flow entry per connection; counters {after}");
     assert!(delta("replies") >= 1400 * 2, "replies rewritten: {}", delta("replies"));
     assert_eq!(delta("no_table"), 0);
+
+    // status reports the live split next to the file's.
+    let status = agent.status();
+    let shop = status["services"].as_array().unwrap().iter().find(|s| s["name"] == "shop").expect("shop in status");
+    assert_eq!(shop["live"], true, "{shop}");
+    assert_eq!(shop["differs_from_file"], false, "{shop}");
+    let live: Vec<u64> = shop["versions"].as_array().unwrap().iter().map(|v| v["live_bps"].as_u64().unwrap()).collect();
+    assert_eq!(live, [8000, 2000], "live basis points of blue/green");
 }
 
 #[test]

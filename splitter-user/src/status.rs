@@ -1,0 +1,115 @@
+//! `splitter status`: what the kernel is doing now, read from the maps the
+//! agent pinned, next to what the config file says.
+
+use std::{fmt::Write as _, path::PathBuf};
+
+use serde::Serialize;
+
+use crate::{
+    config::{Config, Mode},
+    dataplane::{read_pinned_service, Counters, DataplaneError},
+    plan::{basis_points, service_key},
+};
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub pin_path: PathBuf,
+    pub services: Vec<ServiceStatus>,
+    pub counters: serde_json::Value,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ServiceStatus {
+    pub name: String,
+    pub listen: String,
+    pub protocol: String,
+    pub mode: String,
+    /// Whether the kernel has a table for this service.
+    pub live: bool,
+    /// Whether the live split differs from the file's weights.
+    pub differs_from_file: bool,
+    pub versions: Vec<VersionStatus>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct VersionStatus {
+    pub name: String,
+    /// Weight in the config file.
+    pub weight: u32,
+    /// The file's weight in basis points (1/10,000).
+    pub file_bps: u32,
+    /// Basis points the live kernel table gives this version.
+    pub live_bps: Option<u32>,
+    pub endpoints: Vec<String>,
+}
+
+/// Builds the report from the maps pinned under `pin_path` and, when given,
+/// the config file (for names, weights and endpoints).
+pub fn report(pin_path: PathBuf, config: Option<&Config>) -> Result<Report, DataplaneError> {
+    let counters = Counters::read_pinned(&pin_path)?;
+    let mut services = Vec::new();
+    for (name, svc) in config.map(|c| c.services.iter()).into_iter().flatten() {
+        let weights = svc.version_weights();
+        let file_bps = basis_points(&weights.iter().map(|(_, w)| *w).collect::<Vec<_>>());
+        let live = if svc.mode == Mode::L4 { read_pinned_service(&pin_path, &service_key(svc))? } else { None };
+        let versions: Vec<VersionStatus> = weights
+            .iter()
+            .enumerate()
+            .map(|(i, (v, w))| VersionStatus {
+                name: (*v).to_owned(),
+                weight: *w,
+                file_bps: file_bps[i],
+                live_bps: live.as_ref().and_then(|l| l.version_bps.get(i).copied()),
+                endpoints: svc.versions[*v].iter().map(ToString::to_string).collect(),
+            })
+            .collect();
+        services.push(ServiceStatus {
+            name: name.clone(),
+            listen: svc.listen.to_string(),
+            protocol: format!("{:?}", svc.protocol).to_lowercase(),
+            mode: format!("{:?}", svc.mode).to_lowercase(),
+            live: live.is_some(),
+            differs_from_file: live.is_some() && versions.iter().any(|v| v.live_bps != Some(v.file_bps)),
+            versions,
+        });
+    }
+    Ok(Report { pin_path, services, counters: counters.to_json() })
+}
+
+impl Report {
+    /// The human-readable table.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let pct = |b: u32| format!("{:.2}%", b as f64 / 100.0);
+        for s in &self.services {
+            let state = match (s.live, s.differs_from_file) {
+                (false, _) if s.mode == "l7" => "mode l7: not in the kernel tables",
+                (false, _) => "NOT LIVE in the kernel",
+                (true, true) => "live; differs from the file",
+                (true, false) => "live; matches the file",
+            };
+            writeln!(out, "service {} {}/{} ({}): {state}", s.name, s.listen, s.protocol, s.mode).unwrap();
+            writeln!(out, "  {:<10} {:>7} {:>9} {:>9}  endpoints", "version", "weight", "file", "live").unwrap();
+            for v in &s.versions {
+                writeln!(
+                    out,
+                    "  {:<10} {:>7} {:>9} {:>9}  {}",
+                    v.name,
+                    v.weight,
+                    pct(v.file_bps),
+                    v.live_bps.map_or("-".into(), pct),
+                    v.endpoints.join(", ")
+                )
+                .unwrap();
+            }
+        }
+        writeln!(out, "data path counters ({}):", self.pin_path.display()).unwrap();
+        if let Some(map) = self.counters.as_object() {
+            for stat in splitter_common::stats::Stat::ALL {
+                let v = map.get(stat.name()).and_then(|v| v.as_u64()).unwrap_or(0);
+                writeln!(out, "  {:<20} {v:>14}", stat.name()).unwrap();
+            }
+        }
+        out
+    }
+}
