@@ -22,5 +22,8 @@ pub const MAP_FLOWS: &str = "SPLITTER_FLOWS";
 /// Reverse NAT (LRU): reply 5-tuple → VIP.
 pub const MAP_REVERSE: &str = "SPLITTER_REVERSE";
 
+/// Per-CPU counters per endpoint of every service.
+pub const MAP_ENDPOINT_STATS: &str = "SPLITTER_ENDPOINT_STATS";
+
 /// Every map, for pinning and for the object-vs-constants check.
-pub const ALL_MAPS: [&str; 5] = [MAP_STATS, MAP_SERVICES, MAP_TABLES, MAP_FLOWS, MAP_REVERSE];
+pub const ALL_MAPS: [&str; 6] = [MAP_STATS, MAP_SERVICES, MAP_TABLES, MAP_FLOWS, MAP_REVERSE, MAP_ENDPOINT_STATS];

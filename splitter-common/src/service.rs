@@ -113,7 +113,11 @@ pub struct FlowState {
     pub version: u8,
     /// `FLOW_*` flags.
     pub flags: u8,
-    pub _pad: u32,
+    /// Index of the endpoint in the service's table (for its counters).
+    pub endpoint: u8,
+    pub _pad: u8,
+    /// The service's slot (`ServiceRef::table / 2`).
+    pub service: u16,
     /// `bpf_ktime_get_ns()` of the last packet seen; the agent ages idle flows.
     pub last_seen_ns: u64,
 }
@@ -129,14 +133,40 @@ pub struct ReverseNat {
     pub vip: [u32; 4],
     /// VIP port, network order.
     pub vip_port: u16,
-    pub _pad: u16,
+    /// The service's slot and the endpoint's index, for the endpoint's counters.
+    pub service: u16,
+    pub endpoint: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Per-CPU counters of one endpoint of one service, in `ENDPOINT_STATS` at
+/// [`endpoint_stats_index`]. "In" is towards the endpoint, "out" its replies.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct EndpointStats {
+    /// Flows placed on the endpoint (new and adopted).
+    pub flows: u64,
+    pub packets_in: u64,
+    pub bytes_in: u64,
+    pub packets_out: u64,
+    pub bytes_out: u64,
+}
+
+/// `ENDPOINT_STATS` entries: one per endpoint slot of every service slot.
+pub const ENDPOINT_STATS_LEN: u32 = MAX_SERVICES * MAX_ENDPOINTS as u32;
+
+/// Index of endpoint `endpoint` of service slot `service` in `ENDPOINT_STATS`.
+#[inline(always)]
+pub const fn endpoint_stats_index(service: u16, endpoint: u8) -> u32 {
+    service as u32 * MAX_ENDPOINTS as u32 + endpoint as u32
 }
 
 const _: () = assert!(core::mem::size_of::<ServiceKey>() == 20);
 const _: () = assert!(core::mem::size_of::<ServiceRef>() == 8);
 const _: () = assert!(core::mem::size_of::<Endpoint>() == 20);
 const _: () = assert!(core::mem::size_of::<FlowState>() == 32);
-const _: () = assert!(core::mem::size_of::<ReverseNat>() == 20);
+const _: () = assert!(core::mem::size_of::<ReverseNat>() == 24);
+const _: () = assert!(core::mem::size_of::<EndpointStats>() == 40);
 const _: () =
     assert!(core::mem::size_of::<SelectionTable>() == 24 + 20 * MAX_ENDPOINTS + BPS + RING_SIZE * MAX_VERSIONS);
 const _: () = assert!(core::mem::size_of::<SelectionTable>().is_multiple_of(4));
@@ -153,6 +183,7 @@ mod pod {
     unsafe impl aya::Pod for super::SelectionTable {}
     unsafe impl aya::Pod for super::FlowState {}
     unsafe impl aya::Pod for super::ReverseNat {}
+    unsafe impl aya::Pod for super::EndpointStats {}
 }
 
 impl ServiceKey {

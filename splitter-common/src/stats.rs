@@ -23,13 +23,21 @@ pub enum Stat {
     Udp,
     /// ICMP and ICMPv6.
     Icmp,
-    /// Any other L4 protocol, or an IPv6 extension header we do not walk. Passed.
+    /// Any other L4 protocol. Passed.
     OtherL4,
-    /// IPv4 fragments after the first (no L4 header). Passed.
+    /// IPv4 fragments, first or later (only the first carries ports). Passed.
     Fragment,
-    /// Frames cut short inside a header, or with an impossible header length.
-    /// Passed to the stack, which drops them with its own accounting.
-    Malformed,
+    /// IPv6 packets whose next header is an extension header (not walked). Passed.
+    Ipv6Ext,
+    /// Malformed: a header does not fit in the frame. Passed to the stack,
+    /// which drops it with its own accounting; never redirected.
+    Truncated,
+    /// Malformed: impossible header fields (IP version, IPv4 IHL < 5, TCP data
+    /// offset < 5). Passed, never redirected.
+    BadHeader,
+    /// Malformed: IP length fields claim more than the frame holds, or less
+    /// than the header. Passed, never redirected.
+    BadLength,
     /// Packets handed to the kernel stack (`XDP_PASS`).
     Passed,
     /// Packets dropped by the program (`XDP_DROP`).
@@ -64,7 +72,7 @@ pub enum Stat {
 
 impl Stat {
     /// Every counter, in index order.
-    pub const ALL: [Stat; 24] = [
+    pub const ALL: [Stat; 27] = [
         Stat::RxPackets,
         Stat::RxBytes,
         Stat::NonIp,
@@ -75,7 +83,10 @@ impl Stat {
         Stat::Icmp,
         Stat::OtherL4,
         Stat::Fragment,
-        Stat::Malformed,
+        Stat::Ipv6Ext,
+        Stat::Truncated,
+        Stat::BadHeader,
+        Stat::BadLength,
         Stat::Passed,
         Stat::Dropped,
         Stat::ServicePackets,
@@ -107,7 +118,10 @@ impl Stat {
             Stat::Icmp => "icmp",
             Stat::OtherL4 => "other_l4",
             Stat::Fragment => "fragment",
-            Stat::Malformed => "malformed",
+            Stat::Ipv6Ext => "ipv6_ext",
+            Stat::Truncated => "truncated",
+            Stat::BadHeader => "bad_header",
+            Stat::BadLength => "bad_length",
             Stat::Passed => "passed",
             Stat::Dropped => "dropped",
             Stat::ServicePackets => "service_packets",

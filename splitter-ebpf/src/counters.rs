@@ -1,8 +1,8 @@
 //! Per-CPU counters: the kernel's only way of telling what it saw.
 
-use splitter_common::stats::Stat;
+use splitter_common::{service::endpoint_stats_index, stats::Stat};
 
-use crate::maps::SPLITTER_STATS;
+use crate::maps::{SPLITTER_ENDPOINT_STATS, SPLITTER_STATS};
 
 /// Adds `n` to counter `stat` on this CPU. Per-CPU slots need no atomics.
 #[inline(always)]
@@ -17,4 +17,34 @@ pub fn add(stat: Stat, n: u64) {
 #[inline(always)]
 pub fn inc(stat: Stat) {
     add(stat, 1)
+}
+
+/// Which way a packet of a service flow goes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Client → endpoint.
+    In,
+    /// Endpoint → client (a reply).
+    Out,
+}
+
+/// Counts one packet of `bytes` for endpoint `endpoint` of service slot
+/// `service`, and a placed flow when `placed`.
+#[inline(always)]
+pub fn endpoint(service: u16, endpoint: u8, dir: Direction, bytes: u64, placed: bool) {
+    if let Some(s) = SPLITTER_ENDPOINT_STATS.get_ptr_mut(endpoint_stats_index(service, endpoint)) {
+        // SAFETY: this CPU's slot of the map value.
+        unsafe {
+            if placed {
+                (*s).flows += 1;
+            }
+            if dir == Direction::In {
+                (*s).packets_in += 1;
+                (*s).bytes_in += bytes;
+            } else {
+                (*s).packets_out += 1;
+                (*s).bytes_out += bytes;
+            }
+        }
+    }
 }

@@ -19,9 +19,10 @@ use splitter_common::{
 };
 
 use crate::{
+    counters::Direction,
     maps::{SPLITTER_FLOWS, SPLITTER_REVERSE, SPLITTER_SERVICES},
     nat::{NatError, Side},
-    parse::{Packet, Parsed, Verdict, IPPROTO_TCP, TCP_RST},
+    parse::{Malformed, Packet, Parsed, Verdict, IPPROTO_TCP, TCP_RST},
 };
 
 /// Attached to every client- and backend-facing interface. A packet to a
@@ -66,13 +67,14 @@ fn try_ingress(ctx: &XdpContext) -> u32 {
                 Verdict::Icmp => Stat::Icmp,
                 Verdict::OtherL4 => Stat::OtherL4,
                 Verdict::Fragment => Stat::Fragment,
+                Verdict::Ipv6Ext => Stat::Ipv6Ext,
             });
             xdp_action::XDP_PASS
         }
         // Policy: a packet we cannot parse is not ours to judge; the stack
         // validates it again and drops it with its own accounting.
-        Err(_) => {
-            counters::inc(Stat::Malformed);
+        Err(reason) => {
+            counters::inc(malformed_stat(reason));
             xdp_action::XDP_PASS
         }
     }
@@ -84,6 +86,7 @@ fn to_service(ctx: &XdpContext, pkt: &Packet, svc: &splitter_common::service::Se
     counters::inc(Stat::ServicePackets);
     // SAFETY: plain helper call.
     let now = unsafe { bpf_ktime_get_ns() };
+    let bytes = (ctx.data_end() - ctx.data()) as u64;
     let (backend, backend_port) = match SPLITTER_FLOWS.get_ptr_mut(pkt.key) {
         Some(state) => {
             counters::inc(Stat::FlowHits);
@@ -91,25 +94,30 @@ fn to_service(ctx: &XdpContext, pkt: &Packet, svc: &splitter_common::service::Se
             // last_seen from another CPU is harmless.
             unsafe {
                 (*state).last_seen_ns = now;
+                counters::endpoint((*state).service, (*state).endpoint, Direction::In, bytes, false);
                 ((*state).backend, (*state).backend_port)
             }
         }
         None => {
-            let ep = match select::place(&pkt.key, svc) {
-                Ok(ep) => ep,
+            let (ep, idx) = match select::place(&pkt.key, svc) {
+                Ok(placed) => placed,
                 Err(select::NoPlace::BadTable) => {
                     counters::inc(Stat::NoTable);
                     return xdp_action::XDP_DROP;
                 }
             };
+            let service = (svc.table / 2) as u16;
             let adopted = !pkt.opens_flow();
             counters::inc(if adopted { Stat::Adopted } else { Stat::NewFlows });
+            counters::endpoint(service, idx, Direction::In, bytes, true);
             let state = FlowState {
                 backend: ep.addr,
                 backend_port: ep.port,
                 version: ep.version,
                 flags: if adopted { FLOW_ADOPTED } else { 0 },
+                endpoint: idx,
                 _pad: 0,
+                service,
                 last_seen_ns: now,
             };
             let reply = FlowKey {
@@ -121,7 +129,8 @@ fn to_service(ctx: &XdpContext, pkt: &Packet, svc: &splitter_common::service::Se
                 family: pkt.key.family,
                 _pad: [0; 2],
             };
-            let rev = ReverseNat { vip: pkt.key.dst_addr, vip_port: pkt.key.dst_port, _pad: 0 };
+            let rev =
+                ReverseNat { vip: pkt.key.dst_addr, vip_port: pkt.key.dst_port, service, endpoint: idx, _pad: [0; 3] };
             if SPLITTER_FLOWS.insert(pkt.key, state, 0).is_err() || SPLITTER_REVERSE.insert(reply, rev, 0).is_err() {
                 counters::inc(Stat::FlowInsertFailed);
             }
@@ -142,6 +151,7 @@ fn to_service(ctx: &XdpContext, pkt: &Packet, svc: &splitter_common::service::Se
 #[inline(always)]
 fn to_client(ctx: &XdpContext, pkt: &Packet, rev: &ReverseNat) -> u32 {
     counters::inc(Stat::Replies);
+    counters::endpoint(rev.service, rev.endpoint, Direction::Out, (ctx.data_end() - ctx.data()) as u64, false);
     match nat::rewrite(ctx, pkt, Side::Src, &rev.vip, rev.vip_port) {
         Ok(()) => forward::forward(ctx, pkt, &rev.vip, &pkt.key.dst_addr),
         Err(e) => nat_failed(e),
@@ -152,9 +162,18 @@ fn to_client(ctx: &XdpContext, pkt: &Packet, rev: &ReverseNat) -> u32 {
 fn nat_failed(e: NatError) -> u32 {
     match e {
         NatError::TtlExpired => counters::inc(Stat::TtlExpired),
-        NatError::Malformed => counters::inc(Stat::Malformed),
+        NatError::Malformed(reason) => counters::inc(malformed_stat(reason)),
     }
     xdp_action::XDP_PASS
+}
+
+#[inline(always)]
+fn malformed_stat(reason: Malformed) -> Stat {
+    match reason {
+        Malformed::Truncated => Stat::Truncated,
+        Malformed::BadHeader => Stat::BadHeader,
+        Malformed::BadLength => Stat::BadLength,
+    }
 }
 
 #[cfg(not(test))]

@@ -7,8 +7,8 @@ use aya_ebpf::{
 };
 use splitter_common::{
     service::{
-        FlowState, ReverseNat, SelectionTable, ServiceKey, ServiceRef, DEFAULT_FLOW_TABLE_SIZE, MAX_SERVICES,
-        MAX_TABLES,
+        EndpointStats, FlowState, ReverseNat, SelectionTable, ServiceKey, ServiceRef, DEFAULT_FLOW_TABLE_SIZE,
+        ENDPOINT_STATS_LEN, MAX_SERVICES, MAX_TABLES,
     },
     stats::Stat,
     FlowKey,
@@ -35,3 +35,7 @@ pub static SPLITTER_FLOWS: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max
 /// Reply 5-tuples (endpoint → client) → the VIP the client addressed.
 #[map]
 pub static SPLITTER_REVERSE: LruHashMap<FlowKey, ReverseNat> = LruHashMap::with_max_entries(DEFAULT_FLOW_TABLE_SIZE, 0);
+
+/// Per-CPU counters per endpoint of every service.
+#[map]
+pub static SPLITTER_ENDPOINT_STATS: PerCpuArray<EndpointStats> = PerCpuArray::with_max_entries(ENDPOINT_STATS_LEN, 0);

@@ -19,15 +19,15 @@ pub enum Side {
 pub enum NatError {
     /// A header moved out of reach (cannot happen after a successful parse,
     /// but the verifier wants every access checked).
-    Malformed,
+    Malformed(Malformed),
     /// TTL / hop limit would reach 0: leave the packet to the stack, which
     /// answers with ICMP time exceeded.
     TtlExpired,
 }
 
 impl From<Malformed> for NatError {
-    fn from(_: Malformed) -> Self {
-        NatError::Malformed
+    fn from(m: Malformed) -> Self {
+        NatError::Malformed(m)
     }
 }
 

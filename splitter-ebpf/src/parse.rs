@@ -55,6 +55,15 @@ pub enum Verdict {
     Icmp,
     OtherL4,
     Fragment,
+    Ipv6Ext,
+}
+
+/// IPv6 extension headers (RFC 8200 and the IANA registry): hop-by-hop,
+/// routing, fragment, ESP, AH, destination options, mobility, HIP, shim6,
+/// and the two experimental values.
+#[inline(always)]
+fn is_ipv6_extension(next: u8) -> bool {
+    matches!(next, 0 | 43 | 44 | 50 | 51 | 60 | 135 | 139 | 140 | 253 | 254)
 }
 
 pub enum Parsed {
@@ -62,8 +71,16 @@ pub enum Parsed {
     Other(Verdict),
 }
 
-/// A header did not fit in the frame, or had an impossible length.
-pub struct Malformed;
+/// Why a frame could not be parsed: counted by reason, passed by policy.
+#[derive(Clone, Copy)]
+pub enum Malformed {
+    /// A header does not fit in the frame.
+    Truncated,
+    /// Impossible header fields: IP version, IPv4 IHL < 5, TCP data offset < 5.
+    BadHeader,
+    /// The IP length fields claim more than the frame holds, or less than the header.
+    BadLength,
+}
 
 /// The one bounds check: a pointer to a `T` at `offset`, if the frame holds it.
 #[inline(always)]
@@ -71,7 +88,7 @@ pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Result<*mut T, Malformed> {
     let start = ctx.data();
     let end = ctx.data_end();
     if start + offset + mem::size_of::<T>() > end {
-        return Err(Malformed);
+        return Err(Malformed::Truncated);
     }
     Ok((start + offset) as *mut T)
 }
@@ -102,9 +119,15 @@ fn parse_v4(ctx: &XdpContext, l3_off: usize) -> Result<Parsed, Malformed> {
     let ip = unsafe { &*ip };
     let ihl = (ip.vihl & 0x0f) as usize * 4;
     if ip.vihl >> 4 != 4 || ihl < Ipv4Hdr::LEN {
-        return Err(Malformed);
+        return Err(Malformed::BadHeader);
     }
     counters::inc(Stat::Ipv4);
+    // Ethernet may pad a short packet, so the frame may be longer than the
+    // datagram, never shorter.
+    let tot_len = u16::from_be_bytes(ip.tot_len) as usize;
+    if tot_len < ihl || l3_off + tot_len > ctx.data_end() - ctx.data() {
+        return Err(Malformed::BadLength);
+    }
     if u16::from_ne_bytes(ip.frags) & IP_MF_OFFSET_MASK != 0 {
         // Any fragment: only the first carries ports, and a later one of the
         // same datagram could not follow it. Leave reassembly to the stack.
@@ -128,9 +151,17 @@ fn parse_v6(ctx: &XdpContext, l3_off: usize) -> Result<Parsed, Malformed> {
     // SAFETY: bounds-checked by ptr_at.
     let ip = unsafe { &*ip };
     if ip.vcf[0] >> 4 != 6 {
-        return Err(Malformed);
+        return Err(Malformed::BadHeader);
     }
     counters::inc(Stat::Ipv6);
+    let payload_len = u16::from_be_bytes(ip.payload_len) as usize;
+    if l3_off + Ipv6Hdr::LEN + payload_len > ctx.data_end() - ctx.data() {
+        return Err(Malformed::BadLength);
+    }
+    if is_ipv6_extension(ip.next_hdr) {
+        // Not walked: whatever follows is left to the stack.
+        return Ok(Parsed::Other(Verdict::Ipv6Ext));
+    }
     let mut key = FlowKey {
         src_addr: words(&ip.src_addr),
         dst_addr: words(&ip.dst_addr),
@@ -140,7 +171,6 @@ fn parse_v6(ctx: &XdpContext, l3_off: usize) -> Result<Parsed, Malformed> {
         family: FAMILY_V6,
         _pad: [0; 2],
     };
-    // Extension headers are not walked: they land in OtherL4 and are passed.
     parse_l4(ctx, &mut key, l3_off, l3_off + Ipv6Hdr::LEN, IPPROTO_ICMPV6)
 }
 
@@ -153,7 +183,7 @@ fn parse_l4(ctx: &XdpContext, key: &mut FlowKey, l3_off: usize, l4_off: usize, i
             // SAFETY: bounds-checked by ptr_at.
             let tcp = unsafe { &*tcp };
             if (tcp.doff() as usize) * 4 < TcpHdr::LEN {
-                return Err(Malformed);
+                return Err(Malformed::BadHeader);
             }
             key.src_port = u16::from_ne_bytes(tcp.source);
             key.dst_port = u16::from_ne_bytes(tcp.dest);

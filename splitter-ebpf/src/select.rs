@@ -19,9 +19,9 @@ pub enum NoPlace {
     BadTable,
 }
 
-/// The endpoint a new flow of `svc` goes to.
+/// The endpoint a new flow of `svc` goes to, and its index in the table.
 #[inline(always)]
-pub fn place(key: &FlowKey, svc: &ServiceRef) -> Result<Endpoint, NoPlace> {
+pub fn place(key: &FlowKey, svc: &ServiceRef) -> Result<(Endpoint, u8), NoPlace> {
     let table: &SelectionTable = SPLITTER_TABLES.get(svc.table).ok_or(NoPlace::BadTable)?;
     if table.vip.addr != key.dst_addr || table.vip.port != key.dst_port || table.vip.proto != key.proto {
         return Err(NoPlace::BadTable);
@@ -50,5 +50,5 @@ pub fn place(key: &FlowKey, svc: &ServiceRef) -> Result<Endpoint, NoPlace> {
     if idx >= MAX_ENDPOINTS || idx >= table.n_endpoints as usize {
         return Err(NoPlace::BadTable);
     }
-    Ok(table.endpoints[idx])
+    Ok((table.endpoints[idx], idx as u8))
 }

@@ -15,8 +15,10 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use splitter_common::{
-    names::{ALL_MAPS, MAP_FLOWS, MAP_REVERSE, MAP_SERVICES, MAP_STATS, MAP_TABLES, PROG_INGRESS},
-    service::{SelectionTable, ServiceKey, ServiceRef, MAX_SERVICES},
+    names::{ALL_MAPS, MAP_ENDPOINT_STATS, MAP_FLOWS, MAP_REVERSE, MAP_SERVICES, MAP_STATS, MAP_TABLES, PROG_INGRESS},
+    service::{
+        endpoint_stats_index, EndpointStats, SelectionTable, ServiceKey, ServiceRef, MAX_ENDPOINTS, MAX_SERVICES,
+    },
     stats::Stat,
 };
 
@@ -298,6 +300,10 @@ pub struct LiveService {
     /// Basis-point slots each version owns in the live table (by version index).
     pub version_bps: Vec<u32>,
     pub n_endpoints: u16,
+    /// Version index of each endpoint (table order).
+    pub endpoint_versions: Vec<u8>,
+    /// Counters of each endpoint (table order), summed over CPUs.
+    pub endpoint_stats: Vec<EndpointStats>,
 }
 
 /// Reads the live table of the service at `key` from maps pinned under `pin_dir`.
@@ -322,5 +328,25 @@ pub fn read_pinned_service(pin_dir: &Path, key: &ServiceKey) -> Result<Option<Li
             *n += 1;
         }
     }
-    Ok(Some(LiveService { table: svc_ref.table, flags: svc_ref.flags, version_bps, n_endpoints: table.n_endpoints }))
+    let per_cpu: PerCpuArray<MapData, EndpointStats> = PerCpuArray::try_from(open(MAP_ENDPOINT_STATS)?)?;
+    let n = usize::from(table.n_endpoints).min(MAX_ENDPOINTS);
+    let mut endpoint_stats = Vec::with_capacity(n);
+    for i in 0..n {
+        let values = per_cpu.get(&endpoint_stats_index((svc_ref.table / 2) as u16, i as u8), 0)?;
+        endpoint_stats.push(values.iter().fold(EndpointStats::default(), |a, b| EndpointStats {
+            flows: a.flows + b.flows,
+            packets_in: a.packets_in + b.packets_in,
+            bytes_in: a.bytes_in + b.bytes_in,
+            packets_out: a.packets_out + b.packets_out,
+            bytes_out: a.bytes_out + b.bytes_out,
+        }));
+    }
+    Ok(Some(LiveService {
+        table: svc_ref.table,
+        flags: svc_ref.flags,
+        version_bps,
+        n_endpoints: table.n_endpoints,
+        endpoint_versions: table.endpoints[..n].iter().map(|e| e.version).collect(),
+        endpoint_stats,
+    }))
 }

@@ -40,7 +40,20 @@ pub struct VersionStatus {
     pub file_bps: u32,
     /// Basis points the live kernel table gives this version.
     pub live_bps: Option<u32>,
-    pub endpoints: Vec<String>,
+    /// Flows the kernel placed on this version (sum over its endpoints).
+    pub flows: Option<u64>,
+    pub endpoints: Vec<EndpointStatus>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct EndpointStatus {
+    pub address: String,
+    /// Kernel counters, when the service is live.
+    pub flows: Option<u64>,
+    pub packets_in: Option<u64>,
+    pub bytes_in: Option<u64>,
+    pub packets_out: Option<u64>,
+    pub bytes_out: Option<u64>,
 }
 
 /// Builds the report from the maps pinned under `pin_path` and, when given,
@@ -52,15 +65,35 @@ pub fn report(pin_path: PathBuf, config: Option<&Config>) -> Result<Report, Data
         let weights = svc.version_weights();
         let file_bps = basis_points(&weights.iter().map(|(_, w)| *w).collect::<Vec<_>>());
         let live = if svc.mode == Mode::L4 { read_pinned_service(&pin_path, &service_key(svc))? } else { None };
+        // Endpoints sit in the table in version order, as the file lists them.
+        let mut next_endpoint = 0usize;
         let versions: Vec<VersionStatus> = weights
             .iter()
             .enumerate()
-            .map(|(i, (v, w))| VersionStatus {
-                name: (*v).to_owned(),
-                weight: *w,
-                file_bps: file_bps[i],
-                live_bps: live.as_ref().and_then(|l| l.version_bps.get(i).copied()),
-                endpoints: svc.versions[*v].iter().map(ToString::to_string).collect(),
+            .map(|(i, (v, w))| {
+                let endpoints: Vec<EndpointStatus> = svc.versions[*v]
+                    .iter()
+                    .map(|addr| {
+                        let st = live.as_ref().and_then(|l| l.endpoint_stats.get(next_endpoint)).copied();
+                        next_endpoint += 1;
+                        EndpointStatus {
+                            address: addr.to_string(),
+                            flows: st.map(|s| s.flows),
+                            packets_in: st.map(|s| s.packets_in),
+                            bytes_in: st.map(|s| s.bytes_in),
+                            packets_out: st.map(|s| s.packets_out),
+                            bytes_out: st.map(|s| s.bytes_out),
+                        }
+                    })
+                    .collect();
+                VersionStatus {
+                    name: (*v).to_owned(),
+                    weight: *w,
+                    file_bps: file_bps[i],
+                    live_bps: live.as_ref().and_then(|l| l.version_bps.get(i).copied()),
+                    flows: live.as_ref().map(|_| endpoints.iter().filter_map(|e| e.flows).sum()),
+                    endpoints,
+                }
             })
             .collect();
         services.push(ServiceStatus {
@@ -89,16 +122,24 @@ impl Report {
                 (true, false) => "live; matches the file",
             };
             writeln!(out, "service {} {}/{} ({}): {state}", s.name, s.listen, s.protocol, s.mode).unwrap();
-            writeln!(out, "  {:<10} {:>7} {:>9} {:>9}  endpoints", "version", "weight", "file", "live").unwrap();
+            writeln!(
+                out,
+                "  {:<10} {:>7} {:>9} {:>9} {:>10}  endpoints (flows)",
+                "version", "weight", "file", "live", "flows"
+            )
+            .unwrap();
+            let n = |v: Option<u64>| v.map_or("-".to_owned(), |v| v.to_string());
             for v in &s.versions {
+                let eps: Vec<String> = v.endpoints.iter().map(|e| format!("{} ({})", e.address, n(e.flows))).collect();
                 writeln!(
                     out,
-                    "  {:<10} {:>7} {:>9} {:>9}  {}",
+                    "  {:<10} {:>7} {:>9} {:>9} {:>10}  {}",
                     v.name,
                     v.weight,
                     pct(v.file_bps),
                     v.live_bps.map_or("-".into(), pct),
-                    v.endpoints.join(", ")
+                    n(v.flows),
+                    eps.join(", ")
                 )
                 .unwrap();
             }

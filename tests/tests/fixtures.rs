@@ -53,26 +53,44 @@ fn parser_classifies_and_counts_every_kind_of_frame() {
             &[Stat::Ipv4, Stat::Fragment],
         ),
         pass("GRE is another L4", gre_v4(), &[Stat::Ipv4, Stat::OtherL4]),
-        // Malformed: passed to the stack (it drops them with its own accounting), counted here.
-        pass("Ethernet header only, IPv4 EtherType", packet::truncated(&tcp, 14), &[Stat::Malformed]),
-        pass("IPv4 header cut short", packet::truncated(&tcp, 14 + 12), &[Stat::Malformed]),
         pass(
-            "TCP header cut short",
-            packet::truncated(&tcp, packet::ETH_IPV4_HLEN + 10),
-            &[Stat::Ipv4, Stat::Malformed],
+            "IPv4 with Ethernet padding after the datagram",
+            padded(packet::udp_v4(CLIENT4, 1, VIP4, 2, b"x")),
+            &[Stat::Ipv4, Stat::Udp],
         ),
-        pass("IPv4 IHL below 5", packet::with_ipv4_ihl(tcp.clone(), 4), &[Stat::Malformed]),
+        pass("IPv6 hop-by-hop extension header: not walked", ipv6_hop_by_hop(), &[Stat::Ipv6, Stat::Ipv6Ext]),
+        // Malformed: passed to the stack (it drops them with its own
+        // accounting), counted by reason, never redirected.
+        pass("Ethernet header only, IPv4 EtherType", packet::truncated(&tcp, 14), &[Stat::Truncated]),
+        pass("IPv4 header cut short", packet::truncated(&tcp, 14 + 12), &[Stat::Truncated]),
         pass(
-            "IPv4 IHL past the end of the frame",
+            "TCP header cut short (IP length consistent)",
+            packet::truncated(&with_ipv4_tot_len(tcp.clone(), 30), packet::ETH_IPV4_HLEN + 10),
+            &[Stat::Ipv4, Stat::Truncated],
+        ),
+        pass(
+            "IPv4 total length past the end of the frame",
+            with_ipv4_tot_len(packet::udp_v4(CLIENT4, 1, VIP4, 2, b"x"), 200),
+            &[Stat::Ipv4, Stat::BadLength],
+        ),
+        pass(
+            "IPv4 total length below the header length",
+            with_ipv4_tot_len(packet::udp_v4(CLIENT4, 1, VIP4, 2, b"x"), 12),
+            &[Stat::Ipv4, Stat::BadLength],
+        ),
+        pass("IPv4 IHL below 5", packet::with_ipv4_ihl(tcp.clone(), 4), &[Stat::BadHeader]),
+        pass(
+            "IPv4 IHL larger than the datagram",
             packet::with_ipv4_ihl(packet::truncated(&tcp, 40), 15),
-            &[Stat::Ipv4, Stat::Malformed],
+            &[Stat::Ipv4, Stat::BadLength],
         ),
-        pass("IP version 6 in an IPv4 EtherType", ipv4_wrong_version(tcp.clone()), &[Stat::Malformed]),
-        pass("TCP data offset below 5", tcp_bad_doff(tcp.clone()), &[Stat::Ipv4, Stat::Malformed]),
+        pass("IP version 6 in an IPv4 EtherType", ipv4_wrong_version(tcp.clone()), &[Stat::BadHeader]),
+        pass("TCP data offset below 5", tcp_bad_doff(tcp.clone()), &[Stat::Ipv4, Stat::BadHeader]),
+        pass("IPv6 payload length past the end of the frame", ipv6_long_payload(), &[Stat::Ipv6, Stat::BadLength]),
         pass(
             "VLAN tag cut short",
             packet::truncated(&packet::udp_v4_vlan(42, CLIENT4, 1, VIP4, 2, b""), 16),
-            &[Stat::Malformed],
+            &[Stat::Truncated],
         ),
     ];
     Harness::new().check_table(&cases);
@@ -96,6 +114,8 @@ fn harness_notices_a_wrong_expectation() {
     assert!(err.contains("output differs"), "{err}");
     assert!(err.contains("counter tcp moved by 0, expected 1"), "{err}");
     assert!(err.contains("counter udp moved by 1, expected 0"), "{err}");
+    // And the same harness passes the right expectation.
+    h.check(&pass("the right expectation", input, &[Stat::Ipv4, Stat::Udp])).expect("correct case");
 }
 
 /// Adds 4 bytes of IPv4 options (NOP x4) and fixes lengths and checksums.
@@ -120,6 +140,36 @@ fn gre_v4() -> Vec<u8> {
 fn ipv4_wrong_version(mut f: Vec<u8>) -> Vec<u8> {
     f[14] = 0x65;
     packet::fix_ipv4_checksum(&mut f);
+    f
+}
+
+fn with_ipv4_tot_len(mut f: Vec<u8>, len: u16) -> Vec<u8> {
+    f[16..18].copy_from_slice(&len.to_be_bytes());
+    packet::fix_ipv4_checksum(&mut f);
+    f
+}
+
+fn padded(mut f: Vec<u8>) -> Vec<u8> {
+    f.extend_from_slice(&[0; 16]);
+    f
+}
+
+fn ipv6_hop_by_hop() -> Vec<u8> {
+    // Next header 0 (hop-by-hop) followed by an 8-byte option header that
+    // leads to UDP; the parser must not take the option bytes for ports.
+    let mut f = packet::udp_v6(CLIENT6, 1, VIP6, 2, b"x");
+    let udp = f.split_off(54);
+    f[20] = 0;
+    f.extend_from_slice(&[17, 0, 1, 4, 0, 0, 0, 0]);
+    f.extend_from_slice(&udp);
+    let len = (f.len() - 54) as u16;
+    f[18..20].copy_from_slice(&len.to_be_bytes());
+    f
+}
+
+fn ipv6_long_payload() -> Vec<u8> {
+    let mut f = packet::udp_v6(CLIENT6, 1, VIP6, 2, b"x");
+    f[18..20].copy_from_slice(&400u16.to_be_bytes());
     f
 }
 

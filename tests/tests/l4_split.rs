@@ -98,6 +98,13 @@ fn tcp_connections_split_by_weight_over_ipv4_and_ipv6() {
     assert_eq!(shop["differs_from_file"], false, "{shop}");
     let live: Vec<u64> = shop["versions"].as_array().unwrap().iter().map(|v| v["live_bps"].as_u64().unwrap()).collect();
     assert_eq!(live, [8000, 2000], "live basis points of blue/green");
+    // The kernel's per-version flow counters match what the client saw.
+    for v in shop["versions"].as_array().unwrap() {
+        let name = v["name"].as_str().unwrap();
+        assert_eq!(v["flows"].as_u64().unwrap(), v4[name] as u64, "flows of {name}: {v}");
+        let ep = &v["endpoints"][0];
+        assert!(ep["packets_out"].as_u64().unwrap() >= 2 * v4[name] as u64, "replies from {name}: {ep}");
+    }
 }
 
 #[test]
