@@ -5,7 +5,7 @@ use std::{fs::File, path::Path, time::Duration};
 
 use thiserror::Error;
 use tokio::signal::unix::{signal, SignalKind};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::{
     config::Config,
@@ -34,6 +34,74 @@ pub enum AgentError {
 pub struct RunOptions {
     pub xdp_mode: AttachMode,
     pub stats_every: Duration,
+    /// Where the config came from: SIGHUP reads it again.
+    pub config_path: std::path::PathBuf,
+    /// `--socket` from the command line, which outlives reloads.
+    pub socket_override: Option<std::path::PathBuf>,
+}
+
+/// Why a reload was refused (the running configuration stays as it was).
+#[derive(Debug, Error)]
+pub enum ReloadError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("{0} changed; that takes a restart (the reload changed nothing)")]
+    NeedsRestart(&'static str),
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    #[error(transparent)]
+    Agent(#[from] AgentError),
+}
+
+/// Re-reads the config file and applies its services: each table is planned
+/// from the live one (fewest flows moved) and swapped in atomically.
+fn reload(
+    current: &Config,
+    plans: &[ServicePlan],
+    dp: &mut Dataplane,
+    opts: &RunOptions,
+) -> Result<(Config, Vec<ServicePlan>), ReloadError> {
+    let mut next = Config::load(&opts.config_path)?;
+    if let Some(socket) = &opts.socket_override {
+        next.control.socket = socket.clone();
+    }
+    for (what, same) in [
+        ("interfaces", next.interfaces == current.interfaces),
+        ("pin_path", next.pin_path == current.pin_path),
+        ("state_dir", next.state_dir == current.state_dir),
+        ("flow_table_size", next.flow_table_size == current.flow_table_size),
+        ("control.socket", next.control == current.control),
+    ] {
+        if !same {
+            return Err(ReloadError::NeedsRestart(what));
+        }
+    }
+    check_modes(&next)?;
+    let new_plans = next
+        .services
+        .iter()
+        .map(|(name, svc)| {
+            let previous = plans.iter().find(|p| &p.name == name).map(|p| &p.table.slot_version);
+            plan_service(name, svc, previous)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    dp.apply(&new_plans).map_err(AgentError::from)?;
+    Ok((next, new_plans))
+}
+
+fn check_modes(config: &Config) -> Result<(), AgentError> {
+    match config.services.iter().find(|(_, s)| s.mode == crate::config::Mode::L7) {
+        Some((name, _)) => Err(AgentError::L7NotAvailable(name.clone())),
+        None => Ok(()),
+    }
+}
+
+fn log_plans(plans: &[ServicePlan]) {
+    for plan in plans {
+        let split: Vec<String> =
+            plan.versions.iter().zip(&plan.bps).map(|(v, b)| format!("{v}={:.2}%", *b as f64 / 100.0)).collect();
+        info!(service = %plan.name, "programmed: {}", split.join(" "));
+    }
 }
 
 /// The plans of every L4 service of `config` (L7 services are served by the
@@ -73,20 +141,14 @@ fn check_forwarding(config: &Config) {
 
 /// Runs the agent until SIGINT or SIGTERM. Everything it attached or pinned is
 /// removed on the way out (the `Dataplane` guard).
-pub async fn run(config: Config, opts: RunOptions) -> Result<(), AgentError> {
-    if let Some((name, _)) = config.services.iter().find(|(_, s)| s.mode == crate::config::Mode::L7) {
-        return Err(AgentError::L7NotAvailable(name.clone()));
-    }
-    let plans = plan_all(&config)?;
+pub async fn run(mut config: Config, opts: RunOptions) -> Result<(), AgentError> {
+    check_modes(&config)?;
+    let mut plans = plan_all(&config)?;
     let _lock = lock_state_dir(&config.state_dir)?;
     ensure_bpffs(&config.pin_path)?;
     let mut dp = Dataplane::load(config.flow_table_size)?;
     dp.apply(&plans)?;
-    for plan in &plans {
-        let split: Vec<String> =
-            plan.versions.iter().zip(&plan.bps).map(|(v, b)| format!("{v}={:.2}%", *b as f64 / 100.0)).collect();
-        info!(service = %plan.name, "programmed: {}", split.join(" "));
-    }
+    log_plans(&plans);
     let interfaces: Vec<&String> = config.interfaces.clients.iter().chain(&config.interfaces.backends).collect();
     let mut seen = std::collections::BTreeSet::new();
     for ifname in interfaces.into_iter().filter(|i| seen.insert(*i)) {
@@ -99,6 +161,7 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<(), AgentError> {
 
     let mut sigterm = signal(SignalKind::terminate()).map_err(AgentError::Signals)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(AgentError::Signals)?;
+    let mut sighup = signal(SignalKind::hangup()).map_err(AgentError::Signals)?;
     let every = if opts.stats_every.is_zero() { Duration::from_secs(365 * 24 * 3600) } else { opts.stats_every };
     let mut tick = tokio::time::interval(every);
     tick.tick().await;
@@ -107,6 +170,15 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<(), AgentError> {
         tokio::select! {
             _ = sigterm.recv() => { info!("SIGTERM: detaching and exiting"); break; }
             _ = sigint.recv() => { info!("SIGINT: detaching and exiting"); break; }
+            _ = sighup.recv() => match reload(&config, &plans, &mut dp, &opts) {
+                Ok((next, next_plans)) => {
+                    info!(config = %opts.config_path.display(), "SIGHUP: reloaded");
+                    log_plans(&next_plans);
+                    config = next;
+                    plans = next_plans;
+                }
+                Err(e) => error!(config = %opts.config_path.display(), "SIGHUP: reload refused, still running the previous configuration: {e}"),
+            },
             _ = tick.tick() => {
                 let now = dp.stats()?;
                 let d = now.since(&last);

@@ -95,6 +95,18 @@ impl AgentProcess {
         fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
+    /// Sends SIGHUP: the agent re-reads its config file.
+    pub fn reload(&self) -> Result<(), AgentProcessError> {
+        let child = self.child.as_ref().ok_or_else(|| std::io::Error::other("agent not running"))?;
+        kill(Pid::from_raw(child.id() as i32), Signal::SIGHUP).map_err(std::io::Error::from)?;
+        Ok(())
+    }
+
+    /// Whether the agent process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
     /// SIGTERM, then wait up to 10 s; returns the exit status.
     pub fn stop(&mut self) -> Result<ExitStatus, AgentProcessError> {
         let Some(mut child) = self.child.take() else {

@@ -18,7 +18,7 @@
 
 use std::{
     collections::BTreeMap,
-    io::{Read, Write},
+    io::Write,
     net::{SocketAddr, TcpListener, TcpStream},
     path::{Path, PathBuf},
     time::{Duration, Instant},
@@ -129,16 +129,37 @@ impl Topology {
     }
 }
 
-/// A TCP backend on `[::]:port` (both families): answers each connection
-/// with `name` and a newline, then closes. Runs until the process exits.
+/// A TCP backend on `[::]:port` (both families): answers every line a client
+/// sends with `name` and a newline, for as long as the client keeps the
+/// connection open. Runs until the process exits.
 pub fn serve_tcp(ns: &NetNs, port: u16, name: &'static str) -> std::io::Result<()> {
     let listener = ns.run(|| TcpListener::bind((std::net::Ipv6Addr::UNSPECIFIED, port)))?;
     std::thread::spawn(move || {
-        for mut conn in listener.incoming().flatten() {
-            let _ = conn.write_all(format!("{name}\n").as_bytes());
+        for conn in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut reader = std::io::BufReader::new(&conn);
+                let mut line = String::new();
+                while matches!(std::io::BufRead::read_line(&mut reader, &mut line), Ok(n) if n > 0) {
+                    if (&conn).write_all(format!("{name}\n").as_bytes()).is_err() {
+                        break;
+                    }
+                    line.clear();
+                }
+            });
         }
     });
     Ok(())
+}
+
+/// Asks a [`serve_tcp`] backend (through `conn`) which version it is.
+pub fn ask_version(conn: &TcpStream) -> std::io::Result<String> {
+    (&*conn).write_all(b"version?\n")?;
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(conn), &mut line)?;
+    if line.is_empty() {
+        return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "backend closed the connection"));
+    }
+    Ok(line.trim().to_owned())
 }
 
 /// A UDP backend on `[::]:port` (both families): answers each datagram with `name`.
@@ -164,11 +185,9 @@ fn connect_many(client: &NetNs, vip: SocketAddr, n: usize) -> BTreeMap<Option<St
                     s.spawn(move || {
                         let mut seen = BTreeMap::new();
                         for _ in (t * per_thread)..((t + 1) * per_thread).min(n) {
-                            let answer = TcpStream::connect_timeout(&vip, CONNECT_TIMEOUT).ok().and_then(|mut c| {
+                            let answer = TcpStream::connect_timeout(&vip, CONNECT_TIMEOUT).ok().and_then(|c| {
                                 c.set_read_timeout(Some(CONNECT_TIMEOUT)).ok()?;
-                                let mut s = String::new();
-                                c.read_to_string(&mut s).ok()?;
-                                Some(s.trim().to_owned())
+                                ask_version(&c).ok()
                             });
                             *seen.entry(answer).or_insert(0) += 1;
                         }

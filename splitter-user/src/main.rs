@@ -31,10 +31,15 @@ fn dispatch(command: Command) -> Result<()> {
     match command {
         Command::Run(args) => {
             let mut config = Config::load(&args.config)?;
-            if let Some(socket) = args.socket {
-                config.control.socket = socket;
+            if let Some(socket) = &args.socket {
+                config.control.socket = socket.clone();
             }
-            let opts = RunOptions { xdp_mode: args.xdp_mode, stats_every: Duration::from_secs(args.stats_every) };
+            let opts = RunOptions {
+                xdp_mode: args.xdp_mode,
+                stats_every: Duration::from_secs(args.stats_every),
+                config_path: args.config.clone(),
+                socket_override: args.socket,
+            };
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting tokio")?;
             rt.block_on(agent::run(config, opts))?;
             Ok(())
