@@ -7,6 +7,10 @@
 /// it NATs packets to a service forward and replies from an endpoint back.
 pub const PROG_INGRESS: &str = "splitter_ingress";
 
+/// An empty XDP program (returns XDP_PASS): the floor benchmarks measure
+/// against. Never attached.
+pub const PROG_FLOOR: &str = "splitter_floor";
+
 /// Per-CPU array of `u64` counters, indexed by [`crate::stats::Stat`].
 pub const MAP_STATS: &str = "SPLITTER_STATS";
 

@@ -40,6 +40,13 @@ pub fn splitter_ingress(ctx: XdpContext) -> u32 {
     action
 }
 
+/// The empty program: the floor a benchmark measures the real one against.
+/// Never attached by the agent.
+#[xdp]
+pub fn splitter_floor(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
 #[inline(always)]
 fn try_ingress(ctx: &XdpContext) -> u32 {
     counters::inc(Stat::RxPackets);

@@ -15,7 +15,10 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use splitter_common::{
-    names::{ALL_MAPS, MAP_ENDPOINT_STATS, MAP_FLOWS, MAP_REVERSE, MAP_SERVICES, MAP_STATS, MAP_TABLES, PROG_INGRESS},
+    names::{
+        ALL_MAPS, MAP_ENDPOINT_STATS, MAP_FLOWS, MAP_REVERSE, MAP_SERVICES, MAP_STATS, MAP_TABLES, PROG_FLOOR,
+        PROG_INGRESS,
+    },
     service::{
         endpoint_stats_index, EndpointStats, SelectionTable, ServiceKey, ServiceRef, MAX_ENDPOINTS, MAX_SERVICES,
     },
@@ -169,12 +172,36 @@ impl Dataplane {
     /// (`repeat` times; the kernel reports the mean duration). The program
     /// sees the calling thread's network namespace (FIB, neighbours).
     pub fn test_run(&self, input: &[u8], repeat: u32) -> Result<TestOutcome, DataplaneError> {
-        use aya::programs::{TestRun, TestRunOptions};
-        let prog: &Xdp = self
+        self.test_run_program(PROG_INGRESS, input, repeat)
+    }
+
+    /// Loads the empty floor program ([`PROG_FLOOR`]) next to the real one, for benchmarks.
+    pub fn load_floor(&mut self) -> Result<(), DataplaneError> {
+        let prog: &mut Xdp = self
             .ebpf
-            .program(PROG_INGRESS)
-            .ok_or(DataplaneError::Missing { kind: "program", name: PROG_INGRESS })?
+            .program_mut(PROG_FLOOR)
+            .ok_or(DataplaneError::Missing { kind: "program", name: PROG_FLOOR })?
             .try_into()?;
+        prog.load()?;
+        Ok(())
+    }
+
+    /// Instructions the verifier processed to accept program `name`.
+    pub fn verified_instructions(&self, name: &'static str) -> Result<Option<u32>, DataplaneError> {
+        let prog = self.ebpf.program(name).ok_or(DataplaneError::Missing { kind: "program", name })?;
+        Ok(prog.info()?.verified_instruction_count())
+    }
+
+    /// [`Dataplane::test_run`] for any loaded XDP program of the object.
+    pub fn test_run_program(
+        &self,
+        name: &'static str,
+        input: &[u8],
+        repeat: u32,
+    ) -> Result<TestOutcome, DataplaneError> {
+        use aya::programs::{TestRun, TestRunOptions};
+        let prog: &Xdp =
+            self.ebpf.program(name).ok_or(DataplaneError::Missing { kind: "program", name })?.try_into()?;
         // Room for programs that grow the frame (encapsulation) later.
         let mut out = vec![0u8; input.len() + 256];
         let res = prog.test_run(TestRunOptions {
@@ -349,4 +376,49 @@ pub fn read_pinned_service(pin_dir: &Path, key: &ServiceKey) -> Result<Option<Li
         endpoint_versions: table.endpoints[..n].iter().map(|e| e.version).collect(),
         endpoint_stats,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::mem::size_of;
+
+    use splitter_common::{
+        names::*,
+        service::{EndpointStats, FlowState, ReverseNat, SelectionTable, ServiceKey, ServiceRef},
+        stats::Stat,
+        FlowKey,
+    };
+
+    use super::OBJECT;
+
+    /// The object the binary embeds has every program and map the agent
+    /// names, with the key and value sizes of the Rust types (no root needed).
+    #[test]
+    fn embedded_object_matches_the_shared_names_and_types() {
+        let obj = aya_obj::Object::parse(OBJECT).expect("the embedded object parses");
+        for prog in [PROG_INGRESS, PROG_FLOOR] {
+            assert!(obj.programs.contains_key(prog), "no program {prog} in the object");
+        }
+        let layout = [
+            (MAP_STATS, size_of::<u32>(), size_of::<u64>(), Some(Stat::COUNT)),
+            (MAP_SERVICES, size_of::<ServiceKey>(), size_of::<ServiceRef>(), None),
+            (MAP_TABLES, size_of::<u32>(), size_of::<SelectionTable>(), None),
+            (MAP_FLOWS, size_of::<FlowKey>(), size_of::<FlowState>(), None),
+            (MAP_REVERSE, size_of::<FlowKey>(), size_of::<ReverseNat>(), None),
+            (MAP_ENDPOINT_STATS, size_of::<u32>(), size_of::<EndpointStats>(), None),
+        ];
+        assert_eq!(layout.len(), ALL_MAPS.len());
+        for (name, key, value, entries) in layout {
+            let map = obj.maps.get(name).unwrap_or_else(|| panic!("no map {name} in the object"));
+            assert_eq!(map.key_size() as usize, key, "{name} key size");
+            assert_eq!(map.value_size() as usize, value, "{name} value size");
+            if let Some(n) = entries {
+                assert_eq!(map.max_entries(), n, "{name} entries");
+            }
+        }
+        // Nothing in the object that the agent does not know about.
+        for name in obj.maps.keys() {
+            assert!(ALL_MAPS.contains(&name.as_str()) || name.starts_with('.'), "unknown map {name} in the object");
+        }
+    }
 }

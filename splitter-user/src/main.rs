@@ -54,7 +54,7 @@ fn dispatch(command: Command) -> Result<()> {
         Command::Demo(args) => Ok(splitter_user::demo::run(args.connections as usize)?),
         Command::Weight(_) | Command::Flip(_) | Command::Rollback(_) => bail!(
             "runtime changes go through the agent's control socket, which this build does not have yet; \
-             nothing was changed. Edit the config file and restart `splitter run` meanwhile"
+             nothing was changed. Meanwhile edit the config file and send the agent SIGHUP (kill -HUP PID) to reload it"
         ),
     }
 }

@@ -32,6 +32,9 @@ enum Task {
     Lint,
     /// Lint, then test: what CI runs.
     Ci,
+    /// Bootstrap, then run the benchmarks (needs root): XDP program cost by
+    /// BPF_PROG_TEST_RUN beside an empty-program floor. Writes target/bench/*.md.
+    Bench,
     /// Bootstrap, build the release binary and run `splitter demo` (needs root).
     Demo {
         /// Extra arguments for `splitter demo`.
@@ -52,6 +55,11 @@ fn main() -> Result<()> {
             bootstrap::run()?;
             lint()?;
             test(&[])
+        }
+        Task::Bench => {
+            bootstrap::run()?;
+            require_root("the benchmarks (they load XDP programs and create a network namespace)")?;
+            cargo(&["bench", "--package", "splitter-tests", "--bench", "xdp"])
         }
         Task::Demo { args } => {
             bootstrap::run()?;
