@@ -103,6 +103,21 @@ pub struct SelectionTable {
     pub rings: [[u8; RING_SIZE]; MAX_VERSIONS],
 }
 
+/// How long a flow trusts its cached next hop before asking the FIB again.
+pub const FIB_REFRESH_NS: u64 = 1_000_000_000;
+
+/// A FIB answer cached per flow: egress interface and the two MACs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct NextHop {
+    /// Egress interface; 0 = nothing cached.
+    pub ifindex: u32,
+    pub smac: [u8; 6],
+    pub dmac: [u8; 6],
+    /// Coarse monotonic time of the lookup (`bpf_ktime_get_coarse_ns`).
+    pub looked_up_ns: u64,
+}
+
 /// `FLOWS` value: where a flow was sent, decided once at its first packet.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
@@ -118,7 +133,10 @@ pub struct FlowState {
     pub _pad: u8,
     /// The service's slot (`ServiceRef::table / 2`).
     pub service: u16,
-    /// `bpf_ktime_get_ns()` of the last packet seen; the agent ages idle flows.
+    /// Next hop towards the endpoint, refreshed after `FIB_REFRESH_NS`.
+    pub hop: NextHop,
+    /// Coarse monotonic time (`bpf_ktime_get_coarse_ns`) of the last packet;
+    /// the agent ages idle flows by it.
     pub last_seen_ns: u64,
 }
 
@@ -137,6 +155,8 @@ pub struct ReverseNat {
     pub service: u16,
     pub endpoint: u8,
     pub _pad: [u8; 3],
+    /// Next hop towards the client, refreshed after `FIB_REFRESH_NS`.
+    pub hop: NextHop,
 }
 
 /// Per-CPU counters of one endpoint of one service, in `ENDPOINT_STATS` at
@@ -164,8 +184,9 @@ pub const fn endpoint_stats_index(service: u16, endpoint: u8) -> u32 {
 const _: () = assert!(core::mem::size_of::<ServiceKey>() == 20);
 const _: () = assert!(core::mem::size_of::<ServiceRef>() == 8);
 const _: () = assert!(core::mem::size_of::<Endpoint>() == 20);
-const _: () = assert!(core::mem::size_of::<FlowState>() == 32);
-const _: () = assert!(core::mem::size_of::<ReverseNat>() == 24);
+const _: () = assert!(core::mem::size_of::<NextHop>() == 24);
+const _: () = assert!(core::mem::size_of::<FlowState>() == 56);
+const _: () = assert!(core::mem::size_of::<ReverseNat>() == 48);
 const _: () = assert!(core::mem::size_of::<EndpointStats>() == 40);
 const _: () =
     assert!(core::mem::size_of::<SelectionTable>() == 24 + 20 * MAX_ENDPOINTS + BPS + RING_SIZE * MAX_VERSIONS);

@@ -57,6 +57,8 @@ pub enum Stat {
     Redirected,
     /// Rewritten packets sent back out of the interface they came in on.
     Tx,
+    /// Packets forwarded with the next hop their flow cached (no FIB lookup).
+    FibCached,
     /// Rewritten packets the FIB could not forward directly (no neighbour
     /// entry yet, no route): passed to the stack, which forwards them.
     FibPass,
@@ -72,7 +74,7 @@ pub enum Stat {
 
 impl Stat {
     /// Every counter, in index order.
-    pub const ALL: [Stat; 27] = [
+    pub const ALL: [Stat; 28] = [
         Stat::RxPackets,
         Stat::RxBytes,
         Stat::NonIp,
@@ -96,6 +98,7 @@ impl Stat {
         Stat::Replies,
         Stat::Redirected,
         Stat::Tx,
+        Stat::FibCached,
         Stat::FibPass,
         Stat::TtlExpired,
         Stat::NoTable,
@@ -131,6 +134,7 @@ impl Stat {
             Stat::Replies => "replies",
             Stat::Redirected => "redirected",
             Stat::Tx => "tx",
+            Stat::FibCached => "fib_cached",
             Stat::FibPass => "fib_pass",
             Stat::TtlExpired => "ttl_expired",
             Stat::NoTable => "no_table",

@@ -1,7 +1,9 @@
 //! Sending a rewritten packet on: the kernel FIB picks the interface, next hop
 //! and MAC addresses; the frame is redirected there (XDP_TX when it leaves the
-//! way it came). Without a usable route or neighbour entry the packet goes to
-//! the stack, which forwards it (and resolves the neighbour) itself.
+//! way it came). Each flow caches the FIB's answer for `FIB_REFRESH_NS`, so an
+//! established flow skips the lookup. Without a usable route or neighbour
+//! entry the packet goes to the stack, which forwards it (and resolves the
+//! neighbour) itself; nothing is cached then.
 
 use core::{ffi::c_void, mem};
 
@@ -11,7 +13,11 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use network_types::eth::EthHdr;
-use splitter_common::{stats::Stat, FAMILY_V4};
+use splitter_common::{
+    service::{NextHop, FIB_REFRESH_NS},
+    stats::Stat,
+    FAMILY_V4,
+};
 
 use crate::{
     counters,
@@ -21,9 +27,21 @@ use crate::{
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
 
-/// Forwards a packet whose addresses are `src` → `dst` (already rewritten).
+/// The next hop for a packet `src` → `dst`: `cache` when it is fresh, else a
+/// FIB lookup whose answer is stored in `cache`. `None`: let the stack forward.
 #[inline(always)]
-pub fn forward(ctx: &XdpContext, pkt: &Packet, src: &[u32; 4], dst: &[u32; 4]) -> u32 {
+pub fn next_hop(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    src: &[u32; 4],
+    dst: &[u32; 4],
+    cache: &mut NextHop,
+    now: u64,
+) -> Option<NextHop> {
+    if cache.ifindex != 0 && now.wrapping_sub(cache.looked_up_ns) < FIB_REFRESH_NS {
+        counters::inc(Stat::FibCached);
+        return Some(*cache);
+    }
     // SAFETY: bpf_fib_lookup is a plain C struct; all-zero is a valid start.
     let mut p: bpf_fib_lookup = unsafe { mem::zeroed() };
     p.l4_protocol = pkt.key.proto;
@@ -41,22 +59,30 @@ pub fn forward(ctx: &XdpContext, pkt: &Packet, src: &[u32; 4], dst: &[u32; 4]) -
     let rc = unsafe { fib_lookup(ctx.ctx as *mut c_void, &mut p, mem::size_of::<bpf_fib_lookup>() as i32, 0) };
     if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
         counters::inc(Stat::FibPass);
-        return xdp_action::XDP_PASS;
+        cache.ifindex = 0;
+        return None;
     }
+    *cache = NextHop { ifindex: p.ifindex, smac: p.smac, dmac: p.dmac, looked_up_ns: now };
+    Some(*cache)
+}
+
+/// Puts the next hop's MACs on the frame and sends it out of its interface.
+#[inline(always)]
+pub fn send(ctx: &XdpContext, hop: &NextHop) -> u32 {
     let Ok(eth) = ptr_at::<EthHdr>(ctx, 0) else {
         return xdp_action::XDP_PASS;
     };
     // SAFETY: bounds-checked by ptr_at.
     unsafe {
-        (*eth).dst_addr = p.dmac;
-        (*eth).src_addr = p.smac;
+        (*eth).dst_addr = hop.dmac;
+        (*eth).src_addr = hop.smac;
     }
-    if p.ifindex == ctx.ingress_ifindex() as u32 {
+    if hop.ifindex == ctx.ingress_ifindex() as u32 {
         counters::inc(Stat::Tx);
         return xdp_action::XDP_TX;
     }
     // SAFETY: plain helper call.
-    let action = unsafe { bpf_redirect(p.ifindex, 0) } as u32;
+    let action = unsafe { bpf_redirect(hop.ifindex, 0) } as u32;
     if action == xdp_action::XDP_REDIRECT {
         counters::inc(Stat::Redirected);
     }

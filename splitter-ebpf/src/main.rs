@@ -11,9 +11,9 @@ mod nat;
 mod parse;
 mod select;
 
-use aya_ebpf::{bindings::xdp_action, helpers::generated::bpf_ktime_get_ns, macros::xdp, programs::XdpContext};
+use aya_ebpf::{bindings::xdp_action, helpers::generated::bpf_ktime_get_coarse_ns, macros::xdp, programs::XdpContext};
 use splitter_common::{
-    service::{FlowState, ReverseNat, ServiceKey, FLOW_ADOPTED},
+    service::{FlowState, NextHop, ReverseNat, ServiceKey, ServiceRef, FLOW_ADOPTED},
     stats::Stat,
     FlowKey,
 };
@@ -62,9 +62,9 @@ fn try_ingress(ctx: &XdpContext) -> u32 {
                 let svc = *svc;
                 return to_service(ctx, &pkt, &svc);
             }
-            if let Some(rev) = unsafe { SPLITTER_REVERSE.get(pkt.key) } {
-                let rev = *rev;
-                return to_client(ctx, &pkt, &rev);
+            if let Some(rev) = SPLITTER_REVERSE.get_ptr_mut(pkt.key) {
+                // SAFETY: the map's value; see to_service on racing writes.
+                return to_client(ctx, &pkt, unsafe { &mut *rev });
             }
             xdp_action::XDP_PASS
         }
@@ -89,21 +89,23 @@ fn try_ingress(ctx: &XdpContext) -> u32 {
 
 /// Client → service: follow the flow's entry or place the flow, then DNAT.
 #[inline(always)]
-fn to_service(ctx: &XdpContext, pkt: &Packet, svc: &splitter_common::service::ServiceRef) -> u32 {
+fn to_service(ctx: &XdpContext, pkt: &Packet, svc: &ServiceRef) -> u32 {
     counters::inc(Stat::ServicePackets);
-    // SAFETY: plain helper call.
-    let now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: plain helper call. Coarse time (jiffies) is plenty for idle
+    // aging and FIB refresh, and cheaper than bpf_ktime_get_ns.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
     let bytes = (ctx.data_end() - ctx.data()) as u64;
-    let (backend, backend_port) = match SPLITTER_FLOWS.get_ptr_mut(pkt.key) {
+    let (backend, backend_port, hop) = match SPLITTER_FLOWS.get_ptr_mut(pkt.key) {
         Some(state) => {
             counters::inc(Stat::FlowHits);
-            // SAFETY: the pointer is the map's value; a racing update of
-            // last_seen from another CPU is harmless.
-            unsafe {
-                (*state).last_seen_ns = now;
-                counters::endpoint((*state).service, (*state).endpoint, Direction::In, bytes, false);
-                ((*state).backend, (*state).backend_port)
-            }
+            // SAFETY: the pointer is the map's value; racing updates of
+            // last_seen or the next-hop cache from another CPU are harmless
+            // (both write equivalent values).
+            let state = unsafe { &mut *state };
+            state.last_seen_ns = now;
+            counters::endpoint(state.service, state.endpoint, Direction::In, bytes, false);
+            let hop = forward::next_hop(ctx, pkt, &pkt.key.src_addr, &state.backend, &mut state.hop, now);
+            (state.backend, state.backend_port, hop)
         }
         None => {
             let (ep, idx) = match select::place(&pkt.key, svc) {
@@ -117,7 +119,7 @@ fn to_service(ctx: &XdpContext, pkt: &Packet, svc: &splitter_common::service::Se
             let adopted = !pkt.opens_flow();
             counters::inc(if adopted { Stat::Adopted } else { Stat::NewFlows });
             counters::endpoint(service, idx, Direction::In, bytes, true);
-            let state = FlowState {
+            let mut state = FlowState {
                 backend: ep.addr,
                 backend_port: ep.port,
                 version: ep.version,
@@ -125,8 +127,10 @@ fn to_service(ctx: &XdpContext, pkt: &Packet, svc: &splitter_common::service::Se
                 endpoint: idx,
                 _pad: 0,
                 service,
+                hop: NextHop::default(),
                 last_seen_ns: now,
             };
+            let hop = forward::next_hop(ctx, pkt, &pkt.key.src_addr, &ep.addr, &mut state.hop, now);
             let reply = FlowKey {
                 src_addr: ep.addr,
                 dst_addr: pkt.key.src_addr,
@@ -136,32 +140,47 @@ fn to_service(ctx: &XdpContext, pkt: &Packet, svc: &splitter_common::service::Se
                 family: pkt.key.family,
                 _pad: [0; 2],
             };
-            let rev =
-                ReverseNat { vip: pkt.key.dst_addr, vip_port: pkt.key.dst_port, service, endpoint: idx, _pad: [0; 3] };
+            let rev = ReverseNat {
+                vip: pkt.key.dst_addr,
+                vip_port: pkt.key.dst_port,
+                service,
+                endpoint: idx,
+                _pad: [0; 3],
+                hop: NextHop::default(),
+            };
             if SPLITTER_FLOWS.insert(pkt.key, state, 0).is_err() || SPLITTER_REVERSE.insert(reply, rev, 0).is_err() {
                 counters::inc(Stat::FlowInsertFailed);
             }
-            (ep.addr, ep.port)
+            (ep.addr, ep.port, hop)
         }
     };
     if pkt.key.proto == IPPROTO_TCP && pkt.tcp_flags & TCP_RST != 0 {
         // The connection is over: forget it now rather than when it ages out.
         let _ = SPLITTER_FLOWS.remove(pkt.key);
     }
-    match nat::rewrite(ctx, pkt, Side::Dst, &backend, backend_port) {
-        Ok(()) => forward::forward(ctx, pkt, &pkt.key.src_addr, &backend),
-        Err(e) => nat_failed(e),
+    if let Err(e) = nat::rewrite(ctx, pkt, Side::Dst, &backend, backend_port) {
+        return nat_failed(e);
+    }
+    match hop {
+        Some(hop) => forward::send(ctx, &hop),
+        None => xdp_action::XDP_PASS,
     }
 }
 
 /// Endpoint → client: SNAT back to the VIP so the client only sees the VIP.
 #[inline(always)]
-fn to_client(ctx: &XdpContext, pkt: &Packet, rev: &ReverseNat) -> u32 {
+fn to_client(ctx: &XdpContext, pkt: &Packet, rev: &mut ReverseNat) -> u32 {
     counters::inc(Stat::Replies);
     counters::endpoint(rev.service, rev.endpoint, Direction::Out, (ctx.data_end() - ctx.data()) as u64, false);
-    match nat::rewrite(ctx, pkt, Side::Src, &rev.vip, rev.vip_port) {
-        Ok(()) => forward::forward(ctx, pkt, &rev.vip, &pkt.key.dst_addr),
-        Err(e) => nat_failed(e),
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let hop = forward::next_hop(ctx, pkt, &rev.vip, &pkt.key.dst_addr, &mut rev.hop, now);
+    if let Err(e) = nat::rewrite(ctx, pkt, Side::Src, &rev.vip, rev.vip_port) {
+        return nat_failed(e);
+    }
+    match hop {
+        Some(hop) => forward::send(ctx, &hop),
+        None => xdp_action::XDP_PASS,
     }
 }
 

@@ -90,7 +90,8 @@ fn service_packets_are_rewritten_forwarded_and_counted() {
     let stranger = Frame::tcp(sa4(GREEN4, 8080), client, Tcp::Ack);
 
     let new_flow = [Ipv4, Tcp, ServicePackets, NewFlows, Redirected];
-    let hit = [Ipv4, Tcp, ServicePackets, FlowHits, Redirected];
+    // A flow's later packets use the next hop cached at its first packet.
+    let hit = [Ipv4, Tcp, ServicePackets, FlowHits, FibCached, Redirected];
     h.check_table(&[
         case(
             "TCP SYN to the VIP: DNAT to blue, redirected to fxa",
@@ -204,7 +205,7 @@ fn a_flip_moves_new_flows_and_leaves_established_ones() {
             &old_data,
             Verdict::Redirect,
             Some(to_backend(&old_data, blue, 10)),
-            &[Ipv4, Tcp, ServicePackets, FlowHits, Redirected],
+            &[Ipv4, Tcp, ServicePackets, FlowHits, FibCached, Redirected],
         ),
         case(
             "a new flow goes to green",
