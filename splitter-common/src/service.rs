@@ -142,6 +142,9 @@ pub struct FlowState {
 
 /// `FlowState::flags`: the flow was placed mid-stream (no entry, not a SYN).
 pub const FLOW_ADOPTED: u8 = 1;
+/// `FlowState::flags`: the client sent a FIN; the agent ages the flow out
+/// after the short closing timeout instead of the idle one.
+pub const FLOW_CLOSING: u8 = 2;
 
 /// `REVERSE` value, keyed by the reply's 5-tuple (backend → client): what the
 /// source must become so the client only ever sees the VIP.

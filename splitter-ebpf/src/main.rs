@@ -13,7 +13,7 @@ mod select;
 
 use aya_ebpf::{bindings::xdp_action, helpers::generated::bpf_ktime_get_coarse_ns, macros::xdp, programs::XdpContext};
 use splitter_common::{
-    service::{FlowState, NextHop, ReverseNat, ServiceKey, ServiceRef, FLOW_ADOPTED},
+    service::{FlowState, NextHop, ReverseNat, ServiceKey, ServiceRef, FLOW_ADOPTED, FLOW_CLOSING},
     stats::Stat,
     FlowKey,
 };
@@ -22,7 +22,7 @@ use crate::{
     counters::Direction,
     maps::{SPLITTER_FLOWS, SPLITTER_REVERSE, SPLITTER_SERVICES},
     nat::{NatError, Side},
-    parse::{Malformed, Packet, Parsed, Verdict, IPPROTO_TCP, TCP_RST},
+    parse::{Malformed, Packet, Parsed, Verdict, IPPROTO_TCP, TCP_FIN, TCP_RST},
 };
 
 /// Attached to every client- and backend-facing interface. A packet to a
@@ -103,6 +103,9 @@ fn to_service(ctx: &XdpContext, pkt: &Packet, svc: &ServiceRef) -> u32 {
             // (both write equivalent values).
             let state = unsafe { &mut *state };
             state.last_seen_ns = now;
+            if pkt.tcp_flags & TCP_FIN != 0 {
+                state.flags |= FLOW_CLOSING;
+            }
             counters::endpoint(state.service, state.endpoint, Direction::In, bytes, false);
             let hop = forward::next_hop(ctx, pkt, &pkt.key.src_addr, &state.backend, &mut state.hop, now);
             (state.backend, state.backend_port, hop)

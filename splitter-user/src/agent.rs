@@ -5,7 +5,7 @@ use std::{fs::File, path::Path, time::Duration};
 
 use thiserror::Error;
 use tokio::signal::unix::{signal, SignalKind};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::{
     config::Config,
@@ -70,6 +70,7 @@ fn reload(
         ("pin_path", next.pin_path == current.pin_path),
         ("state_dir", next.state_dir == current.state_dir),
         ("flow_table_size", next.flow_table_size == current.flow_table_size),
+        ("flow_aging", next.flow_aging == current.flow_aging),
         ("control.socket", next.control == current.control),
     ] {
         if !same {
@@ -165,6 +166,8 @@ pub async fn run(mut config: Config, opts: RunOptions) -> Result<(), AgentError>
     let every = if opts.stats_every.is_zero() { Duration::from_secs(365 * 24 * 3600) } else { opts.stats_every };
     let mut tick = tokio::time::interval(every);
     tick.tick().await;
+    let mut sweep = tokio::time::interval(Duration::from_secs(config.flow_aging.sweep_secs));
+    sweep.tick().await;
     let mut last = dp.stats()?;
     loop {
         tokio::select! {
@@ -178,6 +181,11 @@ pub async fn run(mut config: Config, opts: RunOptions) -> Result<(), AgentError>
                     plans = next_plans;
                 }
                 Err(e) => error!(config = %opts.config_path.display(), "SIGHUP: reload refused, still running the previous configuration: {e}"),
+            },
+            _ = sweep.tick() => match dp.sweep_flows(&config.flow_aging) {
+                Ok(s) if s.removed > 0 => debug!(examined = s.examined, removed = s.removed, "flow sweep"),
+                Ok(_) => {}
+                Err(e) => warn!("flow sweep failed: {e}"),
             },
             _ = tick.tick() => {
                 let now = dp.stats()?;

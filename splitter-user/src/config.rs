@@ -52,8 +52,32 @@ pub struct Config {
     /// again by the current tables when its next packet comes.
     #[serde(default = "default_flow_table_size")]
     pub flow_table_size: u32,
+    /// When the agent removes idle and closed flows from the flow table.
+    #[serde(default)]
+    pub flow_aging: FlowAging,
     #[serde(default)]
     pub services: BTreeMap<String, Service>,
+}
+
+/// Idle and closing timeouts of kernel flow entries, enforced by the agent's
+/// sweep. The LRU also evicts the least recently used entries when full.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FlowAging {
+    /// A TCP flow with no packet from the client for this long is removed.
+    pub tcp_idle_secs: u64,
+    /// A UDP flow with no packet from the client for this long is removed.
+    pub udp_idle_secs: u64,
+    /// A TCP flow whose client sent a FIN is removed after this much quiet.
+    pub closing_secs: u64,
+    /// How often the agent sweeps the flow table.
+    pub sweep_secs: u64,
+}
+
+impl Default for FlowAging {
+    fn default() -> Self {
+        FlowAging { tcp_idle_secs: 900, udp_idle_secs: 120, closing_secs: 10, sweep_secs: 5 }
+    }
 }
 
 /// Bounds for `flow_table_size`.
@@ -225,6 +249,17 @@ impl Config {
                 "flow_table_size {} is out of range: use {FLOW_TABLE_MIN} to {FLOW_TABLE_MAX} entries",
                 self.flow_table_size
             )));
+        }
+        let a = &self.flow_aging;
+        for (name, v) in [
+            ("tcp_idle_secs", a.tcp_idle_secs),
+            ("udp_idle_secs", a.udp_idle_secs),
+            ("closing_secs", a.closing_secs),
+            ("sweep_secs", a.sweep_secs),
+        ] {
+            if !(1..=7 * 24 * 3600).contains(&v) {
+                return Err(invalid(format!("flow_aging.{name} is {v}: use 1 to 604800 seconds")));
+            }
         }
         let mut listeners = BTreeMap::new();
         for (name, svc) in &self.services {

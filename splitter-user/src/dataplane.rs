@@ -20,9 +20,11 @@ use splitter_common::{
         PROG_INGRESS,
     },
     service::{
-        endpoint_stats_index, EndpointStats, SelectionTable, ServiceKey, ServiceRef, MAX_ENDPOINTS, MAX_SERVICES,
+        endpoint_stats_index, EndpointStats, FlowState, ReverseNat, SelectionTable, ServiceKey, ServiceRef,
+        MAX_ENDPOINTS, MAX_SERVICES,
     },
     stats::Stat,
+    FlowKey,
 };
 
 use crate::plan::ServicePlan;
@@ -214,6 +216,40 @@ impl Dataplane {
         Ok(TestOutcome { action: res.return_value, output: out, duration: res.duration })
     }
 
+    /// Removes expired flows (and their reverse-NAT entries) from the kernel
+    /// flow table; see `aging`.
+    pub fn sweep_flows(&mut self, aging: &crate::config::FlowAging) -> Result<crate::aging::Sweep, DataplaneError> {
+        let now = crate::aging::now_coarse_ns();
+        let mut flows: HashMap<&mut MapData, FlowKey, FlowState> =
+            HashMap::try_from(map_mut(&mut self.ebpf, MAP_FLOWS)?)?;
+        let keys: Vec<FlowKey> = flows.keys().filter_map(Result::ok).collect();
+        let mut sweep = crate::aging::Sweep::default();
+        let mut gone = Vec::new();
+        for key in keys {
+            sweep.examined += 1;
+            // The entry may have been evicted or removed since the key walk.
+            let Ok(state) = flows.get(&key, 0) else { continue };
+            if crate::aging::expired(&state, key.proto, now, aging) && flows.remove(&key).is_ok() {
+                sweep.removed += 1;
+                gone.push(FlowKey {
+                    src_addr: state.backend,
+                    dst_addr: key.src_addr,
+                    src_port: state.backend_port,
+                    dst_port: key.src_port,
+                    proto: key.proto,
+                    family: key.family,
+                    _pad: [0; 2],
+                });
+            }
+        }
+        let mut reverse: HashMap<&mut MapData, FlowKey, ReverseNat> =
+            HashMap::try_from(map_mut(&mut self.ebpf, MAP_REVERSE)?)?;
+        for reply in gone {
+            let _ = reverse.remove(&reply);
+        }
+        Ok(sweep)
+    }
+
     /// Current counters, summed over CPUs.
     pub fn stats(&self) -> Result<Counters, DataplaneError> {
         let map = self.ebpf.map(MAP_STATS).ok_or(DataplaneError::Missing { kind: "map", name: MAP_STATS })?;
@@ -317,6 +353,14 @@ pub fn ensure_bpffs(dir: &Path) -> Result<(), DataplaneError> {
         });
     }
     Ok(())
+}
+
+/// Entries in the flow table pinned under `pin_dir` (a walk of the keys).
+pub fn count_pinned_flows(pin_dir: &Path) -> Result<u64, DataplaneError> {
+    let path = pin_dir.join(MAP_FLOWS);
+    let data = MapData::from_pin(&path).map_err(|source| DataplaneError::NotRunning { path, source })?;
+    let flows: HashMap<MapData, FlowKey, FlowState> = HashMap::try_from(Map::from_map_data(data)?)?;
+    Ok(flows.keys().filter(Result::is_ok).count() as u64)
 }
 
 /// A service as the kernel holds it now, read from the pinned maps.

@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod agent_process;
+pub mod aging;
 pub mod cli;
 pub mod config;
 pub mod dataplane;

@@ -7,13 +7,15 @@ use serde::Serialize;
 
 use crate::{
     config::{Config, Mode},
-    dataplane::{read_pinned_service, Counters, DataplaneError},
+    dataplane::{count_pinned_flows, read_pinned_service, Counters, DataplaneError},
     plan::{basis_points, service_key},
 };
 
 #[derive(Debug, Serialize)]
 pub struct Report {
     pub pin_path: PathBuf,
+    /// Entries in the kernel flow table now.
+    pub active_flows: u64,
     pub services: Vec<ServiceStatus>,
     pub counters: serde_json::Value,
 }
@@ -106,7 +108,8 @@ pub fn report(pin_path: PathBuf, config: Option<&Config>) -> Result<Report, Data
             versions,
         });
     }
-    Ok(Report { pin_path, services, counters: counters.to_json() })
+    let active_flows = count_pinned_flows(&pin_path)?;
+    Ok(Report { pin_path, active_flows, services, counters: counters.to_json() })
 }
 
 impl Report {
@@ -144,6 +147,7 @@ impl Report {
                 .unwrap();
             }
         }
+        writeln!(out, "active flows: {}", self.active_flows).unwrap();
         writeln!(out, "data path counters ({}):", self.pin_path.display()).unwrap();
         if let Some(map) = self.counters.as_object() {
             for stat in splitter_common::stats::Stat::ALL {

@@ -207,3 +207,52 @@ fn established_connections_keep_their_backend_across_a_weight_change() {
         assert_eq!(ask_version(c).unwrap(), "blue", "connection {i} after the refused reload");
     }
 }
+
+#[test]
+fn idle_and_closed_flows_age_out_of_the_flow_table() {
+    splitter_tests::require_root("the flow aging test");
+    let topo = Topology::build(&unique_name("spt")).expect("build topology");
+    for (ns, name) in [(&topo.blue, "blue"), (&topo.green, "green")] {
+        serve_tcp(ns, 8080, name).expect("TCP backend");
+        serve_udp(ns, 5353, name).expect("UDP backend");
+    }
+    let agent = Agent::start(
+        &topo.lb,
+        &format!("{CONFIG}flow_aging: {{ tcp_idle_secs: 600, udp_idle_secs: 1, closing_secs: 1, sweep_secs: 1 }}\n"),
+    );
+    let flows = || agent.status()["active_flows"].as_u64().expect("active_flows");
+    let new_flows = || agent.counter("new_flows");
+    let wait_for = |what: &str, cond: &dyn Fn() -> bool| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        while !cond() {
+            assert!(std::time::Instant::now() < deadline, "{what} did not happen within 15 s:\n{}", agent.log());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+
+    // A closed TCP connection (client FIN) leaves after closing_secs.
+    topo.client.run(|| {
+        let c = TcpStream::connect_timeout(&"203.0.113.10:80".parse().unwrap(), TIMEOUT).unwrap();
+        c.set_read_timeout(Some(TIMEOUT)).unwrap();
+        ask_version(&c).unwrap();
+    });
+    assert!(flows() >= 1, "the connection has a flow entry");
+    wait_for("the closed TCP flow's removal", &|| flows() == 0);
+
+    // An idle UDP flow leaves after udp_idle_secs; its next datagram is a new flow.
+    let vip: SocketAddr = "203.0.113.10:53".parse().unwrap();
+    let sock = topo.client.run(|| UdpSocket::bind("0.0.0.0:0").unwrap());
+    sock.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let ask = || {
+        sock.send_to(b"q", vip).unwrap();
+        let mut buf = [0u8; 16];
+        sock.recv_from(&mut buf).expect("UDP answer");
+    };
+    let before = new_flows();
+    ask();
+    ask();
+    assert_eq!(new_flows(), before + 1, "two datagrams of one flow are one flow");
+    wait_for("the idle UDP flow's removal", &|| flows() == 0);
+    ask();
+    assert_eq!(new_flows(), before + 2, "after aging out, the next datagram starts a new flow");
+}

@@ -1,0 +1,75 @@
+//! Flow aging: which kernel flow entries the agent removes, and the sweep.
+//!
+//! The kernel stamps every flow with the coarse monotonic time of its last
+//! client packet and marks it closing on a client FIN; a TCP RST removes it
+//! at once. Every `flow_aging.sweep_secs` the agent removes flows idle longer
+//! than their protocol's timeout (closing TCP flows: `closing_secs`), with
+//! their reverse-NAT entries. When the table is full the LRU evicts the least
+//! recently used entries anyway; a flow whose entry is gone is placed again
+//! by the current tables at its next packet (counted as `adopted`).
+
+use splitter_common::service::{FlowState, FLOW_CLOSING};
+
+use crate::config::FlowAging;
+
+/// The clock the kernel stamps flows with (`bpf_ktime_get_coarse_ns`).
+pub fn now_coarse_ns() -> u64 {
+    let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC_COARSE).expect("CLOCK_MONOTONIC_COARSE");
+    ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64
+}
+
+/// Whether a flow of protocol `proto` last seen at `state.last_seen_ns` has
+/// expired at `now_ns`.
+pub fn expired(state: &FlowState, proto: u8, now_ns: u64, aging: &FlowAging) -> bool {
+    let timeout = if proto == 6 {
+        if state.flags & FLOW_CLOSING != 0 {
+            aging.closing_secs
+        } else {
+            aging.tcp_idle_secs
+        }
+    } else {
+        aging.udp_idle_secs
+    };
+    now_ns.saturating_sub(state.last_seen_ns) > timeout * 1_000_000_000
+}
+
+/// What one sweep did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Sweep {
+    pub examined: u64,
+    pub removed: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use bytemuck::Zeroable;
+
+    use super::*;
+
+    const S: u64 = 1_000_000_000;
+
+    fn flow(last_seen_s: u64, flags: u8) -> FlowState {
+        FlowState { last_seen_ns: last_seen_s * S, flags, ..FlowState::zeroed() }
+    }
+
+    #[test]
+    fn timeouts_by_protocol_and_state() {
+        let a = FlowAging { tcp_idle_secs: 900, udp_idle_secs: 120, closing_secs: 10, sweep_secs: 5 };
+        let now = 10_000 * S;
+        assert!(!expired(&flow(10_000 - 899, 0), 6, now, &a), "TCP idle under its timeout");
+        assert!(expired(&flow(10_000 - 901, 0), 6, now, &a), "TCP idle past its timeout");
+        assert!(!expired(&flow(10_000 - 119, 0), 17, now, &a), "UDP under its timeout");
+        assert!(expired(&flow(10_000 - 121, 0), 17, now, &a), "UDP past its timeout");
+        assert!(expired(&flow(10_000 - 11, FLOW_CLOSING), 6, now, &a), "closing TCP flow after closing_secs");
+        assert!(!expired(&flow(10_000 - 9, FLOW_CLOSING), 6, now, &a));
+        // A stamp from the future (clock read races) never expires.
+        assert!(!expired(&flow(10_001, 0), 17, now, &a));
+    }
+
+    #[test]
+    fn the_kernel_clock_is_readable() {
+        let a = now_coarse_ns();
+        let b = now_coarse_ns();
+        assert!(b >= a && a > 0);
+    }
+}
