@@ -9,6 +9,7 @@ pub mod agent;
 pub mod fixture;
 pub mod netns;
 pub mod packet;
+pub mod raw;
 
 /// Panics unless the test runs as root (CI does). A test that needs the kernel
 /// must not pass by doing nothing.

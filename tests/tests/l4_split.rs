@@ -256,3 +256,55 @@ fn idle_and_closed_flows_age_out_of_the_flow_table() {
     ask();
     assert_eq!(new_flows(), before + 2, "after aging out, the next datagram starts a new flow");
 }
+
+#[test]
+fn a_burst_of_malformed_frames_at_the_vip_changes_nothing_for_normal_traffic() {
+    use splitter_tests::{
+        packet::{self, Frame, Tcp},
+        raw::{mac_of, RawSocket},
+    };
+    let (topo, agent) = setup();
+    let lb_mac = mac_of(&topo.lb, "lb-client");
+    let client_mac = mac_of(&topo.client, "eth0");
+    let (client4, vip4) = ([192, 0, 2, 2], [203, 0, 113, 10]);
+    let good = Frame::tcp((client4, 40000), (vip4, 80), Tcp::Syn).macs(client_mac, lb_mac).build();
+    let udp = Frame::udp((client4, 40001), (vip4, 53)).macs(client_mac, lb_mac).payload(b"q").build();
+    let mut bad_ihl = good.clone();
+    bad_ihl[14] = 0x44;
+    packet::fix_ipv4_checksum(&mut bad_ihl);
+    let mut long = udp.clone();
+    long[16..18].copy_from_slice(&900u16.to_be_bytes());
+    packet::fix_ipv4_checksum(&mut long);
+    let mut bad_doff = good.clone();
+    bad_doff[14 + 20 + 12] = 0x30;
+    let burst: Vec<(&str, Vec<u8>)> = vec![
+        ("IPv4 header cut short", packet::truncated(&good, 14 + 10)),
+        ("IHL 4", bad_ihl),
+        ("total length past the frame", long),
+        ("TCP data offset 3", bad_doff),
+        ("fragment to the VIP", packet::as_ipv4_fragment(udp.clone(), 0, true)),
+    ];
+    let before = agent.status()["counters"].clone();
+    topo.client.run(|| {
+        let sock = RawSocket::open("eth0").expect("AF_PACKET socket");
+        for round in 0..200 {
+            for (what, frame) in &burst {
+                sock.send(frame).unwrap_or_else(|e| panic!("sending {what} (round {round}): {e}"));
+            }
+        }
+    });
+    // Normal traffic right after the burst: every connection answered, split kept.
+    let seen = tcp_split(&topo, "203.0.113.10:80".parse().unwrap(), 1000);
+    assert_eq!(seen.values().sum::<usize>(), 1000);
+    let green = share(&seen, "green");
+    assert!((green - 0.2).abs() <= 0.05, "split after the burst: {seen:?}");
+    let after = agent.status()["counters"].clone();
+    let delta = |k: &str| after[k].as_u64().unwrap() - before[k].as_u64().unwrap();
+    assert_eq!(delta("truncated"), 200, "{after}");
+    assert_eq!(delta("bad_header"), 400, "IHL and data offset: {after}");
+    assert_eq!(delta("bad_length"), 200, "{after}");
+    assert_eq!(delta("fragment"), 200, "{after}");
+    // Only the 1,000 good connections were placed: no malformed frame made a flow.
+    assert_eq!(delta("new_flows"), 1000, "{after}");
+    assert_eq!(delta("adopted"), 0, "{after}");
+}
