@@ -31,7 +31,7 @@ use crate::{
     config::Config,
     dataplane::{read_pinned_service, Counters},
     netns::{veth, NetNs, NetnsError},
-    plan::service_key,
+    plan::{basis_points, service_key},
 };
 
 /// The demo's desired state. Interface names match the topology it builds.
@@ -207,6 +207,63 @@ fn connect_many(client: &NetNs, vip: SocketAddr, n: usize) -> BTreeMap<Option<St
     total
 }
 
+/// Prints the split `results` got next to the service's configured and live shares.
+fn print_split(shop: &crate::config::Service, live_bps: &[u32], results: &BTreeMap<Option<String>, usize>) -> usize {
+    let total: usize = results.values().sum();
+    println!("  {:<8} {:>7} {:>11} {:>9} {:>12}", "version", "weight", "configured", "observed", "connections");
+    for (i, (name, w)) in shop.version_weights().iter().enumerate() {
+        let got = results.get(&Some((*name).to_owned())).copied().unwrap_or(0);
+        let configured = live_bps.get(i).map_or(0.0, |b| *b as f64 / 100.0);
+        println!(
+            "  {:<8} {:>7} {:>10.2}% {:>8.1}% {:>12}",
+            name,
+            w,
+            configured,
+            got as f64 * 100.0 / total.max(1) as f64,
+            got
+        );
+    }
+    let failed: usize = results.iter().filter(|(k, _)| k.is_none()).map(|(_, v)| v).sum();
+    println!("  {:<8} {:>43}", "failed", failed);
+    failed
+}
+
+/// Rewrites the agent's config with new weights for `shop`, sends SIGHUP and
+/// waits (bounded) until the kernel table shows them.
+fn reweight(
+    agent: &AgentProcess,
+    pin_path: &Path,
+    shop: &mut crate::config::Service,
+    weights: &[(&str, u32)],
+) -> Result<Vec<u32>, DemoError> {
+    let text = std::fs::read_to_string(&agent.config_path)?;
+    let old = format!(
+        "weights: {{ {} }}",
+        shop.weights.iter().map(|(v, w)| format!("{v}: {w}")).collect::<Vec<_>>().join(", ")
+    );
+    let new =
+        format!("weights: {{ {} }}", weights.iter().map(|(v, w)| format!("{v}: {w}")).collect::<Vec<_>>().join(", "));
+    std::fs::write(&agent.config_path, text.replace(&old, &new))?;
+    shop.weights = weights.iter().map(|(v, w)| ((*v).to_owned(), *w)).collect();
+    let want = basis_points(&shop.version_weights().iter().map(|(_, w)| *w).collect::<Vec<_>>());
+    agent.reload()?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let live = read_pinned_service(pin_path, &service_key(shop))?.map(|l| l.version_bps).unwrap_or_default();
+        if live == want {
+            return Ok(live);
+        }
+        if Instant::now() > deadline {
+            return Err(DemoError::Failed {
+                failed: 0,
+                total: 0,
+                log: format!("reload not applied:\n{}", agent.log()),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Runs the demo and prints what happened. `connections` is bounded by the caller.
 pub fn run(connections: usize) -> Result<(), DemoError> {
     if !nix::unistd::geteuid().is_root() {
@@ -214,7 +271,7 @@ pub fn run(connections: usize) -> Result<(), DemoError> {
     }
     remove_stale_namespaces();
     let config = Config::from_yaml(DEMO_CONFIG)?;
-    let shop = &config.services["shop"];
+    let mut shop = config.services["shop"].clone();
     let pid = std::process::id();
     let dir = std::env::temp_dir().join(format!("{NS_PREFIX}{pid}"));
 
@@ -229,54 +286,65 @@ pub fn run(connections: usize) -> Result<(), DemoError> {
     let agent = AgentProcess::start(&std::env::current_exe()?, &topo.lb, &dir, &pin_path, DEMO_CONFIG)?;
     println!("agent: `splitter run --config {}` in {prefix}-lb\n", agent.config_path.display());
 
+    // 1. The configured split.
     let before = Counters::read_pinned(&pin_path)?;
     let started = Instant::now();
     let results = connect_many(&topo.client, shop.listen, connections);
     let elapsed = started.elapsed();
-    let after = Counters::read_pinned(&pin_path)?;
-    let delta = after.since(&before);
-
-    let live = read_pinned_service(&pin_path, &service_key(shop))?;
-    let weights = shop.version_weights();
-    let total_w: u32 = weights.iter().map(|(_, w)| w).sum();
+    let delta = Counters::read_pinned(&pin_path)?.since(&before);
+    let live = read_pinned_service(&pin_path, &service_key(&shop))?.map(|l| l.version_bps).unwrap_or_default();
     println!(
-        "{connections} TCP connections from the client to {} in {:.2}s; each backend answers with its version:\n",
+        "1. {connections} TCP connections from the client to {} in {:.2}s; each backend answers with its version:\n",
         shop.listen,
         elapsed.as_secs_f64()
     );
-    println!("  {:<8} {:>9} {:>11} {:>9} {:>12}", "version", "weight", "configured", "observed", "connections");
-    for (i, (name, w)) in weights.iter().enumerate() {
-        let got = results.get(&Some((*name).to_owned())).copied().unwrap_or(0);
-        let live_share = live.as_ref().and_then(|l| l.version_bps.get(i)).map(|b| *b as f64 / 100.0);
-        println!(
-            "  {:<8} {:>9} {:>10.2}% {:>8.1}% {:>12}",
-            name,
-            w,
-            live_share.unwrap_or(*w as f64 * 100.0 / total_w as f64),
-            got as f64 * 100.0 / connections as f64,
-            got
-        );
-    }
-    let failed: usize = results.iter().filter(|(k, _)| k.is_none()).map(|(_, v)| v).sum();
-    println!("  {:<8} {:>45}", "failed", failed);
+    let mut failed = print_split(&shop, &live, &results);
     use splitter_common::stats::Stat;
     println!(
-        "\nin the kernel during the run: {} new flows placed, {} packets redirected by XDP, {} replies rewritten to the VIP, {} packets left to the stack",
+        "\n   in the kernel: {} new flows placed, {} packets redirected by XDP, {} replies rewritten to the VIP, {} packets left to the stack",
         delta.get(Stat::NewFlows),
         delta.get(Stat::Redirected),
         delta.get(Stat::Replies),
         delta.get(Stat::Passed)
     );
+
+    // 2. Move the canary while connections are open.
+    let held: Vec<(TcpStream, String)> = topo.client.run(|| {
+        (0..20)
+            .filter_map(|_| {
+                let c = TcpStream::connect_timeout(&shop.listen, CONNECT_TIMEOUT).ok()?;
+                c.set_read_timeout(Some(CONNECT_TIMEOUT)).ok()?;
+                let v = ask_version(&c).ok()?;
+                Some((c, v))
+            })
+            .collect()
+    });
+    let live = reweight(&agent, &pin_path, &mut shop, &[("blue", 50), ("green", 50)])?;
+    println!(
+        "\n2. {} long-lived connections open; weights changed to blue=50 green=50 (config file + SIGHUP).",
+        held.len()
+    );
+    let results = connect_many(&topo.client, shop.listen, connections);
+    println!("   {connections} new connections:\n");
+    failed += print_split(&shop, &live, &results);
+    let kept = held.iter().filter(|(c, v)| ask_version(c).ok().as_ref() == Some(v)).count();
+    println!("\n   established connections still answered by the backend they started on: {kept} of {}", held.len());
+    if kept != held.len() {
+        failed += held.len() - kept;
+    }
+    drop(held);
+
     let mut live_config = config.clone();
     live_config.pin_path = pin_path.clone();
-    println!("\n`splitter status --config {}` says:", agent.config_path.display());
+    live_config.services.insert("shop".into(), shop);
+    println!("\n3. `splitter status --config {}` says:", agent.config_path.display());
     println!("{}", indent(&crate::status::report(pin_path.clone(), Some(&live_config))?.render()));
     let log = agent.log();
     drop(agent);
     drop(topo);
     println!("\ncleaned up: agent stopped, XDP detached, namespaces deleted");
     if failed > 0 {
-        return Err(DemoError::Failed { failed, total: connections, log });
+        return Err(DemoError::Failed { failed, total: 2 * connections, log });
     }
     Ok(())
 }
