@@ -46,8 +46,24 @@ fn dispatch(command: Command) -> Result<()> {
         }
         Command::Check(args) => {
             let config = Config::load(&args.config)?;
-            let names: Vec<&str> = config.services.keys().map(String::as_str).collect();
-            println!("{}: valid ({} services: {})", args.config.display(), names.len(), names.join(", "));
+            println!("{}: valid, {} services", args.config.display(), config.services.len());
+            for (name, svc) in &config.services {
+                // The same planning `run` does, so check catches what run would refuse.
+                let plan = splitter_user::plan::plan_service(name, svc, None)?;
+                let split: Vec<String> = plan
+                    .versions
+                    .iter()
+                    .zip(&plan.bps)
+                    .map(|(v, b)| format!("{v} {:.2}% ({} endpoints)", *b as f64 / 100.0, svc.versions[v].len()))
+                    .collect();
+                println!(
+                    "  {name}  {}/{} {}  {}",
+                    svc.listen,
+                    format!("{:?}", svc.protocol).to_lowercase(),
+                    format!("{:?}", svc.mode).to_lowercase(),
+                    split.join(", ")
+                );
+            }
             Ok(())
         }
         Command::Status(args) => status(args),

@@ -29,7 +29,11 @@ fn check_accepts_the_embedded_demo_config() {
     let f = write(&dir, "demo.yaml", splitter_user::demo::DEMO_CONFIG);
     let (ok, out, err) = splitter(&["check", "--config", &f]);
     assert!(ok, "demo config rejected: {err}");
-    assert!(out.contains("valid"), "{out}");
+    assert!(out.contains("valid, 1 services"), "{out}");
+    assert!(
+        out.contains("blue 80.00% (1 endpoints), green 20.00% (1 endpoints)"),
+        "check shows the resolved split: {out}"
+    );
 }
 
 #[test]
