@@ -9,8 +9,10 @@ use tracing::{debug, error, info, warn};
 
 use crate::{
     config::Config,
+    control::{parse_request, Request, Response, MAX_REQUEST},
     dataplane::{ensure_bpffs, AttachMode, Dataplane, DataplaneError},
     plan::{plan_service, PlanError, ServicePlan},
+    runtime::Runtime,
 };
 
 #[derive(Debug, Error)]
@@ -25,6 +27,8 @@ pub enum AgentError {
     Locked { path: std::path::PathBuf },
     #[error("service {0:?} has mode l7, which this build cannot serve yet (the HTTP proxy path is still to come); use mode l4 or leave the service out")]
     L7NotAvailable(String),
+    #[error("control socket {path}: {source}")]
+    Control { path: std::path::PathBuf, source: std::io::Error },
     #[error("installing signal handlers: {0}")]
     Signals(std::io::Error),
 }
@@ -57,6 +61,7 @@ pub enum ReloadError {
 /// from the live one (fewest flows moved) and swapped in atomically.
 fn reload(
     current: &Config,
+    runtime: &mut Runtime,
     plans: &[ServicePlan],
     dp: &mut Dataplane,
     opts: &RunOptions,
@@ -78,7 +83,12 @@ fn reload(
         }
     }
     check_modes(&next)?;
-    let new_plans = next
+    let mut next_runtime = runtime.clone();
+    let (effective, dropped) = next_runtime.effective(&next);
+    for name in dropped {
+        warn!(service = %name, "runtime weights no longer fit the file's versions; the file's weights apply");
+    }
+    let new_plans = effective
         .services
         .iter()
         .map(|(name, svc)| {
@@ -87,7 +97,90 @@ fn reload(
         })
         .collect::<Result<Vec<_>, _>>()?;
     dp.apply(&new_plans).map_err(AgentError::from)?;
+    *runtime = next_runtime;
     Ok((next, new_plans))
+}
+
+/// Applies one control request: the runtime change, then the service's new
+/// table. On any failure the runtime and the kernel stay as they were.
+fn handle_request(
+    req: Request,
+    file: &Config,
+    runtime: &mut Runtime,
+    plans: &mut Vec<ServicePlan>,
+    dp: &mut Dataplane,
+) -> Response {
+    let mut next = runtime.clone();
+    let (service, change) = match &req {
+        Request::Weight { service, weights } => {
+            let changes: Vec<(String, u32)> = weights.iter().map(|(v, w)| (v.clone(), *w)).collect();
+            (service, next.weight(file, service, &changes))
+        }
+        Request::Flip { service, to } => (service, next.flip(file, service, to)),
+        Request::Rollback { service } => (service, next.rollback(file, service)),
+    };
+    let fail = |message: String| Response { ok: false, message, weights: None };
+    let weights = match change {
+        Ok(w) => w,
+        Err(e) => return fail(e.to_string()),
+    };
+    let (effective, _) = next.effective(file);
+    let previous = plans.iter().find(|p| &p.name == service).map(|p| &p.table.slot_version);
+    let plan = match plan_service(service, &effective.services[service], previous) {
+        Ok(p) => p,
+        Err(e) => return fail(e.to_string()),
+    };
+    let mut new_plans = plans.clone();
+    match new_plans.iter_mut().find(|p| &p.name == service) {
+        Some(slot) => *slot = plan,
+        None => new_plans.push(plan),
+    }
+    if let Err(e) = dp.apply(&new_plans) {
+        return fail(format!("applying the change failed, nothing changed: {e}"));
+    }
+    *runtime = next;
+    *plans = new_plans;
+    let summary: Vec<String> = weights.iter().map(|(v, w)| format!("{v}={w}")).collect();
+    info!(service = %service, "control: {} -> {}", op_name(&req), summary.join(" "));
+    Response { ok: true, message: format!("{service}: {}", summary.join(" ")), weights: Some(weights) }
+}
+
+fn op_name(req: &Request) -> &'static str {
+    match req {
+        Request::Weight { .. } => "weight",
+        Request::Flip { .. } => "flip",
+        Request::Rollback { .. } => "rollback",
+    }
+}
+
+/// Binds the control socket (mode 0600), replacing a stale socket file but
+/// refusing one another agent still listens on.
+fn bind_control(path: &Path) -> Result<tokio::net::UnixListener, AgentError> {
+    let err = |source| AgentError::Control { path: path.to_owned(), source };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(err)?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(err(std::io::Error::other("another agent is listening there")));
+        }
+        std::fs::remove_file(path).map_err(err)?;
+    }
+    let listener = tokio::net::UnixListener::bind(path).map_err(err)?;
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).map_err(err)?;
+    Ok(listener)
+}
+
+/// Reads one request line (bounded in size and time) from a control connection.
+async fn read_request(stream: &mut tokio::net::UnixStream) -> Result<Request, String> {
+    use tokio::io::AsyncBufReadExt;
+    let mut line = String::new();
+    let mut reader = tokio::io::BufReader::new(tokio::io::AsyncReadExt::take(&mut *stream, MAX_REQUEST as u64));
+    match tokio::time::timeout(Duration::from_secs(5), reader.read_line(&mut line)).await {
+        Err(_) => Err("bad control request: no complete line within 5 s".into()),
+        Ok(Err(e)) => Err(format!("bad control request: {e}")),
+        Ok(Ok(_)) => parse_request(&line),
+    }
 }
 
 fn check_modes(config: &Config) -> Result<(), AgentError> {
@@ -145,7 +238,9 @@ fn check_forwarding(config: &Config) {
 pub async fn run(mut config: Config, opts: RunOptions) -> Result<(), AgentError> {
     check_modes(&config)?;
     let mut plans = plan_all(&config)?;
+    let mut runtime = Runtime::default();
     let _lock = lock_state_dir(&config.state_dir)?;
+    let control = bind_control(&config.control.socket)?;
     ensure_bpffs(&config.pin_path)?;
     let mut dp = Dataplane::load(config.flow_table_size)?;
     dp.apply(&plans)?;
@@ -173,7 +268,20 @@ pub async fn run(mut config: Config, opts: RunOptions) -> Result<(), AgentError>
         tokio::select! {
             _ = sigterm.recv() => { info!("SIGTERM: detaching and exiting"); break; }
             _ = sigint.recv() => { info!("SIGINT: detaching and exiting"); break; }
-            _ = sighup.recv() => match reload(&config, &plans, &mut dp, &opts) {
+            conn = control.accept() => {
+                let Ok((mut stream, _)) = conn else { continue };
+                let response = match read_request(&mut stream).await {
+                    Ok(req) => handle_request(req, &config, &mut runtime, &mut plans, &mut dp),
+                    Err(message) => {
+                        warn!("{message}");
+                        Response { ok: false, message, weights: None }
+                    }
+                };
+                let mut line = serde_json::to_string(&response).expect("responses serialize");
+                line.push('\n');
+                let _ = tokio::io::AsyncWriteExt::write_all(&mut stream, line.as_bytes()).await;
+            },
+            _ = sighup.recv() => match reload(&config, &mut runtime, &plans, &mut dp, &opts) {
                 Ok((next, next_plans)) => {
                     info!(config = %opts.config_path.display(), "SIGHUP: reloaded");
                     log_plans(&next_plans);
@@ -197,6 +305,7 @@ pub async fn run(mut config: Config, opts: RunOptions) -> Result<(), AgentError>
         }
     }
     drop(dp);
+    let _ = std::fs::remove_file(&config.control.socket);
     // Succeeds only when empty: never removes another agent's pins.
     let _ = std::fs::remove_dir(&config.pin_path);
     Ok(())

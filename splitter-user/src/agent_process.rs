@@ -35,6 +35,8 @@ pub struct AgentProcess {
     child: Option<Child>,
     pub pin_path: PathBuf,
     pub config_path: PathBuf,
+    /// The agent's control socket.
+    pub control_socket: PathBuf,
     log_path: PathBuf,
     dir: PathBuf,
 }
@@ -68,6 +70,7 @@ impl AgentProcess {
             child: Some(child),
             pin_path: pin_path.to_owned(),
             config_path,
+            control_socket: dir.join("splitter.sock"),
             log_path,
             dir: dir.to_owned(),
         };

@@ -100,9 +100,19 @@ pub struct WeightArgs {
     /// New weights as VERSION=WEIGHT; versions not named keep their weight.
     #[arg(required = true, value_name = "VERSION=W", value_parser = parse_weight)]
     pub weights: Vec<(String, u32)>,
-    /// Control socket path; overrides `control.socket`.
+    #[command(flatten)]
+    pub target: AgentTarget,
+}
+
+/// Which agent a runtime command talks to.
+#[derive(Debug, Args)]
+pub struct AgentTarget {
+    /// Control socket path; overrides `control.socket` from the config file.
     #[arg(long, value_name = "PATH")]
     pub socket: Option<PathBuf>,
+    /// Read `control.socket` from this config file (default socket otherwise).
+    #[arg(short, long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -112,18 +122,16 @@ pub struct FlipArgs {
     /// The version that takes all new connections.
     #[arg(long, value_name = "VERSION")]
     pub to: String,
-    /// Control socket path; overrides `control.socket`.
-    #[arg(long, value_name = "PATH")]
-    pub socket: Option<PathBuf>,
+    #[command(flatten)]
+    pub target: AgentTarget,
 }
 
 #[derive(Debug, Args)]
 pub struct RollbackArgs {
     /// Service name, as in the config file.
     pub service: String,
-    /// Control socket path; overrides `control.socket`.
-    #[arg(long, value_name = "PATH")]
-    pub socket: Option<PathBuf>,
+    #[command(flatten)]
+    pub target: AgentTarget,
 }
 
 /// Parses `VERSION=WEIGHT`.

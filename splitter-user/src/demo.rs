@@ -31,7 +31,7 @@ use crate::{
     config::Config,
     dataplane::{read_pinned_service, Counters},
     netns::{veth, NetNs, NetnsError},
-    plan::{basis_points, service_key},
+    plan::service_key,
 };
 
 /// The demo's desired state. Interface names match the topology it builds.
@@ -228,40 +228,28 @@ fn print_split(shop: &crate::config::Service, live_bps: &[u32], results: &BTreeM
     failed
 }
 
-/// Rewrites the agent's config with new weights for `shop`, sends SIGHUP and
-/// waits (bounded) until the kernel table shows them.
+/// Moves `shop`'s weights through the agent's control socket, as
+/// `splitter weight shop blue=50 green=50` does, and returns the live shares.
 fn reweight(
     agent: &AgentProcess,
     pin_path: &Path,
     shop: &mut crate::config::Service,
     weights: &[(&str, u32)],
 ) -> Result<Vec<u32>, DemoError> {
-    let text = std::fs::read_to_string(&agent.config_path)?;
-    let old = format!(
-        "weights: {{ {} }}",
-        shop.weights.iter().map(|(v, w)| format!("{v}: {w}")).collect::<Vec<_>>().join(", ")
-    );
-    let new =
-        format!("weights: {{ {} }}", weights.iter().map(|(v, w)| format!("{v}: {w}")).collect::<Vec<_>>().join(", "));
-    std::fs::write(&agent.config_path, text.replace(&old, &new))?;
-    shop.weights = weights.iter().map(|(v, w)| ((*v).to_owned(), *w)).collect();
-    let want = basis_points(&shop.version_weights().iter().map(|(_, w)| *w).collect::<Vec<_>>());
-    agent.reload()?;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let live = read_pinned_service(pin_path, &service_key(shop))?.map(|l| l.version_bps).unwrap_or_default();
-        if live == want {
-            return Ok(live);
-        }
-        if Instant::now() > deadline {
-            return Err(DemoError::Failed {
-                failed: 0,
-                total: 0,
-                log: format!("reload not applied:\n{}", agent.log()),
-            });
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    let req = crate::control::Request::Weight {
+        service: "shop".into(),
+        weights: weights.iter().map(|(v, w)| ((*v).to_owned(), *w)).collect(),
+    };
+    let response = crate::control::request(&agent.control_socket, &req).map_err(|e| DemoError::Failed {
+        failed: 0,
+        total: 0,
+        log: e.to_string(),
+    })?;
+    if !response.ok {
+        return Err(DemoError::Failed { failed: 0, total: 0, log: response.message });
     }
+    shop.weights = weights.iter().map(|(v, w)| ((*v).to_owned(), *w)).collect();
+    Ok(read_pinned_service(pin_path, &service_key(shop))?.map(|l| l.version_bps).unwrap_or_default())
 }
 
 /// Runs the demo and prints what happened. `connections` is bounded by the caller.
@@ -320,10 +308,7 @@ pub fn run(connections: usize) -> Result<(), DemoError> {
             .collect()
     });
     let live = reweight(&agent, &pin_path, &mut shop, &[("blue", 50), ("green", 50)])?;
-    println!(
-        "\n2. {} long-lived connections open; weights changed to blue=50 green=50 (config file + SIGHUP).",
-        held.len()
-    );
+    println!("\n2. {} long-lived connections open; `splitter weight shop blue=50 green=50`.", held.len());
     let results = connect_many(&topo.client, shop.listen, connections);
     println!("   {connections} new connections:\n");
     failed += print_split(&shop, &live, &results);

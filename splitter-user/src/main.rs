@@ -7,8 +7,9 @@ use anyhow::{bail, Context as _, Result};
 use clap::Parser as _;
 use splitter_user::{
     agent::{self, RunOptions},
-    cli::{Cli, Command, StatusArgs},
-    config::{Config, DEFAULT_PIN_PATH},
+    cli::{AgentTarget, Cli, Command, StatusArgs},
+    config::{Config, DEFAULT_PIN_PATH, DEFAULT_SOCKET},
+    control::Request,
 };
 
 fn main() -> ExitCode {
@@ -68,11 +69,28 @@ fn dispatch(command: Command) -> Result<()> {
         }
         Command::Status(args) => status(args),
         Command::Demo(args) => Ok(splitter_user::demo::run(args.connections as usize)?),
-        Command::Weight(_) | Command::Flip(_) | Command::Rollback(_) => bail!(
-            "runtime changes go through the agent's control socket, which this build does not have yet; \
-             nothing was changed. Meanwhile edit the config file and send the agent SIGHUP (kill -HUP PID) to reload it"
-        ),
+        Command::Weight(args) => {
+            let weights = args.weights.into_iter().collect();
+            control(&args.target, Request::Weight { service: args.service, weights })
+        }
+        Command::Flip(args) => control(&args.target, Request::Flip { service: args.service, to: args.to }),
+        Command::Rollback(args) => control(&args.target, Request::Rollback { service: args.service }),
     }
+}
+
+/// Sends a runtime change to the agent and prints its answer.
+fn control(target: &AgentTarget, req: Request) -> Result<()> {
+    let socket: PathBuf = match (&target.socket, &target.config) {
+        (Some(s), _) => s.clone(),
+        (None, Some(file)) => Config::load(file)?.control.socket,
+        (None, None) => DEFAULT_SOCKET.into(),
+    };
+    let response = splitter_user::control::request(&socket, &req)?;
+    if !response.ok {
+        bail!("{} (nothing was changed)", response.message);
+    }
+    println!("{}", response.message);
+    Ok(())
 }
 
 fn status(args: StatusArgs) -> Result<()> {

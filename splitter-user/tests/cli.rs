@@ -65,3 +65,10 @@ fn bad_arguments_are_refused_clearly() {
     assert!(!ok);
     assert!(err.contains("unrecognized subcommand"), "{err}");
 }
+
+#[test]
+fn runtime_verbs_say_clearly_when_no_agent_listens() {
+    let (ok, _, err) = splitter(&["weight", "shop", "green=5", "--socket", "/nonexistent/splitter.sock"]);
+    assert!(!ok);
+    assert!(err.contains("cannot reach the agent at /nonexistent/splitter.sock"), "{err}");
+}

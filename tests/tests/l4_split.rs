@@ -308,3 +308,71 @@ fn a_burst_of_malformed_frames_at_the_vip_changes_nothing_for_normal_traffic() {
     assert_eq!(delta("new_flows"), 1000, "{after}");
     assert_eq!(delta("adopted"), 0, "{after}");
 }
+
+/// Runs `splitter ARGS --socket <agent's socket>`; (success, stdout, stderr).
+fn cli(agent: &Agent, args: &[&str]) -> (bool, String, String) {
+    let out = agent.cli().args(args).arg("--socket").arg(&agent.control_socket).output().expect("run splitter");
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+fn live_bps(agent: &Agent) -> Vec<u64> {
+    let status = agent.status();
+    let shop = status["services"].as_array().unwrap().iter().find(|s| s["name"] == "shop").cloned().unwrap();
+    shop["versions"].as_array().unwrap().iter().map(|v| v["live_bps"].as_u64().unwrap()).collect()
+}
+
+#[test]
+fn weight_flip_and_rollback_through_the_control_socket() {
+    let (topo, agent) = setup();
+    let vip: SocketAddr = "203.0.113.10:80".parse().unwrap();
+    assert_eq!(live_bps(&agent), [8000, 2000]);
+
+    let (ok, out, err) = cli(&agent, &["weight", "shop", "green=80", "blue=20"]);
+    assert!(ok, "weight failed: {err}");
+    assert!(out.contains("blue=20 green=80"), "{out}");
+    assert_eq!(live_bps(&agent), [2000, 8000], "weight applied at once");
+    let held: Vec<(TcpStream, String)> = topo.client.run(|| {
+        (0..20)
+            .map(|_| {
+                let c = TcpStream::connect_timeout(&vip, TIMEOUT).unwrap();
+                c.set_read_timeout(Some(TIMEOUT)).unwrap();
+                let v = ask_version(&c).unwrap();
+                (c, v)
+            })
+            .collect()
+    });
+
+    let (ok, _, err) = cli(&agent, &["flip", "shop", "--to", "blue"]);
+    assert!(ok, "flip failed: {err}");
+    assert_eq!(live_bps(&agent), [10000, 0]);
+    assert_eq!(tcp_split(&topo, vip, 100).get("blue"), Some(&100), "after the flip every new connection is blue");
+    for (i, (c, v)) in held.iter().enumerate() {
+        assert_eq!(&ask_version(c).unwrap(), v, "held connection {i} moved on the flip");
+    }
+
+    // Bad requests are refused with the reason and change nothing.
+    let (ok, _, err) = cli(&agent, &["weight", "shop", "purple=5"]);
+    assert!(!ok && err.contains("no version \"purple\"") && err.contains("nothing was changed"), "{err}");
+    let (ok, _, err) = cli(&agent, &["weight", "shop", "blue=0"]);
+    assert!(!ok && err.contains("weigh 0"), "{err}");
+    let (ok, _, err) = cli(&agent, &["flip", "nosuch", "--to", "blue"]);
+    assert!(!ok && err.contains("no service \"nosuch\""), "{err}");
+    assert_eq!(live_bps(&agent), [10000, 0], "refused requests changed the tables");
+
+    // Rollback undoes the flip, then the weight change, then has nothing left.
+    assert!(cli(&agent, &["rollback", "shop"]).0);
+    assert_eq!(live_bps(&agent), [2000, 8000]);
+    assert!(cli(&agent, &["rollback", "shop"]).0);
+    assert_eq!(live_bps(&agent), [8000, 2000], "back to the file's weights");
+    let (ok, _, err) = cli(&agent, &["rollback", "shop"]);
+    assert!(!ok && err.contains("nothing to roll back"), "{err}");
+
+    // Garbage on the socket gets an error answer and the agent keeps running.
+    use std::io::{BufRead, Write};
+    let mut raw = std::os::unix::net::UnixStream::connect(&agent.control_socket).unwrap();
+    raw.write_all(b"{\"op\":\"explode\"}\n").unwrap();
+    let mut answer = String::new();
+    std::io::BufReader::new(&raw).read_line(&mut answer).unwrap();
+    assert!(answer.contains("\"ok\":false") && answer.contains("bad control request"), "{answer}");
+    assert_eq!(live_bps(&agent), [8000, 2000]);
+}

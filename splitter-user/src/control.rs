@@ -1,0 +1,84 @@
+//! The control socket: a Unix stream socket where the CLI sends the running
+//! agent one JSON request per connection and reads one JSON response.
+
+use std::{
+    collections::BTreeMap,
+    io::{BufRead, BufReader, Write},
+    os::unix::net::UnixStream,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// What the CLI asks the agent.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    /// Set the named versions' weights; the others keep theirs.
+    Weight { service: String, weights: BTreeMap<String, u32> },
+    /// All new connections of `service` to version `to`.
+    Flip { service: String, to: String },
+    /// Undo the last change to `service`.
+    Rollback { service: String },
+}
+
+/// The agent's answer.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+pub struct Response {
+    pub ok: bool,
+    /// What happened, or why nothing did.
+    pub message: String,
+    /// The service's weights after the request (when it succeeded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weights: Option<BTreeMap<String, u32>>,
+}
+
+#[derive(Debug, Error)]
+pub enum ControlError {
+    #[error("cannot reach the agent at {path}: {source} (is `splitter run` running with this control.socket? pass --socket or --config)")]
+    Connect { path: PathBuf, source: std::io::Error },
+    #[error("talking to the agent at {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("the agent at {path} sent an answer that is not a response: {source}")]
+    Protocol { path: PathBuf, source: serde_json::Error },
+}
+
+/// Sends `req` to the agent listening on `socket` and returns its response.
+pub fn request(socket: &Path, req: &Request) -> Result<Response, ControlError> {
+    let io = |source| ControlError::Io { path: socket.to_owned(), source };
+    let mut stream =
+        UnixStream::connect(socket).map_err(|source| ControlError::Connect { path: socket.to_owned(), source })?;
+    stream.set_read_timeout(Some(Duration::from_secs(30))).map_err(io)?;
+    let mut line = serde_json::to_string(req).expect("requests serialize");
+    line.push('\n');
+    stream.write_all(line.as_bytes()).map_err(io)?;
+    let mut answer = String::new();
+    BufReader::new(&stream).read_line(&mut answer).map_err(io)?;
+    serde_json::from_str(&answer).map_err(|source| ControlError::Protocol { path: socket.to_owned(), source })
+}
+
+/// Largest request the agent reads (a weight change is far smaller).
+pub const MAX_REQUEST: usize = 64 * 1024;
+
+/// Parses one request line, or explains what is wrong with it.
+pub fn parse_request(line: &str) -> Result<Request, String> {
+    serde_json::from_str(line.trim()).map_err(|e| format!("bad control request: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_round_trip_and_bad_ones_are_explained() {
+        let r = Request::Weight { service: "shop".into(), weights: [("green".to_owned(), 5)].into() };
+        let text = serde_json::to_string(&r).unwrap();
+        assert_eq!(text, r#"{"op":"weight","service":"shop","weights":{"green":5}}"#);
+        assert_eq!(parse_request(&text).unwrap(), r);
+        assert!(parse_request(r#"{"op":"explode"}"#).unwrap_err().contains("unknown variant"));
+        assert!(parse_request("not json").unwrap_err().starts_with("bad control request"));
+        assert!(parse_request(r#"{"op":"flip","service":"s"}"#).unwrap_err().contains("missing field `to`"));
+    }
+}

@@ -1,0 +1,192 @@
+//! Runtime changes on top of the config file: per-service weight overrides
+//! set by `weight`, `flip` and `rollback`, with an undo history per service.
+//! Pure and host-tested; the agent plans and applies what this returns.
+
+use std::collections::BTreeMap;
+
+use thiserror::Error;
+
+use crate::config::Config;
+
+/// Undo steps kept per service (`rollback` goes this far back).
+pub const HISTORY_DEPTH: usize = 64;
+
+pub type Weights = BTreeMap<String, u32>;
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum ChangeError {
+    #[error("no service {0:?} (services: {1})")]
+    NoService(String, String),
+    #[error("service {service:?} has no version {version:?} (versions: {known})")]
+    NoVersion { service: String, version: String, known: String },
+    #[error("service {0:?}: every version would weigh 0, so new connections would have nowhere to go")]
+    AllZero(String),
+    #[error("service {0:?}: nothing to roll back")]
+    NothingToRollBack(String),
+}
+
+/// Overrides and history. The file stays the source of everything else.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Runtime {
+    overrides: BTreeMap<String, Weights>,
+    history: BTreeMap<String, Vec<Weights>>,
+}
+
+fn full_weights(file: &Config, service: &str, w: &Weights) -> Weights {
+    file.services[service].versions.keys().map(|v| (v.clone(), w.get(v).copied().unwrap_or(0))).collect()
+}
+
+impl Runtime {
+    /// The weights a service runs with now: its override, else the file's.
+    pub fn weights(&self, file: &Config, service: &str) -> Result<Weights, ChangeError> {
+        let svc = file.services.get(service).ok_or_else(|| {
+            ChangeError::NoService(service.into(), file.services.keys().cloned().collect::<Vec<_>>().join(", "))
+        })?;
+        Ok(full_weights(file, service, self.overrides.get(service).unwrap_or(&svc.weights)))
+    }
+
+    /// `file` with every override applied. Overrides that no longer fit the
+    /// file (a version was removed) are dropped; their services are returned.
+    pub fn effective(&mut self, file: &Config) -> (Config, Vec<String>) {
+        let mut config = file.clone();
+        let mut dropped = Vec::new();
+        self.overrides.retain(|name, w| {
+            let fits = config.services.get(name).is_some_and(|s| w.keys().all(|v| s.versions.contains_key(v)));
+            if fits {
+                config.services.get_mut(name).expect("checked").weights = w.clone();
+            } else {
+                dropped.push(name.clone());
+            }
+            fits
+        });
+        for name in &dropped {
+            self.history.remove(name);
+        }
+        (config, dropped)
+    }
+
+    fn set(&mut self, file: &Config, service: &str, next: Weights) -> Result<Weights, ChangeError> {
+        if next.values().all(|w| *w == 0) {
+            return Err(ChangeError::AllZero(service.into()));
+        }
+        let current = self.weights(file, service)?;
+        let history = self.history.entry(service.into()).or_default();
+        history.push(current);
+        if history.len() > HISTORY_DEPTH {
+            history.remove(0);
+        }
+        self.overrides.insert(service.into(), next.clone());
+        Ok(next)
+    }
+
+    fn check_version(file: &Config, service: &str, version: &str) -> Result<(), ChangeError> {
+        let svc = &file.services[service];
+        if svc.versions.contains_key(version) {
+            return Ok(());
+        }
+        Err(ChangeError::NoVersion {
+            service: service.into(),
+            version: version.into(),
+            known: svc.versions.keys().cloned().collect::<Vec<_>>().join(", "),
+        })
+    }
+
+    /// Sets the named versions' weights and keeps the others.
+    pub fn weight(&mut self, file: &Config, service: &str, changes: &[(String, u32)]) -> Result<Weights, ChangeError> {
+        let mut next = self.weights(file, service)?;
+        for (version, w) in changes {
+            Self::check_version(file, service, version)?;
+            next.insert(version.clone(), *w);
+        }
+        self.set(file, service, next)
+    }
+
+    /// Blue-green: all new connections to `to`, none to the others.
+    pub fn flip(&mut self, file: &Config, service: &str, to: &str) -> Result<Weights, ChangeError> {
+        let current = self.weights(file, service)?;
+        Self::check_version(file, service, to)?;
+        let next = current.keys().map(|v| (v.clone(), u32::from(v == to) * 100)).collect();
+        self.set(file, service, next)
+    }
+
+    /// Undoes the last change to `service`; again goes further back.
+    pub fn rollback(&mut self, file: &Config, service: &str) -> Result<Weights, ChangeError> {
+        self.weights(file, service)?;
+        let previous = self
+            .history
+            .get_mut(service)
+            .and_then(Vec::pop)
+            .ok_or_else(|| ChangeError::NothingToRollBack(service.into()))?;
+        self.overrides.insert(service.into(), previous.clone());
+        Ok(previous)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file() -> Config {
+        Config::from_yaml(
+            "interfaces: {clients: [eth0]}\nservices:\n  shop: {listen: 203.0.113.10:80, protocol: tcp, versions: {blue: [198.51.100.10:80], green: [198.51.100.20:80]}, weights: {blue: 95, green: 5}}\n",
+        )
+        .unwrap()
+    }
+
+    fn w(pairs: &[(&str, u32)]) -> Weights {
+        pairs.iter().map(|(v, n)| ((*v).to_owned(), *n)).collect()
+    }
+
+    #[test]
+    fn weight_keeps_unnamed_versions_and_flip_moves_everything() {
+        let f = file();
+        let mut r = Runtime::default();
+        assert_eq!(r.weight(&f, "shop", &[("green".into(), 25)]).unwrap(), w(&[("blue", 95), ("green", 25)]));
+        assert_eq!(r.flip(&f, "shop", "green").unwrap(), w(&[("blue", 0), ("green", 100)]));
+        assert_eq!(r.effective(&f).0.services["shop"].weights, w(&[("blue", 0), ("green", 100)]));
+    }
+
+    #[test]
+    fn rollback_walks_back_more_than_ten_changes() {
+        let f = file();
+        let mut r = Runtime::default();
+        for i in 1..=12u32 {
+            r.weight(&f, "shop", &[("green".into(), i)]).unwrap();
+        }
+        for i in (1..=11u32).rev() {
+            assert_eq!(r.rollback(&f, "shop").unwrap()["green"], i);
+        }
+        assert_eq!(r.rollback(&f, "shop").unwrap(), w(&[("blue", 95), ("green", 5)]), "back to the file");
+        assert_eq!(r.rollback(&f, "shop"), Err(ChangeError::NothingToRollBack("shop".into())));
+    }
+
+    #[test]
+    fn bad_changes_are_refused_and_change_nothing() {
+        let f = file();
+        let mut r = Runtime::default();
+        r.weight(&f, "shop", &[("green".into(), 50)]).unwrap();
+        let before = r.clone();
+        assert!(matches!(r.weight(&f, "shop", &[("purple".into(), 5)]), Err(ChangeError::NoVersion { .. })));
+        assert_eq!(
+            r.weight(&f, "shop", &[("blue".into(), 0), ("green".into(), 0)]),
+            Err(ChangeError::AllZero("shop".into()))
+        );
+        assert!(matches!(r.flip(&f, "nope", "green"), Err(ChangeError::NoService(..))));
+        assert!(matches!(r.flip(&f, "shop", "purple"), Err(ChangeError::NoVersion { .. })));
+        assert_eq!(r, before);
+    }
+
+    #[test]
+    fn overrides_that_no_longer_fit_the_file_are_dropped() {
+        let f = file();
+        let mut r = Runtime::default();
+        r.flip(&f, "shop", "green").unwrap();
+        let renamed = Config::from_yaml(
+            "interfaces: {clients: [eth0]}\nservices:\n  shop: {listen: 203.0.113.10:80, protocol: tcp, versions: {blue: [198.51.100.10:80], canary: [198.51.100.20:80]}, weights: {blue: 1}}\n",
+        )
+        .unwrap();
+        let (eff, dropped) = r.effective(&renamed);
+        assert_eq!(dropped, ["shop"]);
+        assert_eq!(eff.services["shop"].weights, w(&[("blue", 1)]));
+    }
+}
