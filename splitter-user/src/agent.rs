@@ -27,6 +27,8 @@ pub enum AgentError {
     Locked { path: std::path::PathBuf },
     #[error("service {0:?} has mode l7, which this build cannot serve yet (the HTTP proxy path is still to come); use mode l4 or leave the service out")]
     L7NotAvailable(String),
+    #[error(transparent)]
+    State(#[from] crate::runtime::StateError),
     #[error("control socket {path}: {source}")]
     Control { path: std::path::PathBuf, source: std::io::Error },
     #[error("installing signal handlers: {0}")]
@@ -97,6 +99,9 @@ fn reload(
         })
         .collect::<Result<Vec<_>, _>>()?;
     dp.apply(&new_plans).map_err(AgentError::from)?;
+    if next_runtime != *runtime {
+        next_runtime.save(&next.state_dir).map_err(AgentError::from)?;
+    }
     *runtime = next_runtime;
     Ok((next, new_plans))
 }
@@ -135,7 +140,14 @@ fn handle_request(
         Some(slot) => *slot = plan,
         None => new_plans.push(plan),
     }
+    // Saved first, so a change that is live is never lost on a restart.
+    if let Err(e) = next.save(&file.state_dir) {
+        return fail(format!("could not save the change, nothing changed: {e}"));
+    }
     if let Err(e) = dp.apply(&new_plans) {
+        if let Err(e) = runtime.save(&file.state_dir) {
+            error!("restoring the saved runtime state failed: {e}");
+        }
         return fail(format!("applying the change failed, nothing changed: {e}"));
     }
     *runtime = next;
@@ -237,9 +249,14 @@ fn check_forwarding(config: &Config) {
 /// removed on the way out (the `Dataplane` guard).
 pub async fn run(mut config: Config, opts: RunOptions) -> Result<(), AgentError> {
     check_modes(&config)?;
-    let mut plans = plan_all(&config)?;
-    let mut runtime = Runtime::default();
     let _lock = lock_state_dir(&config.state_dir)?;
+    // Runtime changes made before a restart apply again.
+    let mut runtime = Runtime::load(&config.state_dir)?;
+    let (effective, dropped) = runtime.effective(&config);
+    for name in &dropped {
+        warn!(service = %name, "saved runtime weights no longer fit the file's versions; the file's weights apply");
+    }
+    let mut plans = plan_all(&effective)?;
     let control = bind_control(&config.control.socket)?;
     ensure_bpffs(&config.pin_path)?;
     let mut dp = Dataplane::load(config.flow_table_size)?;

@@ -57,15 +57,7 @@ impl AgentProcess {
         fs::write(&config_path, config)?;
         let log_path = dir.join("agent.log");
         let log = fs::File::create(&log_path)?;
-        let child = ns
-            .command(exe)
-            .args(["run", "--stats-every", "0", "--config"])
-            .arg(&config_path)
-            .env("SPLITTER_LOG", std::env::var("SPLITTER_LOG").unwrap_or_else(|_| "info".into()))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()?;
+        let child = spawn(exe, ns, &config_path, log)?;
         let mut agent = AgentProcess {
             child: Some(child),
             pin_path: pin_path.to_owned(),
@@ -91,6 +83,15 @@ impl AgentProcess {
             std::thread::sleep(Duration::from_millis(50));
         }
         Ok(())
+    }
+
+    /// Stops the agent (SIGTERM) and starts it again on the same config,
+    /// state dir and pin path, as an operator's restart does.
+    pub fn restart(&mut self, exe: &Path, ns: &NetNs) -> Result<(), AgentProcessError> {
+        self.stop()?;
+        let log = fs::OpenOptions::new().append(true).open(&self.log_path)?;
+        self.child = Some(spawn(exe, ns, &self.config_path, log)?);
+        self.wait_ready(Duration::from_secs(20))
     }
 
     /// Everything the agent logged so far.
@@ -140,4 +141,16 @@ impl Drop for AgentProcess {
         let _ = fs::remove_dir_all(&self.pin_path);
         let _ = fs::remove_dir_all(&self.dir);
     }
+}
+
+fn spawn(exe: &Path, ns: &NetNs, config_path: &Path, log: fs::File) -> Result<Child, AgentProcessError> {
+    Ok(ns
+        .command(exe)
+        .args(["run", "--stats-every", "0", "--config"])
+        .arg(config_path)
+        .env("SPLITTER_LOG", std::env::var("SPLITTER_LOG").unwrap_or_else(|_| "info".into()))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()?)
 }

@@ -2,8 +2,12 @@
 //! set by `weight`, `flip` and `rollback`, with an undo history per service.
 //! Pure and host-tested; the agent plans and applies what this returns.
 
-use std::collections::BTreeMap;
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
 
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::config::Config;
@@ -25,8 +29,22 @@ pub enum ChangeError {
     NothingToRollBack(String),
 }
 
+/// File in `state_dir` that keeps the runtime changes across restarts.
+pub const STATE_FILE: &str = "runtime.json";
+
+#[derive(Debug, Error)]
+pub enum StateError {
+    #[error("reading {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path} is not a splitter state file ({source}); move it away to start from the config file's weights")]
+    Corrupt { path: PathBuf, source: serde_json::Error },
+    #[error("writing {path}: {source}")]
+    Write { path: PathBuf, source: std::io::Error },
+}
+
 /// Overrides and history. The file stays the source of everything else.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
 pub struct Runtime {
     overrides: BTreeMap<String, Weights>,
     history: BTreeMap<String, Vec<Weights>>,
@@ -37,6 +55,26 @@ fn full_weights(file: &Config, service: &str, w: &Weights) -> Weights {
 }
 
 impl Runtime {
+    /// The runtime changes saved in `state_dir` (none when there is no file).
+    pub fn load(state_dir: &Path) -> Result<Runtime, StateError> {
+        let path = state_dir.join(STATE_FILE);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => serde_json::from_str(&text).map_err(|source| StateError::Corrupt { path, source }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Runtime::default()),
+            Err(source) => Err(StateError::Read { path, source }),
+        }
+    }
+
+    /// Saves to `state_dir` atomically (write a temporary file, then rename).
+    pub fn save(&self, state_dir: &Path) -> Result<(), StateError> {
+        let path = state_dir.join(STATE_FILE);
+        let tmp = state_dir.join(format!("{STATE_FILE}.tmp"));
+        let text = serde_json::to_string_pretty(self).expect("runtime state serializes");
+        std::fs::write(&tmp, text)
+            .and_then(|()| std::fs::rename(&tmp, &path))
+            .map_err(|source| StateError::Write { path, source })
+    }
+
     /// The weights a service runs with now: its override, else the file's.
     pub fn weights(&self, file: &Config, service: &str) -> Result<Weights, ChangeError> {
         let svc = file.services.get(service).ok_or_else(|| {
@@ -174,6 +212,23 @@ mod tests {
         assert!(matches!(r.flip(&f, "nope", "green"), Err(ChangeError::NoService(..))));
         assert!(matches!(r.flip(&f, "shop", "purple"), Err(ChangeError::NoVersion { .. })));
         assert_eq!(r, before);
+    }
+
+    #[test]
+    fn state_survives_a_save_and_load_and_a_bad_file_is_named() {
+        let f = file();
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(Runtime::load(dir.path()).unwrap(), Runtime::default(), "no file: no changes");
+        let mut r = Runtime::default();
+        r.weight(&f, "shop", &[("green".into(), 30)]).unwrap();
+        r.flip(&f, "shop", "green").unwrap();
+        r.save(dir.path()).unwrap();
+        let mut back = Runtime::load(dir.path()).unwrap();
+        assert_eq!(back, r);
+        assert_eq!(back.rollback(&f, "shop").unwrap()["green"], 30, "history survives too");
+        std::fs::write(dir.path().join(STATE_FILE), "{ not json").unwrap();
+        let err = Runtime::load(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("runtime.json is not a splitter state file"), "{err}");
     }
 
     #[test]

@@ -376,3 +376,21 @@ fn weight_flip_and_rollback_through_the_control_socket() {
     assert!(answer.contains("\"ok\":false") && answer.contains("bad control request"), "{answer}");
     assert_eq!(live_bps(&agent), [8000, 2000]);
 }
+
+#[test]
+fn runtime_changes_survive_an_agent_restart() {
+    let (topo, mut agent) = setup();
+    assert!(cli(&agent, &["weight", "shop", "green=60", "blue=40"]).0);
+    assert!(cli(&agent, &["flip", "shop", "--to", "green"]).0);
+    assert_eq!(live_bps(&agent), [0, 10000]);
+    agent.restart(&splitter_tests::agent::splitter_bin(), &topo.lb).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(live_bps(&agent), [0, 10000], "the flip must survive the restart:\n{}", agent.log());
+    let status = agent.status();
+    let shop = status["services"].as_array().unwrap().iter().find(|s| s["name"] == "shop").cloned().unwrap();
+    assert_eq!(shop["differs_from_file"], true, "status shows the live split differs from the file");
+    let seen = tcp_split(&topo, "203.0.113.10:80".parse().unwrap(), 50);
+    assert_eq!(seen.get("green"), Some(&50), "{seen:?}");
+    // The history survived too: rollback undoes the flip.
+    assert!(cli(&agent, &["rollback", "shop"]).0);
+    assert_eq!(live_bps(&agent), [4000, 6000]);
+}
