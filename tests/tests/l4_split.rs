@@ -394,3 +394,20 @@ fn runtime_changes_survive_an_agent_restart() {
     assert!(cli(&agent, &["rollback", "shop"]).0);
     assert_eq!(live_bps(&agent), [4000, 6000]);
 }
+
+#[test]
+fn two_agents_on_one_host_never_see_each_others_state() {
+    let (topo_a, agent_a) = setup();
+    let (topo_b, agent_b) = setup();
+    assert_ne!(agent_a.control_socket, agent_b.control_socket);
+    assert!(cli(&agent_a, &["flip", "shop", "--to", "green"]).0);
+    assert_eq!(live_bps(&agent_a), [0, 10000]);
+    assert_eq!(live_bps(&agent_b), [8000, 2000], "a change to agent A leaked into agent B");
+    let vip: SocketAddr = "203.0.113.10:80".parse().unwrap();
+    assert_eq!(tcp_split(&topo_a, vip, 40).get("green"), Some(&40));
+    let b = tcp_split(&topo_b, vip, 400);
+    assert!(b.get("blue").copied().unwrap_or(0) > 250, "agent B still splits 80/20: {b:?}");
+    // Each agent counted only its own traffic.
+    assert_eq!(agent_a.counter("new_flows"), 40);
+    assert_eq!(agent_b.counter("new_flows"), 400);
+}
