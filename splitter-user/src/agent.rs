@@ -29,6 +29,8 @@ pub enum AgentError {
     L7NotAvailable(String),
     #[error(transparent)]
     State(#[from] crate::runtime::StateError),
+    #[error("interfaces {0:?} do not exist in this network namespace; nothing was loaded or attached")]
+    NoSuchInterfaces(Vec<String>),
     #[error("control socket {path}: {source}")]
     Control { path: std::path::PathBuf, source: std::io::Error },
     #[error("installing signal handlers: {0}")]
@@ -247,8 +249,27 @@ fn check_forwarding(config: &Config) {
 
 /// Runs the agent until SIGINT or SIGTERM. Everything it attached or pinned is
 /// removed on the way out (the `Dataplane` guard).
+/// Every interface the config names must exist here (asked through the
+/// kernel, not /sys, so it works however the namespace was entered).
+fn check_interfaces(config: &Config) -> Result<(), AgentError> {
+    let missing: Vec<String> = config
+        .interfaces
+        .clients
+        .iter()
+        .chain(&config.interfaces.backends)
+        .filter(|i| nix::net::if_::if_nametoindex(i.as_str()).is_err())
+        .cloned()
+        .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(AgentError::NoSuchInterfaces(missing))
+    }
+}
+
 pub async fn run(mut config: Config, opts: RunOptions) -> Result<(), AgentError> {
     check_modes(&config)?;
+    check_interfaces(&config)?;
     let _lock = lock_state_dir(&config.state_dir)?;
     // Runtime changes made before a restart apply again.
     let mut runtime = Runtime::load(&config.state_dir)?;

@@ -122,6 +122,7 @@ fn agent_refuses_a_missing_interface_and_leaves_nothing_behind() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "agent started on a missing interface");
     assert!(err.contains("nosuchif0"), "error does not name the interface: {err}");
+    assert!(err.contains("nothing was loaded or attached"), "{err}");
     assert!(!pin.join("SPLITTER_STATS").exists(), "counters pinned by a failed start");
     let _ = std::fs::remove_dir(&pin);
 }
