@@ -108,6 +108,54 @@ fn reload(
     Ok((next, new_plans))
 }
 
+/// Reloads the file and, when it is good, makes it the running config.
+fn apply_reload(
+    why: &str,
+    config: &mut Config,
+    runtime: &mut Runtime,
+    plans: &mut Vec<ServicePlan>,
+    dp: &mut Dataplane,
+    opts: &RunOptions,
+) {
+    match reload(config, runtime, plans, dp, opts) {
+        Ok((next, next_plans)) => {
+            info!(config = %opts.config_path.display(), "{why}: reloaded");
+            log_plans(&next_plans);
+            *config = next;
+            *plans = next_plans;
+        }
+        Err(e) => error!(
+            config = %opts.config_path.display(),
+            "{why}: reload refused, still running the previous configuration: {e}"
+        ),
+    }
+}
+
+/// Watches the config file's directory (editors replace files by renaming)
+/// and reports events that touch the file. Without a watcher (inotify
+/// limits), SIGHUP still reloads.
+fn watch_config(path: &Path) -> (Option<notify::RecommendedWatcher>, tokio::sync::mpsc::UnboundedReceiver<()>) {
+    use notify::Watcher as _;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let name = path.file_name().map(ToOwned::to_owned);
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_owned();
+    let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if let Ok(event) = event {
+            if event.paths.iter().any(|p| p.file_name() == name.as_deref()) {
+                let _ = tx.send(());
+            }
+        }
+    })
+    .and_then(|mut w| w.watch(&dir, notify::RecursiveMode::NonRecursive).map(|()| w));
+    match watcher {
+        Ok(w) => (Some(w), rx),
+        Err(e) => {
+            warn!("not watching {}: {e}; send SIGHUP to reload", path.display());
+            (None, rx)
+        }
+    }
+}
+
 /// Applies one control request: the runtime change, then the service's new
 /// table. On any failure the runtime and the kernel stay as they were.
 fn handle_request(
@@ -293,6 +341,8 @@ pub async fn run(mut config: Config, opts: RunOptions) -> Result<(), AgentError>
     check_forwarding(&config);
     info!(pin_path = %config.pin_path.display(), services = plans.len(), "splitter running");
 
+    let (_watcher, mut file_events) = watch_config(&opts.config_path);
+    let mut last_text = std::fs::read_to_string(&opts.config_path).unwrap_or_default();
     let mut sigterm = signal(SignalKind::terminate()).map_err(AgentError::Signals)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(AgentError::Signals)?;
     let mut sighup = signal(SignalKind::hangup()).map_err(AgentError::Signals)?;
@@ -319,15 +369,20 @@ pub async fn run(mut config: Config, opts: RunOptions) -> Result<(), AgentError>
                 line.push('\n');
                 let _ = tokio::io::AsyncWriteExt::write_all(&mut stream, line.as_bytes()).await;
             },
-            _ = sighup.recv() => match reload(&config, &mut runtime, &plans, &mut dp, &opts) {
-                Ok((next, next_plans)) => {
-                    info!(config = %opts.config_path.display(), "SIGHUP: reloaded");
-                    log_plans(&next_plans);
-                    config = next;
-                    plans = next_plans;
+            _ = sighup.recv() => {
+                last_text = std::fs::read_to_string(&opts.config_path).unwrap_or_default();
+                apply_reload("SIGHUP", &mut config, &mut runtime, &mut plans, &mut dp, &opts);
+            }
+            Some(()) = file_events.recv() => {
+                // Editors write in bursts (truncate, write, rename): settle first.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                while file_events.try_recv().is_ok() {}
+                let text = std::fs::read_to_string(&opts.config_path).unwrap_or_default();
+                if text != last_text {
+                    last_text = text;
+                    apply_reload("file changed", &mut config, &mut runtime, &mut plans, &mut dp, &opts);
                 }
-                Err(e) => error!(config = %opts.config_path.display(), "SIGHUP: reload refused, still running the previous configuration: {e}"),
-            },
+            }
             _ = sweep.tick() => match dp.sweep_flows(&config.flow_aging) {
                 Ok(s) if s.removed > 0 => debug!(examined = s.examined, removed = s.removed, "flow sweep"),
                 Ok(_) => {}

@@ -411,3 +411,19 @@ fn two_agents_on_one_host_never_see_each_others_state() {
     assert_eq!(agent_a.counter("new_flows"), 40);
     assert_eq!(agent_b.counter("new_flows"), 400);
 }
+
+#[test]
+fn editing_the_config_file_applies_without_a_signal() {
+    let (_topo, agent) = setup();
+    let text = std::fs::read_to_string(&agent.config_path).unwrap();
+    // Written the way editors do: a new file renamed over the old one.
+    let tmp = agent.config_path.with_extension("swp");
+    std::fs::write(&tmp, text.replace("weights: { blue: 80, green: 20 }", "weights: { blue: 30, green: 70 }")).unwrap();
+    std::fs::rename(&tmp, &agent.config_path).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while live_bps(&agent) != [3000, 7000] {
+        assert!(std::time::Instant::now() < deadline, "edit not applied within 10 s:\n{}", agent.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(agent.log().contains("file changed: reloaded"), "{}", agent.log());
+}
