@@ -427,3 +427,53 @@ fn editing_the_config_file_applies_without_a_signal() {
     }
     assert!(agent.log().contains("file changed: reloaded"), "{}", agent.log());
 }
+
+#[test]
+fn thirty_flips_under_a_steady_stream_of_connections() {
+    let (topo, agent) = setup();
+    let vip: SocketAddr = "203.0.113.10:80".parse().unwrap();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (results, flips) = std::thread::scope(|s| {
+        let client = s.spawn(|| {
+            topo.client.run(|| {
+                let (mut ok, mut failed, mut split_brain) = (0u32, Vec::new(), 0u32);
+                let start = std::time::Instant::now();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) && start.elapsed() < Duration::from_secs(60) {
+                    match TcpStream::connect_timeout(&vip, TIMEOUT).and_then(|c| {
+                        c.set_read_timeout(Some(TIMEOUT))?;
+                        let first = ask_version(&c)?;
+                        std::thread::sleep(Duration::from_millis(2));
+                        let second = ask_version(&c)?;
+                        Ok((first, second))
+                    }) {
+                        Ok((a, b)) if a == b => ok += 1,
+                        Ok(_) => split_brain += 1,
+                        Err(e) => failed.push(e.to_string()),
+                    }
+                }
+                (ok, failed, split_brain, start.elapsed())
+            })
+        });
+        let mut flips = 0;
+        for i in 0..30 {
+            let to = if i % 2 == 0 { "green" } else { "blue" };
+            let (ok, _, err) = cli(&agent, &["flip", "shop", "--to", to]);
+            assert!(ok, "flip {i} failed: {err}");
+            flips += 1;
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        (client.join().unwrap(), flips)
+    });
+    let (ok, failed, split_brain, elapsed) = results;
+    assert_eq!(flips, 30);
+    assert!(
+        failed.is_empty(),
+        "{} connections failed during the flips: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    assert_eq!(split_brain, 0, "a connection was answered by two backends");
+    let rate = ok as f64 / elapsed.as_secs_f64();
+    assert!(rate >= 100.0, "only {rate:.0} connections/s arrived during the flips ({ok} in {elapsed:?})");
+}
