@@ -141,7 +141,13 @@ fn watch_config(path: &Path) -> (Option<notify::RecommendedWatcher>, tokio::sync
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_owned();
     let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         if let Ok(event) = event {
-            if event.paths.iter().any(|p| p.file_name() == name.as_deref()) {
+            // Only writes, creations, renames and removals: reading the file
+            // (as a reload does) must not look like a change.
+            let changes = matches!(
+                event.kind,
+                notify::EventKind::Modify(_) | notify::EventKind::Create(_) | notify::EventKind::Remove(_)
+            );
+            if changes && event.paths.iter().any(|p| p.file_name() == name.as_deref()) {
                 let _ = tx.send(());
             }
         }
@@ -343,6 +349,7 @@ pub async fn run(mut config: Config, opts: RunOptions) -> Result<(), AgentError>
 
     let (_watcher, mut file_events) = watch_config(&opts.config_path);
     let mut last_text = std::fs::read_to_string(&opts.config_path).unwrap_or_default();
+    let mut reload_due: Option<tokio::time::Instant> = None;
     let mut sigterm = signal(SignalKind::terminate()).map_err(AgentError::Signals)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(AgentError::Signals)?;
     let mut sighup = signal(SignalKind::hangup()).map_err(AgentError::Signals)?;
@@ -374,9 +381,12 @@ pub async fn run(mut config: Config, opts: RunOptions) -> Result<(), AgentError>
                 apply_reload("SIGHUP", &mut config, &mut runtime, &mut plans, &mut dp, &opts);
             }
             Some(()) = file_events.recv() => {
-                // Editors write in bursts (truncate, write, rename): settle first.
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                while file_events.try_recv().is_ok() {}
+                // Editors write in bursts (truncate, write, rename): settle
+                // first, without holding up the loop.
+                reload_due = Some(tokio::time::Instant::now() + Duration::from_millis(200));
+            }
+            _ = async { tokio::time::sleep_until(reload_due.expect("guarded")).await }, if reload_due.is_some() => {
+                reload_due = None;
                 let text = std::fs::read_to_string(&opts.config_path).unwrap_or_default();
                 if text != last_text {
                     last_text = text;

@@ -33,7 +33,8 @@ enum Task {
     /// Lint, then test: what CI runs.
     Ci,
     /// Bootstrap, then run the benchmarks (needs root): XDP program cost by
-    /// BPF_PROG_TEST_RUN beside an empty-program floor. Writes target/bench/*.md.
+    /// BPF_PROG_TEST_RUN beside an empty-program floor, control-plane apply and
+    /// flip latency, agent RSS. Writes target/bench/*.md.
     Bench,
     /// Bootstrap, build the release binary and run `splitter demo` (needs root).
     Demo {
@@ -59,7 +60,10 @@ fn main() -> Result<()> {
         Task::Bench => {
             bootstrap::run()?;
             require_root("the benchmarks (they load XDP programs and create a network namespace)")?;
-            cargo(&["bench", "--package", "splitter-tests", "--bench", "xdp"])
+            // The control-plane bench drives the release binary.
+            cargo(&["build", "--release", "--package", "splitter-user", "--bin", "splitter"])?;
+            cargo(&["bench", "--package", "splitter-tests", "--bench", "xdp"])?;
+            cargo(&["bench", "--package", "splitter-tests", "--bench", "control"])
         }
         Task::Demo { args } => {
             bootstrap::run()?;

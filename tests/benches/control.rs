@@ -1,0 +1,134 @@
+//! Control-plane cost, run by `cargo xtask bench` (root): how long a runtime
+//! change takes from the CLI call until the data path acts on it, and the
+//! agent's memory. Uses the release `splitter` binary and the demo topology.
+//!
+//! * apply latency: `splitter weight` (the real CLI process) until it returns
+//!   (the agent answers after the kernel table is swapped);
+//! * flip latency: `splitter flip` until the first new connection lands on
+//!   the new version;
+//! * RSS of the agent idle with 1 service and with 10 services.
+//!
+//! Writes `target/bench/control.md`.
+
+use std::{
+    fmt::Write as _,
+    net::{SocketAddr, TcpStream},
+    path::PathBuf,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use splitter_tests::netns::unique_name;
+use splitter_user::{
+    agent_process::AgentProcess,
+    demo::{ask_version, serve_tcp, Topology},
+};
+
+const CHANGES: usize = 200;
+
+fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("agent status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+fn config(services: usize) -> String {
+    let mut c = String::from("interfaces:\n  clients: [lb-client]\n  backends: [lb-blue, lb-green]\nservices:\n");
+    for i in 0..services {
+        writeln!(
+            c,
+            "  s{i}:\n    listen: 203.0.113.10:{}\n    protocol: tcp\n    versions: {{ blue: [198.51.100.10:8080], green: [198.51.100.20:8080] }}\n    weights: {{ blue: 80, green: 20 }}",
+            80 + i
+        )
+        .unwrap();
+    }
+    c
+}
+
+fn main() {
+    splitter_tests::require_root("the control-plane benchmark");
+    let bin = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/splitter");
+    assert!(bin.exists(), "{} missing: `cargo xtask bench` builds it", bin.display());
+    let topo = Topology::build(&unique_name("spb")).expect("topology");
+    serve_tcp(&topo.blue, 8080, "blue").unwrap();
+    serve_tcp(&topo.green, 8080, "green").unwrap();
+    let name = unique_name("spb");
+    let dir = std::env::temp_dir().join(format!("splitter-bench-{name}"));
+    let pin = PathBuf::from("/sys/fs/bpf").join(&name);
+    let mut agent = AgentProcess::start(&bin, &topo.lb, &dir, &pin, &config(10)).unwrap_or_else(|e| panic!("{e}"));
+    std::thread::sleep(Duration::from_secs(1));
+    let rss10 = rss_kib(agent.pid().expect("pid"));
+
+    let cli = |args: &[&str]| {
+        let t = Instant::now();
+        let out = Command::new(&bin).args(args).arg("--socket").arg(&agent.control_socket).output().expect("cli");
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        t.elapsed()
+    };
+    let mut apply = Vec::new();
+    for i in 0..CHANGES {
+        let w = format!("green={}", 1 + i % 99);
+        apply.push(cli(&["weight", "s0", &w]).as_secs_f64() * 1e3);
+    }
+    let vip: SocketAddr = "203.0.113.10:80".parse().unwrap();
+    let mut flip = Vec::new();
+    for i in 0..CHANGES {
+        let to = if i % 2 == 0 { "green" } else { "blue" };
+        let t = Instant::now();
+        cli(&["flip", "s0", "--to", to]);
+        let landed = topo.client.run(|| loop {
+            let c = TcpStream::connect_timeout(&vip, Duration::from_secs(2)).expect("connect");
+            c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            if ask_version(&c).expect("answer") == to {
+                break t.elapsed();
+            }
+            assert!(t.elapsed() < Duration::from_secs(5), "flip {i} to {to} never took effect");
+        });
+        flip.push(landed.as_secs_f64() * 1e3);
+    }
+    drop(agent);
+
+    let dir1 = std::env::temp_dir().join(format!("splitter-bench-{name}-1"));
+    let pin1 = PathBuf::from("/sys/fs/bpf").join(format!("{name}1"));
+    agent = AgentProcess::start(&bin, &topo.lb, &dir1, &pin1, &config(1)).unwrap_or_else(|e| panic!("{e}"));
+    std::thread::sleep(Duration::from_secs(1));
+    let rss1 = rss_kib(agent.pid().expect("pid"));
+    drop(agent);
+
+    let mut md = String::new();
+    writeln!(md, "### Control plane (release binary, {CHANGES} changes each)\n").unwrap();
+    writeln!(md, "| measure | p50 | p99 | max | target |").unwrap();
+    writeln!(md, "|---|---|---|---|---|").unwrap();
+    for (what, v, target) in [
+        ("`splitter weight` call → table swapped (CLI process included)", &apply, "p99 ≤ 50 ms"),
+        ("`splitter flip` call → first new connection on the new version", &flip, "p99 ≤ 50 ms"),
+    ] {
+        let max = v.iter().copied().fold(0.0, f64::max);
+        writeln!(
+            md,
+            "| {what} | {:.1} ms | {:.1} ms | {max:.1} ms | {target} |",
+            percentile(v.clone(), 0.5),
+            percentile(v.clone(), 0.99)
+        )
+        .unwrap();
+    }
+    writeln!(
+        md,
+        "\nAgent RSS: {:.1} MiB idle with 1 service, {:.1} MiB with 10 services (target ≤ 30 MB).",
+        rss1 as f64 / 1024.0,
+        rss10 as f64 / 1024.0
+    )
+    .unwrap();
+    print!("{md}");
+    let out = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join("control.md"), md).unwrap();
+}
