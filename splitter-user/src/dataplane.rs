@@ -84,8 +84,19 @@ pub struct Dataplane {
     ebpf: Ebpf,
     attached: Vec<(String, XdpLinkId)>,
     pinned: Vec<PathBuf>,
-    /// Live services: name → (service slot, live generation, key).
-    live: BTreeMap<String, (u32, u32, ServiceKey)>,
+    /// What the kernel serves now, by service name.
+    live: BTreeMap<String, Installed>,
+}
+
+/// One service as last written to the kernel.
+struct Installed {
+    /// Service slot: its tables are `TABLES[2 * slot]` and `[2 * slot + 1]`.
+    slot: u32,
+    /// Which of the two generations `SERVICES` points at.
+    generation: u32,
+    key: ServiceKey,
+    flags: u32,
+    table: Box<SelectionTable>,
 }
 
 impl Dataplane {
@@ -100,22 +111,34 @@ impl Dataplane {
         Ok(Dataplane { ebpf, attached: Vec::new(), pinned: Vec::new(), live: BTreeMap::new() })
     }
 
-    /// Makes `plans` the live services. Each service's new table is written
-    /// into its spare generation first; then one `SERVICES` write repoints the
-    /// service, so a packet sees the whole old or the whole new table. Services
-    /// no longer planned are removed.
+    /// Makes `plans` the live services. A changed service's new table is
+    /// written into its spare generation first; then one `SERVICES` write
+    /// repoints the service, so a packet sees the whole old or the whole new
+    /// table. Unchanged services are not touched. Services no longer planned
+    /// are removed. Each service's state is recorded as soon as the kernel has
+    /// it, so a failure part-way never leaves the agent writing into a live
+    /// generation next time.
     pub fn apply(&mut self, plans: &[ServicePlan]) -> Result<(), DataplaneError> {
-        let mut next = BTreeMap::new();
-        let mut used: Vec<u32> = self.live.values().map(|(slot, _, _)| *slot).collect();
+        let in_use = |key: &ServiceKey| plans.iter().any(|p| p.key == *key);
         for plan in plans {
-            let (slot, generation) = match self.live.get(&plan.name) {
-                Some((slot, generation, _)) => (*slot, 1 - generation),
+            let installed = self.live.get(&plan.name);
+            if installed.is_some_and(|i| {
+                i.key == plan.key
+                    && i.flags == plan.flags
+                    && bytemuck::bytes_of(&*i.table) == bytemuck::bytes_of(&*plan.table)
+            }) {
+                continue;
+            }
+            let (slot, generation) = match installed {
+                Some(i) => (i.slot, 1 - i.generation),
                 None => {
-                    let slot = (0..MAX_SERVICES).find(|s| !used.contains(s)).ok_or(DataplaneError::TooManyServices)?;
-                    used.push(slot);
+                    let slot = (0..MAX_SERVICES)
+                        .find(|s| self.live.values().all(|i| i.slot != *s))
+                        .ok_or(DataplaneError::TooManyServices)?;
                     (slot, 0)
                 }
             };
+            let old_key = installed.map(|i| i.key);
             let table_id = slot * 2 + generation;
             let mut tables: Array<&mut MapData, SelectionTable> =
                 Array::try_from(map_mut(&mut self.ebpf, MAP_TABLES)?)?;
@@ -123,21 +146,21 @@ impl Dataplane {
             let mut services: HashMap<&mut MapData, ServiceKey, ServiceRef> =
                 HashMap::try_from(map_mut(&mut self.ebpf, MAP_SERVICES)?)?;
             services.insert(plan.key, ServiceRef { table: table_id, flags: plan.flags }, 0)?;
-            if let Some((_, _, old_key)) = self.live.get(&plan.name) {
-                if *old_key != plan.key {
-                    services.remove(old_key)?;
-                }
-            }
-            next.insert(plan.name.clone(), (slot, generation, plan.key));
-        }
-        let mut services: HashMap<&mut MapData, ServiceKey, ServiceRef> =
-            HashMap::try_from(map_mut(&mut self.ebpf, MAP_SERVICES)?)?;
-        for (name, (_, _, key)) in &self.live {
-            if !next.contains_key(name) {
-                services.remove(key)?;
+            let installed = Installed { slot, generation, key: plan.key, flags: plan.flags, table: plan.table.clone() };
+            self.live.insert(plan.name.clone(), installed);
+            if let Some(old) = old_key.filter(|k| !in_use(k)) {
+                services.remove(&old)?;
             }
         }
-        self.live = next;
+        let gone: Vec<String> = self.live.keys().filter(|n| !plans.iter().any(|p| &p.name == *n)).cloned().collect();
+        for name in gone {
+            let installed = self.live.remove(&name).expect("listed above");
+            if !in_use(&installed.key) {
+                let mut services: HashMap<&mut MapData, ServiceKey, ServiceRef> =
+                    HashMap::try_from(map_mut(&mut self.ebpf, MAP_SERVICES)?)?;
+                services.remove(&installed.key)?;
+            }
+        }
         Ok(())
     }
 
