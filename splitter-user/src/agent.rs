@@ -92,14 +92,7 @@ fn reload(
     for name in dropped {
         warn!(service = %name, "runtime weights no longer fit the file's versions; the file's weights apply");
     }
-    let new_plans = effective
-        .services
-        .iter()
-        .map(|(name, svc)| {
-            let previous = plans.iter().find(|p| &p.name == name).map(|p| &p.table.slot_version);
-            plan_service(name, svc, previous)
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let new_plans = plan_all(&effective, plans)?;
     dp.apply(&new_plans).map_err(AgentError::from)?;
     if next_runtime != *runtime {
         next_runtime.save(&next.state_dir).map_err(AgentError::from)?;
@@ -186,16 +179,11 @@ fn handle_request(
         Err(e) => return fail(e.to_string()),
     };
     let (effective, _) = next.effective(file);
-    let previous = plans.iter().find(|p| &p.name == service).map(|p| &p.table.slot_version);
-    let plan = match plan_service(service, &effective.services[service], previous) {
+    // Only the changed service's table differs; apply leaves the others alone.
+    let new_plans = match plan_all(&effective, plans) {
         Ok(p) => p,
         Err(e) => return fail(e.to_string()),
     };
-    let mut new_plans = plans.clone();
-    match new_plans.iter_mut().find(|p| &p.name == service) {
-        Some(slot) => *slot = plan,
-        None => new_plans.push(plan),
-    }
     // Saved first, so a change that is live is never lost on a restart.
     if let Err(e) = next.save(&file.state_dir) {
         return fail(format!("could not save the change, nothing changed: {e}"));
@@ -266,14 +254,17 @@ fn log_plans(plans: &[ServicePlan]) {
     }
 }
 
-/// The plans of every L4 service of `config` (L7 services are served by the
-/// proxy path and stay out of the kernel tables).
-pub fn plan_all(config: &Config) -> Result<Vec<ServicePlan>, PlanError> {
+/// The plans of every service of `config`, each derived from its plan in
+/// `previous` (if any) so a change moves the fewest flows. (`run` refuses L7
+/// services before it plans.)
+pub fn plan_all(config: &Config, previous: &[ServicePlan]) -> Result<Vec<ServicePlan>, PlanError> {
     config
         .services
         .iter()
-        .filter(|(_, s)| s.mode == crate::config::Mode::L4)
-        .map(|(name, svc)| plan_service(name, svc, None))
+        .map(|(name, svc)| {
+            let prev = previous.iter().find(|p| &p.name == name).map(|p| &p.table.slot_version);
+            plan_service(name, svc, prev)
+        })
         .collect()
 }
 
@@ -331,7 +322,7 @@ pub async fn run(mut config: Config, opts: RunOptions) -> Result<(), AgentError>
     for name in &dropped {
         warn!(service = %name, "saved runtime weights no longer fit the file's versions; the file's weights apply");
     }
-    let mut plans = plan_all(&effective)?;
+    let mut plans = plan_all(&effective, &[])?;
     let control = bind_control(&config.control.socket)?;
     ensure_bpffs(&config.pin_path)?;
     let mut dp = Dataplane::load(config.flow_table_size)?;

@@ -9,12 +9,7 @@
 use std::fmt::Write as _;
 
 use splitter_common::stats::Stat;
-use splitter_user::{
-    config::Config,
-    dataplane::Dataplane,
-    netns::NetNs,
-    plan::{plan_service, ServicePlan},
-};
+use splitter_user::{config::Config, dataplane::Dataplane, netns::NetNs, plan::ServicePlan};
 
 use crate::netns::netns;
 
@@ -175,14 +170,7 @@ impl Harness {
 
     /// Plans `config` from the current tables and applies it, as a reload does.
     pub fn apply(&mut self, config: &Config) {
-        let plans: Vec<ServicePlan> = config
-            .services
-            .iter()
-            .map(|(name, svc)| {
-                let prev = self.plans.iter().find(|p| &p.name == name).map(|p| &p.table.slot_version);
-                plan_service(name, svc, prev).expect("plan")
-            })
-            .collect();
+        let plans = splitter_user::agent::plan_all(config, &self.plans).expect("plan");
         self.dp.apply(&plans).expect("apply plans");
         self.plans = plans;
     }
