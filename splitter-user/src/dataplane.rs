@@ -323,15 +323,6 @@ impl Counters {
         Ok(c)
     }
 
-    /// Reads the counters an agent pinned under `pin_dir`.
-    pub fn read_pinned(pin_dir: &Path) -> Result<Counters, DataplaneError> {
-        let path = pin_dir.join(MAP_STATS);
-        let data =
-            MapData::from_pin(&path).map_err(|source| DataplaneError::NotRunning { path: path.clone(), source })?;
-        let array: PerCpuArray<MapData, u64> = PerCpuArray::try_from(Map::from_map_data(data)?)?;
-        Counters::read(&array)
-    }
-
     pub fn get(&self, stat: Stat) -> u64 {
         self.0[stat as usize]
     }
@@ -378,12 +369,79 @@ pub fn ensure_bpffs(dir: &Path) -> Result<(), DataplaneError> {
     Ok(())
 }
 
-/// Entries in the flow table pinned under `pin_dir` (a walk of the keys).
-pub fn count_pinned_flows(pin_dir: &Path) -> Result<u64, DataplaneError> {
-    let path = pin_dir.join(MAP_FLOWS);
-    let data = MapData::from_pin(&path).map_err(|source| DataplaneError::NotRunning { path, source })?;
-    let flows: HashMap<MapData, FlowKey, FlowState> = HashMap::try_from(Map::from_map_data(data)?)?;
-    Ok(flows.keys().filter(Result::is_ok).count() as u64)
+/// The maps a running agent pinned under its `pin_path`, opened once: what
+/// `splitter status` (and the demo) read.
+pub struct PinnedMaps {
+    stats: PerCpuArray<MapData, u64>,
+    services: HashMap<MapData, ServiceKey, ServiceRef>,
+    tables: Array<MapData, SelectionTable>,
+    flows: HashMap<MapData, FlowKey, FlowState>,
+    endpoint_stats: PerCpuArray<MapData, EndpointStats>,
+}
+
+impl PinnedMaps {
+    /// Opens the pins under `pin_dir`; fails when no agent pinned them.
+    pub fn open(pin_dir: &Path) -> Result<PinnedMaps, DataplaneError> {
+        let open = |name: &str| {
+            let path = pin_dir.join(name);
+            MapData::from_pin(&path)
+                .and_then(Map::from_map_data)
+                .map_err(|source| DataplaneError::NotRunning { path, source })
+        };
+        Ok(PinnedMaps {
+            stats: PerCpuArray::try_from(open(MAP_STATS)?)?,
+            services: HashMap::try_from(open(MAP_SERVICES)?)?,
+            tables: Array::try_from(open(MAP_TABLES)?)?,
+            flows: HashMap::try_from(open(MAP_FLOWS)?)?,
+            endpoint_stats: PerCpuArray::try_from(open(MAP_ENDPOINT_STATS)?)?,
+        })
+    }
+
+    /// The data-path counters, summed over CPUs.
+    pub fn counters(&self) -> Result<Counters, DataplaneError> {
+        Counters::read(&self.stats)
+    }
+
+    /// Entries in the flow table now (a walk of the keys).
+    pub fn active_flows(&self) -> u64 {
+        self.flows.keys().filter(Result::is_ok).count() as u64
+    }
+
+    /// The live table and counters of the service at `key`, if it is live.
+    pub fn service(&self, key: &ServiceKey) -> Result<Option<LiveService>, DataplaneError> {
+        let svc_ref = match self.services.get(key, 0) {
+            Ok(r) => r,
+            Err(aya::maps::MapError::KeyNotFound) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let table = self.tables.get(&svc_ref.table, 0)?;
+        let mut version_bps = vec![0u32; table.n_versions as usize];
+        for v in table.slot_version.iter() {
+            if let Some(n) = version_bps.get_mut(*v as usize) {
+                *n += 1;
+            }
+        }
+        let n = usize::from(table.n_endpoints).min(MAX_ENDPOINTS);
+        let mut endpoint_stats = Vec::with_capacity(n);
+        for i in 0..n {
+            let values = self.endpoint_stats.get(&endpoint_stats_index((svc_ref.table / 2) as u16, i as u8), 0)?;
+            endpoint_stats.push(values.iter().fold(EndpointStats::default(), |a, b| EndpointStats {
+                flows: a.flows + b.flows,
+                packets_in: a.packets_in + b.packets_in,
+                bytes_in: a.bytes_in + b.bytes_in,
+                packets_out: a.packets_out + b.packets_out,
+                bytes_out: a.bytes_out + b.bytes_out,
+            }));
+        }
+        Ok(Some(LiveService {
+            table: svc_ref.table,
+            flags: svc_ref.flags,
+            version_bps,
+            n_endpoints: table.n_endpoints,
+            endpoint_versions: table.endpoints[..n].iter().map(|e| e.version).collect(),
+            endpoint_stats,
+        }))
+    }
 }
 
 /// A service as the kernel holds it now, read from the pinned maps.
@@ -398,51 +456,6 @@ pub struct LiveService {
     pub endpoint_versions: Vec<u8>,
     /// Counters of each endpoint (table order), summed over CPUs.
     pub endpoint_stats: Vec<EndpointStats>,
-}
-
-/// Reads the live table of the service at `key` from maps pinned under `pin_dir`.
-pub fn read_pinned_service(pin_dir: &Path, key: &ServiceKey) -> Result<Option<LiveService>, DataplaneError> {
-    let open = |name: &str| {
-        let path = pin_dir.join(name);
-        MapData::from_pin(&path)
-            .and_then(Map::from_map_data)
-            .map_err(|source| DataplaneError::NotRunning { path, source })
-    };
-    let services: HashMap<MapData, ServiceKey, ServiceRef> = HashMap::try_from(open(MAP_SERVICES)?)?;
-    let svc_ref = match services.get(key, 0) {
-        Ok(r) => r,
-        Err(aya::maps::MapError::KeyNotFound) => return Ok(None),
-        Err(e) => return Err(e.into()),
-    };
-    let tables: Array<MapData, SelectionTable> = Array::try_from(open(MAP_TABLES)?)?;
-    let table = tables.get(&svc_ref.table, 0)?;
-    let mut version_bps = vec![0u32; table.n_versions as usize];
-    for v in table.slot_version.iter() {
-        if let Some(n) = version_bps.get_mut(*v as usize) {
-            *n += 1;
-        }
-    }
-    let per_cpu: PerCpuArray<MapData, EndpointStats> = PerCpuArray::try_from(open(MAP_ENDPOINT_STATS)?)?;
-    let n = usize::from(table.n_endpoints).min(MAX_ENDPOINTS);
-    let mut endpoint_stats = Vec::with_capacity(n);
-    for i in 0..n {
-        let values = per_cpu.get(&endpoint_stats_index((svc_ref.table / 2) as u16, i as u8), 0)?;
-        endpoint_stats.push(values.iter().fold(EndpointStats::default(), |a, b| EndpointStats {
-            flows: a.flows + b.flows,
-            packets_in: a.packets_in + b.packets_in,
-            bytes_in: a.bytes_in + b.bytes_in,
-            packets_out: a.packets_out + b.packets_out,
-            bytes_out: a.bytes_out + b.bytes_out,
-        }));
-    }
-    Ok(Some(LiveService {
-        table: svc_ref.table,
-        flags: svc_ref.flags,
-        version_bps,
-        n_endpoints: table.n_endpoints,
-        endpoint_versions: table.endpoints[..n].iter().map(|e| e.version).collect(),
-        endpoint_stats,
-    }))
 }
 
 #[cfg(test)]

@@ -29,7 +29,7 @@ use thiserror::Error;
 use crate::{
     agent_process::AgentProcess,
     config::Config,
-    dataplane::{read_pinned_service, Counters},
+    dataplane::PinnedMaps,
     netns::{veth, NetNs, NetnsError},
     plan::service_key,
 };
@@ -232,7 +232,7 @@ fn print_split(shop: &crate::config::Service, live_bps: &[u32], results: &BTreeM
 /// `splitter weight shop blue=50 green=50` does, and returns the live shares.
 fn reweight(
     agent: &AgentProcess,
-    pin_path: &Path,
+    pinned: &PinnedMaps,
     shop: &mut crate::config::Service,
     weights: &[(&str, u32)],
 ) -> Result<Vec<u32>, DemoError> {
@@ -249,7 +249,7 @@ fn reweight(
         return Err(DemoError::Failed { failed: 0, total: 0, log: response.message });
     }
     shop.weights = weights.iter().map(|(v, w)| ((*v).to_owned(), *w)).collect();
-    Ok(read_pinned_service(pin_path, &service_key(shop))?.map(|l| l.version_bps).unwrap_or_default())
+    Ok(pinned.service(&service_key(shop))?.map(|l| l.version_bps).unwrap_or_default())
 }
 
 /// Runs the demo and prints what happened. `connections` is bounded by the caller.
@@ -275,12 +275,13 @@ pub fn run(connections: usize) -> Result<(), DemoError> {
     println!("agent: `splitter run --config {}` in {prefix}-lb\n", agent.config_path.display());
 
     // 1. The configured split.
-    let before = Counters::read_pinned(&pin_path)?;
+    let pinned = PinnedMaps::open(&pin_path)?;
+    let before = pinned.counters()?;
     let started = Instant::now();
     let results = connect_many(&topo.client, shop.listen, connections);
     let elapsed = started.elapsed();
-    let delta = Counters::read_pinned(&pin_path)?.since(&before);
-    let live = read_pinned_service(&pin_path, &service_key(&shop))?.map(|l| l.version_bps).unwrap_or_default();
+    let delta = pinned.counters()?.since(&before);
+    let live = pinned.service(&service_key(&shop))?.map(|l| l.version_bps).unwrap_or_default();
     println!(
         "1. {connections} TCP connections from the client to {} in {:.2}s; each backend answers with its version:\n",
         shop.listen,
@@ -307,7 +308,7 @@ pub fn run(connections: usize) -> Result<(), DemoError> {
             })
             .collect()
     });
-    let live = reweight(&agent, &pin_path, &mut shop, &[("blue", 50), ("green", 50)])?;
+    let live = reweight(&agent, &pinned, &mut shop, &[("blue", 50), ("green", 50)])?;
     println!("\n2. {} long-lived connections open; `splitter weight shop blue=50 green=50`.", held.len());
     let results = connect_many(&topo.client, shop.listen, connections);
     println!("   {connections} new connections:\n");

@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use crate::{
     config::{Config, Mode},
-    dataplane::{count_pinned_flows, read_pinned_service, Counters, DataplaneError},
+    dataplane::{DataplaneError, PinnedMaps},
     plan::{basis_points, service_key},
 };
 
@@ -61,12 +61,13 @@ pub struct EndpointStatus {
 /// Builds the report from the maps pinned under `pin_path` and, when given,
 /// the config file (for names, weights and endpoints).
 pub fn report(pin_path: PathBuf, config: Option<&Config>) -> Result<Report, DataplaneError> {
-    let counters = Counters::read_pinned(&pin_path)?;
+    let pinned = PinnedMaps::open(&pin_path)?;
+    let counters = pinned.counters()?;
     let mut services = Vec::new();
     for (name, svc) in config.map(|c| c.services.iter()).into_iter().flatten() {
         let weights = svc.version_weights();
         let file_bps = basis_points(&weights.iter().map(|(_, w)| *w).collect::<Vec<_>>());
-        let live = if svc.mode == Mode::L4 { read_pinned_service(&pin_path, &service_key(svc))? } else { None };
+        let live = if svc.mode == Mode::L4 { pinned.service(&service_key(svc))? } else { None };
         // Endpoints sit in the table in version order, as the file lists them.
         let mut next_endpoint = 0usize;
         let versions: Vec<VersionStatus> = weights
@@ -108,7 +109,7 @@ pub fn report(pin_path: PathBuf, config: Option<&Config>) -> Result<Report, Data
             versions,
         });
     }
-    let active_flows = count_pinned_flows(&pin_path)?;
+    let active_flows = pinned.active_flows();
     Ok(Report { pin_path, active_flows, services, counters: counters.to_json() })
 }
 
