@@ -7,11 +7,13 @@ use thiserror::Error;
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{debug, error, info, warn};
 
+use splitter_common::names::PROG_INGRESS;
+
 use crate::{
     config::Config,
-    control::{parse_request, Request, Response, MAX_REQUEST},
-    dataplane::{ensure_bpffs, AttachMode, Dataplane, DataplaneError},
-    plan::{plan_service, PlanError, ServicePlan},
+    control::{parse_request, AgentInfo, Request, Response, MAX_REQUEST},
+    dataplane::{ensure_bpffs, AttachMode, Attached, Dataplane, DataplaneError},
+    plan::{plan_service, service_key, PlanError, Previous, ServicePlan},
     runtime::Runtime,
 };
 
@@ -66,7 +68,6 @@ pub enum ReloadError {
 fn reload(
     current: &Config,
     runtime: &mut Runtime,
-    plans: &[ServicePlan],
     dp: &mut Dataplane,
     opts: &RunOptions,
 ) -> Result<(Config, Vec<ServicePlan>), ReloadError> {
@@ -92,7 +93,7 @@ fn reload(
     for name in dropped {
         warn!(service = %name, "runtime weights no longer fit the file's versions; the file's weights apply");
     }
-    let new_plans = plan_all(&effective, plans)?;
+    let new_plans = plan_all(&effective, |n| dp.previous(n))?;
     dp.apply(&new_plans).map_err(AgentError::from)?;
     if next_runtime != *runtime {
         next_runtime.save(&next.state_dir).map_err(AgentError::from)?;
@@ -102,20 +103,12 @@ fn reload(
 }
 
 /// Reloads the file and, when it is good, makes it the running config.
-fn apply_reload(
-    why: &str,
-    config: &mut Config,
-    runtime: &mut Runtime,
-    plans: &mut Vec<ServicePlan>,
-    dp: &mut Dataplane,
-    opts: &RunOptions,
-) {
-    match reload(config, runtime, plans, dp, opts) {
+fn apply_reload(why: &str, config: &mut Config, runtime: &mut Runtime, dp: &mut Dataplane, opts: &RunOptions) {
+    match reload(config, runtime, dp, opts) {
         Ok((next, next_plans)) => {
             info!(config = %opts.config_path.display(), "{why}: reloaded");
             log_plans(&next_plans);
             *config = next;
-            *plans = next_plans;
         }
         Err(e) => error!(
             config = %opts.config_path.display(),
@@ -157,13 +150,7 @@ fn watch_config(path: &Path) -> (Option<notify::RecommendedWatcher>, tokio::sync
 
 /// Applies one control request: the runtime change, then the service's new
 /// table. On any failure the runtime and the kernel stay as they were.
-fn handle_request(
-    req: Request,
-    file: &Config,
-    runtime: &mut Runtime,
-    plans: &mut Vec<ServicePlan>,
-    dp: &mut Dataplane,
-) -> Response {
+fn handle_request(req: Request, file: &Config, runtime: &mut Runtime, dp: &mut Dataplane) -> Response {
     let mut next = runtime.clone();
     let (service, change) = match &req {
         Request::Weight { service, weights } => {
@@ -172,15 +159,16 @@ fn handle_request(
         }
         Request::Flip { service, to } => (service, next.flip(file, service, to)),
         Request::Rollback { service } => (service, next.rollback(file, service)),
+        Request::Status | Request::Down => unreachable!("answered by the loop"),
     };
-    let fail = |message: String| Response { ok: false, message, weights: None };
+    let fail = |message: String| Response::fail(message);
     let weights = match change {
         Ok(w) => w,
         Err(e) => return fail(e.to_string()),
     };
     let (effective, _) = next.effective(file);
     // Only the changed service's table differs; apply leaves the others alone.
-    let new_plans = match plan_all(&effective, plans) {
+    let new_plans = match plan_all(&effective, |n| dp.previous(n)) {
         Ok(p) => p,
         Err(e) => return fail(e.to_string()),
     };
@@ -195,17 +183,27 @@ fn handle_request(
         return fail(format!("applying the change failed, nothing changed: {e}"));
     }
     *runtime = next;
-    *plans = new_plans;
     let summary: Vec<String> = weights.iter().map(|(v, w)| format!("{v}={w}")).collect();
-    info!(service = %service, "control: {} -> {}", op_name(&req), summary.join(" "));
-    Response { ok: true, message: format!("{service}: {}", summary.join(" ")), weights: Some(weights) }
+    info!(service = %service, "control: {} -> {}", req.op(), summary.join(" "));
+    Response { weights: Some(weights), ..Response::ok(format!("{service}: {}", summary.join(" "))) }
 }
 
-fn op_name(req: &Request) -> &'static str {
-    match req {
-        Request::Weight { .. } => "weight",
-        Request::Flip { .. } => "flip",
-        Request::Rollback { .. } => "rollback",
+/// What `status` asks the agent: who it is and the weights it serves.
+fn agent_info(config: &Config, runtime: &Runtime, opts: &RunOptions, started: std::time::SystemTime) -> AgentInfo {
+    let (effective, _) = runtime.clone().effective(config);
+    AgentInfo {
+        pid: std::process::id(),
+        config: opts.config_path.clone(),
+        pin_path: config.pin_path.clone(),
+        state_dir: config.state_dir.clone(),
+        started_unix: started.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+        weights: effective
+            .services
+            .iter()
+            .map(|(name, svc)| {
+                (name.clone(), svc.version_weights().iter().map(|(v, w)| ((*v).to_owned(), *w)).collect())
+            })
+            .collect(),
     }
 }
 
@@ -254,22 +252,18 @@ fn log_plans(plans: &[ServicePlan]) {
     }
 }
 
-/// The plans of every service of `config`, each derived from its plan in
-/// `previous` (if any) so a change moves the fewest flows. (`run` refuses L7
-/// services before it plans.)
-pub fn plan_all(config: &Config, previous: &[ServicePlan]) -> Result<Vec<ServicePlan>, PlanError> {
-    config
-        .services
-        .iter()
-        .map(|(name, svc)| {
-            let prev = previous.iter().find(|p| &p.name == name).map(|p| &p.table.slot_version);
-            plan_service(name, svc, prev)
-        })
-        .collect()
+/// The plans of every service of `config`, each derived from the table it
+/// has now (`previous(name)`, if any) so a change moves the fewest flows.
+/// (`run` refuses L7 services before it plans.)
+pub fn plan_all<'a>(
+    config: &Config,
+    previous: impl Fn(&str) -> Option<Previous<'a>>,
+) -> Result<Vec<ServicePlan>, PlanError> {
+    config.services.iter().map(|(name, svc)| plan_service(name, svc, previous(name))).collect()
 }
 
 /// Takes the agent lock in `state_dir`: one agent per state dir.
-fn lock_state_dir(dir: &Path) -> Result<nix::fcntl::Flock<File>, AgentError> {
+pub fn lock_state_dir(dir: &Path) -> Result<nix::fcntl::Flock<File>, AgentError> {
     let err = |source| AgentError::StateDir { path: dir.to_owned(), source };
     std::fs::create_dir_all(dir).map_err(err)?;
     let path = dir.join("agent.lock");
@@ -312,7 +306,10 @@ fn check_interfaces(config: &Config) -> Result<(), AgentError> {
     }
 }
 
+/// Runs the agent until SIGINT/SIGTERM (it exits and the pinned data path
+/// keeps serving) or a `down` request (it removes the data path, then exits).
 pub async fn run(mut config: Config, opts: RunOptions) -> Result<(), AgentError> {
+    let started = std::time::SystemTime::now();
     check_modes(&config)?;
     check_interfaces(&config)?;
     let _lock = lock_state_dir(&config.state_dir)?;
@@ -322,19 +319,40 @@ pub async fn run(mut config: Config, opts: RunOptions) -> Result<(), AgentError>
     for name in &dropped {
         warn!(service = %name, "saved runtime weights no longer fit the file's versions; the file's weights apply");
     }
-    let mut plans = plan_all(&effective, &[])?;
     let control = bind_control(&config.control.socket)?;
     ensure_bpffs(&config.pin_path)?;
-    let mut dp = Dataplane::load(config.flow_table_size)?;
+    let services: Vec<_> = effective
+        .services
+        .iter()
+        .map(|(name, svc)| (name.clone(), service_key(svc), svc.versions.keys().cloned().collect()))
+        .collect();
+    let (mut dp, adoption) = Dataplane::load_pinned(config.flow_table_size, &config.pin_path, &services)?;
+    if !adoption.reused.is_empty() {
+        info!(
+            maps = adoption.reused.join(","),
+            services = adoption.services,
+            "adopted the pinned data path: flows, counters and live tables carry over"
+        );
+    }
+    for (map, why) in &adoption.replaced {
+        warn!(map, "pinned map does not fit this build ({why}); replaced with a fresh one");
+    }
+    // Planned from what the kernel serves now, so a restart moves no flow.
+    let plans = plan_all(&effective, |n| dp.previous(n))?;
     dp.apply(&plans)?;
     log_plans(&plans);
     let interfaces: Vec<&String> = config.interfaces.clients.iter().chain(&config.interfaces.backends).collect();
     let mut seen = std::collections::BTreeSet::new();
     for ifname in interfaces.into_iter().filter(|i| seen.insert(*i)) {
-        dp.attach_ingress(ifname, opts.xdp_mode)?;
-        info!(interface = %ifname, mode = ?opts.xdp_mode, "attached {}", splitter_common::names::PROG_INGRESS);
+        match dp.attach_ingress(ifname, opts.xdp_mode)? {
+            Attached::New => info!(interface = %ifname, mode = ?opts.xdp_mode, "attached {PROG_INGRESS}"),
+            Attached::Replaced => info!(interface = %ifname, "replaced {PROG_INGRESS} in the pinned link (atomic)"),
+        }
     }
-    dp.pin_maps(&config.pin_path)?;
+    let keep: Vec<&str> = seen.iter().map(|s| s.as_str()).collect();
+    for gone in dp.detach_others(&keep)? {
+        info!(interface = %gone, "detached: no longer in the config");
+    }
     check_forwarding(&config);
     info!(pin_path = %config.pin_path.display(), services = plans.len(), "splitter running");
 
@@ -350,26 +368,31 @@ pub async fn run(mut config: Config, opts: RunOptions) -> Result<(), AgentError>
     let mut sweep = tokio::time::interval(Duration::from_secs(config.flow_aging.sweep_secs));
     sweep.tick().await;
     let mut last = dp.stats()?;
-    loop {
+    let keeps_serving = "the data path keeps serving the last state from the pins; `splitter down` removes it";
+    let down = loop {
         tokio::select! {
-            _ = sigterm.recv() => { info!("SIGTERM: detaching and exiting"); break; }
-            _ = sigint.recv() => { info!("SIGINT: detaching and exiting"); break; }
+            _ = sigterm.recv() => { info!("SIGTERM: agent exiting; {keeps_serving}"); break None; }
+            _ = sigint.recv() => { info!("SIGINT: agent exiting; {keeps_serving}"); break None; }
             conn = control.accept() => {
                 let Ok((mut stream, _)) = conn else { continue };
                 let response = match read_request(&mut stream).await {
-                    Ok(req) => handle_request(req, &config, &mut runtime, &mut plans, &mut dp),
+                    Ok(Request::Status) => {
+                        let info = agent_info(&config, &runtime, &opts, started);
+                        Response { agent: Some(info), ..Response::ok("running".into()) }
+                    }
+                    // Answered once the data path is gone.
+                    Ok(Request::Down) => break Some(stream),
+                    Ok(req) => handle_request(req, &config, &mut runtime, &mut dp),
                     Err(message) => {
                         warn!("{message}");
-                        Response { ok: false, message, weights: None }
+                        Response::fail(message)
                     }
                 };
-                let mut line = serde_json::to_string(&response).expect("responses serialize");
-                line.push('\n');
-                let _ = tokio::io::AsyncWriteExt::write_all(&mut stream, line.as_bytes()).await;
+                respond(&mut stream, &response).await;
             },
             _ = sighup.recv() => {
                 last_text = std::fs::read_to_string(&opts.config_path).unwrap_or_default();
-                apply_reload("SIGHUP", &mut config, &mut runtime, &mut plans, &mut dp, &opts);
+                apply_reload("SIGHUP", &mut config, &mut runtime, &mut dp, &opts);
             }
             Some(()) = file_events.recv() => {
                 // Editors write in bursts (truncate, write, rename): settle
@@ -381,7 +404,7 @@ pub async fn run(mut config: Config, opts: RunOptions) -> Result<(), AgentError>
                 let text = std::fs::read_to_string(&opts.config_path).unwrap_or_default();
                 if text != last_text {
                     last_text = text;
-                    apply_reload("file changed", &mut config, &mut runtime, &mut plans, &mut dp, &opts);
+                    apply_reload("file changed", &mut config, &mut runtime, &mut dp, &opts);
                 }
             }
             _ = sweep.tick() => match dp.sweep_flows(&config.flow_aging) {
@@ -397,10 +420,32 @@ pub async fn run(mut config: Config, opts: RunOptions) -> Result<(), AgentError>
                 last = now;
             }
         }
-    }
+    };
     drop(dp);
+    if let Some(mut stream) = down {
+        info!("down requested: detaching, unpinning and exiting");
+        let result = crate::dataplane::down(&config.pin_path);
+        let response = match &result {
+            Ok(removed) => {
+                info!(pins = removed.len(), "data path removed");
+                Response::ok(format!(
+                    "removed the data path at {} ({} pins; XDP detached); the agent exits",
+                    config.pin_path.display(),
+                    removed.len()
+                ))
+            }
+            Err(e) => Response::fail(format!("removing the data path failed: {e}")),
+        };
+        let _ = std::fs::remove_file(&config.control.socket);
+        respond(&mut stream, &response).await;
+        return result.map(drop).map_err(AgentError::from);
+    }
     let _ = std::fs::remove_file(&config.control.socket);
-    // Succeeds only when empty: never removes another agent's pins.
-    let _ = std::fs::remove_dir(&config.pin_path);
     Ok(())
+}
+
+async fn respond(stream: &mut tokio::net::UnixStream, response: &Response) {
+    let mut line = serde_json::to_string(response).expect("responses serialize");
+    line.push('\n');
+    let _ = tokio::io::AsyncWriteExt::write_all(stream, line.as_bytes()).await;
 }

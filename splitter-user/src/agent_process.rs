@@ -1,6 +1,7 @@
 //! The agent as a child process inside a network namespace, started the way a
-//! user starts it (`splitter run --config FILE`) and stopped with SIGTERM when
-//! dropped. Used by `splitter demo` and by the end-to-end tests.
+//! user starts it (`splitter run --config FILE`); dropped, it is stopped and
+//! its data path removed with `splitter down`. Used by `splitter demo` and by
+//! the end-to-end tests.
 
 use std::{
     fs,
@@ -33,6 +34,7 @@ pub enum AgentProcessError {
 /// a private directory; everything is removed when it is dropped.
 pub struct AgentProcess {
     child: Option<Child>,
+    exe: PathBuf,
     pub pin_path: PathBuf,
     pub config_path: PathBuf,
     /// The agent's control socket.
@@ -60,6 +62,7 @@ impl AgentProcess {
         let child = spawn(exe, ns, &config_path, log)?;
         let mut agent = AgentProcess {
             child: Some(child),
+            exe: exe.to_owned(),
             pin_path: pin_path.to_owned(),
             config_path,
             control_socket: dir.join("splitter.sock"),
@@ -70,10 +73,11 @@ impl AgentProcess {
         Ok(agent)
     }
 
+    /// Waits until the agent answers `status` on its control socket, which it
+    /// serves once the data path is programmed and attached.
     fn wait_ready(&mut self, limit: Duration) -> Result<(), AgentProcessError> {
-        let ready = self.pin_path.join(splitter_common::names::MAP_STATS);
         let start = Instant::now();
-        while !ready.exists() {
+        while self.info().is_none_or(|a| Some(a.pid) != self.pid()) {
             if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
                 return Err(AgentProcessError::Exited { status, log: self.log() });
             }
@@ -87,11 +91,63 @@ impl AgentProcess {
 
     /// Stops the agent (SIGTERM) and starts it again on the same config,
     /// state dir and pin path, as an operator's restart does.
-    pub fn restart(&mut self, exe: &Path, ns: &NetNs) -> Result<(), AgentProcessError> {
+    pub fn restart(&mut self, ns: &NetNs) -> Result<(), AgentProcessError> {
         self.stop()?;
+        self.start_again(ns)
+    }
+
+    /// Starts a stopped (or killed) agent again on the same config, state
+    /// dir and pin path; returns once it serves.
+    pub fn start_again(&mut self, ns: &NetNs) -> Result<(), AgentProcessError> {
+        if self.is_running() {
+            return Err(AgentProcessError::Io(std::io::Error::other("the agent is still running")));
+        }
         let log = fs::OpenOptions::new().append(true).open(&self.log_path)?;
-        self.child = Some(spawn(exe, ns, &self.config_path, log)?);
+        self.child = Some(spawn(&self.exe, ns, &self.config_path, log)?);
         self.wait_ready(Duration::from_secs(20))
+    }
+
+    /// `kill -9`: the agent dies without any cleanup.
+    pub fn kill(&mut self) -> Result<ExitStatus, AgentProcessError> {
+        let mut child =
+            self.child.take().ok_or_else(|| AgentProcessError::Io(std::io::Error::other("agent already stopped")))?;
+        child.kill()?;
+        Ok(child.wait()?)
+    }
+
+    /// What the agent says about itself on its control socket (`None` when
+    /// nothing answers).
+    pub fn info(&self) -> Option<crate::control::AgentInfo> {
+        crate::control::request(&self.control_socket, &crate::control::Request::Status).ok()?.agent
+    }
+
+    /// `splitter down --config FILE`: through the agent if it runs, else
+    /// from the pins. Returns the command's output when it fails.
+    pub fn down(&mut self) -> Result<(), AgentProcessError> {
+        let out = std::process::Command::new(&self.exe)
+            .args(["down", "--config"])
+            .arg(&self.config_path)
+            .env("SPLITTER_LOG", "warn")
+            .output()?;
+        if !out.status.success() {
+            return Err(AgentProcessError::Io(std::io::Error::other(format!(
+                "splitter down failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ))));
+        }
+        if let Some(mut child) = self.child.take() {
+            // The agent exits once the data path is gone.
+            let start = Instant::now();
+            while child.try_wait()?.is_none() {
+                if start.elapsed() > Duration::from_secs(10) {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(AgentProcessError::Hung(Duration::from_secs(10)));
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        Ok(())
     }
 
     /// Everything the agent logged so far.
@@ -140,10 +196,13 @@ impl AgentProcess {
 
 impl Drop for AgentProcess {
     fn drop(&mut self) {
-        if self.child.is_some() {
-            let _ = self.stop();
+        if self.down().is_err() {
+            if self.child.is_some() {
+                let _ = self.stop();
+            }
+            // Unpinning the links detaches them; the rest are maps.
+            let _ = fs::remove_dir_all(&self.pin_path);
         }
-        let _ = fs::remove_dir_all(&self.pin_path);
         let _ = fs::remove_dir_all(&self.dir);
     }
 }

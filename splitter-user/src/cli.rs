@@ -28,13 +28,14 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the privileged agent in the foreground: load the XDP program, attach it
-    /// to the client interfaces and serve until SIGINT/SIGTERM (systemd-friendly).
+    /// Run the privileged agent in the foreground: load (or adopt) the pinned XDP
+    /// data path, attach it and serve until SIGINT/SIGTERM, after which the data
+    /// path keeps serving the last state (`splitter down` removes it).
     Run(RunArgs),
     /// Validate a config file and exit: 0 when valid, non-zero with the error.
     Check(CheckArgs),
-    /// Show what a running agent is doing: data-path counters (services, versions,
-    /// weights and live-vs-file differences arrive with the control socket).
+    /// Show services, versions, weights (file, runtime, live in the kernel),
+    /// per-endpoint flows and the data-path counters.
     Status(StatusArgs),
     /// Set version weights of a service on the running agent, e.g. `shop blue=95 green=5`.
     Weight(WeightArgs),
@@ -42,6 +43,11 @@ pub enum Command {
     Flip(FlipArgs),
     /// Undo the last runtime change to SERVICE; repeat to go further back.
     Rollback(RollbackArgs),
+    /// Remove the data path: detach XDP from every interface and unpin the
+    /// program and maps (through the running agent, which then exits, or
+    /// directly from the pins when no agent runs). Persisted runtime weights
+    /// stay in state_dir.
+    Down(AgentTarget),
     /// Build a throwaway namespace topology (client, lb, blue, green), run the
     /// agent on an embedded config and show the split real connections get.
     Demo(DemoArgs),
@@ -167,7 +173,7 @@ mod tests {
 
     #[test]
     fn every_verb_is_there() {
-        for verb in ["run", "check", "status", "weight", "flip", "rollback"] {
+        for verb in ["run", "check", "status", "weight", "flip", "rollback", "down"] {
             assert!(Cli::command().find_subcommand(verb).is_some(), "missing verb {verb}");
         }
         let cli = Cli::try_parse_from(["splitter", "weight", "shop", "blue=95", "green=5"]).unwrap();

@@ -22,6 +22,23 @@ pub enum Request {
     Flip { service: String, to: String },
     /// Undo the last change to `service`.
     Rollback { service: String },
+    /// Who is running and the weights it serves (also a readiness probe).
+    Status,
+    /// Detach, unpin everything and exit (`splitter down`).
+    Down,
+}
+
+impl Request {
+    /// The request's `op`, for logs.
+    pub fn op(&self) -> &'static str {
+        match self {
+            Request::Weight { .. } => "weight",
+            Request::Flip { .. } => "flip",
+            Request::Rollback { .. } => "rollback",
+            Request::Status => "status",
+            Request::Down => "down",
+        }
+    }
 }
 
 /// The agent's answer.
@@ -33,6 +50,32 @@ pub struct Response {
     /// The service's weights after the request (when it succeeded).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weights: Option<BTreeMap<String, u32>>,
+    /// The agent itself (answer to `status`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<AgentInfo>,
+}
+
+impl Response {
+    pub fn ok(message: String) -> Response {
+        Response { ok: true, message, weights: None, agent: None }
+    }
+
+    pub fn fail(message: String) -> Response {
+        Response { ok: false, message, weights: None, agent: None }
+    }
+}
+
+/// A running agent, as it describes itself.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+pub struct AgentInfo {
+    pub pid: u32,
+    pub config: PathBuf,
+    pub pin_path: PathBuf,
+    pub state_dir: PathBuf,
+    /// Start time, seconds since the Unix epoch.
+    pub started_unix: u64,
+    /// Weights each service is served with now (file plus runtime changes).
+    pub weights: BTreeMap<String, BTreeMap<String, u32>>,
 }
 
 #[derive(Debug, Error)]

@@ -1,5 +1,12 @@
 //! The kernel side as the agent sees it: the embedded eBPF object, loading and
-//! attaching it, pinning its maps in bpffs and reading its counters.
+//! attaching it, pinning (and adopting) its maps, program and links in bpffs,
+//! and reading its counters.
+//!
+//! Pinned layout under `pin_path`: one file per map (`SPLITTER_*`), the
+//! program (`prog_splitter_ingress`) and one XDP link per interface
+//! (`links/<ifname>`). The pins keep the data path serving when the agent
+//! exits; a new agent opens the same maps and swaps its program into the
+//! pinned links with `bpf_link_update`, so there is no moment without XDP.
 
 use std::{
     io,
@@ -10,8 +17,12 @@ use std::collections::BTreeMap;
 
 use aya::{
     include_bytes_aligned,
-    maps::{Array, HashMap, Map, MapData, PerCpuArray},
-    programs::{xdp::XdpLinkId, Xdp, XdpMode},
+    maps::{Array, HashMap, Map, MapData, MapInfo, PerCpuArray},
+    programs::{
+        links::{FdLink, PinnedLink},
+        xdp::XdpLink,
+        Xdp, XdpMode,
+    },
     Ebpf, EbpfLoader,
 };
 use splitter_common::{
@@ -27,7 +38,7 @@ use splitter_common::{
     FlowKey,
 };
 
-use crate::plan::ServicePlan;
+use crate::plan::{Previous, ServicePlan};
 use thiserror::Error;
 
 /// The compiled `splitter-ebpf` object, built by this crate's build script.
@@ -55,6 +66,10 @@ pub enum DataplaneError {
     Bpffs { path: PathBuf, source: io::Error },
     #[error("no pinned counters at {path}: is `splitter run` running with this pin_path? ({source})")]
     NotRunning { path: PathBuf, source: aya::maps::MapError },
+    #[error("XDP link of {ifname:?} at {path}: {message}")]
+    Link { ifname: String, path: PathBuf, message: String },
+    #[error("removing {path}: {source}")]
+    Unpin { path: PathBuf, source: io::Error },
 }
 
 /// How XDP attaches: the kernel's choice, the driver, or generic (skb) mode.
@@ -79,11 +94,16 @@ impl AttachMode {
     }
 }
 
-/// The loaded object and the links it holds. Dropping it detaches everything.
+/// The loaded object and the links it holds. Unpinned (fixtures, benches),
+/// dropping it detaches everything; pinned (the agent), the data path stays
+/// until [`down`] removes the pins.
 pub struct Dataplane {
     ebpf: Ebpf,
-    attached: Vec<(String, XdpLinkId)>,
-    pinned: Vec<PathBuf>,
+    /// Where maps, program and links are pinned; `None` for a private data path.
+    pins: Option<PathBuf>,
+    /// Interfaces the ingress program serves, with the link when it is pinned
+    /// (an unpinned link is owned by the program and dies with it).
+    attached: Vec<(String, Option<FdLink>)>,
     /// What the kernel serves now, by service name.
     live: BTreeMap<String, Installed>,
 }
@@ -96,19 +116,154 @@ struct Installed {
     generation: u32,
     key: ServiceKey,
     flags: u32,
+    /// Version names of the table's version indexes.
+    versions: Vec<String>,
     table: Box<SelectionTable>,
+}
+
+/// File name of the pinned ingress program under `pin_path`.
+pub const PIN_PROGRAM: &str = "prog_splitter_ingress";
+/// Directory of the pinned XDP links (one per interface) under `pin_path`.
+pub const PIN_LINKS: &str = "links";
+
+/// Maps that are kept or replaced together when a new agent adopts the pins
+/// (a service map pointing into a fresh table map would be wrong, and so
+/// would reply entries for flows that are gone).
+const MAP_GROUPS: [&[&str]; 4] =
+    [&[MAP_SERVICES, MAP_TABLES], &[MAP_FLOWS, MAP_REVERSE], &[MAP_STATS], &[MAP_ENDPOINT_STATS]];
+
+/// What a pinned load found under `pin_path`.
+#[derive(Debug, Default)]
+pub struct Adoption {
+    /// Pinned maps that were opened and are used as they are.
+    pub reused: Vec<&'static str>,
+    /// Pinned maps that did not fit this object (layout or size), with why;
+    /// they were replaced by fresh ones.
+    pub replaced: Vec<(&'static str, String)>,
+    /// Services found live in the adopted maps.
+    pub services: usize,
+}
+
+/// How an interface got the ingress program.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attached {
+    /// A new XDP link.
+    New,
+    /// The program of an existing pinned link was swapped atomically.
+    Replaced,
 }
 
 impl Dataplane {
     /// Loads the embedded object and the ingress program into the kernel,
     /// with a flow table (and reverse-NAT table) of `flow_table_size` entries.
+    /// Nothing is pinned: dropping it removes everything (fixtures, benches).
     pub fn load(flow_table_size: u32) -> Result<Self, DataplaneError> {
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(MAP_FLOWS, flow_table_size)
             .map_max_entries(MAP_REVERSE, flow_table_size)
             .load(OBJECT)?;
         ingress(&mut ebpf)?.load()?;
-        Ok(Dataplane { ebpf, attached: Vec::new(), pinned: Vec::new(), live: BTreeMap::new() })
+        Ok(Dataplane { ebpf, pins: None, attached: Vec::new(), live: BTreeMap::new() })
+    }
+
+    /// Loads the object with its maps pinned under `dir`, adopting maps a
+    /// previous agent pinned there when they fit (same type, key, value and
+    /// size), so flows, counters and live tables carry over. `services` are
+    /// the names and keys of the configured services: adopted tables are
+    /// matched to them by key; live services matching none are removed by the
+    /// next [`Dataplane::apply`]. `versions(name)` gives the version names a
+    /// service has in the config (assumed to be what the adopted table's
+    /// indexes mean when the counts agree).
+    pub fn load_pinned(
+        flow_table_size: u32,
+        dir: &Path,
+        services: &[(String, ServiceKey, Vec<String>)],
+    ) -> Result<(Self, Adoption), DataplaneError> {
+        let mut adoption = Adoption::default();
+        let expected = expected_maps(flow_table_size)?;
+        for group in MAP_GROUPS {
+            let misfit = group.iter().find_map(|name| {
+                let path = dir.join(name);
+                if !path.exists() {
+                    return None;
+                }
+                let want = expected.iter().find(|(n, _)| n == name).map(|(_, s)| *s)?;
+                match MapInfo::from_pin(&path) {
+                    Ok(info) => {
+                        let have = MapShape::of(&info);
+                        (have != want).then(|| (*name, format!("pinned {have}, this build needs {want}")))
+                    }
+                    Err(e) => Some((*name, format!("cannot open: {e}"))),
+                }
+            });
+            for name in group.iter() {
+                let path = dir.join(name);
+                match &misfit {
+                    Some((bad, why)) if path.exists() => {
+                        std::fs::remove_file(&path).map_err(|source| DataplaneError::Unpin { path, source })?;
+                        let why = if bad == name { why.clone() } else { format!("replaced with {bad}") };
+                        adoption.replaced.push((name, why));
+                    }
+                    None if path.exists() => adoption.reused.push(name),
+                    _ => {}
+                }
+            }
+        }
+        let paths: Vec<(&'static str, PathBuf)> = ALL_MAPS.iter().map(|n| (*n, dir.join(n))).collect();
+        let mut loader = EbpfLoader::new();
+        loader.map_max_entries(MAP_FLOWS, flow_table_size).map_max_entries(MAP_REVERSE, flow_table_size);
+        for (name, path) in &paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader.load(OBJECT)?;
+        let prog = ingress(&mut ebpf)?;
+        prog.load()?;
+        let prog_pin = dir.join(PIN_PROGRAM);
+        let _ = std::fs::remove_file(&prog_pin);
+        prog.pin(&prog_pin).map_err(|source| DataplaneError::Pin { what: PIN_PROGRAM, path: prog_pin, source })?;
+        let mut dp = Dataplane { ebpf, pins: Some(dir.to_owned()), attached: Vec::new(), live: BTreeMap::new() };
+        adoption.services = dp.adopt(services)?;
+        Ok((dp, adoption))
+    }
+
+    /// Reads the live services out of (adopted) `SERVICES`/`TABLES`.
+    fn adopt(&mut self, services: &[(String, ServiceKey, Vec<String>)]) -> Result<usize, DataplaneError> {
+        let map = self.ebpf.map(MAP_SERVICES).ok_or(DataplaneError::Missing { kind: "map", name: MAP_SERVICES })?;
+        let refs: HashMap<&MapData, ServiceKey, ServiceRef> = HashMap::try_from(map)?;
+        let entries: Vec<(ServiceKey, ServiceRef)> = refs.iter().filter_map(Result::ok).collect();
+        let map = self.ebpf.map(MAP_TABLES).ok_or(DataplaneError::Missing { kind: "map", name: MAP_TABLES })?;
+        let tables: Array<&MapData, SelectionTable> = Array::try_from(map)?;
+        let mut stale = Vec::new();
+        for (key, r) in entries {
+            let Ok(table) = tables.get(&r.table, 0) else {
+                stale.push(key);
+                continue;
+            };
+            let table = Box::new(table);
+            let (name, versions) = match services.iter().find(|(_, k, _)| *k == key) {
+                Some((name, _, versions)) if versions.len() == usize::from(table.n_versions) => {
+                    (name.clone(), versions.clone())
+                }
+                Some((name, _, _)) => (name.clone(), Vec::new()),
+                // Removed by the next apply (no plan has this name).
+                None => (format!("\u{0}stale table {}", r.table), Vec::new()),
+            };
+            let installed =
+                Installed { slot: r.table / 2, generation: r.table % 2, key, flags: r.flags, versions, table };
+            self.live.insert(name, installed);
+        }
+        let mut refs: HashMap<&mut MapData, ServiceKey, ServiceRef> =
+            HashMap::try_from(map_mut(&mut self.ebpf, MAP_SERVICES)?)?;
+        for key in stale {
+            refs.remove(&key)?;
+        }
+        Ok(self.live.len())
+    }
+
+    /// The table service `name` has in the kernel now, as the previous table
+    /// of its next plan.
+    pub fn previous(&self, name: &str) -> Option<Previous<'_>> {
+        self.live.get(name).map(|i| Previous { versions: &i.versions, slots: &i.table.slot_version })
     }
 
     /// Makes `plans` the live services. A changed service's new table is
@@ -146,7 +301,14 @@ impl Dataplane {
             let mut services: HashMap<&mut MapData, ServiceKey, ServiceRef> =
                 HashMap::try_from(map_mut(&mut self.ebpf, MAP_SERVICES)?)?;
             services.insert(plan.key, ServiceRef { table: table_id, flags: plan.flags }, 0)?;
-            let installed = Installed { slot, generation, key: plan.key, flags: plan.flags, table: plan.table.clone() };
+            let installed = Installed {
+                slot,
+                generation,
+                key: plan.key,
+                flags: plan.flags,
+                versions: plan.versions.clone(),
+                table: plan.table.clone(),
+            };
             self.live.insert(plan.name.clone(), installed);
             if let Some(old) = old_key.filter(|k| !in_use(k)) {
                 services.remove(&old)?;
@@ -164,33 +326,76 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Attaches the ingress program to `ifname` (in this network namespace).
-    pub fn attach_ingress(&mut self, ifname: &str, mode: AttachMode) -> Result<(), DataplaneError> {
+    /// Puts the ingress program on `ifname` (in this network namespace).
+    /// Pinned, an existing link at `links/<ifname>` gets the new program in
+    /// one `bpf_link_update` (no moment without XDP; the link keeps the mode
+    /// it was created with); a link whose interface is gone is replaced by a
+    /// new one, which is pinned.
+    pub fn attach_ingress(&mut self, ifname: &str, mode: AttachMode) -> Result<Attached, DataplaneError> {
+        let attach_err = |source| DataplaneError::Attach { ifname: ifname.to_owned(), source };
+        let Some(dir) = self.pins.clone() else {
+            ingress(&mut self.ebpf)?.attach(ifname, mode.xdp()).map_err(attach_err)?;
+            self.attached.push((ifname.to_owned(), None));
+            return Ok(Attached::New);
+        };
+        let links = dir.join(PIN_LINKS);
+        std::fs::create_dir_all(&links).map_err(|source| DataplaneError::Bpffs { path: links.clone(), source })?;
+        let path = links.join(ifname);
+        let link_err = |message: String| DataplaneError::Link { ifname: ifname.into(), path: path.clone(), message };
         let prog = ingress(&mut self.ebpf)?;
-        let link = prog
-            .attach(ifname, mode.xdp())
-            .map_err(|source| DataplaneError::Attach { ifname: ifname.to_owned(), source })?;
-        self.attached.push((ifname.to_owned(), link));
-        Ok(())
+        if path.exists() {
+            let pinned = PinnedLink::from_pin(&path).map_err(|e| link_err(e.to_string()))?;
+            let link = XdpLink::try_from(FdLink::from(pinned)).map_err(|e| link_err(e.to_string()))?;
+            match prog.attach_to_link(link) {
+                Ok(id) => {
+                    let link = prog.take_link(id).map_err(attach_err)?;
+                    let fd = FdLink::try_from(link).map_err(|e| link_err(e.to_string()))?;
+                    self.attached.push((ifname.to_owned(), Some(fd)));
+                    return Ok(Attached::Replaced);
+                }
+                // The interface it was on is gone (ENOLINK): a new link below.
+                Err(e) => {
+                    tracing::warn!(interface = ifname, "pinned XDP link is defunct ({e}); attaching a new one");
+                    std::fs::remove_file(&path)
+                        .map_err(|source| DataplaneError::Unpin { path: path.clone(), source })?;
+                }
+            }
+        }
+        let id = prog.attach(ifname, mode.xdp()).map_err(attach_err)?;
+        let link = prog.take_link(id).map_err(attach_err)?;
+        let fd = FdLink::try_from(link).map_err(|_| {
+            link_err("the kernel attached XDP without a bpf_link (Linux < 5.9); it cannot be pinned".into())
+        })?;
+        let pinned =
+            fd.pin(&path).map_err(|source| DataplaneError::Pin { what: "XDP link", path: path.clone(), source })?;
+        self.attached.push((ifname.to_owned(), Some(FdLink::from(pinned))));
+        Ok(Attached::New)
+    }
+
+    /// Detaches pinned links of interfaces not in `keep` (left by an agent
+    /// that served more interfaces); returns their names.
+    pub fn detach_others(&mut self, keep: &[&str]) -> Result<Vec<String>, DataplaneError> {
+        let Some(dir) = &self.pins else { return Ok(Vec::new()) };
+        let links = dir.join(PIN_LINKS);
+        let mut gone = Vec::new();
+        for entry in
+            std::fs::read_dir(&links).map_err(|source| DataplaneError::Bpffs { path: links.clone(), source })?
+        {
+            let entry = entry.map_err(|source| DataplaneError::Bpffs { path: links.clone(), source })?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !keep.contains(&name.as_str()) {
+                // Unpinning drops the kernel's last reference: the link detaches.
+                std::fs::remove_file(entry.path())
+                    .map_err(|source| DataplaneError::Unpin { path: entry.path(), source })?;
+                gone.push(name);
+            }
+        }
+        Ok(gone)
     }
 
     /// Interfaces the ingress program is attached to.
     pub fn attached(&self) -> impl Iterator<Item = &str> {
         self.attached.iter().map(|(i, _)| i.as_str())
-    }
-
-    /// Pins every map under `dir` (a bpffs directory) so `splitter status`
-    /// can read them, replacing pins a crashed agent left behind (the caller
-    /// holds the state-dir lock, so no running agent owns them).
-    pub fn pin_maps(&mut self, dir: &Path) -> Result<(), DataplaneError> {
-        for name in ALL_MAPS {
-            let path = dir.join(name);
-            let _ = std::fs::remove_file(&path);
-            let map = self.ebpf.map(name).ok_or(DataplaneError::Missing { kind: "map", name })?;
-            map.pin(&path).map_err(|source| DataplaneError::Pin { what: name, path: path.clone(), source })?;
-            self.pinned.push(path);
-        }
-        Ok(())
     }
 
     /// Runs the ingress program once on `input` with `BPF_PROG_TEST_RUN`
@@ -281,12 +486,73 @@ impl Dataplane {
     }
 }
 
-impl Drop for Dataplane {
-    fn drop(&mut self) {
-        for path in &self.pinned {
-            let _ = std::fs::remove_file(path);
+/// Removes everything an agent pinned under `dir`: the links first (each
+/// unpin detaches XDP from its interface), then the program and the maps.
+/// Returns what was removed. The caller makes sure no agent is running there.
+pub fn down(dir: &Path) -> Result<Vec<String>, DataplaneError> {
+    let mut removed = Vec::new();
+    let unpin = |path: PathBuf, removed: &mut Vec<String>| match std::fs::remove_file(&path) {
+        Ok(()) => {
+            removed.push(path.display().to_string());
+            Ok(())
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(DataplaneError::Unpin { path, source }),
+    };
+    let links = dir.join(PIN_LINKS);
+    if let Ok(entries) = std::fs::read_dir(&links) {
+        for entry in entries.flatten() {
+            unpin(entry.path(), &mut removed)?;
+        }
+        let _ = std::fs::remove_dir(&links);
+    }
+    unpin(dir.join(PIN_PROGRAM), &mut removed)?;
+    for name in ALL_MAPS {
+        unpin(dir.join(name), &mut removed)?;
+    }
+    // Only when empty: never removes pins this build does not know.
+    let _ = std::fs::remove_dir(dir);
+    Ok(removed)
+}
+
+/// Type, key size, value size and entries of a map.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct MapShape {
+    map_type: u32,
+    key: u32,
+    value: u32,
+    entries: u32,
+}
+
+impl MapShape {
+    fn of(info: &MapInfo) -> MapShape {
+        MapShape {
+            map_type: info.map_type().map_or(u32::MAX, |t| t as u32),
+            key: info.key_size(),
+            value: info.value_size(),
+            entries: info.max_entries(),
         }
     }
+}
+
+impl std::fmt::Display for MapShape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "type {} key {} B value {} B {} entries", self.map_type, self.key, self.value, self.entries)
+    }
+}
+
+/// The shape of every map of the embedded object, with the flow tables at
+/// `flow_table_size` entries.
+fn expected_maps(flow_table_size: u32) -> Result<Vec<(&'static str, MapShape)>, DataplaneError> {
+    let obj = aya_obj::Object::parse(OBJECT).map_err(|e| DataplaneError::Load(aya::EbpfError::ParseError(e)))?;
+    ALL_MAPS
+        .iter()
+        .map(|name| {
+            let map = obj.maps.get(*name).ok_or(DataplaneError::Missing { kind: "map", name })?;
+            let entries = if [MAP_FLOWS, MAP_REVERSE].contains(name) { flow_table_size } else { map.max_entries() };
+            Ok((*name, MapShape { map_type: map.map_type(), key: map.key_size(), value: map.value_size(), entries }))
+        })
+        .collect()
 }
 
 fn map_mut<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Map, DataplaneError> {

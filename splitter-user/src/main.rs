@@ -9,7 +9,7 @@ use splitter_user::{
     agent::{self, RunOptions},
     cli::{AgentTarget, Cli, Command, StatusArgs},
     config::{Config, DEFAULT_PIN_PATH, DEFAULT_SOCKET},
-    control::Request,
+    control::{ControlError, Request},
 };
 
 fn main() -> ExitCode {
@@ -75,16 +75,55 @@ fn dispatch(command: Command) -> Result<()> {
         }
         Command::Flip(args) => control(&args.target, Request::Flip { service: args.service, to: args.to }),
         Command::Rollback(args) => control(&args.target, Request::Rollback { service: args.service }),
+        Command::Down(target) => down(&target),
     }
+}
+
+/// The control socket `target` names (`--socket`, the config's, or the default).
+fn socket_of(target: &AgentTarget) -> Result<PathBuf> {
+    Ok(match (&target.socket, &target.config) {
+        (Some(s), _) => s.clone(),
+        (None, Some(file)) => Config::load(file)?.control.socket,
+        (None, None) => DEFAULT_SOCKET.into(),
+    })
+}
+
+/// `splitter down`: through the agent when one listens, else from the pins.
+fn down(target: &AgentTarget) -> Result<()> {
+    let socket = socket_of(target)?;
+    match splitter_user::control::request(&socket, &Request::Down) {
+        Ok(r) if r.ok => {
+            println!("{}", r.message);
+            return Ok(());
+        }
+        Ok(r) => bail!("{}", r.message),
+        Err(ControlError::Connect { .. }) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let Some(file) = &target.config else {
+        bail!(
+            "no agent is listening at {}; pass --config FILE so `down` can find pin_path and remove the data path itself",
+            socket.display()
+        );
+    };
+    let config = Config::load(file)?;
+    // Held by a running agent: then it must be asked (or stopped) instead.
+    let _lock = agent::lock_state_dir(&config.state_dir).with_context(|| {
+        format!("an agent holds {} but does not answer at {}", config.state_dir.display(), socket.display())
+    })?;
+    let removed = splitter_user::dataplane::down(&config.pin_path)?;
+    let _ = std::fs::remove_file(&socket);
+    if removed.is_empty() {
+        println!("nothing pinned at {}: the data path was already down", config.pin_path.display());
+    } else {
+        println!("removed the data path at {} ({} pins; XDP detached)", config.pin_path.display(), removed.len());
+    }
+    Ok(())
 }
 
 /// Sends a runtime change to the agent and prints its answer.
 fn control(target: &AgentTarget, req: Request) -> Result<()> {
-    let socket: PathBuf = match (&target.socket, &target.config) {
-        (Some(s), _) => s.clone(),
-        (None, Some(file)) => Config::load(file)?.control.socket,
-        (None, None) => DEFAULT_SOCKET.into(),
-    };
+    let socket = socket_of(target)?;
     let response = splitter_user::control::request(&socket, &req)?;
     if !response.ok {
         bail!("{} (nothing was changed)", response.message);
@@ -100,7 +139,14 @@ fn status(args: StatusArgs) -> Result<()> {
         (None, Some(c)) => c.pin_path.clone(),
         (None, None) => DEFAULT_PIN_PATH.into(),
     };
-    let report = splitter_user::status::report(pin_path, config.as_ref())?;
+    let socket: PathBuf = match (args.socket, &config) {
+        (Some(s), _) => s,
+        (None, Some(c)) => c.control.socket.clone(),
+        (None, None) => DEFAULT_SOCKET.into(),
+    };
+    // No answer is not an error: the pinned data path serves without an agent.
+    let agent = splitter_user::control::request(&socket, &Request::Status).ok().and_then(|r| r.agent);
+    let report = splitter_user::status::report(pin_path, config.as_ref(), agent)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

@@ -99,11 +99,12 @@ pub fn basis_points(weights: &[u32]) -> Vec<u32> {
 }
 
 /// Assigns each basis-point slot a version so version `v` owns exactly
-/// `bps[v]` slots, moving as few slots as possible from `previous`.
+/// `bps[v]` slots, moving as few slots as possible from `previous`. Slots of
+/// `previous` that name no version of `bps` (a version that is gone) are free.
 pub fn slot_table(bps: &[u32], previous: Option<&[u8; BPS]>) -> Box<[u8; BPS]> {
     assert_eq!(bps.iter().sum::<u32>() as usize, BPS, "basis points must sum to {BPS}");
     let mut table = Box::new([0u8; BPS]);
-    let Some(prev) = previous.filter(|p| p.iter().all(|v| (*v as usize) < bps.len())) else {
+    let Some(prev) = previous else {
         // First layout: cumulative ranges in version order.
         let mut start = 0usize;
         for (v, n) in bps.iter().enumerate() {
@@ -114,14 +115,16 @@ pub fn slot_table(bps: &[u32], previous: Option<&[u8; BPS]>) -> Box<[u8; BPS]> {
     };
     *table = *prev;
     let mut have = vec![0u32; bps.len()];
-    for v in table.iter() {
+    for v in table.iter().filter(|v| usize::from(**v) < bps.len()) {
         have[*v as usize] += 1;
     }
-    // Versions over quota release their highest slots.
+    // Orphaned slots are free; versions over quota release their highest slots.
     let mut free = Vec::new();
     for slot in (0..BPS).rev() {
         let v = table[slot] as usize;
-        if have[v] > bps[v] {
+        if v >= bps.len() {
+            free.push(slot);
+        } else if have[v] > bps[v] {
             have[v] -= 1;
             free.push(slot);
         }
@@ -179,9 +182,40 @@ pub fn maglev(names: &[String]) -> Vec<u8> {
     table
 }
 
-/// Builds the plan of one service. `previous` is the slot table it has now,
-/// if any, so a change moves the fewest flows.
-pub fn plan_service(name: &str, svc: &Service, previous: Option<&[u8; BPS]>) -> Result<ServicePlan, PlanError> {
+/// The slot table a service has now and the version names its indexes mean.
+#[derive(Clone, Copy, Debug)]
+pub struct Previous<'a> {
+    pub versions: &'a [String],
+    pub slots: &'a [u8; BPS],
+}
+
+impl Previous<'_> {
+    /// The slots re-indexed for `versions` (matched by name); slots of
+    /// versions that are gone become `u8::MAX` (free).
+    pub fn remap(&self, versions: &[&str]) -> Box<[u8; BPS]> {
+        let new_index: Vec<u8> = self
+            .versions
+            .iter()
+            .map(|old| versions.iter().position(|v| v == old).map_or(u8::MAX, |i| i as u8))
+            .collect();
+        let mut out = Box::new([u8::MAX; BPS]);
+        for (o, v) in out.iter_mut().zip(self.slots.iter()) {
+            *o = new_index.get(usize::from(*v)).copied().unwrap_or(u8::MAX);
+        }
+        out
+    }
+}
+
+impl ServicePlan {
+    /// This plan as the previous table of the next one.
+    pub fn as_previous(&self) -> Previous<'_> {
+        Previous { versions: &self.versions, slots: &self.table.slot_version }
+    }
+}
+
+/// Builds the plan of one service. `previous` is the table it has now, if
+/// any, so a change moves the fewest flows (versions are matched by name).
+pub fn plan_service(name: &str, svc: &Service, previous: Option<Previous<'_>>) -> Result<ServicePlan, PlanError> {
     let weights = svc.version_weights();
     if weights.len() > MAX_VERSIONS {
         return Err(PlanError::TooManyVersions { service: name.into(), n: weights.len() });
@@ -197,7 +231,9 @@ pub fn plan_service(name: &str, svc: &Service, previous: Option<&[u8; BPS]>) -> 
     let mut table: Box<SelectionTable> = bytemuck::zeroed_box();
     table.vip = service_key(svc);
     table.n_versions = weights.len() as u8;
-    table.slot_version = *slot_table(&bps, previous);
+    let names: Vec<&str> = weights.iter().map(|(n, _)| *n).collect();
+    let previous = previous.map(|p| p.remap(&names));
+    table.slot_version = *slot_table(&bps, previous.as_deref());
     let mut idx = 0usize;
     for (v, endpoints) in svc.versions.values().enumerate() {
         let first = idx;
@@ -286,6 +322,24 @@ mod tests {
         assert_eq!(owned(&flipped, 1), BPS);
         let back = slot_table(&[8000, 2000], Some(&flipped));
         assert_eq!(owned(&back, 0), 8000);
+    }
+
+    #[test]
+    fn versions_are_matched_by_name_when_the_version_set_changes() {
+        // blue/green at 80/20; then a version "alpha" sorts in front of both
+        // (shifting every index) and "green" is removed.
+        let start = slot_table(&[8000, 2000], None);
+        let before = ["blue".to_owned(), "green".to_owned()];
+        let prev = Previous { versions: &before, slots: &start };
+        let remapped = prev.remap(&["alpha", "blue"]);
+        let next = slot_table(&[2000, 8000], Some(&remapped));
+        for slot in 0..BPS {
+            if start[slot] == 0 {
+                assert_eq!(next[slot], 1, "slot {slot}: blue's flows must stay on blue (now index 1)");
+            } else {
+                assert_eq!(next[slot], 0, "slot {slot}: green's freed slots go to alpha");
+            }
+        }
     }
 
     #[test]

@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use crate::{
     config::{Config, Mode},
+    control::AgentInfo,
     dataplane::{DataplaneError, PinnedMaps},
     plan::{basis_points, service_key},
 };
@@ -14,6 +15,9 @@ use crate::{
 #[derive(Debug, Serialize)]
 pub struct Report {
     pub pin_path: PathBuf,
+    /// The agent, when one answers on the control socket. Without it the
+    /// pinned data path still serves the last state.
+    pub agent: Option<AgentInfo>,
     /// Entries in the kernel flow table now.
     pub active_flows: u64,
     pub services: Vec<ServiceStatus>,
@@ -38,6 +42,8 @@ pub struct VersionStatus {
     pub name: String,
     /// Weight in the config file.
     pub weight: u32,
+    /// Weight the running agent serves (file plus runtime changes), when it answers.
+    pub runtime_weight: Option<u32>,
     /// The file's weight in basis points (1/10,000).
     pub file_bps: u32,
     /// Basis points the live kernel table gives this version.
@@ -60,7 +66,7 @@ pub struct EndpointStatus {
 
 /// Builds the report from the maps pinned under `pin_path` and, when given,
 /// the config file (for names, weights and endpoints).
-pub fn report(pin_path: PathBuf, config: Option<&Config>) -> Result<Report, DataplaneError> {
+pub fn report(pin_path: PathBuf, config: Option<&Config>, agent: Option<AgentInfo>) -> Result<Report, DataplaneError> {
     let pinned = PinnedMaps::open(&pin_path)?;
     let counters = pinned.counters()?;
     let mut services = Vec::new();
@@ -92,6 +98,7 @@ pub fn report(pin_path: PathBuf, config: Option<&Config>) -> Result<Report, Data
                 VersionStatus {
                     name: (*v).to_owned(),
                     weight: *w,
+                    runtime_weight: agent.as_ref().and_then(|a| a.weights.get(name)?.get(*v).copied()),
                     file_bps: file_bps[i],
                     live_bps: live.as_ref().and_then(|l| l.version_bps.get(i).copied()),
                     flows: live.as_ref().map(|_| endpoints.iter().filter_map(|e| e.flows).sum()),
@@ -110,7 +117,7 @@ pub fn report(pin_path: PathBuf, config: Option<&Config>) -> Result<Report, Data
         });
     }
     let active_flows = pinned.active_flows();
-    Ok(Report { pin_path, active_flows, services, counters: counters.to_json() })
+    Ok(Report { pin_path, agent, active_flows, services, counters: counters.to_json() })
 }
 
 impl Report {
@@ -118,6 +125,14 @@ impl Report {
     pub fn render(&self) -> String {
         let mut out = String::new();
         let pct = |b: u32| format!("{:.2}%", b as f64 / 100.0);
+        match &self.agent {
+            Some(a) => writeln!(out, "agent: pid {}, config {}", a.pid, a.config.display()).unwrap(),
+            None => writeln!(
+                out,
+                "agent: NOT RUNNING (no answer on the control socket); the pinned data path serves the last tables"
+            )
+            .unwrap(),
+        }
         for s in &self.services {
             let state = match (s.live, s.differs_from_file) {
                 (false, _) if s.mode == "l7" => "mode l7: not in the kernel tables",
@@ -128,8 +143,8 @@ impl Report {
             writeln!(out, "service {} {}/{} ({}): {state}", s.name, s.listen, s.protocol, s.mode).unwrap();
             writeln!(
                 out,
-                "  {:<10} {:>7} {:>9} {:>9} {:>10}  endpoints (flows)",
-                "version", "weight", "file", "live", "flows"
+                "  {:<10} {:>7} {:>7} {:>9} {:>9} {:>10}  endpoints (flows)",
+                "version", "file w", "now w", "file", "live", "flows"
             )
             .unwrap();
             let n = |v: Option<u64>| v.map_or("-".to_owned(), |v| v.to_string());
@@ -137,9 +152,10 @@ impl Report {
                 let eps: Vec<String> = v.endpoints.iter().map(|e| format!("{} ({})", e.address, n(e.flows))).collect();
                 writeln!(
                     out,
-                    "  {:<10} {:>7} {:>9} {:>9} {:>10}  {}",
+                    "  {:<10} {:>7} {:>7} {:>9} {:>9} {:>10}  {}",
                     v.name,
                     v.weight,
+                    v.runtime_weight.map_or("-".into(), |w| w.to_string()),
                     pct(v.file_bps),
                     v.live_bps.map_or("-".into(), pct),
                     n(v.flows),

@@ -170,7 +170,10 @@ impl Harness {
 
     /// Plans `config` from the current tables and applies it, as a reload does.
     pub fn apply(&mut self, config: &Config) {
-        let plans = splitter_user::agent::plan_all(config, &self.plans).expect("plan");
+        let plans = splitter_user::agent::plan_all(config, |n| {
+            self.plans.iter().find(|p| p.name == n).map(splitter_user::plan::ServicePlan::as_previous)
+        })
+        .expect("plan");
         self.dp.apply(&plans).expect("apply plans");
         self.plans = plans;
     }

@@ -383,7 +383,7 @@ fn runtime_changes_survive_an_agent_restart() {
     assert!(cli(&agent, &["weight", "shop", "green=60", "blue=40"]).0);
     assert!(cli(&agent, &["flip", "shop", "--to", "green"]).0);
     assert_eq!(live_bps(&agent), [0, 10000]);
-    agent.restart(&splitter_tests::agent::splitter_bin(), &topo.lb).unwrap_or_else(|e| panic!("{e}"));
+    agent.restart(&topo.lb).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(live_bps(&agent), [0, 10000], "the flip must survive the restart:\n{}", agent.log());
     let status = agent.status();
     let shop = status["services"].as_array().unwrap().iter().find(|s| s["name"] == "shop").cloned().unwrap();
@@ -433,27 +433,9 @@ fn thirty_flips_under_a_steady_stream_of_connections() {
     let (topo, agent) = setup();
     let vip: SocketAddr = "203.0.113.10:80".parse().unwrap();
     let stop = std::sync::atomic::AtomicBool::new(false);
+    let start = std::time::Instant::now();
     let (results, flips) = std::thread::scope(|s| {
-        let client = s.spawn(|| {
-            topo.client.run(|| {
-                let (mut ok, mut failed, mut split_brain) = (0u32, Vec::new(), 0u32);
-                let start = std::time::Instant::now();
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) && start.elapsed() < Duration::from_secs(60) {
-                    match TcpStream::connect_timeout(&vip, TIMEOUT).and_then(|c| {
-                        c.set_read_timeout(Some(TIMEOUT))?;
-                        let first = ask_version(&c)?;
-                        std::thread::sleep(Duration::from_millis(2));
-                        let second = ask_version(&c)?;
-                        Ok((first, second))
-                    }) {
-                        Ok((a, b)) if a == b => ok += 1,
-                        Ok(_) => split_brain += 1,
-                        Err(e) => failed.push(e.to_string()),
-                    }
-                }
-                (ok, failed, split_brain, start.elapsed())
-            })
-        });
+        let client = s.spawn(|| connect_until(&topo, vip, &stop));
         let mut flips = 0;
         for i in 0..30 {
             let to = if i % 2 == 0 { "green" } else { "blue" };
@@ -465,7 +447,8 @@ fn thirty_flips_under_a_steady_stream_of_connections() {
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         (client.join().unwrap(), flips)
     });
-    let (ok, failed, split_brain, elapsed) = results;
+    let elapsed = start.elapsed();
+    let (ok, failed, split_brain) = results;
     assert_eq!(flips, 30);
     assert!(
         failed.is_empty(),
@@ -476,4 +459,140 @@ fn thirty_flips_under_a_steady_stream_of_connections() {
     assert_eq!(split_brain, 0, "a connection was answered by two backends");
     let rate = ok as f64 / elapsed.as_secs_f64();
     assert!(rate >= 100.0, "only {rate:.0} connections/s arrived during the flips ({ok} in {elapsed:?})");
+}
+
+/// Opens connections to `vip` in a loop until `stop` (at most 60 s); each asks
+/// its backend twice. Returns (answered, failures, answered by two backends).
+fn connect_until(topo: &Topology, vip: SocketAddr, stop: &std::sync::atomic::AtomicBool) -> (u32, Vec<String>, u32) {
+    topo.client.run(|| {
+        let (mut ok, mut failed, mut split_brain) = (0u32, Vec::new(), 0u32);
+        let start = std::time::Instant::now();
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) && start.elapsed() < Duration::from_secs(60) {
+            match TcpStream::connect_timeout(&vip, TIMEOUT).and_then(|c| {
+                c.set_read_timeout(Some(TIMEOUT))?;
+                let first = ask_version(&c)?;
+                std::thread::sleep(Duration::from_millis(2));
+                Ok((first, ask_version(&c)?))
+            }) {
+                Ok((a, b)) if a == b => ok += 1,
+                Ok(_) => split_brain += 1,
+                Err(e) => failed.push(e.to_string()),
+            }
+        }
+        (ok, failed, split_brain)
+    })
+}
+
+#[test]
+fn kill_9_leaves_the_data_path_serving_and_a_restart_adopts_it_without_a_gap() {
+    let (topo, mut agent) = setup();
+    let vip: SocketAddr = "203.0.113.10:80".parse().unwrap();
+    // A runtime weight the file does not have (80/20 there).
+    assert!(cli(&agent, &["weight", "shop", "blue=30", "green=70"]).0);
+    let held: Vec<(TcpStream, String)> = topo.client.run(|| {
+        (0..30)
+            .map(|i| {
+                let c = TcpStream::connect_timeout(&vip, TIMEOUT).unwrap_or_else(|e| panic!("connection {i}: {e}"));
+                c.set_read_timeout(Some(TIMEOUT)).unwrap();
+                let v = ask_version(&c).unwrap();
+                (c, v)
+            })
+            .collect()
+    });
+    let flows_before = agent.counter("new_flows");
+
+    agent.kill().expect("kill -9");
+    assert!(agent.info().is_none(), "nothing answers on the control socket after kill -9");
+    for (i, (c, v)) in held.iter().enumerate() {
+        assert_eq!(&ask_version(c).unwrap(), v, "connection {i} while no agent runs");
+    }
+    let while_down = tcp_split(&topo, vip, 400);
+    let green = share(&while_down, "green");
+    assert!((green - 0.70).abs() < 0.07, "new connections without an agent follow the last weights: {while_down:?}");
+    let status = agent.status();
+    assert!(status["agent"].is_null(), "status says no agent runs: {}", status["agent"]);
+
+    // Restart while connections keep arriving: none may fail or move.
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (ok, failed, split_brain) = std::thread::scope(|s| {
+        let client = s.spawn(|| connect_until(&topo, vip, &stop));
+        std::thread::sleep(Duration::from_millis(200));
+        agent.start_again(&topo.lb).unwrap_or_else(|e| panic!("{e}"));
+        std::thread::sleep(Duration::from_millis(300));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        client.join().unwrap()
+    });
+    assert!(
+        failed.is_empty(),
+        "{} connections failed across the restart: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    assert_eq!(split_brain, 0, "a connection was answered by two backends across the restart");
+    assert!(ok > 0);
+    let log = agent.log();
+    assert!(log.contains("adopted the pinned data path"), "{log}");
+    assert!(log.contains("in the pinned link (atomic)"), "the restart must swap programs, not re-attach:\n{log}");
+    // The maps carried over: the counter continued (no reset), the weights held.
+    assert_eq!(agent.counter("new_flows"), flows_before + 400 + u64::from(ok), "counters carried over the restart");
+    assert_eq!(live_bps(&agent), [3000, 7000], "the runtime weights survive kill -9");
+    for (i, (c, v)) in held.iter().enumerate() {
+        assert_eq!(&ask_version(c).unwrap(), v, "connection {i} after the restart");
+    }
+
+    // SIGTERM: the agent exits, the data path stays.
+    assert!(agent.stop_ok(), "the agent exits cleanly on SIGTERM:\n{}", agent.log());
+    assert!(topo.lb.has_xdp("lb-client").unwrap(), "SIGTERM leaves XDP attached");
+    for (i, (c, v)) in held.iter().enumerate() {
+        assert_eq!(&ask_version(c).unwrap(), v, "connection {i} after SIGTERM");
+    }
+    assert_eq!(tcp_split(&topo, vip, 20).values().sum::<usize>(), 20);
+
+    // `splitter down`: XDP detached, pins gone, the VIP served no more.
+    agent.down().unwrap_or_else(|e| panic!("{e}"));
+    for dev in ["lb-client", "lb-blue", "lb-green"] {
+        assert!(!topo.lb.has_xdp(dev).unwrap(), "XDP still on {dev} after down");
+    }
+    assert!(!agent.pin_path.exists(), "pins left at {}", agent.pin_path.display());
+    let refused = topo.client.run(|| TcpStream::connect_timeout(&vip, Duration::from_secs(1)).is_err());
+    assert!(refused, "nothing serves the VIP after down");
+}
+
+#[test]
+fn down_through_a_running_agent_detaches_and_stops_it() {
+    let (topo, mut agent) = setup();
+    assert!(topo.lb.has_xdp("lb-client").unwrap());
+    let (ok, out, err) = cli(&agent, &["down"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("XDP detached"), "{out}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while agent.is_running() {
+        assert!(std::time::Instant::now() < deadline, "the agent did not exit after down");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!topo.lb.has_xdp("lb-client").unwrap() && !topo.lb.has_xdp("lb-blue").unwrap());
+    assert!(!agent.pin_path.exists());
+    // Again, with nothing running: found through the config file, it says so.
+    let out = agent.cli().args(["down", "--config"]).arg(&agent.config_path).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("already down"));
+    // Without a config there is nothing to find the pins by: a clear refusal.
+    let (ok, _, err) = cli(&agent, &["down"]);
+    assert!(!ok && err.contains("pass --config"), "{err}");
+}
+
+#[test]
+fn a_restart_with_a_resized_flow_table_replaces_only_the_flow_maps() {
+    let (topo, mut agent) = setup();
+    let vip: SocketAddr = "203.0.113.10:80".parse().unwrap();
+    assert!(cli(&agent, &["flip", "shop", "--to", "green"]).0);
+    assert!(agent.stop_ok());
+    let text = std::fs::read_to_string(&agent.config_path).unwrap();
+    std::fs::write(&agent.config_path, format!("flow_table_size: 4096\n{text}")).unwrap();
+    agent.start_again(&topo.lb).unwrap_or_else(|e| panic!("{e}"));
+    let log = agent.log();
+    assert!(log.contains("does not fit this build") && log.contains("SPLITTER_FLOWS"), "{log}");
+    // The tables were adopted: the flip holds, and traffic flows.
+    assert_eq!(live_bps(&agent), [0, 10000]);
+    assert_eq!(tcp_split(&topo, vip, 20).get("green"), Some(&20));
 }

@@ -104,9 +104,11 @@ fn agent_attaches_xdp_and_counts_real_tcp_and_udp() {
     assert_eq!(delta("truncated") + delta("bad_header") + delta("bad_length"), 0, "no malformed frames were sent");
     assert_eq!(delta("passed"), delta("rx_packets"), "no service is configured: every packet is passed");
 
-    // A clean stop detaches the program and removes the pins.
+    // SIGTERM stops the agent and leaves the data path; `down` removes it.
     assert!(agent.stop_ok(), "agent did not exit cleanly:\n{}", agent.log());
-    assert!(!lb.has_xdp(&veth.b).unwrap(), "XDP program still attached after SIGTERM");
+    assert!(lb.has_xdp(&veth.b).unwrap(), "SIGTERM must leave the pinned data path serving");
+    agent.down().unwrap_or_else(|e| panic!("{e}"));
+    assert!(!lb.has_xdp(&veth.b).unwrap(), "XDP program still attached after `splitter down`");
     assert!(!agent.pin_path.exists(), "pins left at {}", agent.pin_path.display());
 }
 
