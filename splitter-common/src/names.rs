@@ -29,5 +29,14 @@ pub const MAP_REVERSE: &str = "SPLITTER_REVERSE";
 /// Per-CPU counters per endpoint of every service.
 pub const MAP_ENDPOINT_STATS: &str = "SPLITTER_ENDPOINT_STATS";
 
-/// Every map, for pinning and for the object-vs-constants check.
-pub const ALL_MAPS: [&str; 6] = [MAP_STATS, MAP_SERVICES, MAP_TABLES, MAP_FLOWS, MAP_REVERSE, MAP_ENDPOINT_STATS];
+/// Per-CPU array: when each kind of rare kernel event was last logged, so a
+/// storm of them logs at most once a second per CPU (they are all counted).
+pub const MAP_LOG_GATE: &str = "SPLITTER_LOG_GATE";
+
+/// The ring buffer aya-log-ebpf writes log records to (not pinned: each
+/// loaded program has its own, read by the agent that loaded it).
+pub const MAP_AYA_LOGS: &str = "AYA_LOGS";
+
+/// Every map the agent pins (and adopts on restart).
+pub const ALL_MAPS: [&str; 7] =
+    [MAP_STATS, MAP_SERVICES, MAP_TABLES, MAP_FLOWS, MAP_REVERSE, MAP_ENDPOINT_STATS, MAP_LOG_GATE];

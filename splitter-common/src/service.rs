@@ -178,6 +178,13 @@ pub struct EndpointStats {
 /// `ENDPOINT_STATS` entries: one per endpoint slot of every service slot.
 pub const ENDPOINT_STATS_LEN: u32 = MAX_SERVICES * MAX_ENDPOINTS as u32;
 
+/// Slots of the log gate map: one per kind of rare kernel event (when it was
+/// last logged), spare ones, and the last slot for the event waiting to be logged.
+pub const LOG_EVENTS: u32 = 4;
+
+/// Least time between two log records of one event kind on one CPU.
+pub const LOG_EVERY_NS: u64 = 1_000_000_000;
+
 /// Index of endpoint `endpoint` of service slot `service` in `ENDPOINT_STATS`.
 #[inline(always)]
 pub const fn endpoint_stats_index(service: u16, endpoint: u8) -> u32 {

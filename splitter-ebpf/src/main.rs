@@ -5,6 +5,7 @@
 #![no_main]
 
 mod counters;
+mod events;
 mod forward;
 mod maps;
 mod nat;
@@ -31,7 +32,11 @@ use crate::{
 /// else goes to the stack untouched.
 #[xdp]
 pub fn splitter_ingress(ctx: XdpContext) -> u32 {
-    let action = try_ingress(&ctx);
+    let mut action = try_ingress(&ctx);
+    if action & events::PENDING != 0 {
+        events::flush(&ctx);
+        action &= !events::PENDING;
+    }
     match action {
         xdp_action::XDP_DROP => counters::inc(Stat::Dropped),
         xdp_action::XDP_PASS => counters::inc(Stat::Passed),
@@ -95,6 +100,7 @@ fn to_service(ctx: &XdpContext, pkt: &Packet, svc: &ServiceRef) -> u32 {
     // aging and FIB refresh, and cheaper than bpf_ktime_get_ns.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
     let bytes = (ctx.data_end() - ctx.data()) as u64;
+    let mut event = 0;
     let (backend, backend_port, hop) = match SPLITTER_FLOWS.get_ptr_mut(pkt.key) {
         Some(state) => {
             counters::inc(Stat::FlowHits);
@@ -115,7 +121,7 @@ fn to_service(ctx: &XdpContext, pkt: &Packet, svc: &ServiceRef) -> u32 {
                 Ok(placed) => placed,
                 Err(select::NoPlace::BadTable) => {
                     counters::inc(Stat::NoTable);
-                    return xdp_action::XDP_DROP;
+                    return xdp_action::XDP_DROP | events::note(events::Event::BadTable, svc.table, now);
                 }
             };
             let service = (svc.table / 2) as u16;
@@ -151,8 +157,11 @@ fn to_service(ctx: &XdpContext, pkt: &Packet, svc: &ServiceRef) -> u32 {
                 _pad: [0; 3],
                 hop: NextHop::default(),
             };
-            if SPLITTER_FLOWS.insert(pkt.key, state, 0).is_err() || SPLITTER_REVERSE.insert(reply, rev, 0).is_err() {
+            if let Err(e) =
+                SPLITTER_FLOWS.insert(pkt.key, state, 0).and_then(|()| SPLITTER_REVERSE.insert(reply, rev, 0))
+            {
                 counters::inc(Stat::FlowInsertFailed);
+                event = events::note(events::Event::FlowInsert, e.unsigned_abs(), now);
             }
             (ep.addr, ep.port, hop)
         }
@@ -162,12 +171,13 @@ fn to_service(ctx: &XdpContext, pkt: &Packet, svc: &ServiceRef) -> u32 {
         let _ = SPLITTER_FLOWS.remove(pkt.key);
     }
     if let Err(e) = nat::rewrite(ctx, pkt, Side::Dst, &backend, backend_port) {
-        return nat_failed(e);
+        return nat_failed(e) | event;
     }
-    match hop {
-        Some(hop) => forward::send(ctx, &hop),
-        None => xdp_action::XDP_PASS,
-    }
+    event
+        | match hop {
+            Some(hop) => forward::send(ctx, &hop),
+            None => xdp_action::XDP_PASS,
+        }
 }
 
 /// Endpoint → client: SNAT back to the VIP so the client only sees the VIP.

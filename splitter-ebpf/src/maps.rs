@@ -8,7 +8,7 @@ use aya_ebpf::{
 use splitter_common::{
     service::{
         EndpointStats, FlowState, ReverseNat, SelectionTable, ServiceKey, ServiceRef, DEFAULT_FLOW_TABLE_SIZE,
-        ENDPOINT_STATS_LEN, MAX_SERVICES, MAX_TABLES,
+        ENDPOINT_STATS_LEN, LOG_EVENTS, MAX_SERVICES, MAX_TABLES,
     },
     stats::Stat,
     FlowKey,
@@ -39,3 +39,7 @@ pub static SPLITTER_REVERSE: LruHashMap<FlowKey, ReverseNat> = LruHashMap::with_
 /// Per-CPU counters per endpoint of every service.
 #[map]
 pub static SPLITTER_ENDPOINT_STATS: PerCpuArray<EndpointStats> = PerCpuArray::with_max_entries(ENDPOINT_STATS_LEN, 0);
+
+/// Per-CPU: when each `events::Event` was last logged (coarse ns).
+#[map]
+pub static SPLITTER_LOG_GATE: PerCpuArray<u64> = PerCpuArray::with_max_entries(LOG_EVENTS, 0);

@@ -354,6 +354,18 @@ pub async fn run(mut config: Config, opts: RunOptions) -> Result<(), AgentError>
         info!(interface = %gone, "detached: no longer in the config");
     }
     check_forwarding(&config);
+    let mut kernel_log = match dp.kernel_log().and_then(|l| {
+        // SAFETY: the fd is the ring buffer map's, owned by the logger, which
+        // the AsyncFd owns until it is dropped; it always returns that fd.
+        unsafe { tokio::io::unix::AsyncFd::register_with_interest(l, tokio::io::Interest::READABLE) }
+            .map_err(|e| DataplaneError::KernelLog(e.to_string()))
+    }) {
+        Ok(l) => Some(l),
+        Err(e) => {
+            warn!("kernel events will not be logged (they are still counted): {e}");
+            None
+        }
+    };
     info!(pin_path = %config.pin_path.display(), services = plans.len(), "splitter running");
 
     let (_watcher, mut file_events) = watch_config(&opts.config_path);
@@ -390,6 +402,10 @@ pub async fn run(mut config: Config, opts: RunOptions) -> Result<(), AgentError>
                 };
                 respond(&mut stream, &response).await;
             },
+            Ok(mut guard) = async { kernel_log.as_mut().expect("guarded").readable_mut().await }, if kernel_log.is_some() => {
+                guard.get_inner_mut().flush();
+                guard.clear_ready();
+            }
             _ = sighup.recv() => {
                 last_text = std::fs::read_to_string(&opts.config_path).unwrap_or_default();
                 apply_reload("SIGHUP", &mut config, &mut runtime, &mut dp, &opts);

@@ -70,6 +70,34 @@ pub enum DataplaneError {
     Link { ifname: String, path: PathBuf, message: String },
     #[error("removing {path}: {source}")]
     Unpin { path: PathBuf, source: io::Error },
+    #[error("reading the kernel program's log records: {0}")]
+    KernelLog(String),
+}
+
+/// The kernel program's log reader (see [`Dataplane::kernel_log`]).
+pub type KernelLog = aya_log::EbpfLogger<ForwardToTracing>;
+
+/// A `log::Log` that re-emits aya-log records as `tracing` events, so kernel
+/// events land in the agent's log with its format and filter.
+pub struct ForwardToTracing;
+
+impl log::Log for ForwardToTracing {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        let message = record.args();
+        match record.level() {
+            log::Level::Error => tracing::error!(target: "splitter::kernel", "{message}"),
+            log::Level::Warn => tracing::warn!(target: "splitter::kernel", "{message}"),
+            log::Level::Info => tracing::info!(target: "splitter::kernel", "{message}"),
+            log::Level::Debug => tracing::debug!(target: "splitter::kernel", "{message}"),
+            log::Level::Trace => tracing::trace!(target: "splitter::kernel", "{message}"),
+        }
+    }
+
+    fn flush(&self) {}
 }
 
 /// How XDP attaches: the kernel's choice, the driver, or generic (skb) mode.
@@ -258,6 +286,14 @@ impl Dataplane {
             refs.remove(&key)?;
         }
         Ok(self.live.len())
+    }
+
+    /// Starts reading the program's rare-event log records (aya-log); the
+    /// caller polls the returned reader whenever its fd is readable. Records
+    /// become `tracing` events with target `splitter::kernel`.
+    pub fn kernel_log(&mut self) -> Result<KernelLog, DataplaneError> {
+        aya_log::EbpfLogger::init_with_logger(&mut self.ebpf, ForwardToTracing)
+            .map_err(|e| DataplaneError::KernelLog(e.to_string()))
     }
 
     /// The table service `name` has in the kernel now, as the previous table
@@ -476,6 +512,15 @@ impl Dataplane {
             let _ = reverse.remove(&reply);
         }
         Ok(sweep)
+    }
+
+    /// Writes `SERVICES[key] = value` bypassing the planner: for fixtures
+    /// that need a state the agent never writes (a service pointing at a
+    /// missing table).
+    pub fn write_service_ref(&mut self, key: ServiceKey, value: ServiceRef) -> Result<(), DataplaneError> {
+        let mut services: HashMap<&mut MapData, ServiceKey, ServiceRef> =
+            HashMap::try_from(map_mut(&mut self.ebpf, MAP_SERVICES)?)?;
+        Ok(services.insert(key, value, 0)?)
     }
 
     /// Current counters, summed over CPUs.
@@ -730,7 +775,7 @@ mod tests {
 
     use splitter_common::{
         names::*,
-        service::{EndpointStats, FlowState, ReverseNat, SelectionTable, ServiceKey, ServiceRef},
+        service::{EndpointStats, FlowState, ReverseNat, SelectionTable, ServiceKey, ServiceRef, LOG_EVENTS},
         stats::Stat,
         FlowKey,
     };
@@ -752,6 +797,7 @@ mod tests {
             (MAP_FLOWS, size_of::<FlowKey>(), size_of::<FlowState>(), None),
             (MAP_REVERSE, size_of::<FlowKey>(), size_of::<ReverseNat>(), None),
             (MAP_ENDPOINT_STATS, size_of::<u32>(), size_of::<EndpointStats>(), None),
+            (MAP_LOG_GATE, size_of::<u32>(), size_of::<u64>(), Some(LOG_EVENTS)),
         ];
         assert_eq!(layout.len(), ALL_MAPS.len());
         for (name, key, value, entries) in layout {
@@ -763,8 +809,10 @@ mod tests {
             }
         }
         // Nothing in the object that the agent does not know about.
+        assert!(obj.maps.contains_key(MAP_AYA_LOGS), "no aya-log ring buffer in the object");
         for name in obj.maps.keys() {
-            assert!(ALL_MAPS.contains(&name.as_str()) || name.starts_with('.'), "unknown map {name} in the object");
+            let known = ALL_MAPS.contains(&name.as_str()) || name == MAP_AYA_LOGS || name.starts_with('.');
+            assert!(known, "unknown map {name} in the object");
         }
     }
 }

@@ -250,3 +250,29 @@ services:
     assert!((180..=300).contains(&per_version[0]), "blue got {} of 400", per_version[0]);
     let _ = net::VIP4;
 }
+
+#[test]
+fn a_service_without_a_usable_table_is_dropped_and_counted_with_a_clean_verdict() {
+    let mut h = Harness::with_config(CONFIG);
+    let vip = sa4(VIP4, 81);
+    let key = splitter_common::service::ServiceKey {
+        addr: splitter_user::plan::addr_words(vip.ip()),
+        port: vip.port().to_be(),
+        proto: 6,
+        family: splitter_common::FAMILY_V4,
+    };
+    let table = splitter_common::service::MAX_TABLES - 1;
+    h.dp.write_service_ref(key, splitter_common::service::ServiceRef { table, flags: 0 }).unwrap();
+    let syn = Frame::tcp(sa4(CLIENT4, 40000), vip, Tcp::Syn);
+    // The first drop is noted for the log, the second is inside the rate
+    // gate: both verdicts must be exactly XDP_DROP (the internal "log
+    // pending" bit never leaks out).
+    let drop = case(
+        "SYN to a service whose table is missing",
+        &syn,
+        Verdict::Drop,
+        None,
+        &[Ipv4, Tcp, ServicePackets, NoTable, Dropped],
+    );
+    h.check_table(&[drop.clone(), drop]);
+}

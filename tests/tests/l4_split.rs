@@ -596,3 +596,44 @@ fn a_restart_with_a_resized_flow_table_replaces_only_the_flow_maps() {
     assert_eq!(live_bps(&agent), [0, 10000]);
     assert_eq!(tcp_split(&topo, vip, 20).get("green"), Some(&20));
 }
+
+#[test]
+fn kernel_events_reach_the_agent_log_rate_limited() {
+    use aya::maps::{HashMap, Map, MapData};
+    use splitter_common::service::{ServiceKey, ServiceRef, MAX_TABLES};
+    let (topo, agent) = setup();
+    // Point a service at a table nobody wrote (as a corrupted or foreign
+    // write to the pinned map would): its packets must be dropped, counted,
+    // and reported in the agent's log.
+    let pinned = MapData::from_pin(agent.pin_path.join(splitter_common::names::MAP_SERVICES)).unwrap();
+    let mut services: HashMap<MapData, ServiceKey, ServiceRef> =
+        HashMap::try_from(Map::from_map_data(pinned).unwrap()).unwrap();
+    let vip: SocketAddr = "203.0.113.10:81".parse().unwrap();
+    let key = ServiceKey {
+        addr: splitter_user::plan::addr_words(vip.ip()),
+        port: vip.port().to_be(),
+        proto: 6,
+        family: splitter_common::FAMILY_V4,
+    };
+    let table = MAX_TABLES - 1;
+    services.insert(key, ServiceRef { table, flags: 0 }, 0).unwrap();
+    let before = agent.counter("no_table");
+    topo.client.run(|| {
+        for _ in 0..10 {
+            assert!(TcpStream::connect_timeout(&vip, Duration::from_millis(200)).is_err());
+        }
+    });
+    let dropped = agent.counter("no_table") - before;
+    assert!(dropped >= 10, "each SYN to the broken service is counted: {dropped}");
+    let needle = format!("service table {table} is missing or inconsistent");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !agent.log().contains(&needle) {
+        assert!(std::time::Instant::now() < deadline, "no kernel event in the agent log:\n{}", agent.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // At most once a second per CPU, not once per packet (2 s of SYNs here).
+    let lines = agent.log().matches(&needle).count() as u64;
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+    assert!(lines <= cpus * 4 && lines < dropped, "{lines} log lines for {dropped} drops");
+    services.remove(&key).unwrap();
+}
