@@ -10,9 +10,10 @@ use tracing::{debug, error, info, warn};
 use splitter_common::names::PROG_INGRESS;
 
 use crate::{
-    config::Config,
+    config::{Config, Mode},
     control::{parse_request, AgentInfo, Request, Response, MAX_REQUEST},
     dataplane::{ensure_bpffs, AttachMode, Attached, Dataplane, DataplaneError},
+    l7::L7,
     plan::{plan_service, service_key, PlanError, Previous, ServicePlan},
     runtime::Runtime,
 };
@@ -27,8 +28,8 @@ pub enum AgentError {
     StateDir { path: std::path::PathBuf, source: std::io::Error },
     #[error("another splitter agent holds {path}; give each agent its own state_dir (and pin_path, control.socket)")]
     Locked { path: std::path::PathBuf },
-    #[error("service {0:?} has mode l7, which this build cannot serve yet (the HTTP proxy path is still to come); use mode l4 or leave the service out")]
-    L7NotAvailable(String),
+    #[error(transparent)]
+    L7(#[from] crate::l7::L7Error),
     #[error(transparent)]
     State(#[from] crate::runtime::StateError),
     #[error("interfaces {0:?} do not exist in this network namespace; nothing was loaded or attached")]
@@ -68,7 +69,7 @@ pub enum ReloadError {
 fn reload(
     current: &Config,
     runtime: &mut Runtime,
-    dp: &mut Dataplane,
+    serving: &mut Serving,
     opts: &RunOptions,
 ) -> Result<(Config, Vec<ServicePlan>), ReloadError> {
     let mut next = Config::load(&opts.config_path)?;
@@ -87,14 +88,12 @@ fn reload(
             return Err(ReloadError::NeedsRestart(what));
         }
     }
-    check_modes(&next)?;
     let mut next_runtime = runtime.clone();
     let (effective, dropped) = next_runtime.effective(&next);
     for name in dropped {
         warn!(service = %name, "runtime weights no longer fit the file's versions; the file's weights apply");
     }
-    let new_plans = plan_all(&effective, |n| dp.previous(n))?;
-    dp.apply(&new_plans).map_err(AgentError::from)?;
+    let new_plans = serving.apply(&effective)?;
     if next_runtime != *runtime {
         next_runtime.save(&next.state_dir).map_err(AgentError::from)?;
     }
@@ -103,8 +102,8 @@ fn reload(
 }
 
 /// Reloads the file and, when it is good, makes it the running config.
-fn apply_reload(why: &str, config: &mut Config, runtime: &mut Runtime, dp: &mut Dataplane, opts: &RunOptions) {
-    match reload(config, runtime, dp, opts) {
+fn apply_reload(why: &str, config: &mut Config, runtime: &mut Runtime, serving: &mut Serving, opts: &RunOptions) {
+    match reload(config, runtime, serving, opts) {
         Ok((next, next_plans)) => {
             info!(config = %opts.config_path.display(), "{why}: reloaded");
             log_plans(&next_plans);
@@ -150,7 +149,7 @@ fn watch_config(path: &Path) -> (Option<notify::RecommendedWatcher>, tokio::sync
 
 /// Applies one control request: the runtime change, then the service's new
 /// table. On any failure the runtime and the kernel stay as they were.
-fn handle_request(req: Request, file: &Config, runtime: &mut Runtime, dp: &mut Dataplane) -> Response {
+fn handle_request(req: Request, file: &Config, runtime: &mut Runtime, serving: &mut Serving) -> Response {
     let mut next = runtime.clone();
     let (service, change) = match &req {
         Request::Weight { service, weights } => {
@@ -167,16 +166,16 @@ fn handle_request(req: Request, file: &Config, runtime: &mut Runtime, dp: &mut D
         Err(e) => return fail(e.to_string()),
     };
     let (effective, _) = next.effective(file);
-    // Only the changed service's table differs; apply leaves the others alone.
-    let new_plans = match plan_all(&effective, |n| dp.previous(n)) {
-        Ok(p) => p,
-        Err(e) => return fail(e.to_string()),
-    };
+    // Planned before anything is saved: a change that cannot be planned is refused.
+    if let Err(e) = plan_all(&effective, |n| serving.dp.previous(n)) {
+        return fail(e.to_string());
+    }
     // Saved first, so a change that is live is never lost on a restart.
     if let Err(e) = next.save(&file.state_dir) {
         return fail(format!("could not save the change, nothing changed: {e}"));
     }
-    if let Err(e) = dp.apply(&new_plans) {
+    // Only the changed service's table differs; apply leaves the others alone.
+    if let Err(e) = serving.apply(&effective) {
         if let Err(e) = runtime.save(&file.state_dir) {
             error!("restoring the saved runtime state failed: {e}");
         }
@@ -189,7 +188,13 @@ fn handle_request(req: Request, file: &Config, runtime: &mut Runtime, dp: &mut D
 }
 
 /// What `status` asks the agent: who it is and the weights it serves.
-fn agent_info(config: &Config, runtime: &Runtime, opts: &RunOptions, started: std::time::SystemTime) -> AgentInfo {
+fn agent_info(
+    config: &Config,
+    runtime: &Runtime,
+    opts: &RunOptions,
+    started: std::time::SystemTime,
+    l7: &L7,
+) -> AgentInfo {
     let (effective, _) = runtime.clone().effective(config);
     AgentInfo {
         pid: std::process::id(),
@@ -197,6 +202,7 @@ fn agent_info(config: &Config, runtime: &Runtime, opts: &RunOptions, started: st
         pin_path: config.pin_path.clone(),
         state_dir: config.state_dir.clone(),
         started_unix: started.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+        l7: l7.stats(),
         weights: effective
             .services
             .iter()
@@ -237,10 +243,22 @@ async fn read_request(stream: &mut tokio::net::UnixStream) -> Result<Request, St
     }
 }
 
-fn check_modes(config: &Config) -> Result<(), AgentError> {
-    match config.services.iter().find(|(_, s)| s.mode == crate::config::Mode::L7) {
-        Some((name, _)) => Err(AgentError::L7NotAvailable(name.clone())),
-        None => Ok(()),
+/// What serves the services: the kernel data path (l4) and the proxy (l7).
+struct Serving {
+    dp: Dataplane,
+    l7: L7,
+}
+
+impl Serving {
+    /// Makes `effective` (file plus runtime changes) the served state: l4
+    /// tables planned from the live ones and swapped in, l7 routing tables
+    /// swapped whole. L7 listeners are bound first, so a bind failure
+    /// changes nothing.
+    fn apply(&mut self, effective: &Config) -> Result<Vec<ServicePlan>, AgentError> {
+        let plans = plan_all(effective, |n| self.dp.previous(n))?;
+        self.l7.apply(effective)?;
+        self.dp.apply(&plans)?;
+        Ok(plans)
     }
 }
 
@@ -252,14 +270,19 @@ fn log_plans(plans: &[ServicePlan]) {
     }
 }
 
-/// The plans of every service of `config`, each derived from the table it
-/// has now (`previous(name)`, if any) so a change moves the fewest flows.
-/// (`run` refuses L7 services before it plans.)
+/// The kernel plans of every l4 service of `config`, each derived from the
+/// table it has now (`previous(name)`, if any) so a change moves the fewest
+/// flows. (l7 services are the proxy's: `l7::L7::apply`.)
 pub fn plan_all<'a>(
     config: &Config,
     previous: impl Fn(&str) -> Option<Previous<'a>>,
 ) -> Result<Vec<ServicePlan>, PlanError> {
-    config.services.iter().map(|(name, svc)| plan_service(name, svc, previous(name))).collect()
+    config
+        .services
+        .iter()
+        .filter(|(_, svc)| svc.mode == Mode::L4)
+        .map(|(name, svc)| plan_service(name, svc, previous(name)))
+        .collect()
 }
 
 /// Takes the agent lock in `state_dir`: one agent per state dir.
@@ -310,7 +333,6 @@ fn check_interfaces(config: &Config) -> Result<(), AgentError> {
 /// keeps serving) or a `down` request (it removes the data path, then exits).
 pub async fn run(mut config: Config, opts: RunOptions) -> Result<(), AgentError> {
     let started = std::time::SystemTime::now();
-    check_modes(&config)?;
     check_interfaces(&config)?;
     let _lock = lock_state_dir(&config.state_dir)?;
     // Runtime changes made before a restart apply again.
@@ -341,6 +363,8 @@ pub async fn run(mut config: Config, opts: RunOptions) -> Result<(), AgentError>
     let plans = plan_all(&effective, |n| dp.previous(n))?;
     dp.apply(&plans)?;
     log_plans(&plans);
+    let mut l7 = L7::default();
+    l7.apply(&effective)?;
     let interfaces: Vec<&String> = config.interfaces.clients.iter().chain(&config.interfaces.backends).collect();
     let mut seen = std::collections::BTreeSet::new();
     for ifname in interfaces.into_iter().filter(|i| seen.insert(*i)) {
@@ -380,6 +404,7 @@ pub async fn run(mut config: Config, opts: RunOptions) -> Result<(), AgentError>
     let mut sweep = tokio::time::interval(Duration::from_secs(config.flow_aging.sweep_secs));
     sweep.tick().await;
     let mut last = dp.stats()?;
+    let mut serving = Serving { dp, l7 };
     let keeps_serving = "the data path keeps serving the last state from the pins; `splitter down` removes it";
     let down = loop {
         tokio::select! {
@@ -389,12 +414,12 @@ pub async fn run(mut config: Config, opts: RunOptions) -> Result<(), AgentError>
                 let Ok((mut stream, _)) = conn else { continue };
                 let response = match read_request(&mut stream).await {
                     Ok(Request::Status) => {
-                        let info = agent_info(&config, &runtime, &opts, started);
+                        let info = agent_info(&config, &runtime, &opts, started, &serving.l7);
                         Response { agent: Some(info), ..Response::ok("running".into()) }
                     }
                     // Answered once the data path is gone.
                     Ok(Request::Down) => break Some(stream),
-                    Ok(req) => handle_request(req, &config, &mut runtime, &mut dp),
+                    Ok(req) => handle_request(req, &config, &mut runtime, &mut serving),
                     Err(message) => {
                         warn!("{message}");
                         Response::fail(message)
@@ -408,7 +433,7 @@ pub async fn run(mut config: Config, opts: RunOptions) -> Result<(), AgentError>
             }
             _ = sighup.recv() => {
                 last_text = std::fs::read_to_string(&opts.config_path).unwrap_or_default();
-                apply_reload("SIGHUP", &mut config, &mut runtime, &mut dp, &opts);
+                apply_reload("SIGHUP", &mut config, &mut runtime, &mut serving, &opts);
             }
             Some(()) = file_events.recv() => {
                 // Editors write in bursts (truncate, write, rename): settle
@@ -420,16 +445,16 @@ pub async fn run(mut config: Config, opts: RunOptions) -> Result<(), AgentError>
                 let text = std::fs::read_to_string(&opts.config_path).unwrap_or_default();
                 if text != last_text {
                     last_text = text;
-                    apply_reload("file changed", &mut config, &mut runtime, &mut dp, &opts);
+                    apply_reload("file changed", &mut config, &mut runtime, &mut serving, &opts);
                 }
             }
-            _ = sweep.tick() => match dp.sweep_flows(&config.flow_aging) {
+            _ = sweep.tick() => match serving.dp.sweep_flows(&config.flow_aging) {
                 Ok(s) if s.removed > 0 => debug!(examined = s.examined, removed = s.removed, "flow sweep"),
                 Ok(_) => {}
                 Err(e) => warn!("flow sweep failed: {e}"),
             },
             _ = tick.tick() => {
-                let now = dp.stats()?;
+                let now = serving.dp.stats()?;
                 let d = now.since(&last);
                 let summary: Vec<String> = d.iter().filter(|(_, v)| *v > 0).map(|(n, v)| format!("{n}={v}")).collect();
                 info!("last {}s: {}", every.as_secs(), if summary.is_empty() { "no packets".into() } else { summary.join(" ") });
@@ -437,7 +462,7 @@ pub async fn run(mut config: Config, opts: RunOptions) -> Result<(), AgentError>
             }
         }
     };
-    drop(dp);
+    drop(serving);
     if let Some(mut stream) = down {
         info!("down requested: detaching, unpinning and exiting");
         let result = crate::dataplane::down(&config.pin_path);

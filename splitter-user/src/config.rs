@@ -14,6 +14,8 @@ use serde::{Deserialize, Serialize};
 use splitter_common::service::{MAX_ENDPOINTS, MAX_VERSIONS};
 use thiserror::Error;
 
+pub mod l7;
+
 /// Default control socket (`control.socket`).
 pub const DEFAULT_SOCKET: &str = "/run/splitter/splitter.sock";
 /// Default directory for persisted runtime changes (`state_dir`).
@@ -210,6 +212,15 @@ pub struct Service {
     /// Default: each connection (L4) or request (L7) is placed on its own.
     #[serde(default)]
     pub affinity: Option<Affinity>,
+    /// L7: routing rules, first match wins; unmatched requests use the weights.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<l7::Route>,
+    /// L7: copies of a sample of requests to a shadow version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<l7::Mirror>,
+    /// L7: timeouts towards the endpoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<l7::ProxyOptions>,
 }
 
 impl Service {
@@ -348,6 +359,16 @@ fn check_service(name: &str, svc: &Service) -> Result<(), ConfigError> {
     if svc.weights.values().all(|w| *w == 0) {
         return Err(ctx("every version weighs 0: give at least one version a positive weight".into()));
     }
+    if svc.mode == Mode::L4 {
+        for (field, set) in
+            [("routes", !svc.routes.is_empty()), ("mirror", svc.mirror.is_some()), ("proxy", svc.proxy.is_some())]
+        {
+            if set {
+                return Err(ctx(format!("{field}: these need mode l7 (HTTP); this service is mode l4")));
+            }
+        }
+    }
+    l7::check(&svc.versions, &svc.routes, svc.mirror.as_ref()).map_err(ctx)?;
     Ok(())
 }
 
@@ -452,6 +473,62 @@ services:
         for (yaml, want) in cases {
             let msg = err(&yaml);
             assert!(msg.contains(want), "for\n{yaml}\nexpected an error mentioning {want:?}, got: {msg}");
+        }
+    }
+
+    /// The L7 issue's example service, verbatim.
+    const L7_EXAMPLE: &str = r#"
+interfaces: { clients: [eth0] }
+services:
+  api:
+    listen: 203.0.113.10:8080
+    protocol: tcp
+    mode: l7
+    versions:
+      v1: [198.51.100.10:8081]
+      v2: [198.51.100.20:8081]
+      shadow: [198.51.100.30:8081]
+    weights: { v1: 95, v2: 5 }
+    routes:                          # first match wins; unmatched requests use the weights
+      - match: { headers: { x-canary: "true" } }
+        version: v2
+      - match: { cookies: { beta: "1" }, path_prefix: /checkout }
+        version: v2
+      - match: { query: { preview: "on" }, methods: [GET] }
+        version: v2
+    affinity: { cookie: user }        # or { header: NAME } or client-ip; default: per request
+    mirror: { version: shadow, percent: 10, compare: true }
+"#;
+
+    #[test]
+    fn accepts_the_l7_example_and_refuses_bad_l7_parts() {
+        let c = Config::from_yaml(L7_EXAMPLE).expect("L7 example");
+        let api = &c.services["api"];
+        assert_eq!(api.routes.len(), 3);
+        assert_eq!(api.affinity, Some(Affinity::Cookie("user".into())));
+        let m = api.mirror.as_ref().unwrap();
+        assert_eq!((m.version.as_str(), m.percent, m.compare.enabled), ("shadow", 10.0, true));
+        assert_eq!(m.methods, ["GET", "HEAD", "OPTIONS"]);
+        let cases = [
+            (
+                L7_EXAMPLE.replace("version: v2\n      - match: { cookies", "version: v9\n      - match: { cookies"),
+                "routes[0]: version \"v9\"",
+            ),
+            (L7_EXAMPLE.replace("x-canary: \"true\"", "x-canary: { regex: \"(\" }"), "bad regex"),
+            (L7_EXAMPLE.replace("x-canary: \"true\"", "x-canary: { glob: \"*\" }"), "unknown value match \"glob\""),
+            (L7_EXAMPLE.replace("methods: [GET]", "methods: [get]"), "unknown method \"get\""),
+            (L7_EXAMPLE.replace("path_prefix: /checkout", "path_prefix: checkout"), "must start with '/'"),
+            (L7_EXAMPLE.replace("percent: 10", "percent: 0"), "mirror.percent 0 is out of range"),
+            (L7_EXAMPLE.replace("version: shadow,", "version: ghost,"), "mirror.version \"ghost\""),
+            (L7_EXAMPLE.replace("mode: l7", "mode: l4"), "need mode l7"),
+            (
+                L7_EXAMPLE.replace("mode: l7", "mode: l4").replace("    affinity: { cookie: user }", ""),
+                "routes: these need mode l7",
+            ),
+        ];
+        for (yaml, want) in cases {
+            let msg = err(&yaml);
+            assert!(msg.contains("services.api") && msg.contains(want), "want {want:?} in: {msg}");
         }
     }
 

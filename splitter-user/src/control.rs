@@ -76,6 +76,9 @@ pub struct AgentInfo {
     pub started_unix: u64,
     /// Weights each service is served with now (file plus runtime changes).
     pub weights: BTreeMap<String, BTreeMap<String, u32>>,
+    /// Counters of the l7 services (the proxy's; l4 counters are in the maps).
+    #[serde(default)]
+    pub l7: BTreeMap<String, crate::l7::ServiceStats>,
 }
 
 #[derive(Debug, Error)]

@@ -41,7 +41,8 @@ fn dispatch(command: Command) -> Result<()> {
                 config_path: args.config.clone(),
                 socket_override: args.socket,
             };
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting tokio")?;
+            // Worker threads serve the l7 proxy; the agent loop runs on this thread.
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
             rt.block_on(agent::run(config, opts))?;
             Ok(())
         }

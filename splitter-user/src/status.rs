@@ -50,6 +50,8 @@ pub struct VersionStatus {
     pub live_bps: Option<u32>,
     /// Flows the kernel placed on this version (sum over its endpoints).
     pub flows: Option<u64>,
+    /// L7: the proxy's counters of this version (from the running agent).
+    pub requests: Option<crate::l7::VersionCounts>,
     pub endpoints: Vec<EndpointStatus>,
 }
 
@@ -102,6 +104,7 @@ pub fn report(pin_path: PathBuf, config: Option<&Config>, agent: Option<AgentInf
                     file_bps: file_bps[i],
                     live_bps: live.as_ref().and_then(|l| l.version_bps.get(i).copied()),
                     flows: live.as_ref().map(|_| endpoints.iter().filter_map(|e| e.flows).sum()),
+                    requests: agent.as_ref().and_then(|a| a.l7.get(name)?.versions.get(*v).cloned()),
                     endpoints,
                 }
             })
@@ -112,7 +115,11 @@ pub fn report(pin_path: PathBuf, config: Option<&Config>, agent: Option<AgentInf
             protocol: format!("{:?}", svc.protocol).to_lowercase(),
             mode: format!("{:?}", svc.mode).to_lowercase(),
             live: live.is_some(),
-            differs_from_file: live.is_some() && versions.iter().any(|v| v.live_bps != Some(v.file_bps)),
+            differs_from_file: if svc.mode == Mode::L7 {
+                versions.iter().any(|v| v.runtime_weight.is_some_and(|w| w != v.weight))
+            } else {
+                live.is_some() && versions.iter().any(|v| v.live_bps != Some(v.file_bps))
+            },
             versions,
         });
     }
@@ -121,6 +128,34 @@ pub fn report(pin_path: PathBuf, config: Option<&Config>, agent: Option<AgentInf
 }
 
 impl Report {
+    /// An l7 service: weights and the proxy's per-version counters.
+    fn render_l7(&self, out: &mut String, s: &ServiceStatus) {
+        let state = if self.agent.is_some() { "proxied by the agent" } else { "NOT SERVED (the agent is not running)" };
+        writeln!(out, "service {} {}/{} (l7): {state}", s.name, s.listen, s.protocol).unwrap();
+        writeln!(
+            out,
+            "  {:<10} {:>7} {:>7} {:>10} {:>8} {:>8} {:>8} {:>8}",
+            "version", "file w", "now w", "requests", "2xx", "5xx", "502", "504"
+        )
+        .unwrap();
+        for v in &s.versions {
+            let c = v.requests.clone().unwrap_or_default();
+            writeln!(
+                out,
+                "  {:<10} {:>7} {:>7} {:>10} {:>8} {:>8} {:>8} {:>8}",
+                v.name,
+                v.weight,
+                v.runtime_weight.map_or("-".into(), |w| w.to_string()),
+                c.requests,
+                c.responses_2xx,
+                c.responses_5xx,
+                c.bad_gateway,
+                c.timeouts
+            )
+            .unwrap();
+        }
+    }
+
     /// The human-readable table.
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -134,8 +169,11 @@ impl Report {
             .unwrap(),
         }
         for s in &self.services {
+            if s.mode == "l7" {
+                self.render_l7(&mut out, s);
+                continue;
+            }
             let state = match (s.live, s.differs_from_file) {
-                (false, _) if s.mode == "l7" => "mode l7: not in the kernel tables",
                 (false, _) => "NOT LIVE in the kernel",
                 (true, true) => "live; differs from the file",
                 (true, false) => "live; matches the file",

@@ -1,12 +1,14 @@
 //! Harnesses shared by splitter's tests: network namespaces and veth pairs
 //! (`netns`), test packets (`packet`), `BPF_PROG_TEST_RUN` fixtures
-//! (`fixture`) and the real agent as a child process (`agent`).
+//! (`fixture`), the real agent as a child process (`agent`) and real HTTP
+//! backends and clients (`http`).
 //!
 //! Tests that need root or the eBPF object call [`require_root`] and fail
 //! loudly when they cannot run: nothing here skips silently.
 
 pub mod agent;
 pub mod fixture;
+pub mod http;
 pub mod netns;
 pub mod packet;
 pub mod raw;

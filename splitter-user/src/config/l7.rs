@@ -1,0 +1,266 @@
+//! The YAML model of what only `mode: l7` services have: routes (header,
+//! cookie, query, path and method matches), mirroring, and proxy timeouts.
+//! Validated with the rest of the file; compiled by `l7::route`.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// One routing rule: requests matching all of `match` go to `version`.
+/// The first matching route wins; unmatched requests follow the weights.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    #[serde(rename = "match")]
+    pub matches: RouteMatch,
+    pub version: String,
+}
+
+/// Conditions of a route; all given ones must hold (an empty match matches all).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteMatch {
+    /// Header name (case-insensitive) → value match. With several values of
+    /// one header, any may match.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, ValueMatch>,
+    /// Cookie name → value match.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub cookies: BTreeMap<String, ValueMatch>,
+    /// Query parameter name → value match (raw, not percent-decoded).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub query: BTreeMap<String, ValueMatch>,
+    /// The request path starts with this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_prefix: Option<String>,
+    /// The method is one of these (upper case).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub methods: Vec<String>,
+}
+
+/// How a header, cookie or query value is matched: a plain string is exact;
+/// `{ exact: S }`, `{ prefix: S }` and `{ regex: RE }` (Rust `regex` syntax,
+/// unanchored unless the pattern has `^`/`$`) say so explicitly.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(try_from = "ValueMatchRepr", into = "ValueMatchRepr")]
+pub enum ValueMatch {
+    Exact(String),
+    Prefix(String),
+    Regex(String),
+}
+
+#[derive(Deserialize, Serialize)]
+#[serde(untagged)]
+enum ValueMatchRepr {
+    Plain(String),
+    Rule(BTreeMap<String, String>),
+}
+
+impl TryFrom<ValueMatchRepr> for ValueMatch {
+    type Error = String;
+    fn try_from(r: ValueMatchRepr) -> Result<Self, String> {
+        let rule = match r {
+            ValueMatchRepr::Plain(s) => return Ok(ValueMatch::Exact(s)),
+            ValueMatchRepr::Rule(rule) => rule,
+        };
+        let mut entries = rule.into_iter();
+        match (entries.next(), entries.next()) {
+            (Some((kind, value)), None) => match kind.as_str() {
+                "exact" => Ok(ValueMatch::Exact(value)),
+                "prefix" => Ok(ValueMatch::Prefix(value)),
+                "regex" => Ok(ValueMatch::Regex(value)),
+                other => Err(format!(
+                    "unknown value match {other:?}: use a string, {{ exact: S }}, {{ prefix: S }} or {{ regex: RE }}"
+                )),
+            },
+            _ => Err("a value match is a string or one of { exact: S }, { prefix: S }, { regex: RE }".into()),
+        }
+    }
+}
+
+impl From<ValueMatch> for ValueMatchRepr {
+    fn from(m: ValueMatch) -> Self {
+        match m {
+            ValueMatch::Exact(s) => ValueMatchRepr::Plain(s),
+            ValueMatch::Prefix(s) => ValueMatchRepr::Rule([("prefix".to_owned(), s)].into()),
+            ValueMatch::Regex(s) => ValueMatchRepr::Rule([("regex".to_owned(), s)].into()),
+        }
+    }
+}
+
+/// `mirror:` of an l7 service: a sample of requests also goes to `version`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Mirror {
+    /// The version that receives the copies (its answers never reach clients).
+    pub version: String,
+    /// Share of requests mirrored, in percent (fractions allowed; 0.01 steps).
+    pub percent: f64,
+    /// Compare the mirror's responses with the primary's.
+    #[serde(default)]
+    pub compare: Compare,
+    /// Methods that are mirrored (default: the idempotent GET, HEAD, OPTIONS).
+    #[serde(default = "default_mirror_methods")]
+    pub methods: Vec<String>,
+    /// Request (and, to compare, response) bodies larger than this are not
+    /// mirrored (counted).
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: u64,
+    /// A mirrored request that has no complete answer after this is dropped (counted).
+    #[serde(default = "default_mirror_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Mirrored requests waiting to be sent; when full, new ones are dropped (counted).
+    #[serde(default = "default_mirror_queue")]
+    pub queue: usize,
+}
+
+/// `compare:` — `false`, `true`, or what to compare beyond the status.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(try_from = "CompareRepr", into = "CompareRepr")]
+pub struct Compare {
+    pub enabled: bool,
+    /// Response headers compared too (the status and body always are).
+    pub headers: Vec<String>,
+    /// Bodies that are JSON compare as JSON with these paths (`a.b.c`,
+    /// `items.*.id`) left out; other bodies compare byte for byte.
+    pub ignore_json: Vec<String>,
+}
+
+#[derive(Deserialize, Serialize)]
+#[serde(untagged)]
+enum CompareRepr {
+    Flag(bool),
+    Spec {
+        #[serde(default)]
+        headers: Vec<String>,
+        #[serde(default)]
+        ignore_json: Vec<String>,
+    },
+}
+
+impl TryFrom<CompareRepr> for Compare {
+    type Error = String;
+    fn try_from(r: CompareRepr) -> Result<Self, String> {
+        Ok(match r {
+            CompareRepr::Flag(enabled) => Compare { enabled, ..Compare::default() },
+            CompareRepr::Spec { headers, ignore_json } => Compare { enabled: true, headers, ignore_json },
+        })
+    }
+}
+
+impl From<Compare> for CompareRepr {
+    fn from(c: Compare) -> Self {
+        if c.headers.is_empty() && c.ignore_json.is_empty() {
+            CompareRepr::Flag(c.enabled)
+        } else {
+            CompareRepr::Spec { headers: c.headers, ignore_json: c.ignore_json }
+        }
+    }
+}
+
+fn default_mirror_methods() -> Vec<String> {
+    ["GET", "HEAD", "OPTIONS"].map(String::from).to_vec()
+}
+const fn default_max_body_bytes() -> u64 {
+    64 * 1024
+}
+const fn default_mirror_timeout_ms() -> u64 {
+    2_000
+}
+const fn default_mirror_queue() -> usize {
+    1_024
+}
+
+/// `proxy:` of an l7 service: timeouts towards the endpoints.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyOptions {
+    /// Connecting to an endpoint; past it the next endpoint is tried
+    /// (idempotent requests without a body), else 502.
+    #[serde(default = "default_connect_ms")]
+    pub connect_timeout_ms: u64,
+    /// From sending the request to the response head; past it, 504.
+    #[serde(default = "default_response_ms")]
+    pub response_timeout_ms: u64,
+}
+
+impl Default for ProxyOptions {
+    fn default() -> Self {
+        ProxyOptions { connect_timeout_ms: default_connect_ms(), response_timeout_ms: default_response_ms() }
+    }
+}
+
+const fn default_connect_ms() -> u64 {
+    1_000
+}
+const fn default_response_ms() -> u64 {
+    30_000
+}
+
+/// Methods a route or mirror may name.
+const METHODS: [&str; 9] = ["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"];
+
+fn check_methods(what: &str, methods: &[String]) -> Result<(), String> {
+    match methods.iter().find(|m| !METHODS.contains(&m.as_str())) {
+        Some(m) => Err(format!("{what}: unknown method {m:?} (use upper case: {})", METHODS.join(", "))),
+        None => Ok(()),
+    }
+}
+
+fn check_value(what: &str, m: &ValueMatch) -> Result<(), String> {
+    if let ValueMatch::Regex(re) = m {
+        regex::Regex::new(re).map_err(|e| format!("{what}: bad regex {re:?}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Checks the l7-only parts of a service against its versions.
+pub fn check(
+    versions: &BTreeMap<String, Vec<std::net::SocketAddr>>,
+    routes: &[Route],
+    mirror: Option<&Mirror>,
+) -> Result<(), String> {
+    let known = || versions.keys().map(String::as_str).collect::<Vec<_>>();
+    for (i, route) in routes.iter().enumerate() {
+        let at = format!("routes[{i}]");
+        if !versions.contains_key(&route.version) {
+            return Err(format!("{at}: version {:?} is not one of the versions {:?}", route.version, known()));
+        }
+        let m = &route.matches;
+        check_methods(&at, &m.methods)?;
+        for (kind, map) in [("headers", &m.headers), ("cookies", &m.cookies), ("query", &m.query)] {
+            for (name, value) in map {
+                if name.is_empty() {
+                    return Err(format!("{at}.match.{kind}: empty name"));
+                }
+                if kind == "headers" && http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                    return Err(format!("{at}.match.headers: {name:?} is not a valid header name"));
+                }
+                check_value(&format!("{at}.match.{kind}.{name}"), value)?;
+            }
+        }
+        if let Some(p) = &m.path_prefix {
+            if !p.starts_with('/') {
+                return Err(format!("{at}.match.path_prefix {p:?} must start with '/'"));
+            }
+        }
+    }
+    if let Some(mirror) = mirror {
+        if !versions.contains_key(&mirror.version) {
+            return Err(format!("mirror.version {:?} is not one of the versions {:?}", mirror.version, known()));
+        }
+        if !(mirror.percent > 0.0 && mirror.percent <= 100.0) {
+            return Err(format!("mirror.percent {} is out of range: use more than 0 and at most 100", mirror.percent));
+        }
+        check_methods("mirror.methods", &mirror.methods)?;
+        if mirror.timeout_ms == 0 || mirror.queue == 0 {
+            return Err("mirror.timeout_ms and mirror.queue must be positive".into());
+        }
+        for h in &mirror.compare.headers {
+            if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
+                return Err(format!("mirror.compare.headers: {h:?} is not a valid header name"));
+            }
+        }
+    }
+    Ok(())
+}

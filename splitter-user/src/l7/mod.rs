@@ -1,0 +1,337 @@
+//! The L7 path: services with `mode: l7` are served by an HTTP reverse proxy
+//! inside the agent (hyper 1.x; HTTP/1.1 and h2c from clients, pooled
+//! HTTP/1.1 keep-alive to endpoints). XDP passes their packets to the stack.
+//!
+//! Each service has a listener on its VIP:port (bound with `IP_FREEBIND`, so
+//! the agent starts before the address is up; the address must be local for
+//! packets to arrive), a routing table behind an `ArcSwap` (a change swaps the
+//! whole table; a request keeps the table it started with) and counters.
+//! `route.rs` decides, `proxy.rs` forwards.
+
+pub mod proxy;
+pub mod route;
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicU64, Ordering::Relaxed},
+        Arc, Mutex,
+    },
+    time::Duration,
+};
+
+use arc_swap::ArcSwap;
+use hyper_util::{
+    client::legacy::{connect::HttpConnector, Client},
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+use tracing::{debug, info};
+
+use crate::config::{l7::ProxyOptions, Config, Mode, Service};
+use proxy::ProxyBody;
+use route::RouteTable;
+
+#[derive(Debug, Error)]
+pub enum L7Error {
+    #[error("service {service}: cannot listen on {addr}: {source} (is another process on it?)")]
+    Bind { service: String, addr: SocketAddr, source: std::io::Error },
+    #[error("service {service}: {source}")]
+    Route { service: String, source: regex::Error },
+    #[error("service {0}: mirror is not available in this build yet (the config is valid; remove mirror: to run)")]
+    MirrorUnavailable(String),
+}
+
+/// Largest request head (request line and headers) accepted; larger → 431.
+const MAX_HEAD_BYTES: usize = 64 * 1024;
+
+/// What a service's requests share: its live table, client pool and counters.
+pub struct Shared {
+    pub name: String,
+    pub table: ArcSwap<RouteTable>,
+    client: Client<HttpConnector, ProxyBody>,
+    options: Mutex<ProxyOptions>,
+    pub stats: Stats,
+    random: AtomicU64,
+}
+
+impl Shared {
+    fn new(name: &str, svc: &Service, table: RouteTable) -> Shared {
+        let options = svc.proxy.clone().unwrap_or_default();
+        Shared {
+            name: name.to_owned(),
+            stats: Stats::new(&table.versions),
+            table: ArcSwap::from_pointee(table),
+            client: client(&options),
+            options: Mutex::new(options),
+            random: AtomicU64::new(seed()),
+        }
+    }
+
+    /// The proxy options in force.
+    pub fn options(&self) -> ProxyOptions {
+        self.options.lock().expect("not poisoned").clone()
+    }
+
+    /// A fresh pseudo-random number (splitmix64 over a shared counter).
+    pub fn random(&self) -> u64 {
+        let mut z = self.random.fetch_add(0x9e37_79b9_7f4a_7c15, Relaxed).wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+}
+
+fn seed() -> u64 {
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    t.as_nanos() as u64 ^ u64::from(std::process::id()).rotate_left(32)
+}
+
+/// The pooled client towards endpoints: HTTP/1.1, keep-alive, no Nagle.
+fn client(options: &ProxyOptions) -> Client<HttpConnector, ProxyBody> {
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(Duration::from_millis(options.connect_timeout_ms)));
+    connector.set_nodelay(true);
+    connector.enforce_http(true);
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_timer(TokioTimer::new())
+        .build(connector)
+}
+
+/// Counters of one service, per version.
+pub struct Stats {
+    /// By version name: a reload that adds or removes versions re-indexes
+    /// the table, not the counters.
+    versions: std::sync::RwLock<BTreeMap<String, Arc<VersionStats>>>,
+}
+
+/// Counters of one version.
+#[derive(Default)]
+pub struct VersionStats {
+    requests: AtomicU64,
+    /// Responses from endpoints by class: 1xx..5xx.
+    classes: [AtomicU64; 5],
+    /// 502s the proxy answered (endpoint unreachable or failed).
+    bad_gateway: AtomicU64,
+    /// 504s the proxy answered (no response head in time).
+    timeouts: AtomicU64,
+}
+
+impl VersionStats {
+    pub fn request(&self) {
+        self.requests.fetch_add(1, Relaxed);
+    }
+    pub fn response(&self, status: http::StatusCode) {
+        let class = (status.as_u16() / 100).clamp(1, 5) as usize - 1;
+        self.classes[class].fetch_add(1, Relaxed);
+    }
+    pub fn bad_gateway(&self) {
+        self.bad_gateway.fetch_add(1, Relaxed);
+    }
+    pub fn timeout(&self) {
+        self.timeouts.fetch_add(1, Relaxed);
+    }
+}
+
+impl Stats {
+    fn new(versions: &[String]) -> Stats {
+        Stats { versions: std::sync::RwLock::new(versions.iter().map(|v| (v.clone(), Arc::default())).collect()) }
+    }
+
+    /// The counters of version `name`.
+    pub fn version(&self, name: &str) -> Arc<VersionStats> {
+        if let Some(s) = self.versions.read().expect("not poisoned").get(name) {
+            return s.clone();
+        }
+        self.versions.write().expect("not poisoned").entry(name.to_owned()).or_default().clone()
+    }
+
+    pub fn snapshot(&self) -> ServiceStats {
+        ServiceStats {
+            versions: self
+                .versions
+                .read()
+                .expect("not poisoned")
+                .iter()
+                .map(|(name, s)| {
+                    let c = |i: usize| s.classes[i].load(Relaxed);
+                    let v = VersionCounts {
+                        requests: s.requests.load(Relaxed),
+                        responses_1xx: c(0),
+                        responses_2xx: c(1),
+                        responses_3xx: c(2),
+                        responses_4xx: c(3),
+                        responses_5xx: c(4),
+                        bad_gateway: s.bad_gateway.load(Relaxed),
+                        timeouts: s.timeouts.load(Relaxed),
+                    };
+                    (name.clone(), v)
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Counters of one l7 service, as `status` shows them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceStats {
+    pub versions: BTreeMap<String, VersionCounts>,
+}
+
+/// Counters of one version of an l7 service.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionCounts {
+    pub requests: u64,
+    pub responses_1xx: u64,
+    pub responses_2xx: u64,
+    pub responses_3xx: u64,
+    pub responses_4xx: u64,
+    pub responses_5xx: u64,
+    pub bad_gateway: u64,
+    pub timeouts: u64,
+}
+
+/// One running l7 service.
+struct Running {
+    listen: SocketAddr,
+    service: Service,
+    shared: Arc<Shared>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+/// Every l7 service the agent serves.
+#[derive(Default)]
+pub struct L7 {
+    running: BTreeMap<String, Running>,
+}
+
+impl L7 {
+    /// Makes the l7 services of `config` (the effective one: file plus
+    /// runtime changes) the served ones. Listeners that must be opened are
+    /// bound first; if one fails, nothing changes. Tables are rebuilt from
+    /// the live ones (so a weight change moves the fewest sticky users) and
+    /// swapped whole. Must run inside the tokio runtime.
+    pub fn apply(&mut self, config: &Config) -> Result<(), L7Error> {
+        let wanted: BTreeMap<&String, &Service> = config.services.iter().filter(|(_, s)| s.mode == Mode::L7).collect();
+        if let Some((name, _)) = wanted.iter().find(|(_, s)| s.mirror.is_some()) {
+            return Err(L7Error::MirrorUnavailable((*name).clone()));
+        }
+        // Bind what is new or moved, before touching anything.
+        let mut bound = BTreeMap::new();
+        for (name, svc) in &wanted {
+            if self.running.get(*name).is_none_or(|r| r.listen != svc.listen) {
+                let listener = bind(svc.listen).map_err(|source| L7Error::Bind {
+                    service: (*name).clone(),
+                    addr: svc.listen,
+                    source,
+                })?;
+                bound.insert((*name).clone(), listener);
+            }
+        }
+        let mut tables = BTreeMap::new();
+        for (name, svc) in &wanted {
+            let previous = self.running.get(*name).map(|r| r.shared.table.load_full());
+            let table = RouteTable::build(svc, previous.as_ref().map(|t| t.as_previous()))
+                .map_err(|source| L7Error::Route { service: (*name).clone(), source })?;
+            tables.insert((*name).clone(), table);
+        }
+        // Nothing can fail from here on.
+        let gone: Vec<String> = self.running.keys().filter(|n| !wanted.contains_key(n)).cloned().collect();
+        for name in gone {
+            let r = self.running.remove(&name).expect("listed");
+            r.accept.abort();
+            info!(service = %name, listen = %r.listen, "l7: stopped listening");
+        }
+        for (name, svc) in wanted {
+            let table = tables.remove(name).expect("built above");
+            match (self.running.get_mut(name), bound.remove(name)) {
+                (Some(r), None) => {
+                    if r.service != *svc {
+                        if r.service.proxy != svc.proxy {
+                            *r.shared.options.lock().expect("not poisoned") = svc.proxy.clone().unwrap_or_default();
+                        }
+                        r.shared.table.store(Arc::new(table));
+                        r.service = svc.clone();
+                        debug!(service = %name, "l7: table swapped");
+                    }
+                }
+                (existing, Some(listener)) => {
+                    if let Some(old) = existing {
+                        old.accept.abort();
+                    }
+                    let shared = Arc::new(Shared::new(name, svc, table));
+                    let accept = tokio::spawn(serve(listener, shared.clone()));
+                    info!(service = %name, listen = %svc.listen, "l7: proxying");
+                    self.running
+                        .insert(name.clone(), Running { listen: svc.listen, service: svc.clone(), shared, accept });
+                }
+                (None, None) => unreachable!("a new service is always bound above"),
+            }
+        }
+        Ok(())
+    }
+
+    /// Counters of every l7 service.
+    pub fn stats(&self) -> BTreeMap<String, ServiceStats> {
+        self.running.iter().map(|(n, r)| (n.clone(), r.shared.stats.snapshot())).collect()
+    }
+}
+
+impl Drop for L7 {
+    fn drop(&mut self) {
+        for r in self.running.values() {
+            r.accept.abort();
+        }
+    }
+}
+
+/// A listener on `addr` with `IP_FREEBIND` (the address need not exist yet)
+/// and `SO_REUSEADDR`.
+fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+        socket.set_freebind_v6(true)?;
+    } else {
+        socket.set_freebind_v4(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    tokio::net::TcpListener::from_std(socket.into())
+}
+
+/// Accepts connections and serves HTTP/1.1 and h2c on each until aborted.
+async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
+    loop {
+        let (stream, client) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                // Out of fds and the like: back off rather than spin.
+                debug!(service = %shared.name, "accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| proxy::handle(shared.clone(), client, req));
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(30))
+                .max_buf_size(MAX_HEAD_BYTES);
+            builder.http2().timer(TokioTimer::new()).max_header_list_size(MAX_HEAD_BYTES as u32);
+            if let Err(e) = builder.serve_connection(TokioIo::new(stream), svc).await {
+                debug!(%client, "connection ended: {e}");
+            }
+        });
+    }
+}

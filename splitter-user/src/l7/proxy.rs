@@ -1,0 +1,207 @@
+//! One request through the proxy: check it, decide its version on the table it
+//! arrived with, rewrite the headers a proxy must (hop-by-hop out,
+//! `X-Forwarded-For`/`Forwarded` in), forward it to an endpoint with the
+//! pooled client and stream the answer back. Failures become 400/502/504.
+
+use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri};
+use http_body_util::{combinators::BoxBody, BodyExt, Empty, Full};
+use hyper::body::{Body, Incoming};
+
+use super::{route::RequestView, Shared};
+
+/// The body every response and upstream request carries.
+pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
+
+/// Headers that describe one hop only (RFC 9110 §7.6.1), never forwarded.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
+/// The mirror marker header on copies sent to a shadow version.
+pub const MIRROR_HEADER: &str = "x-splitter-mirror";
+
+/// Handles one request from `client`.
+pub async fn handle(
+    shared: Arc<Shared>,
+    client: SocketAddr,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    // Framing was settled by hyper's parser: differing Content-Lengths are
+    // refused (400); with Transfer-Encoding and Content-Length, chunked wins
+    // and the connection closes after this answer, so nothing smuggled behind
+    // the body is ever read. Upstream, the request is framed anew.
+    // The table this request started with, even if a flip swaps it meanwhile.
+    let table = shared.table.load_full();
+    let decision = {
+        let view = RequestView {
+            method: req.method(),
+            path: req.uri().path(),
+            query: req.uri().query(),
+            headers: req.headers(),
+            client: client.ip(),
+        };
+        table.decide(&view, shared.random())
+    };
+    let stats = shared.stats.version(&table.versions[decision.version]);
+    stats.request();
+    let target = &table.targets[decision.version];
+    let (mut parts, body) = req.into_parts();
+    forward_headers(&mut parts.headers, &parts.uri, client);
+    let retriable = is_idempotent(&parts.method) && body.is_end_stream();
+    let mut body = Some(body.boxed());
+    let n = target.endpoints.len();
+    let opts = shared.options();
+    for attempt in 0..n {
+        let endpoint = target.endpoints[(decision.endpoint + attempt) % n];
+        let upstream_body = match body.take() {
+            Some(b) => b,
+            None => Empty::new().map_err(|never| match never {}).boxed(),
+        };
+        let mut upstream = Request::from_parts(parts.clone(), upstream_body);
+        *upstream.version_mut() = http::Version::HTTP_11;
+        *upstream.uri_mut() = upstream_uri(endpoint, &parts.uri);
+        let sent =
+            tokio::time::timeout(Duration::from_millis(opts.response_timeout_ms), shared.client.request(upstream))
+                .await;
+        match sent {
+            Ok(Ok(resp)) => {
+                let (mut rparts, rbody) = resp.into_parts();
+                strip_hop_by_hop(&mut rparts.headers);
+                stats.response(rparts.status);
+                return Ok(Response::from_parts(rparts, rbody.boxed()));
+            }
+            Ok(Err(e)) if e.is_connect() && retriable && attempt + 1 < n => {
+                tracing::debug!(%endpoint, "connect failed ({e}); trying the next endpoint");
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(%endpoint, "upstream failed: {e}");
+                stats.bad_gateway();
+                return Ok(error(StatusCode::BAD_GATEWAY, "the endpoint could not be reached or failed"));
+            }
+            Err(_) => {
+                stats.timeout();
+                return Ok(error(StatusCode::GATEWAY_TIMEOUT, "the endpoint did not answer in time"));
+            }
+        }
+    }
+    stats.bad_gateway();
+    Ok(error(StatusCode::BAD_GATEWAY, "no endpoint could be reached"))
+}
+
+/// GET, HEAD, OPTIONS, TRACE, PUT, DELETE (RFC 9110 §9.2.2).
+pub fn is_idempotent(m: &Method) -> bool {
+    matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE)
+}
+
+/// `http://ENDPOINT/path?query`.
+fn upstream_uri(endpoint: SocketAddr, original: &Uri) -> Uri {
+    let pq = original.path_and_query().map_or("/", |pq| pq.as_str());
+    Uri::builder()
+        .scheme("http")
+        .authority(endpoint.to_string())
+        .path_and_query(pq)
+        .build()
+        .expect("an address and a parsed path make a URI")
+}
+
+/// Removes hop-by-hop headers, including those `Connection` names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for name in HOP_BY_HOP.iter().chain(&named) {
+        headers.remove(name);
+    }
+    // `Upgrade` only means something with `Connection: upgrade`, which is gone.
+    headers.remove(header::UPGRADE);
+}
+
+/// The request headers as the endpoint sees them: hop-by-hop removed, the
+/// client appended to `X-Forwarded-For` and `Forwarded`, `Host` kept (set
+/// from the HTTP/2 authority when the client sent none).
+pub fn forward_headers(headers: &mut HeaderMap, uri: &Uri, client: SocketAddr) {
+    strip_hop_by_hop(headers);
+    if !headers.contains_key(header::HOST) {
+        if let Some(v) = uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
+            headers.insert(header::HOST, v);
+        }
+    }
+    let ip = client.ip();
+    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(prev) => format!("{prev}, {ip}"),
+        None => ip.to_string(),
+    };
+    headers.insert("x-forwarded-for", HeaderValue::from_str(&xff).expect("addresses are valid header text"));
+    let node = if ip.is_ipv6() { format!("\"[{ip}]\"") } else { ip.to_string() };
+    let mut fwd = format!("for={node};proto=http");
+    if let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) {
+        if !host.contains(['"', ';', ',']) {
+            fwd.push_str(&format!(";host=\"{host}\""));
+        }
+    }
+    let fwd = match headers.get(header::FORWARDED).and_then(|v| v.to_str().ok()) {
+        Some(prev) => format!("{prev}, {fwd}"),
+        None => fwd,
+    };
+    if let Ok(v) = HeaderValue::from_str(&fwd) {
+        headers.insert(header::FORWARDED, v);
+    }
+    headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+}
+
+/// A short plain-text error answer from the proxy itself.
+pub fn error(status: StatusCode, why: &'static str) -> Response<ProxyBody> {
+    let mut resp = Response::new(Full::new(Bytes::from(format!("{status}: {why}\n"))).map_err(|n| match n {}).boxed());
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_go_and_the_client_is_appended() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, "keep-alive, x-secret".parse().unwrap());
+        h.insert("keep-alive", "timeout=5".parse().unwrap());
+        h.insert("x-secret", "1".parse().unwrap());
+        h.insert(header::TE, "trailers".parse().unwrap());
+        h.insert(header::UPGRADE, "h2c".parse().unwrap());
+        h.insert("x-forwarded-for", "192.0.2.7".parse().unwrap());
+        h.insert("x-kept", "yes".parse().unwrap());
+        let uri: Uri = "http://api.example/x".parse().unwrap();
+        forward_headers(&mut h, &uri, "198.51.100.1:5000".parse().unwrap());
+        for gone in ["connection", "keep-alive", "x-secret", "te", "upgrade"] {
+            assert!(!h.contains_key(gone), "{gone} was forwarded");
+        }
+        assert_eq!(h["x-kept"], "yes");
+        assert_eq!(h["x-forwarded-for"], "192.0.2.7, 198.51.100.1");
+        assert_eq!(h[header::HOST], "api.example");
+        assert_eq!(h[header::FORWARDED], "for=198.51.100.1;proto=http;host=\"api.example\"");
+        let mut h6 = HeaderMap::new();
+        forward_headers(&mut h6, &"/".parse().unwrap(), "[2001:db8::1]:5000".parse().unwrap());
+        assert_eq!(h6[header::FORWARDED], "for=\"[2001:db8::1]\";proto=http");
+    }
+
+    #[test]
+    fn idempotent_methods() {
+        assert!(is_idempotent(&Method::GET) && is_idempotent(&Method::PUT));
+        assert!(!is_idempotent(&Method::POST) && !is_idempotent(&Method::PATCH));
+    }
+}
