@@ -158,7 +158,7 @@ fn handle_request(req: Request, file: &Config, runtime: &mut Runtime, serving: &
         }
         Request::Flip { service, to } => (service, next.flip(file, service, to)),
         Request::Rollback { service } => (service, next.rollback(file, service)),
-        Request::Status | Request::Down => unreachable!("answered by the loop"),
+        Request::Status | Request::Down | Request::Diffs { .. } => unreachable!("answered by the loop"),
     };
     let fail = |message: String| Response::fail(message);
     let weights = match change {
@@ -419,6 +419,10 @@ pub async fn run(mut config: Config, opts: RunOptions) -> Result<(), AgentError>
                     }
                     // Answered once the data path is gone.
                     Ok(Request::Down) => break Some(stream),
+                    Ok(Request::Diffs { service }) => match serving.l7.diffs(&service) {
+                        Some(report) => Response { diffs: Some(report), ..Response::ok(service) },
+                        None => Response::fail(format!("{service:?} is not an l7 service of this agent")),
+                    },
                     Ok(req) => handle_request(req, &config, &mut runtime, &mut serving),
                     Err(message) => {
                         warn!("{message}");

@@ -43,6 +43,9 @@ pub enum Command {
     Flip(FlipArgs),
     /// Undo the last runtime change to SERVICE; repeat to go further back.
     Rollback(RollbackArgs),
+    /// Show how an l7 service's mirror answers compare with the primary's:
+    /// counts and the latest differences.
+    Diffs(DiffsArgs),
     /// Remove the data path: detach XDP from every interface and unpin the
     /// program and maps (through the running agent, which then exits, or
     /// directly from the pins when no agent runs). Persisted runtime weights
@@ -133,6 +136,17 @@ pub struct FlipArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct DiffsArgs {
+    /// Service name (mode l7, with mirror and compare).
+    pub service: String,
+    /// Print JSON (`compared`, `differ`, `samples`...) instead of text.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub target: AgentTarget,
+}
+
+#[derive(Debug, Args)]
 pub struct RollbackArgs {
     /// Service name, as in the config file.
     pub service: String,
@@ -173,7 +187,7 @@ mod tests {
 
     #[test]
     fn every_verb_is_there() {
-        for verb in ["run", "check", "status", "weight", "flip", "rollback", "down"] {
+        for verb in ["run", "check", "status", "weight", "flip", "rollback", "down", "diffs"] {
             assert!(Cli::command().find_subcommand(verb).is_some(), "missing verb {verb}");
         }
         let cli = Cli::try_parse_from(["splitter", "weight", "shop", "blue=95", "green=5"]).unwrap();

@@ -24,6 +24,8 @@ pub enum Request {
     Rollback { service: String },
     /// Who is running and the weights it serves (also a readiness probe).
     Status,
+    /// The mirror comparison report of an l7 service.
+    Diffs { service: String },
     /// Detach, unpin everything and exit (`splitter down`).
     Down,
 }
@@ -36,6 +38,7 @@ impl Request {
             Request::Flip { .. } => "flip",
             Request::Rollback { .. } => "rollback",
             Request::Status => "status",
+            Request::Diffs { .. } => "diffs",
             Request::Down => "down",
         }
     }
@@ -53,15 +56,18 @@ pub struct Response {
     /// The agent itself (answer to `status`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent: Option<AgentInfo>,
+    /// Mirror comparisons (answer to `diffs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diffs: Option<crate::l7::mirror::DiffReport>,
 }
 
 impl Response {
     pub fn ok(message: String) -> Response {
-        Response { ok: true, message, weights: None, agent: None }
+        Response { ok: true, message, weights: None, agent: None, diffs: None }
     }
 
     pub fn fail(message: String) -> Response {
-        Response { ok: false, message, weights: None, agent: None }
+        Response { ok: false, message, weights: None, agent: None, diffs: None }
     }
 }
 

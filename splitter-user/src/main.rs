@@ -7,7 +7,7 @@ use anyhow::{bail, Context as _, Result};
 use clap::Parser as _;
 use splitter_user::{
     agent::{self, RunOptions},
-    cli::{AgentTarget, Cli, Command, StatusArgs},
+    cli::{AgentTarget, Cli, Command, DiffsArgs, StatusArgs},
     config::{Config, DEFAULT_PIN_PATH, DEFAULT_SOCKET},
     control::{ControlError, Request},
 };
@@ -77,6 +77,7 @@ fn dispatch(command: Command) -> Result<()> {
         Command::Flip(args) => control(&args.target, Request::Flip { service: args.service, to: args.to }),
         Command::Rollback(args) => control(&args.target, Request::Rollback { service: args.service }),
         Command::Down(target) => down(&target),
+        Command::Diffs(args) => diffs(&args),
     }
 }
 
@@ -87,6 +88,28 @@ fn socket_of(target: &AgentTarget) -> Result<PathBuf> {
         (None, Some(file)) => Config::load(file)?.control.socket,
         (None, None) => DEFAULT_SOCKET.into(),
     })
+}
+
+/// `splitter diffs SERVICE`: the mirror comparison report.
+fn diffs(args: &DiffsArgs) -> Result<()> {
+    let socket = socket_of(&args.target)?;
+    let r = splitter_user::control::request(&socket, &Request::Diffs { service: args.service.clone() })?;
+    if !r.ok {
+        bail!("{}", r.message);
+    }
+    let report = r.diffs.unwrap_or_default();
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    println!(
+        "{}: compared {}, matched {}, differ {}, shadow errors {}, shadow timeouts {}",
+        args.service, report.compared, report.matched, report.differ, report.shadow_errors, report.shadow_timeouts
+    );
+    for s in report.samples.iter().rev() {
+        println!("  {}  primary {} / shadow {}  {}", s.request, s.primary_status, s.shadow_status, s.diff);
+    }
+    Ok(())
 }
 
 /// `splitter down`: through the agent when one listens, else from the pins.

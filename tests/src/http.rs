@@ -7,7 +7,7 @@ use std::{convert::Infallible, net::SocketAddr, time::Duration};
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
-use http_body_util::{combinators::BoxBody, BodyExt, Empty, Full};
+use http_body_util::{combinators::BoxBody, BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use splitter_user::netns::NetNs;
 
@@ -26,6 +26,11 @@ pub const BACKEND: &str = "x-backend";
 /// `x-seen-secret` when a header `x-secret` arrived (it must not: the client
 /// names it in `Connection`).
 pub fn serve_http(ns: &NetNs, port: u16, name: &'static str) -> std::io::Result<()> {
+    serve_http_after(ns, port, name, Duration::ZERO)
+}
+
+/// [`serve_http`] that waits `delay` before every answer (a slow shadow).
+pub fn serve_http_after(ns: &NetNs, port: u16, name: &'static str, delay: Duration) -> std::io::Result<()> {
     let listener = ns.run(|| std::net::TcpListener::bind((std::net::Ipv6Addr::UNSPECIFIED, port)))?;
     listener.set_nonblocking(true)?;
     std::thread::spawn(move || {
@@ -35,7 +40,10 @@ pub fn serve_http(ns: &NetNs, port: u16, name: &'static str) -> std::io::Result<
             loop {
                 let Ok((stream, _)) = listener.accept().await else { continue };
                 tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req| answer(name, req));
+                    let svc = hyper::service::service_fn(move |req| async move {
+                        tokio::time::sleep(delay).await;
+                        answer(name, req).await
+                    });
                     let _ =
                         hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
                 });
@@ -120,6 +128,8 @@ impl hyper::body::Body for ChannelBody {
 #[derive(Clone, Debug)]
 pub struct Answer {
     pub status: StatusCode,
+    /// From sending the request to the whole body received.
+    pub elapsed: Duration,
     /// `x-backend`, or "" when the proxy answered itself.
     pub backend: String,
     pub headers: http::HeaderMap,
@@ -129,8 +139,8 @@ pub struct Answer {
 /// A hyper client living in a namespace (its own runtime thread there).
 pub struct Client {
     rt: tokio::runtime::Runtime,
-    http1: hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>>,
-    http2: hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>>,
+    http1: hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+    http2: hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
 }
 
 impl Client {
@@ -154,7 +164,7 @@ impl Client {
     pub fn send_all(
         &self,
         ns: &NetNs,
-        reqs: Vec<Request<Empty<Bytes>>>,
+        reqs: Vec<Request<Full<Bytes>>>,
         parallel: usize,
         h2: bool,
     ) -> Vec<Result<Answer, String>> {
@@ -167,6 +177,7 @@ impl Client {
                     let (client, sem) = (client.clone(), sem.clone());
                     tasks.push(tokio::spawn(async move {
                         let _permit = sem.acquire().await.expect("open");
+                        let start = std::time::Instant::now();
                         let resp = tokio::time::timeout(Duration::from_secs(10), client.request(req))
                             .await
                             .map_err(|_| "no answer in 10 s".to_owned())?
@@ -174,7 +185,13 @@ impl Client {
                         let (parts, body) = resp.into_parts();
                         let body = body.collect().await.map_err(|e| format!("body: {e}"))?.to_bytes();
                         let backend = parts.headers.get(BACKEND).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
-                        Ok(Answer { status: parts.status, backend, headers: parts.headers, body })
+                        Ok(Answer {
+                            status: parts.status,
+                            elapsed: start.elapsed(),
+                            backend,
+                            headers: parts.headers,
+                            body,
+                        })
                     }));
                 }
                 let mut out = Vec::new();
@@ -188,15 +205,26 @@ impl Client {
 }
 
 /// `GET http://vip{path}` with extra headers.
-pub fn get(vip: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Request<Empty<Bytes>> {
+pub fn get(vip: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Request<Full<Bytes>> {
     request("GET", vip, path, headers)
 }
 
 /// `METHOD http://vip{path}` with extra headers and no body.
-pub fn request(method: &str, vip: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Request<Empty<Bytes>> {
+pub fn request(method: &str, vip: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Request<Full<Bytes>> {
+    request_with_body(method, vip, path, headers, Bytes::new())
+}
+
+/// `METHOD http://vip{path}` with extra headers and `body`.
+pub fn request_with_body(
+    method: &str,
+    vip: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Bytes,
+) -> Request<Full<Bytes>> {
     let mut b = Request::builder().method(method).uri(format!("http://{vip}{path}"));
     for (k, v) in headers {
         b = b.header(*k, *v);
     }
-    b.body(Empty::new()).expect("valid request")
+    b.body(Full::new(body)).expect("valid request")
 }

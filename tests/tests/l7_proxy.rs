@@ -13,12 +13,14 @@ use std::{
 use http::StatusCode;
 use splitter_tests::{
     agent::Agent,
-    http::{get, request, serve_http, Answer, Client},
+    http::{get, request, request_with_body, serve_http, serve_http_after, Answer, Client},
     netns::unique_name,
 };
 use splitter_user::demo::Topology;
 
 const VIP: &str = "203.0.113.10:8080";
+/// How long the slow shadow takes to answer.
+const SLOW_SHADOW: Duration = Duration::from_secs(3);
 
 fn config(weights: &str, extra: &str) -> String {
     format!(
@@ -35,6 +37,9 @@ services:
       v1: [198.51.100.10:8081]
       v2: [198.51.100.20:8081]
       dead: [198.51.100.11:8081]
+      shadow: [198.51.100.10:8082]
+      slowshadow: [198.51.100.20:8082]
+      deadshadow: [198.51.100.11:8082]
     weights: {weights}
     proxy: {{ connect_timeout_ms: 500, response_timeout_ms: 1000 }}
 {extra}"#
@@ -59,6 +64,8 @@ fn setup(yaml: &str) -> (Topology, Agent, Client, SocketAddr) {
     let topo = Topology::build(&unique_name("spt")).expect("build topology");
     serve_http(&topo.blue, 8081, "v1").expect("v1 backend");
     serve_http(&topo.green, 8081, "v2").expect("v2 backend");
+    serve_http(&topo.blue, 8082, "shadow").expect("shadow backend");
+    serve_http_after(&topo.green, 8082, "slowshadow", SLOW_SHADOW).expect("slow shadow backend");
     topo.lb.ip(&["addr", "add", "203.0.113.10/32", "dev", "lo"]).expect("VIP on lo");
     let agent = Agent::start(&topo.lb, yaml);
     let client = Client::new(&topo.client);
@@ -230,4 +237,90 @@ fn the_proxy_adds_forwarding_headers_strips_hop_by_hop_and_maps_failures() {
     let huge = format!("GET / HTTP/1.1\r\nHost: x\r\nx-big: {}\r\n\r\n", "a".repeat(100 * 1024));
     let answer = raw(huge.as_bytes());
     assert!(answer.starts_with("HTTP/1.1 431"), "oversized head: {answer:?}");
+}
+
+fn l7_status(agent: &Agent) -> serde_json::Value {
+    let status = agent.status();
+    status["agent"]["l7"]["api"].clone()
+}
+
+/// Waits (bounded) until the mirror has settled every sampled request.
+fn mirror_settled(agent: &Agent) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let m = l7_status(agent)["mirror"].clone();
+        let n = |k: &str| m[k].as_u64().unwrap_or(0);
+        let settled = n("sent")
+            + n("dropped_queue_full")
+            + n("skipped_body_too_large")
+            + n("shadow_errors")
+            + n("shadow_timeouts");
+        if settled == n("sampled") || std::time::Instant::now() > deadline {
+            return m;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn mirroring_copies_a_sample_compares_out_of_band_and_never_answers_the_client() {
+    let extra = "    mirror: { version: shadow, percent: 10, compare: { headers: [x-seen-mirror] }, methods: [GET, POST], max_body_bytes: 1024 }\n";
+    let (topo, agent, client, vip) = setup(&config("{ v1: 1 }", extra));
+    let answers = ok(client.send_all(&topo.client, (0..2000).map(|_| get(vip, "/", &[])).collect(), 16, false));
+    for a in &answers {
+        assert_eq!((a.status, a.backend.as_str(), &a.body[..]), (StatusCode::OK, "v1", &b"v1"[..]), "{a:?}");
+        assert_eq!(a.headers["x-seen-mirror"], "", "a client got a mirrored answer: {a:?}");
+    }
+    let m = mirror_settled(&agent);
+    let n = |k: &str| m[k].as_u64().unwrap_or(0);
+    let share = n("sampled") as f64 / 2000.0;
+    assert!((share - 0.10).abs() <= 0.02, "mirrored share {share}: {m}");
+    assert_eq!(n("sent"), n("sampled"), "every sampled request reached the shadow: {m}");
+    assert_eq!(n("compared"), n("sent"), "{m}");
+    assert_eq!(n("differ"), n("compared"), "the shadow always differs (it sees the mirror marker): {m}");
+
+    let out = agent.cli().args(["diffs", "api", "--json", "--socket"]).arg(&agent.control_socket).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["compared"], n("compared"));
+    assert_eq!(report["differ"], n("differ"));
+    let sample = &report["samples"][0];
+    assert_eq!((sample["request"].as_str(), sample["primary_status"].as_u64()), (Some("GET /"), Some(200)), "{report}");
+    assert_eq!(sample["diff"], "header x-seen-mirror:  vs 1", "the shadow saw x-splitter-mirror: 1: {report}");
+
+    // Bodies over the cap are not mirrored (counted); the primary is unaffected.
+    let big = bytes::Bytes::from(vec![b'x'; 4096]);
+    let posts = (0..200).map(|_| request_with_body("POST", vip, "/", &[], big.clone())).collect();
+    let answers = ok(client.send_all(&topo.client, posts, 8, false));
+    assert!(answers.iter().all(|a| a.status == StatusCode::OK && a.backend == "v1"));
+    let m2 = mirror_settled(&agent);
+    let n2 = |k: &str| m2[k].as_u64().unwrap_or(0);
+    assert!(n2("skipped_body_too_large") > 0, "{m2}");
+    assert_eq!(n2("skipped_body_too_large"), n2("sampled") - n("sampled"), "every sampled POST was too large: {m2}");
+    assert_eq!(n2("sent"), n("sent"), "{m2}");
+}
+
+#[test]
+fn a_slow_or_dead_shadow_leaves_primary_statuses_and_latency_unchanged() {
+    let extra = "    mirror: { version: slowshadow, percent: 100, compare: true, timeout_ms: 2500 }\n";
+    let (topo, agent, client, vip) = setup(&config("{ v1: 1 }", extra));
+    let answers = ok(client.send_all(&topo.client, (0..200).map(|_| get(vip, "/", &[])).collect(), 8, false));
+    // Were the primary waiting for the shadow, every request would take
+    // 2.5 s or more; far less means the copy is out of band.
+    let slowest = answers.iter().map(|a| a.elapsed).max().unwrap();
+    assert!(slowest < Duration::from_millis(1500), "a primary request took {slowest:?} with a {SLOW_SHADOW:?} shadow");
+    assert!(answers.iter().all(|a| a.status == StatusCode::OK && a.backend == "v1"));
+    let m = mirror_settled(&agent);
+    assert_eq!(m["shadow_timeouts"], m["sampled"], "{m}");
+
+    // A dead shadow (nothing listens): errors counted, primaries fine.
+    let text = std::fs::read_to_string(&agent.config_path).unwrap();
+    std::fs::write(&agent.config_path, text.replace("version: slowshadow", "version: deadshadow")).unwrap();
+    agent.reload().expect("SIGHUP");
+    std::thread::sleep(Duration::from_millis(500));
+    let before = m["shadow_errors"].as_u64().unwrap_or(0);
+    let answers = ok(client.send_all(&topo.client, (0..100).map(|_| get(vip, "/", &[])).collect(), 8, false));
+    assert!(answers.iter().all(|a| a.status == StatusCode::OK && a.backend == "v1"));
+    let m = mirror_settled(&agent);
+    assert!(m["shadow_errors"].as_u64().unwrap_or(0) >= before + 100, "{m}\n{}", agent.log());
 }

@@ -8,6 +8,7 @@
 //! whole table; a request keeps the table it started with) and counters.
 //! `route.rs` decides, `proxy.rs` forwards.
 
+pub mod mirror;
 pub mod proxy;
 pub mod route;
 
@@ -40,8 +41,6 @@ pub enum L7Error {
     Bind { service: String, addr: SocketAddr, source: std::io::Error },
     #[error("service {service}: {source}")]
     Route { service: String, source: regex::Error },
-    #[error("service {0}: mirror is not available in this build yet (the config is valid; remove mirror: to run)")]
-    MirrorUnavailable(String),
 }
 
 /// Largest request head (request line and headers) accepted; larger → 431.
@@ -55,19 +54,44 @@ pub struct Shared {
     options: Mutex<ProxyOptions>,
     pub stats: Stats,
     random: AtomicU64,
+    /// The mirror's queue and sender, while `mirror:` is configured.
+    pub mirror: arc_swap::ArcSwapOption<mirror::Mirror>,
+    /// Mirror counters (kept across mirror reconfigurations).
+    pub mirror_stats: Arc<mirror::MirrorStats>,
 }
 
 impl Shared {
     fn new(name: &str, svc: &Service, table: RouteTable) -> Shared {
         let options = svc.proxy.clone().unwrap_or_default();
-        Shared {
+        let shared = Shared {
             name: name.to_owned(),
             stats: Stats::new(&table.versions),
             table: ArcSwap::from_pointee(table),
             client: client(&options),
             options: Mutex::new(options),
             random: AtomicU64::new(seed()),
-        }
+            mirror: arc_swap::ArcSwapOption::empty(),
+            mirror_stats: Arc::default(),
+        };
+        shared.configure_mirror(svc);
+        shared
+    }
+
+    /// Starts, restarts or stops the mirror sender for `svc.mirror`.
+    fn configure_mirror(&self, svc: &Service) {
+        let runtime = svc.mirror.as_ref().map(|m| {
+            Arc::new(mirror::Mirror::start(
+                m.queue,
+                mirror::Settings {
+                    client: self.client.clone(),
+                    timeout: Duration::from_millis(m.timeout_ms),
+                    cap: usize::try_from(m.max_body_bytes).unwrap_or(usize::MAX),
+                    compare: m.compare.clone(),
+                    stats: self.mirror_stats.clone(),
+                },
+            ))
+        });
+        self.mirror.store(runtime);
     }
 
     /// The proxy options in force.
@@ -151,6 +175,7 @@ impl Stats {
 
     pub fn snapshot(&self) -> ServiceStats {
         ServiceStats {
+            mirror: None,
             versions: self
                 .versions
                 .read()
@@ -178,6 +203,9 @@ impl Stats {
 /// Counters of one l7 service, as `status` shows them.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServiceStats {
+    /// Mirror counters, when the service mirrors.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<mirror::MirrorCounts>,
     pub versions: BTreeMap<String, VersionCounts>,
 }
 
@@ -216,9 +244,6 @@ impl L7 {
     /// swapped whole. Must run inside the tokio runtime.
     pub fn apply(&mut self, config: &Config) -> Result<(), L7Error> {
         let wanted: BTreeMap<&String, &Service> = config.services.iter().filter(|(_, s)| s.mode == Mode::L7).collect();
-        if let Some((name, _)) = wanted.iter().find(|(_, s)| s.mirror.is_some()) {
-            return Err(L7Error::MirrorUnavailable((*name).clone()));
-        }
         // Bind what is new or moved, before touching anything.
         let mut bound = BTreeMap::new();
         for (name, svc) in &wanted {
@@ -253,6 +278,9 @@ impl L7 {
                         if r.service.proxy != svc.proxy {
                             *r.shared.options.lock().expect("not poisoned") = svc.proxy.clone().unwrap_or_default();
                         }
+                        if r.service.mirror != svc.mirror {
+                            r.shared.configure_mirror(svc);
+                        }
                         r.shared.table.store(Arc::new(table));
                         r.service = svc.clone();
                         debug!(service = %name, "l7: table swapped");
@@ -276,7 +304,20 @@ impl L7 {
 
     /// Counters of every l7 service.
     pub fn stats(&self) -> BTreeMap<String, ServiceStats> {
-        self.running.iter().map(|(n, r)| (n.clone(), r.shared.stats.snapshot())).collect()
+        self.running
+            .iter()
+            .map(|(n, r)| {
+                let mut s = r.shared.stats.snapshot();
+                s.mirror = r.service.mirror.as_ref().map(|_| r.shared.mirror_stats.counts());
+                (n.clone(), s)
+            })
+            .collect()
+    }
+
+    /// The mirror comparison report of l7 service `name` (`None`: no such
+    /// l7 service).
+    pub fn diffs(&self, name: &str) -> Option<mirror::DiffReport> {
+        self.running.get(name).map(|r| r.shared.mirror_stats.report())
     }
 }
 

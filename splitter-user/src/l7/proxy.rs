@@ -10,7 +10,14 @@ use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response
 use http_body_util::{combinators::BoxBody, BodyExt, Empty, Full};
 use hyper::body::{Body, Incoming};
 
-use super::{route::RequestView, Shared};
+use splitter_common::service::BPS;
+use tokio::sync::oneshot;
+
+use super::{
+    mirror::{Captured, Job, Tee},
+    route::RequestView,
+    Shared,
+};
 
 /// The body every response and upstream request carries.
 pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
@@ -58,7 +65,33 @@ pub async fn handle(
     let (mut parts, body) = req.into_parts();
     forward_headers(&mut parts.headers, &parts.uri, client);
     let retriable = is_idempotent(&parts.method) && body.is_end_stream();
-    let mut body = Some(body.boxed());
+    let mut body = body.boxed();
+    // A sampled request is copied to the mirror; `compare` gets the primary's answer.
+    let mut compare: Option<(oneshot::Sender<Captured>, usize)> = None;
+    if let Some(m) = table.mirror.as_ref().filter(|m| m.methods.contains(&parts.method)) {
+        if shared.random() % (BPS as u64) < u64::from(m.bps) {
+            if let Some(runtime) = shared.mirror.load_full() {
+                shared.mirror_stats.sampled();
+                if body.size_hint().lower() > m.cap as u64 {
+                    shared.mirror_stats.skipped_body_too_large();
+                } else {
+                    let (tee, body_copy) = Tee::new(body, m.cap);
+                    body = tee.boxed();
+                    let (tx, rx) = oneshot::channel();
+                    let shadow = &table.targets[m.version];
+                    let pick = shadow.endpoint_for(shared.random());
+                    let job =
+                        Job { parts: parts.clone(), endpoint: pick, body: body_copy, primary: m.compare.then_some(rx) };
+                    if runtime.offer(job) {
+                        compare = m.compare.then_some((tx, m.cap));
+                    } else {
+                        shared.mirror_stats.dropped_queue_full();
+                    }
+                }
+            }
+        }
+    }
+    let mut body = Some(body);
     let n = target.endpoints.len();
     let opts = shared.options();
     for attempt in 0..n {
@@ -78,7 +111,16 @@ pub async fn handle(
                 let (mut rparts, rbody) = resp.into_parts();
                 strip_hop_by_hop(&mut rparts.headers);
                 stats.response(rparts.status);
-                return Ok(Response::from_parts(rparts, rbody.boxed()));
+                let rbody = match compare.take() {
+                    Some((tx, cap)) => {
+                        let (tee, copy) = Tee::new(rbody.boxed(), cap);
+                        let _ =
+                            tx.send(Captured { status: rparts.status, headers: rparts.headers.clone(), body: copy });
+                        tee.boxed()
+                    }
+                    None => rbody.boxed(),
+                };
+                return Ok(Response::from_parts(rparts, rbody));
             }
             Ok(Err(e)) if e.is_connect() && retriable && attempt + 1 < n => {
                 tracing::debug!(%endpoint, "connect failed ({e}); trying the next endpoint");
@@ -104,7 +146,7 @@ pub fn is_idempotent(m: &Method) -> bool {
 }
 
 /// `http://ENDPOINT/path?query`.
-fn upstream_uri(endpoint: SocketAddr, original: &Uri) -> Uri {
+pub(super) fn upstream_uri(endpoint: SocketAddr, original: &Uri) -> Uri {
     let pq = original.path_and_query().map_or("/", |pq| pq.as_str());
     Uri::builder()
         .scheme("http")

@@ -30,6 +30,21 @@ pub struct RouteTable {
     pub slots: Box<[u8; BPS]>,
     routes: Vec<CompiledRoute>,
     affinity: Option<Affinity>,
+    /// Which requests are copied to the mirror version, if any.
+    pub mirror: Option<MirrorPlan>,
+}
+
+/// The routing side of `mirror:`.
+#[derive(Debug)]
+pub struct MirrorPlan {
+    /// Index of the mirror version.
+    pub version: usize,
+    /// Requests sampled, in basis points.
+    pub bps: u32,
+    pub methods: Vec<Method>,
+    /// Largest body (request, and response to compare) copied.
+    pub cap: usize,
+    pub compare: bool,
 }
 
 /// One version's endpoints.
@@ -104,6 +119,14 @@ pub struct Decision {
     pub reason: Reason,
 }
 
+impl Target {
+    /// The endpoint a hash (or random number) lands on.
+    pub fn endpoint_for(&self, h: u64) -> SocketAddr {
+        let i = self.ring.get(reduce((h >> 32) as u32, RING_SIZE)).map_or(0, |i| usize::from(*i));
+        self.endpoints[i.min(self.endpoints.len() - 1)]
+    }
+}
+
 impl RouteTable {
     /// Compiles `svc`. `previous` is the table it replaces, if any.
     pub fn build(svc: &Service, previous: Option<Previous<'_>>) -> Result<RouteTable, regex::Error> {
@@ -147,7 +170,14 @@ impl RouteTable {
                 })
             })
             .collect::<Result<Vec<_>, regex::Error>>()?;
-        Ok(RouteTable { versions, targets, bps, slots, routes, affinity: svc.affinity.clone() })
+        let mirror = svc.mirror.as_ref().map(|m| MirrorPlan {
+            version: index(&m.version),
+            bps: (m.percent * 100.0).round().clamp(1.0, BPS as f64) as u32,
+            methods: m.methods.iter().map(|x| Method::from_bytes(x.as_bytes()).expect("validated")).collect(),
+            cap: usize::try_from(m.max_body_bytes).unwrap_or(usize::MAX),
+            compare: m.compare.enabled,
+        });
+        Ok(RouteTable { versions, targets, bps, slots, routes, affinity: svc.affinity.clone(), mirror })
     }
 
     /// This table as the previous one of the next.
