@@ -16,11 +16,19 @@ const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 const APT_PACKAGES: &[&str] =
     &["llvm-22-dev", "libpolly-22-dev", "libzstd-dev", "zlib1g-dev", "iproute2", "ethtool", "util-linux", "procps"];
 
+/// Peers the benchmarks measure against (Debian packages).
+const BENCH_PACKAGES: &[&str] = &["haproxy"];
+
 pub fn run() -> Result<()> {
     nightly()?;
-    apt()?;
+    apt(APT_PACKAGES)?;
     bpf_linker()?;
     Ok(())
+}
+
+/// What `cargo xtask bench` needs beyond [`run`]: the peers it compares with.
+pub fn bench_tools() -> Result<()> {
+    apt(BENCH_PACKAGES)
 }
 
 fn output(cmd: &mut Command) -> Option<String> {
@@ -55,8 +63,8 @@ fn nightly() -> Result<()> {
     Ok(())
 }
 
-fn apt() -> Result<()> {
-    let missing: Vec<&str> = APT_PACKAGES
+fn apt(packages: &[&'static str]) -> Result<()> {
+    let missing: Vec<&str> = packages
         .iter()
         .copied()
         .filter(|p| {

@@ -34,7 +34,8 @@ enum Task {
     Ci,
     /// Bootstrap, then run the benchmarks (needs root): XDP program cost by
     /// BPF_PROG_TEST_RUN beside an empty-program floor, control-plane apply and
-    /// flip latency, agent RSS. Writes target/bench/*.md.
+    /// flip latency, agent RSS, the L7 proxy against direct and HAProxy.
+    /// Installs the peers (haproxy). Writes target/bench/*.md.
     Bench,
     /// Bootstrap, build the release binary and run `splitter demo` (needs root).
     Demo {
@@ -60,10 +61,12 @@ fn main() -> Result<()> {
         Task::Bench => {
             bootstrap::run()?;
             require_root("the benchmarks (they load XDP programs and create a network namespace)")?;
-            // The control-plane bench drives the release binary.
+            bootstrap::bench_tools()?;
+            // The control-plane and L7 benches drive the release binary.
             cargo(&["build", "--release", "--package", "splitter-user", "--bin", "splitter"])?;
             cargo(&["bench", "--package", "splitter-tests", "--bench", "xdp"])?;
-            cargo(&["bench", "--package", "splitter-tests", "--bench", "control"])
+            cargo(&["bench", "--package", "splitter-tests", "--bench", "control"])?;
+            cargo(&["bench", "--package", "splitter-tests", "--bench", "l7"])
         }
         Task::Demo { args } => {
             bootstrap::run()?;

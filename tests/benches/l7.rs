@@ -1,0 +1,257 @@
+//! The L7 proxy under load, run by `cargo xtask bench` (root): requests/s and
+//! p50/p99 latency through splitter's proxy, directly to the backend, through
+//! HAProxy (`mode http`, same thread count) and through splitter with 10 %
+//! mirroring, all on the same backend in the same run, rounds interleaved;
+//! then the proxies' RSS with 256 open connections.
+//!
+//! The load generator is a hyper client in the client namespace: `CONNS`
+//! keep-alive HTTP/1.1 connections, each sending requests back to back for
+//! `SECS` seconds. Client, proxy and backend share this machine's cores, so
+//! the absolute numbers are low; the ratios are the point.
+//!
+//! Writes `target/bench/l7.md`.
+
+use std::{
+    fmt::Write as _,
+    net::SocketAddr,
+    path::PathBuf,
+    process::{Child, Stdio},
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use splitter_tests::{http::serve_http, netns::unique_name};
+use splitter_user::{agent_process::AgentProcess, demo::Topology, netns::NetNs};
+
+const CONNS: usize = 32;
+const SECS: u64 = 3;
+const IDLE_CONNS: usize = 256;
+
+fn rounds() -> usize {
+    std::env::var("SPLITTER_BENCH_ROUNDS").ok().and_then(|v| v.parse().ok()).filter(|n| *n > 0).unwrap_or(3)
+}
+
+struct Run {
+    rps: f64,
+    p50_us: f64,
+    p99_us: f64,
+    errors: usize,
+}
+
+/// `CONNS` connections sending GET / back to back for `SECS` seconds.
+fn load(ns: &NetNs, target: SocketAddr) -> Run {
+    ns.run(|| {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio");
+        rt.block_on(async move {
+            let deadline = Instant::now() + Duration::from_secs(SECS);
+            let mut tasks = Vec::new();
+            for _ in 0..CONNS {
+                tasks.push(tokio::spawn(async move {
+                    let mut lat = Vec::new();
+                    let mut errors = 0usize;
+                    let Ok(stream) = tokio::net::TcpStream::connect(target).await else { return (lat, 1) };
+                    let _ = stream.set_nodelay(true);
+                    let Ok((mut send, conn)) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await else {
+                        return (lat, 1);
+                    };
+                    tokio::spawn(conn);
+                    while Instant::now() < deadline {
+                        let req = http::Request::get("/")
+                            .header("host", target.to_string())
+                            .body(Empty::<Bytes>::new())
+                            .unwrap();
+                        let start = Instant::now();
+                        match send.send_request(req).await {
+                            Ok(resp) if resp.status().is_success() => {
+                                let _ = resp.into_body().collect().await;
+                                lat.push(start.elapsed().as_micros() as u32);
+                            }
+                            _ => {
+                                errors += 1;
+                                break;
+                            }
+                        }
+                    }
+                    (lat, errors)
+                }));
+            }
+            let mut all = Vec::new();
+            let mut errors = 0;
+            for t in tasks {
+                let (lat, e) = t.await.expect("load task");
+                all.extend(lat);
+                errors += e;
+            }
+            all.sort_unstable();
+            let pct = |p: f64| all.get(((all.len() as f64 - 1.0) * p) as usize).copied().unwrap_or(0) as f64;
+            Run { rps: all.len() as f64 / SECS as f64, p50_us: pct(0.5), p99_us: pct(0.99), errors }
+        })
+    })
+}
+
+/// Opens `n` keep-alive connections, one request each, and keeps them open
+/// while `measure` runs.
+fn with_idle_connections<T: Send>(ns: &NetNs, target: SocketAddr, n: usize, measure: impl FnOnce() -> T + Send) -> T {
+    ns.run(|| {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio");
+        let senders = rt.block_on(async move {
+            let mut held = Vec::new();
+            for _ in 0..n {
+                let stream = tokio::net::TcpStream::connect(target)
+                    .await
+                    .unwrap_or_else(|e| panic!("connection {} of {n} to {target}: {e}", held.len()));
+                let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.expect("h1");
+                tokio::spawn(conn);
+                let req =
+                    http::Request::get("/").header("host", target.to_string()).body(Empty::<Bytes>::new()).unwrap();
+                let resp = send.send_request(req).await.expect("request");
+                let _ = resp.into_body().collect().await;
+                held.push(send);
+            }
+            held
+        });
+        let out = measure();
+        drop(senders);
+        drop(rt);
+        out
+    })
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("process status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+/// HAProxy in the lb namespace, `mode http`, `threads` threads, on `listen`.
+struct Haproxy(Child);
+
+impl Haproxy {
+    fn start(ns: &NetNs, dir: &std::path::Path, listen: SocketAddr, backend: SocketAddr, threads: usize) -> Haproxy {
+        let cfg = dir.join("haproxy.cfg");
+        std::fs::write(
+            &cfg,
+            format!(
+                "global\n  nbthread {threads}\n  maxconn 4096\ndefaults\n  mode http\n  option http-keep-alive\n  timeout connect 1s\n  timeout client 30s\n  timeout server 30s\nfrontend fe\n  bind {listen}\n  default_backend be\nbackend be\n  http-reuse always\n  server s1 {backend}\n"
+            ),
+        )
+        .unwrap();
+        let child = ns
+            .command("haproxy")
+            .args(["-db", "-f"])
+            .arg(&cfg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("haproxy (cargo xtask bench installs it)");
+        std::thread::sleep(Duration::from_millis(500));
+        let mut h = Haproxy(child);
+        if let Ok(Some(status)) = h.0.try_wait() {
+            panic!("haproxy exited at start ({status}); run `haproxy -c -f {}` to see why", cfg.display());
+        }
+        h
+    }
+}
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn median(mut v: Vec<f64>) -> (f64, f64, f64) {
+    v.sort_by(f64::total_cmp);
+    (v[v.len() / 2], v[0], v[v.len() - 1])
+}
+
+fn main() {
+    splitter_tests::require_root("the L7 benchmark");
+    let bin = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/splitter");
+    assert!(bin.exists(), "{} missing: `cargo xtask bench` builds it", bin.display());
+    let topo = Topology::build(&unique_name("spl")).expect("topology");
+    serve_http(&topo.blue, 8081, "v1").expect("backend");
+    serve_http(&topo.green, 8082, "shadow").expect("shadow");
+    topo.lb.ip(&["addr", "add", "203.0.113.10/32", "dev", "lo"]).expect("VIP on lo");
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let config = "interfaces:\n  clients: [lb-client]\n  backends: [lb-blue, lb-green]\nservices:\n  api:\n    listen: 203.0.113.10:8080\n    protocol: tcp\n    mode: l7\n    versions: { v1: [198.51.100.10:8081], shadow: [198.51.100.20:8082] }\n    weights: { v1: 1 }\n  mirrored:\n    listen: 203.0.113.10:8088\n    protocol: tcp\n    mode: l7\n    versions: { v1: [198.51.100.10:8081], shadow: [198.51.100.20:8082] }\n    weights: { v1: 1 }\n    mirror: { version: shadow, percent: 10, compare: true }\n";
+    let dir = std::env::temp_dir().join(format!("splitter-bench-{}", unique_name("l7")));
+    let pin = PathBuf::from("/sys/fs/bpf").join(unique_name("spl"));
+    let agent = AgentProcess::start(&bin, &topo.lb, &dir, &pin, config).unwrap_or_else(|e| panic!("{e}"));
+    let haproxy = Haproxy::start(
+        &topo.lb,
+        &dir,
+        "203.0.113.10:8090".parse().unwrap(),
+        "198.51.100.10:8081".parse().unwrap(),
+        threads,
+    );
+
+    let scenarios: [(&str, SocketAddr); 4] = [
+        ("direct to the backend", "198.51.100.10:8081".parse().unwrap()),
+        ("splitter proxy", "203.0.113.10:8080".parse().unwrap()),
+        ("HAProxy mode http", "203.0.113.10:8090".parse().unwrap()),
+        ("splitter proxy, 10 % mirrored + compared", "203.0.113.10:8088".parse().unwrap()),
+    ];
+    let mut results: Vec<Vec<Run>> = scenarios.iter().map(|_| Vec::new()).collect();
+    for round in 0..rounds() {
+        for (i, (_, target)) in scenarios.iter().enumerate() {
+            results[i].push(load(&topo.client, *target));
+        }
+        eprintln!("round {}/{} done", round + 1, rounds());
+    }
+    let agent_pid = agent.pid().expect("agent runs");
+    let rss_idle = rss_kib(agent_pid);
+    let rss_agent = with_idle_connections(&topo.client, scenarios[1].1, IDLE_CONNS, || rss_kib(agent_pid));
+    let rss_haproxy = with_idle_connections(&topo.client, scenarios[2].1, IDLE_CONNS, || rss_kib(haproxy.0.id()));
+
+    let mut md = String::new();
+    writeln!(
+        md,
+        "### L7 proxy ({CONNS} keep-alive connections, {SECS} s per run, {} interleaved rounds, median [min–max])\n",
+        rounds()
+    )
+    .unwrap();
+    writeln!(md, "| path | requests/s | p50 µs | p99 µs | errors | requests/s vs splitter |").unwrap();
+    writeln!(md, "|---|---|---|---|---|---|").unwrap();
+    let rps_of = |i: usize| median(results[i].iter().map(|r| r.rps).collect()).0;
+    for (i, (name, _)) in scenarios.iter().enumerate() {
+        let (rps, lo, hi) = median(results[i].iter().map(|r| r.rps).collect());
+        let p50 = median(results[i].iter().map(|r| r.p50_us).collect()).0;
+        let p99 = median(results[i].iter().map(|r| r.p99_us).collect()).0;
+        let errors: usize = results[i].iter().map(|r| r.errors).sum();
+        writeln!(
+            md,
+            "| {name} | {rps:.0} [{lo:.0}–{hi:.0}] | {p50:.0} | {p99:.0} | {errors} | {:.2}× |",
+            rps / rps_of(1)
+        )
+        .unwrap();
+    }
+    let p99 = |i: usize| median(results[i].iter().map(|r| r.p99_us).collect()).0;
+    writeln!(
+        md,
+        "\nAdded p99 over direct: splitter {:.0} µs, HAProxy {:.0} µs (target ≤ 1,000 µs). Mirroring at 10 % keeps {:.0} % of the unmirrored throughput (target ≥ 85 %).",
+        p99(1) - p99(0),
+        p99(2) - p99(0),
+        100.0 * rps_of(3) / rps_of(1)
+    )
+    .unwrap();
+    writeln!(
+        md,
+        "RSS: splitter agent {:.1} MiB idle, {:.1} MiB with {IDLE_CONNS} open connections (target ≤ 30 MB); HAProxy {:.1} MiB with {IDLE_CONNS}. Proxies run {threads} threads each on a {threads}-core machine shared with the client and the backend.",
+        rss_idle as f64 / 1024.0,
+        rss_agent as f64 / 1024.0,
+        rss_haproxy as f64 / 1024.0
+    )
+    .unwrap();
+    print!("{md}");
+    let out = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join("l7.md"), &md).unwrap();
+    drop(haproxy);
+    drop(agent);
+}
