@@ -35,7 +35,9 @@ use crate::{
 };
 
 /// The demo's desired state. Interface names match the topology it builds.
-pub const DEMO_CONFIG: &str = r#"# splitter demo: one TCP service, 80 % blue / 20 % green.
+pub const DEMO_CONFIG: &str = r#"# splitter demo: a TCP service split in the kernel (80 % blue / 20 % green)
+# and an HTTP service through the agent's proxy (90/10, a header canary,
+# 10 % of requests mirrored to a shadow and compared).
 interfaces:
   clients: [lb-client]
   backends: [lb-blue, lb-green]
@@ -48,6 +50,19 @@ services:
       blue:  [198.51.100.10:8080]
       green: [198.51.100.20:8080]
     weights: { blue: 80, green: 20 }
+  api:
+    listen: 203.0.113.10:8080
+    protocol: tcp
+    mode: l7
+    versions:
+      blue:   [198.51.100.10:8081]
+      green:  [198.51.100.20:8081]
+      shadow: [198.51.100.20:8082]
+    weights: { blue: 90, green: 10 }
+    routes:
+      - match: { headers: { x-canary: "true" } }
+        version: green
+    mirror: { version: shadow, percent: 10, compare: true }
 "#;
 
 const NS_PREFIX: &str = "spdemo";
@@ -270,6 +285,11 @@ pub fn run(connections: usize) -> Result<(), DemoError> {
     println!("topology: namespaces {prefix}-{{client,lb,blue,green}} joined by veth pairs; XDP on lb-client, lb-blue, lb-green");
     serve_tcp(&topo.blue, 8080, "blue")?;
     serve_tcp(&topo.green, 8080, "green")?;
+    crate::demo_http::serve_http(&topo.blue, 8081, "blue")?;
+    crate::demo_http::serve_http(&topo.green, 8081, "green")?;
+    crate::demo_http::serve_http(&topo.green, 8082, "shadow")?;
+    // The l7 VIP is served by the agent's proxy: it must be a local address.
+    topo.lb.ip(&["addr", "add", "203.0.113.10/32", "dev", "lo"])?;
     let pin_path = PathBuf::from("/sys/fs/bpf").join(&prefix);
     let agent = AgentProcess::start(&std::env::current_exe()?, &topo.lb, &dir, &pin_path, DEMO_CONFIG)?;
     println!("agent: `splitter run --config {}` in {prefix}-lb\n", agent.config_path.display());
@@ -320,19 +340,63 @@ pub fn run(connections: usize) -> Result<(), DemoError> {
     }
     drop(held);
 
+    // 3. The HTTP service through the proxy.
+    failed += l7_phase(&topo, &agent, &config, connections)?;
+
     let mut live_config = config.clone();
     live_config.pin_path = pin_path.clone();
     live_config.services.insert("shop".into(), shop);
-    println!("\n3. `splitter status --config {}` says:", agent.config_path.display());
+    println!("\n4. `splitter status --config {}` says:", agent.config_path.display());
     println!("{}", indent(&crate::status::report(pin_path.clone(), Some(&live_config), agent.info())?.render()));
     let log = agent.log();
     drop(agent);
     drop(topo);
     println!("\ncleaned up: agent stopped, XDP detached, namespaces deleted");
     if failed > 0 {
-        return Err(DemoError::Failed { failed, total: 2 * connections, log });
+        return Err(DemoError::Failed { failed, total: 3 * connections + 20, log });
     }
     Ok(())
+}
+
+/// Phase 3: plain requests split 90/10, canary-marked ones all on green,
+/// 10 % mirrored to the shadow and compared. Returns the failed requests.
+fn l7_phase(topo: &Topology, agent: &AgentProcess, config: &Config, n: usize) -> Result<usize, DemoError> {
+    use crate::demo_http::{get, Client};
+    let api = &config.services["api"];
+    let client = Client::new(&topo.client);
+    let answers = client.send_all(&topo.client, (0..n).map(|_| get(api.listen, "/", &[])).collect(), 16, false);
+    let canary = client.send_all(
+        &topo.client,
+        (0..20).map(|_| get(api.listen, "/", &[("x-canary", "true")])).collect(),
+        4,
+        false,
+    );
+    let mut seen: BTreeMap<Option<String>, usize> = BTreeMap::new();
+    for a in &answers {
+        let version = a.as_ref().ok().filter(|a| a.status.is_success()).map(|a| a.backend.clone());
+        *seen.entry(version).or_insert(0) += 1;
+    }
+    println!("\n3. {n} HTTP requests to the l7 service api ({}), proxied by the agent:\n", api.listen);
+    let bps = crate::plan::basis_points(&api.version_weights().iter().map(|(_, w)| *w).collect::<Vec<_>>());
+    let mut failed = print_split(api, &bps, &seen);
+    let on_green = canary.iter().filter(|a| a.as_ref().is_ok_and(|a| a.backend == "green")).count();
+    println!("\n   20 requests with `x-canary: true` (the route): {on_green} of 20 answered by green");
+    failed += 20 - on_green;
+    // Copies settle out of band; give them a moment.
+    std::thread::sleep(Duration::from_millis(500));
+    let report =
+        crate::control::request(&agent.control_socket, &crate::control::Request::Diffs { service: "api".into() })
+            .ok()
+            .and_then(|r| r.diffs)
+            .unwrap_or_default();
+    println!(
+        "   mirror: {} requests copied to shadow and compared with the primary: {} matched, {} differ (`splitter diffs api`); no shadow answer reached the client",
+        report.compared, report.matched, report.differ
+    );
+    if let Some(s) = report.samples.last() {
+        println!("   e.g. {}: {}", s.request, s.diff);
+    }
+    Ok(failed)
 }
 
 fn indent(text: &str) -> String {

@@ -9,6 +9,7 @@ pub mod config;
 pub mod control;
 pub mod dataplane;
 pub mod demo;
+pub mod demo_http;
 pub mod l7;
 pub mod netns;
 pub mod plan;

@@ -34,6 +34,9 @@ pub struct ServiceStatus {
     pub live: bool,
     /// Whether the live split differs from the file's weights.
     pub differs_from_file: bool,
+    /// L7: the mirror's counters (from the running agent).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<crate::l7::mirror::MirrorCounts>,
     pub versions: Vec<VersionStatus>,
 }
 
@@ -120,6 +123,7 @@ pub fn report(pin_path: PathBuf, config: Option<&Config>, agent: Option<AgentInf
             } else {
                 live.is_some() && versions.iter().any(|v| v.live_bps != Some(v.file_bps))
             },
+            mirror: agent.as_ref().and_then(|a| a.l7.get(name)?.mirror.clone()),
             versions,
         });
     }
@@ -151,6 +155,14 @@ impl Report {
                 c.responses_5xx,
                 c.bad_gateway,
                 c.timeouts
+            )
+            .unwrap();
+        }
+        if let Some(m) = &s.mirror {
+            writeln!(
+                out,
+                "  mirror: {} sampled, {} sent, {} dropped (queue full), {} not mirrored (body too large), {} shadow errors, {} shadow timeouts; compared {}: {} match, {} differ",
+                m.sampled, m.sent, m.dropped_queue_full, m.skipped_body_too_large, m.shadow_errors, m.shadow_timeouts, m.compared, m.matched, m.differ
             )
             .unwrap();
         }
