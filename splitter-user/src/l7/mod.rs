@@ -8,6 +8,7 @@
 //! whole table; a request keeps the table it started with) and counters.
 //! `route.rs` decides, `proxy.rs` forwards.
 
+pub mod framing;
 pub mod mirror;
 pub mod proxy;
 pub mod route;
@@ -370,7 +371,7 @@ async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
                 .header_read_timeout(Duration::from_secs(30))
                 .max_buf_size(MAX_HEAD_BYTES);
             builder.http2().timer(TokioTimer::new()).max_header_list_size(MAX_HEAD_BYTES as u32);
-            if let Err(e) = builder.serve_connection(TokioIo::new(stream), svc).await {
+            if let Err(e) = builder.serve_connection(TokioIo::new(framing::Guarded::new(stream)), svc).await {
                 debug!(%client, "connection ended: {e}");
             }
         });
