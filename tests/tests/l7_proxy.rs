@@ -37,6 +37,7 @@ services:
       v1: [198.51.100.10:8081]
       v2: [198.51.100.20:8081]
       dead: [198.51.100.11:8081]
+      mixed: [198.51.100.11:8081, 198.51.100.10:8081]
       shadow: [198.51.100.10:8082]
       slowshadow: [198.51.100.20:8082]
       deadshadow: [198.51.100.11:8082]
@@ -55,6 +56,8 @@ const ROUTES: &str = r#"    routes:
         version: v2
       - match: { headers: { x-dead: { prefix: "y" } } }
         version: dead
+      - match: { headers: { x-mixed: "1" } }
+        version: mixed
 "#;
 
 /// The topology with backends v1 (blue) and v2 (green) on :8081, the VIP made
@@ -326,4 +329,46 @@ fn a_slow_or_dead_shadow_leaves_primary_statuses_and_latency_unchanged() {
     assert!(answers.iter().all(|a| a.status == StatusCode::OK && a.backend == "v1"));
     let m = mirror_settled(&agent);
     assert!(m["shadow_errors"].as_u64().unwrap_or(0) >= before + 100, "{m}\n{}", agent.log());
+}
+
+#[test]
+fn idempotent_requests_retry_another_endpoint_and_bodies_stream() {
+    let (topo, _agent, client, vip) = setup(&config("{ v1: 1 }", ROUTES));
+    // Half the "mixed" version is down: GETs go on to the live endpoint, a
+    // POST (not idempotent) gets 502 when it lands on the dead one.
+    let answers =
+        ok(client.send_all(&topo.client, (0..50).map(|_| get(vip, "/", &[("x-mixed", "1")])).collect(), 4, false));
+    assert!(answers.iter().all(|a| a.status == StatusCode::OK && a.backend == "v1"), "{answers:?}");
+    let posts = ok(client.send_all(
+        &topo.client,
+        (0..50).map(|_| request("POST", vip, "/", &[("x-mixed", "1")])).collect(),
+        4,
+        false,
+    ));
+    let bad = posts.iter().filter(|a| a.status == StatusCode::BAD_GATEWAY).count();
+    assert!(bad > 0 && bad < 50, "POSTs are not retried: {bad} of 50 got 502");
+
+    // 5 chunks 300 ms apart: the first reaches the client long before the last is sent.
+    let (first, total) = topo.client.run(|| {
+        let mut s = TcpStream::connect_timeout(&vip, Duration::from_secs(3)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let start = std::time::Instant::now();
+        s.write_all(b"GET /stream/5/300 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+        let mut buf = [0u8; 8192];
+        let mut got = 0;
+        let mut first = None;
+        loop {
+            let n = s.read(&mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            got += n;
+            if first.is_none() && got > 1024 {
+                first = Some(start.elapsed());
+            }
+        }
+        (first.expect("a first chunk"), start.elapsed())
+    });
+    assert!(total >= Duration::from_millis(1200), "the backend paces 5 chunks 300 ms apart: {total:?}");
+    assert!(first < total / 2, "the body was buffered: first data after {first:?} of {total:?}");
 }
