@@ -18,7 +18,7 @@ fn write(dir: &tempfile::TempDir, name: &str, text: &str) -> String {
 fn help_lists_every_verb() {
     let (ok, out, _) = splitter(&["--help"]);
     assert!(ok);
-    for verb in ["run", "check", "status", "weight", "flip", "rollback"] {
+    for verb in ["run", "check", "status", "weight", "flip", "rollback", "diffs", "down"] {
         assert!(out.lines().any(|l| l.trim_start().starts_with(verb)), "--help lacks {verb}:\n{out}");
     }
 }
@@ -29,7 +29,8 @@ fn check_accepts_the_embedded_demo_config() {
     let f = write(&dir, "demo.yaml", splitter_user::demo::DEMO_CONFIG);
     let (ok, out, err) = splitter(&["check", "--config", &f]);
     assert!(ok, "demo config rejected: {err}");
-    assert!(out.contains("valid, 1 services"), "{out}");
+    assert!(out.contains("valid, 2 services"), "{out}");
+    assert!(out.contains("api  203.0.113.10:8080/tcp l7  blue 90.00%"), "the l7 service too: {out}");
     assert!(
         out.contains("blue 80.00% (1 endpoints), green 20.00% (1 endpoints)"),
         "check shows the resolved split: {out}"
