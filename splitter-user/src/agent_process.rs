@@ -35,6 +35,8 @@ pub enum AgentProcessError {
 pub struct AgentProcess {
     child: Option<Child>,
     exe: PathBuf,
+    /// Extra `splitter run` arguments (e.g. `--workers 1`).
+    args: Vec<String>,
     pub pin_path: PathBuf,
     pub config_path: PathBuf,
     /// The agent's control socket.
@@ -48,6 +50,19 @@ impl AgentProcess {
     /// and `control.socket` under `dir` into a config file and starts
     /// `exe run` in `ns`. Returns once the agent has pinned its maps.
     pub fn start(exe: &Path, ns: &NetNs, dir: &Path, pin_path: &Path, body: &str) -> Result<Self, AgentProcessError> {
+        Self::start_with(exe, ns, dir, pin_path, body, &[])
+    }
+
+    /// [`AgentProcess::start`] with extra `splitter run` arguments.
+    pub fn start_with(
+        exe: &Path,
+        ns: &NetNs,
+        dir: &Path,
+        pin_path: &Path,
+        body: &str,
+        args: &[&str],
+    ) -> Result<Self, AgentProcessError> {
+        let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
         fs::create_dir_all(dir)?;
         let config = format!(
             "pin_path: {}\nstate_dir: {}\ncontrol: {{ socket: {} }}\n{body}",
@@ -59,10 +74,11 @@ impl AgentProcess {
         fs::write(&config_path, config)?;
         let log_path = dir.join("agent.log");
         let log = fs::File::create(&log_path)?;
-        let child = spawn(exe, ns, &config_path, log)?;
+        let child = spawn(exe, ns, &config_path, &args, log)?;
         let mut agent = AgentProcess {
             child: Some(child),
             exe: exe.to_owned(),
+            args,
             pin_path: pin_path.to_owned(),
             config_path,
             control_socket: dir.join("splitter.sock"),
@@ -103,7 +119,7 @@ impl AgentProcess {
             return Err(AgentProcessError::Io(std::io::Error::other("the agent is still running")));
         }
         let log = fs::OpenOptions::new().append(true).open(&self.log_path)?;
-        self.child = Some(spawn(&self.exe, ns, &self.config_path, log)?);
+        self.child = Some(spawn(&self.exe, ns, &self.config_path, &self.args, log)?);
         self.wait_ready(Duration::from_secs(20))
     }
 
@@ -207,11 +223,18 @@ impl Drop for AgentProcess {
     }
 }
 
-fn spawn(exe: &Path, ns: &NetNs, config_path: &Path, log: fs::File) -> Result<Child, AgentProcessError> {
+fn spawn(
+    exe: &Path,
+    ns: &NetNs,
+    config_path: &Path,
+    args: &[String],
+    log: fs::File,
+) -> Result<Child, AgentProcessError> {
     Ok(ns
         .command(exe)
         .args(["run", "--stats-every", "0", "--config"])
         .arg(config_path)
+        .args(args)
         .env("SPLITTER_LOG", std::env::var("SPLITTER_LOG").unwrap_or_else(|_| "info".into()))
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)

@@ -74,6 +74,10 @@ pub struct RunArgs {
     /// How XDP attaches to the interfaces.
     #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
     pub xdp_mode: AttachMode,
+    /// Threads serving the l7 proxy (default: one per CPU). Fewer leave
+    /// cores to other work on a shared host.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub workers: Option<u16>,
     /// Log a counters summary this often (seconds; 0 disables).
     #[arg(long, value_name = "SECS", default_value_t = 10)]
     pub stats_every: u64,

@@ -42,7 +42,11 @@ fn dispatch(command: Command) -> Result<()> {
                 socket_override: args.socket,
             };
             // Worker threads serve the l7 proxy; the agent loop runs on this thread.
-            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
+            let mut rt = tokio::runtime::Builder::new_multi_thread();
+            if let Some(n) = args.workers {
+                rt.worker_threads(usize::from(n));
+            }
+            let rt = rt.enable_all().build().context("starting tokio")?;
             rt.block_on(agent::run(config, opts))?;
             Ok(())
         }

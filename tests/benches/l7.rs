@@ -178,11 +178,14 @@ fn main() {
     serve_http(&topo.blue, 8081, "v1").expect("backend");
     serve_http(&topo.green, 8082, "shadow").expect("shadow");
     topo.lb.ip(&["addr", "add", "203.0.113.10/32", "dev", "lo"]).expect("VIP on lo");
-    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    // One proxy thread each: the machine's other cores carry the client and
+    // the backend, and requests/s is then per proxy core.
+    let threads = 1;
     let config = "interfaces:\n  clients: [lb-client]\n  backends: [lb-blue, lb-green]\nservices:\n  api:\n    listen: 203.0.113.10:8080\n    protocol: tcp\n    mode: l7\n    versions: { v1: [198.51.100.10:8081], shadow: [198.51.100.20:8082] }\n    weights: { v1: 1 }\n  mirrored:\n    listen: 203.0.113.10:8088\n    protocol: tcp\n    mode: l7\n    versions: { v1: [198.51.100.10:8081], shadow: [198.51.100.20:8082] }\n    weights: { v1: 1 }\n    mirror: { version: shadow, percent: 10, compare: true }\n";
     let dir = std::env::temp_dir().join(format!("splitter-bench-{}", unique_name("l7")));
     let pin = PathBuf::from("/sys/fs/bpf").join(unique_name("spl"));
-    let agent = AgentProcess::start(&bin, &topo.lb, &dir, &pin, config).unwrap_or_else(|e| panic!("{e}"));
+    let agent = AgentProcess::start_with(&bin, &topo.lb, &dir, &pin, config, &["--workers", "1"])
+        .unwrap_or_else(|e| panic!("{e}"));
     let haproxy = Haproxy::start(
         &topo.lb,
         &dir,
@@ -242,7 +245,7 @@ fn main() {
     .unwrap();
     writeln!(
         md,
-        "RSS: splitter agent {:.1} MiB idle, {:.1} MiB with {IDLE_CONNS} open connections (target ≤ 30 MB); HAProxy {:.1} MiB with {IDLE_CONNS}. Proxies run {threads} threads each on a {threads}-core machine shared with the client and the backend.",
+        "RSS: splitter agent {:.1} MiB idle, {:.1} MiB with {IDLE_CONNS} open connections (target ≤ 30 MB); HAProxy {:.1} MiB with {IDLE_CONNS}. Each proxy runs {threads} thread (requests/s is per proxy core); the client and the backend share the machine's other cores.",
         rss_idle as f64 / 1024.0,
         rss_agent as f64 / 1024.0,
         rss_haproxy as f64 / 1024.0
