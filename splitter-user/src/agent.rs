@@ -167,15 +167,16 @@ fn handle_request(req: Request, file: &Config, runtime: &mut Runtime, serving: &
     };
     let (effective, _) = next.effective(file);
     // Planned before anything is saved: a change that cannot be planned is refused.
-    if let Err(e) = plan_all(&effective, |n| serving.dp.previous(n)) {
-        return fail(e.to_string());
-    }
+    let plans = match plan_all(&effective, |n| serving.dp.previous(n)) {
+        Ok(p) => p,
+        Err(e) => return fail(e.to_string()),
+    };
     // Saved first, so a change that is live is never lost on a restart.
     if let Err(e) = next.save(&file.state_dir) {
         return fail(format!("could not save the change, nothing changed: {e}"));
     }
     // Only the changed service's table differs; apply leaves the others alone.
-    if let Err(e) = serving.apply(&effective) {
+    if let Err(e) = serving.install(&effective, &plans) {
         if let Err(e) = runtime.save(&file.state_dir) {
             error!("restoring the saved runtime state failed: {e}");
         }
@@ -256,9 +257,15 @@ impl Serving {
     /// changes nothing.
     fn apply(&mut self, effective: &Config) -> Result<Vec<ServicePlan>, AgentError> {
         let plans = plan_all(effective, |n| self.dp.previous(n))?;
-        self.l7.apply(effective)?;
-        self.dp.apply(&plans)?;
+        self.install(effective, &plans)?;
         Ok(plans)
+    }
+
+    /// [`Serving::apply`] with the l4 plans already made from the live tables.
+    fn install(&mut self, effective: &Config, plans: &[ServicePlan]) -> Result<(), AgentError> {
+        self.l7.apply(effective)?;
+        self.dp.apply(plans)?;
+        Ok(())
     }
 }
 

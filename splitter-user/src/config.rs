@@ -476,33 +476,9 @@ services:
         }
     }
 
-    /// The L7 issue's example service, verbatim.
-    const L7_EXAMPLE: &str = r#"
-interfaces: { clients: [eth0] }
-services:
-  api:
-    listen: 203.0.113.10:8080
-    protocol: tcp
-    mode: l7
-    versions:
-      v1: [198.51.100.10:8081]
-      v2: [198.51.100.20:8081]
-      shadow: [198.51.100.30:8081]
-    weights: { v1: 95, v2: 5 }
-    routes:                          # first match wins; unmatched requests use the weights
-      - match: { headers: { x-canary: "true" } }
-        version: v2
-      - match: { cookies: { beta: "1" }, path_prefix: /checkout }
-        version: v2
-      - match: { query: { preview: "on" }, methods: [GET] }
-        version: v2
-    affinity: { cookie: user }        # or { header: NAME } or client-ip; default: per request
-    mirror: { version: shadow, percent: 10, compare: true }
-"#;
-
     #[test]
     fn accepts_the_l7_example_and_refuses_bad_l7_parts() {
-        let c = Config::from_yaml(L7_EXAMPLE).expect("L7 example");
+        let c = Config::from_yaml(l7::EXAMPLE).expect("L7 example");
         let api = &c.services["api"];
         assert_eq!(api.routes.len(), 3);
         assert_eq!(api.affinity, Some(Affinity::Cookie("user".into())));
@@ -511,18 +487,18 @@ services:
         assert_eq!(m.methods, ["GET", "HEAD", "OPTIONS"]);
         let cases = [
             (
-                L7_EXAMPLE.replace("version: v2\n      - match: { cookies", "version: v9\n      - match: { cookies"),
+                l7::EXAMPLE.replace("version: v2\n      - match: { cookies", "version: v9\n      - match: { cookies"),
                 "routes[0]: version \"v9\"",
             ),
-            (L7_EXAMPLE.replace("x-canary: \"true\"", "x-canary: { regex: \"(\" }"), "bad regex"),
-            (L7_EXAMPLE.replace("x-canary: \"true\"", "x-canary: { glob: \"*\" }"), "unknown value match \"glob\""),
-            (L7_EXAMPLE.replace("methods: [GET]", "methods: [get]"), "unknown method \"get\""),
-            (L7_EXAMPLE.replace("path_prefix: /checkout", "path_prefix: checkout"), "must start with '/'"),
-            (L7_EXAMPLE.replace("percent: 10", "percent: 0"), "mirror.percent 0 is out of range"),
-            (L7_EXAMPLE.replace("version: shadow,", "version: ghost,"), "mirror.version \"ghost\""),
-            (L7_EXAMPLE.replace("mode: l7", "mode: l4"), "need mode l7"),
+            (l7::EXAMPLE.replace("x-canary: \"true\"", "x-canary: { regex: \"(\" }"), "bad regex"),
+            (l7::EXAMPLE.replace("x-canary: \"true\"", "x-canary: { glob: \"*\" }"), "unknown value match \"glob\""),
+            (l7::EXAMPLE.replace("methods: [GET]", "methods: [get]"), "unknown method \"get\""),
+            (l7::EXAMPLE.replace("path_prefix: /checkout", "path_prefix: checkout"), "must start with '/'"),
+            (l7::EXAMPLE.replace("percent: 10", "percent: 0"), "mirror.percent 0 is out of range"),
+            (l7::EXAMPLE.replace("version: shadow,", "version: ghost,"), "mirror.version \"ghost\""),
+            (l7::EXAMPLE.replace("mode: l7", "mode: l4"), "need mode l7"),
             (
-                L7_EXAMPLE.replace("mode: l7", "mode: l4").replace("    affinity: { cookie: user }", ""),
+                l7::EXAMPLE.replace("mode: l7", "mode: l4").replace("    affinity: { cookie: user }", ""),
                 "routes: these need mode l7",
             ),
         ];

@@ -78,7 +78,7 @@ async fn answer(name: &'static str, req: Request<hyper::body::Incoming>) -> Resu
         }
         Some("stream") => {
             let (n, ms) = (num(1).unwrap_or(4), num(2).unwrap_or(100));
-            let chunks = futures_stream(n, ms);
+            let chunks = paced_chunks(n, ms);
             (StatusCode::OK, chunks.boxed())
         }
         _ => (StatusCode::OK, Full::new(Bytes::from(name)).boxed()),
@@ -94,8 +94,8 @@ async fn answer(name: &'static str, req: Request<hyper::body::Incoming>) -> Resu
     Ok(resp)
 }
 
-/// `n` frames of 1 KiB, `ms` apart, without a stream crate: a channel.
-fn futures_stream(
+/// A body of `n` frames of 1 KiB, `ms` apart, fed through a channel.
+fn paced_chunks(
     n: u64,
     ms: u64,
 ) -> impl hyper::body::Body<Data = Bytes, Error = Infallible> + Send + Sync + Unpin + 'static {

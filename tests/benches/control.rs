@@ -18,7 +18,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use splitter_tests::netns::unique_name;
+use splitter_tests::{netns::unique_name, rss_kib};
 use splitter_user::{
     agent_process::AgentProcess,
     demo::{ask_version, serve_tcp, Topology},
@@ -29,15 +29,6 @@ const CHANGES: usize = 200;
 fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
     v.sort_by(f64::total_cmp);
     v[((v.len() as f64 - 1.0) * p).round() as usize]
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("agent status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS")
 }
 
 fn config(services: usize) -> String {

@@ -22,7 +22,7 @@ use std::{
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
-use splitter_tests::{http::serve_http, netns::unique_name};
+use splitter_tests::{http::serve_http, netns::unique_name, rss_kib};
 use splitter_user::{agent_process::AgentProcess, demo::Topology, netns::NetNs};
 
 const CONNS: usize = 32;
@@ -117,15 +117,6 @@ fn with_idle_connections<T: Send>(ns: &NetNs, target: SocketAddr, n: usize, meas
         drop(rt);
         out
     })
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("process status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS")
 }
 
 /// HAProxy in the lb namespace, `mode http`, `threads` threads, on `listen`.

@@ -450,13 +450,7 @@ fn thirty_flips_under_a_steady_stream_of_connections() {
     let elapsed = start.elapsed();
     let (ok, failed, split_brain) = results;
     assert_eq!(flips, 30);
-    assert!(
-        failed.is_empty(),
-        "{} connections failed during the flips: {:?}",
-        failed.len(),
-        &failed[..failed.len().min(5)]
-    );
-    assert_eq!(split_brain, 0, "a connection was answered by two backends");
+    assert_all_answered_once(&failed, split_brain, "during the flips");
     let rate = ok as f64 / elapsed.as_secs_f64();
     assert!(rate >= 100.0, "only {rate:.0} connections/s arrived during the flips ({ok} in {elapsed:?})");
 }
@@ -481,6 +475,13 @@ fn connect_until(topo: &Topology, vip: SocketAddr, stop: &std::sync::atomic::Ato
         }
         (ok, failed, split_brain)
     })
+}
+
+/// What [`connect_until`] saw must be clean: no failure, no connection
+/// answered by two backends.
+fn assert_all_answered_once(failed: &[String], split_brain: u32, during: &str) {
+    assert!(failed.is_empty(), "{} connections failed {during}: {:?}", failed.len(), &failed[..failed.len().min(5)]);
+    assert_eq!(split_brain, 0, "a connection was answered by two backends {during}");
 }
 
 #[test]
@@ -522,13 +523,7 @@ fn kill_9_leaves_the_data_path_serving_and_a_restart_adopts_it_without_a_gap() {
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         client.join().unwrap()
     });
-    assert!(
-        failed.is_empty(),
-        "{} connections failed across the restart: {:?}",
-        failed.len(),
-        &failed[..failed.len().min(5)]
-    );
-    assert_eq!(split_brain, 0, "a connection was answered by two backends across the restart");
+    assert_all_answered_once(&failed, split_brain, "across the restart");
     assert!(ok > 0);
     let log = agent.log();
     assert!(log.contains("adopted the pinned data path"), "{log}");

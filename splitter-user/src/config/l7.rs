@@ -197,6 +197,31 @@ const fn default_response_ms() -> u64 {
     30_000
 }
 
+/// The L7 issue's example service, verbatim (a whole file), for tests.
+#[cfg(test)]
+pub(crate) const EXAMPLE: &str = r#"
+interfaces: { clients: [eth0] }
+services:
+  api:
+    listen: 203.0.113.10:8080
+    protocol: tcp
+    mode: l7
+    versions:
+      v1: [198.51.100.10:8081]
+      v2: [198.51.100.20:8081]
+      shadow: [198.51.100.30:8081]
+    weights: { v1: 95, v2: 5 }
+    routes:                          # first match wins; unmatched requests use the weights
+      - match: { headers: { x-canary: "true" } }
+        version: v2
+      - match: { cookies: { beta: "1" }, path_prefix: /checkout }
+        version: v2
+      - match: { query: { preview: "on" }, methods: [GET] }
+        version: v2
+    affinity: { cookie: user }        # or { header: NAME } or client-ip; default: per request
+    mirror: { version: shadow, percent: 10, compare: true }
+"#;
+
 /// Methods a route or mirror may name.
 const METHODS: [&str; 9] = ["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"];
 

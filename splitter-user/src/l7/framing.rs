@@ -78,14 +78,24 @@ impl Framing {
     }
 
     /// Feeds `input`; appends what hyper may read to `out`.
-    pub fn feed(&mut self, mut input: &[u8], out: &mut Vec<u8>) {
+    pub fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) {
+        let mut rest = self.step(input, out);
+        // Bytes after a completed head go round again in the new state.
+        while let Some(more) = rest {
+            rest = self.step(&more, out);
+        }
+    }
+
+    /// Feeds `input` up to the end of the next complete head; returns the
+    /// bytes read past it, if any.
+    fn step(&mut self, mut input: &[u8], out: &mut Vec<u8>) -> Option<Vec<u8>> {
         while !input.is_empty() {
             match &mut self.state {
                 State::Passthrough => {
                     out.extend_from_slice(input);
-                    return;
+                    return None;
                 }
-                State::Refused => return,
+                State::Refused => return None,
                 State::Body(n) => {
                     let take = (*n).min(input.len() as u64) as usize;
                     out.extend_from_slice(&input[..take]);
@@ -119,12 +129,7 @@ impl Framing {
                             let head = std::mem::take(&mut self.head);
                             self.first = false;
                             self.judge(head, out);
-                            // The bytes after the head go round again in the new state.
-                            if !rest.is_empty() {
-                                let mut more = Vec::new();
-                                self.feed(&rest, &mut more);
-                                out.extend_from_slice(&more);
-                            }
+                            return (!rest.is_empty()).then_some(rest);
                         }
                         None if self.head.len() > MAX_HEAD => self.pass_rest(out),
                         None => {}
@@ -132,6 +137,7 @@ impl Framing {
                 }
             }
         }
+        None
     }
 
     /// Gives up following: what is held goes to hyper, and all that follows.

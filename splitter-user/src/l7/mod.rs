@@ -18,7 +18,7 @@ use std::{
     net::SocketAddr,
     sync::{
         atomic::{AtomicU64, Ordering::Relaxed},
-        Arc, Mutex,
+        Arc,
     },
     time::Duration,
 };
@@ -51,8 +51,9 @@ const MAX_HEAD_BYTES: usize = 64 * 1024;
 pub struct Shared {
     pub name: String,
     pub table: ArcSwap<RouteTable>,
-    client: Client<HttpConnector, ProxyBody>,
-    options: Mutex<ProxyOptions>,
+    /// The pool towards the endpoints; replaced whole when the connect
+    /// timeout changes (the response timeout lives in the table).
+    pub client: ArcSwap<Client<HttpConnector, ProxyBody>>,
     pub stats: Stats,
     random: AtomicU64,
     /// The mirror's queue and sender, while `mirror:` is configured.
@@ -63,13 +64,11 @@ pub struct Shared {
 
 impl Shared {
     fn new(name: &str, svc: &Service, table: RouteTable) -> Shared {
-        let options = svc.proxy.clone().unwrap_or_default();
         let shared = Shared {
             name: name.to_owned(),
             stats: Stats::new(&table.versions),
             table: ArcSwap::from_pointee(table),
-            client: client(&options),
-            options: Mutex::new(options),
+            client: ArcSwap::from_pointee(client(&svc.proxy.clone().unwrap_or_default())),
             random: AtomicU64::new(seed()),
             mirror: arc_swap::ArcSwapOption::empty(),
             mirror_stats: Arc::default(),
@@ -84,7 +83,7 @@ impl Shared {
             Arc::new(mirror::Mirror::start(
                 m.queue,
                 mirror::Settings {
-                    client: self.client.clone(),
+                    client: Client::clone(&self.client.load()),
                     timeout: Duration::from_millis(m.timeout_ms),
                     cap: usize::try_from(m.max_body_bytes).unwrap_or(usize::MAX),
                     compare: m.compare.clone(),
@@ -93,11 +92,6 @@ impl Shared {
             ))
         });
         self.mirror.store(runtime);
-    }
-
-    /// The proxy options in force.
-    pub fn options(&self) -> ProxyOptions {
-        self.options.lock().expect("not poisoned").clone()
     }
 
     /// A fresh pseudo-random number (splitmix64 over a shared counter).
@@ -277,9 +271,10 @@ impl L7 {
                 (Some(r), None) => {
                     if r.service != *svc {
                         if r.service.proxy != svc.proxy {
-                            *r.shared.options.lock().expect("not poisoned") = svc.proxy.clone().unwrap_or_default();
+                            r.shared.client.store(Arc::new(client(&svc.proxy.clone().unwrap_or_default())));
                         }
-                        if r.service.mirror != svc.mirror {
+                        // The mirror sends with the client too.
+                        if r.service.mirror != svc.mirror || r.service.proxy != svc.proxy {
                             r.shared.configure_mirror(svc);
                         }
                         r.shared.table.store(Arc::new(table));

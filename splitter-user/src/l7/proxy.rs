@@ -3,7 +3,7 @@
 //! `X-Forwarded-For`/`Forwarded` in), forward it to an endpoint with the
 //! pooled client and stream the answer back. Failures become 400/502/504.
 
-use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
+use std::{convert::Infallible, net::SocketAddr, sync::Arc};
 
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri};
@@ -91,21 +91,22 @@ pub async fn handle(
             }
         }
     }
-    let mut body = Some(body);
     let n = target.endpoints.len();
-    let opts = shared.options();
-    for attempt in 0..n {
+    // Only an idempotent request without a body is sent again, to the next endpoint.
+    let attempts = if retriable { n } else { 1 };
+    let http = shared.client.load_full();
+    let mut body = Some(body);
+    let mut parts = Some(parts);
+    for attempt in 0..attempts {
         let endpoint = target.endpoints[(decision.endpoint + attempt) % n];
-        let upstream_body = match body.take() {
-            Some(b) => b,
-            None => Empty::new().map_err(|never| match never {}).boxed(),
-        };
-        let mut upstream = Request::from_parts(parts.clone(), upstream_body);
-        *upstream.version_mut() = http::Version::HTTP_11;
-        *upstream.uri_mut() = upstream_uri(endpoint, &parts.uri);
+        let last = attempt + 1 == attempts;
+        // Copied only while another attempt may follow.
+        let mut head = if last { parts.take() } else { parts.clone() }.expect("kept until the last attempt");
+        head.version = http::Version::HTTP_11;
+        head.uri = upstream_uri(endpoint, &head.uri);
+        let upstream_body = body.take().unwrap_or_else(|| Empty::new().map_err(|never| match never {}).boxed());
         let sent =
-            tokio::time::timeout(Duration::from_millis(opts.response_timeout_ms), shared.client.request(upstream))
-                .await;
+            tokio::time::timeout(table.response_timeout, http.request(Request::from_parts(head, upstream_body))).await;
         match sent {
             Ok(Ok(resp)) => {
                 let (mut rparts, rbody) = resp.into_parts();
@@ -122,7 +123,7 @@ pub async fn handle(
                 };
                 return Ok(Response::from_parts(rparts, rbody));
             }
-            Ok(Err(e)) if e.is_connect() && retriable && attempt + 1 < n => {
+            Ok(Err(e)) if e.is_connect() && !last => {
                 tracing::debug!(%endpoint, "connect failed ({e}); trying the next endpoint");
             }
             Ok(Err(e)) => {
@@ -136,8 +137,7 @@ pub async fn handle(
             }
         }
     }
-    stats.bad_gateway();
-    Ok(error(StatusCode::BAD_GATEWAY, "no endpoint could be reached"))
+    unreachable!("the last attempt always answers (a version has at least one endpoint)")
 }
 
 /// GET, HEAD, OPTIONS, TRACE, PUT, DELETE (RFC 9110 §9.2.2).

@@ -32,6 +32,9 @@ pub struct RouteTable {
     affinity: Option<Affinity>,
     /// Which requests are copied to the mirror version, if any.
     pub mirror: Option<MirrorPlan>,
+    /// How long an endpoint may take to answer (in the table, so a request
+    /// sees the options of the table it was decided on).
+    pub response_timeout: std::time::Duration,
 }
 
 /// The routing side of `mirror:`.
@@ -177,7 +180,18 @@ impl RouteTable {
             cap: usize::try_from(m.max_body_bytes).unwrap_or(usize::MAX),
             compare: m.compare.enabled,
         });
-        Ok(RouteTable { versions, targets, bps, slots, routes, affinity: svc.affinity.clone(), mirror })
+        let response_timeout =
+            std::time::Duration::from_millis(svc.proxy.clone().unwrap_or_default().response_timeout_ms);
+        Ok(RouteTable {
+            versions,
+            targets,
+            bps,
+            slots,
+            routes,
+            affinity: svc.affinity.clone(),
+            mirror,
+            response_timeout,
+        })
     }
 
     /// This table as the previous one of the next.
@@ -278,30 +292,17 @@ mod tests {
     use super::*;
     use crate::config::Config;
 
-    fn service(yaml: &str) -> Service {
-        let cfg = Config::from_yaml(&format!("interfaces: {{ clients: [eth0] }}\nservices:\n  api:\n{yaml}")).unwrap();
-        cfg.services["api"].clone()
+    fn service(config: &str) -> Service {
+        Config::from_yaml(config).unwrap().services["api"].clone()
     }
 
-    const API: &str = r#"
-    listen: 203.0.113.10:8080
-    protocol: tcp
-    mode: l7
-    versions:
-      v1: [198.51.100.10:8081]
-      v2: [198.51.100.20:8081]
-      shadow: [198.51.100.30:8081]
-    weights: { v1: 95, v2: 5 }
-    routes:
-      - match: { headers: { x-canary: "true" } }
-        version: v2
-      - match: { cookies: { beta: "1" }, path_prefix: /checkout }
-        version: v2
-      - match: { query: { preview: "on" }, methods: [GET] }
-        version: v2
-      - match: { headers: { user-agent: { regex: "^curl/" }, x-team: { prefix: "pay" } } }
-        version: shadow
-"#;
+    /// The issue's example plus a route with regex and prefix matches.
+    fn api() -> String {
+        crate::config::l7::EXAMPLE.replace(
+            "    affinity: { cookie: user }",
+            "      - match: { headers: { user-agent: { regex: \"^curl/\" }, x-team: { prefix: \"pay\" } } }\n        version: shadow\n    affinity: { cookie: user }",
+        )
+    }
 
     fn req<'a>(method: &'a Method, path: &'a str, query: Option<&'a str>, headers: &'a HeaderMap) -> RequestView<'a> {
         RequestView { method, path, query, headers, client: "192.0.2.1".parse().unwrap() }
@@ -313,7 +314,7 @@ mod tests {
 
     #[test]
     fn routes_match_headers_cookies_query_path_and_methods() {
-        let t = RouteTable::build(&service(API), None).unwrap();
+        let t = RouteTable::build(&service(&api()), None).unwrap();
         let v2 = t.versions.iter().position(|v| v == "v2").unwrap();
         let shadow = t.versions.iter().position(|v| v == "shadow").unwrap();
         let get = Method::GET;
@@ -349,7 +350,7 @@ mod tests {
 
     #[test]
     fn unmatched_requests_split_by_weight() {
-        let t = RouteTable::build(&service(API), None).unwrap();
+        let t = RouteTable::build(&service(&api()), None).unwrap();
         let none = HeaderMap::new();
         let mut counts = [0usize; 3];
         let mut x = 1u64;
@@ -366,7 +367,7 @@ mod tests {
 
     #[test]
     fn sticky_users_stay_in_the_canary_as_it_grows() {
-        let base = API.replace("    routes:", "    affinity: { cookie: user }\n    routes:");
+        let base = api();
         let mut prev: Option<RouteTable> = None;
         let users: Vec<HeaderMap> = (0..5000).map(|i| headers(&[("cookie", &format!("user=u{i}"))])).collect();
         let mut in_canary: Vec<bool> = vec![false; users.len()];
