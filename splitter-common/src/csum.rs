@@ -32,6 +32,14 @@ impl Delta {
         self.word32(old[0], new[0]).word32(old[1], new[1]).word32(old[2], new[2]).word32(old[3], new[3])
     }
 
+    /// The replacements as a one's-complement difference, folded to 16 bits:
+    /// what a running sum over the bytes (an skb's `CHECKSUM_COMPLETE` value)
+    /// must have added to stay true.
+    #[inline(always)]
+    pub const fn folded(self) -> u16 {
+        fold(self.0)
+    }
+
     /// The checksum field after the replacements, given its value before.
     #[inline(always)]
     pub const fn apply(self, check: u16) -> u16 {
@@ -74,6 +82,31 @@ mod tests {
             s += u16::from_ne_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u64;
         }
         !fold(s)
+    }
+
+    /// One's-complement sum (not inverted) of `bytes` as native words.
+    fn sum(bytes: &[u8]) -> u16 {
+        !full(bytes)
+    }
+
+    #[test]
+    fn folded_delta_keeps_a_running_sum_true() {
+        let mut bytes = [0u8; 64];
+        for (i, b) in bytes.iter_mut().enumerate() {
+            *b = (i as u8).wrapping_mul(37).wrapping_add(11);
+        }
+        let before = sum(&bytes);
+        let mut delta = Delta::new();
+        for (at, new) in [(4usize, 0xbeefu16), (10, 0x0000), (30, 0xffff), (62, 0x1234)] {
+            let old = u16::from_ne_bytes([bytes[at], bytes[at + 1]]);
+            bytes[at..at + 2].copy_from_slice(&new.to_ne_bytes());
+            delta = delta.word(old, new);
+        }
+        let after = sum(&bytes);
+        let carried = fold(before as u64 + delta.folded() as u64);
+        // 0 and 0xffff are the same number in one's complement.
+        let norm = |v: u16| if v == 0xffff { 0 } else { v };
+        assert_eq!(norm(carried), norm(after));
     }
 
     #[test]

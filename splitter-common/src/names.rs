@@ -7,6 +7,15 @@
 /// it NATs packets to a service forward and replies from an endpoint back.
 pub const PROG_INGRESS: &str = "splitter_ingress";
 
+/// The TC (clsact ingress) program beside the XDP one on every service
+/// interface: it copies the packets of mirrored flows to the mirror interface,
+/// then rewrites and forwards them. XDP cannot clone a packet; TC can.
+pub const PROG_MIRROR: &str = "splitter_mirror";
+
+/// The XDP program on mirror interfaces: drops packets a shadow sends from a
+/// service address (answers to the copies), so none reaches a client.
+pub const PROG_MIRROR_GUARD: &str = "splitter_mirror_guard";
+
 /// An empty XDP program (returns XDP_PASS): the floor benchmarks measure
 /// against. Never attached.
 pub const PROG_FLOOR: &str = "splitter_floor";

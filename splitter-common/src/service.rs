@@ -29,6 +29,8 @@ pub const DEFAULT_FLOW_TABLE_SIZE: u32 = 65_536;
 pub const SEED_VERSION: u32 = 0x5eed_0001;
 /// Hash seed for choosing an endpoint within a version (a ring slot).
 pub const SEED_ENDPOINT: u32 = 0x5eed_0002;
+/// Hash seed for sampling a new flow for mirroring.
+pub const SEED_MIRROR: u32 = 0x5eed_0003;
 
 /// `ServiceRef::flags`: hash the client address only, so one client sees one
 /// version across its connections.
@@ -45,6 +47,15 @@ pub const fn reduce(hash: u32, n: u32) -> u32 {
 #[inline(always)]
 pub const fn version_slot(hash: u32) -> usize {
     reduce(hash, BPS as u32) as usize
+}
+
+/// Whether a new flow with `key` is copied to the mirror when the service
+/// mirrors `bps` basis points of its flows. Independent of the version and
+/// endpoint choice (its own seed), decided once per flow: both sides compute
+/// it, so a test knows which flows a capture must see.
+#[inline(always)]
+pub const fn mirror_sampled(key: &crate::FlowKey, bps: u16) -> bool {
+    bps > 0 && version_slot(crate::flow_hash(key, SEED_MIRROR)) < bps as usize
 }
 
 /// The ring slot (`0..RING_SIZE`) a flow hash selects.
@@ -96,6 +107,11 @@ pub struct SelectionTable {
     pub n_endpoints: u16,
     pub n_versions: u8,
     pub _pad: u8,
+    /// Interface that copies of mirrored flows leave by; 0 = no mirroring.
+    pub mirror_ifindex: u32,
+    /// Share of new flows mirrored, in basis points (0..=BPS).
+    pub mirror_bps: u16,
+    pub _pad2: u16,
     pub endpoints: [Endpoint; MAX_ENDPOINTS],
     /// Version index for each basis-point slot (`hash % BPS`).
     pub slot_version: [u8; BPS],
@@ -138,6 +154,9 @@ pub struct FlowState {
     /// Coarse monotonic time (`bpf_ktime_get_coarse_ns`) of the last packet;
     /// the agent ages idle flows by it.
     pub last_seen_ns: u64,
+    /// With `FLOW_MIRROR`: the interface the flow's copies leave by.
+    pub mirror_ifindex: u32,
+    pub _pad2: u32,
 }
 
 /// `FlowState::flags`: the flow was placed mid-stream (no entry, not a SYN).
@@ -145,6 +164,11 @@ pub const FLOW_ADOPTED: u8 = 1;
 /// `FlowState::flags`: the client sent a FIN; the agent ages the flow out
 /// after the short closing timeout instead of the idle one.
 pub const FLOW_CLOSING: u8 = 2;
+/// `FlowState::flags` and `ReverseNat::flags`: the flow was sampled for
+/// mirroring when it was placed. The XDP program leaves its packets (both
+/// ways) to the TC program, which copies each to `mirror_ifindex` and then
+/// rewrites and forwards it as XDP would have.
+pub const FLOW_MIRROR: u8 = 4;
 
 /// `REVERSE` value, keyed by the reply's 5-tuple (backend → client): what the
 /// source must become so the client only ever sees the VIP.
@@ -157,9 +181,14 @@ pub struct ReverseNat {
     /// The service's slot and the endpoint's index, for the endpoint's counters.
     pub service: u16,
     pub endpoint: u8,
-    pub _pad: [u8; 3],
+    /// `FLOW_MIRROR` or 0.
+    pub flags: u8,
+    pub _pad: [u8; 2],
     /// Next hop towards the client, refreshed after `FIB_REFRESH_NS`.
     pub hop: NextHop,
+    /// With `FLOW_MIRROR`: the interface the replies' copies leave by.
+    pub mirror_ifindex: u32,
+    pub _pad2: u32,
 }
 
 /// Per-CPU counters of one endpoint of one service, in `ENDPOINT_STATS` at
@@ -173,6 +202,9 @@ pub struct EndpointStats {
     pub bytes_in: u64,
     pub packets_out: u64,
     pub bytes_out: u64,
+    /// Copies of this endpoint's mirrored flows sent to the mirror (both ways).
+    pub mirrored_packets: u64,
+    pub mirrored_bytes: u64,
 }
 
 /// `ENDPOINT_STATS` entries: one per endpoint slot of every service slot.
@@ -195,11 +227,11 @@ const _: () = assert!(core::mem::size_of::<ServiceKey>() == 20);
 const _: () = assert!(core::mem::size_of::<ServiceRef>() == 8);
 const _: () = assert!(core::mem::size_of::<Endpoint>() == 20);
 const _: () = assert!(core::mem::size_of::<NextHop>() == 24);
-const _: () = assert!(core::mem::size_of::<FlowState>() == 56);
-const _: () = assert!(core::mem::size_of::<ReverseNat>() == 48);
-const _: () = assert!(core::mem::size_of::<EndpointStats>() == 40);
+const _: () = assert!(core::mem::size_of::<FlowState>() == 64);
+const _: () = assert!(core::mem::size_of::<ReverseNat>() == 56);
+const _: () = assert!(core::mem::size_of::<EndpointStats>() == 56);
 const _: () =
-    assert!(core::mem::size_of::<SelectionTable>() == 24 + 20 * MAX_ENDPOINTS + BPS + RING_SIZE * MAX_VERSIONS);
+    assert!(core::mem::size_of::<SelectionTable>() == 32 + 20 * MAX_ENDPOINTS + BPS + RING_SIZE * MAX_VERSIONS);
 const _: () = assert!(core::mem::size_of::<SelectionTable>().is_multiple_of(4));
 // Endpoint and version indices are stored as u8.
 const _: () = assert!(MAX_ENDPOINTS <= u8::MAX as usize);
@@ -223,6 +255,12 @@ impl ServiceKey {
     pub const fn of_flow(key: &crate::FlowKey) -> Self {
         ServiceKey { addr: key.dst_addr, port: key.dst_port, proto: key.proto, family: key.family }
     }
+
+    /// The service a packet comes from (its source): a reply sent as the VIP.
+    #[inline(always)]
+    pub const fn of_reply(key: &crate::FlowKey) -> Self {
+        ServiceKey { addr: key.src_addr, port: key.src_port, proto: key.proto, family: key.family }
+    }
 }
 
 #[cfg(test)]
@@ -239,5 +277,23 @@ mod tests {
             seen[version_slot(i.wrapping_mul(0x9e37_79b9))] = true;
         }
         assert!(seen.iter().all(|s| *s), "some basis-point slots are unreachable");
+    }
+
+    #[test]
+    fn mirror_sampling_takes_the_configured_share_and_none_at_zero() {
+        let key = |i: u32| {
+            let b = i.to_be_bytes();
+            crate::FlowKey::v4([10, b[1], b[2], b[3]], 1024 + (i % 60000) as u16, [203, 0, 113, 10], 80, 6)
+        };
+        const N: u32 = 100_000;
+        for bps in [0u16, 1, 500, 2000, 10_000] {
+            let n = (0..N).filter(|i| mirror_sampled(&key(*i), bps)).count() as f64;
+            let want = f64::from(N) * f64::from(bps) / BPS as f64;
+            // 5 standard deviations of a binomial, at least 1 flow.
+            let tolerance = (5.0 * (want * (1.0 - f64::from(bps) / BPS as f64)).sqrt()).max(1.0);
+            assert!((n - want).abs() <= tolerance, "{bps} bps: {n} of {N} sampled, want {want} ± {tolerance}");
+        }
+        // A flow sampled at 5 % is still sampled at 20 %: the share grows by adding flows.
+        assert!((0..N).filter(|i| mirror_sampled(&key(*i), 500)).all(|i| mirror_sampled(&key(i), 2000)));
     }
 }

@@ -70,11 +70,28 @@ pub enum Stat {
     NoTable,
     /// Flow-table inserts that failed (flows are then placed per packet).
     FlowInsertFailed,
+    /// Packets of mirrored flows the XDP program left to the TC program,
+    /// which copies, rewrites and forwards them.
+    MirrorHandoff,
+    /// Copies sent to a mirror interface (segments of a coalesced packet
+    /// count one each).
+    Mirrored,
+    /// Copies not sent: the mirror interface is down.
+    MirrorDown,
+    /// Copies not sent: the mirror interface no longer exists.
+    MirrorNoDevice,
+    /// Copies the mirror interface dropped (queue full, peer down).
+    MirrorDropped,
+    /// Copies not sent for any other reason.
+    MirrorFailed,
+    /// Packets from a service address arriving on a mirror interface (a
+    /// shadow answering the copies): dropped, never forwarded to clients.
+    ShadowReplies,
 }
 
 impl Stat {
     /// Every counter, in index order.
-    pub const ALL: [Stat; 28] = [
+    pub const ALL: [Stat; 35] = [
         Stat::RxPackets,
         Stat::RxBytes,
         Stat::NonIp,
@@ -103,6 +120,13 @@ impl Stat {
         Stat::TtlExpired,
         Stat::NoTable,
         Stat::FlowInsertFailed,
+        Stat::MirrorHandoff,
+        Stat::Mirrored,
+        Stat::MirrorDown,
+        Stat::MirrorNoDevice,
+        Stat::MirrorDropped,
+        Stat::MirrorFailed,
+        Stat::ShadowReplies,
     ];
 
     /// Number of slots in the stats map.
@@ -139,6 +163,13 @@ impl Stat {
             Stat::TtlExpired => "ttl_expired",
             Stat::NoTable => "no_table",
             Stat::FlowInsertFailed => "flow_insert_failed",
+            Stat::MirrorHandoff => "mirror_handoff",
+            Stat::Mirrored => "mirrored",
+            Stat::MirrorDown => "mirror_down",
+            Stat::MirrorNoDevice => "mirror_no_device",
+            Stat::MirrorDropped => "mirror_dropped",
+            Stat::MirrorFailed => "mirror_failed",
+            Stat::ShadowReplies => "shadow_replies",
         }
     }
 

@@ -48,3 +48,16 @@ pub fn endpoint(service: u16, endpoint: u8, dir: Direction, bytes: u64, placed: 
         }
     }
 }
+
+/// Counts `packets` copies (`bytes` in all) of a mirrored flow of endpoint
+/// `endpoint` of service slot `service`.
+#[inline(always)]
+pub fn mirrored(service: u16, endpoint: u8, packets: u64, bytes: u64) {
+    if let Some(s) = SPLITTER_ENDPOINT_STATS.get_ptr_mut(endpoint_stats_index(service, endpoint)) {
+        // SAFETY: this CPU's slot of the map value.
+        unsafe {
+            (*s).mirrored_packets += packets;
+            (*s).mirrored_bytes += bytes;
+        }
+    }
+}

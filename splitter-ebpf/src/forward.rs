@@ -5,10 +5,10 @@
 //! entry the packet goes to the stack, which forwards it (and resolves the
 //! neighbour) itself; nothing is cached then.
 
-use core::{ffi::c_void, mem};
+use core::mem;
 
 use aya_ebpf::{
-    bindings::{bpf_fib_lookup, xdp_action, BPF_FIB_LKUP_RET_SUCCESS},
+    bindings::{bpf_fib_lookup, xdp_action, BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_REDIRECT},
     helpers::generated::{bpf_fib_lookup as fib_lookup, bpf_redirect},
     programs::XdpContext,
 };
@@ -21,6 +21,7 @@ use splitter_common::{
 
 use crate::{
     counters,
+    frame::Frame,
     parse::{ptr_at, Packet},
 };
 
@@ -30,8 +31,8 @@ const AF_INET6: u8 = 10;
 /// The next hop for a packet `src` → `dst`: `cache` when it is fresh, else a
 /// FIB lookup whose answer is stored in `cache`. `None`: let the stack forward.
 #[inline(always)]
-pub fn next_hop(
-    ctx: &XdpContext,
+pub fn next_hop<C: Frame>(
+    ctx: &C,
     pkt: &Packet,
     src: &[u32; 4],
     dst: &[u32; 4],
@@ -45,7 +46,7 @@ pub fn next_hop(
     let mut params = mem::MaybeUninit::uninit();
     let p = zero_fib_params(&mut params);
     p.l4_protocol = pkt.key.proto;
-    p.ifindex = ctx.ingress_ifindex() as u32;
+    p.ifindex = ctx.ingress_ifindex();
     if pkt.key.family == FAMILY_V4 {
         p.family = AF_INET;
         p.__bindgen_anon_3.ipv4_src = src[0];
@@ -56,7 +57,7 @@ pub fn next_hop(
         p.__bindgen_anon_4.ipv6_dst = *dst;
     }
     // SAFETY: the helper reads and writes only `p`, whose size we pass.
-    let rc = unsafe { fib_lookup(ctx.ctx as *mut c_void, p, mem::size_of::<bpf_fib_lookup>() as i32, 0) };
+    let rc = unsafe { fib_lookup(ctx.as_ptr(), p, mem::size_of::<bpf_fib_lookup>() as i32, 0) };
     if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
         counters::inc(Stat::FibPass);
         cache.ifindex = 0;
@@ -102,16 +103,26 @@ unsafe fn put_mac(at: *mut u8, mac: &[u8; 6]) {
     }
 }
 
-/// Puts the next hop's MACs on the frame and sends it out of its interface.
+/// Puts the next hop's MACs on the frame; false when the frame has no room
+/// for an Ethernet header (cannot happen after a parse).
 #[inline(always)]
-pub fn send(ctx: &XdpContext, hop: &NextHop) -> u32 {
-    let Ok(eth) = ptr_at::<EthHdr>(ctx, 0) else {
-        return xdp_action::XDP_PASS;
+pub fn put_macs<C: Frame>(ctx: &C, hop: &NextHop) -> bool {
+    let Ok(eth) = ptr_at::<C, EthHdr>(ctx, 0) else {
+        return false;
     };
     // SAFETY: bounds-checked by ptr_at: the 14-byte header holds both MACs.
     unsafe {
         put_mac(eth as *mut u8, &hop.dmac);
         put_mac((eth as *mut u8).add(6), &hop.smac);
+    }
+    true
+}
+
+/// Puts the next hop's MACs on the frame and sends it out of its interface.
+#[inline(always)]
+pub fn send(ctx: &XdpContext, hop: &NextHop) -> u32 {
+    if !put_macs(ctx, hop) {
+        return xdp_action::XDP_PASS;
     }
     if hop.ifindex == ctx.ingress_ifindex() as u32 {
         counters::inc(Stat::Tx);
@@ -120,6 +131,18 @@ pub fn send(ctx: &XdpContext, hop: &NextHop) -> u32 {
     // SAFETY: plain helper call.
     let action = unsafe { bpf_redirect(hop.ifindex, 0) } as u32;
     if action == xdp_action::XDP_REDIRECT {
+        counters::inc(Stat::Redirected);
+    }
+    action
+}
+
+/// The TC twin of [`send`] for a frame whose MACs are already set: out of the
+/// next hop's interface (the one it came in on included).
+#[inline(always)]
+pub fn redirect_skb(hop: &NextHop) -> i32 {
+    // SAFETY: plain helper call.
+    let action = unsafe { bpf_redirect(hop.ifindex, 0) } as i32;
+    if action == TC_ACT_REDIRECT {
         counters::inc(Stat::Redirected);
     }
     action

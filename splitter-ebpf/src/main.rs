@@ -7,14 +7,16 @@
 mod counters;
 mod events;
 mod forward;
+mod frame;
 mod maps;
+mod mirror;
 mod nat;
 mod parse;
 mod select;
 
 use aya_ebpf::{bindings::xdp_action, helpers::generated::bpf_ktime_get_coarse_ns, macros::xdp, programs::XdpContext};
 use splitter_common::{
-    service::{FlowState, NextHop, ReverseNat, ServiceKey, ServiceRef, FLOW_ADOPTED, FLOW_CLOSING},
+    service::{FlowState, NextHop, ReverseNat, ServiceKey, ServiceRef, FLOW_ADOPTED, FLOW_CLOSING, FLOW_MIRROR},
     stats::Stat,
     FlowKey,
 };
@@ -22,9 +24,13 @@ use splitter_common::{
 use crate::{
     counters::Direction,
     maps::{SPLITTER_FLOWS, SPLITTER_REVERSE, SPLITTER_SERVICES},
-    nat::{NatError, Side},
-    parse::{Malformed, Packet, Parsed, Verdict, IPPROTO_TCP, TCP_FIN, TCP_RST},
+    nat::Side,
+    parse::{Packet, Parsed, Verdict, IPPROTO_TCP, TCP_FIN, TCP_RST},
 };
+
+/// Bit set in a verdict (always `XDP_PASS`) when the packet belongs to a
+/// mirrored flow and is left, unchanged, to the TC program `mirror`.
+const HANDOFF: u32 = 1 << 30;
 
 /// Attached to every client- and backend-facing interface. A packet to a
 /// service is placed (or follows its flow), rewritten to its endpoint and
@@ -36,6 +42,10 @@ pub fn splitter_ingress(ctx: XdpContext) -> u32 {
     if action & events::PENDING != 0 {
         events::flush(&ctx);
         action &= !events::PENDING;
+    }
+    if action & HANDOFF != 0 {
+        counters::inc(Stat::MirrorHandoff);
+        return action & !HANDOFF;
     }
     match action {
         xdp_action::XDP_DROP => counters::inc(Stat::Dropped),
@@ -86,7 +96,7 @@ fn try_ingress(ctx: &XdpContext) -> u32 {
         // Policy: a packet we cannot parse is not ours to judge; the stack
         // validates it again and drops it with its own accounting.
         Err(reason) => {
-            counters::inc(malformed_stat(reason));
+            counters::inc(reason.stat());
             xdp_action::XDP_PASS
         }
     }
@@ -113,33 +123,46 @@ fn to_service(ctx: &XdpContext, pkt: &Packet, svc: &ServiceRef) -> u32 {
                 state.flags |= FLOW_CLOSING;
             }
             counters::endpoint(state.service, state.endpoint, Direction::In, bytes, false);
+            if state.flags & FLOW_MIRROR != 0 {
+                return xdp_action::XDP_PASS | HANDOFF;
+            }
             let hop = forward::next_hop(ctx, pkt, &pkt.key.src_addr, &state.backend, &mut state.hop, now);
             (state.backend, state.backend_port, hop)
         }
         None => {
-            let (ep, idx) = match select::place(&pkt.key, svc) {
+            let placed = match select::place(&pkt.key, svc) {
                 Ok(placed) => placed,
                 Err(select::NoPlace::BadTable) => {
                     counters::inc(Stat::NoTable);
                     return xdp_action::XDP_DROP | events::note(events::Event::BadTable, svc.table, now);
                 }
             };
+            let (ep, idx, mirror) = (placed.endpoint, placed.index, placed.mirror_ifindex);
             let service = (svc.table / 2) as u16;
             let adopted = !pkt.opens_flow();
             counters::inc(if adopted { Stat::Adopted } else { Stat::NewFlows });
             counters::endpoint(service, idx, Direction::In, bytes, true);
+            let mirror_flag = if mirror != 0 { FLOW_MIRROR } else { 0 };
             let mut state = FlowState {
                 backend: ep.addr,
                 backend_port: ep.port,
                 version: ep.version,
-                flags: if adopted { FLOW_ADOPTED } else { 0 },
+                flags: mirror_flag | if adopted { FLOW_ADOPTED } else { 0 },
                 endpoint: idx,
                 _pad: 0,
                 service,
                 hop: NextHop::default(),
                 last_seen_ns: now,
+                mirror_ifindex: mirror,
+                _pad2: 0,
             };
-            let hop = forward::next_hop(ctx, pkt, &pkt.key.src_addr, &ep.addr, &mut state.hop, now);
+            // A mirrored flow is forwarded by the TC program, which looks up
+            // the next hop itself.
+            let hop = if mirror == 0 {
+                forward::next_hop(ctx, pkt, &pkt.key.src_addr, &ep.addr, &mut state.hop, now)
+            } else {
+                None
+            };
             let reply = FlowKey {
                 src_addr: ep.addr,
                 dst_addr: pkt.key.src_addr,
@@ -154,16 +177,27 @@ fn to_service(ctx: &XdpContext, pkt: &Packet, svc: &ServiceRef) -> u32 {
                 vip_port: pkt.key.dst_port,
                 service,
                 endpoint: idx,
-                _pad: [0; 3],
+                flags: mirror_flag,
+                _pad: [0; 2],
                 hop: NextHop::default(),
+                mirror_ifindex: mirror,
+                _pad2: 0,
             };
-            if let Err(e) =
-                SPLITTER_FLOWS.insert(pkt.key, state, 0).and_then(|()| SPLITTER_REVERSE.insert(reply, rev, 0))
-            {
-                counters::inc(Stat::FlowInsertFailed);
-                event = events::note(events::Event::FlowInsert, e.unsigned_abs(), now);
+            match SPLITTER_FLOWS.insert(pkt.key, state, 0).and_then(|()| SPLITTER_REVERSE.insert(reply, rev, 0)) {
+                Ok(()) if mirror != 0 => return xdp_action::XDP_PASS | HANDOFF,
+                Ok(()) => (ep.addr, ep.port, hop),
+                Err(e) => {
+                    counters::inc(Stat::FlowInsertFailed);
+                    event = events::note(events::Event::FlowInsert, e.unsigned_abs(), now);
+                    // The TC program would not find the flow: no copy, forwarded here.
+                    let hop = if mirror == 0 {
+                        hop
+                    } else {
+                        forward::next_hop(ctx, pkt, &pkt.key.src_addr, &ep.addr, &mut state.hop, now)
+                    };
+                    (ep.addr, ep.port, hop)
+                }
             }
-            (ep.addr, ep.port, hop)
         }
     };
     if pkt.key.proto == IPPROTO_TCP && pkt.tcp_flags & TCP_RST != 0 {
@@ -171,7 +205,8 @@ fn to_service(ctx: &XdpContext, pkt: &Packet, svc: &ServiceRef) -> u32 {
         let _ = SPLITTER_FLOWS.remove(pkt.key);
     }
     if let Err(e) = nat::rewrite(ctx, pkt, Side::Dst, &backend, backend_port) {
-        return nat_failed(e) | event;
+        e.count();
+        return xdp_action::XDP_PASS | event;
     }
     event
         | match hop {
@@ -185,33 +220,19 @@ fn to_service(ctx: &XdpContext, pkt: &Packet, svc: &ServiceRef) -> u32 {
 fn to_client(ctx: &XdpContext, pkt: &Packet, rev: &mut ReverseNat) -> u32 {
     counters::inc(Stat::Replies);
     counters::endpoint(rev.service, rev.endpoint, Direction::Out, (ctx.data_end() - ctx.data()) as u64, false);
+    if rev.flags & FLOW_MIRROR != 0 {
+        return xdp_action::XDP_PASS | HANDOFF;
+    }
     // SAFETY: plain helper call.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
     let hop = forward::next_hop(ctx, pkt, &rev.vip, &pkt.key.dst_addr, &mut rev.hop, now);
     if let Err(e) = nat::rewrite(ctx, pkt, Side::Src, &rev.vip, rev.vip_port) {
-        return nat_failed(e);
+        e.count();
+        return xdp_action::XDP_PASS;
     }
     match hop {
         Some(hop) => forward::send(ctx, &hop),
         None => xdp_action::XDP_PASS,
-    }
-}
-
-#[inline(always)]
-fn nat_failed(e: NatError) -> u32 {
-    match e {
-        NatError::TtlExpired => counters::inc(Stat::TtlExpired),
-        NatError::Malformed(reason) => counters::inc(malformed_stat(reason)),
-    }
-    xdp_action::XDP_PASS
-}
-
-#[inline(always)]
-fn malformed_stat(reason: Malformed) -> Stat {
-    match reason {
-        Malformed::Truncated => Stat::Truncated,
-        Malformed::BadHeader => Stat::BadHeader,
-        Malformed::BadLength => Stat::BadLength,
     }
 }
 

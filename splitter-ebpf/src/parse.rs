@@ -4,12 +4,11 @@
 //! (fixed header), TCP and UDP. Everything else is classified so the caller can
 //! count it and apply its written policy.
 
-use aya_ebpf::programs::XdpContext;
 use core::mem;
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, ip::Ipv6Hdr, tcp::TcpHdr, udp::UdpHdr};
 use splitter_common::{stats::Stat, FlowKey, FAMILY_V4, FAMILY_V6};
 
-use crate::counters;
+use crate::{counters, frame::Frame};
 
 pub const IPPROTO_ICMP: u8 = 1;
 pub const IPPROTO_TCP: u8 = 6;
@@ -83,9 +82,21 @@ pub enum Malformed {
     BadLength,
 }
 
+impl Malformed {
+    /// The counter of this reason.
+    #[inline(always)]
+    pub fn stat(self) -> Stat {
+        match self {
+            Malformed::Truncated => Stat::Truncated,
+            Malformed::BadHeader => Stat::BadHeader,
+            Malformed::BadLength => Stat::BadLength,
+        }
+    }
+}
+
 /// The one bounds check: a pointer to a `T` at `offset`, if the frame holds it.
 #[inline(always)]
-pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Result<*mut T, Malformed> {
+pub fn ptr_at<C: Frame, T>(ctx: &C, offset: usize) -> Result<*mut T, Malformed> {
     let start = ctx.data();
     let end = ctx.data_end();
     if start + offset + mem::size_of::<T>() > end {
@@ -95,7 +106,7 @@ pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Result<*mut T, Malformed> {
 }
 
 #[inline(always)]
-pub fn parse(ctx: &XdpContext) -> Result<Parsed, Malformed> {
+pub fn parse<C: Frame>(ctx: &C) -> Result<Parsed, Malformed> {
     let eth: *const EthHdr = ptr_at(ctx, 0)?;
     let mut l3_off = EthHdr::LEN;
     // SAFETY: ptr_at checked the header is inside the frame.
@@ -114,7 +125,7 @@ pub fn parse(ctx: &XdpContext) -> Result<Parsed, Malformed> {
 }
 
 #[inline(always)]
-fn parse_v4(ctx: &XdpContext, l3_off: usize) -> Result<Parsed, Malformed> {
+fn parse_v4<C: Frame>(ctx: &C, l3_off: usize) -> Result<Parsed, Malformed> {
     let ip: *const Ipv4Hdr = ptr_at(ctx, l3_off)?;
     // SAFETY: bounds-checked by ptr_at.
     let ip = unsafe { &*ip };
@@ -122,7 +133,9 @@ fn parse_v4(ctx: &XdpContext, l3_off: usize) -> Result<Parsed, Malformed> {
     if ip.vihl >> 4 != 4 || ihl < Ipv4Hdr::LEN {
         return Err(Malformed::BadHeader);
     }
-    counters::inc(Stat::Ipv4);
+    if C::COUNTS {
+        counters::inc(Stat::Ipv4);
+    }
     // Ethernet may pad a short packet, so the frame may be longer than the
     // datagram, never shorter.
     let tot_len = u16::from_be_bytes(ip.tot_len) as usize;
@@ -147,14 +160,16 @@ fn parse_v4(ctx: &XdpContext, l3_off: usize) -> Result<Parsed, Malformed> {
 }
 
 #[inline(always)]
-fn parse_v6(ctx: &XdpContext, l3_off: usize) -> Result<Parsed, Malformed> {
+fn parse_v6<C: Frame>(ctx: &C, l3_off: usize) -> Result<Parsed, Malformed> {
     let ip: *const Ipv6Hdr = ptr_at(ctx, l3_off)?;
     // SAFETY: bounds-checked by ptr_at.
     let ip = unsafe { &*ip };
     if ip.vcf[0] >> 4 != 6 {
         return Err(Malformed::BadHeader);
     }
-    counters::inc(Stat::Ipv6);
+    if C::COUNTS {
+        counters::inc(Stat::Ipv6);
+    }
     let payload_len = u16::from_be_bytes(ip.payload_len) as usize;
     if l3_off + Ipv6Hdr::LEN + payload_len > ctx.data_end() - ctx.data() {
         return Err(Malformed::BadLength);
@@ -176,7 +191,7 @@ fn parse_v6(ctx: &XdpContext, l3_off: usize) -> Result<Parsed, Malformed> {
 }
 
 #[inline(always)]
-fn parse_l4(ctx: &XdpContext, key: &mut FlowKey, l3_off: usize, l4_off: usize, icmp: u8) -> Result<Parsed, Malformed> {
+fn parse_l4<C: Frame>(ctx: &C, key: &mut FlowKey, l3_off: usize, l4_off: usize, icmp: u8) -> Result<Parsed, Malformed> {
     let mut tcp_flags = 0;
     match key.proto {
         IPPROTO_TCP => {
@@ -205,8 +220,9 @@ fn parse_l4(ctx: &XdpContext, key: &mut FlowKey, l3_off: usize, l4_off: usize, i
     Ok(Parsed::Flow(Packet { key: *key, l3_off, l4_off, tcp_flags }))
 }
 
+/// An IPv6 address as the four native words of a `FlowKey`.
 #[inline(always)]
-fn words(a: &[u8; 16]) -> [u32; 4] {
+pub fn words(a: &[u8; 16]) -> [u32; 4] {
     [
         u32::from_ne_bytes([a[0], a[1], a[2], a[3]]),
         u32::from_ne_bytes([a[4], a[5], a[6], a[7]]),

@@ -4,8 +4,8 @@
 use splitter_common::{
     flow_hash,
     service::{
-        ring_slot, version_slot, Endpoint, SelectionTable, ServiceRef, MAX_ENDPOINTS, MAX_VERSIONS, SEED_ENDPOINT,
-        SEED_VERSION, SVC_AFFINITY_CLIENT_IP,
+        mirror_sampled, ring_slot, version_slot, Endpoint, SelectionTable, ServiceRef, MAX_ENDPOINTS, MAX_VERSIONS,
+        SEED_ENDPOINT, SEED_VERSION, SVC_AFFINITY_CLIENT_IP,
     },
     FlowKey,
 };
@@ -19,9 +19,19 @@ pub enum NoPlace {
     BadTable,
 }
 
-/// The endpoint a new flow of `svc` goes to, and its index in the table.
+/// Where a new flow goes.
+pub struct Placed {
+    pub endpoint: Endpoint,
+    /// The endpoint's index in the table (for its counters).
+    pub index: u8,
+    /// The interface its copies leave by when the flow is sampled for
+    /// mirroring; 0 when it is not.
+    pub mirror_ifindex: u32,
+}
+
+/// The endpoint a new flow of `svc` goes to, and whether it is mirrored.
 #[inline(always)]
-pub fn place(key: &FlowKey, svc: &ServiceRef) -> Result<(Endpoint, u8), NoPlace> {
+pub fn place(key: &FlowKey, svc: &ServiceRef) -> Result<Placed, NoPlace> {
     let table: &SelectionTable = SPLITTER_TABLES.get(svc.table).ok_or(NoPlace::BadTable)?;
     if table.vip.addr != key.dst_addr || table.vip.port != key.dst_port || table.vip.proto != key.proto {
         return Err(NoPlace::BadTable);
@@ -50,5 +60,8 @@ pub fn place(key: &FlowKey, svc: &ServiceRef) -> Result<(Endpoint, u8), NoPlace>
     if idx >= MAX_ENDPOINTS || idx >= table.n_endpoints as usize {
         return Err(NoPlace::BadTable);
     }
-    Ok((table.endpoints[idx], idx as u8))
+    // Sampled per flow (the 5-tuple even under client-ip affinity).
+    let mirror_ifindex =
+        if table.mirror_ifindex != 0 && mirror_sampled(key, table.mirror_bps) { table.mirror_ifindex } else { 0 };
+    Ok(Placed { endpoint: table.endpoints[idx], index: idx as u8, mirror_ifindex })
 }

@@ -7,7 +7,7 @@ use thiserror::Error;
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{debug, error, info, warn};
 
-use splitter_common::names::PROG_INGRESS;
+use splitter_common::names::{PROG_INGRESS, PROG_MIRROR};
 
 use crate::{
     config::{Config, Mode},
@@ -151,6 +151,7 @@ fn watch_config(path: &Path) -> (Option<notify::RecommendedWatcher>, tokio::sync
 /// table. On any failure the runtime and the kernel stay as they were.
 fn handle_request(req: Request, file: &Config, runtime: &mut Runtime, serving: &mut Serving) -> Response {
     let mut next = runtime.clone();
+    let fail = |message: String| Response::fail(message);
     let (service, change) = match &req {
         Request::Weight { service, weights } => {
             let changes: Vec<(String, u32)> = weights.iter().map(|(v, w)| (v.clone(), *w)).collect();
@@ -158,9 +159,17 @@ fn handle_request(req: Request, file: &Config, runtime: &mut Runtime, serving: &
         }
         Request::Flip { service, to } => (service, next.flip(file, service, to)),
         Request::Rollback { service } => (service, next.rollback(file, service)),
+        Request::Mirror { service, mirror } => {
+            if let Some(m) = mirror.as_ref().filter(|m| nix::net::if_::if_nametoindex(m.interface.as_str()).is_err()) {
+                return fail(format!(
+                    "mirror interface {:?} does not exist in the agent's network namespace; nothing changed",
+                    m.interface
+                ));
+            }
+            (service, next.mirror(file, service, mirror.clone()).and_then(|_| next.weights(file, service)))
+        }
         Request::Status | Request::Down | Request::Diffs { .. } => unreachable!("answered by the loop"),
     };
-    let fail = |message: String| Response::fail(message);
     let weights = match change {
         Ok(w) => w,
         Err(e) => return fail(e.to_string()),
@@ -183,9 +192,15 @@ fn handle_request(req: Request, file: &Config, runtime: &mut Runtime, serving: &
         return fail(format!("applying the change failed, nothing changed: {e}"));
     }
     *runtime = next;
-    let summary: Vec<String> = weights.iter().map(|(v, w)| format!("{v}={w}")).collect();
-    info!(service = %service, "control: {} -> {}", req.op(), summary.join(" "));
-    Response { weights: Some(weights), ..Response::ok(format!("{service}: {}", summary.join(" "))) }
+    let summary = match &req {
+        Request::Mirror { .. } => match runtime.mirror_of(file, service) {
+            Some(m) => format!("mirroring {}% of new flows to {}", m.percent, m.interface),
+            None => "mirroring off for new flows (flows already mirrored are copied to their end)".into(),
+        },
+        _ => weights.iter().map(|(v, w)| format!("{v}={w}")).collect::<Vec<_>>().join(" "),
+    };
+    info!(service = %service, "control: {} -> {summary}", req.op());
+    Response { weights: Some(weights), ..Response::ok(format!("{service}: {summary}")) }
 }
 
 /// What `status` asks the agent: who it is and the weights it serves.
@@ -262,9 +277,16 @@ impl Serving {
     }
 
     /// [`Serving::apply`] with the l4 plans already made from the live tables.
+    /// A new mirror interface gets its guard before any table sends copies
+    /// there; an interface no longer mirrored to loses it afterwards.
     fn install(&mut self, effective: &Config, plans: &[ServicePlan]) -> Result<(), AgentError> {
         self.l7.apply(effective)?;
+        let wanted = effective.mirror_interfaces();
+        let mut both = wanted.clone();
+        both.extend(self.dp.guarded().map(str::to_owned));
+        self.dp.guard_mirrors(&both)?;
         self.dp.apply(plans)?;
+        self.dp.guard_mirrors(&wanted)?;
         Ok(())
     }
 }
@@ -273,7 +295,11 @@ fn log_plans(plans: &[ServicePlan]) {
     for plan in plans {
         let split: Vec<String> =
             plan.versions.iter().zip(&plan.bps).map(|(v, b)| format!("{v}={:.2}%", *b as f64 / 100.0)).collect();
-        info!(service = %plan.name, "programmed: {}", split.join(" "));
+        let mirror = match &plan.mirror_interface {
+            Some(i) => format!("; mirroring {:.2}% of new flows to {i}", f64::from(plan.table.mirror_bps) / 100.0),
+            None => String::new(),
+        };
+        info!(service = %plan.name, "programmed: {}{mirror}", split.join(" "));
     }
 }
 
@@ -321,11 +347,13 @@ fn check_forwarding(config: &Config) {
 /// Every interface the config names must exist here (asked through the
 /// kernel, not /sys, so it works however the namespace was entered).
 fn check_interfaces(config: &Config) -> Result<(), AgentError> {
+    let mirrors = config.mirror_interfaces();
     let missing: Vec<String> = config
         .interfaces
         .clients
         .iter()
         .chain(&config.interfaces.backends)
+        .chain(&mirrors)
         .filter(|i| nix::net::if_::if_nametoindex(i.as_str()).is_err())
         .cloned()
         .collect();
@@ -340,14 +368,14 @@ fn check_interfaces(config: &Config) -> Result<(), AgentError> {
 /// keeps serving) or a `down` request (it removes the data path, then exits).
 pub async fn run(mut config: Config, opts: RunOptions) -> Result<(), AgentError> {
     let started = std::time::SystemTime::now();
-    check_interfaces(&config)?;
     let _lock = lock_state_dir(&config.state_dir)?;
     // Runtime changes made before a restart apply again.
     let mut runtime = Runtime::load(&config.state_dir)?;
     let (effective, dropped) = runtime.effective(&config);
     for name in &dropped {
-        warn!(service = %name, "saved runtime weights no longer fit the file's versions; the file's weights apply");
+        warn!(service = %name, "saved runtime changes no longer fit the file's service; the file applies");
     }
+    check_interfaces(&effective)?;
     let control = bind_control(&config.control.socket)?;
     ensure_bpffs(&config.pin_path)?;
     let services: Vec<_> = effective
@@ -368,6 +396,7 @@ pub async fn run(mut config: Config, opts: RunOptions) -> Result<(), AgentError>
     }
     // Planned from what the kernel serves now, so a restart moves no flow.
     let plans = plan_all(&effective, |n| dp.previous(n))?;
+    dp.guard_mirrors(&effective.mirror_interfaces())?;
     dp.apply(&plans)?;
     log_plans(&plans);
     let mut l7 = L7::default();
@@ -376,8 +405,12 @@ pub async fn run(mut config: Config, opts: RunOptions) -> Result<(), AgentError>
     let mut seen = std::collections::BTreeSet::new();
     for ifname in interfaces.into_iter().filter(|i| seen.insert(*i)) {
         match dp.attach_ingress(ifname, opts.xdp_mode)? {
-            Attached::New => info!(interface = %ifname, mode = ?opts.xdp_mode, "attached {PROG_INGRESS}"),
-            Attached::Replaced => info!(interface = %ifname, "replaced {PROG_INGRESS} in the pinned link (atomic)"),
+            Attached::New => {
+                info!(interface = %ifname, mode = ?opts.xdp_mode, "attached {PROG_INGRESS} (XDP) and {PROG_MIRROR} (TC)")
+            }
+            Attached::Replaced => {
+                info!(interface = %ifname, "replaced {PROG_INGRESS} and {PROG_MIRROR} in the pinned links (atomic)")
+            }
         }
     }
     let keep: Vec<&str> = seen.iter().map(|s| s.as_str()).collect();

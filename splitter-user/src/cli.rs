@@ -43,6 +43,9 @@ pub enum Command {
     Flip(FlipArgs),
     /// Undo the last runtime change to SERVICE; repeat to go further back.
     Rollback(RollbackArgs),
+    /// Copy a sample of an l4 service's new flows, whole and both ways, out of
+    /// an interface (`--interface IF --percent P`), or stop (`--off`).
+    Mirror(MirrorArgs),
     /// Show how an l7 service's mirror answers compare with the primary's:
     /// counts and the latest differences.
     Diffs(DiffsArgs),
@@ -151,6 +154,32 @@ pub struct DiffsArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct MirrorArgs {
+    /// Service name (mode l4), as in the config file.
+    pub service: String,
+    /// Interface the copies leave by (not a clients/backends interface).
+    #[arg(long, value_name = "IF", required_unless_present = "off", requires = "percent")]
+    pub interface: Option<String>,
+    /// Share of new flows copied, in percent (0.01 to 100).
+    #[arg(long, value_name = "P", required_unless_present = "off", requires = "interface", value_parser = parse_percent)]
+    pub percent: Option<f64>,
+    /// Stop mirroring new flows (flows already mirrored are copied to their end).
+    #[arg(long, conflicts_with_all = ["interface", "percent"])]
+    pub off: bool,
+    #[command(flatten)]
+    pub target: AgentTarget,
+}
+
+/// Parses a share in percent: 0.01 to 100, fractions allowed.
+pub fn parse_percent(s: &str) -> Result<f64, String> {
+    let p: f64 = s.trim_end_matches('%').parse().map_err(|_| format!("{s:?} is not a number (e.g. 5 or 0.5)"))?;
+    if !(0.01..=100.0).contains(&p) {
+        return Err(format!("{s} is out of range: use 0.01 to 100 (percent of new flows)"));
+    }
+    Ok(p)
+}
+
+#[derive(Debug, Args)]
 pub struct RollbackArgs {
     /// Service name, as in the config file.
     pub service: String,
@@ -191,7 +220,7 @@ mod tests {
 
     #[test]
     fn every_verb_is_there() {
-        for verb in ["run", "check", "status", "weight", "flip", "rollback", "down", "diffs"] {
+        for verb in ["run", "check", "status", "weight", "flip", "rollback", "down", "diffs", "mirror"] {
             assert!(Cli::command().find_subcommand(verb).is_some(), "missing verb {verb}");
         }
         let cli = Cli::try_parse_from(["splitter", "weight", "shop", "blue=95", "green=5"]).unwrap();
@@ -200,5 +229,32 @@ mod tests {
             other => panic!("parsed as {other:?}"),
         }
         assert!(Cli::try_parse_from(["splitter", "flip", "shop"]).is_err(), "--to is required");
+    }
+
+    #[test]
+    fn mirror_arguments_parse_or_explain() {
+        let parse = |args: &[&str]| Cli::try_parse_from([&["splitter", "mirror", "shop"][..], args].concat());
+        match parse(&["--interface", "mir0", "--percent", "2.5"]).unwrap().command {
+            Command::Mirror(m) => {
+                assert_eq!((m.interface.as_deref(), m.percent, m.off), (Some("mir0"), Some(2.5), false))
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+        match parse(&["--off"]).unwrap().command {
+            Command::Mirror(m) => assert!(m.off && m.interface.is_none()),
+            other => panic!("parsed as {other:?}"),
+        }
+        for (args, want) in [
+            (&["--interface", "mir0"][..], "--percent"),
+            (&["--percent", "5"][..], "--interface"),
+            (&[][..], "--interface"),
+            (&["--off", "--interface", "mir0"][..], "cannot be used with"),
+            (&["--interface", "mir0", "--percent", "0"][..], "out of range"),
+            (&["--interface", "mir0", "--percent", "150"][..], "out of range"),
+            (&["--interface", "mir0", "--percent", "lots"][..], "not a number"),
+        ] {
+            let e = parse(args).unwrap_err().to_string();
+            assert!(e.contains(want), "{args:?}: want {want:?} in {e}");
+        }
     }
 }

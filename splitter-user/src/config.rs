@@ -215,15 +215,96 @@ pub struct Service {
     /// L7: routing rules, first match wins; unmatched requests use the weights.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub routes: Vec<l7::Route>,
-    /// L7: copies of a sample of requests to a shadow version.
+    /// Copies of a sample of the traffic: whole flows out of an interface
+    /// (l4) or requests to a shadow version (l7).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mirror: Option<l7::Mirror>,
+    pub mirror: Option<Mirror>,
     /// L7: timeouts towards the endpoints.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proxy: Option<l7::ProxyOptions>,
 }
 
+/// `mirror:` of a service. Mode l4 takes `{ interface, percent }` (whole
+/// flows copied out of an interface, in the kernel); mode l7 takes
+/// `{ version, percent, ... }` (requests copied to a version, compared).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum Mirror {
+    L4(L4Mirror),
+    L7(l7::Mirror),
+}
+
+impl<'de> Deserialize<'de> for Mirror {
+    /// The shape picks the kind: a mapping with `interface` is l4 mirroring,
+    /// anything else must be the l7 form (so its errors name l7 fields).
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error as _;
+        let value = serde_yaml_ng::Value::deserialize(d)?;
+        if value.as_mapping().is_some_and(|m| m.contains_key("interface")) {
+            serde_yaml_ng::from_value(value).map(Mirror::L4).map_err(D::Error::custom)
+        } else {
+            serde_yaml_ng::from_value(value).map(Mirror::L7).map_err(D::Error::custom)
+        }
+    }
+}
+
+impl Mirror {
+    pub fn l4(&self) -> Option<&L4Mirror> {
+        match self {
+            Mirror::L4(m) => Some(m),
+            Mirror::L7(_) => None,
+        }
+    }
+
+    pub fn l7(&self) -> Option<&l7::Mirror> {
+        match self {
+            Mirror::L7(m) => Some(m),
+            Mirror::L4(_) => None,
+        }
+    }
+}
+
+/// L4 mirroring: a sample of the service's flows, chosen per flow when it
+/// starts, copied whole (both directions) out of `interface`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct L4Mirror {
+    /// Where the copies leave. Not a clients/backends interface.
+    pub interface: String,
+    /// Share of new flows copied, in percent (0.01 steps).
+    pub percent: f64,
+}
+
+impl L4Mirror {
+    /// The share in basis points (what the kernel table holds).
+    pub fn bps(&self) -> u16 {
+        (self.percent * 100.0).round() as u16
+    }
+
+    /// Checks the interface name and the share.
+    pub fn check(&self) -> Result<(), String> {
+        check_ifname(&self.interface).map_err(|why| format!("mirror.interface: {why}"))?;
+        if !(self.percent > 0.0 && self.percent <= 100.0) || self.bps() == 0 {
+            return Err(format!(
+                "mirror.percent {} is out of range: use 0.01 to 100 (percent of new flows copied)",
+                self.percent
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl Service {
+    /// The l4 mirror, if this service has one.
+    pub fn l4_mirror(&self) -> Option<&L4Mirror> {
+        self.mirror.as_ref().and_then(Mirror::l4)
+    }
+
+    /// The l7 mirror, if this service has one.
+    pub fn l7_mirror(&self) -> Option<&l7::Mirror> {
+        self.mirror.as_ref().and_then(Mirror::l7)
+    }
+
     /// Weight of every version, in version order (missing ones are 0).
     pub fn version_weights(&self) -> Vec<(&str, u32)> {
         self.versions.keys().map(|v| (v.as_str(), self.weights.get(v).copied().unwrap_or(0))).collect()
@@ -275,6 +356,9 @@ impl Config {
         let mut listeners = BTreeMap::new();
         for (name, svc) in &self.services {
             check_service(name, svc)?;
+            if let Some(m) = svc.l4_mirror() {
+                self.check_mirror_interface(&m.interface).map_err(|why| invalid(format!("services.{name}: {why}")))?;
+            }
             if let Some(other) = listeners.insert((svc.listen, svc.protocol), name) {
                 return Err(invalid(format!(
                     "services.{name}: listen {} ({:?}) is already used by service {other:?}",
@@ -283,6 +367,24 @@ impl Config {
             }
         }
         Ok(())
+    }
+}
+
+impl Config {
+    /// A mirror interface must not carry service traffic: copies would mix
+    /// with it, and the guard there drops answers from service addresses.
+    pub fn check_mirror_interface(&self, ifname: &str) -> Result<(), String> {
+        if self.interfaces.clients.iter().chain(&self.interfaces.backends).any(|i| i == ifname) {
+            return Err(format!(
+                "mirror.interface {ifname:?} is a clients/backends interface; copies need an interface of their own"
+            ));
+        }
+        Ok(())
+    }
+
+    /// Interfaces the l4 services mirror to, each once.
+    pub fn mirror_interfaces(&self) -> BTreeSet<String> {
+        self.services.values().filter_map(|s| s.l4_mirror()).map(|m| m.interface.clone()).collect()
     }
 }
 
@@ -360,15 +462,29 @@ fn check_service(name: &str, svc: &Service) -> Result<(), ConfigError> {
         return Err(ctx("every version weighs 0: give at least one version a positive weight".into()));
     }
     if svc.mode == Mode::L4 {
-        for (field, set) in
-            [("routes", !svc.routes.is_empty()), ("mirror", svc.mirror.is_some()), ("proxy", svc.proxy.is_some())]
-        {
+        for (field, set) in [
+            ("routes", !svc.routes.is_empty()),
+            ("mirror: { version, ... }", svc.l7_mirror().is_some()),
+            ("proxy", svc.proxy.is_some()),
+        ] {
             if set {
-                return Err(ctx(format!("{field}: these need mode l7 (HTTP); this service is mode l4")));
+                return Err(ctx(format!(
+                    "{field}: these need mode l7 (HTTP); this service is mode l4 (which mirrors whole flows with mirror: {{ interface, percent }})"
+                )));
             }
         }
     }
-    l7::check(&svc.versions, &svc.routes, svc.mirror.as_ref()).map_err(ctx)?;
+    match &svc.mirror {
+        Some(Mirror::L4(_)) if svc.mode == Mode::L7 => {
+            return Err(ctx(
+                "mirror: { interface, percent } copies flows in the kernel (mode l4); an l7 service mirrors requests with mirror: { version, percent }"
+                    .into(),
+            ))
+        }
+        Some(Mirror::L4(m)) => m.check().map_err(ctx)?,
+        _ => {}
+    }
+    l7::check(&svc.versions, &svc.routes, svc.l7_mirror()).map_err(ctx)?;
     Ok(())
 }
 
@@ -482,7 +598,7 @@ services:
         let api = &c.services["api"];
         assert_eq!(api.routes.len(), 3);
         assert_eq!(api.affinity, Some(Affinity::Cookie("user".into())));
-        let m = api.mirror.as_ref().unwrap();
+        let m = api.l7_mirror().unwrap();
         assert_eq!((m.version.as_str(), m.percent, m.compare.enabled), ("shadow", 10.0, true));
         assert_eq!(m.methods, ["GET", "HEAD", "OPTIONS"]);
         let cases = [

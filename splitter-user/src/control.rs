@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 /// What the CLI asks the agent.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
     /// Set the named versions' weights; the others keep theirs.
@@ -22,6 +22,9 @@ pub enum Request {
     Flip { service: String, to: String },
     /// Undo the last change to `service`.
     Rollback { service: String },
+    /// Copy a sample of an l4 service's new flows out of an interface
+    /// (`mirror: null` turns it off).
+    Mirror { service: String, mirror: Option<crate::config::L4Mirror> },
     /// Who is running and the weights it serves (also a readiness probe).
     Status,
     /// The mirror comparison report of an l7 service.
@@ -37,6 +40,7 @@ impl Request {
             Request::Weight { .. } => "weight",
             Request::Flip { .. } => "flip",
             Request::Rollback { .. } => "rollback",
+            Request::Mirror { .. } => "mirror",
             Request::Status => "status",
             Request::Diffs { .. } => "diffs",
             Request::Down => "down",
@@ -132,5 +136,17 @@ mod tests {
         assert!(parse_request(r#"{"op":"explode"}"#).unwrap_err().contains("unknown variant"));
         assert!(parse_request("not json").unwrap_err().starts_with("bad control request"));
         assert!(parse_request(r#"{"op":"flip","service":"s"}"#).unwrap_err().contains("missing field `to`"));
+        let m = parse_request(r#"{"op":"mirror","service":"s","mirror":{"interface":"mir0","percent":2.5}}"#).unwrap();
+        assert_eq!(
+            m,
+            Request::Mirror {
+                service: "s".into(),
+                mirror: Some(crate::config::L4Mirror { interface: "mir0".into(), percent: 2.5 })
+            }
+        );
+        assert_eq!(
+            parse_request(r#"{"op":"mirror","service":"s","mirror":null}"#).unwrap(),
+            Request::Mirror { service: "s".into(), mirror: None }
+        );
     }
 }

@@ -3,10 +3,13 @@
 //! and reading its counters.
 //!
 //! Pinned layout under `pin_path`: one file per map (`SPLITTER_*`), the
-//! program (`prog_splitter_ingress`) and one XDP link per interface
-//! (`links/<ifname>`). The pins keep the data path serving when the agent
-//! exits; a new agent opens the same maps and swaps its program into the
-//! pinned links with `bpf_link_update`, so there is no moment without XDP.
+//! programs (`prog_<name>`), one XDP link per served interface
+//! (`links/<ifname>`), the TC link of the mirror program beside it
+//! (`tc-links/<ifname>`) and the mirror guard's XDP link on each mirror
+//! interface (`guard-links/<ifname>`). The pins keep the data path serving
+//! when the agent exits; a new agent opens the same maps and swaps its
+//! programs into the pinned links with `bpf_link_update`, so there is no
+//! moment without them.
 
 use std::{
     io,
@@ -20,15 +23,16 @@ use aya::{
     maps::{Array, HashMap, Map, MapData, MapInfo, PerCpuArray},
     programs::{
         links::{FdLink, PinnedLink},
+        tc::{SchedClassifierLink, TcAttachOptions},
         xdp::XdpLink,
-        Xdp, XdpMode,
+        LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode,
     },
     Ebpf, EbpfLoader,
 };
 use splitter_common::{
     names::{
         ALL_MAPS, MAP_ENDPOINT_STATS, MAP_FLOWS, MAP_REVERSE, MAP_SERVICES, MAP_STATS, MAP_TABLES, PROG_FLOOR,
-        PROG_INGRESS,
+        PROG_INGRESS, PROG_MIRROR, PROG_MIRROR_GUARD,
     },
     service::{
         endpoint_stats_index, EndpointStats, FlowState, ReverseNat, SelectionTable, ServiceKey, ServiceRef,
@@ -50,10 +54,12 @@ pub enum DataplaneError {
     Load(#[from] aya::EbpfError),
     #[error("the eBPF object has no {kind} named {name:?}; the binary was built from a mismatched kernel program")]
     Missing { kind: &'static str, name: &'static str },
-    #[error("program {PROG_INGRESS}: {0}")]
+    #[error("kernel program: {0}")]
     Program(#[from] aya::programs::ProgramError),
-    #[error("attaching XDP to {ifname:?}: {source} (the interface must exist in the agent's network namespace)")]
-    Attach { ifname: String, source: aya::programs::ProgramError },
+    #[error("attaching {what} to {ifname:?}: {source} (the interface must exist in the agent's network namespace)")]
+    Attach { what: &'static str, ifname: String, source: aya::programs::ProgramError },
+    #[error("mirror interface {0:?} does not exist in the agent's network namespace")]
+    NoMirrorInterface(String),
     #[error("map operation failed: {0}")]
     Map(#[from] aya::maps::MapError),
     #[error("more than {MAX_SERVICES} services; the kernel tables hold at most that many")]
@@ -66,8 +72,8 @@ pub enum DataplaneError {
     Bpffs { path: PathBuf, source: io::Error },
     #[error("no pinned counters at {path}: is `splitter run` running with this pin_path? ({source})")]
     NotRunning { path: PathBuf, source: aya::maps::MapError },
-    #[error("XDP link of {ifname:?} at {path}: {message}")]
-    Link { ifname: String, path: PathBuf, message: String },
+    #[error("{what} link of {ifname:?} at {path}: {message}")]
+    Link { what: &'static str, ifname: String, path: PathBuf, message: String },
     #[error("removing {path}: {source}")]
     Unpin { path: PathBuf, source: io::Error },
     #[error("reading the kernel program's log records: {0}")]
@@ -129,9 +135,12 @@ pub struct Dataplane {
     ebpf: Ebpf,
     /// Where maps, program and links are pinned; `None` for a private data path.
     pins: Option<PathBuf>,
-    /// Interfaces the ingress program serves, with the link when it is pinned
-    /// (an unpinned link is owned by the program and dies with it).
-    attached: Vec<(String, Option<FdLink>)>,
+    /// Interfaces the ingress (and TC mirror) programs serve, with the links
+    /// when they are pinned (an unpinned link is owned by its program and
+    /// dies with it).
+    attached: Vec<(String, Vec<FdLink>)>,
+    /// Mirror interfaces with the guard attached.
+    guarded: BTreeMap<String, Option<FdLink>>,
     /// What the kernel serves now, by service name.
     live: BTreeMap<String, Installed>,
 }
@@ -149,10 +158,40 @@ struct Installed {
     table: Box<SelectionTable>,
 }
 
-/// File name of the pinned ingress program under `pin_path`.
-pub const PIN_PROGRAM: &str = "prog_splitter_ingress";
+/// File names of the pinned programs under `pin_path`.
+pub const PIN_PROGRAMS: [&str; 3] = ["prog_splitter_ingress", "prog_splitter_mirror", "prog_splitter_mirror_guard"];
 /// Directory of the pinned XDP links (one per interface) under `pin_path`.
 pub const PIN_LINKS: &str = "links";
+/// Directory of the pinned TC links of the mirror program (one per interface).
+pub const PIN_TC_LINKS: &str = "tc-links";
+/// Directory of the pinned XDP links of the mirror guard (one per mirror interface).
+pub const PIN_GUARD_LINKS: &str = "guard-links";
+
+/// What one program's link on an interface is, for pinning and messages.
+#[derive(Clone, Copy)]
+enum LinkKind {
+    Ingress,
+    Mirror,
+    Guard,
+}
+
+impl LinkKind {
+    fn dir(self) -> &'static str {
+        match self {
+            LinkKind::Ingress => PIN_LINKS,
+            LinkKind::Mirror => PIN_TC_LINKS,
+            LinkKind::Guard => PIN_GUARD_LINKS,
+        }
+    }
+
+    fn what(self) -> &'static str {
+        match self {
+            LinkKind::Ingress => "XDP",
+            LinkKind::Mirror => "TC",
+            LinkKind::Guard => "mirror guard XDP",
+        }
+    }
+}
 
 /// Maps that are kept or replaced together when a new agent adopts the pins
 /// (a service map pointing into a fresh table map would be wrong, and so
@@ -190,8 +229,8 @@ impl Dataplane {
             .map_max_entries(MAP_FLOWS, flow_table_size)
             .map_max_entries(MAP_REVERSE, flow_table_size)
             .load(OBJECT)?;
-        ingress(&mut ebpf)?.load()?;
-        Ok(Dataplane { ebpf, pins: None, attached: Vec::new(), live: BTreeMap::new() })
+        load_programs(&mut ebpf)?;
+        Ok(Dataplane { ebpf, pins: None, attached: Vec::new(), guarded: BTreeMap::new(), live: BTreeMap::new() })
     }
 
     /// Loads the object with its maps pinned under `dir`, adopting maps a
@@ -244,12 +283,20 @@ impl Dataplane {
             loader.map_pin_path(name, path.as_path());
         }
         let mut ebpf = loader.load(OBJECT)?;
-        let prog = ingress(&mut ebpf)?;
-        prog.load()?;
-        let prog_pin = dir.join(PIN_PROGRAM);
-        let _ = std::fs::remove_file(&prog_pin);
-        prog.pin(&prog_pin).map_err(|source| DataplaneError::Pin { what: PIN_PROGRAM, path: prog_pin, source })?;
-        let mut dp = Dataplane { ebpf, pins: Some(dir.to_owned()), attached: Vec::new(), live: BTreeMap::new() };
+        load_programs(&mut ebpf)?;
+        for (name, pin) in [PROG_INGRESS, PROG_MIRROR, PROG_MIRROR_GUARD].into_iter().zip(PIN_PROGRAMS) {
+            let prog = ebpf.program_mut(name).ok_or(DataplaneError::Missing { kind: "program", name })?;
+            let path = dir.join(pin);
+            let _ = std::fs::remove_file(&path);
+            prog.pin(&path).map_err(|source| DataplaneError::Pin { what: pin, path, source })?;
+        }
+        let mut dp = Dataplane {
+            ebpf,
+            pins: Some(dir.to_owned()),
+            attached: Vec::new(),
+            guarded: BTreeMap::new(),
+            live: BTreeMap::new(),
+        };
         adoption.services = dp.adopt(services)?;
         Ok((dp, adoption))
     }
@@ -311,12 +358,22 @@ impl Dataplane {
     /// generation next time.
     pub fn apply(&mut self, plans: &[ServicePlan]) -> Result<(), DataplaneError> {
         let in_use = |key: &ServiceKey| plans.iter().any(|p| p.key == *key);
+        // Every mirror interface resolved before anything is written.
+        let mut tables = Vec::with_capacity(plans.len());
         for plan in plans {
+            let mut table = plan.table.clone();
+            if let Some(ifname) = &plan.mirror_interface {
+                table.mirror_ifindex = nix::net::if_::if_nametoindex(ifname.as_str())
+                    .map_err(|_| DataplaneError::NoMirrorInterface(ifname.clone()))?;
+            }
+            tables.push(table);
+        }
+        for (plan, table) in plans.iter().zip(tables) {
             let installed = self.live.get(&plan.name);
             if installed.is_some_and(|i| {
                 i.key == plan.key
                     && i.flags == plan.flags
-                    && bytemuck::bytes_of(&*i.table) == bytemuck::bytes_of(&*plan.table)
+                    && bytemuck::bytes_of(&*i.table) == bytemuck::bytes_of(&*table)
             }) {
                 continue;
             }
@@ -331,9 +388,9 @@ impl Dataplane {
             };
             let old_key = installed.map(|i| i.key);
             let table_id = slot * 2 + generation;
-            let mut tables: Array<&mut MapData, SelectionTable> =
+            let mut table_map: Array<&mut MapData, SelectionTable> =
                 Array::try_from(map_mut(&mut self.ebpf, MAP_TABLES)?)?;
-            tables.set(table_id, *plan.table, 0)?;
+            table_map.set(table_id, *table, 0)?;
             let mut services: HashMap<&mut MapData, ServiceKey, ServiceRef> =
                 HashMap::try_from(map_mut(&mut self.ebpf, MAP_SERVICES)?)?;
             services.insert(plan.key, ServiceRef { table: table_id, flags: plan.flags }, 0)?;
@@ -343,7 +400,7 @@ impl Dataplane {
                 key: plan.key,
                 flags: plan.flags,
                 versions: plan.versions.clone(),
-                table: plan.table.clone(),
+                table,
             };
             self.live.insert(plan.name.clone(), installed);
             if let Some(old) = old_key.filter(|k| !in_use(k)) {
@@ -362,70 +419,147 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Puts the ingress program on `ifname` (in this network namespace).
-    /// Pinned, an existing link at `links/<ifname>` gets the new program in
-    /// one `bpf_link_update` (no moment without XDP; the link keeps the mode
-    /// it was created with); a link whose interface is gone is replaced by a
-    /// new one, which is pinned.
+    /// Puts the ingress program (XDP) and the mirror program (TC ingress) on
+    /// `ifname` (in this network namespace). Pinned, an existing link at
+    /// `links/<ifname>` (`tc-links/<ifname>`) gets the new program in one
+    /// `bpf_link_update` (no moment without it; an XDP link keeps the mode it
+    /// was created with); a link whose interface is gone is replaced by a new
+    /// one, which is pinned. Returns how the XDP program got there.
     pub fn attach_ingress(&mut self, ifname: &str, mode: AttachMode) -> Result<Attached, DataplaneError> {
-        let attach_err = |source| DataplaneError::Attach { ifname: ifname.to_owned(), source };
+        let (how, xdp) = self.attach_pinned(LinkKind::Ingress, ifname, mode)?;
+        let (_, tc) = self.attach_pinned(LinkKind::Mirror, ifname, mode)?;
+        self.attached.push((ifname.to_owned(), xdp.into_iter().chain(tc).collect()));
+        Ok(how)
+    }
+
+    /// Puts the mirror guard on every interface of `ifnames` and takes it off
+    /// mirror interfaces no longer named (pinned links under `guard-links/`).
+    pub fn guard_mirrors(&mut self, ifnames: &std::collections::BTreeSet<String>) -> Result<(), DataplaneError> {
+        for ifname in ifnames {
+            if !self.guarded.contains_key(ifname) {
+                let (how, link) = self.attach_pinned(LinkKind::Guard, ifname, AttachMode::Auto)?;
+                if how == Attached::New {
+                    tracing::info!(interface = %ifname, "attached {PROG_MIRROR_GUARD} (shadow answers are dropped here)");
+                }
+                self.guarded.insert(ifname.clone(), link);
+            }
+        }
+        self.guarded.retain(|i, _| ifnames.contains(i));
+        if let Some(dir) = &self.pins {
+            let keep: Vec<&str> = ifnames.iter().map(String::as_str).collect();
+            for gone in unpin_others(&dir.join(PIN_GUARD_LINKS), &keep)? {
+                tracing::info!(interface = %gone, "detached {PROG_MIRROR_GUARD}: no service mirrors there now");
+            }
+        }
+        Ok(())
+    }
+
+    /// Mirror interfaces with the guard attached.
+    pub fn guarded(&self) -> impl Iterator<Item = &str> {
+        self.guarded.keys().map(String::as_str)
+    }
+
+    /// Attaches `kind`'s program to `ifname`, through its pinned link when
+    /// there is one. Unpinned (fixtures), the program owns the link.
+    fn attach_pinned(
+        &mut self,
+        kind: LinkKind,
+        ifname: &str,
+        mode: AttachMode,
+    ) -> Result<(Attached, Option<FdLink>), DataplaneError> {
         let Some(dir) = self.pins.clone() else {
-            ingress(&mut self.ebpf)?.attach(ifname, mode.xdp()).map_err(attach_err)?;
-            self.attached.push((ifname.to_owned(), None));
-            return Ok(Attached::New);
+            self.attach_new(kind, ifname, mode)?;
+            return Ok((Attached::New, None));
         };
-        let links = dir.join(PIN_LINKS);
+        let links = dir.join(kind.dir());
         std::fs::create_dir_all(&links).map_err(|source| DataplaneError::Bpffs { path: links.clone(), source })?;
         let path = links.join(ifname);
-        let link_err = |message: String| DataplaneError::Link { ifname: ifname.into(), path: path.clone(), message };
-        let prog = ingress(&mut self.ebpf)?;
+        let link_err = |message: String| DataplaneError::Link {
+            what: kind.what(),
+            ifname: ifname.into(),
+            path: path.clone(),
+            message,
+        };
         if path.exists() {
-            let pinned = PinnedLink::from_pin(&path).map_err(|e| link_err(e.to_string()))?;
-            let link = XdpLink::try_from(FdLink::from(pinned)).map_err(|e| link_err(e.to_string()))?;
-            match prog.attach_to_link(link) {
-                Ok(id) => {
-                    let link = prog.take_link(id).map_err(attach_err)?;
-                    let fd = FdLink::try_from(link).map_err(|e| link_err(e.to_string()))?;
-                    self.attached.push((ifname.to_owned(), Some(fd)));
-                    return Ok(Attached::Replaced);
-                }
+            let pinned = FdLink::from(PinnedLink::from_pin(&path).map_err(|e| link_err(e.to_string()))?);
+            match self.replace_in(kind, pinned) {
+                Ok(fd) => return Ok((Attached::Replaced, Some(fd))),
                 // The interface it was on is gone (ENOLINK): a new link below.
                 Err(e) => {
-                    tracing::warn!(interface = ifname, "pinned XDP link is defunct ({e}); attaching a new one");
+                    tracing::warn!(
+                        interface = ifname,
+                        "pinned {} link is defunct ({e}); attaching a new one",
+                        kind.what()
+                    );
                     std::fs::remove_file(&path)
                         .map_err(|source| DataplaneError::Unpin { path: path.clone(), source })?;
                 }
             }
         }
-        let id = prog.attach(ifname, mode.xdp()).map_err(attach_err)?;
-        let link = prog.take_link(id).map_err(attach_err)?;
-        let fd = FdLink::try_from(link).map_err(|_| {
-            link_err("the kernel attached XDP without a bpf_link (Linux < 5.9); it cannot be pinned".into())
+        let fd = self.attach_new(kind, ifname, mode)?.ok_or_else(|| {
+            link_err(
+                "the kernel attached without a bpf_link (Linux < 6.6 for TC, < 5.9 for XDP); it cannot be pinned"
+                    .into(),
+            )
         })?;
         let pinned =
-            fd.pin(&path).map_err(|source| DataplaneError::Pin { what: "XDP link", path: path.clone(), source })?;
-        self.attached.push((ifname.to_owned(), Some(FdLink::from(pinned))));
-        Ok(Attached::New)
+            fd.pin(&path).map_err(|source| DataplaneError::Pin { what: "program link", path: path.clone(), source })?;
+        Ok((Attached::New, Some(FdLink::from(pinned))))
+    }
+
+    /// A new link of `kind`'s program on `ifname`. Pinning, the link is taken
+    /// from the program and returned as an `FdLink` when it is one.
+    fn attach_new(&mut self, kind: LinkKind, ifname: &str, mode: AttachMode) -> Result<Option<FdLink>, DataplaneError> {
+        let pinning = self.pins.is_some();
+        let err = |source| DataplaneError::Attach { what: kind.what(), ifname: ifname.to_owned(), source };
+        match kind {
+            LinkKind::Ingress | LinkKind::Guard => {
+                let name = if matches!(kind, LinkKind::Ingress) { PROG_INGRESS } else { PROG_MIRROR_GUARD };
+                let prog = xdp_program(&mut self.ebpf, name)?;
+                let id = prog.attach(ifname, mode.xdp()).map_err(err)?;
+                if !pinning {
+                    return Ok(None);
+                }
+                Ok(FdLink::try_from(prog.take_link(id).map_err(err)?).ok())
+            }
+            LinkKind::Mirror => {
+                let prog = tc_program(&mut self.ebpf)?;
+                let id = prog
+                    .attach_with_options(ifname, TcAttachType::Ingress, TcAttachOptions::TcxOrder(LinkOrder::default()))
+                    .map_err(err)?;
+                if !pinning {
+                    return Ok(None);
+                }
+                Ok(FdLink::try_from(prog.take_link(id).map_err(err)?).ok())
+            }
+        }
+    }
+
+    /// Swaps `kind`'s program into the existing link `link` (`bpf_link_update`).
+    fn replace_in(&mut self, kind: LinkKind, link: FdLink) -> Result<FdLink, String> {
+        match kind {
+            LinkKind::Ingress | LinkKind::Guard => {
+                let name = if matches!(kind, LinkKind::Ingress) { PROG_INGRESS } else { PROG_MIRROR_GUARD };
+                let prog = xdp_program(&mut self.ebpf, name).map_err(|e| e.to_string())?;
+                let link = XdpLink::try_from(link).map_err(|e| e.to_string())?;
+                let id = prog.attach_to_link(link).map_err(|e| e.to_string())?;
+                FdLink::try_from(prog.take_link(id).map_err(|e| e.to_string())?).map_err(|e| e.to_string())
+            }
+            LinkKind::Mirror => {
+                let prog = tc_program(&mut self.ebpf).map_err(|e| e.to_string())?;
+                let link = SchedClassifierLink::try_from(link).map_err(|e| e.to_string())?;
+                let id = prog.attach_to_link(link).map_err(|e| e.to_string())?;
+                FdLink::try_from(prog.take_link(id).map_err(|e| e.to_string())?).map_err(|e| e.to_string())
+            }
+        }
     }
 
     /// Detaches pinned links of interfaces not in `keep` (left by an agent
     /// that served more interfaces); returns their names.
     pub fn detach_others(&mut self, keep: &[&str]) -> Result<Vec<String>, DataplaneError> {
         let Some(dir) = &self.pins else { return Ok(Vec::new()) };
-        let links = dir.join(PIN_LINKS);
-        let mut gone = Vec::new();
-        for entry in
-            std::fs::read_dir(&links).map_err(|source| DataplaneError::Bpffs { path: links.clone(), source })?
-        {
-            let entry = entry.map_err(|source| DataplaneError::Bpffs { path: links.clone(), source })?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if !keep.contains(&name.as_str()) {
-                // Unpinning drops the kernel's last reference: the link detaches.
-                std::fs::remove_file(entry.path())
-                    .map_err(|source| DataplaneError::Unpin { path: entry.path(), source })?;
-                gone.push(name);
-            }
-        }
+        let gone = unpin_others(&dir.join(PIN_LINKS), keep)?;
+        unpin_others(&dir.join(PIN_TC_LINKS), keep)?;
         Ok(gone)
     }
 
@@ -458,24 +592,23 @@ impl Dataplane {
         Ok(prog.info()?.verified_instruction_count())
     }
 
-    /// [`Dataplane::test_run`] for any loaded XDP program of the object.
+    /// [`Dataplane::test_run`] for any loaded XDP or TC program of the object.
+    /// A TC program's verdict (`TC_ACT_*`, an `i32`) is returned as its bits.
     pub fn test_run_program(
         &self,
         name: &'static str,
         input: &[u8],
         repeat: u32,
     ) -> Result<TestOutcome, DataplaneError> {
-        use aya::programs::{TestRun, TestRunOptions};
-        let prog: &Xdp =
-            self.ebpf.program(name).ok_or(DataplaneError::Missing { kind: "program", name })?.try_into()?;
+        use aya::programs::{Program, TestRun, TestRunOptions};
         // Room for programs that grow the frame (encapsulation) later.
         let mut out = vec![0u8; input.len() + 256];
-        let res = prog.test_run(TestRunOptions {
-            data_in: Some(input),
-            data_out: Some(&mut out),
-            repeat,
-            ..TestRunOptions::new()
-        })?;
+        let opts = TestRunOptions { data_in: Some(input), data_out: Some(&mut out), repeat, ..TestRunOptions::new() };
+        let res = match self.ebpf.program(name).ok_or(DataplaneError::Missing { kind: "program", name })? {
+            Program::Xdp(p) => p.test_run(opts)?,
+            Program::SchedClassifier(p) => p.test_run(opts)?,
+            _ => return Err(DataplaneError::Missing { kind: "XDP or TC program", name }),
+        };
         out.truncate(res.data_size_out as usize);
         Ok(TestOutcome { action: res.return_value, output: out, duration: res.duration })
     }
@@ -544,14 +677,18 @@ pub fn down(dir: &Path) -> Result<Vec<String>, DataplaneError> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(source) => Err(DataplaneError::Unpin { path, source }),
     };
-    let links = dir.join(PIN_LINKS);
-    if let Ok(entries) = std::fs::read_dir(&links) {
-        for entry in entries.flatten() {
-            unpin(entry.path(), &mut removed)?;
+    for sub in [PIN_LINKS, PIN_TC_LINKS, PIN_GUARD_LINKS] {
+        let links = dir.join(sub);
+        if let Ok(entries) = std::fs::read_dir(&links) {
+            for entry in entries.flatten() {
+                unpin(entry.path(), &mut removed)?;
+            }
+            let _ = std::fs::remove_dir(&links);
         }
-        let _ = std::fs::remove_dir(&links);
     }
-    unpin(dir.join(PIN_PROGRAM), &mut removed)?;
+    for prog in PIN_PROGRAMS {
+        unpin(dir.join(prog), &mut removed)?;
+    }
     for name in ALL_MAPS {
         unpin(dir.join(name), &mut removed)?;
     }
@@ -604,9 +741,44 @@ fn map_mut<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Map, Da
     ebpf.map_mut(name).ok_or(DataplaneError::Missing { kind: "map", name })
 }
 
-fn ingress(ebpf: &mut Ebpf) -> Result<&mut Xdp, DataplaneError> {
-    let prog = ebpf.program_mut(PROG_INGRESS).ok_or(DataplaneError::Missing { kind: "program", name: PROG_INGRESS })?;
+fn xdp_program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Xdp, DataplaneError> {
+    let prog = ebpf.program_mut(name).ok_or(DataplaneError::Missing { kind: "program", name })?;
     Ok(prog.try_into()?)
+}
+
+fn tc_program(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier, DataplaneError> {
+    let prog = ebpf.program_mut(PROG_MIRROR).ok_or(DataplaneError::Missing { kind: "program", name: PROG_MIRROR })?;
+    Ok(prog.try_into()?)
+}
+
+/// Loads (verifies) the programs the agent attaches.
+fn load_programs(ebpf: &mut Ebpf) -> Result<(), DataplaneError> {
+    xdp_program(ebpf, PROG_INGRESS)?.load()?;
+    xdp_program(ebpf, PROG_MIRROR_GUARD)?.load()?;
+    tc_program(ebpf)?.load()?;
+    Ok(())
+}
+
+/// Removes the pinned links in `links` whose interface is not in `keep`
+/// (unpinning drops the kernel's last reference: the link detaches); returns
+/// their interfaces. A missing directory has none.
+fn unpin_others(links: &Path, keep: &[&str]) -> Result<Vec<String>, DataplaneError> {
+    let mut gone = Vec::new();
+    let entries = match std::fs::read_dir(links) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(gone),
+        Err(source) => return Err(DataplaneError::Bpffs { path: links.to_owned(), source }),
+    };
+    for entry in entries {
+        let entry = entry.map_err(|source| DataplaneError::Bpffs { path: links.to_owned(), source })?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !keep.contains(&name.as_str()) {
+            std::fs::remove_file(entry.path())
+                .map_err(|source| DataplaneError::Unpin { path: entry.path(), source })?;
+            gone.push(name);
+        }
+    }
+    Ok(gone)
 }
 
 /// What one `BPF_PROG_TEST_RUN` returned.
@@ -621,8 +793,14 @@ pub struct TestOutcome {
 }
 
 /// The data path's counters, summed over CPUs, indexed by `Stat`.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Counters(pub [u64; Stat::COUNT as usize]);
+
+impl Default for Counters {
+    fn default() -> Self {
+        Counters([0; Stat::COUNT as usize])
+    }
+}
 
 impl Counters {
     fn read<T: std::borrow::Borrow<MapData>>(array: &PerCpuArray<T, u64>) -> Result<Counters, DataplaneError> {
@@ -742,6 +920,8 @@ impl PinnedMaps {
                 bytes_in: a.bytes_in + b.bytes_in,
                 packets_out: a.packets_out + b.packets_out,
                 bytes_out: a.bytes_out + b.bytes_out,
+                mirrored_packets: a.mirrored_packets + b.mirrored_packets,
+                mirrored_bytes: a.mirrored_bytes + b.mirrored_bytes,
             }));
         }
         Ok(Some(LiveService {
@@ -751,6 +931,8 @@ impl PinnedMaps {
             n_endpoints: table.n_endpoints,
             endpoint_versions: table.endpoints[..n].iter().map(|e| e.version).collect(),
             endpoint_stats,
+            mirror_ifindex: table.mirror_ifindex,
+            mirror_bps: table.mirror_bps,
         }))
     }
 }
@@ -767,6 +949,10 @@ pub struct LiveService {
     pub endpoint_versions: Vec<u8>,
     /// Counters of each endpoint (table order), summed over CPUs.
     pub endpoint_stats: Vec<EndpointStats>,
+    /// Interface new sampled flows are copied to (0: not mirroring).
+    pub mirror_ifindex: u32,
+    /// Share of new flows sampled for mirroring, basis points.
+    pub mirror_bps: u16,
 }
 
 #[cfg(test)]
@@ -787,7 +973,7 @@ mod tests {
     #[test]
     fn embedded_object_matches_the_shared_names_and_types() {
         let obj = aya_obj::Object::parse(OBJECT).expect("the embedded object parses");
-        for prog in [PROG_INGRESS, PROG_FLOOR] {
+        for prog in [PROG_INGRESS, PROG_FLOOR, PROG_MIRROR, PROG_MIRROR_GUARD] {
             assert!(obj.programs.contains_key(prog), "no program {prog} in the object");
         }
         let layout = [

@@ -80,6 +80,13 @@ fn dispatch(command: Command) -> Result<()> {
         }
         Command::Flip(args) => control(&args.target, Request::Flip { service: args.service, to: args.to }),
         Command::Rollback(args) => control(&args.target, Request::Rollback { service: args.service }),
+        Command::Mirror(args) => {
+            let mirror = match (args.off, args.interface, args.percent) {
+                (false, Some(interface), Some(percent)) => Some(splitter_user::config::L4Mirror { interface, percent }),
+                _ => None,
+            };
+            control(&args.target, Request::Mirror { service: args.service, mirror })
+        }
         Command::Down(target) => down(&target),
         Command::Diffs(args) => diffs(&args),
     }

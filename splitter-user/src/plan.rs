@@ -45,6 +45,9 @@ pub struct ServicePlan {
     pub versions: Vec<String>,
     /// Basis points per version (same order), summing to `BPS`.
     pub bps: Vec<u32>,
+    /// Where copies of mirrored flows go; the data path resolves it to the
+    /// table's `mirror_ifindex` when it writes the table.
+    pub mirror_interface: Option<String>,
     pub table: Box<SelectionTable>,
 }
 
@@ -248,12 +251,16 @@ pub fn plan_service(name: &str, svc: &Service, previous: Option<Previous<'_>>) -
         }
     }
     table.n_endpoints = idx as u16;
+    if let Some(m) = svc.l4_mirror() {
+        table.mirror_bps = m.bps().min(BPS as u16);
+    }
     Ok(ServicePlan {
         name: name.into(),
         key: table.vip,
         flags: if svc.affinity == Some(Affinity::ClientIp) { SVC_AFFINITY_CLIENT_IP } else { 0 },
         versions: weights.iter().map(|(n, _)| (*n).to_owned()).collect(),
         bps,
+        mirror_interface: svc.l4_mirror().map(|m| m.interface.clone()),
         table,
     })
 }

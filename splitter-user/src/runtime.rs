@@ -1,5 +1,6 @@
 //! Runtime changes on top of the config file: per-service weight overrides
-//! set by `weight`, `flip` and `rollback`, with an undo history per service.
+//! set by `weight`, `flip` and `rollback`, with an undo history per service,
+//! and l4 mirror settings set by `mirror`.
 //! Pure and host-tested; the agent plans and applies what this returns.
 
 use std::{
@@ -10,7 +11,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::config::Config;
+use crate::config::{Config, L4Mirror, Mirror, Mode};
 
 /// Undo steps kept per service (`rollback` goes this far back).
 pub const HISTORY_DEPTH: usize = 64;
@@ -27,6 +28,10 @@ pub enum ChangeError {
     AllZero(String),
     #[error("service {0:?}: nothing to roll back")]
     NothingToRollBack(String),
+    #[error("service {0:?} is mode l7: `splitter mirror` sets l4 flow mirroring; an l7 service mirrors requests with `mirror: {{ version, percent }}` in the file")]
+    NotL4(String),
+    #[error("service {0:?}: {1}")]
+    BadMirror(String, String),
 }
 
 /// File in `state_dir` that keeps the runtime changes across restarts.
@@ -43,11 +48,14 @@ pub enum StateError {
 }
 
 /// Overrides and history. The file stays the source of everything else.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Runtime {
     overrides: BTreeMap<String, Weights>,
     history: BTreeMap<String, Vec<Weights>>,
+    /// L4 mirror settings that replace the file's (`None`: mirroring off).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    mirrors: BTreeMap<String, Option<L4Mirror>>,
 }
 
 fn full_weights(file: &Config, service: &str, w: &Weights) -> Weights {
@@ -100,7 +108,48 @@ impl Runtime {
         for name in &dropped {
             self.history.remove(name);
         }
+        self.mirrors.retain(|name, m| {
+            let Some(svc) = config.services.get_mut(name).filter(|s| s.mode == Mode::L4) else {
+                dropped.push(name.clone());
+                return false;
+            };
+            svc.mirror = m.clone().map(Mirror::L4);
+            true
+        });
         (config, dropped)
+    }
+
+    /// The l4 mirror a service runs with now: its runtime setting, else the file's.
+    pub fn mirror_of(&self, file: &Config, service: &str) -> Option<L4Mirror> {
+        match self.mirrors.get(service) {
+            Some(m) => m.clone(),
+            None => file.services.get(service).and_then(|s| s.l4_mirror().cloned()),
+        }
+    }
+
+    /// Sets (or with `None` turns off) the l4 mirroring of `service`.
+    pub fn mirror(
+        &mut self,
+        file: &Config,
+        service: &str,
+        mirror: Option<L4Mirror>,
+    ) -> Result<Option<L4Mirror>, ChangeError> {
+        let svc = file.services.get(service).ok_or_else(|| {
+            ChangeError::NoService(service.into(), file.services.keys().cloned().collect::<Vec<_>>().join(", "))
+        })?;
+        if svc.mode != Mode::L4 {
+            return Err(ChangeError::NotL4(service.into()));
+        }
+        if let Some(m) = &mirror {
+            m.check().and_then(|()| file.check_mirror_interface(&m.interface)).map_err(|why| {
+                ChangeError::BadMirror(
+                    service.into(),
+                    why.replace("mirror.interface", "--interface").replace("mirror.percent", "--percent"),
+                )
+            })?;
+        }
+        self.mirrors.insert(service.into(), mirror.clone());
+        Ok(mirror)
     }
 
     fn set(&mut self, file: &Config, service: &str, next: Weights) -> Result<Weights, ChangeError> {
@@ -229,6 +278,29 @@ mod tests {
         std::fs::write(dir.path().join(STATE_FILE), "{ not json").unwrap();
         let err = Runtime::load(dir.path()).unwrap_err().to_string();
         assert!(err.contains("runtime.json is not a splitter state file"), "{err}");
+    }
+
+    #[test]
+    fn mirror_settings_override_the_file_and_bad_ones_change_nothing() {
+        let f = file();
+        let mut r = Runtime::default();
+        assert_eq!(r.mirror_of(&f, "shop"), None);
+        let m = L4Mirror { interface: "mir0".into(), percent: 5.0 };
+        r.mirror(&f, "shop", Some(m.clone())).unwrap();
+        assert_eq!(r.effective(&f).0.services["shop"].l4_mirror(), Some(&m));
+        let before = r.clone();
+        let bad = |i: &str, p: f64| Some(L4Mirror { interface: i.into(), percent: p });
+        let e = r.mirror(&f, "shop", bad("mir0", 0.0)).unwrap_err().to_string();
+        assert!(e.contains("--percent 0 is out of range"), "{e}");
+        let e = r.mirror(&f, "shop", bad("eth0", 5.0)).unwrap_err().to_string();
+        assert!(e.contains("clients/backends interface"), "{e}");
+        assert!(matches!(r.mirror(&f, "nope", None), Err(ChangeError::NoService(..))));
+        assert_eq!(r, before);
+        r.mirror(&f, "shop", None).unwrap();
+        assert_eq!(r.effective(&f).0.services["shop"].mirror, None, "off");
+        let dir = tempfile::tempdir().unwrap();
+        r.save(dir.path()).unwrap();
+        assert_eq!(Runtime::load(dir.path()).unwrap(), r, "mirror settings persist");
     }
 
     #[test]

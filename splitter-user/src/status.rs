@@ -37,7 +37,21 @@ pub struct ServiceStatus {
     /// L7: the mirror's counters (from the running agent).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mirror: Option<crate::l7::mirror::MirrorCounts>,
+    /// L4: flow mirroring as the kernel table has it, and the copies sent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub flow_mirror: Option<FlowMirrorStatus>,
     pub versions: Vec<VersionStatus>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct FlowMirrorStatus {
+    /// The interface new sampled flows are copied to; `None` when off.
+    pub interface: Option<String>,
+    /// Share of new flows sampled, in percent.
+    pub percent: f64,
+    /// Copies sent for this service's flows (both ways), and their bytes.
+    pub packets: u64,
+    pub bytes: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -124,6 +138,20 @@ pub fn report(pin_path: PathBuf, config: Option<&Config>, agent: Option<AgentInf
                 live.is_some() && versions.iter().any(|v| v.live_bps != Some(v.file_bps))
             },
             mirror: agent.as_ref().and_then(|a| a.l7.get(name)?.mirror.clone()),
+            flow_mirror: live.as_ref().and_then(|l| {
+                let packets: u64 = l.endpoint_stats.iter().map(|e| e.mirrored_packets).sum();
+                (l.mirror_ifindex != 0 || packets > 0).then(|| FlowMirrorStatus {
+                    interface: (l.mirror_ifindex != 0).then(|| {
+                        nix::net::if_::if_indextoname(l.mirror_ifindex).map_or_else(
+                            |_| format!("ifindex {} (gone)", l.mirror_ifindex),
+                            |n| n.to_string_lossy().into_owned(),
+                        )
+                    }),
+                    percent: f64::from(l.mirror_bps) / 100.0,
+                    packets,
+                    bytes: l.endpoint_stats.iter().map(|e| e.mirrored_bytes).sum(),
+                })
+            }),
             versions,
         });
     }
@@ -212,6 +240,13 @@ impl Report {
                     eps.join(", ")
                 )
                 .unwrap();
+            }
+            if let Some(m) = &s.flow_mirror {
+                let to = match &m.interface {
+                    Some(i) => format!("{}% of new flows to {i}", m.percent),
+                    None => "off for new flows".into(),
+                };
+                writeln!(out, "  mirror: {to}; {} packets ({} bytes) copied", m.packets, m.bytes).unwrap();
             }
         }
         writeln!(out, "active flows: {}", self.active_flows).unwrap();

@@ -65,6 +65,9 @@ pub struct Case {
 pub mod net {
     pub const FXA_MAC: [u8; 6] = [0x02, 0, 0, 0, 0xfa, 0xaa];
     pub const FXB_MAC: [u8; 6] = [0x02, 0, 0, 0, 0xfb, 0xbb];
+    /// The mirror interface `fxm` (copies leave here) and its peer `fxn`.
+    pub const FXM_MAC: [u8; 6] = [0x02, 0, 0, 0, 0xfc, 0xcc];
+    pub const FXN_MAC: [u8; 6] = [0x02, 0, 0, 0, 0xfd, 0xdd];
     /// Neighbour MAC of backend 198.51.100.N (`N`) or 2001:db8:1::X (`0xX`).
     pub const fn backend_mac(last: u8) -> [u8; 6] {
         [0x02, 0, 0, 0, 0xbe, last]
@@ -82,7 +85,8 @@ pub mod net {
 /// A namespace where FIB lookups have fixed answers:
 /// 198.51.100.0/24 and 2001:db8:1::/64 via `fxa`, 192.0.2.0/24 and
 /// 2001:db8::/64 via `fxb`, with permanent neighbours for every host the
-/// fixtures use, and forwarding on.
+/// fixtures use, and forwarding on. A second pair `fxm`/`fxn` is the mirror
+/// link: copies sent out of `fxm` can be captured on `fxn`.
 pub struct FixtureNet {
     pub ns: NetNs,
     pub fxa_ifindex: u32,
@@ -114,6 +118,23 @@ impl FixtureNet {
         ]);
         ip(&["link", "set", "dev", "fxa", "up"]);
         ip(&["link", "set", "dev", "fxb", "up"]);
+        ip(&[
+            "link",
+            "add",
+            "name",
+            "fxm",
+            "address",
+            &mac(FXM_MAC),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "fxn",
+            "address",
+            &mac(FXN_MAC),
+        ]);
+        ip(&["link", "set", "dev", "fxm", "up"]);
+        ip(&["link", "set", "dev", "fxn", "up"]);
         ip(&["addr", "add", "198.51.100.1/24", "dev", "fxa"]);
         ip(&["addr", "add", "2001:db8:1::1/64", "dev", "fxa", "nodad"]);
         ip(&["addr", "add", "192.0.2.254/24", "dev", "fxb"]);
@@ -174,7 +195,9 @@ impl Harness {
             self.plans.iter().find(|p| p.name == n).map(splitter_user::plan::ServicePlan::as_previous)
         })
         .expect("plan");
-        self.dp.apply(&plans).expect("apply plans");
+        // Inside the namespace, where mirror interfaces resolve.
+        let dp = &mut self.dp;
+        self.net.ns.run(|| dp.apply(&plans)).expect("apply plans");
         self.plans = plans;
     }
 
@@ -189,6 +212,17 @@ impl Harness {
     pub fn run(&self, input: &[u8]) -> (u32, Vec<u8>) {
         let out = self.net.ns.run(|| self.dp.test_run(input, 1)).expect("BPF_PROG_TEST_RUN");
         (out.action, out.output)
+    }
+
+    /// Runs `input` once through the TC mirror program inside the fixture
+    /// namespace; returns its `TC_ACT_*` verdict and the output frame.
+    pub fn run_mirror(&self, input: &[u8]) -> (i32, Vec<u8>) {
+        let out = self
+            .net
+            .ns
+            .run(|| self.dp.test_run_program(splitter_common::names::PROG_MIRROR, input, 1))
+            .expect("BPF_PROG_TEST_RUN of the TC program");
+        (out.action as i32, out.output)
     }
 
     /// Checks one case; `Err` says everything that was wrong with it.
@@ -214,7 +248,8 @@ impl Harness {
             let expected = match stat {
                 Stat::RxPackets => 1,
                 Stat::RxBytes => case.input.len() as u64,
-                Stat::Passed => u64::from(case.verdict == Verdict::Pass),
+                // A packet left to the TC program (mirrored flow) passes uncounted.
+                Stat::Passed => u64::from(case.verdict == Verdict::Pass && !case.counts.contains(&Stat::MirrorHandoff)),
                 Stat::Dropped => u64::from(case.verdict == Verdict::Drop),
                 s => case.counts.iter().filter(|c| **c == s).count() as u64,
             };

@@ -276,3 +276,102 @@ fn a_service_without_a_usable_table_is_dropped_and_counted_with_a_clean_verdict(
     );
     h.check_table(&[drop.clone(), drop]);
 }
+
+/// `TC_ACT_*` verdicts of the mirror program.
+const TC_ACT_OK: i32 = 0;
+const TC_ACT_REDIRECT: i32 = 7;
+
+#[test]
+fn a_mirrored_flow_is_copied_whole_by_the_tc_program_and_an_unmirrored_one_never() {
+    use splitter_common::service::mirror_sampled;
+    use splitter_tests::raw::Capture;
+    let h =
+        Harness::with_config(&CONFIG.replace(
+            "weights: { blue: 100 }\n",
+            "weights: { blue: 100 }\n    mirror: { interface: fxm, percent: 50 }\n",
+        ));
+    let vip = sa4(VIP4, 80);
+    let blue = sa4(BLUE4, 8080);
+    let key = |port: u16| FlowKey::v4(CLIENT4, port, VIP4, 80, 6);
+    let sampled = (42000..43000).find(|p| mirror_sampled(&key(*p), 5000)).expect("a sampled port");
+    let unsampled = (42000..43000).find(|p| !mirror_sampled(&key(*p), 5000)).expect("an unsampled port");
+    let capture = h.net.ns.run(|| Capture::open("fxn")).expect("capture on fxn");
+    // Only the test's TCP frames: the links also carry IPv6 neighbour discovery.
+    let copies = || -> Vec<Vec<u8>> {
+        capture
+            .frames(std::time::Duration::from_millis(200), std::time::Duration::from_secs(2))
+            .into_iter()
+            .filter(|f| f.len() > 23 && f[12..14] == [0x08, 0x00] && f[23] == 6)
+            .collect()
+    };
+    let stat = |s: Stat| h.stats()[s as usize];
+
+    let client = sa4(CLIENT4, sampled);
+    let syn = Frame::tcp(client, vip, Tcp::Syn);
+    let reply = Frame::tcp(blue, client, Tcp::Ack).payload(b"mirrored answer").macs(backend_mac(10), FXA_MAC);
+    let handoff = [Ipv4, Tcp, ServicePackets, NewFlows, MirrorHandoff];
+    h.check_table(&[
+        case("sampled SYN: XDP leaves it to the TC program, unchanged", &syn, Verdict::Pass, None, &handoff),
+        case(
+            "reply on the mirrored flow: also left to TC",
+            &reply,
+            Verdict::Pass,
+            None,
+            &[Ipv4, Tcp, Replies, MirrorHandoff],
+        ),
+    ]);
+    let (mirrored, redirected) = (stat(Mirrored), stat(Redirected));
+    let (verdict, out) = h.run_mirror(&syn.build());
+    assert_eq!(verdict, TC_ACT_REDIRECT, "TC forwards the sampled SYN");
+    assert_eq!(out, to_backend(&syn, blue, 10).build(), "the primary is rewritten exactly as XDP would");
+    let (verdict, out) = h.run_mirror(&reply.build());
+    assert_eq!(verdict, TC_ACT_REDIRECT, "TC forwards the reply");
+    assert_eq!(out, to_client(&reply, vip).build(), "the reply is rewritten exactly as XDP would");
+    assert_eq!(
+        copies(),
+        [syn.build(), to_client(&reply, vip).build()],
+        "the copies: the SYN as the client sent it, the reply as the client gets it"
+    );
+    assert_eq!((stat(Mirrored) - mirrored, stat(Redirected) - redirected), (2, 2));
+
+    let plain = Frame::tcp(sa4(CLIENT4, unsampled), vip, Tcp::Syn);
+    h.check_table(&[case(
+        "unsampled SYN: the pure XDP path",
+        &plain,
+        Verdict::Redirect,
+        Some(to_backend(&plain, blue, 10)),
+        &[Ipv4, Tcp, ServicePackets, NewFlows, Redirected],
+    )]);
+    let (verdict, out) = h.run_mirror(&plain.build());
+    assert_eq!((verdict, out), (TC_ACT_OK, plain.build()), "TC leaves an unmirrored flow alone");
+    let stranger = Frame::tcp(sa4(GREEN4, 8080), client, Tcp::Ack);
+    assert_eq!(h.run_mirror(&stranger.build()), (TC_ACT_OK, stranger.build()), "and traffic of no flow");
+    assert!(copies().is_empty(), "no copy of an unsampled flow or a stranger");
+    assert_eq!(stat(Mirrored), mirrored + 2);
+}
+
+#[test]
+fn the_mirror_guard_drops_answers_from_a_service_address_and_passes_the_rest() {
+    let h = Harness::with_config(CONFIG);
+    let guard = |f: &Frame| {
+        let before = h.stats();
+        let out = h.net.ns.run(|| h.dp.test_run_program(splitter_common::names::PROG_MIRROR_GUARD, &f.build(), 1));
+        let out = out.expect("BPF_PROG_TEST_RUN of the guard");
+        let after = h.stats();
+        let moved: Vec<&str> =
+            Stat::ALL.iter().filter(|s| after[**s as usize] != before[**s as usize]).map(|s| s.name()).collect();
+        (out.action, moved)
+    };
+    let client = sa4(CLIENT4, 40000);
+    let shadow_answer = Frame::tcp(sa4(VIP4, 80), client, Tcp::Ack).payload(b"from the shadow");
+    assert_eq!(guard(&shadow_answer), (Verdict::Drop as u32, vec!["shadow_replies"]));
+    let dns_answer = Frame::udp(sa4(VIP4, 53), sa4(CLIENT4, 5000)).payload(b"shadow dns");
+    assert_eq!(guard(&dns_answer), (Verdict::Drop as u32, vec!["shadow_replies"]));
+    for other in [
+        Frame::tcp(sa4(VIP4, 443), client, Tcp::Ack),
+        Frame::tcp(client, sa4(VIP4, 80), Tcp::Syn),
+        Frame::udp(sa4(VIP4, 80), client),
+    ] {
+        assert_eq!(guard(&other), (Verdict::Pass as u32, vec![]), "not from a service: {other:?}");
+    }
+}

@@ -79,7 +79,7 @@ impl Shared {
 
     /// Starts, restarts or stops the mirror sender for `svc.mirror`.
     fn configure_mirror(&self, svc: &Service) {
-        let runtime = svc.mirror.as_ref().map(|m| {
+        let runtime = svc.l7_mirror().map(|m| {
             Arc::new(mirror::Mirror::start(
                 m.queue,
                 mirror::Settings {

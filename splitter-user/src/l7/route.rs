@@ -173,7 +173,7 @@ impl RouteTable {
                 })
             })
             .collect::<Result<Vec<_>, regex::Error>>()?;
-        let mirror = svc.mirror.as_ref().map(|m| MirrorPlan {
+        let mirror = svc.l7_mirror().map(|m| MirrorPlan {
             version: index(&m.version),
             bps: (m.percent * 100.0).round().clamp(1.0, BPS as f64) as u32,
             methods: m.methods.iter().map(|x| Method::from_bytes(x.as_bytes()).expect("validated")).collect(),

@@ -1,0 +1,174 @@
+//! Mirrored flows. XDP cannot clone a packet, so the XDP program leaves every
+//! packet of a flow sampled for mirroring to this TC (clsact ingress) program,
+//! unchanged: it sends a copy out of the flow's mirror interface
+//! (`bpf_clone_redirect`), then rewrites and forwards the packet exactly as
+//! the XDP program does for other flows. Unmirrored flows never come here.
+//!
+//! The copy shows the conversation as the client sees it, in both
+//! directions: client → VIP is copied before the destination rewrite,
+//! VIP → client after the source rewrite. One TCP stream with the VIP's
+//! address, which an analyzer reassembles and a shadow stack that owns the
+//! VIP can answer (its answers are dropped by [`splitter_mirror_guard`]).
+//!
+//! A copy that cannot be sent is counted by reason; the primary goes on.
+
+use aya_ebpf::{
+    bindings::{xdp_action, TC_ACT_OK, TC_ACT_SHOT},
+    helpers::generated::{bpf_csum_update, bpf_ktime_get_coarse_ns},
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
+use splitter_common::{
+    csum::Delta,
+    service::{FlowState, ReverseNat, ServiceKey, FLOW_MIRROR},
+    stats::Stat,
+};
+
+use crate::{
+    counters, forward,
+    frame::Uncounted,
+    maps::{SPLITTER_FLOWS, SPLITTER_REVERSE, SPLITTER_SERVICES},
+    nat::{self, Side},
+    parse::{self, Packet, Parsed, IPPROTO_TCP, TCP_FIN, TCP_RST},
+};
+
+const ENODEV: i64 = 19;
+const EINVAL: i64 = 22;
+const ENETDOWN: i64 = 100;
+
+/// Headers the parser reads (Ethernet, a VLAN tag, IPv4 with options, TCP
+/// without options): pulled into the skb's linear part when they are not.
+const HEADERS: u32 = 14 + 4 + 60 + 20;
+
+/// On the TC ingress hook of every interface the XDP program serves.
+#[classifier]
+pub fn splitter_mirror(ctx: TcContext) -> i32 {
+    try_mirror(&ctx)
+}
+
+#[inline(always)]
+fn try_mirror(ctx: &TcContext) -> i32 {
+    let linear = (ctx.data_end() - ctx.data()) as u32;
+    if linear < HEADERS && ctx.len() > linear {
+        let _ = ctx.pull_data(ctx.len().min(HEADERS));
+    }
+    let Ok(Parsed::Flow(pkt)) = parse::parse(ctx) else {
+        return TC_ACT_OK;
+    };
+    if let Some(state) = SPLITTER_FLOWS.get_ptr_mut(pkt.key) {
+        // SAFETY: the map's value; concurrent writers store equivalent values.
+        let state = unsafe { &mut *state };
+        if state.flags & FLOW_MIRROR != 0 {
+            return to_service(ctx, &pkt, state);
+        }
+    } else if let Some(rev) = SPLITTER_REVERSE.get_ptr_mut(pkt.key) {
+        // SAFETY: as above.
+        let rev = unsafe { &mut *rev };
+        if rev.flags & FLOW_MIRROR != 0 {
+            return to_client(ctx, &pkt, rev);
+        }
+    }
+    TC_ACT_OK
+}
+
+/// Client → service: copy as received, then DNAT and forward.
+#[inline(always)]
+fn to_service(ctx: &TcContext, pkt: &Packet, state: &mut FlowState) -> i32 {
+    copy(ctx, state.mirror_ifindex, state.service, state.endpoint);
+    // The copy shares the packet's data: make ours private before writing.
+    if ctx.pull_data(0).is_err() {
+        counters::inc(Stat::Dropped);
+        return TC_ACT_SHOT;
+    }
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    if pkt.tcp_flags & TCP_FIN != 0 {
+        state.flags |= splitter_common::service::FLOW_CLOSING;
+    }
+    let hop = forward::next_hop(ctx, pkt, &pkt.key.src_addr, &state.backend, &mut state.hop, now);
+    let (backend, port) = (state.backend, state.backend_port);
+    if pkt.key.proto == IPPROTO_TCP && pkt.tcp_flags & TCP_RST != 0 {
+        let _ = SPLITTER_FLOWS.remove(pkt.key);
+    }
+    match nat::rewrite(ctx, pkt, Side::Dst, &backend, port) {
+        Ok(sum) => follow_complete_sum(ctx, sum),
+        Err(e) => {
+            e.count();
+            return TC_ACT_OK;
+        }
+    }
+    match hop {
+        Some(hop) if forward::put_macs(ctx, &hop) => forward::redirect_skb(&hop),
+        _ => TC_ACT_OK,
+    }
+}
+
+/// Endpoint → client: SNAT, then copy as the client receives it, then forward.
+#[inline(always)]
+fn to_client(ctx: &TcContext, pkt: &Packet, rev: &mut ReverseNat) -> i32 {
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let hop = forward::next_hop(ctx, pkt, &rev.vip, &pkt.key.dst_addr, &mut rev.hop, now);
+    match nat::rewrite(ctx, pkt, Side::Src, &rev.vip, rev.vip_port) {
+        Ok(sum) => follow_complete_sum(ctx, sum),
+        Err(e) => {
+            e.count();
+            return TC_ACT_OK;
+        }
+    }
+    let hop = match hop {
+        Some(hop) if forward::put_macs(ctx, &hop) => Some(hop),
+        _ => None,
+    };
+    copy(ctx, rev.mirror_ifindex, rev.service, rev.endpoint);
+    match hop {
+        Some(hop) => forward::redirect_skb(&hop),
+        None => TC_ACT_OK,
+    }
+}
+
+/// Sends a copy of the packet as it is now out of `ifindex`, counted.
+#[inline(always)]
+fn copy(ctx: &TcContext, ifindex: u32, service: u16, endpoint: u8) {
+    // A coalesced (GRO) packet stands for several on the wire.
+    // SAFETY: the context pointer the kernel passed to the program.
+    let segments = u64::from(unsafe { (*ctx.skb.skb).gso_segs }.max(1));
+    match ctx.clone_redirect(ifindex, 0) {
+        Ok(()) => {
+            counters::add(Stat::Mirrored, segments);
+            counters::mirrored(service, endpoint, segments, u64::from(ctx.len()));
+        }
+        Err(e) => counters::inc(match -e {
+            ENETDOWN => Stat::MirrorDown,
+            ENODEV | EINVAL => Stat::MirrorNoDevice,
+            // NET_XMIT_DROP / NET_XMIT_CN from the device's queue.
+            _ if e > 0 => Stat::MirrorDropped,
+            _ => Stat::MirrorFailed,
+        }),
+    }
+}
+
+/// Keeps an skb's `CHECKSUM_COMPLETE` sum true after a rewrite (a no-op for
+/// other checksum states).
+#[inline(always)]
+fn follow_complete_sum(ctx: &TcContext, sum: Delta) {
+    // SAFETY: plain helper call on the program's own skb.
+    unsafe { bpf_csum_update(ctx.skb.skb, u32::from(sum.folded())) };
+}
+
+/// On mirror interfaces: a packet from a service address is a shadow
+/// answering the copies; it is dropped (and counted) so no client sees it.
+/// Everything else passes.
+#[xdp]
+pub fn splitter_mirror_guard(ctx: XdpContext) -> u32 {
+    let frame = Uncounted(&ctx);
+    let Ok(Parsed::Flow(pkt)) = parse::parse(&frame) else {
+        return xdp_action::XDP_PASS;
+    };
+    // SAFETY: a plain lookup; the value is not kept.
+    if unsafe { SPLITTER_SERVICES.get(ServiceKey::of_reply(&pkt.key)) }.is_some() {
+        counters::inc(Stat::ShadowReplies);
+        return xdp_action::XDP_DROP;
+    }
+    xdp_action::XDP_PASS
+}
