@@ -46,7 +46,7 @@ pub fn next_hop<C: Frame>(
     let mut params = mem::MaybeUninit::uninit();
     let p = zero_fib_params(&mut params);
     p.l4_protocol = pkt.key.proto;
-    p.ifindex = ctx.ingress_ifindex();
+    p.ifindex = ctx.arrival_ifindex();
     if pkt.key.family == FAMILY_V4 {
         p.family = AF_INET;
         p.__bindgen_anon_3.ipv4_src = src[0];

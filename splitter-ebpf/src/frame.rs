@@ -18,7 +18,7 @@ pub trait Frame: EbpfContext {
     fn data(&self) -> usize;
     fn data_end(&self) -> usize;
     /// The interface the packet arrived on.
-    fn ingress_ifindex(&self) -> u32;
+    fn arrival_ifindex(&self) -> u32;
 }
 
 impl Frame for XdpContext {
@@ -33,7 +33,7 @@ impl Frame for XdpContext {
         XdpContext::data_end(self)
     }
     #[inline(always)]
-    fn ingress_ifindex(&self) -> u32 {
+    fn arrival_ifindex(&self) -> u32 {
         XdpContext::ingress_ifindex(self) as u32
     }
 }
@@ -53,7 +53,7 @@ impl Frame for TcContext {
     /// `ingress_ifindex` is 0 under `BPF_PROG_TEST_RUN`, where the device is
     /// the namespace's loopback, so FIB lookups would fail there.)
     #[inline(always)]
-    fn ingress_ifindex(&self) -> u32 {
+    fn arrival_ifindex(&self) -> u32 {
         // SAFETY: the context pointer the kernel passed to the program.
         unsafe { (*self.skb.skb).ifindex }
     }
@@ -81,7 +81,7 @@ impl Frame for Uncounted<'_> {
         self.0.data_end()
     }
     #[inline(always)]
-    fn ingress_ifindex(&self) -> u32 {
-        Frame::ingress_ifindex(self.0)
+    fn arrival_ifindex(&self) -> u32 {
+        Frame::arrival_ifindex(self.0)
     }
 }

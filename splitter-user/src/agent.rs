@@ -219,6 +219,7 @@ fn agent_info(
         state_dir: config.state_dir.clone(),
         started_unix: started.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
         l7: l7.stats(),
+        mirrors: effective.services.iter().filter_map(|(n, s)| Some((n.clone(), s.l4_mirror()?.clone()))).collect(),
         weights: effective
             .services
             .iter()

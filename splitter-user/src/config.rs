@@ -625,6 +625,33 @@ services:
     }
 
     #[test]
+    fn l4_mirroring_is_accepted_and_bad_forms_are_explained() {
+        let yaml = |mode: &str, mirror: &str| {
+            format!(
+                "interfaces: {{clients: [eth0], backends: [eth1]}}\nservices:\n  s: {{listen: 10.0.0.1:80, protocol: tcp, mode: {mode}, versions: {{a: [10.0.1.1:80]}}, weights: {{a: 1}}, mirror: {mirror}}}\n"
+            )
+        };
+        let c = Config::from_yaml(&yaml("l4", "{ interface: eth3, percent: 2.5 }")).unwrap();
+        let m = c.services["s"].l4_mirror().unwrap();
+        assert_eq!((m.interface.as_str(), m.bps()), ("eth3", 250));
+        assert_eq!(c.mirror_interfaces().into_iter().collect::<Vec<_>>(), ["eth3"]);
+        for (mode, mirror, want) in [
+            ("l7", "{ interface: eth3, percent: 5 }", "copies flows in the kernel (mode l4)"),
+            ("l4", "{ version: a, percent: 5 }", "need mode l7"),
+            ("l4", "{ interface: eth1, percent: 5 }", "is a clients/backends interface"),
+            ("l4", "{ interface: eth3, percent: 0 }", "mirror.percent 0 is out of range"),
+            ("l4", "{ interface: eth3, percent: 0.001 }", "out of range"),
+            ("l4", "{ interface: eth3, percent: 101 }", "out of range"),
+            ("l4", "{ interface: eth3 }", "missing field `percent`"),
+            ("l4", "{ interface: eth3, percent: 5, port: 9 }", "unknown field `port`"),
+            ("l4", "{ interface: \"bad/name\", percent: 5 }", "mirror.interface"),
+        ] {
+            let msg = err(&yaml(mode, mirror));
+            assert!(msg.contains(want), "{mode} {mirror}: want {want:?} in: {msg}");
+        }
+    }
+
+    #[test]
     fn rejects_two_services_on_one_listener() {
         let msg = err(
             "interfaces: {clients: [eth0]}\nservices:\n  a: {listen: 10.0.0.1:80, protocol: tcp, versions: {x: [10.0.1.1:80]}, weights: {x: 1}}\n  b: {listen: 10.0.0.1:80, protocol: tcp, versions: {x: [10.0.1.2:80]}, weights: {x: 1}}\n",

@@ -49,7 +49,7 @@ impl Request {
 }
 
 /// The agent's answer.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 pub struct Response {
     pub ok: bool,
     /// What happened, or why nothing did.
@@ -76,7 +76,7 @@ impl Response {
 }
 
 /// A running agent, as it describes itself.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 pub struct AgentInfo {
     pub pid: u32,
     pub config: PathBuf,
@@ -89,6 +89,9 @@ pub struct AgentInfo {
     /// Counters of the l7 services (the proxy's; l4 counters are in the maps).
     #[serde(default)]
     pub l7: BTreeMap<String, crate::l7::ServiceStats>,
+    /// L4 flow mirroring each service runs with now (file plus runtime changes).
+    #[serde(default)]
+    pub mirrors: BTreeMap<String, crate::config::L4Mirror>,
 }
 
 #[derive(Debug, Error)]

@@ -141,11 +141,12 @@ pub fn report(pin_path: PathBuf, config: Option<&Config>, agent: Option<AgentInf
             flow_mirror: live.as_ref().and_then(|l| {
                 let packets: u64 = l.endpoint_stats.iter().map(|e| e.mirrored_packets).sum();
                 (l.mirror_ifindex != 0 || packets > 0).then(|| FlowMirrorStatus {
+                    // Names are the agent's (its namespace); without it, the index.
                     interface: (l.mirror_ifindex != 0).then(|| {
-                        nix::net::if_::if_indextoname(l.mirror_ifindex).map_or_else(
-                            |_| format!("ifindex {} (gone)", l.mirror_ifindex),
-                            |n| n.to_string_lossy().into_owned(),
-                        )
+                        agent
+                            .as_ref()
+                            .and_then(|a| a.mirrors.get(name))
+                            .map_or_else(|| format!("ifindex {}", l.mirror_ifindex), |m| m.interface.clone())
                     }),
                     percent: f64::from(l.mirror_bps) / 100.0,
                     packets,

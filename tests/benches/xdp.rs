@@ -12,11 +12,16 @@
 //!   call repeats 250 times from TTL 255 (4,000 calls = 1,000,000 packets);
 //! * a new flow cannot repeat at all: 8,000 distinct flows per round (7 rounds stay within the default 65,536-entry flow table), one run per call,
 //!   beside the floor measured the same way (the kernel's per-call timer
-//!   overhead is in both).
+//!   overhead is in both);
+//! * a mirrored established flow (service `mirrored`, 100 % mirrored to the
+//!   fixture's `fxm`) costs the XDP program's hand-off (it leaves the packet
+//!   alone: repeat 1,000,000) plus the TC program's copy, DNAT, FIB and
+//!   redirect (4,000 × 250 like the established flow; each copy really
+//!   leaves through the `fxm` veth).
 
 use std::{fmt::Write as _, time::Duration};
 
-use splitter_common::names::{PROG_FLOOR, PROG_INGRESS};
+use splitter_common::names::{PROG_FLOOR, PROG_INGRESS, PROG_MIRROR};
 use splitter_tests::{
     fixture::{net::*, Harness},
     packet::{Frame, Tcp},
@@ -37,6 +42,12 @@ services:
     protocol: tcp
     versions: { only: [203.0.113.10:80] }
     weights: { only: 1 }
+  mirrored:
+    listen: 203.0.113.10:81
+    protocol: tcp
+    versions: { only: [203.0.113.10:81] }
+    weights: { only: 1 }
+    mirror: { interface: fxm, percent: 100 }
 "#;
 
 struct Stats {
@@ -73,6 +84,10 @@ fn main() {
     let syn = Frame::tcp((CLIENT4, 40000), vip, Tcp::Syn).ttl(255).build();
     assert_eq!(h.run(&syn).0, 4, "the bench flow's SYN must be redirected");
     assert_eq!(h.run(&established).0, 4, "the bench flow's ACK must be redirected");
+    let mirrored = Frame::tcp((CLIENT4, 40000), (VIP4, 81), Tcp::Ack).payload(&[0u8; 64]).ttl(255).build();
+    let msyn = Frame::tcp((CLIENT4, 40000), (VIP4, 81), Tcp::Syn).ttl(255).build();
+    assert_eq!(h.run(&msyn).0, 2, "the mirrored flow's SYN is left to TC (XDP_PASS)");
+    assert_eq!(h.run_mirror(&mirrored).0, 7, "TC redirects the mirrored flow's packets (TC_ACT_REDIRECT)");
 
     let run = |prog: &'static str, input: &[u8], repeat: u32| -> Duration {
         h.net.ns.run(|| h.dp.test_run_program(prog, input, repeat)).expect("BPF_PROG_TEST_RUN").duration
@@ -82,6 +97,7 @@ fn main() {
     let mut est = Vec::new();
     let mut floor1 = Vec::new();
     let mut new1 = Vec::new();
+    let (mut handoff, mut tc_copy, mut tc_pass) = (Vec::new(), Vec::new(), Vec::new());
     let mut next_flow: u32 = 0;
     let rounds = rounds();
     for round in 0..rounds {
@@ -92,6 +108,13 @@ fn main() {
             total += ns(run(PROG_INGRESS, &established, 250));
         }
         est.push(total / 4000.0);
+        handoff.push(ns(run(PROG_INGRESS, &mirrored, 1_000_000)));
+        let mut total = 0.0;
+        for _ in 0..4000 {
+            total += ns(run(PROG_MIRROR, &mirrored, 250));
+        }
+        tc_copy.push(total / 4000.0);
+        tc_pass.push(ns(run(PROG_MIRROR, &not_service, 1_000_000)));
         let mut f = Vec::with_capacity(NEW_FLOWS);
         let mut n = Vec::with_capacity(NEW_FLOWS);
         for _ in 0..NEW_FLOWS {
@@ -108,7 +131,10 @@ fn main() {
     }
     let insns = h.dp.verified_instructions(PROG_INGRESS).expect("program info");
 
+    let mirror_insns = h.dp.verified_instructions(PROG_MIRROR).expect("program info");
+    let both: Vec<f64> = handoff.iter().zip(&tc_copy).map(|(a, b)| a + b).collect();
     let (floor, pass, est, floor1, new1) = (stats(floor), stats(pass), stats(est), stats(floor1), stats(new1));
+    let (handoff, tc_copy, tc_pass, both) = (stats(handoff), stats(tc_copy), stats(tc_pass), stats(both));
     let mut md = String::new();
     writeln!(md, "### XDP program cost (BPF_PROG_TEST_RUN, {rounds} interleaved rounds, median [min–max] ns/packet)\n")
         .unwrap();
@@ -131,10 +157,29 @@ fn main() {
     row(&mut md, "established flow: lookup, DNAT, FIB, redirect", "4,000 × 250", &est, &floor);
     row(&mut md, "empty program, one run per call (floor)", "8,000 × 1", &floor1, &floor1);
     row(&mut md, "new flow: placement, 2 inserts, DNAT, FIB, redirect (one run per call)", "8,000 × 1", &new1, &floor1);
+    row(&mut md, "mirrored established flow, XDP part: lookup, hand-off to TC", "1,000,000", &handoff, &floor);
+    row(
+        &mut md,
+        "mirrored established flow, TC part: clone to fxm, DNAT, FIB, redirect",
+        "4,000 × 250",
+        &tc_copy,
+        &floor,
+    );
+    row(&mut md, "mirrored established flow, XDP + TC (per round)", "—", &both, &floor);
+    row(&mut md, "TC program on a packet XDP passed (no mirrored flow)", "1,000,000", &tc_pass, &floor);
     writeln!(
         md,
-        "\nVerifier: `{PROG_INGRESS}` accepted after {} processed instructions (limit 1,000,000).",
-        insns.map_or("?".into(), |n| n.to_string())
+        "\nA mirrored established packet costs {:.2}× an unmirrored one in the programs ({:.0} vs {:.0} ns, medians); only sampled flows pay it. Their packets also take the kernel's skb path between XDP and TC, which this timer does not see: the `mirror` bench measures the whole service.",
+        both.median / est.median,
+        both.median,
+        est.median
+    )
+    .unwrap();
+    writeln!(
+        md,
+        "\nVerifier: `{PROG_INGRESS}` accepted after {} processed instructions, `{PROG_MIRROR}` after {} (limit 1,000,000).",
+        insns.map_or("?".into(), |n| n.to_string()),
+        mirror_insns.map_or("?".into(), |n| n.to_string())
     )
     .unwrap();
     writeln!(md, "Targets (issue #3): established ≤ 120 ns, new flow ≤ 500 ns, verifier ≤ 100k instructions; Katran's whole program measures ~100–120 ns this way.").unwrap();

@@ -64,6 +64,13 @@ impl Agent {
         cmd
     }
 
+    /// Runs `splitter ARGS --socket SOCKET` against this agent: whether it
+    /// succeeded, its stdout and its stderr.
+    pub fn control(&self, args: &[&str]) -> (bool, String, String) {
+        let out = self.cli().args(args).arg("--socket").arg(&self.control_socket).output().expect("run splitter");
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+    }
+
     /// `splitter status --json --config FILE` for this agent, parsed.
     pub fn status(&self) -> serde_json::Value {
         let out =

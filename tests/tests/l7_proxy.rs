@@ -89,8 +89,8 @@ fn by_backend(answers: &[Answer]) -> BTreeMap<String, usize> {
 }
 
 fn cli(agent: &Agent, args: &[&str]) -> (bool, String) {
-    let out = agent.cli().args(args).arg("--socket").arg(&agent.control_socket).output().expect("run splitter");
-    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    let (ok, out, err) = agent.control(args);
+    (ok, out + &err)
 }
 
 #[test]

@@ -34,8 +34,9 @@ enum Task {
     Ci,
     /// Bootstrap, then run the benchmarks (needs root): XDP program cost by
     /// BPF_PROG_TEST_RUN beside an empty-program floor, control-plane apply and
-    /// flip latency, agent RSS, the L7 proxy against direct and HAProxy.
-    /// Installs the peers (haproxy). Writes target/bench/*.md.
+    /// flip latency, agent RSS, the L7 proxy against direct and HAProxy, and
+    /// L4 throughput with and without mirroring. Installs the peers
+    /// (haproxy). Writes target/bench/*.md.
     Bench,
     /// Bootstrap, build the release binary and run `splitter demo` (needs root).
     Demo {
@@ -66,7 +67,8 @@ fn main() -> Result<()> {
             cargo(&["build", "--release", "--package", "splitter-user", "--bin", "splitter"])?;
             cargo(&["bench", "--package", "splitter-tests", "--bench", "xdp"])?;
             cargo(&["bench", "--package", "splitter-tests", "--bench", "control"])?;
-            cargo(&["bench", "--package", "splitter-tests", "--bench", "l7"])
+            cargo(&["bench", "--package", "splitter-tests", "--bench", "l7"])?;
+            cargo(&["bench", "--package", "splitter-tests", "--bench", "mirror"])
         }
         Task::Demo { args } => {
             bootstrap::run()?;

@@ -1,0 +1,201 @@
+//! Throughput of an l4 service with 0 % and with 10 % of its flows mirrored
+//! (run by `cargo xtask bench`, root): the demo topology plus a `tap`
+//! namespace behind the LB's mirror interface, TCP sinks as backends, and a
+//! client sending `BYTES` on each of `CONNS` parallel connections. Rounds
+//! alternate mirroring off and on (`splitter mirror`), so both see the same
+//! machine state. Client ports are chosen so exactly `CONNS / 10` flows of a
+//! mirrored round are sampled (the sampling is a pure function of the
+//! 5-tuple), which keeps the rounds comparable.
+//!
+//! Writes `target/bench/mirror.md`.
+
+use std::{
+    fmt::Write as _,
+    io::{Read, Write},
+    net::{Ipv4Addr, SocketAddr, TcpListener},
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use splitter_common::{service::mirror_sampled, FlowKey};
+use splitter_tests::netns::{netns, unique_name};
+use splitter_user::{agent_process::AgentProcess, demo::Topology, netns::NetNs};
+
+const CONNS: usize = 40;
+const BYTES: usize = 8 << 20;
+const PORT: u16 = 9000;
+const VIP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
+const CLIENT: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
+
+fn rounds() -> usize {
+    std::env::var("SPLITTER_BENCH_ROUNDS").ok().and_then(|v| v.parse().ok()).filter(|n| *n > 0).unwrap_or(5)
+}
+
+const CONFIG: &str = r#"
+interfaces:
+  clients: [lb-client]
+  backends: [lb-blue, lb-green]
+services:
+  bulk:
+    listen: 203.0.113.10:80
+    protocol: tcp
+    versions: { blue: [198.51.100.10:9000], green: [198.51.100.20:9000] }
+    weights: { blue: 1, green: 1 }
+"#;
+
+/// A sink on `[::]:PORT`: reads each connection to its end, then answers with
+/// the byte count (8 bytes, big endian).
+fn serve_sink(ns: &NetNs) {
+    let listener = ns.run(|| TcpListener::bind((std::net::Ipv6Addr::UNSPECIFIED, PORT))).expect("sink");
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut conn = conn;
+                let mut buf = vec![0u8; 1 << 16];
+                let mut n = 0u64;
+                while let Ok(k) = conn.read(&mut buf) {
+                    if k == 0 {
+                        break;
+                    }
+                    n += k as u64;
+                }
+                let _ = conn.write_all(&n.to_be_bytes());
+            });
+        }
+    });
+}
+
+/// Client ports for one round: `CONNS` fresh ports, exactly `CONNS / 10` of
+/// them sampled at 10 %.
+fn ports(next: &mut u16) -> Vec<u16> {
+    let (mut sampled, mut plain) = (Vec::new(), Vec::new());
+    while sampled.len() < CONNS / 10 || plain.len() < CONNS - CONNS / 10 {
+        let p = *next;
+        *next += 1;
+        let key = FlowKey::v4(CLIENT.octets(), p, VIP.octets(), 80, 6);
+        if mirror_sampled(&key, 1000) {
+            if sampled.len() < CONNS / 10 {
+                sampled.push(p);
+            }
+        } else if plain.len() < CONNS - CONNS / 10 {
+            plain.push(p);
+        }
+    }
+    sampled.into_iter().chain(plain).collect()
+}
+
+/// Sends `BYTES` on each connection in parallel; Gbit/s over the round.
+fn round(client: &NetNs, ports: &[u16]) -> f64 {
+    let vip = SocketAddr::from((VIP, 80));
+    let start = Instant::now();
+    client.run(|| {
+        std::thread::scope(|s| {
+            for &port in ports {
+                s.spawn(move || {
+                    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+                    sock.bind(&SocketAddr::from((CLIENT, port)).into()).unwrap_or_else(|e| panic!("bind {port}: {e}"));
+                    sock.connect_timeout(&vip.into(), Duration::from_secs(3))
+                        .unwrap_or_else(|e| panic!("connect from {port}: {e}"));
+                    let mut conn: std::net::TcpStream = sock.into();
+                    conn.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+                    let chunk = vec![0x5au8; 1 << 16];
+                    for _ in 0..BYTES / chunk.len() {
+                        conn.write_all(&chunk).unwrap_or_else(|e| panic!("send from {port}: {e}"));
+                    }
+                    conn.shutdown(std::net::Shutdown::Write).unwrap();
+                    let mut n = [0u8; 8];
+                    conn.read_exact(&mut n).unwrap_or_else(|e| panic!("count for {port}: {e}"));
+                    assert_eq!(u64::from_be_bytes(n), BYTES as u64, "the sink got every byte from {port}");
+                });
+            }
+        })
+    });
+    (ports.len() * BYTES * 8) as f64 / start.elapsed().as_secs_f64() / 1e9
+}
+
+fn median(mut v: Vec<f64>) -> (f64, f64, f64) {
+    v.sort_by(f64::total_cmp);
+    (v[v.len() / 2], v[0], v[v.len() - 1])
+}
+
+fn main() {
+    splitter_tests::require_root("the mirroring benchmark");
+    let topo = Topology::build(&unique_name("spb")).expect("topology");
+    serve_sink(&topo.blue);
+    serve_sink(&topo.green);
+    let tap = netns("tap");
+    splitter_user::netns::veth(&topo.lb, "lb-mirror", &tap, "eth0").expect("mirror link");
+    let bin = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/splitter");
+    let name = unique_name("spb");
+    let dir = std::env::temp_dir().join(format!("splitter-bench-{name}"));
+    let pin = PathBuf::from("/sys/fs/bpf").join(&name);
+    let mut agent = AgentProcess::start(&bin, &topo.lb, &dir, &pin, CONFIG).unwrap_or_else(|e| panic!("{e}"));
+    let mirror = |args: &[&str]| {
+        let out = std::process::Command::new(&bin)
+            .args(["mirror", "bulk"])
+            .args(args)
+            .arg("--socket")
+            .arg(&agent.control_socket)
+            .output()
+            .expect("splitter mirror");
+        assert!(out.status.success(), "splitter mirror {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    let mirrored = || {
+        let out = std::process::Command::new(&bin)
+            .args(["status", "--json", "--config"])
+            .arg(&agent.config_path)
+            .output()
+            .expect("status");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status JSON");
+        (v["counters"]["mirrored"].as_u64().unwrap_or(0), v["counters"]["service_packets"].as_u64().unwrap_or(0))
+    };
+
+    let mut next_port = 20000u16;
+    let (mut off, mut on) = (Vec::new(), Vec::new());
+    let (mut copies, mut packets) = (0u64, 0u64);
+    round(&topo.client, &ports(&mut next_port)); // warm-up
+    for r in 0..rounds() {
+        mirror(&["--off"]);
+        off.push(round(&topo.client, &ports(&mut next_port)));
+        mirror(&["--interface", "lb-mirror", "--percent", "10"]);
+        let (c0, p0) = mirrored();
+        on.push(round(&topo.client, &ports(&mut next_port)));
+        let (c1, p1) = mirrored();
+        copies += c1 - c0;
+        packets += p1 - p0;
+        eprintln!("round {}/{}: off {:.2} Gbit/s, 10 % {:.2} Gbit/s", r + 1, rounds(), off[r], on[r]);
+    }
+    let _ = agent.stop();
+
+    let (off, on) = (median(off), median(on));
+    let mut md = String::new();
+    writeln!(
+        md,
+        "### L4 service throughput with mirroring ({} interleaved rounds, {CONNS} parallel connections × {} MiB, median [min–max])\n",
+        rounds(),
+        BYTES >> 20
+    )
+    .unwrap();
+    writeln!(md, "| mirrored flows | Gbit/s | vs. no mirroring |").unwrap();
+    writeln!(md, "|---|---|---|").unwrap();
+    writeln!(md, "| 0 % | {:.2} [{:.2}–{:.2}] | 1.00× |", off.0, off.1, off.2).unwrap();
+    writeln!(
+        md,
+        "| 10 % ({} of {CONNS} flows) | {:.2} [{:.2}–{:.2}] | {:.2}× |",
+        CONNS / 10,
+        on.0,
+        on.1,
+        on.2,
+        on.0 / off.0
+    )
+    .unwrap();
+    writeln!(
+        md,
+        "\nIn the mirrored rounds {copies} copies (both directions) left lb-mirror while the service received {packets} client packets (a copy of a coalesced packet counts per segment). Client, LB and backends share this machine's cores: the ratio is the point."
+    )
+    .unwrap();
+    print!("{md}");
+    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
+    std::fs::create_dir_all(&out).expect("target/bench");
+    std::fs::write(out.join("mirror.md"), &md).expect("write target/bench/mirror.md");
+}

@@ -1,0 +1,298 @@
+//! Tier 3, L4 mirroring end to end: the real agent, real TCP clients and
+//! backends (`splitter_user::demo::Topology`), and a packet capture in a
+//! `tap` namespace on the far side of the LB's mirror interface. The flows a
+//! capture sees must be exactly the sampled ones (the sampling is a pure
+//! function of the 5-tuple, so the test knows them), each whole.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream, UdpSocket},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use etherparse::{NetSlice, SlicedPacket, TransportSlice};
+use splitter_common::{service::mirror_sampled, FlowKey};
+use splitter_tests::{
+    agent::Agent,
+    netns::{netns, unique_name, NetNs},
+    raw::{mac_of, Capture, RawSocket},
+};
+use splitter_user::demo::{ask_version, serve_tcp, serve_udp, Topology};
+
+const TIMEOUT: Duration = Duration::from_secs(3);
+const VIP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
+const CLIENT: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
+
+const CONFIG: &str = r#"
+interfaces:
+  clients: [lb-client]
+  backends: [lb-blue, lb-green]
+services:
+  shop:
+    listen: 203.0.113.10:80
+    protocol: tcp
+    versions: { blue: [198.51.100.10:8080], green: [198.51.100.20:8080] }
+    weights: { blue: 50, green: 50 }
+    mirror: { interface: lb-mirror, percent: 20 }
+  dns:
+    listen: 203.0.113.10:53
+    protocol: udp
+    versions: { blue: [198.51.100.10:5353] }
+    weights: { blue: 1 }
+"#;
+
+/// The demo topology plus a `tap` namespace joined to the LB by the mirror
+/// link (`lb-mirror` in lb, `eth0` in tap).
+struct Setup {
+    topo: Topology,
+    tap: NetNs,
+    agent: Agent,
+}
+
+fn setup(config: &str) -> Setup {
+    splitter_tests::require_root("the L4 mirroring end-to-end test");
+    let topo = Topology::build(&unique_name("spt")).expect("build topology");
+    for (ns, name) in [(&topo.blue, "blue"), (&topo.green, "green")] {
+        serve_tcp(ns, 8080, name).expect("TCP backend");
+        serve_udp(ns, 5353, name).expect("UDP backend");
+    }
+    let tap = netns("tap");
+    splitter_user::netns::veth(&topo.lb, "lb-mirror", &tap, "eth0").expect("mirror link");
+    let agent = Agent::start(&topo.lb, config);
+    Setup { topo, tap, agent }
+}
+
+/// Every frame the capture sees until `stop` is set (then until it is quiet).
+fn capture_until(tap: &NetNs, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Vec<Vec<u8>>> {
+    let capture = tap.run(|| Capture::open("eth0")).expect("capture on the tap side");
+    std::thread::spawn(move || {
+        let mut frames = Vec::new();
+        let start = std::time::Instant::now();
+        while start.elapsed() < Duration::from_secs(120) {
+            match capture.recv(Duration::from_millis(300)) {
+                Some(f) => frames.push(f),
+                None if stop.load(Ordering::Relaxed) => break,
+                None => {}
+            }
+        }
+        frames
+    })
+}
+
+/// What a capture saw of one client flow (by client port).
+#[derive(Debug, Default)]
+struct Seen {
+    syn: bool,
+    request: bool,
+    answer: bool,
+    /// Frames addressed to anything but the VIP (e.g. the backend after DNAT).
+    foreign: usize,
+}
+
+/// Groups captured IPv4 TCP frames of the VIP's port 80 by client port.
+fn flows(frames: &[Vec<u8>]) -> BTreeMap<u16, Seen> {
+    let mut out: BTreeMap<u16, Seen> = BTreeMap::new();
+    for f in frames {
+        let Ok(p) = SlicedPacket::from_ethernet(f) else { continue };
+        let (Some(NetSlice::Ipv4(ip)), Some(TransportSlice::Tcp(tcp))) = (&p.net, &p.transport) else { continue };
+        let (src, dst) = (ip.header().source_addr(), ip.header().destination_addr());
+        let payload = !tcp.payload().is_empty();
+        if src == CLIENT && tcp.destination_port() == 80 {
+            let s = out.entry(tcp.source_port()).or_default();
+            if dst != VIP {
+                s.foreign += 1;
+            }
+            s.syn |= tcp.syn() && !tcp.ack();
+            s.request |= payload;
+        } else if dst == CLIENT && tcp.source_port() == 80 {
+            let s = out.entry(tcp.destination_port()).or_default();
+            if src != VIP {
+                s.foreign += 1;
+            }
+            s.answer |= payload;
+        } else if src == CLIENT || dst == CLIENT {
+            out.entry(0).or_default().foreign += 1;
+        }
+    }
+    out
+}
+
+/// `n` connections to the VIP (each asks once); the client ports used.
+fn connect(topo: &Topology, n: usize) -> Vec<u16> {
+    let vip = SocketAddr::from((VIP, 80));
+    topo.client.run(|| {
+        (0..n)
+            .map(|i| {
+                let c = TcpStream::connect_timeout(&vip, TIMEOUT).unwrap_or_else(|e| panic!("connection {i}: {e}"));
+                c.set_read_timeout(Some(TIMEOUT)).unwrap();
+                let v = ask_version(&c).unwrap_or_else(|e| panic!("connection {i} unanswered: {e}"));
+                assert!(v == "blue" || v == "green", "connection {i} answered {v:?}");
+                c.local_addr().unwrap().port()
+            })
+            .collect()
+    })
+}
+
+fn key(port: u16) -> FlowKey {
+    FlowKey::v4(CLIENT.octets(), port, VIP.octets(), 80, 6)
+}
+
+#[test]
+fn a_fifth_of_the_flows_is_copied_whole_and_no_other_flow_at_all() {
+    let s = setup(CONFIG);
+    let stop = Arc::new(AtomicBool::new(false));
+    let capture = capture_until(&s.tap, stop.clone());
+    const N: usize = 1000;
+    let ports = connect(&s.topo, N);
+    stop.store(true, Ordering::Relaxed);
+    let seen = flows(&capture.join().expect("capture thread"));
+
+    let sampled: BTreeSet<u16> = ports.iter().copied().filter(|p| mirror_sampled(&key(*p), 2000)).collect();
+    let captured: BTreeSet<u16> = seen.keys().copied().filter(|p| *p != 0).collect();
+    let share = captured.len() as f64 / N as f64;
+    // 1,000 flows at 20 %: one standard deviation is 1.3 pp.
+    assert!((share - 0.20).abs() <= 0.05, "{} of {N} flows captured ({share:.3}), not 20 % ± 5 pp", captured.len());
+    let unsampled: Vec<_> = captured.difference(&sampled).collect();
+    assert!(unsampled.is_empty(), "flows copied that were not sampled: {unsampled:?}");
+    let missing: Vec<_> = sampled.difference(&captured).collect();
+    assert!(missing.is_empty(), "sampled flows with no copy: {missing:?}");
+    for (port, f) in &seen {
+        assert!(*port != 0, "frames of the client that belong to no VIP flow were copied: {f:?}");
+        assert!(f.syn && f.request && f.answer, "flow from port {port} not copied whole: {f:?}");
+        assert_eq!(f.foreign, 0, "flow {port}: copies must show the client's view (the VIP), got {f:?}");
+    }
+
+    let status = s.agent.status();
+    let shop = status["services"].as_array().unwrap().iter().find(|x| x["name"] == "shop").unwrap().clone();
+    let m = &shop["flow_mirror"];
+    assert_eq!((m["interface"].as_str(), m["percent"].as_f64()), (Some("lb-mirror"), Some(20.0)), "{shop}");
+    assert!(m["packets"].as_u64().unwrap() >= 4 * sampled.len() as u64, "copies counted per flow: {m}");
+    let c = &status["counters"];
+    assert!(c["mirrored"].as_u64().unwrap() >= 4 * sampled.len() as u64, "{c}");
+    for k in ["mirror_down", "mirror_no_device", "mirror_dropped", "mirror_failed"] {
+        assert_eq!(c[k], 0, "{k}: {c}");
+    }
+}
+
+#[test]
+fn the_mirror_link_going_down_costs_copies_and_no_primary_connection() {
+    let s = setup(&CONFIG.replace("percent: 20", "percent: 50"));
+    let vip = SocketAddr::from((VIP, 80));
+    let done = AtomicBool::new(false);
+    let (ok, failed) = std::thread::scope(|scope| {
+        let client = scope.spawn(|| {
+            s.topo.client.run(|| {
+                let (mut ok, mut failed) = (0u32, Vec::new());
+                for i in 0..600 {
+                    match TcpStream::connect_timeout(&vip, TIMEOUT).and_then(|c| {
+                        c.set_read_timeout(Some(TIMEOUT))?;
+                        ask_version(&c)
+                    }) {
+                        Ok(_) => ok += 1,
+                        Err(e) => failed.push(format!("connection {i}: {e}")),
+                    }
+                    if i == 200 {
+                        s.topo.lb.ip(&["link", "set", "dev", "lb-mirror", "down"]).expect("mirror link down");
+                    }
+                }
+                done.store(true, Ordering::Relaxed);
+                (ok, failed)
+            })
+        });
+        client.join().expect("client thread")
+    });
+    assert!(failed.is_empty(), "{} primary connections failed: {:?}", failed.len(), &failed[..failed.len().min(5)]);
+    assert_eq!(ok, 600);
+    let c = s.agent.status()["counters"].clone();
+    assert!(c["mirrored"].as_u64().unwrap() > 0, "copies before the link went down: {c}");
+    let failures: u64 = ["mirror_down", "mirror_no_device", "mirror_dropped", "mirror_failed"]
+        .iter()
+        .map(|k| c[k].as_u64().unwrap())
+        .sum();
+    assert!(failures > 0, "copies after the link went down are counted as failures: {c}");
+}
+
+#[test]
+fn mirroring_is_switched_at_run_time_and_bad_requests_change_nothing() {
+    let mut s = setup(&CONFIG.replace("    mirror: { interface: lb-mirror, percent: 20 }\n", ""));
+    let copies = |topo: &Topology, tap: &NetNs, n: usize| {
+        let stop = Arc::new(AtomicBool::new(false));
+        let capture = capture_until(tap, stop.clone());
+        let ports = connect(topo, n);
+        stop.store(true, Ordering::Relaxed);
+        let seen = flows(&capture.join().unwrap());
+        (ports, seen)
+    };
+    let (_, seen) = copies(&s.topo, &s.tap, 50);
+    assert!(seen.is_empty(), "no mirror configured, yet copies: {seen:?}");
+
+    let (ok, out, err) = s.agent.control(&["mirror", "shop", "--interface", "lb-mirror", "--percent", "100"]);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("mirroring 100% of new flows to lb-mirror"), "{out}");
+    let (ports, seen) = copies(&s.topo, &s.tap, 50);
+    assert_eq!(seen.keys().copied().collect::<BTreeSet<_>>(), ports.iter().copied().collect(), "every flow at 100 %");
+
+    for (args, want) in [
+        (&["mirror", "shop", "--interface", "lb-client", "--percent", "5"][..], "clients/backends interface"),
+        (&["mirror", "shop", "--interface", "nosuch0", "--percent", "5"][..], "does not exist"),
+        (&["mirror", "dns", "--interface", "lb-mirror", "--percent", "500"][..], "out of range"),
+        (&["mirror", "nope", "--off"][..], "no service \"nope\""),
+    ] {
+        let (ok, out, err) = s.agent.control(args);
+        assert!(!ok && err.contains(want), "{args:?}: want a refusal mentioning {want:?}, got {out}{err}");
+    }
+    let (ports, seen) = copies(&s.topo, &s.tap, 20);
+    assert_eq!(seen.len(), ports.len(), "a refused request left mirroring as it was");
+
+    // Persisted like a weight: a restarted agent mirrors the same way.
+    s.agent.restart(&s.topo.lb).expect("restart");
+    let (ports, seen) = copies(&s.topo, &s.tap, 20);
+    assert_eq!(seen.len(), ports.len(), "after a restart: {seen:?}");
+
+    let (ok, out, err) = s.agent.control(&["mirror", "shop", "--off"]);
+    assert!(ok && out.contains("mirroring off"), "{out}{err}");
+    let (_, seen) = copies(&s.topo, &s.tap, 50);
+    assert!(seen.is_empty(), "mirroring off, yet copies: {seen:?}");
+    assert!(s.agent.status()["services"][1]["flow_mirror"]["interface"].is_null(), "status shows it off");
+}
+
+#[test]
+fn answers_a_shadow_sends_from_a_service_address_are_dropped_at_the_mirror_interface() {
+    let s = setup(CONFIG);
+    let lb_mac = mac_of(&s.topo.lb, "lb-mirror");
+    let tap_mac = mac_of(&s.tap, "eth0");
+    let udp_from = |src: SocketAddrV4| {
+        let mut frame = Vec::new();
+        etherparse::PacketBuilder::ethernet2(tap_mac, lb_mac)
+            .ipv4(src.ip().octets(), CLIENT.octets(), 64)
+            .udp(src.port(), 5555)
+            .write(&mut frame, b"from the shadow")
+            .unwrap();
+        frame
+    };
+    let sock = s.topo.client.run(|| UdpSocket::bind("0.0.0.0:5555")).expect("client socket");
+    sock.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    let raw = s.tap.run(|| RawSocket::open("eth0")).expect("raw socket in tap");
+    let before = s.agent.counter("shadow_replies");
+    // Not from a service: the LB's stack forwards it to the client. (Shows
+    // the path would deliver, so the drop below is the guard's doing.)
+    let mut buf = [0u8; 64];
+    let mut delivered = false;
+    for _ in 0..5 {
+        raw.send(&udp_from(SocketAddrV4::new(Ipv4Addr::new(203, 0, 113, 99), 53))).unwrap();
+        if sock.recv_from(&mut buf).is_ok() {
+            delivered = true;
+            break;
+        }
+    }
+    assert!(delivered, "a datagram from a non-service address crossed the LB");
+    for _ in 0..5 {
+        raw.send(&udp_from(SocketAddrV4::new(VIP, 53))).unwrap();
+    }
+    assert!(sock.recv_from(&mut buf).is_err(), "an answer from the service address reached the client");
+    assert_eq!(s.agent.counter("shadow_replies") - before, 5, "each one counted");
+}
