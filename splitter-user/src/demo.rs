@@ -10,6 +10,7 @@
 //!                                     2001:db8:1::1
 //!                            lb-green 198.51.100.17/28   ── eth0 198.51.100.20, 2001:db8:2::10
 //!                                     2001:db8:2::1
+//!                            lb-mirror (no address)      ── eth0 in the tap ns (a capture)
 //! ```
 //! VIPs (203.0.113.0/24, 2001:db8::/64) are routed to the lb by the client's
 //! default routes and owned by no one: only the XDP program answers for them.
@@ -35,9 +36,10 @@ use crate::{
 };
 
 /// The demo's desired state. Interface names match the topology it builds.
-pub const DEMO_CONFIG: &str = r#"# splitter demo: a TCP service split in the kernel (80 % blue / 20 % green)
-# and an HTTP service through the agent's proxy (90/10, a header canary,
-# 10 % of requests mirrored to a shadow and compared).
+pub const DEMO_CONFIG: &str = r#"# splitter demo: a TCP service split in the kernel (80 % blue / 20 % green,
+# 10 % of its flows copied whole to a mirror interface) and an HTTP service
+# through the agent's proxy (90/10, a header canary, 10 % of requests
+# mirrored to a shadow and compared).
 interfaces:
   clients: [lb-client]
   backends: [lb-blue, lb-green]
@@ -50,6 +52,7 @@ services:
       blue:  [198.51.100.10:8080]
       green: [198.51.100.20:8080]
     weights: { blue: 80, green: 20 }
+    mirror: { interface: lb-mirror, percent: 10 }
   api:
     listen: 203.0.113.10:8080
     protocol: tcp
@@ -144,6 +147,14 @@ impl Topology {
     }
 }
 
+/// Adds the mirror link: `lb-mirror` in `lb`, joined to `eth0` in a new
+/// namespace `{prefix}-tap` (returned), where a capture sees the copies.
+pub fn mirror_link(lb: &NetNs, prefix: &str) -> Result<NetNs, NetnsError> {
+    let tap = NetNs::new(format!("{prefix}-tap"))?;
+    veth(lb, "lb-mirror", &tap, "eth0")?;
+    Ok(tap)
+}
+
 /// A TCP backend on `[::]:port` (both families): answers every line a client
 /// sends with `name` and a newline, for as long as the client keeps the
 /// connection open. Runs until the process exits.
@@ -222,6 +233,23 @@ fn connect_many(client: &NetNs, vip: SocketAddr, n: usize) -> BTreeMap<Option<St
     total
 }
 
+/// Prints what the capture behind the mirror interface saw of `shop`'s
+/// flows; returns the flows it saw only in part.
+fn print_mirror(shop: &crate::config::Service, frames: &[Vec<u8>], connections: usize, prefix: &str) -> usize {
+    let (Some(m), std::net::SocketAddr::V4(vip)) = (shop.l4_mirror(), shop.listen) else { return 0 };
+    let seen = crate::capture::tcp_flows(frames, vip);
+    println!(
+        "   mirror: {}% of new flows copied out of {}; a capture in {prefix}-tap saw {} flows ({:.1}%), {} whole (SYN, request, answer), in the client's view (client <-> VIP; {} other frames)",
+        m.percent,
+        m.interface,
+        seen.flows.len(),
+        seen.flows.len() as f64 * 100.0 / connections.max(1) as f64,
+        seen.whole(),
+        seen.other
+    );
+    seen.flows.len() - seen.whole() + seen.other
+}
+
 /// Prints the split `results` got next to the service's configured and live shares.
 fn print_split(shop: &crate::config::Service, live_bps: &[u32], results: &BTreeMap<Option<String>, usize>) -> usize {
     let total: usize = results.values().sum();
@@ -282,7 +310,8 @@ pub fn run(connections: usize) -> Result<(), DemoError> {
     println!("config (embedded):\n{}", indent(DEMO_CONFIG));
     let prefix = format!("{NS_PREFIX}{pid}");
     let topo = Topology::build(&prefix)?;
-    println!("topology: namespaces {prefix}-{{client,lb,blue,green}} joined by veth pairs; XDP on lb-client, lb-blue, lb-green");
+    let tap = mirror_link(&topo.lb, &prefix)?;
+    println!("topology: namespaces {prefix}-{{client,lb,blue,green,tap}} joined by veth pairs; XDP (and TC) on lb-client, lb-blue, lb-green; lb-mirror leads to tap");
     serve_tcp(&topo.blue, 8080, "blue")?;
     serve_tcp(&topo.green, 8080, "green")?;
     crate::demo_http::serve_http(&topo.blue, 8081, "blue")?;
@@ -297,9 +326,11 @@ pub fn run(connections: usize) -> Result<(), DemoError> {
     // 1. The configured split.
     let pinned = PinnedMaps::open(&pin_path)?;
     let before = pinned.counters()?;
+    let recording = tap.run(|| crate::capture::Capture::open("eth0"))?.record();
     let started = Instant::now();
     let results = connect_many(&topo.client, shop.listen, connections);
     let elapsed = started.elapsed();
+    let copies = recording.finish();
     let delta = pinned.counters()?.since(&before);
     let live = pinned.service(&service_key(&shop))?.map(|l| l.version_bps).unwrap_or_default();
     println!(
@@ -310,12 +341,13 @@ pub fn run(connections: usize) -> Result<(), DemoError> {
     let mut failed = print_split(&shop, &live, &results);
     use splitter_common::stats::Stat;
     println!(
-        "\n   in the kernel: {} new flows placed, {} packets redirected by XDP, {} replies rewritten to the VIP, {} packets left to the stack",
+        "\n   in the kernel: {} new flows placed, {} packets redirected, {} replies rewritten to the VIP, {} packets left to the stack",
         delta.get(Stat::NewFlows),
         delta.get(Stat::Redirected),
         delta.get(Stat::Replies),
         delta.get(Stat::Passed)
     );
+    failed += print_mirror(&shop, &copies, connections, &prefix);
 
     // 2. Move the canary while connections are open.
     let held: Vec<(TcpStream, String)> = topo.client.run(|| {
@@ -350,6 +382,7 @@ pub fn run(connections: usize) -> Result<(), DemoError> {
     println!("{}", indent(&crate::status::report(pin_path.clone(), Some(&live_config), agent.info())?.render()));
     let log = agent.log();
     drop(agent);
+    drop(tap);
     drop(topo);
     println!("\ncleaned up: agent stopped, XDP detached, namespaces deleted");
     if failed > 0 {

@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod agent_process;
 pub mod aging;
+pub mod capture;
 pub mod cli;
 pub mod config;
 pub mod control;

@@ -62,8 +62,11 @@ fn dispatch(command: Command) -> Result<()> {
                     .zip(&plan.bps)
                     .map(|(v, b)| format!("{v} {:.2}% ({} endpoints)", *b as f64 / 100.0, svc.versions[v].len()))
                     .collect();
+                let mirror = svc
+                    .l4_mirror()
+                    .map_or(String::new(), |m| format!("; {}% of flows mirrored to {}", m.percent, m.interface));
                 println!(
-                    "  {name}  {}/{} {}  {}",
+                    "  {name}  {}/{} {}  {}{mirror}",
                     svc.listen,
                     format!("{:?}", svc.protocol).to_lowercase(),
                     format!("{:?}", svc.mode).to_lowercase(),

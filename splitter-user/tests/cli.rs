@@ -18,7 +18,7 @@ fn write(dir: &tempfile::TempDir, name: &str, text: &str) -> String {
 fn help_lists_every_verb() {
     let (ok, out, _) = splitter(&["--help"]);
     assert!(ok);
-    for verb in ["run", "check", "status", "weight", "flip", "rollback", "diffs", "down"] {
+    for verb in ["run", "check", "status", "weight", "flip", "rollback", "mirror", "diffs", "down"] {
         assert!(out.lines().any(|l| l.trim_start().starts_with(verb)), "--help lacks {verb}:\n{out}");
     }
 }

@@ -18,7 +18,7 @@ use std::{
 };
 
 use splitter_common::{service::mirror_sampled, FlowKey};
-use splitter_tests::netns::{netns, unique_name};
+use splitter_tests::netns::unique_name;
 use splitter_user::{agent_process::AgentProcess, demo::Topology, netns::NetNs};
 
 const CONNS: usize = 40;
@@ -123,8 +123,7 @@ fn main() {
     let topo = Topology::build(&unique_name("spb")).expect("topology");
     serve_sink(&topo.blue);
     serve_sink(&topo.green);
-    let tap = netns("tap");
-    splitter_user::netns::veth(&topo.lb, "lb-mirror", &tap, "eth0").expect("mirror link");
+    let _tap = splitter_user::demo::mirror_link(&topo.lb, &unique_name("spb")).expect("mirror link");
     let bin = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/splitter");
     let name = unique_name("spb");
     let dir = std::env::temp_dir().join(format!("splitter-bench-{name}"));
