@@ -76,11 +76,13 @@ pub enum Stat {
     /// Copies sent to a mirror interface (segments of a coalesced packet
     /// count one each).
     Mirrored,
-    /// Copies not sent: the mirror interface is down.
+    /// Copies refused with `ENETDOWN`: the mirror interface is down (how
+    /// queue-less devices report it).
     MirrorDown,
     /// Copies not sent: the mirror interface no longer exists.
     MirrorNoDevice,
-    /// Copies the mirror interface dropped (queue full, peer down).
+    /// Copies the mirror interface's queue dropped: it is down (a veth or a
+    /// NIC with a qdisc reports it this way) or full.
     MirrorDropped,
     /// Copies not sent for any other reason.
     MirrorFailed,

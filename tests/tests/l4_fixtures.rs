@@ -285,11 +285,15 @@ const TC_ACT_REDIRECT: i32 = 7;
 fn a_mirrored_flow_is_copied_whole_by_the_tc_program_and_an_unmirrored_one_never() {
     use splitter_common::service::mirror_sampled;
     use splitter_tests::raw::Capture;
-    let h =
-        Harness::with_config(&CONFIG.replace(
-            "weights: { blue: 100 }\n",
-            "weights: { blue: 100 }\n    mirror: { interface: fxm, percent: 50 }\n",
-        ));
+    let h = Harness::with_config(
+        &CONFIG
+            .replace(
+                "weights: { blue: 100 }\n",
+                "weights: { blue: 100 }\n    mirror: { interface: fxm, percent: 50 }\n",
+            )
+            .replace("weights: { v1: 1 }\n", "weights: { v1: 1 }\n    mirror: { interface: fxm, percent: 100 }\n")
+            .replace("weights: { blue: 1 }\n", "weights: { blue: 1 }\n    mirror: { interface: fxm, percent: 100 }\n"),
+    );
     let vip = sa4(VIP4, 80);
     let blue = sa4(BLUE4, 8080);
     let key = |port: u16| FlowKey::v4(CLIENT4, port, VIP4, 80, 6);
@@ -301,7 +305,10 @@ fn a_mirrored_flow_is_copied_whole_by_the_tc_program_and_an_unmirrored_one_never
         capture
             .frames(std::time::Duration::from_millis(200), std::time::Duration::from_secs(2))
             .into_iter()
-            .filter(|f| f.len() > 23 && f[12..14] == [0x08, 0x00] && f[23] == 6)
+            .filter(|f| {
+                let v4 = f.len() > 23 && f[12..14] == [0x08, 0x00] && matches!(f[23], 6 | 17);
+                v4 || (f.len() > 20 && f[12..14] == [0x86, 0xdd] && f[20] == 6)
+            })
             .collect()
     };
     let stat = |s: Stat| h.stats()[s as usize];
@@ -348,6 +355,30 @@ fn a_mirrored_flow_is_copied_whole_by_the_tc_program_and_an_unmirrored_one_never
     assert_eq!(h.run_mirror(&stranger.build()), (TC_ACT_OK, stranger.build()), "and traffic of no flow");
     assert!(copies().is_empty(), "no copy of an unsampled flow or a stranger");
     assert_eq!(stat(Mirrored), mirrored + 2);
+
+    // IPv6 and UDP take the same path (services mirrored at 100 %).
+    let syn6 = Frame::tcp(sa6(CLIENT6, 40000), sa6(VIP6, 80), Tcp::Syn);
+    let dns_q = Frame::udp(sa4(CLIENT4, 5000), sa4(VIP4, 53)).payload(b"query");
+    let dns_backend = sa4([198, 51, 100, 11], 5353);
+    h.check_table(&[
+        case(
+            "IPv6 SYN of a mirrored service: left to TC",
+            &syn6,
+            Verdict::Pass,
+            None,
+            &[Ipv6, Tcp, ServicePackets, NewFlows, MirrorHandoff],
+        ),
+        case(
+            "UDP datagram of a mirrored service: left to TC",
+            &dns_q,
+            Verdict::Pass,
+            None,
+            &[Ipv4, Udp, ServicePackets, NewFlows, MirrorHandoff],
+        ),
+    ]);
+    assert_eq!(h.run_mirror(&syn6.build()), (TC_ACT_REDIRECT, to_backend(&syn6, sa6(BLUE6, 8080), 0x10).build()));
+    assert_eq!(h.run_mirror(&dns_q.build()), (TC_ACT_REDIRECT, to_backend(&dns_q, dns_backend, 11).build()));
+    assert_eq!(copies(), [syn6.build(), dns_q.build()], "IPv6 and UDP copies, as the client sent them");
 }
 
 #[test]

@@ -133,7 +133,7 @@ fn a_fifth_of_the_flows_is_copied_whole_and_no_other_flow_at_all() {
 }
 
 #[test]
-fn the_mirror_link_going_down_costs_copies_and_no_primary_connection() {
+fn the_mirror_link_going_down_or_away_costs_copies_and_no_primary_connection() {
     let s = setup(&CONFIG.replace("percent: 20", "percent: 50"));
     let vip = SocketAddr::from((VIP, 80));
     let done = AtomicBool::new(false);
@@ -152,6 +152,9 @@ fn the_mirror_link_going_down_costs_copies_and_no_primary_connection() {
                     if i == 200 {
                         s.topo.lb.ip(&["link", "set", "dev", "lb-mirror", "down"]).expect("mirror link down");
                     }
+                    if i == 400 {
+                        s.topo.lb.ip(&["link", "del", "dev", "lb-mirror"]).expect("mirror link removed");
+                    }
                 }
                 done.store(true, Ordering::Relaxed);
                 (ok, failed)
@@ -163,11 +166,10 @@ fn the_mirror_link_going_down_costs_copies_and_no_primary_connection() {
     assert_eq!(ok, 600);
     let c = s.agent.status()["counters"].clone();
     assert!(c["mirrored"].as_u64().unwrap() > 0, "copies before the link went down: {c}");
-    let failures: u64 = ["mirror_down", "mirror_no_device", "mirror_dropped", "mirror_failed"]
-        .iter()
-        .map(|k| c[k].as_u64().unwrap())
-        .sum();
-    assert!(failures > 0, "copies after the link went down are counted as failures: {c}");
+    let n = |k: &str| c[k].as_u64().unwrap();
+    // A down veth drops at its (deactivated) queue: NET_XMIT_DROP.
+    assert!(n("mirror_dropped") > 0, "copies while the link was down are counted as mirror_dropped: {c}");
+    assert!(n("mirror_no_device") > 0, "copies after it was removed are counted as mirror_no_device: {c}");
 }
 
 #[test]
