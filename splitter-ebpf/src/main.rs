@@ -73,13 +73,19 @@ fn try_ingress(ctx: &XdpContext) -> u32 {
                 IPPROTO_TCP => Stat::Tcp,
                 _ => Stat::Udp,
             });
-            if let Some(svc) = unsafe { SPLITTER_SERVICES.get(ServiceKey::of_flow(&pkt.key)) } {
-                let svc = *svc;
-                return to_service(ctx, &pkt, &svc);
+            // Most packets belong to a known flow, one way or the other: one
+            // lookup each. Only a flow's first packet needs the service.
+            if let Some(state) = SPLITTER_FLOWS.get_ptr_mut(pkt.key) {
+                // SAFETY: the map's value; see `established` on racing writes.
+                return established(ctx, &pkt, unsafe { &mut *state });
             }
             if let Some(rev) = SPLITTER_REVERSE.get_ptr_mut(pkt.key) {
-                // SAFETY: the map's value; see to_service on racing writes.
+                // SAFETY: as above.
                 return to_client(ctx, &pkt, unsafe { &mut *rev });
+            }
+            if let Some(svc) = unsafe { SPLITTER_SERVICES.get(ServiceKey::of_flow(&pkt.key)) } {
+                let svc = *svc;
+                return new_flow(ctx, &pkt, &svc);
             }
             xdp_action::XDP_PASS
         }
@@ -102,117 +108,119 @@ fn try_ingress(ctx: &XdpContext) -> u32 {
     }
 }
 
-/// Client → service: follow the flow's entry or place the flow, then DNAT.
+/// Client → service on a known flow: to the endpoint it was given. The flow
+/// keeps it whatever happened to the service's tables since (or to the
+/// service: a removed service's flows finish where they are).
 #[inline(always)]
-fn to_service(ctx: &XdpContext, pkt: &Packet, svc: &ServiceRef) -> u32 {
+fn established(ctx: &XdpContext, pkt: &Packet, state: &mut FlowState) -> u32 {
     counters::inc(Stat::ServicePackets);
+    counters::inc(Stat::FlowHits);
     // SAFETY: plain helper call. Coarse time (jiffies) is plenty for idle
     // aging and FIB refresh, and cheaper than bpf_ktime_get_ns.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
-    let bytes = (ctx.data_end() - ctx.data()) as u64;
-    let mut event = 0;
-    let (backend, backend_port, hop) = match SPLITTER_FLOWS.get_ptr_mut(pkt.key) {
-        Some(state) => {
-            counters::inc(Stat::FlowHits);
-            // SAFETY: the pointer is the map's value; racing updates of
-            // last_seen or the next-hop cache from another CPU are harmless
-            // (both write equivalent values).
-            let state = unsafe { &mut *state };
-            state.last_seen_ns = now;
-            if pkt.tcp_flags & TCP_FIN != 0 {
-                state.flags |= FLOW_CLOSING;
-            }
-            counters::endpoint(state.service, state.endpoint, Direction::In, bytes, false);
-            if state.flags & FLOW_MIRROR != 0 {
-                return xdp_action::XDP_PASS | HANDOFF;
-            }
-            let hop = forward::next_hop(ctx, pkt, &pkt.key.src_addr, &state.backend, &mut state.hop, now);
-            (state.backend, state.backend_port, hop)
-        }
-        None => {
-            let placed = match select::place(&pkt.key, svc) {
-                Ok(placed) => placed,
-                Err(select::NoPlace::BadTable) => {
-                    counters::inc(Stat::NoTable);
-                    return xdp_action::XDP_DROP | events::note(events::Event::BadTable, svc.table, now);
-                }
-            };
-            let (ep, idx, mirror) = (placed.endpoint, placed.index, placed.mirror_ifindex);
-            let service = (svc.table / 2) as u16;
-            let adopted = !pkt.opens_flow();
-            counters::inc(if adopted { Stat::Adopted } else { Stat::NewFlows });
-            counters::endpoint(service, idx, Direction::In, bytes, true);
-            let mirror_flag = if mirror != 0 { FLOW_MIRROR } else { 0 };
-            let mut state = FlowState {
-                backend: ep.addr,
-                backend_port: ep.port,
-                version: ep.version,
-                flags: mirror_flag | if adopted { FLOW_ADOPTED } else { 0 },
-                endpoint: idx,
-                _pad: 0,
-                service,
-                hop: NextHop::default(),
-                last_seen_ns: now,
-                mirror_ifindex: mirror,
-                _pad2: 0,
-            };
-            // A mirrored flow is forwarded by the TC program, which looks up
-            // the next hop itself.
-            let hop = if mirror == 0 {
-                forward::next_hop(ctx, pkt, &pkt.key.src_addr, &ep.addr, &mut state.hop, now)
-            } else {
-                None
-            };
-            let reply = FlowKey {
-                src_addr: ep.addr,
-                dst_addr: pkt.key.src_addr,
-                src_port: ep.port,
-                dst_port: pkt.key.src_port,
-                proto: pkt.key.proto,
-                family: pkt.key.family,
-                _pad: [0; 2],
-            };
-            let rev = ReverseNat {
-                vip: pkt.key.dst_addr,
-                vip_port: pkt.key.dst_port,
-                service,
-                endpoint: idx,
-                flags: mirror_flag,
-                _pad: [0; 2],
-                hop: NextHop::default(),
-                mirror_ifindex: mirror,
-                _pad2: 0,
-            };
-            match SPLITTER_FLOWS.insert(pkt.key, state, 0).and_then(|()| SPLITTER_REVERSE.insert(reply, rev, 0)) {
-                Ok(()) if mirror != 0 => return xdp_action::XDP_PASS | HANDOFF,
-                Ok(()) => (ep.addr, ep.port, hop),
-                Err(e) => {
-                    counters::inc(Stat::FlowInsertFailed);
-                    event = events::note(events::Event::FlowInsert, e.unsigned_abs(), now);
-                    // The TC program would not find the flow: no copy, forwarded here.
-                    let hop = if mirror == 0 {
-                        hop
-                    } else {
-                        forward::next_hop(ctx, pkt, &pkt.key.src_addr, &ep.addr, &mut state.hop, now)
-                    };
-                    (ep.addr, ep.port, hop)
-                }
-            }
+    // Racing updates of last_seen or the next-hop cache from another CPU are
+    // harmless: both write equivalent values.
+    state.last_seen_ns = now;
+    if pkt.tcp_flags & TCP_FIN != 0 {
+        state.flags |= FLOW_CLOSING;
+    }
+    counters::endpoint(state.service, state.endpoint, Direction::In, (ctx.data_end() - ctx.data()) as u64, false);
+    if state.flags & FLOW_MIRROR != 0 {
+        return xdp_action::XDP_PASS | HANDOFF;
+    }
+    let hop = forward::next_hop(ctx, pkt, &pkt.key.src_addr, &state.backend, &mut state.hop, now);
+    let (backend, port) = (state.backend, state.backend_port);
+    to_backend(ctx, pkt, &backend, port, hop)
+}
+
+/// Client → service, first packet of a flow (or one whose entry is gone):
+/// place it, remember it (both ways), then DNAT.
+#[inline(always)]
+fn new_flow(ctx: &XdpContext, pkt: &Packet, svc: &ServiceRef) -> u32 {
+    counters::inc(Stat::ServicePackets);
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let placed = match select::place(&pkt.key, svc) {
+        Ok(placed) => placed,
+        Err(select::NoPlace::BadTable) => {
+            counters::inc(Stat::NoTable);
+            return xdp_action::XDP_DROP | events::note(events::Event::BadTable, svc.table, now);
         }
     };
+    let (ep, idx, mirror) = (placed.endpoint, placed.index, placed.mirror_ifindex);
+    let service = (svc.table / 2) as u16;
+    let adopted = !pkt.opens_flow();
+    counters::inc(if adopted { Stat::Adopted } else { Stat::NewFlows });
+    counters::endpoint(service, idx, Direction::In, (ctx.data_end() - ctx.data()) as u64, true);
+    let mirror_flag = if mirror != 0 { FLOW_MIRROR } else { 0 };
+    let mut state = FlowState {
+        backend: ep.addr,
+        backend_port: ep.port,
+        version: ep.version,
+        flags: mirror_flag | if adopted { FLOW_ADOPTED } else { 0 },
+        endpoint: idx,
+        _pad: 0,
+        service,
+        hop: NextHop::default(),
+        last_seen_ns: now,
+        mirror_ifindex: mirror,
+        _pad2: 0,
+    };
+    // A mirrored flow is forwarded by the TC program, which looks up the
+    // next hop itself.
+    let mut hop =
+        if mirror == 0 { forward::next_hop(ctx, pkt, &pkt.key.src_addr, &ep.addr, &mut state.hop, now) } else { None };
+    let reply = FlowKey {
+        src_addr: ep.addr,
+        dst_addr: pkt.key.src_addr,
+        src_port: ep.port,
+        dst_port: pkt.key.src_port,
+        proto: pkt.key.proto,
+        family: pkt.key.family,
+        _pad: [0; 2],
+    };
+    let rev = ReverseNat {
+        vip: pkt.key.dst_addr,
+        vip_port: pkt.key.dst_port,
+        service,
+        endpoint: idx,
+        flags: mirror_flag,
+        _pad: [0; 2],
+        hop: NextHop::default(),
+        mirror_ifindex: mirror,
+        _pad2: 0,
+    };
+    let mut event = 0;
+    match SPLITTER_FLOWS.insert(pkt.key, state, 0).and_then(|()| SPLITTER_REVERSE.insert(reply, rev, 0)) {
+        Ok(()) if mirror != 0 => return xdp_action::XDP_PASS | HANDOFF,
+        Ok(()) => {}
+        Err(e) => {
+            counters::inc(Stat::FlowInsertFailed);
+            event = events::note(events::Event::FlowInsert, e.unsigned_abs(), now);
+            // The TC program would not find the flow: no copy, forwarded here.
+            if mirror != 0 {
+                hop = forward::next_hop(ctx, pkt, &pkt.key.src_addr, &ep.addr, &mut state.hop, now);
+            }
+        }
+    }
+    event | to_backend(ctx, pkt, &ep.addr, ep.port, hop)
+}
+
+/// DNAT to `backend:port` and send the packet on (`hop`, else the stack). A
+/// TCP RST ends the flow here rather than when it ages out.
+#[inline(always)]
+fn to_backend(ctx: &XdpContext, pkt: &Packet, backend: &[u32; 4], port: u16, hop: Option<NextHop>) -> u32 {
     if pkt.key.proto == IPPROTO_TCP && pkt.tcp_flags & TCP_RST != 0 {
-        // The connection is over: forget it now rather than when it ages out.
         let _ = SPLITTER_FLOWS.remove(pkt.key);
     }
-    if let Err(e) = nat::rewrite(ctx, pkt, Side::Dst, &backend, backend_port) {
+    if let Err(e) = nat::rewrite(ctx, pkt, Side::Dst, backend, port) {
         e.count();
-        return xdp_action::XDP_PASS | event;
+        return xdp_action::XDP_PASS;
     }
-    event
-        | match hop {
-            Some(hop) => forward::send(ctx, &hop),
-            None => xdp_action::XDP_PASS,
-        }
+    match hop {
+        Some(hop) => forward::send(ctx, &hop),
+        None => xdp_action::XDP_PASS,
+    }
 }
 
 /// Endpoint → client: SNAT back to the VIP so the client only sees the VIP.

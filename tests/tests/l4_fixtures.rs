@@ -218,6 +218,44 @@ fn a_flip_moves_new_flows_and_leaves_established_ones() {
 }
 
 #[test]
+fn a_removed_service_stops_taking_new_flows_and_its_established_ones_finish() {
+    let mut h = Harness::with_config(CONFIG);
+    let vip = sa4(VIP4, 80);
+    let blue = sa4(BLUE4, 8080);
+    let old = Frame::tcp(sa4(CLIENT4, 41500), vip, Tcp::Syn);
+    let old_data = Frame::tcp(sa4(CLIENT4, 41500), vip, Tcp::Ack).payload(b"still here");
+    let reply = Frame::tcp(blue, sa4(CLIENT4, 41500), Tcp::Ack).payload(b"ok").macs(backend_mac(10), FXA_MAC);
+    let new = Frame::tcp(sa4(CLIENT4, 41501), vip, Tcp::Syn);
+    h.check_table(&[case(
+        "a flow of shop",
+        &old,
+        Verdict::Redirect,
+        Some(to_backend(&old, blue, 10)),
+        &[Ipv4, Tcp, ServicePackets, NewFlows, Redirected],
+    )]);
+    let mut gone = Config::from_yaml(CONFIG).unwrap();
+    gone.services.remove("shop");
+    h.apply(&gone);
+    h.check_table(&[
+        case(
+            "its next packet still reaches blue",
+            &old_data,
+            Verdict::Redirect,
+            Some(to_backend(&old_data, blue, 10)),
+            &[Ipv4, Tcp, ServicePackets, FlowHits, FibCached, Redirected],
+        ),
+        case(
+            "and its replies still reach the client",
+            &reply,
+            Verdict::Redirect,
+            Some(to_client(&reply, vip)),
+            &[Ipv4, Tcp, Replies, Redirected],
+        ),
+        case("a new connection to the removed service is not ours: passed", &new, Verdict::Pass, None, &[Ipv4, Tcp]),
+    ]);
+}
+
+#[test]
 fn kernel_places_every_flow_where_the_userspace_plan_says() {
     let h = Harness::with_config(
         r#"
