@@ -12,7 +12,7 @@ use splitter_common::names::{PROG_INGRESS, PROG_MIRROR};
 use crate::{
     config::{Config, Mode},
     control::{parse_request, AgentInfo, Request, Response, MAX_REQUEST},
-    dataplane::{ensure_bpffs, AttachMode, Attached, Dataplane, DataplaneError},
+    dataplane::{ensure_bpffs, AttachMode, Attached, Dataplane, DataplaneError, PinnedMaps},
     l7::L7,
     plan::{plan_service, service_key, PlanError, Previous, ServicePlan},
     runtime::Runtime,
@@ -38,6 +38,8 @@ pub enum AgentError {
     Control { path: std::path::PathBuf, source: std::io::Error },
     #[error("installing signal handlers: {0}")]
     Signals(std::io::Error),
+    #[error("metrics.listen {addr}: {source} (is another process listening there?)")]
+    Metrics { addr: std::net::SocketAddr, source: std::io::Error },
 }
 
 /// Options of `splitter run` that are not in the config file.
@@ -83,6 +85,7 @@ fn reload(
         ("flow_table_size", next.flow_table_size == current.flow_table_size),
         ("flow_aging", next.flow_aging == current.flow_aging),
         ("control.socket", next.control == current.control),
+        ("metrics", next.metrics == current.metrics),
     ] {
         if !same {
             return Err(ReloadError::NeedsRestart(what));
@@ -108,11 +111,15 @@ fn apply_reload(why: &str, config: &mut Config, runtime: &mut Runtime, serving: 
             info!(config = %opts.config_path.display(), "{why}: reloaded");
             log_plans(&next_plans);
             *config = next;
+            serving.counters.reloads_ok += 1;
         }
-        Err(e) => error!(
-            config = %opts.config_path.display(),
-            "{why}: reload refused, still running the previous configuration: {e}"
-        ),
+        Err(e) => {
+            error!(
+                config = %opts.config_path.display(),
+                "{why}: reload refused, still running the previous configuration: {e}"
+            );
+            serving.counters.reloads_failed += 1;
+        }
     }
 }
 
@@ -230,6 +237,69 @@ fn agent_info(
     }
 }
 
+/// What one metrics scrape shows, from the kernel maps, the proxy and the
+/// agent's own counters.
+fn scrape(
+    config: &Config,
+    runtime: &Runtime,
+    serving: &Serving,
+    pinned: &PinnedMaps,
+    active_flows: &std::collections::BTreeMap<String, u64>,
+    started: std::time::SystemTime,
+) -> crate::metrics::Scrape {
+    use crate::metrics::{AgentMetrics, Scrape, ServiceMetrics, VersionMetrics};
+    let (effective, _) = runtime.clone().effective(config);
+    let l7 = serving.l7.stats();
+    let mut services = Vec::new();
+    for (name, svc) in &effective.services {
+        let weights = svc.version_weights();
+        let bps = crate::plan::basis_points(&weights.iter().map(|(_, w)| *w).collect::<Vec<_>>());
+        let live = match svc.mode {
+            Mode::L4 => pinned.service(&crate::plan::service_key(svc)).ok().flatten(),
+            Mode::L7 => None,
+        };
+        // Endpoints sit in the kernel table in version order, as the file lists them.
+        let mut next_endpoint = 0;
+        let versions = weights
+            .iter()
+            .zip(&bps)
+            .map(|((v, w), b)| VersionMetrics {
+                name: (*v).to_owned(),
+                weight: *w,
+                share: f64::from(*b) / splitter_common::service::BPS as f64,
+                endpoints: svc.versions[*v]
+                    .iter()
+                    .filter_map(|addr| {
+                        let st = live.as_ref()?.endpoint_stats.get(next_endpoint).copied();
+                        next_endpoint += 1;
+                        Some((addr.to_string(), st?))
+                    })
+                    .collect(),
+                l7: l7.get(name).and_then(|s| s.versions.get(*v)).map(|c| (c.clone(), c.latency.clone())),
+            })
+            .collect();
+        services.push(ServiceMetrics {
+            name: name.clone(),
+            mode: if svc.mode == Mode::L4 { "l4" } else { "l7" },
+            versions,
+            l7_mirror: l7.get(name).and_then(|s| s.mirror.clone()),
+        });
+    }
+    let c = &serving.counters;
+    Scrape {
+        services,
+        datapath: pinned.counters().map(|c| c.iter().collect()).unwrap_or_default(),
+        active_flows: active_flows.clone(),
+        agent: AgentMetrics {
+            started_unix: started.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+            reloads_ok: c.reloads_ok,
+            reloads_failed: c.reloads_failed,
+            control: c.control.clone(),
+            apply: c.apply.snapshot(),
+        },
+    }
+}
+
 /// Binds the control socket (mode 0600), replacing a stale socket file but
 /// refusing one another agent still listens on.
 fn bind_control(path: &Path) -> Result<tokio::net::UnixListener, AgentError> {
@@ -260,10 +330,29 @@ async fn read_request(stream: &mut tokio::net::UnixStream) -> Result<Request, St
     }
 }
 
-/// What serves the services: the kernel data path (l4) and the proxy (l7).
+/// What serves the services: the kernel data path (l4) and the proxy (l7),
+/// and the agent's own counters.
 struct Serving {
     dp: Dataplane,
     l7: L7,
+    counters: AgentCounters,
+}
+
+/// What the agent counts of its own work (exported as metrics).
+#[derive(Default)]
+struct AgentCounters {
+    reloads_ok: u64,
+    reloads_failed: u64,
+    /// Control requests by (op, "ok" | "failed").
+    control: std::collections::BTreeMap<(&'static str, &'static str), u64>,
+    /// Time to apply a change to the data path and proxy.
+    apply: crate::metrics::Latency,
+}
+
+impl AgentCounters {
+    fn control(&mut self, op: &'static str, response: &Response) {
+        *self.control.entry((op, if response.ok { "ok" } else { "failed" })).or_default() += 1;
+    }
 }
 
 impl Serving {
@@ -281,6 +370,13 @@ impl Serving {
     /// A new mirror interface gets its guard before any table sends copies
     /// there; an interface no longer mirrored to loses it afterwards.
     fn install(&mut self, effective: &Config, plans: &[ServicePlan]) -> Result<(), AgentError> {
+        let started = std::time::Instant::now();
+        let result = self.install_timed(effective, plans);
+        self.counters.apply.observe(started.elapsed());
+        result
+    }
+
+    fn install_timed(&mut self, effective: &Config, plans: &[ServicePlan]) -> Result<(), AgentError> {
         self.l7.apply(effective)?;
         let wanted = effective.mirror_interfaces();
         let mut both = wanted.clone();
@@ -378,6 +474,12 @@ pub async fn run(mut config: Config, opts: RunOptions) -> Result<(), AgentError>
     }
     check_interfaces(&effective)?;
     let control = bind_control(&config.control.socket)?;
+    let metrics_listener = match &config.metrics {
+        Some(m) => {
+            Some(crate::metrics::bind(m.listen).map_err(|source| AgentError::Metrics { addr: m.listen, source })?)
+        }
+        None => None,
+    };
     ensure_bpffs(&config.pin_path)?;
     let services: Vec<_> = effective
         .services
@@ -445,7 +547,17 @@ pub async fn run(mut config: Config, opts: RunOptions) -> Result<(), AgentError>
     let mut sweep = tokio::time::interval(Duration::from_secs(config.flow_aging.sweep_secs));
     sweep.tick().await;
     let mut last = dp.stats()?;
-    let mut serving = Serving { dp, l7 };
+    let mut serving = Serving { dp, l7, counters: AgentCounters::default() };
+    // What scrapes read of the kernel: the same pinned maps `status` reads.
+    let pinned = PinnedMaps::open(&config.pin_path)?;
+    let mut active_flows = std::collections::BTreeMap::new();
+    let (scrape_tx, mut scrapes) = tokio::sync::mpsc::channel(16);
+    if let Some(listener) = metrics_listener {
+        info!(listen = %listener.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string()), "metrics at /metrics");
+        tokio::spawn(crate::metrics::serve(listener, scrape_tx));
+    } else {
+        drop(scrape_tx);
+    }
     let keeps_serving = "the data path keeps serving the last state from the pins; `splitter down` removes it";
     let down = loop {
         tokio::select! {
@@ -453,7 +565,9 @@ pub async fn run(mut config: Config, opts: RunOptions) -> Result<(), AgentError>
             _ = sigint.recv() => { info!("SIGINT: agent exiting; {keeps_serving}"); break None; }
             conn = control.accept() => {
                 let Ok((mut stream, _)) = conn else { continue };
-                let response = match read_request(&mut stream).await {
+                let request = read_request(&mut stream).await;
+                let op = request.as_ref().map_or("bad_request", Request::op);
+                let response = match request {
                     Ok(Request::Status) => {
                         let info = agent_info(&config, &runtime, &opts, started, &serving.l7);
                         Response { agent: Some(info), ..Response::ok("running".into()) }
@@ -470,6 +584,7 @@ pub async fn run(mut config: Config, opts: RunOptions) -> Result<(), AgentError>
                         Response::fail(message)
                     }
                 };
+                serving.counters.control(op, &response);
                 respond(&mut stream, &response).await;
             },
             Ok(mut guard) = async { kernel_log.as_mut().expect("guarded").readable_mut().await }, if kernel_log.is_some() => {
@@ -494,10 +609,17 @@ pub async fn run(mut config: Config, opts: RunOptions) -> Result<(), AgentError>
                 }
             }
             _ = sweep.tick() => match serving.dp.sweep_flows(&config.flow_aging) {
-                Ok(s) if s.removed > 0 => debug!(examined = s.examined, removed = s.removed, "flow sweep"),
-                Ok(_) => {}
+                Ok(s) => {
+                    if s.removed > 0 {
+                        debug!(examined = s.examined, removed = s.removed, "flow sweep");
+                    }
+                    active_flows = s.remaining;
+                }
                 Err(e) => warn!("flow sweep failed: {e}"),
             },
+            Some(reply) = scrapes.recv() => {
+                let _ = reply.send(scrape(&config, &runtime, &serving, &pinned, &active_flows, started));
+            }
             _ = tick.tick() => {
                 let now = serving.dp.stats()?;
                 let d = now.since(&last);

@@ -34,10 +34,12 @@ pub fn expired(state: &FlowState, proto: u8, now_ns: u64, aging: &FlowAging) -> 
 }
 
 /// What one sweep did.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Sweep {
     pub examined: u64,
     pub removed: u64,
+    /// Flows left in the table, by service name.
+    pub remaining: std::collections::BTreeMap<String, u64>,
 }
 
 #[cfg(test)]

@@ -57,8 +57,19 @@ pub struct Config {
     /// When the agent removes idle and closed flows from the flow table.
     #[serde(default)]
     pub flow_aging: FlowAging,
+    /// Prometheus metrics (GET /metrics) on this address; none when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<Metrics>,
     #[serde(default)]
     pub services: BTreeMap<String, Service>,
+}
+
+/// `metrics:` — where the agent serves Prometheus metrics.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Metrics {
+    /// e.g. `127.0.0.1:9190` or `[::]:9190`.
+    pub listen: SocketAddr,
 }
 
 /// Idle and closing timeouts of kernel flow entries, enforced by the agent's

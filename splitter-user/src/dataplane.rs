@@ -622,11 +622,18 @@ impl Dataplane {
         let keys: Vec<FlowKey> = flows.keys().filter_map(Result::ok).collect();
         let mut sweep = crate::aging::Sweep::default();
         let mut gone = Vec::new();
+        let names: BTreeMap<u16, &String> = self.live.iter().map(|(n, i)| (i.slot as u16, n)).collect();
         for key in keys {
             sweep.examined += 1;
             // The entry may have been evicted or removed since the key walk.
             let Ok(state) = flows.get(&key, 0) else { continue };
-            if crate::aging::expired(&state, key.proto, now, aging) && flows.remove(&key).is_ok() {
+            let expired = crate::aging::expired(&state, key.proto, now, aging);
+            if !expired {
+                if let Some(name) = names.get(&state.service) {
+                    *sweep.remaining.entry((*name).clone()).or_default() += 1;
+                }
+            }
+            if expired && flows.remove(&key).is_ok() {
                 sweep.removed += 1;
                 gone.push(FlowKey {
                     src_addr: state.backend,

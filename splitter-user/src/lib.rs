@@ -12,6 +12,7 @@ pub mod dataplane;
 pub mod demo;
 pub mod demo_http;
 pub mod l7;
+pub mod metrics;
 pub mod netns;
 pub mod plan;
 pub mod runtime;

@@ -137,21 +137,27 @@ pub struct VersionStats {
     bad_gateway: AtomicU64,
     /// 504s the proxy answered (no response head in time).
     timeouts: AtomicU64,
+    /// Arrival to response head (or the proxy's error answer).
+    latency: crate::metrics::Latency,
 }
 
 impl VersionStats {
     pub fn request(&self) {
         self.requests.fetch_add(1, Relaxed);
     }
-    pub fn response(&self, status: http::StatusCode) {
+    /// An endpoint's response head, `took` after the request arrived.
+    pub fn response(&self, status: http::StatusCode, took: Duration) {
         let class = (status.as_u16() / 100).clamp(1, 5) as usize - 1;
         self.classes[class].fetch_add(1, Relaxed);
+        self.latency.observe(took);
     }
-    pub fn bad_gateway(&self) {
+    pub fn bad_gateway(&self, took: Duration) {
         self.bad_gateway.fetch_add(1, Relaxed);
+        self.latency.observe(took);
     }
-    pub fn timeout(&self) {
+    pub fn timeout(&self, took: Duration) {
         self.timeouts.fetch_add(1, Relaxed);
+        self.latency.observe(took);
     }
 }
 
@@ -187,6 +193,7 @@ impl Stats {
                         responses_5xx: c(4),
                         bad_gateway: s.bad_gateway.load(Relaxed),
                         timeouts: s.timeouts.load(Relaxed),
+                        latency: s.latency.snapshot(),
                     };
                     (name.clone(), v)
                 })
@@ -196,7 +203,7 @@ impl Stats {
 }
 
 /// Counters of one l7 service, as `status` shows them.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ServiceStats {
     /// Mirror counters, when the service mirrors.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -205,7 +212,7 @@ pub struct ServiceStats {
 }
 
 /// Counters of one version of an l7 service.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct VersionCounts {
     pub requests: u64,
     pub responses_1xx: u64,
@@ -215,6 +222,9 @@ pub struct VersionCounts {
     pub responses_5xx: u64,
     pub bad_gateway: u64,
     pub timeouts: u64,
+    /// Response latency histogram (see `metrics::LATENCY_BUCKETS`).
+    #[serde(default)]
+    pub latency: crate::metrics::LatencySnapshot,
 }
 
 /// One running l7 service.

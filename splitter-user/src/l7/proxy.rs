@@ -47,6 +47,7 @@ pub async fn handle(
     // refused (400); with Transfer-Encoding and Content-Length, chunked wins
     // and the connection closes after this answer, so nothing smuggled behind
     // the body is ever read. Upstream, the request is framed anew.
+    let arrived = std::time::Instant::now();
     // The table this request started with, even if a flip swaps it meanwhile.
     let table = shared.table.load_full();
     let decision = {
@@ -111,7 +112,7 @@ pub async fn handle(
             Ok(Ok(resp)) => {
                 let (mut rparts, rbody) = resp.into_parts();
                 strip_hop_by_hop(&mut rparts.headers);
-                stats.response(rparts.status);
+                stats.response(rparts.status, arrived.elapsed());
                 let rbody = match compare.take() {
                     Some((tx, cap)) => {
                         let (tee, copy) = Tee::new(rbody.boxed(), cap);
@@ -128,11 +129,11 @@ pub async fn handle(
             }
             Ok(Err(e)) => {
                 tracing::debug!(%endpoint, "upstream failed: {e}");
-                stats.bad_gateway();
+                stats.bad_gateway(arrived.elapsed());
                 return Ok(error(StatusCode::BAD_GATEWAY, "the endpoint could not be reached or failed"));
             }
             Err(_) => {
-                stats.timeout();
+                stats.timeout(arrived.elapsed());
                 return Ok(error(StatusCode::GATEWAY_TIMEOUT, "the endpoint did not answer in time"));
             }
         }

@@ -1,0 +1,517 @@
+//! Prometheus metrics: what the agent exposes on `metrics.listen` (GET
+//! /metrics, OpenMetrics text through the official `prometheus-client`
+//! encoder), the latency histograms the l7 proxy records, and windowed views
+//! of those (the observed split over the last minute, a p99 over a window).
+//!
+//! The agent loop owns every source (kernel maps, l7 counters, its own
+//! counters): a scrape asks it for a [`Scrape`], a plain snapshot, which is
+//! encoded off the loop.
+
+use std::{
+    collections::BTreeMap,
+    convert::Infallible,
+    net::SocketAddr,
+    sync::atomic::{AtomicU64, Ordering::Relaxed},
+    time::Duration,
+};
+
+use prometheus_client::{
+    encoding::{DescriptorEncoder, EncodeMetric, MetricEncoder, NoLabelSet},
+    metrics::{counter::ConstCounter, gauge::ConstGauge, MetricType},
+};
+use serde::{Deserialize, Serialize};
+use splitter_common::service::EndpointStats;
+
+/// Upper bounds (seconds) of the latency histogram buckets; a last bucket
+/// holds everything slower.
+pub const LATENCY_BUCKETS: [f64; 14] =
+    [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+/// A lock-free latency histogram (per bucket, not cumulative).
+#[derive(Debug, Default)]
+pub struct Latency {
+    counts: [AtomicU64; LATENCY_BUCKETS.len() + 1],
+    sum_us: AtomicU64,
+}
+
+impl Latency {
+    pub fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        let i = LATENCY_BUCKETS.iter().position(|b| secs <= *b).unwrap_or(LATENCY_BUCKETS.len());
+        self.counts[i].fetch_add(1, Relaxed);
+        self.sum_us.fetch_add(d.as_micros().min(u128::from(u64::MAX)) as u64, Relaxed);
+    }
+
+    pub fn snapshot(&self) -> LatencySnapshot {
+        LatencySnapshot {
+            counts: self.counts.iter().map(|c| c.load(Relaxed)).collect(),
+            sum_secs: self.sum_us.load(Relaxed) as f64 / 1e6,
+        }
+    }
+}
+
+/// A histogram's counts at one moment (per bucket of [`LATENCY_BUCKETS`],
+/// then the overflow bucket) and the sum of the observations.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct LatencySnapshot {
+    pub counts: Vec<u64>,
+    pub sum_secs: f64,
+}
+
+impl LatencySnapshot {
+    pub fn count(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+
+    /// What was observed after `earlier` (a snapshot of the same histogram).
+    pub fn since(&self, earlier: &LatencySnapshot) -> LatencySnapshot {
+        LatencySnapshot {
+            counts: self
+                .counts
+                .iter()
+                .enumerate()
+                .map(|(i, c)| c.saturating_sub(earlier.counts.get(i).copied().unwrap_or(0)))
+                .collect(),
+            sum_secs: (self.sum_secs - earlier.sum_secs).max(0.0),
+        }
+    }
+
+    /// The `q` quantile (0..=1) as the upper bound of the bucket it falls in
+    /// (`f64::INFINITY` in the overflow bucket); `None` without observations.
+    pub fn quantile(&self, q: f64) -> Option<f64> {
+        let total = self.count();
+        if total == 0 {
+            return None;
+        }
+        let rank = (q.clamp(0.0, 1.0) * total as f64).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (i, c) in self.counts.iter().enumerate() {
+            seen += c;
+            if seen >= rank {
+                return Some(LATENCY_BUCKETS.get(i).copied().unwrap_or(f64::INFINITY));
+            }
+        }
+        Some(f64::INFINITY)
+    }
+
+    /// `(upper bound, count in this bucket)` pairs: what the encoder takes
+    /// (it writes them cumulative, as Prometheus wants them).
+    fn buckets(&self) -> Vec<(f64, u64)> {
+        self.counts
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (LATENCY_BUCKETS.get(i).copied().unwrap_or(f64::INFINITY), *c))
+            .collect()
+    }
+}
+
+/// Everything one scrape shows, gathered by the agent loop.
+#[derive(Debug, Default)]
+pub struct Scrape {
+    pub services: Vec<ServiceMetrics>,
+    /// Every data-path counter by its name (`Stat::name`).
+    pub datapath: Vec<(&'static str, u64)>,
+    /// Flows in the kernel table per service, as of the last sweep.
+    pub active_flows: BTreeMap<String, u64>,
+    pub agent: AgentMetrics,
+}
+
+#[derive(Debug, Default)]
+pub struct ServiceMetrics {
+    pub name: String,
+    /// `l4` or `l7`.
+    pub mode: &'static str,
+    pub versions: Vec<VersionMetrics>,
+    /// L7 mirror counters, when the service mirrors requests.
+    pub l7_mirror: Option<crate::l7::mirror::MirrorCounts>,
+}
+
+#[derive(Debug, Default)]
+pub struct VersionMetrics {
+    pub name: String,
+    /// Relative weight served now (file plus runtime changes).
+    pub weight: u32,
+    /// The same as a share of new flows/requests (0..=1).
+    pub share: f64,
+    /// L4: the kernel's counters of each endpoint, by address.
+    pub endpoints: Vec<(String, EndpointStats)>,
+    /// L7: the proxy's counters and response latency.
+    pub l7: Option<(crate::l7::VersionCounts, LatencySnapshot)>,
+}
+
+/// The agent's own counters.
+#[derive(Clone, Debug, Default)]
+pub struct AgentMetrics {
+    pub started_unix: u64,
+    pub reloads_ok: u64,
+    pub reloads_failed: u64,
+    /// Control requests by (op, "ok" | "failed").
+    pub control: BTreeMap<(&'static str, &'static str), u64>,
+    /// How long applying a change to the data path took.
+    pub apply: LatencySnapshot,
+}
+
+type Labels = Vec<(&'static str, String)>;
+
+/// One metric family being written: its descriptor, then each label set.
+struct Family<'a> {
+    enc: MetricEncoder<'a>,
+}
+
+fn family<'a>(
+    enc: &'a mut DescriptorEncoder<'_>,
+    name: &'a str,
+    help: &str,
+    kind: MetricType,
+) -> Result<Family<'a>, std::fmt::Error> {
+    Ok(Family { enc: enc.encode_descriptor(name, help, None, kind)? })
+}
+
+impl Family<'_> {
+    fn counter(&mut self, labels: &Labels, v: u64) -> Result<(), std::fmt::Error> {
+        ConstCounter::new(v).encode(self.enc.encode_family(labels)?)
+    }
+    fn gauge(&mut self, labels: &Labels, v: f64) -> Result<(), std::fmt::Error> {
+        ConstGauge::new(v).encode(self.enc.encode_family(labels)?)
+    }
+    fn histogram(&mut self, labels: &Labels, h: &LatencySnapshot) -> Result<(), std::fmt::Error> {
+        self.enc.encode_family(labels)?.encode_histogram::<NoLabelSet>(h.sum_secs, h.count(), &h.buckets(), None)
+    }
+}
+
+impl prometheus_client::collector::Collector for Scrape {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let v = |s: &ServiceMetrics, ver: &VersionMetrics| -> Labels {
+            vec![("service", s.name.clone()), ("version", ver.name.clone())]
+        };
+        let versions = || self.services.iter().flat_map(|s| s.versions.iter().map(move |v| (s, v)));
+        let mut f = family(
+            &mut enc,
+            "splitter_version_weight",
+            "Relative weight a version is served with now (file plus runtime changes).",
+            MetricType::Gauge,
+        )?;
+        for (s, ver) in versions() {
+            f.gauge(&v(s, ver), f64::from(ver.weight))?;
+        }
+        let mut f = family(
+            &mut enc,
+            "splitter_version_share",
+            "Configured share of new flows (l4) or requests (l7), 0 to 1.",
+            MetricType::Gauge,
+        )?;
+        for (s, ver) in versions() {
+            f.gauge(&v(s, ver), ver.share)?;
+        }
+        let endpoints = || {
+            versions().flat_map(|(s, ver)| {
+                ver.endpoints.iter().map(move |(addr, st)| {
+                    (vec![("service", s.name.clone()), ("version", ver.name.clone()), ("endpoint", addr.clone())], st)
+                })
+            })
+        };
+        let mut f = family(
+            &mut enc,
+            "splitter_endpoint_flows",
+            "Flows the kernel placed on an endpoint (new and adopted).",
+            MetricType::Counter,
+        )?;
+        for (l, st) in endpoints() {
+            f.counter(&l, st.flows)?;
+        }
+        for (name, help, pick) in [
+            ("splitter_endpoint_packets", "Packets of an endpoint's flows, towards it (in) and its replies (out).", 0),
+            ("splitter_endpoint_bytes", "Bytes of an endpoint's flows, towards it (in) and its replies (out).", 1),
+        ] {
+            let mut f = family(&mut enc, name, help, MetricType::Counter)?;
+            for (l, st) in endpoints() {
+                for (dir, p, b) in [("in", st.packets_in, st.bytes_in), ("out", st.packets_out, st.bytes_out)] {
+                    let mut l = l.clone();
+                    l.push(("direction", dir.into()));
+                    f.counter(&l, if pick == 0 { p } else { b })?;
+                }
+            }
+        }
+        let mut f = family(
+            &mut enc,
+            "splitter_endpoint_mirrored_packets",
+            "Copies of an endpoint's mirrored flows sent to the mirror interface (both ways).",
+            MetricType::Counter,
+        )?;
+        for (l, st) in endpoints() {
+            f.counter(&l, st.mirrored_packets)?;
+        }
+        let mut f =
+            family(&mut enc, "splitter_endpoint_mirrored_bytes", "Bytes of those copies.", MetricType::Counter)?;
+        for (l, st) in endpoints() {
+            f.counter(&l, st.mirrored_bytes)?;
+        }
+        let mut f = family(
+            &mut enc,
+            "splitter_active_flows",
+            "Flows in the kernel flow table, per service, as of the agent's last sweep.",
+            MetricType::Gauge,
+        )?;
+        for (service, n) in &self.active_flows {
+            f.gauge(&vec![("service", service.clone())], *n as f64)?;
+        }
+        let mut f = family(&mut enc, "splitter_datapath", "Data-path events by kind, summed over CPUs: packets seen, passed and dropped by reason, malformed by reason, flows, redirects, mirror copies and failures (see `splitter status`).", MetricType::Counter)?;
+        for (name, n) in &self.datapath {
+            f.counter(&vec![("event", (*name).to_owned())], *n)?;
+        }
+        let l7 = || versions().filter_map(|(s, ver)| ver.l7.as_ref().map(|x| (v(s, ver), x)));
+        let mut f =
+            family(&mut enc, "splitter_requests", "Requests the l7 proxy routed to a version.", MetricType::Counter)?;
+        for (l, (c, _)) in l7() {
+            f.counter(&l, c.requests)?;
+        }
+        let mut f = family(&mut enc, "splitter_responses", "Responses by status class: from the endpoints (1xx..5xx), or the proxy's own 502 (endpoint unreachable or failed) and 504 (no answer in time).", MetricType::Counter)?;
+        for (l, (c, _)) in l7() {
+            for (class, n) in [
+                ("1xx", c.responses_1xx),
+                ("2xx", c.responses_2xx),
+                ("3xx", c.responses_3xx),
+                ("4xx", c.responses_4xx),
+                ("5xx", c.responses_5xx),
+                ("proxy_502", c.bad_gateway),
+                ("proxy_504", c.timeouts),
+            ] {
+                let mut l = l.clone();
+                l.push(("class", class.into()));
+                f.counter(&l, n)?;
+            }
+        }
+        let mut f = family(
+            &mut enc,
+            "splitter_request_duration_seconds",
+            "Time from a request's arrival to its response head (or the proxy's error answer).",
+            MetricType::Histogram,
+        )?;
+        for (l, (_, h)) in l7() {
+            f.histogram(&l, h)?;
+        }
+        let mirrors = || {
+            self.services.iter().filter_map(|s| s.l7_mirror.as_ref().map(|m| (vec![("service", s.name.clone())], m)))
+        };
+        let mut f = family(
+            &mut enc,
+            "splitter_mirror_requests",
+            "Requests sampled for the l7 mirror, by what became of the copy.",
+            MetricType::Counter,
+        )?;
+        for (l, m) in mirrors() {
+            for (outcome, n) in [
+                ("sampled", m.sampled),
+                ("sent", m.sent),
+                ("dropped_queue_full", m.dropped_queue_full),
+                ("skipped_body_too_large", m.skipped_body_too_large),
+            ] {
+                let mut l = l.clone();
+                l.push(("outcome", outcome.into()));
+                f.counter(&l, n)?;
+            }
+        }
+        let mut f = family(
+            &mut enc,
+            "splitter_mirror_comparisons",
+            "Shadow answers compared with the primary's, by result.",
+            MetricType::Counter,
+        )?;
+        for (l, m) in mirrors() {
+            for (result, n) in
+                [("match", m.matched), ("differ", m.differ), ("error", m.shadow_errors), ("timeout", m.shadow_timeouts)]
+            {
+                let mut l = l.clone();
+                l.push(("result", result.into()));
+                f.counter(&l, n)?;
+            }
+        }
+        let a = &self.agent;
+        let mut f = family(
+            &mut enc,
+            "splitter_reloads",
+            "Config reloads (file change or SIGHUP) by result.",
+            MetricType::Counter,
+        )?;
+        f.counter(&vec![("result", "ok".into())], a.reloads_ok)?;
+        f.counter(&vec![("result", "failed".into())], a.reloads_failed)?;
+        let mut f = family(
+            &mut enc,
+            "splitter_control_requests",
+            "Control-socket requests by operation and result.",
+            MetricType::Counter,
+        )?;
+        for ((op, result), n) in &a.control {
+            f.counter(&vec![("op", (*op).into()), ("result", (*result).into())], *n)?;
+        }
+        let mut f = family(
+            &mut enc,
+            "splitter_apply_duration_seconds",
+            "Time to apply a change (control request or reload) to the data path and proxy.",
+            MetricType::Histogram,
+        )?;
+        f.histogram(&Vec::new(), &a.apply)?;
+        let mut f = family(
+            &mut enc,
+            "splitter_agent_start_time_seconds",
+            "When the agent started, seconds since the Unix epoch.",
+            MetricType::Gauge,
+        )?;
+        f.gauge(&Vec::new(), a.started_unix as f64)?;
+        Ok(())
+    }
+}
+
+/// The two text formats a scraper may ask for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// OpenMetrics 1.0 (`Accept: application/openmetrics-text`).
+    OpenMetrics,
+    /// The classic Prometheus text format 0.0.4 (everything else).
+    Prometheus,
+}
+
+impl Format {
+    /// What a request's `Accept` header asks for.
+    pub fn negotiate(accept: Option<&str>) -> Format {
+        if accept.is_some_and(|a| a.contains("application/openmetrics-text")) {
+            Format::OpenMetrics
+        } else {
+            Format::Prometheus
+        }
+    }
+
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            Format::Prometheus => "text/plain; version=0.0.4; charset=utf-8",
+        }
+    }
+}
+
+impl Scrape {
+    /// The scrape as text in `format`.
+    pub fn render(self, format: Format) -> String {
+        let mut registry = prometheus_client::registry::Registry::default();
+        registry.register_collector(Box::new(self));
+        let mut out = String::new();
+        let written = match format {
+            Format::OpenMetrics => prometheus_client::encoding::text::encode(&mut out, &registry),
+            Format::Prometheus => prometheus_client::encoding::prometheus_text::encode(&mut out, &registry),
+        };
+        written.expect("writing to a String cannot fail");
+        out
+    }
+}
+
+/// Asks the agent loop for a scrape.
+pub type ScrapeRequests = tokio::sync::mpsc::Sender<tokio::sync::oneshot::Sender<Scrape>>;
+
+/// Serves GET /metrics on `listener` until the process exits; every scrape
+/// asks the agent loop (through `requests`) for a fresh snapshot.
+pub async fn serve(listener: tokio::net::TcpListener, requests: ScrapeRequests) {
+    use http_body_util::Full;
+    use hyper::{body::Bytes, Response, StatusCode};
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        let requests = requests.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let requests = requests.clone();
+                async move {
+                    let reply = |status, ctype: &str, body: String| {
+                        let mut r = Response::new(Full::new(Bytes::from(body)));
+                        *r.status_mut() = status;
+                        r.headers_mut().insert(http::header::CONTENT_TYPE, ctype.parse().expect("valid header"));
+                        Ok::<_, Infallible>(r)
+                    };
+                    let format =
+                        Format::negotiate(req.headers().get(http::header::ACCEPT).and_then(|a| a.to_str().ok()));
+                    if req.method() != http::Method::GET || req.uri().path() != "/metrics" {
+                        return reply(StatusCode::NOT_FOUND, "text/plain", "splitter serves GET /metrics\n".into());
+                    }
+                    let (tx, rx) = tokio::sync::oneshot::channel();
+                    let scrape = match requests.send(tx).await {
+                        Ok(()) => rx.await.ok(),
+                        Err(_) => None,
+                    };
+                    match scrape {
+                        Some(s) => reply(StatusCode::OK, format.content_type(), s.render(format)),
+                        None => reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "the agent is stopping\n".into()),
+                    }
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+/// Binds the metrics listener (before anything else is started, so a busy
+/// address fails the start cleanly).
+pub fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let std = std::net::TcpListener::bind(addr)?;
+    std.set_nonblocking(true)?;
+    tokio::net::TcpListener::from_std(std)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_come_from_bucket_bounds_and_windows_subtract() {
+        let h = Latency::default();
+        for _ in 0..98 {
+            h.observe(Duration::from_micros(800));
+        }
+        h.observe(Duration::from_millis(40));
+        h.observe(Duration::from_secs(30));
+        let s = h.snapshot();
+        assert_eq!(s.count(), 100);
+        assert_eq!(s.quantile(0.5), Some(0.001));
+        assert_eq!(s.quantile(0.99), Some(0.05));
+        assert_eq!(s.quantile(1.0), Some(f64::INFINITY));
+        let later = {
+            h.observe(Duration::from_millis(300));
+            h.snapshot()
+        };
+        let window = later.since(&s);
+        assert_eq!(window.count(), 1);
+        assert_eq!(window.quantile(0.99), Some(0.5));
+        assert_eq!(LatencySnapshot::default().quantile(0.99), None);
+        assert_eq!(s.buckets().last(), Some(&(f64::INFINITY, 1)));
+    }
+
+    #[test]
+    fn a_scrape_renders_as_openmetrics_text() {
+        let mut scrape = Scrape::default();
+        scrape.services.push(ServiceMetrics {
+            name: "shop".into(),
+            mode: "l4",
+            versions: vec![VersionMetrics {
+                name: "blue".into(),
+                weight: 95,
+                share: 0.95,
+                endpoints: vec![("10.0.0.1:80".into(), EndpointStats { flows: 7, ..Default::default() })],
+                l7: None,
+            }],
+            l7_mirror: None,
+        });
+        scrape.datapath.push(("passed", 3));
+        let text = scrape.render(Format::OpenMetrics);
+        for want in [
+            "# TYPE splitter_endpoint_flows counter",
+            "splitter_endpoint_flows_total{service=\"shop\",version=\"blue\",endpoint=\"10.0.0.1:80\"} 7",
+            "splitter_version_weight{service=\"shop\",version=\"blue\"} 95",
+            "splitter_datapath_total{event=\"passed\"} 3",
+            "# EOF",
+        ] {
+            assert!(text.contains(want), "missing {want:?} in:\n{text}");
+        }
+        assert_eq!(Format::negotiate(Some("application/openmetrics-text;version=1.0.0")), Format::OpenMetrics);
+        assert_eq!(Format::negotiate(Some("text/plain")), Format::Prometheus);
+        assert_eq!(Format::negotiate(None), Format::Prometheus);
+    }
+}
