@@ -217,9 +217,19 @@ fn agent_info(
     opts: &RunOptions,
     started: std::time::SystemTime,
     l7: &L7,
+    observed: Option<(Duration, crate::observe::Counts)>,
 ) -> AgentInfo {
     let (effective, _) = runtime.clone().effective(config);
+    let (observed_secs, observed) = observed.map_or((0, Default::default()), |(span, counts)| {
+        let placed = counts
+            .into_iter()
+            .map(|(svc, versions)| (svc, versions.into_iter().map(|(v, c)| (v, c.placed)).collect()))
+            .collect();
+        (span.as_secs(), placed)
+    });
     AgentInfo {
+        observed,
+        observed_secs,
         pid: std::process::id(),
         config: opts.config_path.clone(),
         pin_path: config.pin_path.clone(),
@@ -552,6 +562,9 @@ pub async fn run(mut config: Config, opts: RunOptions) -> Result<(), AgentError>
     let pinned = PinnedMaps::open(&config.pin_path)?;
     let mut active_flows = std::collections::BTreeMap::new();
     let (scrape_tx, mut scrapes) = tokio::sync::mpsc::channel(16);
+    // Counts sampled every few seconds: the observed split `status` shows.
+    let mut history = crate::observe::History::new(crate::observe::STATUS_WINDOW);
+    let mut sampling = tokio::time::interval(crate::observe::SAMPLE_EVERY);
     if let Some(listener) = metrics_listener {
         info!(listen = %listener.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string()), "metrics at /metrics");
         tokio::spawn(crate::metrics::serve(listener, scrape_tx));
@@ -569,7 +582,9 @@ pub async fn run(mut config: Config, opts: RunOptions) -> Result<(), AgentError>
                 let op = request.as_ref().map_or("bad_request", Request::op);
                 let response = match request {
                     Ok(Request::Status) => {
-                        let info = agent_info(&config, &runtime, &opts, started, &serving.l7);
+                        let now = crate::observe::counts(&scrape(&config, &runtime, &serving, &pinned, &active_flows, started));
+                        let observed = history.window(std::time::Instant::now(), &now, crate::observe::STATUS_WINDOW);
+                        let info = agent_info(&config, &runtime, &opts, started, &serving.l7, observed);
                         Response { agent: Some(info), ..Response::ok("running".into()) }
                     }
                     // Answered once the data path is gone.
@@ -617,6 +632,10 @@ pub async fn run(mut config: Config, opts: RunOptions) -> Result<(), AgentError>
                 }
                 Err(e) => warn!("flow sweep failed: {e}"),
             },
+            _ = sampling.tick() => {
+                let counts = crate::observe::counts(&scrape(&config, &runtime, &serving, &pinned, &active_flows, started));
+                history.push(std::time::Instant::now(), counts);
+            }
             Some(reply) = scrapes.recv() => {
                 let _ = reply.send(scrape(&config, &runtime, &serving, &pinned, &active_flows, started));
             }

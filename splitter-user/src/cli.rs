@@ -96,8 +96,12 @@ pub struct CheckArgs {
 #[derive(Debug, Args)]
 pub struct StatusArgs {
     /// Print JSON instead of a table.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "watch")]
     pub json: bool,
+    /// Redraw the table every SECS seconds (default 2) until interrupted.
+    #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "2",
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub watch: Option<u64>,
     /// Read `pin_path` (and the control socket) from this config file.
     #[arg(short, long, value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -229,6 +233,20 @@ mod tests {
             other => panic!("parsed as {other:?}"),
         }
         assert!(Cli::try_parse_from(["splitter", "flip", "shop"]).is_err(), "--to is required");
+    }
+
+    #[test]
+    fn status_watch_takes_an_optional_period() {
+        let parse = |args: &[&str]| Cli::try_parse_from([&["splitter", "status"][..], args].concat());
+        let watch = |args: &[&str]| match parse(args).unwrap().command {
+            Command::Status(s) => s.watch,
+            other => panic!("parsed as {other:?}"),
+        };
+        assert_eq!(watch(&[]), None);
+        assert_eq!(watch(&["--watch"]), Some(2));
+        assert_eq!(watch(&["--watch", "5"]), Some(5));
+        assert!(parse(&["--watch", "0"]).is_err());
+        assert!(parse(&["--watch", "--json"]).is_err(), "a JSON document cannot be redrawn");
     }
 
     #[test]

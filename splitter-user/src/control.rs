@@ -92,6 +92,12 @@ pub struct AgentInfo {
     /// L4 flow mirroring each service runs with now (file plus runtime changes).
     #[serde(default)]
     pub mirrors: BTreeMap<String, crate::config::L4Mirror>,
+    /// New flows (l4) or requests (l7) per service and version over the last
+    /// `observed_secs` seconds (up to a minute; less just after the start).
+    #[serde(default)]
+    pub observed: BTreeMap<String, BTreeMap<String, u64>>,
+    #[serde(default)]
+    pub observed_secs: u64,
 }
 
 #[derive(Debug, Error)]

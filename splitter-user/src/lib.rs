@@ -14,6 +14,7 @@ pub mod demo_http;
 pub mod l7;
 pub mod metrics;
 pub mod netns;
+pub mod observe;
 pub mod plan;
 pub mod runtime;
 pub mod status;

@@ -182,13 +182,21 @@ fn status(args: StatusArgs) -> Result<()> {
         (None, Some(c)) => c.control.socket.clone(),
         (None, None) => DEFAULT_SOCKET.into(),
     };
-    // No answer is not an error: the pinned data path serves without an agent.
-    let agent = splitter_user::control::request(&socket, &Request::Status).ok().and_then(|r| r.agent);
-    let report = splitter_user::status::report(pin_path, config.as_ref(), agent)?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print!("{}", report.render());
+    loop {
+        // No answer is not an error: the pinned data path serves without an agent.
+        let agent = splitter_user::control::request(&socket, &Request::Status).ok().and_then(|r| r.agent);
+        let report = splitter_user::status::report(pin_path.clone(), config.as_ref(), agent)?;
+        let Some(every) = args.watch else {
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.render());
+            }
+            return Ok(());
+        };
+        // Clear the screen, then the report, until interrupted.
+        print!("\x1b[2J\x1b[H{}", report.render());
+        std::io::Write::flush(&mut std::io::stdout())?;
+        std::thread::sleep(Duration::from_secs(every));
     }
-    Ok(())
 }

@@ -67,6 +67,11 @@ pub struct VersionStatus {
     pub live_bps: Option<u32>,
     /// Flows the kernel placed on this version (sum over its endpoints).
     pub flows: Option<u64>,
+    /// New flows (l4) or requests (l7) the agent saw placed on this version
+    /// over its recent window (`observed_secs`, up to a minute).
+    pub observed: Option<u64>,
+    /// That as a share of the service's (0..1); `None` without traffic.
+    pub observed_share: Option<f64>,
     /// L7: the proxy's counters of this version (from the running agent).
     pub requests: Option<crate::l7::VersionCounts>,
     pub endpoints: Vec<EndpointStatus>,
@@ -114,7 +119,11 @@ pub fn report(pin_path: PathBuf, config: Option<&Config>, agent: Option<AgentInf
                         }
                     })
                     .collect();
+                let observed = agent.as_ref().and_then(|a| a.observed.get(name)?.get(*v).copied());
+                let total: u64 = agent.as_ref().and_then(|a| a.observed.get(name)).map_or(0, |m| m.values().sum());
                 VersionStatus {
+                    observed,
+                    observed_share: observed.filter(|_| total > 0).map(|n| n as f64 / total as f64),
                     name: (*v).to_owned(),
                     weight: *w,
                     runtime_weight: agent.as_ref().and_then(|a| a.weights.get(name)?.get(*v).copied()),
@@ -160,25 +169,51 @@ pub fn report(pin_path: PathBuf, config: Option<&Config>, agent: Option<AgentInf
     Ok(Report { pin_path, agent, active_flows, services, counters: counters.to_json() })
 }
 
+/// A version's observed share and count over the agent's recent window.
+fn observed(v: &VersionStatus) -> String {
+    match (v.observed_share, v.observed) {
+        (Some(share), Some(n)) => format!("{:.1}% ({n})", share * 100.0),
+        (None, Some(_)) => "- (0)".into(),
+        _ => "-".into(),
+    }
+}
+
 impl Report {
+    /// The observed-split column's title: the agent's window.
+    fn observed_header(&self) -> String {
+        match &self.agent {
+            Some(a) if a.observed_secs > 0 => format!("last {}s", a.observed_secs),
+            _ => "observed".into(),
+        }
+    }
+
     /// An l7 service: weights and the proxy's per-version counters.
     fn render_l7(&self, out: &mut String, s: &ServiceStatus) {
         let state = if self.agent.is_some() { "proxied by the agent" } else { "NOT SERVED (the agent is not running)" };
         writeln!(out, "service {} {}/{} (l7): {state}", s.name, s.listen, s.protocol).unwrap();
         writeln!(
             out,
-            "  {:<10} {:>7} {:>7} {:>10} {:>8} {:>8} {:>8} {:>8}",
-            "version", "file w", "now w", "requests", "2xx", "5xx", "502", "504"
+            "  {:<10} {:>7} {:>7} {:>16} {:>10} {:>8} {:>8} {:>8} {:>8}",
+            "version",
+            "file w",
+            "now w",
+            self.observed_header(),
+            "requests",
+            "2xx",
+            "5xx",
+            "502",
+            "504"
         )
         .unwrap();
         for v in &s.versions {
             let c = v.requests.clone().unwrap_or_default();
             writeln!(
                 out,
-                "  {:<10} {:>7} {:>7} {:>10} {:>8} {:>8} {:>8} {:>8}",
+                "  {:<10} {:>7} {:>7} {:>16} {:>10} {:>8} {:>8} {:>8} {:>8}",
                 v.name,
                 v.weight,
                 v.runtime_weight.map_or("-".into(), |w| w.to_string()),
+                observed(v),
                 c.requests,
                 c.responses_2xx,
                 c.responses_5xx,
@@ -222,8 +257,14 @@ impl Report {
             writeln!(out, "service {} {}/{} ({}): {state}", s.name, s.listen, s.protocol, s.mode).unwrap();
             writeln!(
                 out,
-                "  {:<10} {:>7} {:>7} {:>9} {:>9} {:>10}  endpoints (flows)",
-                "version", "file w", "now w", "file", "live", "flows"
+                "  {:<10} {:>7} {:>7} {:>9} {:>9} {:>16} {:>10}  endpoints (flows)",
+                "version",
+                "file w",
+                "now w",
+                "file",
+                "live",
+                self.observed_header(),
+                "flows"
             )
             .unwrap();
             let n = |v: Option<u64>| v.map_or("-".to_owned(), |v| v.to_string());
@@ -231,12 +272,13 @@ impl Report {
                 let eps: Vec<String> = v.endpoints.iter().map(|e| format!("{} ({})", e.address, n(e.flows))).collect();
                 writeln!(
                     out,
-                    "  {:<10} {:>7} {:>7} {:>9} {:>9} {:>10}  {}",
+                    "  {:<10} {:>7} {:>7} {:>9} {:>9} {:>16} {:>10}  {}",
                     v.name,
                     v.weight,
                     v.runtime_weight.map_or("-".into(), |w| w.to_string()),
                     pct(v.file_bps),
                     v.live_bps.map_or("-".into(), pct),
+                    observed(v),
                     n(v.flows),
                     eps.join(", ")
                 )

@@ -155,14 +155,19 @@ fn metrics_match_the_traffic_the_test_sent() {
     assert_eq!(value(&s, "splitter_control_requests_total", &[("op", "weight"), ("result", "failed")]), 1.0);
     assert!(value(&s, "splitter_apply_duration_seconds", &[]) >= 1.0, "the weight change was timed");
 
-    // A broken file on reload is counted as failed, a good one as ok.
-    let good = std::fs::read_to_string(&agent.config_path).unwrap();
-    std::fs::write(&agent.config_path, good.replace("weights: { v1: 50, v2: 50 }", "weights: { v9: 1 }")).unwrap();
-    agent.reload().unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while value(&scrape(&topo.lb, None).1, "splitter_reloads_total", &[("result", "failed")]) < 1.0 {
-        assert!(std::time::Instant::now() < deadline, "the failed reload was not counted:\n{}", agent.log());
-        std::thread::sleep(Duration::from_millis(100));
+    // `status` shows the split the agent observed (the first sample was taken
+    // at its start, before any traffic: the window holds all of it).
+    let status = agent.status();
+    assert!(status["agent"]["observed_secs"].as_u64().unwrap() <= 60, "{}", status["agent"]);
+    for (svc, want) in [("shop", &seen), ("api", &by_version)] {
+        let svc = status["services"].as_array().unwrap().iter().find(|x| x["name"] == svc).unwrap();
+        let total: u64 = want.values().sum();
+        for v in svc["versions"].as_array().unwrap() {
+            let n = want.get(v["name"].as_str().unwrap()).copied().unwrap_or(0);
+            assert_eq!(v["observed"].as_u64(), Some(n), "{v}");
+            let share = v["observed_share"].as_f64().unwrap();
+            assert!((share - n as f64 / total as f64).abs() < 1e-9, "{v}");
+        }
     }
 
     // Flows in the table per service, as of the agent's last sweep (every
@@ -175,6 +180,16 @@ fn metrics_match_the_traffic_the_test_sent() {
         }
         assert!(std::time::Instant::now() < deadline, "active flows of shop: {active:?}");
         std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // A broken file on reload is counted as failed.
+    let good = std::fs::read_to_string(&agent.config_path).unwrap();
+    std::fs::write(&agent.config_path, good.replace("weights: { v1: 50, v2: 50 }", "weights: { v9: 1 }")).unwrap();
+    agent.reload().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while value(&scrape(&topo.lb, None).1, "splitter_reloads_total", &[("result", "failed")]) < 1.0 {
+        assert!(std::time::Instant::now() < deadline, "the failed reload was not counted:\n{}", agent.log());
+        std::thread::sleep(Duration::from_millis(100));
     }
 
     // OpenMetrics when asked for it.
