@@ -205,6 +205,9 @@ pub struct EndpointStats {
     /// Copies of this endpoint's mirrored flows sent to the mirror (both ways).
     pub mirrored_packets: u64,
     pub mirrored_bytes: u64,
+    /// TCP resets the endpoint sent (replies with RST): a failing backend
+    /// (a rollout judges a canary by them).
+    pub resets: u64,
 }
 
 /// `ENDPOINT_STATS` entries: one per endpoint slot of every service slot.
@@ -229,7 +232,7 @@ const _: () = assert!(core::mem::size_of::<Endpoint>() == 20);
 const _: () = assert!(core::mem::size_of::<NextHop>() == 24);
 const _: () = assert!(core::mem::size_of::<FlowState>() == 64);
 const _: () = assert!(core::mem::size_of::<ReverseNat>() == 56);
-const _: () = assert!(core::mem::size_of::<EndpointStats>() == 56);
+const _: () = assert!(core::mem::size_of::<EndpointStats>() == 64);
 const _: () =
     assert!(core::mem::size_of::<SelectionTable>() == 32 + 20 * MAX_ENDPOINTS + BPS + RING_SIZE * MAX_VERSIONS);
 const _: () = assert!(core::mem::size_of::<SelectionTable>().is_multiple_of(4));

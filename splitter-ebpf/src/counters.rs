@@ -61,3 +61,12 @@ pub fn mirrored(service: u16, endpoint: u8, packets: u64, bytes: u64) {
         }
     }
 }
+
+/// Counts a TCP reset sent by endpoint `endpoint` of service slot `service`.
+#[inline(always)]
+pub fn reset(service: u16, endpoint: u8) {
+    if let Some(s) = SPLITTER_ENDPOINT_STATS.get_ptr_mut(endpoint_stats_index(service, endpoint)) {
+        // SAFETY: this CPU's slot of the map value.
+        unsafe { (*s).resets += 1 };
+    }
+}

@@ -228,6 +228,9 @@ fn to_backend(ctx: &XdpContext, pkt: &Packet, backend: &[u32; 4], port: u16, hop
 fn to_client(ctx: &XdpContext, pkt: &Packet, rev: &mut ReverseNat) -> u32 {
     counters::inc(Stat::Replies);
     counters::endpoint(rev.service, rev.endpoint, Direction::Out, (ctx.data_end() - ctx.data()) as u64, false);
+    if pkt.key.proto == IPPROTO_TCP && pkt.tcp_flags & TCP_RST != 0 {
+        counters::reset(rev.service, rev.endpoint);
+    }
     if rev.flags & FLOW_MIRROR != 0 {
         return xdp_action::XDP_PASS | HANDOFF;
     }

@@ -159,6 +159,11 @@ fn watch_config(path: &Path) -> (Option<notify::RecommendedWatcher>, tokio::sync
 fn handle_request(req: Request, file: &Config, runtime: &mut Runtime, serving: &mut Serving) -> Response {
     let mut next = runtime.clone();
     let fail = |message: String| Response::fail(message);
+    if let Request::Weight { service, .. } | Request::Flip { service, .. } | Request::Rollback { service } = &req {
+        if runtime.rollout_active(service) {
+            return fail(crate::runtime::ChangeError::RolloutActive(service.clone()).to_string());
+        }
+    }
     let (service, change) = match &req {
         Request::Weight { service, weights } => {
             let changes: Vec<(String, u32)> = weights.iter().map(|(v, w)| (v.clone(), *w)).collect();
@@ -175,30 +180,17 @@ fn handle_request(req: Request, file: &Config, runtime: &mut Runtime, serving: &
             }
             (service, next.mirror(file, service, mirror.clone()).and_then(|_| next.weights(file, service)))
         }
-        Request::Status | Request::Down | Request::Diffs { .. } => unreachable!("answered by the loop"),
+        Request::Status | Request::Down | Request::Diffs { .. } | Request::Rollout { .. } => {
+            unreachable!("answered by the loop")
+        }
     };
     let weights = match change {
         Ok(w) => w,
         Err(e) => return fail(e.to_string()),
     };
-    let (effective, _) = next.effective(file);
-    // Planned before anything is saved: a change that cannot be planned is refused.
-    let plans = match plan_all(&effective, |n| serving.dp.previous(n)) {
-        Ok(p) => p,
-        Err(e) => return fail(e.to_string()),
-    };
-    // Saved first, so a change that is live is never lost on a restart.
-    if let Err(e) = next.save(&file.state_dir) {
-        return fail(format!("could not save the change, nothing changed: {e}"));
+    if let Err(message) = commit(next, file, runtime, serving) {
+        return fail(message);
     }
-    // Only the changed service's table differs; apply leaves the others alone.
-    if let Err(e) = serving.install(&effective, &plans) {
-        if let Err(e) = runtime.save(&file.state_dir) {
-            error!("restoring the saved runtime state failed: {e}");
-        }
-        return fail(format!("applying the change failed, nothing changed: {e}"));
-    }
-    *runtime = next;
     let summary = match &req {
         Request::Mirror { .. } => match runtime.mirror_of(file, service) {
             Some(m) => format!("mirroring {}% of new flows to {}", m.percent, m.interface),
@@ -208,6 +200,215 @@ fn handle_request(req: Request, file: &Config, runtime: &mut Runtime, serving: &
     };
     info!(service = %service, "control: {} -> {summary}", req.op());
     Response { weights: Some(weights), ..Response::ok(format!("{service}: {summary}")) }
+}
+
+/// Makes `next` the runtime state: plans it, saves it, then serves it. On
+/// any failure the runtime and the kernel stay as they were.
+fn commit(mut next: Runtime, file: &Config, runtime: &mut Runtime, serving: &mut Serving) -> Result<(), String> {
+    let (effective, _) = next.effective(file);
+    // Planned before anything is saved: a change that cannot be planned is refused.
+    let plans = plan_all(&effective, |n| serving.dp.previous(n)).map_err(|e| e.to_string())?;
+    // Saved first, so a change that is live is never lost on a restart.
+    next.save(&file.state_dir).map_err(|e| format!("could not save the change, nothing changed: {e}"))?;
+    // Only the changed service's table differs; apply leaves the others alone.
+    if let Err(e) = serving.install(&effective, &plans) {
+        if let Err(e) = runtime.save(&file.state_dir) {
+            error!("restoring the saved runtime state failed: {e}");
+        }
+        return Err(format!("applying the change failed, nothing changed: {e}"));
+    }
+    *runtime = next;
+    Ok(())
+}
+
+/// What a rollout of `service` judges now: cumulative counts of the canary
+/// and of the baseline (the versions that had weight before), resets (l4)
+/// and mirror comparisons (l7).
+fn rollout_counts(
+    service: &str,
+    svc: &crate::config::Service,
+    canary: &str,
+    before: &crate::runtime::Weights,
+    counts: &crate::observe::Counts,
+    l7: &std::collections::BTreeMap<String, crate::l7::ServiceStats>,
+) -> crate::rollout::Counts {
+    use crate::observe::VersionSample;
+    let versions = counts.get(service).cloned().unwrap_or_default();
+    let mut baseline = VersionSample::default();
+    for (v, c) in versions.iter().filter(|(v, _)| *v != canary && before.get(*v).is_some_and(|w| *w > 0)) {
+        let _ = v;
+        baseline.placed += c.placed;
+        baseline.errors += c.errors;
+        baseline.resets += c.resets;
+        baseline.latency = if baseline.latency.counts.is_empty() {
+            c.latency.clone()
+        } else {
+            crate::metrics::LatencySnapshot {
+                counts: baseline.latency.counts.iter().zip(&c.latency.counts).map(|(a, b)| a + b).collect(),
+                sum_secs: baseline.latency.sum_secs + c.latency.sum_secs,
+            }
+        };
+    }
+    let canary = versions.get(canary).cloned().unwrap_or_default();
+    let mirror = l7.get(service).and_then(|s| s.mirror.clone()).unwrap_or_default();
+    crate::rollout::Counts {
+        l4: svc.mode == Mode::L4,
+        canary_resets: canary.resets,
+        baseline_resets: baseline.resets,
+        canary,
+        baseline,
+        compared: mirror.compared,
+        differ: mirror.differ,
+    }
+}
+
+/// Answers a `rollout` request: starts, steers or reads the rollout of
+/// `service`. `counts` are the agent's cumulative counts now.
+fn handle_rollout(
+    service: &str,
+    action: crate::control::RolloutAction,
+    file: &Config,
+    runtime: &mut Runtime,
+    serving: &mut Serving,
+    counts: &crate::observe::Counts,
+) -> Response {
+    use crate::{control::RolloutAction as A, rollout::Rollout};
+    let Some(svc) = runtime.clone().effective(file).0.services.get(service).cloned() else {
+        let known: Vec<_> = file.services.keys().cloned().collect();
+        return Response::fail(format!("no service {service:?} (services: {})", known.join(", ")));
+    };
+    let current = runtime.rollouts.get(service).cloned();
+    let mut next = runtime.clone();
+    let (weights, message) = match action {
+        A::Status => {
+            return match current {
+                Some(r) => Response { rollout: Some(r), ..Response::ok(format!("{service}: rollout")) },
+                None => Response::fail(format!("{service}: no rollout yet")),
+            }
+        }
+        A::Start { plan } => {
+            if let Err(e) = plan.check() {
+                return Response::fail(e.to_string());
+            }
+            if !svc.versions.contains_key(&plan.to) {
+                let known: Vec<_> = svc.versions.keys().cloned().collect();
+                return Response::fail(format!(
+                    "service {service:?} has no version {:?} (versions: {})",
+                    plan.to,
+                    known.join(", ")
+                ));
+            }
+            if runtime.rollout_active(service) {
+                return Response::fail(format!(
+                    "{service}: a rollout is already in progress; --abort or --promote it first"
+                ));
+            }
+            let before = match runtime.weights(file, service) {
+                Ok(w) => w,
+                Err(e) => return Response::fail(e.to_string()),
+            };
+            let now = rollout_counts(service, &svc, &plan.to, &before, counts, &serving.l7.stats());
+            let (r, weights) = Rollout::start(plan, before, now);
+            let msg = format!("rollout of {} started at {}%", r.plan.to, r.percent());
+            next.rollouts.insert(service.to_owned(), r);
+            (Some(weights), msg)
+        }
+        A::Pause | A::Resume | A::Abort | A::Promote => {
+            let Some(mut r) = current else {
+                return Response::fail(format!("{service}: no rollout to steer; start one with --to VERSION"));
+            };
+            let (done, weights, what) = match action {
+                A::Pause => (r.pause("paused by the operator"), None, "paused"),
+                A::Resume => (r.resume(), None, "resumed"),
+                A::Abort => {
+                    let w = r.abort();
+                    (w.is_some(), w, "aborted; the weights from before are back")
+                }
+                _ => {
+                    let w = r.promote();
+                    (w.is_some(), w, "promoted; the canary has every new connection")
+                }
+            };
+            if !done {
+                return Response::fail(format!("{service}: the rollout is {:?}; nothing to do", r.state));
+            }
+            next.rollouts.insert(service.to_owned(), r);
+            (weights, what.to_owned())
+        }
+    };
+    if let Some(w) = weights {
+        if let Err(e) = next.set_weights(file, service, w) {
+            return Response::fail(e.to_string());
+        }
+    }
+    if let Err(m) = commit(next, file, runtime, serving) {
+        return Response::fail(m);
+    }
+    info!(service, "rollout: {message}");
+    Response { rollout: runtime.rollouts.get(service).cloned(), ..Response::ok(format!("{service}: {message}")) }
+}
+
+/// Advances every running rollout by `dt`: judges each against the counts
+/// now, and applies the weights a step, a rollback or the end asks for.
+fn tick_rollouts(
+    dt: Duration,
+    file: &Config,
+    runtime: &mut Runtime,
+    serving: &mut Serving,
+    counts: &crate::observe::Counts,
+) {
+    let running: Vec<String> = runtime
+        .rollouts
+        .iter()
+        .filter(|(_, r)| r.state == crate::rollout::State::Running)
+        .map(|(n, _)| n.clone())
+        .collect();
+    if running.is_empty() {
+        return;
+    }
+    let (effective, _) = runtime.clone().effective(file);
+    let l7 = serving.l7.stats();
+    for service in running {
+        let Some(svc) = effective.services.get(&service) else { continue };
+        let mut next = runtime.clone();
+        let r = next.rollouts.get_mut(&service).expect("listed above");
+        let now = rollout_counts(&service, svc, &r.plan.to, &r.before, counts, &l7);
+        let before_state = r.state.clone();
+        let step = r.step;
+        let action = r.tick(dt, &now);
+        let (state, percent) = (r.state.clone(), r.percent());
+        match action {
+            crate::rollout::Action::SetWeights(w) => {
+                if let Err(e) = next.set_weights(file, &service, w) {
+                    error!(service, "rollout: {e}");
+                    continue;
+                }
+                match commit(next, file, runtime, serving) {
+                    Ok(()) => match &state {
+                        crate::rollout::State::RolledBack { reason } => {
+                            warn!(service, "rollout ROLLED BACK: {reason}")
+                        }
+                        _ => info!(service, "rollout: step {} of the plan, canary at {percent}%", step + 2),
+                    },
+                    Err(e) => {
+                        error!(service, "rollout: applying the weights failed ({e}); pausing it");
+                        if let Some(r) = runtime.rollouts.get_mut(&service) {
+                            r.pause(&format!("applying a step failed: {e}"));
+                        }
+                    }
+                }
+            }
+            crate::rollout::Action::Nothing => {
+                if state != before_state {
+                    info!(service, "rollout: {state:?}");
+                    if let Err(e) = next.save(&file.state_dir) {
+                        error!("saving the rollout state: {e}");
+                    }
+                }
+                *runtime = next;
+            }
+        }
+    }
 }
 
 /// What `status` asks the agent: who it is and the weights it serves.
@@ -230,6 +431,7 @@ fn agent_info(
     AgentInfo {
         observed,
         observed_secs,
+        rollouts: runtime.rollouts.clone(),
         pid: std::process::id(),
         config: opts.config_path.clone(),
         pin_path: config.pin_path.clone(),
@@ -300,6 +502,7 @@ fn scrape(
         services,
         datapath: pinned.counters().map(|c| c.iter().collect()).unwrap_or_default(),
         active_flows: active_flows.clone(),
+        rollouts: runtime.rollouts.clone(),
         agent: AgentMetrics {
             started_unix: started.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
             reloads_ok: c.reloads_ok,
@@ -478,6 +681,18 @@ pub async fn run(mut config: Config, opts: RunOptions) -> Result<(), AgentError>
     let _lock = lock_state_dir(&config.state_dir)?;
     // Runtime changes made before a restart apply again.
     let mut runtime = Runtime::load(&config.state_dir)?;
+    // A rollout that was running when the agent stopped waits for the
+    // operator (`--resume`): its step's weights are served as they were.
+    let mut interrupted = false;
+    for (service, r) in runtime.rollouts.iter_mut() {
+        if r.pause("the agent restarted; `splitter rollout SERVICE --resume` goes on") {
+            warn!(service = %service, "rollout paused at {}%: the agent restarted", r.percent());
+            interrupted = true;
+        }
+    }
+    if interrupted {
+        runtime.save(&config.state_dir)?;
+    }
     let (effective, dropped) = runtime.effective(&config);
     for name in &dropped {
         warn!(service = %name, "saved runtime changes no longer fit the file's service; the file applies");
@@ -565,6 +780,9 @@ pub async fn run(mut config: Config, opts: RunOptions) -> Result<(), AgentError>
     // Counts sampled every few seconds: the observed split `status` shows.
     let mut history = crate::observe::History::new(crate::observe::STATUS_WINDOW);
     let mut sampling = tokio::time::interval(crate::observe::SAMPLE_EVERY);
+    // Rollouts are judged every second.
+    let mut rollout_tick = tokio::time::interval(Duration::from_secs(1));
+    let mut last_rollout_tick = std::time::Instant::now();
     if let Some(listener) = metrics_listener {
         info!(listen = %listener.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string()), "metrics at /metrics");
         tokio::spawn(crate::metrics::serve(listener, scrape_tx));
@@ -593,6 +811,10 @@ pub async fn run(mut config: Config, opts: RunOptions) -> Result<(), AgentError>
                         Some(report) => Response { diffs: Some(report), ..Response::ok(service) },
                         None => Response::fail(format!("{service:?} is not an l7 service of this agent")),
                     },
+                    Ok(Request::Rollout { service, action }) => {
+                        let counts = crate::observe::counts(&scrape(&config, &runtime, &serving, &pinned, &active_flows, started));
+                        handle_rollout(&service, action, &config, &mut runtime, &mut serving, &counts)
+                    }
                     Ok(req) => handle_request(req, &config, &mut runtime, &mut serving),
                     Err(message) => {
                         warn!("{message}");
@@ -632,6 +854,14 @@ pub async fn run(mut config: Config, opts: RunOptions) -> Result<(), AgentError>
                 }
                 Err(e) => warn!("flow sweep failed: {e}"),
             },
+            _ = rollout_tick.tick() => {
+                let dt = last_rollout_tick.elapsed();
+                last_rollout_tick = std::time::Instant::now();
+                if runtime.rollouts.values().any(|r| r.state == crate::rollout::State::Running) {
+                    let counts = crate::observe::counts(&scrape(&config, &runtime, &serving, &pinned, &active_flows, started));
+                    tick_rollouts(dt, &config, &mut runtime, &mut serving, &counts);
+                }
+            }
             _ = sampling.tick() => {
                 let counts = crate::observe::counts(&scrape(&config, &runtime, &serving, &pinned, &active_flows, started));
                 history.push(std::time::Instant::now(), counts);

@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{ArgGroup, Args, Parser, Subcommand};
 
 use crate::dataplane::AttachMode;
 
@@ -46,6 +46,10 @@ pub enum Command {
     /// Copy a sample of an l4 service's new flows, whole and both ways, out of
     /// an interface (`--interface IF --percent P`), or stop (`--off`).
     Mirror(MirrorArgs),
+    /// Move SERVICE to a version in steps, judging the canary at each step
+    /// against the baseline and rolling back on its own when a gate is
+    /// breached; or pause, resume, abort, promote or show a rollout.
+    Rollout(RolloutArgs),
     /// Show how an l7 service's mirror answers compare with the primary's:
     /// counts and the latest differences.
     Diffs(DiffsArgs),
@@ -174,6 +178,86 @@ pub struct MirrorArgs {
     pub target: AgentTarget,
 }
 
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("what").required(true).args(["to", "pause", "resume", "abort", "promote", "status"])))]
+pub struct RolloutArgs {
+    /// Service name, as in the config file.
+    pub service: String,
+    /// Start a rollout to this version (the canary).
+    #[arg(long, value_name = "VERSION")]
+    pub to: Option<String>,
+    /// The canary's share at each step, in percent, rising to 100.
+    #[arg(long, value_name = "P,P,...", value_delimiter = ',', default_value = "1,5,25,50,100")]
+    pub steps: Vec<u32>,
+    /// How long each step lasts, e.g. 30s, 5m.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "30s")]
+    pub interval: std::time::Duration,
+    /// Roll back when the canary's error rate exceeds the baseline's by more
+    /// than this (l7: 5xx and the proxy's 502/504; l4: endpoint resets), e.g. 1%.
+    #[arg(long, value_name = "RATE", value_parser = parse_rate, default_value = "1%")]
+    pub max_error_rate: f64,
+    /// Roll back when the canary's p99 response time exceeds this (l7), e.g. 250ms.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub max_p99: Option<std::time::Duration>,
+    /// Roll back when more than this share of mirrored requests differ (l7), e.g. 0.5%.
+    #[arg(long, value_name = "RATE", value_parser = parse_rate)]
+    pub max_diff_rate: Option<f64>,
+    /// Canary requests (l7) or new flows (l4) a step needs before it is judged.
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    pub min_requests: u64,
+    /// How long a step waits for --min-requests before rolling back.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "10m")]
+    pub max_wait: std::time::Duration,
+    /// Return once the rollout has started instead of following it.
+    #[arg(long)]
+    pub detach: bool,
+    /// Hold the rollout at its step.
+    #[arg(long)]
+    pub pause: bool,
+    /// Go on with a paused rollout.
+    #[arg(long)]
+    pub resume: bool,
+    /// Stop the rollout and restore the weights from before it.
+    #[arg(long)]
+    pub abort: bool,
+    /// Skip the remaining steps: the canary gets everything now.
+    #[arg(long)]
+    pub promote: bool,
+    /// Show the rollout (and follow it while it runs, unless --detach).
+    #[arg(long)]
+    pub status: bool,
+    #[command(flatten)]
+    pub target: AgentTarget,
+}
+
+/// Parses a duration: a whole number with `ms`, `s`, `m` or `h`.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n.parse().map_err(|_| format!("{s:?} is not a duration (e.g. 250ms, 30s, 5m, 1h)"))?;
+    let ms = match unit {
+        "ms" => n,
+        "s" => n * 1000,
+        "m" => n * 60_000,
+        "h" => n * 3_600_000,
+        _ => return Err(format!("{s:?}: the unit must be ms, s, m or h (e.g. 30s)")),
+    };
+    Ok(std::time::Duration::from_millis(ms))
+}
+
+/// Parses a rate: `1%`, `0.5%` or a fraction `0.01`; 0 to 100 %.
+pub fn parse_rate(s: &str) -> Result<f64, String> {
+    let (v, scale) = match s.strip_suffix('%') {
+        Some(p) => (p, 100.0),
+        None => (s, 1.0),
+    };
+    let r = v.parse::<f64>().map_err(|_| format!("{s:?} is not a rate (e.g. 1% or 0.01)"))? / scale;
+    if !(0.0..=1.0).contains(&r) {
+        return Err(format!("{s} is out of range: use 0% to 100%"));
+    }
+    Ok(r)
+}
+
 /// Parses a share in percent: 0.01 to 100, fractions allowed.
 pub fn parse_percent(s: &str) -> Result<f64, String> {
     let p: f64 = s.trim_end_matches('%').parse().map_err(|_| format!("{s:?} is not a number (e.g. 5 or 0.5)"))?;
@@ -224,7 +308,7 @@ mod tests {
 
     #[test]
     fn every_verb_is_there() {
-        for verb in ["run", "check", "status", "weight", "flip", "rollback", "down", "diffs", "mirror"] {
+        for verb in ["run", "check", "status", "weight", "flip", "rollback", "down", "diffs", "mirror", "rollout"] {
             assert!(Cli::command().find_subcommand(verb).is_some(), "missing verb {verb}");
         }
         let cli = Cli::try_parse_from(["splitter", "weight", "shop", "blue=95", "green=5"]).unwrap();
@@ -233,6 +317,36 @@ mod tests {
             other => panic!("parsed as {other:?}"),
         }
         assert!(Cli::try_parse_from(["splitter", "flip", "shop"]).is_err(), "--to is required");
+    }
+
+    #[test]
+    fn rollout_arguments_parse_or_explain() {
+        let parse = |args: &[&str]| Cli::try_parse_from([&["splitter", "rollout", "shop"][..], args].concat());
+        match parse(&["--to", "green", "--steps", "10,50,100", "--interval", "2s", "--max-p99", "250ms"])
+            .unwrap()
+            .command
+        {
+            Command::Rollout(r) => {
+                assert_eq!(r.steps, [10, 50, 100]);
+                assert_eq!(r.interval, std::time::Duration::from_secs(2));
+                assert_eq!(r.max_p99, Some(std::time::Duration::from_millis(250)));
+                assert_eq!(r.max_error_rate, 0.01);
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+        for (args, want) in [
+            (&[][..], "required"),
+            (&["--to", "green", "--abort"][..], "cannot be used with"),
+            (&["--to", "green", "--interval", "30"][..], "unit must be"),
+            (&["--to", "green", "--interval", "soon"][..], "not a duration"),
+            (&["--to", "green", "--max-error-rate", "150%"][..], "out of range"),
+            (&["--to", "green", "--steps", "1,x"][..], "invalid digit"),
+        ] {
+            let e = parse(args).unwrap_err().to_string();
+            assert!(e.contains(want), "{args:?}: want {want:?} in {e}");
+        }
+        assert_eq!(parse_rate("0.5%"), Ok(0.005));
+        assert_eq!(parse_duration("5m"), Ok(std::time::Duration::from_secs(300)));
     }
 
     #[test]

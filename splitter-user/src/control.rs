@@ -25,6 +25,8 @@ pub enum Request {
     /// Copy a sample of an l4 service's new flows out of an interface
     /// (`mirror: null` turns it off).
     Mirror { service: String, mirror: Option<crate::config::L4Mirror> },
+    /// Start, steer or read a rollout of `service`.
+    Rollout { service: String, action: RolloutAction },
     /// Who is running and the weights it serves (also a readiness probe).
     Status,
     /// The mirror comparison report of an l7 service.
@@ -41,11 +43,24 @@ impl Request {
             Request::Flip { .. } => "flip",
             Request::Rollback { .. } => "rollback",
             Request::Mirror { .. } => "mirror",
+            Request::Rollout { .. } => "rollout",
             Request::Status => "status",
             Request::Diffs { .. } => "diffs",
             Request::Down => "down",
         }
     }
+}
+
+/// What `rollout` asks of a service's rollout.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(tag = "action", rename_all = "snake_case", deny_unknown_fields)]
+pub enum RolloutAction {
+    Start { plan: crate::rollout::Plan },
+    Pause,
+    Resume,
+    Abort,
+    Promote,
+    Status,
 }
 
 /// The agent's answer.
@@ -63,15 +78,18 @@ pub struct Response {
     /// Mirror comparisons (answer to `diffs`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub diffs: Option<crate::l7::mirror::DiffReport>,
+    /// The service's rollout (answer to `rollout`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<crate::rollout::Rollout>,
 }
 
 impl Response {
     pub fn ok(message: String) -> Response {
-        Response { ok: true, message, weights: None, agent: None, diffs: None }
+        Response { ok: true, message, weights: None, agent: None, diffs: None, rollout: None }
     }
 
     pub fn fail(message: String) -> Response {
-        Response { ok: false, message, weights: None, agent: None, diffs: None }
+        Response { ok: false, message, weights: None, agent: None, diffs: None, rollout: None }
     }
 }
 
@@ -98,6 +116,9 @@ pub struct AgentInfo {
     pub observed: BTreeMap<String, BTreeMap<String, u64>>,
     #[serde(default)]
     pub observed_secs: u64,
+    /// Each service's last rollout.
+    #[serde(default)]
+    pub rollouts: BTreeMap<String, crate::rollout::Rollout>,
 }
 
 #[derive(Debug, Error)]

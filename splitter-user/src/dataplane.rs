@@ -929,6 +929,7 @@ impl PinnedMaps {
                 bytes_out: a.bytes_out + b.bytes_out,
                 mirrored_packets: a.mirrored_packets + b.mirrored_packets,
                 mirrored_bytes: a.mirrored_bytes + b.mirrored_bytes,
+                resets: a.resets + b.resets,
             }));
         }
         Ok(Some(LiveService {

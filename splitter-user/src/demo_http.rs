@@ -31,6 +31,15 @@ pub fn serve_http(ns: &NetNs, port: u16, name: &'static str) -> std::io::Result<
 
 /// [`serve_http`] that waits `delay` before every answer (a slow shadow).
 pub fn serve_http_after(ns: &NetNs, port: u16, name: &'static str, delay: Duration) -> std::io::Result<()> {
+    serve(ns, port, name, delay, false)
+}
+
+/// [`serve_http`] whose every answer is 500 (a broken canary).
+pub fn serve_http_failing(ns: &NetNs, port: u16, name: &'static str) -> std::io::Result<()> {
+    serve(ns, port, name, Duration::ZERO, true)
+}
+
+fn serve(ns: &NetNs, port: u16, name: &'static str, delay: Duration, fail: bool) -> std::io::Result<()> {
     let listener = ns.run(|| std::net::TcpListener::bind((std::net::Ipv6Addr::UNSPECIFIED, port)))?;
     listener.set_nonblocking(true)?;
     std::thread::spawn(move || {
@@ -42,7 +51,11 @@ pub fn serve_http_after(ns: &NetNs, port: u16, name: &'static str, delay: Durati
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req| async move {
                         tokio::time::sleep(delay).await;
-                        answer(name, req).await
+                        let mut resp = answer(name, req).await?;
+                        if fail {
+                            *resp.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+                        }
+                        Ok::<_, Infallible>(resp)
                     });
                     let _ =
                         hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;

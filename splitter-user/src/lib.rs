@@ -16,5 +16,6 @@ pub mod metrics;
 pub mod netns;
 pub mod observe;
 pub mod plan;
+pub mod rollout;
 pub mod runtime;
 pub mod status;

@@ -7,7 +7,7 @@ use anyhow::{bail, Context as _, Result};
 use clap::Parser as _;
 use splitter_user::{
     agent::{self, RunOptions},
-    cli::{AgentTarget, Cli, Command, DiffsArgs, StatusArgs},
+    cli::{AgentTarget, Cli, Command, DiffsArgs, RolloutArgs, StatusArgs},
     config::{Config, DEFAULT_PIN_PATH, DEFAULT_SOCKET},
     control::{ControlError, Request},
 };
@@ -91,6 +91,7 @@ fn dispatch(command: Command) -> Result<()> {
             control(&args.target, Request::Mirror { service: args.service, mirror })
         }
         Command::Down(target) => down(&target),
+        Command::Rollout(args) => rollout(args),
         Command::Diffs(args) => diffs(&args),
     }
 }
@@ -102,6 +103,67 @@ fn socket_of(target: &AgentTarget) -> Result<PathBuf> {
         (None, Some(file)) => Config::load(file)?.control.socket,
         (None, None) => DEFAULT_SOCKET.into(),
     })
+}
+
+/// `splitter rollout`: starts or steers a rollout in the agent, then (unless
+/// `--detach`) follows it until it is over. The rollout runs in the agent:
+/// interrupting this command leaves it running.
+fn rollout(args: RolloutArgs) -> Result<()> {
+    use splitter_user::{
+        control::RolloutAction as A,
+        rollout::{Gates, Plan, State},
+    };
+    let socket = socket_of(&args.target)?;
+    let action = match () {
+        _ if args.pause => A::Pause,
+        _ if args.resume => A::Resume,
+        _ if args.abort => A::Abort,
+        _ if args.promote => A::Promote,
+        _ if args.status => A::Status,
+        _ => A::Start {
+            plan: Plan {
+                to: args.to.clone().unwrap_or_default(),
+                steps: args.steps.clone(),
+                interval_ms: args.interval.as_millis() as u64,
+                gates: Gates {
+                    max_error_rate: Some(args.max_error_rate),
+                    max_p99_ms: args.max_p99.map(|d| d.as_millis() as u64),
+                    max_diff_rate: args.max_diff_rate,
+                    min_requests: args.min_requests,
+                    max_wait_ms: args.max_wait.as_millis() as u64,
+                },
+            },
+        },
+    };
+    let follow = matches!(action, A::Start { .. } | A::Status) && !args.detach;
+    let r = splitter_user::control::request(&socket, &Request::Rollout { service: args.service.clone(), action })?;
+    if !r.ok {
+        bail!("{}", r.message);
+    }
+    println!("{}", r.message);
+    let mut last = String::new();
+    let mut state = r.rollout;
+    loop {
+        let Some(current) = state else { return Ok(()) };
+        let line = current.describe();
+        if line != last {
+            println!("  {line}");
+            last = line;
+        }
+        if !follow || current.state.is_over() || matches!(current.state, State::Paused { .. }) {
+            return match current.state {
+                State::RolledBack { reason } => bail!("{}: rolled back: {reason}", args.service),
+                State::Aborted if follow => bail!("{}: the rollout was aborted", args.service),
+                _ => Ok(()),
+            };
+        }
+        std::thread::sleep(Duration::from_secs(1));
+        let r = splitter_user::control::request(
+            &socket,
+            &Request::Rollout { service: args.service.clone(), action: A::Status },
+        )?;
+        state = r.rollout;
+    }
 }
 
 /// `splitter diffs SERVICE`: the mirror comparison report.

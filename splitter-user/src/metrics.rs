@@ -114,6 +114,8 @@ pub struct Scrape {
     /// Flows in the kernel table per service, as of the last sweep.
     pub active_flows: BTreeMap<String, u64>,
     pub agent: AgentMetrics,
+    /// Each service's last rollout.
+    pub rollouts: BTreeMap<String, crate::rollout::Rollout>,
 }
 
 #[derive(Debug, Default)]
@@ -234,6 +236,15 @@ impl prometheus_client::collector::Collector for Scrape {
         }
         let mut f = family(
             &mut enc,
+            "splitter_endpoint_resets",
+            "TCP resets an endpoint sent to its clients.",
+            MetricType::Counter,
+        )?;
+        for (l, st) in endpoints() {
+            f.counter(&l, st.resets)?;
+        }
+        let mut f = family(
+            &mut enc,
             "splitter_endpoint_mirrored_packets",
             "Copies of an endpoint's mirrored flows sent to the mirror interface (both ways).",
             MetricType::Counter,
@@ -325,6 +336,31 @@ impl prometheus_client::collector::Collector for Scrape {
                 l.push(("result", result.into()));
                 f.counter(&l, n)?;
             }
+        }
+        let mut f = family(
+            &mut enc,
+            "splitter_rollout_percent",
+            "The canary's share at the current step of a service's rollout.",
+            MetricType::Gauge,
+        )?;
+        for (service, r) in &self.rollouts {
+            f.gauge(&vec![("service", service.clone()), ("to", r.plan.to.clone())], f64::from(r.percent()))?;
+        }
+        let mut f = family(
+            &mut enc,
+            "splitter_rollout_state",
+            "1 for the state a service's last rollout is in (running, paused, promoted, rolled_back, aborted).",
+            MetricType::Gauge,
+        )?;
+        for (service, r) in &self.rollouts {
+            let state = match r.state {
+                crate::rollout::State::Running => "running",
+                crate::rollout::State::Paused { .. } => "paused",
+                crate::rollout::State::Promoted => "promoted",
+                crate::rollout::State::RolledBack { .. } => "rolled_back",
+                crate::rollout::State::Aborted => "aborted",
+            };
+            f.gauge(&vec![("service", service.clone()), ("state", state.into())], 1.0)?;
         }
         let a = &self.agent;
         let mut f = family(

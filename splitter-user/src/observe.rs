@@ -27,6 +27,9 @@ pub struct VersionSample {
     pub errors: u64,
     /// L7: response latency.
     pub latency: LatencySnapshot,
+    /// L4: TCP resets the version's endpoints sent.
+    #[serde(default)]
+    pub resets: u64,
 }
 
 impl VersionSample {
@@ -36,6 +39,7 @@ impl VersionSample {
             placed: self.placed.saturating_sub(earlier.placed),
             errors: self.errors.saturating_sub(earlier.errors),
             latency: self.latency.since(&earlier.latency),
+            resets: self.resets.saturating_sub(earlier.resets),
         }
     }
 }
@@ -55,6 +59,7 @@ pub fn counts(scrape: &Scrape) -> Counts {
                 .map(|v| {
                     let mut sample = VersionSample {
                         placed: v.endpoints.iter().map(|(_, e)| e.flows).sum(),
+                        resets: v.endpoints.iter().map(|(_, e)| e.resets).sum(),
                         ..VersionSample::default()
                     };
                     if let Some((c, latency)) = &v.l7 {

@@ -32,6 +32,8 @@ pub enum ChangeError {
     NotL4(String),
     #[error("service {0:?}: {1}")]
     BadMirror(String, String),
+    #[error("service {0:?} has a rollout in progress; `splitter rollout {0} --abort` (or --promote) first")]
+    RolloutActive(String),
 }
 
 /// File in `state_dir` that keeps the runtime changes across restarts.
@@ -56,6 +58,9 @@ pub struct Runtime {
     /// L4 mirror settings that replace the file's (`None`: mirroring off).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     mirrors: BTreeMap<String, Option<L4Mirror>>,
+    /// The last rollout of each service (running, paused or over).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub rollouts: BTreeMap<String, crate::rollout::Rollout>,
 }
 
 fn full_weights(file: &Config, service: &str, w: &Weights) -> Weights {
@@ -150,6 +155,19 @@ impl Runtime {
         }
         self.mirrors.insert(service.into(), mirror.clone());
         Ok(mirror)
+    }
+
+    /// Whether a rollout of `service` is running or paused.
+    pub fn rollout_active(&self, service: &str) -> bool {
+        self.rollouts.get(service).is_some_and(|r| !r.state.is_over())
+    }
+
+    /// Sets all of a service's weights at once, as a rollout step does.
+    pub fn set_weights(&mut self, file: &Config, service: &str, next: Weights) -> Result<Weights, ChangeError> {
+        for v in next.keys() {
+            Self::check_version(file, service, v)?;
+        }
+        self.set(file, service, next)
     }
 
     fn set(&mut self, file: &Config, service: &str, next: Weights) -> Result<Weights, ChangeError> {

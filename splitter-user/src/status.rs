@@ -37,6 +37,9 @@ pub struct ServiceStatus {
     /// L7: the mirror's counters (from the running agent).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mirror: Option<crate::l7::mirror::MirrorCounts>,
+    /// The service's last rollout (from the running agent).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<crate::rollout::Rollout>,
     /// L4: flow mirroring as the kernel table has it, and the copies sent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub flow_mirror: Option<FlowMirrorStatus>,
@@ -147,6 +150,7 @@ pub fn report(pin_path: PathBuf, config: Option<&Config>, agent: Option<AgentInf
                 live.is_some() && versions.iter().any(|v| v.live_bps != Some(v.file_bps))
             },
             mirror: agent.as_ref().and_then(|a| a.l7.get(name)?.mirror.clone()),
+            rollout: agent.as_ref().and_then(|a| a.rollouts.get(name).cloned()),
             flow_mirror: live.as_ref().and_then(|l| {
                 let packets: u64 = l.endpoint_stats.iter().map(|e| e.mirrored_packets).sum();
                 (l.mirror_ifindex != 0 || packets > 0).then(|| FlowMirrorStatus {
@@ -247,7 +251,13 @@ impl Report {
         for s in &self.services {
             if s.mode == "l7" {
                 self.render_l7(&mut out, s);
+                if let Some(r) = &s.rollout {
+                    writeln!(out, "  rollout: {}", r.describe()).unwrap();
+                }
                 continue;
+            }
+            if let Some(r) = &s.rollout {
+                writeln!(out, "  rollout: {}", r.describe()).unwrap();
             }
             let state = match (s.live, s.differs_from_file) {
                 (false, _) => "NOT LIVE in the kernel",

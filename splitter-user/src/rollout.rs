@@ -1,0 +1,527 @@
+//! `splitter rollout`: moving a service to a version in steps, judging the
+//! canary against the baseline at every step from the agent's own
+//! measurements, and rolling back on its own when a gate is breached. Pure:
+//! the agent feeds it the time and cumulative counts, and carries out the
+//! weights it asks for through the same path as `weight`.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::{observe::VersionSample, runtime::Weights};
+
+/// What the operator asked for.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Plan {
+    /// The version being rolled out (the canary).
+    pub to: String,
+    /// Its share at each step, in percent, rising, ending at 100.
+    pub steps: Vec<u32>,
+    /// How long each step lasts (and the window it is judged over).
+    pub interval_ms: u64,
+    #[serde(default)]
+    pub gates: Gates,
+}
+
+/// When a step's canary counts as bad. Rates are fractions (0.01 = 1 %).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Gates {
+    /// Errors (l7: 5xx and the proxy's 502/504; l4: resets from the
+    /// endpoints) per request or flow, above the baseline's.
+    pub max_error_rate: Option<f64>,
+    /// L7: the canary's 99th percentile response time.
+    pub max_p99_ms: Option<u64>,
+    /// L7: the share of mirrored requests whose answers differ.
+    pub max_diff_rate: Option<f64>,
+    /// Requests (l7) or new flows (l4) the canary needs in a step before it
+    /// is judged; with fewer, the step waits.
+    pub min_requests: u64,
+    /// How long a step waits for `min_requests` before the rollout is rolled
+    /// back rather than promoted blind.
+    pub max_wait_ms: u64,
+}
+
+impl Default for Gates {
+    fn default() -> Self {
+        Gates {
+            max_error_rate: Some(0.01),
+            max_p99_ms: None,
+            max_diff_rate: None,
+            min_requests: 100,
+            max_wait_ms: 600_000,
+        }
+    }
+}
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum PlanError {
+    #[error("--steps is empty: give the canary's share at each step, e.g. 1,5,25,50,100")]
+    NoSteps,
+    #[error("--steps {0:?}: each step must be 1 to 100 percent, rising, and the last must be 100")]
+    BadSteps(Vec<u32>),
+    #[error("--interval must be at least 1s")]
+    ShortInterval,
+    #[error("{0} must be a fraction from 0 to 1 (e.g. 1% or 0.01)")]
+    BadRate(&'static str),
+}
+
+impl Plan {
+    pub fn check(&self) -> Result<(), PlanError> {
+        if self.steps.is_empty() {
+            return Err(PlanError::NoSteps);
+        }
+        let rising = self.steps.windows(2).all(|w| w[0] < w[1]);
+        if !rising || self.steps[0] == 0 || self.steps.last() != Some(&100) {
+            return Err(PlanError::BadSteps(self.steps.clone()));
+        }
+        if self.interval_ms < 1000 {
+            return Err(PlanError::ShortInterval);
+        }
+        for (name, rate) in
+            [("--max-error-rate", self.gates.max_error_rate), ("--max-diff-rate", self.gates.max_diff_rate)]
+        {
+            if rate.is_some_and(|r| !(0.0..=1.0).contains(&r)) {
+                return Err(PlanError::BadRate(name));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn interval(&self) -> Duration {
+        Duration::from_millis(self.interval_ms)
+    }
+}
+
+/// Where a rollout is.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum State {
+    /// At step `step`, judged until the interval is over.
+    Running,
+    /// Held at its step by the operator (or an agent restart).
+    Paused { why: String },
+    /// The canary has 100 % and passed its last step.
+    Promoted,
+    /// A gate was breached (or the step waited too long for traffic): the
+    /// weights from before the rollout are back.
+    RolledBack { reason: String },
+    /// Stopped by the operator; the weights from before are back.
+    Aborted,
+}
+
+impl State {
+    pub fn is_over(&self) -> bool {
+        matches!(self, State::Promoted | State::RolledBack { .. } | State::Aborted)
+    }
+}
+
+/// One gate's reading at the last evaluation.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Reading {
+    pub gate: String,
+    /// The canary's value (and the baseline's where the gate compares).
+    pub value: Option<f64>,
+    pub baseline: Option<f64>,
+    pub limit: f64,
+    pub ok: bool,
+}
+
+/// A rollout of one service, as the agent keeps (and persists) it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Rollout {
+    pub plan: Plan,
+    /// The service's weights when the rollout started: what a rollback restores.
+    pub before: Weights,
+    /// Index into `plan.steps`.
+    pub step: usize,
+    /// Milliseconds into the current step (advances only while running).
+    pub elapsed_ms: u64,
+    /// Milliseconds the current step has waited for traffic past its interval.
+    pub waited_ms: u64,
+    pub state: State,
+    /// The canary's and baseline's counts when the step started.
+    pub base: Counts,
+    /// The gates as last judged.
+    pub readings: Vec<Reading>,
+    /// Canary requests/flows in the step so far.
+    pub step_requests: u64,
+}
+
+/// The counts a rollout judges: canary and baseline (every other version
+/// that had weight before, summed), plus the service's mirror comparisons.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Counts {
+    /// An l4 service: errors are the endpoints' resets, there is no latency.
+    pub l4: bool,
+    pub canary: VersionSample,
+    pub baseline: VersionSample,
+    /// L4: resets from the canary's and the baseline's endpoints.
+    pub canary_resets: u64,
+    pub baseline_resets: u64,
+    /// Mirror comparisons (l7): compared and differing.
+    pub compared: u64,
+    pub differ: u64,
+}
+
+impl Counts {
+    fn since(&self, earlier: &Counts) -> Counts {
+        Counts {
+            l4: self.l4,
+            canary: self.canary.since(&earlier.canary),
+            baseline: self.baseline.since(&earlier.baseline),
+            canary_resets: self.canary_resets.saturating_sub(earlier.canary_resets),
+            baseline_resets: self.baseline_resets.saturating_sub(earlier.baseline_resets),
+            compared: self.compared.saturating_sub(earlier.compared),
+            differ: self.differ.saturating_sub(earlier.differ),
+        }
+    }
+}
+
+/// What the agent must do after a tick.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Action {
+    Nothing,
+    /// Serve these weights (a new step, or the weights from before).
+    SetWeights(Weights),
+}
+
+/// The weights of step `percent`: the canary gets `percent` of 10,000, the
+/// other versions share the rest in proportion to their weights before (all
+/// of it to one of them, the first, when none had weight).
+pub fn step_weights(before: &Weights, canary: &str, percent: u32) -> Weights {
+    let rest = 10_000 - percent.min(100) * 100;
+    let others: u64 = before.iter().filter(|(v, _)| *v != canary).map(|(_, w)| u64::from(*w)).sum();
+    let mut out = Weights::new();
+    let mut given = 0;
+    let n_others = before.keys().filter(|v| *v != canary).count();
+    for (i, (v, w)) in before.iter().filter(|(v, _)| *v != canary).enumerate() {
+        let share = if others == 0 {
+            if i == 0 {
+                rest
+            } else {
+                0
+            }
+        } else if i + 1 == n_others {
+            rest - given
+        } else {
+            (u64::from(rest) * u64::from(*w) / others) as u32
+        };
+        given += share;
+        out.insert(v.clone(), share);
+    }
+    out.insert(canary.to_owned(), percent.min(100) * 100);
+    out
+}
+
+impl Rollout {
+    /// A rollout starting now from `before`, with the first step's weights.
+    pub fn start(plan: Plan, before: Weights, now: Counts) -> (Rollout, Weights) {
+        let weights = step_weights(&before, &plan.to, plan.steps[0]);
+        let r = Rollout {
+            plan,
+            before,
+            step: 0,
+            elapsed_ms: 0,
+            waited_ms: 0,
+            state: State::Running,
+            base: now,
+            readings: Vec::new(),
+            step_requests: 0,
+        };
+        (r, weights)
+    }
+
+    /// The canary's share now, in percent.
+    pub fn percent(&self) -> u32 {
+        self.plan.steps[self.step]
+    }
+
+    /// Advances by `dt` with the cumulative `now` counts: judges the step,
+    /// and moves on, rolls back or finishes.
+    pub fn tick(&mut self, dt: Duration, now: &Counts) -> Action {
+        if self.state != State::Running {
+            return Action::Nothing;
+        }
+        self.elapsed_ms += dt.as_millis() as u64;
+        let d = now.since(&self.base);
+        let l4 = d.l4;
+        let requests = d.canary.placed;
+        self.step_requests = requests;
+        self.readings = self.judge(&d, l4);
+        let judged = requests >= self.plan.gates.min_requests.max(1);
+        if judged {
+            if let Some(bad) = self.readings.iter().find(|r| !r.ok) {
+                let reason = format!(
+                    "step {} ({}%): {} {} over the limit {} (baseline {})",
+                    self.step + 1,
+                    self.percent(),
+                    bad.gate,
+                    fmt(bad.value),
+                    bad.limit,
+                    fmt(bad.baseline)
+                );
+                self.state = State::RolledBack { reason };
+                return Action::SetWeights(self.before.clone());
+            }
+        }
+        if self.elapsed_ms < self.plan.interval_ms {
+            return Action::Nothing;
+        }
+        if !judged {
+            self.waited_ms = self.elapsed_ms - self.plan.interval_ms;
+            if self.waited_ms >= self.plan.gates.max_wait_ms {
+                self.state = State::RolledBack {
+                    reason: format!(
+                        "step {} ({}%): only {requests} canary requests/flows in {}s, {} needed to judge; not promoting blind",
+                        self.step + 1,
+                        self.percent(),
+                        self.elapsed_ms / 1000,
+                        self.plan.gates.min_requests
+                    ),
+                };
+                return Action::SetWeights(self.before.clone());
+            }
+            return Action::Nothing;
+        }
+        if self.step + 1 == self.plan.steps.len() {
+            self.state = State::Promoted;
+            return Action::Nothing;
+        }
+        self.step += 1;
+        self.elapsed_ms = 0;
+        self.waited_ms = 0;
+        self.base = now.clone();
+        Action::SetWeights(step_weights(&self.before, &self.plan.to, self.percent()))
+    }
+
+    fn judge(&self, d: &Counts, l4: bool) -> Vec<Reading> {
+        let g = &self.plan.gates;
+        let mut out = Vec::new();
+        let rate = |n: u64, of: u64| (of > 0).then(|| n as f64 / of as f64);
+        if let Some(limit) = g.max_error_rate {
+            let (c, b) = if l4 {
+                (rate(d.canary_resets, d.canary.placed), rate(d.baseline_resets, d.baseline.placed))
+            } else {
+                (rate(d.canary.errors, d.canary.placed), rate(d.baseline.errors, d.baseline.placed))
+            };
+            // Judged on the canary's excess over the baseline: a failing
+            // baseline does not make the canary bad.
+            let ok = c.is_none_or(|c| c - b.unwrap_or(0.0) <= limit);
+            out.push(Reading { gate: "error rate".into(), value: c, baseline: b, limit, ok });
+        }
+        if let Some(ms) = g.max_p99_ms {
+            let limit = ms as f64 / 1000.0;
+            let c = d.canary.latency.quantile(0.99);
+            let ok = c.is_none_or(|c| c <= limit);
+            out.push(Reading {
+                gate: "p99 seconds".into(),
+                value: c,
+                baseline: d.baseline.latency.quantile(0.99),
+                limit,
+                ok,
+            });
+        }
+        if let Some(limit) = g.max_diff_rate {
+            let c = rate(d.differ, d.compared);
+            let ok = c.is_none_or(|c| c <= limit);
+            out.push(Reading { gate: "mirror diff rate".into(), value: c, baseline: None, limit, ok });
+        }
+        out
+    }
+
+    pub fn pause(&mut self, why: &str) -> bool {
+        if self.state != State::Running {
+            return false;
+        }
+        self.state = State::Paused { why: why.into() };
+        true
+    }
+
+    pub fn resume(&mut self) -> bool {
+        if !matches!(self.state, State::Paused { .. }) {
+            return false;
+        }
+        self.state = State::Running;
+        true
+    }
+
+    /// Stops the rollout; the weights from before are to be restored.
+    pub fn abort(&mut self) -> Option<Weights> {
+        if self.state.is_over() {
+            return None;
+        }
+        self.state = State::Aborted;
+        Some(self.before.clone())
+    }
+
+    /// Skips the remaining steps: the canary gets everything now.
+    pub fn promote(&mut self) -> Option<Weights> {
+        if self.state.is_over() {
+            return None;
+        }
+        self.step = self.plan.steps.len() - 1;
+        self.state = State::Promoted;
+        Some(step_weights(&self.before, &self.plan.to, 100))
+    }
+}
+
+impl Rollout {
+    /// One line for people: where it is, the time in the step, the gates.
+    pub fn describe(&self) -> String {
+        let gates: Vec<String> = self
+            .readings
+            .iter()
+            .map(|r| {
+                format!(
+                    "{} {} (baseline {}, limit {}) {}",
+                    r.gate,
+                    fmt(r.value),
+                    fmt(r.baseline),
+                    r.limit,
+                    if r.ok { "ok" } else { "BREACHED" }
+                )
+            })
+            .collect();
+        let state = match &self.state {
+            State::Running => "running".to_owned(),
+            State::Paused { why } => format!("paused ({why})"),
+            State::Promoted => "promoted".to_owned(),
+            State::RolledBack { reason } => format!("ROLLED BACK: {reason}"),
+            State::Aborted => "aborted".to_owned(),
+        };
+        format!(
+            "{} to {}: step {}/{} at {}%, {}s of {}s, {} canary requests/flows (judged from {}); {}{}{}",
+            state,
+            self.plan.to,
+            self.step + 1,
+            self.plan.steps.len(),
+            self.percent(),
+            self.elapsed_ms / 1000,
+            self.plan.interval_ms / 1000,
+            self.step_requests,
+            self.plan.gates.min_requests,
+            gates.join("; "),
+            if gates.is_empty() { "no gate judged yet" } else { "" },
+            if self.waited_ms > 0 {
+                format!("; waiting for traffic {}s", self.waited_ms / 1000)
+            } else {
+                String::new()
+            }
+        )
+    }
+}
+
+fn fmt(v: Option<f64>) -> String {
+    v.map_or("-".into(), |v| format!("{v:.4}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn before() -> Weights {
+        [("blue".to_owned(), 90), ("green".to_owned(), 0), ("grey".to_owned(), 10)].into()
+    }
+
+    fn plan(steps: &[u32]) -> Plan {
+        Plan {
+            to: "green".into(),
+            steps: steps.to_vec(),
+            interval_ms: 10_000,
+            gates: Gates { min_requests: 10, max_wait_ms: 30_000, ..Gates::default() },
+        }
+    }
+
+    /// Cumulative counts: canary and baseline requests and errors.
+    fn counts(c: u64, c_err: u64, b: u64, b_err: u64) -> Counts {
+        Counts {
+            canary: VersionSample { placed: c, errors: c_err, ..Default::default() },
+            baseline: VersionSample { placed: b, errors: b_err, ..Default::default() },
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn step_weights_give_the_canary_its_share_and_the_rest_in_proportion() {
+        let w = step_weights(&before(), "green", 5);
+        assert_eq!(w["green"], 500);
+        assert_eq!((w["blue"], w["grey"]), (8550, 950));
+        assert_eq!(w.values().sum::<u32>(), 10_000);
+        let all = step_weights(&before(), "green", 100);
+        assert_eq!((all["green"], all["blue"], all["grey"]), (10_000, 0, 0));
+    }
+
+    #[test]
+    fn a_healthy_canary_walks_every_step_to_promotion() {
+        let (mut r, w) = Rollout::start(plan(&[10, 50, 100]), before(), counts(0, 0, 0, 0));
+        assert_eq!(w["green"], 1000);
+        let sec = Duration::from_secs(1);
+        let mut seen = vec![];
+        for t in 1..=40u64 {
+            if let Action::SetWeights(w) = r.tick(sec, &counts(5 * t, 0, 20 * t, 0)) {
+                seen.push(w["green"]);
+            }
+        }
+        assert_eq!(seen, [5000, 10_000]);
+        assert_eq!(r.state, State::Promoted);
+    }
+
+    #[test]
+    fn errors_above_the_baseline_roll_back_at_once_and_restore_the_weights() {
+        let (mut r, _) = Rollout::start(plan(&[10, 100]), before(), counts(0, 0, 0, 0));
+        // 1 % of the baseline fails too: not the canary's fault.
+        assert_eq!(r.tick(Duration::from_secs(1), &counts(20, 0, 200, 2)), Action::Nothing);
+        // Then the canary fails 30 % of its requests: rolled back mid-step.
+        let a = r.tick(Duration::from_secs(1), &counts(40, 6, 400, 4));
+        assert_eq!(a, Action::SetWeights(before()));
+        let State::RolledBack { reason } = &r.state else { panic!("{:?}", r.state) };
+        assert!(reason.contains("error rate"), "{reason}");
+        assert_eq!(r.tick(Duration::from_secs(1), &counts(40, 6, 400, 4)), Action::Nothing, "over");
+    }
+
+    #[test]
+    fn too_little_traffic_waits_then_rolls_back_never_promotes_blind() {
+        let (mut r, _) = Rollout::start(plan(&[50, 100]), before(), counts(0, 0, 0, 0));
+        for _ in 0..39 {
+            assert_eq!(r.tick(Duration::from_secs(1), &counts(3, 0, 3, 0)), Action::Nothing);
+            assert_eq!(r.state, State::Running);
+        }
+        assert_eq!(r.tick(Duration::from_secs(1), &counts(3, 0, 3, 0)), Action::SetWeights(before()));
+        assert!(matches!(&r.state, State::RolledBack { reason } if reason.contains("not promoting blind")));
+    }
+
+    #[test]
+    fn pause_holds_the_step_resume_goes_on_abort_and_promote_end_it() {
+        let (mut r, _) = Rollout::start(plan(&[10, 100]), before(), counts(0, 0, 0, 0));
+        assert!(r.pause("operator"));
+        for _ in 0..20 {
+            assert_eq!(r.tick(Duration::from_secs(1), &counts(50, 0, 50, 0)), Action::Nothing);
+        }
+        assert_eq!(r.step, 0, "paused: no step taken");
+        assert!(r.resume());
+        assert!(!r.resume(), "already running");
+        let mut promote = r.clone();
+        assert_eq!(r.abort(), Some(before()));
+        assert_eq!(r.state, State::Aborted);
+        assert_eq!(r.abort(), None);
+        assert_eq!(promote.promote().map(|w| w["green"]), Some(10_000));
+        assert_eq!(promote.state, State::Promoted);
+    }
+
+    #[test]
+    fn bad_plans_are_explained() {
+        let bad =
+            |steps: &[u32], interval_ms: u64| Plan { interval_ms, ..plan(steps) }.check().unwrap_err().to_string();
+        assert!(bad(&[], 10_000).contains("empty"));
+        assert!(bad(&[5, 1, 100], 10_000).contains("rising"));
+        assert!(bad(&[5, 50], 10_000).contains("last must be 100"));
+        assert!(bad(&[5, 100], 10).contains("at least 1s"));
+        let mut p = plan(&[100]);
+        p.gates.max_error_rate = Some(3.0);
+        assert!(p.check().unwrap_err().to_string().contains("--max-error-rate"));
+        plan(&[1, 5, 25, 50, 100]).check().unwrap();
+    }
+}

@@ -1,0 +1,254 @@
+//! Tier 3, `splitter rollout` end to end: the real agent, real clients
+//! sending traffic the whole time, canaries that are healthy, that answer 500
+//! (l7) or that reset every connection (l4). A healthy canary reaches 100 %;
+//! a bad one is rolled back by the agent on its own, in the step it fails,
+//! and gets no traffic afterwards.
+
+use std::{
+    collections::BTreeMap,
+    net::{SocketAddr, TcpListener, TcpStream},
+    process::Output,
+    sync::atomic::{AtomicBool, Ordering},
+    time::Duration,
+};
+
+use splitter_tests::{
+    agent::Agent,
+    http::{get, serve_http, serve_http_failing, Client},
+    netns::unique_name,
+};
+use splitter_user::{
+    demo::{ask_version, serve_tcp, Topology},
+    netns::NetNs,
+};
+
+const API: &str = "203.0.113.10:8080";
+const SHOP: &str = "203.0.113.10:80";
+
+const CONFIG: &str = r#"
+interfaces:
+  clients: [lb-client]
+  backends: [lb-blue, lb-green]
+services:
+  api:
+    listen: 203.0.113.10:8080
+    protocol: tcp
+    mode: l7
+    versions: { v1: [198.51.100.10:8081], v2: [198.51.100.20:8081], bad: [198.51.100.20:8083] }
+    weights: { v1: 100 }
+  shop:
+    listen: 203.0.113.10:80
+    protocol: tcp
+    versions: { blue: [198.51.100.10:8080], rst: [198.51.100.20:8090] }
+    weights: { blue: 100 }
+"#;
+
+/// A TCP server that resets every connection it accepts (SO_LINGER 0).
+fn serve_resets(ns: &NetNs, port: u16) {
+    let listener = ns.run(|| TcpListener::bind((std::net::Ipv6Addr::UNSPECIFIED, port))).expect("reset server");
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let _ = socket2::SockRef::from(&conn).set_linger(Some(Duration::ZERO));
+            drop(conn);
+        }
+    });
+}
+
+fn setup() -> (Topology, Agent) {
+    splitter_tests::require_root("the rollout end-to-end test");
+    let topo = Topology::build(&unique_name("spt")).expect("build topology");
+    serve_http(&topo.blue, 8081, "v1").unwrap();
+    serve_http(&topo.green, 8081, "v2").unwrap();
+    serve_http_failing(&topo.green, 8083, "bad").unwrap();
+    serve_tcp(&topo.blue, 8080, "blue").unwrap();
+    serve_resets(&topo.green, 8090);
+    topo.lb.ip(&["addr", "add", "203.0.113.10/32", "dev", "lo"]).expect("VIP on lo");
+    let agent = Agent::start(&topo.lb, CONFIG);
+    (topo, agent)
+}
+
+/// Sends l7 requests in small batches until `stop` (bounded: 2 minutes);
+/// backend name (or "error") → answers.
+fn l7_traffic(topo: &Topology, stop: &AtomicBool) -> BTreeMap<String, usize> {
+    let client = Client::new(&topo.client);
+    let api: SocketAddr = API.parse().unwrap();
+    let start = std::time::Instant::now();
+    let mut seen = BTreeMap::new();
+    while !stop.load(Ordering::Relaxed) && start.elapsed() < Duration::from_secs(120) {
+        for a in client.send_all(&topo.client, (0..20).map(|_| get(api, "/", &[])).collect(), 4, false) {
+            let key = match a {
+                Ok(a) if a.status.is_success() => a.backend,
+                Ok(a) => format!("{} {}", a.backend, a.status.as_u16()),
+                Err(_) => "error".into(),
+            };
+            *seen.entry(key).or_insert(0) += 1;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    seen
+}
+
+/// Opens l4 connections until `stop` (bounded); version (or "reset") → count.
+fn l4_traffic(topo: &Topology, stop: &AtomicBool) -> BTreeMap<String, usize> {
+    let vip: SocketAddr = SHOP.parse().unwrap();
+    topo.client.run(|| {
+        let start = std::time::Instant::now();
+        let mut seen = BTreeMap::new();
+        while !stop.load(Ordering::Relaxed) && start.elapsed() < Duration::from_secs(120) {
+            let answer = TcpStream::connect_timeout(&vip, Duration::from_secs(2)).and_then(|c| {
+                c.set_read_timeout(Some(Duration::from_secs(2)))?;
+                ask_version(&c)
+            });
+            *seen.entry(answer.unwrap_or_else(|_| "reset".into())).or_insert(0) += 1;
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        seen
+    })
+}
+
+/// Runs `splitter rollout ARGS` (following it) while `traffic` runs.
+fn rollout_under<T: Send>(agent: &Agent, args: &[&str], traffic: impl FnOnce(&AtomicBool) -> T + Send) -> (Output, T) {
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let t = s.spawn(|| traffic(&stop));
+        std::thread::sleep(Duration::from_millis(300));
+        let out = agent
+            .cli()
+            .arg("rollout")
+            .args(args)
+            .arg("--socket")
+            .arg(&agent.control_socket)
+            .output()
+            .expect("run splitter rollout");
+        stop.store(true, Ordering::Relaxed);
+        (out, t.join().expect("traffic thread"))
+    })
+}
+
+fn text(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+fn weights(agent: &Agent, service: &str) -> BTreeMap<String, u64> {
+    let status = agent.status();
+    status["agent"]["weights"][service]
+        .as_object()
+        .unwrap_or_else(|| panic!("no weights of {service} in {status}"))
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_u64().unwrap()))
+        .collect()
+}
+
+fn rollout_state(agent: &Agent, service: &str) -> serde_json::Value {
+    agent.status()["agent"]["rollouts"][service].clone()
+}
+
+#[test]
+fn a_healthy_canary_is_promoted_step_by_step_to_100_percent() {
+    let (topo, agent) = setup();
+    let args = ["api", "--to", "v2", "--steps", "20,50,100", "--interval", "2s", "--min-requests", "10"];
+    let (out, seen) = rollout_under(&agent, &args, |stop| l7_traffic(&topo, stop));
+    assert!(out.status.success(), "{}\n{}", text(&out), agent.log());
+    assert!(text(&out).contains("promoted to v2: step 3/3 at 100%"), "{}", text(&out));
+    assert_eq!(weights(&agent, "api"), [("bad".into(), 0), ("v1".into(), 0), ("v2".into(), 10_000)].into());
+    assert!(seen.get("v2").copied().unwrap_or(0) > 0, "{seen:?}");
+    assert_eq!(seen.get("error"), None, "no request failed during the rollout: {seen:?}");
+    assert_eq!(rollout_state(&agent, "api")["state"]["state"], "promoted");
+}
+
+#[test]
+fn a_canary_answering_500_is_rolled_back_in_its_first_step_and_gets_nothing_after() {
+    let (topo, agent) = setup();
+    let args = [
+        "api",
+        "--to",
+        "bad",
+        "--steps",
+        "20,50,100",
+        "--interval",
+        "20s",
+        "--min-requests",
+        "10",
+        "--max-error-rate",
+        "5%",
+    ];
+    let (out, seen) = rollout_under(&agent, &args, |stop| l7_traffic(&topo, stop));
+    assert!(!out.status.success(), "a rolled-back rollout fails the command: {}", text(&out));
+    assert!(text(&out).contains("rolled back: step 1 (20%): error rate"), "{}", text(&out));
+    assert!(seen.get("bad 500").copied().unwrap_or(0) >= 10, "the canary was tried: {seen:?}");
+    let r = rollout_state(&agent, "api");
+    assert_eq!((r["state"]["state"].as_str(), r["step"].as_u64()), (Some("rolled_back"), Some(0)), "{r}");
+    assert_eq!(weights(&agent, "api"), [("bad".into(), 0), ("v1".into(), 100), ("v2".into(), 0)].into());
+    // No further traffic to it.
+    let client = Client::new(&topo.client);
+    let after =
+        client.send_all(&topo.client, (0..100).map(|_| get(API.parse().unwrap(), "/", &[])).collect(), 4, false);
+    assert!(after.iter().all(|a| a.as_ref().is_ok_and(|a| a.backend == "v1")), "after the rollback: {after:?}");
+    assert!(agent.log().contains("rollout ROLLED BACK"), "{}", agent.log());
+}
+
+#[test]
+fn an_l4_canary_resetting_connections_is_rolled_back() {
+    let (topo, agent) = setup();
+    let args = [
+        "shop",
+        "--to",
+        "rst",
+        "--steps",
+        "30,100",
+        "--interval",
+        "20s",
+        "--min-requests",
+        "10",
+        "--max-error-rate",
+        "10%",
+    ];
+    let (out, seen) = rollout_under(&agent, &args, |stop| l4_traffic(&topo, stop));
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("rolled back: step 1 (30%): error rate"), "{}\n{seen:?}", text(&out));
+    assert!(seen.get("reset").copied().unwrap_or(0) >= 10, "{seen:?}");
+    assert_eq!(weights(&agent, "shop"), [("blue".into(), 100), ("rst".into(), 0)].into());
+    let stop = AtomicBool::new(false);
+    let after = std::thread::scope(|s| {
+        let t = s.spawn(|| l4_traffic(&topo, &stop));
+        std::thread::sleep(Duration::from_millis(500));
+        stop.store(true, Ordering::Relaxed);
+        t.join().unwrap()
+    });
+    assert_eq!(after.keys().collect::<Vec<_>>(), ["blue"], "after the rollback: {after:?}");
+}
+
+#[test]
+fn pause_resume_and_abort_steer_it_and_bad_requests_are_refused() {
+    let (_topo, agent) = setup();
+    let run = |args: &[&str]| agent.control(&[&["rollout"][..], args].concat());
+    let (ok, out, err) = run(&["api", "--to", "v2", "--steps", "10,100", "--interval", "60s", "--detach"]);
+    assert!(ok, "{out}{err}");
+    assert_eq!(weights(&agent, "api")["v2"], 1000, "the first step is served at once");
+    assert_eq!(rollout_state(&agent, "api")["state"]["state"], "running");
+    for (args, want) in
+        [(&["api", "--to", "v2", "--detach"][..], "already in progress"), (&["api", "--resume"][..], "nothing to do")]
+    {
+        let (ok, out, err) = run(args);
+        assert!(!ok && err.contains(want), "{args:?}: {out}{err}");
+    }
+    let (ok, _, err) = agent.control(&["weight", "api", "v1=5"]);
+    assert!(!ok && err.contains("rollout in progress"), "manual weights wait for the rollout: {err}");
+    assert!(run(&["api", "--pause"]).0);
+    assert_eq!(rollout_state(&agent, "api")["state"]["state"], "paused");
+    assert!(run(&["api", "--resume", "--detach"]).0);
+    assert_eq!(rollout_state(&agent, "api")["state"]["state"], "running");
+    let (ok, out, _) = run(&["api", "--abort"]);
+    assert!(ok && out.contains("aborted"), "{out}");
+    assert_eq!(weights(&agent, "api"), [("bad".into(), 0), ("v1".into(), 100), ("v2".into(), 0)].into());
+    for (args, want) in [
+        (&["api", "--to", "v2", "--steps", "50,10,100"][..], "rising"),
+        (&["api", "--to", "v2", "--steps", "10,50"][..], "last must be 100"),
+        (&["api", "--to", "v9"][..], "no version \"v9\""),
+        (&["nope", "--to", "v2"][..], "no service \"nope\""),
+        (&["api", "--to", "v2", "--interval", "1x"][..], "unit must be"),
+    ] {
+        let (ok, out, err) = run(args);
+        assert!(!ok && err.contains(want), "{args:?}: want {want:?}, got {out}{err}");
+    }
+}
