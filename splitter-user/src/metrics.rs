@@ -173,6 +173,15 @@ impl Family<'_> {
     fn counter(&mut self, labels: &Labels, v: u64) -> Result<(), std::fmt::Error> {
         ConstCounter::new(v).encode(self.enc.encode_family(labels)?)
     }
+    /// One counter per part, each with `key="part"` added to `labels`.
+    fn split(&mut self, labels: &Labels, key: &'static str, parts: &[(&str, u64)]) -> Result<(), std::fmt::Error> {
+        for (part, n) in parts {
+            let mut l = labels.clone();
+            l.push((key, (*part).to_owned()));
+            self.counter(&l, *n)?;
+        }
+        Ok(())
+    }
     fn gauge(&mut self, labels: &Labels, v: f64) -> Result<(), std::fmt::Error> {
         ConstGauge::new(v).encode(self.enc.encode_family(labels)?)
     }
@@ -227,11 +236,12 @@ impl prometheus_client::collector::Collector for Scrape {
         ] {
             let mut f = family(&mut enc, name, help, MetricType::Counter)?;
             for (l, st) in endpoints() {
-                for (dir, p, b) in [("in", st.packets_in, st.bytes_in), ("out", st.packets_out, st.bytes_out)] {
-                    let mut l = l.clone();
-                    l.push(("direction", dir.into()));
-                    f.counter(&l, if pick == 0 { p } else { b })?;
-                }
+                let parts = if pick == 0 {
+                    [("in", st.packets_in), ("out", st.packets_out)]
+                } else {
+                    [("in", st.bytes_in), ("out", st.bytes_out)]
+                };
+                f.split(&l, "direction", &parts)?;
             }
         }
         let mut f = family(
@@ -278,7 +288,7 @@ impl prometheus_client::collector::Collector for Scrape {
         }
         let mut f = family(&mut enc, "splitter_responses", "Responses by status class: from the endpoints (1xx..5xx), or the proxy's own 502 (endpoint unreachable or failed) and 504 (no answer in time).", MetricType::Counter)?;
         for (l, (c, _)) in l7() {
-            for (class, n) in [
+            let classes = [
                 ("1xx", c.responses_1xx),
                 ("2xx", c.responses_2xx),
                 ("3xx", c.responses_3xx),
@@ -286,11 +296,8 @@ impl prometheus_client::collector::Collector for Scrape {
                 ("5xx", c.responses_5xx),
                 ("proxy_502", c.bad_gateway),
                 ("proxy_504", c.timeouts),
-            ] {
-                let mut l = l.clone();
-                l.push(("class", class.into()));
-                f.counter(&l, n)?;
-            }
+            ];
+            f.split(&l, "class", &classes)?;
         }
         let mut f = family(
             &mut enc,
@@ -311,16 +318,13 @@ impl prometheus_client::collector::Collector for Scrape {
             MetricType::Counter,
         )?;
         for (l, m) in mirrors() {
-            for (outcome, n) in [
+            let outcomes = [
                 ("sampled", m.sampled),
                 ("sent", m.sent),
                 ("dropped_queue_full", m.dropped_queue_full),
                 ("skipped_body_too_large", m.skipped_body_too_large),
-            ] {
-                let mut l = l.clone();
-                l.push(("outcome", outcome.into()));
-                f.counter(&l, n)?;
-            }
+            ];
+            f.split(&l, "outcome", &outcomes)?;
         }
         let mut f = family(
             &mut enc,
@@ -329,13 +333,13 @@ impl prometheus_client::collector::Collector for Scrape {
             MetricType::Counter,
         )?;
         for (l, m) in mirrors() {
-            for (result, n) in
-                [("match", m.matched), ("differ", m.differ), ("error", m.shadow_errors), ("timeout", m.shadow_timeouts)]
-            {
-                let mut l = l.clone();
-                l.push(("result", result.into()));
-                f.counter(&l, n)?;
-            }
+            let results = [
+                ("match", m.matched),
+                ("differ", m.differ),
+                ("error", m.shadow_errors),
+                ("timeout", m.shadow_timeouts),
+            ];
+            f.split(&l, "result", &results)?;
         }
         let mut f = family(
             &mut enc,
