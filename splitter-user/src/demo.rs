@@ -61,6 +61,7 @@ services:
       blue:   [198.51.100.10:8081]
       green:  [198.51.100.20:8081]
       shadow: [198.51.100.20:8082]
+      broken: [198.51.100.20:8083]
     weights: { blue: 90, green: 10 }
     routes:
       - match: { headers: { x-canary: "true" } }
@@ -317,6 +318,7 @@ pub fn run(connections: usize) -> Result<(), DemoError> {
     crate::demo_http::serve_http(&topo.blue, 8081, "blue")?;
     crate::demo_http::serve_http(&topo.green, 8081, "green")?;
     crate::demo_http::serve_http(&topo.green, 8082, "shadow")?;
+    crate::demo_http::serve_http_failing(&topo.green, 8083, "broken")?;
     // The l7 VIP is served by the agent's proxy: it must be a local address.
     topo.lb.ip(&["addr", "add", "203.0.113.10/32", "dev", "lo"])?;
     let pin_path = PathBuf::from("/sys/fs/bpf").join(&prefix);
@@ -375,10 +377,14 @@ pub fn run(connections: usize) -> Result<(), DemoError> {
     // 3. The HTTP service through the proxy.
     failed += l7_phase(&topo, &agent, &config, connections)?;
 
+    // 4. Rollouts under traffic: a healthy one, and a broken canary.
+    failed += rollout_phase(&topo, &agent, &config)?;
+    shop.weights = [("blue".to_owned(), 0), ("green".to_owned(), 10_000)].into();
+
     let mut live_config = config.clone();
     live_config.pin_path = pin_path.clone();
     live_config.services.insert("shop".into(), shop);
-    println!("\n4. `splitter status --config {}` says:", agent.config_path.display());
+    println!("\n5. `splitter status --config {}` says:", agent.config_path.display());
     println!("{}", indent(&crate::status::report(pin_path.clone(), Some(&live_config), agent.info())?.render()));
     let log = agent.log();
     drop(agent);
@@ -389,6 +395,72 @@ pub fn run(connections: usize) -> Result<(), DemoError> {
         return Err(DemoError::Failed { failed, total: 3 * connections + 20, log });
     }
     Ok(())
+}
+
+/// Phase 4: `splitter rollout shop --to green` promoted step by step while
+/// connections keep coming, then `splitter rollout api --to broken` (a
+/// version that answers 500) rolled back by the agent on its own. Returns
+/// the number of things that did not go as they should.
+fn rollout_phase(topo: &Topology, agent: &AgentProcess, config: &Config) -> Result<usize, DemoError> {
+    use crate::{
+        control::{request, Request, RolloutAction},
+        rollout::{Gates, Plan, Rollout, State},
+    };
+    let run =
+        |service: &str, plan: Plan, traffic: &(dyn Fn(&std::sync::atomic::AtomicBool) + Sync)| -> Option<Rollout> {
+            let stop = std::sync::atomic::AtomicBool::new(false);
+            std::thread::scope(|s| {
+                s.spawn(|| traffic(&stop));
+                std::thread::sleep(Duration::from_millis(300));
+                let start = Request::Rollout { service: service.into(), action: RolloutAction::Start { plan } };
+                let mut last = String::new();
+                let mut rollout = request(&agent.control_socket, &start).ok().and_then(|r| r.rollout);
+                let deadline = Instant::now() + Duration::from_secs(60);
+                while let Some(r) = &rollout {
+                    let line = r.describe();
+                    if line != last {
+                        println!("     {line}");
+                        last = line;
+                    }
+                    if r.state.is_over() || Instant::now() > deadline {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(500));
+                    let status = Request::Rollout { service: service.into(), action: RolloutAction::Status };
+                    rollout = request(&agent.control_socket, &status).ok().and_then(|r| r.rollout);
+                }
+                stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                rollout
+            })
+        };
+    let plan = |to: &str, steps: &[u32], min_requests: u64| Plan {
+        to: to.into(),
+        steps: steps.to_vec(),
+        interval_ms: 2000,
+        gates: Gates { max_error_rate: Some(0.05), min_requests, ..Gates::default() },
+    };
+    let shop = config.services["shop"].listen;
+    println!("\n4. `splitter rollout shop --to green --steps 75,100 --interval 2s` while connections keep coming:");
+    let l4 = run("shop", plan("green", &[75, 100], 20), &|stop| {
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            connect_many(&topo.client, shop, 50);
+        }
+    });
+    let mut failed = usize::from(!matches!(l4.map(|r| r.state), Some(State::Promoted)));
+    let api = config.services["api"].listen;
+    let client = crate::demo_http::Client::new(&topo.client);
+    println!("   `splitter rollout api --to broken --steps 10,50,100 --max-error-rate 5%` (broken answers 500):");
+    let l7 = run("api", plan("broken", &[10, 50, 100], 10), &|stop| {
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            client.send_all(&topo.client, (0..20).map(|_| crate::demo_http::get(api, "/", &[])).collect(), 4, false);
+        }
+    });
+    failed += usize::from(!matches!(l7.map(|r| r.state), Some(State::RolledBack { .. })));
+    let after =
+        client.send_all(&topo.client, (0..100).map(|_| crate::demo_http::get(api, "/", &[])).collect(), 4, false);
+    let to_broken = after.iter().filter(|a| a.as_ref().is_ok_and(|a| a.backend == "broken")).count();
+    println!("   after the rollback, 100 requests: {to_broken} reached broken");
+    Ok(failed + to_broken)
 }
 
 /// Phase 3: plain requests split 90/10, canary-marked ones all on green,

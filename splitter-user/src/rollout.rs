@@ -293,6 +293,8 @@ impl Rollout {
         self.step += 1;
         self.elapsed_ms = 0;
         self.waited_ms = 0;
+        self.step_requests = 0;
+        self.readings.clear();
         self.base = now.clone();
         Action::SetWeights(step_weights(&self.before, &self.plan.to, self.percent()))
     }
@@ -385,15 +387,15 @@ impl Rollout {
                 )
             })
             .collect();
-        let state = match &self.state {
-            State::Running => "running".to_owned(),
-            State::Paused { why } => format!("paused ({why})"),
-            State::Promoted => "promoted".to_owned(),
-            State::RolledBack { reason } => format!("ROLLED BACK: {reason}"),
-            State::Aborted => "aborted".to_owned(),
+        let (state, why) = match &self.state {
+            State::Running => ("running", String::new()),
+            State::Paused { why } => ("paused", format!(" — {why}")),
+            State::Promoted => ("promoted", String::new()),
+            State::RolledBack { reason } => ("ROLLED BACK", format!(" — {reason}")),
+            State::Aborted => ("aborted", String::new()),
         };
         format!(
-            "{} to {}: step {}/{} at {}%, {}s of {}s, {} canary requests/flows (judged from {}); {}{}{}",
+            "{} to {}: step {}/{} at {}%, {}s of {}s, {} canary requests/flows (judged from {}); {}{}{}{why}",
             state,
             self.plan.to,
             self.step + 1,
