@@ -219,8 +219,8 @@ fn an_l4_canary_resetting_connections_is_rolled_back() {
 }
 
 #[test]
-fn pause_resume_and_abort_steer_it_and_bad_requests_are_refused() {
-    let (_topo, agent) = setup();
+fn pause_resume_abort_and_a_restart_steer_it_and_bad_requests_are_refused() {
+    let (topo, agent) = setup();
     let run = |args: &[&str]| agent.control(&[&["rollout"][..], args].concat());
     let (ok, out, err) = run(&["api", "--to", "v2", "--steps", "10,100", "--interval", "60s", "--detach"]);
     assert!(ok, "{out}{err}");
@@ -234,6 +234,16 @@ fn pause_resume_and_abort_steer_it_and_bad_requests_are_refused() {
     }
     let (ok, _, err) = agent.control(&["weight", "api", "v1=5"]);
     assert!(!ok && err.contains("rollout in progress"), "manual weights wait for the rollout: {err}");
+    // An agent restart brings the rollout back paused, at its step.
+    let mut agent = agent;
+    agent.restart(&topo.lb).expect("restart");
+    let r = rollout_state(&agent, "api");
+    assert_eq!(r["state"]["state"], "paused", "{r}");
+    assert!(r["state"]["why"].as_str().unwrap().contains("agent restarted"), "{r}");
+    assert_eq!(weights(&agent, "api")["v2"], 1000, "its step's weights are served as they were");
+    let run = |args: &[&str]| agent.control(&[&["rollout"][..], args].concat());
+    assert!(run(&["api", "--resume", "--detach"]).0);
+    assert_eq!(rollout_state(&agent, "api")["state"]["state"], "running");
     assert!(run(&["api", "--pause"]).0);
     assert_eq!(rollout_state(&agent, "api")["state"]["state"], "paused");
     assert!(run(&["api", "--resume", "--detach"]).0);
