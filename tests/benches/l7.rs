@@ -15,14 +15,13 @@ use std::{
     fmt::Write as _,
     net::SocketAddr,
     path::PathBuf,
-    process::{Child, Stdio},
     time::{Duration, Instant},
 };
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
-use splitter_tests::{http::serve_http, netns::unique_name, rss_kib};
+use splitter_tests::{http::serve_http, load::median, netns::unique_name, peers::Haproxy, rss_kib};
 use splitter_user::{agent_process::AgentProcess, demo::Topology, netns::NetNs};
 
 const CONNS: usize = 32;
@@ -119,48 +118,6 @@ fn with_idle_connections<T: Send>(ns: &NetNs, target: SocketAddr, n: usize, meas
     })
 }
 
-/// HAProxy in the lb namespace, `mode http`, `threads` threads, on `listen`.
-struct Haproxy(Child);
-
-impl Haproxy {
-    fn start(ns: &NetNs, dir: &std::path::Path, listen: SocketAddr, backend: SocketAddr, threads: usize) -> Haproxy {
-        let cfg = dir.join("haproxy.cfg");
-        std::fs::write(
-            &cfg,
-            format!(
-                "global\n  nbthread {threads}\n  maxconn 4096\ndefaults\n  mode http\n  option http-keep-alive\n  timeout connect 1s\n  timeout client 30s\n  timeout server 30s\nfrontend fe\n  bind {listen}\n  default_backend be\nbackend be\n  http-reuse always\n  server s1 {backend}\n"
-            ),
-        )
-        .unwrap();
-        let child = ns
-            .command("haproxy")
-            .args(["-db", "-f"])
-            .arg(&cfg)
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("haproxy (cargo xtask bench installs it)");
-        std::thread::sleep(Duration::from_millis(500));
-        let mut h = Haproxy(child);
-        if let Ok(Some(status)) = h.0.try_wait() {
-            panic!("haproxy exited at start ({status}); run `haproxy -c -f {}` to see why", cfg.display());
-        }
-        h
-    }
-}
-
-impl Drop for Haproxy {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn median(mut v: Vec<f64>) -> (f64, f64, f64) {
-    v.sort_by(f64::total_cmp);
-    (v[v.len() / 2], v[0], v[v.len() - 1])
-}
-
 fn main() {
     splitter_tests::require_root("the L7 benchmark");
     let bin = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/splitter");
@@ -177,7 +134,7 @@ fn main() {
     let pin = PathBuf::from("/sys/fs/bpf").join(unique_name("spl"));
     let agent = AgentProcess::start_with(&bin, &topo.lb, &dir, &pin, config, &["--workers", "1"])
         .unwrap_or_else(|e| panic!("{e}"));
-    let haproxy = Haproxy::start(
+    let haproxy = Haproxy::http(
         &topo.lb,
         &dir,
         "203.0.113.10:8090".parse().unwrap(),

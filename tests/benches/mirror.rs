@@ -11,14 +11,16 @@
 
 use std::{
     fmt::Write as _,
-    io::{Read, Write},
-    net::{Ipv4Addr, SocketAddr, TcpListener},
+    net::{Ipv4Addr, SocketAddr},
     path::PathBuf,
-    time::{Duration, Instant},
+    time::Instant,
 };
 
 use splitter_common::{service::mirror_sampled, FlowKey};
-use splitter_tests::netns::unique_name;
+use splitter_tests::{
+    load::{median, send_bulk, serve_sink},
+    netns::unique_name,
+};
 use splitter_user::{agent_process::AgentProcess, demo::Topology, netns::NetNs};
 
 const CONNS: usize = 40;
@@ -42,28 +44,6 @@ services:
     versions: { blue: [198.51.100.10:9000], green: [198.51.100.20:9000] }
     weights: { blue: 1, green: 1 }
 "#;
-
-/// A sink on `[::]:PORT`: reads each connection to its end, then answers with
-/// the byte count (8 bytes, big endian).
-fn serve_sink(ns: &NetNs) {
-    let listener = ns.run(|| TcpListener::bind((std::net::Ipv6Addr::UNSPECIFIED, PORT))).expect("sink");
-    std::thread::spawn(move || {
-        for conn in listener.incoming().flatten() {
-            std::thread::spawn(move || {
-                let mut conn = conn;
-                let mut buf = vec![0u8; 1 << 16];
-                let mut n = 0u64;
-                while let Ok(k) = conn.read(&mut buf) {
-                    if k == 0 {
-                        break;
-                    }
-                    n += k as u64;
-                }
-                let _ = conn.write_all(&n.to_be_bytes());
-            });
-        }
-    });
-}
 
 /// Client ports for one round: `CONNS` fresh ports, exactly `CONNS / 10` of
 /// them sampled at 10 %.
@@ -94,18 +74,7 @@ fn round(client: &NetNs, ports: &[u16]) -> f64 {
                 s.spawn(move || {
                     let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
                     sock.bind(&SocketAddr::from((CLIENT, port)).into()).unwrap_or_else(|e| panic!("bind {port}: {e}"));
-                    sock.connect_timeout(&vip.into(), Duration::from_secs(3))
-                        .unwrap_or_else(|e| panic!("connect from {port}: {e}"));
-                    let mut conn: std::net::TcpStream = sock.into();
-                    conn.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-                    let chunk = vec![0x5au8; 1 << 16];
-                    for _ in 0..BYTES / chunk.len() {
-                        conn.write_all(&chunk).unwrap_or_else(|e| panic!("send from {port}: {e}"));
-                    }
-                    conn.shutdown(std::net::Shutdown::Write).unwrap();
-                    let mut n = [0u8; 8];
-                    conn.read_exact(&mut n).unwrap_or_else(|e| panic!("count for {port}: {e}"));
-                    assert_eq!(u64::from_be_bytes(n), BYTES as u64, "the sink got every byte from {port}");
+                    send_bulk(vip, BYTES, Some(sock));
                 });
             }
         })
@@ -113,16 +82,11 @@ fn round(client: &NetNs, ports: &[u16]) -> f64 {
     (ports.len() * BYTES * 8) as f64 / start.elapsed().as_secs_f64() / 1e9
 }
 
-fn median(mut v: Vec<f64>) -> (f64, f64, f64) {
-    v.sort_by(f64::total_cmp);
-    (v[v.len() / 2], v[0], v[v.len() - 1])
-}
-
 fn main() {
     splitter_tests::require_root("the mirroring benchmark");
     let topo = Topology::build(&unique_name("spb")).expect("topology");
-    serve_sink(&topo.blue);
-    serve_sink(&topo.green);
+    serve_sink(&topo.blue, PORT);
+    serve_sink(&topo.green, PORT);
     let _tap = splitter_user::demo::mirror_link(&topo.lb, &unique_name("spb")).expect("mirror link");
     let bin = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/splitter");
     let name = unique_name("spb");

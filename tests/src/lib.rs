@@ -9,8 +9,10 @@
 pub mod agent;
 pub mod fixture;
 pub mod http;
+pub mod load;
 pub mod netns;
 pub mod packet;
+pub mod peers;
 pub mod raw;
 
 /// Panics unless the test runs as root (CI does). A test that needs the kernel

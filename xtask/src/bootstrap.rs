@@ -17,7 +17,7 @@ const APT_PACKAGES: &[&str] =
     &["llvm-22-dev", "libpolly-22-dev", "libzstd-dev", "zlib1g-dev", "iproute2", "ethtool", "util-linux", "procps"];
 
 /// Peers the benchmarks measure against (Debian packages).
-const BENCH_PACKAGES: &[&str] = &["haproxy"];
+const BENCH_PACKAGES: &[&str] = &["haproxy", "nftables"];
 
 pub fn run() -> Result<()> {
     nightly()?;

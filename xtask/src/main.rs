@@ -65,10 +65,11 @@ fn main() -> Result<()> {
             bootstrap::bench_tools()?;
             // The control-plane and L7 benches drive the release binary.
             cargo(&["build", "--release", "--package", "splitter-user", "--bin", "splitter"])?;
-            cargo(&["bench", "--package", "splitter-tests", "--bench", "xdp"])?;
-            cargo(&["bench", "--package", "splitter-tests", "--bench", "control"])?;
-            cargo(&["bench", "--package", "splitter-tests", "--bench", "l7"])?;
-            cargo(&["bench", "--package", "splitter-tests", "--bench", "mirror"])
+            let started = std::time::Instant::now();
+            for bench in BENCHES {
+                cargo(&["bench", "--package", "splitter-tests", "--bench", bench])?;
+            }
+            write_benchmarks_md(started.elapsed())
         }
         Task::Demo { args } => {
             bootstrap::run()?;
@@ -119,6 +120,47 @@ fn require_root(what: &str) -> Result<()> {
     if !bootstrap::is_root() {
         bail!("{what} needs root: run `sudo -E cargo xtask ...`");
     }
+    Ok(())
+}
+
+/// The benchmarks `cargo xtask bench` runs, in order; each writes
+/// `target/bench/NAME.md`.
+const BENCHES: [&str; 5] = ["xdp", "l4", "l7", "mirror", "control"];
+
+/// Puts the latest full run into BENCHMARKS.md: the machine, kernel, date and
+/// command, then each bench's table.
+fn write_benchmarks_md(took: std::time::Duration) -> Result<()> {
+    let root = workspace_root();
+    let cmd = |c: &str, a: &[&str]| {
+        Command::new(c)
+            .args(a)
+            .output()
+            .ok()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .unwrap_or_default()
+    };
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find_map(|l| l.strip_prefix("model name").map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned()))
+        })
+        .unwrap_or_default();
+    let mut md = format!(
+        "# Benchmarks\n\nThe latest full run of `cargo xtask bench` (every scenario, peers in the same run on the same topology, rounds interleaved; medians with min–max). Machines here are shared and noisy: read the ratios, not the absolute numbers.\n\n- date: {}\n- machine: {} CPUs, {cpu}\n- kernel: {}\n- command: `sudo -E cargo xtask bench` (took {:.1} min)\n\n",
+        cmd("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
+        cmd("nproc", &[]),
+        cmd("uname", &["-r"]),
+        took.as_secs_f64() / 60.0
+    );
+    for bench in BENCHES {
+        let path = root.join("target/bench").join(format!("{bench}.md"));
+        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        md += &text;
+        md += "\n";
+    }
+    std::fs::write(root.join("BENCHMARKS.md"), md).context("writing BENCHMARKS.md")?;
+    eprintln!("wrote BENCHMARKS.md");
     Ok(())
 }
 

@@ -1,0 +1,167 @@
+//! L4 end to end over veth, run by `cargo xtask bench` (root): the same
+//! client, the same two backends (80/20), four paths in turn, several
+//! interleaved rounds:
+//! * direct: the client straight to one backend (the floor of the topology);
+//! * splitter: the XDP data path (the agent, then `splitter down`);
+//! * nftables: weighted DNAT with `numgen random mod 100 map` (what
+//!   kube-proxy's nftables mode does), conntrack doing the return path;
+//! * HAProxy `mode tcp`, one thread, weighted round robin.
+//!
+//! Each path is set up alone in the lb namespace while it is measured, so no
+//! path pays for another's hooks. Measured: new connections per second (4
+//! client threads, each connecting, asking once and closing) with the p50/p99
+//! of connect + answer, and bulk throughput with 1 and 8 streams to TCP
+//! sinks. Client, LB and backends share this machine's cores, so the ratios
+//! are the point. Writes `target/bench/l4.md`.
+
+use std::{
+    fmt::Write as _,
+    net::{Ipv4Addr, SocketAddr},
+    path::PathBuf,
+};
+
+use splitter_tests::{
+    load::{bulk, connection_rate, median, serve_sink, Rate},
+    netns::unique_name,
+    peers::{Haproxy, Nftables},
+};
+use splitter_user::{agent_process::AgentProcess, demo::serve_tcp, demo::Topology};
+
+const THREADS: usize = 4;
+const SECS: u64 = 3;
+const SINK: u16 = 9000;
+const BLUE: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
+const GREEN: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 20);
+
+fn rounds() -> usize {
+    std::env::var("SPLITTER_BENCH_ROUNDS").ok().and_then(|v| v.parse().ok()).filter(|n| *n > 0).unwrap_or(3)
+}
+
+const CONFIG: &str = r#"
+interfaces:
+  clients: [lb-client]
+  backends: [lb-blue, lb-green]
+services:
+  conn:
+    listen: 203.0.113.10:80
+    protocol: tcp
+    versions: { blue: [198.51.100.10:80], green: [198.51.100.20:80] }
+    weights: { blue: 80, green: 20 }
+  bulk:
+    listen: 203.0.113.10:9000
+    protocol: tcp
+    versions: { blue: [198.51.100.10:9000], green: [198.51.100.20:9000] }
+    weights: { blue: 80, green: 20 }
+"#;
+
+#[derive(Default)]
+struct Runs {
+    rate: Vec<Rate>,
+    one: Vec<f64>,
+    eight: Vec<f64>,
+}
+
+fn measure(topo: &Topology, vip: Ipv4Addr, runs: &mut Runs) {
+    runs.rate.push(connection_rate(&topo.client, SocketAddr::from((vip, 80)), THREADS, SECS));
+    runs.one.push(bulk(&topo.client, SocketAddr::from((vip, SINK)), 1, 256 << 20));
+    runs.eight.push(bulk(&topo.client, SocketAddr::from((vip, SINK)), 8, 32 << 20));
+}
+
+fn main() {
+    splitter_tests::require_root("the L4 benchmark");
+    let bin = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/splitter");
+    assert!(bin.exists(), "{} missing: `cargo xtask bench` builds it", bin.display());
+    let topo = Topology::build(&unique_name("spl")).expect("topology");
+    for (ns, name) in [(&topo.blue, "blue"), (&topo.green, "green")] {
+        serve_tcp(ns, 80, name).expect("backend");
+        serve_sink(ns, SINK);
+    }
+    let dir = std::env::temp_dir().join(format!("splitter-bench-{}", unique_name("l4")));
+    let names = ["direct to one backend", "splitter (XDP)", "nftables numgen DNAT", "HAProxy mode tcp (1 thread)"];
+    let mut runs: Vec<Runs> = names.iter().map(|_| Runs::default()).collect();
+    let haproxy_vip = Ipv4Addr::new(203, 0, 113, 12);
+    for round in 0..rounds() {
+        measure(&topo, BLUE, &mut runs[0]);
+
+        let pin = PathBuf::from("/sys/fs/bpf").join(unique_name("spl"));
+        let mut agent =
+            AgentProcess::start(&bin, &topo.lb, &dir.join("agent"), &pin, CONFIG).unwrap_or_else(|e| panic!("{e}"));
+        measure(&topo, Ipv4Addr::new(203, 0, 113, 10), &mut runs[1]);
+        agent.down().unwrap_or_else(|e| panic!("splitter down: {e}"));
+
+        {
+            let nft_vip = Ipv4Addr::new(203, 0, 113, 11);
+            let _nft = Nftables::weighted_dnat(&topo.lb, nft_vip, &[80, SINK], &[(BLUE, 80), (GREEN, 20)]);
+            measure(&topo, nft_vip, &mut runs[2]);
+        }
+
+        topo.lb.ip(&["addr", "add", "203.0.113.12/32", "dev", "lo"]).expect("HAProxy VIP on lo");
+        {
+            let backends = |port| vec![(SocketAddr::from((BLUE, port)), 80), (SocketAddr::from((GREEN, port)), 20)];
+            let _haproxy = Haproxy::tcp(
+                &topo.lb,
+                &dir,
+                &[
+                    (SocketAddr::from((haproxy_vip, 80)), backends(80)),
+                    (SocketAddr::from((haproxy_vip, SINK)), backends(SINK)),
+                ],
+                1,
+            );
+            measure(&topo, haproxy_vip, &mut runs[3]);
+        }
+        topo.lb.ip(&["addr", "del", "203.0.113.12/32", "dev", "lo"]).expect("HAProxy VIP off lo");
+        eprintln!("round {}/{} done", round + 1, rounds());
+    }
+
+    let mut md = String::new();
+    writeln!(
+        md,
+        "### L4 end to end over veth ({} interleaved rounds, median [min–max]; {THREADS} client threads, {SECS} s per rate run)\n",
+        rounds()
+    )
+    .unwrap();
+    writeln!(
+        md,
+        "| path | new connections/s | connect+answer p50 µs | p99 µs | failed | 1 stream Gbit/s | 8 streams Gbit/s |"
+    )
+    .unwrap();
+    writeln!(md, "|---|---|---|---|---|---|---|").unwrap();
+    let stat = |r: &Runs| {
+        (
+            median(r.rate.iter().map(|x| x.per_sec).collect()),
+            median(r.rate.iter().map(|x| x.p50_us).collect()).0,
+            median(r.rate.iter().map(|x| x.p99_us).collect()).0,
+            r.rate.iter().map(|x| x.failed).sum::<usize>(),
+            median(r.one.clone()),
+            median(r.eight.clone()),
+        )
+    };
+    for (name, r) in names.iter().zip(&runs) {
+        let (rate, p50, p99, failed, one, eight) = stat(r);
+        writeln!(
+            md,
+            "| {name} | {:.0} [{:.0}–{:.0}] | {p50:.0} | {p99:.0} | {failed} | {:.2} [{:.2}–{:.2}] | {:.2} [{:.2}–{:.2}] |",
+            rate.0, rate.1, rate.2, one.0, one.1, one.2, eight.0, eight.1, eight.2
+        )
+        .unwrap();
+    }
+    let s = stat(&runs[1]);
+    let ratio = |i: usize, pick: &dyn Fn(&Runs) -> f64| pick(&runs[1]) / pick(&runs[i]);
+    let rate_of = |r: &Runs| median(r.rate.iter().map(|x| x.per_sec).collect()).0;
+    let eight_of = |r: &Runs| median(r.eight.clone()).0;
+    writeln!(
+        md,
+        "\nsplitter vs nftables: {:.2}× new connections/s, {:.2}× 8-stream throughput; vs HAProxy: {:.2}× and {:.2}×. splitter's p99 connect+answer {:.0} µs.",
+        ratio(2, &rate_of),
+        ratio(2, &eight_of),
+        ratio(3, &rate_of),
+        ratio(3, &eight_of),
+        s.2
+    )
+    .unwrap();
+    writeln!(md, "The XDP path and nftables run in softirq on whatever core the packet lands on, beside the client and the backends on this 2-core VM; per-connection LB CPU time cannot be told apart from theirs here, so it is not reported. Each path is alone in the lb namespace while measured.").unwrap();
+    print!("{md}");
+    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
+    std::fs::create_dir_all(&out).expect("target/bench");
+    std::fs::write(out.join("l4.md"), &md).expect("write target/bench/l4.md");
+}

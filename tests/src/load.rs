@@ -1,0 +1,116 @@
+//! Load for the benchmarks, from a client namespace: new TCP connections as
+//! fast as they complete (each asks a `serve_tcp` backend once), and bulk
+//! transfers to TCP sinks.
+
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    time::{Duration, Instant},
+};
+
+use splitter_user::{demo::ask_version, netns::NetNs};
+
+/// A sink on `[::]:port`: reads each connection to its end, then answers
+/// with the byte count (8 bytes, big endian).
+pub fn serve_sink(ns: &NetNs, port: u16) {
+    let listener = ns.run(|| TcpListener::bind((std::net::Ipv6Addr::UNSPECIFIED, port))).expect("sink");
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut conn = conn;
+                let mut buf = vec![0u8; 1 << 16];
+                let mut n = 0u64;
+                while let Ok(k) = conn.read(&mut buf) {
+                    if k == 0 {
+                        break;
+                    }
+                    n += k as u64;
+                }
+                let _ = conn.write_all(&n.to_be_bytes());
+            });
+        }
+    });
+}
+
+/// Sends `bytes` to a sink at `target` over `from` (a bound, unconnected
+/// socket) or a fresh one; checks the sink got every byte.
+pub fn send_bulk(target: SocketAddr, bytes: usize, from: Option<socket2::Socket>) {
+    let sock =
+        from.unwrap_or_else(|| socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap());
+    sock.connect_timeout(&target.into(), Duration::from_secs(3)).unwrap_or_else(|e| panic!("connect to {target}: {e}"));
+    let mut conn: TcpStream = sock.into();
+    conn.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let chunk = vec![0x5au8; 1 << 16];
+    for _ in 0..bytes / chunk.len() {
+        conn.write_all(&chunk).unwrap_or_else(|e| panic!("send to {target}: {e}"));
+    }
+    conn.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut n = [0u8; 8];
+    conn.read_exact(&mut n).unwrap_or_else(|e| panic!("count from {target}: {e}"));
+    assert_eq!(u64::from_be_bytes(n), (bytes / chunk.len() * chunk.len()) as u64, "the sink got every byte");
+}
+
+/// `streams` parallel bulk transfers of `bytes` each; Gbit/s.
+pub fn bulk(client: &NetNs, target: SocketAddr, streams: usize, bytes: usize) -> f64 {
+    let start = Instant::now();
+    client.run(|| {
+        std::thread::scope(|s| {
+            for _ in 0..streams {
+                s.spawn(|| send_bulk(target, bytes, None));
+            }
+        })
+    });
+    (streams * bytes * 8) as f64 / start.elapsed().as_secs_f64() / 1e9
+}
+
+/// What [`connection_rate`] measured.
+pub struct Rate {
+    pub per_sec: f64,
+    /// Connect plus one answer, microseconds.
+    pub p50_us: f64,
+    pub p99_us: f64,
+    pub failed: usize,
+}
+
+/// `threads` clients opening a connection, asking once and closing, for
+/// `secs` seconds.
+pub fn connection_rate(client: &NetNs, target: SocketAddr, threads: usize, secs: u64) -> Rate {
+    let (mut lat, failed) = client.run(|| {
+        std::thread::scope(|s| {
+            let handles: Vec<_> = (0..threads)
+                .map(|_| {
+                    s.spawn(move || {
+                        let end = Instant::now() + Duration::from_secs(secs);
+                        let (mut lat, mut failed) = (Vec::new(), 0usize);
+                        while Instant::now() < end {
+                            let t = Instant::now();
+                            let ok = TcpStream::connect_timeout(&target, Duration::from_secs(2)).and_then(|c| {
+                                c.set_read_timeout(Some(Duration::from_secs(2)))?;
+                                ask_version(&c)
+                            });
+                            match ok {
+                                Ok(_) => lat.push(t.elapsed().as_secs_f64() * 1e6),
+                                Err(_) => failed += 1,
+                            }
+                        }
+                        (lat, failed)
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().expect("client thread")).fold((Vec::new(), 0), |mut acc, (l, f)| {
+                acc.0.extend(l);
+                (acc.0, acc.1 + f)
+            })
+        })
+    });
+    lat.sort_by(f64::total_cmp);
+    let q =
+        |p: f64| lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1))).copied().unwrap_or(0.0);
+    Rate { per_sec: lat.len() as f64 / secs as f64, p50_us: q(0.5), p99_us: q(0.99), failed }
+}
+
+/// Median, min and max of `v`.
+pub fn median(mut v: Vec<f64>) -> (f64, f64, f64) {
+    v.sort_by(f64::total_cmp);
+    (v[v.len() / 2], v[0], v[v.len() - 1])
+}
