@@ -21,7 +21,13 @@ use std::{
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
-use splitter_tests::{http::serve_http, load::median, netns::unique_name, peers::Haproxy, rss_kib};
+use splitter_tests::{
+    http::serve_http,
+    load::median,
+    netns::unique_name,
+    peers::{Haproxy, Nginx},
+    rss_kib,
+};
 use splitter_user::{agent_process::AgentProcess, demo::Topology, netns::NetNs};
 
 const CONNS: usize = 32;
@@ -142,11 +148,22 @@ fn main() {
         threads,
     );
 
-    let scenarios: [(&str, SocketAddr); 4] = [
+    let nginx = Nginx::start(
+        &topo.lb,
+        &dir,
+        "203.0.113.10:8092".parse().unwrap(),
+        "198.51.100.10:8081".parse().unwrap(),
+        "203.0.113.10:8093".parse().unwrap(),
+        "198.51.100.20:8082".parse().unwrap(),
+        10,
+    );
+    let scenarios: [(&str, SocketAddr); 6] = [
         ("direct to the backend", "198.51.100.10:8081".parse().unwrap()),
         ("splitter proxy", "203.0.113.10:8080".parse().unwrap()),
         ("HAProxy mode http", "203.0.113.10:8090".parse().unwrap()),
+        ("nginx (1 worker)", "203.0.113.10:8092".parse().unwrap()),
         ("splitter proxy, 10 % mirrored + compared", "203.0.113.10:8088".parse().unwrap()),
+        ("nginx, 10 % mirrored (`mirror`, not compared)", "203.0.113.10:8093".parse().unwrap()),
     ];
     let mut results: Vec<Vec<Run>> = scenarios.iter().map(|_| Vec::new()).collect();
     for round in 0..rounds() {
@@ -159,6 +176,7 @@ fn main() {
     let rss_idle = rss_kib(agent_pid);
     let rss_agent = with_idle_connections(&topo.client, scenarios[1].1, IDLE_CONNS, || rss_kib(agent_pid));
     let rss_haproxy = with_idle_connections(&topo.client, scenarios[2].1, IDLE_CONNS, || rss_kib(haproxy.0.id()));
+    let rss_nginx = with_idle_connections(&topo.client, scenarios[3].1, IDLE_CONNS, || nginx.rss_kib());
 
     let mut md = String::new();
     writeln!(
@@ -185,18 +203,23 @@ fn main() {
     let p99 = |i: usize| median(results[i].iter().map(|r| r.p99_us).collect()).0;
     writeln!(
         md,
-        "\nAdded p99 over direct: splitter {:.0} µs, HAProxy {:.0} µs (target ≤ 1,000 µs). Mirroring at 10 % keeps {:.0} % of the unmirrored throughput (target ≥ 85 %).",
+        "\nAdded p99 over direct: splitter {:.0} µs, HAProxy {:.0} µs, nginx {:.0} µs (target ≤ 1,000 µs). splitter vs HAProxy {:.2}×, vs nginx {:.2}× requests/s. Mirroring at 10 % keeps {:.0} % of splitter's unmirrored throughput (target ≥ 85 %; splitter also compares every copy's answer), nginx's `mirror` {:.0} % of its own.",
         p99(1) - p99(0),
         p99(2) - p99(0),
-        100.0 * rps_of(3) / rps_of(1)
+        p99(3) - p99(0),
+        rps_of(1) / rps_of(2),
+        rps_of(1) / rps_of(3),
+        100.0 * rps_of(4) / rps_of(1),
+        100.0 * rps_of(5) / rps_of(3)
     )
     .unwrap();
     writeln!(
         md,
-        "RSS: splitter agent {:.1} MiB idle, {:.1} MiB with {IDLE_CONNS} open connections (target ≤ 30 MB); HAProxy {:.1} MiB with {IDLE_CONNS}. Each proxy runs {threads} thread (requests/s is per proxy core); the client and the backend share the machine's other cores.",
+        "RSS: splitter agent {:.1} MiB idle, {:.1} MiB with {IDLE_CONNS} open connections (target ≤ 30 MB); HAProxy {:.1} MiB, nginx {:.1} MiB (master and worker) with {IDLE_CONNS}. Each proxy runs {threads} thread or worker (requests/s is per proxy core); the client and the backend share the machine's other cores. The splitter agent also holds the eBPF data path and the control plane.",
         rss_idle as f64 / 1024.0,
         rss_agent as f64 / 1024.0,
-        rss_haproxy as f64 / 1024.0
+        rss_haproxy as f64 / 1024.0,
+        rss_nginx as f64 / 1024.0
     )
     .unwrap();
     print!("{md}");

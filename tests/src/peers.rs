@@ -119,3 +119,62 @@ impl Drop for Nftables<'_> {
         let _ = run_ok(self.ns.command("nft").args(["delete", "table", "ip", &self.table]));
     }
 }
+
+/// A running nginx (master and one worker), killed on drop.
+pub struct Nginx(pub Child);
+
+impl Nginx {
+    /// nginx as a reverse proxy with one worker: on `listen` to `backend`
+    /// (keep-alive upstream, its documented tuning; client keep-alive without
+    /// nginx's default cap of 1,000 requests per connection, which HAProxy and
+    /// splitter do not have), and on `mirror_listen`
+    /// the same with `mirror` sending `percent` % of requests (sampled with
+    /// `split_clients` on the request id) to `shadow`.
+    pub fn start(
+        ns: &NetNs,
+        dir: &Path,
+        listen: SocketAddr,
+        backend: SocketAddr,
+        mirror_listen: SocketAddr,
+        shadow: SocketAddr,
+        percent: u32,
+    ) -> Nginx {
+        std::fs::create_dir_all(dir.join("nginx-tmp")).expect("nginx dir");
+        let d = dir.display();
+        let upstream = "proxy_http_version 1.1; proxy_set_header Connection \"\";";
+        let conf = format!(
+            "worker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/nginx-error.log;\nevents {{ worker_connections 4096; }}\nhttp {{\n  access_log off;\n  keepalive_requests 1000000;\n  keepalive_timeout 60s;\n  client_body_temp_path {d}/nginx-tmp;\n  proxy_temp_path {d}/nginx-tmp;\n  fastcgi_temp_path {d}/nginx-tmp;\n  uwsgi_temp_path {d}/nginx-tmp;\n  scgi_temp_path {d}/nginx-tmp;\n  upstream primary {{ server {backend}; keepalive 64; }}\n  upstream shadow {{ server {shadow}; keepalive 16; }}\n  split_clients \"${{request_id}}\" $mirrored {{ {percent}% 1; * 0; }}\n  server {{ listen {listen}; location / {{ proxy_pass http://primary; {upstream} }} }}\n  server {{\n    listen {mirror_listen};\n    location / {{ mirror /mirror; proxy_pass http://primary; {upstream} }}\n    location = /mirror {{ internal; if ($mirrored = 0) {{ return 204; }} proxy_pass http://shadow$request_uri; {upstream} }}\n  }}\n}}\n"
+        );
+        let path = dir.join("nginx.conf");
+        std::fs::write(&path, conf).expect("nginx.conf");
+        let child = ns
+            .command("nginx")
+            .arg("-c")
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("nginx (cargo xtask bench installs it)");
+        std::thread::sleep(Duration::from_millis(500));
+        let mut n = Nginx(child);
+        if let Ok(Some(status)) = n.0.try_wait() {
+            panic!("nginx exited at start ({status}); see {}/nginx-error.log", dir.display());
+        }
+        n
+    }
+
+    /// Resident memory of the master and its workers, KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let pid = self.0.id();
+        let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        std::iter::once(pid).chain(children.split_whitespace().filter_map(|c| c.parse().ok())).map(crate::rss_kib).sum()
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+        // The worker exits when its master is gone.
+    }
+}

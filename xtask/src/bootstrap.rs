@@ -17,7 +17,7 @@ const APT_PACKAGES: &[&str] =
     &["llvm-22-dev", "libpolly-22-dev", "libzstd-dev", "zlib1g-dev", "iproute2", "ethtool", "util-linux", "procps"];
 
 /// Peers the benchmarks measure against (Debian packages).
-const BENCH_PACKAGES: &[&str] = &["haproxy", "nftables"];
+const BENCH_PACKAGES: &[&str] = &["haproxy", "nftables", "nginx"];
 
 pub fn run() -> Result<()> {
     nightly()?;
