@@ -76,10 +76,13 @@ fn main() {
         serve_tcp(ns, 80, name).expect("backend");
         serve_sink(ns, SINK);
     }
-    // A load generator's usual tuning: reuse TIME_WAIT ports for new
-    // connections, or later rounds slow down looking for a free port.
-    topo.client.sysctl("net.ipv4.tcp_tw_reuse=1").expect("tcp_tw_reuse");
-    topo.client.sysctl("net.ipv4.ip_local_port_range=1024 65535").expect("port range");
+    // The usual tuning of a load generator and of a proxy's host: reuse
+    // TIME_WAIT ports for new connections (the client's, and HAProxy's
+    // towards the backends), or later rounds slow down looking for a port.
+    for ns in [&topo.client, &topo.lb] {
+        ns.sysctl("net.ipv4.tcp_tw_reuse=1").expect("tcp_tw_reuse");
+        ns.sysctl("net.ipv4.ip_local_port_range=1024 65535").expect("port range");
+    }
     let dir = std::env::temp_dir().join(format!("splitter-bench-{}", unique_name("l4")));
     let names = ["direct to one backend", "splitter (XDP)", "nftables numgen DNAT", "HAProxy mode tcp (1 thread)"];
     let mut runs: Vec<Runs> = names.iter().map(|_| Runs::default()).collect();
