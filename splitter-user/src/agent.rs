@@ -780,6 +780,13 @@ pub async fn run(mut config: Config, opts: RunOptions) -> Result<(), AgentError>
     // Counts sampled every few seconds: the observed split `status` shows.
     let mut history = crate::observe::History::new(crate::observe::STATUS_WINDOW);
     let mut sampling = tokio::time::interval(crate::observe::SAMPLE_EVERY);
+    // The first sample before the control socket answers anything: the
+    // window then covers everything since the start.
+    sampling.tick().await;
+    history.push(
+        std::time::Instant::now(),
+        crate::observe::counts(&scrape(&config, &runtime, &serving, &pinned, &active_flows, started)),
+    );
     // Rollouts are judged every second.
     let mut rollout_tick = tokio::time::interval(Duration::from_secs(1));
     let mut last_rollout_tick = std::time::Instant::now();

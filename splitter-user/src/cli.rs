@@ -35,13 +35,14 @@ pub enum Command {
     /// Validate a config file and exit: 0 when valid, non-zero with the error.
     Check(CheckArgs),
     /// Show services, versions, weights (file, runtime, live in the kernel),
-    /// per-endpoint flows and the data-path counters.
+    /// the split observed over the last minute, rollouts, L4 mirroring,
+    /// per-endpoint flows and the data-path counters (`--watch` redraws).
     Status(StatusArgs),
     /// Set version weights of a service on the running agent, e.g. `shop blue=95 green=5`.
     Weight(WeightArgs),
     /// Blue-green: send all new connections of SERVICE to one version, in one step.
     Flip(FlipArgs),
-    /// Undo the last runtime change to SERVICE; repeat to go further back.
+    /// Undo the last runtime weight change to SERVICE; repeat to go further back.
     Rollback(RollbackArgs),
     /// Copy a sample of an l4 service's new flows, whole and both ways, out of
     /// an interface (`--interface IF --percent P`), or stop (`--off`).
@@ -53,8 +54,8 @@ pub enum Command {
     /// Show how an l7 service's mirror answers compare with the primary's:
     /// counts and the latest differences.
     Diffs(DiffsArgs),
-    /// Remove the data path: detach XDP from every interface and unpin the
-    /// program and maps (through the running agent, which then exits, or
+    /// Remove the data path: detach XDP and TC from every interface and unpin
+    /// the programs and maps (through the running agent, which then exits, or
     /// directly from the pins when no agent runs). Persisted runtime weights
     /// stay in state_dir.
     Down(AgentTarget),
