@@ -613,6 +613,35 @@ impl Dataplane {
         Ok(TestOutcome { action: res.return_value, output: out, duration: res.duration })
     }
 
+    /// Runs the ingress program in `BPF_PROG_TEST_RUN`'s live-frames mode:
+    /// `repeat` fresh copies of `input` arrive as if on `ingress_ifindex`
+    /// (of the calling thread's namespace), and what the program redirects
+    /// is really sent. Returns the kernel's mean time per frame.
+    pub fn test_run_live(
+        &self,
+        input: &[u8],
+        ingress_ifindex: u32,
+        repeat: u32,
+    ) -> Result<std::time::Duration, DataplaneError> {
+        use aya::programs::{TestRun, TestRunAttrs, TestRunOptions};
+        let prog: &Xdp = self
+            .ebpf
+            .program(PROG_INGRESS)
+            .ok_or(DataplaneError::Missing { kind: "program", name: PROG_INGRESS })?
+            .try_into()?;
+        // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex.
+        let md: [u32; 6] = [0, input.len() as u32, 0, ingress_ifindex, 0, 0];
+        let ctx: Vec<u8> = md.iter().flat_map(|w| w.to_ne_bytes()).collect();
+        let res = prog.test_run(TestRunOptions {
+            data_in: Some(input),
+            ctx_in: Some(&ctx),
+            repeat,
+            attrs: TestRunAttrs::new().xdp_live_frames(64),
+            ..TestRunOptions::new()
+        })?;
+        Ok(res.duration)
+    }
+
     /// Removes expired flows (and their reverse-NAT entries) from the kernel
     /// flow table; see `aging`.
     pub fn sweep_flows(&mut self, aging: &crate::config::FlowAging) -> Result<crate::aging::Sweep, DataplaneError> {
