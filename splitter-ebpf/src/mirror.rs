@@ -29,7 +29,7 @@ use crate::{
     frame::Uncounted,
     maps::{SPLITTER_FLOWS, SPLITTER_REVERSE, SPLITTER_SERVICES},
     nat::{self, Side},
-    parse::{self, Packet, Parsed, IPPROTO_TCP, TCP_FIN, TCP_RST},
+    parse::{self, Packet, Parsed, IPPROTO_TCP, TCP_RST},
 };
 
 const ENODEV: i64 = 19;
@@ -82,9 +82,6 @@ fn to_service(ctx: &TcContext, pkt: &Packet, state: &mut FlowState) -> i32 {
     }
     // SAFETY: plain helper call.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
-    if pkt.tcp_flags & TCP_FIN != 0 {
-        state.flags |= splitter_common::service::FLOW_CLOSING;
-    }
     let hop = forward::next_hop(ctx, pkt, &pkt.key.src_addr, &state.backend, &mut state.hop, now);
     let (backend, port) = (state.backend, state.backend_port);
     if pkt.key.proto == IPPROTO_TCP && pkt.tcp_flags & TCP_RST != 0 {

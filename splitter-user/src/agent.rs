@@ -232,29 +232,15 @@ fn rollout_counts(
     counts: &crate::observe::Counts,
     l7: &std::collections::BTreeMap<String, crate::l7::ServiceStats>,
 ) -> crate::rollout::Counts {
-    use crate::observe::VersionSample;
     let versions = counts.get(service).cloned().unwrap_or_default();
-    let mut baseline = VersionSample::default();
-    for (v, c) in versions.iter().filter(|(v, _)| *v != canary && before.get(*v).is_some_and(|w| *w > 0)) {
-        let _ = v;
-        baseline.placed += c.placed;
-        baseline.errors += c.errors;
-        baseline.resets += c.resets;
-        baseline.latency = if baseline.latency.counts.is_empty() {
-            c.latency.clone()
-        } else {
-            crate::metrics::LatencySnapshot {
-                counts: baseline.latency.counts.iter().zip(&c.latency.counts).map(|(a, b)| a + b).collect(),
-                sum_secs: baseline.latency.sum_secs + c.latency.sum_secs,
-            }
-        };
+    let mut baseline = crate::observe::VersionSample::default();
+    for (_, c) in versions.iter().filter(|(v, _)| *v != canary && before.get(*v).is_some_and(|w| *w > 0)) {
+        baseline.add(c);
     }
     let canary = versions.get(canary).cloned().unwrap_or_default();
     let mirror = l7.get(service).and_then(|s| s.mirror.clone()).unwrap_or_default();
     crate::rollout::Counts {
         l4: svc.mode == Mode::L4,
-        canary_resets: canary.resets,
-        baseline_resets: baseline.resets,
         canary,
         baseline,
         compared: mirror.compared,
@@ -449,21 +435,53 @@ fn agent_info(
     }
 }
 
-/// What one metrics scrape shows, from the kernel maps, the proxy and the
-/// agent's own counters.
+/// Where the agent's measurements come from besides what it serves: the
+/// pinned maps (as `status` reads them), the last sweep's flow counts, and
+/// its start time.
+struct Sources {
+    pinned: PinnedMaps,
+    active_flows: std::collections::BTreeMap<String, u64>,
+    started: std::time::SystemTime,
+}
+
+impl Sources {
+    /// Per service and version counts now, of the services `wanted` picks.
+    fn counts(
+        &self,
+        config: &Config,
+        runtime: &Runtime,
+        serving: &Serving,
+        wanted: impl Fn(&str) -> bool,
+    ) -> crate::observe::Counts {
+        crate::observe::counts(&self.scrape(config, runtime, serving, wanted))
+    }
+
+    /// What one metrics scrape shows (of the services `wanted` picks), from
+    /// the kernel maps, the proxy and the agent's own counters.
+    fn scrape(
+        &self,
+        config: &Config,
+        runtime: &Runtime,
+        serving: &Serving,
+        wanted: impl Fn(&str) -> bool,
+    ) -> crate::metrics::Scrape {
+        scrape(config, runtime, serving, self, wanted)
+    }
+}
+
 fn scrape(
     config: &Config,
     runtime: &Runtime,
     serving: &Serving,
-    pinned: &PinnedMaps,
-    active_flows: &std::collections::BTreeMap<String, u64>,
-    started: std::time::SystemTime,
+    sources: &Sources,
+    wanted: impl Fn(&str) -> bool,
 ) -> crate::metrics::Scrape {
     use crate::metrics::{AgentMetrics, Scrape, ServiceMetrics, VersionMetrics};
+    let Sources { pinned, active_flows, started } = sources;
     let (effective, _) = runtime.clone().effective(config);
     let l7 = serving.l7.stats();
     let mut services = Vec::new();
-    for (name, svc) in &effective.services {
+    for (name, svc) in effective.services.iter().filter(|(n, _)| wanted(n)) {
         let weights = svc.version_weights();
         let bps = crate::plan::basis_points(&weights.iter().map(|(_, w)| *w).collect::<Vec<_>>());
         let live = match svc.mode {
@@ -774,8 +792,12 @@ pub async fn run(mut config: Config, opts: RunOptions) -> Result<(), AgentError>
     let mut last = dp.stats()?;
     let mut serving = Serving { dp, l7, counters: AgentCounters::default() };
     // What scrapes read of the kernel: the same pinned maps `status` reads.
-    let pinned = PinnedMaps::open(&config.pin_path)?;
-    let mut active_flows = std::collections::BTreeMap::new();
+    let mut sources = Sources {
+        pinned: PinnedMaps::open(&config.pin_path)?,
+        active_flows: std::collections::BTreeMap::new(),
+        started,
+    };
+    let all = |_: &str| true;
     let (scrape_tx, mut scrapes) = tokio::sync::mpsc::channel(16);
     // Counts sampled every few seconds: the observed split `status` shows.
     let mut history = crate::observe::History::new(crate::observe::STATUS_WINDOW);
@@ -783,10 +805,7 @@ pub async fn run(mut config: Config, opts: RunOptions) -> Result<(), AgentError>
     // The first sample before the control socket answers anything: the
     // window then covers everything since the start.
     sampling.tick().await;
-    history.push(
-        std::time::Instant::now(),
-        crate::observe::counts(&scrape(&config, &runtime, &serving, &pinned, &active_flows, started)),
-    );
+    history.push(std::time::Instant::now(), sources.counts(&config, &runtime, &serving, all));
     // Rollouts are judged every second.
     let mut rollout_tick = tokio::time::interval(Duration::from_secs(1));
     let mut last_rollout_tick = std::time::Instant::now();
@@ -807,7 +826,7 @@ pub async fn run(mut config: Config, opts: RunOptions) -> Result<(), AgentError>
                 let op = request.as_ref().map_or("bad_request", Request::op);
                 let response = match request {
                     Ok(Request::Status) => {
-                        let now = crate::observe::counts(&scrape(&config, &runtime, &serving, &pinned, &active_flows, started));
+                        let now = sources.counts(&config, &runtime, &serving, all);
                         let observed = history.window(std::time::Instant::now(), &now, crate::observe::STATUS_WINDOW);
                         let info = agent_info(&config, &runtime, &opts, started, &serving.l7, observed);
                         Response { agent: Some(info), ..Response::ok("running".into()) }
@@ -819,7 +838,7 @@ pub async fn run(mut config: Config, opts: RunOptions) -> Result<(), AgentError>
                         None => Response::fail(format!("{service:?} is not an l7 service of this agent")),
                     },
                     Ok(Request::Rollout { service, action }) => {
-                        let counts = crate::observe::counts(&scrape(&config, &runtime, &serving, &pinned, &active_flows, started));
+                        let counts = sources.counts(&config, &runtime, &serving, |n| n == service);
                         handle_rollout(&service, action, &config, &mut runtime, &mut serving, &counts)
                     }
                     Ok(req) => handle_request(req, &config, &mut runtime, &mut serving),
@@ -857,7 +876,7 @@ pub async fn run(mut config: Config, opts: RunOptions) -> Result<(), AgentError>
                     if s.removed > 0 {
                         debug!(examined = s.examined, removed = s.removed, "flow sweep");
                     }
-                    active_flows = s.remaining;
+                    sources.active_flows = s.remaining;
                 }
                 Err(e) => warn!("flow sweep failed: {e}"),
             },
@@ -865,16 +884,19 @@ pub async fn run(mut config: Config, opts: RunOptions) -> Result<(), AgentError>
                 let dt = last_rollout_tick.elapsed();
                 last_rollout_tick = std::time::Instant::now();
                 if runtime.rollouts.values().any(|r| r.state == crate::rollout::State::Running) {
-                    let counts = crate::observe::counts(&scrape(&config, &runtime, &serving, &pinned, &active_flows, started));
+                    // Only the services being rolled out: their tables, not all.
+                    let counts = sources.counts(&config, &runtime, &serving, |n| {
+                        runtime.rollouts.get(n).is_some_and(|r| r.state == crate::rollout::State::Running)
+                    });
                     tick_rollouts(dt, &config, &mut runtime, &mut serving, &counts);
                 }
             }
             _ = sampling.tick() => {
-                let counts = crate::observe::counts(&scrape(&config, &runtime, &serving, &pinned, &active_flows, started));
+                let counts = sources.counts(&config, &runtime, &serving, all);
                 history.push(std::time::Instant::now(), counts);
             }
             Some(reply) = scrapes.recv() => {
-                let _ = reply.send(scrape(&config, &runtime, &serving, &pinned, &active_flows, started));
+                let _ = reply.send(sources.scrape(&config, &runtime, &serving, all));
             }
             _ = tick.tick() => {
                 let now = serving.dp.stats()?;

@@ -63,6 +63,17 @@ impl LatencySnapshot {
         self.counts.iter().sum()
     }
 
+    /// Adds `other`'s observations (the same buckets) to these.
+    pub fn add(&mut self, other: &LatencySnapshot) {
+        if self.counts.len() < other.counts.len() {
+            self.counts.resize(other.counts.len(), 0);
+        }
+        for (a, b) in self.counts.iter_mut().zip(&other.counts) {
+            *a += b;
+        }
+        self.sum_secs += other.sum_secs;
+    }
+
     /// What was observed after `earlier` (a snapshot of the same histogram).
     pub fn since(&self, earlier: &LatencySnapshot) -> LatencySnapshot {
         LatencySnapshot {

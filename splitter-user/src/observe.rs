@@ -33,6 +33,14 @@ pub struct VersionSample {
 }
 
 impl VersionSample {
+    /// Adds `other`'s counts to these (versions summed into a baseline).
+    pub fn add(&mut self, other: &VersionSample) {
+        self.placed += other.placed;
+        self.errors += other.errors;
+        self.resets += other.resets;
+        self.latency.add(&other.latency);
+    }
+
     /// What happened after `earlier`.
     pub fn since(&self, earlier: &VersionSample) -> VersionSample {
         VersionSample {

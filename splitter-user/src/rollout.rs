@@ -158,9 +158,6 @@ pub struct Counts {
     pub l4: bool,
     pub canary: VersionSample,
     pub baseline: VersionSample,
-    /// L4: resets from the canary's and the baseline's endpoints.
-    pub canary_resets: u64,
-    pub baseline_resets: u64,
     /// Mirror comparisons (l7): compared and differing.
     pub compared: u64,
     pub differ: u64,
@@ -172,8 +169,6 @@ impl Counts {
             l4: self.l4,
             canary: self.canary.since(&earlier.canary),
             baseline: self.baseline.since(&earlier.baseline),
-            canary_resets: self.canary_resets.saturating_sub(earlier.canary_resets),
-            baseline_resets: self.baseline_resets.saturating_sub(earlier.baseline_resets),
             compared: self.compared.saturating_sub(earlier.compared),
             differ: self.differ.saturating_sub(earlier.differ),
         }
@@ -305,7 +300,7 @@ impl Rollout {
         let rate = |n: u64, of: u64| (of > 0).then(|| n as f64 / of as f64);
         if let Some(limit) = g.max_error_rate {
             let (c, b) = if l4 {
-                (rate(d.canary_resets, d.canary.placed), rate(d.baseline_resets, d.baseline.placed))
+                (rate(d.canary.resets, d.canary.placed), rate(d.baseline.resets, d.baseline.placed))
             } else {
                 (rate(d.canary.errors, d.canary.placed), rate(d.baseline.errors, d.baseline.placed))
             };
