@@ -9,6 +9,8 @@ use tracing::{debug, error, info, warn};
 
 use splitter_common::names::{PROG_INGRESS, PROG_MIRROR};
 
+mod node;
+
 use crate::{
     config::{Config, Mode},
     control::{parse_request, AgentInfo, Request, Response, MAX_REQUEST},
@@ -40,6 +42,8 @@ pub enum AgentError {
     Signals(std::io::Error),
     #[error("metrics.listen {addr}: {source} (is another process listening there?)")]
     Metrics { addr: std::net::SocketAddr, source: std::io::Error },
+    #[error("{0}")]
+    Store(String),
 }
 
 /// Options of `splitter run` that are not in the config file.
@@ -64,11 +68,13 @@ pub enum ReloadError {
     Plan(#[from] PlanError),
     #[error(transparent)]
     Agent(#[from] AgentError),
+    #[error("{0}")]
+    Store(String),
 }
 
 /// Re-reads the config file and applies its services: each table is planned
 /// from the live one (fewest flows moved) and swapped in atomically.
-fn reload(
+async fn reload(
     current: &Config,
     runtime: &mut Runtime,
     serving: &mut Serving,
@@ -86,10 +92,15 @@ fn reload(
         ("flow_aging", next.flow_aging == current.flow_aging),
         ("control.socket", next.control == current.control),
         ("metrics", next.metrics == current.metrics),
+        ("store", next.store == current.store),
+        ("node", next.node == current.node),
     ] {
         if !same {
             return Err(ReloadError::NeedsRestart(what));
         }
+    }
+    if serving.cluster.is_some() {
+        return node::publish_services(next, current, runtime, serving, opts).await;
     }
     let mut next_runtime = runtime.clone();
     let (effective, dropped) = next_runtime.effective(&next);
@@ -105,8 +116,8 @@ fn reload(
 }
 
 /// Reloads the file and, when it is good, makes it the running config.
-fn apply_reload(why: &str, config: &mut Config, runtime: &mut Runtime, serving: &mut Serving, opts: &RunOptions) {
-    match reload(config, runtime, serving, opts) {
+async fn apply_reload(why: &str, config: &mut Config, runtime: &mut Runtime, serving: &mut Serving, opts: &RunOptions) {
+    match reload(config, runtime, serving, opts).await {
         Ok((next, next_plans)) => {
             info!(config = %opts.config_path.display(), "{why}: reloaded");
             log_plans(&next_plans);
@@ -156,55 +167,40 @@ fn watch_config(path: &Path) -> (Option<notify::RecommendedWatcher>, tokio::sync
 
 /// Applies one control request: the runtime change, then the service's new
 /// table. On any failure the runtime and the kernel stay as they were.
-fn handle_request(req: Request, file: &Config, runtime: &mut Runtime, serving: &mut Serving) -> Response {
-    let mut next = runtime.clone();
-    let fail = |message: String| Response::fail(message);
-    if let Request::Weight { service, .. } | Request::Flip { service, .. } | Request::Rollback { service } = &req {
-        if runtime.rollout_active(service) {
-            return fail(crate::runtime::ChangeError::RolloutActive(service.clone()).to_string());
+async fn handle_request(req: Request, file: &Config, runtime: &mut Runtime, serving: &mut Serving) -> Response {
+    if let Request::Mirror { mirror: Some(m), .. } = &req {
+        if nix::net::if_::if_nametoindex(m.interface.as_str()).is_err() {
+            return Response::fail(format!(
+                "mirror interface {:?} does not exist in the agent's network namespace; nothing changed",
+                m.interface
+            ));
         }
     }
-    let (service, change) = match &req {
-        Request::Weight { service, weights } => {
-            let changes: Vec<(String, u32)> = weights.iter().map(|(v, w)| (v.clone(), *w)).collect();
-            (service, next.weight(file, service, &changes))
-        }
-        Request::Flip { service, to } => (service, next.flip(file, service, to)),
-        Request::Rollback { service } => (service, next.rollback(file, service)),
-        Request::Mirror { service, mirror } => {
-            if let Some(m) = mirror.as_ref().filter(|m| nix::net::if_::if_nametoindex(m.interface.as_str()).is_err()) {
-                return fail(format!(
-                    "mirror interface {:?} does not exist in the agent's network namespace; nothing changed",
-                    m.interface
-                ));
-            }
-            (service, next.mirror(file, service, mirror.clone()).and_then(|_| next.weights(file, service)))
-        }
-        Request::Status | Request::Down | Request::Diffs { .. } | Request::Rollout { .. } => {
-            unreachable!("answered by the loop")
-        }
+    let outcome = match crate::change::request(&req, file, runtime) {
+        Ok(o) => o,
+        Err(e) => return Response::fail(e),
     };
-    let weights = match change {
-        Ok(w) => w,
-        Err(e) => return fail(e.to_string()),
-    };
-    if let Err(message) = commit(next, file, runtime, serving) {
-        return fail(message);
+    if let Err(message) = commit(outcome.next, &outcome.message, file, runtime, serving).await {
+        return Response::fail(message);
     }
-    let summary = match &req {
-        Request::Mirror { .. } => match runtime.mirror_of(file, service) {
-            Some(m) => format!("mirroring {}% of new flows to {}", m.percent, m.interface),
-            None => "mirroring off for new flows (flows already mirrored are copied to their end)".into(),
-        },
-        _ => weights.iter().map(|(v, w)| format!("{v}={w}")).collect::<Vec<_>>().join(" "),
-    };
-    info!(service = %service, "control: {} -> {summary}", req.op());
-    Response { weights: Some(weights), ..Response::ok(format!("{service}: {summary}")) }
+    info!("control: {} -> {}", req.op(), outcome.message);
+    Response { weights: outcome.weights, ..Response::ok(outcome.message) }
 }
 
 /// Makes `next` the runtime state: plans it, saves it, then serves it. On
-/// any failure the runtime and the kernel stay as they were.
-fn commit(mut next: Runtime, file: &Config, runtime: &mut Runtime, serving: &mut Serving) -> Result<(), String> {
+/// any failure the runtime and the kernel stay as they were. With a shared
+/// store, "saves" is a compare-and-swap on the store's desired state, and
+/// every node (this one at once) serves it.
+async fn commit(
+    mut next: Runtime,
+    what: &str,
+    file: &Config,
+    runtime: &mut Runtime,
+    serving: &mut Serving,
+) -> Result<(), String> {
+    if serving.cluster.is_some() {
+        return node::commit(next, what, file, runtime, serving).await;
+    }
     let (effective, _) = next.effective(file);
     // Planned before anything is saved: a change that cannot be planned is refused.
     let plans = plan_all(&effective, |n| serving.dp.previous(n)).map_err(|e| e.to_string())?;
@@ -250,7 +246,7 @@ fn rollout_counts(
 
 /// Answers a `rollout` request: starts, steers or reads the rollout of
 /// `service`. `counts` are the agent's cumulative counts now.
-fn handle_rollout(
+async fn handle_rollout(
     service: &str,
     action: crate::control::RolloutAction,
     file: &Config,
@@ -258,85 +254,30 @@ fn handle_rollout(
     serving: &mut Serving,
     counts: &crate::observe::Counts,
 ) -> Response {
-    use crate::{control::RolloutAction as A, rollout::Rollout};
-    let Some(svc) = runtime.clone().effective(file).0.services.get(service).cloned() else {
-        let known: Vec<_> = file.services.keys().cloned().collect();
-        return Response::fail(format!("no service {service:?} (services: {})", known.join(", ")));
-    };
-    let current = runtime.rollouts.get(service).cloned();
-    let mut next = runtime.clone();
-    let (weights, message) = match action {
-        A::Status => {
-            return match current {
-                Some(r) => Response { rollout: Some(r), ..Response::ok(format!("{service}: rollout")) },
-                None => Response::fail(format!("{service}: no rollout yet")),
-            }
-        }
-        A::Start { plan } => {
-            if let Err(e) = plan.check() {
-                return Response::fail(e.to_string());
-            }
-            if !svc.versions.contains_key(&plan.to) {
-                let known: Vec<_> = svc.versions.keys().cloned().collect();
-                return Response::fail(format!(
-                    "service {service:?} has no version {:?} (versions: {})",
-                    plan.to,
-                    known.join(", ")
-                ));
-            }
-            if runtime.rollout_active(service) {
-                return Response::fail(format!(
-                    "{service}: a rollout is already in progress; --abort or --promote it first"
-                ));
-            }
-            let before = match runtime.weights(file, service) {
-                Ok(w) => w,
-                Err(e) => return Response::fail(e.to_string()),
-            };
-            let now = rollout_counts(service, &svc, &plan.to, &before, counts, &serving.l7.stats());
-            let (r, weights) = Rollout::start(plan, before, now);
-            let msg = format!("rollout of {} started at {}%", r.plan.to, r.percent());
-            next.rollouts.insert(service.to_owned(), r);
-            (Some(weights), msg)
-        }
-        A::Pause | A::Resume | A::Abort | A::Promote => {
-            let Some(mut r) = current else {
-                return Response::fail(format!("{service}: no rollout to steer; start one with --to VERSION"));
-            };
-            let (done, weights, what) = match action {
-                A::Pause => (r.pause("paused by the operator"), None, "paused"),
-                A::Resume => (r.resume(), None, "resumed"),
-                A::Abort => {
-                    let w = r.abort();
-                    (w.is_some(), w, "aborted; the weights from before are back")
-                }
-                _ => {
-                    let w = r.promote();
-                    (w.is_some(), w, "promoted; the canary has every new connection")
-                }
-            };
-            if !done {
-                return Response::fail(format!("{service}: the rollout is {:?}; nothing to do", r.state));
-            }
-            next.rollouts.insert(service.to_owned(), r);
-            (weights, what.to_owned())
-        }
-    };
-    if let Some(w) = weights {
-        if let Err(e) = next.set_weights(file, service, w) {
-            return Response::fail(e.to_string());
-        }
+    if action == crate::control::RolloutAction::Status {
+        return match runtime.rollouts.get(service) {
+            Some(r) => Response { rollout: Some(r.clone()), ..Response::ok(format!("{service}: rollout")) },
+            None => Response::fail(format!("{service}: no rollout yet")),
+        };
     }
-    if let Err(m) = commit(next, file, runtime, serving) {
+    let l7 = serving.l7.stats();
+    let outcome = crate::change::rollout(service, action, file, runtime, |svc, canary, before| {
+        rollout_counts(service, svc, canary, before, counts, &l7)
+    });
+    let outcome = match outcome {
+        Ok(o) => o,
+        Err(e) => return Response::fail(e),
+    };
+    if let Err(m) = commit(outcome.next, &outcome.message, file, runtime, serving).await {
         return Response::fail(m);
     }
-    info!(service, "rollout: {message}");
-    Response { rollout: runtime.rollouts.get(service).cloned(), ..Response::ok(format!("{service}: {message}")) }
+    info!("rollout: {}", outcome.message);
+    Response { rollout: runtime.rollouts.get(service).cloned(), ..Response::ok(outcome.message) }
 }
 
 /// Advances every running rollout by `dt`: judges each against the counts
 /// now, and applies the weights a step, a rollback or the end asks for.
-fn tick_rollouts(
+async fn tick_rollouts(
     dt: Duration,
     file: &Config,
     runtime: &mut Runtime,
@@ -359,6 +300,15 @@ fn tick_rollouts(
         let mut next = runtime.clone();
         let r = next.rollouts.get_mut(&service).expect("listed above");
         let now = rollout_counts(&service, svc, &r.plan.to, &r.before, counts, &l7);
+        // With a shared store, the leader judges on its own counts: a
+        // rollout started (or last driven) elsewhere starts from them now.
+        if let Some(c) = &serving.cluster {
+            if r.driver.as_deref() != Some(c.node.as_str()) {
+                info!(service, "rollout: this node ({}) drives it from now on", c.node);
+                r.driver = Some(c.node.clone());
+                r.base = now.clone();
+            }
+        }
         let before_state = r.state.clone();
         let step = r.step;
         let action = r.tick(dt, &now);
@@ -369,7 +319,9 @@ fn tick_rollouts(
                     error!(service, "rollout: {e}");
                     continue;
                 }
-                match commit(next, file, runtime, serving) {
+                match commit(next, &format!("rollout of {service}: {state:?} at {percent}%"), file, runtime, serving)
+                    .await
+                {
                     Ok(()) => match &state {
                         crate::rollout::State::RolledBack { reason } => {
                             warn!(service, "rollout ROLLED BACK: {reason}")
@@ -387,6 +339,17 @@ fn tick_rollouts(
             crate::rollout::Action::Nothing => {
                 if state != before_state {
                     info!(service, "rollout: {state:?}");
+                }
+                if serving.cluster.is_some() {
+                    // The step's progress goes to the store, so every node's
+                    // status shows it and another leader goes on from it.
+                    let what = format!("rollout of {service}: progress");
+                    if let Err(e) = commit(next, &what, file, runtime, serving).await {
+                        warn!(service, "rollout: {e}");
+                    }
+                    continue;
+                }
+                if state != before_state {
                     if let Err(e) = next.save(&file.state_dir) {
                         error!("saving the rollout state: {e}");
                     }
@@ -424,6 +387,7 @@ fn agent_info(
         state_dir: config.state_dir.clone(),
         started_unix: started.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
         l7: l7.stats(),
+        cluster: None,
         mirrors: effective.services.iter().filter_map(|(n, s)| Some((n.clone(), s.l4_mirror()?.clone()))).collect(),
         weights: effective
             .services
@@ -567,6 +531,8 @@ struct Serving {
     dp: Dataplane,
     l7: L7,
     counters: AgentCounters,
+    /// This node's part in a shared store (`store:`), if any.
+    cluster: Option<node::Cluster>,
 }
 
 /// What the agent counts of its own work (exported as metrics).
@@ -697,12 +663,23 @@ fn check_interfaces(config: &Config) -> Result<(), AgentError> {
 pub async fn run(mut config: Config, opts: RunOptions) -> Result<(), AgentError> {
     let started = std::time::SystemTime::now();
     let _lock = lock_state_dir(&config.state_dir)?;
-    // Runtime changes made before a restart apply again.
-    let mut runtime = Runtime::load(&config.state_dir)?;
+    let started_unix = started.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    // A node of a shared store serves the store's state; otherwise runtime
+    // changes made before a restart apply again.
+    let (mut cluster, mut store_events) = (None, None);
+    let mut runtime = if config.store.is_some() {
+        let (c, served, rt, events) = node::start(&config, started_unix).await?;
+        config = served;
+        cluster = Some(c);
+        store_events = Some(events);
+        rt
+    } else {
+        Runtime::load(&config.state_dir)?
+    };
     // A rollout that was running when the agent stopped waits for the
     // operator (`--resume`): its step's weights are served as they were.
     let mut interrupted = false;
-    for (service, r) in runtime.rollouts.iter_mut() {
+    for (service, r) in runtime.rollouts.iter_mut().filter(|_| cluster.is_none()) {
         if r.pause("the agent restarted; `splitter rollout SERVICE --resume` goes on") {
             warn!(service = %service, "rollout paused at {}%: the agent restarted", r.percent());
             interrupted = true;
@@ -741,7 +718,10 @@ pub async fn run(mut config: Config, opts: RunOptions) -> Result<(), AgentError>
         warn!(map, "pinned map does not fit this build ({why}); replaced with a fresh one");
     }
     // Planned from what the kernel serves now, so a restart moves no flow.
-    let plans = plan_all(&effective, |n| dp.previous(n))?;
+    let plans = match &cluster {
+        Some(c) => c.desired.plan(&effective)?,
+        None => plan_all(&effective, |n| dp.previous(n))?,
+    };
     dp.guard_mirrors(&effective.mirror_interfaces())?;
     dp.apply(&plans)?;
     log_plans(&plans);
@@ -790,7 +770,7 @@ pub async fn run(mut config: Config, opts: RunOptions) -> Result<(), AgentError>
     let mut sweep = tokio::time::interval(Duration::from_secs(config.flow_aging.sweep_secs));
     sweep.tick().await;
     let mut last = dp.stats()?;
-    let mut serving = Serving { dp, l7, counters: AgentCounters::default() };
+    let mut serving = Serving { dp, l7, counters: AgentCounters::default(), cluster };
     // What scrapes read of the kernel: the same pinned maps `status` reads.
     let mut sources = Sources {
         pinned: PinnedMaps::open(&config.pin_path)?,
@@ -828,7 +808,8 @@ pub async fn run(mut config: Config, opts: RunOptions) -> Result<(), AgentError>
                     Ok(Request::Status) => {
                         let now = sources.counts(&config, &runtime, &serving, all);
                         let observed = history.window(std::time::Instant::now(), &now, crate::observe::STATUS_WINDOW);
-                        let info = agent_info(&config, &runtime, &opts, started, &serving.l7, observed);
+                        let mut info = agent_info(&config, &runtime, &opts, started, &serving.l7, observed);
+                        info.cluster = serving.cluster.as_ref().map(node::Cluster::info);
                         Response { agent: Some(info), ..Response::ok("running".into()) }
                     }
                     // Answered once the data path is gone.
@@ -839,9 +820,9 @@ pub async fn run(mut config: Config, opts: RunOptions) -> Result<(), AgentError>
                     },
                     Ok(Request::Rollout { service, action }) => {
                         let counts = sources.counts(&config, &runtime, &serving, |n| n == service);
-                        handle_rollout(&service, action, &config, &mut runtime, &mut serving, &counts)
+                        handle_rollout(&service, action, &config, &mut runtime, &mut serving, &counts).await
                     }
-                    Ok(req) => handle_request(req, &config, &mut runtime, &mut serving),
+                    Ok(req) => handle_request(req, &config, &mut runtime, &mut serving).await,
                     Err(message) => {
                         warn!("{message}");
                         Response::fail(message)
@@ -854,9 +835,12 @@ pub async fn run(mut config: Config, opts: RunOptions) -> Result<(), AgentError>
                 guard.get_inner_mut().flush();
                 guard.clear_ready();
             }
+            Some(event) = async { store_events.as_mut().expect("guarded").recv().await }, if store_events.is_some() => {
+                node::on_event(event, &mut config, &mut runtime, &mut serving);
+            }
             _ = sighup.recv() => {
                 last_text = std::fs::read_to_string(&opts.config_path).unwrap_or_default();
-                apply_reload("SIGHUP", &mut config, &mut runtime, &mut serving, &opts);
+                apply_reload("SIGHUP", &mut config, &mut runtime, &mut serving, &opts).await;
             }
             Some(()) = file_events.recv() => {
                 // Editors write in bursts (truncate, write, rename): settle
@@ -868,7 +852,7 @@ pub async fn run(mut config: Config, opts: RunOptions) -> Result<(), AgentError>
                 let text = std::fs::read_to_string(&opts.config_path).unwrap_or_default();
                 if text != last_text {
                     last_text = text;
-                    apply_reload("file changed", &mut config, &mut runtime, &mut serving, &opts);
+                    apply_reload("file changed", &mut config, &mut runtime, &mut serving, &opts).await;
                 }
             }
             _ = sweep.tick() => match serving.dp.sweep_flows(&config.flow_aging) {
@@ -883,12 +867,14 @@ pub async fn run(mut config: Config, opts: RunOptions) -> Result<(), AgentError>
             _ = rollout_tick.tick() => {
                 let dt = last_rollout_tick.elapsed();
                 last_rollout_tick = std::time::Instant::now();
-                if runtime.rollouts.values().any(|r| r.state == crate::rollout::State::Running) {
+                // With a shared store only the leader drives rollouts.
+                let drives = serving.cluster.as_ref().is_none_or(|c| c.leader);
+                if drives && runtime.rollouts.values().any(|r| r.state == crate::rollout::State::Running) {
                     // Only the services being rolled out: their tables, not all.
                     let counts = sources.counts(&config, &runtime, &serving, |n| {
                         runtime.rollouts.get(n).is_some_and(|r| r.state == crate::rollout::State::Running)
                     });
-                    tick_rollouts(dt, &config, &mut runtime, &mut serving, &counts);
+                    tick_rollouts(dt, &config, &mut runtime, &mut serving, &counts).await;
                 }
             }
             _ = sampling.tick() => {

@@ -100,6 +100,12 @@ pub struct CheckArgs {
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
+    /// The nodes of the shared store: each one's applied revision, whether it
+    /// is current, the leader (needs --etcd or a --config with `store:`).
+    #[arg(long)]
+    pub cluster: bool,
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
     /// Print JSON instead of a table.
     #[arg(long, conflicts_with = "watch")]
     pub json: bool,
@@ -130,8 +136,33 @@ pub struct WeightArgs {
 }
 
 /// Which agent a runtime command talks to.
+/// Talking to a shared store (etcd) directly instead of to an agent.
+#[derive(Debug, Args, Clone, Default)]
+pub struct EtcdArgs {
+    /// Change (or read) the desired state in etcd directly: comma-separated
+    /// client URLs. Every agent of the store applies the change.
+    #[arg(long, value_name = "URLS")]
+    pub etcd: Option<String>,
+    /// Key prefix of the deployment in etcd (`store.etcd.prefix`).
+    #[arg(long, value_name = "PREFIX", default_value = crate::config::DEFAULT_ETCD_PREFIX, requires = "etcd")]
+    pub etcd_prefix: String,
+    /// etcd user; the password comes from SPLITTER_ETCD_PASSWORD.
+    #[arg(long, value_name = "USER", requires = "etcd")]
+    pub etcd_user: Option<String>,
+    /// PEM CA that signed etcd's certificate (https endpoints).
+    #[arg(long, value_name = "FILE", requires = "etcd")]
+    pub etcd_ca: Option<PathBuf>,
+    /// PEM client certificate and key for etcd.
+    #[arg(long, value_name = "FILE", requires_all = ["etcd_key", "etcd_ca"])]
+    pub etcd_cert: Option<PathBuf>,
+    #[arg(long, value_name = "FILE", requires = "etcd_cert")]
+    pub etcd_key: Option<PathBuf>,
+}
+
 #[derive(Debug, Args)]
 pub struct AgentTarget {
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
     /// Control socket path; overrides `control.socket` from the config file.
     #[arg(long, value_name = "PATH")]
     pub socket: Option<PathBuf>,

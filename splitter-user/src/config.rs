@@ -60,8 +60,114 @@ pub struct Config {
     /// Prometheus metrics (GET /metrics) on this address; none when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<Metrics>,
+    /// This node's name among the nodes sharing a `store` (the host name
+    /// when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// Where the desired state lives when several nodes share it; absent, the
+    /// file and `state_dir` are the whole truth.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<Store>,
     #[serde(default)]
     pub services: BTreeMap<String, Service>,
+}
+
+/// `store:` — the shared desired state.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Store {
+    pub etcd: Etcd,
+}
+
+/// `store.etcd:` — an etcd v3 cluster holding the desired state under `prefix`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Etcd {
+    /// Client URLs, e.g. `http://10.0.0.1:2379` (`https://` needs `tls.ca`).
+    pub endpoints: Vec<String>,
+    /// Key prefix of this deployment (`/splitter`).
+    #[serde(default = "default_etcd_prefix")]
+    pub prefix: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<EtcdTls>,
+    /// etcd user; its password comes from `password_file` or the
+    /// `SPLITTER_ETCD_PASSWORD` environment variable, never from this file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
+}
+
+/// `store.etcd.tls:` — PEM files: the CA that signed etcd's certificate, and
+/// this client's certificate and key (both or neither).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EtcdTls {
+    pub ca: PathBuf,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<PathBuf>,
+}
+
+/// Default `store.etcd.prefix`.
+pub const DEFAULT_ETCD_PREFIX: &str = "/splitter";
+
+fn default_etcd_prefix() -> String {
+    DEFAULT_ETCD_PREFIX.into()
+}
+
+impl Etcd {
+    /// What `validate` checks of `store.etcd` (also used for `--etcd`).
+    pub fn check(&self) -> Result<(), String> {
+        if self.endpoints.is_empty() {
+            return Err(
+                "store.etcd.endpoints is empty: name at least one etcd client URL, e.g. http://10.0.0.1:2379".into()
+            );
+        }
+        for e in &self.endpoints {
+            let https = e.starts_with("https://");
+            if !(https || e.starts_with("http://")) || e.split("://").nth(1).is_none_or(str::is_empty) {
+                return Err(format!(
+                    "store.etcd.endpoints: {e:?} is not an etcd client URL (http://HOST:PORT or https://HOST:PORT)"
+                ));
+            }
+            if https && self.tls.is_none() {
+                return Err(format!("store.etcd.endpoints: {e:?} is https: give store.etcd.tls.ca (the CA that signed etcd's certificate)"));
+            }
+        }
+        let p = &self.prefix;
+        if !p.starts_with('/') || p.len() < 2 || p.ends_with('/') || p.chars().any(char::is_whitespace) {
+            return Err(format!("store.etcd.prefix {p:?}: use a key prefix like /splitter (leading slash, no trailing slash, no spaces)"));
+        }
+        if let Some(t) = &self.tls {
+            if t.cert.is_some() != t.key.is_some() {
+                return Err(
+                    "store.etcd.tls: give both cert and key (a client certificate and its key), or neither".into()
+                );
+            }
+        }
+        if self.password_file.is_some() && self.username.is_none() {
+            return Err("store.etcd.password_file without store.etcd.username: name the etcd user too".into());
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// This node's name: `node`, else the host name.
+    pub fn node_name(&self) -> String {
+        self.node.clone().unwrap_or_else(Config::default_node_name)
+    }
+
+    /// The host name (what `node` defaults to).
+    pub fn default_node_name() -> String {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .ok()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "splitter".into())
+    }
 }
 
 /// `metrics:` — where the agent serves Prometheus metrics.
@@ -363,6 +469,12 @@ impl Config {
             if !(1..=7 * 24 * 3600).contains(&v) {
                 return Err(invalid(format!("flow_aging.{name} is {v}: use 1 to 604800 seconds")));
             }
+        }
+        if let Some(store) = &self.store {
+            store.etcd.check().map_err(invalid)?;
+        }
+        if let Some(node) = &self.node {
+            check_name("node", node).map_err(invalid)?;
         }
         let mut listeners = BTreeMap::new();
         for (name, svc) in &self.services {

@@ -119,6 +119,30 @@ pub struct AgentInfo {
     /// Each service's last rollout.
     #[serde(default)]
     pub rollouts: BTreeMap<String, crate::rollout::Rollout>,
+    /// This node's place in a shared store (`store:`), if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterInfo>,
+}
+
+/// A node of a shared store, as it describes itself.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+pub struct ClusterInfo {
+    pub node: String,
+    /// The store's endpoints.
+    pub store: String,
+    /// The store revision this node serves.
+    pub applied_revision: i64,
+    pub reachable: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store_error: Option<String>,
+    /// Whether this node drives the rollouts.
+    pub leader: bool,
+    /// Why the latest revision could not be served here, if so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub apply_error: Option<String>,
+    /// Who made the change served now, and what it was.
+    pub changed_by: String,
+    pub change: String,
 }
 
 #[derive(Debug, Error)]

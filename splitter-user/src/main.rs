@@ -7,7 +7,7 @@ use anyhow::{bail, Context as _, Result};
 use clap::Parser as _;
 use splitter_user::{
     agent::{self, RunOptions},
-    cli::{AgentTarget, Cli, Command, DiffsArgs, RolloutArgs, StatusArgs},
+    cli::{AgentTarget, Cli, Command, DiffsArgs, EtcdArgs, RolloutArgs, StatusArgs},
     config::{Config, DEFAULT_PIN_PATH, DEFAULT_SOCKET},
     control::{ControlError, Request},
 };
@@ -113,7 +113,6 @@ fn rollout(args: RolloutArgs) -> Result<()> {
         control::RolloutAction as A,
         rollout::{Gates, Plan, State},
     };
-    let socket = socket_of(&args.target)?;
     let action = match () {
         _ if args.pause => A::Pause,
         _ if args.resume => A::Resume,
@@ -136,7 +135,14 @@ fn rollout(args: RolloutArgs) -> Result<()> {
         },
     };
     let follow = matches!(action, A::Start { .. } | A::Status) && !args.detach;
-    let r = splitter_user::control::request(&socket, &Request::Rollout { service: args.service.clone(), action })?;
+    let ask = |action| -> Result<splitter_user::control::Response> {
+        let req = Request::Rollout { service: args.service.clone(), action };
+        match etcd_of(&args.target.etcd)? {
+            Some(cfg) => via_etcd(&cfg, &req),
+            None => Ok(splitter_user::control::request(&socket_of(&args.target)?, &req)?),
+        }
+    };
+    let r = ask(action)?;
     if !r.ok {
         bail!("{}", r.message);
     }
@@ -158,11 +164,7 @@ fn rollout(args: RolloutArgs) -> Result<()> {
             };
         }
         std::thread::sleep(Duration::from_secs(1));
-        let r = splitter_user::control::request(
-            &socket,
-            &Request::Rollout { service: args.service.clone(), action: A::Status },
-        )?;
-        state = r.rollout;
+        state = ask(A::Status)?.rollout;
     }
 }
 
@@ -221,10 +223,56 @@ fn down(target: &AgentTarget) -> Result<()> {
     Ok(())
 }
 
-/// Sends a runtime change to the agent and prints its answer.
+/// The store `--etcd` names, if it does.
+fn etcd_of(args: &EtcdArgs) -> Result<Option<splitter_user::config::Etcd>> {
+    let Some(endpoints) = &args.etcd else { return Ok(None) };
+    let tls = args.etcd_ca.clone().map(|ca| splitter_user::config::EtcdTls {
+        ca,
+        cert: args.etcd_cert.clone(),
+        key: args.etcd_key.clone(),
+    });
+    Ok(Some(splitter_user::store::cli_etcd(endpoints, &args.etcd_prefix, args.etcd_user.clone(), tls)?))
+}
+
+fn block_on<T>(f: impl std::future::Future<Output = T>) -> Result<T> {
+    Ok(tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting tokio")?.block_on(f))
+}
+
+/// A change made in the store directly: the same pure change an agent makes,
+/// committed with a compare-and-swap; every agent of the store applies it.
+fn via_etcd(cfg: &splitter_user::config::Etcd, req: &Request) -> Result<splitter_user::control::Response> {
+    use splitter_user::{control::Response, store::Store};
+    block_on(async {
+        let mut store = Store::connect(cfg).await?;
+        if let Request::Rollout { service, action: splitter_user::control::RolloutAction::Status } = req {
+            let Some((_, d)) = store.load().await? else { bail!("no desired state in etcd yet") };
+            return Ok(match d.runtime.rollouts.get(service) {
+                Some(r) => Response { rollout: Some(r.clone()), ..Response::ok(format!("{service}: rollout")) },
+                None => Response::fail(format!("{service}: no rollout yet")),
+            });
+        }
+        let who = format!("cli on {}", splitter_user::config::Config::default_node_name());
+        let (revision, _, outcome) = store
+            .change(|_, current| {
+                let o = splitter_user::change::request(req, &current.file(), &current.runtime)?;
+                let next = current.next(None, o.next.clone(), &who, &o.message).map_err(|e| e.to_string())?;
+                Ok((next, o))
+            })
+            .await?;
+        Ok(Response {
+            weights: outcome.weights,
+            rollout: outcome.rollout,
+            ..Response::ok(format!("{} (store revision {revision}; every node applies it)", outcome.message))
+        })
+    })?
+}
+
+/// Sends a runtime change to the agent (or the store) and prints its answer.
 fn control(target: &AgentTarget, req: Request) -> Result<()> {
-    let socket = socket_of(target)?;
-    let response = splitter_user::control::request(&socket, &req)?;
+    let response = match etcd_of(&target.etcd)? {
+        Some(cfg) => via_etcd(&cfg, &req)?,
+        None => splitter_user::control::request(&socket_of(target)?, &req)?,
+    };
     if !response.ok {
         bail!("{} (nothing was changed)", response.message);
     }
@@ -232,8 +280,82 @@ fn control(target: &AgentTarget, req: Request) -> Result<()> {
     Ok(())
 }
 
+/// `status --cluster`: the store's desired revision and every node's.
+fn cluster_status(cfg: &splitter_user::config::Etcd, json: bool) -> Result<()> {
+    use splitter_user::store::Store;
+    let (desired, nodes, leader) = block_on(async {
+        let mut store = Store::connect(cfg).await?;
+        let desired = store.load().await?;
+        let nodes = store.nodes().await?;
+        let leader = store.leader().await?;
+        anyhow::Ok((desired, nodes, leader))
+    })??;
+    let revision = desired.as_ref().map_or(0, |(r, _)| *r);
+    let rows: Vec<serde_json::Value> = nodes
+        .iter()
+        .map(|n| {
+            serde_json::json!({
+                "node": n.node,
+                "applied_revision": n.applied_revision,
+                "current": n.applied_revision == revision,
+                "leader": leader.as_deref() == Some(n.node.as_str()),
+                "error": n.error,
+                "updated_unix": n.updated_unix,
+            })
+        })
+        .collect();
+    let current = rows.iter().filter(|r| r["current"] == true).count();
+    if json {
+        let d = desired.as_ref().map(|(_, d)| d);
+        let report = serde_json::json!({
+            "store": cfg.endpoints.join(","),
+            "prefix": cfg.prefix,
+            "desired_revision": revision,
+            "changed_by": d.map(|d| d.changed_by.clone()),
+            "change": d.map(|d| d.change.clone()),
+            "nodes": rows,
+            "converged": current == rows.len() && !rows.is_empty(),
+        });
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    match &desired {
+        Some((rev, d)) => println!(
+            "store {} {}: desired revision {rev} ({}: {})",
+            cfg.endpoints.join(","),
+            cfg.prefix,
+            d.changed_by,
+            d.change
+        ),
+        None => println!("store {} {}: no desired state yet", cfg.endpoints.join(","), cfg.prefix),
+    }
+    println!("{current} of {} nodes current", rows.len());
+    println!("  {:<20} {:>8}  {:<8} {:<6}  error", "node", "applied", "current", "leader");
+    for r in &rows {
+        println!(
+            "  {:<20} {:>8}  {:<8} {:<6}  {}",
+            r["node"].as_str().unwrap_or("?"),
+            r["applied_revision"],
+            if r["current"] == true { "yes" } else { "NO" },
+            if r["leader"] == true { "*" } else { "" },
+            r["error"].as_str().unwrap_or("")
+        );
+    }
+    Ok(())
+}
+
 fn status(args: StatusArgs) -> Result<()> {
     let config = args.config.as_deref().map(Config::load).transpose()?;
+    if args.cluster || args.etcd.etcd.is_some() {
+        let cfg = match (etcd_of(&args.etcd)?, config.as_ref().and_then(|c| c.store.as_ref())) {
+            (Some(cfg), _) => cfg,
+            (None, Some(store)) => store.etcd.clone(),
+            (None, None) => {
+                bail!("status --cluster needs the store: --etcd URLS, or --config FILE with `store: {{ etcd }}`")
+            }
+        };
+        return cluster_status(&cfg, args.json);
+    }
     let pin_path: PathBuf = match (args.pin_path, &config) {
         (Some(p), _) => p,
         (None, Some(c)) => c.pin_path.clone(),

@@ -148,6 +148,10 @@ pub struct Rollout {
     pub readings: Vec<Reading>,
     /// Canary requests/flows in the step so far.
     pub step_requests: u64,
+    /// With a shared store: the node whose counts `base` holds (the leader
+    /// that drives the rollout). Another leader re-bases on its own counts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub driver: Option<String>,
 }
 
 /// The counts a rollout judges: canary and baseline (every other version
@@ -225,6 +229,7 @@ impl Rollout {
             base: now,
             readings: Vec::new(),
             step_requests: 0,
+            driver: None,
         };
         (r, weights)
     }

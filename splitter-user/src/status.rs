@@ -241,7 +241,29 @@ impl Report {
         let mut out = String::new();
         let pct = |b: u32| format!("{:.2}%", b as f64 / 100.0);
         match &self.agent {
-            Some(a) => writeln!(out, "agent: pid {}, config {}", a.pid, a.config.display()).unwrap(),
+            Some(a) => {
+                writeln!(out, "agent: pid {}, config {}", a.pid, a.config.display()).unwrap();
+                if let Some(c) = &a.cluster {
+                    let store = match &c.store_error {
+                        None => "reachable".to_owned(),
+                        Some(why) => format!("UNREACHABLE ({why}); serving the last applied state"),
+                    };
+                    writeln!(
+                        out,
+                        "node {}{}: serving store revision {} ({}: {}); store {} {store}",
+                        c.node,
+                        if c.leader { " (leader: drives rollouts)" } else { "" },
+                        c.applied_revision,
+                        c.changed_by,
+                        c.change,
+                        c.store
+                    )
+                    .unwrap();
+                    if let Some(e) = &c.apply_error {
+                        writeln!(out, "  NOT APPLIED here: {e}").unwrap();
+                    }
+                }
+            }
             None => writeln!(
                 out,
                 "agent: NOT RUNNING (no answer on the control socket); the pinned data path serves the last tables"

@@ -7,6 +7,7 @@
 //! loudly when they cannot run: nothing here skips silently.
 
 pub mod agent;
+pub mod etcd;
 pub mod fixture;
 pub mod http;
 pub mod load;

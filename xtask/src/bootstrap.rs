@@ -11,10 +11,22 @@ use anyhow::{bail, Context as _, Result};
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 
-/// Debian packages: LLVM for bpf-linker, then the test and demo tools
-/// (ip/netns, ethtool for veth GRO, nsenter, sysctl).
-const APT_PACKAGES: &[&str] =
-    &["llvm-22-dev", "libpolly-22-dev", "libzstd-dev", "zlib1g-dev", "iproute2", "ethtool", "util-linux", "procps"];
+/// Debian packages: LLVM for bpf-linker, protoc for the etcd client's
+/// generated gRPC code, then the test and demo tools (ip/netns, ethtool for
+/// veth GRO, nsenter, sysctl, etcd and etcdctl for the shared-store tests).
+const APT_PACKAGES: &[&str] = &[
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "libzstd-dev",
+    "zlib1g-dev",
+    "protobuf-compiler",
+    "iproute2",
+    "ethtool",
+    "util-linux",
+    "procps",
+    "etcd-server",
+    "etcd-client",
+];
 
 /// Peers the benchmarks measure against (Debian packages).
 const BENCH_PACKAGES: &[&str] = &["haproxy", "nftables", "nginx"];

@@ -1,0 +1,271 @@
+//! The agent as one node of several sharing a store (`store: { etcd }`):
+//! where its desired state comes from at start, how a store revision is
+//! served, how its own changes are committed, and the last applied state
+//! kept in `state_dir` for restarts while etcd is away.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, watch};
+use tracing::{error, info, warn};
+
+use super::{check_interfaces, AgentError, ReloadError, RunOptions, Serving};
+use crate::{
+    cluster::Desired,
+    config::Config,
+    control::ClusterInfo,
+    plan::ServicePlan,
+    runtime::Runtime,
+    store::{self, NodeRecord, StoreEvent, Writer},
+};
+
+/// File in `state_dir` with the last applied revision and its state.
+pub const CACHE_FILE: &str = "cluster.json";
+
+#[derive(Deserialize, Serialize)]
+struct Cache {
+    revision: i64,
+    desired: Desired,
+}
+
+fn load_cache(dir: &Path) -> Option<(i64, Desired)> {
+    let text = std::fs::read_to_string(dir.join(CACHE_FILE)).ok()?;
+    match serde_json::from_str::<Cache>(&text) {
+        Ok(c) => Some((c.revision, c.desired)),
+        Err(e) => {
+            warn!("{} is not a splitter cluster cache ({e}); ignoring it", dir.join(CACHE_FILE).display());
+            None
+        }
+    }
+}
+
+fn save_cache(dir: &Path, revision: i64, desired: &Desired) {
+    let tmp = dir.join(format!("{CACHE_FILE}.tmp"));
+    let text = serde_json::to_string(&Cache { revision, desired: desired.clone() }).expect("serializes");
+    if let Err(e) = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, dir.join(CACHE_FILE))) {
+        error!("saving the applied state to {}: {e}", dir.display());
+    }
+}
+
+/// This node's part in the shared store.
+pub(super) struct Cluster {
+    pub node: String,
+    /// The file as loaded: this node's own settings (interfaces, paths...);
+    /// its services only seed an empty store.
+    pub local: Config,
+    pub desired: Desired,
+    /// The store revision served now (0: not yet read from the store).
+    pub revision: i64,
+    writer: Writer,
+    reachable: Result<(), String>,
+    pub leader: bool,
+    apply_error: Option<String>,
+    record: watch::Sender<NodeRecord>,
+}
+
+/// Starts as a node: reads the store (within a few seconds), else the last
+/// applied state, else the file; returns the node and the config and runtime
+/// to serve first. The store session (watch, registration, leadership) runs
+/// in the background and reports to `events`.
+pub(super) async fn start(
+    local: &Config,
+    started_unix: u64,
+) -> Result<(Cluster, Config, Runtime, mpsc::UnboundedReceiver<StoreEvent>), AgentError> {
+    let etcd = local.store.as_ref().expect("node mode has a store").etcd.clone();
+    let node = local.node_name();
+    let seed = Desired::seed(local, &node).map_err(|e| AgentError::Store(e.to_string()))?;
+    let mut writer = Writer::new(etcd.clone());
+    let fetched = writer.with(async |s| s.load().await).await;
+    let (revision, desired) = match (fetched, load_cache(&local.state_dir)) {
+        (Ok(Some(found)), _) => found,
+        (Ok(None), _) => (0, seed.clone()),
+        (Err(e @ store::StoreError::Setup(_)), _) => return Err(AgentError::Store(e.to_string())),
+        (Err(e), Some((rev, cached))) => {
+            warn!("{e}; serving the last applied state (revision {rev}) until the store answers");
+            (rev, cached)
+        }
+        (Err(e), None) => {
+            warn!("{e}; serving this node's file until the store answers");
+            (0, seed.clone())
+        }
+    };
+    let config = desired.config_for(local).map_err(|e| AgentError::Store(e.to_string()))?;
+    let runtime = desired.runtime.clone();
+    let record = NodeRecord {
+        node: node.clone(),
+        applied_revision: revision,
+        pid: std::process::id(),
+        started_unix,
+        ..NodeRecord::default()
+    };
+    let (record_tx, record_rx) = watch::channel(record);
+    let (events_tx, events) = mpsc::unbounded_channel();
+    tokio::spawn(store::session(etcd, seed, events_tx, record_rx));
+    info!(node, revision, store = writer.endpoints(), "node of a shared store");
+    let cluster = Cluster {
+        node,
+        local: local.clone(),
+        desired,
+        revision,
+        writer,
+        reachable: Ok(()),
+        leader: false,
+        apply_error: None,
+        record: record_tx,
+    };
+    Ok((cluster, config, runtime, events))
+}
+
+impl Cluster {
+    pub fn info(&self) -> ClusterInfo {
+        ClusterInfo {
+            node: self.node.clone(),
+            store: self.writer.endpoints(),
+            applied_revision: self.revision,
+            reachable: self.reachable.is_ok(),
+            store_error: self.reachable.clone().err(),
+            leader: self.leader,
+            apply_error: self.apply_error.clone(),
+            changed_by: self.desired.changed_by.clone(),
+            change: self.desired.change.clone(),
+        }
+    }
+
+    fn failed(&mut self, revision: i64, why: String) {
+        error!(revision, "could not apply the store's desired state, still serving revision {}: {why}", self.revision);
+        self.apply_error = Some(format!("revision {revision}: {why}"));
+        let e = self.apply_error.clone();
+        self.record.send_modify(|r| r.error = e);
+    }
+}
+
+/// Serves `desired` (store revision `revision`) with `config` (this node's
+/// file with the store's services): plans from the stored layouts, installs,
+/// and records the revision as applied. Nothing changes on failure.
+pub(super) fn serve(
+    revision: i64,
+    desired: Desired,
+    config: &Config,
+    runtime: &mut Runtime,
+    serving: &mut Serving,
+) -> Result<Vec<ServicePlan>, String> {
+    let mut next = desired.runtime.clone();
+    let (effective, dropped) = next.effective(config);
+    for name in dropped {
+        warn!(service = %name, "runtime changes in the store no longer fit the service; its file weights apply");
+    }
+    check_interfaces(&effective).map_err(|e| e.to_string())?;
+    let plans = desired.plan(&effective).map_err(|e| e.to_string())?;
+    serving.install(&effective, &plans).map_err(|e| e.to_string())?;
+    *runtime = next;
+    let c = serving.cluster.as_mut().expect("node mode");
+    save_cache(&c.local.state_dir, revision, &desired);
+    c.desired = desired;
+    c.revision = revision;
+    c.apply_error = None;
+    c.record.send_modify(|r| {
+        r.applied_revision = revision;
+        r.error = None;
+    });
+    Ok(plans)
+}
+
+/// Handles what the store session reports.
+pub(super) fn on_event(event: StoreEvent, config: &mut Config, runtime: &mut Runtime, serving: &mut Serving) {
+    let c = serving.cluster.as_mut().expect("node mode");
+    match event {
+        StoreEvent::Reachable(r) => {
+            if r.is_ok() && c.reachable.is_err() {
+                info!("store reachable again; resynced");
+            }
+            c.reachable = r;
+        }
+        StoreEvent::Leader(leader) => {
+            if leader != c.leader {
+                info!(node = c.node, leader, "rollout driver (store leader) changed");
+            }
+            c.leader = leader;
+        }
+        StoreEvent::Desired { revision, desired } => {
+            if revision <= c.revision && c.apply_error.is_none() {
+                return;
+            }
+            let next = match desired.config_for(&c.local) {
+                Ok(next) => next,
+                Err(e) => return c.failed(revision, e.to_string()),
+            };
+            let who = format!("{} ({})", desired.changed_by, desired.change);
+            match serve(revision, *desired, &next, runtime, serving) {
+                Ok(_) => {
+                    info!(revision, by = who, "applied the store's desired state");
+                    *config = next;
+                }
+                Err(e) => serving.cluster.as_mut().expect("node mode").failed(revision, e),
+            }
+        }
+    }
+}
+
+/// Commits `next` to the store (compare-and-swap on the revision this node
+/// serves), then serves it here at once; the other nodes follow by watch.
+pub(super) async fn commit(
+    next: Runtime,
+    what: &str,
+    file: &Config,
+    runtime: &mut Runtime,
+    serving: &mut Serving,
+) -> Result<(), String> {
+    let c = serving.cluster.as_mut().expect("node mode");
+    let desired = c.desired.next(None, next, &c.node, what).map_err(|e| e.to_string())?;
+    let expected = c.revision;
+    let endpoints = c.writer.endpoints();
+    match c.writer.with(async |s| s.commit(expected, &desired).await).await {
+        Ok(Some(revision)) => serve(revision, desired, file, runtime, serving).map(drop),
+        Ok(None) => {
+            // Someone else changed it first: serve theirs, refuse ours.
+            let latest = c.writer.with(async |s| s.load().await).await;
+            let mut config = file.clone();
+            if let Ok(Some((revision, d))) = latest {
+                let by = format!("{}: {}", d.changed_by, d.change);
+                on_event(StoreEvent::Desired { revision, desired: Box::new(d) }, &mut config, runtime, serving);
+                return Err(format!(
+                    "another change reached the store first (revision {revision}, {by}); nothing of this one changed: look (`splitter status`) and try again"
+                ));
+            }
+            Err(format!("the desired state in etcd at {endpoints} changed meanwhile; nothing changed, try again"))
+        }
+        Err(e) => Err(format!("{e}; nothing changed (every node keeps serving the last applied state)")),
+    }
+}
+
+/// A reload of the file as a node: this node's own settings are taken; the
+/// file's services, when they differ from the store's, are published to the
+/// store (and so to every node).
+pub(super) async fn publish_services(
+    next: Config,
+    current: &Config,
+    runtime: &mut Runtime,
+    serving: &mut Serving,
+    opts: &RunOptions,
+) -> Result<(Config, Vec<ServicePlan>), ReloadError> {
+    let c = serving.cluster.as_mut().expect("node mode");
+    c.local = next.clone();
+    if next.services == c.desired.services {
+        return Ok((current.clone(), Vec::new()));
+    }
+    let what = format!("services published from {}", opts.config_path.display());
+    let desired = c.desired.next(Some(next.services.clone()), c.desired.runtime.clone(), &c.node, &what);
+    let desired = desired.map_err(|e| ReloadError::Store(e.to_string()))?;
+    let config = desired.config_for(&next).map_err(|e| ReloadError::Store(e.to_string()))?;
+    let expected = c.revision;
+    let revision = match c.writer.with(async |s| s.commit(expected, &desired).await).await {
+        Ok(Some(revision)) => revision,
+        Ok(None) => {
+            return Err(ReloadError::Store("another change reached the store first; save the file again".into()))
+        }
+        Err(e) => return Err(ReloadError::Store(e.to_string())),
+    };
+    let plans = serve(revision, desired, &config, runtime, serving).map_err(ReloadError::Store)?;
+    info!(revision, "{what}");
+    Ok((config, plans))
+}

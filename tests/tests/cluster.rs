@@ -1,0 +1,274 @@
+//! Tier 3, several LB nodes sharing one desired state in a real etcd: three
+//! nodes (namespaces, each with its own agent and XDP data path) between one
+//! client network and one backend network, as nodes behind ECMP are; etcd on
+//! a management network. Changes made at etcd or at any agent reach every
+//! node; a connection whose route moves to another node keeps its backend;
+//! etcd going away changes nothing that runs, and its return resyncs.
+
+use std::{
+    collections::BTreeMap,
+    net::{SocketAddr, TcpStream},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use splitter_tests::{
+    agent::{splitter_bin, Agent},
+    etcd::Etcd,
+    netns::{netns, unique_name, NetNs},
+};
+use splitter_user::demo::{ask_version, serve_tcp};
+
+const TIMEOUT: Duration = Duration::from_secs(3);
+const VIP: &str = "203.0.113.10:80";
+const NODES: usize = 3;
+
+struct Cluster {
+    client: NetNs,
+    backends: [NetNs; 2],
+    mgmt: NetNs,
+    _bnet: NetNs,
+    nodes: Vec<NetNs>,
+    etcd: Etcd,
+    agents: Vec<Agent>,
+    prefix: String,
+}
+
+fn ip(ns: &NetNs, args: &[&str]) {
+    ns.ip(args).unwrap_or_else(|e| panic!("{}: ip {}: {e}", ns.name(), args.join(" ")));
+}
+
+/// `ns` gets a bridge `br0` (with `addr`, if any) that ports join.
+fn bridge(ns: &NetNs, addr: Option<&str>) {
+    ip(ns, &["link", "add", "br0", "type", "bridge", "stp_state", "0"]);
+    ip(ns, &["link", "set", "br0", "up"]);
+    if let Some(a) = addr {
+        ip(ns, &["addr", "add", a, "dev", "br0"]);
+    }
+}
+
+/// A veth from `node` (named `name` there) to a port `port` of `ns`'s bridge.
+fn port(node: &NetNs, name: &str, ns: &NetNs, port: &str) {
+    splitter_user::netns::veth(node, name, ns, port).unwrap_or_else(|e| panic!("veth {name}/{port}: {e}"));
+    ip(ns, &["link", "set", port, "master", "br0"]);
+    // XDP redirects into this veth land only with NAPI on its peer (GRO).
+    ns.enable_gro(port).unwrap();
+    ns.disable_tx_offload(port).unwrap();
+}
+
+fn config(node: usize, etcd: &str, prefix: &str) -> String {
+    format!(
+        r#"
+node: lb{node}
+interfaces: {{ clients: [eth-c], backends: [eth-b] }}
+store: {{ etcd: {{ endpoints: ["{etcd}"], prefix: {prefix} }} }}
+services:
+  shop:
+    listen: {VIP}
+    protocol: tcp
+    versions: {{ blue: [198.51.100.10:8080], green: [198.51.100.20:8080] }}
+    weights: {{ blue: 50, green: 50 }}
+"#
+    )
+}
+
+impl Cluster {
+    fn build() -> Cluster {
+        splitter_tests::require_root("the shared-store end-to-end test");
+        let (client, mgmt, bnet) = (netns("cc"), netns("cm"), netns("cb"));
+        let backends = [netns("blue"), netns("green")];
+        bridge(&client, Some("192.0.2.100/24"));
+        client.disable_tx_offload("br0").unwrap();
+        bridge(&mgmt, Some("10.99.0.1/24"));
+        bridge(&bnet, None);
+        for (i, (b, addr)) in backends.iter().zip(["198.51.100.10/24", "198.51.100.20/24"]).enumerate() {
+            port(b, "eth0", &bnet, &format!("be{i}"));
+            ip(b, &["addr", "add", addr, "dev", "eth0"]);
+            ip(b, &["route", "add", "default", "via", "198.51.100.1"]);
+            b.disable_tx_offload("eth0").unwrap();
+        }
+        serve_tcp(&backends[0], 8080, "blue").unwrap();
+        serve_tcp(&backends[1], 8080, "green").unwrap();
+        let mut nodes = Vec::new();
+        for n in 1..=NODES {
+            let node = netns(&format!("n{n}"));
+            port(&node, "eth-c", &client, &format!("p{n}"));
+            port(&node, "eth-b", &bnet, &format!("p{n}"));
+            port(&node, "eth-m", &mgmt, &format!("p{n}"));
+            ip(&node, &["addr", "add", &format!("192.0.2.1{n}/24"), "dev", "eth-c"]);
+            ip(&node, &["addr", "add", &format!("198.51.100.{n}/24"), "dev", "eth-b"]);
+            ip(&node, &["addr", "add", &format!("10.99.0.1{n}/24"), "dev", "eth-m"]);
+            node.sysctl("net.ipv4.ip_forward=1").unwrap();
+            nodes.push(node);
+        }
+        ip(&client, &["route", "add", "203.0.113.10/32", "via", "192.0.2.11"]);
+        let etcd = Etcd::in_namespace(&mgmt, "10.99.0.1");
+        let prefix = format!("/{}", unique_name("spt"));
+        let agents =
+            nodes.iter().enumerate().map(|(i, ns)| Agent::start(ns, &config(i + 1, &etcd.url(), &prefix))).collect();
+        Cluster { client, backends, mgmt, _bnet: bnet, nodes, etcd, agents, prefix }
+    }
+
+    /// `splitter ARGS --etcd URL --etcd-prefix P`, run on the management
+    /// network: success, stdout, stderr.
+    fn cli(&self, args: &[&str]) -> (bool, String, String) {
+        let mut cmd: Command = self.mgmt.command(splitter_bin());
+        let out = cmd
+            .env("SPLITTER_LOG", "warn")
+            .args(args)
+            .args(["--etcd", &self.etcd.url(), "--etcd-prefix", &self.prefix])
+            .output()
+            .expect("run splitter");
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+    }
+
+    fn cluster_status(&self) -> serde_json::Value {
+        let (ok, out, err) = self.cli(&["status", "--cluster", "--json"]);
+        assert!(ok, "status --cluster: {err}");
+        serde_json::from_str(&out).expect("JSON")
+    }
+
+    /// Waits until every node reports the store's desired revision; returns
+    /// how long that took.
+    fn converge(&self, limit: Duration) -> Duration {
+        let start = Instant::now();
+        loop {
+            let s = self.cluster_status();
+            let nodes = s["nodes"].as_array().unwrap();
+            if nodes.len() == NODES && s["converged"] == true {
+                return start.elapsed();
+            }
+            assert!(start.elapsed() < limit, "nodes did not converge within {limit:?}: {s:#}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Each node's live basis points for shop (blue, green), from its kernel.
+    fn live_bps(&self) -> Vec<Vec<u64>> {
+        self.agents
+            .iter()
+            .map(|a| {
+                let s = a.status();
+                let shop = s["services"].as_array().unwrap().iter().find(|s| s["name"] == "shop").unwrap().clone();
+                shop["versions"].as_array().unwrap().iter().map(|v| v["live_bps"].as_u64().unwrap()).collect()
+            })
+            .collect()
+    }
+
+    /// Routes the client's VIP traffic and the backends' replies through node `n`.
+    fn route_via(&self, n: usize) {
+        ip(&self.client, &["route", "replace", "203.0.113.10/32", "via", &format!("192.0.2.1{n}")]);
+        for b in &self.backends {
+            ip(b, &["route", "replace", "default", "via", &format!("198.51.100.{n}")]);
+        }
+    }
+
+    fn connect(&self, n: usize) -> Vec<TcpStream> {
+        let vip: SocketAddr = VIP.parse().unwrap();
+        self.client.run(|| {
+            (0..n)
+                .map(|i| {
+                    let c = TcpStream::connect_timeout(&vip, TIMEOUT).unwrap_or_else(|e| panic!("connection {i}: {e}"));
+                    c.set_read_timeout(Some(TIMEOUT)).unwrap();
+                    c
+                })
+                .collect()
+        })
+    }
+
+    fn split(&self, n: usize) -> BTreeMap<String, usize> {
+        let mut seen = BTreeMap::new();
+        for c in self.connect(n) {
+            *seen.entry(ask_version(&c).expect("answer")).or_insert(0) += 1;
+        }
+        seen
+    }
+}
+
+#[test]
+fn changes_reach_every_node_and_a_moved_flow_keeps_its_backend() {
+    let c = Cluster::build();
+    c.converge(Duration::from_secs(10));
+    assert_eq!(c.live_bps(), vec![vec![5000, 5000]; NODES], "every node serves the seeded weights");
+    let s = c.cluster_status();
+    assert_eq!(s["nodes"].as_array().unwrap().iter().filter(|n| n["leader"] == true).count(), 1, "one leader: {s}");
+
+    // A weight change at etcd directly, then a flip through one agent.
+    let (ok, out, err) = c.cli(&["weight", "shop", "green=25", "blue=75"]);
+    assert!(ok, "weight through etcd: {err}");
+    assert!(out.contains("store revision"), "{out}");
+    let t_weight = c.converge(Duration::from_secs(10));
+    assert_eq!(c.live_bps(), vec![vec![7500, 2500]; NODES]);
+    let (ok, _, err) = c.agents[2].control(&["flip", "shop", "--to", "green"]);
+    assert!(ok, "flip through node 3's agent: {err}");
+    let t_flip = c.converge(Duration::from_secs(10));
+    assert_eq!(c.live_bps(), vec![vec![0, 10_000]; NODES], "the flip is served everywhere");
+    eprintln!("convergence: weight {t_weight:?}, flip {t_flip:?} (to {NODES} nodes, measured by polling)");
+    // Every node's status names the revision and who changed it.
+    let info = &c.agents[0].status()["agent"]["cluster"];
+    assert_eq!(info["node"], "lb1", "{info}");
+    assert!(info["change"].as_str().unwrap().contains("shop"), "{info}");
+
+    // Back to 50/50, then connections through node 1; the route moves to
+    // node 2 mid-stream (both ways, as an ECMP change does) and every
+    // connection keeps talking to its backend.
+    let (ok, _, err) = c.cli(&["weight", "shop", "green=50", "blue=50"]);
+    assert!(ok, "{err}");
+    c.converge(Duration::from_secs(10));
+    let conns = c.connect(24);
+    let first: Vec<String> = conns.iter().map(|s| ask_version(s).expect("answer via node 1")).collect();
+    assert!(first.iter().any(|v| v == "blue") && first.iter().any(|v| v == "green"), "both versions: {first:?}");
+    let before = c.agents[1].counter("adopted");
+    c.route_via(2);
+    for (i, s) in conns.iter().enumerate() {
+        let again = ask_version(s).unwrap_or_else(|e| panic!("connection {i} after the move to node 2: {e}"));
+        assert_eq!(again, first[i], "connection {i} changed backend when its route moved");
+    }
+    let adopted = c.agents[1].counter("adopted") - before;
+    assert!(adopted >= 24, "node 2 placed the 24 moved flows mid-stream (adopted {adopted})");
+    drop(conns);
+    c.route_via(1);
+}
+
+#[test]
+fn etcd_away_changes_nothing_that_runs_and_its_return_resyncs() {
+    let mut c = Cluster::build();
+    c.converge(Duration::from_secs(10));
+    let (ok, _, err) = c.cli(&["weight", "shop", "green=10", "blue=90"]);
+    assert!(ok, "{err}");
+    c.converge(Duration::from_secs(10));
+
+    c.etcd.stop();
+    // Traffic is served as before.
+    let seen = c.split(200);
+    assert_eq!(seen.values().sum::<usize>(), 200, "{seen:?}");
+    assert!(seen.get("green").copied().unwrap_or(0) < 60, "still 90/10: {seen:?}");
+    // The CLI says clearly that the store is unreachable, both ways.
+    let (ok, _, err) = c.cli(&["flip", "shop", "--to", "green"]);
+    assert!(!ok && err.contains("unreachable"), "direct: {err}");
+    let (ok, _, err) = c.agents[0].control(&["flip", "shop", "--to", "green"]);
+    assert!(!ok && err.contains("unreachable") && err.contains("nothing changed"), "through an agent: {err}");
+    assert_eq!(c.live_bps(), vec![vec![9000, 1000]; NODES], "nothing changed anywhere");
+    // An agent restarted while etcd is away serves its last applied state.
+    c.agents[2].restart(&c.nodes[2]).unwrap();
+    assert_eq!(c.live_bps()[2], vec![9000, 1000], "the restarted node serves what it had");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while c.agents[0].status()["agent"]["cluster"]["reachable"] != false {
+        assert!(Instant::now() < deadline, "node 1 never noticed the store was gone");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    c.etcd.start_again();
+    // The nodes reconnect (backoff ≤ 5 s) and a new change applies everywhere.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while c.agents.iter().any(|a| a.status()["agent"]["cluster"]["reachable"] != true) {
+        assert!(Instant::now() < deadline, "the nodes did not reconnect to etcd");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (ok, _, err) = c.agents[0].control(&["flip", "shop", "--to", "green"]);
+    assert!(ok, "a change after etcd returned: {err}");
+    c.converge(Duration::from_secs(15));
+    assert_eq!(c.live_bps(), vec![vec![0, 10_000]; NODES]);
+    let seen = c.split(50);
+    assert_eq!(seen.get("green"), Some(&50), "{seen:?}");
+}
