@@ -33,6 +33,10 @@ pub enum StoreError {
     Setup(String),
     #[error("{key} in etcd is not a splitter desired state ({why}); fix or delete it (`etcdctl del {key}`) and publish again")]
     Corrupt { key: String, why: String },
+    #[error(
+        "etcd at {endpoints} refused this client: {why} (check store.etcd.username, the password and the certificates)"
+    )]
+    Denied { endpoints: String, why: String },
     #[error("{0}")]
     Refused(String),
     #[error("the desired state kept changing under this change ({0} tries); try again")]
@@ -74,7 +78,19 @@ pub struct Store {
 }
 
 pub fn unreachable(cfg: &Etcd, e: impl std::fmt::Display) -> StoreError {
-    StoreError::Unreachable { endpoints: cfg.endpoints.join(","), why: e.to_string() }
+    classify(cfg.endpoints.join(","), e.to_string())
+}
+
+/// An etcd error as the operator needs it: credentials refused, or etcd away.
+fn classify(endpoints: String, why: String) -> StoreError {
+    const DENIED: [&str; 4] =
+        ["authentication failed", "user name is empty", "permission denied", "invalid auth token"];
+    if DENIED.iter().any(|d| why.contains(d)) {
+        let short = why.split("message: ").nth(1).unwrap_or(&why).trim_matches('"').to_owned();
+        StoreError::Denied { endpoints, why: short }
+    } else {
+        StoreError::Unreachable { endpoints, why }
+    }
 }
 
 fn options(cfg: &Etcd) -> Result<ConnectOptions, StoreError> {
@@ -123,7 +139,7 @@ impl Store {
     }
 
     fn down(&self, e: impl std::fmt::Display) -> StoreError {
-        StoreError::Unreachable { endpoints: self.endpoints.clone(), why: e.to_string() }
+        classify(self.endpoints.clone(), e.to_string())
     }
 
     pub fn desired_key(&self) -> String {
@@ -403,6 +419,8 @@ pub fn cli_etcd(
         username: user,
         password_file: None,
     };
-    cfg.check().map_err(|e| StoreError::Setup(e.replace("store.etcd.", "--etcd ")))?;
+    let flags =
+        [("store.etcd.tls.ca", "--etcd-ca"), ("store.etcd.prefix", "--etcd-prefix"), ("store.etcd.", "--etcd ")];
+    cfg.check().map_err(|e| StoreError::Setup(flags.iter().fold(e, |e, (from, to)| e.replace(from, to))))?;
     Ok(cfg)
 }

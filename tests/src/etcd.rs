@@ -20,6 +20,10 @@ pub struct Etcd {
     port: u16,
     peer_port: u16,
     name: String,
+    scheme: &'static str,
+    /// Extra `etcd` arguments (TLS) and the `etcdctl` ones that go with them.
+    extra: Vec<String>,
+    ctl_extra: Vec<String>,
 }
 
 fn free_port() -> u16 {
@@ -32,6 +36,43 @@ impl Etcd {
         Self::start(None, "127.0.0.1", free_port(), free_port())
     }
 
+    /// etcd on loopback serving clients over TLS: `certs` holds `ca.pem`,
+    /// `server.pem`/`server-key.pem` (for 127.0.0.1) and
+    /// `client.pem`/`client-key.pem`; client certificates are required.
+    pub fn loopback_tls(certs: &std::path::Path) -> Etcd {
+        let f = |n: &str| certs.join(n).display().to_string();
+        let name = unique_name("etcd");
+        let dir = std::env::temp_dir().join(format!("splitter-test-{name}"));
+        let extra = vec![
+            "--cert-file".into(),
+            f("server.pem"),
+            "--key-file".into(),
+            f("server-key.pem"),
+            "--client-cert-auth".into(),
+            "--trusted-ca-file".into(),
+            f("ca.pem"),
+        ];
+        let ctl_extra = vec![
+            format!("--cacert={}", f("ca.pem")),
+            format!("--cert={}", f("client.pem")),
+            format!("--key={}", f("client-key.pem")),
+        ];
+        let mut e = Etcd {
+            child: None,
+            dir,
+            ns: None,
+            host: "127.0.0.1".into(),
+            port: free_port(),
+            peer_port: free_port(),
+            name,
+            scheme: "https",
+            extra,
+            ctl_extra,
+        };
+        e.start_again();
+        e
+    }
+
     /// etcd in `ns`, listening on `host` (an address of `ns`) port 2379.
     pub fn in_namespace(ns: &NetNs, host: &str) -> Etcd {
         Self::start(Some(ns.path()), host, 2379, 2380)
@@ -40,14 +81,25 @@ impl Etcd {
     fn start(ns: Option<PathBuf>, host: &str, port: u16, peer_port: u16) -> Etcd {
         let name = unique_name("etcd");
         let dir = std::env::temp_dir().join(format!("splitter-test-{name}"));
-        let mut e = Etcd { child: None, dir, ns, host: host.into(), port, peer_port, name };
+        let mut e = Etcd {
+            child: None,
+            dir,
+            ns,
+            host: host.into(),
+            port,
+            peer_port,
+            name,
+            scheme: "http",
+            extra: Vec::new(),
+            ctl_extra: Vec::new(),
+        };
         e.start_again();
         e
     }
 
     /// The client URL.
     pub fn url(&self) -> String {
-        format!("http://{}:{}", self.host, self.port)
+        format!("{}://{}:{}", self.scheme, self.host, self.port)
     }
 
     /// Starts the (stopped) member again on the same data; returns once it
@@ -69,6 +121,7 @@ impl Etcd {
             .args(["--listen-client-urls", &self.url(), "--advertise-client-urls", &self.url()])
             .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
             .args(["--initial-cluster", &format!("{}={peer}", self.name), "--log-level", "error"])
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         std::fs::create_dir_all(&self.dir).expect("etcd test dir");
@@ -97,6 +150,7 @@ impl Etcd {
         let out = cmd
             .env("ETCDCTL_API", "3")
             .args(["--endpoints", &self.url(), "--command-timeout=2s"])
+            .args(&self.ctl_extra)
             .args(args)
             .output()
             .map_err(|e| e.to_string())?;

@@ -79,7 +79,9 @@ pub(super) async fn start(
     let (revision, desired) = match (fetched, load_cache(&local.state_dir)) {
         (Ok(Some(found)), _) => found,
         (Ok(None), _) => (0, seed.clone()),
-        (Err(e @ store::StoreError::Setup(_)), _) => return Err(AgentError::Store(e.to_string())),
+        (Err(e @ (store::StoreError::Setup(_) | store::StoreError::Denied { .. })), _) => {
+            return Err(AgentError::Store(e.to_string()))
+        }
         (Err(e), Some((rev, cached))) => {
             warn!("{e}; serving the last applied state (revision {rev}) until the store answers");
             (rev, cached)
