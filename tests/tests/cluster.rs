@@ -272,3 +272,47 @@ fn etcd_away_changes_nothing_that_runs_and_its_return_resyncs() {
     let seen = c.split(50);
     assert_eq!(seen.get("green"), Some(&50), "{seen:?}");
 }
+
+#[test]
+fn the_leader_drives_a_rollout_started_at_etcd_to_every_node() {
+    let c = Cluster::build();
+    c.converge(Duration::from_secs(10));
+    let s = c.cluster_status();
+    let leader = s["nodes"].as_array().unwrap().iter().find(|n| n["leader"] == true).expect("a leader")["node"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let n: usize = leader.trim_start_matches("lb").parse().unwrap();
+    // The leader judges on its own traffic: send the client's through it.
+    c.route_via(n);
+    let (ok, out, err) = c.cli(&[
+        "rollout",
+        "shop",
+        "--to",
+        "green",
+        "--steps",
+        "50,100",
+        "--interval",
+        "1s",
+        "--min-requests",
+        "5",
+        "--detach",
+    ]);
+    assert!(ok, "rollout through etcd: {err}");
+    assert!(out.contains("started at 50%"), "{out}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let seen = c.split(10);
+        assert_eq!(seen.values().sum::<usize>(), 10);
+        let (_, out, _) = c.cli(&["rollout", "shop", "--status", "--detach"]);
+        if out.contains("promoted") || out.contains("Promoted") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the rollout was not promoted in 30 s: {out}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    c.converge(Duration::from_secs(10));
+    assert_eq!(c.live_bps(), vec![vec![0, 10_000]; NODES], "every node serves the promoted canary");
+    let r = &c.agents[n % NODES].status()["agent"]["rollouts"]["shop"];
+    assert_eq!(r["driver"], leader.as_str(), "the leader drove it: {r}");
+}

@@ -125,7 +125,7 @@ fn require_root(what: &str) -> Result<()> {
 
 /// The benchmarks `cargo xtask bench` runs, in order; each writes
 /// `target/bench/NAME.md`.
-const BENCHES: [&str; 5] = ["xdp", "l4", "l7", "mirror", "control"];
+const BENCHES: [&str; 6] = ["xdp", "l4", "l7", "mirror", "control", "store"];
 
 /// Puts the latest full run into BENCHMARKS.md: the machine, kernel, date and
 /// command, then each bench's table.

@@ -1,0 +1,143 @@
+//! The shared store's convergence, run by `cargo xtask bench` (root): the
+//! time from a `splitter weight --etcd` call (the real CLI process) until all
+//! three nodes report the new revision applied, with 1 and with 100
+//! services. A real etcd on a management network; three agents (release
+//! binary) in their own namespaces, each with a veth pair for its data path.
+//! Writes `target/bench/store.md`.
+
+use std::{
+    fmt::Write as _,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use splitter_tests::{etcd::Etcd, netns::unique_name};
+use splitter_user::{agent_process::AgentProcess, netns::NetNs, store::Store};
+
+const NODES: usize = 3;
+const CHANGES: usize = 50;
+
+fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn ip(ns: &NetNs, args: &[&str]) {
+    ns.ip(args).unwrap_or_else(|e| panic!("ip {}: {e}", args.join(" ")));
+}
+
+fn config(node: usize, services: usize, etcd: &str, prefix: &str) -> String {
+    let mut c = format!(
+        "node: n{node}\ninterfaces: {{ clients: [eth-c] }}\nstore: {{ etcd: {{ endpoints: [\"{etcd}\"], prefix: {prefix} }} }}\nservices:\n"
+    );
+    for i in 0..services {
+        writeln!(
+            c,
+            "  s{i}:\n    listen: 203.0.113.10:{}\n    protocol: tcp\n    versions: {{ blue: [198.51.100.10:8080], green: [198.51.100.20:8080] }}\n    weights: {{ blue: 80, green: 20 }}",
+            80 + i
+        )
+        .unwrap();
+    }
+    c
+}
+
+/// Milliseconds from each CLI change until every node applied it.
+fn run(services: usize, bin: &PathBuf, mgmt: &NetNs, nodes: &[NetNs], etcd: &Etcd) -> Vec<f64> {
+    let prefix = format!("/{}", unique_name("spb"));
+    let agents: Vec<AgentProcess> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, ns)| {
+            let name = unique_name("spb");
+            let dir = std::env::temp_dir().join(format!("splitter-bench-{name}"));
+            let pin = PathBuf::from("/sys/fs/bpf").join(&name);
+            AgentProcess::start(bin, ns, &dir, &pin, &config(i + 1, services, &etcd.url(), &prefix))
+                .unwrap_or_else(|e| panic!("{e}"))
+        })
+        .collect();
+    let cfg = splitter_user::store::cli_etcd(&etcd.url(), &prefix, None, None).unwrap();
+    let rt = mgmt.run(|| tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap());
+    let mut store = mgmt.run(|| rt.block_on(Store::connect(&cfg))).expect("store");
+    let applied = |store: &mut Store, rev: i64| {
+        rt.block_on(async {
+            let nodes = store.nodes().await.expect("nodes");
+            nodes.len() == NODES && nodes.iter().all(|n| n.applied_revision >= rev)
+        })
+    };
+    let mut took = Vec::new();
+    for i in 0..CHANGES {
+        let t = Instant::now();
+        let out = mgmt
+            .command(bin)
+            .env("SPLITTER_LOG", "warn")
+            .args(["weight", "s0", &format!("green={}", 1 + i % 99), "--etcd", &etcd.url(), "--etcd-prefix", &prefix])
+            .output()
+            .expect("cli");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let text = String::from_utf8_lossy(&out.stdout);
+        let rev: i64 = text
+            .split("store revision ")
+            .nth(1)
+            .and_then(|r| r.split(';').next())
+            .and_then(|r| r.parse().ok())
+            .unwrap_or_else(|| panic!("no revision in {text}"));
+        while !applied(&mut store, rev) {
+            assert!(t.elapsed() < Duration::from_secs(10), "change {i} did not reach every node");
+            std::thread::sleep(Duration::from_micros(500));
+        }
+        took.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    drop(agents);
+    took
+}
+
+fn main() {
+    splitter_tests::require_root("the store benchmark");
+    let bin = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/splitter");
+    assert!(bin.exists(), "{} missing: `cargo xtask bench` builds it", bin.display());
+    let tag = unique_name("spb");
+    let mgmt = NetNs::new(format!("{tag}-m")).unwrap();
+    ip(&mgmt, &["link", "add", "br0", "type", "bridge"]);
+    ip(&mgmt, &["link", "set", "br0", "up"]);
+    ip(&mgmt, &["addr", "add", "10.99.0.1/24", "dev", "br0"]);
+    let nodes: Vec<NetNs> = (1..=NODES)
+        .map(|n| {
+            let ns = NetNs::new(format!("{tag}-n{n}")).unwrap();
+            splitter_user::netns::veth(&ns, "eth-m", &mgmt, &format!("p{n}")).unwrap();
+            ip(&mgmt, &["link", "set", &format!("p{n}"), "master", "br0"]);
+            ip(&ns, &["addr", "add", &format!("10.99.0.1{n}/24"), "dev", "eth-m"]);
+            ip(&ns, &["link", "add", "eth-c", "type", "veth", "peer", "name", "eth-x"]);
+            ip(&ns, &["link", "set", "eth-c", "up"]);
+            ip(&ns, &["link", "set", "eth-x", "up"]);
+            ns
+        })
+        .collect();
+    let etcd = Etcd::in_namespace(&mgmt, "10.99.0.1");
+    let one = run(1, &bin, &mgmt, &nodes, &etcd);
+    let hundred = run(100, &bin, &mgmt, &nodes, &etcd);
+
+    let mut md = String::new();
+    writeln!(md, "### Shared store: a change reaching every node ({NODES} nodes, real etcd, {CHANGES} changes each)\n")
+        .unwrap();
+    writeln!(md, "| services | p50 | p99 | max |").unwrap();
+    writeln!(md, "|---|---|---|---|").unwrap();
+    for (n, v) in [(1, &one), (100, &hundred)] {
+        let max = v.iter().copied().fold(0.0, f64::max);
+        writeln!(
+            md,
+            "| {n} | {:.1} ms | {:.1} ms | {max:.1} ms |",
+            percentile(v.clone(), 0.5),
+            percentile(v.clone(), 0.99)
+        )
+        .unwrap();
+    }
+    writeln!(
+        md,
+        "\nFrom the `splitter weight --etcd` call (a new CLI process: connect, read, compare-and-swap) until all {NODES} nodes' registrations in etcd name the new revision as applied (each node: watch event, plan from the stored layouts, table writes, registration put). With 100 services a change re-plans every service on every node; only the changed table is written."
+    )
+    .unwrap();
+    print!("{md}");
+    let out = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join("store.md"), md).unwrap();
+}
