@@ -106,15 +106,7 @@ impl Etcd {
     /// answers.
     pub fn start_again(&mut self) {
         assert!(self.child.is_none(), "etcd is already running");
-        let bin = which_etcd("etcd");
-        let mut cmd = match &self.ns {
-            Some(ns) => {
-                let mut c = Command::new("nsenter");
-                c.arg(format!("--net={}", ns.display())).arg("--").arg(bin);
-                c
-            }
-            None => Command::new(bin),
-        };
+        let mut cmd = self.command("etcd");
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
         cmd.args(["--name", &self.name, "--data-dir"])
             .arg(self.dir.join("data"))
@@ -138,16 +130,8 @@ impl Etcd {
 
     /// `etcdctl ARGS` against this member (in its namespace); its stdout.
     pub fn ctl(&self, args: &[&str]) -> Result<String, String> {
-        let bin = which_etcd("etcdctl");
-        let mut cmd = match &self.ns {
-            Some(ns) => {
-                let mut c = Command::new("nsenter");
-                c.arg(format!("--net={}", ns.display())).arg("--").arg(bin);
-                c
-            }
-            None => Command::new(bin),
-        };
-        let out = cmd
+        let out = self
+            .command("etcdctl")
             .env("ETCDCTL_API", "3")
             .args(["--endpoints", &self.url(), "--command-timeout=2s"])
             .args(&self.ctl_extra)
@@ -158,6 +142,19 @@ impl Etcd {
             Ok(String::from_utf8_lossy(&out.stdout).into_owned())
         } else {
             Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
+    /// `bin` (etcd or etcdctl) in this member's namespace.
+    fn command(&self, bin: &str) -> Command {
+        let bin = which_etcd(bin);
+        match &self.ns {
+            Some(ns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net={}", ns.display())).arg("--").arg(bin);
+                c
+            }
+            None => Command::new(bin),
         }
     }
 
