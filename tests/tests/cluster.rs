@@ -316,3 +316,23 @@ fn the_leader_drives_a_rollout_started_at_etcd_to_every_node() {
     let r = &c.agents[n % NODES].status()["agent"]["rollouts"]["shop"];
     assert_eq!(r["driver"], leader.as_str(), "the leader drove it: {r}");
 }
+
+#[test]
+fn saving_the_file_on_one_node_publishes_its_services_to_every_node() {
+    let c = Cluster::build();
+    c.converge(Duration::from_secs(10));
+    let path = &c.agents[1].config_path;
+    let text = std::fs::read_to_string(path).unwrap();
+    let edited = text.replace("weights: { blue: 50, green: 50 }", "weights: { blue: 30, green: 70 }");
+    assert_ne!(text, edited);
+    std::fs::write(path, edited).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while c.live_bps() != vec![vec![3000, 7000]; NODES] {
+        assert!(Instant::now() < deadline, "the edit did not reach every node: {:?}", c.live_bps());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    c.converge(Duration::from_secs(10));
+    let s = c.cluster_status();
+    assert!(s["change"].as_str().unwrap().contains("services published from"), "{s}");
+    assert_eq!(s["changed_by"], "lb2", "{s}");
+}
