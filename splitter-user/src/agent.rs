@@ -255,10 +255,7 @@ async fn handle_rollout(
     counts: &crate::observe::Counts,
 ) -> Response {
     if action == crate::control::RolloutAction::Status {
-        return match runtime.rollouts.get(service) {
-            Some(r) => Response { rollout: Some(r.clone()), ..Response::ok(format!("{service}: rollout")) },
-            None => Response::fail(format!("{service}: no rollout yet")),
-        };
+        return crate::change::rollout_status(runtime, service);
     }
     let l7 = serving.l7.stats();
     let outcome = crate::change::rollout(service, action, file, runtime, |svc, canary, before| {

@@ -59,6 +59,15 @@ pub fn request(req: &Request, file: &Config, runtime: &Runtime) -> Result<Outcom
     Ok(Outcome { next, weights: Some(weights), message: format!("{service}: {summary}"), rollout: None })
 }
 
+/// The answer to `rollout SERVICE --status`.
+pub fn rollout_status(runtime: &Runtime, service: &str) -> crate::control::Response {
+    use crate::control::Response;
+    match runtime.rollouts.get(service) {
+        Some(r) => Response { rollout: Some(r.clone()), ..Response::ok(format!("{service}: rollout")) },
+        None => Response::fail(format!("{service}: no rollout yet")),
+    }
+}
+
 /// Starts or steers the rollout of `service`. `now` gives the counts a new
 /// rollout starts from (service, canary, weights before); `Status` is not a
 /// change and is answered by the caller.

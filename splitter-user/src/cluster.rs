@@ -18,7 +18,7 @@ use thiserror::Error;
 
 use crate::{
     config::{Config, ConfigError, Mode, Service},
-    plan::{PlanError, Previous, ServicePlan},
+    plan::{plan_service, PlanError, Previous, ServicePlan},
     runtime::Runtime,
 };
 
@@ -102,7 +102,7 @@ impl Desired {
     pub fn seed(file: &Config, by: &str) -> Result<Desired, DesiredError> {
         let mut d = Desired { services: file.services.clone(), changed_by: by.into(), ..Desired::default() };
         d.change = "seeded from the config file".into();
-        d.relayout()?;
+        d.relayout(&BTreeMap::new())?;
         Ok(d)
     }
 
@@ -139,8 +139,14 @@ impl Desired {
             changed_by: by.into(),
             change: change.into(),
         };
-        d.relayout()?;
+        d.relayout(&self.effective_services())?;
         Ok(d)
+    }
+
+    /// The services as they are served: the file's with the runtime's
+    /// weights and mirrors.
+    pub fn effective_services(&self) -> BTreeMap<String, Service> {
+        self.runtime.clone().effective(&self.file()).0.services
     }
 
     /// The decoded layouts, by service, to plan from.
@@ -154,25 +160,31 @@ impl Desired {
         crate::agent::plan_all(effective, |n| slots.get(n).map(Slots::as_previous))
     }
 
-    /// Derives each l4 service's layout from the stored one for the weights
-    /// it now has; services that are gone (or l7) lose theirs.
-    fn relayout(&mut self) -> Result<(), DesiredError> {
+    /// Derives the layout of each l4 service that differs from `before`
+    /// (the effective services of the previous state) from its stored one;
+    /// the others keep theirs, and services that are gone (or l7) lose theirs.
+    fn relayout(&mut self, before: &BTreeMap<String, Service>) -> Result<(), DesiredError> {
         let (effective, _) = self.runtime.effective(&self.file());
-        let plans = self.plan(&effective)?;
-        self.layouts = plans.iter().map(|p| (p.name.clone(), Layout::of(p))).collect();
+        let mut layouts = BTreeMap::new();
+        for (name, svc) in effective.services.iter().filter(|(_, s)| s.mode == Mode::L4) {
+            let layout = match self.layouts.get(name) {
+                Some(kept) if before.get(name) == Some(svc) => kept.clone(),
+                stored => {
+                    let slots = stored.and_then(Layout::decode);
+                    Layout::of(&plan_service(name, svc, slots.as_ref().map(Slots::as_previous))?)
+                }
+            };
+            layouts.insert(name.clone(), layout);
+        }
+        self.layouts = layouts;
         Ok(())
-    }
-
-    /// Whether `service` is l4 here (l7 services have no layout).
-    pub fn is_l4(&self, service: &str) -> bool {
-        self.services.get(service).is_some_and(|s| s.mode == Mode::L4)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{control::Request, plan::plan_service};
+    use crate::control::Request;
 
     fn file() -> Config {
         Config::from_yaml(

@@ -246,10 +246,7 @@ fn via_etcd(cfg: &splitter_user::config::Etcd, req: &Request) -> Result<splitter
         let mut store = Store::connect(cfg).await?;
         if let Request::Rollout { service, action: splitter_user::control::RolloutAction::Status } = req {
             let Some((_, d)) = store.load().await? else { bail!("no desired state in etcd yet") };
-            return Ok(match d.runtime.rollouts.get(service) {
-                Some(r) => Response { rollout: Some(r.clone()), ..Response::ok(format!("{service}: rollout")) },
-                None => Response::fail(format!("{service}: no rollout yet")),
-            });
+            return Ok(splitter_user::change::rollout_status(&d.runtime, service));
         }
         let who = format!("cli on {}", splitter_user::config::Config::default_node_name());
         let (revision, _, outcome) = store

@@ -77,7 +77,7 @@ pub struct Store {
     endpoints: String,
 }
 
-pub fn unreachable(cfg: &Etcd, e: impl std::fmt::Display) -> StoreError {
+fn unreachable(cfg: &Etcd, e: impl std::fmt::Display) -> StoreError {
     classify(cfg.endpoints.join(","), e.to_string())
 }
 

@@ -76,6 +76,7 @@ pub(super) async fn start(
     let seed = Desired::seed(local, &node).map_err(|e| AgentError::Store(e.to_string()))?;
     let mut writer = Writer::new(etcd.clone());
     let fetched = writer.with(async |s| s.load().await).await;
+    let reachable = fetched.as_ref().map(drop).map_err(ToString::to_string);
     let (revision, desired) = match (fetched, load_cache(&local.state_dir)) {
         (Ok(Some(found)), _) => found,
         (Ok(None), _) => (0, seed.clone()),
@@ -110,7 +111,7 @@ pub(super) async fn start(
         desired,
         revision,
         writer,
-        reachable: Ok(()),
+        reachable,
         leader: false,
         apply_error: None,
         record: record_tx,
@@ -143,7 +144,9 @@ impl Cluster {
 
 /// Serves `desired` (store revision `revision`) with `config` (this node's
 /// file with the store's services): plans from the stored layouts, installs,
-/// and records the revision as applied. Nothing changes on failure.
+/// and records the revision as applied. Nothing changes on failure. A
+/// revision that serves the same services with the same layouts as the one
+/// served now (a rollout's progress, a pause) is recorded without planning.
 pub(super) fn serve(
     revision: i64,
     desired: Desired,
@@ -156,9 +159,14 @@ pub(super) fn serve(
     for name in dropped {
         warn!(service = %name, "runtime changes in the store no longer fit the service; its file weights apply");
     }
-    check_interfaces(&effective).map_err(|e| e.to_string())?;
-    let plans = desired.plan(&effective).map_err(|e| e.to_string())?;
-    serving.install(&effective, &plans).map_err(|e| e.to_string())?;
+    let c = serving.cluster.as_ref().expect("node mode");
+    let same = desired.layouts == c.desired.layouts && effective.services == c.desired.effective_services();
+    let mut plans = Vec::new();
+    if !same {
+        check_interfaces(&effective).map_err(|e| e.to_string())?;
+        plans = desired.plan(&effective).map_err(|e| e.to_string())?;
+        serving.install(&effective, &plans).map_err(|e| e.to_string())?;
+    }
     *runtime = next;
     let c = serving.cluster.as_mut().expect("node mode");
     save_cache(&c.local.state_dir, revision, &desired);
@@ -224,17 +232,15 @@ pub(super) async fn commit(
     match c.writer.with(async |s| s.commit(expected, &desired).await).await {
         Ok(Some(revision)) => serve(revision, desired, file, runtime, serving).map(drop),
         Ok(None) => {
-            // Someone else changed it first: serve theirs, refuse ours.
-            let latest = c.writer.with(async |s| s.load().await).await;
-            let mut config = file.clone();
-            if let Ok(Some((revision, d))) = latest {
-                let by = format!("{}: {}", d.changed_by, d.change);
-                on_event(StoreEvent::Desired { revision, desired: Box::new(d) }, &mut config, runtime, serving);
-                return Err(format!(
-                    "another change reached the store first (revision {revision}, {by}); nothing of this one changed: look (`splitter status`) and try again"
-                ));
-            }
-            Err(format!("the desired state in etcd at {endpoints} changed meanwhile; nothing changed, try again"))
+            // Someone else changed it first: ours is refused; theirs reaches
+            // this node by the watch, like every other node.
+            let by = match c.writer.with(async |s| s.load().await).await {
+                Ok(Some((revision, d))) => format!(" (revision {revision}, {}: {})", d.changed_by, d.change),
+                _ => String::new(),
+            };
+            Err(format!(
+                "another change reached the store at {endpoints} first{by}; nothing of this one changed: look (`splitter status`) and try again"
+            ))
         }
         Err(e) => Err(format!("{e}; nothing changed (every node keeps serving the last applied state)")),
     }
