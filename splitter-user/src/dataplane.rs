@@ -586,6 +586,22 @@ impl Dataplane {
         Ok(())
     }
 
+    /// Attaches XDP program `name` (generic mode, unpinned, for as long as
+    /// the dataplane lives) to `ifname` of the calling thread's namespace, an
+    /// interface that carries no traffic, only so that test runs are cheap:
+    /// `BPF_PROG_TEST_RUN` of an XDP program attached nowhere adds it to the
+    /// kernel's XDP dispatcher and takes it out again on every call, each time
+    /// waiting for an RCU grace period (tens of ms on an idle machine).
+    pub fn hold_for_test_runs(&mut self, name: &'static str, ifname: &str) -> Result<(), DataplaneError> {
+        let prog = xdp_program(&mut self.ebpf, name)?;
+        prog.attach(ifname, XdpMode::Skb).map_err(|source| DataplaneError::Attach {
+            what: "test-run holder",
+            ifname: ifname.to_owned(),
+            source,
+        })?;
+        Ok(())
+    }
+
     /// Instructions the verifier processed to accept program `name`.
     pub fn verified_instructions(&self, name: &'static str) -> Result<Option<u32>, DataplaneError> {
         let prog = self.ebpf.program(name).ok_or(DataplaneError::Missing { kind: "program", name })?;

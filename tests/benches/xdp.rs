@@ -68,7 +68,7 @@ fn ns(d: Duration) -> f64 {
 fn main() {
     splitter_tests::require_root("the XDP benchmark");
     let mut h = Harness::with_config(CONFIG);
-    h.dp.load_floor().expect("load the floor program");
+    h.load_floor();
     // The VIP is routed out of fxa with a permanent neighbour: the established
     // flow takes the whole path, FIB lookup and redirect included.
     h.net.ns.ip(&["route", "add", "203.0.113.0/24", "dev", "fxa"]).expect("route");

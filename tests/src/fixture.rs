@@ -8,7 +8,10 @@
 
 use std::fmt::Write as _;
 
-use splitter_common::stats::Stat;
+use splitter_common::{
+    names::{PROG_FLOOR, PROG_INGRESS},
+    stats::Stat,
+};
 use splitter_user::{config::Config, dataplane::Dataplane, netns::NetNs, plan::ServicePlan};
 
 use crate::netns::netns;
@@ -133,6 +136,9 @@ impl FixtureNet {
             "address",
             &mac(FXN_MAC),
         ]);
+        // Carries no traffic: it only holds the programs (see
+        // `Dataplane::hold_for_test_runs`).
+        ip(&["link", "add", "name", "fxh0", "type", "veth", "peer", "name", "fxh1"]);
         ip(&["link", "set", "dev", "fxm", "up"]);
         ip(&["link", "set", "dev", "fxn", "up"]);
         ip(&["addr", "add", "198.51.100.1/24", "dev", "fxa"]);
@@ -185,8 +191,17 @@ impl Harness {
         let config = Config::from_yaml(yaml).expect("fixture config");
         let dp = Dataplane::load(config.flow_table_size).expect("loading and verifying the embedded eBPF object");
         let mut h = Harness { dp, net: FixtureNet::new(), plans: Vec::new() };
+        let dp = &mut h.dp;
+        h.net.ns.run(|| dp.hold_for_test_runs(PROG_INGRESS, "fxh0")).expect("hold the ingress program");
         h.apply(&config);
         h
+    }
+
+    /// Loads the empty program the benchmarks measure against.
+    pub fn load_floor(&mut self) {
+        self.dp.load_floor().expect("load the floor program");
+        let dp = &mut self.dp;
+        self.net.ns.run(|| dp.hold_for_test_runs(PROG_FLOOR, "fxh1")).expect("hold the floor program");
     }
 
     /// Plans `config` from the current tables and applies it, as a reload does.
