@@ -1,9 +1,29 @@
-//! Per-CPU counters of the data path: one `u64` slot per [`Stat`].
+//! Per-CPU counters of the data path: one `u64` slot per [`Stat`], all in
+//! one [`StatBlock`] per CPU.
 //!
 //! The kernel never logs per packet; it increments one of these. The agent sums
 //! the per-CPU values and shows them by [`Stat::name`].
 
-/// Index of a counter in the `SPLITTER_STATS` per-CPU array.
+use bytemuck::{Pod, Zeroable};
+
+/// The value of the one entry of the `SPLITTER_STATS` per-CPU array: every
+/// counter of one CPU. A program looks it up once per packet and then counts
+/// with a plain add at a fixed offset (one lookup per counter cost the
+/// established-flow path eight lookups).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub struct StatBlock {
+    pub counts: [u64; Stat::COUNT as usize],
+}
+
+const _: () = assert!(core::mem::size_of::<StatBlock>() == 8 * Stat::COUNT as usize);
+
+#[cfg(feature = "user")]
+// SAFETY: StatBlock is repr(C), u64s only (no padding, size asserted above),
+// valid for any bit pattern.
+unsafe impl aya::Pod for StatBlock {}
+
+/// Index of a counter in a [`StatBlock`].
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stat {

@@ -10,7 +10,6 @@ use core::mem;
 use aya_ebpf::{
     bindings::{bpf_fib_lookup, xdp_action, BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_REDIRECT},
     helpers::generated::{bpf_fib_lookup as fib_lookup, bpf_redirect},
-    programs::XdpContext,
 };
 use network_types::eth::EthHdr;
 use splitter_common::{
@@ -20,8 +19,7 @@ use splitter_common::{
 };
 
 use crate::{
-    counters,
-    frame::Frame,
+    frame::{Frame, Ingress, Skb},
     parse::{ptr_at, Packet},
 };
 
@@ -40,7 +38,7 @@ pub fn next_hop<C: Frame>(
     now: u64,
 ) -> Option<NextHop> {
     if cache.ifindex != 0 && now.wrapping_sub(cache.looked_up_ns) < FIB_REFRESH_NS {
-        counters::inc(Stat::FibCached);
+        ctx.stats().inc(Stat::FibCached);
         return Some(*cache);
     }
     let mut params = mem::MaybeUninit::uninit();
@@ -59,7 +57,7 @@ pub fn next_hop<C: Frame>(
     // SAFETY: the helper reads and writes only `p`, whose size we pass.
     let rc = unsafe { fib_lookup(ctx.as_ptr(), p, mem::size_of::<bpf_fib_lookup>() as i32, 0) };
     if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
-        counters::inc(Stat::FibPass);
+        ctx.stats().inc(Stat::FibPass);
         cache.ifindex = 0;
         return None;
     }
@@ -120,18 +118,18 @@ pub fn put_macs<C: Frame>(ctx: &C, hop: &NextHop) -> bool {
 
 /// Puts the next hop's MACs on the frame and sends it out of its interface.
 #[inline(always)]
-pub fn send(ctx: &XdpContext, hop: &NextHop) -> u32 {
+pub fn send(ctx: &Ingress, hop: &NextHop) -> u32 {
     if !put_macs(ctx, hop) {
         return xdp_action::XDP_PASS;
     }
-    if hop.ifindex == ctx.ingress_ifindex() as u32 {
-        counters::inc(Stat::Tx);
+    if hop.ifindex == ctx.arrival_ifindex() {
+        ctx.stats.inc(Stat::Tx);
         return xdp_action::XDP_TX;
     }
     // SAFETY: plain helper call.
     let action = unsafe { bpf_redirect(hop.ifindex, 0) } as u32;
     if action == xdp_action::XDP_REDIRECT {
-        counters::inc(Stat::Redirected);
+        ctx.stats.inc(Stat::Redirected);
     }
     action
 }
@@ -139,11 +137,11 @@ pub fn send(ctx: &XdpContext, hop: &NextHop) -> u32 {
 /// The TC twin of [`send`] for a frame whose MACs are already set: out of the
 /// next hop's interface (the one it came in on included).
 #[inline(always)]
-pub fn redirect_skb(hop: &NextHop) -> i32 {
+pub fn redirect_skb(ctx: &Skb, hop: &NextHop) -> i32 {
     // SAFETY: plain helper call.
     let action = unsafe { bpf_redirect(hop.ifindex, 0) } as i32;
     if action == TC_ACT_REDIRECT {
-        counters::inc(Stat::Redirected);
+        ctx.stats.inc(Stat::Redirected);
     }
     action
 }

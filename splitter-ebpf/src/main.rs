@@ -22,7 +22,8 @@ use splitter_common::{
 };
 
 use crate::{
-    counters::Direction,
+    counters::{Direction, Stats},
+    frame::{Frame, Ingress},
     maps::{SPLITTER_FLOWS, SPLITTER_REVERSE, SPLITTER_SERVICES},
     nat::Side,
     parse::{Packet, Parsed, Verdict, IPPROTO_TCP, TCP_FIN, TCP_RST},
@@ -38,18 +39,21 @@ const HANDOFF: u32 = 1 << 30;
 /// else goes to the stack untouched.
 #[xdp]
 pub fn splitter_ingress(ctx: XdpContext) -> u32 {
-    let mut action = try_ingress(&ctx);
+    let Some(stats) = Stats::this_cpu() else {
+        return xdp_action::XDP_PASS;
+    };
+    let mut action = try_ingress(&Ingress { ctx: &ctx, stats });
     if action & events::PENDING != 0 {
         events::flush(&ctx);
         action &= !events::PENDING;
     }
     if action & HANDOFF != 0 {
-        counters::inc(Stat::MirrorHandoff);
+        stats.inc(Stat::MirrorHandoff);
         return action & !HANDOFF;
     }
     match action {
-        xdp_action::XDP_DROP => counters::inc(Stat::Dropped),
-        xdp_action::XDP_PASS => counters::inc(Stat::Passed),
+        xdp_action::XDP_DROP => stats.inc(Stat::Dropped),
+        xdp_action::XDP_PASS => stats.inc(Stat::Passed),
         _ => {}
     }
     action
@@ -63,13 +67,13 @@ pub fn splitter_floor(_ctx: XdpContext) -> u32 {
 }
 
 #[inline(always)]
-fn try_ingress(ctx: &XdpContext) -> u32 {
-    counters::inc(Stat::RxPackets);
-    counters::add(Stat::RxBytes, (ctx.data_end() - ctx.data()) as u64);
+fn try_ingress(ctx: &Ingress) -> u32 {
+    ctx.stats.inc(Stat::RxPackets);
+    ctx.stats.add(Stat::RxBytes, (ctx.data_end() - ctx.data()) as u64);
 
     match parse::parse(ctx) {
         Ok(Parsed::Flow(pkt)) => {
-            counters::inc(match pkt.key.proto {
+            ctx.stats.inc(match pkt.key.proto {
                 IPPROTO_TCP => Stat::Tcp,
                 _ => Stat::Udp,
             });
@@ -79,9 +83,13 @@ fn try_ingress(ctx: &XdpContext) -> u32 {
                 // SAFETY: the map's value; see `established` on racing writes.
                 return established(ctx, &pkt, unsafe { &mut *state });
             }
-            if let Some(rev) = SPLITTER_REVERSE.get_ptr_mut(pkt.key) {
-                // SAFETY: as above.
-                return to_client(ctx, &pkt, unsafe { &mut *rev });
+            // A connection's first segment (SYN without ACK) is never a reply:
+            // a new TCP flow skips the reverse table (a cold miss).
+            if !pkt.is_syn() {
+                if let Some(rev) = SPLITTER_REVERSE.get_ptr_mut(pkt.key) {
+                    // SAFETY: as above.
+                    return to_client(ctx, &pkt, unsafe { &mut *rev });
+                }
             }
             if let Some(svc) = unsafe { SPLITTER_SERVICES.get(ServiceKey::of_flow(&pkt.key)) } {
                 let svc = *svc;
@@ -90,7 +98,7 @@ fn try_ingress(ctx: &XdpContext) -> u32 {
             xdp_action::XDP_PASS
         }
         Ok(Parsed::Other(verdict)) => {
-            counters::inc(match verdict {
+            ctx.stats.inc(match verdict {
                 Verdict::NonIp => Stat::NonIp,
                 Verdict::Icmp => Stat::Icmp,
                 Verdict::OtherL4 => Stat::OtherL4,
@@ -102,7 +110,7 @@ fn try_ingress(ctx: &XdpContext) -> u32 {
         // Policy: a packet we cannot parse is not ours to judge; the stack
         // validates it again and drops it with its own accounting.
         Err(reason) => {
-            counters::inc(reason.stat());
+            ctx.stats.inc(reason.stat());
             xdp_action::XDP_PASS
         }
     }
@@ -112,9 +120,9 @@ fn try_ingress(ctx: &XdpContext) -> u32 {
 /// keeps it whatever happened to the service's tables since (or to the
 /// service: a removed service's flows finish where they are).
 #[inline(always)]
-fn established(ctx: &XdpContext, pkt: &Packet, state: &mut FlowState) -> u32 {
-    counters::inc(Stat::ServicePackets);
-    counters::inc(Stat::FlowHits);
+fn established(ctx: &Ingress, pkt: &Packet, state: &mut FlowState) -> u32 {
+    ctx.stats.inc(Stat::ServicePackets);
+    ctx.stats.inc(Stat::FlowHits);
     // SAFETY: plain helper call. Coarse time (jiffies) is plenty for idle
     // aging and FIB refresh, and cheaper than bpf_ktime_get_ns.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
@@ -136,21 +144,21 @@ fn established(ctx: &XdpContext, pkt: &Packet, state: &mut FlowState) -> u32 {
 /// Client → service, first packet of a flow (or one whose entry is gone):
 /// place it, remember it (both ways), then DNAT.
 #[inline(always)]
-fn new_flow(ctx: &XdpContext, pkt: &Packet, svc: &ServiceRef) -> u32 {
-    counters::inc(Stat::ServicePackets);
+fn new_flow(ctx: &Ingress, pkt: &Packet, svc: &ServiceRef) -> u32 {
+    ctx.stats.inc(Stat::ServicePackets);
     // SAFETY: plain helper call.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
     let placed = match select::place(&pkt.key, svc) {
         Ok(placed) => placed,
         Err(select::NoPlace::BadTable) => {
-            counters::inc(Stat::NoTable);
+            ctx.stats.inc(Stat::NoTable);
             return xdp_action::XDP_DROP | events::note(events::Event::BadTable, svc.table, now);
         }
     };
     let (ep, idx, mirror) = (placed.endpoint, placed.index, placed.mirror_ifindex);
     let service = (svc.table / 2) as u16;
     let adopted = !pkt.opens_flow();
-    counters::inc(if adopted { Stat::Adopted } else { Stat::NewFlows });
+    ctx.stats.inc(if adopted { Stat::Adopted } else { Stat::NewFlows });
     counters::endpoint(service, idx, Direction::In, (ctx.data_end() - ctx.data()) as u64, true);
     let mirror_flag = if mirror != 0 { FLOW_MIRROR } else { 0 };
     let mut state = FlowState {
@@ -195,7 +203,7 @@ fn new_flow(ctx: &XdpContext, pkt: &Packet, svc: &ServiceRef) -> u32 {
         Ok(()) if mirror != 0 => return xdp_action::XDP_PASS | HANDOFF,
         Ok(()) => {}
         Err(e) => {
-            counters::inc(Stat::FlowInsertFailed);
+            ctx.stats.inc(Stat::FlowInsertFailed);
             event = events::note(events::Event::FlowInsert, e.unsigned_abs(), now);
             // The TC program would not find the flow: no copy, forwarded here.
             if mirror != 0 {
@@ -209,12 +217,12 @@ fn new_flow(ctx: &XdpContext, pkt: &Packet, svc: &ServiceRef) -> u32 {
 /// DNAT to `backend:port` and send the packet on (`hop`, else the stack). A
 /// TCP RST ends the flow here rather than when it ages out.
 #[inline(always)]
-fn to_backend(ctx: &XdpContext, pkt: &Packet, backend: &[u32; 4], port: u16, hop: Option<NextHop>) -> u32 {
+fn to_backend(ctx: &Ingress, pkt: &Packet, backend: &[u32; 4], port: u16, hop: Option<NextHop>) -> u32 {
     if pkt.key.proto == IPPROTO_TCP && pkt.tcp_flags & TCP_RST != 0 {
         let _ = SPLITTER_FLOWS.remove(pkt.key);
     }
     if let Err(e) = nat::rewrite(ctx, pkt, Side::Dst, backend, port) {
-        e.count();
+        e.count(ctx.stats);
         return xdp_action::XDP_PASS;
     }
     match hop {
@@ -225,8 +233,8 @@ fn to_backend(ctx: &XdpContext, pkt: &Packet, backend: &[u32; 4], port: u16, hop
 
 /// Endpoint → client: SNAT back to the VIP so the client only sees the VIP.
 #[inline(always)]
-fn to_client(ctx: &XdpContext, pkt: &Packet, rev: &mut ReverseNat) -> u32 {
-    counters::inc(Stat::Replies);
+fn to_client(ctx: &Ingress, pkt: &Packet, rev: &mut ReverseNat) -> u32 {
+    ctx.stats.inc(Stat::Replies);
     counters::endpoint(rev.service, rev.endpoint, Direction::Out, (ctx.data_end() - ctx.data()) as u64, false);
     if pkt.key.proto == IPPROTO_TCP && pkt.tcp_flags & TCP_RST != 0 {
         counters::reset(rev.service, rev.endpoint);
@@ -238,7 +246,7 @@ fn to_client(ctx: &XdpContext, pkt: &Packet, rev: &mut ReverseNat) -> u32 {
     let now = unsafe { bpf_ktime_get_coarse_ns() };
     let hop = forward::next_hop(ctx, pkt, &rev.vip, &pkt.key.dst_addr, &mut rev.hop, now);
     if let Err(e) = nat::rewrite(ctx, pkt, Side::Src, &rev.vip, rev.vip_port) {
-        e.count();
+        e.count(ctx.stats);
         return xdp_action::XDP_PASS;
     }
     match hop {

@@ -10,13 +10,13 @@ use splitter_common::{
         EndpointStats, FlowState, ReverseNat, SelectionTable, ServiceKey, ServiceRef, DEFAULT_FLOW_TABLE_SIZE,
         ENDPOINT_STATS_LEN, LOG_EVENTS, MAX_SERVICES, MAX_TABLES,
     },
-    stats::Stat,
+    stats::StatBlock,
     FlowKey,
 };
 
-/// Per-CPU `u64` counters indexed by `Stat`.
+/// Per CPU, every counter (`StatBlock`, indexed by `Stat`): one entry.
 #[map]
-pub static SPLITTER_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Stat::COUNT, 0);
+pub static SPLITTER_STATS: PerCpuArray<StatBlock> = PerCpuArray::with_max_entries(1, 0);
 
 /// Service address → live selection-table generation.
 #[map]

@@ -25,8 +25,9 @@ use splitter_common::{
 };
 
 use crate::{
-    counters, forward,
-    frame::Uncounted,
+    counters::{self, Stats},
+    forward,
+    frame::{Skb, Uncounted},
     maps::{SPLITTER_FLOWS, SPLITTER_REVERSE, SPLITTER_SERVICES},
     nat::{self, Side},
     parse::{self, Packet, Parsed, IPPROTO_TCP, TCP_RST},
@@ -43,29 +44,33 @@ const HEADERS: u32 = 14 + 4 + 60 + 20;
 /// On the TC ingress hook of every interface the XDP program serves.
 #[classifier]
 pub fn splitter_mirror(ctx: TcContext) -> i32 {
-    try_mirror(&ctx)
+    let Some(stats) = Stats::this_cpu() else {
+        return TC_ACT_OK;
+    };
+    try_mirror(&Skb { ctx: &ctx, stats })
 }
 
 #[inline(always)]
-fn try_mirror(ctx: &TcContext) -> i32 {
+fn try_mirror(skb: &Skb) -> i32 {
+    let ctx = skb.ctx;
     let linear = (ctx.data_end() - ctx.data()) as u32;
     if linear < HEADERS && ctx.len() > linear {
         let _ = ctx.pull_data(ctx.len().min(HEADERS));
     }
-    let Ok(Parsed::Flow(pkt)) = parse::parse(ctx) else {
+    let Ok(Parsed::Flow(pkt)) = parse::parse(skb) else {
         return TC_ACT_OK;
     };
     if let Some(state) = SPLITTER_FLOWS.get_ptr_mut(pkt.key) {
         // SAFETY: the map's value; concurrent writers store equivalent values.
         let state = unsafe { &mut *state };
         if state.flags & FLOW_MIRROR != 0 {
-            return to_service(ctx, &pkt, state);
+            return to_service(skb, &pkt, state);
         }
     } else if let Some(rev) = SPLITTER_REVERSE.get_ptr_mut(pkt.key) {
         // SAFETY: as above.
         let rev = unsafe { &mut *rev };
         if rev.flags & FLOW_MIRROR != 0 {
-            return to_client(ctx, &pkt, rev);
+            return to_client(skb, &pkt, rev);
         }
     }
     TC_ACT_OK
@@ -73,69 +78,71 @@ fn try_mirror(ctx: &TcContext) -> i32 {
 
 /// Client → service: copy as received, then DNAT and forward.
 #[inline(always)]
-fn to_service(ctx: &TcContext, pkt: &Packet, state: &mut FlowState) -> i32 {
-    copy(ctx, state.mirror_ifindex, state.service, state.endpoint);
+fn to_service(skb: &Skb, pkt: &Packet, state: &mut FlowState) -> i32 {
+    let ctx = skb.ctx;
+    copy(skb, state.mirror_ifindex, state.service, state.endpoint);
     // The copy shares the packet's data: make ours private before writing.
     if ctx.pull_data(0).is_err() {
-        counters::inc(Stat::Dropped);
+        skb.stats.inc(Stat::Dropped);
         return TC_ACT_SHOT;
     }
     // SAFETY: plain helper call.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
-    let hop = forward::next_hop(ctx, pkt, &pkt.key.src_addr, &state.backend, &mut state.hop, now);
+    let hop = forward::next_hop(skb, pkt, &pkt.key.src_addr, &state.backend, &mut state.hop, now);
     let (backend, port) = (state.backend, state.backend_port);
     if pkt.key.proto == IPPROTO_TCP && pkt.tcp_flags & TCP_RST != 0 {
         let _ = SPLITTER_FLOWS.remove(pkt.key);
     }
-    match nat::rewrite(ctx, pkt, Side::Dst, &backend, port) {
+    match nat::rewrite(skb, pkt, Side::Dst, &backend, port) {
         Ok(sum) => follow_complete_sum(ctx, sum),
         Err(e) => {
-            e.count();
+            e.count(skb.stats);
             return TC_ACT_OK;
         }
     }
     match hop {
-        Some(hop) if forward::put_macs(ctx, &hop) => forward::redirect_skb(&hop),
+        Some(hop) if forward::put_macs(skb, &hop) => forward::redirect_skb(skb, &hop),
         _ => TC_ACT_OK,
     }
 }
 
 /// Endpoint → client: SNAT, then copy as the client receives it, then forward.
 #[inline(always)]
-fn to_client(ctx: &TcContext, pkt: &Packet, rev: &mut ReverseNat) -> i32 {
+fn to_client(skb: &Skb, pkt: &Packet, rev: &mut ReverseNat) -> i32 {
     // SAFETY: plain helper call.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
-    let hop = forward::next_hop(ctx, pkt, &rev.vip, &pkt.key.dst_addr, &mut rev.hop, now);
-    match nat::rewrite(ctx, pkt, Side::Src, &rev.vip, rev.vip_port) {
-        Ok(sum) => follow_complete_sum(ctx, sum),
+    let hop = forward::next_hop(skb, pkt, &rev.vip, &pkt.key.dst_addr, &mut rev.hop, now);
+    match nat::rewrite(skb, pkt, Side::Src, &rev.vip, rev.vip_port) {
+        Ok(sum) => follow_complete_sum(skb.ctx, sum),
         Err(e) => {
-            e.count();
+            e.count(skb.stats);
             return TC_ACT_OK;
         }
     }
     let hop = match hop {
-        Some(hop) if forward::put_macs(ctx, &hop) => Some(hop),
+        Some(hop) if forward::put_macs(skb, &hop) => Some(hop),
         _ => None,
     };
-    copy(ctx, rev.mirror_ifindex, rev.service, rev.endpoint);
+    copy(skb, rev.mirror_ifindex, rev.service, rev.endpoint);
     match hop {
-        Some(hop) => forward::redirect_skb(&hop),
+        Some(hop) => forward::redirect_skb(skb, &hop),
         None => TC_ACT_OK,
     }
 }
 
 /// Sends a copy of the packet as it is now out of `ifindex`, counted.
 #[inline(always)]
-fn copy(ctx: &TcContext, ifindex: u32, service: u16, endpoint: u8) {
+fn copy(skb: &Skb, ifindex: u32, service: u16, endpoint: u8) {
+    let ctx = skb.ctx;
     // A coalesced (GRO) packet stands for several on the wire.
     // SAFETY: the context pointer the kernel passed to the program.
     let segments = u64::from(unsafe { (*ctx.skb.skb).gso_segs }.max(1));
     match ctx.clone_redirect(ifindex, 0) {
         Ok(()) => {
-            counters::add(Stat::Mirrored, segments);
+            skb.stats.add(Stat::Mirrored, segments);
             counters::mirrored(service, endpoint, segments, u64::from(ctx.len()));
         }
-        Err(e) => counters::inc(match -e {
+        Err(e) => skb.stats.inc(match -e {
             ENETDOWN => Stat::MirrorDown,
             ENODEV | EINVAL => Stat::MirrorNoDevice,
             // NET_XMIT_DROP / NET_XMIT_CN from the device's queue.
@@ -158,13 +165,15 @@ fn follow_complete_sum(ctx: &TcContext, sum: Delta) {
 /// Everything else passes.
 #[xdp]
 pub fn splitter_mirror_guard(ctx: XdpContext) -> u32 {
-    let frame = Uncounted(&ctx);
-    let Ok(Parsed::Flow(pkt)) = parse::parse(&frame) else {
+    let Some(stats) = Stats::this_cpu() else {
+        return xdp_action::XDP_PASS;
+    };
+    let Ok(Parsed::Flow(pkt)) = parse::parse(&Uncounted { ctx: &ctx, stats }) else {
         return xdp_action::XDP_PASS;
     };
     // SAFETY: a plain lookup; the value is not kept.
     if unsafe { SPLITTER_SERVICES.get(ServiceKey::of_reply(&pkt.key)) }.is_some() {
-        counters::inc(Stat::ShadowReplies);
+        stats.inc(Stat::ShadowReplies);
         return xdp_action::XDP_DROP;
     }
     xdp_action::XDP_PASS

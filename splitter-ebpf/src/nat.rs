@@ -7,7 +7,7 @@ use network_types::ip::{Ipv4Hdr, Ipv6Hdr};
 use splitter_common::{csum::Delta, stats::Stat, FAMILY_V4};
 
 use crate::{
-    counters,
+    counters::Stats,
     frame::Frame,
     parse::{ptr_at, words, Malformed, Packet, IPPROTO_TCP},
 };
@@ -31,8 +31,8 @@ pub enum NatError {
 impl NatError {
     /// Counts the failure; the caller leaves the packet to the stack.
     #[inline(always)]
-    pub fn count(self) {
-        counters::inc(match self {
+    pub fn count(self, stats: Stats) {
+        stats.inc(match self {
             NatError::TtlExpired => Stat::TtlExpired,
             NatError::Malformed(reason) => reason.stat(),
         })

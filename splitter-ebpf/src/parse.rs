@@ -8,7 +8,7 @@ use core::mem;
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, ip::Ipv6Hdr, tcp::TcpHdr, udp::UdpHdr};
 use splitter_common::{stats::Stat, FlowKey, FAMILY_V4, FAMILY_V6};
 
-use crate::{counters, frame::Frame};
+use crate::frame::Frame;
 
 pub const IPPROTO_ICMP: u8 = 1;
 pub const IPPROTO_TCP: u8 = 6;
@@ -45,7 +45,13 @@ impl Packet {
     /// datagram (a UDP "connection" starts wherever there is no entry).
     #[inline(always)]
     pub fn opens_flow(&self) -> bool {
-        self.key.proto != IPPROTO_TCP || self.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+        self.key.proto != IPPROTO_TCP || self.is_syn()
+    }
+
+    /// A TCP SYN without ACK: the first segment of a connection.
+    #[inline(always)]
+    pub fn is_syn(&self) -> bool {
+        self.key.proto == IPPROTO_TCP && self.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
     }
 }
 
@@ -134,7 +140,7 @@ fn parse_v4<C: Frame>(ctx: &C, l3_off: usize) -> Result<Parsed, Malformed> {
         return Err(Malformed::BadHeader);
     }
     if C::COUNTS {
-        counters::inc(Stat::Ipv4);
+        ctx.stats().inc(Stat::Ipv4);
     }
     // Ethernet may pad a short packet, so the frame may be longer than the
     // datagram, never shorter.
@@ -168,7 +174,7 @@ fn parse_v6<C: Frame>(ctx: &C, l3_off: usize) -> Result<Parsed, Malformed> {
         return Err(Malformed::BadHeader);
     }
     if C::COUNTS {
-        counters::inc(Stat::Ipv6);
+        ctx.stats().inc(Stat::Ipv6);
     }
     let payload_len = u16::from_be_bytes(ip.payload_len) as usize;
     if l3_off + Ipv6Hdr::LEN + payload_len > ctx.data_end() - ctx.data() {

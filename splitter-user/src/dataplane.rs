@@ -38,7 +38,7 @@ use splitter_common::{
         endpoint_stats_index, EndpointStats, FlowState, ReverseNat, SelectionTable, ServiceKey, ServiceRef,
         MAX_ENDPOINTS, MAX_SERVICES,
     },
-    stats::Stat,
+    stats::{Stat, StatBlock},
     FlowKey,
 };
 
@@ -711,7 +711,7 @@ impl Dataplane {
     /// Current counters, summed over CPUs.
     pub fn stats(&self) -> Result<Counters, DataplaneError> {
         let map = self.ebpf.map(MAP_STATS).ok_or(DataplaneError::Missing { kind: "map", name: MAP_STATS })?;
-        let array: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map)?;
+        let array: PerCpuArray<&MapData, StatBlock> = PerCpuArray::try_from(map)?;
         Counters::read(&array)
     }
 }
@@ -855,11 +855,12 @@ impl Default for Counters {
 }
 
 impl Counters {
-    fn read<T: std::borrow::Borrow<MapData>>(array: &PerCpuArray<T, u64>) -> Result<Counters, DataplaneError> {
+    fn read<T: std::borrow::Borrow<MapData>>(array: &PerCpuArray<T, StatBlock>) -> Result<Counters, DataplaneError> {
         let mut c = Counters::default();
-        for stat in Stat::ALL {
-            let per_cpu = array.get(&(stat as u32), 0)?;
-            c.0[stat as usize] = per_cpu.iter().sum();
+        for block in array.get(&0, 0)?.iter() {
+            for (sum, n) in c.0.iter_mut().zip(block.counts) {
+                *sum += n;
+            }
         }
         Ok(c)
     }
@@ -913,7 +914,7 @@ pub fn ensure_bpffs(dir: &Path) -> Result<(), DataplaneError> {
 /// The maps a running agent pinned under its `pin_path`, opened once: what
 /// `splitter status` (and the demo) read.
 pub struct PinnedMaps {
-    stats: PerCpuArray<MapData, u64>,
+    stats: PerCpuArray<MapData, StatBlock>,
     services: HashMap<MapData, ServiceKey, ServiceRef>,
     tables: Array<MapData, SelectionTable>,
     flows: HashMap<MapData, FlowKey, FlowState>,
@@ -1015,7 +1016,7 @@ mod tests {
     use splitter_common::{
         names::*,
         service::{EndpointStats, FlowState, ReverseNat, SelectionTable, ServiceKey, ServiceRef, LOG_EVENTS},
-        stats::Stat,
+        stats::StatBlock,
         FlowKey,
     };
 
@@ -1030,7 +1031,7 @@ mod tests {
             assert!(obj.programs.contains_key(prog), "no program {prog} in the object");
         }
         let layout = [
-            (MAP_STATS, size_of::<u32>(), size_of::<u64>(), Some(Stat::COUNT)),
+            (MAP_STATS, size_of::<u32>(), size_of::<StatBlock>(), Some(1)),
             (MAP_SERVICES, size_of::<ServiceKey>(), size_of::<ServiceRef>(), None),
             (MAP_TABLES, size_of::<u32>(), size_of::<SelectionTable>(), None),
             (MAP_FLOWS, size_of::<FlowKey>(), size_of::<FlowState>(), None),
