@@ -118,8 +118,5 @@ fn main() {
         rss100 as f64 / 1024.0
     )
     .unwrap();
-    print!("{md}");
-    let out = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
-    std::fs::create_dir_all(&out).unwrap();
-    std::fs::write(out.join("control.md"), md).unwrap();
+    splitter_tests::report::write_md("control", &md);
 }

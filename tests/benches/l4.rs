@@ -24,6 +24,7 @@ use splitter_tests::{
     load::{bulk, connection_rate, median, serve_sink, Rate},
     netns::unique_name,
     peers::{Haproxy, Nftables},
+    report::{self, Bar},
 };
 use splitter_user::{agent_process::AgentProcess, demo::serve_tcp, demo::Topology};
 
@@ -168,8 +169,11 @@ fn main() {
     .unwrap();
     writeln!(md, "Where splitter loses: many parallel bulk streams through XDP redirects into veth move less than the kernel's forwarding path here (nftables forwards skbs, coalesced by GRO/GSO); a single stream and connection setup do not show it. Two-queue veths did not change it (tried); not yet understood — on a NIC with XDP in the driver the trade-off differs. New connections through splitter pay the new-flow cost of the XDP program (two LRU inserts, ~2 µs; issue #3).").unwrap();
     writeln!(md, "The XDP path and nftables run in softirq on whatever core the packet lands on, beside the client and the backends on this 2-core VM; per-connection LB CPU time cannot be told apart from theirs here, so it is not reported. Each path is alone in the lb namespace while measured.").unwrap();
-    print!("{md}");
-    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
-    std::fs::create_dir_all(&out).expect("target/bench");
-    std::fs::write(out.join("l4.md"), &md).expect("write target/bench/l4.md");
+    report::write_md("l4", &md);
+    let bars: Vec<Bar> = names
+        .iter()
+        .zip(&runs)
+        .map(|(name, r)| Bar::new(name, median(r.rate.iter().map(|x| x.per_sec).collect())))
+        .collect();
+    report::write_chart("l4", "L4 over veth: new connections/s", "connections/s", true, &bars);
 }

@@ -26,6 +26,7 @@ use splitter_tests::{
     load::median,
     netns::unique_name,
     peers::{Haproxy, Nginx},
+    report::{self, Bar},
     rss_kib,
 };
 use splitter_user::{agent_process::AgentProcess, demo::Topology, netns::NetNs};
@@ -222,10 +223,13 @@ fn main() {
         rss_nginx as f64 / 1024.0
     )
     .unwrap();
-    print!("{md}");
-    let out = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
-    std::fs::create_dir_all(&out).unwrap();
-    std::fs::write(out.join("l7.md"), &md).unwrap();
+    report::write_md("l7", &md);
+    let bars: Vec<Bar> = scenarios
+        .iter()
+        .zip(&results)
+        .map(|((name, _), runs)| Bar::new(name, median(runs.iter().map(|r| r.rps).collect())))
+        .collect();
+    report::write_chart("l7", &format!("L7 proxy, {CONNS} connections: requests/s"), "requests/s", true, &bars);
     drop(haproxy);
     drop(agent);
 }

@@ -157,8 +157,5 @@ fn main() {
         "\nIn the mirrored rounds {copies} copies (both directions) left lb-mirror while the service received {packets} client packets (a copy of a coalesced packet counts per segment). Client, LB and backends share this machine's cores: the ratio is the point."
     )
     .unwrap();
-    print!("{md}");
-    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
-    std::fs::create_dir_all(&out).expect("target/bench");
-    std::fs::write(out.join("mirror.md"), &md).expect("write target/bench/mirror.md");
+    splitter_tests::report::write_md("mirror", &md);
 }

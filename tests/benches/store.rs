@@ -136,8 +136,5 @@ fn main() {
         "\nFrom the `splitter weight --etcd` call (a new CLI process: connect, read, compare-and-swap) until all {NODES} nodes' registrations in etcd name the new revision as applied (each node: watch event, plan from the stored layouts, table writes, registration put). With 100 services a change re-plans every service on every node; only the changed table is written."
     )
     .unwrap();
-    print!("{md}");
-    let out = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
-    std::fs::create_dir_all(&out).unwrap();
-    std::fs::write(out.join("store.md"), md).unwrap();
+    splitter_tests::report::write_md("store", &md);
 }

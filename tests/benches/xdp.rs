@@ -34,6 +34,7 @@ use splitter_common::names::{PROG_FLOOR, PROG_INGRESS, PROG_MIRROR};
 use splitter_tests::{
     fixture::{net::*, Harness},
     packet::{Frame, Tcp},
+    report::{self, Bar},
 };
 
 /// New flows per round.
@@ -219,8 +220,15 @@ fn main() {
     )
     .unwrap();
     writeln!(md, "Targets (issue #3): established ≤ 120 ns, new flow ≤ 500 ns, verifier ≤ 100k instructions; Katran's whole program measures ~100–120 ns this way.").unwrap();
-    print!("{md}");
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
-    std::fs::create_dir_all(&dir).expect("target/bench");
-    std::fs::write(dir.join("xdp.md"), &md).expect("write target/bench/xdp.md");
+    report::write_md("xdp", &md);
+    let bar = |label: &str, s: &Stats| Bar::new(label, (s.median, s.min, s.max));
+    let bars = [
+        bar("empty program (floor)", &floor),
+        bar("non-service packet", &pass),
+        bar("established flow", &est),
+        bar("established flow, reply", &replies),
+        bar("new flow (one run per call)", &new1),
+        bar("mirrored flow, XDP + TC", &both),
+    ];
+    report::write_chart("xdp", "XDP program cost (BPF_PROG_TEST_RUN)", "ns/packet", false, &bars);
 }

@@ -1,7 +1,8 @@
 //! Harnesses shared by splitter's tests: network namespaces and veth pairs
 //! (`netns`), test packets (`packet`), `BPF_PROG_TEST_RUN` fixtures
 //! (`fixture`), the real agent as a child process (`agent`) and real HTTP
-//! backends and clients (`http`).
+//! backends and clients (`http`), and what benchmarks leave for `cargo xtask
+//! bench` (`report`).
 //!
 //! Tests that need root or the eBPF object call [`require_root`] and fail
 //! loudly when they cannot run: nothing here skips silently.
@@ -15,6 +16,7 @@ pub mod netns;
 pub mod packet;
 pub mod peers;
 pub mod raw;
+pub mod report;
 
 /// Panics unless the test runs as root (CI does). A test that needs the kernel
 /// must not pass by doing nothing.

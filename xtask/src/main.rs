@@ -3,6 +3,7 @@
 //! the supported kind needs nothing but this repository and cargo.
 
 mod bootstrap;
+mod chart;
 
 use std::process::Command;
 
@@ -159,8 +160,16 @@ fn write_benchmarks_md(took: std::time::Duration) -> Result<()> {
         md += &text;
         md += "\n";
     }
+    let svg = root.join("BENCHMARKS.svg");
+    if chart::draw(&root.join("target/bench"), &BENCHES, &svg)? > 0 {
+        md = md.replacen(
+            "\n\n- date:",
+            "\n\n![The headline comparisons: medians with min–max whiskers](BENCHMARKS.svg)\n\n- date:",
+            1,
+        );
+    }
     std::fs::write(root.join("BENCHMARKS.md"), md).context("writing BENCHMARKS.md")?;
-    eprintln!("wrote BENCHMARKS.md");
+    eprintln!("wrote BENCHMARKS.md and BENCHMARKS.svg");
     Ok(())
 }
 

@@ -1,0 +1,47 @@
+//! What a benchmark leaves in `target/bench/` for `cargo xtask bench`: its
+//! markdown section (`NAME.md`) and the headline numbers to chart
+//! (`NAME.chart.json`), one bar per path or scenario.
+
+use std::path::PathBuf;
+
+/// `target/bench/`, created.
+pub fn dir() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
+    std::fs::create_dir_all(&dir).expect("create target/bench");
+    dir
+}
+
+/// One bar: a median and the min–max over the rounds.
+pub struct Bar {
+    pub label: String,
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+impl Bar {
+    /// A bar from `(median, min, max)`.
+    pub fn new(label: &str, (median, min, max): (f64, f64, f64)) -> Bar {
+        Bar { label: label.to_owned(), median, min, max }
+    }
+}
+
+/// Writes `target/bench/NAME.md` and prints it.
+pub fn write_md(name: &str, md: &str) {
+    print!("{md}");
+    let path = dir().join(format!("{name}.md"));
+    std::fs::write(&path, md).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+}
+
+/// Writes one chart panel, `target/bench/NAME.chart.json`: `title`, the
+/// `unit` of the values, whether higher is better, and the bars in order.
+pub fn write_chart(name: &str, title: &str, unit: &str, higher_is_better: bool, bars: &[Bar]) {
+    let bars: Vec<_> = bars
+        .iter()
+        .map(|b| serde_json::json!({ "label": b.label, "median": b.median, "min": b.min, "max": b.max }))
+        .collect();
+    let doc = serde_json::json!({ "title": title, "unit": unit, "higher_is_better": higher_is_better, "bars": bars });
+    let path = dir().join(format!("{name}.chart.json"));
+    std::fs::write(&path, serde_json::to_string_pretty(&doc).expect("json"))
+        .unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+}
