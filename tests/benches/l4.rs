@@ -21,7 +21,7 @@ use std::{
 };
 
 use splitter_tests::{
-    load::{bulk, connection_rate, median, serve_sink, Rate},
+    load::{bulk, busy_cpu, connection_rate, median, serve_sink, Rate},
     netns::unique_name,
     peers::{Haproxy, Nftables},
     report::{self, Bar},
@@ -60,12 +60,25 @@ struct Runs {
     rate: Vec<Rate>,
     one: Vec<f64>,
     eight: Vec<f64>,
+    /// Busy CPU of the whole machine per connection of the rate run, µs.
+    cpu_per_conn_us: Vec<f64>,
+    /// Busy CPU of the whole machine per GB of the two bulk runs, s.
+    cpu_per_gb_s: Vec<f64>,
 }
 
+/// Bytes of the two bulk runs together.
+const BULK_BYTES: usize = (256 << 20) + 8 * (32 << 20);
+
 fn measure(topo: &Topology, vip: Ipv4Addr, runs: &mut Runs) {
-    runs.rate.push(connection_rate(&topo.client, SocketAddr::from((vip, 80)), THREADS, SECS));
+    let cpu = busy_cpu();
+    let rate = connection_rate(&topo.client, SocketAddr::from((vip, 80)), THREADS, SECS);
+    let conns = rate.per_sec * SECS as f64 + rate.failed as f64;
+    runs.cpu_per_conn_us.push((busy_cpu() - cpu).as_secs_f64() * 1e6 / conns.max(1.0));
+    runs.rate.push(rate);
+    let cpu = busy_cpu();
     runs.one.push(bulk(&topo.client, SocketAddr::from((vip, SINK)), 1, 256 << 20));
     runs.eight.push(bulk(&topo.client, SocketAddr::from((vip, SINK)), 8, 32 << 20));
+    runs.cpu_per_gb_s.push((busy_cpu() - cpu).as_secs_f64() / (BULK_BYTES as f64 / 1e9));
 }
 
 fn main() {
@@ -130,10 +143,10 @@ fn main() {
     .unwrap();
     writeln!(
         md,
-        "| path | new connections/s | connect+answer p50 µs | p99 µs | failed | 1 stream Gbit/s | 8 streams Gbit/s |"
+        "| path | new connections/s | connect+answer p50 µs | p99 µs | failed | 1 stream Gbit/s | 8 streams Gbit/s | CPU µs per connection | CPU s per GB |"
     )
     .unwrap();
-    writeln!(md, "|---|---|---|---|---|---|---|").unwrap();
+    writeln!(md, "|---|---|---|---|---|---|---|---|---|").unwrap();
     let stat = |r: &Runs| {
         (
             median(r.rate.iter().map(|x| x.per_sec).collect()),
@@ -148,8 +161,18 @@ fn main() {
         let (rate, p50, p99, failed, one, eight) = stat(r);
         writeln!(
             md,
-            "| {name} | {:.0} [{:.0}–{:.0}] | {p50:.0} | {p99:.0} | {failed} | {:.2} [{:.2}–{:.2}] | {:.2} [{:.2}–{:.2}] |",
-            rate.0, rate.1, rate.2, one.0, one.1, one.2, eight.0, eight.1, eight.2
+            "| {name} | {:.0} [{:.0}–{:.0}] | {p50:.0} | {p99:.0} | {failed} | {:.2} [{:.2}–{:.2}] | {:.2} [{:.2}–{:.2}] | {:.0} | {:.2} |",
+            rate.0,
+            rate.1,
+            rate.2,
+            one.0,
+            one.1,
+            one.2,
+            eight.0,
+            eight.1,
+            eight.2,
+            median(r.cpu_per_conn_us.clone()).0,
+            median(r.cpu_per_gb_s.clone()).0
         )
         .unwrap();
     }
@@ -168,7 +191,19 @@ fn main() {
     )
     .unwrap();
     writeln!(md, "Where splitter loses: eight parallel bulk streams, when the machine's two cores are saturated. Measured with perf (session notes in issue #8): it is veth's XDP mode, not the program. The client's TCP segments keep their payload in page fragments, so veth copies every segment into a fresh page with XDP headroom before the program runs (`veth_xdp_rcv_skb` → `skb_copy_bits`), and a frame redirected into the backend's veth becomes an skb without checksum state, so GRO there checksums every byte in software (`tcp4_gro_receive` → `csum_partial`). nftables hands the same skb along with its checksum offload intact. Both segment counts match (~1,500 B per packet at lb-client either way). A single stream and connection setup are not CPU-bound and do not show it; a NIC with XDP in its driver receives into pages with headroom and reports checksums, so neither cost exists there. New connections through splitter pay the new-flow cost of the XDP program (two LRU inserts, ~0.8 µs; issue #3).").unwrap();
-    writeln!(md, "The XDP path and nftables run in softirq on whatever core the packet lands on, beside the client and the backends on this 2-core VM; per-connection LB CPU time cannot be told apart from theirs here, so it is not reported. Each path is alone in the lb namespace while measured.").unwrap();
+    let conn_cpu = |i: usize| median(runs[i].cpu_per_conn_us.clone()).0;
+    let gb_cpu = |i: usize| median(runs[i].cpu_per_gb_s.clone()).0;
+    writeln!(
+        md,
+        "CPU: the machine's busy time (`/proc/stat`: user, system, irq, softirq) over each run, per connection and per GB moved; it includes the client and the backends, which do the same work on every path, so a path's own cost is its excess over the direct route (the lb namespace forwarding without NAT): splitter {:+.0} µs per connection and {:+.2} s per GB, nftables {:+.0} µs and {:+.2} s, HAProxy {:+.0} µs and {:+.2} s. The XDP path and nftables run in softirq on whichever core a packet lands on; HAProxy in its process. Each path is alone in the lb namespace while measured.",
+        conn_cpu(1) - conn_cpu(0),
+        gb_cpu(1) - gb_cpu(0),
+        conn_cpu(2) - conn_cpu(0),
+        gb_cpu(2) - gb_cpu(0),
+        conn_cpu(3) - conn_cpu(0),
+        gb_cpu(3) - gb_cpu(0)
+    )
+    .unwrap();
     report::write_md("l4", &md);
     let bars: Vec<Bar> = names
         .iter()

@@ -114,3 +114,18 @@ pub fn median(mut v: Vec<f64>) -> (f64, f64, f64) {
     v.sort_by(f64::total_cmp);
     (v[v.len() / 2], v[0], v[v.len() - 1])
 }
+
+/// CPU time the whole machine spent busy (user, system, interrupts, softirq;
+/// not idle, not iowait, not stolen by the host) since boot, from `/proc/stat`.
+/// Taken around a run and compared with the same run on a baseline path, it
+/// gives the path's own CPU cost wherever it runs (softirq on any core).
+pub fn busy_cpu() -> Duration {
+    let stat = std::fs::read_to_string("/proc/stat").expect("read /proc/stat");
+    let line = stat.lines().find(|l| l.starts_with("cpu ")).expect("/proc/stat has a cpu line");
+    // user nice system idle iowait irq softirq steal ...
+    let f: Vec<u64> = line.split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
+    let busy = f[0] + f[1] + f[2] + f[5] + f[6];
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Duration::from_secs_f64(busy as f64 / hz as f64)
+}
