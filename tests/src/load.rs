@@ -129,3 +129,18 @@ pub fn busy_cpu() -> Duration {
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
     Duration::from_secs_f64(busy as f64 / hz as f64)
 }
+
+/// TCP segments sent and retransmitted so far in `ns` (`Tcp: OutSegs` and
+/// `RetransSegs` of its `/proc/net/snmp`).
+pub fn tcp_segments(ns: &NetNs) -> (u64, u64) {
+    ns.run(|| {
+        let snmp = std::fs::read_to_string("/proc/thread-self/net/snmp").expect("read the namespace's snmp");
+        let mut tcp = snmp.lines().filter(|l| l.starts_with("Tcp:"));
+        let (names, values) = (tcp.next().expect("Tcp: names"), tcp.next().expect("Tcp: values"));
+        let field = |name: &str| {
+            let i = names.split_whitespace().position(|n| n == name).expect("Tcp field");
+            values.split_whitespace().nth(i).and_then(|v| v.parse().ok()).expect("Tcp value")
+        };
+        (field("OutSegs"), field("RetransSegs"))
+    })
+}

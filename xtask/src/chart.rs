@@ -95,20 +95,24 @@ fn draw_panel<DB: DrawingBackend>(
         .margin(8)
         .x_label_area_size(34)
         .y_label_area_size(300)
-        .build_cartesian_2d(0.0..top, (0..n).into_segmented())?;
+        // Segments 0..=n-1, the first bar on top.
+        .build_cartesian_2d(0.0..top, (0..n.saturating_sub(1)).into_segmented())?;
+    let row = |i: usize| n - 1 - i;
     let better = if p.higher_is_better { "higher is better" } else { "lower is better" };
     chart
         .configure_mesh()
         .disable_y_mesh()
         .y_labels(n)
         .y_label_formatter(&|v| match v {
-            SegmentValue::CenterOf(i) => p.bars.get(*i).map(|b| b.label.clone()).unwrap_or_default(),
+            SegmentValue::CenterOf(i) if *i < n => p.bars[row(*i)].label.clone(),
             _ => String::new(),
         })
+        .x_label_formatter(&|x| format!("{x:.0}"))
         .x_desc(format!("{} ({better})", p.unit))
         .label_style(("sans-serif", 13))
         .draw()?;
     for (i, b) in p.bars.iter().enumerate() {
+        let i = row(i);
         let color = if p.all_splitter || b.label.starts_with("splitter") { SPLITTER } else { PEER };
         let mut bar =
             Rectangle::new([(0.0, SegmentValue::Exact(i)), (b.median, SegmentValue::Exact(i + 1))], color.filled());
