@@ -211,6 +211,18 @@ fn main() {
     )
     .unwrap();
     report::write_md("l4", &md);
+    report::write_headline(
+        "l4",
+        &[format!(
+            "L4 over veth: splitter opens {:.2}× the connections/s of nftables and {:.2}× HAProxy's, using {:+.0} µs of CPU per connection over the direct route (nftables {:+.0}, HAProxy {:+.0}); eight bulk streams move {:.2}× nftables' throughput (veth drops bursts into an XDP interface; see L4).",
+            ratio(2, &rate_of),
+            ratio(3, &rate_of),
+            conn_cpu(1) - conn_cpu(0),
+            conn_cpu(2) - conn_cpu(0),
+            conn_cpu(3) - conn_cpu(0),
+            ratio(2, &eight_of)
+        )],
+    );
     let bars: Vec<Bar> = names
         .iter()
         .zip(&runs)

@@ -33,7 +33,8 @@ use splitter_user::{agent_process::AgentProcess, demo::Topology, netns::NetNs};
 
 const CONNS: usize = 32;
 const SECS: u64 = 3;
-const IDLE_CONNS: usize = 256;
+/// Open connections at which each proxy's RSS is read.
+const RSS_AT: [usize; 2] = [32, 256];
 
 fn rounds() -> usize {
     std::env::var("SPLITTER_BENCH_ROUNDS").ok().and_then(|v| v.parse().ok()).filter(|n| *n > 0).unwrap_or(3)
@@ -175,9 +176,13 @@ fn main() {
     }
     let agent_pid = agent.pid().expect("agent runs");
     let rss_idle = rss_kib(agent_pid);
-    let rss_agent = with_idle_connections(&topo.client, scenarios[1].1, IDLE_CONNS, || rss_kib(agent_pid));
-    let rss_haproxy = with_idle_connections(&topo.client, scenarios[2].1, IDLE_CONNS, || rss_kib(haproxy.0.id()));
-    let rss_nginx = with_idle_connections(&topo.client, scenarios[3].1, IDLE_CONNS, || nginx.rss_kib());
+    // Per proxy, RSS in KiB with each count of RSS_AT open.
+    let rss_at = |target: SocketAddr, rss: &(dyn Fn() -> u64 + Sync)| -> Vec<u64> {
+        RSS_AT.iter().map(|n| with_idle_connections(&topo.client, target, *n, rss)).collect()
+    };
+    let rss_agent = rss_at(scenarios[1].1, &|| rss_kib(agent_pid));
+    let rss_haproxy = rss_at(scenarios[2].1, &|| rss_kib(haproxy.0.id()));
+    let rss_nginx = rss_at(scenarios[3].1, &|| nginx.rss_kib());
 
     let mut md = String::new();
     writeln!(
@@ -214,16 +219,38 @@ fn main() {
         100.0 * rps_of(5) / rps_of(3)
     )
     .unwrap();
+    let mib = |kib: u64| kib as f64 / 1024.0;
     writeln!(
         md,
-        "RSS: splitter agent {:.1} MiB idle, {:.1} MiB with {IDLE_CONNS} open connections (target ≤ 30 MB); HAProxy {:.1} MiB, nginx {:.1} MiB (master and worker) with {IDLE_CONNS}. Each proxy runs {threads} thread or worker (requests/s is per proxy core); the client and the backend share the machine's other cores. The splitter agent also holds the eBPF data path and the control plane.",
-        rss_idle as f64 / 1024.0,
-        rss_agent as f64 / 1024.0,
-        rss_haproxy as f64 / 1024.0,
-        rss_nginx as f64 / 1024.0
+        "\n| RSS (MiB) | idle | {} open connections | {} open connections |\n|---|---|---|---|",
+        RSS_AT[0], RSS_AT[1]
+    )
+    .unwrap();
+    writeln!(md, "| splitter agent | {:.1} | {:.1} | {:.1} |", mib(rss_idle), mib(rss_agent[0]), mib(rss_agent[1]))
+        .unwrap();
+    writeln!(md, "| HAProxy | — | {:.1} | {:.1} |", mib(rss_haproxy[0]), mib(rss_haproxy[1])).unwrap();
+    writeln!(md, "| nginx (master and worker) | — | {:.1} | {:.1} |", mib(rss_nginx[0]), mib(rss_nginx[1])).unwrap();
+    writeln!(
+        md,
+        "\nTarget: splitter ≤ 30 MB with {} connections. Each proxy runs {threads} thread or worker (requests/s is per proxy core); the client and the backend share the machine's other cores. The splitter agent also holds the eBPF data path and the control plane.",
+        RSS_AT[1]
     )
     .unwrap();
     report::write_md("l7", &md);
+    report::write_headline(
+        "l7",
+        &[format!(
+            "L7 proxy: splitter serves {:.2}× HAProxy's and {:.2}× nginx's requests/s, adds {:.0} µs p99 over direct (HAProxy {:.0}, nginx {:.0}), keeps {:.0} % of its throughput with 10 % mirrored and compared, and holds {:.1} MiB with {} connections open.",
+            rps_of(1) / rps_of(2),
+            rps_of(1) / rps_of(3),
+            p99(1) - p99(0),
+            p99(2) - p99(0),
+            p99(3) - p99(0),
+            100.0 * rps_of(4) / rps_of(1),
+            mib(rss_agent[1]),
+            RSS_AT[1]
+        )],
+    );
     let bars: Vec<Bar> = scenarios
         .iter()
         .zip(&results)

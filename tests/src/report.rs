@@ -1,6 +1,7 @@
 //! What a benchmark leaves in `target/bench/` for `cargo xtask bench`: its
-//! markdown section (`NAME.md`) and the headline numbers to chart
-//! (`NAME.chart.json`), one bar per path or scenario.
+//! markdown section (`NAME.md`), its lines of the headline list
+//! (`NAME.headline.md`) and the numbers to chart (`NAME.chart.json`), one bar
+//! per path or scenario.
 
 use std::path::PathBuf;
 
@@ -44,4 +45,12 @@ pub fn write_chart(name: &str, title: &str, unit: &str, higher_is_better: bool, 
     let path = dir().join(format!("{name}.chart.json"));
     std::fs::write(&path, serde_json::to_string_pretty(&doc).expect("json"))
         .unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+}
+
+/// Writes the bench's lines for the headline list at the top of
+/// BENCHMARKS.md, `target/bench/NAME.headline.md` (one markdown bullet each).
+pub fn write_headline(name: &str, lines: &[String]) {
+    let text: String = lines.iter().map(|l| format!("- {l}\n")).collect();
+    let path = dir().join(format!("{name}.headline.md"));
+    std::fs::write(&path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
 }

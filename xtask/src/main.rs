@@ -154,6 +154,15 @@ fn write_benchmarks_md(took: std::time::Duration) -> Result<()> {
         cmd("uname", &["-r"]),
         took.as_secs_f64() / 60.0
     );
+    let headlines: String = BENCHES
+        .iter()
+        .filter_map(|b| std::fs::read_to_string(root.join("target/bench").join(format!("{b}.headline.md"))).ok())
+        .collect();
+    if !headlines.is_empty() {
+        md += "## Headline\n\n";
+        md += &headlines;
+        md += "\n";
+    }
     for bench in BENCHES {
         let path = root.join("target/bench").join(format!("{bench}.md"));
         let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
