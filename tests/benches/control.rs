@@ -18,18 +18,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use splitter_tests::{netns::unique_name, rss_kib};
+use splitter_tests::{load::percentile, netns::unique_name, rss_kib};
 use splitter_user::{
     agent_process::AgentProcess,
     demo::{ask_version, serve_tcp, Topology},
 };
 
 const CHANGES: usize = 200;
-
-fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[((v.len() as f64 - 1.0) * p).round() as usize]
-}
 
 fn config(services: usize) -> String {
     let mut c = String::from("interfaces:\n  clients: [lb-client]\n  backends: [lb-blue, lb-green]\nservices:\n");

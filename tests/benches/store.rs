@@ -11,16 +11,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use splitter_tests::{etcd::Etcd, netns::unique_name};
+use splitter_tests::{etcd::Etcd, load::percentile, netns::unique_name};
 use splitter_user::{agent_process::AgentProcess, netns::NetNs, store::Store};
 
 const NODES: usize = 3;
 const CHANGES: usize = 50;
-
-fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[((v.len() as f64 - 1.0) * p).round() as usize]
-}
 
 fn ip(ns: &NetNs, args: &[&str]) {
     ns.ip(args).unwrap_or_else(|e| panic!("ip {}: {e}", args.join(" ")));

@@ -109,6 +109,12 @@ pub fn connection_rate(client: &NetNs, target: SocketAddr, threads: usize, secs:
     Rate { per_sec: lat.len() as f64 / secs as f64, p50_us: q(0.5), p99_us: q(0.99), failed }
 }
 
+/// The `p` quantile (0..=1) of `v`, nearest rank.
+pub fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
 /// Median, min and max of `v`.
 pub fn median(mut v: Vec<f64>) -> (f64, f64, f64) {
     v.sort_by(f64::total_cmp);
