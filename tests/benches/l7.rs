@@ -251,10 +251,12 @@ fn main() {
             RSS_AT[1]
         )],
     );
+    // Scenarios 1 and 4 are splitter's (unmirrored and mirrored).
     let bars: Vec<Bar> = scenarios
         .iter()
         .zip(&results)
-        .map(|((name, _), runs)| Bar::new(name, median(runs.iter().map(|r| r.rps).collect())))
+        .enumerate()
+        .map(|(i, ((name, _), runs))| Bar::new(name, i == 1 || i == 4, median(runs.iter().map(|r| r.rps).collect())))
         .collect();
     report::write_chart("l7", &format!("L7 proxy, {CONNS} connections: requests/s"), "requests/s", true, &bars);
     drop(haproxy);

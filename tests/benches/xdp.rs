@@ -222,7 +222,7 @@ fn main() {
     writeln!(md, "Targets (issue #3): established ≤ 120 ns, new flow ≤ 500 ns, verifier ≤ 100k instructions; Katran's whole program measures ~100–120 ns this way.").unwrap();
     writeln!(md, "This VM runs in two states that last seconds (the floor reads 10 or 20 ns): a round in the slow one reads ~1.5× higher, so the fastest round is the program's cost on a quiet core and the median says how often the machine was quiet.").unwrap();
     report::write_md("xdp", &md);
-    let bar = |label: &str, s: &Stats| Bar::new(label, (s.median, s.min, s.max));
+    let bar = |label: &str, s: &Stats| Bar::new(label, true, (s.median, s.min, s.max));
     let bars = [
         bar("empty program (floor)", &floor),
         bar("non-service packet", &pass),

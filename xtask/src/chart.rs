@@ -17,6 +17,8 @@ const PEER: RGBColor = RGBColor(150, 150, 150);
 
 struct Bar {
     label: String,
+    /// Measures splitter (blue), not a peer or a baseline (grey).
+    splitter: bool,
     median: f64,
     min: f64,
     max: f64,
@@ -26,8 +28,6 @@ struct Panel {
     title: String,
     unit: String,
     higher_is_better: bool,
-    /// Every bar is splitter's own (program cost scenarios).
-    all_splitter: bool,
     bars: Vec<Bar>,
 }
 
@@ -41,6 +41,7 @@ fn panel(name: &str, doc: &Value) -> Result<Panel> {
         .map(|b| {
             Ok(Bar {
                 label: b["label"].as_str().unwrap_or_default().to_owned(),
+                splitter: b["splitter"].as_bool().unwrap_or(false),
                 median: num(b, "median")?,
                 min: num(b, "min")?,
                 max: num(b, "max")?,
@@ -51,7 +52,6 @@ fn panel(name: &str, doc: &Value) -> Result<Panel> {
         title: text("title")?,
         unit: text("unit")?,
         higher_is_better: doc["higher_is_better"].as_bool().unwrap_or(true),
-        all_splitter: name == "xdp",
         bars,
     })
 }
@@ -113,7 +113,7 @@ fn draw_panel<DB: DrawingBackend>(
         .draw()?;
     for (i, b) in p.bars.iter().enumerate() {
         let i = row(i);
-        let color = if p.all_splitter || b.label.starts_with("splitter") { SPLITTER } else { PEER };
+        let color = if b.splitter { SPLITTER } else { PEER };
         let mut bar =
             Rectangle::new([(0.0, SegmentValue::Exact(i)), (b.median, SegmentValue::Exact(i + 1))], color.filled());
         bar.set_margin(6, 6, 0, 0);
@@ -146,8 +146,8 @@ mod tests {
         let doc = serde_json::json!({
             "title": "L4 over veth: new connections/s", "unit": "connections/s", "higher_is_better": true,
             "bars": [
-                { "label": "splitter (XDP)", "median": 13500.0, "min": 12900.0, "max": 13600.0 },
-                { "label": "nftables numgen DNAT", "median": 13200.0, "min": 13100.0, "max": 13400.0 },
+                { "label": "splitter (XDP)", "splitter": true, "median": 13500.0, "min": 12900.0, "max": 13600.0 },
+                { "label": "nftables numgen DNAT", "splitter": false, "median": 13200.0, "min": 13100.0, "max": 13400.0 },
             ]
         });
         std::fs::write(dir.join("l4.chart.json"), doc.to_string()).unwrap();

@@ -66,6 +66,11 @@ fn main() -> Result<()> {
             bootstrap::bench_tools()?;
             // The control-plane and L7 benches drive the release binary.
             cargo(&["build", "--release", "--package", "splitter-user", "--bin", "splitter"])?;
+            // Only this run's results go into BENCHMARKS.md.
+            let out = workspace_root().join("target/bench");
+            if out.exists() {
+                std::fs::remove_dir_all(&out).with_context(|| format!("clearing {}", out.display()))?;
+            }
             let started = std::time::Instant::now();
             for bench in BENCHES {
                 cargo(&["bench", "--package", "splitter-tests", "--bench", bench])?;
@@ -128,10 +133,17 @@ fn require_root(what: &str) -> Result<()> {
 /// `target/bench/NAME.md`.
 const BENCHES: [&str; 6] = ["xdp", "l4", "l7", "mirror", "control", "store"];
 
-/// Puts the latest full run into BENCHMARKS.md: the machine, kernel, date and
-/// command, then each bench's table.
+/// Puts the latest full run into BENCHMARKS.md: the chart (BENCHMARKS.svg),
+/// the machine, kernel, date and command, the benches' headline lines, then
+/// each bench's section.
 fn write_benchmarks_md(took: std::time::Duration) -> Result<()> {
     let root = workspace_root();
+    let out = root.join("target/bench");
+    let chart = if chart::draw(&out, &BENCHES, &root.join("BENCHMARKS.svg"))? > 0 {
+        "![The headline comparisons: medians with min–max whiskers](BENCHMARKS.svg)\n\n"
+    } else {
+        ""
+    };
     let cmd = |c: &str, a: &[&str]| {
         Command::new(c)
             .args(a)
@@ -148,34 +160,24 @@ fn write_benchmarks_md(took: std::time::Duration) -> Result<()> {
         })
         .unwrap_or_default();
     let mut md = format!(
-        "# Benchmarks\n\nThe latest full run of `cargo xtask bench` (every scenario, peers in the same run on the same topology, rounds interleaved; medians with min–max). Machines here are shared and noisy: read the ratios, not the absolute numbers.\n\n- date: {}\n- machine: {} CPUs, {cpu}\n- kernel: {}\n- command: `sudo -E cargo xtask bench` (took {:.1} min)\n\n",
+        "# Benchmarks\n\nThe latest full run of `cargo xtask bench` (every scenario, peers in the same run on the same topology, rounds interleaved; medians with min–max). Machines here are shared and noisy: read the ratios, not the absolute numbers.\n\n{chart}- date: {}\n- machine: {} CPUs, {cpu}\n- kernel: {}\n- command: `sudo -E cargo xtask bench` (took {:.1} min)\n\n",
         cmd("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
         cmd("nproc", &[]),
         cmd("uname", &["-r"]),
         took.as_secs_f64() / 60.0
     );
-    let headlines: String = BENCHES
-        .iter()
-        .filter_map(|b| std::fs::read_to_string(root.join("target/bench").join(format!("{b}.headline.md"))).ok())
-        .collect();
+    let headlines: String =
+        BENCHES.iter().filter_map(|b| std::fs::read_to_string(out.join(format!("{b}.headline.md"))).ok()).collect();
     if !headlines.is_empty() {
         md += "## Headline\n\n";
         md += &headlines;
         md += "\n";
     }
     for bench in BENCHES {
-        let path = root.join("target/bench").join(format!("{bench}.md"));
+        let path = out.join(format!("{bench}.md"));
         let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
         md += &text;
         md += "\n";
-    }
-    let svg = root.join("BENCHMARKS.svg");
-    if chart::draw(&root.join("target/bench"), &BENCHES, &svg)? > 0 {
-        md = md.replacen(
-            "\n\n- date:",
-            "\n\n![The headline comparisons: medians with min–max whiskers](BENCHMARKS.svg)\n\n- date:",
-            1,
-        );
     }
     std::fs::write(root.join("BENCHMARKS.md"), md).context("writing BENCHMARKS.md")?;
     eprintln!("wrote BENCHMARKS.md and BENCHMARKS.svg");
