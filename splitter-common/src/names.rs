@@ -32,8 +32,8 @@ pub const MAP_TABLES: &str = "SPLITTER_TABLES";
 /// Flow table (LRU): client flow → chosen endpoint.
 pub const MAP_FLOWS: &str = "SPLITTER_FLOWS";
 
-/// Reverse NAT (LRU): reply 5-tuple → VIP.
-pub const MAP_REVERSE: &str = "SPLITTER_REVERSE";
+/// Endpoint address → the VIPs it serves: how a reply finds its flow.
+pub const MAP_BACKENDS: &str = "SPLITTER_BACKENDS";
 
 /// Per-CPU counters per endpoint of every service.
 pub const MAP_ENDPOINT_STATS: &str = "SPLITTER_ENDPOINT_STATS";
@@ -42,10 +42,21 @@ pub const MAP_ENDPOINT_STATS: &str = "SPLITTER_ENDPOINT_STATS";
 /// storm of them logs at most once a second per CPU (they are all counted).
 pub const MAP_LOG_GATE: &str = "SPLITTER_LOG_GATE";
 
+/// Per-CPU scratch space of one packet (a new flow's entry is put together
+/// there; the stack has no room). Not pinned: nothing in it outlives a packet.
+pub const MAP_SCRATCH: &str = "SPLITTER_SCRATCH";
+
+/// The next hop towards each endpoint slot that new flows start with (the
+/// kernel's own cache). Not pinned: a new program starts with it empty.
+pub const MAP_HOPS: &str = "SPLITTER_HOPS";
+
+/// Maps the kernel keeps for itself: the agent neither writes nor pins them.
+pub const KERNEL_ONLY_MAPS: [&str; 2] = [MAP_SCRATCH, MAP_HOPS];
+
 /// The ring buffer aya-log-ebpf writes log records to (not pinned: each
 /// loaded program has its own, read by the agent that loaded it).
 pub const MAP_AYA_LOGS: &str = "AYA_LOGS";
 
 /// Every map the agent pins (and adopts on restart).
 pub const ALL_MAPS: [&str; 7] =
-    [MAP_STATS, MAP_SERVICES, MAP_TABLES, MAP_FLOWS, MAP_REVERSE, MAP_ENDPOINT_STATS, MAP_LOG_GATE];
+    [MAP_STATS, MAP_SERVICES, MAP_TABLES, MAP_FLOWS, MAP_BACKENDS, MAP_ENDPOINT_STATS, MAP_LOG_GATE];

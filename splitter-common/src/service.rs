@@ -1,6 +1,6 @@
 //! Map types of the L4 split: services, their selection tables, flows and
-//! the reverse-NAT entries. Userspace builds every table; the kernel only
-//! hashes a flow and indexes them.
+//! the endpoints replies come from. Userspace builds every table; the kernel
+//! only hashes a flow and indexes them.
 //!
 //! A service (`SERVICES`: [`ServiceKey`] → [`ServiceRef`]) points at one of
 //! two [`SelectionTable`] generations in `TABLES`. The agent writes the spare
@@ -24,6 +24,12 @@ pub const MAX_SERVICES: u32 = 256;
 pub const MAX_TABLES: u32 = 2 * MAX_SERVICES;
 /// Default size of the flow table (entries; LRU).
 pub const DEFAULT_FLOW_TABLE_SIZE: u32 = 65_536;
+/// Services one endpoint (address:port/protocol) can serve at once: a reply
+/// from it is matched against each one's flow (one lookup per service).
+pub const MAX_SERVICES_PER_ENDPOINT: usize = 4;
+/// `BACKENDS` entries: every endpoint slot of every service, and as many
+/// again for endpoints that left the config while their flows live on.
+pub const MAX_BACKENDS: u32 = 2 * MAX_SERVICES * MAX_ENDPOINTS as u32;
 
 /// Hash seed for choosing a version (a slot of `slot_version`).
 pub const SEED_VERSION: u32 = 0x5eed_0001;
@@ -64,11 +70,14 @@ pub const fn ring_slot(hash: u32) -> usize {
     reduce(hash, RING_SIZE as u32) as usize
 }
 
-/// `SERVICES` key: the service address as clients send to it.
+/// A transport address (`addr:port/protocol`): the `SERVICES` key (the
+/// service address as clients send to it) and the `BACKENDS` key (an
+/// endpoint's address, as its replies come from it). Ordered so the agent
+/// can keep sets of them.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Pod, Zeroable)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Pod, Zeroable)]
 pub struct ServiceKey {
-    /// VIP, same layout as `FlowKey::dst_addr`.
+    /// Address, same layout as `FlowKey::dst_addr`.
     pub addr: [u32; 4],
     /// Port, network byte order.
     pub port: u16,
@@ -122,7 +131,7 @@ pub struct SelectionTable {
 /// How long a flow trusts its cached next hop before asking the FIB again.
 pub const FIB_REFRESH_NS: u64 = 1_000_000_000;
 
-/// A FIB answer cached per flow: egress interface and the two MACs.
+/// A FIB answer cached per flow and direction: egress interface and the two MACs.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct NextHop {
@@ -132,6 +141,21 @@ pub struct NextHop {
     pub dmac: [u8; 6],
     /// Coarse monotonic time of the lookup (`bpf_ktime_get_coarse_ns`).
     pub looked_up_ns: u64,
+}
+
+/// `HOPS` value, one per endpoint slot ([`endpoint_stats_index`]): the next
+/// hop towards that endpoint, shared by its new flows, so a flow's first
+/// packet skips the FIB lookup when another flow to the endpoint made it
+/// less than `FIB_REFRESH_NS` ago. It answers only for `endpoint` reached
+/// from `arrival_ifindex` (a table change may give the slot to another
+/// endpoint; another ingress interface may route differently).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub struct EndpointHop {
+    pub endpoint: [u32; 4],
+    pub arrival_ifindex: u32,
+    pub _pad: u32,
+    pub hop: NextHop,
 }
 
 /// `FLOWS` value: where a flow was sent, decided once at its first packet.
@@ -151,8 +175,10 @@ pub struct FlowState {
     pub service: u16,
     /// Next hop towards the endpoint, refreshed after `FIB_REFRESH_NS`.
     pub hop: NextHop,
-    /// Coarse monotonic time (`bpf_ktime_get_coarse_ns`) of the last packet;
-    /// the agent ages idle flows by it.
+    /// Next hop of the replies, towards the client; same refresh.
+    pub reply_hop: NextHop,
+    /// Coarse monotonic time (`bpf_ktime_get_coarse_ns`) of the last packet
+    /// either way; the agent ages idle flows by it.
     pub last_seen_ns: u64,
     /// With `FLOW_MIRROR`: the interface the flow's copies leave by.
     pub mirror_ifindex: u32,
@@ -161,34 +187,26 @@ pub struct FlowState {
 
 /// `FlowState::flags`: the flow was placed mid-stream (no entry, not a SYN).
 pub const FLOW_ADOPTED: u8 = 1;
-/// `FlowState::flags`: the client sent a FIN; the agent ages the flow out
-/// after the short closing timeout instead of the idle one.
+/// `FlowState::flags`: the client sent a FIN or the endpoint a RST; the
+/// agent ages the flow out after the short closing timeout instead of the
+/// idle one.
 pub const FLOW_CLOSING: u8 = 2;
-/// `FlowState::flags` and `ReverseNat::flags`: the flow was sampled for
+/// `FlowState::flags`: the flow was sampled for
 /// mirroring when it was placed. The XDP program leaves its packets (both
 /// ways) to the TC program, which copies each to `mirror_ifindex` and then
 /// rewrites and forwards it as XDP would have.
 pub const FLOW_MIRROR: u8 = 4;
 
-/// `REVERSE` value, keyed by the reply's 5-tuple (backend → client): what the
-/// source must become so the client only ever sees the VIP.
+/// `BACKENDS` value, keyed by an endpoint's address: the services it is an
+/// endpoint of (first `count` of `vips`). A packet from it is a reply when
+/// the flow of its destination (the client) to one of these VIPs has it as
+/// backend; its source then becomes that VIP. The agent keeps an endpoint
+/// here while flows to it live, also after it left the config.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
-pub struct ReverseNat {
-    pub vip: [u32; 4],
-    /// VIP port, network order.
-    pub vip_port: u16,
-    /// The service's slot and the endpoint's index, for the endpoint's counters.
-    pub service: u16,
-    pub endpoint: u8,
-    /// `FLOW_MIRROR` or 0.
-    pub flags: u8,
-    pub _pad: [u8; 2],
-    /// Next hop towards the client, refreshed after `FIB_REFRESH_NS`.
-    pub hop: NextHop,
-    /// With `FLOW_MIRROR`: the interface the replies' copies leave by.
-    pub mirror_ifindex: u32,
-    pub _pad2: u32,
+pub struct BackendVips {
+    pub count: u32,
+    pub vips: [ServiceKey; MAX_SERVICES_PER_ENDPOINT],
 }
 
 /// Per-CPU counters of one endpoint of one service, in `ENDPOINT_STATS` at
@@ -230,8 +248,9 @@ const _: () = assert!(core::mem::size_of::<ServiceKey>() == 20);
 const _: () = assert!(core::mem::size_of::<ServiceRef>() == 8);
 const _: () = assert!(core::mem::size_of::<Endpoint>() == 20);
 const _: () = assert!(core::mem::size_of::<NextHop>() == 24);
-const _: () = assert!(core::mem::size_of::<FlowState>() == 64);
-const _: () = assert!(core::mem::size_of::<ReverseNat>() == 56);
+const _: () = assert!(core::mem::size_of::<FlowState>() == 88);
+const _: () = assert!(core::mem::size_of::<EndpointHop>() == 48);
+const _: () = assert!(core::mem::size_of::<BackendVips>() == 4 + 20 * MAX_SERVICES_PER_ENDPOINT);
 const _: () = assert!(core::mem::size_of::<EndpointStats>() == 64);
 const _: () =
     assert!(core::mem::size_of::<SelectionTable>() == 32 + 20 * MAX_ENDPOINTS + BPS + RING_SIZE * MAX_VERSIONS);
@@ -248,7 +267,8 @@ mod pod {
     unsafe impl aya::Pod for super::ServiceRef {}
     unsafe impl aya::Pod for super::SelectionTable {}
     unsafe impl aya::Pod for super::FlowState {}
-    unsafe impl aya::Pod for super::ReverseNat {}
+    unsafe impl aya::Pod for super::BackendVips {}
+    unsafe impl aya::Pod for super::EndpointHop {}
     unsafe impl aya::Pod for super::EndpointStats {}
 }
 
@@ -259,9 +279,10 @@ impl ServiceKey {
         ServiceKey { addr: key.dst_addr, port: key.dst_port, proto: key.proto, family: key.family }
     }
 
-    /// The service a packet comes from (its source): a reply sent as the VIP.
+    /// The address a packet comes from (its source): a service's, for a
+    /// packet sent as the VIP; an endpoint's, for a reply to be rewritten.
     #[inline(always)]
-    pub const fn of_reply(key: &crate::FlowKey) -> Self {
+    pub const fn of_source(key: &crate::FlowKey) -> Self {
         ServiceKey { addr: key.src_addr, port: key.src_port, proto: key.proto, family: key.family }
     }
 }

@@ -13,13 +13,14 @@ use aya_ebpf::{
 };
 use network_types::eth::EthHdr;
 use splitter_common::{
-    service::{NextHop, FIB_REFRESH_NS},
+    service::{endpoint_stats_index, NextHop, FIB_REFRESH_NS},
     stats::Stat,
     FAMILY_V4,
 };
 
 use crate::{
     frame::{Frame, Ingress, Skb},
+    maps::SPLITTER_HOPS,
     parse::{ptr_at, Packet},
 };
 
@@ -63,6 +64,43 @@ pub fn next_hop<C: Frame>(
     }
     *cache = NextHop { ifindex: p.ifindex, smac: p.smac, dmac: p.dmac, looked_up_ns: now };
     Some(*cache)
+}
+
+/// The next hop of a new flow to `endpoint` (index `index` of service slot
+/// `service`): the endpoint's shared entry in `HOPS` when it is fresh and
+/// answers for this endpoint and arrival interface, else a FIB lookup, which
+/// refreshes it. Stored in the flow's own `cache` either way. (Routes chosen
+/// by the client's source address are not looked up per client here; the
+/// reply direction, towards the client, is.)
+#[inline(always)]
+pub fn to_new_endpoint(
+    ctx: &Ingress,
+    pkt: &Packet,
+    endpoint: &[u32; 4],
+    (service, index): (u16, u8),
+    cache: &mut NextHop,
+    now: u64,
+) -> Option<NextHop> {
+    let Some(shared) = SPLITTER_HOPS.get_ptr_mut(endpoint_stats_index(service, index)) else {
+        return next_hop(ctx, pkt, &pkt.key.src_addr, endpoint, cache, now);
+    };
+    // SAFETY: the map's value. Another CPU may refresh it meanwhile; both
+    // write the FIB's answer of the same second (as for a flow's cache).
+    let shared = unsafe { &mut *shared };
+    let arrival = ctx.arrival_ifindex();
+    if shared.endpoint == *endpoint && shared.arrival_ifindex == arrival {
+        let hop = shared.hop;
+        if hop.ifindex != 0 && now.wrapping_sub(hop.looked_up_ns) < FIB_REFRESH_NS {
+            ctx.stats.inc(Stat::FibCached);
+            *cache = hop;
+            return Some(hop);
+        }
+    }
+    let hop = next_hop(ctx, pkt, &pkt.key.src_addr, endpoint, cache, now)?;
+    shared.endpoint = *endpoint;
+    shared.arrival_ifindex = arrival;
+    shared.hop = hop;
+    Some(hop)
 }
 
 /// `bpf_fib_lookup` on an 8-byte boundary, so it can be zeroed with 8-byte

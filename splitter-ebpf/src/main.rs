@@ -12,19 +12,19 @@ mod maps;
 mod mirror;
 mod nat;
 mod parse;
+mod reply;
 mod select;
 
 use aya_ebpf::{bindings::xdp_action, helpers::generated::bpf_ktime_get_coarse_ns, macros::xdp, programs::XdpContext};
 use splitter_common::{
-    service::{FlowState, NextHop, ReverseNat, ServiceKey, ServiceRef, FLOW_ADOPTED, FLOW_CLOSING, FLOW_MIRROR},
+    service::{FlowState, NextHop, ServiceKey, ServiceRef, FLOW_ADOPTED, FLOW_CLOSING, FLOW_MIRROR},
     stats::Stat,
-    FlowKey,
 };
 
 use crate::{
     counters::{Direction, Stats},
     frame::{Frame, Ingress},
-    maps::{SPLITTER_FLOWS, SPLITTER_REVERSE, SPLITTER_SERVICES},
+    maps::{SPLITTER_FLOWS, SPLITTER_SCRATCH, SPLITTER_SERVICES},
     nat::Side,
     parse::{Packet, Parsed, Verdict, IPPROTO_TCP, TCP_FIN, TCP_RST},
 };
@@ -83,12 +83,11 @@ fn try_ingress(ctx: &Ingress) -> u32 {
                 // SAFETY: the map's value; see `established` on racing writes.
                 return established(ctx, &pkt, unsafe { &mut *state });
             }
-            // A connection's first segment (SYN without ACK) is never a reply:
-            // a new TCP flow skips the reverse table (a cold miss).
+            // A connection's first segment (SYN without ACK) is never a reply.
             if !pkt.is_syn() {
-                if let Some(rev) = SPLITTER_REVERSE.get_ptr_mut(pkt.key) {
-                    // SAFETY: as above.
-                    return to_client(ctx, &pkt, unsafe { &mut *rev });
+                if let Some(reply) = reply::find(&pkt.key) {
+                    // SAFETY: map values; see `established` on racing writes.
+                    return to_client(ctx, &pkt, unsafe { &mut *reply.state }, unsafe { &*reply.vip });
                 }
             }
             if let Some(svc) = unsafe { SPLITTER_SERVICES.get(ServiceKey::of_flow(&pkt.key)) } {
@@ -142,7 +141,7 @@ fn established(ctx: &Ingress, pkt: &Packet, state: &mut FlowState) -> u32 {
 }
 
 /// Client → service, first packet of a flow (or one whose entry is gone):
-/// place it, remember it (both ways), then DNAT.
+/// place it, remember it (its replies find the same entry), then DNAT.
 #[inline(always)]
 fn new_flow(ctx: &Ingress, pkt: &Packet, svc: &ServiceRef) -> u32 {
     ctx.stats.inc(Stat::ServicePackets);
@@ -160,46 +159,37 @@ fn new_flow(ctx: &Ingress, pkt: &Packet, svc: &ServiceRef) -> u32 {
     let adopted = !pkt.opens_flow();
     ctx.stats.inc(if adopted { Stat::Adopted } else { Stat::NewFlows });
     counters::endpoint(service, idx, Direction::In, (ctx.data_end() - ctx.data()) as u64, true);
-    let mirror_flag = if mirror != 0 { FLOW_MIRROR } else { 0 };
-    let mut state = FlowState {
-        backend: ep.addr,
-        backend_port: ep.port,
-        version: ep.version,
-        flags: mirror_flag | if adopted { FLOW_ADOPTED } else { 0 },
-        endpoint: idx,
-        _pad: 0,
-        service,
-        hop: NextHop::default(),
-        last_seen_ns: now,
-        mirror_ifindex: mirror,
-        _pad2: 0,
+    // The entry is put together in this CPU's scratch slot: the stack has no
+    // room for it. Every field is written (the slot holds the last flow's).
+    let Some(state) = SPLITTER_SCRATCH.get_ptr_mut(0) else {
+        return xdp_action::XDP_PASS;
     };
+    // SAFETY: this CPU's slot; nothing else runs on this CPU meanwhile.
+    let state = unsafe { &mut *state };
+    state.backend = ep.addr;
+    state.backend_port = ep.port;
+    state.version = ep.version;
+    state.flags = if mirror != 0 { FLOW_MIRROR } else { 0 } | if adopted { FLOW_ADOPTED } else { 0 };
+    state.endpoint = idx;
+    state._pad = 0;
+    state.service = service;
+    // Nothing cached yet: `ifindex` 0 (the rest is written with a lookup).
+    state.hop.ifindex = 0;
+    state.reply_hop.ifindex = 0;
+    state.last_seen_ns = now;
+    state.mirror_ifindex = mirror;
+    state._pad2 = 0;
     // A mirrored flow is forwarded by the TC program, which looks up the
     // next hop itself.
-    let mut hop =
-        if mirror == 0 { forward::next_hop(ctx, pkt, &pkt.key.src_addr, &ep.addr, &mut state.hop, now) } else { None };
-    let reply = FlowKey {
-        src_addr: ep.addr,
-        dst_addr: pkt.key.src_addr,
-        src_port: ep.port,
-        dst_port: pkt.key.src_port,
-        proto: pkt.key.proto,
-        family: pkt.key.family,
-        _pad: [0; 2],
-    };
-    let rev = ReverseNat {
-        vip: pkt.key.dst_addr,
-        vip_port: pkt.key.dst_port,
-        service,
-        endpoint: idx,
-        flags: mirror_flag,
-        _pad: [0; 2],
-        hop: NextHop::default(),
-        mirror_ifindex: mirror,
-        _pad2: 0,
+    let mut hop = if mirror == 0 {
+        forward::to_new_endpoint(ctx, pkt, &ep.addr, (service, idx), &mut state.hop, now)
+    } else {
+        None
     };
     let mut event = 0;
-    match SPLITTER_FLOWS.insert(pkt.key, state, 0).and_then(|()| SPLITTER_REVERSE.insert(reply, rev, 0)) {
+    // Inserted from the scratch slot by reference (a copy would land on the stack).
+    let entry: &FlowState = state;
+    match SPLITTER_FLOWS.insert(pkt.key, entry, 0) {
         Ok(()) if mirror != 0 => return xdp_action::XDP_PASS | HANDOFF,
         Ok(()) => {}
         Err(e) => {
@@ -231,21 +221,28 @@ fn to_backend(ctx: &Ingress, pkt: &Packet, backend: &[u32; 4], port: u16, hop: O
     }
 }
 
-/// Endpoint → client: SNAT back to the VIP so the client only sees the VIP.
+/// Endpoint → client (a reply of flow `state` to `vip`): SNAT back to the
+/// VIP so the client only sees the VIP. A reply keeps its flow alive too.
 #[inline(always)]
-fn to_client(ctx: &Ingress, pkt: &Packet, rev: &mut ReverseNat) -> u32 {
+fn to_client(ctx: &Ingress, pkt: &Packet, state: &mut FlowState, vip: &ServiceKey) -> u32 {
     ctx.stats.inc(Stat::Replies);
-    counters::endpoint(rev.service, rev.endpoint, Direction::Out, (ctx.data_end() - ctx.data()) as u64, false);
-    if pkt.key.proto == IPPROTO_TCP && pkt.tcp_flags & TCP_RST != 0 {
-        counters::reset(rev.service, rev.endpoint);
-    }
-    if rev.flags & FLOW_MIRROR != 0 {
-        return xdp_action::XDP_PASS | HANDOFF;
-    }
+    counters::endpoint(state.service, state.endpoint, Direction::Out, (ctx.data_end() - ctx.data()) as u64, false);
     // SAFETY: plain helper call.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
-    let hop = forward::next_hop(ctx, pkt, &rev.vip, &pkt.key.dst_addr, &mut rev.hop, now);
-    if let Err(e) = nat::rewrite(ctx, pkt, Side::Src, &rev.vip, rev.vip_port) {
+    // Written only when the (coarse) clock moved: the client's direction may
+    // be busy with this entry on another CPU.
+    if state.last_seen_ns != now {
+        state.last_seen_ns = now;
+    }
+    if pkt.key.proto == IPPROTO_TCP && pkt.tcp_flags & TCP_RST != 0 {
+        counters::reset(state.service, state.endpoint);
+        state.flags |= FLOW_CLOSING;
+    }
+    if state.flags & FLOW_MIRROR != 0 {
+        return xdp_action::XDP_PASS | HANDOFF;
+    }
+    let hop = forward::next_hop(ctx, pkt, &vip.addr, &pkt.key.dst_addr, &mut state.reply_hop, now);
+    if let Err(e) = nat::rewrite(ctx, pkt, Side::Src, &vip.addr, vip.port) {
         e.count(ctx.stats);
         return xdp_action::XDP_PASS;
     }

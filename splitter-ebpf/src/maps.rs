@@ -7,8 +7,8 @@ use aya_ebpf::{
 };
 use splitter_common::{
     service::{
-        EndpointStats, FlowState, ReverseNat, SelectionTable, ServiceKey, ServiceRef, DEFAULT_FLOW_TABLE_SIZE,
-        ENDPOINT_STATS_LEN, LOG_EVENTS, MAX_SERVICES, MAX_TABLES,
+        BackendVips, EndpointHop, EndpointStats, FlowState, SelectionTable, ServiceKey, ServiceRef,
+        DEFAULT_FLOW_TABLE_SIZE, ENDPOINT_STATS_LEN, LOG_EVENTS, MAX_BACKENDS, MAX_SERVICES, MAX_TABLES,
     },
     stats::StatBlock,
     FlowKey,
@@ -32,9 +32,20 @@ pub static SPLITTER_TABLES: Array<SelectionTable> = Array::with_max_entries(MAX_
 #[map]
 pub static SPLITTER_FLOWS: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max_entries(DEFAULT_FLOW_TABLE_SIZE, 0);
 
-/// Reply 5-tuples (endpoint → client) → the VIP the client addressed.
+/// Endpoint address → the VIPs it serves, written only by the agent: how a
+/// reply finds its flow (see `reply`).
 #[map]
-pub static SPLITTER_REVERSE: LruHashMap<FlowKey, ReverseNat> = LruHashMap::with_max_entries(DEFAULT_FLOW_TABLE_SIZE, 0);
+pub static SPLITTER_BACKENDS: HashMap<ServiceKey, BackendVips> = HashMap::with_max_entries(MAX_BACKENDS, 0);
+
+/// Per CPU: a new flow's entry, put together here before it is inserted
+/// (the stack has no room for it). Nothing in it outlives one packet.
+#[map]
+pub static SPLITTER_SCRATCH: PerCpuArray<FlowState> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per endpoint slot: the next hop new flows to it start with (see
+/// `forward::to_new_endpoint`). Shared by all CPUs, like the flows' caches.
+#[map]
+pub static SPLITTER_HOPS: Array<EndpointHop> = Array::with_max_entries(ENDPOINT_STATS_LEN, 0);
 
 /// Per-CPU counters per endpoint of every service.
 #[map]

@@ -20,7 +20,7 @@ use aya_ebpf::{
 };
 use splitter_common::{
     csum::Delta,
-    service::{FlowState, ReverseNat, ServiceKey, FLOW_MIRROR},
+    service::{FlowState, ServiceKey, FLOW_MIRROR},
     stats::Stat,
 };
 
@@ -28,9 +28,10 @@ use crate::{
     counters::{self, Stats},
     forward,
     frame::{Skb, Uncounted},
-    maps::{SPLITTER_FLOWS, SPLITTER_REVERSE, SPLITTER_SERVICES},
+    maps::{SPLITTER_FLOWS, SPLITTER_SERVICES},
     nat::{self, Side},
     parse::{self, Packet, Parsed, IPPROTO_TCP, TCP_RST},
+    reply,
 };
 
 const ENODEV: i64 = 19;
@@ -66,11 +67,11 @@ fn try_mirror(skb: &Skb) -> i32 {
         if state.flags & FLOW_MIRROR != 0 {
             return to_service(skb, &pkt, state);
         }
-    } else if let Some(rev) = SPLITTER_REVERSE.get_ptr_mut(pkt.key) {
-        // SAFETY: as above.
-        let rev = unsafe { &mut *rev };
-        if rev.flags & FLOW_MIRROR != 0 {
-            return to_client(skb, &pkt, rev);
+    } else if let Some(reply) = reply::find(&pkt.key) {
+        // SAFETY: map values, as above.
+        let (state, vip) = unsafe { (&mut *reply.state, &*reply.vip) };
+        if state.flags & FLOW_MIRROR != 0 {
+            return to_client(skb, &pkt, state, vip);
         }
     }
     TC_ACT_OK
@@ -108,11 +109,11 @@ fn to_service(skb: &Skb, pkt: &Packet, state: &mut FlowState) -> i32 {
 
 /// Endpoint → client: SNAT, then copy as the client receives it, then forward.
 #[inline(always)]
-fn to_client(skb: &Skb, pkt: &Packet, rev: &mut ReverseNat) -> i32 {
+fn to_client(skb: &Skb, pkt: &Packet, state: &mut FlowState, vip: &ServiceKey) -> i32 {
     // SAFETY: plain helper call.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
-    let hop = forward::next_hop(skb, pkt, &rev.vip, &pkt.key.dst_addr, &mut rev.hop, now);
-    match nat::rewrite(skb, pkt, Side::Src, &rev.vip, rev.vip_port) {
+    let hop = forward::next_hop(skb, pkt, &vip.addr, &pkt.key.dst_addr, &mut state.reply_hop, now);
+    match nat::rewrite(skb, pkt, Side::Src, &vip.addr, vip.port) {
         Ok(sum) => follow_complete_sum(skb.ctx, sum),
         Err(e) => {
             e.count(skb.stats);
@@ -123,7 +124,7 @@ fn to_client(skb: &Skb, pkt: &Packet, rev: &mut ReverseNat) -> i32 {
         Some(hop) if forward::put_macs(skb, &hop) => Some(hop),
         _ => None,
     };
-    copy(skb, rev.mirror_ifindex, rev.service, rev.endpoint);
+    copy(skb, state.mirror_ifindex, state.service, state.endpoint);
     match hop {
         Some(hop) => forward::redirect_skb(skb, &hop),
         None => TC_ACT_OK,
@@ -172,7 +173,7 @@ pub fn splitter_mirror_guard(ctx: XdpContext) -> u32 {
         return xdp_action::XDP_PASS;
     };
     // SAFETY: a plain lookup; the value is not kept.
-    if unsafe { SPLITTER_SERVICES.get(ServiceKey::of_reply(&pkt.key)) }.is_some() {
+    if unsafe { SPLITTER_SERVICES.get(ServiceKey::of_source(&pkt.key)) }.is_some() {
         stats.inc(Stat::ShadowReplies);
         return xdp_action::XDP_DROP;
     }

@@ -11,7 +11,7 @@ use std::{
 };
 
 use serde::{Deserialize, Serialize};
-use splitter_common::service::{MAX_ENDPOINTS, MAX_VERSIONS};
+use splitter_common::service::{MAX_ENDPOINTS, MAX_SERVICES_PER_ENDPOINT, MAX_VERSIONS};
 use thiserror::Error;
 
 pub mod l7;
@@ -489,7 +489,28 @@ impl Config {
                 )));
             }
         }
-        Ok(())
+        self.check_shared_endpoints()
+    }
+
+    /// The kernel matches an endpoint's replies to each service it serves
+    /// (one lookup per service): at most `MAX_SERVICES_PER_ENDPOINT` l4
+    /// services can share one endpoint.
+    fn check_shared_endpoints(&self) -> Result<(), ConfigError> {
+        let mut served: BTreeMap<(SocketAddr, Protocol), Vec<&str>> = BTreeMap::new();
+        for (name, svc) in self.services.iter().filter(|(_, s)| s.mode == Mode::L4) {
+            let endpoints: BTreeSet<&SocketAddr> = svc.versions.values().flatten().collect();
+            for ep in endpoints {
+                served.entry((*ep, svc.protocol)).or_default().push(name);
+            }
+        }
+        match served.into_iter().find(|(_, names)| names.len() > MAX_SERVICES_PER_ENDPOINT) {
+            Some(((ep, proto), names)) => Err(invalid(format!(
+                "endpoint {ep} ({proto:?}) is an endpoint of {} l4 services ({}); at most {MAX_SERVICES_PER_ENDPOINT} can share one endpoint: give some of them another port",
+                names.len(),
+                names.join(", ")
+            ))),
+            None => Ok(()),
+        }
     }
 }
 
@@ -785,5 +806,23 @@ services:
             "interfaces: {clients: [eth0]}\nservices:\n  a: {listen: 10.0.0.1:80, protocol: tcp, versions: {x: [10.0.1.1:80]}, weights: {x: 1}}\n  b: {listen: 10.0.0.1:80, protocol: udp, versions: {x: [10.0.1.2:80]}, weights: {x: 1}}\n",
         )
         .unwrap();
+    }
+
+    #[test]
+    fn at_most_four_l4_services_share_an_endpoint() {
+        let services = |n: usize, mode: &str| {
+            let mut text = String::from("interfaces: {clients: [eth0]}\nservices:\n");
+            for i in 0..n {
+                text += &format!(
+                    "  s{i}: {{listen: 10.0.0.{i}:80, protocol: tcp, mode: {mode}, versions: {{x: [10.0.1.1:80]}}, weights: {{x: 1}}}}\n"
+                );
+            }
+            text
+        };
+        Config::from_yaml(&services(4, "l4")).expect("four services may share an endpoint");
+        let msg = err(&services(5, "l4"));
+        assert!(msg.contains("10.0.1.1:80") && msg.contains("5 l4 services") && msg.contains("s0, s1"), "{msg}");
+        // The proxy's services are not matched in the kernel.
+        Config::from_yaml(&services(5, "l7")).expect("l7 services share endpoints freely");
     }
 }

@@ -31,18 +31,21 @@ use aya::{
 };
 use splitter_common::{
     names::{
-        ALL_MAPS, MAP_ENDPOINT_STATS, MAP_FLOWS, MAP_REVERSE, MAP_SERVICES, MAP_STATS, MAP_TABLES, PROG_FLOOR,
+        ALL_MAPS, MAP_BACKENDS, MAP_ENDPOINT_STATS, MAP_FLOWS, MAP_SERVICES, MAP_STATS, MAP_TABLES, PROG_FLOOR,
         PROG_INGRESS, PROG_MIRROR, PROG_MIRROR_GUARD,
     },
     service::{
-        endpoint_stats_index, EndpointStats, FlowState, ReverseNat, SelectionTable, ServiceKey, ServiceRef,
-        MAX_ENDPOINTS, MAX_SERVICES,
+        endpoint_stats_index, BackendVips, EndpointStats, FlowState, SelectionTable, ServiceKey, ServiceRef,
+        MAX_ENDPOINTS, MAX_SERVICES, MAX_SERVICES_PER_ENDPOINT,
     },
     stats::{Stat, StatBlock},
     FlowKey,
 };
 
-use crate::plan::{Previous, ServicePlan};
+use crate::{
+    backends::{self, Backends},
+    plan::{Previous, ServicePlan},
+};
 use thiserror::Error;
 
 /// The compiled `splitter-ebpf` object, built by this crate's build script.
@@ -143,6 +146,10 @@ pub struct Dataplane {
     guarded: BTreeMap<String, Option<FdLink>>,
     /// What the kernel serves now, by service name.
     live: BTreeMap<String, Installed>,
+    /// What `BACKENDS` holds now.
+    backends: Backends,
+    /// The endpoints (and their VIPs) of the last applied plans.
+    configured: Backends,
 }
 
 /// One service as last written to the kernel.
@@ -194,10 +201,10 @@ impl LinkKind {
 }
 
 /// Maps that are kept or replaced together when a new agent adopts the pins
-/// (a service map pointing into a fresh table map would be wrong, and so
-/// would reply entries for flows that are gone).
+/// (a service map pointing into a fresh table map would be wrong; adopted
+/// flows need the endpoints their replies come from).
 const MAP_GROUPS: [&[&str]; 4] =
-    [&[MAP_SERVICES, MAP_TABLES], &[MAP_FLOWS, MAP_REVERSE], &[MAP_STATS], &[MAP_ENDPOINT_STATS]];
+    [&[MAP_SERVICES, MAP_TABLES], &[MAP_FLOWS, MAP_BACKENDS], &[MAP_STATS], &[MAP_ENDPOINT_STATS]];
 
 /// What a pinned load found under `pin_path`.
 #[derive(Debug, Default)]
@@ -222,15 +229,24 @@ pub enum Attached {
 
 impl Dataplane {
     /// Loads the embedded object and the ingress program into the kernel,
-    /// with a flow table (and reverse-NAT table) of `flow_table_size` entries.
+    /// with a flow table of `flow_table_size` entries.
     /// Nothing is pinned: dropping it removes everything (fixtures, benches).
     pub fn load(flow_table_size: u32) -> Result<Self, DataplaneError> {
-        let mut ebpf = EbpfLoader::new()
-            .map_max_entries(MAP_FLOWS, flow_table_size)
-            .map_max_entries(MAP_REVERSE, flow_table_size)
-            .load(OBJECT)?;
+        let mut ebpf = EbpfLoader::new().map_max_entries(MAP_FLOWS, flow_table_size).load(OBJECT)?;
         load_programs(&mut ebpf)?;
-        Ok(Dataplane { ebpf, pins: None, attached: Vec::new(), guarded: BTreeMap::new(), live: BTreeMap::new() })
+        Ok(Dataplane::new(ebpf, None))
+    }
+
+    fn new(ebpf: Ebpf, pins: Option<PathBuf>) -> Self {
+        Dataplane {
+            ebpf,
+            pins,
+            attached: Vec::new(),
+            guarded: BTreeMap::new(),
+            live: BTreeMap::new(),
+            backends: Backends::new(),
+            configured: Backends::new(),
+        }
     }
 
     /// Loads the object with its maps pinned under `dir`, adopting maps a
@@ -278,7 +294,7 @@ impl Dataplane {
         }
         let paths: Vec<(&'static str, PathBuf)> = ALL_MAPS.iter().map(|n| (*n, dir.join(n))).collect();
         let mut loader = EbpfLoader::new();
-        loader.map_max_entries(MAP_FLOWS, flow_table_size).map_max_entries(MAP_REVERSE, flow_table_size);
+        loader.map_max_entries(MAP_FLOWS, flow_table_size);
         for (name, path) in &paths {
             loader.map_pin_path(name, path.as_path());
         }
@@ -290,13 +306,7 @@ impl Dataplane {
             let _ = std::fs::remove_file(&path);
             prog.pin(&path).map_err(|source| DataplaneError::Pin { what: pin, path, source })?;
         }
-        let mut dp = Dataplane {
-            ebpf,
-            pins: Some(dir.to_owned()),
-            attached: Vec::new(),
-            guarded: BTreeMap::new(),
-            live: BTreeMap::new(),
-        };
+        let mut dp = Dataplane::new(ebpf, Some(dir.to_owned()));
         adoption.services = dp.adopt(services)?;
         Ok((dp, adoption))
     }
@@ -332,6 +342,12 @@ impl Dataplane {
         for key in stale {
             refs.remove(&key)?;
         }
+        let map = self.ebpf.map(MAP_BACKENDS).ok_or(DataplaneError::Missing { kind: "map", name: MAP_BACKENDS })?;
+        let adopted: HashMap<&MapData, ServiceKey, BackendVips> = HashMap::try_from(map)?;
+        for (endpoint, v) in adopted.iter().filter_map(Result::ok) {
+            let n = (v.count as usize).min(v.vips.len());
+            self.backends.insert(endpoint, v.vips[..n].iter().copied().collect());
+        }
         Ok(self.live.len())
     }
 
@@ -358,6 +374,12 @@ impl Dataplane {
     /// generation next time.
     pub fn apply(&mut self, plans: &[ServicePlan]) -> Result<(), DataplaneError> {
         let in_use = |key: &ServiceKey| plans.iter().any(|p| p.key == *key);
+        // Replies of the new endpoints are recognised before any flow can be
+        // placed on them; endpoints that left stay until their flows are gone
+        // (the sweep removes them).
+        self.configured = backends::of_plans(plans);
+        let kept = self.backends.clone();
+        self.write_backends(&kept)?;
         // Every mirror interface resolved before anything is written.
         let mut tables = Vec::with_capacity(plans.len());
         for plan in plans {
@@ -658,44 +680,61 @@ impl Dataplane {
         Ok(res.duration)
     }
 
-    /// Removes expired flows (and their reverse-NAT entries) from the kernel
-    /// flow table; see `aging`.
+    /// Makes `BACKENDS` the configured endpoints plus those of `live`
+    /// (endpoint → VIPs of flows that still need their replies rewritten).
+    fn write_backends(&mut self, live: &Backends) -> Result<(), DataplaneError> {
+        let (want, left_out) = backends::merge(&self.configured, live);
+        for (endpoint, vip) in left_out {
+            tracing::warn!(
+                endpoint = %crate::plan::describe_key(&endpoint),
+                vip = %crate::plan::describe_key(&vip),
+                "flows of this VIP live on at an endpoint that already serves {MAX_SERVICES_PER_ENDPOINT} other services; their replies are no longer rewritten"
+            );
+        }
+        let (writes, removals) = backends::diff(&self.backends, &want);
+        let mut map: HashMap<&mut MapData, ServiceKey, BackendVips> =
+            HashMap::try_from(map_mut(&mut self.ebpf, MAP_BACKENDS)?)?;
+        for (endpoint, value) in writes {
+            map.insert(endpoint, value, 0)?;
+            let n = value.count as usize;
+            self.backends.insert(endpoint, value.vips[..n].iter().copied().collect());
+        }
+        for endpoint in removals {
+            match map.remove(&endpoint) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => return Err(e.into()),
+            }
+            self.backends.remove(&endpoint);
+        }
+        Ok(())
+    }
+
+    /// Removes expired flows from the kernel flow table (see `aging`), and
+    /// the endpoints no flow and no service needs any more from `BACKENDS`.
     pub fn sweep_flows(&mut self, aging: &crate::config::FlowAging) -> Result<crate::aging::Sweep, DataplaneError> {
         let now = crate::aging::now_coarse_ns();
         let mut flows: HashMap<&mut MapData, FlowKey, FlowState> =
             HashMap::try_from(map_mut(&mut self.ebpf, MAP_FLOWS)?)?;
         let keys: Vec<FlowKey> = flows.keys().filter_map(Result::ok).collect();
         let mut sweep = crate::aging::Sweep::default();
-        let mut gone = Vec::new();
+        let mut live = Backends::new();
         let names: BTreeMap<u16, &String> = self.live.iter().map(|(n, i)| (i.slot as u16, n)).collect();
         for key in keys {
             sweep.examined += 1;
             // The entry may have been evicted or removed since the key walk.
             let Ok(state) = flows.get(&key, 0) else { continue };
             let expired = crate::aging::expired(&state, key.proto, now, aging);
-            if !expired {
-                if let Some(name) = names.get(&state.service) {
-                    *sweep.remaining.entry((*name).clone()).or_default() += 1;
-                }
-            }
             if expired && flows.remove(&key).is_ok() {
                 sweep.removed += 1;
-                gone.push(FlowKey {
-                    src_addr: state.backend,
-                    dst_addr: key.src_addr,
-                    src_port: state.backend_port,
-                    dst_port: key.src_port,
-                    proto: key.proto,
-                    family: key.family,
-                    _pad: [0; 2],
-                });
+                continue;
             }
+            if let Some(name) = names.get(&state.service) {
+                *sweep.remaining.entry((*name).clone()).or_default() += 1;
+            }
+            let (endpoint, vip) = backends::of_flow(&key, &state);
+            live.entry(endpoint).or_default().insert(vip);
         }
-        let mut reverse: HashMap<&mut MapData, FlowKey, ReverseNat> =
-            HashMap::try_from(map_mut(&mut self.ebpf, MAP_REVERSE)?)?;
-        for reply in gone {
-            let _ = reverse.remove(&reply);
-        }
+        self.write_backends(&live)?;
         Ok(sweep)
     }
 
@@ -783,7 +822,7 @@ fn expected_maps(flow_table_size: u32) -> Result<Vec<(&'static str, MapShape)>, 
         .iter()
         .map(|name| {
             let map = obj.maps.get(*name).ok_or(DataplaneError::Missing { kind: "map", name })?;
-            let entries = if [MAP_FLOWS, MAP_REVERSE].contains(name) { flow_table_size } else { map.max_entries() };
+            let entries = if *name == MAP_FLOWS { flow_table_size } else { map.max_entries() };
             Ok((*name, MapShape { map_type: map.map_type(), key: map.key_size(), value: map.value_size(), entries }))
         })
         .collect()
@@ -1015,7 +1054,9 @@ mod tests {
 
     use splitter_common::{
         names::*,
-        service::{EndpointStats, FlowState, ReverseNat, SelectionTable, ServiceKey, ServiceRef, LOG_EVENTS},
+        service::{
+            BackendVips, EndpointStats, FlowState, SelectionTable, ServiceKey, ServiceRef, LOG_EVENTS, MAX_BACKENDS,
+        },
         stats::StatBlock,
         FlowKey,
     };
@@ -1035,7 +1076,7 @@ mod tests {
             (MAP_SERVICES, size_of::<ServiceKey>(), size_of::<ServiceRef>(), None),
             (MAP_TABLES, size_of::<u32>(), size_of::<SelectionTable>(), None),
             (MAP_FLOWS, size_of::<FlowKey>(), size_of::<FlowState>(), None),
-            (MAP_REVERSE, size_of::<FlowKey>(), size_of::<ReverseNat>(), None),
+            (MAP_BACKENDS, size_of::<ServiceKey>(), size_of::<BackendVips>(), Some(MAX_BACKENDS)),
             (MAP_ENDPOINT_STATS, size_of::<u32>(), size_of::<EndpointStats>(), None),
             (MAP_LOG_GATE, size_of::<u32>(), size_of::<u64>(), Some(LOG_EVENTS)),
         ];
@@ -1051,7 +1092,10 @@ mod tests {
         // Nothing in the object that the agent does not know about.
         assert!(obj.maps.contains_key(MAP_AYA_LOGS), "no aya-log ring buffer in the object");
         for name in obj.maps.keys() {
-            let known = ALL_MAPS.contains(&name.as_str()) || name == MAP_AYA_LOGS || name.starts_with('.');
+            let known = ALL_MAPS.contains(&name.as_str())
+                || KERNEL_ONLY_MAPS.contains(&name.as_str())
+                || name == MAP_AYA_LOGS
+                || name.starts_with('.');
             assert!(known, "unknown map {name} in the object");
         }
     }

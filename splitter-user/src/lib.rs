@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod agent_process;
 pub mod aging;
+pub mod backends;
 pub mod capture;
 pub mod change;
 pub mod cli;

@@ -71,6 +71,22 @@ fn family(addr: &SocketAddr) -> u8 {
     }
 }
 
+/// `addr:port/protocol` of a service or endpoint key, for messages.
+pub fn describe_key(key: &ServiceKey) -> String {
+    let bytes: Vec<u8> = key.addr.iter().flat_map(|w| w.to_ne_bytes()).collect();
+    let ip: std::net::IpAddr = if key.family == FAMILY_V4 {
+        std::net::Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]).into()
+    } else {
+        std::net::Ipv6Addr::from(<[u8; 16]>::try_from(bytes).expect("16 bytes")).into()
+    };
+    let proto = match key.proto {
+        6 => "tcp".to_owned(),
+        17 => "udp".to_owned(),
+        p => format!("protocol {p}"),
+    };
+    format!("{}/{proto}", SocketAddr::new(ip, u16::from_be(key.port)))
+}
+
 /// The `SERVICES` key of a service.
 pub fn service_key(svc: &Service) -> ServiceKey {
     ServiceKey {
@@ -285,6 +301,16 @@ mod tests {
         for w in [[3u32, 7, 11], [1, 1, 10_000_000], [2, 3, 5]] {
             assert_eq!(basis_points(&w).iter().sum::<u32>(), 10_000, "{w:?}");
         }
+    }
+
+    #[test]
+    fn keys_read_back_as_socket_addresses() {
+        let v4 =
+            ServiceKey { addr: addr_words("10.0.0.1".parse().unwrap()), port: 8080u16.to_be(), proto: 6, family: 4 };
+        assert_eq!(describe_key(&v4), "10.0.0.1:8080/tcp");
+        let v6 =
+            ServiceKey { addr: addr_words("2001:db8::5".parse().unwrap()), port: 53u16.to_be(), proto: 17, family: 6 };
+        assert_eq!(describe_key(&v6), "[2001:db8::5]:53/udp");
     }
 
     fn owned(table: &[u8; BPS], v: u8) -> usize {

@@ -17,7 +17,7 @@ use splitter_tests::{
     },
     packet::{Frame, Tcp},
 };
-use splitter_user::config::Config;
+use splitter_user::config::{Config, FlowAging};
 
 const CONFIG: &str = r#"
 interfaces: { clients: [fxb] }
@@ -142,33 +142,35 @@ fn service_packets_are_rewritten_forwarded_and_counted() {
             Some(to_client(&reply6, sa6(VIP6, 80))),
             &[Ipv6, Tcp, Replies, Redirected],
         ),
+        // New flows to blue from here on start with the next hop blue's
+        // first flow looked up (shared per endpoint): fib_cached.
         case(
             "mid-stream ACK without an entry is adopted and forwarded",
             &orphan,
             Verdict::Redirect,
             Some(to_backend(&orphan, blue, 10)),
-            &[Ipv4, Tcp, ServicePackets, Adopted, Redirected],
+            &[Ipv4, Tcp, ServicePackets, Adopted, FibCached, Redirected],
         ),
         case(
             "RST is forwarded and forgets the flow",
             &rst,
             Verdict::Redirect,
             Some(to_backend(&rst, blue, 10)),
-            &[Ipv4, Tcp, ServicePackets, Adopted, Redirected],
+            &[Ipv4, Tcp, ServicePackets, Adopted, FibCached, Redirected],
         ),
         case(
             "so the next packet of that 5-tuple is adopted again",
             &after_rst,
             Verdict::Redirect,
             Some(to_backend(&after_rst, blue, 10)),
-            &[Ipv4, Tcp, ServicePackets, Adopted, Redirected],
+            &[Ipv4, Tcp, ServicePackets, Adopted, FibCached, Redirected],
         ),
         case(
             "TTL 1: passed unchanged so the stack sends time-exceeded",
             &dying,
             Verdict::Pass,
             None,
-            &[Ipv4, Tcp, ServicePackets, NewFlows, TtlExpired],
+            &[Ipv4, Tcp, ServicePackets, NewFlows, FibCached, TtlExpired],
         ),
         case(
             "another port on the VIP is not a service: passed unchanged",
@@ -252,6 +254,111 @@ fn a_removed_service_stops_taking_new_flows_and_its_established_ones_finish() {
             &[Ipv4, Tcp, Replies, Redirected],
         ),
         case("a new connection to the removed service is not ours: passed", &new, Verdict::Pass, None, &[Ipv4, Tcp]),
+    ]);
+    // The agent's sweep keeps the endpoint while a flow to it lives ...
+    let aging = FlowAging::default();
+    h.dp.sweep_flows(&aging).expect("sweep");
+    h.check_table(&[case(
+        "after a sweep, the live flow's replies still reach the client",
+        &reply,
+        Verdict::Redirect,
+        Some(to_client(&reply, vip)),
+        &[Ipv4, Tcp, Replies, FibCached, Redirected],
+    )]);
+    // ... and forgets it with its last flow.
+    let rst = Frame::tcp(sa4(CLIENT4, 41500), vip, Tcp::Rst);
+    assert_eq!(h.run(&rst.build()).0, Verdict::Redirect as u32, "the client's RST ends the flow");
+    h.dp.sweep_flows(&aging).expect("sweep");
+    h.check_table(&[case(
+        "once the flow is gone, the endpoint's packets are not replies: passed as they are",
+        &reply,
+        Verdict::Pass,
+        None,
+        &[Ipv4, Tcp],
+    )]);
+}
+
+#[test]
+fn an_endpoint_slot_given_to_another_endpoint_never_lends_it_the_old_next_hop() {
+    let mut h = Harness::with_config(CONFIG);
+    let vip = sa4(VIP4, 80);
+    let first = Frame::tcp(sa4(CLIENT4, 41700), vip, Tcp::Syn);
+    let second = Frame::tcp(sa4(CLIENT4, 41701), vip, Tcp::Syn);
+    let third = Frame::tcp(sa4(CLIENT4, 41702), vip, Tcp::Syn);
+    h.check_table(&[case(
+        "blue's first flow looks its next hop up",
+        &first,
+        Verdict::Redirect,
+        Some(to_backend(&first, sa4(BLUE4, 8080), 10)),
+        &[Ipv4, Tcp, ServicePackets, NewFlows, Redirected],
+    )]);
+    // Version blue's only endpoint (slot 0) becomes .11: another neighbour.
+    let moved = Config::from_yaml(&CONFIG.replace("blue: [198.51.100.10:8080]", "blue: [198.51.100.11:8080]")).unwrap();
+    h.apply(&moved);
+    let other = sa4([198, 51, 100, 11], 8080);
+    h.check_table(&[
+        case(
+            "the slot's new endpoint gets its own lookup, and its own MAC",
+            &second,
+            Verdict::Redirect,
+            Some(to_backend(&second, other, 11)),
+            &[Ipv4, Tcp, ServicePackets, NewFlows, Redirected],
+        ),
+        case(
+            "which the next flow to it shares",
+            &third,
+            Verdict::Redirect,
+            Some(to_backend(&third, other, 11)),
+            &[Ipv4, Tcp, ServicePackets, NewFlows, FibCached, Redirected],
+        ),
+    ]);
+}
+
+#[test]
+fn an_endpoint_shared_by_two_services_answers_each_flow_as_its_own_vip() {
+    let h = Harness::with_config(
+        r#"
+interfaces: { clients: [fxb] }
+services:
+  shop:
+    listen: 203.0.113.10:80
+    protocol: tcp
+    versions: { blue: [198.51.100.10:8080] }
+    weights: { blue: 1 }
+  admin:
+    listen: 203.0.113.11:80
+    protocol: tcp
+    versions: { blue: [198.51.100.10:8080] }
+    weights: { blue: 1 }
+"#,
+    );
+    let blue = sa4(BLUE4, 8080);
+    let (shop, admin) = (sa4(VIP4, 80), sa4([203, 0, 113, 11], 80));
+    let to_shop = Frame::tcp(sa4(CLIENT4, 41600), shop, Tcp::Syn);
+    let to_admin = Frame::tcp(sa4(CLIENT4, 41601), admin, Tcp::Syn);
+    let from_shop = Frame::tcp(blue, sa4(CLIENT4, 41600), Tcp::Ack).payload(b"shop").macs(backend_mac(10), FXA_MAC);
+    let from_admin = Frame::tcp(blue, sa4(CLIENT4, 41601), Tcp::Ack).payload(b"admin").macs(backend_mac(10), FXA_MAC);
+    let unasked = Frame::tcp(blue, sa4(CLIENT4, 41602), Tcp::Ack).payload(b"?").macs(backend_mac(10), FXA_MAC);
+    let new_flow = [Ipv4, Tcp, ServicePackets, NewFlows, Redirected];
+    let reply = [Ipv4, Tcp, Replies, Redirected];
+    h.check_table(&[
+        case("a flow to shop", &to_shop, Verdict::Redirect, Some(to_backend(&to_shop, blue, 10)), &new_flow),
+        case("a flow to admin", &to_admin, Verdict::Redirect, Some(to_backend(&to_admin, blue, 10)), &new_flow),
+        case(
+            "blue answers the shop flow as shop",
+            &from_shop,
+            Verdict::Redirect,
+            Some(to_client(&from_shop, shop)),
+            &reply,
+        ),
+        case(
+            "and the admin flow as admin",
+            &from_admin,
+            Verdict::Redirect,
+            Some(to_client(&from_admin, admin)),
+            &reply,
+        ),
+        case("a packet of blue's that answers no flow is passed", &unasked, Verdict::Pass, None, &[Ipv4, Tcp]),
     ]);
 }
 

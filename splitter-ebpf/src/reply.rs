@@ -1,0 +1,51 @@
+//! Recognising a reply: a packet from an endpoint to a client belongs to the
+//! client's flow to a VIP the endpoint serves. `BACKENDS` lists those VIPs per
+//! endpoint; the flow of (client → VIP) must have this endpoint as its
+//! backend. One entry per flow serves both directions: a new flow inserts
+//! once, and the flow table holds half the entries a reverse table would.
+
+use splitter_common::{
+    service::{FlowState, ServiceKey, MAX_SERVICES_PER_ENDPOINT},
+    FlowKey,
+};
+
+use crate::maps::{SPLITTER_BACKENDS, SPLITTER_FLOWS};
+
+/// The flow a reply (`key`: endpoint → client) answers, and the VIP its
+/// source becomes. Both point into map values.
+pub struct Reply {
+    pub state: *mut FlowState,
+    pub vip: *const ServiceKey,
+}
+
+/// The flow `key` replies to, when its source is an endpoint serving a flow
+/// of its destination.
+#[inline(always)]
+pub fn find(key: &FlowKey) -> Option<Reply> {
+    // SAFETY: a lookup; the value stays valid for the program run (RCU).
+    let backend = unsafe { SPLITTER_BACKENDS.get(ServiceKey::of_source(key)) }?;
+    let count = backend.count as usize;
+    for i in 0..MAX_SERVICES_PER_ENDPOINT {
+        if i >= count {
+            break;
+        }
+        let vip = &backend.vips[i];
+        let client = FlowKey {
+            src_addr: key.dst_addr,
+            dst_addr: vip.addr,
+            src_port: key.dst_port,
+            dst_port: vip.port,
+            proto: key.proto,
+            family: key.family,
+            _pad: [0; 2],
+        };
+        if let Some(state) = SPLITTER_FLOWS.get_ptr_mut(client) {
+            // SAFETY: the map's value, read only here.
+            let s = unsafe { &*state };
+            if s.backend == key.src_addr && s.backend_port == key.src_port {
+                return Some(Reply { state, vip });
+            }
+        }
+    }
+    None
+}
