@@ -69,9 +69,10 @@ pub fn next_hop<C: Frame>(
 /// The next hop of a new flow to `endpoint` (index `index` of service slot
 /// `service`): the endpoint's shared entry in `HOPS` when it is fresh and
 /// answers for this endpoint and arrival interface, else a FIB lookup, which
-/// refreshes it. Stored in the flow's own `cache` either way. (Routes chosen
-/// by the client's source address are not looked up per client here; the
-/// reply direction, towards the client, is.)
+/// refreshes it. Stored in the flow's own `cache` either way; true when the
+/// shared entry answered (the caller counts it once the flow is placed).
+/// (Routes chosen by the client's source address are not looked up per
+/// client here; the reply direction, towards the client, is.)
 #[inline(always)]
 pub fn to_new_endpoint(
     ctx: &Ingress,
@@ -80,9 +81,9 @@ pub fn to_new_endpoint(
     (service, index): (u16, u8),
     cache: &mut NextHop,
     now: u64,
-) -> Option<NextHop> {
+) -> (Option<NextHop>, bool) {
     let Some(shared) = SPLITTER_HOPS.get_ptr_mut(endpoint_stats_index(service, index)) else {
-        return next_hop(ctx, pkt, &pkt.key.src_addr, endpoint, cache, now);
+        return (next_hop(ctx, pkt, &pkt.key.src_addr, endpoint, cache, now), false);
     };
     // SAFETY: the map's value. Another CPU may refresh it meanwhile; both
     // write the FIB's answer of the same second (as for a flow's cache).
@@ -91,16 +92,17 @@ pub fn to_new_endpoint(
     if shared.endpoint == *endpoint && shared.arrival_ifindex == arrival {
         let hop = shared.hop;
         if hop.ifindex != 0 && now.wrapping_sub(hop.looked_up_ns) < FIB_REFRESH_NS {
-            ctx.stats.inc(Stat::FibCached);
             *cache = hop;
-            return Some(hop);
+            return (Some(hop), true);
         }
     }
-    let hop = next_hop(ctx, pkt, &pkt.key.src_addr, endpoint, cache, now)?;
+    let Some(hop) = next_hop(ctx, pkt, &pkt.key.src_addr, endpoint, cache, now) else {
+        return (None, false);
+    };
     shared.endpoint = *endpoint;
     shared.arrival_ifindex = arrival;
     shared.hop = hop;
-    Some(hop)
+    (Some(hop), false)
 }
 
 /// `bpf_fib_lookup` on an 8-byte boundary, so it can be zeroed with 8-byte

@@ -29,6 +29,10 @@ use crate::{
     parse::{Packet, Parsed, Verdict, IPPROTO_TCP, TCP_FIN, TCP_RST},
 };
 
+/// `bpf_map_update_elem` flag: insert only, never replace.
+const BPF_NOEXIST: u64 = 1;
+const EEXIST: i32 = 17;
+
 /// Bit set in a verdict (always `XDP_PASS`) when the packet belongs to a
 /// mirrored flow and is left, unchanged, to the TC program `mirror`.
 const HANDOFF: u32 = 1 << 30;
@@ -78,23 +82,35 @@ fn try_ingress(ctx: &Ingress) -> u32 {
                 _ => Stat::Udp,
             });
             // Most packets belong to a known flow, one way or the other: one
-            // lookup each. Only a flow's first packet needs the service.
-            if let Some(state) = SPLITTER_FLOWS.get_ptr_mut(pkt.key) {
-                // SAFETY: the map's value; see `established` on racing writes.
-                return established(ctx, &pkt, unsafe { &mut *state });
-            }
-            // A connection's first segment (SYN without ACK) is never a reply.
-            if !pkt.is_syn() {
-                if let Some(reply) = reply::find(&pkt.key) {
-                    // SAFETY: map values; see `established` on racing writes.
-                    return to_client(ctx, &pkt, unsafe { &mut *reply.state }, unsafe { &*reply.vip });
+            // lookup each. A connection's first segment (SYN without ACK)
+            // goes straight to its service: its insert finds out whether
+            // the flow exists (a retransmitted SYN), so a new connection
+            // costs no lookup of a flow that is not there.
+            let syn = pkt.is_syn();
+            let mut state = if syn { None } else { SPLITTER_FLOWS.get_ptr_mut(pkt.key) };
+            if state.is_none() {
+                // A SYN is never a reply.
+                if !syn {
+                    if let Some(reply) = reply::find(&pkt.key) {
+                        // SAFETY: map values; see `established` on racing writes.
+                        return to_client(ctx, &pkt, unsafe { &mut *reply.state }, unsafe { &*reply.vip });
+                    }
+                }
+                let Some(svc) = (unsafe { SPLITTER_SERVICES.get(ServiceKey::of_flow(&pkt.key)) }) else {
+                    return xdp_action::XDP_PASS;
+                };
+                let svc = *svc;
+                match new_flow(ctx, &pkt, &svc) {
+                    Placed::Done(action) => return action,
+                    // Inserted meanwhile (a retransmitted SYN, or another CPU).
+                    Placed::Exists => state = SPLITTER_FLOWS.get_ptr_mut(pkt.key),
                 }
             }
-            if let Some(svc) = unsafe { SPLITTER_SERVICES.get(ServiceKey::of_flow(&pkt.key)) } {
-                let svc = *svc;
-                return new_flow(ctx, &pkt, &svc);
+            match state {
+                // SAFETY: the map's value; see `established` on racing writes.
+                Some(state) => established(ctx, &pkt, unsafe { &mut *state }),
+                None => xdp_action::XDP_PASS,
             }
-            xdp_action::XDP_PASS
         }
         Ok(Parsed::Other(verdict)) => {
             ctx.stats.inc(match verdict {
@@ -140,29 +156,36 @@ fn established(ctx: &Ingress, pkt: &Packet, state: &mut FlowState) -> u32 {
     to_backend(ctx, pkt, &backend, port, hop)
 }
 
+/// What [`new_flow`] did.
+enum Placed {
+    /// Placed (or refused) with this verdict.
+    Done(u32),
+    /// The flow has an entry already: it follows it.
+    Exists,
+}
+
 /// Client → service, first packet of a flow (or one whose entry is gone):
-/// place it, remember it (its replies find the same entry), then DNAT.
+/// place it, remember it (its replies find the same entry), then DNAT. The
+/// insert never replaces an entry: a flow that has one follows it.
 #[inline(always)]
-fn new_flow(ctx: &Ingress, pkt: &Packet, svc: &ServiceRef) -> u32 {
-    ctx.stats.inc(Stat::ServicePackets);
+fn new_flow(ctx: &Ingress, pkt: &Packet, svc: &ServiceRef) -> Placed {
     // SAFETY: plain helper call.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
     let placed = match select::place(&pkt.key, svc) {
         Ok(placed) => placed,
         Err(select::NoPlace::BadTable) => {
+            ctx.stats.inc(Stat::ServicePackets);
             ctx.stats.inc(Stat::NoTable);
-            return xdp_action::XDP_DROP | events::note(events::Event::BadTable, svc.table, now);
+            return Placed::Done(xdp_action::XDP_DROP | events::note(events::Event::BadTable, svc.table, now));
         }
     };
     let (ep, idx, mirror) = (placed.endpoint, placed.index, placed.mirror_ifindex);
     let service = (svc.table / 2) as u16;
     let adopted = !pkt.opens_flow();
-    ctx.stats.inc(if adopted { Stat::Adopted } else { Stat::NewFlows });
-    counters::endpoint(service, idx, Direction::In, (ctx.data_end() - ctx.data()) as u64, true);
     // The entry is put together in this CPU's scratch slot: the stack has no
     // room for it. Every field is written (the slot holds the last flow's).
     let Some(state) = SPLITTER_SCRATCH.get_ptr_mut(0) else {
-        return xdp_action::XDP_PASS;
+        return Placed::Done(xdp_action::XDP_PASS);
     };
     // SAFETY: this CPU's slot; nothing else runs on this CPU meanwhile.
     let state = unsafe { &mut *state };
@@ -181,16 +204,26 @@ fn new_flow(ctx: &Ingress, pkt: &Packet, svc: &ServiceRef) -> u32 {
     state._pad2 = 0;
     // A mirrored flow is forwarded by the TC program, which looks up the
     // next hop itself.
-    let mut hop = if mirror == 0 {
+    let (mut hop, shared_hop) = if mirror == 0 {
         forward::to_new_endpoint(ctx, pkt, &ep.addr, (service, idx), &mut state.hop, now)
     } else {
-        None
+        (None, false)
     };
     let mut event = 0;
     // Inserted from the scratch slot by reference (a copy would land on the stack).
     let entry: &FlowState = state;
-    match SPLITTER_FLOWS.insert(pkt.key, entry, 0) {
-        Ok(()) if mirror != 0 => return xdp_action::XDP_PASS | HANDOFF,
+    let inserted = SPLITTER_FLOWS.insert(pkt.key, entry, BPF_NOEXIST);
+    if inserted == Err(-EEXIST) {
+        return Placed::Exists;
+    }
+    ctx.stats.inc(Stat::ServicePackets);
+    ctx.stats.inc(if adopted { Stat::Adopted } else { Stat::NewFlows });
+    if shared_hop {
+        ctx.stats.inc(Stat::FibCached);
+    }
+    counters::endpoint(service, idx, Direction::In, (ctx.data_end() - ctx.data()) as u64, true);
+    match inserted {
+        Ok(()) if mirror != 0 => return Placed::Done(xdp_action::XDP_PASS | HANDOFF),
         Ok(()) => {}
         Err(e) => {
             ctx.stats.inc(Stat::FlowInsertFailed);
@@ -201,7 +234,7 @@ fn new_flow(ctx: &Ingress, pkt: &Packet, svc: &ServiceRef) -> u32 {
             }
         }
     }
-    event | to_backend(ctx, pkt, &ep.addr, ep.port, hop)
+    Placed::Done(event | to_backend(ctx, pkt, &ep.addr, ep.port, hop))
 }
 
 /// DNAT to `backend:port` and send the packet on (`hop`, else the stack). A

@@ -216,6 +216,13 @@ fn a_flip_moves_new_flows_and_leaves_established_ones() {
             Some(to_backend(&new, green, 20)),
             &[Ipv4, Tcp, ServicePackets, NewFlows, Redirected],
         ),
+        case(
+            "a retransmitted SYN of that flow is no new flow: its insert finds the entry, it stays on blue",
+            &old,
+            Verdict::Redirect,
+            Some(to_backend(&old, blue, 10)),
+            &[Ipv4, Tcp, ServicePackets, FlowHits, FibCached, Redirected],
+        ),
     ]);
 }
 
