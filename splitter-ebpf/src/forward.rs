@@ -20,7 +20,7 @@ use splitter_common::{
 
 use crate::{
     frame::{Frame, Ingress, Skb},
-    maps::SPLITTER_HOPS,
+    maps::{SPLITTER_HOPS, SPLITTER_SCRATCH},
     parse::{ptr_at, Packet},
 };
 
@@ -42,8 +42,13 @@ pub fn next_hop<C: Frame>(
         ctx.stats().inc(Stat::FibCached);
         return Some(*cache);
     }
-    let mut params = mem::MaybeUninit::uninit();
-    let p = zero_fib_params(&mut params);
+    // The parameters live in this CPU's scratch slot, not on the stack.
+    let Some(scratch) = SPLITTER_SCRATCH.get_ptr_mut(0) else {
+        ctx.stats().inc(Stat::FibPass);
+        return None;
+    };
+    // SAFETY: this CPU's slot; only its `fib` field is used here.
+    let p = zero_fib_params(unsafe { &mut (*scratch).fib });
     p.l4_protocol = pkt.key.proto;
     p.ifindex = ctx.arrival_ifindex();
     if pkt.key.family == FAMILY_V4 {
@@ -62,7 +67,10 @@ pub fn next_hop<C: Frame>(
         cache.ifindex = 0;
         return None;
     }
-    *cache = NextHop { ifindex: p.ifindex, smac: p.smac, dmac: p.dmac, looked_up_ns: now };
+    cache.ifindex = p.ifindex;
+    copy_mac(&mut cache.smac, &p.smac);
+    copy_mac(&mut cache.dmac, &p.dmac);
+    cache.looked_up_ns = now;
     Some(*cache)
 }
 
@@ -106,19 +114,19 @@ pub fn to_new_endpoint(
 }
 
 /// `bpf_fib_lookup` on an 8-byte boundary, so it can be zeroed with 8-byte
-/// stores (the verifier wants aligned stack access).
+/// stores.
 #[repr(C, align(8))]
-struct FibParams(bpf_fib_lookup);
+pub struct FibParams(bpf_fib_lookup);
 
 /// Zeroes `params` with eight 8-byte stores and returns the struct inside.
 /// (`mem::zeroed` becomes a call to a byte-at-a-time `memset` on BPF: 64
 /// iterations on every FIB lookup.) In place: no copy of the struct.
 #[inline(always)]
-fn zero_fib_params(params: &mut mem::MaybeUninit<FibParams>) -> &mut bpf_fib_lookup {
+fn zero_fib_params(params: &mut FibParams) -> &mut bpf_fib_lookup {
     const WORDS: usize = mem::size_of::<FibParams>() / 8;
     const _: () = assert!(mem::size_of::<FibParams>() == mem::size_of::<bpf_fib_lookup>());
     const _: () = assert!(mem::size_of::<bpf_fib_lookup>() == WORDS * 8);
-    let words = params.as_mut_ptr() as *mut u64;
+    let words = params as *mut FibParams as *mut u64;
     // SAFETY: `words` covers exactly the 8-aligned struct (sizes asserted
     // above); volatile keeps LLVM from merging the stores back into a memset
     // call. All-zero is a valid bpf_fib_lookup.
@@ -126,8 +134,16 @@ fn zero_fib_params(params: &mut mem::MaybeUninit<FibParams>) -> &mut bpf_fib_loo
         for i in 0..WORDS {
             core::ptr::write_volatile(words.add(i), 0);
         }
-        &mut params.assume_init_mut().0
     }
+    &mut params.0
+}
+
+/// Copies a MAC as one 4-byte and one 2-byte load and store (a `[u8; 6]`
+/// assignment becomes a byte-loop `memmove` call on BPF).
+#[inline(always)]
+fn copy_mac(to: &mut [u8; 6], from: &[u8; 6]) {
+    // SAFETY: both point at 6 bytes.
+    unsafe { put_mac(to.as_mut_ptr(), from) }
 }
 
 /// Writes a 6-byte MAC at `at` as one 4-byte and one 2-byte store (a `[u8; 6]`

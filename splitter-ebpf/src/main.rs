@@ -91,9 +91,10 @@ fn try_ingress(ctx: &Ingress) -> u32 {
             if state.is_none() {
                 // A SYN is never a reply.
                 if !syn {
-                    if let Some(reply) = reply::find(&pkt.key) {
-                        // SAFETY: map values; see `established` on racing writes.
-                        return to_client(ctx, &pkt, unsafe { &mut *reply.state }, unsafe { &*reply.vip });
+                    let mut vip = ServiceKey { addr: [0; 4], port: 0, proto: 0, family: 0 };
+                    if let Some(state) = reply::find(&pkt.key, &mut vip) {
+                        // SAFETY: the map's value; see `established` on racing writes.
+                        return to_client(ctx, &pkt, unsafe { &mut *state }, &vip);
                     }
                 }
                 let Some(svc) = (unsafe { SPLITTER_SERVICES.get(ServiceKey::of_flow(&pkt.key)) }) else {
@@ -184,11 +185,12 @@ fn new_flow(ctx: &Ingress, pkt: &Packet, svc: &ServiceRef) -> Placed {
     let adopted = !pkt.opens_flow();
     // The entry is put together in this CPU's scratch slot: the stack has no
     // room for it. Every field is written (the slot holds the last flow's).
-    let Some(state) = SPLITTER_SCRATCH.get_ptr_mut(0) else {
+    let Some(scratch) = SPLITTER_SCRATCH.get_ptr_mut(0) else {
         return Placed::Done(xdp_action::XDP_PASS);
     };
-    // SAFETY: this CPU's slot; nothing else runs on this CPU meanwhile.
-    let state = unsafe { &mut *state };
+    // SAFETY: this CPU's slot; nothing else runs on this CPU meanwhile, and
+    // only the FIB lookup uses the slot's other field.
+    let state = unsafe { &mut (*scratch).flow };
     state.backend = ep.addr;
     state.backend_port = ep.port;
     state.version = ep.version;

@@ -1,6 +1,7 @@
 //! Every map the kernel programs use. Names match `splitter_common::names`
 //! (the agent's tests check the built object against those constants).
 
+use crate::forward::FibParams;
 use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
@@ -37,10 +38,20 @@ pub static SPLITTER_FLOWS: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max
 #[map]
 pub static SPLITTER_BACKENDS: HashMap<ServiceKey, BackendVips> = HashMap::with_max_entries(MAX_BACKENDS, 0);
 
-/// Per CPU: a new flow's entry, put together here before it is inserted
-/// (the stack has no room for it). Nothing in it outlives one packet.
+/// One packet's scratch space: what does not fit on the stack (512 bytes
+/// for the whole program). Kernel-only, so its type lives here.
+#[repr(C)]
+pub struct Scratch {
+    /// A new flow's entry, put together before it is inserted.
+    pub flow: FlowState,
+    /// A FIB lookup's parameters and answer.
+    pub fib: FibParams,
+}
+
+/// Per CPU, one [`Scratch`]. Nothing in it outlives one packet (a CPU runs
+/// one program at a time, to the end).
 #[map]
-pub static SPLITTER_SCRATCH: PerCpuArray<FlowState> = PerCpuArray::with_max_entries(1, 0);
+pub static SPLITTER_SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 
 /// Per endpoint slot: the next hop new flows to it start with (see
 /// `forward::to_new_endpoint`). Shared by all CPUs, like the flows' caches.

@@ -67,11 +67,15 @@ fn try_mirror(skb: &Skb) -> i32 {
         if state.flags & FLOW_MIRROR != 0 {
             return to_service(skb, &pkt, state);
         }
-    } else if let Some(reply) = reply::find(&pkt.key) {
-        // SAFETY: map values, as above.
-        let (state, vip) = unsafe { (&mut *reply.state, &*reply.vip) };
+    } else {
+        let mut vip = ServiceKey { addr: [0; 4], port: 0, proto: 0, family: 0 };
+        let Some(state) = reply::find(&pkt.key, &mut vip) else {
+            return TC_ACT_OK;
+        };
+        // SAFETY: the map's value, as above.
+        let state = unsafe { &mut *state };
         if state.flags & FLOW_MIRROR != 0 {
-            return to_client(skb, &pkt, state, vip);
+            return to_client(skb, &pkt, state, &vip);
         }
     }
     TC_ACT_OK

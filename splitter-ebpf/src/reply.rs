@@ -11,17 +11,15 @@ use splitter_common::{
 
 use crate::maps::{SPLITTER_BACKENDS, SPLITTER_FLOWS};
 
-/// The flow a reply (`key`: endpoint → client) answers, and the VIP its
-/// source becomes. Both point into map values.
-pub struct Reply {
-    pub state: *mut FlowState,
-    pub vip: *const ServiceKey,
-}
-
-/// The flow `key` replies to, when its source is an endpoint serving a flow
-/// of its destination.
+/// The flow `key` (endpoint → client) replies to, when its source is an
+/// endpoint serving a flow of its destination: a pointer into the flow
+/// table, and in `vip` the address its source becomes.
+///
+/// The VIP is copied out rather than pointed at: whichever candidate
+/// matched, the verifier then sees one state after the search (a pointer
+/// would differ in its offset), not one per candidate.
 #[inline(always)]
-pub fn find(key: &FlowKey) -> Option<Reply> {
+pub fn find(key: &FlowKey, vip: &mut ServiceKey) -> Option<*mut FlowState> {
     // SAFETY: a lookup; the value stays valid for the program run (RCU).
     let backend = unsafe { SPLITTER_BACKENDS.get(ServiceKey::of_source(key)) }?;
     let count = backend.count as usize;
@@ -29,12 +27,12 @@ pub fn find(key: &FlowKey) -> Option<Reply> {
         if i >= count {
             break;
         }
-        let vip = &backend.vips[i];
+        let candidate = &backend.vips[i];
         let client = FlowKey {
             src_addr: key.dst_addr,
-            dst_addr: vip.addr,
+            dst_addr: candidate.addr,
             src_port: key.dst_port,
-            dst_port: vip.port,
+            dst_port: candidate.port,
             proto: key.proto,
             family: key.family,
             _pad: [0; 2],
@@ -43,7 +41,14 @@ pub fn find(key: &FlowKey) -> Option<Reply> {
             // SAFETY: the map's value, read only here.
             let s = unsafe { &*state };
             if s.backend == key.src_addr && s.backend_port == key.src_port {
-                return Some(Reply { state, vip });
+                // Field by field: a struct copy becomes a `memmove` call.
+                for w in 0..4 {
+                    vip.addr[w] = candidate.addr[w];
+                }
+                vip.port = candidate.port;
+                vip.proto = candidate.proto;
+                vip.family = candidate.family;
+                return Some(state);
             }
         }
     }

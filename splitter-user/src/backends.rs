@@ -7,6 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use bytemuck::Zeroable;
 use splitter_common::{
     service::{BackendVips, FlowState, ServiceKey, MAX_SERVICES_PER_ENDPOINT},
     FlowKey,
@@ -62,7 +63,7 @@ pub fn merge(config: &Backends, live: &Backends) -> (Backends, Vec<(ServiceKey, 
 /// The map value listing `vips` (in order; at most the first
 /// `MAX_SERVICES_PER_ENDPOINT`).
 pub fn value(vips: &BTreeSet<ServiceKey>) -> BackendVips {
-    let mut v = BackendVips { count: 0, vips: [ServiceKey { addr: [0; 4], port: 0, proto: 0, family: 0 }; 4] };
+    let mut v = BackendVips::zeroed();
     for (slot, vip) in v.vips.iter_mut().zip(vips) {
         *slot = *vip;
         v.count += 1;
