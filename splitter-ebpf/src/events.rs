@@ -18,7 +18,7 @@ use crate::maps::SPLITTER_LOG_GATE;
 pub enum Event {
     /// A service points at a table that is missing or not its own.
     BadTable = 0,
-    /// The flow or reverse-NAT table refused an insert.
+    /// The flow table refused an insert.
     FlowInsert = 1,
 }
 

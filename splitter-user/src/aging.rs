@@ -1,12 +1,12 @@
 //! Flow aging: which kernel flow entries the agent removes, and the sweep.
 //!
 //! The kernel stamps every flow with the coarse monotonic time of its last
-//! client packet and marks it closing on a client FIN; a TCP RST removes it
-//! at once. Every `flow_aging.sweep_secs` the agent removes flows idle longer
-//! than their protocol's timeout (closing TCP flows: `closing_secs`), with
-//! their reverse-NAT entries. When the table is full the LRU evicts the least
-//! recently used entries anyway; a flow whose entry is gone is placed again
-//! by the current tables at its next packet (counted as `adopted`).
+//! packet either way and marks it closing on a client FIN or an endpoint
+//! RST; a client RST removes it at once. Every `flow_aging.sweep_secs` the
+//! agent removes flows idle longer than their protocol's timeout (closing
+//! TCP flows: `closing_secs`). When the table is full the LRU evicts the
+//! least recently used entries anyway; a flow whose entry is gone is placed
+//! again by the current tables at its next packet (counted as `adopted`).
 
 use splitter_common::service::{FlowState, FLOW_CLOSING};
 

@@ -31,12 +31,12 @@ use aya::{
 };
 use splitter_common::{
     names::{
-        ALL_MAPS, MAP_BACKENDS, MAP_ENDPOINT_STATS, MAP_FLOWS, MAP_SERVICES, MAP_STATS, MAP_TABLES, PROG_FLOOR,
-        PROG_INGRESS, PROG_MIRROR, PROG_MIRROR_GUARD,
+        ALL_MAPS, MAP_BACKENDS, MAP_ENDPOINT_STATS, MAP_FLOWS, MAP_HOPS, MAP_SERVICES, MAP_STATS, MAP_TABLES,
+        PROG_FLOOR, PROG_INGRESS, PROG_MIRROR, PROG_MIRROR_GUARD,
     },
     service::{
-        endpoint_stats_index, BackendVips, EndpointStats, FlowState, SelectionTable, ServiceKey, ServiceRef,
-        MAX_ENDPOINTS, MAX_SERVICES, MAX_SERVICES_PER_ENDPOINT,
+        endpoint_stats_index, BackendVips, EndpointHop, EndpointStats, FlowState, SelectionTable, ServiceKey,
+        ServiceRef, MAX_ENDPOINTS, MAX_SERVICES, MAX_SERVICES_PER_ENDPOINT,
     },
     stats::{Stat, StatBlock},
     FlowKey,
@@ -621,6 +621,24 @@ impl Dataplane {
             ifname: ifname.to_owned(),
             source,
         })?;
+        Ok(())
+    }
+
+    /// Empties the kernel's shared next hops (`HOPS`) of every live service's
+    /// endpoints, so the next new flow to each pays the FIB lookup again.
+    /// Benchmark support: the agent never writes this map.
+    pub fn forget_next_hops(&mut self) -> Result<(), DataplaneError> {
+        let slots: Vec<u32> = self
+            .live
+            .values()
+            .flat_map(|i| {
+                (0..i.table.n_endpoints.min(MAX_ENDPOINTS as u16)).map(|e| endpoint_stats_index(i.slot as u16, e as u8))
+            })
+            .collect();
+        let mut hops: Array<&mut MapData, EndpointHop> = Array::try_from(map_mut(&mut self.ebpf, MAP_HOPS)?)?;
+        for slot in slots {
+            hops.set(slot, <EndpointHop as bytemuck::Zeroable>::zeroed(), 0)?;
+        }
         Ok(())
     }
 
