@@ -57,6 +57,11 @@ pub const KERNEL_ONLY_MAPS: [&str; 2] = [MAP_SCRATCH, MAP_HOPS];
 /// loaded program has its own, read by the agent that loaded it).
 pub const MAP_AYA_LOGS: &str = "AYA_LOGS";
 
+/// Maps earlier builds pinned that this one no longer has (the per-flow
+/// reverse-NAT table, replaced by `BACKENDS`): a pinned load and `down`
+/// remove them. Unknown pins are never touched.
+pub const RETIRED_MAPS: [&str; 1] = ["SPLITTER_REVERSE"];
+
 /// Every map the agent pins (and adopts on restart).
 pub const ALL_MAPS: [&str; 7] =
     [MAP_STATS, MAP_SERVICES, MAP_TABLES, MAP_FLOWS, MAP_BACKENDS, MAP_ENDPOINT_STATS, MAP_LOG_GATE];

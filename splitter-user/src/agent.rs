@@ -714,6 +714,9 @@ pub async fn run(mut config: Config, opts: RunOptions) -> Result<(), AgentError>
     for (map, why) in &adoption.replaced {
         warn!(map, "pinned map does not fit this build ({why}); replaced with a fresh one");
     }
+    for map in &adoption.retired {
+        info!(map, "removed a map an earlier build pinned and this one no longer uses");
+    }
     // Planned from what the kernel serves now, so a restart moves no flow.
     let plans = match &cluster {
         Some(c) => c.desired.plan(&effective)?,

@@ -32,7 +32,7 @@ use aya::{
 use splitter_common::{
     names::{
         ALL_MAPS, MAP_BACKENDS, MAP_ENDPOINT_STATS, MAP_FLOWS, MAP_HOPS, MAP_SERVICES, MAP_STATS, MAP_TABLES,
-        PROG_FLOOR, PROG_INGRESS, PROG_MIRROR, PROG_MIRROR_GUARD,
+        PROG_FLOOR, PROG_INGRESS, PROG_MIRROR, PROG_MIRROR_GUARD, RETIRED_MAPS,
     },
     service::{
         endpoint_stats_index, BackendVips, EndpointHop, EndpointStats, FlowState, SelectionTable, ServiceKey,
@@ -216,6 +216,8 @@ pub struct Adoption {
     pub replaced: Vec<(&'static str, String)>,
     /// Services found live in the adopted maps.
     pub services: usize,
+    /// Pinned maps of an earlier build that this one no longer uses, removed.
+    pub retired: Vec<&'static str>,
 }
 
 /// How an interface got the ingress program.
@@ -290,6 +292,13 @@ impl Dataplane {
                     None if path.exists() => adoption.reused.push(name),
                     _ => {}
                 }
+            }
+        }
+        for name in RETIRED_MAPS {
+            let path = dir.join(name);
+            if path.exists() {
+                std::fs::remove_file(&path).map_err(|source| DataplaneError::Unpin { path, source })?;
+                adoption.retired.push(name);
             }
         }
         let paths: Vec<(&'static str, PathBuf)> = ALL_MAPS.iter().map(|n| (*n, dir.join(n))).collect();
@@ -798,7 +807,7 @@ pub fn down(dir: &Path) -> Result<Vec<String>, DataplaneError> {
     for prog in PIN_PROGRAMS {
         unpin(dir.join(prog), &mut removed)?;
     }
-    for name in ALL_MAPS {
+    for name in ALL_MAPS.iter().chain(&RETIRED_MAPS) {
         unpin(dir.join(name), &mut removed)?;
     }
     // Only when empty: never removes pins this build does not know.

@@ -584,9 +584,16 @@ fn a_restart_with_a_resized_flow_table_replaces_only_the_flow_maps() {
     assert!(agent.stop_ok());
     let text = std::fs::read_to_string(&agent.config_path).unwrap();
     std::fs::write(&agent.config_path, format!("flow_table_size: 4096\n{text}")).unwrap();
+    // An earlier build's reverse-NAT table, still pinned (an upgrade): the
+    // next agent removes it.
+    let retired = agent.pin_path.join("SPLITTER_REVERSE");
+    let gate = aya::maps::MapData::from_pin(agent.pin_path.join(splitter_common::names::MAP_LOG_GATE)).unwrap();
+    gate.pin(&retired).expect("pin a stand-in for the retired map");
     agent.start_again(&topo.lb).unwrap_or_else(|e| panic!("{e}"));
     let log = agent.log();
     assert!(log.contains("does not fit this build") && log.contains("SPLITTER_FLOWS"), "{log}");
+    assert!(!retired.exists(), "the retired map's pin is still there");
+    assert!(log.contains("earlier build pinned") && log.contains("SPLITTER_REVERSE"), "{log}");
     // The tables were adopted: the flip holds, and traffic flows.
     assert_eq!(live_bps(&agent), [0, 10000]);
     assert_eq!(tcp_split(&topo, vip, 20).get("green"), Some(&20));
