@@ -28,8 +28,11 @@ fn config(node: usize, services: usize, etcd: &str, prefix: &str) -> String {
     for i in 0..services {
         writeln!(
             c,
-            "  s{i}:\n    listen: 203.0.113.10:{}\n    protocol: tcp\n    versions: {{ blue: [198.51.100.10:8080], green: [198.51.100.20:8080] }}\n    weights: {{ blue: 80, green: 20 }}",
-            80 + i
+            "  s{i}:\n    listen: 203.0.113.10:{}\n    protocol: tcp\n    versions: {{ blue: [198.51.100.10:{}], green: [198.51.100.20:{}] }}\n    weights: {{ blue: 80, green: 20 }}",
+            80 + i,
+            // Each service its own endpoints (an endpoint serves at most 4).
+            8080 + i,
+            8080 + i
         )
         .unwrap();
     }
