@@ -385,8 +385,11 @@ impl Dataplane {
         let in_use = |key: &ServiceKey| plans.iter().any(|p| p.key == *key);
         // Replies of the new endpoints are recognised before any flow can be
         // placed on them; endpoints that left stay until their flows are gone
-        // (the sweep removes them).
-        self.configured = backends::of_plans(plans);
+        // (the sweep removes them). Until this apply has succeeded, the old
+        // plans' endpoints count as configured too: a failure part-way may
+        // leave some services on their old tables.
+        let configured = backends::of_plans(plans);
+        self.configured = backends::merge(&configured, &self.configured).0;
         let kept = self.backends.clone();
         self.write_backends(&kept)?;
         // Every mirror interface resolved before anything is written.
@@ -447,6 +450,7 @@ impl Dataplane {
                 services.remove(&installed.key)?;
             }
         }
+        self.configured = configured;
         Ok(())
     }
 
