@@ -97,6 +97,7 @@ fn try_ingress(ctx: &Ingress) -> u32 {
                         return to_client(ctx, &pkt, unsafe { &mut *state }, &vip);
                     }
                 }
+                // SAFETY: a lookup; the value is copied at once.
                 let Some(svc) = (unsafe { SPLITTER_SERVICES.get(ServiceKey::of_flow(&pkt.key)) }) else {
                     return xdp_action::XDP_PASS;
                 };
