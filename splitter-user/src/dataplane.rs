@@ -754,9 +754,11 @@ impl Dataplane {
             sweep.examined += 1;
             // The entry may have been evicted or removed since the key walk.
             let Ok(state) = flows.get(&key, 0) else { continue };
-            let expired = crate::aging::expired(&state, key.proto, now, aging);
-            if expired && flows.remove(&key).is_ok() {
-                sweep.removed += 1;
+            if crate::aging::expired(&state, key.proto, now, aging) {
+                // Gone either way: removed here, or by the kernel (a RST) meanwhile.
+                if flows.remove(&key).is_ok() {
+                    sweep.removed += 1;
+                }
                 continue;
             }
             if let Some(name) = names.get(&state.service) {
