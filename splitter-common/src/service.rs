@@ -143,6 +143,14 @@ pub struct NextHop {
     pub looked_up_ns: u64,
 }
 
+impl NextHop {
+    /// Whether this is an answer, younger than `FIB_REFRESH_NS` at `now`.
+    #[inline(always)]
+    pub const fn fresh(&self, now: u64) -> bool {
+        self.ifindex != 0 && now.wrapping_sub(self.looked_up_ns) < FIB_REFRESH_NS
+    }
+}
+
 /// `HOPS` value, one per endpoint slot ([`endpoint_stats_index`]): the next
 /// hop towards that endpoint, shared by its new flows, so a flow's first
 /// packet skips the FIB lookup when another flow to the endpoint made it
@@ -273,6 +281,9 @@ mod pod {
 }
 
 impl ServiceKey {
+    /// No address: what a search fills in.
+    pub const UNSET: ServiceKey = ServiceKey { addr: [0; 4], port: 0, proto: 0, family: 0 };
+
     /// The service a flow addresses (its destination).
     #[inline(always)]
     pub const fn of_flow(key: &crate::FlowKey) -> Self {

@@ -13,7 +13,7 @@ use aya_ebpf::{
 };
 use network_types::eth::EthHdr;
 use splitter_common::{
-    service::{endpoint_stats_index, NextHop, FIB_REFRESH_NS},
+    service::{endpoint_stats_index, NextHop},
     stats::Stat,
     FAMILY_V4,
 };
@@ -38,7 +38,7 @@ pub fn next_hop<C: Frame>(
     cache: &mut NextHop,
     now: u64,
 ) -> Option<NextHop> {
-    if cache.ifindex != 0 && now.wrapping_sub(cache.looked_up_ns) < FIB_REFRESH_NS {
+    if cache.fresh(now) {
         ctx.stats().inc(Stat::FibCached);
         return Some(*cache);
     }
@@ -99,7 +99,7 @@ pub fn to_new_endpoint(
     let arrival = ctx.arrival_ifindex();
     if shared.endpoint == *endpoint && shared.arrival_ifindex == arrival {
         let hop = shared.hop;
-        if hop.ifindex != 0 && now.wrapping_sub(hop.looked_up_ns) < FIB_REFRESH_NS {
+        if hop.fresh(now) {
             *cache = hop;
             return (Some(hop), true);
         }

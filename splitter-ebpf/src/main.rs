@@ -91,7 +91,7 @@ fn try_ingress(ctx: &Ingress) -> u32 {
             if state.is_none() {
                 // A SYN is never a reply.
                 if !syn {
-                    let mut vip = ServiceKey { addr: [0; 4], port: 0, proto: 0, family: 0 };
+                    let mut vip = ServiceKey::UNSET;
                     if let Some(state) = reply::find(&pkt.key, &mut vip) {
                         // SAFETY: the map's value; see `established` on racing writes.
                         return to_client(ctx, &pkt, unsafe { &mut *state }, &vip);

@@ -68,7 +68,7 @@ fn try_mirror(skb: &Skb) -> i32 {
             return to_service(skb, &pkt, state);
         }
     } else {
-        let mut vip = ServiceKey { addr: [0; 4], port: 0, proto: 0, family: 0 };
+        let mut vip = ServiceKey::UNSET;
         let Some(state) = reply::find(&pkt.key, &mut vip) else {
             return TC_ACT_OK;
         };

@@ -71,6 +71,11 @@ pub fn value(vips: &BTreeSet<ServiceKey>) -> BackendVips {
     v
 }
 
+/// The VIPs a map value lists (the inverse of [`value`]).
+pub fn listed(v: &BackendVips) -> BTreeSet<ServiceKey> {
+    v.vips.iter().take(v.count as usize).copied().collect()
+}
+
 /// The writes that turn the map's content `have` into `want`: entries to
 /// write (new or changed) and endpoints to remove.
 pub fn diff(have: &Backends, want: &Backends) -> (Vec<(ServiceKey, BackendVips)>, Vec<ServiceKey>) {
@@ -177,6 +182,7 @@ services:
         assert_eq!(v.vips[0], key([203, 0, 113, 10], 80));
         assert_eq!(v.vips[1], key([203, 0, 113, 11], 80));
         assert_eq!(v.vips[2], bytemuck::Zeroable::zeroed());
+        assert_eq!(listed(&v), vips);
         let have = Backends::from([(ep, vips.clone())]);
         assert_eq!(diff(&have, &have), (vec![], vec![]));
         let mut want = have.clone();

@@ -16,7 +16,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use aya::{
     include_bytes_aligned,
@@ -150,6 +150,9 @@ pub struct Dataplane {
     backends: Backends,
     /// The endpoints (and their VIPs) of the last applied plans.
     configured: Backends,
+    /// (endpoint, VIP) pairs of live flows that found no room in `BACKENDS`
+    /// at the last write (warned about once).
+    left_out: BTreeSet<(ServiceKey, ServiceKey)>,
 }
 
 /// One service as last written to the kernel.
@@ -248,6 +251,7 @@ impl Dataplane {
             live: BTreeMap::new(),
             backends: Backends::new(),
             configured: Backends::new(),
+            left_out: BTreeSet::new(),
         }
     }
 
@@ -354,8 +358,7 @@ impl Dataplane {
         let map = self.ebpf.map(MAP_BACKENDS).ok_or(DataplaneError::Missing { kind: "map", name: MAP_BACKENDS })?;
         let adopted: HashMap<&MapData, ServiceKey, BackendVips> = HashMap::try_from(map)?;
         for (endpoint, v) in adopted.iter().filter_map(Result::ok) {
-            let n = (v.count as usize).min(v.vips.len());
-            self.backends.insert(endpoint, v.vips[..n].iter().copied().collect());
+            self.backends.insert(endpoint, backends::listed(&v));
         }
         Ok(self.live.len())
     }
@@ -715,20 +718,22 @@ impl Dataplane {
     /// (endpoint → VIPs of flows that still need their replies rewritten).
     fn write_backends(&mut self, live: &Backends) -> Result<(), DataplaneError> {
         let (want, left_out) = backends::merge(&self.configured, live);
-        for (endpoint, vip) in left_out {
+        let left_out: BTreeSet<(ServiceKey, ServiceKey)> = left_out.into_iter().collect();
+        // Said once per pair while it stays left out, not at every sweep.
+        for (endpoint, vip) in left_out.difference(&self.left_out) {
             tracing::warn!(
-                endpoint = %crate::plan::describe_key(&endpoint),
-                vip = %crate::plan::describe_key(&vip),
+                endpoint = %crate::plan::describe_key(endpoint),
+                vip = %crate::plan::describe_key(vip),
                 "flows of this VIP live on at an endpoint that already serves {MAX_SERVICES_PER_ENDPOINT} other services; their replies are no longer rewritten"
             );
         }
+        self.left_out = left_out;
         let (writes, removals) = backends::diff(&self.backends, &want);
         let mut map: HashMap<&mut MapData, ServiceKey, BackendVips> =
             HashMap::try_from(map_mut(&mut self.ebpf, MAP_BACKENDS)?)?;
         for (endpoint, value) in writes {
             map.insert(endpoint, value, 0)?;
-            let n = value.count as usize;
-            self.backends.insert(endpoint, value.vips[..n].iter().copied().collect());
+            self.backends.insert(endpoint, want[&endpoint].clone());
         }
         for endpoint in removals {
             match map.remove(&endpoint) {
