@@ -2,6 +2,8 @@
 //! the supported kind, checking first so a second run does nothing:
 //! the nightly toolchain with rust-src and clippy (the eBPF crate), LLVM 22 dev
 //! packages and bpf-linker built against them, and the tools the tests drive.
+//! Then it proves each piece works (a package that was requested is not yet a
+//! tool that runs) and fails naming the missing piece and what provides it.
 
 use std::process::{Command, Stdio};
 
@@ -11,21 +13,25 @@ use anyhow::{bail, Context as _, Result};
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 
-/// Debian packages: LLVM for bpf-linker, protoc for the etcd client's
-/// generated gRPC code, then the test and demo tools (ip/netns, ethtool for
-/// veth GRO, nsenter, sysctl, etcd and etcdctl for the shared-store tests).
+/// Debian packages: LLVM for bpf-linker, protoc and the well-known `.proto`
+/// files (`google/protobuf/descriptor.proto`, `struct.proto`: libprotobuf-dev)
+/// for the etcd client's generated gRPC code, then the test and demo tools
+/// (ip/netns, ethtool for veth GRO, nsenter, sysctl, etcd and etcdctl for the
+/// shared-store tests, openssl for their certificates).
 const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
     "libzstd-dev",
     "zlib1g-dev",
     "protobuf-compiler",
+    "libprotobuf-dev",
     "iproute2",
     "ethtool",
     "util-linux",
     "procps",
     "etcd-server",
     "etcd-client",
+    "openssl",
 ];
 
 /// Peers the benchmarks measure against (Debian packages).
@@ -35,12 +41,187 @@ pub fn run() -> Result<()> {
     nightly()?;
     apt(APT_PACKAGES)?;
     bpf_linker()?;
-    Ok(())
+    verify(&checks())
 }
 
 /// What `cargo xtask bench` needs beyond [`run`]: the peers it compares with.
 pub fn bench_tools() -> Result<()> {
-    apt(BENCH_PACKAGES)
+    apt(BENCH_PACKAGES)?;
+    verify(&[
+        Check::runs("haproxy", &["-v"], "Debian package haproxy"),
+        Check::runs("nft", &["--version"], "Debian package nftables"),
+        Check::runs("nginx", &["-v"], "Debian package nginx"),
+    ])
+}
+
+/// One thing the build or the tests need, and how to prove it works.
+struct Check {
+    what: String,
+    /// What installs it, for the error.
+    provided_by: &'static str,
+    probe: Probe,
+}
+
+enum Probe {
+    /// The command runs and exits 0.
+    Runs(&'static str, &'static [&'static str]),
+    /// A custom proof; `Err` says what went wrong.
+    Custom(fn() -> Result<(), String>),
+}
+
+impl Check {
+    fn runs(cmd: &'static str, args: &'static [&'static str], provided_by: &'static str) -> Check {
+        Check { what: format!("`{cmd}`"), provided_by, probe: Probe::Runs(cmd, args) }
+    }
+
+    fn custom(what: &str, provided_by: &'static str, probe: fn() -> Result<(), String>) -> Check {
+        Check { what: what.to_owned(), provided_by, probe: Probe::Custom(probe) }
+    }
+
+    fn probe(&self) -> Result<(), String> {
+        match &self.probe {
+            Probe::Runs(cmd, args) => match Command::new(cmd).args(*args).stdout(Stdio::null()).output() {
+                Ok(o) if o.status.success() => Ok(()),
+                Ok(o) => Err(format!("`{cmd} {}` failed ({}): {}", args.join(" "), o.status, last_line(&o.stderr))),
+                Err(e) => Err(format!("cannot run `{cmd}`: {e}")),
+            },
+            Probe::Custom(f) => f(),
+        }
+    }
+}
+
+/// Everything `cargo xtask test` and `demo` need, each proven to work.
+fn checks() -> Vec<Check> {
+    vec![
+        Check::custom(
+            "the nightly toolchain's rust-src (the eBPF crate builds core itself)",
+            "rustup component add rust-src --toolchain nightly",
+            nightly_rust_src,
+        ),
+        Check::custom(
+            "protoc with the well-known types (google/protobuf/descriptor.proto, struct.proto)",
+            "Debian packages protobuf-compiler and libprotobuf-dev",
+            protoc_well_known_types,
+        ),
+        Check::custom(
+            "bpf-linker linking a BPF object (LLVM 22)",
+            "cargo install bpf-linker --no-default-features --features llvm-22 (LLVM from Debian package llvm-22-dev)",
+            bpf_linker_links,
+        ),
+        Check::runs("ip", &["-V"], "Debian package iproute2"),
+        Check::runs("ethtool", &["--version"], "Debian package ethtool"),
+        Check::runs("nsenter", &["--version"], "Debian package util-linux"),
+        Check::runs("sysctl", &["--version"], "Debian package procps"),
+        Check::runs("etcd", &["--version"], "Debian package etcd-server"),
+        Check::runs("etcdctl", &["version"], "Debian package etcd-client"),
+        Check::runs("openssl", &["version"], "Debian package openssl"),
+    ]
+}
+
+/// Runs every check and fails listing each one that does not work.
+fn verify(checks: &[Check]) -> Result<()> {
+    let failed: Vec<String> = checks
+        .iter()
+        .filter_map(|c| c.probe().err().map(|why| format!("  - {}: {why}\n    provided by: {}", c.what, c.provided_by)))
+        .collect();
+    if failed.is_empty() {
+        eprintln!("bootstrap: verified {} tools and files", checks.len());
+        return Ok(());
+    }
+    bail!("bootstrap: installed, but these do not work:\n{}", failed.join("\n"))
+}
+
+fn last_line(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim().to_owned()
+}
+
+/// A scratch directory for one probe, removed when dropped.
+struct Scratch(std::path::PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Result<Scratch, String> {
+        let dir = std::env::temp_dir().join(format!("splitter-bootstrap-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        Ok(Scratch(dir))
+    }
+
+    fn write(&self, file: &str, text: &str) -> Result<std::path::PathBuf, String> {
+        let path = self.0.join(file);
+        std::fs::write(&path, text).map_err(|e| format!("writing {}: {e}", path.display()))?;
+        Ok(path)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Runs `cmd`; `Err` carries the last line it printed on failure.
+fn probe_cmd(cmd: &mut Command) -> Result<(), String> {
+    let out = cmd.output().map_err(|e| format!("cannot run {:?}: {e}", cmd.get_program()))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!("{:?} failed ({}): {}", cmd.get_program(), out.status, last_line(&out.stderr)))
+    }
+}
+
+fn nightly_rust_src() -> Result<(), String> {
+    let sysroot = output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))
+        .ok_or("`rustc +nightly --print sysroot` failed: no nightly toolchain")?;
+    let core = std::path::Path::new(sysroot.trim()).join("lib/rustlib/src/rust/library/core/Cargo.toml");
+    if core.exists() {
+        Ok(())
+    } else {
+        Err(format!("{} is missing", core.display()))
+    }
+}
+
+/// What etcd-client's build does: protoc compiles files that import the
+/// well-known types, which come from libprotobuf-dev, not protobuf-compiler.
+fn protoc_well_known_types() -> Result<(), String> {
+    let dir = Scratch::new("protoc")?;
+    let proto = dir.write(
+        "probe.proto",
+        "syntax = \"proto3\";\nimport \"google/protobuf/descriptor.proto\";\nimport \"google/protobuf/struct.proto\";\n\
+         extend google.protobuf.FieldOptions { google.protobuf.Value probe = 50001; }\n",
+    )?;
+    probe_cmd(
+        Command::new("protoc")
+            .arg(format!("--proto_path={}", dir.0.display()))
+            .arg(format!("--descriptor_set_out={}", dir.0.join("probe.pb").display()))
+            .arg(&proto),
+    )
+}
+
+/// Links a tiny LLVM module for the BPF target, as building the eBPF crate
+/// does, and checks that the result is a BPF ELF object.
+fn bpf_linker_links() -> Result<(), String> {
+    let dir = Scratch::new("bpf-linker")?;
+    let ll = dir.write(
+        "probe.ll",
+        "target datalayout = \"e-m:e-p:64:64-i64:64-i128:128-n32:64-S128\"\ntarget triple = \"bpfel\"\n\
+         define i32 @probe(ptr %ctx) #0 section \"xdp\" { ret i32 2 }\n\
+         attributes #0 = { noinline nounwind }\n",
+    )?;
+    let bc = dir.0.join("probe.bc");
+    probe_cmd(Command::new(format!("{LLVM_PREFIX}/bin/llvm-as")).arg(&ll).arg("-o").arg(&bc))?;
+    let obj = dir.0.join("probe.o");
+    probe_cmd(
+        Command::new("bpf-linker")
+            .args(["--target", "bpfel", "--export", "probe", "-o"])
+            .arg(&obj)
+            .arg(&bc),
+    )?;
+    let elf = std::fs::read(&obj).map_err(|e| format!("bpf-linker wrote no object: {e}"))?;
+    // ELF magic, then e_machine (offset 18, little endian) 247 = EM_BPF.
+    if elf.len() > 20 && elf.starts_with(b"\x7fELF") && u16::from_le_bytes([elf[18], elf[19]]) == 247 {
+        Ok(())
+    } else {
+        Err(format!("{} is not a BPF ELF object", obj.display()))
+    }
 }
 
 fn output(cmd: &mut Command) -> Option<String> {
