@@ -380,6 +380,7 @@ fn agent_info(
         rollouts: runtime.rollouts.clone(),
         pid: std::process::id(),
         config: opts.config_path.clone(),
+        services: config.services.clone(),
         pin_path: config.pin_path.clone(),
         state_dir: config.state_dir.clone(),
         started_unix: started.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
@@ -756,7 +757,14 @@ pub async fn run(mut config: Config, opts: RunOptions) -> Result<(), AgentError>
             None
         }
     };
-    info!(pin_path = %config.pin_path.display(), services = plans.len(), "splitter running");
+    let l7_services = effective.services.values().filter(|s| s.mode == Mode::L7).count();
+    info!(
+        pin_path = %config.pin_path.display(),
+        services = effective.services.len(),
+        l4 = effective.services.len() - l7_services,
+        l7 = l7_services,
+        "splitter running"
+    );
 
     let (_watcher, mut file_events) = watch_config(&opts.config_path);
     let mut last_text = std::fs::read_to_string(&opts.config_path).unwrap_or_default();

@@ -98,6 +98,10 @@ impl Response {
 pub struct AgentInfo {
     pub pid: u32,
     pub config: PathBuf,
+    /// The services the agent serves, as configured (before runtime
+    /// changes): what `status --socket` shows without the file.
+    #[serde(default)]
+    pub services: BTreeMap<String, crate::config::Service>,
     pub pin_path: PathBuf,
     pub state_dir: PathBuf,
     /// Start time, seconds since the Unix epoch.

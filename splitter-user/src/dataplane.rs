@@ -951,11 +951,6 @@ impl Counters {
         Stat::ALL.iter().map(|s| (s.name(), self.get(*s)))
     }
 
-    /// The counters as a JSON object `{name: value}`.
-    pub fn to_json(&self) -> serde_json::Value {
-        serde_json::Value::Object(self.iter().map(|(n, v)| (n.to_owned(), v.into())).collect())
-    }
-
     /// Element-wise `self - earlier` (for deltas between two reads).
     pub fn since(&self, earlier: &Counters) -> Counters {
         let mut d = Counters::default();

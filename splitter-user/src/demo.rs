@@ -385,7 +385,7 @@ pub fn run(connections: usize) -> Result<(), DemoError> {
     live_config.pin_path = pin_path.clone();
     live_config.services.insert("shop".into(), shop);
     println!("\n5. `splitter status --config {}` says:", agent.config_path.display());
-    println!("{}", indent(&crate::status::report(pin_path.clone(), Some(&live_config), agent.info())?.render()));
+    println!("{}", indent(&crate::status::report(pin_path.clone(), &live_config.services, agent.info())?.render()));
     let log = agent.log();
     drop(agent);
     drop(tap);

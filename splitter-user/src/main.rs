@@ -353,20 +353,28 @@ fn status(args: StatusArgs) -> Result<()> {
         };
         return cluster_status(&cfg, args.json);
     }
-    let pin_path: PathBuf = match (args.pin_path, &config) {
-        (Some(p), _) => p,
-        (None, Some(c)) => c.pin_path.clone(),
-        (None, None) => DEFAULT_PIN_PATH.into(),
-    };
-    let socket: PathBuf = match (args.socket, &config) {
-        (Some(s), _) => s,
+    let socket: PathBuf = match (&args.socket, &config) {
+        (Some(s), _) => s.clone(),
         (None, Some(c)) => c.control.socket.clone(),
         (None, None) => DEFAULT_SOCKET.into(),
     };
     loop {
         // No answer is not an error: the pinned data path serves without an agent.
         let agent = splitter_user::control::request(&socket, &Request::Status).ok().and_then(|r| r.agent);
-        let report = splitter_user::status::report(pin_path.clone(), config.as_ref(), agent)?;
+        // The file when given; else the agent at the socket knows its
+        // services and its pins.
+        let pin_path: PathBuf = match (&args.pin_path, &config, &agent) {
+            (Some(p), _, _) => p.clone(),
+            (None, Some(c), _) => c.pin_path.clone(),
+            (None, None, Some(a)) => a.pin_path.clone(),
+            (None, None, None) => DEFAULT_PIN_PATH.into(),
+        };
+        let services = match (&config, &agent) {
+            (Some(c), _) => c.services.clone(),
+            (None, Some(a)) => a.services.clone(),
+            (None, None) => Default::default(),
+        };
+        let report = splitter_user::status::report(pin_path, &services, agent)?;
         let Some(every) = args.watch else {
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&report)?);

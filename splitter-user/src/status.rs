@@ -1,18 +1,18 @@
 //! `splitter status`: what the kernel is doing now, read from the maps the
 //! agent pinned, next to what the config file says.
 
-use std::{fmt::Write as _, path::PathBuf};
+use std::{collections::BTreeMap, fmt::Write as _, path::PathBuf};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{
-    config::{Config, Mode},
+    config::{Mode, Service},
     control::AgentInfo,
     dataplane::{DataplaneError, PinnedMaps},
     plan::{basis_points, service_key},
 };
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Deserialize, Serialize)]
 pub struct Report {
     pub pin_path: PathBuf,
     /// The agent, when one answers on the control socket. Without it the
@@ -21,10 +21,11 @@ pub struct Report {
     /// Entries in the kernel flow table now.
     pub active_flows: u64,
     pub services: Vec<ServiceStatus>,
-    pub counters: serde_json::Value,
+    /// Every data-path counter by name (`splitter_common::stats::Stat`).
+    pub counters: BTreeMap<String, u64>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Deserialize, Serialize)]
 pub struct ServiceStatus {
     pub name: String,
     pub listen: String,
@@ -46,7 +47,7 @@ pub struct ServiceStatus {
     pub versions: Vec<VersionStatus>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Deserialize, Serialize)]
 pub struct FlowMirrorStatus {
     /// The interface new sampled flows are copied to; `None` when off.
     pub interface: Option<String>,
@@ -57,7 +58,7 @@ pub struct FlowMirrorStatus {
     pub bytes: u64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Deserialize, Serialize)]
 pub struct VersionStatus {
     pub name: String,
     /// Weight in the config file.
@@ -80,7 +81,7 @@ pub struct VersionStatus {
     pub endpoints: Vec<EndpointStatus>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Deserialize, Serialize)]
 pub struct EndpointStatus {
     pub address: String,
     /// Kernel counters, when the service is live.
@@ -91,13 +92,17 @@ pub struct EndpointStatus {
     pub bytes_out: Option<u64>,
 }
 
-/// Builds the report from the maps pinned under `pin_path` and, when given,
-/// the config file (for names, weights and endpoints).
-pub fn report(pin_path: PathBuf, config: Option<&Config>, agent: Option<AgentInfo>) -> Result<Report, DataplaneError> {
+/// Builds the report from the maps pinned under `pin_path` and the services
+/// (names, weights and endpoints) of the config file or of the agent.
+pub fn report(
+    pin_path: PathBuf,
+    configured: &BTreeMap<String, Service>,
+    agent: Option<AgentInfo>,
+) -> Result<Report, DataplaneError> {
     let pinned = PinnedMaps::open(&pin_path)?;
     let counters = pinned.counters()?;
     let mut services = Vec::new();
-    for (name, svc) in config.map(|c| c.services.iter()).into_iter().flatten() {
+    for (name, svc) in configured {
         let weights = svc.version_weights();
         let file_bps = basis_points(&weights.iter().map(|(_, w)| *w).collect::<Vec<_>>());
         let live = if svc.mode == Mode::L4 { pinned.service(&service_key(svc))? } else { None };
@@ -170,7 +175,8 @@ pub fn report(pin_path: PathBuf, config: Option<&Config>, agent: Option<AgentInf
         });
     }
     let active_flows = pinned.active_flows();
-    Ok(Report { pin_path, agent, active_flows, services, counters: counters.to_json() })
+    let counters = counters.iter().map(|(n, v)| (n.to_owned(), v)).collect();
+    Ok(Report { pin_path, agent, active_flows, services, counters })
 }
 
 /// A version's observed share and count over the agent's recent window.
@@ -239,7 +245,6 @@ impl Report {
     /// The human-readable table.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        let pct = |b: u32| format!("{:.2}%", b as f64 / 100.0);
         match &self.agent {
             Some(a) => {
                 writeln!(out, "agent: pid {}, config {}", a.pid, a.config.display()).unwrap();
@@ -273,65 +278,127 @@ impl Report {
         for s in &self.services {
             if s.mode == "l7" {
                 self.render_l7(&mut out, s);
-                if let Some(r) = &s.rollout {
-                    writeln!(out, "  rollout: {}", r.describe()).unwrap();
-                }
-                continue;
+            } else {
+                self.render_l4(&mut out, s);
             }
+            // Under its own service's heading.
             if let Some(r) = &s.rollout {
                 writeln!(out, "  rollout: {}", r.describe()).unwrap();
-            }
-            let state = match (s.live, s.differs_from_file) {
-                (false, _) => "NOT LIVE in the kernel",
-                (true, true) => "live; differs from the file",
-                (true, false) => "live; matches the file",
-            };
-            writeln!(out, "service {} {}/{} ({}): {state}", s.name, s.listen, s.protocol, s.mode).unwrap();
-            writeln!(
-                out,
-                "  {:<10} {:>7} {:>7} {:>9} {:>9} {:>16} {:>10}  endpoints (flows)",
-                "version",
-                "file w",
-                "now w",
-                "file",
-                "live",
-                self.observed_header(),
-                "flows"
-            )
-            .unwrap();
-            let n = |v: Option<u64>| v.map_or("-".to_owned(), |v| v.to_string());
-            for v in &s.versions {
-                let eps: Vec<String> = v.endpoints.iter().map(|e| format!("{} ({})", e.address, n(e.flows))).collect();
-                writeln!(
-                    out,
-                    "  {:<10} {:>7} {:>7} {:>9} {:>9} {:>16} {:>10}  {}",
-                    v.name,
-                    v.weight,
-                    v.runtime_weight.map_or("-".into(), |w| w.to_string()),
-                    pct(v.file_bps),
-                    v.live_bps.map_or("-".into(), pct),
-                    observed(v),
-                    n(v.flows),
-                    eps.join(", ")
-                )
-                .unwrap();
-            }
-            if let Some(m) = &s.flow_mirror {
-                let to = match &m.interface {
-                    Some(i) => format!("{}% of new flows to {i}", m.percent),
-                    None => "off for new flows".into(),
-                };
-                writeln!(out, "  mirror: {to}; {} packets ({} bytes) copied", m.packets, m.bytes).unwrap();
             }
         }
         writeln!(out, "active flows: {}", self.active_flows).unwrap();
         writeln!(out, "data path counters ({}):", self.pin_path.display()).unwrap();
-        if let Some(map) = self.counters.as_object() {
-            for stat in splitter_common::stats::Stat::ALL {
-                let v = map.get(stat.name()).and_then(|v| v.as_u64()).unwrap_or(0);
-                writeln!(out, "  {:<20} {v:>14}", stat.name()).unwrap();
-            }
+        for stat in splitter_common::stats::Stat::ALL {
+            let v = self.counters.get(stat.name()).copied().unwrap_or(0);
+            writeln!(out, "  {:<20} {v:>14}", stat.name()).unwrap();
         }
         out
+    }
+
+    /// An l4 service: the file's, the agent's and the kernel's split, and
+    /// the flows on each endpoint.
+    fn render_l4(&self, out: &mut String, s: &ServiceStatus) {
+        let pct = |b: u32| format!("{:.2}%", b as f64 / 100.0);
+        let state = match (s.live, s.differs_from_file) {
+            (false, _) => "NOT LIVE in the kernel",
+            (true, true) => "live; differs from the file",
+            (true, false) => "live; matches the file",
+        };
+        writeln!(out, "service {} {}/{} ({}): {state}", s.name, s.listen, s.protocol, s.mode).unwrap();
+        writeln!(
+            out,
+            "  {:<10} {:>7} {:>7} {:>9} {:>9} {:>16} {:>10}  endpoints (flows)",
+            "version",
+            "file w",
+            "now w",
+            "file",
+            "live",
+            self.observed_header(),
+            "flows"
+        )
+        .unwrap();
+        let n = |v: Option<u64>| v.map_or("-".to_owned(), |v| v.to_string());
+        for v in &s.versions {
+            let eps: Vec<String> = v.endpoints.iter().map(|e| format!("{} ({})", e.address, n(e.flows))).collect();
+            writeln!(
+                out,
+                "  {:<10} {:>7} {:>7} {:>9} {:>9} {:>16} {:>10}  {}",
+                v.name,
+                v.weight,
+                v.runtime_weight.map_or("-".into(), |w| w.to_string()),
+                pct(v.file_bps),
+                v.live_bps.map_or("-".into(), pct),
+                observed(v),
+                n(v.flows),
+                eps.join(", ")
+            )
+            .unwrap();
+        }
+        if let Some(m) = &s.flow_mirror {
+            let to = match &m.interface {
+                Some(i) => format!("{}% of new flows to {i}", m.percent),
+                None => "off for new flows".into(),
+            };
+            writeln!(out, "  mirror: {to}; {} packets ({} bytes) copied", m.packets, m.bytes).unwrap();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rollout::{Gates, Plan, Rollout};
+
+    fn service(name: &str, mode: &str, rollout: Option<Rollout>) -> ServiceStatus {
+        ServiceStatus {
+            name: name.into(),
+            listen: "203.0.113.10:80".into(),
+            protocol: "tcp".into(),
+            mode: mode.into(),
+            live: mode == "l4",
+            differs_from_file: false,
+            mirror: None,
+            rollout,
+            flow_mirror: None,
+            versions: Vec::new(),
+        }
+    }
+
+    /// The text between a service's heading and the next one.
+    fn block<'a>(text: &'a str, service: &str) -> &'a str {
+        let start = text.find(&format!("service {service} ")).unwrap_or_else(|| panic!("{service} in\n{text}"));
+        let rest = &text[start + 1..];
+        let end = rest.find("\nservice ").or_else(|| rest.find("\nactive flows")).map_or(rest.len(), |e| e + 1);
+        &rest[..end]
+    }
+
+    #[test]
+    fn each_service_shows_only_its_own_rollout() {
+        let plan = |to: &str| Plan { to: to.into(), steps: vec![50, 100], interval_ms: 1000, gates: Gates::default() };
+        let (shop, _) =
+            Rollout::start(plan("green"), [("blue".into(), 1), ("green".into(), 0)].into(), Default::default());
+        let (api, _) = Rollout::start(plan("v2"), [("v1".into(), 1), ("v2".into(), 0)].into(), Default::default());
+        // An l7 service listed before an l4 one, as the demo's `api` and `shop`.
+        let report = Report {
+            pin_path: "/sys/fs/bpf/x".into(),
+            agent: None,
+            active_flows: 0,
+            services: vec![
+                service("api", "l7", Some(api)),
+                service("shop", "l4", Some(shop)),
+                service("web", "l4", None),
+            ],
+            counters: BTreeMap::new(),
+        };
+        let text = report.render();
+        let (api, shop, web) = (block(&text, "api"), block(&text, "shop"), block(&text, "web"));
+        assert!(api.contains("to v2") && !api.contains("to green"), "api shows only its rollout:\n{text}");
+        assert!(shop.contains("to green") && !shop.contains("to v2"), "shop shows only its rollout:\n{text}");
+        assert!(!web.contains("rollout"), "web has none:\n{text}");
+        // --json carries each rollout in its own service, and reads back.
+        let back: Report = serde_json::from_str(&serde_json::to_string(&report).unwrap()).unwrap();
+        assert_eq!(back.services[0].rollout.as_ref().map(|r| r.plan.to.as_str()), Some("v2"));
+        assert_eq!(back.services[1].rollout.as_ref().map(|r| r.plan.to.as_str()), Some("green"));
+        assert!(back.services[2].rollout.is_none());
     }
 }

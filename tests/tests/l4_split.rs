@@ -377,6 +377,63 @@ fn weight_flip_and_rollback_through_the_control_socket() {
     assert_eq!(live_bps(&agent), [8000, 2000]);
 }
 
+/// `splitter status ARGS --json` with nothing but the agent's socket, parsed.
+fn status_over_socket(agent: &Agent, args: &[&str]) -> splitter_user::status::Report {
+    let (ok, out, err) = cli(agent, &[&["status", "--json"], args].concat());
+    assert!(ok, "status --socket failed: {err}\nagent log:\n{}", agent.log());
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("status --json is a Report ({e}): {out}"))
+}
+
+#[test]
+fn status_with_only_the_socket_shows_what_status_with_the_file_shows() {
+    let (topo, agent) = setup();
+    // A change, so the agent's view differs from the file's.
+    assert!(cli(&agent, &["weight", "shop", "green=60", "blue=40"]).0);
+    tcp_split(&topo, "203.0.113.10:80".parse().unwrap(), 20);
+    // Neither the agent's socket nor its pin path is the default one.
+    assert_ne!(agent.pin_path, std::path::Path::new(splitter_user::config::DEFAULT_PIN_PATH));
+    let by_socket = status_over_socket(&agent, &[]);
+    let by_file: splitter_user::status::Report = serde_json::from_value(agent.status()).expect("a Report");
+    assert_eq!(by_socket.pin_path, agent.pin_path, "the agent's pin path, not the default");
+    let names = |r: &splitter_user::status::Report| r.services.iter().map(|s| s.name.clone()).collect::<Vec<_>>();
+    assert_eq!(names(&by_socket), ["dns", "shop", "shop6"]);
+    assert_eq!(names(&by_socket), names(&by_file));
+    for (a, b) in by_socket.services.iter().zip(&by_file.services) {
+        assert!(a.live && b.live, "{} is live in both views", a.name);
+        assert_eq!(a.differs_from_file, b.differs_from_file, "{}", a.name);
+        let view = |s: &splitter_user::status::ServiceStatus| {
+            s.versions
+                .iter()
+                .map(|v| (v.name.clone(), v.weight, v.runtime_weight, v.live_bps, v.endpoints.len()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(view(a), view(b), "{}", a.name);
+    }
+    let shop = by_socket.services.iter().find(|s| s.name == "shop").unwrap();
+    assert_eq!(shop.versions.iter().map(|v| v.live_bps).collect::<Vec<_>>(), [Some(4000), Some(6000)]);
+    assert!(shop.differs_from_file);
+    assert!(shop.versions.iter().map(|v| v.flows.unwrap_or(0)).sum::<u64>() >= 20, "flows counted: {shop:?}");
+    assert!(by_socket.counters.get("new_flows").copied().unwrap_or(0) >= 20, "{:?}", by_socket.counters);
+    // The text and --watch show the same services.
+    let (ok, text, err) = cli(&agent, &["status"]);
+    assert!(ok, "{err}");
+    for s in ["service dns ", "service shop ", "service shop6 ", "40.00%", "60.00%"] {
+        assert!(text.contains(s), "status --socket shows {s:?}:\n{text}");
+    }
+    let mut watch = agent
+        .cli()
+        .args(["status", "--watch", "1", "--socket"])
+        .arg(&agent.control_socket)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("status --watch");
+    std::thread::sleep(Duration::from_millis(2500));
+    watch.kill().expect("stop --watch");
+    let out = watch.wait_with_output().expect("--watch output");
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(shown.matches("service shop ").count() >= 2, "--watch redraws the services:\n{shown}");
+}
+
 #[test]
 fn runtime_changes_survive_an_agent_restart() {
     let (topo, mut agent) = setup();

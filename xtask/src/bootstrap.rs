@@ -209,12 +209,7 @@ fn bpf_linker_links() -> Result<(), String> {
     let bc = dir.0.join("probe.bc");
     probe_cmd(Command::new(format!("{LLVM_PREFIX}/bin/llvm-as")).arg(&ll).arg("-o").arg(&bc))?;
     let obj = dir.0.join("probe.o");
-    probe_cmd(
-        Command::new("bpf-linker")
-            .args(["--target", "bpfel", "--export", "probe", "-o"])
-            .arg(&obj)
-            .arg(&bc),
-    )?;
+    probe_cmd(Command::new("bpf-linker").args(["--target", "bpfel", "--export", "probe", "-o"]).arg(&obj).arg(&bc))?;
     let elf = std::fs::read(&obj).map_err(|e| format!("bpf-linker wrote no object: {e}"))?;
     // ELF magic, then e_machine (offset 18, little endian) 247 = EM_BPF.
     if elf.len() > 20 && elf.starts_with(b"\x7fELF") && u16::from_le_bytes([elf[18], elf[19]]) == 247 {
