@@ -44,6 +44,8 @@ pub enum AgentError {
     Metrics { addr: std::net::SocketAddr, source: std::io::Error },
     #[error("{0}")]
     Store(String),
+    #[error(transparent)]
+    LocalAddrs(#[from] crate::local_addrs::LocalAddrError),
 }
 
 /// Options of `splitter run` that are not in the config file.
@@ -92,6 +94,7 @@ async fn reload(
         ("flow_aging", next.flow_aging == current.flow_aging),
         ("control.socket", next.control == current.control),
         ("metrics", next.metrics == current.metrics),
+        ("local_addresses", next.local_addresses == current.local_addresses),
         ("store", next.store == current.store),
         ("node", next.node == current.node),
     ] {
@@ -381,6 +384,7 @@ fn agent_info(
         pid: std::process::id(),
         config: opts.config_path.clone(),
         services: config.services.clone(),
+        not_local: crate::local_addrs::not_local(&effective),
         pin_path: config.pin_path.clone(),
         state_dir: config.state_dir.clone(),
         started_unix: started.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
@@ -528,6 +532,8 @@ async fn read_request(stream: &mut tokio::net::UnixStream) -> Result<Request, St
 struct Serving {
     dp: Dataplane,
     l7: L7,
+    /// The l7 listen addresses made local.
+    local: crate::local_addrs::Keeper,
     counters: AgentCounters,
     /// This node's part in a shared store (`store:`), if any.
     cluster: Option<node::Cluster>,
@@ -572,6 +578,7 @@ impl Serving {
     }
 
     fn install_timed(&mut self, effective: &Config, plans: &[ServicePlan]) -> Result<(), AgentError> {
+        self.local.update(effective)?;
         self.l7.apply(effective)?;
         let wanted = effective.mirror_interfaces();
         let mut both = wanted.clone();
@@ -726,6 +733,8 @@ pub async fn run(mut config: Config, opts: RunOptions) -> Result<(), AgentError>
     dp.guard_mirrors(&effective.mirror_interfaces())?;
     dp.apply(&plans)?;
     log_plans(&plans);
+    let mut local = crate::local_addrs::Keeper::new(config.local_addresses.clone());
+    local.update(&effective)?;
     let mut l7 = L7::default();
     l7.apply(&effective)?;
     let interfaces: Vec<&String> = config.interfaces.clients.iter().chain(&config.interfaces.backends).collect();
@@ -778,7 +787,7 @@ pub async fn run(mut config: Config, opts: RunOptions) -> Result<(), AgentError>
     let mut sweep = tokio::time::interval(Duration::from_secs(config.flow_aging.sweep_secs));
     sweep.tick().await;
     let mut last = dp.stats()?;
-    let mut serving = Serving { dp, l7, counters: AgentCounters::default(), cluster };
+    let mut serving = Serving { dp, l7, local, counters: AgentCounters::default(), cluster };
     // What scrapes read of the kernel: the same pinned maps `status` reads.
     let mut sources = Sources {
         pinned: PinnedMaps::open(&config.pin_path)?,
@@ -905,20 +914,24 @@ pub async fn run(mut config: Config, opts: RunOptions) -> Result<(), AgentError>
     if let Some(mut stream) = down {
         info!("down requested: detaching, unpinning and exiting");
         let result = crate::dataplane::down(&config.pin_path);
-        let response = match &result {
-            Ok(removed) => {
+        let local = crate::local_addrs::down(&config.local_addresses);
+        let response = match (&result, &local) {
+            (Ok(removed), Ok(removed_addrs)) => {
                 info!(pins = removed.len(), "data path removed");
                 Response::ok(format!(
-                    "removed the data path at {} ({} pins; XDP detached); the agent exits",
+                    "removed the data path at {} ({} pins; XDP detached){}; the agent exits",
                     config.pin_path.display(),
-                    removed.len()
+                    removed.len(),
+                    if *removed_addrs > 0 { format!("; removed {removed_addrs} l7 addresses") } else { String::new() }
                 ))
             }
-            Err(e) => Response::fail(format!("removing the data path failed: {e}")),
+            (Err(e), _) => Response::fail(format!("removing the data path failed: {e}")),
+            (Ok(_), Err(e)) => Response::fail(format!("removed the data path, but not the l7 addresses: {e}")),
         };
         let _ = std::fs::remove_file(&config.control.socket);
         respond(&mut stream, &response).await;
-        return result.map(drop).map_err(AgentError::from);
+        result?;
+        return local.map(drop).map_err(AgentError::from);
     }
     let _ = std::fs::remove_file(&config.control.socket);
     Ok(())

@@ -43,6 +43,8 @@ pub struct AgentProcess {
     pub control_socket: PathBuf,
     log_path: PathBuf,
     dir: PathBuf,
+    /// The agent's network namespace (`down` without the agent works there).
+    netns: PathBuf,
 }
 
 impl AgentProcess {
@@ -84,6 +86,7 @@ impl AgentProcess {
             control_socket: dir.join("splitter.sock"),
             log_path,
             dir: dir.to_owned(),
+            netns: ns.path(),
         };
         agent.wait_ready(Duration::from_secs(20))?;
         Ok(agent)
@@ -137,10 +140,14 @@ impl AgentProcess {
         crate::control::request(&self.control_socket, &crate::control::Request::Status).ok()?.agent
     }
 
-    /// `splitter down --config FILE`: through the agent if it runs, else
-    /// from the pins. Returns the command's output when it fails.
+    /// `splitter down --config FILE` in the agent's namespace: through the
+    /// agent if it runs, else from the pins (and the namespace's interface
+    /// holding l7 addresses). Returns the command's output when it fails.
     pub fn down(&mut self) -> Result<(), AgentProcessError> {
-        let out = std::process::Command::new(&self.exe)
+        let out = std::process::Command::new("nsenter")
+            .arg(format!("--net={}", self.netns.display()))
+            .arg("--")
+            .arg(&self.exe)
             .args(["down", "--config"])
             .arg(&self.config_path)
             .env("SPLITTER_LOG", "warn")

@@ -60,6 +60,9 @@ pub struct Config {
     /// Prometheus metrics (GET /metrics) on this address; none when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<Metrics>,
+    /// How the l7 listen addresses become local (`local_addrs.rs`).
+    #[serde(default)]
+    pub local_addresses: LocalAddresses,
     /// This node's name among the nodes sharing a `store` (the host name
     /// when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -176,6 +179,28 @@ impl Config {
 pub struct Metrics {
     /// e.g. `127.0.0.1:9190` or `[::]:9190`.
     pub listen: SocketAddr,
+}
+
+/// `local_addresses:` — the l7 services' listen addresses must be local for
+/// connections to reach the proxy. With `manage` the agent adds each one that
+/// no interface of its namespace has to `interface`, tagged as its own, and
+/// removes it when no service needs it (and on `down`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LocalAddresses {
+    /// `false`: the agent adds no address; `check`, `run` and `status` name
+    /// each l7 address that is not local.
+    pub manage: bool,
+    pub interface: String,
+}
+
+/// Default `local_addresses.interface`.
+pub const DEFAULT_LOCAL_INTERFACE: &str = "lo";
+
+impl Default for LocalAddresses {
+    fn default() -> Self {
+        LocalAddresses { manage: true, interface: DEFAULT_LOCAL_INTERFACE.into() }
+    }
 }
 
 /// Idle and closing timeouts of kernel flow entries, enforced by the agent's
@@ -472,6 +497,20 @@ impl Config {
         }
         if let Some(store) = &self.store {
             store.etcd.check().map_err(invalid)?;
+        }
+        let local = &self.local_addresses.interface;
+        check_ifname(local).map_err(|why| invalid(format!("local_addresses.interface: {why}")))?;
+        if self
+            .interfaces
+            .clients
+            .iter()
+            .chain(&self.interfaces.backends)
+            .chain(&self.mirror_interfaces())
+            .any(|i| i == local)
+        {
+            return Err(invalid(format!(
+                "local_addresses.interface {local:?} is a clients/backends/mirror interface; use {DEFAULT_LOCAL_INTERFACE} (the default) or a dummy interface"
+            )));
         }
         if let Some(node) = &self.node {
             check_name("node", node).map_err(invalid)?;
@@ -824,5 +863,33 @@ services:
         assert!(msg.contains("10.0.1.1:80") && msg.contains("5 l4 services") && msg.contains("s0, s1"), "{msg}");
         // The proxy's services are not matched in the kernel.
         Config::from_yaml(&services(5, "l7")).expect("l7 services share endpoints freely");
+    }
+}
+
+#[cfg(test)]
+mod local_address_tests {
+    use super::*;
+
+    const SVC: &str = "services:\n  api: {listen: 203.0.113.10:8080, protocol: tcp, mode: l7, versions: {a: [10.0.1.1:80]}, weights: {a: 1}}\n";
+
+    #[test]
+    fn local_addresses_default_to_managed_on_lo_and_bad_interfaces_are_refused() {
+        let c = Config::from_yaml(&format!("interfaces: {{clients: [eth0]}}\n{SVC}")).unwrap();
+        assert_eq!(c.local_addresses, LocalAddresses { manage: true, interface: "lo".into() });
+        let c =
+            Config::from_yaml(&format!("interfaces: {{clients: [eth0]}}\nlocal_addresses: {{manage: false}}\n{SVC}"))
+                .unwrap();
+        assert!(!c.local_addresses.manage);
+        let err = |extra: &str| {
+            Config::from_yaml(&format!("interfaces: {{clients: [eth0], backends: [eth1]}}\n{extra}\n{SVC}"))
+                .unwrap_err()
+                .to_string()
+        };
+        let e = err("local_addresses: {interface: eth1}");
+        assert!(e.contains("local_addresses.interface \"eth1\" is a clients/backends/mirror interface"), "{e}");
+        let e = err("local_addresses: {interface: \"much-too-long-name\"}");
+        assert!(e.contains("local_addresses.interface") && e.contains("much-too-long-name"), "{e}");
+        let e = err("local_addresses: {manage: yes-please}");
+        assert!(e.contains("local_addresses.manage"), "{e}");
     }
 }

@@ -102,6 +102,10 @@ pub struct AgentInfo {
     /// changes): what `status --socket` shows without the file.
     #[serde(default)]
     pub services: BTreeMap<String, crate::config::Service>,
+    /// L7 services whose listen address is not local in the agent's
+    /// namespace (connections to them never arrive), with that address.
+    #[serde(default)]
+    pub not_local: BTreeMap<String, std::net::IpAddr>,
     pub pin_path: PathBuf,
     pub state_dir: PathBuf,
     /// Start time, seconds since the Unix epoch.

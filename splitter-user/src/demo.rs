@@ -319,8 +319,8 @@ pub fn run(connections: usize) -> Result<(), DemoError> {
     crate::demo_http::serve_http(&topo.green, 8081, "green")?;
     crate::demo_http::serve_http(&topo.green, 8082, "shadow")?;
     crate::demo_http::serve_http_failing(&topo.green, 8083, "broken")?;
-    // The l7 VIP is served by the agent's proxy: it must be a local address.
-    topo.lb.ip(&["addr", "add", "203.0.113.10/32", "dev", "lo"])?;
+    // The l7 VIP is served by the agent's proxy: the agent makes it a local
+    // address of the lb namespace itself (on its dummy interface splitter0).
     let pin_path = PathBuf::from("/sys/fs/bpf").join(&prefix);
     let agent = AgentProcess::start(&std::env::current_exe()?, &topo.lb, &dir, &pin_path, DEMO_CONFIG)?;
     println!("agent: `splitter run --config {}` in {prefix}-lb\n", agent.config_path.display());

@@ -15,6 +15,7 @@ pub mod dataplane;
 pub mod demo;
 pub mod demo_http;
 pub mod l7;
+pub mod local_addrs;
 pub mod metrics;
 pub mod netns;
 pub mod observe;

@@ -73,6 +73,18 @@ fn dispatch(command: Command) -> Result<()> {
                     split.join(", ")
                 );
             }
+            // l7 addresses: local here, or what the agent will do about it.
+            let local = &config.local_addresses;
+            for (name, ip) in splitter_user::local_addrs::not_local(&config) {
+                if local.manage {
+                    println!("  {name}: {ip} is not local in this network namespace; the agent adds it to {} (local_addresses.manage)", local.interface);
+                } else {
+                    println!(
+                        "  warning: {name}: {ip} is not local in this network namespace: connections to it never arrive; add it (`{}`) or set local_addresses.manage: true",
+                        splitter_user::local_addrs::fix_command(ip)
+                    );
+                }
+            }
             Ok(())
         }
         Command::Status(args) => status(args),
@@ -219,6 +231,10 @@ fn down(target: &AgentTarget) -> Result<()> {
         println!("nothing pinned at {}: the data path was already down", config.pin_path.display());
     } else {
         println!("removed the data path at {} ({} pins; XDP detached)", config.pin_path.display(), removed.len());
+    }
+    let addrs = splitter_user::local_addrs::down(&config.local_addresses)?;
+    if addrs > 0 {
+        println!("removed the {addrs} l7 listen addresses the agent had added");
     }
     Ok(())
 }

@@ -35,6 +35,10 @@ pub struct ServiceStatus {
     pub live: bool,
     /// Whether the live split differs from the file's weights.
     pub differs_from_file: bool,
+    /// L7, with a running agent: the listen address the agent cannot receive
+    /// connections on because it is not local in its namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_local: Option<std::net::IpAddr>,
     /// L7: the mirror's counters (from the running agent).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mirror: Option<crate::l7::mirror::MirrorCounts>,
@@ -149,6 +153,7 @@ pub fn report(
             protocol: format!("{:?}", svc.protocol).to_lowercase(),
             mode: format!("{:?}", svc.mode).to_lowercase(),
             live: live.is_some(),
+            not_local: agent.as_ref().and_then(|a| a.not_local.get(name).copied()),
             differs_from_file: if svc.mode == Mode::L7 {
                 versions.iter().any(|v| v.runtime_weight.is_some_and(|w| w != v.weight))
             } else {
@@ -199,7 +204,14 @@ impl Report {
 
     /// An l7 service: weights and the proxy's per-version counters.
     fn render_l7(&self, out: &mut String, s: &ServiceStatus) {
-        let state = if self.agent.is_some() { "proxied by the agent" } else { "NOT SERVED (the agent is not running)" };
+        let state = match (&self.agent, s.not_local) {
+            (None, _) => "NOT SERVED (the agent is not running)".to_owned(),
+            (Some(_), Some(ip)) => format!(
+                "NOT REACHABLE: {ip} is not local in the agent's network namespace, so connections never arrive; add it (`{}`) or set local_addresses.manage: true",
+                crate::local_addrs::fix_command(ip)
+            ),
+            (Some(_), None) => "proxied by the agent".to_owned(),
+        };
         writeln!(out, "service {} {}/{} (l7): {state}", s.name, s.listen, s.protocol).unwrap();
         writeln!(
             out,
@@ -356,6 +368,7 @@ mod tests {
             protocol: "tcp".into(),
             mode: mode.into(),
             live: mode == "l4",
+            not_local: None,
             differs_from_file: false,
             mirror: None,
             rollout,

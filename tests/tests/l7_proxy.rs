@@ -60,8 +60,8 @@ const ROUTES: &str = r#"    routes:
         version: mixed
 "#;
 
-/// The topology with backends v1 (blue) and v2 (green) on :8081, the VIP made
-/// local in the lb namespace (the proxy serves it), and the agent.
+/// The topology with backends v1 (blue) and v2 (green) on :8081, and the
+/// agent (which makes the VIP local in the lb namespace: the proxy serves it).
 fn setup(yaml: &str) -> (Topology, Agent, Client, SocketAddr) {
     splitter_tests::require_root("the L7 end-to-end test");
     let topo = Topology::build(&unique_name("spt")).expect("build topology");
@@ -69,7 +69,6 @@ fn setup(yaml: &str) -> (Topology, Agent, Client, SocketAddr) {
     serve_http(&topo.green, 8081, "v2").expect("v2 backend");
     serve_http(&topo.blue, 8082, "shadow").expect("shadow backend");
     serve_http_after(&topo.green, 8082, "slowshadow", SLOW_SHADOW).expect("slow shadow backend");
-    topo.lb.ip(&["addr", "add", "203.0.113.10/32", "dev", "lo"]).expect("VIP on lo");
     let agent = Agent::start(&topo.lb, yaml);
     let client = Client::new(&topo.client);
     (topo, agent, client, VIP.parse().unwrap())
