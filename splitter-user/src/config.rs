@@ -628,6 +628,9 @@ fn check_service(name: &str, svc: &Service) -> Result<(), ConfigError> {
         Some(Mirror::L4(m)) => m.check().map_err(ctx)?,
         _ => {}
     }
+    if let Some(proxy) = &svc.proxy {
+        proxy.check().map_err(ctx)?;
+    }
     l7::check(&svc.versions, &svc.routes, svc.l7_mirror()).map_err(ctx)?;
     Ok(())
 }
@@ -766,6 +769,29 @@ services:
             let msg = err(&yaml);
             assert!(msg.contains("services.api") && msg.contains(want), "want {want:?} in: {msg}");
         }
+    }
+
+    #[test]
+    fn l7_timeouts_out_of_range_are_refused_with_field_value_and_range() {
+        let mirror = |opts: &str| l7::EXAMPLE.replace("compare: true }", &format!("compare: true, {opts} }}"));
+        let proxy = |opts: &str| format!("{}    proxy: {{ {opts} }}\n", l7::EXAMPLE);
+        for (yaml, want) in [
+            (mirror("timeout_ms: 0"), "mirror.timeout_ms 0 is out of range: use 1 to 3600000 (milliseconds"),
+            (mirror("timeout_ms: 3600001"), "mirror.timeout_ms 3600001 is out of range: use 1 to 3600000"),
+            (mirror("queue: 0"), "mirror.queue 0 is out of range: use 1 to 1000000"),
+            (mirror("queue: 18446744073709551615"), "mirror.queue 18446744073709551615 is out of range"),
+            (proxy("connect_timeout_ms: 0"), "proxy.connect_timeout_ms 0 is out of range: use 1 to 3600000"),
+            (proxy("response_timeout_ms: 86400000"), "proxy.response_timeout_ms 86400000 is out of range"),
+            (proxy("response_timeout_ms: 18446744073709551615"), "proxy.response_timeout_ms 18446744073709551615 is"),
+        ] {
+            let msg = err(&yaml);
+            assert!(msg.contains("services.api: ") && msg.contains(want), "want {want:?} in: {msg}");
+        }
+        let c = Config::from_yaml(&proxy("connect_timeout_ms: 1, response_timeout_ms: 3600000")).unwrap();
+        assert_eq!(c.services["api"].proxy.as_ref().map(|p| p.response_timeout_ms), Some(3_600_000));
+        let c = Config::from_yaml(&mirror("timeout_ms: 3600000, queue: 1000000")).unwrap();
+        let m = c.services["api"].l7_mirror().unwrap();
+        assert_eq!((m.timeout_ms, m.queue, m.max_body_bytes), (3_600_000, 1_000_000, 64 * 1024));
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! cookie, query, path and method matches), mirroring, and proxy timeouts.
 //! Validated with the rest of the file; compiled by `l7::route`.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, ops::RangeInclusive};
 
 use serde::{Deserialize, Serialize};
 
@@ -190,6 +190,33 @@ impl Default for ProxyOptions {
     }
 }
 
+/// Bounds of the l7 timeouts (`mirror.timeout_ms`, `proxy.connect_timeout_ms`,
+/// `proxy.response_timeout_ms`): 1 ms to 1 hour.
+pub const TIMEOUT_MS: RangeInclusive<u64> = 1..=3_600_000;
+/// Bounds of `mirror.queue` (jobs waiting to be sent).
+pub const MIRROR_QUEUE: RangeInclusive<usize> = 1..=1_000_000;
+
+/// `field` is `value` milliseconds: within `TIMEOUT_MS`, or an error naming
+/// both and giving the range.
+fn check_timeout(field: &str, value: u64) -> Result<(), String> {
+    if TIMEOUT_MS.contains(&value) {
+        return Ok(());
+    }
+    Err(format!(
+        "{field} {value} is out of range: use {} to {} (milliseconds, at most an hour)",
+        TIMEOUT_MS.start(),
+        TIMEOUT_MS.end()
+    ))
+}
+
+impl ProxyOptions {
+    /// Checks both timeouts against `TIMEOUT_MS`.
+    pub fn check(&self) -> Result<(), String> {
+        check_timeout("proxy.connect_timeout_ms", self.connect_timeout_ms)?;
+        check_timeout("proxy.response_timeout_ms", self.response_timeout_ms)
+    }
+}
+
 const fn default_connect_ms() -> u64 {
     1_000
 }
@@ -278,8 +305,14 @@ pub fn check(
             return Err(format!("mirror.percent {} is out of range: use more than 0 and at most 100", mirror.percent));
         }
         check_methods("mirror.methods", &mirror.methods)?;
-        if mirror.timeout_ms == 0 || mirror.queue == 0 {
-            return Err("mirror.timeout_ms and mirror.queue must be positive".into());
+        check_timeout("mirror.timeout_ms", mirror.timeout_ms)?;
+        if !MIRROR_QUEUE.contains(&mirror.queue) {
+            return Err(format!(
+                "mirror.queue {} is out of range: use {} to {} (mirrored requests waiting to be sent)",
+                mirror.queue,
+                MIRROR_QUEUE.start(),
+                MIRROR_QUEUE.end()
+            ));
         }
         for h in &mirror.compare.headers {
             if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
