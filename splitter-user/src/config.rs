@@ -25,12 +25,16 @@ pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/splitter";
 /// Linux interface names are at most 15 bytes (IFNAMSIZ - 1).
 const IFNAME_MAX: usize = 15;
 
+/// Each variant's message is whole: none carries a `source`, so printing the
+/// error chain (`{e:#}`) does not repeat it.
 #[derive(Debug, Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    #[error("cannot read config file {path}: {error}")]
+    Read { path: PathBuf, error: std::io::Error },
+    /// The text is not YAML, or does not fit the model: serde's message, with
+    /// the value written quoted (see `describe_yaml_error`).
     #[error("config is not valid YAML for splitter: {0}")]
-    Syntax(#[from] serde_yaml_ng::Error),
+    Syntax(String),
     #[error("{0}")]
     Invalid(String),
 }
@@ -431,14 +435,14 @@ impl Service {
 impl Config {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text =
-            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read { path: path.to_owned(), error })?;
         Config::from_yaml(&text)
     }
 
     /// Parses and validates YAML text.
     pub fn from_yaml(text: &str) -> Result<Config, ConfigError> {
-        let config: Config = serde_yaml_ng::from_str(text)?;
+        let config: Config =
+            serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Syntax(describe_yaml_error(text, &e)))?;
         config.validate()?;
         Ok(config)
     }
@@ -529,6 +533,119 @@ impl Config {
     /// Interfaces the l4 services mirror to, each once.
     pub fn mirror_interfaces(&self) -> BTreeSet<String> {
         self.services.values().filter_map(|s| s.l4_mirror()).map(|m| m.interface.clone()).collect()
+    }
+}
+
+/// serde_yaml_ng's message for `err` on `text`, with the location as
+/// `(line L, column C)` and, for a value that did not parse, the value as
+/// written: `services.web.versions.v1[0]: invalid socket address syntax:
+/// "10.78.1.300:7001" (line 7, column 12)`. Not quoted: unknown, missing or
+/// duplicate fields, mappings and sequences, and text that is not YAML at all
+/// (libyaml's message is kept whole).
+fn describe_yaml_error(text: &str, err: &serde_yaml_ng::Error) -> String {
+    let msg = err.to_string();
+    let Some(loc) = err.location() else { return msg };
+    if serde_yaml_ng::from_str::<serde_yaml_ng::Value>(text).is_err() {
+        return msg;
+    }
+    let body = msg.strip_suffix(&format!(" at line {} column {}", loc.line(), loc.column())).unwrap_or(&msg);
+    let at = format!("(line {}, column {})", loc.line(), loc.column());
+    let not_a_value = ["unknown field `", "missing field `", "duplicate field `", "duplicate entry"]
+        .iter()
+        .any(|p| body.starts_with(p) || body.contains(&format!(": {p}")));
+    match written_scalar(text, loc.index()).filter(|_| !not_a_value) {
+        // serde already quoted it (`invalid type: string "abc", ...`).
+        Some(v) if body.contains(&format!("{v:?}")) => format!("{body} {at}"),
+        Some(v) => format!("{body}: {v:?} {at}"),
+        None => format!("{body} {at}"),
+    }
+}
+
+/// The scalar written at byte `index` of `text`, unquoted; `None` when a
+/// mapping, a sequence, a mapping key, an anchor, alias, tag or block scalar
+/// starts there.
+fn written_scalar(text: &str, index: usize) -> Option<String> {
+    let rest = text.get(index..)?;
+    let line = rest.split('\n').next()?.trim_end_matches('\r');
+    let is_key = |after: &str| after.trim_start_matches([' ', '\t']).starts_with(':');
+    match *rest.as_bytes().first()? {
+        q @ (b'"' | b'\'') => {
+            let end = quoted_end(rest.as_bytes(), q)?;
+            if is_key(&rest[end..]) {
+                return None;
+            }
+            serde_yaml_ng::from_str::<String>(&rest[..end]).ok()
+        }
+        b'{' | b'[' | b'&' | b'*' | b'!' | b'|' | b'>' | b'?' => None,
+        b'-' if matches!(line.as_bytes().get(1), None | Some(b' ' | b'\t')) => None,
+        _ => {
+            let flow = in_flow(&text.as_bytes()[..index]);
+            let b = line.as_bytes();
+            let mut end = b.len();
+            for (i, &c) in b.iter().enumerate() {
+                let blank_next = matches!(b.get(i + 1), None | Some(b' ' | b'\t'));
+                if c == b':' && (blank_next || (flow && matches!(b.get(i + 1), Some(b',' | b'}' | b']')))) {
+                    return None; // `key: value`: a mapping
+                }
+                if (flow && matches!(c, b',' | b']' | b'}')) || (c == b'#' && i > 0 && matches!(b[i - 1], b' ' | b'\t'))
+                {
+                    end = i;
+                    break;
+                }
+            }
+            Some(line[..end].trim_end().to_owned()).filter(|v| !v.is_empty())
+        }
+    }
+}
+
+/// The byte just past the quoted scalar that opens `s` with quote `q`.
+fn quoted_end(s: &[u8], q: u8) -> Option<usize> {
+    let mut i = 1;
+    while i < s.len() {
+        match s[i] {
+            b'\\' if q == b'"' => i += 1,
+            b'\'' if q == b'\'' && s.get(i + 1) == Some(&b'\'') => i += 1,
+            c if c == q => return Some(i + 1),
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
+/// Whether the text `before` leaves an open flow collection (`{`, `[`), so a
+/// plain scalar there ends at `,`, `]` or `}`. Skips comments and quoted scalars.
+fn in_flow(before: &[u8]) -> bool {
+    let mut depth = 0usize;
+    let mut i = 0;
+    while i < before.len() {
+        match before[i] {
+            b'#' if i == 0 || before[i - 1].is_ascii_whitespace() => {
+                while i < before.len() && before[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            q @ (b'"' | b'\'') if opens_quoted(&before[..i]) => {
+                i += quoted_end(&before[i..], q).map_or(before.len(), |end| end - 1);
+            }
+            b'[' | b'{' => depth += 1,
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        i += 1;
+    }
+    depth > 0
+}
+
+/// Whether a quote after `before` opens a quoted scalar rather than sitting
+/// inside a plain one (`don't`).
+fn opens_quoted(before: &[u8]) -> bool {
+    let line = &before[before.iter().rposition(|&c| c == b'\n').map_or(0, |n| n + 1)..];
+    match line.iter().rposition(|c| !matches!(c, b' ' | b'\t')) {
+        None => true,
+        Some(p) => {
+            matches!(line[p], b'[' | b'{' | b',') || (p + 1 < line.len() && matches!(line[p], b':' | b'-' | b'?'))
+        }
     }
 }
 
@@ -819,6 +936,101 @@ services:
             let msg = err(&yaml(mode, mirror));
             assert!(msg.contains(want), "{mode} {mirror}: want {want:?} in: {msg}");
         }
+    }
+
+    /// The example of issue 17: a bad endpoint address at line 7, column 12.
+    const BAD_ADDRESS: &str = "interfaces: {clients: [eth0]}
+services:
+  web:
+    listen: 10.78.0.1:80
+    protocol: tcp
+    versions:
+      v1: [10.78.1.300:7001]
+    weights: {v1: 1}
+";
+
+    #[test]
+    fn a_value_error_quotes_what_was_written_and_says_it_once() {
+        assert_eq!(
+            err(BAD_ADDRESS),
+            r#"config is not valid YAML for splitter: services.web.versions.v1[0]: invalid socket address syntax: "10.78.1.300:7001" (line 7, column 12)"#
+        );
+        // As `splitter check` prints it: the error and its chain of causes.
+        let printed = format!("{:#}", anyhow::Error::from(Config::from_yaml(BAD_ADDRESS).unwrap_err()));
+        assert_eq!(printed.matches("invalid socket address syntax").count(), 1, "{printed}");
+        let missing = Config::load(Path::new("/nonexistent/splitter.yaml")).unwrap_err();
+        let printed = format!("{:#}", anyhow::Error::from(missing));
+        assert_eq!(printed.matches("No such file").count(), 1, "{printed}");
+    }
+
+    #[test]
+    fn value_errors_quote_the_value_and_field_errors_do_not() {
+        let svc = |from: &str, to: &str| {
+            "interfaces: {clients: [eth0]}\nservices:\n  s: {listen: 10.0.0.1:80, protocol: tcp, versions: {a: [10.0.1.1:80]}, weights: {a: 1}}\n"
+                .replace(from, to)
+        };
+        let w = "weights: {a: 1}";
+        let l7 = |fields: &str| svc(w, &format!("{w}, mode: l7, {fields}"));
+        for (yaml, want) in [
+            (
+                svc("10.0.0.1:80", "\"10.0.0.1:http\""),
+                r#"services.s.listen: invalid socket address syntax: "10.0.0.1:http" (line 3, column"#,
+            ),
+            (
+                svc("10.0.0.1:80", "'10.0.0.1:99999'"),
+                r#"services.s.listen: invalid socket address syntax: "10.0.0.1:99999""#,
+            ),
+            (svc(w, "weights: {a: -1}"), r#"services.s.weights.a: invalid type: integer `-1`, expected u32: "-1""#),
+            (svc(w, "weights: {a: abc}"), r#"services.s.weights.a: invalid type: string "abc", expected u32 (line 3"#),
+            (svc("{a: 1}}\n", "{a: 1.5}}  # half\n"), r#"expected u32: "1.5" (line 3"#),
+            (svc("tcp", "tcpx"), r#"services.s.protocol: unknown variant `tcpx`, expected `tcp` or `udp`: "tcpx""#),
+            (
+                svc(w, "weights: {a: 1}, mode: l8"),
+                r#"services.s.mode: unknown variant `l8`, expected `l4` or `l7`: "l8""#,
+            ),
+            (
+                l7("proxy: {connect_timeout_ms: 5s}"),
+                r#"services.s.proxy.connect_timeout_ms: invalid type: string "5s""#,
+            ),
+            (
+                l7("proxy: {response_timeout_ms: -1}"),
+                r#"services.s.proxy.response_timeout_ms: invalid type: integer `-1`, expected u64: "-1""#,
+            ),
+        ] {
+            let msg = err(&yaml);
+            assert!(msg.contains(want), "for\n{yaml}\nwant {want:?} in: {msg}");
+            assert_eq!(msg.matches(" (line ").count(), 1, "{msg}");
+        }
+        for (yaml, whole) in [
+            (svc(w, "weights: {a: 1}, colour: red"), "services.s: unknown field `colour`"),
+            (
+                svc("versions: {a: [10.0.1.1:80]}", "versions: [a]"),
+                "services.s.versions: invalid type: sequence, expected a map (line 3, column",
+            ),
+            (svc(w, "weights: {a: {b: 1}}"), "services.s.weights.a: invalid type: map, expected u32 (line 3, column"),
+        ] {
+            let msg = err(&yaml);
+            assert!(msg.contains(whole) && !msg.contains(": \""), "for\n{yaml}\nwant {whole:?} and no value in: {msg}");
+        }
+    }
+
+    #[test]
+    fn the_value_at_an_error_is_read_as_written() {
+        let at = |text: &str, from: &str| written_scalar(text, text.find(from).unwrap());
+        assert_eq!(at("a: [x, 10.0.0.1:80x, y]", "10."), Some("10.0.0.1:80x".into()));
+        assert_eq!(at("a: {b: tcpx}", "tcpx"), Some("tcpx".into()));
+        assert_eq!(at("a: 10.0.0.1:80x   # the shop\n", "10."), Some("10.0.0.1:80x".into()));
+        assert_eq!(at("a: x,y]z\n", "x"), Some("x,y]z".into()), "block context: `,` and `]` are text");
+        assert_eq!(at("a: [\"x, y\", 'it''s', \"t\\\"q\"]", "'it"), Some("it's".into()));
+        assert_eq!(at("a: [\"x, y\", 'it''s', \"t\\\"q\"]", "\"t"), Some("t\"q".into()));
+        assert_eq!(at("a: # not [ a flow\n  b: c, d\n", "c,"), Some("c, d".into()));
+        assert_eq!(at("a: [don't, x]", "x]"), Some("x".into()));
+        assert_eq!(at("a:\n  b: 1\n", "b:"), None, "a mapping");
+        assert_eq!(at("a:\n  - 1\n", "- 1"), None, "a sequence");
+        assert_eq!(at("a: {b: 1}", "{"), None);
+        assert_eq!(at("a: [1]", "["), None);
+        assert_eq!(at("a:\n  \"b\": 1\n", "\"b"), None, "a quoted key");
+        assert_eq!(at("a: -1", "-1"), Some("-1".into()));
     }
 
     #[test]
