@@ -213,8 +213,8 @@ fn default_flow_table_size() -> u32 {
 
 /// What keeps a client on one version. YAML: `client-ip`, `{ cookie: NAME }`
 /// or `{ header: NAME }`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(try_from = "AffinityRepr", into = "AffinityRepr")]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(into = "AffinityRepr")]
 pub enum Affinity {
     /// Hash the client address only: one client, one version (L4 and L7).
     ClientIp,
@@ -224,25 +224,50 @@ pub enum Affinity {
     Header(String),
 }
 
-#[derive(Deserialize, Serialize)]
-#[serde(untagged, deny_unknown_fields)]
+#[derive(Serialize)]
+#[serde(untagged)]
 enum AffinityRepr {
     Name(String),
     Cookie { cookie: String },
     Header { header: String },
 }
 
-impl TryFrom<AffinityRepr> for Affinity {
-    type Error = String;
-    fn try_from(r: AffinityRepr) -> Result<Self, String> {
-        match r {
-            AffinityRepr::Name(n) if n == "client-ip" => Ok(Affinity::ClientIp),
-            AffinityRepr::Name(n) => {
-                Err(format!("unknown variant affinity {n:?}: use client-ip, {{ cookie: NAME }} or {{ header: NAME }}"))
+/// `affinity: { cookie: NAME }` or `{ header: NAME }` as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AffinityRule {
+    cookie: Option<String>,
+    header: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for Affinity {
+    /// Read in place (an untagged enum would buffer it), so an error names
+    /// `affinity` and its line.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de;
+        struct V;
+        impl<'de> de::Visitor<'de> for V {
+            type Value = Affinity;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("client-ip, { cookie: NAME } or { header: NAME }")
             }
-            AffinityRepr::Cookie { cookie } => Ok(Affinity::Cookie(cookie)),
-            AffinityRepr::Header { header } => Ok(Affinity::Header(header)),
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Affinity, E> {
+                match s {
+                    "client-ip" => Ok(Affinity::ClientIp),
+                    n => Err(E::custom(format!(
+                        "unknown variant affinity {n:?}: use client-ip, {{ cookie: NAME }} or {{ header: NAME }}"
+                    ))),
+                }
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<Affinity, A::Error> {
+                match AffinityRule::deserialize(de::value::MapAccessDeserializer::new(map))? {
+                    AffinityRule { cookie: Some(cookie), header: None } => Ok(Affinity::Cookie(cookie)),
+                    AffinityRule { cookie: None, header: Some(header) } => Ok(Affinity::Header(header)),
+                    _ => Err(de::Error::custom("give one of { cookie: NAME } or { header: NAME }")),
+                }
+            }
         }
+        d.deserialize_any(V)
     }
 }
 
@@ -357,15 +382,65 @@ pub enum Mirror {
 
 impl<'de> Deserialize<'de> for Mirror {
     /// The shape picks the kind: a mapping with `interface` is l4 mirroring,
-    /// anything else must be the l7 form (so its errors name l7 fields).
+    /// anything else must be the l7 form. Every field is read straight from
+    /// the YAML, so an error names it and quotes the value written.
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        use serde::de::Error as _;
-        let value = serde_yaml_ng::Value::deserialize(d)?;
-        if value.as_mapping().is_some_and(|m| m.contains_key("interface")) {
-            serde_yaml_ng::from_value(value).map(Mirror::L4).map_err(D::Error::custom)
-        } else {
-            serde_yaml_ng::from_value(value).map(Mirror::L7).map_err(D::Error::custom)
+        use serde::de;
+        struct V;
+        impl<'de> de::Visitor<'de> for V {
+            type Value = Mirror;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("{ interface, percent } (l4) or { version, percent, ... } (l7)")
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<Mirror, A::Error> {
+                MirrorRepr::deserialize(de::value::MapAccessDeserializer::new(map))?.into_mirror()
+            }
         }
+        d.deserialize_map(V)
+    }
+}
+
+/// `mirror:` as written: the fields of both forms (`L4Mirror`, `l7::Mirror`).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MirrorRepr {
+    interface: Option<String>,
+    version: Option<String>,
+    percent: f64,
+    compare: Option<l7::Compare>,
+    methods: Option<Vec<String>>,
+    max_body_bytes: Option<u64>,
+    timeout_ms: Option<u64>,
+    queue: Option<usize>,
+}
+
+impl MirrorRepr {
+    fn into_mirror<E: serde::de::Error>(self) -> Result<Mirror, E> {
+        let r = self;
+        if let Some(interface) = r.interface {
+            let l7_field = [
+                ("version", r.version.is_some()),
+                ("compare", r.compare.is_some()),
+                ("methods", r.methods.is_some()),
+                ("max_body_bytes", r.max_body_bytes.is_some()),
+                ("timeout_ms", r.timeout_ms.is_some()),
+                ("queue", r.queue.is_some()),
+            ]
+            .into_iter()
+            .find_map(|(name, set)| set.then_some(name));
+            if let Some(name) = l7_field {
+                return Err(E::unknown_field(name, &["interface", "percent"]));
+            }
+            return Ok(Mirror::L4(L4Mirror { interface, percent: r.percent }));
+        }
+        let version = r.version.ok_or_else(|| E::missing_field("version"))?;
+        let mut m = l7::Mirror::new(version, r.percent);
+        m.compare = r.compare.unwrap_or(m.compare);
+        m.methods = r.methods.unwrap_or(m.methods);
+        m.max_body_bytes = r.max_body_bytes.unwrap_or(m.max_body_bytes);
+        m.timeout_ms = r.timeout_ms.unwrap_or(m.timeout_ms);
+        m.queue = r.queue.unwrap_or(m.queue);
+        Ok(Mirror::L7(m))
     }
 }
 
@@ -996,6 +1071,23 @@ services:
                 l7("proxy: {response_timeout_ms: -1}"),
                 r#"services.s.proxy.response_timeout_ms: invalid type: integer `-1`, expected u64: "-1""#,
             ),
+            (
+                l7("mirror: {version: a, percent: 5, timeout_ms: 2 seconds}"),
+                r#"services.s.mirror.timeout_ms: invalid type: string "2 seconds", expected u64 (line 3"#,
+            ),
+            (l7("mirror: {version: a, percent: lots}"), r#"services.s.mirror.percent: invalid type: string "lots""#),
+            (
+                l7("mirror: {version: a, percent: 5, compare: maybe}"),
+                r#"services.s.mirror.compare: invalid type: string "maybe", expected true, false or {"#,
+            ),
+            (
+                svc(w, "weights: {a: 1}, affinity: sticky"),
+                r#"services.s.affinity: unknown variant affinity "sticky": use"#,
+            ),
+            (
+                l7("routes: [{match: {headers: {x-canary: 1}}, version: a}]"),
+                r#"services.s.routes[0].match.headers.x-canary: invalid type: integer `1`, expected a string, { exact: S }, { prefix: S } or { regex: RE }: "1" (line 3"#,
+            ),
         ] {
             let msg = err(&yaml);
             assert!(msg.contains(want), "for\n{yaml}\nwant {want:?} in: {msg}");
@@ -1008,6 +1100,23 @@ services:
                 "services.s.versions: invalid type: sequence, expected a map (line 3, column",
             ),
             (svc(w, "weights: {a: {b: 1}}"), "services.s.weights.a: invalid type: map, expected u32 (line 3, column"),
+            (
+                l7("mirror: {interface: eth3, percent: 5, timeout_ms: 9}"),
+                "services.s.mirror: unknown field `timeout_ms`",
+            ),
+            (l7("mirror: {percent: 5}"), "services.s.mirror: missing field `version`"),
+            (
+                l7("mirror: {version: a, percent: 5, compare: {header: [x]}}"),
+                "services.s.mirror.compare: unknown field `header`",
+            ),
+            (
+                l7("affinity: {cookie: a, header: b}"),
+                "services.s.affinity: give one of { cookie: NAME } or { header: NAME }",
+            ),
+            (
+                l7("routes: [{match: {headers: {x-canary: {glob: a}}}, version: a}]"),
+                r#"services.s.routes[0].match.headers.x-canary: unknown value match "glob""#,
+            ),
         ] {
             let msg = err(&yaml);
             assert!(msg.contains(whole) && !msg.contains(": \""), "for\n{yaml}\nwant {whole:?} and no value in: {msg}");

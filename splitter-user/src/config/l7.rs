@@ -2,9 +2,9 @@
 //! cookie, query, path and method matches), mirroring, and proxy timeouts.
 //! Validated with the rest of the file; compiled by `l7::route`.
 
-use std::{collections::BTreeMap, ops::RangeInclusive};
+use std::{collections::BTreeMap, fmt, ops::RangeInclusive};
 
-use serde::{Deserialize, Serialize};
+use serde::{de, Deserialize, Serialize};
 
 /// One routing rule: requests matching all of `match` go to `version`.
 /// The first matching route wins; unmatched requests follow the weights.
@@ -41,28 +41,46 @@ pub struct RouteMatch {
 /// How a header, cookie or query value is matched: a plain string is exact;
 /// `{ exact: S }`, `{ prefix: S }` and `{ regex: RE }` (Rust `regex` syntax,
 /// unanchored unless the pattern has `^`/`$`) say so explicitly.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(try_from = "ValueMatchRepr", into = "ValueMatchRepr")]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(into = "ValueMatchRepr")]
 pub enum ValueMatch {
     Exact(String),
     Prefix(String),
     Regex(String),
 }
 
-#[derive(Deserialize, Serialize)]
+#[derive(Serialize)]
 #[serde(untagged)]
 enum ValueMatchRepr {
     Plain(String),
     Rule(BTreeMap<String, String>),
 }
 
-impl TryFrom<ValueMatchRepr> for ValueMatch {
-    type Error = String;
-    fn try_from(r: ValueMatchRepr) -> Result<Self, String> {
-        let rule = match r {
-            ValueMatchRepr::Plain(s) => return Ok(ValueMatch::Exact(s)),
-            ValueMatchRepr::Rule(rule) => rule,
-        };
+impl<'de> Deserialize<'de> for ValueMatch {
+    /// Read in place (an untagged enum would buffer it), so an error names
+    /// the value's own field and line.
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> de::Visitor<'de> for V {
+            type Value = ValueMatch;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string, { exact: S }, { prefix: S } or { regex: RE }")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<ValueMatch, E> {
+                Ok(ValueMatch::Exact(s.to_owned()))
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<ValueMatch, A::Error> {
+                let rule = BTreeMap::<String, String>::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                ValueMatch::from_rule(rule).map_err(de::Error::custom)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl ValueMatch {
+    /// `{ exact: S }`, `{ prefix: S }` or `{ regex: RE }`.
+    fn from_rule(rule: BTreeMap<String, String>) -> Result<Self, String> {
         let mut entries = rule.into_iter();
         match (entries.next(), entries.next()) {
             (Some((kind, value)), None) => match kind.as_str() {
@@ -114,9 +132,24 @@ pub struct Mirror {
     pub queue: usize,
 }
 
+impl Mirror {
+    /// `percent` of requests to `version`, everything else the defaults.
+    pub fn new(version: String, percent: f64) -> Mirror {
+        Mirror {
+            version,
+            percent,
+            compare: Compare::default(),
+            methods: default_mirror_methods(),
+            max_body_bytes: default_max_body_bytes(),
+            timeout_ms: default_mirror_timeout_ms(),
+            queue: default_mirror_queue(),
+        }
+    }
+}
+
 /// `compare:` — `false`, `true`, or what to compare beyond the status.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, Serialize)]
-#[serde(try_from = "CompareRepr", into = "CompareRepr")]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+#[serde(into = "CompareRepr")]
 pub struct Compare {
     pub enabled: bool,
     /// Response headers compared too (the status and body always are).
@@ -126,25 +159,41 @@ pub struct Compare {
     pub ignore_json: Vec<String>,
 }
 
-#[derive(Deserialize, Serialize)]
+#[derive(Serialize)]
 #[serde(untagged)]
 enum CompareRepr {
     Flag(bool),
-    Spec {
-        #[serde(default)]
-        headers: Vec<String>,
-        #[serde(default)]
-        ignore_json: Vec<String>,
-    },
+    Spec { headers: Vec<String>, ignore_json: Vec<String> },
 }
 
-impl TryFrom<CompareRepr> for Compare {
-    type Error = String;
-    fn try_from(r: CompareRepr) -> Result<Self, String> {
-        Ok(match r {
-            CompareRepr::Flag(enabled) => Compare { enabled, ..Compare::default() },
-            CompareRepr::Spec { headers, ignore_json } => Compare { enabled: true, headers, ignore_json },
-        })
+/// `compare: { headers, ignore_json }` as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CompareSpec {
+    #[serde(default)]
+    headers: Vec<String>,
+    #[serde(default)]
+    ignore_json: Vec<String>,
+}
+
+impl<'de> Deserialize<'de> for Compare {
+    /// Read in place, like `ValueMatch`.
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> de::Visitor<'de> for V {
+            type Value = Compare;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("true, false or { headers: [...], ignore_json: [...] }")
+            }
+            fn visit_bool<E: de::Error>(self, enabled: bool) -> Result<Compare, E> {
+                Ok(Compare { enabled, ..Compare::default() })
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<Compare, A::Error> {
+                let spec = CompareSpec::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(Compare { enabled: true, headers: spec.headers, ignore_json: spec.ignore_json })
+            }
+        }
+        d.deserialize_any(V)
     }
 }
 
