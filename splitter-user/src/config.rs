@@ -752,10 +752,19 @@ fn check_service(name: &str, svc: &Service) -> Result<(), ConfigError> {
         return Err(ctx(format!("listen {} needs a port other than 0", svc.listen)));
     }
     if svc.mode == Mode::L7 && svc.protocol == Protocol::Udp {
-        return Err(ctx("mode l7 proxies HTTP and needs protocol tcp".into()));
+        return Err(ctx("protocol udp: mode l7 proxies HTTP and needs protocol tcp".into()));
     }
-    if svc.mode == Mode::L4 && matches!(svc.affinity, Some(Affinity::Cookie(_) | Affinity::Header(_))) {
-        return Err(ctx("cookie and header affinity need mode l7; mode l4 supports affinity: client-ip".into()));
+    if svc.mode == Mode::L4 {
+        let written = match &svc.affinity {
+            Some(Affinity::Cookie(name)) => Some(format!("{{ cookie: {name:?} }}")),
+            Some(Affinity::Header(name)) => Some(format!("{{ header: {name:?} }}")),
+            _ => None,
+        };
+        if let Some(written) = written {
+            return Err(ctx(format!(
+                "affinity {written}: cookie and header affinity need mode l7; mode l4 supports affinity: client-ip"
+            )));
+        }
     }
     if svc.versions.len() > MAX_VERSIONS {
         return Err(ctx(format!("{} versions; at most {MAX_VERSIONS} are supported", svc.versions.len())));
@@ -795,7 +804,10 @@ fn check_service(name: &str, svc: &Service) -> Result<(), ConfigError> {
         }
     }
     if svc.weights.values().all(|w| *w == 0) {
-        return Err(ctx("every version weighs 0: give at least one version a positive weight".into()));
+        return Err(ctx(format!(
+            "every version weighs 0 (weights {:?}): give at least one version a positive weight",
+            svc.weights
+        )));
     }
     if svc.mode == Mode::L4 {
         for (field, set) in [
@@ -1120,6 +1132,34 @@ services:
         ] {
             let msg = err(&yaml);
             assert!(msg.contains(whole) && !msg.contains(": \""), "for\n{yaml}\nwant {whole:?} and no value in: {msg}");
+        }
+    }
+
+    #[test]
+    fn validation_errors_quote_the_value() {
+        let svc = |fields: &str| {
+            format!("interfaces: {{clients: [eth0]}}\nservices:\n  s: {{listen: 10.0.0.1:80, {fields}}}\n")
+        };
+        for (yaml, want) in [
+            (
+                svc("protocol: udp, mode: l7, versions: {a: [10.0.1.1:80]}, weights: {a: 1}"),
+                "services.s: protocol udp: mode l7 proxies HTTP and needs protocol tcp",
+            ),
+            (
+                svc("protocol: tcp, versions: {a: [10.0.1.1:80]}, weights: {a: 1}, affinity: {header: x-user}"),
+                r#"services.s: affinity { header: "x-user" }: cookie and header affinity need mode l7"#,
+            ),
+            (
+                svc("protocol: tcp, versions: {a: [10.0.1.1:80], b: [10.0.1.2:80]}, weights: {a: 0, b: 0}"),
+                r#"services.s: every version weighs 0 (weights {"a": 0, "b": 0})"#,
+            ),
+            (
+                l7::EXAMPLE.replace(r#"x-canary: "true""#, "x-canary: { exact: a, prefix: b }"),
+                "services.api.routes[0].match.headers.x-canary: a value match is a string or one of { exact: S }, { prefix: S }, { regex: RE }, not { exact, prefix }",
+            ),
+        ] {
+            let msg = err(&yaml);
+            assert!(msg.contains(want), "for\n{yaml}\nwant {want:?} in: {msg}");
         }
     }
 

@@ -81,6 +81,7 @@ impl<'de> Deserialize<'de> for ValueMatch {
 impl ValueMatch {
     /// `{ exact: S }`, `{ prefix: S }` or `{ regex: RE }`.
     fn from_rule(rule: BTreeMap<String, String>) -> Result<Self, String> {
+        let kinds = rule.keys().map(String::as_str).collect::<Vec<_>>().join(", ");
         let mut entries = rule.into_iter();
         match (entries.next(), entries.next()) {
             (Some((kind, value)), None) => match kind.as_str() {
@@ -91,7 +92,9 @@ impl ValueMatch {
                     "unknown value match {other:?}: use a string, {{ exact: S }}, {{ prefix: S }} or {{ regex: RE }}"
                 )),
             },
-            _ => Err("a value match is a string or one of { exact: S }, { prefix: S }, { regex: RE }".into()),
+            _ => Err(format!(
+                "a value match is a string or one of {{ exact: S }}, {{ prefix: S }}, {{ regex: RE }}, not {{ {kinds} }}"
+            )),
         }
     }
 }
