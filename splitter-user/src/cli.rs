@@ -3,7 +3,7 @@
 //! Parsing only; `main.rs` dispatches. Verbs that talk to a running agent take
 //! `--socket` to override `control.socket` from the config file.
 
-use std::path::PathBuf;
+use std::{ops::RangeInclusive, path::PathBuf, time::Duration};
 
 use clap::{ArgGroup, Args, Parser, Subcommand};
 
@@ -86,8 +86,8 @@ pub struct RunArgs {
     /// cores to other work on a shared host.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub workers: Option<u16>,
-    /// Log a counters summary this often (seconds; 0 disables).
-    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    /// Log a counters summary this often (seconds, up to 86400; 0 disables).
+    #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=86_400))]
     pub stats_every: u64,
 }
 
@@ -221,25 +221,26 @@ pub struct RolloutArgs {
     /// The canary's share at each step, in percent, rising to 100.
     #[arg(long, value_name = "P,P,...", value_delimiter = ',', default_value = "1,5,25,50,100")]
     pub steps: Vec<u32>,
-    /// How long each step lasts, e.g. 30s, 5m.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "30s")]
-    pub interval: std::time::Duration,
+    /// How long each step lasts, 1s to 30d, e.g. 30s, 5m, 1h.
+    #[arg(long, value_name = "DURATION", value_parser = parse_interval, default_value = "30s")]
+    pub interval: Duration,
     /// Roll back when the canary's error rate exceeds the baseline's by more
     /// than this (l7: 5xx and the proxy's 502/504; l4: endpoint resets), e.g. 1%.
     #[arg(long, value_name = "RATE", value_parser = parse_rate, default_value = "1%")]
     pub max_error_rate: f64,
-    /// Roll back when the canary's p99 response time exceeds this (l7), e.g. 250ms.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
-    pub max_p99: Option<std::time::Duration>,
+    /// Roll back when the canary's p99 response time exceeds this (l7), 1ms
+    /// to 1h, e.g. 250ms.
+    #[arg(long, value_name = "DURATION", value_parser = parse_max_p99)]
+    pub max_p99: Option<Duration>,
     /// Roll back when more than this share of mirrored requests differ (l7), e.g. 0.5%.
     #[arg(long, value_name = "RATE", value_parser = parse_rate)]
     pub max_diff_rate: Option<f64>,
     /// Canary requests (l7) or new flows (l4) a step needs before it is judged.
     #[arg(long, value_name = "N", default_value_t = 100)]
     pub min_requests: u64,
-    /// How long a step waits for --min-requests before rolling back.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "10m")]
-    pub max_wait: std::time::Duration,
+    /// How long a step waits for --min-requests before rolling back, 0s to 30d.
+    #[arg(long, value_name = "DURATION", value_parser = parse_max_wait, default_value = "10m")]
+    pub max_wait: Duration,
     /// Return once the rollout has started instead of following it.
     #[arg(long)]
     pub detach: bool,
@@ -262,19 +263,58 @@ pub struct RolloutArgs {
     pub target: AgentTarget,
 }
 
-/// Parses a duration: a whole number with `ms`, `s`, `m` or `h`.
-pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (n, unit) = s.split_at(split);
-    let n: u64 = n.parse().map_err(|_| format!("{s:?} is not a duration (e.g. 250ms, 30s, 5m, 1h)"))?;
-    let ms = match unit {
-        "ms" => n,
-        "s" => n * 1000,
-        "m" => n * 60_000,
-        "h" => n * 3_600_000,
-        _ => return Err(format!("{s:?}: the unit must be ms, s, m or h (e.g. 30s)")),
+/// Parses a duration with humantime: `250ms`, `30s`, `5m`, `1h`, `1h30m`...
+/// Overflow is an error, never a wrap.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| explain_duration(s, e))
+}
+
+fn explain_duration(s: &str, e: humantime::DurationError) -> String {
+    use humantime::DurationError as E;
+    match e {
+        E::UnknownUnit { unit, .. } if unit.is_empty() => {
+            format!("{s:?} has no time unit: the unit must be ms, s, m, h or d (e.g. 30s)")
+        }
+        E::UnknownUnit { unit, .. } => {
+            format!("{s:?}: unknown time unit {unit:?}; the unit must be ms, s, m, h or d (e.g. 30s)")
+        }
+        E::NumberOverflow => format!("{s:?} is too large (or too fine) to be a duration"),
+        _ => format!("{s:?} is not a duration (e.g. 250ms, 30s, 5m, 1h)"),
+    }
+}
+
+/// Parses a duration (see `parse_duration`) of whole milliseconds within
+/// `range` (in milliseconds); the error quotes `s` and gives the range.
+pub fn parse_duration_ms(s: &str, range: RangeInclusive<u64>) -> Result<Duration, String> {
+    use crate::rollout::human_ms;
+    let out_of_range =
+        || format!("{s:?} is out of range: use {} to {}", human_ms(*range.start()), human_ms(*range.end()));
+    let d = match humantime::parse_duration(s) {
+        Err(humantime::DurationError::NumberOverflow) => return Err(out_of_range()),
+        parsed => parsed.map_err(|e| explain_duration(s, e))?,
     };
-    Ok(std::time::Duration::from_millis(ms))
+    if !(u128::from(*range.start())..=u128::from(*range.end())).contains(&d.as_millis()) {
+        return Err(out_of_range());
+    }
+    if d.subsec_nanos() % 1_000_000 != 0 {
+        return Err(format!("{s:?} is finer than a millisecond: use whole milliseconds (e.g. 250ms)"));
+    }
+    Ok(d)
+}
+
+/// `--interval`: a rollout step, 1s to 30d.
+pub fn parse_interval(s: &str) -> Result<Duration, String> {
+    parse_duration_ms(s, crate::rollout::INTERVAL_MS)
+}
+
+/// `--max-p99`: the p99 gate, 1ms to 1h.
+pub fn parse_max_p99(s: &str) -> Result<Duration, String> {
+    parse_duration_ms(s, crate::rollout::MAX_P99_MS)
+}
+
+/// `--max-wait`: how long a step waits for traffic, 0s to 30d.
+pub fn parse_max_wait(s: &str) -> Result<Duration, String> {
+    parse_duration_ms(s, crate::rollout::MAX_WAIT_MS)
 }
 
 /// Parses a rate: `1%`, `0.5%` or a fraction `0.01`; 0 to 100 %.
@@ -360,8 +400,8 @@ mod tests {
         {
             Command::Rollout(r) => {
                 assert_eq!(r.steps, [10, 50, 100]);
-                assert_eq!(r.interval, std::time::Duration::from_secs(2));
-                assert_eq!(r.max_p99, Some(std::time::Duration::from_millis(250)));
+                assert_eq!(r.interval, Duration::from_secs(2));
+                assert_eq!(r.max_p99, Some(Duration::from_millis(250)));
                 assert_eq!(r.max_error_rate, 0.01);
             }
             other => panic!("parsed as {other:?}"),
@@ -378,7 +418,46 @@ mod tests {
             assert!(e.contains(want), "{args:?}: want {want:?} in {e}");
         }
         assert_eq!(parse_rate("0.5%"), Ok(0.005));
-        assert_eq!(parse_duration("5m"), Ok(std::time::Duration::from_secs(300)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+    }
+
+    #[test]
+    fn durations_out_of_range_are_refused_not_wrapped() {
+        let parse =
+            |args: &[&str]| Cli::try_parse_from([&["splitter", "rollout", "shop", "--to", "green"][..], args].concat());
+        for (args, want) in [
+            (&["--interval", "6000000000000000h"][..], r#""6000000000000000h" is out of range: use 1s to 30days"#),
+            (&["--interval", "5000000000000000h"][..], r#""5000000000000000h" is out of range: use 1s to 30days"#),
+            (&["--interval", "31d"][..], r#""31d" is out of range"#),
+            (&["--interval", "500ms"][..], r#""500ms" is out of range: use 1s to"#),
+            (&["--interval", "1x"][..], r#"unknown time unit "x""#),
+            (&["--max-wait", "6000000000000000h"][..], "out of range: use 0s to 30days"),
+            (&["--max-wait", "31d"][..], "out of range: use 0s to 30days"),
+            (&["--max-p99", "2h"][..], r#""2h" is out of range: use 1ms to 1h"#),
+            (&["--max-p99", "250us"][..], "out of range: use 1ms to 1h"),
+            (&["--max-p99", "1.5ms"][..], "finer than a millisecond"),
+        ] {
+            let e = parse(args).unwrap_err().to_string();
+            assert!(e.contains(want), "{args:?}: want {want:?} in {e}");
+        }
+        for (args, interval, wait) in [
+            (&["--interval", "250s"][..], Duration::from_secs(250), Duration::from_secs(600)),
+            (&["--interval", "1h30m", "--max-wait", "0s"][..], Duration::from_secs(5400), Duration::ZERO),
+            (
+                &["--interval", "30d", "--max-wait", "30d"][..],
+                Duration::from_secs(30 * 86400),
+                Duration::from_secs(30 * 86400),
+            ),
+        ] {
+            match parse(args).unwrap().command {
+                Command::Rollout(r) => assert_eq!((r.interval, r.max_wait), (interval, wait), "{args:?}"),
+                other => panic!("parsed as {other:?}"),
+            }
+        }
+        let run = |every: &str| Cli::try_parse_from(["splitter", "run", "--config", "c.yaml", "--stats-every", every]);
+        assert!(run("86400").is_ok());
+        let e = run("100000").unwrap_err().to_string();
+        assert!(e.contains("100000") && e.contains("0..=86400"), "{e}");
     }
 
     #[test]

@@ -25,12 +25,16 @@ pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/splitter";
 /// Linux interface names are at most 15 bytes (IFNAMSIZ - 1).
 const IFNAME_MAX: usize = 15;
 
+/// Each variant's message is whole: none carries a `source`, so printing the
+/// error chain (`{e:#}`) does not repeat it.
 #[derive(Debug, Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    #[error("cannot read config file {path}: {error}")]
+    Read { path: PathBuf, error: std::io::Error },
+    /// The text is not YAML, or does not fit the model: serde's message, with
+    /// the value written quoted (see `describe_yaml_error`).
     #[error("config is not valid YAML for splitter: {0}")]
-    Syntax(#[from] serde_yaml_ng::Error),
+    Syntax(String),
     #[error("{0}")]
     Invalid(String),
 }
@@ -234,8 +238,8 @@ fn default_flow_table_size() -> u32 {
 
 /// What keeps a client on one version. YAML: `client-ip`, `{ cookie: NAME }`
 /// or `{ header: NAME }`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(try_from = "AffinityRepr", into = "AffinityRepr")]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(into = "AffinityRepr")]
 pub enum Affinity {
     /// Hash the client address only: one client, one version (L4 and L7).
     ClientIp,
@@ -245,25 +249,50 @@ pub enum Affinity {
     Header(String),
 }
 
-#[derive(Deserialize, Serialize)]
-#[serde(untagged, deny_unknown_fields)]
+#[derive(Serialize)]
+#[serde(untagged)]
 enum AffinityRepr {
     Name(String),
     Cookie { cookie: String },
     Header { header: String },
 }
 
-impl TryFrom<AffinityRepr> for Affinity {
-    type Error = String;
-    fn try_from(r: AffinityRepr) -> Result<Self, String> {
-        match r {
-            AffinityRepr::Name(n) if n == "client-ip" => Ok(Affinity::ClientIp),
-            AffinityRepr::Name(n) => {
-                Err(format!("unknown variant affinity {n:?}: use client-ip, {{ cookie: NAME }} or {{ header: NAME }}"))
+/// `affinity: { cookie: NAME }` or `{ header: NAME }` as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AffinityRule {
+    cookie: Option<String>,
+    header: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for Affinity {
+    /// Read in place (an untagged enum would buffer it), so an error names
+    /// `affinity` and its line.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de;
+        struct V;
+        impl<'de> de::Visitor<'de> for V {
+            type Value = Affinity;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("client-ip, { cookie: NAME } or { header: NAME }")
             }
-            AffinityRepr::Cookie { cookie } => Ok(Affinity::Cookie(cookie)),
-            AffinityRepr::Header { header } => Ok(Affinity::Header(header)),
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Affinity, E> {
+                match s {
+                    "client-ip" => Ok(Affinity::ClientIp),
+                    n => Err(E::custom(format!(
+                        "unknown variant affinity {n:?}: use client-ip, {{ cookie: NAME }} or {{ header: NAME }}"
+                    ))),
+                }
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<Affinity, A::Error> {
+                match AffinityRule::deserialize(de::value::MapAccessDeserializer::new(map))? {
+                    AffinityRule { cookie: Some(cookie), header: None } => Ok(Affinity::Cookie(cookie)),
+                    AffinityRule { cookie: None, header: Some(header) } => Ok(Affinity::Header(header)),
+                    _ => Err(de::Error::custom("give one of { cookie: NAME } or { header: NAME }")),
+                }
+            }
         }
+        d.deserialize_any(V)
     }
 }
 
@@ -378,15 +407,65 @@ pub enum Mirror {
 
 impl<'de> Deserialize<'de> for Mirror {
     /// The shape picks the kind: a mapping with `interface` is l4 mirroring,
-    /// anything else must be the l7 form (so its errors name l7 fields).
+    /// anything else must be the l7 form. Every field is read straight from
+    /// the YAML, so an error names it and quotes the value written.
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        use serde::de::Error as _;
-        let value = serde_yaml_ng::Value::deserialize(d)?;
-        if value.as_mapping().is_some_and(|m| m.contains_key("interface")) {
-            serde_yaml_ng::from_value(value).map(Mirror::L4).map_err(D::Error::custom)
-        } else {
-            serde_yaml_ng::from_value(value).map(Mirror::L7).map_err(D::Error::custom)
+        use serde::de;
+        struct V;
+        impl<'de> de::Visitor<'de> for V {
+            type Value = Mirror;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("{ interface, percent } (l4) or { version, percent, ... } (l7)")
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<Mirror, A::Error> {
+                MirrorRepr::deserialize(de::value::MapAccessDeserializer::new(map))?.into_mirror()
+            }
         }
+        d.deserialize_map(V)
+    }
+}
+
+/// `mirror:` as written: the fields of both forms (`L4Mirror`, `l7::Mirror`).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MirrorRepr {
+    interface: Option<String>,
+    version: Option<String>,
+    percent: f64,
+    compare: Option<l7::Compare>,
+    methods: Option<Vec<String>>,
+    max_body_bytes: Option<u64>,
+    timeout_ms: Option<u64>,
+    queue: Option<usize>,
+}
+
+impl MirrorRepr {
+    fn into_mirror<E: serde::de::Error>(self) -> Result<Mirror, E> {
+        let r = self;
+        if let Some(interface) = r.interface {
+            let l7_field = [
+                ("version", r.version.is_some()),
+                ("compare", r.compare.is_some()),
+                ("methods", r.methods.is_some()),
+                ("max_body_bytes", r.max_body_bytes.is_some()),
+                ("timeout_ms", r.timeout_ms.is_some()),
+                ("queue", r.queue.is_some()),
+            ]
+            .into_iter()
+            .find_map(|(name, set)| set.then_some(name));
+            if let Some(name) = l7_field {
+                return Err(E::unknown_field(name, &["interface", "percent"]));
+            }
+            return Ok(Mirror::L4(L4Mirror { interface, percent: r.percent }));
+        }
+        let version = r.version.ok_or_else(|| E::missing_field("version"))?;
+        let mut m = l7::Mirror::new(version, r.percent);
+        m.compare = r.compare.unwrap_or(m.compare);
+        m.methods = r.methods.unwrap_or(m.methods);
+        m.max_body_bytes = r.max_body_bytes.unwrap_or(m.max_body_bytes);
+        m.timeout_ms = r.timeout_ms.unwrap_or(m.timeout_ms);
+        m.queue = r.queue.unwrap_or(m.queue);
+        Ok(Mirror::L7(m))
     }
 }
 
@@ -456,14 +535,14 @@ impl Service {
 impl Config {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text =
-            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read { path: path.to_owned(), error })?;
         Config::from_yaml(&text)
     }
 
     /// Parses and validates YAML text.
     pub fn from_yaml(text: &str) -> Result<Config, ConfigError> {
-        let config: Config = serde_yaml_ng::from_str(text)?;
+        let config: Config =
+            serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Syntax(describe_yaml_error(text, &e)))?;
         config.validate()?;
         Ok(config)
     }
@@ -571,6 +650,119 @@ impl Config {
     }
 }
 
+/// serde_yaml_ng's message for `err` on `text`, with the location as
+/// `(line L, column C)` and, for a value that did not parse, the value as
+/// written: `services.web.versions.v1[0]: invalid socket address syntax:
+/// "10.78.1.300:7001" (line 7, column 12)`. Not quoted: unknown, missing or
+/// duplicate fields, mappings and sequences, and text that is not YAML at all
+/// (libyaml's message is kept whole).
+fn describe_yaml_error(text: &str, err: &serde_yaml_ng::Error) -> String {
+    let msg = err.to_string();
+    let Some(loc) = err.location() else { return msg };
+    if serde_yaml_ng::from_str::<serde_yaml_ng::Value>(text).is_err() {
+        return msg;
+    }
+    let body = msg.strip_suffix(&format!(" at line {} column {}", loc.line(), loc.column())).unwrap_or(&msg);
+    let at = format!("(line {}, column {})", loc.line(), loc.column());
+    let not_a_value = ["unknown field `", "missing field `", "duplicate field `", "duplicate entry"]
+        .iter()
+        .any(|p| body.starts_with(p) || body.contains(&format!(": {p}")));
+    match written_scalar(text, loc.index()).filter(|_| !not_a_value) {
+        // serde already quoted it (`invalid type: string "abc", ...`).
+        Some(v) if body.contains(&format!("{v:?}")) => format!("{body} {at}"),
+        Some(v) => format!("{body}: {v:?} {at}"),
+        None => format!("{body} {at}"),
+    }
+}
+
+/// The scalar written at byte `index` of `text`, unquoted; `None` when a
+/// mapping, a sequence, a mapping key, an anchor, alias, tag or block scalar
+/// starts there.
+fn written_scalar(text: &str, index: usize) -> Option<String> {
+    let rest = text.get(index..)?;
+    let line = rest.split('\n').next()?.trim_end_matches('\r');
+    let is_key = |after: &str| after.trim_start_matches([' ', '\t']).starts_with(':');
+    match *rest.as_bytes().first()? {
+        q @ (b'"' | b'\'') => {
+            let end = quoted_end(rest.as_bytes(), q)?;
+            if is_key(&rest[end..]) {
+                return None;
+            }
+            serde_yaml_ng::from_str::<String>(&rest[..end]).ok()
+        }
+        b'{' | b'[' | b'&' | b'*' | b'!' | b'|' | b'>' | b'?' => None,
+        b'-' if matches!(line.as_bytes().get(1), None | Some(b' ' | b'\t')) => None,
+        _ => {
+            let flow = in_flow(&text.as_bytes()[..index]);
+            let b = line.as_bytes();
+            let mut end = b.len();
+            for (i, &c) in b.iter().enumerate() {
+                let blank_next = matches!(b.get(i + 1), None | Some(b' ' | b'\t'));
+                if c == b':' && (blank_next || (flow && matches!(b.get(i + 1), Some(b',' | b'}' | b']')))) {
+                    return None; // `key: value`: a mapping
+                }
+                if (flow && matches!(c, b',' | b']' | b'}')) || (c == b'#' && i > 0 && matches!(b[i - 1], b' ' | b'\t'))
+                {
+                    end = i;
+                    break;
+                }
+            }
+            Some(line[..end].trim_end().to_owned()).filter(|v| !v.is_empty())
+        }
+    }
+}
+
+/// The byte just past the quoted scalar that opens `s` with quote `q`.
+fn quoted_end(s: &[u8], q: u8) -> Option<usize> {
+    let mut i = 1;
+    while i < s.len() {
+        match s[i] {
+            b'\\' if q == b'"' => i += 1,
+            b'\'' if q == b'\'' && s.get(i + 1) == Some(&b'\'') => i += 1,
+            c if c == q => return Some(i + 1),
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
+/// Whether the text `before` leaves an open flow collection (`{`, `[`), so a
+/// plain scalar there ends at `,`, `]` or `}`. Skips comments and quoted scalars.
+fn in_flow(before: &[u8]) -> bool {
+    let mut depth = 0usize;
+    let mut i = 0;
+    while i < before.len() {
+        match before[i] {
+            b'#' if i == 0 || before[i - 1].is_ascii_whitespace() => {
+                while i < before.len() && before[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            q @ (b'"' | b'\'') if opens_quoted(&before[..i]) => {
+                i += quoted_end(&before[i..], q).map_or(before.len(), |end| end - 1);
+            }
+            b'[' | b'{' => depth += 1,
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        i += 1;
+    }
+    depth > 0
+}
+
+/// Whether a quote after `before` opens a quoted scalar rather than sitting
+/// inside a plain one (`don't`).
+fn opens_quoted(before: &[u8]) -> bool {
+    let line = &before[before.iter().rposition(|&c| c == b'\n').map_or(0, |n| n + 1)..];
+    match line.iter().rposition(|c| !matches!(c, b' ' | b'\t')) {
+        None => true,
+        Some(p) => {
+            matches!(line[p], b'[' | b'{' | b',') || (p + 1 < line.len() && matches!(line[p], b':' | b'-' | b'?'))
+        }
+    }
+}
+
 fn check_ifname(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > IFNAME_MAX {
         return Err(format!("interface name {name:?} must be 1 to {IFNAME_MAX} bytes long"));
@@ -599,10 +791,19 @@ fn check_service(name: &str, svc: &Service) -> Result<(), ConfigError> {
         return Err(ctx(format!("listen {} needs a port other than 0", svc.listen)));
     }
     if svc.mode == Mode::L7 && svc.protocol == Protocol::Udp {
-        return Err(ctx("mode l7 proxies HTTP and needs protocol tcp".into()));
+        return Err(ctx("protocol udp: mode l7 proxies HTTP and needs protocol tcp".into()));
     }
-    if svc.mode == Mode::L4 && matches!(svc.affinity, Some(Affinity::Cookie(_) | Affinity::Header(_))) {
-        return Err(ctx("cookie and header affinity need mode l7; mode l4 supports affinity: client-ip".into()));
+    if svc.mode == Mode::L4 {
+        let written = match &svc.affinity {
+            Some(Affinity::Cookie(name)) => Some(format!("{{ cookie: {name:?} }}")),
+            Some(Affinity::Header(name)) => Some(format!("{{ header: {name:?} }}")),
+            _ => None,
+        };
+        if let Some(written) = written {
+            return Err(ctx(format!(
+                "affinity {written}: cookie and header affinity need mode l7; mode l4 supports affinity: client-ip"
+            )));
+        }
     }
     if svc.versions.len() > MAX_VERSIONS {
         return Err(ctx(format!("{} versions; at most {MAX_VERSIONS} are supported", svc.versions.len())));
@@ -642,7 +843,10 @@ fn check_service(name: &str, svc: &Service) -> Result<(), ConfigError> {
         }
     }
     if svc.weights.values().all(|w| *w == 0) {
-        return Err(ctx("every version weighs 0: give at least one version a positive weight".into()));
+        return Err(ctx(format!(
+            "every version weighs 0 (weights {:?}): give at least one version a positive weight",
+            svc.weights
+        )));
     }
     if svc.mode == Mode::L4 {
         for (field, set) in [
@@ -666,6 +870,9 @@ fn check_service(name: &str, svc: &Service) -> Result<(), ConfigError> {
         }
         Some(Mirror::L4(m)) => m.check().map_err(ctx)?,
         _ => {}
+    }
+    if let Some(proxy) = &svc.proxy {
+        proxy.check().map_err(ctx)?;
     }
     l7::check(&svc.versions, &svc.routes, svc.l7_mirror()).map_err(ctx)?;
     Ok(())
@@ -808,6 +1015,29 @@ services:
     }
 
     #[test]
+    fn l7_timeouts_out_of_range_are_refused_with_field_value_and_range() {
+        let mirror = |opts: &str| l7::EXAMPLE.replace("compare: true }", &format!("compare: true, {opts} }}"));
+        let proxy = |opts: &str| format!("{}    proxy: {{ {opts} }}\n", l7::EXAMPLE);
+        for (yaml, want) in [
+            (mirror("timeout_ms: 0"), "mirror.timeout_ms 0 is out of range: use 1 to 3600000 (milliseconds"),
+            (mirror("timeout_ms: 3600001"), "mirror.timeout_ms 3600001 is out of range: use 1 to 3600000"),
+            (mirror("queue: 0"), "mirror.queue 0 is out of range: use 1 to 1000000"),
+            (mirror("queue: 18446744073709551615"), "mirror.queue 18446744073709551615 is out of range"),
+            (proxy("connect_timeout_ms: 0"), "proxy.connect_timeout_ms 0 is out of range: use 1 to 3600000"),
+            (proxy("response_timeout_ms: 86400000"), "proxy.response_timeout_ms 86400000 is out of range"),
+            (proxy("response_timeout_ms: 18446744073709551615"), "proxy.response_timeout_ms 18446744073709551615 is"),
+        ] {
+            let msg = err(&yaml);
+            assert!(msg.contains("services.api: ") && msg.contains(want), "want {want:?} in: {msg}");
+        }
+        let c = Config::from_yaml(&proxy("connect_timeout_ms: 1, response_timeout_ms: 3600000")).unwrap();
+        assert_eq!(c.services["api"].proxy.as_ref().map(|p| p.response_timeout_ms), Some(3_600_000));
+        let c = Config::from_yaml(&mirror("timeout_ms: 3600000, queue: 1000000")).unwrap();
+        let m = c.services["api"].l7_mirror().unwrap();
+        assert_eq!((m.timeout_ms, m.queue, m.max_body_bytes), (3_600_000, 1_000_000, 64 * 1024));
+    }
+
+    #[test]
     fn l4_mirroring_is_accepted_and_bad_forms_are_explained() {
         let yaml = |mode: &str, mirror: &str| {
             format!(
@@ -832,6 +1062,163 @@ services:
             let msg = err(&yaml(mode, mirror));
             assert!(msg.contains(want), "{mode} {mirror}: want {want:?} in: {msg}");
         }
+    }
+
+    /// The example of issue 17: a bad endpoint address at line 7, column 12.
+    const BAD_ADDRESS: &str = "interfaces: {clients: [eth0]}
+services:
+  web:
+    listen: 10.78.0.1:80
+    protocol: tcp
+    versions:
+      v1: [10.78.1.300:7001]
+    weights: {v1: 1}
+";
+
+    #[test]
+    fn a_value_error_quotes_what_was_written_and_says_it_once() {
+        assert_eq!(
+            err(BAD_ADDRESS),
+            r#"config is not valid YAML for splitter: services.web.versions.v1[0]: invalid socket address syntax: "10.78.1.300:7001" (line 7, column 12)"#
+        );
+        // As `splitter check` prints it: the error and its chain of causes.
+        let printed = format!("{:#}", anyhow::Error::from(Config::from_yaml(BAD_ADDRESS).unwrap_err()));
+        assert_eq!(printed.matches("invalid socket address syntax").count(), 1, "{printed}");
+        let missing = Config::load(Path::new("/nonexistent/splitter.yaml")).unwrap_err();
+        let printed = format!("{:#}", anyhow::Error::from(missing));
+        assert_eq!(printed.matches("No such file").count(), 1, "{printed}");
+    }
+
+    #[test]
+    fn value_errors_quote_the_value_and_field_errors_do_not() {
+        let svc = |from: &str, to: &str| {
+            "interfaces: {clients: [eth0]}\nservices:\n  s: {listen: 10.0.0.1:80, protocol: tcp, versions: {a: [10.0.1.1:80]}, weights: {a: 1}}\n"
+                .replace(from, to)
+        };
+        let w = "weights: {a: 1}";
+        let l7 = |fields: &str| svc(w, &format!("{w}, mode: l7, {fields}"));
+        for (yaml, want) in [
+            (
+                svc("10.0.0.1:80", "\"10.0.0.1:http\""),
+                r#"services.s.listen: invalid socket address syntax: "10.0.0.1:http" (line 3, column"#,
+            ),
+            (
+                svc("10.0.0.1:80", "'10.0.0.1:99999'"),
+                r#"services.s.listen: invalid socket address syntax: "10.0.0.1:99999""#,
+            ),
+            (svc(w, "weights: {a: -1}"), r#"services.s.weights.a: invalid type: integer `-1`, expected u32: "-1""#),
+            (svc(w, "weights: {a: abc}"), r#"services.s.weights.a: invalid type: string "abc", expected u32 (line 3"#),
+            (svc("{a: 1}}\n", "{a: 1.5}}  # half\n"), r#"expected u32: "1.5" (line 3"#),
+            (svc("tcp", "tcpx"), r#"services.s.protocol: unknown variant `tcpx`, expected `tcp` or `udp`: "tcpx""#),
+            (
+                svc(w, "weights: {a: 1}, mode: l8"),
+                r#"services.s.mode: unknown variant `l8`, expected `l4` or `l7`: "l8""#,
+            ),
+            (
+                l7("proxy: {connect_timeout_ms: 5s}"),
+                r#"services.s.proxy.connect_timeout_ms: invalid type: string "5s""#,
+            ),
+            (
+                l7("proxy: {response_timeout_ms: -1}"),
+                r#"services.s.proxy.response_timeout_ms: invalid type: integer `-1`, expected u64: "-1""#,
+            ),
+            (
+                l7("mirror: {version: a, percent: 5, timeout_ms: 2 seconds}"),
+                r#"services.s.mirror.timeout_ms: invalid type: string "2 seconds", expected u64 (line 3"#,
+            ),
+            (l7("mirror: {version: a, percent: lots}"), r#"services.s.mirror.percent: invalid type: string "lots""#),
+            (
+                l7("mirror: {version: a, percent: 5, compare: maybe}"),
+                r#"services.s.mirror.compare: invalid type: string "maybe", expected true, false or {"#,
+            ),
+            (
+                svc(w, "weights: {a: 1}, affinity: sticky"),
+                r#"services.s.affinity: unknown variant affinity "sticky": use"#,
+            ),
+            (
+                l7("routes: [{match: {headers: {x-canary: 1}}, version: a}]"),
+                r#"services.s.routes[0].match.headers.x-canary: invalid type: integer `1`, expected a string, { exact: S }, { prefix: S } or { regex: RE }: "1" (line 3"#,
+            ),
+        ] {
+            let msg = err(&yaml);
+            assert!(msg.contains(want), "for\n{yaml}\nwant {want:?} in: {msg}");
+            assert_eq!(msg.matches(" (line ").count(), 1, "{msg}");
+        }
+        for (yaml, whole) in [
+            (svc(w, "weights: {a: 1}, colour: red"), "services.s: unknown field `colour`"),
+            (
+                svc("versions: {a: [10.0.1.1:80]}", "versions: [a]"),
+                "services.s.versions: invalid type: sequence, expected a map (line 3, column",
+            ),
+            (svc(w, "weights: {a: {b: 1}}"), "services.s.weights.a: invalid type: map, expected u32 (line 3, column"),
+            (
+                l7("mirror: {interface: eth3, percent: 5, timeout_ms: 9}"),
+                "services.s.mirror: unknown field `timeout_ms`",
+            ),
+            (l7("mirror: {percent: 5}"), "services.s.mirror: missing field `version`"),
+            (
+                l7("mirror: {version: a, percent: 5, compare: {header: [x]}}"),
+                "services.s.mirror.compare: unknown field `header`",
+            ),
+            (
+                l7("affinity: {cookie: a, header: b}"),
+                "services.s.affinity: give one of { cookie: NAME } or { header: NAME }",
+            ),
+            (
+                l7("routes: [{match: {headers: {x-canary: {glob: a}}}, version: a}]"),
+                r#"services.s.routes[0].match.headers.x-canary: unknown value match "glob""#,
+            ),
+        ] {
+            let msg = err(&yaml);
+            assert!(msg.contains(whole) && !msg.contains(": \""), "for\n{yaml}\nwant {whole:?} and no value in: {msg}");
+        }
+    }
+
+    #[test]
+    fn validation_errors_quote_the_value() {
+        let svc = |fields: &str| {
+            format!("interfaces: {{clients: [eth0]}}\nservices:\n  s: {{listen: 10.0.0.1:80, {fields}}}\n")
+        };
+        for (yaml, want) in [
+            (
+                svc("protocol: udp, mode: l7, versions: {a: [10.0.1.1:80]}, weights: {a: 1}"),
+                "services.s: protocol udp: mode l7 proxies HTTP and needs protocol tcp",
+            ),
+            (
+                svc("protocol: tcp, versions: {a: [10.0.1.1:80]}, weights: {a: 1}, affinity: {header: x-user}"),
+                r#"services.s: affinity { header: "x-user" }: cookie and header affinity need mode l7"#,
+            ),
+            (
+                svc("protocol: tcp, versions: {a: [10.0.1.1:80], b: [10.0.1.2:80]}, weights: {a: 0, b: 0}"),
+                r#"services.s: every version weighs 0 (weights {"a": 0, "b": 0})"#,
+            ),
+            (
+                l7::EXAMPLE.replace(r#"x-canary: "true""#, "x-canary: { exact: a, prefix: b }"),
+                "services.api.routes[0].match.headers.x-canary: a value match is a string or one of { exact: S }, { prefix: S }, { regex: RE }, not { exact, prefix }",
+            ),
+        ] {
+            let msg = err(&yaml);
+            assert!(msg.contains(want), "for\n{yaml}\nwant {want:?} in: {msg}");
+        }
+    }
+
+    #[test]
+    fn the_value_at_an_error_is_read_as_written() {
+        let at = |text: &str, from: &str| written_scalar(text, text.find(from).unwrap());
+        assert_eq!(at("a: [x, 10.0.0.1:80x, y]", "10."), Some("10.0.0.1:80x".into()));
+        assert_eq!(at("a: {b: tcpx}", "tcpx"), Some("tcpx".into()));
+        assert_eq!(at("a: 10.0.0.1:80x   # the shop\n", "10."), Some("10.0.0.1:80x".into()));
+        assert_eq!(at("a: x,y]z\n", "x"), Some("x,y]z".into()), "block context: `,` and `]` are text");
+        assert_eq!(at("a: [\"x, y\", 'it''s', \"t\\\"q\"]", "'it"), Some("it's".into()));
+        assert_eq!(at("a: [\"x, y\", 'it''s', \"t\\\"q\"]", "\"t"), Some("t\"q".into()));
+        assert_eq!(at("a: # not [ a flow\n  b: c, d\n", "c,"), Some("c, d".into()));
+        assert_eq!(at("a: [don't, x]", "x]"), Some("x".into()));
+        assert_eq!(at("a:\n  b: 1\n", "b:"), None, "a mapping");
+        assert_eq!(at("a:\n  - 1\n", "- 1"), None, "a sequence");
+        assert_eq!(at("a: {b: 1}", "{"), None);
+        assert_eq!(at("a: [1]", "["), None);
+        assert_eq!(at("a:\n  \"b\": 1\n", "\"b"), None, "a quoted key");
+        assert_eq!(at("a: -1", "-1"), Some("-1".into()));
     }
 
     #[test]

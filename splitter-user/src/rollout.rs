@@ -4,7 +4,7 @@
 //! the agent feeds it the time and cumulative counts, and carries out the
 //! weights it asks for through the same path as `weight`.
 
-use std::time::Duration;
+use std::{ops::RangeInclusive, time::Duration};
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -56,16 +56,36 @@ impl Default for Gates {
     }
 }
 
+const HOUR_MS: u64 = 3_600_000;
+const DAY_MS: u64 = 24 * HOUR_MS;
+/// A step lasts (`--interval`, `interval_ms`) 1s to 30 days.
+pub const INTERVAL_MS: RangeInclusive<u64> = 1_000..=30 * DAY_MS;
+/// A step waits for traffic (`--max-wait`, `gates.max_wait_ms`) at most 30 days.
+pub const MAX_WAIT_MS: RangeInclusive<u64> = 0..=30 * DAY_MS;
+/// The p99 gate (`--max-p99`, `gates.max_p99_ms`) is 1ms to 1 hour.
+pub const MAX_P99_MS: RangeInclusive<u64> = 1..=HOUR_MS;
+
+/// Milliseconds as people write them: `1s`, `30days`, `1h 30m`.
+pub fn human_ms(ms: u64) -> String {
+    humantime::format_duration(Duration::from_millis(ms)).to_string()
+}
+
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum PlanError {
     #[error("--steps is empty: give the canary's share at each step, e.g. 1,5,25,50,100")]
     NoSteps,
     #[error("--steps {0:?}: each step must be 1 to 100 percent, rising, and the last must be 100")]
     BadSteps(Vec<u32>),
-    #[error("--interval must be at least 1s")]
-    ShortInterval,
-    #[error("{0} must be a fraction from 0 to 1 (e.g. 1% or 0.01)")]
-    BadRate(&'static str),
+    #[error(
+        "{field} is {value} ms, out of range: use {} to {} ({} to {} ms)",
+        human_ms(*.range.start()),
+        human_ms(*.range.end()),
+        .range.start(),
+        .range.end()
+    )]
+    OutOfRange { field: &'static str, value: u64, range: RangeInclusive<u64> },
+    #[error("{field} is {value}: it must be a fraction from 0 to 1 (e.g. 1% or 0.01)")]
+    BadRate { field: &'static str, value: String },
 }
 
 impl Plan {
@@ -77,14 +97,21 @@ impl Plan {
         if !rising || self.steps[0] == 0 || self.steps.last() != Some(&100) {
             return Err(PlanError::BadSteps(self.steps.clone()));
         }
-        if self.interval_ms < 1000 {
-            return Err(PlanError::ShortInterval);
+        for (field, value, range) in [
+            ("--interval (interval_ms)", Some(self.interval_ms), INTERVAL_MS),
+            ("--max-wait (gates.max_wait_ms)", Some(self.gates.max_wait_ms), MAX_WAIT_MS),
+            ("--max-p99 (gates.max_p99_ms)", self.gates.max_p99_ms, MAX_P99_MS),
+        ] {
+            if let Some(value) = value.filter(|v| !range.contains(v)) {
+                return Err(PlanError::OutOfRange { field, value, range });
+            }
         }
-        for (name, rate) in
-            [("--max-error-rate", self.gates.max_error_rate), ("--max-diff-rate", self.gates.max_diff_rate)]
-        {
-            if rate.is_some_and(|r| !(0.0..=1.0).contains(&r)) {
-                return Err(PlanError::BadRate(name));
+        for (field, rate) in [
+            ("--max-error-rate (gates.max_error_rate)", self.gates.max_error_rate),
+            ("--max-diff-rate (gates.max_diff_rate)", self.gates.max_diff_rate),
+        ] {
+            if let Some(r) = rate.filter(|r| !(0.0..=1.0).contains(r)) {
+                return Err(PlanError::BadRate { field, value: r.to_string() });
             }
         }
         Ok(())
@@ -245,7 +272,8 @@ impl Rollout {
         if self.state != State::Running {
             return Action::Nothing;
         }
-        self.elapsed_ms += dt.as_millis() as u64;
+        // Saturating: a rollout persisted by an older agent was not bounded by `check`.
+        self.elapsed_ms = self.elapsed_ms.saturating_add(u64::try_from(dt.as_millis()).unwrap_or(u64::MAX));
         let d = now.since(&self.base);
         let l4 = d.l4;
         let requests = d.canary.placed;
@@ -520,10 +548,43 @@ mod tests {
         assert!(bad(&[], 10_000).contains("empty"));
         assert!(bad(&[5, 1, 100], 10_000).contains("rising"));
         assert!(bad(&[5, 50], 10_000).contains("last must be 100"));
-        assert!(bad(&[5, 100], 10).contains("at least 1s"));
+        let short = bad(&[5, 100], 10);
+        assert!(short.contains("--interval (interval_ms) is 10 ms") && short.contains("use 1s to"), "{short}");
         let mut p = plan(&[100]);
         p.gates.max_error_rate = Some(3.0);
-        assert!(p.check().unwrap_err().to_string().contains("--max-error-rate"));
+        let rate = p.check().unwrap_err().to_string();
+        assert!(rate.contains("--max-error-rate") && rate.contains("is 3:"), "{rate}");
         plan(&[1, 5, 25, 50, 100]).check().unwrap();
+    }
+
+    #[test]
+    fn durations_out_of_range_in_a_control_request_are_refused() {
+        let check = |json: &str| serde_json::from_str::<Plan>(json).unwrap().check();
+        let huge = check(r#"{"to": "green", "steps": [100], "interval_ms": 18446744073709551615}"#).unwrap_err();
+        assert_eq!(
+            huge,
+            PlanError::OutOfRange { field: "--interval (interval_ms)", value: u64::MAX, range: INTERVAL_MS }
+        );
+        let msg = huge.to_string();
+        assert!(msg.contains("18446744073709551615 ms") && msg.contains("use 1s to 30days"), "{msg}");
+        for (gates, want) in [
+            (r#"{"max_wait_ms": 2592000001}"#, "gates.max_wait_ms) is 2592000001 ms"),
+            (r#"{"max_p99_ms": 3600001}"#, "gates.max_p99_ms) is 3600001 ms, out of range: use 1ms to 1h"),
+            (r#"{"max_p99_ms": 0}"#, "gates.max_p99_ms) is 0 ms"),
+        ] {
+            let json = format!(r#"{{"to": "green", "steps": [100], "interval_ms": 30000, "gates": {gates}}}"#);
+            let msg = check(&json).unwrap_err().to_string();
+            assert!(msg.contains(want), "{gates}: want {want:?} in {msg}");
+        }
+        check(r#"{"to": "green", "steps": [100], "interval_ms": 2592000000, "gates": {"max_wait_ms": 0}}"#)
+            .expect("30 days and no wait are in range");
+    }
+
+    #[test]
+    fn a_long_tick_cannot_overflow_the_step_clock() {
+        let (mut r, _) = Rollout::start(plan(&[10, 100]), before(), counts(0, 0, 0, 0));
+        r.elapsed_ms = u64::MAX - 5;
+        r.tick(Duration::MAX, &counts(0, 0, 0, 0));
+        assert_eq!(r.elapsed_ms, u64::MAX);
     }
 }

@@ -2,9 +2,9 @@
 //! cookie, query, path and method matches), mirroring, and proxy timeouts.
 //! Validated with the rest of the file; compiled by `l7::route`.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, fmt, ops::RangeInclusive};
 
-use serde::{Deserialize, Serialize};
+use serde::{de, Deserialize, Serialize};
 
 /// One routing rule: requests matching all of `match` go to `version`.
 /// The first matching route wins; unmatched requests follow the weights.
@@ -41,28 +41,47 @@ pub struct RouteMatch {
 /// How a header, cookie or query value is matched: a plain string is exact;
 /// `{ exact: S }`, `{ prefix: S }` and `{ regex: RE }` (Rust `regex` syntax,
 /// unanchored unless the pattern has `^`/`$`) say so explicitly.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(try_from = "ValueMatchRepr", into = "ValueMatchRepr")]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(into = "ValueMatchRepr")]
 pub enum ValueMatch {
     Exact(String),
     Prefix(String),
     Regex(String),
 }
 
-#[derive(Deserialize, Serialize)]
+#[derive(Serialize)]
 #[serde(untagged)]
 enum ValueMatchRepr {
     Plain(String),
     Rule(BTreeMap<String, String>),
 }
 
-impl TryFrom<ValueMatchRepr> for ValueMatch {
-    type Error = String;
-    fn try_from(r: ValueMatchRepr) -> Result<Self, String> {
-        let rule = match r {
-            ValueMatchRepr::Plain(s) => return Ok(ValueMatch::Exact(s)),
-            ValueMatchRepr::Rule(rule) => rule,
-        };
+impl<'de> Deserialize<'de> for ValueMatch {
+    /// Read in place (an untagged enum would buffer it), so an error names
+    /// the value's own field and line.
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> de::Visitor<'de> for V {
+            type Value = ValueMatch;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string, { exact: S }, { prefix: S } or { regex: RE }")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<ValueMatch, E> {
+                Ok(ValueMatch::Exact(s.to_owned()))
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<ValueMatch, A::Error> {
+                let rule = BTreeMap::<String, String>::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                ValueMatch::from_rule(rule).map_err(de::Error::custom)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl ValueMatch {
+    /// `{ exact: S }`, `{ prefix: S }` or `{ regex: RE }`.
+    fn from_rule(rule: BTreeMap<String, String>) -> Result<Self, String> {
+        let kinds = rule.keys().map(String::as_str).collect::<Vec<_>>().join(", ");
         let mut entries = rule.into_iter();
         match (entries.next(), entries.next()) {
             (Some((kind, value)), None) => match kind.as_str() {
@@ -73,7 +92,9 @@ impl TryFrom<ValueMatchRepr> for ValueMatch {
                     "unknown value match {other:?}: use a string, {{ exact: S }}, {{ prefix: S }} or {{ regex: RE }}"
                 )),
             },
-            _ => Err("a value match is a string or one of { exact: S }, { prefix: S }, { regex: RE }".into()),
+            _ => Err(format!(
+                "a value match is a string or one of {{ exact: S }}, {{ prefix: S }}, {{ regex: RE }}, not {{ {kinds} }}"
+            )),
         }
     }
 }
@@ -114,9 +135,24 @@ pub struct Mirror {
     pub queue: usize,
 }
 
+impl Mirror {
+    /// `percent` of requests to `version`, everything else the defaults.
+    pub fn new(version: String, percent: f64) -> Mirror {
+        Mirror {
+            version,
+            percent,
+            compare: Compare::default(),
+            methods: default_mirror_methods(),
+            max_body_bytes: default_max_body_bytes(),
+            timeout_ms: default_mirror_timeout_ms(),
+            queue: default_mirror_queue(),
+        }
+    }
+}
+
 /// `compare:` — `false`, `true`, or what to compare beyond the status.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, Serialize)]
-#[serde(try_from = "CompareRepr", into = "CompareRepr")]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+#[serde(into = "CompareRepr")]
 pub struct Compare {
     pub enabled: bool,
     /// Response headers compared too (the status and body always are).
@@ -126,25 +162,41 @@ pub struct Compare {
     pub ignore_json: Vec<String>,
 }
 
-#[derive(Deserialize, Serialize)]
+#[derive(Serialize)]
 #[serde(untagged)]
 enum CompareRepr {
     Flag(bool),
-    Spec {
-        #[serde(default)]
-        headers: Vec<String>,
-        #[serde(default)]
-        ignore_json: Vec<String>,
-    },
+    Spec { headers: Vec<String>, ignore_json: Vec<String> },
 }
 
-impl TryFrom<CompareRepr> for Compare {
-    type Error = String;
-    fn try_from(r: CompareRepr) -> Result<Self, String> {
-        Ok(match r {
-            CompareRepr::Flag(enabled) => Compare { enabled, ..Compare::default() },
-            CompareRepr::Spec { headers, ignore_json } => Compare { enabled: true, headers, ignore_json },
-        })
+/// `compare: { headers, ignore_json }` as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CompareSpec {
+    #[serde(default)]
+    headers: Vec<String>,
+    #[serde(default)]
+    ignore_json: Vec<String>,
+}
+
+impl<'de> Deserialize<'de> for Compare {
+    /// Read in place, like `ValueMatch`.
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> de::Visitor<'de> for V {
+            type Value = Compare;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("true, false or { headers: [...], ignore_json: [...] }")
+            }
+            fn visit_bool<E: de::Error>(self, enabled: bool) -> Result<Compare, E> {
+                Ok(Compare { enabled, ..Compare::default() })
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<Compare, A::Error> {
+                let spec = CompareSpec::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(Compare { enabled: true, headers: spec.headers, ignore_json: spec.ignore_json })
+            }
+        }
+        d.deserialize_any(V)
     }
 }
 
@@ -187,6 +239,33 @@ pub struct ProxyOptions {
 impl Default for ProxyOptions {
     fn default() -> Self {
         ProxyOptions { connect_timeout_ms: default_connect_ms(), response_timeout_ms: default_response_ms() }
+    }
+}
+
+/// Bounds of the l7 timeouts (`mirror.timeout_ms`, `proxy.connect_timeout_ms`,
+/// `proxy.response_timeout_ms`): 1 ms to 1 hour.
+pub const TIMEOUT_MS: RangeInclusive<u64> = 1..=3_600_000;
+/// Bounds of `mirror.queue` (jobs waiting to be sent).
+pub const MIRROR_QUEUE: RangeInclusive<usize> = 1..=1_000_000;
+
+/// `field` is `value` milliseconds: within `TIMEOUT_MS`, or an error naming
+/// both and giving the range.
+fn check_timeout(field: &str, value: u64) -> Result<(), String> {
+    if TIMEOUT_MS.contains(&value) {
+        return Ok(());
+    }
+    Err(format!(
+        "{field} {value} is out of range: use {} to {} (milliseconds, at most an hour)",
+        TIMEOUT_MS.start(),
+        TIMEOUT_MS.end()
+    ))
+}
+
+impl ProxyOptions {
+    /// Checks both timeouts against `TIMEOUT_MS`.
+    pub fn check(&self) -> Result<(), String> {
+        check_timeout("proxy.connect_timeout_ms", self.connect_timeout_ms)?;
+        check_timeout("proxy.response_timeout_ms", self.response_timeout_ms)
     }
 }
 
@@ -278,8 +357,14 @@ pub fn check(
             return Err(format!("mirror.percent {} is out of range: use more than 0 and at most 100", mirror.percent));
         }
         check_methods("mirror.methods", &mirror.methods)?;
-        if mirror.timeout_ms == 0 || mirror.queue == 0 {
-            return Err("mirror.timeout_ms and mirror.queue must be positive".into());
+        check_timeout("mirror.timeout_ms", mirror.timeout_ms)?;
+        if !MIRROR_QUEUE.contains(&mirror.queue) {
+            return Err(format!(
+                "mirror.queue {} is out of range: use {} to {} (mirrored requests waiting to be sent)",
+                mirror.queue,
+                MIRROR_QUEUE.start(),
+                MIRROR_QUEUE.end()
+            ));
         }
         for h in &mirror.compare.headers {
             if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
