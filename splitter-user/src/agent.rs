@@ -12,13 +12,17 @@ use splitter_common::names::{PROG_INGRESS, PROG_MIRROR};
 mod node;
 
 use crate::{
-    config::{Config, Mode},
     control::{parse_request, AgentInfo, Request, Response, MAX_REQUEST},
     dataplane::{ensure_bpffs, AttachMode, Attached, Dataplane, DataplaneError, PinnedMaps},
     l7::L7,
-    plan::{plan_service, service_key, PlanError, Previous, ServicePlan},
+};
+use splitter_model::{
+    config::{Config, Mode},
+    plan::{plan_all, service_key, PlanError, ServicePlan},
     runtime::Runtime,
 };
+
+use crate::{config_file::ConfigFile as _, state::RuntimeFile as _};
 
 #[derive(Debug, Error)]
 pub enum AgentError {
@@ -33,7 +37,7 @@ pub enum AgentError {
     #[error(transparent)]
     L7(#[from] crate::l7::L7Error),
     #[error(transparent)]
-    State(#[from] crate::runtime::StateError),
+    State(#[from] crate::state::StateError),
     #[error("interfaces {0:?} do not exist in this network namespace; nothing was loaded or attached")]
     NoSuchInterfaces(Vec<String>),
     #[error("control socket {path}: {source}")]
@@ -63,7 +67,7 @@ pub struct RunOptions {
 #[derive(Debug, Error)]
 pub enum ReloadError {
     #[error(transparent)]
-    Config(#[from] crate::config::ConfigError),
+    Config(#[from] crate::config_file::ConfigFileError),
     #[error("{0} changed; that takes a restart (the reload changed nothing)")]
     NeedsRestart(&'static str),
     #[error(transparent)]
@@ -179,7 +183,10 @@ async fn handle_request(req: Request, file: &Config, runtime: &mut Runtime, serv
             ));
         }
     }
-    let outcome = match crate::change::request(&req, file, runtime) {
+    let Some(change) = req.change() else {
+        return Response::fail(format!("`{}` changes nothing", req.op()));
+    };
+    let outcome = match splitter_model::change::apply(&change, file, runtime) {
         Ok(o) => o,
         Err(e) => return Response::fail(e),
     };
@@ -225,20 +232,20 @@ async fn commit(
 /// and mirror comparisons (l7).
 fn rollout_counts(
     service: &str,
-    svc: &crate::config::Service,
+    svc: &splitter_model::config::Service,
     canary: &str,
-    before: &crate::runtime::Weights,
-    counts: &crate::observe::Counts,
+    before: &splitter_model::runtime::Weights,
+    counts: &splitter_model::observe::Counts,
     l7: &std::collections::BTreeMap<String, crate::l7::ServiceStats>,
-) -> crate::rollout::Counts {
+) -> splitter_model::rollout::Counts {
     let versions = counts.get(service).cloned().unwrap_or_default();
-    let mut baseline = crate::observe::VersionSample::default();
+    let mut baseline = splitter_model::observe::VersionSample::default();
     for (_, c) in versions.iter().filter(|(v, _)| *v != canary && before.get(*v).is_some_and(|w| *w > 0)) {
         baseline.add(c);
     }
     let canary = versions.get(canary).cloned().unwrap_or_default();
     let mirror = l7.get(service).and_then(|s| s.mirror.clone()).unwrap_or_default();
-    crate::rollout::Counts {
+    splitter_model::rollout::Counts {
         l4: svc.mode == Mode::L4,
         canary,
         baseline,
@@ -255,13 +262,13 @@ async fn handle_rollout(
     file: &Config,
     runtime: &mut Runtime,
     serving: &mut Serving,
-    counts: &crate::observe::Counts,
+    counts: &splitter_model::observe::Counts,
 ) -> Response {
     if action == crate::control::RolloutAction::Status {
-        return crate::change::rollout_status(runtime, service);
+        return Response::rollout_status(runtime, service);
     }
     let l7 = serving.l7.stats();
-    let outcome = crate::change::rollout(service, action, file, runtime, |svc, canary, before| {
+    let outcome = splitter_model::change::rollout(service, action, file, runtime, |svc, canary, before| {
         rollout_counts(service, svc, canary, before, counts, &l7)
     });
     let outcome = match outcome {
@@ -282,12 +289,12 @@ async fn tick_rollouts(
     file: &Config,
     runtime: &mut Runtime,
     serving: &mut Serving,
-    counts: &crate::observe::Counts,
+    counts: &splitter_model::observe::Counts,
 ) {
     let running: Vec<String> = runtime
         .rollouts
         .iter()
-        .filter(|(_, r)| r.state == crate::rollout::State::Running)
+        .filter(|(_, r)| r.state == splitter_model::rollout::State::Running)
         .map(|(n, _)| n.clone())
         .collect();
     if running.is_empty() {
@@ -314,7 +321,7 @@ async fn tick_rollouts(
         let action = r.tick(dt, &now);
         let (state, percent) = (r.state.clone(), r.percent());
         match action {
-            crate::rollout::Action::SetWeights(w) => {
+            splitter_model::rollout::Action::SetWeights(w) => {
                 if let Err(e) = next.set_weights(file, &service, w) {
                     error!(service, "rollout: {e}");
                     continue;
@@ -323,7 +330,7 @@ async fn tick_rollouts(
                     .await
                 {
                     Ok(()) => match &state {
-                        crate::rollout::State::RolledBack { reason } => {
+                        splitter_model::rollout::State::RolledBack { reason } => {
                             warn!(service, "rollout ROLLED BACK: {reason}")
                         }
                         _ => info!(service, "rollout: step {} of the plan, canary at {percent}%", step + 2),
@@ -336,7 +343,7 @@ async fn tick_rollouts(
                     }
                 }
             }
-            crate::rollout::Action::Nothing => {
+            splitter_model::rollout::Action::Nothing => {
                 if state != before_state {
                     info!(service, "rollout: {state:?}");
                 }
@@ -367,7 +374,7 @@ fn agent_info(
     opts: &RunOptions,
     started: std::time::SystemTime,
     l7: &L7,
-    observed: Option<(Duration, crate::observe::Counts)>,
+    observed: Option<(Duration, splitter_model::observe::Counts)>,
 ) -> AgentInfo {
     let (effective, _) = runtime.clone().effective(config);
     let (observed_secs, observed) = observed.map_or((0, Default::default()), |(span, counts)| {
@@ -418,8 +425,8 @@ impl Sources {
         runtime: &Runtime,
         serving: &Serving,
         wanted: impl Fn(&str) -> bool,
-    ) -> crate::observe::Counts {
-        crate::observe::counts(&self.scrape(config, runtime, serving, wanted))
+    ) -> splitter_model::observe::Counts {
+        self.scrape(config, runtime, serving, wanted).counts()
     }
 
     /// What one metrics scrape shows (of the services `wanted` picks), from
@@ -449,9 +456,9 @@ fn scrape(
     let mut services = Vec::new();
     for (name, svc) in effective.services.iter().filter(|(n, _)| wanted(n)) {
         let weights = svc.version_weights();
-        let bps = crate::plan::basis_points(&weights.iter().map(|(_, w)| *w).collect::<Vec<_>>());
+        let bps = splitter_model::plan::basis_points(&weights.iter().map(|(_, w)| *w).collect::<Vec<_>>());
         let live = match svc.mode {
-            Mode::L4 => pinned.service(&crate::plan::service_key(svc)).ok().flatten(),
+            Mode::L4 => pinned.service(&splitter_model::plan::service_key(svc)).ok().flatten(),
             Mode::L7 => None,
         };
         // Endpoints sit in the kernel table in version order, as the file lists them.
@@ -600,21 +607,6 @@ fn log_plans(plans: &[ServicePlan]) {
         };
         info!(service = %plan.name, "programmed: {}{mirror}", split.join(" "));
     }
-}
-
-/// The kernel plans of every l4 service of `config`, each derived from the
-/// table it has now (`previous(name)`, if any) so a change moves the fewest
-/// flows. (l7 services are the proxy's: `l7::L7::apply`.)
-pub fn plan_all<'a>(
-    config: &Config,
-    previous: impl Fn(&str) -> Option<Previous<'a>>,
-) -> Result<Vec<ServicePlan>, PlanError> {
-    config
-        .services
-        .iter()
-        .filter(|(_, svc)| svc.mode == Mode::L4)
-        .map(|(name, svc)| plan_service(name, svc, previous(name)))
-        .collect()
 }
 
 /// Takes the agent lock in `state_dir`: one agent per state dir.
@@ -797,8 +789,8 @@ pub async fn run(mut config: Config, opts: RunOptions) -> Result<(), AgentError>
     let all = |_: &str| true;
     let (scrape_tx, mut scrapes) = tokio::sync::mpsc::channel(16);
     // Counts sampled every few seconds: the observed split `status` shows.
-    let mut history = crate::observe::History::new(crate::observe::STATUS_WINDOW);
-    let mut sampling = tokio::time::interval(crate::observe::SAMPLE_EVERY);
+    let mut history = splitter_model::observe::History::new(splitter_model::observe::STATUS_WINDOW);
+    let mut sampling = tokio::time::interval(splitter_model::observe::SAMPLE_EVERY);
     // The first sample before the control socket answers anything: the
     // window then covers everything since the start.
     sampling.tick().await;
@@ -824,7 +816,7 @@ pub async fn run(mut config: Config, opts: RunOptions) -> Result<(), AgentError>
                 let response = match request {
                     Ok(Request::Status) => {
                         let now = sources.counts(&config, &runtime, &serving, all);
-                        let observed = history.window(std::time::Instant::now(), &now, crate::observe::STATUS_WINDOW);
+                        let observed = history.window(std::time::Instant::now(), &now, splitter_model::observe::STATUS_WINDOW);
                         let mut info = agent_info(&config, &runtime, &opts, started, &serving.l7, observed);
                         info.cluster = serving.cluster.as_ref().map(node::Cluster::info);
                         Response { agent: Some(info), ..Response::ok("running".into()) }
@@ -886,10 +878,10 @@ pub async fn run(mut config: Config, opts: RunOptions) -> Result<(), AgentError>
                 last_rollout_tick = std::time::Instant::now();
                 // With a shared store only the leader drives rollouts.
                 let drives = serving.cluster.as_ref().is_none_or(|c| c.leader);
-                if drives && runtime.rollouts.values().any(|r| r.state == crate::rollout::State::Running) {
+                if drives && runtime.rollouts.values().any(|r| r.state == splitter_model::rollout::State::Running) {
                     // Only the services being rolled out: their tables, not all.
                     let counts = sources.counts(&config, &runtime, &serving, |n| {
-                        runtime.rollouts.get(n).is_some_and(|r| r.state == crate::rollout::State::Running)
+                        runtime.rollouts.get(n).is_some_and(|r| r.state == splitter_model::rollout::State::Running)
                     });
                     tick_rollouts(dt, &config, &mut runtime, &mut serving, &counts).await;
                 }

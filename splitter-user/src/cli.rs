@@ -144,7 +144,7 @@ pub struct EtcdArgs {
     #[arg(long, value_name = "URLS")]
     pub etcd: Option<String>,
     /// Key prefix of the deployment in etcd (`store.etcd.prefix`).
-    #[arg(long, value_name = "PREFIX", default_value = crate::config::DEFAULT_ETCD_PREFIX, requires = "etcd")]
+    #[arg(long, value_name = "PREFIX", default_value = splitter_model::config::DEFAULT_ETCD_PREFIX, requires = "etcd")]
     pub etcd_prefix: String,
     /// etcd user; the password comes from SPLITTER_ETCD_PASSWORD.
     #[arg(long, value_name = "USER", requires = "etcd")]
@@ -286,7 +286,7 @@ fn explain_duration(s: &str, e: humantime::DurationError) -> String {
 /// Parses a duration (see `parse_duration`) of whole milliseconds within
 /// `range` (in milliseconds); the error quotes `s` and gives the range.
 pub fn parse_duration_ms(s: &str, range: RangeInclusive<u64>) -> Result<Duration, String> {
-    use crate::rollout::human_ms;
+    use splitter_model::rollout::human_ms;
     let out_of_range =
         || format!("{s:?} is out of range: use {} to {}", human_ms(*range.start()), human_ms(*range.end()));
     let d = match humantime::parse_duration(s) {
@@ -304,17 +304,17 @@ pub fn parse_duration_ms(s: &str, range: RangeInclusive<u64>) -> Result<Duration
 
 /// `--interval`: a rollout step, 1s to 30d.
 pub fn parse_interval(s: &str) -> Result<Duration, String> {
-    parse_duration_ms(s, crate::rollout::INTERVAL_MS)
+    parse_duration_ms(s, splitter_model::rollout::INTERVAL_MS)
 }
 
 /// `--max-p99`: the p99 gate, 1ms to 1h.
 pub fn parse_max_p99(s: &str) -> Result<Duration, String> {
-    parse_duration_ms(s, crate::rollout::MAX_P99_MS)
+    parse_duration_ms(s, splitter_model::rollout::MAX_P99_MS)
 }
 
 /// `--max-wait`: how long a step waits for traffic, 0s to 30d.
 pub fn parse_max_wait(s: &str) -> Result<Duration, String> {
-    parse_duration_ms(s, crate::rollout::MAX_WAIT_MS)
+    parse_duration_ms(s, splitter_model::rollout::MAX_WAIT_MS)
 }
 
 /// Parses a rate: `1%`, `0.5%` or a fraction `0.01`; 0 to 100 %.

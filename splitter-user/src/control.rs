@@ -10,6 +10,11 @@ use std::{
 };
 
 use serde::{Deserialize, Serialize};
+use splitter_model::{
+    change::{self, Change},
+    config::Config,
+    runtime::Runtime,
+};
 use thiserror::Error;
 
 /// What the CLI asks the agent.
@@ -24,7 +29,7 @@ pub enum Request {
     Rollback { service: String },
     /// Copy a sample of an l4 service's new flows out of an interface
     /// (`mirror: null` turns it off).
-    Mirror { service: String, mirror: Option<crate::config::L4Mirror> },
+    Mirror { service: String, mirror: Option<splitter_model::config::L4Mirror> },
     /// Start, steer or read a rollout of `service`.
     Rollout { service: String, action: RolloutAction },
     /// Who is running and the weights it serves (also a readiness probe).
@@ -51,16 +56,32 @@ impl Request {
     }
 }
 
-/// What `rollout` asks of a service's rollout.
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
-#[serde(tag = "action", rename_all = "snake_case", deny_unknown_fields)]
-pub enum RolloutAction {
-    Start { plan: crate::rollout::Plan },
-    Pause,
-    Resume,
-    Abort,
-    Promote,
-    Status,
+pub use splitter_model::change::RolloutAction;
+
+impl Request {
+    /// The domain change a `weight`, `flip`, `rollback` or `mirror` request
+    /// asks for (`None` for the others).
+    pub fn change(&self) -> Option<Change> {
+        Some(match self.clone() {
+            Request::Weight { service, weights } => Change::Weight { service, weights },
+            Request::Flip { service, to } => Change::Flip { service, to },
+            Request::Rollback { service } => Change::Rollback { service },
+            Request::Mirror { service, mirror } => Change::Mirror { service, mirror },
+            Request::Rollout { .. } | Request::Status | Request::Diffs { .. } | Request::Down => return None,
+        })
+    }
+
+    /// What a changing request makes of `runtime` (pure; a new rollout
+    /// starts from zero counts: the CLI's `--etcd` path, which has none).
+    pub fn outcome(&self, file: &Config, runtime: &Runtime) -> Result<change::Outcome, String> {
+        match (self, self.change()) {
+            (_, Some(c)) => change::apply(&c, file, runtime),
+            (Request::Rollout { service, action }, None) => {
+                change::rollout(service, action.clone(), file, runtime, |_, _, _| Default::default())
+            }
+            (other, None) => Err(format!("`{}` changes nothing", other.op())),
+        }
+    }
 }
 
 /// The agent's answer.
@@ -80,7 +101,7 @@ pub struct Response {
     pub diffs: Option<crate::l7::mirror::DiffReport>,
     /// The service's rollout (answer to `rollout`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rollout: Option<crate::rollout::Rollout>,
+    pub rollout: Option<splitter_model::rollout::Rollout>,
 }
 
 impl Response {
@@ -90,6 +111,14 @@ impl Response {
 
     pub fn fail(message: String) -> Response {
         Response { ok: false, message, weights: None, agent: None, diffs: None, rollout: None }
+    }
+
+    /// The answer to `rollout SERVICE --status`.
+    pub fn rollout_status(runtime: &Runtime, service: &str) -> Response {
+        match change::rollout_status(runtime, service) {
+            Ok(r) => Response { rollout: Some(r), ..Response::ok(format!("{service}: rollout")) },
+            Err(e) => Response::fail(e),
+        }
     }
 }
 
@@ -101,7 +130,7 @@ pub struct AgentInfo {
     /// The services the agent serves, as configured (before runtime
     /// changes): what `status --socket` shows without the file.
     #[serde(default)]
-    pub services: BTreeMap<String, crate::config::Service>,
+    pub services: BTreeMap<String, splitter_model::config::Service>,
     /// L7 services whose listen address is not local in the agent's
     /// namespace (connections to them never arrive), with that address.
     #[serde(default)]
@@ -117,7 +146,7 @@ pub struct AgentInfo {
     pub l7: BTreeMap<String, crate::l7::ServiceStats>,
     /// L4 flow mirroring each service runs with now (file plus runtime changes).
     #[serde(default)]
-    pub mirrors: BTreeMap<String, crate::config::L4Mirror>,
+    pub mirrors: BTreeMap<String, splitter_model::config::L4Mirror>,
     /// New flows (l4) or requests (l7) per service and version over the last
     /// `observed_secs` seconds (up to a minute; less just after the start).
     #[serde(default)]
@@ -126,7 +155,7 @@ pub struct AgentInfo {
     pub observed_secs: u64,
     /// Each service's last rollout.
     #[serde(default)]
-    pub rollouts: BTreeMap<String, crate::rollout::Rollout>,
+    pub rollouts: BTreeMap<String, splitter_model::rollout::Rollout>,
     /// This node's place in a shared store (`store:`), if it has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<ClusterInfo>,
@@ -203,7 +232,7 @@ mod tests {
             m,
             Request::Mirror {
                 service: "s".into(),
-                mirror: Some(crate::config::L4Mirror { interface: "mir0".into(), percent: 2.5 })
+                mirror: Some(splitter_model::config::L4Mirror { interface: "mir0".into(), percent: 2.5 })
             }
         );
         assert_eq!(

@@ -42,7 +42,7 @@ use splitter_common::{
     FlowKey,
 };
 
-use crate::{
+use splitter_model::{
     backends::{self, Backends},
     plan::{Previous, ServicePlan},
 };
@@ -722,8 +722,8 @@ impl Dataplane {
         // Said once per pair while it stays left out, not at every sweep.
         for (endpoint, vip) in left_out.difference(&self.left_out) {
             tracing::warn!(
-                endpoint = %crate::plan::describe_key(endpoint),
-                vip = %crate::plan::describe_key(vip),
+                endpoint = %splitter_model::plan::describe_key(endpoint),
+                vip = %splitter_model::plan::describe_key(vip),
                 "flows of this VIP live on at an endpoint that already serves {MAX_SERVICES_PER_ENDPOINT} other services; their replies are no longer rewritten"
             );
         }
@@ -747,19 +747,22 @@ impl Dataplane {
 
     /// Removes expired flows from the kernel flow table (see `aging`), and
     /// the endpoints no flow and no service needs any more from `BACKENDS`.
-    pub fn sweep_flows(&mut self, aging: &crate::config::FlowAging) -> Result<crate::aging::Sweep, DataplaneError> {
-        let now = crate::aging::now_coarse_ns();
+    pub fn sweep_flows(
+        &mut self,
+        aging: &splitter_model::config::FlowAging,
+    ) -> Result<splitter_model::aging::Sweep, DataplaneError> {
+        let now = now_coarse_ns();
         let mut flows: HashMap<&mut MapData, FlowKey, FlowState> =
             HashMap::try_from(map_mut(&mut self.ebpf, MAP_FLOWS)?)?;
         let keys: Vec<FlowKey> = flows.keys().filter_map(Result::ok).collect();
-        let mut sweep = crate::aging::Sweep::default();
+        let mut sweep = splitter_model::aging::Sweep::default();
         let mut live = Backends::new();
         let names: BTreeMap<u16, &String> = self.live.iter().map(|(n, i)| (i.slot as u16, n)).collect();
         for key in keys {
             sweep.examined += 1;
             // The entry may have been evicted or removed since the key walk.
             let Ok(state) = flows.get(&key, 0) else { continue };
-            if crate::aging::expired(&state, key.proto, now, aging) {
+            if splitter_model::aging::expired(&state, key.proto, now, aging) {
                 // Gone either way: removed here, or by the kernel (a RST) meanwhile.
                 if flows.remove(&key).is_ok() {
                     sweep.removed += 1;
@@ -961,6 +964,12 @@ impl Counters {
     }
 }
 
+/// The clock the kernel stamps flows with (`bpf_ktime_get_coarse_ns`).
+fn now_coarse_ns() -> u64 {
+    let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC_COARSE).expect("CLOCK_MONOTONIC_COARSE");
+    ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64
+}
+
 /// Makes sure `dir` lives on a mounted bpffs, mounting `/sys/fs/bpf` if it is
 /// not (as on hosts without systemd's mount), then creates `dir`.
 pub fn ensure_bpffs(dir: &Path) -> Result<(), DataplaneError> {
@@ -1083,6 +1092,15 @@ pub struct LiveService {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn the_kernel_clock_is_readable() {
+        let a = now_coarse_ns();
+        let b = now_coarse_ns();
+        assert!(b >= a && a > 0);
+    }
+
     use std::mem::size_of;
 
     use splitter_common::{

@@ -29,11 +29,11 @@ use thiserror::Error;
 
 use crate::{
     agent_process::AgentProcess,
-    config::Config,
+    config_file::ConfigFile as _,
     dataplane::PinnedMaps,
     netns::{veth, NetNs, NetnsError},
-    plan::service_key,
 };
+use splitter_model::{config::Config, plan::service_key};
 
 /// The demo's desired state. Interface names match the topology it builds.
 pub const DEMO_CONFIG: &str = r#"# splitter demo: a TCP service split in the kernel (80 % blue / 20 % green,
@@ -83,7 +83,7 @@ pub enum DemoError {
     #[error("the agent did not start: {0}")]
     Agent(#[from] crate::agent_process::AgentProcessError),
     #[error("embedded demo config is invalid: {0}")]
-    Config(#[from] crate::config::ConfigError),
+    Config(#[from] crate::config_file::ConfigFileError),
     #[error("{failed} of {total} demo connections failed; agent log:\n{log}")]
     Failed { failed: usize, total: usize, log: String },
     #[error("reading the live state: {0}")]
@@ -236,7 +236,7 @@ fn connect_many(client: &NetNs, vip: SocketAddr, n: usize) -> BTreeMap<Option<St
 
 /// Prints what the capture behind the mirror interface saw of `shop`'s
 /// flows; returns the flows it saw only in part.
-fn print_mirror(shop: &crate::config::Service, frames: &[Vec<u8>], connections: usize, prefix: &str) -> usize {
+fn print_mirror(shop: &splitter_model::config::Service, frames: &[Vec<u8>], connections: usize, prefix: &str) -> usize {
     let (Some(m), std::net::SocketAddr::V4(vip)) = (shop.l4_mirror(), shop.listen) else { return 0 };
     let seen = crate::capture::tcp_flows(frames, vip);
     println!(
@@ -252,7 +252,11 @@ fn print_mirror(shop: &crate::config::Service, frames: &[Vec<u8>], connections: 
 }
 
 /// Prints the split `results` got next to the service's configured and live shares.
-fn print_split(shop: &crate::config::Service, live_bps: &[u32], results: &BTreeMap<Option<String>, usize>) -> usize {
+fn print_split(
+    shop: &splitter_model::config::Service,
+    live_bps: &[u32],
+    results: &BTreeMap<Option<String>, usize>,
+) -> usize {
     let total: usize = results.values().sum();
     println!("  {:<8} {:>7} {:>11} {:>9} {:>12}", "version", "weight", "configured", "observed", "connections");
     for (i, (name, w)) in shop.version_weights().iter().enumerate() {
@@ -277,7 +281,7 @@ fn print_split(shop: &crate::config::Service, live_bps: &[u32], results: &BTreeM
 fn reweight(
     agent: &AgentProcess,
     pinned: &PinnedMaps,
-    shop: &mut crate::config::Service,
+    shop: &mut splitter_model::config::Service,
     weights: &[(&str, u32)],
 ) -> Result<Vec<u32>, DemoError> {
     let req = crate::control::Request::Weight {
@@ -402,10 +406,8 @@ pub fn run(connections: usize) -> Result<(), DemoError> {
 /// version that answers 500) rolled back by the agent on its own. Returns
 /// the number of things that did not go as they should.
 fn rollout_phase(topo: &Topology, agent: &AgentProcess, config: &Config) -> Result<usize, DemoError> {
-    use crate::{
-        control::{request, Request, RolloutAction},
-        rollout::{Gates, Plan, Rollout, State},
-    };
+    use crate::control::{request, Request, RolloutAction};
+    use splitter_model::rollout::{Gates, Plan, Rollout, State};
     let run =
         |service: &str, plan: Plan, traffic: &(dyn Fn(&std::sync::atomic::AtomicBool) + Sync)| -> Option<Rollout> {
             let stop = std::sync::atomic::AtomicBool::new(false);
@@ -482,7 +484,7 @@ fn l7_phase(topo: &Topology, agent: &AgentProcess, config: &Config, n: usize) ->
         *seen.entry(version).or_insert(0) += 1;
     }
     println!("\n3. {n} HTTP requests to the l7 service api ({}), proxied by the agent:\n", api.listen);
-    let bps = crate::plan::basis_points(&api.version_weights().iter().map(|(_, w)| *w).collect::<Vec<_>>());
+    let bps = splitter_model::plan::basis_points(&api.version_weights().iter().map(|(_, w)| *w).collect::<Vec<_>>());
     let mut failed = print_split(api, &bps, &seen);
     let on_green = canary.iter().filter(|a| a.as_ref().is_ok_and(|a| a.backend == "green")).count();
     println!("\n   20 requests with `x-canary: true` (the route): {on_green} of 20 answered by green");

@@ -3,13 +3,9 @@
 
 pub mod agent;
 pub mod agent_process;
-pub mod aging;
-pub mod backends;
 pub mod capture;
-pub mod change;
 pub mod cli;
-pub mod cluster;
-pub mod config;
+pub mod config_file;
 pub mod control;
 pub mod dataplane;
 pub mod demo;
@@ -18,9 +14,6 @@ pub mod l7;
 pub mod local_addrs;
 pub mod metrics;
 pub mod netns;
-pub mod observe;
-pub mod plan;
-pub mod rollout;
-pub mod runtime;
+pub mod state;
 pub mod status;
 pub mod store;

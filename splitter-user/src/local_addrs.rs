@@ -24,7 +24,7 @@ use rtnetlink::{
 use thiserror::Error;
 use tracing::{info, warn};
 
-use crate::config::{Config, LocalAddresses, Mode};
+use splitter_model::config::{Config, LocalAddresses, Mode};
 
 #[derive(Debug, Error)]
 pub enum LocalAddrError {

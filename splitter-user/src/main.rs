@@ -5,10 +5,11 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::{bail, Context as _, Result};
 use clap::Parser as _;
+use splitter_model::config::{Config, DEFAULT_PIN_PATH, DEFAULT_SOCKET};
 use splitter_user::{
     agent::{self, RunOptions},
     cli::{AgentTarget, Cli, Command, DiffsArgs, EtcdArgs, RolloutArgs, StatusArgs},
-    config::{Config, DEFAULT_PIN_PATH, DEFAULT_SOCKET},
+    config_file::ConfigFile as _,
     control::{ControlError, Request},
 };
 
@@ -55,7 +56,7 @@ fn dispatch(command: Command) -> Result<()> {
             println!("{}: valid, {} services", args.config.display(), config.services.len());
             for (name, svc) in &config.services {
                 // The same planning `run` does, so check catches what run would refuse.
-                let plan = splitter_user::plan::plan_service(name, svc, None)?;
+                let plan = splitter_model::plan::plan_service(name, svc, None)?;
                 let split: Vec<String> = plan
                     .versions
                     .iter()
@@ -97,7 +98,9 @@ fn dispatch(command: Command) -> Result<()> {
         Command::Rollback(args) => control(&args.target, Request::Rollback { service: args.service }),
         Command::Mirror(args) => {
             let mirror = match (args.off, args.interface, args.percent) {
-                (false, Some(interface), Some(percent)) => Some(splitter_user::config::L4Mirror { interface, percent }),
+                (false, Some(interface), Some(percent)) => {
+                    Some(splitter_model::config::L4Mirror { interface, percent })
+                }
                 _ => None,
             };
             control(&args.target, Request::Mirror { service: args.service, mirror })
@@ -121,10 +124,8 @@ fn socket_of(target: &AgentTarget) -> Result<PathBuf> {
 /// `--detach`) follows it until it is over. The rollout runs in the agent:
 /// interrupting this command leaves it running.
 fn rollout(args: RolloutArgs) -> Result<()> {
-    use splitter_user::{
-        control::RolloutAction as A,
-        rollout::{Gates, Plan, State},
-    };
+    use splitter_model::rollout::{Gates, Plan, State};
+    use splitter_user::control::RolloutAction as A;
     let action = match () {
         _ if args.pause => A::Pause,
         _ if args.resume => A::Resume,
@@ -240,9 +241,9 @@ fn down(target: &AgentTarget) -> Result<()> {
 }
 
 /// The store `--etcd` names, if it does.
-fn etcd_of(args: &EtcdArgs) -> Result<Option<splitter_user::config::Etcd>> {
+fn etcd_of(args: &EtcdArgs) -> Result<Option<splitter_model::config::Etcd>> {
     let Some(endpoints) = &args.etcd else { return Ok(None) };
-    let tls = args.etcd_ca.clone().map(|ca| splitter_user::config::EtcdTls {
+    let tls = args.etcd_ca.clone().map(|ca| splitter_model::config::EtcdTls {
         ca,
         cert: args.etcd_cert.clone(),
         key: args.etcd_key.clone(),
@@ -256,18 +257,18 @@ fn block_on<T>(f: impl std::future::Future<Output = T>) -> Result<T> {
 
 /// A change made in the store directly: the same pure change an agent makes,
 /// committed with a compare-and-swap; every agent of the store applies it.
-fn via_etcd(cfg: &splitter_user::config::Etcd, req: &Request) -> Result<splitter_user::control::Response> {
+fn via_etcd(cfg: &splitter_model::config::Etcd, req: &Request) -> Result<splitter_user::control::Response> {
     use splitter_user::{control::Response, store::Store};
     block_on(async {
         let mut store = Store::connect(cfg).await?;
         if let Request::Rollout { service, action: splitter_user::control::RolloutAction::Status } = req {
             let Some((_, d)) = store.load().await? else { bail!("no desired state in etcd yet") };
-            return Ok(splitter_user::change::rollout_status(&d.runtime, service));
+            return Ok(Response::rollout_status(&d.runtime, service));
         }
-        let who = format!("cli on {}", splitter_user::config::Config::default_node_name());
+        let who = format!("cli on {}", splitter_model::config::Config::default_node_name());
         let (revision, _, outcome) = store
             .change(|_, current| {
-                let o = splitter_user::change::request(req, &current.file(), &current.runtime)?;
+                let o = req.outcome(&current.file(), &current.runtime)?;
                 let next = current.next(None, o.next.clone(), &who, &o.message).map_err(|e| e.to_string())?;
                 Ok((next, o))
             })
@@ -294,7 +295,7 @@ fn control(target: &AgentTarget, req: Request) -> Result<()> {
 }
 
 /// `status --cluster`: the store's desired revision and every node's.
-fn cluster_status(cfg: &splitter_user::config::Etcd, json: bool) -> Result<()> {
+fn cluster_status(cfg: &splitter_model::config::Etcd, json: bool) -> Result<()> {
     use splitter_user::store::Store;
     let (desired, nodes, leader) = block_on(async {
         let mut store = Store::connect(cfg).await?;

@@ -6,9 +6,11 @@ use std::{collections::BTreeMap, fmt::Write as _, path::PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    config::{Mode, Service},
     control::AgentInfo,
     dataplane::{DataplaneError, PinnedMaps},
+};
+use splitter_model::{
+    config::{Mode, Service},
     plan::{basis_points, service_key},
 };
 
@@ -44,7 +46,7 @@ pub struct ServiceStatus {
     pub mirror: Option<crate::l7::mirror::MirrorCounts>,
     /// The service's last rollout (from the running agent).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub rollout: Option<crate::rollout::Rollout>,
+    pub rollout: Option<splitter_model::rollout::Rollout>,
     /// L4: flow mirroring as the kernel table has it, and the copies sent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub flow_mirror: Option<FlowMirrorStatus>,
@@ -359,7 +361,7 @@ impl Report {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rollout::{Gates, Plan, Rollout};
+    use splitter_model::rollout::{Gates, Plan, Rollout};
 
     fn service(name: &str, mode: &str, rollout: Option<Rollout>) -> ServiceStatus {
         ServiceStatus {

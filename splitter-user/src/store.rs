@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use tokio::sync::{mpsc, watch};
 
-use crate::{cluster::Desired, config::Etcd};
+use splitter_model::{cluster::Desired, config::Etcd};
 
 /// How long a node's registration and leadership outlive its last keepalive.
 pub const LEASE_TTL_SECS: i64 = 6;
@@ -410,7 +410,7 @@ pub fn cli_etcd(
     endpoints: &str,
     prefix: &str,
     user: Option<String>,
-    tls: Option<crate::config::EtcdTls>,
+    tls: Option<splitter_model::config::EtcdTls>,
 ) -> Result<Etcd, StoreError> {
     let cfg = Etcd {
         endpoints: endpoints.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect(),

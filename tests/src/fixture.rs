@@ -12,7 +12,8 @@ use splitter_common::{
     names::{PROG_FLOOR, PROG_INGRESS},
     stats::Stat,
 };
-use splitter_user::{config::Config, dataplane::Dataplane, netns::NetNs, plan::ServicePlan};
+use splitter_model::{config::Config, plan::ServicePlan};
+use splitter_user::{config_file::ConfigFile as _, dataplane::Dataplane, netns::NetNs};
 
 use crate::netns::netns;
 
@@ -206,8 +207,8 @@ impl Harness {
 
     /// Plans `config` from the current tables and applies it, as a reload does.
     pub fn apply(&mut self, config: &Config) {
-        let plans = splitter_user::agent::plan_all(config, |n| {
-            self.plans.iter().find(|p| p.name == n).map(splitter_user::plan::ServicePlan::as_previous)
+        let plans = splitter_model::plan::plan_all(config, |n| {
+            self.plans.iter().find(|p| p.name == n).map(splitter_model::plan::ServicePlan::as_previous)
         })
         .expect("plan");
         // Inside the namespace, where mirror interfaces resolve.

@@ -10,6 +10,7 @@ use splitter_common::{
     stats::Stat::{self, *},
     FlowKey,
 };
+use splitter_model::config::{Config, FlowAging};
 use splitter_tests::{
     fixture::{
         net::{self, *},
@@ -17,7 +18,7 @@ use splitter_tests::{
     },
     packet::{Frame, Tcp},
 };
-use splitter_user::config::{Config, FlowAging};
+use splitter_user::config_file::ConfigFile as _;
 
 const CONFIG: &str = r#"
 interfaces: { clients: [fxb] }
@@ -408,7 +409,7 @@ fn a_service_without_a_usable_table_is_dropped_and_counted_with_a_clean_verdict(
     let mut h = Harness::with_config(CONFIG);
     let vip = sa4(VIP4, 81);
     let key = splitter_common::service::ServiceKey {
-        addr: splitter_user::plan::addr_words(vip.ip()),
+        addr: splitter_model::plan::addr_words(vip.ip()),
         port: vip.port().to_be(),
         proto: 6,
         family: splitter_common::FAMILY_V4,

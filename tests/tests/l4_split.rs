@@ -391,7 +391,7 @@ fn status_with_only_the_socket_shows_what_status_with_the_file_shows() {
     assert!(cli(&agent, &["weight", "shop", "green=60", "blue=40"]).0);
     tcp_split(&topo, "203.0.113.10:80".parse().unwrap(), 20);
     // Neither the agent's socket nor its pin path is the default one.
-    assert_ne!(agent.pin_path, std::path::Path::new(splitter_user::config::DEFAULT_PIN_PATH));
+    assert_ne!(agent.pin_path, std::path::Path::new(splitter_model::config::DEFAULT_PIN_PATH));
     let by_socket = status_over_socket(&agent, &[]);
     let by_file: splitter_user::status::Report = serde_json::from_value(agent.status()).expect("a Report");
     assert_eq!(by_socket.pin_path, agent.pin_path, "the agent's pin path, not the default");
@@ -669,7 +669,7 @@ fn kernel_events_reach_the_agent_log_rate_limited() {
         HashMap::try_from(Map::from_map_data(pinned).unwrap()).unwrap();
     let vip: SocketAddr = "203.0.113.10:81".parse().unwrap();
     let key = ServiceKey {
-        addr: splitter_user::plan::addr_words(vip.ip()),
+        addr: splitter_model::plan::addr_words(vip.ip()),
         port: vip.port().to_be(),
         proto: 6,
         family: splitter_common::FAMILY_V4,

@@ -11,13 +11,10 @@ use tracing::{error, info, warn};
 
 use super::{check_interfaces, AgentError, ReloadError, RunOptions, Serving};
 use crate::{
-    cluster::Desired,
-    config::Config,
     control::ClusterInfo,
-    plan::ServicePlan,
-    runtime::Runtime,
     store::{self, NodeRecord, StoreEvent, Writer},
 };
+use splitter_model::{cluster::Desired, config::Config, plan::ServicePlan, runtime::Runtime};
 
 /// File in `state_dir` with the last applied revision and its state.
 pub const CACHE_FILE: &str = "cluster.json";

@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use super::proxy::{ProxyBody, MIRROR_HEADER};
-use crate::config::l7::Compare;
+use splitter_model::config::l7::Compare;
 
 /// Differences kept for `splitter diffs`.
 const MAX_SAMPLES: usize = 50;

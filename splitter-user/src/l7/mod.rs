@@ -32,9 +32,9 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use tracing::{debug, info};
 
-use crate::config::{l7::ProxyOptions, Config, Mode, Service};
 use proxy::ProxyBody;
 use route::RouteTable;
+use splitter_model::config::{l7::ProxyOptions, Config, Mode, Service};
 
 #[derive(Debug, Error)]
 pub enum L7Error {

@@ -9,7 +9,7 @@ use http::{HeaderMap, Method};
 use regex::Regex;
 use splitter_common::service::{BPS, RING_SIZE};
 
-use crate::{
+use splitter_model::{
     config::{
         l7::{Route, ValueMatch},
         Affinity, Service,
@@ -289,8 +289,10 @@ fn reduce(h: u32, n: usize) -> usize {
 
 #[cfg(test)]
 mod tests {
+    use splitter_model::config::Config;
+
     use super::*;
-    use crate::config::Config;
+    use crate::config_file::ConfigFile as _;
 
     fn service(config: &str) -> Service {
         Config::from_yaml(config).unwrap().services["api"].clone()
@@ -298,7 +300,7 @@ mod tests {
 
     /// The example plus a route with regex and prefix matches.
     fn api() -> String {
-        crate::config::l7::EXAMPLE.replace(
+        crate::config_file::L7_EXAMPLE.replace(
             "    affinity: { cookie: user }",
             "      - match: { headers: { user-agent: { regex: \"^curl/\" }, x-team: { prefix: \"pay\" } } }\n        version: shadow\n    affinity: { cookie: user }",
         )

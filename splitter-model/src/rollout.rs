@@ -9,7 +9,7 @@ use std::{ops::RangeInclusive, time::Duration};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::{observe::VersionSample, runtime::Weights};
+use crate::{config::Weights, observe::VersionSample};
 
 /// What the operator asked for.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -1,14 +1,45 @@
-//! One operator request → the next runtime state. The pure part of `weight`,
+//! One operator change → the next runtime state. The pure part of `weight`,
 //! `flip`, `rollback`, `mirror` and `rollout`, shared by the agent (which
 //! saves to `state_dir` or commits to the store, then serves) and by the CLI
 //! when it changes an etcd store directly (`--etcd`).
 
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
 use crate::{
-    config::{Config, Service},
-    control::{Request, RolloutAction},
-    rollout::{Counts, Rollout},
+    config::{Config, L4Mirror, Service},
+    rollout::{Counts, Plan, Rollout},
     runtime::{ChangeError, Runtime, Weights},
 };
+
+/// A change an operator makes to a service's weights or mirroring.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Change {
+    /// Set the named versions' weights; the others keep theirs.
+    Weight { service: String, weights: BTreeMap<String, u32> },
+    /// All new connections of `service` to version `to`.
+    Flip { service: String, to: String },
+    /// Undo the last change to `service`.
+    Rollback { service: String },
+    /// Copy a sample of an l4 service's new flows out of an interface (`None`: off).
+    Mirror { service: String, mirror: Option<L4Mirror> },
+}
+
+/// What an operator asks of a service's rollout.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(tag = "action", rename_all = "snake_case", deny_unknown_fields)]
+pub enum RolloutAction {
+    Start {
+        plan: Plan,
+    },
+    Pause,
+    Resume,
+    Abort,
+    Promote,
+    /// Read it (changes nothing).
+    Status,
+}
 
 /// What a request changes: the next runtime state and what to tell the operator.
 #[derive(Debug)]
@@ -22,35 +53,29 @@ pub struct Outcome {
     pub rollout: Option<Rollout>,
 }
 
-/// Applies a weight, flip, rollback or mirror request to `runtime` (which it
-/// leaves as it was). `file` is the config whose services the request names.
-pub fn request(req: &Request, file: &Config, runtime: &Runtime) -> Result<Outcome, String> {
+/// Applies a weight, flip, rollback or mirror change to `runtime` (which it
+/// leaves as it was). `file` is the config whose services the change names.
+pub fn apply(change: &Change, file: &Config, runtime: &Runtime) -> Result<Outcome, String> {
     let mut next = runtime.clone();
-    if let Request::Weight { service, .. } | Request::Flip { service, .. } | Request::Rollback { service } = req {
+    if let Change::Weight { service, .. } | Change::Flip { service, .. } | Change::Rollback { service } = change {
         if runtime.rollout_active(service) {
             return Err(ChangeError::RolloutActive(service.clone()).to_string());
         }
     }
-    let (service, change) = match req {
-        Request::Weight { service, weights } => {
+    let (service, result) = match change {
+        Change::Weight { service, weights } => {
             let changes: Vec<(String, u32)> = weights.iter().map(|(v, w)| (v.clone(), *w)).collect();
             (service, next.weight(file, service, &changes))
         }
-        Request::Flip { service, to } => (service, next.flip(file, service, to)),
-        Request::Rollback { service } => (service, next.rollback(file, service)),
-        Request::Mirror { service, mirror } => {
+        Change::Flip { service, to } => (service, next.flip(file, service, to)),
+        Change::Rollback { service } => (service, next.rollback(file, service)),
+        Change::Mirror { service, mirror } => {
             (service, next.mirror(file, service, mirror.clone()).and_then(|_| next.weights(file, service)))
         }
-        Request::Rollout { service, action } => {
-            return rollout(service, action.clone(), file, runtime, |_, _, _| Counts::default())
-        }
-        Request::Status | Request::Down | Request::Diffs { .. } => {
-            return Err(format!("`{}` changes nothing", req.op()));
-        }
     };
-    let weights = change.map_err(|e| e.to_string())?;
-    let summary = match req {
-        Request::Mirror { .. } => match next.mirror_of(file, service) {
+    let weights = result.map_err(|e| e.to_string())?;
+    let summary = match change {
+        Change::Mirror { .. } => match next.mirror_of(file, service) {
             Some(m) => format!("mirroring {}% of new flows to {}", m.percent, m.interface),
             None => "mirroring off for new flows (flows already mirrored are copied to their end)".into(),
         },
@@ -59,13 +84,9 @@ pub fn request(req: &Request, file: &Config, runtime: &Runtime) -> Result<Outcom
     Ok(Outcome { next, weights: Some(weights), message: format!("{service}: {summary}"), rollout: None })
 }
 
-/// The answer to `rollout SERVICE --status`.
-pub fn rollout_status(runtime: &Runtime, service: &str) -> crate::control::Response {
-    use crate::control::Response;
-    match runtime.rollouts.get(service) {
-        Some(r) => Response { rollout: Some(r.clone()), ..Response::ok(format!("{service}: rollout")) },
-        None => Response::fail(format!("{service}: no rollout yet")),
-    }
+/// The answer to `rollout SERVICE --status`: the service's last rollout.
+pub fn rollout_status(runtime: &Runtime, service: &str) -> Result<Rollout, String> {
+    runtime.rollouts.get(service).cloned().ok_or_else(|| format!("{service}: no rollout yet"))
 }
 
 /// Starts or steers the rollout of `service`. `now` gives the counts a new

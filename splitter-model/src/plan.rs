@@ -22,7 +22,7 @@ use splitter_common::{
 };
 use thiserror::Error;
 
-use crate::config::{Affinity, Service};
+use crate::config::{Affinity, Config, Mode, Service};
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum PlanError {
@@ -279,6 +279,21 @@ pub fn plan_service(name: &str, svc: &Service, previous: Option<Previous<'_>>) -
         mirror_interface: svc.l4_mirror().map(|m| m.interface.clone()),
         table,
     })
+}
+
+/// The kernel plans of every l4 service of `config`, each derived from the
+/// table it has now (`previous(name)`, if any) so a change moves the fewest
+/// flows. (l7 services are the proxy's.)
+pub fn plan_all<'a>(
+    config: &Config,
+    previous: impl Fn(&str) -> Option<Previous<'a>>,
+) -> Result<Vec<ServicePlan>, PlanError> {
+    config
+        .services
+        .iter()
+        .filter(|(_, svc)| svc.mode == Mode::L4)
+        .map(|(name, svc)| plan_service(name, svc, previous(name)))
+        .collect()
 }
 
 #[cfg(test)]

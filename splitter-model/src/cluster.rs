@@ -109,9 +109,7 @@ impl Desired {
     /// The services as a config of their own: what `Runtime` and `change`
     /// check requests against (no node's interfaces).
     pub fn file(&self) -> Config {
-        let mut c: Config = serde_yaml_ng::from_str("interfaces: { clients: [] }").expect("a minimal config parses");
-        c.services = self.services.clone();
-        c
+        Config::of_services(self.services.clone())
     }
 
     /// `local` (this node's interfaces, paths...) serving these services,
@@ -157,7 +155,7 @@ impl Desired {
     /// Plans every l4 service of `effective` from the stored layouts.
     pub fn plan(&self, effective: &Config) -> Result<Vec<ServicePlan>, PlanError> {
         let slots = self.slots();
-        crate::agent::plan_all(effective, |n| slots.get(n).map(Slots::as_previous))
+        crate::plan::plan_all(effective, |n| slots.get(n).map(Slots::as_previous))
     }
 
     /// Derives the layout of each l4 service that differs from `before`
@@ -184,22 +182,22 @@ impl Desired {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::Request;
+    use crate::change::Change;
 
     fn file() -> Config {
-        Config::from_yaml(
+        crate::config::from_yaml(
             "interfaces: {clients: [eth0]}\nservices:\n  shop:\n    listen: 203.0.113.10:80\n    protocol: tcp\n    versions: {blue: [198.51.100.10:80], green: [198.51.100.20:80], canary: [198.51.100.30:80]}\n    weights: {blue: 60, green: 30, canary: 10}\n",
         )
         .unwrap()
     }
 
-    fn change(d: &Desired, req: Request) -> Desired {
-        let o = crate::change::request(&req, &d.file(), &d.runtime).unwrap();
+    fn change(d: &Desired, req: Change) -> Desired {
+        let o = crate::change::apply(&req, &d.file(), &d.runtime).unwrap();
         d.next(None, o.next, "test", &o.message).unwrap()
     }
 
-    fn weight(service: &str, pairs: &[(&str, u32)]) -> Request {
-        Request::Weight { service: service.into(), weights: pairs.iter().map(|(v, w)| ((*v).to_owned(), *w)).collect() }
+    fn weight(service: &str, pairs: &[(&str, u32)]) -> Change {
+        Change::Weight { service: service.into(), weights: pairs.iter().map(|(v, w)| ((*v).to_owned(), *w)).collect() }
     }
 
     #[test]
@@ -225,8 +223,8 @@ mod tests {
             weight("shop", &[("canary", 25)]),
             weight("shop", &[("green", 5)]),
             weight("shop", &[("blue", 10), ("canary", 40)]),
-            Request::Flip { service: "shop".into(), to: "green".into() },
-            Request::Rollback { service: "shop".into() },
+            Change::Flip { service: "shop".into(), to: "green".into() },
+            Change::Rollback { service: "shop".into() },
         ] {
             d = change(&d, req);
             let (eff, _) = d.runtime.clone().effective(&d.file());

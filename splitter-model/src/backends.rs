@@ -89,7 +89,7 @@ mod tests {
     use splitter_common::service::FLOW_MIRROR;
 
     use super::*;
-    use crate::{agent::plan_all, config::Config};
+    use crate::plan::plan_all;
 
     fn key(addr: [u8; 4], port: u16) -> ServiceKey {
         ServiceKey { addr: [u32::from_ne_bytes(addr), 0, 0, 0], port: port.to_be(), proto: 6, family: 4 }
@@ -116,7 +116,7 @@ services:
 "#;
 
     fn plans(text: &str) -> Vec<ServicePlan> {
-        let config = Config::from_yaml(text).expect("config");
+        let config = crate::config::from_yaml(text).expect("config");
         plan_all(&config, |_| None).expect("plans")
     }
 

@@ -10,7 +10,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::metrics::{LatencySnapshot, Scrape};
+use crate::latency::LatencySnapshot;
 
 /// How often the agent samples.
 pub const SAMPLE_EVERY: Duration = Duration::from_secs(5);
@@ -54,34 +54,6 @@ impl VersionSample {
 
 /// Service → version → counts.
 pub type Counts = BTreeMap<String, BTreeMap<String, VersionSample>>;
-
-/// The counts of every service and version in a scrape.
-pub fn counts(scrape: &Scrape) -> Counts {
-    scrape
-        .services
-        .iter()
-        .map(|s| {
-            let versions = s
-                .versions
-                .iter()
-                .map(|v| {
-                    let mut sample = VersionSample {
-                        placed: v.endpoints.iter().map(|(_, e)| e.flows).sum(),
-                        resets: v.endpoints.iter().map(|(_, e)| e.resets).sum(),
-                        ..VersionSample::default()
-                    };
-                    if let Some((c, latency)) = &v.l7 {
-                        sample.placed = c.requests;
-                        sample.errors = c.responses_5xx + c.bad_gateway + c.timeouts;
-                        sample.latency = latency.clone();
-                    }
-                    (v.name.clone(), sample)
-                })
-                .collect();
-            (s.name.clone(), versions)
-        })
-        .collect()
-}
 
 /// Samples over the last `keep`.
 #[derive(Debug)]

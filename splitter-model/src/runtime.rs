@@ -3,10 +3,7 @@
 //! and l4 mirror settings set by `mirror`.
 //! Pure and host-tested; the agent plans and applies what this returns.
 
-use std::{
-    collections::BTreeMap,
-    path::{Path, PathBuf},
-};
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -16,7 +13,7 @@ use crate::config::{Config, L4Mirror, Mirror, Mode};
 /// Undo steps kept per service (`rollback` goes this far back).
 pub const HISTORY_DEPTH: usize = 64;
 
-pub type Weights = BTreeMap<String, u32>;
+pub use crate::config::Weights;
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum ChangeError {
@@ -34,19 +31,6 @@ pub enum ChangeError {
     BadMirror(String, String),
     #[error("service {0:?} has a rollout in progress; `splitter rollout {0} --abort` (or --promote) first")]
     RolloutActive(String),
-}
-
-/// File in `state_dir` that keeps the runtime changes across restarts.
-pub const STATE_FILE: &str = "runtime.json";
-
-#[derive(Debug, Error)]
-pub enum StateError {
-    #[error("reading {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
-    #[error("{path} is not a splitter state file ({source}); move it away to start from the config file's weights")]
-    Corrupt { path: PathBuf, source: serde_json::Error },
-    #[error("writing {path}: {source}")]
-    Write { path: PathBuf, source: std::io::Error },
 }
 
 /// Overrides and history. The file stays the source of everything else.
@@ -68,26 +52,6 @@ fn full_weights(file: &Config, service: &str, w: &Weights) -> Weights {
 }
 
 impl Runtime {
-    /// The runtime changes saved in `state_dir` (none when there is no file).
-    pub fn load(state_dir: &Path) -> Result<Runtime, StateError> {
-        let path = state_dir.join(STATE_FILE);
-        match std::fs::read_to_string(&path) {
-            Ok(text) => serde_json::from_str(&text).map_err(|source| StateError::Corrupt { path, source }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Runtime::default()),
-            Err(source) => Err(StateError::Read { path, source }),
-        }
-    }
-
-    /// Saves to `state_dir` atomically (write a temporary file, then rename).
-    pub fn save(&self, state_dir: &Path) -> Result<(), StateError> {
-        let path = state_dir.join(STATE_FILE);
-        let tmp = state_dir.join(format!("{STATE_FILE}.tmp"));
-        let text = serde_json::to_string_pretty(self).expect("runtime state serializes");
-        std::fs::write(&tmp, text)
-            .and_then(|()| std::fs::rename(&tmp, &path))
-            .map_err(|source| StateError::Write { path, source })
-    }
-
     /// The weights a service runs with now: its override, else the file's.
     pub fn weights(&self, file: &Config, service: &str) -> Result<Weights, ChangeError> {
         let svc = file.services.get(service).ok_or_else(|| {
@@ -232,7 +196,7 @@ mod tests {
     use super::*;
 
     fn file() -> Config {
-        Config::from_yaml(
+        crate::config::from_yaml(
             "interfaces: {clients: [eth0]}\nservices:\n  shop: {listen: 203.0.113.10:80, protocol: tcp, versions: {blue: [198.51.100.10:80], green: [198.51.100.20:80]}, weights: {blue: 95, green: 5}}\n",
         )
         .unwrap()
@@ -282,23 +246,6 @@ mod tests {
     }
 
     #[test]
-    fn state_survives_a_save_and_load_and_a_bad_file_is_named() {
-        let f = file();
-        let dir = tempfile::tempdir().unwrap();
-        assert_eq!(Runtime::load(dir.path()).unwrap(), Runtime::default(), "no file: no changes");
-        let mut r = Runtime::default();
-        r.weight(&f, "shop", &[("green".into(), 30)]).unwrap();
-        r.flip(&f, "shop", "green").unwrap();
-        r.save(dir.path()).unwrap();
-        let mut back = Runtime::load(dir.path()).unwrap();
-        assert_eq!(back, r);
-        assert_eq!(back.rollback(&f, "shop").unwrap()["green"], 30, "history survives too");
-        std::fs::write(dir.path().join(STATE_FILE), "{ not json").unwrap();
-        let err = Runtime::load(dir.path()).unwrap_err().to_string();
-        assert!(err.contains("runtime.json is not a splitter state file"), "{err}");
-    }
-
-    #[test]
     fn mirror_settings_override_the_file_and_bad_ones_change_nothing() {
         let f = file();
         let mut r = Runtime::default();
@@ -316,9 +263,8 @@ mod tests {
         assert_eq!(r, before);
         r.mirror(&f, "shop", None).unwrap();
         assert_eq!(r.effective(&f).0.services["shop"].mirror, None, "off");
-        let dir = tempfile::tempdir().unwrap();
-        r.save(dir.path()).unwrap();
-        assert_eq!(Runtime::load(dir.path()).unwrap(), r, "mirror settings persist");
+        let saved: Runtime = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
+        assert_eq!(saved, r, "mirror settings persist");
     }
 
     #[test]
@@ -326,7 +272,7 @@ mod tests {
         let f = file();
         let mut r = Runtime::default();
         r.flip(&f, "shop", "green").unwrap();
-        let renamed = Config::from_yaml(
+        let renamed = crate::config::from_yaml(
             "interfaces: {clients: [eth0]}\nservices:\n  shop: {listen: 203.0.113.10:80, protocol: tcp, versions: {blue: [198.51.100.10:80], canary: [198.51.100.20:80]}, weights: {blue: 1}}\n",
         )
         .unwrap();

@@ -1,0 +1,599 @@
+//! The config file: YAML text → a validated `splitter_model::config::Config`.
+//! The only place that knows YAML. A value that does not parse is reported
+//! with the field, the value as written and where it is.
+
+use std::path::{Path, PathBuf};
+
+use splitter_model::config::{Config, ConfigError};
+use thiserror::Error;
+
+/// Each variant's message is whole: none carries a `source`, so printing the
+/// error chain (`{e:#}`) does not repeat it.
+#[derive(Debug, Error)]
+pub enum ConfigFileError {
+    #[error("cannot read config file {path}: {error}")]
+    Read { path: PathBuf, error: std::io::Error },
+    /// The text is not YAML, or does not fit the model: serde's message, with
+    /// the value written quoted (see `describe_yaml_error`).
+    #[error("config is not valid YAML for splitter: {0}")]
+    Syntax(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl From<ConfigError> for ConfigFileError {
+    fn from(e: ConfigError) -> Self {
+        ConfigFileError::Invalid(e.to_string())
+    }
+}
+
+/// Reading a config from its file or its text (`Config::load(path)` with
+/// this trait in scope).
+pub trait ConfigFile: Sized {
+    /// Reads and validates a config file.
+    fn load(path: &Path) -> Result<Self, ConfigFileError>;
+    /// Parses and validates YAML text.
+    fn from_yaml(text: &str) -> Result<Self, ConfigFileError>;
+}
+
+impl ConfigFile for Config {
+    fn load(path: &Path) -> Result<Config, ConfigFileError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|error| ConfigFileError::Read { path: path.to_owned(), error })?;
+        Config::from_yaml(&text)
+    }
+
+    fn from_yaml(text: &str) -> Result<Config, ConfigFileError> {
+        let config: Config =
+            serde_yaml_ng::from_str(text).map_err(|e| ConfigFileError::Syntax(describe_yaml_error(text, &e)))?;
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+/// serde_yaml_ng's message for `err` on `text`, with the location as
+/// `(line L, column C)` and, for a value that did not parse, the value as
+/// written: `services.web.versions.v1[0]: invalid socket address syntax:
+/// "10.78.1.300:7001" (line 7, column 12)`. Not quoted: unknown, missing or
+/// duplicate fields, mappings and sequences, and text that is not YAML at all
+/// (libyaml's message is kept whole).
+fn describe_yaml_error(text: &str, err: &serde_yaml_ng::Error) -> String {
+    let msg = err.to_string();
+    let Some(loc) = err.location() else { return msg };
+    if serde_yaml_ng::from_str::<serde_yaml_ng::Value>(text).is_err() {
+        return msg;
+    }
+    let body = msg.strip_suffix(&format!(" at line {} column {}", loc.line(), loc.column())).unwrap_or(&msg);
+    let at = format!("(line {}, column {})", loc.line(), loc.column());
+    let not_a_value = ["unknown field `", "missing field `", "duplicate field `", "duplicate entry"]
+        .iter()
+        .any(|p| body.starts_with(p) || body.contains(&format!(": {p}")));
+    match written_scalar(text, loc.index()).filter(|_| !not_a_value) {
+        // serde already quoted it (`invalid type: string "abc", ...`).
+        Some(v) if body.contains(&format!("{v:?}")) => format!("{body} {at}"),
+        Some(v) => format!("{body}: {v:?} {at}"),
+        None => format!("{body} {at}"),
+    }
+}
+
+/// The scalar written at byte `index` of `text`, unquoted; `None` when a
+/// mapping, a sequence, a mapping key, an anchor, alias, tag or block scalar
+/// starts there.
+fn written_scalar(text: &str, index: usize) -> Option<String> {
+    let rest = text.get(index..)?;
+    let line = rest.split('\n').next()?.trim_end_matches('\r');
+    let is_key = |after: &str| after.trim_start_matches([' ', '\t']).starts_with(':');
+    match *rest.as_bytes().first()? {
+        q @ (b'"' | b'\'') => {
+            let end = quoted_end(rest.as_bytes(), q)?;
+            if is_key(&rest[end..]) {
+                return None;
+            }
+            serde_yaml_ng::from_str::<String>(&rest[..end]).ok()
+        }
+        b'{' | b'[' | b'&' | b'*' | b'!' | b'|' | b'>' | b'?' => None,
+        b'-' if matches!(line.as_bytes().get(1), None | Some(b' ' | b'\t')) => None,
+        _ => {
+            let flow = in_flow(&text.as_bytes()[..index]);
+            let b = line.as_bytes();
+            let mut end = b.len();
+            for (i, &c) in b.iter().enumerate() {
+                let blank_next = matches!(b.get(i + 1), None | Some(b' ' | b'\t'));
+                if c == b':' && (blank_next || (flow && matches!(b.get(i + 1), Some(b',' | b'}' | b']')))) {
+                    return None; // `key: value`: a mapping
+                }
+                if (flow && matches!(c, b',' | b']' | b'}')) || (c == b'#' && i > 0 && matches!(b[i - 1], b' ' | b'\t'))
+                {
+                    end = i;
+                    break;
+                }
+            }
+            Some(line[..end].trim_end().to_owned()).filter(|v| !v.is_empty())
+        }
+    }
+}
+
+/// The byte just past the quoted scalar that opens `s` with quote `q`.
+fn quoted_end(s: &[u8], q: u8) -> Option<usize> {
+    let mut i = 1;
+    while i < s.len() {
+        match s[i] {
+            b'\\' if q == b'"' => i += 1,
+            b'\'' if q == b'\'' && s.get(i + 1) == Some(&b'\'') => i += 1,
+            c if c == q => return Some(i + 1),
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
+/// Whether the text `before` leaves an open flow collection (`{`, `[`), so a
+/// plain scalar there ends at `,`, `]` or `}`. Skips comments and quoted scalars.
+fn in_flow(before: &[u8]) -> bool {
+    let mut depth = 0usize;
+    let mut i = 0;
+    while i < before.len() {
+        match before[i] {
+            b'#' if i == 0 || before[i - 1].is_ascii_whitespace() => {
+                while i < before.len() && before[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            q @ (b'"' | b'\'') if opens_quoted(&before[..i]) => {
+                i += quoted_end(&before[i..], q).map_or(before.len(), |end| end - 1);
+            }
+            b'[' | b'{' => depth += 1,
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        i += 1;
+    }
+    depth > 0
+}
+
+/// Whether a quote after `before` opens a quoted scalar rather than sitting
+/// inside a plain one (`don't`).
+fn opens_quoted(before: &[u8]) -> bool {
+    let line = &before[before.iter().rposition(|&c| c == b'\n').map_or(0, |n| n + 1)..];
+    match line.iter().rposition(|c| !matches!(c, b' ' | b'\t')) {
+        None => true,
+        Some(p) => {
+            matches!(line[p], b'[' | b'{' | b',') || (p + 1 < line.len() && matches!(line[p], b':' | b'-' | b'?'))
+        }
+    }
+}
+
+/// The L7 issue's example service, verbatim (a whole file), for tests.
+#[cfg(test)]
+pub(crate) const L7_EXAMPLE: &str = r#"
+interfaces: { clients: [eth0] }
+services:
+  api:
+    listen: 203.0.113.10:8080
+    protocol: tcp
+    mode: l7
+    versions:
+      v1: [198.51.100.10:8081]
+      v2: [198.51.100.20:8081]
+      shadow: [198.51.100.30:8081]
+    weights: { v1: 95, v2: 5 }
+    routes:                          # first match wins; unmatched requests use the weights
+      - match: { headers: { x-canary: "true" } }
+        version: v2
+      - match: { cookies: { beta: "1" }, path_prefix: /checkout }
+        version: v2
+      - match: { query: { preview: "on" }, methods: [GET] }
+        version: v2
+    affinity: { cookie: user }        # or { header: NAME } or client-ip; default: per request
+    mirror: { version: shadow, percent: 10, compare: true }
+"#;
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use splitter_model::config::*;
+
+    use super::*;
+
+    /// The agent issue's example file, verbatim.
+    const EXAMPLE: &str = r#"
+interfaces:
+  clients: [eth0]            # where clients arrive: XDP attaches here
+  backends: [eth1, eth2]     # where backends live (may repeat a client interface)
+control:
+  socket: /run/splitter/splitter.sock
+state_dir: /var/lib/splitter          # persisted runtime changes (weights, flips, rollback history)
+pin_path: /sys/fs/bpf/splitter        # where programs, links and maps are pinned
+services:
+  shop:
+    listen: 203.0.113.10:80
+    protocol: tcp
+    mode: l4
+    versions:
+      blue:  [198.51.100.10:8080, 198.51.100.11:8080]
+      green: [198.51.100.20:8080]
+    weights: { blue: 100, green: 0 }
+  shop6:
+    listen: "[2001:db8::10]:80"
+    protocol: tcp
+    mode: l4
+    versions:
+      blue:  ["[2001:db8:1::10]:8080"]
+      green: ["[2001:db8:2::10]:8080"]
+    weights: { blue: 95, green: 5 }
+"#;
+
+    fn err(yaml: &str) -> String {
+        Config::from_yaml(yaml).expect_err("config should be rejected").to_string()
+    }
+
+    #[test]
+    fn accepts_the_documented_example() {
+        let c = Config::from_yaml(EXAMPLE).expect("example config");
+        assert_eq!(c.interfaces.backends, ["eth1", "eth2"]);
+        let shop = &c.services["shop"];
+        assert_eq!(shop.listen, "203.0.113.10:80".parse().unwrap());
+        assert_eq!(shop.versions["blue"].len(), 2);
+        assert_eq!(shop.version_weights(), [("blue", 100), ("green", 0)]);
+        assert!(c.services["shop6"].listen.is_ipv6());
+    }
+
+    #[test]
+    fn defaults_fill_missing_sections() {
+        let c = Config::from_yaml(
+            "interfaces: {clients: [eth0]}\nservices:\n  s: {listen: 10.0.0.1:53, protocol: udp, versions: {a: [10.0.1.1:53], b: [10.0.1.2:53]}, weights: {a: 1}}\n",
+        )
+        .unwrap();
+        assert_eq!(c.control.socket, PathBuf::from(DEFAULT_SOCKET));
+        assert_eq!(c.pin_path, PathBuf::from(DEFAULT_PIN_PATH));
+        assert_eq!(c.services["s"].mode, Mode::L4);
+        assert_eq!(c.services["s"].version_weights(), [("a", 1), ("b", 0)], "missing weights are 0");
+    }
+
+    #[test]
+    fn rejects_bad_input_with_a_pointed_message() {
+        let base = |svc: &str| format!("interfaces: {{clients: [eth0]}}\nservices:\n  s: {svc}\n");
+        let cases = [
+            (
+                base("{listen: 10.0.0.1:80, protocol: tcp, versions: {a: [10.0.1.1:80]}, weights: {b: 1}}"),
+                "not one of the versions",
+            ),
+            (
+                base("{listen: 10.0.0.1:80, protocol: tcp, versions: {a: ['[2001:db8::1]:80']}, weights: {a: 1}}"),
+                "address family",
+            ),
+            (base("{listen: 10.0.0.1:80, protocol: tcp, versions: {a: []}, weights: {a: 1}}"), "has no endpoints"),
+            (base("{listen: 10.0.0.1:80, protocol: tcp, versions: {a: [10.0.1.1:80]}, weights: {a: 0}}"), "weighs 0"),
+            (base("{listen: 10.0.0.1:80, protocol: sctp, versions: {a: [10.0.1.1:80]}}"), "unknown variant"),
+            (
+                base("{listen: 10.0.0.1:80, protocol: udp, mode: l7, versions: {a: [10.0.1.1:80]}, weights: {a: 1}}"),
+                "needs protocol tcp",
+            ),
+            (base("{listen: 10.0.0.1, protocol: tcp, versions: {a: [10.0.1.1:80]}}"), "socket address"),
+            (
+                base(
+                    "{listen: 10.0.0.1:80, protocol: tcp, versions: {a: [10.0.1.1:80, 10.0.1.1:80]}, weights: {a: 1}}",
+                ),
+                "listed twice",
+            ),
+            (
+                base(
+                    "{listen: 10.0.0.1:80, protocol: tcp, versions: {a: [10.0.1.1:80]}, weights: {a: 1}, colour: red}",
+                ),
+                "unknown field",
+            ),
+            (base("{listen: 10.0.0.1:80, protocol: tcp, versions: {a: [10.0.1.1:80]}, weights: {a: 1}, affinity: {cookie: user}}"), "need mode l7"),
+            (base("{listen: 10.0.0.1:80, protocol: tcp, versions: {a: [10.0.1.1:80]}, weights: {a: 1}, affinity: sticky}"), "unknown variant"),
+            ("interfaces: {clients: [eth0]}\nflow_table_size: 10\n".to_string(), "flow_table_size 10 is out of range"),
+            ("interfaces: {clients: []}\n".to_string(), "interfaces.clients is empty"),
+            ("interfaces: {clients: [averyveryverylongname0]}\n".to_string(), "1 to 15 bytes"),
+            ("interfaces: {clients: [eth0]}\nservices: [\n".to_string(), "not valid YAML"),
+        ];
+        for (yaml, want) in cases {
+            let msg = err(&yaml);
+            assert!(msg.contains(want), "for\n{yaml}\nexpected an error mentioning {want:?}, got: {msg}");
+        }
+    }
+
+    #[test]
+    fn accepts_the_l7_example_and_refuses_bad_l7_parts() {
+        let c = Config::from_yaml(L7_EXAMPLE).expect("L7 example");
+        let api = &c.services["api"];
+        assert_eq!(api.routes.len(), 3);
+        assert_eq!(api.affinity, Some(Affinity::Cookie("user".into())));
+        let m = api.l7_mirror().unwrap();
+        assert_eq!((m.version.as_str(), m.percent, m.compare.enabled), ("shadow", 10.0, true));
+        assert_eq!(m.methods, ["GET", "HEAD", "OPTIONS"]);
+        let cases = [
+            (
+                L7_EXAMPLE.replace("version: v2\n      - match: { cookies", "version: v9\n      - match: { cookies"),
+                "routes[0]: version \"v9\"",
+            ),
+            (L7_EXAMPLE.replace("x-canary: \"true\"", "x-canary: { regex: \"(\" }"), "bad regex"),
+            (L7_EXAMPLE.replace("x-canary: \"true\"", "x-canary: { glob: \"*\" }"), "unknown value match \"glob\""),
+            (L7_EXAMPLE.replace("methods: [GET]", "methods: [get]"), "unknown method \"get\""),
+            (L7_EXAMPLE.replace("path_prefix: /checkout", "path_prefix: checkout"), "must start with '/'"),
+            (L7_EXAMPLE.replace("percent: 10", "percent: 0"), "mirror.percent 0 is out of range"),
+            (L7_EXAMPLE.replace("version: shadow,", "version: ghost,"), "mirror.version \"ghost\""),
+            (L7_EXAMPLE.replace("mode: l7", "mode: l4"), "need mode l7"),
+            (
+                L7_EXAMPLE.replace("mode: l7", "mode: l4").replace("    affinity: { cookie: user }", ""),
+                "routes: these need mode l7",
+            ),
+        ];
+        for (yaml, want) in cases {
+            let msg = err(&yaml);
+            assert!(msg.contains("services.api") && msg.contains(want), "want {want:?} in: {msg}");
+        }
+    }
+
+    #[test]
+    fn l7_timeouts_out_of_range_are_refused_with_field_value_and_range() {
+        let mirror = |opts: &str| L7_EXAMPLE.replace("compare: true }", &format!("compare: true, {opts} }}"));
+        let proxy = |opts: &str| format!("{}    proxy: {{ {opts} }}\n", L7_EXAMPLE);
+        for (yaml, want) in [
+            (mirror("timeout_ms: 0"), "mirror.timeout_ms 0 is out of range: use 1 to 3600000 (milliseconds"),
+            (mirror("timeout_ms: 3600001"), "mirror.timeout_ms 3600001 is out of range: use 1 to 3600000"),
+            (mirror("queue: 0"), "mirror.queue 0 is out of range: use 1 to 1000000"),
+            (mirror("queue: 18446744073709551615"), "mirror.queue 18446744073709551615 is out of range"),
+            (proxy("connect_timeout_ms: 0"), "proxy.connect_timeout_ms 0 is out of range: use 1 to 3600000"),
+            (proxy("response_timeout_ms: 86400000"), "proxy.response_timeout_ms 86400000 is out of range"),
+            (proxy("response_timeout_ms: 18446744073709551615"), "proxy.response_timeout_ms 18446744073709551615 is"),
+        ] {
+            let msg = err(&yaml);
+            assert!(msg.contains("services.api: ") && msg.contains(want), "want {want:?} in: {msg}");
+        }
+        let c = Config::from_yaml(&proxy("connect_timeout_ms: 1, response_timeout_ms: 3600000")).unwrap();
+        assert_eq!(c.services["api"].proxy.as_ref().map(|p| p.response_timeout_ms), Some(3_600_000));
+        let c = Config::from_yaml(&mirror("timeout_ms: 3600000, queue: 1000000")).unwrap();
+        let m = c.services["api"].l7_mirror().unwrap();
+        assert_eq!((m.timeout_ms, m.queue, m.max_body_bytes), (3_600_000, 1_000_000, 64 * 1024));
+    }
+
+    #[test]
+    fn l4_mirroring_is_accepted_and_bad_forms_are_explained() {
+        let yaml = |mode: &str, mirror: &str| {
+            format!(
+                "interfaces: {{clients: [eth0], backends: [eth1]}}\nservices:\n  s: {{listen: 10.0.0.1:80, protocol: tcp, mode: {mode}, versions: {{a: [10.0.1.1:80]}}, weights: {{a: 1}}, mirror: {mirror}}}\n"
+            )
+        };
+        let c = Config::from_yaml(&yaml("l4", "{ interface: eth3, percent: 2.5 }")).unwrap();
+        let m = c.services["s"].l4_mirror().unwrap();
+        assert_eq!((m.interface.as_str(), m.bps()), ("eth3", 250));
+        assert_eq!(c.mirror_interfaces().into_iter().collect::<Vec<_>>(), ["eth3"]);
+        for (mode, mirror, want) in [
+            ("l7", "{ interface: eth3, percent: 5 }", "copies flows in the kernel (mode l4)"),
+            ("l4", "{ version: a, percent: 5 }", "need mode l7"),
+            ("l4", "{ interface: eth1, percent: 5 }", "is a clients/backends interface"),
+            ("l4", "{ interface: eth3, percent: 0 }", "mirror.percent 0 is out of range"),
+            ("l4", "{ interface: eth3, percent: 0.001 }", "out of range"),
+            ("l4", "{ interface: eth3, percent: 101 }", "out of range"),
+            ("l4", "{ interface: eth3 }", "missing field `percent`"),
+            ("l4", "{ interface: eth3, percent: 5, port: 9 }", "unknown field `port`"),
+            ("l4", "{ interface: \"bad/name\", percent: 5 }", "mirror.interface"),
+        ] {
+            let msg = err(&yaml(mode, mirror));
+            assert!(msg.contains(want), "{mode} {mirror}: want {want:?} in: {msg}");
+        }
+    }
+
+    /// The example of issue 17: a bad endpoint address at line 7, column 12.
+    const BAD_ADDRESS: &str = "interfaces: {clients: [eth0]}
+services:
+  web:
+    listen: 10.78.0.1:80
+    protocol: tcp
+    versions:
+      v1: [10.78.1.300:7001]
+    weights: {v1: 1}
+";
+
+    #[test]
+    fn a_value_error_quotes_what_was_written_and_says_it_once() {
+        assert_eq!(
+            err(BAD_ADDRESS),
+            r#"config is not valid YAML for splitter: services.web.versions.v1[0]: invalid socket address syntax: "10.78.1.300:7001" (line 7, column 12)"#
+        );
+        // As `splitter check` prints it: the error and its chain of causes.
+        let printed = format!("{:#}", anyhow::Error::from(Config::from_yaml(BAD_ADDRESS).unwrap_err()));
+        assert_eq!(printed.matches("invalid socket address syntax").count(), 1, "{printed}");
+        let missing = Config::load(Path::new("/nonexistent/splitter.yaml")).unwrap_err();
+        let printed = format!("{:#}", anyhow::Error::from(missing));
+        assert_eq!(printed.matches("No such file").count(), 1, "{printed}");
+    }
+
+    #[test]
+    fn value_errors_quote_the_value_and_field_errors_do_not() {
+        let svc = |from: &str, to: &str| {
+            "interfaces: {clients: [eth0]}\nservices:\n  s: {listen: 10.0.0.1:80, protocol: tcp, versions: {a: [10.0.1.1:80]}, weights: {a: 1}}\n"
+                .replace(from, to)
+        };
+        let w = "weights: {a: 1}";
+        let l7 = |fields: &str| svc(w, &format!("{w}, mode: l7, {fields}"));
+        for (yaml, want) in [
+            (
+                svc("10.0.0.1:80", "\"10.0.0.1:http\""),
+                r#"services.s.listen: invalid socket address syntax: "10.0.0.1:http" (line 3, column"#,
+            ),
+            (
+                svc("10.0.0.1:80", "'10.0.0.1:99999'"),
+                r#"services.s.listen: invalid socket address syntax: "10.0.0.1:99999""#,
+            ),
+            (svc(w, "weights: {a: -1}"), r#"services.s.weights.a: invalid type: integer `-1`, expected u32: "-1""#),
+            (svc(w, "weights: {a: abc}"), r#"services.s.weights.a: invalid type: string "abc", expected u32 (line 3"#),
+            (svc("{a: 1}}\n", "{a: 1.5}}  # half\n"), r#"expected u32: "1.5" (line 3"#),
+            (svc("tcp", "tcpx"), r#"services.s.protocol: unknown variant `tcpx`, expected `tcp` or `udp`: "tcpx""#),
+            (
+                svc(w, "weights: {a: 1}, mode: l8"),
+                r#"services.s.mode: unknown variant `l8`, expected `l4` or `l7`: "l8""#,
+            ),
+            (
+                l7("proxy: {connect_timeout_ms: 5s}"),
+                r#"services.s.proxy.connect_timeout_ms: invalid type: string "5s""#,
+            ),
+            (
+                l7("proxy: {response_timeout_ms: -1}"),
+                r#"services.s.proxy.response_timeout_ms: invalid type: integer `-1`, expected u64: "-1""#,
+            ),
+            (
+                l7("mirror: {version: a, percent: 5, timeout_ms: 2 seconds}"),
+                r#"services.s.mirror.timeout_ms: invalid type: string "2 seconds", expected u64 (line 3"#,
+            ),
+            (l7("mirror: {version: a, percent: lots}"), r#"services.s.mirror.percent: invalid type: string "lots""#),
+            (
+                l7("mirror: {version: a, percent: 5, compare: maybe}"),
+                r#"services.s.mirror.compare: invalid type: string "maybe", expected true, false or {"#,
+            ),
+            (
+                svc(w, "weights: {a: 1}, affinity: sticky"),
+                r#"services.s.affinity: unknown variant affinity "sticky": use"#,
+            ),
+            (
+                l7("routes: [{match: {headers: {x-canary: 1}}, version: a}]"),
+                r#"services.s.routes[0].match.headers.x-canary: invalid type: integer `1`, expected a string, { exact: S }, { prefix: S } or { regex: RE }: "1" (line 3"#,
+            ),
+        ] {
+            let msg = err(&yaml);
+            assert!(msg.contains(want), "for\n{yaml}\nwant {want:?} in: {msg}");
+            assert_eq!(msg.matches(" (line ").count(), 1, "{msg}");
+        }
+        for (yaml, whole) in [
+            (svc(w, "weights: {a: 1}, colour: red"), "services.s: unknown field `colour`"),
+            (
+                svc("versions: {a: [10.0.1.1:80]}", "versions: [a]"),
+                "services.s.versions: invalid type: sequence, expected a map (line 3, column",
+            ),
+            (svc(w, "weights: {a: {b: 1}}"), "services.s.weights.a: invalid type: map, expected u32 (line 3, column"),
+            (
+                l7("mirror: {interface: eth3, percent: 5, timeout_ms: 9}"),
+                "services.s.mirror: unknown field `timeout_ms`",
+            ),
+            (l7("mirror: {percent: 5}"), "services.s.mirror: missing field `version`"),
+            (
+                l7("mirror: {version: a, percent: 5, compare: {header: [x]}}"),
+                "services.s.mirror.compare: unknown field `header`",
+            ),
+            (
+                l7("affinity: {cookie: a, header: b}"),
+                "services.s.affinity: give one of { cookie: NAME } or { header: NAME }",
+            ),
+            (
+                l7("routes: [{match: {headers: {x-canary: {glob: a}}}, version: a}]"),
+                r#"services.s.routes[0].match.headers.x-canary: unknown value match "glob""#,
+            ),
+        ] {
+            let msg = err(&yaml);
+            assert!(msg.contains(whole) && !msg.contains(": \""), "for\n{yaml}\nwant {whole:?} and no value in: {msg}");
+        }
+    }
+
+    #[test]
+    fn validation_errors_quote_the_value() {
+        let svc = |fields: &str| {
+            format!("interfaces: {{clients: [eth0]}}\nservices:\n  s: {{listen: 10.0.0.1:80, {fields}}}\n")
+        };
+        for (yaml, want) in [
+            (
+                svc("protocol: udp, mode: l7, versions: {a: [10.0.1.1:80]}, weights: {a: 1}"),
+                "services.s: protocol udp: mode l7 proxies HTTP and needs protocol tcp",
+            ),
+            (
+                svc("protocol: tcp, versions: {a: [10.0.1.1:80]}, weights: {a: 1}, affinity: {header: x-user}"),
+                r#"services.s: affinity { header: "x-user" }: cookie and header affinity need mode l7"#,
+            ),
+            (
+                svc("protocol: tcp, versions: {a: [10.0.1.1:80], b: [10.0.1.2:80]}, weights: {a: 0, b: 0}"),
+                r#"services.s: every version weighs 0 (weights {"a": 0, "b": 0})"#,
+            ),
+            (
+                L7_EXAMPLE.replace(r#"x-canary: "true""#, "x-canary: { exact: a, prefix: b }"),
+                "services.api.routes[0].match.headers.x-canary: a value match is a string or one of { exact: S }, { prefix: S }, { regex: RE }, not { exact, prefix }",
+            ),
+        ] {
+            let msg = err(&yaml);
+            assert!(msg.contains(want), "for\n{yaml}\nwant {want:?} in: {msg}");
+        }
+    }
+
+    #[test]
+    fn the_value_at_an_error_is_read_as_written() {
+        let at = |text: &str, from: &str| written_scalar(text, text.find(from).unwrap());
+        assert_eq!(at("a: [x, 10.0.0.1:80x, y]", "10."), Some("10.0.0.1:80x".into()));
+        assert_eq!(at("a: {b: tcpx}", "tcpx"), Some("tcpx".into()));
+        assert_eq!(at("a: 10.0.0.1:80x   # the shop\n", "10."), Some("10.0.0.1:80x".into()));
+        assert_eq!(at("a: x,y]z\n", "x"), Some("x,y]z".into()), "block context: `,` and `]` are text");
+        assert_eq!(at("a: [\"x, y\", 'it''s', \"t\\\"q\"]", "'it"), Some("it's".into()));
+        assert_eq!(at("a: [\"x, y\", 'it''s', \"t\\\"q\"]", "\"t"), Some("t\"q".into()));
+        assert_eq!(at("a: # not [ a flow\n  b: c, d\n", "c,"), Some("c, d".into()));
+        assert_eq!(at("a: [don't, x]", "x]"), Some("x".into()));
+        assert_eq!(at("a:\n  b: 1\n", "b:"), None, "a mapping");
+        assert_eq!(at("a:\n  - 1\n", "- 1"), None, "a sequence");
+        assert_eq!(at("a: {b: 1}", "{"), None);
+        assert_eq!(at("a: [1]", "["), None);
+        assert_eq!(at("a:\n  \"b\": 1\n", "\"b"), None, "a quoted key");
+        assert_eq!(at("a: -1", "-1"), Some("-1".into()));
+    }
+
+    #[test]
+    fn rejects_two_services_on_one_listener() {
+        let msg = err(
+            "interfaces: {clients: [eth0]}\nservices:\n  a: {listen: 10.0.0.1:80, protocol: tcp, versions: {x: [10.0.1.1:80]}, weights: {x: 1}}\n  b: {listen: 10.0.0.1:80, protocol: tcp, versions: {x: [10.0.1.2:80]}, weights: {x: 1}}\n",
+        );
+        assert!(msg.contains("already used by service"), "{msg}");
+        // Same address, other protocol, is a different service.
+        Config::from_yaml(
+            "interfaces: {clients: [eth0]}\nservices:\n  a: {listen: 10.0.0.1:80, protocol: tcp, versions: {x: [10.0.1.1:80]}, weights: {x: 1}}\n  b: {listen: 10.0.0.1:80, protocol: udp, versions: {x: [10.0.1.2:80]}, weights: {x: 1}}\n",
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn at_most_four_l4_services_share_an_endpoint() {
+        let services = |n: usize, mode: &str| {
+            let mut text = String::from("interfaces: {clients: [eth0]}\nservices:\n");
+            for i in 0..n {
+                text += &format!(
+                    "  s{i}: {{listen: 10.0.0.{i}:80, protocol: tcp, mode: {mode}, versions: {{x: [10.0.1.1:80]}}, weights: {{x: 1}}}}\n"
+                );
+            }
+            text
+        };
+        Config::from_yaml(&services(4, "l4")).expect("four services may share an endpoint");
+        let msg = err(&services(5, "l4"));
+        assert!(msg.contains("10.0.1.1:80") && msg.contains("5 l4 services") && msg.contains("s0, s1"), "{msg}");
+        // The proxy's services are not matched in the kernel.
+        Config::from_yaml(&services(5, "l7")).expect("l7 services share endpoints freely");
+    }
+}
+
+#[cfg(test)]
+mod local_address_tests {
+    use splitter_model::config::*;
+
+    use super::*;
+
+    const SVC: &str = "services:\n  api: {listen: 203.0.113.10:8080, protocol: tcp, mode: l7, versions: {a: [10.0.1.1:80]}, weights: {a: 1}}\n";
+
+    #[test]
+    fn local_addresses_default_to_managed_on_lo_and_bad_interfaces_are_refused() {
+        let c = Config::from_yaml(&format!("interfaces: {{clients: [eth0]}}\n{SVC}")).unwrap();
+        assert_eq!(c.local_addresses, LocalAddresses { manage: true, interface: "lo".into() });
+        let c =
+            Config::from_yaml(&format!("interfaces: {{clients: [eth0]}}\nlocal_addresses: {{manage: false}}\n{SVC}"))
+                .unwrap();
+        assert!(!c.local_addresses.manage);
+        let err = |extra: &str| {
+            Config::from_yaml(&format!("interfaces: {{clients: [eth0], backends: [eth1]}}\n{extra}\n{SVC}"))
+                .unwrap_err()
+                .to_string()
+        };
+        let e = err("local_addresses: {interface: eth1}");
+        assert!(e.contains("local_addresses.interface \"eth1\" is a clients/backends/mirror interface"), "{e}");
+        let e = err("local_addresses: {interface: \"much-too-long-name\"}");
+        assert!(e.contains("local_addresses.interface") && e.contains("much-too-long-name"), "{e}");
+        let e = err("local_addresses: {manage: yes-please}");
+        assert!(e.contains("local_addresses.manage"), "{e}");
+    }
+}
