@@ -53,6 +53,12 @@ impl Packet {
     pub fn is_syn(&self) -> bool {
         self.key.proto == IPPROTO_TCP && self.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
     }
+
+    /// A TCP RST: the sender aborts the connection.
+    #[inline(always)]
+    pub fn is_rst(&self) -> bool {
+        self.key.proto == IPPROTO_TCP && self.tcp_flags & TCP_RST != 0
+    }
 }
 
 /// What a well-formed packet that is not TCP/UDP turned out to be.
