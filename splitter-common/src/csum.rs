@@ -150,8 +150,7 @@ mod tests {
             let c = full(&buf);
             buf[0..2].copy_from_slice(&c.to_ne_bytes());
             // Rewrite a 16-byte "address" at 8..24 and a "port" at 24..26.
-            let old: [u32; 4] =
-                core::array::from_fn(|i| u32::from_ne_bytes(buf[8 + 4 * i..12 + 4 * i].try_into().unwrap()));
+            let old = crate::flow::ipv6_words(buf[8..24].try_into().unwrap());
             let new: [u32; 4] = core::array::from_fn(|_| next() as u32);
             let old_port = u16::from_ne_bytes([buf[24], buf[25]]);
             let new_port = next() as u16;

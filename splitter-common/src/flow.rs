@@ -48,6 +48,18 @@ pub const fn word(octets: [u8; 4]) -> u32 {
     u32::from_ne_bytes(octets)
 }
 
+/// Reads an IPv6 address's 16 network-order octets as the four native `u32`
+/// words the kernel loads (the layout of `FlowKey` and `ServiceKey` addresses).
+#[inline(always)]
+pub const fn ipv6_words(o: [u8; 16]) -> [u32; 4] {
+    [
+        word([o[0], o[1], o[2], o[3]]),
+        word([o[4], o[5], o[6], o[7]]),
+        word([o[8], o[9], o[10], o[11]]),
+        word([o[12], o[13], o[14], o[15]]),
+    ]
+}
+
 impl FlowKey {
     /// Key of an IPv4 flow; ports in host order (stored in network order).
     pub const fn v4(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, proto: u8) -> Self {
@@ -65,8 +77,8 @@ impl FlowKey {
     /// Key of an IPv6 flow; ports in host order (stored in network order).
     pub const fn v6(src: [u8; 16], sport: u16, dst: [u8; 16], dport: u16, proto: u8) -> Self {
         FlowKey {
-            src_addr: words16(src),
-            dst_addr: words16(dst),
+            src_addr: ipv6_words(src),
+            dst_addr: ipv6_words(dst),
             src_port: sport.to_be(),
             dst_port: dport.to_be(),
             proto,
@@ -91,15 +103,6 @@ impl FlowKey {
             (self.proto as u32) | ((self.family as u32) << 8),
         ]
     }
-}
-
-const fn words16(o: [u8; 16]) -> [u32; 4] {
-    [
-        word([o[0], o[1], o[2], o[3]]),
-        word([o[4], o[5], o[6], o[7]]),
-        word([o[8], o[9], o[10], o[11]]),
-        word([o[12], o[13], o[14], o[15]]),
-    ]
 }
 
 /// MurmurHash3 (x86, 32-bit) over the key's ten words with `seed`.
@@ -153,6 +156,20 @@ mod tests {
         assert_eq!(&bytes[34..36], &[0, 80]);
         assert_eq!(bytes[36], 6);
         assert_eq!(bytes[37], FAMILY_V4);
+    }
+
+    #[test]
+    fn ipv6_words_keep_the_octets_in_memory_order() {
+        let octets = [0x20, 0x01, 0x0d, 0xb8, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 0x10];
+        const W: [u32; 4] = ipv6_words([0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+        let w = ipv6_words(octets);
+        assert_eq!(bytemuck::bytes_of(&w), &octets, "the words hold the octets as they sit in the packet");
+        assert_eq!(w[0], word([0x20, 0x01, 0x0d, 0xb8]));
+        // Both sides are little-endian (x86_64, bpfel): the first octet is the low byte.
+        if cfg!(target_endian = "little") {
+            assert_eq!(W, [0xb80d_0120, 0, 0, 0x0100_0000]);
+        }
+        assert_eq!(FlowKey::v6(octets, 1, octets, 2, 6).src_addr, w);
     }
 
     #[test]

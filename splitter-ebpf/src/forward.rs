@@ -20,7 +20,7 @@ use splitter_common::{
 
 use crate::{
     frame::{Frame, Ingress, Skb},
-    maps::{SPLITTER_HOPS, SPLITTER_SCRATCH},
+    maps::{FibParams, SPLITTER_HOPS, SPLITTER_SCRATCH},
     parse::{ptr_at, Packet},
 };
 
@@ -112,11 +112,6 @@ pub fn to_new_endpoint(
     shared.hop = hop;
     (Some(hop), false)
 }
-
-/// `bpf_fib_lookup` on an 8-byte boundary, so it can be zeroed with 8-byte
-/// stores.
-#[repr(C, align(8))]
-pub struct FibParams(bpf_fib_lookup);
 
 /// Zeroes `params` with eight 8-byte stores and returns the struct inside.
 /// (`mem::zeroed` becomes a call to a byte-at-a-time `memset` on BPF: 64

@@ -26,7 +26,7 @@ use crate::{
     frame::{Frame, Ingress},
     maps::{SPLITTER_FLOWS, SPLITTER_SCRATCH, SPLITTER_SERVICES},
     nat::Side,
-    parse::{Packet, Parsed, Verdict, IPPROTO_TCP, TCP_FIN, TCP_RST},
+    parse::{Packet, Parsed, Verdict, IPPROTO_TCP, TCP_FIN},
 };
 
 /// `bpf_map_update_elem` flag: insert only, never replace.
@@ -240,13 +240,23 @@ fn new_flow(ctx: &Ingress, pkt: &Packet, svc: &ServiceRef) -> Placed {
     Placed::Done(event | to_backend(ctx, pkt, &ep.addr, ep.port, hop))
 }
 
-/// DNAT to `backend:port` and send the packet on (`hop`, else the stack). A
-/// TCP RST ends the flow here rather than when it ages out.
+/// A client's TCP RST ends its flow at once rather than when it ages out: the
+/// entry is removed before the packet is rewritten and sent on. Both paths a
+/// client's packet takes call it: [`to_backend`] (XDP) and
+/// `mirror::to_service` (TC, mirrored flows). An endpoint's RST only marks the
+/// flow closing ([`to_client`]).
 #[inline(always)]
-fn to_backend(ctx: &Ingress, pkt: &Packet, backend: &[u32; 4], port: u16, hop: Option<NextHop>) -> u32 {
-    if pkt.key.proto == IPPROTO_TCP && pkt.tcp_flags & TCP_RST != 0 {
+fn end_flow_on_client_rst(pkt: &Packet) {
+    if pkt.is_rst() {
         let _ = SPLITTER_FLOWS.remove(pkt.key);
     }
+}
+
+/// DNAT to `backend:port` and send the packet on (`hop`, else the stack). A
+/// TCP RST ends the flow ([`end_flow_on_client_rst`]).
+#[inline(always)]
+fn to_backend(ctx: &Ingress, pkt: &Packet, backend: &[u32; 4], port: u16, hop: Option<NextHop>) -> u32 {
+    end_flow_on_client_rst(pkt);
     if let Err(e) = nat::rewrite(ctx, pkt, Side::Dst, backend, port) {
         e.count(ctx.stats);
         return xdp_action::XDP_PASS;
@@ -270,7 +280,7 @@ fn to_client(ctx: &Ingress, pkt: &Packet, state: &mut FlowState, vip: &ServiceKe
     if state.last_seen_ns != now {
         state.last_seen_ns = now;
     }
-    if pkt.key.proto == IPPROTO_TCP && pkt.tcp_flags & TCP_RST != 0 {
+    if pkt.is_rst() {
         counters::reset(state.service, state.endpoint);
         state.flags |= FLOW_CLOSING;
     }

@@ -1,8 +1,8 @@
 //! Every map the kernel programs use. Names match `splitter_common::names`
 //! (the agent's tests check the built object against those constants).
 
-use crate::forward::FibParams;
 use aya_ebpf::{
+    bindings::bpf_fib_lookup,
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
@@ -47,6 +47,11 @@ pub struct Scratch {
     /// A FIB lookup's parameters and answer.
     pub fib: FibParams,
 }
+
+/// `bpf_fib_lookup` on an 8-byte boundary, so it can be zeroed with 8-byte
+/// stores (`forward::zero_fib_params`) instead of a byte-wise `memset`.
+#[repr(C, align(8))]
+pub struct FibParams(pub bpf_fib_lookup);
 
 /// Per CPU, one [`Scratch`]. Nothing in it outlives one packet (a CPU runs
 /// one program at a time, to the end).

@@ -26,11 +26,11 @@ use splitter_common::{
 
 use crate::{
     counters::{self, Stats},
-    forward,
+    end_flow_on_client_rst, forward,
     frame::{Skb, Uncounted},
     maps::{SPLITTER_FLOWS, SPLITTER_SERVICES},
     nat::{self, Side},
-    parse::{self, Packet, Parsed, IPPROTO_TCP, TCP_RST},
+    parse::{self, Packet, Parsed},
     reply,
 };
 
@@ -95,9 +95,7 @@ fn to_service(skb: &Skb, pkt: &Packet, state: &mut FlowState) -> i32 {
     let now = unsafe { bpf_ktime_get_coarse_ns() };
     let hop = forward::next_hop(skb, pkt, &pkt.key.src_addr, &state.backend, &mut state.hop, now);
     let (backend, port) = (state.backend, state.backend_port);
-    if pkt.key.proto == IPPROTO_TCP && pkt.tcp_flags & TCP_RST != 0 {
-        let _ = SPLITTER_FLOWS.remove(pkt.key);
-    }
+    end_flow_on_client_rst(pkt);
     match nat::rewrite(skb, pkt, Side::Dst, &backend, port) {
         Ok(sum) => follow_complete_sum(ctx, sum),
         Err(e) => {

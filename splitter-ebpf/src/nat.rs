@@ -4,12 +4,12 @@
 //! as a router does.
 
 use network_types::ip::{Ipv4Hdr, Ipv6Hdr};
-use splitter_common::{csum::Delta, stats::Stat, FAMILY_V4};
+use splitter_common::{csum::Delta, flow::ipv6_words, stats::Stat, FAMILY_V4};
 
 use crate::{
     counters::Stats,
     frame::Frame,
-    parse::{ptr_at, words, Malformed, Packet, IPPROTO_TCP},
+    parse::{ptr_at, Malformed, Packet, IPPROTO_TCP},
 };
 
 /// Which end of the packet to rewrite.
@@ -127,7 +127,7 @@ fn rewrite_ipv6<C: Frame>(ctx: &C, pkt: &Packet, side: Side, new: &[u32; 4]) -> 
     ip.hop_limit -= 1;
     let new_hop = u16::from_ne_bytes([ip.next_hdr, ip.hop_limit]);
     let field = if side == Side::Src { &mut ip.src_addr } else { &mut ip.dst_addr };
-    let old = words(field);
+    let old = ipv6_words(*field);
     for (i, w) in new.iter().enumerate() {
         field[4 * i..4 * i + 4].copy_from_slice(&w.to_ne_bytes());
     }

@@ -6,7 +6,7 @@
 
 use core::mem;
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, ip::Ipv6Hdr, tcp::TcpHdr, udp::UdpHdr};
-use splitter_common::{stats::Stat, FlowKey, FAMILY_V4, FAMILY_V6};
+use splitter_common::{flow::ipv6_words, stats::Stat, FlowKey, FAMILY_V4, FAMILY_V6};
 
 use crate::frame::Frame;
 
@@ -52,6 +52,12 @@ impl Packet {
     #[inline(always)]
     pub fn is_syn(&self) -> bool {
         self.key.proto == IPPROTO_TCP && self.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+    }
+
+    /// A TCP RST: the sender aborts the connection.
+    #[inline(always)]
+    pub fn is_rst(&self) -> bool {
+        self.key.proto == IPPROTO_TCP && self.tcp_flags & TCP_RST != 0
     }
 }
 
@@ -185,8 +191,8 @@ fn parse_v6<C: Frame>(ctx: &C, l3_off: usize) -> Result<Parsed, Malformed> {
         return Ok(Parsed::Other(Verdict::Ipv6Ext));
     }
     let mut key = FlowKey {
-        src_addr: words(&ip.src_addr),
-        dst_addr: words(&ip.dst_addr),
+        src_addr: ipv6_words(ip.src_addr),
+        dst_addr: ipv6_words(ip.dst_addr),
         src_port: 0,
         dst_port: 0,
         proto: ip.next_hdr,
@@ -224,15 +230,4 @@ fn parse_l4<C: Frame>(ctx: &C, key: &mut FlowKey, l3_off: usize, l4_off: usize, 
         _ => return Ok(Parsed::Other(Verdict::OtherL4)),
     }
     Ok(Parsed::Flow(Packet { key: *key, l3_off, l4_off, tcp_flags }))
-}
-
-/// An IPv6 address as the four native words of a `FlowKey`.
-#[inline(always)]
-pub fn words(a: &[u8; 16]) -> [u32; 4] {
-    [
-        u32::from_ne_bytes([a[0], a[1], a[2], a[3]]),
-        u32::from_ne_bytes([a[4], a[5], a[6], a[7]]),
-        u32::from_ne_bytes([a[8], a[9], a[10], a[11]]),
-        u32::from_ne_bytes([a[12], a[13], a[14], a[15]]),
-    ]
 }
