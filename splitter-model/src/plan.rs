@@ -55,11 +55,8 @@ pub struct ServicePlan {
 /// `u32` words, IPv4 in word 0.
 pub fn addr_words(addr: std::net::IpAddr) -> [u32; 4] {
     match addr {
-        std::net::IpAddr::V4(a) => [u32::from_ne_bytes(a.octets()), 0, 0, 0],
-        std::net::IpAddr::V6(a) => {
-            let o = a.octets();
-            std::array::from_fn(|i| u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]]))
-        }
+        std::net::IpAddr::V4(a) => [splitter_common::flow::word(a.octets()), 0, 0, 0],
+        std::net::IpAddr::V6(a) => splitter_common::flow::ipv6_words(a.octets()),
     }
 }
 
