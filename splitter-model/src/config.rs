@@ -363,6 +363,26 @@ pub enum Protocol {
     Udp,
 }
 
+impl std::fmt::Display for Protocol {
+    /// As the config writes it: `tcp`, `udp`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        })
+    }
+}
+
+impl std::fmt::Display for Mode {
+    /// As the config writes it: `l4`, `l7`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Mode::L4 => "l4",
+            Mode::L7 => "l7",
+        })
+    }
+}
+
 impl Protocol {
     /// IP protocol number.
     pub const fn number(self) -> u8 {

@@ -69,8 +69,8 @@ fn dispatch(command: Command) -> Result<()> {
                 println!(
                     "  {name}  {}/{} {}  {}{mirror}",
                     svc.listen,
-                    format!("{:?}", svc.protocol).to_lowercase(),
-                    format!("{:?}", svc.mode).to_lowercase(),
+                    svc.protocol,
+                    svc.mode,
                     split.join(", ")
                 );
             }
@@ -296,7 +296,7 @@ fn control(target: &AgentTarget, req: Request) -> Result<()> {
 
 /// `status --cluster`: the store's desired revision and every node's.
 fn cluster_status(cfg: &splitter_model::config::Etcd, json: bool) -> Result<()> {
-    use splitter_user::store::Store;
+    use splitter_user::{status::ClusterReport, store::Store};
     let (desired, nodes, leader) = block_on(async {
         let mut store = Store::connect(cfg).await?;
         let desired = store.load().await?;
@@ -304,56 +304,11 @@ fn cluster_status(cfg: &splitter_model::config::Etcd, json: bool) -> Result<()> 
         let leader = store.leader().await?;
         anyhow::Ok((desired, nodes, leader))
     })??;
-    let revision = desired.as_ref().map_or(0, |(r, _)| *r);
-    let rows: Vec<serde_json::Value> = nodes
-        .iter()
-        .map(|n| {
-            serde_json::json!({
-                "node": n.node,
-                "applied_revision": n.applied_revision,
-                "current": n.applied_revision == revision,
-                "leader": leader.as_deref() == Some(n.node.as_str()),
-                "error": n.error,
-                "updated_unix": n.updated_unix,
-            })
-        })
-        .collect();
-    let current = rows.iter().filter(|r| r["current"] == true).count();
+    let report = ClusterReport::new(cfg, desired.as_ref(), &nodes, leader.as_deref());
     if json {
-        let d = desired.as_ref().map(|(_, d)| d);
-        let report = serde_json::json!({
-            "store": cfg.endpoints.join(","),
-            "prefix": cfg.prefix,
-            "desired_revision": revision,
-            "changed_by": d.map(|d| d.changed_by.clone()),
-            "change": d.map(|d| d.change.clone()),
-            "nodes": rows,
-            "converged": current == rows.len() && !rows.is_empty(),
-        });
         println!("{}", serde_json::to_string_pretty(&report)?);
-        return Ok(());
-    }
-    match &desired {
-        Some((rev, d)) => println!(
-            "store {} {}: desired revision {rev} ({}: {})",
-            cfg.endpoints.join(","),
-            cfg.prefix,
-            d.changed_by,
-            d.change
-        ),
-        None => println!("store {} {}: no desired state yet", cfg.endpoints.join(","), cfg.prefix),
-    }
-    println!("{current} of {} nodes current", rows.len());
-    println!("  {:<20} {:>8}  {:<8} {:<6}  error", "node", "applied", "current", "leader");
-    for r in &rows {
-        println!(
-            "  {:<20} {:>8}  {:<8} {:<6}  {}",
-            r["node"].as_str().unwrap_or("?"),
-            r["applied_revision"],
-            if r["current"] == true { "yes" } else { "NO" },
-            if r["leader"] == true { "*" } else { "" },
-            r["error"].as_str().unwrap_or("")
-        );
+    } else {
+        print!("{}", report.render());
     }
     Ok(())
 }

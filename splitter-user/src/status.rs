@@ -10,7 +10,7 @@ use crate::{
     dataplane::{DataplaneError, PinnedMaps},
 };
 use splitter_model::{
-    config::{Mode, Service},
+    config::{Mode, Protocol, Service},
     plan::{basis_points, service_key},
 };
 
@@ -31,8 +31,8 @@ pub struct Report {
 pub struct ServiceStatus {
     pub name: String,
     pub listen: String,
-    pub protocol: String,
-    pub mode: String,
+    pub protocol: Protocol,
+    pub mode: Mode,
     /// Whether the kernel has a table for this service.
     pub live: bool,
     /// Whether the live split differs from the file's weights.
@@ -152,8 +152,8 @@ pub fn report(
         services.push(ServiceStatus {
             name: name.clone(),
             listen: svc.listen.to_string(),
-            protocol: format!("{:?}", svc.protocol).to_lowercase(),
-            mode: format!("{:?}", svc.mode).to_lowercase(),
+            protocol: svc.protocol,
+            mode: svc.mode,
             live: live.is_some(),
             not_local: agent.as_ref().and_then(|a| a.not_local.get(name).copied()),
             differs_from_file: if svc.mode == Mode::L7 {
@@ -184,6 +184,98 @@ pub fn report(
     let active_flows = pinned.active_flows();
     let counters = counters.iter().map(|(n, v)| (n.to_owned(), v)).collect();
     Ok(Report { pin_path, agent, active_flows, services, counters })
+}
+
+/// `splitter status --cluster`: the store's desired revision and every
+/// node's.
+#[derive(Debug, Deserialize, Serialize)]
+pub struct ClusterReport {
+    /// The store's endpoints.
+    pub store: String,
+    pub prefix: String,
+    pub desired_revision: i64,
+    /// Who made the change the store holds, and what it was.
+    pub changed_by: Option<String>,
+    pub change: Option<String>,
+    pub nodes: Vec<NodeStatus>,
+    /// Every node serves the desired revision (and there is one).
+    pub converged: bool,
+}
+
+/// One node of a store, as `status --cluster` shows it.
+#[derive(Debug, Deserialize, Serialize)]
+pub struct NodeStatus {
+    pub node: String,
+    pub applied_revision: i64,
+    /// Serves the desired revision.
+    pub current: bool,
+    /// Drives the rollouts.
+    pub leader: bool,
+    pub error: Option<String>,
+    pub updated_unix: u64,
+}
+
+impl ClusterReport {
+    /// From what the store holds: the desired state (revision, document),
+    /// the node records and the leader's name.
+    pub fn new(
+        etcd: &splitter_model::config::Etcd,
+        desired: Option<&(i64, splitter_model::cluster::Desired)>,
+        records: &[crate::store::NodeRecord],
+        leader: Option<&str>,
+    ) -> ClusterReport {
+        let revision = desired.map_or(0, |(r, _)| *r);
+        let nodes: Vec<NodeStatus> = records
+            .iter()
+            .map(|n| NodeStatus {
+                node: n.node.clone(),
+                applied_revision: n.applied_revision,
+                current: n.applied_revision == revision,
+                leader: leader == Some(n.node.as_str()),
+                error: n.error.clone(),
+                updated_unix: n.updated_unix,
+            })
+            .collect();
+        ClusterReport {
+            store: etcd.endpoints.join(","),
+            prefix: etcd.prefix.clone(),
+            desired_revision: revision,
+            changed_by: desired.map(|(_, d)| d.changed_by.clone()),
+            change: desired.map(|(_, d)| d.change.clone()),
+            converged: !nodes.is_empty() && nodes.iter().all(|n| n.current),
+            nodes,
+        }
+    }
+
+    /// The human-readable table.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        match (&self.changed_by, &self.change) {
+            (Some(by), Some(what)) => writeln!(
+                out,
+                "store {} {}: desired revision {} ({by}: {what})",
+                self.store, self.prefix, self.desired_revision
+            ),
+            _ => writeln!(out, "store {} {}: no desired state yet", self.store, self.prefix),
+        }
+        .unwrap();
+        let current = self.nodes.iter().filter(|n| n.current).count();
+        writeln!(out, "{current} of {} nodes current", self.nodes.len()).unwrap();
+        writeln!(out, "  {:<20} {:>8}  {:<8} {:<6}  error", "node", "applied", "current", "leader").unwrap();
+        for n in &self.nodes {
+            writeln!(
+                out,
+                "  {:<20} {:>8}  {:<8} {:<6}  {}",
+                n.node,
+                n.applied_revision,
+                if n.current { "yes" } else { "NO" },
+                if n.leader { "*" } else { "" },
+                n.error.as_deref().unwrap_or("")
+            )
+            .unwrap();
+        }
+        out
+    }
 }
 
 /// A version's observed share and count over the agent's recent window.
@@ -290,7 +382,7 @@ impl Report {
             .unwrap(),
         }
         for s in &self.services {
-            if s.mode == "l7" {
+            if s.mode == Mode::L7 {
                 self.render_l7(&mut out, s);
             } else {
                 self.render_l4(&mut out, s);
@@ -363,13 +455,13 @@ mod tests {
     use super::*;
     use splitter_model::rollout::{Gates, Plan, Rollout};
 
-    fn service(name: &str, mode: &str, rollout: Option<Rollout>) -> ServiceStatus {
+    fn service(name: &str, mode: Mode, rollout: Option<Rollout>) -> ServiceStatus {
         ServiceStatus {
             name: name.into(),
             listen: "203.0.113.10:80".into(),
-            protocol: "tcp".into(),
-            mode: mode.into(),
-            live: mode == "l4",
+            protocol: Protocol::Tcp,
+            mode,
+            live: mode == Mode::L4,
             not_local: None,
             differs_from_file: false,
             mirror: None,
@@ -399,9 +491,9 @@ mod tests {
             agent: None,
             active_flows: 0,
             services: vec![
-                service("api", "l7", Some(api)),
-                service("shop", "l4", Some(shop)),
-                service("web", "l4", None),
+                service("api", Mode::L7, Some(api)),
+                service("shop", Mode::L4, Some(shop)),
+                service("web", Mode::L4, None),
             ],
             counters: BTreeMap::new(),
         };
