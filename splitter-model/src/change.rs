@@ -55,11 +55,11 @@ pub struct Outcome {
 
 /// Applies a weight, flip, rollback or mirror change to `runtime` (which it
 /// leaves as it was). `file` is the config whose services the change names.
-pub fn apply(change: &Change, file: &Config, runtime: &Runtime) -> Result<Outcome, String> {
+pub fn apply(change: &Change, file: &Config, runtime: &Runtime) -> Result<Outcome, ChangeError> {
     let mut next = runtime.clone();
     if let Change::Weight { service, .. } | Change::Flip { service, .. } | Change::Rollback { service } = change {
         if runtime.rollout_active(service) {
-            return Err(ChangeError::RolloutActive(service.clone()).to_string());
+            return Err(ChangeError::RolloutActive(service.clone()));
         }
     }
     let (service, result) = match change {
@@ -73,7 +73,7 @@ pub fn apply(change: &Change, file: &Config, runtime: &Runtime) -> Result<Outcom
             (service, next.mirror(file, service, mirror.clone()).and_then(|_| next.weights(file, service)))
         }
     };
-    let weights = result.map_err(|e| e.to_string())?;
+    let weights = result?;
     let summary = match change {
         Change::Mirror { .. } => match next.mirror_of(file, service) {
             Some(m) => format!("mirroring {}% of new flows to {}", m.percent, m.interface),
@@ -85,8 +85,8 @@ pub fn apply(change: &Change, file: &Config, runtime: &Runtime) -> Result<Outcom
 }
 
 /// The answer to `rollout SERVICE --status`: the service's last rollout.
-pub fn rollout_status(runtime: &Runtime, service: &str) -> Result<Rollout, String> {
-    runtime.rollouts.get(service).cloned().ok_or_else(|| format!("{service}: no rollout yet"))
+pub fn rollout_status(runtime: &Runtime, service: &str) -> Result<Rollout, ChangeError> {
+    runtime.rollouts.get(service).cloned().ok_or_else(|| ChangeError::NoRollout(service.to_owned()))
 }
 
 /// Starts or steers the rollout of `service`. `now` gives the counts a new
@@ -98,30 +98,30 @@ pub fn rollout(
     file: &Config,
     runtime: &Runtime,
     now: impl FnOnce(&Service, &str, &Weights) -> Counts,
-) -> Result<Outcome, String> {
+) -> Result<Outcome, ChangeError> {
     use RolloutAction as A;
     let Some(svc) = runtime.clone().effective(file).0.services.get(service).cloned() else {
         let known: Vec<_> = file.services.keys().cloned().collect();
-        return Err(format!("no service {service:?} (services: {})", known.join(", ")));
+        return Err(ChangeError::NoService(service.to_owned(), known.join(", ")));
     };
     let current = runtime.rollouts.get(service).cloned();
     let mut next = runtime.clone();
     let (weights, message) = match action {
-        A::Status => return Err(format!("{service}: `--status` changes nothing")),
+        A::Status => return Err(ChangeError::NotAChange("--status")),
         A::Start { plan } => {
-            plan.check().map_err(|e| e.to_string())?;
+            plan.check()?;
             if !svc.versions.contains_key(&plan.to) {
                 let known: Vec<_> = svc.versions.keys().cloned().collect();
-                return Err(format!(
-                    "service {service:?} has no version {:?} (versions: {})",
-                    plan.to,
-                    known.join(", ")
-                ));
+                return Err(ChangeError::NoVersion {
+                    service: service.to_owned(),
+                    version: plan.to.clone(),
+                    known: known.join(", "),
+                });
             }
             if runtime.rollout_active(service) {
-                return Err(format!("{service}: a rollout is already in progress; --abort or --promote it first"));
+                return Err(ChangeError::RolloutInProgress(service.to_owned()));
             }
-            let before = runtime.weights(file, service).map_err(|e| e.to_string())?;
+            let before = runtime.weights(file, service)?;
             let counts = now(&svc, &plan.to, &before);
             let (r, weights) = Rollout::start(plan, before, counts);
             let msg = format!("rollout of {} started at {}%", r.plan.to, r.percent());
@@ -130,7 +130,7 @@ pub fn rollout(
         }
         A::Pause | A::Resume | A::Abort | A::Promote => {
             let Some(mut r) = current else {
-                return Err(format!("{service}: no rollout to steer; start one with --to VERSION"));
+                return Err(ChangeError::NoRolloutToSteer(service.to_owned()));
             };
             let (done, weights, what) = match action {
                 A::Pause => (r.pause("paused by the operator"), None, "paused"),
@@ -145,14 +145,14 @@ pub fn rollout(
                 }
             };
             if !done {
-                return Err(format!("{service}: the rollout is {:?}; nothing to do", r.state));
+                return Err(ChangeError::RolloutIs { service: service.to_owned(), state: format!("{:?}", r.state) });
             }
             next.rollouts.insert(service.to_owned(), r);
             (weights, what.to_owned())
         }
     };
     if let Some(w) = &weights {
-        next.set_weights(file, service, w.clone()).map_err(|e| e.to_string())?;
+        next.set_weights(file, service, w.clone())?;
     }
     let rollout = next.rollouts.get(service).cloned();
     Ok(Outcome { next, weights, message: format!("{service}: {message}"), rollout })

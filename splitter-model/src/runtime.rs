@@ -31,6 +31,18 @@ pub enum ChangeError {
     BadMirror(String, String),
     #[error("service {0:?} has a rollout in progress; `splitter rollout {0} --abort` (or --promote) first")]
     RolloutActive(String),
+    #[error(transparent)]
+    Plan(#[from] crate::rollout::PlanError),
+    #[error("{0}: a rollout is already in progress; --abort or --promote it first")]
+    RolloutInProgress(String),
+    #[error("{0}: no rollout to steer; start one with --to VERSION")]
+    NoRolloutToSteer(String),
+    #[error("{0}: no rollout yet")]
+    NoRollout(String),
+    #[error("{service}: the rollout is {state}; nothing to do")]
+    RolloutIs { service: String, state: String },
+    #[error("`{0}` changes nothing")]
+    NotAChange(&'static str),
 }
 
 /// Overrides and history. The file stays the source of everything else.

@@ -36,7 +36,7 @@ use self::{
 };
 use crate::{
     config_file::ConfigFile as _,
-    control::{parse_request, Request, Response, MAX_REQUEST},
+    control::{parse_request, Request, RequestError, Response, MAX_REQUEST},
     dataplane::{ensure_bpffs, AttachMode, Attached, Counters, Dataplane, DataplaneError, PinnedMaps},
     l7::L7,
     metrics::Scrape,
@@ -64,10 +64,31 @@ pub enum AgentError {
     Signals(std::io::Error),
     #[error("metrics.listen {addr}: {source} (is another process listening there?)")]
     Metrics { addr: std::net::SocketAddr, source: std::io::Error },
-    #[error("{0}")]
-    Store(String),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Desired(#[from] splitter_model::cluster::DesiredError),
     #[error(transparent)]
     LocalAddrs(#[from] crate::local_addrs::LocalAddrError),
+}
+
+/// Why a runtime change was not made. In every case nothing changed.
+#[derive(Debug, Error)]
+pub enum CommitError {
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    #[error(transparent)]
+    Desired(#[from] splitter_model::cluster::DesiredError),
+    #[error("could not save the change, nothing changed: {0}")]
+    Save(crate::state::StateError),
+    #[error("applying the change failed, nothing changed: {0}")]
+    Apply(Box<AgentError>),
+    #[error(
+        "another change reached the store at {endpoints} first{by}; nothing of this one changed: look (`splitter status`) and try again"
+    )]
+    Lost { endpoints: String, by: String },
+    #[error("{0}; nothing changed (every node keeps serving the last applied state)")]
+    Store(crate::store::StoreError),
 }
 
 /// Options of `splitter run` that are not in the config file.
@@ -92,8 +113,12 @@ pub enum ReloadError {
     Plan(#[from] PlanError),
     #[error(transparent)]
     Agent(#[from] AgentError),
-    #[error("{0}")]
-    Store(String),
+    #[error(transparent)]
+    Desired(#[from] splitter_model::cluster::DesiredError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error("another change reached the store first; save the file again")]
+    Lost,
 }
 
 /// The running agent: what it serves, where its desired state lives, and
@@ -329,7 +354,7 @@ impl<B: Backing> Agent<B> {
 
     /// A control request: a read (status, diffs), a change (weight, flip,
     /// rollback, mirror, rollout) or `down`.
-    async fn on_control(&mut self, request: Result<Request, String>) -> Answer {
+    async fn on_control(&mut self, request: Result<Request, RequestError>) -> Answer {
         let op = request.as_ref().map_or("bad_request", Request::op);
         let response = match request {
             Ok(Request::Status) => self.status(),
@@ -340,9 +365,9 @@ impl<B: Backing> Agent<B> {
             },
             Ok(Request::Rollout { service, action }) => self.on_rollout(&service, action).await,
             Ok(req) => self.on_change(req).await,
-            Err(message) => {
-                warn!("{message}");
-                Response::fail(message)
+            Err(e) => {
+                warn!("{e}");
+                Response::fail(e.to_string())
             }
         };
         self.serving.counters.control(op, &response);
@@ -382,10 +407,10 @@ impl<B: Backing> Agent<B> {
         };
         let outcome = match splitter_model::change::apply(&change, &self.config, &self.runtime) {
             Ok(o) => o,
-            Err(e) => return Response::fail(e),
+            Err(e) => return Response::fail(e.to_string()),
         };
-        if let Err(message) = self.commit(outcome.next, &outcome.message).await {
-            return Response::fail(message);
+        if let Err(e) = self.commit(outcome.next, &outcome.message).await {
+            return Response::fail(e.to_string());
         }
         info!("control: {} -> {}", req.op(), outcome.message);
         Response { weights: outcome.weights, ..Response::ok(outcome.message) }
@@ -404,17 +429,17 @@ impl<B: Backing> Agent<B> {
             });
         let outcome = match outcome {
             Ok(o) => o,
-            Err(e) => return Response::fail(e),
+            Err(e) => return Response::fail(e.to_string()),
         };
-        if let Err(m) = self.commit(outcome.next, &outcome.message).await {
-            return Response::fail(m);
+        if let Err(e) = self.commit(outcome.next, &outcome.message).await {
+            return Response::fail(e.to_string());
         }
         info!("rollout: {}", outcome.message);
         Response { rollout: self.runtime.rollouts.get(service).cloned(), ..Response::ok(outcome.message) }
     }
 
     /// Makes `next` the runtime state through the backing.
-    async fn commit(&mut self, next: Runtime, what: &str) -> Result<(), String> {
+    async fn commit(&mut self, next: Runtime, what: &str) -> Result<(), CommitError> {
         self.backing.commit(next, what, &self.config, &mut self.runtime, &mut self.serving).await
     }
 
@@ -683,13 +708,14 @@ fn bind_control(path: &Path) -> Result<tokio::net::UnixListener, AgentError> {
 }
 
 /// Reads one request line (bounded in size and time) from a control connection.
-async fn read_request(stream: &mut tokio::net::UnixStream) -> Result<Request, String> {
+async fn read_request(stream: &mut tokio::net::UnixStream) -> Result<Request, RequestError> {
     use tokio::io::AsyncBufReadExt;
+    const LIMIT: Duration = Duration::from_secs(5);
     let mut line = String::new();
     let mut reader = tokio::io::BufReader::new(tokio::io::AsyncReadExt::take(&mut *stream, MAX_REQUEST as u64));
-    match tokio::time::timeout(Duration::from_secs(5), reader.read_line(&mut line)).await {
-        Err(_) => Err("bad control request: no complete line within 5 s".into()),
-        Ok(Err(e)) => Err(format!("bad control request: {e}")),
+    match tokio::time::timeout(LIMIT, reader.read_line(&mut line)).await {
+        Err(_) => Err(RequestError::Timeout(LIMIT)),
+        Ok(Err(e)) => Err(e.into()),
         Ok(Ok(_)) => parse_request(&line),
     }
 }

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use splitter_model::{
     change::{self, Change},
     config::Config,
+    runtime::ChangeError,
     runtime::Runtime,
 };
 use thiserror::Error;
@@ -73,13 +74,13 @@ impl Request {
 
     /// What a changing request makes of `runtime` (pure; a new rollout
     /// starts from zero counts: the CLI's `--etcd` path, which has none).
-    pub fn outcome(&self, file: &Config, runtime: &Runtime) -> Result<change::Outcome, String> {
+    pub fn outcome(&self, file: &Config, runtime: &Runtime) -> Result<change::Outcome, ChangeError> {
         match (self, self.change()) {
             (_, Some(c)) => change::apply(&c, file, runtime),
             (Request::Rollout { service, action }, None) => {
                 change::rollout(service, action.clone(), file, runtime, |_, _, _| Default::default())
             }
-            (other, None) => Err(format!("`{}` changes nothing", other.op())),
+            (other, None) => Err(ChangeError::NotAChange(other.op())),
         }
     }
 }
@@ -117,7 +118,7 @@ impl Response {
     pub fn rollout_status(runtime: &Runtime, service: &str) -> Response {
         match change::rollout_status(runtime, service) {
             Ok(r) => Response { rollout: Some(r), ..Response::ok(format!("{service}: rollout")) },
-            Err(e) => Response::fail(e),
+            Err(e) => Response::fail(e.to_string()),
         }
     }
 }
@@ -209,9 +210,21 @@ pub fn request(socket: &Path, req: &Request) -> Result<Response, ControlError> {
 /// Largest request the agent reads (a weight change is far smaller).
 pub const MAX_REQUEST: usize = 64 * 1024;
 
+/// Why a control connection's request was not read; the agent answers
+/// with this and changes nothing.
+#[derive(Debug, Error)]
+pub enum RequestError {
+    #[error("bad control request: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("bad control request: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("bad control request: no complete line within {0:?}")]
+    Timeout(Duration),
+}
+
 /// Parses one request line, or explains what is wrong with it.
-pub fn parse_request(line: &str) -> Result<Request, String> {
-    serde_json::from_str(line.trim()).map_err(|e| format!("bad control request: {e}"))
+pub fn parse_request(line: &str) -> Result<Request, RequestError> {
+    Ok(serde_json::from_str(line.trim())?)
 }
 
 #[cfg(test)]
@@ -224,9 +237,10 @@ mod tests {
         let text = serde_json::to_string(&r).unwrap();
         assert_eq!(text, r#"{"op":"weight","service":"shop","weights":{"green":5}}"#);
         assert_eq!(parse_request(&text).unwrap(), r);
-        assert!(parse_request(r#"{"op":"explode"}"#).unwrap_err().contains("unknown variant"));
-        assert!(parse_request("not json").unwrap_err().starts_with("bad control request"));
-        assert!(parse_request(r#"{"op":"flip","service":"s"}"#).unwrap_err().contains("missing field `to`"));
+        let err = |line: &str| parse_request(line).unwrap_err().to_string();
+        assert!(err(r#"{"op":"explode"}"#).contains("unknown variant"));
+        assert!(err("not json").starts_with("bad control request"));
+        assert!(err(r#"{"op":"flip","service":"s"}"#).contains("missing field `to`"));
         let m = parse_request(r#"{"op":"mirror","service":"s","mirror":{"interface":"mir0","percent":2.5}}"#).unwrap();
         assert_eq!(
             m,

@@ -66,13 +66,7 @@ fn dispatch(command: Command) -> Result<()> {
                 let mirror = svc
                     .l4_mirror()
                     .map_or(String::new(), |m| format!("; {}% of flows mirrored to {}", m.percent, m.interface));
-                println!(
-                    "  {name}  {}/{} {}  {}{mirror}",
-                    svc.listen,
-                    svc.protocol,
-                    svc.mode,
-                    split.join(", ")
-                );
+                println!("  {name}  {}/{} {}  {}{mirror}", svc.listen, svc.protocol, svc.mode, split.join(", "));
             }
             // l7 addresses: local here, or what the agent will do about it.
             let local = &config.local_addresses;
@@ -267,9 +261,9 @@ fn via_etcd(cfg: &splitter_model::config::Etcd, req: &Request) -> Result<splitte
         }
         let who = format!("cli on {}", splitter_model::config::Config::default_node_name());
         let (revision, _, outcome) = store
-            .change(|_, current| {
+            .change(|_, current| -> Result<_> {
                 let o = req.outcome(&current.file(), &current.runtime)?;
-                let next = current.next(None, o.next.clone(), &who, &o.message).map_err(|e| e.to_string())?;
+                let next = current.next(None, o.next.clone(), &who, &o.message)?;
                 Ok((next, o))
             })
             .await?;

@@ -183,9 +183,9 @@ impl Store {
     /// Applies `change` to the current desired state and commits it,
     /// retrying when another writer got in between. Returns the revision and
     /// what `change` returned with the state it wrote.
-    pub async fn change<T>(
+    pub async fn change<T, E: std::fmt::Display>(
         &mut self,
-        mut change: impl FnMut(i64, &Desired) -> Result<(Desired, T), String>,
+        mut change: impl FnMut(i64, &Desired) -> Result<(Desired, T), E>,
     ) -> Result<(i64, Desired, T), StoreError> {
         const TRIES: u32 = 5;
         for _ in 0..TRIES {
@@ -195,7 +195,7 @@ impl Store {
                     self.desired_key()
                 )));
             };
-            let (next, out) = change(rev, &current).map_err(StoreError::Refused)?;
+            let (next, out) = change(rev, &current).map_err(|e| StoreError::Refused(e.to_string()))?;
             if let Some(new) = self.commit(rev, &next).await? {
                 return Ok((new, next, out));
             }

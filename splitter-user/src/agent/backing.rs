@@ -12,7 +12,7 @@ use splitter_model::{
     runtime::Runtime,
 };
 
-use super::{serving::Serving, AgentError, ReloadError, RunOptions};
+use super::{serving::Serving, AgentError, CommitError, ReloadError, RunOptions};
 use crate::{control::ClusterInfo, dataplane::Dataplane};
 
 /// What a backing hands the agent when it opens: itself, the config to
@@ -44,7 +44,7 @@ pub(super) trait Backing: Sized {
         config: &Config,
         runtime: &mut Runtime,
         serving: &mut Serving,
-    ) -> Result<(), String>;
+    ) -> Result<(), CommitError>;
 
     /// A reload of the file (already checked for keys that need a
     /// restart): the config served from now on and the plans applied.

@@ -21,7 +21,7 @@ use super::{
     backing::{Backing, Opened},
     check_interfaces,
     serving::Serving,
-    AgentError, ReloadError, RunOptions,
+    AgentError, CommitError, ReloadError, RunOptions,
 };
 use crate::{
     control::ClusterInfo,
@@ -109,7 +109,7 @@ impl StoreNode {
         config: &Config,
         runtime: &mut Runtime,
         serving: &mut Serving,
-    ) -> Result<Vec<ServicePlan>, String> {
+    ) -> Result<Vec<ServicePlan>, AgentError> {
         let mut next = desired.runtime.clone();
         let (effective, dropped) = next.effective(config);
         for name in dropped {
@@ -118,9 +118,9 @@ impl StoreNode {
         let same = desired.layouts == self.desired.layouts && effective.services == self.desired.effective_services();
         let mut plans = Vec::new();
         if !same {
-            check_interfaces(&effective).map_err(|e| e.to_string())?;
-            plans = desired.plan(&effective).map_err(|e| e.to_string())?;
-            serving.install(&effective, &plans).map_err(|e| e.to_string())?;
+            check_interfaces(&effective)?;
+            plans = desired.plan(&effective)?;
+            serving.install(&effective, &plans)?;
         }
         *runtime = next;
         save_cache(&self.local.state_dir, revision, &desired);
@@ -145,16 +145,14 @@ impl Backing for StoreNode {
     async fn open(local: &Config, started_unix: u64) -> Result<Opened<Self>, AgentError> {
         let etcd = local.store.as_ref().expect("node mode has a store").etcd.clone();
         let node = local.node_name();
-        let seed = Desired::seed(local, &node).map_err(|e| AgentError::Store(e.to_string()))?;
+        let seed = Desired::seed(local, &node)?;
         let mut writer = Writer::new(etcd.clone());
         let fetched = writer.with(async |s| s.load().await).await;
         let reachable = fetched.as_ref().map(drop).map_err(ToString::to_string);
         let (revision, desired) = match (fetched, load_cache(&local.state_dir)) {
             (Ok(Some(found)), _) => found,
             (Ok(None), _) => (0, seed.clone()),
-            (Err(e @ (store::StoreError::Setup(_) | store::StoreError::Denied { .. })), _) => {
-                return Err(AgentError::Store(e.to_string()))
-            }
+            (Err(e @ (store::StoreError::Setup(_) | store::StoreError::Denied { .. })), _) => return Err(e.into()),
             (Err(e), Some((rev, cached))) => {
                 warn!("{e}; serving the last applied state (revision {rev}) until the store answers");
                 (rev, cached)
@@ -164,7 +162,7 @@ impl Backing for StoreNode {
                 (0, seed.clone())
             }
         };
-        let config = desired.config_for(local).map_err(|e| AgentError::Store(e.to_string()))?;
+        let config = desired.config_for(local)?;
         let runtime = desired.runtime.clone();
         let record = NodeRecord {
             node: node.clone(),
@@ -206,13 +204,16 @@ impl Backing for StoreNode {
         file: &Config,
         runtime: &mut Runtime,
         serving: &mut Serving,
-    ) -> Result<(), String> {
+    ) -> Result<(), CommitError> {
         let c = self;
-        let desired = c.desired.next(None, next, &c.node, what).map_err(|e| e.to_string())?;
+        let desired = c.desired.next(None, next, &c.node, what)?;
         let expected = c.revision;
         let endpoints = c.writer.endpoints();
         match c.writer.with(async |s| s.commit(expected, &desired).await).await {
-            Ok(Some(revision)) => c.serve(revision, desired, file, runtime, serving).map(drop),
+            Ok(Some(revision)) => c
+                .serve(revision, desired, file, runtime, serving)
+                .map(drop)
+                .map_err(|e| CommitError::Apply(Box::new(e))),
             Ok(None) => {
                 // Someone else changed it first: ours is refused; theirs reaches
                 // this node by the watch, like every other node.
@@ -220,11 +221,9 @@ impl Backing for StoreNode {
                     Ok(Some((revision, d))) => format!(" (revision {revision}, {}: {})", d.changed_by, d.change),
                     _ => String::new(),
                 };
-                Err(format!(
-                    "another change reached the store at {endpoints} first{by}; nothing of this one changed: look (`splitter status`) and try again"
-                ))
+                Err(CommitError::Lost { endpoints, by })
             }
-            Err(e) => Err(format!("{e}; nothing changed (every node keeps serving the last applied state)")),
+            Err(e) => Err(CommitError::Store(e)),
         }
     }
 
@@ -246,17 +245,15 @@ impl Backing for StoreNode {
         }
         let what = format!("services published from {}", opts.config_path.display());
         let desired = c.desired.next(Some(next.services.clone()), c.desired.runtime.clone(), &c.node, &what);
-        let desired = desired.map_err(|e| ReloadError::Store(e.to_string()))?;
-        let config = desired.config_for(&next).map_err(|e| ReloadError::Store(e.to_string()))?;
+        let desired = desired?;
+        let config = desired.config_for(&next)?;
         let expected = c.revision;
         let revision = match c.writer.with(async |s| s.commit(expected, &desired).await).await {
             Ok(Some(revision)) => revision,
-            Ok(None) => {
-                return Err(ReloadError::Store("another change reached the store first; save the file again".into()))
-            }
-            Err(e) => return Err(ReloadError::Store(e.to_string())),
+            Ok(None) => return Err(ReloadError::Lost),
+            Err(e) => return Err(e.into()),
         };
-        let plans = c.serve(revision, desired, &config, runtime, serving).map_err(ReloadError::Store)?;
+        let plans = c.serve(revision, desired, &config, runtime, serving)?;
         info!(revision, "{what}");
         Ok((config, plans))
     }
@@ -331,7 +328,7 @@ impl Backing for StoreNode {
                         info!(revision, by = who, "applied the store's desired state");
                         *config = next;
                     }
-                    Err(e) => c.failed(revision, e),
+                    Err(e) => c.failed(revision, e.to_string()),
                 }
             }
         }

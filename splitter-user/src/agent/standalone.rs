@@ -15,7 +15,7 @@ use tracing::{error, warn};
 use super::{
     backing::{Backing, Opened},
     serving::Serving,
-    AgentError, ReloadError, RunOptions,
+    AgentError, CommitError, ReloadError, RunOptions,
 };
 use crate::{control::ClusterInfo, dataplane::Dataplane, state::RuntimeFile as _};
 
@@ -56,18 +56,18 @@ impl Backing for Standalone {
         config: &Config,
         runtime: &mut Runtime,
         serving: &mut Serving,
-    ) -> Result<(), String> {
+    ) -> Result<(), CommitError> {
         let (effective, _) = next.effective(config);
         // Planned before anything is saved: a change that cannot be planned is refused.
-        let plans = plan_all(&effective, |n| serving.dp.previous(n)).map_err(|e| e.to_string())?;
+        let plans = plan_all(&effective, |n| serving.dp.previous(n))?;
         // Saved first, so a change that is live is never lost on a restart.
-        next.save(&self.state_dir).map_err(|e| format!("could not save the change, nothing changed: {e}"))?;
+        next.save(&self.state_dir).map_err(CommitError::Save)?;
         // Only the changed service's table differs; apply leaves the others alone.
         if let Err(e) = serving.install(&effective, &plans) {
             if let Err(e) = runtime.save(&self.state_dir) {
                 error!("restoring the saved runtime state failed: {e}");
             }
-            return Err(format!("applying the change failed, nothing changed: {e}"));
+            return Err(CommitError::Apply(Box::new(e)));
         }
         *runtime = next;
         Ok(())
