@@ -10,12 +10,13 @@
 use std::{collections::BTreeMap, convert::Infallible, net::SocketAddr};
 
 use prometheus_client::{
-    encoding::{DescriptorEncoder, EncodeMetric, MetricEncoder, NoLabelSet},
+    encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet},
     metrics::{counter::ConstCounter, gauge::ConstGauge, MetricType},
 };
 use splitter_common::service::EndpointStats;
 pub use splitter_model::latency::{Latency, LatencySnapshot, LATENCY_BUCKETS};
 use splitter_model::observe::{Counts, VersionSample};
+use splitter_model::rollout::State;
 
 /// Everything one scrape shows, gathered by the agent loop.
 #[derive(Debug, Default)]
@@ -67,249 +68,281 @@ pub struct AgentMetrics {
 
 type Labels = Vec<(&'static str, String)>;
 
-/// One metric family being written: its descriptor, then each label set.
-struct Family<'a> {
-    enc: MetricEncoder<'a>,
+/// One sample of a family: its labels and value.
+enum Value<'a> {
+    Counter(u64),
+    Gauge(f64),
+    Histogram(&'a LatencySnapshot),
 }
 
-fn family<'a>(
-    enc: &'a mut DescriptorEncoder<'_>,
-    name: &'a str,
-    help: &str,
+type Samples<'a> = Vec<(Labels, Value<'a>)>;
+
+/// A metric family: what `/metrics` shows, and where its samples come from.
+struct Family {
+    name: &'static str,
+    help: &'static str,
     kind: MetricType,
-) -> Result<Family<'a>, std::fmt::Error> {
-    Ok(Family { enc: enc.encode_descriptor(name, help, None, kind)? })
+    samples: for<'a> fn(&'a Scrape) -> Samples<'a>,
 }
 
-impl Family<'_> {
-    fn counter(&mut self, labels: &Labels, v: u64) -> Result<(), std::fmt::Error> {
-        ConstCounter::new(v).encode(self.enc.encode_family(labels)?)
-    }
-    /// One counter per part, each with `key="part"` added to `labels`.
-    fn split(&mut self, labels: &Labels, key: &'static str, parts: &[(&str, u64)]) -> Result<(), std::fmt::Error> {
-        for (part, n) in parts {
-            let mut l = labels.clone();
-            l.push((key, (*part).to_owned()));
-            self.counter(&l, *n)?;
-        }
-        Ok(())
-    }
-    fn gauge(&mut self, labels: &Labels, v: f64) -> Result<(), std::fmt::Error> {
-        ConstGauge::new(v).encode(self.enc.encode_family(labels)?)
-    }
-    fn histogram(&mut self, labels: &Labels, h: &LatencySnapshot) -> Result<(), std::fmt::Error> {
-        self.enc.encode_family(labels)?.encode_histogram::<NoLabelSet>(h.sum_secs, h.count(), &h.buckets(), None)
-    }
+/// Every family `/metrics` exposes, in order.
+const FAMILIES: &[Family] = &[
+    Family {
+        name: "splitter_version_weight",
+        help: "Relative weight a version is served with now (file plus runtime changes).",
+        kind: MetricType::Gauge,
+        samples: |s| versions(s).map(|(l, v)| (l, Value::Gauge(f64::from(v.weight)))).collect(),
+    },
+    Family {
+        name: "splitter_version_share",
+        help: "Configured share of new flows (l4) or requests (l7), 0 to 1.",
+        kind: MetricType::Gauge,
+        samples: |s| versions(s).map(|(l, v)| (l, Value::Gauge(v.share))).collect(),
+    },
+    Family {
+        name: "splitter_endpoint_flows",
+        help: "Flows the kernel placed on an endpoint (new and adopted).",
+        kind: MetricType::Counter,
+        samples: |s| endpoints(s).map(|(l, e)| (l, Value::Counter(e.flows))).collect(),
+    },
+    Family {
+        name: "splitter_endpoint_packets",
+        help: "Packets of an endpoint's flows, towards it (in) and its replies (out).",
+        kind: MetricType::Counter,
+        samples: |s| {
+            endpoints(s).flat_map(|(l, e)| split(l, "direction", [("in", e.packets_in), ("out", e.packets_out)])).collect()
+        },
+    },
+    Family {
+        name: "splitter_endpoint_bytes",
+        help: "Bytes of an endpoint's flows, towards it (in) and its replies (out).",
+        kind: MetricType::Counter,
+        samples: |s| {
+            endpoints(s).flat_map(|(l, e)| split(l, "direction", [("in", e.bytes_in), ("out", e.bytes_out)])).collect()
+        },
+    },
+    Family {
+        name: "splitter_endpoint_resets",
+        help: "TCP resets an endpoint sent to its clients.",
+        kind: MetricType::Counter,
+        samples: |s| endpoints(s).map(|(l, e)| (l, Value::Counter(e.resets))).collect(),
+    },
+    Family {
+        name: "splitter_endpoint_mirrored_packets",
+        help: "Copies of an endpoint's mirrored flows sent to the mirror interface (both ways).",
+        kind: MetricType::Counter,
+        samples: |s| endpoints(s).map(|(l, e)| (l, Value::Counter(e.mirrored_packets))).collect(),
+    },
+    Family {
+        name: "splitter_endpoint_mirrored_bytes",
+        help: "Bytes of those copies.",
+        kind: MetricType::Counter,
+        samples: |s| endpoints(s).map(|(l, e)| (l, Value::Counter(e.mirrored_bytes))).collect(),
+    },
+    Family {
+        name: "splitter_active_flows",
+        help: "Flows in the kernel flow table, per service, as of the agent's last sweep.",
+        kind: MetricType::Gauge,
+        samples: |s| {
+            s.active_flows.iter().map(|(svc, n)| (vec![("service", svc.clone())], Value::Gauge(*n as f64))).collect()
+        },
+    },
+    Family {
+        name: "splitter_datapath",
+        help: "Data-path events by kind, summed over CPUs: packets seen, passed and dropped by reason, malformed by reason, flows, redirects, mirror copies and failures (see `splitter status`).",
+        kind: MetricType::Counter,
+        samples: |s| s.datapath.iter().map(|(e, n)| (vec![("event", (*e).to_owned())], Value::Counter(*n))).collect(),
+    },
+    Family {
+        name: "splitter_requests",
+        help: "Requests the l7 proxy routed to a version.",
+        kind: MetricType::Counter,
+        samples: |s| l7(s).map(|(l, c, _)| (l, Value::Counter(c.requests))).collect(),
+    },
+    Family {
+        name: "splitter_responses",
+        help: "Responses by status class: from the endpoints (1xx..5xx), or the proxy's own 502 (endpoint unreachable or failed) and 504 (no answer in time).",
+        kind: MetricType::Counter,
+        samples: |s| {
+            l7(s)
+                .flat_map(|(l, c, _)| {
+                    let classes = [
+                        ("1xx", c.responses_1xx),
+                        ("2xx", c.responses_2xx),
+                        ("3xx", c.responses_3xx),
+                        ("4xx", c.responses_4xx),
+                        ("5xx", c.responses_5xx),
+                        ("proxy_502", c.bad_gateway),
+                        ("proxy_504", c.timeouts),
+                    ];
+                    split(l, "class", classes)
+                })
+                .collect()
+        },
+    },
+    Family {
+        name: "splitter_request_duration_seconds",
+        help: "Time from a request's arrival to its response head (or the proxy's error answer).",
+        kind: MetricType::Histogram,
+        samples: |s| l7(s).map(|(l, _, h)| (l, Value::Histogram(h))).collect(),
+    },
+    Family {
+        name: "splitter_mirror_requests",
+        help: "Requests sampled for the l7 mirror, by what became of the copy.",
+        kind: MetricType::Counter,
+        samples: |s| {
+            mirrors(s)
+                .flat_map(|(l, m)| {
+                    let outcomes = [
+                        ("sampled", m.sampled),
+                        ("sent", m.sent),
+                        ("dropped_queue_full", m.dropped_queue_full),
+                        ("skipped_body_too_large", m.skipped_body_too_large),
+                    ];
+                    split(l, "outcome", outcomes)
+                })
+                .collect()
+        },
+    },
+    Family {
+        name: "splitter_mirror_comparisons",
+        help: "Shadow answers compared with the primary's, by result.",
+        kind: MetricType::Counter,
+        samples: |s| {
+            mirrors(s)
+                .flat_map(|(l, m)| {
+                    let results = [
+                        ("match", m.matched),
+                        ("differ", m.differ),
+                        ("error", m.shadow_errors),
+                        ("timeout", m.shadow_timeouts),
+                    ];
+                    split(l, "result", results)
+                })
+                .collect()
+        },
+    },
+    Family {
+        name: "splitter_rollout_percent",
+        help: "The canary's share at the current step of a service's rollout.",
+        kind: MetricType::Gauge,
+        samples: |s| {
+            s.rollouts
+                .iter()
+                .map(|(svc, r)| {
+                    (vec![("service", svc.clone()), ("to", r.plan.to.clone())], Value::Gauge(f64::from(r.percent())))
+                })
+                .collect()
+        },
+    },
+    Family {
+        name: "splitter_rollout_state",
+        help: "1 for the state a service's last rollout is in (running, paused, promoted, rolled_back, aborted).",
+        kind: MetricType::Gauge,
+        samples: |s| {
+            s.rollouts
+                .iter()
+                .map(|(svc, r)| {
+                    let state = match r.state {
+                        State::Running => "running",
+                        State::Paused { .. } => "paused",
+                        State::Promoted => "promoted",
+                        State::RolledBack { .. } => "rolled_back",
+                        State::Aborted => "aborted",
+                    };
+                    (vec![("service", svc.clone()), ("state", state.into())], Value::Gauge(1.0))
+                })
+                .collect()
+        },
+    },
+    Family {
+        name: "splitter_reloads",
+        help: "Config reloads (file change or SIGHUP) by result.",
+        kind: MetricType::Counter,
+        samples: |s| split(Vec::new(), "result", [("ok", s.agent.reloads_ok), ("failed", s.agent.reloads_failed)]).collect(),
+    },
+    Family {
+        name: "splitter_control_requests",
+        help: "Control-socket requests by operation and result.",
+        kind: MetricType::Counter,
+        samples: |s| {
+            s.agent
+                .control
+                .iter()
+                .map(|((op, result), n)| (vec![("op", (*op).into()), ("result", (*result).into())], Value::Counter(*n)))
+                .collect()
+        },
+    },
+    Family {
+        name: "splitter_apply_duration_seconds",
+        help: "Time to apply a change (control request or reload) to the data path and proxy.",
+        kind: MetricType::Histogram,
+        samples: |s| vec![(Vec::new(), Value::Histogram(&s.agent.apply))],
+    },
+    Family {
+        name: "splitter_agent_start_time_seconds",
+        help: "When the agent started, seconds since the Unix epoch.",
+        kind: MetricType::Gauge,
+        samples: |s| vec![(Vec::new(), Value::Gauge(s.agent.started_unix as f64))],
+    },
+];
+
+/// Every version, labelled with its service and name.
+fn versions(s: &Scrape) -> impl Iterator<Item = (Labels, &VersionMetrics)> {
+    s.services.iter().flat_map(|svc| {
+        svc.versions.iter().map(move |v| (vec![("service", svc.name.clone()), ("version", v.name.clone())], v))
+    })
+}
+
+/// Every endpoint with kernel counters, labelled with its service, version and address.
+fn endpoints(s: &Scrape) -> impl Iterator<Item = (Labels, &EndpointStats)> {
+    versions(s).flat_map(|(l, v)| {
+        v.endpoints.iter().map(move |(addr, st)| {
+            let mut l = l.clone();
+            l.push(("endpoint", addr.clone()));
+            (l, st)
+        })
+    })
+}
+
+/// Every l7 version with the proxy's counters and latency.
+fn l7(s: &Scrape) -> impl Iterator<Item = (Labels, &crate::l7::VersionCounts, &LatencySnapshot)> {
+    versions(s).filter_map(|(l, v)| v.l7.as_ref().map(|(c, h)| (l, c, h)))
+}
+
+/// Every l7 service with a mirror.
+fn mirrors(s: &Scrape) -> impl Iterator<Item = (Labels, &crate::l7::mirror::MirrorCounts)> {
+    s.services.iter().filter_map(|svc| svc.l7_mirror.as_ref().map(|m| (vec![("service", svc.name.clone())], m)))
+}
+
+/// One counter per part, each with `key="part"` added to `labels`.
+fn split<'a, const N: usize>(
+    labels: Labels,
+    key: &'static str,
+    parts: [(&'static str, u64); N],
+) -> impl Iterator<Item = (Labels, Value<'a>)> {
+    parts.into_iter().map(move |(part, n)| {
+        let mut l = labels.clone();
+        l.push((key, part.to_owned()));
+        (l, Value::Counter(n))
+    })
 }
 
 impl prometheus_client::collector::Collector for Scrape {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let v = |s: &ServiceMetrics, ver: &VersionMetrics| -> Labels {
-            vec![("service", s.name.clone()), ("version", ver.name.clone())]
-        };
-        let versions = || self.services.iter().flat_map(|s| s.versions.iter().map(move |v| (s, v)));
-        let mut f = family(
-            &mut enc,
-            "splitter_version_weight",
-            "Relative weight a version is served with now (file plus runtime changes).",
-            MetricType::Gauge,
-        )?;
-        for (s, ver) in versions() {
-            f.gauge(&v(s, ver), f64::from(ver.weight))?;
-        }
-        let mut f = family(
-            &mut enc,
-            "splitter_version_share",
-            "Configured share of new flows (l4) or requests (l7), 0 to 1.",
-            MetricType::Gauge,
-        )?;
-        for (s, ver) in versions() {
-            f.gauge(&v(s, ver), ver.share)?;
-        }
-        let endpoints = || {
-            versions().flat_map(|(s, ver)| {
-                ver.endpoints.iter().map(move |(addr, st)| {
-                    (vec![("service", s.name.clone()), ("version", ver.name.clone()), ("endpoint", addr.clone())], st)
-                })
-            })
-        };
-        let mut f = family(
-            &mut enc,
-            "splitter_endpoint_flows",
-            "Flows the kernel placed on an endpoint (new and adopted).",
-            MetricType::Counter,
-        )?;
-        for (l, st) in endpoints() {
-            f.counter(&l, st.flows)?;
-        }
-        for (name, help, pick) in [
-            ("splitter_endpoint_packets", "Packets of an endpoint's flows, towards it (in) and its replies (out).", 0),
-            ("splitter_endpoint_bytes", "Bytes of an endpoint's flows, towards it (in) and its replies (out).", 1),
-        ] {
-            let mut f = family(&mut enc, name, help, MetricType::Counter)?;
-            for (l, st) in endpoints() {
-                let parts = if pick == 0 {
-                    [("in", st.packets_in), ("out", st.packets_out)]
-                } else {
-                    [("in", st.bytes_in), ("out", st.bytes_out)]
-                };
-                f.split(&l, "direction", &parts)?;
+        for family in FAMILIES {
+            let mut f = enc.encode_descriptor(family.name, family.help, None, family.kind)?;
+            for (labels, value) in (family.samples)(self) {
+                let mut sample = f.encode_family(&labels)?;
+                match value {
+                    Value::Counter(v) => ConstCounter::new(v).encode(sample)?,
+                    Value::Gauge(v) => ConstGauge::new(v).encode(sample)?,
+                    Value::Histogram(h) => {
+                        sample.encode_histogram::<NoLabelSet>(h.sum_secs, h.count(), &h.buckets(), None)?
+                    }
+                }
             }
         }
-        let mut f = family(
-            &mut enc,
-            "splitter_endpoint_resets",
-            "TCP resets an endpoint sent to its clients.",
-            MetricType::Counter,
-        )?;
-        for (l, st) in endpoints() {
-            f.counter(&l, st.resets)?;
-        }
-        let mut f = family(
-            &mut enc,
-            "splitter_endpoint_mirrored_packets",
-            "Copies of an endpoint's mirrored flows sent to the mirror interface (both ways).",
-            MetricType::Counter,
-        )?;
-        for (l, st) in endpoints() {
-            f.counter(&l, st.mirrored_packets)?;
-        }
-        let mut f =
-            family(&mut enc, "splitter_endpoint_mirrored_bytes", "Bytes of those copies.", MetricType::Counter)?;
-        for (l, st) in endpoints() {
-            f.counter(&l, st.mirrored_bytes)?;
-        }
-        let mut f = family(
-            &mut enc,
-            "splitter_active_flows",
-            "Flows in the kernel flow table, per service, as of the agent's last sweep.",
-            MetricType::Gauge,
-        )?;
-        for (service, n) in &self.active_flows {
-            f.gauge(&vec![("service", service.clone())], *n as f64)?;
-        }
-        let mut f = family(&mut enc, "splitter_datapath", "Data-path events by kind, summed over CPUs: packets seen, passed and dropped by reason, malformed by reason, flows, redirects, mirror copies and failures (see `splitter status`).", MetricType::Counter)?;
-        for (name, n) in &self.datapath {
-            f.counter(&vec![("event", (*name).to_owned())], *n)?;
-        }
-        let l7 = || versions().filter_map(|(s, ver)| ver.l7.as_ref().map(|x| (v(s, ver), x)));
-        let mut f =
-            family(&mut enc, "splitter_requests", "Requests the l7 proxy routed to a version.", MetricType::Counter)?;
-        for (l, (c, _)) in l7() {
-            f.counter(&l, c.requests)?;
-        }
-        let mut f = family(&mut enc, "splitter_responses", "Responses by status class: from the endpoints (1xx..5xx), or the proxy's own 502 (endpoint unreachable or failed) and 504 (no answer in time).", MetricType::Counter)?;
-        for (l, (c, _)) in l7() {
-            let classes = [
-                ("1xx", c.responses_1xx),
-                ("2xx", c.responses_2xx),
-                ("3xx", c.responses_3xx),
-                ("4xx", c.responses_4xx),
-                ("5xx", c.responses_5xx),
-                ("proxy_502", c.bad_gateway),
-                ("proxy_504", c.timeouts),
-            ];
-            f.split(&l, "class", &classes)?;
-        }
-        let mut f = family(
-            &mut enc,
-            "splitter_request_duration_seconds",
-            "Time from a request's arrival to its response head (or the proxy's error answer).",
-            MetricType::Histogram,
-        )?;
-        for (l, (_, h)) in l7() {
-            f.histogram(&l, h)?;
-        }
-        let mirrors = || {
-            self.services.iter().filter_map(|s| s.l7_mirror.as_ref().map(|m| (vec![("service", s.name.clone())], m)))
-        };
-        let mut f = family(
-            &mut enc,
-            "splitter_mirror_requests",
-            "Requests sampled for the l7 mirror, by what became of the copy.",
-            MetricType::Counter,
-        )?;
-        for (l, m) in mirrors() {
-            let outcomes = [
-                ("sampled", m.sampled),
-                ("sent", m.sent),
-                ("dropped_queue_full", m.dropped_queue_full),
-                ("skipped_body_too_large", m.skipped_body_too_large),
-            ];
-            f.split(&l, "outcome", &outcomes)?;
-        }
-        let mut f = family(
-            &mut enc,
-            "splitter_mirror_comparisons",
-            "Shadow answers compared with the primary's, by result.",
-            MetricType::Counter,
-        )?;
-        for (l, m) in mirrors() {
-            let results = [
-                ("match", m.matched),
-                ("differ", m.differ),
-                ("error", m.shadow_errors),
-                ("timeout", m.shadow_timeouts),
-            ];
-            f.split(&l, "result", &results)?;
-        }
-        let mut f = family(
-            &mut enc,
-            "splitter_rollout_percent",
-            "The canary's share at the current step of a service's rollout.",
-            MetricType::Gauge,
-        )?;
-        for (service, r) in &self.rollouts {
-            f.gauge(&vec![("service", service.clone()), ("to", r.plan.to.clone())], f64::from(r.percent()))?;
-        }
-        let mut f = family(
-            &mut enc,
-            "splitter_rollout_state",
-            "1 for the state a service's last rollout is in (running, paused, promoted, rolled_back, aborted).",
-            MetricType::Gauge,
-        )?;
-        for (service, r) in &self.rollouts {
-            let state = match r.state {
-                splitter_model::rollout::State::Running => "running",
-                splitter_model::rollout::State::Paused { .. } => "paused",
-                splitter_model::rollout::State::Promoted => "promoted",
-                splitter_model::rollout::State::RolledBack { .. } => "rolled_back",
-                splitter_model::rollout::State::Aborted => "aborted",
-            };
-            f.gauge(&vec![("service", service.clone()), ("state", state.into())], 1.0)?;
-        }
-        let a = &self.agent;
-        let mut f = family(
-            &mut enc,
-            "splitter_reloads",
-            "Config reloads (file change or SIGHUP) by result.",
-            MetricType::Counter,
-        )?;
-        f.counter(&vec![("result", "ok".into())], a.reloads_ok)?;
-        f.counter(&vec![("result", "failed".into())], a.reloads_failed)?;
-        let mut f = family(
-            &mut enc,
-            "splitter_control_requests",
-            "Control-socket requests by operation and result.",
-            MetricType::Counter,
-        )?;
-        for ((op, result), n) in &a.control {
-            f.counter(&vec![("op", (*op).into()), ("result", (*result).into())], *n)?;
-        }
-        let mut f = family(
-            &mut enc,
-            "splitter_apply_duration_seconds",
-            "Time to apply a change (control request or reload) to the data path and proxy.",
-            MetricType::Histogram,
-        )?;
-        f.histogram(&Vec::new(), &a.apply)?;
-        let mut f = family(
-            &mut enc,
-            "splitter_agent_start_time_seconds",
-            "When the agent started, seconds since the Unix epoch.",
-            MetricType::Gauge,
-        )?;
-        f.gauge(&Vec::new(), a.started_unix as f64)?;
         Ok(())
     }
 }
