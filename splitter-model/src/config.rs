@@ -12,7 +12,7 @@ use std::{
 };
 
 use serde::{Deserialize, Serialize};
-use splitter_common::service::{MAX_ENDPOINTS, MAX_SERVICES_PER_ENDPOINT, MAX_VERSIONS};
+use splitter_common::service::{MAX_ENDPOINTS, MAX_SERVICES, MAX_SERVICES_PER_ENDPOINT, MAX_VERSIONS};
 use thiserror::Error;
 
 pub mod l7;
@@ -617,6 +617,12 @@ impl Config {
         if let Some(node) = &self.node {
             check_name("node", node).map_err(invalid)?;
         }
+        let l4 = self.services.values().filter(|s| s.mode == Mode::L4).count();
+        if l4 > MAX_SERVICES as usize {
+            return Err(invalid(format!(
+                "{l4} l4 services; the kernel's tables hold at most {MAX_SERVICES}: move some to another agent (or pin_path)"
+            )));
+        }
         let mut listeners = BTreeMap::new();
         for (name, svc) in &self.services {
             check_service(name, svc)?;
@@ -673,12 +679,39 @@ impl Config {
     }
 }
 
+/// Why `ip` cannot be a service's or an endpoint's address (`None`: it can).
+fn not_unicast(ip: std::net::IpAddr) -> Option<&'static str> {
+    match ip {
+        _ if ip.is_unspecified() => Some("the unspecified address is no single host's"),
+        _ if ip.is_multicast() => Some("a multicast address is no single host's"),
+        std::net::IpAddr::V4(a) if a.is_broadcast() => Some("the broadcast address is no single host's"),
+        _ => None,
+    }
+}
+
+/// A value as written, for an error message: quoted, and cut after
+/// [`QUOTE_MAX`] characters with its length said, so a huge value cannot
+/// make a huge message.
+pub struct Quoted<'a>(pub &'a str);
+
+/// Characters of a value an error message quotes.
+pub const QUOTE_MAX: usize = 64;
+
+impl std::fmt::Display for Quoted<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0.char_indices().nth(QUOTE_MAX) {
+            None => write!(f, "{:?}", self.0),
+            Some((cut, _)) => write!(f, "{:?}… ({} bytes)", &self.0[..cut], self.0.len()),
+        }
+    }
+}
+
 fn check_ifname(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > IFNAME_MAX {
-        return Err(format!("interface name {name:?} must be 1 to {IFNAME_MAX} bytes long"));
+        return Err(format!("interface name {} must be 1 to {IFNAME_MAX} bytes long", Quoted(name)));
     }
     if name.bytes().any(|b| b == b'/' || b.is_ascii_whitespace() || b == b':') {
-        return Err(format!("interface name {name:?} contains '/', ':' or whitespace"));
+        return Err(format!("interface name {} contains '/', ':' or whitespace", Quoted(name)));
     }
     Ok(())
 }
@@ -690,23 +723,27 @@ fn check_name(what: &str, name: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!("{what} name {name:?} must be 1-63 characters of [A-Za-z0-9._-]"))
+        Err(format!("{what} name {} must be 1-63 characters of [A-Za-z0-9._-]", Quoted(name)))
     }
 }
 
 fn check_service(name: &str, svc: &Service) -> Result<(), ConfigError> {
+    // The name first: every later message starts with it.
+    check_name("service", name).map_err(|why| invalid(format!("services: {why}")))?;
     let ctx = |msg: String| invalid(format!("services.{name}: {msg}"));
-    check_name("service", name).map_err(ctx)?;
     if svc.listen.port() == 0 {
         return Err(ctx(format!("listen {} needs a port other than 0", svc.listen)));
+    }
+    if let Some(why) = not_unicast(svc.listen.ip()) {
+        return Err(ctx(format!("listen {}: {why}; a service needs an address of its own", svc.listen)));
     }
     if svc.mode == Mode::L7 && svc.protocol == Protocol::Udp {
         return Err(ctx("protocol udp: mode l7 proxies HTTP and needs protocol tcp".into()));
     }
     if svc.mode == Mode::L4 {
         let written = match &svc.affinity {
-            Some(Affinity::Cookie(name)) => Some(format!("{{ cookie: {name:?} }}")),
-            Some(Affinity::Header(name)) => Some(format!("{{ header: {name:?} }}")),
+            Some(Affinity::Cookie(name)) => Some(format!("{{ cookie: {} }}", Quoted(name))),
+            Some(Affinity::Header(name)) => Some(format!("{{ header: {} }}", Quoted(name))),
             _ => None,
         };
         if let Some(written) = written {
@@ -744,12 +781,23 @@ fn check_service(name: &str, svc: &Service) -> Result<(), ConfigError> {
             if !seen.insert(ep) {
                 return Err(ctx(format!("version {version:?}: endpoint {ep} is listed twice")));
             }
+            if let Some(why) = not_unicast(ep.ip()) {
+                return Err(ctx(format!("version {version:?}: endpoint {ep}: {why}")));
+            }
+            if *ep == svc.listen {
+                return Err(ctx(format!(
+                    "version {version:?}: endpoint {ep} is the service's own listen address (requests would loop back into it)"
+                )));
+            }
         }
     }
     for version in svc.weights.keys() {
         if !svc.versions.contains_key(version) {
             let known: Vec<_> = svc.versions.keys().map(String::as_str).collect();
-            return Err(ctx(format!("weights names version {version:?}, which is not one of the versions {known:?}")));
+            return Err(ctx(format!(
+                "weights names version {}, which is not one of the versions {known:?}",
+                Quoted(version)
+            )));
         }
     }
     if svc.weights.values().all(|w| *w == 0) {

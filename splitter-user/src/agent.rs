@@ -119,6 +119,8 @@ pub enum ReloadError {
     Store(#[from] crate::store::StoreError),
     #[error("another change reached the store first; save the file again")]
     Lost,
+    #[error("the config file's reader failed: {0}")]
+    Reader(#[from] tokio::task::JoinError),
 }
 
 /// The running agent: what it serves, where its desired state lives, and
@@ -475,7 +477,9 @@ impl<B: Backing> Agent<B> {
     /// planned from the live one (fewest flows moved) and swapped in
     /// atomically. Keys that need a restart refuse the reload.
     async fn reload(&mut self) -> Result<Vec<splitter_model::plan::ServicePlan>, ReloadError> {
-        let mut next = Config::load(&self.opts.config_path)?;
+        // Read off the loop: control and metrics keep answering meanwhile.
+        let path = self.opts.config_path.clone();
+        let mut next = tokio::task::spawn_blocking(move || Config::load(&path)).await??;
         if let Some(socket) = &self.opts.socket_override {
             next.control.socket = socket.clone();
         }

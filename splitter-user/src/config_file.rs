@@ -4,7 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
-use splitter_model::config::{Config, ConfigError};
+use splitter_common::service::MAX_SERVICES;
+use splitter_model::config::{Config, ConfigError, Quoted};
 use thiserror::Error;
 
 /// Each variant's message is whole: none carries a `source`, so printing the
@@ -13,6 +14,12 @@ use thiserror::Error;
 pub enum ConfigFileError {
     #[error("cannot read config file {path}: {error}")]
     Read { path: PathBuf, error: std::io::Error },
+    #[error("config file {path} is {what}, not a regular file: name the YAML file itself")]
+    NotAFile { path: PathBuf, what: &'static str },
+    #[error("config file {path} is over {MAX_CONFIG_BYTES} bytes; a config of {MAX_SERVICES} services is far smaller")]
+    TooLarge { path: PathBuf },
+    #[error("config is nested {MAX_NESTING} levels deep at line {line} (in [ ] and {{ }}); splitter's configs need a handful")]
+    TooDeep { line: usize },
     /// The text is not YAML, or does not fit the model: serde's message, with
     /// the value written quoted (see `describe_yaml_error`).
     #[error("config is not valid YAML for splitter: {0}")]
@@ -36,19 +43,74 @@ pub trait ConfigFile: Sized {
     fn from_yaml(text: &str) -> Result<Self, ConfigFileError>;
 }
 
+/// Largest config file read.
+pub const MAX_CONFIG_BYTES: u64 = 4 << 20;
+/// Deepest nesting of flow collections (`[ ]`, `{ }`) a config may have:
+/// the YAML parser's time grows with the square of it.
+pub const MAX_NESTING: usize = 16;
+
 impl ConfigFile for Config {
+    /// Only a regular file (symlinks followed) of at most
+    /// [`MAX_CONFIG_BYTES`] is read: a FIFO would block, `/dev/zero` never end.
     fn load(path: &Path) -> Result<Config, ConfigFileError> {
-        let text =
-            std::fs::read_to_string(path).map_err(|error| ConfigFileError::Read { path: path.to_owned(), error })?;
+        use std::io::Read as _;
+        let read = |error| ConfigFileError::Read { path: path.to_owned(), error };
+        let meta = std::fs::metadata(path).map_err(read)?;
+        if !meta.is_file() {
+            let what = if meta.is_dir() { "a directory" } else { "a device, FIFO or socket" };
+            return Err(ConfigFileError::NotAFile { path: path.to_owned(), what });
+        }
+        let mut text = String::new();
+        let file = std::fs::File::open(path).map_err(read)?;
+        file.take(MAX_CONFIG_BYTES + 1).read_to_string(&mut text).map_err(read)?;
+        if text.len() as u64 > MAX_CONFIG_BYTES {
+            return Err(ConfigFileError::TooLarge { path: path.to_owned() });
+        }
         Config::from_yaml(&text)
     }
 
     fn from_yaml(text: &str) -> Result<Config, ConfigFileError> {
+        check_nesting(text)?;
         let config: Config =
             serde_yaml_ng::from_str(text).map_err(|e| ConfigFileError::Syntax(describe_yaml_error(text, &e)))?;
+        // A key written twice in a mapping (services, versions, weights...)
+        // would silently take the later value: refused, as YAML says.
+        if let Err(e) = serde_yaml_ng::from_str::<serde_yaml_ng::Value>(text) {
+            return Err(ConfigFileError::Syntax(describe_yaml_error(text, &e)));
+        }
         config.validate()?;
         Ok(config)
     }
+}
+
+/// Refuses flow collections nested deeper than [`MAX_NESTING`] before the
+/// parser sees them (quoted scalars and comments are skipped).
+fn check_nesting(text: &str) -> Result<(), ConfigFileError> {
+    let (mut depth, mut line, mut quote, mut comment) = (0usize, 1usize, None::<u8>, false);
+    let bytes = text.as_bytes();
+    for (i, &b) in bytes.iter().enumerate() {
+        match (b, quote) {
+            (b'\n', _) => {
+                line += 1;
+                comment = false;
+            }
+            _ if comment => {}
+            (b'\\', Some(b'"')) => {}
+            (q, Some(open)) if q == open && !(i > 0 && bytes[i - 1] == b'\\' && open == b'"') => quote = None,
+            (_, Some(_)) => {}
+            (b'"' | b'\'', None) => quote = Some(b),
+            (b'#', None) if i == 0 || bytes[i - 1].is_ascii_whitespace() => comment = true,
+            (b'[' | b'{', None) => {
+                depth += 1;
+                if depth > MAX_NESTING {
+                    return Err(ConfigFileError::TooDeep { line });
+                }
+            }
+            (b']' | b'}', None) => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// serde_yaml_ng's message for `err` on `text`, with the location as
@@ -64,6 +126,7 @@ fn describe_yaml_error(text: &str, err: &serde_yaml_ng::Error) -> String {
         return msg;
     }
     let body = msg.strip_suffix(&format!(" at line {} column {}", loc.line(), loc.column())).unwrap_or(&msg);
+    let body = &cut(body, 300);
     let at = format!("(line {}, column {})", loc.line(), loc.column());
     let not_a_value = ["unknown field `", "missing field `", "duplicate field `", "duplicate entry"]
         .iter()
@@ -71,8 +134,16 @@ fn describe_yaml_error(text: &str, err: &serde_yaml_ng::Error) -> String {
     match written_scalar(text, loc.index()).filter(|_| !not_a_value) {
         // serde already quoted it (`invalid type: string "abc", ...`).
         Some(v) if body.contains(&format!("{v:?}")) => format!("{body} {at}"),
-        Some(v) => format!("{body}: {v:?} {at}"),
+        Some(v) => format!("{body}: {} {at}", Quoted(&v)),
         None => format!("{body} {at}"),
+    }
+}
+
+/// `s` cut after `max` characters, saying how long it was.
+fn cut(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        None => s.to_owned(),
+        Some((at, _)) => format!("{}… ({} bytes)", &s[..at], s.len()),
     }
 }
 
@@ -595,5 +666,98 @@ mod local_address_tests {
         assert!(e.contains("local_addresses.interface") && e.contains("much-too-long-name"), "{e}");
         let e = err("local_addresses: {manage: yes-please}");
         assert!(e.contains("local_addresses.manage"), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod hostile_tests {
+    use super::*;
+
+    const HEAD: &str = "interfaces: {clients: [eth0]}\nservices:\n";
+
+    fn svc(name: &str, listen: &str, mode: &str, endpoint: &str) -> String {
+        format!("  {name}: {{listen: \"{listen}\", protocol: tcp, mode: {mode}, versions: {{a: [\"{endpoint}\"]}}, weights: {{a: 1}}}}\n")
+    }
+
+    fn err(yaml: &str) -> String {
+        Config::from_yaml(yaml).expect_err("refused").to_string()
+    }
+
+    #[test]
+    fn what_the_kernel_or_the_proxy_cannot_serve_is_refused_by_validation() {
+        // More l4 services than the kernel's tables hold.
+        let many: String = (0..300)
+            .map(|i| svc(&format!("s{i}"), &format!("10.0.{}.{}:80", i / 200, i % 200 + 1), "l4", "10.9.0.1:80"))
+            .collect();
+        let e = err(&format!("{HEAD}{many}"));
+        assert!(e.contains("300 l4 services") && e.contains("at most 256"), "{e}");
+        // l7 services do not count against it.
+        let l7: String = (0..300)
+            .map(|i| svc(&format!("s{i}"), &format!("10.0.{}.{}:80", i / 200, i % 200 + 1), "l7", "10.9.0.1:80"))
+            .collect();
+        Config::from_yaml(&format!("{HEAD}{l7}")).expect("300 l7 services");
+        for mode in ["l4", "l7"] {
+            let e = err(&format!("{HEAD}{}", svc("s", "203.0.113.10:80", mode, "203.0.113.10:80")));
+            assert!(e.contains("is the service's own listen address"), "{mode}: {e}");
+        }
+        for listen in ["0.0.0.0:80", "255.255.255.255:80", "224.0.0.1:80", "[::]:80"] {
+            let e = err(&format!(
+                "{HEAD}{}",
+                svc("s", listen, "l4", if listen.starts_with('[') { "[2001:db8::1]:80" } else { "10.0.0.1:80" })
+            ));
+            assert!(e.contains(&format!("listen {listen}")) && e.contains("no single host's"), "{e}");
+        }
+        let e = err(&format!("{HEAD}{}", svc("s", "203.0.113.10:80", "l4", "0.0.0.0:80")));
+        assert!(e.contains("endpoint 0.0.0.0:80") && e.contains("unspecified"), "{e}");
+    }
+
+    #[test]
+    fn a_key_written_twice_is_refused_not_silently_replaced() {
+        let twice = format!(
+            "{HEAD}{}{}",
+            svc("s", "203.0.113.10:80", "l4", "10.0.0.1:80"),
+            svc("s", "203.0.113.11:80", "l4", "10.0.0.2:80")
+        );
+        let e = err(&twice);
+        assert!(e.contains("duplicate entry") && e.contains("line"), "{e}");
+        let e = err("interfaces: {clients: [eth0]}\nservices:\n  s: {listen: 10.0.0.1:80, protocol: tcp, versions: {a: [10.0.1.1:80]}, weights: {a: 1, a: 0}}\n");
+        assert!(e.contains("duplicate entry"), "{e}");
+    }
+
+    #[test]
+    fn deep_nesting_huge_values_and_files_that_are_not_files_are_refused_quickly() {
+        let started = std::time::Instant::now();
+        let e = err(&format!("{HEAD}  s: {}", "[".repeat(100_000)));
+        assert!(e.contains("nested 16 levels deep at line 3"), "{e}");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(1),
+            "refused before parsing: {:?}",
+            started.elapsed()
+        );
+        // A quoted bracket is not nesting.
+        let quoted = format!("{HEAD}  s: {{listen: 10.0.0.1:80, protocol: tcp, versions: {{a: [10.0.1.1:80]}}, weights: {{a: 1}}, routes: []}}  # {}\n", "[".repeat(50));
+        Config::from_yaml(&quoted).expect("brackets in a comment");
+        // A 10 MB name is quoted cut, with its length: as a value, and as a
+        // key (YAML's explicit form; plain keys stop at 1024 characters).
+        let huge = "v".repeat(10 << 20);
+        let as_value = format!("interfaces: {{clients: [{huge}]}}\n");
+        let as_key = format!("{HEAD}  s:\n    listen: 10.0.0.1:80\n    protocol: tcp\n    versions:\n      ? {huge}\n      : [10.0.1.1:80]\n    weights: {{a: 1}}\n");
+        for yaml in [as_value, as_key] {
+            let e = err(&yaml);
+            assert!(e.len() < 1000 && e.contains("(10485760 bytes)"), "{} bytes: {}", e.len(), &e[..e.len().min(300)]);
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo.yaml");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let e = Config::load(&fifo).unwrap_err().to_string();
+        assert!(e.contains("not a regular file"), "{e}");
+        let zero = dir.path().join("zero.yaml");
+        std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+        let e = Config::load(&zero).unwrap_err().to_string();
+        assert!(e.contains("not a regular file"), "{e}");
+        let big = dir.path().join("big.yaml");
+        std::fs::File::create(&big).unwrap().set_len(MAX_CONFIG_BYTES + 1).unwrap();
+        let e = Config::load(&big).unwrap_err().to_string();
+        assert!(e.contains("is over 4194304 bytes"), "{e}");
     }
 }

@@ -4,6 +4,7 @@
 
 use std::{collections::BTreeMap, fmt, ops::RangeInclusive};
 
+use super::Quoted;
 use serde::{de, Deserialize, Serialize};
 
 /// One routing rule: requests matching all of `match` go to `version`.
@@ -89,7 +90,8 @@ impl ValueMatch {
                 "prefix" => Ok(ValueMatch::Prefix(value)),
                 "regex" => Ok(ValueMatch::Regex(value)),
                 other => Err(format!(
-                    "unknown value match {other:?}: use a string, {{ exact: S }}, {{ prefix: S }} or {{ regex: RE }}"
+                    "unknown value match {}: use a string, {{ exact: S }}, {{ prefix: S }} or {{ regex: RE }}",
+                    Quoted(other)
                 )),
             },
             _ => Err(format!(
@@ -281,14 +283,14 @@ const METHODS: [&str; 9] = ["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "
 
 fn check_methods(what: &str, methods: &[String]) -> Result<(), String> {
     match methods.iter().find(|m| !METHODS.contains(&m.as_str())) {
-        Some(m) => Err(format!("{what}: unknown method {m:?} (use upper case: {})", METHODS.join(", "))),
+        Some(m) => Err(format!("{what}: unknown method {} (use upper case: {})", Quoted(m), METHODS.join(", "))),
         None => Ok(()),
     }
 }
 
 fn check_value(what: &str, m: &ValueMatch) -> Result<(), String> {
     if let ValueMatch::Regex(re) = m {
-        regex::Regex::new(re).map_err(|e| format!("{what}: bad regex {re:?}: {e}"))?;
+        regex::Regex::new(re).map_err(|e| format!("{what}: bad regex {}: {e}", Quoted(re)))?;
     }
     Ok(())
 }
@@ -303,7 +305,7 @@ pub fn check(
     for (i, route) in routes.iter().enumerate() {
         let at = format!("routes[{i}]");
         if !versions.contains_key(&route.version) {
-            return Err(format!("{at}: version {:?} is not one of the versions {:?}", route.version, known()));
+            return Err(format!("{at}: version {} is not one of the versions {:?}", Quoted(&route.version), known()));
         }
         let m = &route.matches;
         check_methods(&at, &m.methods)?;
@@ -313,20 +315,20 @@ pub fn check(
                     return Err(format!("{at}.match.{kind}: empty name"));
                 }
                 if kind == "headers" && !is_header_name(name) {
-                    return Err(format!("{at}.match.headers: {name:?} is not a valid header name"));
+                    return Err(format!("{at}.match.headers: {} is not a valid header name", Quoted(name)));
                 }
-                check_value(&format!("{at}.match.{kind}.{name}"), value)?;
+                check_value(&format!("{at}.match.{kind}.{}", Quoted(name)), value)?;
             }
         }
         if let Some(p) = &m.path_prefix {
             if !p.starts_with('/') {
-                return Err(format!("{at}.match.path_prefix {p:?} must start with '/'"));
+                return Err(format!("{at}.match.path_prefix {} must start with '/'", Quoted(p)));
             }
         }
     }
     if let Some(mirror) = mirror {
         if !versions.contains_key(&mirror.version) {
-            return Err(format!("mirror.version {:?} is not one of the versions {:?}", mirror.version, known()));
+            return Err(format!("mirror.version {} is not one of the versions {:?}", Quoted(&mirror.version), known()));
         }
         if !(mirror.percent > 0.0 && mirror.percent <= 100.0) {
             return Err(format!("mirror.percent {} is out of range: use more than 0 and at most 100", mirror.percent));
@@ -343,7 +345,7 @@ pub fn check(
         }
         for h in &mirror.compare.headers {
             if !is_header_name(h) {
-                return Err(format!("mirror.compare.headers: {h:?} is not a valid header name"));
+                return Err(format!("mirror.compare.headers: {} is not a valid header name", Quoted(h)));
             }
         }
     }
