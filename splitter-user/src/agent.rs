@@ -706,7 +706,12 @@ fn bind_control(path: &Path) -> Result<tokio::net::UnixListener, AgentError> {
         }
         std::fs::remove_file(path).map_err(err)?;
     }
-    let listener = tokio::net::UnixListener::bind(path).map_err(err)?;
+    // Created 0600 (a umask for the bind, restored right after): never
+    // connectable by others, not even for a moment.
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+    let bound = tokio::net::UnixListener::bind(path);
+    nix::sys::stat::umask(old);
+    let listener = bound.map_err(err)?;
     std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).map_err(err)?;
     Ok(listener)
 }
@@ -727,7 +732,7 @@ async fn read_request(stream: &mut tokio::net::UnixStream) -> Result<Request, Re
 /// Takes the agent lock in `state_dir`: one agent per state dir.
 pub fn lock_state_dir(dir: &Path) -> Result<nix::fcntl::Flock<File>, AgentError> {
     let err = |source| AgentError::StateDir { path: dir.to_owned(), source };
-    std::fs::create_dir_all(dir).map_err(err)?;
+    crate::state::create_state_dir(dir).map_err(err)?;
     let path = dir.join("agent.lock");
     let file = File::create(&path).map_err(err)?;
     nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|_| AgentError::Locked { path })

@@ -1,5 +1,6 @@
-//! The agent's runtime changes on disk: `state_dir/runtime.json`, written
-//! atomically before a change goes live, read at start.
+//! The agent's state on disk: `state_dir` (mode 0700) and its files (0600,
+//! written atomically), among them `runtime.json`, the runtime changes,
+//! written before a change goes live and read at start.
 
 use std::path::{Path, PathBuf};
 
@@ -42,12 +43,31 @@ impl RuntimeFile for Runtime {
     /// Saves to `state_dir` atomically (write a temporary file, then rename).
     fn save(&self, state_dir: &Path) -> Result<(), StateError> {
         let path = state_dir.join(STATE_FILE);
-        let tmp = state_dir.join(format!("{STATE_FILE}.tmp"));
         let text = serde_json::to_string_pretty(self).expect("runtime state serializes");
-        std::fs::write(&tmp, text)
-            .and_then(|()| std::fs::rename(&tmp, &path))
-            .map_err(|source| StateError::Write { path, source })
+        write_private(&path, text.as_bytes()).map_err(|source| StateError::Write { path, source })
     }
+}
+
+/// Writes `bytes` to `path` atomically (a temporary file beside it, then a
+/// rename), readable by the owner only: weights and rollouts are the
+/// operator's business.
+pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::{io::Write as _, os::unix::fs::OpenOptionsExt as _};
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+    // An existing temporary file keeps its mode: make sure.
+    file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Creates `state_dir` (and its parents) and makes it the owner's only.
+pub fn create_state_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
 }
 
 #[cfg(test)]
@@ -79,5 +99,21 @@ mod tests {
         std::fs::write(dir.path().join(STATE_FILE), "{ not json").unwrap();
         let err = Runtime::load(dir.path()).unwrap_err().to_string();
         assert!(err.contains("runtime.json is not a splitter state file"), "{err}");
+    }
+
+    #[test]
+    fn the_state_dir_and_its_files_are_the_owners_only() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let base = tempfile::tempdir().unwrap();
+        let dir = base.path().join("state");
+        create_state_dir(&dir).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir), 0o700);
+        // Even over a file that was world-readable before.
+        std::fs::write(dir.join(STATE_FILE), "{}").unwrap();
+        std::fs::set_permissions(dir.join(STATE_FILE), std::fs::Permissions::from_mode(0o644)).unwrap();
+        Runtime::default().save(&dir).unwrap();
+        assert_eq!(mode(&dir.join(STATE_FILE)), 0o600);
+        assert_eq!(Runtime::load(&dir).unwrap(), Runtime::default());
     }
 }

@@ -50,9 +50,8 @@ fn load_cache(dir: &Path) -> Option<(i64, Desired)> {
 }
 
 fn save_cache(dir: &Path, revision: i64, desired: &Desired) {
-    let tmp = dir.join(format!("{CACHE_FILE}.tmp"));
     let text = serde_json::to_string(&Cache { revision, desired: desired.clone() }).expect("serializes");
-    if let Err(e) = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, dir.join(CACHE_FILE))) {
+    if let Err(e) = crate::state::write_private(&dir.join(CACHE_FILE), text.as_bytes()) {
         error!("saving the applied state to {}: {e}", dir.display());
     }
 }
