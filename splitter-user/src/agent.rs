@@ -24,6 +24,7 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 use tracing::{debug, error, info, warn};
 
 mod backing;
+mod control_socket;
 mod measure;
 mod node;
 mod serving;
@@ -36,7 +37,7 @@ use self::{
 };
 use crate::{
     config_file::ConfigFile as _,
-    control::{parse_request, Request, RequestError, Response, MAX_REQUEST},
+    control::{Request, RequestError, Response},
     dataplane::{ensure_bpffs, AttachMode, Attached, Counters, Dataplane, DataplaneError, PinnedMaps},
     l7::L7,
     metrics::Scrape,
@@ -144,16 +145,10 @@ struct Agent<B: Backing> {
     last_rollout_tick: Instant,
 }
 
-/// What a control request leads to.
-enum Answer {
-    Respond(Box<Response>),
-    /// `down`: answered once the data path is gone.
-    Down,
-}
-
 /// The event sources the loop waits on that are not the agent's own state.
 struct Events {
-    control: tokio::net::UnixListener,
+    /// Whole control requests, from the socket's own tasks.
+    calls: tokio::sync::mpsc::Receiver<control_socket::Call>,
     sigterm: Signal,
     sigint: Signal,
     sighup: Signal,
@@ -197,7 +192,7 @@ impl<B: Backing> Agent<B> {
             warn!(service = %name, "saved runtime changes no longer fit the file's service; the file applies");
         }
         check_interfaces(&effective)?;
-        let control = bind_control(&config.control.socket)?;
+        let control = control_socket::bind(&config.control.socket)?;
         let metrics_listener = match &config.metrics {
             Some(m) => {
                 Some(crate::metrics::bind(m.listen).map_err(|source| AgentError::Metrics { addr: m.listen, source })?)
@@ -261,8 +256,10 @@ impl<B: Backing> Agent<B> {
             if opts.stats_every.is_zero() { Duration::from_secs(365 * 24 * 3600) } else { opts.stats_every };
         let last_stats = dp.stats()?;
         let (scrape_tx, scrapes) = tokio::sync::mpsc::channel(16);
+        let (calls_tx, calls) = tokio::sync::mpsc::channel(8);
+        tokio::spawn(control_socket::serve(control, calls_tx));
         let mut events = Events {
-            control,
+            calls,
             sigterm: signal(SignalKind::terminate()).map_err(AgentError::Signals)?,
             sigint: signal(SignalKind::interrupt()).map_err(AgentError::Signals)?,
             sighup: signal(SignalKind::hangup()).map_err(AgentError::Signals)?,
@@ -314,14 +311,12 @@ impl<B: Backing> Agent<B> {
             tokio::select! {
                 _ = ev.sigterm.recv() => { info!("SIGTERM: agent exiting; {keeps_serving}"); break None; }
                 _ = ev.sigint.recv() => { info!("SIGINT: agent exiting; {keeps_serving}"); break None; }
-                conn = ev.control.accept() => {
-                    let Ok((mut stream, _)) = conn else { continue };
-                    let request = read_request(&mut stream).await;
-                    match self.on_control(request).await {
-                        Answer::Respond(response) => respond(&mut stream, &response).await,
-                        Answer::Down => break Some(stream),
+                Some(call) = ev.calls.recv() => match call {
+                    control_socket::Call::Ask { request, reply } => {
+                        let _ = reply.send(self.on_control(request).await);
                     }
-                }
+                    control_socket::Call::Down { stream } => break Some(stream),
+                },
                 Ok(mut guard) = async { ev.kernel_log.as_mut().expect("guarded").readable_mut().await }, if ev.kernel_log.is_some() => {
                     guard.get_inner_mut().flush();
                     guard.clear_ready();
@@ -354,13 +349,13 @@ impl<B: Backing> Agent<B> {
         self.stop(down).await
     }
 
-    /// A control request: a read (status, diffs), a change (weight, flip,
-    /// rollback, mirror, rollout) or `down`.
-    async fn on_control(&mut self, request: Result<Request, RequestError>) -> Answer {
+    /// A control request: a read (status, diffs) or a change (weight,
+    /// flip, rollback, mirror, rollout). (`down` ends the loop.)
+    async fn on_control(&mut self, request: Result<Request, RequestError>) -> Response {
         let op = request.as_ref().map_or("bad_request", Request::op);
         let response = match request {
             Ok(Request::Status) => self.status(),
-            Ok(Request::Down) => return Answer::Down,
+            Ok(Request::Down) => Response::fail("`down` is answered by the loop".into()),
             Ok(Request::Diffs { service }) => match self.serving.l7.diffs(&service) {
                 Some(report) => Response { diffs: Some(report), ..Response::ok(service) },
                 None => Response::fail(format!("{service:?} is not an l7 service of this agent")),
@@ -373,7 +368,7 @@ impl<B: Backing> Agent<B> {
             }
         };
         self.serving.counters.control(op, &response);
-        Answer::Respond(Box::new(response))
+        response
     }
 
     /// What `status` asks the agent: who it is, what it serves, the
@@ -633,7 +628,7 @@ impl<B: Backing> Agent<B> {
             (Ok(_), Err(e)) => Response::fail(format!("removed the data path, but not the l7 addresses: {e}")),
         };
         let _ = std::fs::remove_file(&config.control.socket);
-        respond(&mut stream, &response).await;
+        control_socket::respond(&mut stream, &response).await;
         result?;
         local.map(drop).map_err(AgentError::from)
     }
@@ -693,42 +688,6 @@ fn watch_config(path: &Path) -> (Option<notify::RecommendedWatcher>, tokio::sync
     }
 }
 
-/// Binds the control socket (mode 0600), replacing a stale socket file but
-/// refusing one another agent still listens on.
-fn bind_control(path: &Path) -> Result<tokio::net::UnixListener, AgentError> {
-    let err = |source| AgentError::Control { path: path.to_owned(), source };
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(err)?;
-    }
-    if path.exists() {
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Err(err(std::io::Error::other("another agent is listening there")));
-        }
-        std::fs::remove_file(path).map_err(err)?;
-    }
-    // Created 0600 (a umask for the bind, restored right after): never
-    // connectable by others, not even for a moment.
-    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
-    let bound = tokio::net::UnixListener::bind(path);
-    nix::sys::stat::umask(old);
-    let listener = bound.map_err(err)?;
-    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).map_err(err)?;
-    Ok(listener)
-}
-
-/// Reads one request line (bounded in size and time) from a control connection.
-async fn read_request(stream: &mut tokio::net::UnixStream) -> Result<Request, RequestError> {
-    use tokio::io::AsyncBufReadExt;
-    const LIMIT: Duration = Duration::from_secs(5);
-    let mut line = String::new();
-    let mut reader = tokio::io::BufReader::new(tokio::io::AsyncReadExt::take(&mut *stream, MAX_REQUEST as u64));
-    match tokio::time::timeout(LIMIT, reader.read_line(&mut line)).await {
-        Err(_) => Err(RequestError::Timeout(LIMIT)),
-        Ok(Err(e)) => Err(e.into()),
-        Ok(Ok(_)) => parse_request(&line),
-    }
-}
-
 /// Takes the agent lock in `state_dir`: one agent per state dir.
 pub fn lock_state_dir(dir: &Path) -> Result<nix::fcntl::Flock<File>, AgentError> {
     let err = |source| AgentError::StateDir { path: dir.to_owned(), source };
@@ -771,10 +730,4 @@ fn check_interfaces(config: &Config) -> Result<(), AgentError> {
     } else {
         Err(AgentError::NoSuchInterfaces(missing))
     }
-}
-
-async fn respond(stream: &mut tokio::net::UnixStream, response: &Response) {
-    let mut line = serde_json::to_string(response).expect("responses serialize");
-    line.push('\n');
-    let _ = tokio::io::AsyncWriteExt::write_all(stream, line.as_bytes()).await;
 }

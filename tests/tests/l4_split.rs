@@ -435,6 +435,42 @@ fn status_with_only_the_socket_shows_what_status_with_the_file_shows() {
 }
 
 #[test]
+fn idle_control_connections_do_not_hold_up_the_agent() {
+    let (_topo, agent) = setup();
+    // Clients that connect and send nothing (or half a line), more than one
+    // request's read limit long in all.
+    let idle: Vec<std::os::unix::net::UnixStream> = (0..8)
+        .map(|i| {
+            let mut c = std::os::unix::net::UnixStream::connect(&agent.control_socket).expect("connect");
+            if i % 2 == 1 {
+                std::io::Write::write_all(&mut c, b"{\"op\":").unwrap();
+            }
+            c
+        })
+        .collect();
+    // The agent answers others at once meanwhile: each of these would wait
+    // out the idle ones' 5 s read limit if the loop read requests itself.
+    let started = std::time::Instant::now();
+    for _ in 0..3 {
+        let (ok, out, err) = cli(&agent, &["weight", "shop", "green=30", "blue=70"]);
+        assert!(ok, "{out}{err}");
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "three changes took {:?} beside idle connections",
+        started.elapsed()
+    );
+    assert_eq!(live_bps(&agent), [7000, 3000]);
+    // The idle ones are answered with an error after the limit, and closed.
+    for mut c in idle {
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut answer = String::new();
+        std::io::Read::read_to_string(&mut c, &mut answer).unwrap();
+        assert!(answer.contains("\"ok\":false") && answer.contains("bad control request"), "{answer}");
+    }
+}
+
+#[test]
 fn runtime_changes_survive_an_agent_restart() {
     let (topo, mut agent) = setup();
     assert!(cli(&agent, &["weight", "shop", "green=60", "blue=40"]).0);
