@@ -17,6 +17,25 @@ use thiserror::Error;
 
 pub mod l7;
 
+/// Durations in the config as people write them (`10s`, `1m30s`, `250ms`),
+/// parsed by humantime: no overflow, a clear error.
+pub mod duration {
+    use std::time::Duration;
+
+    use serde::{de::Error as _, Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text).map_err(|e| {
+            D::Error::custom(format!("{:?} is not a duration ({e}): write e.g. 10s, 1m30s or 250ms", text))
+        })
+    }
+}
+
 /// Default control socket (`control.socket`).
 pub const DEFAULT_SOCKET: &str = "/run/splitter/splitter.sock";
 /// Default directory for persisted runtime changes (`state_dir`).
@@ -65,6 +84,9 @@ pub struct Config {
     /// How the l7 listen addresses become local (`local_addrs.rs`).
     #[serde(default)]
     pub local_addresses: LocalAddresses,
+    /// The proxy's agent-wide settings.
+    #[serde(default)]
+    pub l7: l7::Settings,
     /// This node's name among the nodes sharing a `store` (the host name
     /// when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -173,6 +195,7 @@ impl Config {
             flow_aging: FlowAging::default(),
             metrics: None,
             local_addresses: LocalAddresses::default(),
+            l7: l7::Settings::default(),
             node: None,
             store: None,
             services,
@@ -600,6 +623,7 @@ impl Config {
         if let Some(store) = &self.store {
             store.etcd.check().map_err(invalid)?;
         }
+        self.l7.check().map_err(|why| invalid(format!("l7.{why}")))?;
         let local = &self.local_addresses.interface;
         check_ifname(local).map_err(|why| invalid(format!("local_addresses.interface: {why}")))?;
         if self

@@ -226,7 +226,7 @@ impl<B: Backing> Agent<B> {
         log_plans(&plans);
         let mut local = crate::local_addrs::Keeper::new(config.local_addresses.clone());
         local.update(&effective)?;
-        let mut l7 = L7::default();
+        let mut l7 = L7::new(config.l7.clone(), l7_connection_budget());
         l7.apply(&effective)?;
         attach(&mut dp, &config, opts.xdp_mode)?;
         check_forwarding(&config);
@@ -488,6 +488,7 @@ impl<B: Backing> Agent<B> {
             ("control.socket", next.control == current.control),
             ("metrics", next.metrics == current.metrics),
             ("local_addresses", next.local_addresses == current.local_addresses),
+            ("l7", next.l7 == current.l7),
             ("store", next.store == current.store),
             ("node", next.node == current.node),
         ] {
@@ -632,6 +633,42 @@ impl<B: Backing> Agent<B> {
         result?;
         local.map(drop).map_err(AgentError::from)
     }
+}
+
+/// Descriptors kept for everything but l7 client connections: the control
+/// socket and its clients, `/metrics` and its scrapes, the data path's maps,
+/// programs and links, etcd, netlink and files.
+const FD_RESERVE: u64 = 512;
+
+/// Raises the soft open-file limit to the hard one (systemd's default soft
+/// limit is 1024) and returns how many client connections the l7 side may
+/// hold: half of what is left after [`FD_RESERVE`] (each may take a second
+/// descriptor towards an endpoint).
+fn l7_connection_budget() -> usize {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else { return 1024 };
+    let target = hard.min(1 << 20);
+    let limit = if soft < target {
+        match setrlimit(Resource::RLIMIT_NOFILE, target, hard) {
+            Ok(()) => {
+                info!(from = soft, to = target, "raised the open-file limit (RLIMIT_NOFILE) to the hard limit");
+                target
+            }
+            Err(e) => {
+                warn!(limit = soft, "could not raise the open-file limit: {e}");
+                soft
+            }
+        }
+    } else {
+        soft
+    };
+    let budget = (limit.saturating_sub(FD_RESERVE) / 2).max(16);
+    info!(
+        open_files = limit,
+        l7_connections = budget,
+        "l7 connection budget ({FD_RESERVE} descriptors kept for the agent)"
+    );
+    usize::try_from(budget).unwrap_or(usize::MAX)
 }
 
 /// Puts XDP (and TC) on every client and backend interface, swapping the

@@ -39,6 +39,8 @@ pub struct ServiceMetrics {
     pub versions: Vec<VersionMetrics>,
     /// L7 mirror counters, when the service mirrors requests.
     pub l7_mirror: Option<crate::l7::mirror::MirrorCounts>,
+    /// L7: client connections closed without being served.
+    pub l7_connections: Option<crate::l7::ConnectionCounts>,
 }
 
 #[derive(Debug, Default)]
@@ -218,6 +220,26 @@ const FAMILIES: &[Family] = &[
                         ("timeout", m.shadow_timeouts),
                     ];
                     split(l, "result", results)
+                })
+                .collect()
+        },
+    },
+    Family {
+        name: "splitter_l7_connections_closed",
+        help: "Client connections an l7 listener closed without serving them: at accept by the limit hit (listener, client, budget), or because no complete request head came in time (head_timeout).",
+        kind: MetricType::Counter,
+        samples: |s| {
+            s.services
+                .iter()
+                .filter_map(|svc| svc.l7_connections.as_ref().map(|c| (vec![("service", svc.name.clone())], c)))
+                .flat_map(|(l, c)| {
+                    let reasons = [
+                        ("listener", c.refused_listener),
+                        ("client", c.refused_client),
+                        ("budget", c.refused_budget),
+                        ("head_timeout", c.head_timeouts),
+                    ];
+                    split(l, "reason", reasons)
                 })
                 .collect()
         },
@@ -487,6 +509,7 @@ mod tests {
                 l7: None,
             }],
             l7_mirror: None,
+            l7_connections: None,
         });
         scrape.datapath.push(("passed", 3));
         let text = scrape.render(Format::OpenMetrics);

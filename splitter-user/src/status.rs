@@ -338,6 +338,16 @@ impl Report {
             )
             .unwrap();
         }
+        if let Some(c) = self.agent.as_ref().and_then(|a| a.l7.get(&s.name)).map(|l| &l.connections) {
+            if c.refused_listener + c.refused_client + c.refused_budget + c.head_timeouts > 0 {
+                writeln!(
+                    out,
+                    "  connections closed unserved: {} at the listener limit, {} at the per-client limit, {} at the descriptor budget, {} without a request head in time",
+                    c.refused_listener, c.refused_client, c.refused_budget, c.head_timeouts
+                )
+                .unwrap();
+            }
+        }
         if let Some(m) = &s.mirror {
             writeln!(
                 out,

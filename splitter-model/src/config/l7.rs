@@ -4,7 +4,7 @@
 
 use std::{collections::BTreeMap, fmt, ops::RangeInclusive};
 
-use super::Quoted;
+use super::{duration, Quoted};
 use serde::{de, Deserialize, Serialize};
 
 /// One routing rule: requests matching all of `match` go to `version`.
@@ -350,6 +350,59 @@ pub fn check(
         }
     }
     Ok(())
+}
+
+/// `l7:` — how the proxy treats client connections, agent-wide.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// From accept (or a request head's first byte) to the complete head;
+    /// a client that takes longer is disconnected (slow clients hold a
+    /// connection and a file descriptor each).
+    #[serde(with = "duration")]
+    pub header_read_timeout: std::time::Duration,
+    /// Client connections one l7 listener serves at once; more are closed
+    /// at accept (counted).
+    pub max_connections: u32,
+    /// Client connections one client address holds at once on one listener.
+    pub max_connections_per_client: u32,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            header_read_timeout: std::time::Duration::from_secs(10),
+            max_connections: 10_000,
+            max_connections_per_client: 256,
+        }
+    }
+}
+
+/// Bounds of the `l7:` settings.
+const HEADER_READ_TIMEOUT: RangeInclusive<std::time::Duration> =
+    std::time::Duration::from_millis(100)..=std::time::Duration::from_secs(300);
+const MAX_CONNECTIONS: RangeInclusive<u32> = 1..=1_000_000;
+
+impl Settings {
+    /// What `validate` checks of `l7:`; the error names the key.
+    pub fn check(&self) -> Result<(), String> {
+        if !HEADER_READ_TIMEOUT.contains(&self.header_read_timeout) {
+            return Err(format!(
+                "header_read_timeout {} is out of range: use 100ms to 5m",
+                humantime::format_duration(self.header_read_timeout)
+            ));
+        }
+        if !MAX_CONNECTIONS.contains(&self.max_connections) {
+            return Err(format!("max_connections {} is out of range: use 1 to 1000000", self.max_connections));
+        }
+        if !(1..=self.max_connections).contains(&self.max_connections_per_client) {
+            return Err(format!(
+                "max_connections_per_client {} is out of range: use 1 to max_connections ({})",
+                self.max_connections_per_client, self.max_connections
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// An HTTP field name: one or more `tchar`s (RFC 9110 §5.1, §5.6.2); any case.

@@ -76,6 +76,7 @@ pub(super) fn scrape(
             mode: if svc.mode == Mode::L4 { "l4" } else { "l7" },
             versions,
             l7_mirror: l7.get(name).and_then(|s| s.mirror.clone()),
+            l7_connections: l7.get(name).map(|s| s.connections.clone()),
         });
     }
     let c = &serving.counters;

@@ -14,6 +14,7 @@
 //! hyper to judge, and the guard steps aside.
 
 use std::{
+    future::Future as _,
     io,
     pin::Pin,
     task::{Context, Poll},
@@ -63,13 +64,20 @@ pub struct Framing {
     head: Vec<u8>,
     first: bool,
     refused: Option<Refusal>,
+    /// HTTP/2: bytes of the client preface and the first frame header
+    /// still to come (the connection's "first head").
+    h2_opening: Option<usize>,
 }
 
 impl Default for Framing {
     fn default() -> Self {
-        Framing { state: State::Head, head: Vec::new(), first: true, refused: None }
+        Framing { state: State::Head, head: Vec::new(), first: true, refused: None, h2_opening: None }
     }
 }
+
+/// HTTP/2's client preface (24 bytes) and the header of the SETTINGS frame
+/// that must follow it (9).
+const H2_OPENING: usize = 24 + 9;
 
 impl Framing {
     /// Why the connection's last head was refused, if it was.
@@ -92,6 +100,9 @@ impl Framing {
         while !input.is_empty() {
             match &mut self.state {
                 State::Passthrough => {
+                    if let Some(left) = &mut self.h2_opening {
+                        *left = left.saturating_sub(input.len());
+                    }
                     out.extend_from_slice(input);
                     return None;
                 }
@@ -116,7 +127,9 @@ impl Framing {
                     self.head.extend_from_slice(input);
                     input = &[];
                     if self.first && self.head.len() >= 3 && self.head.starts_with(b"PRI") {
-                        // HTTP/2 with prior knowledge: hyper's business.
+                        // HTTP/2 with prior knowledge: hyper's business, once
+                        // its opening is in.
+                        self.h2_opening = Some(H2_OPENING.saturating_sub(self.head.len()));
                         self.pass_rest(out);
                         continue;
                     }
@@ -261,11 +274,36 @@ pub struct Guarded<T> {
     framing: Framing,
     ready: Vec<u8>,
     at: usize,
+    /// How long a head may take: from accept to the first complete head,
+    /// and from each later head's first byte to its end.
+    head_limit: std::time::Duration,
+    /// Running while a head is awaited.
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Counts connections closed because a head did not arrive in time.
+    timeouts: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl<T> Guarded<T> {
-    pub fn new(inner: T) -> Guarded<T> {
-        Guarded { inner, framing: Framing::default(), ready: Vec::new(), at: 0 }
+    pub fn new(
+        inner: T,
+        head_limit: std::time::Duration,
+        timeouts: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    ) -> Guarded<T> {
+        Guarded { inner, framing: Framing::default(), ready: Vec::new(), at: 0, head_limit, deadline: None, timeouts }
+    }
+}
+
+impl Framing {
+    /// Whether a head is awaited: from the start until the first head is
+    /// complete (hyper's protocol sniff waits too), and once a later head's
+    /// first byte is in until it is complete. (Not in passthrough, where
+    /// hyper is on its own, as for HTTP/2.)
+    pub fn awaiting_head(&self) -> bool {
+        match self.state {
+            State::Head => self.first || !self.head.is_empty(),
+            State::Passthrough => self.h2_opening.is_some_and(|left| left > 0),
+            _ => false,
+        }
     }
 }
 
@@ -288,7 +326,22 @@ impl<T: AsyncRead + Unpin> AsyncRead for Guarded<T> {
             let mut tmp = [0u8; 16 * 1024];
             let mut rb = ReadBuf::new(&mut tmp);
             match Pin::new(&mut this.inner).poll_read(cx, &mut rb) {
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending => {
+                    if !this.framing.awaiting_head() {
+                        this.deadline = None;
+                        return Poll::Pending;
+                    }
+                    let limit = this.head_limit;
+                    let deadline = this.deadline.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+                    if deadline.as_mut().poll(cx).is_ready() {
+                        this.timeouts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        return Poll::Ready(Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            format!("no complete request head within {limit:?}"),
+                        )));
+                    }
+                    return Poll::Pending;
+                }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Ready(Ok(())) if rb.filled().is_empty() => {
                     // EOF: whatever was held goes to hyper, which sees it end.
@@ -303,6 +356,10 @@ impl<T: AsyncRead + Unpin> AsyncRead for Guarded<T> {
                     let mut out = std::mem::take(&mut this.ready);
                     this.framing.feed(rb.filled(), &mut out);
                     this.ready = out;
+                    // A head completed: the next one gets its own time.
+                    if !this.framing.awaiting_head() {
+                        this.deadline = None;
+                    }
                 }
             }
         }

@@ -14,11 +14,11 @@ pub mod proxy;
 pub mod route;
 
 use std::{
-    collections::BTreeMap,
-    net::SocketAddr,
+    collections::{BTreeMap, HashMap},
+    net::{IpAddr, SocketAddr},
     sync::{
         atomic::{AtomicU64, Ordering::Relaxed},
-        Arc,
+        Arc, Mutex,
     },
     time::Duration,
 };
@@ -30,11 +30,15 @@ use hyper_util::{
 };
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
-use tracing::{debug, info};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tracing::{debug, info, warn};
 
 use proxy::ProxyBody;
 use route::RouteTable;
-use splitter_model::config::{l7::ProxyOptions, Config, Mode, Service};
+use splitter_model::config::{
+    l7::{ProxyOptions, Settings},
+    Config, Mode, Service,
+};
 
 #[derive(Debug, Error)]
 pub enum L7Error {
@@ -125,6 +129,32 @@ pub struct Stats {
     /// By version name: a reload that adds or removes versions re-indexes
     /// the table, not the counters.
     versions: std::sync::RwLock<BTreeMap<String, Arc<VersionStats>>>,
+    /// Client connections closed at accept, by the limit that was hit.
+    refused: [AtomicU64; 3],
+    /// Client connections closed because a request head did not arrive in time.
+    pub head_timeouts: Arc<AtomicU64>,
+}
+
+/// Which limit closed a connection at accept.
+#[derive(Clone, Copy, Debug)]
+pub enum Refused {
+    /// The listener's `l7.max_connections`.
+    Listener = 0,
+    /// The client address's `l7.max_connections_per_client`.
+    Client = 1,
+    /// The agent's file-descriptor budget for the l7 side (the rest is kept
+    /// for the control socket, `/metrics` and the data path).
+    Budget = 2,
+}
+
+impl Refused {
+    fn why(self) -> &'static str {
+        match self {
+            Refused::Listener => "the listener's l7.max_connections",
+            Refused::Client => "l7.max_connections_per_client",
+            Refused::Budget => "the agent's file-descriptor budget (raise LimitNOFILE / ulimit -n)",
+        }
+    }
 }
 
 /// Counters of one version.
@@ -163,7 +193,11 @@ impl VersionStats {
 
 impl Stats {
     fn new(versions: &[String]) -> Stats {
-        Stats { versions: std::sync::RwLock::new(versions.iter().map(|v| (v.clone(), Arc::default())).collect()) }
+        Stats {
+            versions: std::sync::RwLock::new(versions.iter().map(|v| (v.clone(), Arc::default())).collect()),
+            refused: Default::default(),
+            head_timeouts: Arc::default(),
+        }
     }
 
     /// The counters of version `name`.
@@ -177,6 +211,12 @@ impl Stats {
     pub fn snapshot(&self) -> ServiceStats {
         ServiceStats {
             mirror: None,
+            connections: ConnectionCounts {
+                refused_listener: self.refused[Refused::Listener as usize].load(Relaxed),
+                refused_client: self.refused[Refused::Client as usize].load(Relaxed),
+                refused_budget: self.refused[Refused::Budget as usize].load(Relaxed),
+                head_timeouts: self.head_timeouts.load(Relaxed),
+            },
             versions: self
                 .versions
                 .read()
@@ -209,6 +249,22 @@ pub struct ServiceStats {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mirror: Option<mirror::MirrorCounts>,
     pub versions: BTreeMap<String, VersionCounts>,
+    /// What became of client connections the proxy did not serve.
+    #[serde(default)]
+    pub connections: ConnectionCounts,
+}
+
+/// Client connections an l7 listener closed without serving them.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ConnectionCounts {
+    /// At accept: the listener was at `l7.max_connections`.
+    pub refused_listener: u64,
+    /// At accept: the client address was at `l7.max_connections_per_client`.
+    pub refused_client: u64,
+    /// At accept: the l7 side was at the agent's file-descriptor budget.
+    pub refused_budget: u64,
+    /// A request head did not arrive within `l7.header_read_timeout`.
+    pub head_timeouts: u64,
 }
 
 /// Counters of one version of an l7 service.
@@ -236,12 +292,22 @@ struct Running {
 }
 
 /// Every l7 service the agent serves.
-#[derive(Default)]
 pub struct L7 {
     running: BTreeMap<String, Running>,
+    settings: Settings,
+    /// Client connections the whole l7 side may hold (each may take a second
+    /// descriptor towards an endpoint); what is left of the agent's open-file
+    /// limit is kept for the control socket, `/metrics` and the data path.
+    budget: Arc<Semaphore>,
 }
 
 impl L7 {
+    /// The l7 side with the agent-wide `settings` and room for `budget`
+    /// client connections in all.
+    pub fn new(settings: Settings, budget: usize) -> L7 {
+        L7 { running: BTreeMap::new(), settings, budget: Arc::new(Semaphore::new(budget)) }
+    }
+
     /// Makes the l7 services of `config` (the effective one: file plus
     /// runtime changes) the served ones. Listeners that must be opened are
     /// bound first; if one fails, nothing changes. Tables are rebuilt from
@@ -297,7 +363,9 @@ impl L7 {
                         old.accept.abort();
                     }
                     let shared = Arc::new(Shared::new(name, svc, table));
-                    let accept = tokio::spawn(serve(listener, shared.clone()));
+                    let limits = Limits::new(&self.settings, self.budget.clone());
+                    let accept =
+                        tokio::spawn(serve(listener, shared.clone(), limits, self.settings.header_read_timeout));
                     info!(service = %name, listen = %svc.listen, "l7: proxying");
                     self.running
                         .insert(name.clone(), Running { listen: svc.listen, service: svc.clone(), shared, accept });
@@ -353,30 +421,103 @@ fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     tokio::net::TcpListener::from_std(socket.into())
 }
 
+/// Who may hold a connection to one listener: its own limit, one per client
+/// address, and the l7 side's share of the agent's descriptors.
+struct Limits {
+    listener: Arc<Semaphore>,
+    per_client: u32,
+    clients: Arc<Mutex<HashMap<IpAddr, u32>>>,
+    budget: Arc<Semaphore>,
+}
+
+/// A served connection's place under every limit, given back when it ends.
+struct Admitted {
+    _listener: OwnedSemaphorePermit,
+    _budget: OwnedSemaphorePermit,
+    client: IpAddr,
+    clients: Arc<Mutex<HashMap<IpAddr, u32>>>,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        let mut clients = self.clients.lock().expect("not poisoned");
+        if let Some(n) = clients.get_mut(&self.client) {
+            *n -= 1;
+            if *n == 0 {
+                clients.remove(&self.client);
+            }
+        }
+    }
+}
+
+impl Limits {
+    fn new(settings: &Settings, budget: Arc<Semaphore>) -> Limits {
+        Limits {
+            listener: Arc::new(Semaphore::new(settings.max_connections as usize)),
+            per_client: settings.max_connections_per_client,
+            clients: Arc::default(),
+            budget,
+        }
+    }
+
+    /// A place for a connection from `client`, or the limit that refuses it.
+    fn admit(&self, client: IpAddr) -> Result<Admitted, Refused> {
+        let budget = self.budget.clone().try_acquire_owned().map_err(|_| Refused::Budget)?;
+        let listener = self.listener.clone().try_acquire_owned().map_err(|_| Refused::Listener)?;
+        let mut clients = self.clients.lock().expect("not poisoned");
+        let n = clients.entry(client).or_default();
+        if *n >= self.per_client {
+            return Err(Refused::Client);
+        }
+        *n += 1;
+        Ok(Admitted { _listener: listener, _budget: budget, client, clients: self.clients.clone() })
+    }
+}
+
+/// How often a listener may log that it refuses connections.
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
+
 /// Accepts connections and serves HTTP/1.1 and h2c on each until aborted.
-async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
+/// A connection over a limit is closed at once and counted; the listener
+/// says so in the log at most every [`REFUSAL_LOG_EVERY`].
+async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>, limits: Limits, head_limit: Duration) {
+    let mut last_log: Option<std::time::Instant> = None;
+    let mut unlogged = 0u64;
     loop {
         let (stream, client) = match listener.accept().await {
             Ok(c) => c,
             Err(e) => {
                 // Out of fds and the like: back off rather than spin.
-                debug!(service = %shared.name, "accept failed: {e}");
+                warn!(service = %shared.name, "l7: accept failed: {e}");
                 tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let admitted = match limits.admit(client.ip()) {
+            Ok(a) => a,
+            Err(why) => {
+                drop(stream);
+                shared.stats.refused[why as usize].fetch_add(1, Relaxed);
+                unlogged += 1;
+                if last_log.is_none_or(|t| t.elapsed() >= REFUSAL_LOG_EVERY) {
+                    warn!(service = %shared.name, %client, refused = unlogged, "l7: refusing connections: at {}", why.why());
+                    last_log = Some(std::time::Instant::now());
+                    unlogged = 0;
+                }
                 continue;
             }
         };
         let _ = stream.set_nodelay(true);
         let shared = shared.clone();
         tokio::spawn(async move {
+            let _admitted = admitted;
+            let timeouts = shared.stats.head_timeouts.clone();
             let svc = hyper::service::service_fn(move |req| proxy::handle(shared.clone(), client, req));
             let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            builder
-                .http1()
-                .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(30))
-                .max_buf_size(MAX_HEAD_BYTES);
+            builder.http1().timer(TokioTimer::new()).header_read_timeout(head_limit).max_buf_size(MAX_HEAD_BYTES);
             builder.http2().timer(TokioTimer::new()).max_header_list_size(MAX_HEAD_BYTES as u32);
-            if let Err(e) = builder.serve_connection(TokioIo::new(framing::Guarded::new(stream)), svc).await {
+            let io = TokioIo::new(framing::Guarded::new(stream, head_limit, timeouts));
+            if let Err(e) = builder.serve_connection(io, svc).await {
                 debug!(%client, "connection ended: {e}");
             }
         });
