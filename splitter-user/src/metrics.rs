@@ -41,6 +41,8 @@ pub struct ServiceMetrics {
     pub l7_mirror: Option<crate::l7::mirror::MirrorCounts>,
     /// L7: client connections closed without being served.
     pub l7_connections: Option<crate::l7::ConnectionCounts>,
+    /// L7: requests refused before routing, the client's fault.
+    pub l7_client_errors: Option<u64>,
 }
 
 #[derive(Debug, Default)]
@@ -163,7 +165,7 @@ const FAMILIES: &[Family] = &[
     },
     Family {
         name: "splitter_responses",
-        help: "Responses by status class: from the endpoints (1xx..5xx), or the proxy's own 502 (endpoint unreachable or failed) and 504 (no answer in time).",
+        help: "Responses by status class: from the endpoints (1xx..5xx), or the proxy's own 502 (endpoint unreachable or failed), 504 (no answer in time) and 400/408 for a request body the client got wrong (client_error, not the version's).",
         kind: MetricType::Counter,
         samples: |s| {
             l7(s)
@@ -176,6 +178,7 @@ const FAMILIES: &[Family] = &[
                         ("5xx", c.responses_5xx),
                         ("proxy_502", c.bad_gateway),
                         ("proxy_504", c.timeouts),
+                        ("client_error", c.client_errors),
                     ];
                     split(l, "class", classes)
                 })
@@ -221,6 +224,17 @@ const FAMILIES: &[Family] = &[
                     ];
                     split(l, "result", results)
                 })
+                .collect()
+        },
+    },
+    Family {
+        name: "splitter_l7_client_errors",
+        help: "Requests an l7 service refused before routing them, through the client's fault (400, or 405 for CONNECT).",
+        kind: MetricType::Counter,
+        samples: |s| {
+            s.services
+                .iter()
+                .filter_map(|svc| svc.l7_client_errors.map(|n| (vec![("service", svc.name.clone())], Value::Counter(n))))
                 .collect()
         },
     },
@@ -413,7 +427,8 @@ impl Scrape {
                             ..VersionSample::default()
                         };
                         if let Some((c, latency)) = &v.l7 {
-                            sample.placed = c.requests;
+                            // The client's own failures are not the version's requests.
+                            sample.placed = c.requests.saturating_sub(c.client_errors);
                             sample.errors = c.responses_5xx + c.bad_gateway + c.timeouts;
                             sample.latency = latency.clone();
                         }
@@ -510,6 +525,7 @@ mod tests {
             }],
             l7_mirror: None,
             l7_connections: None,
+            l7_client_errors: None,
         });
         scrape.datapath.push(("passed", 3));
         let text = scrape.render(Format::OpenMetrics);

@@ -147,3 +147,119 @@ fn idle_and_slow_clients_are_closed_and_cannot_take_the_agent_down() {
         assert!(metrics.contains(want), "/metrics has {want:?}:\n{metrics}");
     }
 }
+
+const ROLLOUT_CONFIG: &str = r#"
+interfaces:
+  clients: [lb-client]
+  backends: [lb-blue, lb-green]
+services:
+  api:
+    listen: 203.0.113.10:8080
+    protocol: tcp
+    mode: l7
+    versions: { v1: [198.51.100.10:8081], v2: [198.51.100.20:8081] }
+    weights: { v1: 1 }
+    routes:
+      - match: { headers: { x-canary: "true" } }
+        version: v2
+"#;
+
+/// The status codes of the answers in a raw HTTP/1.1 exchange, in order.
+fn statuses(answer: &str) -> Vec<&str> {
+    answer.match_indices("HTTP/1.1 ").filter_map(|(at, _)| answer.get(at + 9..at + 12)).collect()
+}
+
+/// One raw request on a new connection from the client: the answer's status
+/// line and, for the rest, the whole answer.
+fn raw(topo: &Topology, request: &[u8]) -> String {
+    let vip: SocketAddr = VIP.parse().unwrap();
+    topo.client.run(|| {
+        let mut s = TcpStream::connect_timeout(&vip, Duration::from_secs(3)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(request).expect("send");
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    })
+}
+
+#[test]
+fn a_client_sending_malformed_bodies_cannot_roll_a_canary_back() {
+    splitter_tests::require_root("the hostile l7 test");
+    let topo = Topology::build(&unique_name("spt")).expect("build topology");
+    serve_http(&topo.blue, 8081, "v1").expect("v1 backend");
+    serve_http(&topo.green, 8081, "v2").expect("v2 backend");
+    let agent = Agent::start(&topo.lb, ROLLOUT_CONFIG);
+    let (ok, out, err) = agent.control(&[
+        "rollout",
+        "api",
+        "--to",
+        "v2",
+        "--steps",
+        "50,100",
+        "--interval",
+        "2s",
+        "--min-requests",
+        "5",
+        "--detach",
+    ]);
+    assert!(ok, "{out}{err}");
+    let head = "POST / HTTP/1.1\r\nHost: api\r\nx-canary: true\r\nTransfer-Encoding: chunked\r\n\r\n";
+    let bodies =
+        ["zz\r\nabc", "0x3\r\nabc\r\n0\r\n\r\n", "FFFFFFFFFFFFFFFFFF\r\n", "3\r\nabcX0\r\n\r\n", "3\nabc\n0\n\n"];
+    let client = Client::new(&topo.client);
+    let vip: SocketAddr = VIP.parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut malformed = 0;
+    // Forty malformed bodies aimed at the canary, beside its good traffic,
+    // until the rollout is over.
+    let state = loop {
+        for body in bodies {
+            let answer = raw(&topo, format!("{head}{body}").as_bytes());
+            assert!(answer.starts_with("HTTP/1.1 400"), "a malformed body is the client's error: {answer:?}");
+            malformed += 1;
+        }
+        for a in
+            client.send_all(&topo.client, (0..5).map(|_| get(vip, "/", &[("x-canary", "true")])).collect(), 2, false)
+        {
+            assert_eq!(a.expect("answered").status, StatusCode::OK);
+        }
+        let r = agent.info().expect("status").rollouts["api"].clone();
+        if r.state.is_over() || Instant::now() > deadline {
+            break r.state;
+        }
+    };
+    assert!(malformed >= 40, "{malformed} malformed requests sent");
+    assert_eq!(state, splitter_model::rollout::State::Promoted, "malformed client bodies rolled the canary back");
+    let v2 = agent.info().expect("status").l7["api"].versions["v2"].clone();
+    assert_eq!((v2.bad_gateway, v2.responses_5xx, v2.timeouts), (0, 0, 0), "{v2:?}");
+    assert_eq!(v2.client_errors, malformed, "{v2:?}");
+}
+
+#[test]
+fn the_framing_guard_and_header_checks_hold_for_the_whole_connection() {
+    let (topo, agent) = setup();
+    // A chunk size with a blank before its CRLF, then a smuggling attempt on
+    // the same connection: the second is refused.
+    let answer = raw(
+        &topo,
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3 \r\nabc\r\n0\r\n\r\n\
+POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx",
+    );
+    assert_eq!(statuses(&answer), ["200", "400"], "{answer}");
+    // The same after a first request with bare-LF line endings.
+    let answer = raw(
+        &topo,
+        b"GET / HTTP/1.1\nHost: a\n\nPOST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx",
+    );
+    assert_eq!(statuses(&answer), ["200", "400"], "{answer}");
+    for (request, status) in [
+        (&b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"[..], "HTTP/1.1 400"),
+        (b"GET / HTTP/1.1\r\n\r\n", "HTTP/1.1 400"),
+        (b"CONNECT a.example:443 HTTP/1.1\r\nHost: a.example:443\r\n\r\n", "HTTP/1.1 405"),
+    ] {
+        let answer = raw(&topo, request);
+        assert!(answer.starts_with(status), "{} -> {answer:?}", String::from_utf8_lossy(request));
+    }
+    assert_eq!(agent.info().expect("status").l7["api"].client_errors, 3);
+}

@@ -6,12 +6,16 @@
 //! duplicates and lets chunked win.)
 //!
 //! [`Guarded`] wraps the client connection. It follows the message framing of
-//! the bytes it reads (heads, `Content-Length` bodies, chunked bodies) and
-//! hands hyper each head only once it is complete and checked. A refused head
-//! is replaced by an invalid request line, which hyper answers with 400 and a
-//! close; nothing after it is read. Anything it does not understand (an
-//! unparsable head, an HTTP/2 preface, a huge head) is passed through for
-//! hyper to judge, and the guard steps aside.
+//! the bytes it reads (heads, `Content-Length` bodies, chunked bodies) for the
+//! whole connection and hands hyper each head only once it is complete and
+//! checked. A refused head (unparsable, ambiguous framing, a transfer coding
+//! other than chunked last, a bad `Content-Length`) is replaced by an invalid
+//! request line, which hyper answers with 400 and a close; nothing after it
+//! is read. A chunked body that breaks the grammar (a size that is not hex or
+//! too large, a line without its CRLF, data without its CRLF) ends the
+//! connection's input with an error: the request fails as the client's
+//! fault (400), never the endpoint's. Only an HTTP/2 preface and a head too
+//! large for hyper (431) are passed through, and hyper closes after both.
 
 use std::{
     future::Future as _,
@@ -29,25 +33,45 @@ const REFUSED: &[u8] = b"\x01 / HTTP/1.1\r\n\r\n";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Chunk {
-    /// Reading `SIZE[;ext]\r\n`; the value parsed so far.
-    Size { value: u64, digits: bool, in_ext: bool },
+    /// Reading `SIZE [BWS] [;ext] CRLF`: the value and hex digits so far,
+    /// and what follows the digits (whitespace, or an extension).
+    Size { value: u64, digits: u8, after: After },
+    /// The LF after a size line's CR.
+    SizeLf { value: u64 },
     /// `n` data bytes left.
     Data(u64),
-    /// The CRLF after data: bytes left.
+    /// The CRLF after data: `\r` (2 left) then `\n` (1 left).
     DataEnd(u8),
-    /// Trailer lines after the last chunk; whether the current line is empty so far.
-    Trailer { line_empty: bool },
+    /// Trailer lines after the last chunk; whether the current line is
+    /// empty so far, and whether its CR was seen.
+    Trailer { line_empty: bool, cr: bool },
 }
+
+/// What a size line has after its digits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum After {
+    Digits,
+    /// Blanks: only more blanks, `;` or the line end may follow.
+    Blank,
+    /// An extension (after `;`): any visible byte or blank.
+    Extension,
+}
+
+/// Hex digits a chunk size may have (16 would reach past `u64` in sums).
+const MAX_SIZE_DIGITS: u8 = 15;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum State {
     Head,
     Body(u64),
     Chunked(Chunk),
-    /// Not following any more: everything goes to hyper as read.
+    /// Not following any more: everything goes to hyper as read (HTTP/2,
+    /// or a head larger than hyper takes, which it refuses and closes).
     Passthrough,
     /// A head was refused: nothing more is read.
     Refused,
+    /// A chunked body broke the grammar: the input ends with an error.
+    Broken,
 }
 
 /// Why a head was refused.
@@ -55,6 +79,14 @@ enum State {
 pub enum Refusal {
     DuplicateContentLength,
     ContentLengthWithTransferEncoding,
+    /// Not an HTTP/1 request head httparse accepts.
+    Unparsable,
+    /// A `Content-Length` that is not a number.
+    BadContentLength,
+    /// `Transfer-Encoding` without `chunked` last (RFC 9112 §6.3).
+    UnknownTransferEncoding,
+    /// A chunked body that breaks the grammar.
+    MalformedChunk,
 }
 
 /// The framing state machine, fed with the bytes read from a client.
@@ -106,7 +138,7 @@ impl Framing {
                     out.extend_from_slice(input);
                     return None;
                 }
-                State::Refused => return None,
+                State::Refused | State::Broken => return None,
                 State::Body(n) => {
                     let take = (*n).min(input.len() as u64) as usize;
                     out.extend_from_slice(&input[..take]);
@@ -120,6 +152,9 @@ impl Framing {
                     let (used, next) = step_chunked(*c, input);
                     out.extend_from_slice(&input[..used]);
                     input = &input[used..];
+                    if next == State::Broken {
+                        self.refused = Some(Refusal::MalformedChunk);
+                    }
                     self.state = next;
                 }
                 State::Head => {
@@ -133,16 +168,32 @@ impl Framing {
                         self.pass_rest(out);
                         continue;
                     }
-                    // Search from a little before the new bytes (the end marker may straddle reads).
-                    let from = start.saturating_sub(3);
-                    match find(&self.head[from..], b"\r\n\r\n") {
-                        Some(at) => {
-                            let end = from + at + 4;
-                            let rest = self.head.split_off(end);
-                            let head = std::mem::take(&mut self.head);
-                            self.first = false;
-                            self.judge(head, out);
-                            return (!rest.is_empty()).then_some(rest);
+                    // A head ends at its first empty line, with CRLF or bare
+                    // LF endings alike (httparse takes both): search from a
+                    // little before the new bytes (the end may straddle reads).
+                    let from = start.saturating_sub(2);
+                    let end = find(&self.head[from..], b"\n\n")
+                        .map(|at| from + at + 2)
+                        .into_iter()
+                        .chain(find(&self.head[from..], b"\n\r\n").map(|at| from + at + 3))
+                        .min();
+                    match end {
+                        Some(_) => {
+                            let mut headers = [httparse::EMPTY_HEADER; 128];
+                            match httparse::Request::new(&mut headers).parse(&self.head) {
+                                Ok(httparse::Status::Complete(n)) => {
+                                    let rest = self.head.split_off(n);
+                                    let head = std::mem::take(&mut self.head);
+                                    self.first = false;
+                                    self.judge(head, out);
+                                    return (!rest.is_empty()).then_some(rest);
+                                }
+                                Ok(httparse::Status::Partial) => {}
+                                Err(_) => {
+                                    self.refuse(Refusal::Unparsable, out);
+                                    return None;
+                                }
+                            }
                         }
                         None if self.head.len() > MAX_HEAD => self.pass_rest(out),
                         None => {}
@@ -164,9 +215,7 @@ impl Framing {
         let mut headers = [httparse::EMPTY_HEADER; 128];
         let mut req = httparse::Request::new(&mut headers);
         if !matches!(req.parse(&head), Ok(httparse::Status::Complete(_))) {
-            out.extend_from_slice(&head);
-            self.state = State::Passthrough;
-            return;
+            return self.refuse(Refusal::Unparsable, out);
         }
         let mut lengths = Vec::new();
         let mut te: Option<&[u8]> = None;
@@ -185,80 +234,103 @@ impl Framing {
             None
         };
         if let Some(r) = refusal {
-            self.refused = Some(r);
-            out.extend_from_slice(REFUSED);
-            self.state = State::Refused;
-            return;
+            return self.refuse(r, out);
         }
-        out.extend_from_slice(&head);
-        self.state = match (te, lengths.first()) {
+        let next = match (te, lengths.first()) {
             (Some(te), _) => {
-                let last = te.rsplit(|b| *b == b',').next().unwrap_or(te);
-                if last.trim_ascii().eq_ignore_ascii_case(b"chunked") {
-                    State::Chunked(Chunk::Size { value: 0, digits: false, in_ext: false })
+                let mut codings = te.split(|b| *b == b',').map(<[u8]>::trim_ascii);
+                let last = codings.next_back().unwrap_or_default();
+                // Chunked last, and only there.
+                if last.eq_ignore_ascii_case(b"chunked") && !codings.any(|c| c.eq_ignore_ascii_case(b"chunked")) {
+                    State::Chunked(Chunk::Size { value: 0, digits: 0, after: After::Digits })
                 } else {
-                    State::Passthrough
+                    return self.refuse(Refusal::UnknownTransferEncoding, out);
                 }
             }
-            (None, Some(len)) => match std::str::from_utf8(len).ok().and_then(|s| s.trim().parse::<u64>().ok()) {
-                Some(0) => State::Head,
-                Some(n) => State::Body(n),
-                None => State::Passthrough,
-            },
+            (None, Some(len)) => {
+                let digits = len.trim_ascii();
+                match std::str::from_utf8(digits)
+                    .ok()
+                    .filter(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
+                {
+                    Some(d) => match d.parse::<u64>() {
+                        Ok(0) => State::Head,
+                        Ok(n) => State::Body(n),
+                        Err(_) => return self.refuse(Refusal::BadContentLength, out),
+                    },
+                    None => return self.refuse(Refusal::BadContentLength, out),
+                }
+            }
             (None, None) => State::Head,
         };
+        out.extend_from_slice(&head);
+        self.state = next;
+    }
+
+    /// Refuses the head just read: hyper sees an invalid request line (400,
+    /// close) and nothing after it.
+    fn refuse(&mut self, why: Refusal, out: &mut Vec<u8>) {
+        self.refused = Some(why);
+        self.head.clear();
+        out.extend_from_slice(REFUSED);
+        self.state = State::Refused;
     }
 }
 
-/// Advances a chunked body over `input`: bytes consumed and the next state.
+/// Advances a chunked body over `input` (RFC 9112 §7.1, strictly: CRLF line
+/// ends, hex sizes of at most 15 digits, whitespace only before an
+/// extension): bytes consumed and the next state; [`State::Broken`] at the
+/// first byte that breaks the grammar.
 fn step_chunked(mut c: Chunk, input: &[u8]) -> (usize, State) {
     let mut i = 0;
     while i < input.len() {
-        match &mut c {
+        let b = input[i];
+        c = match c {
             Chunk::Data(n) => {
-                let take = (*n).min((input.len() - i) as u64) as usize;
-                *n -= take as u64;
+                let take = n.min((input.len() - i) as u64) as usize;
                 i += take;
-                if *n == 0 {
-                    c = Chunk::DataEnd(2);
-                }
+                c = if n == take as u64 { Chunk::DataEnd(2) } else { Chunk::Data(n - take as u64) };
                 continue;
             }
-            Chunk::DataEnd(left) => {
-                *left -= 1;
-                if *left == 0 {
-                    c = Chunk::Size { value: 0, digits: false, in_ext: false };
+            Chunk::DataEnd(2) if b == b'\r' => Chunk::DataEnd(1),
+            Chunk::DataEnd(1) if b == b'\n' => Chunk::Size { value: 0, digits: 0, after: After::Digits },
+            Chunk::DataEnd(_) => return (i + 1, State::Broken),
+            Chunk::Size { value, digits, after } => match (after, b) {
+                (_, b'\r') if digits > 0 => Chunk::SizeLf { value },
+                (After::Extension, b'\t' | 0x20..=0x7e | 0x80..) => c,
+                (After::Digits | After::Blank, b';') if digits > 0 => {
+                    Chunk::Size { value, digits, after: After::Extension }
                 }
-            }
-            Chunk::Size { value, digits, in_ext } => {
-                let b = input[i];
-                match b {
-                    b'\n' => {
-                        if !*digits {
-                            return (i + 1, State::Passthrough);
-                        }
-                        c = if *value == 0 { Chunk::Trailer { line_empty: true } } else { Chunk::Data(*value) };
+                (After::Digits | After::Blank, b' ' | b'\t') if digits > 0 => {
+                    Chunk::Size { value, digits, after: After::Blank }
+                }
+                (After::Digits, _) => match (b as char).to_digit(16) {
+                    Some(d) if digits < MAX_SIZE_DIGITS => {
+                        Chunk::Size { value: value << 4 | u64::from(d), digits: digits + 1, after: After::Digits }
                     }
-                    b'\r' => {}
-                    _ if *in_ext => {}
-                    b';' => *in_ext = true,
-                    _ => match (b as char).to_digit(16) {
-                        Some(d) if *value < u64::MAX >> 4 => {
-                            *value = *value << 4 | u64::from(d);
-                            *digits = true;
-                        }
-                        // Not a chunk size (or absurd): hyper decides.
-                        _ => return (i + 1, State::Passthrough),
-                    },
+                    _ => return (i + 1, State::Broken),
+                },
+                _ => return (i + 1, State::Broken),
+            },
+            Chunk::SizeLf { value } if b == b'\n' => {
+                if value == 0 {
+                    Chunk::Trailer { line_empty: true, cr: false }
+                } else {
+                    Chunk::Data(value)
                 }
             }
-            Chunk::Trailer { line_empty } => match input[i] {
-                b'\n' if *line_empty => return (i + 1, State::Head),
-                b'\n' => *line_empty = true,
-                b'\r' => {}
-                _ => *line_empty = false,
+            Chunk::SizeLf { .. } => return (i + 1, State::Broken),
+            Chunk::Trailer { line_empty, cr: false } => match b {
+                b'\r' => Chunk::Trailer { line_empty, cr: true },
+                b'\n' => return (i + 1, State::Broken),
+                _ => Chunk::Trailer { line_empty: false, cr: false },
             },
-        }
+            Chunk::Trailer { line_empty, cr: true } => match b {
+                b'\n' if line_empty => return (i + 1, State::Head),
+                b'\n' => Chunk::Trailer { line_empty: true, cr: false },
+                _ => return (i + 1, State::Broken),
+            },
+        };
         i += 1;
     }
     (i, State::Chunked(c))
@@ -322,6 +394,10 @@ impl<T: AsyncRead + Unpin> AsyncRead for Guarded<T> {
             if this.framing.state == State::Refused {
                 // End of input: hyper answers the refused head and closes.
                 return Poll::Ready(Ok(()));
+            }
+            if this.framing.state == State::Broken {
+                // The body in flight fails: the client's fault (400).
+                return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, "malformed chunked body")));
             }
             let mut tmp = [0u8; 16 * 1024];
             let mut rb = ReadBuf::new(&mut tmp);
@@ -435,12 +511,73 @@ GET /z HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n";
     }
 
     #[test]
-    fn what_it_does_not_understand_goes_to_hyper_untouched() {
+    fn only_h2_and_oversized_heads_go_to_hyper_untouched() {
         let h2 = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x12\x04";
         assert_eq!(run(h2, 1).0, h2.to_vec());
-        let garbage = b"GARBAGE\r\n\r\nmore";
-        assert_eq!(run(garbage, 2).0, garbage.to_vec());
-        let bad_chunk = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nrest";
-        assert_eq!(run(bad_chunk, 4).0, bad_chunk.to_vec());
+        let huge = [&b"GET / HTTP/1.1\r\nX: "[..], &vec![b'a'; MAX_HEAD + 10]].concat();
+        assert_eq!(run(&huge, 4096).0, huge, "hyper answers 431 and closes");
+    }
+
+    #[test]
+    fn heads_it_cannot_follow_are_refused_not_passed() {
+        let cases: [(&[u8], Refusal); 7] = [
+            (b"GARBAGE\r\n\r\nmore", Refusal::Unparsable),
+            (b"POST / HTTP/1.1\r\nContent-Length: 5x\r\n\r\nhello", Refusal::BadContentLength),
+            (b"POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n", Refusal::BadContentLength),
+            (b"POST / HTTP/1.1\r\nContent-Length: +5\r\n\r\nhello", Refusal::BadContentLength),
+            (b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\nxx", Refusal::UnknownTransferEncoding),
+            (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n", Refusal::UnknownTransferEncoding),
+            (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked, chunked\r\n\r\n", Refusal::UnknownTransferEncoding),
+        ];
+        for (input, why) in cases {
+            for step in [1, 4096] {
+                let (out, refused) = run(input, step);
+                assert_eq!((refused, out.as_slice()), (Some(why), REFUSED), "{}", String::from_utf8_lossy(input));
+            }
+        }
+        let ok = b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n";
+        assert_eq!(run(ok, 3), (ok.to_vec(), None));
+    }
+
+    #[test]
+    fn a_malformed_chunked_body_breaks_the_input() {
+        let head = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n";
+        for body in [
+            &b"zz\r\nabc"[..],
+            b"0x3\r\nabc\r\n0\r\n\r\n",
+            b"FFFFFFFFFFFFFFFFFF\r\n",
+            b"3\r\nabcX0\r\n\r\n",
+            b"3\nabc\n0\n\n",
+            b"3 3\r\nabc\r\n",
+            b"3\r\nabc\r\n0\r\nX: 1\n\r\n",
+        ] {
+            for step in [1, 4096] {
+                let mut f = Framing::default();
+                let mut out = Vec::new();
+                for piece in [&head[..], body].concat().chunks(step) {
+                    f.feed(piece, &mut out);
+                }
+                assert_eq!(f.state, State::Broken, "{}", String::from_utf8_lossy(body));
+                assert_eq!(f.refusal(), Some(Refusal::MalformedChunk));
+            }
+        }
+    }
+
+    #[test]
+    fn the_guard_stays_on_after_odd_but_valid_requests() {
+        let smuggle = &b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx"[..];
+        for first in [
+            // A chunk size with blanks before the line end and an extension.
+            &b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3 \r\nabc\r\n2\t;a=b\r\nde\r\n0\r\n\r\n"[..],
+            // Bare-LF line endings.
+            b"GET / HTTP/1.1\nHost: a\n\n",
+            b"GET / HTTP/1.1\r\nHost: a\n\r\n",
+        ] {
+            for step in [1, 2, 4096] {
+                let (out, refused) = run(&[first, smuggle].concat(), step);
+                assert_eq!(refused, Some(Refusal::DuplicateContentLength), "{}", String::from_utf8_lossy(first));
+                assert_eq!(out, [first, REFUSED].concat(), "step {step}");
+            }
+        }
     }
 }

@@ -133,6 +133,8 @@ pub struct Stats {
     refused: [AtomicU64; 3],
     /// Client connections closed because a request head did not arrive in time.
     pub head_timeouts: Arc<AtomicU64>,
+    /// Requests refused before routing through the client's fault.
+    client_errors: AtomicU64,
 }
 
 /// Which limit closed a connection at accept.
@@ -167,6 +169,9 @@ pub struct VersionStats {
     bad_gateway: AtomicU64,
     /// 504s the proxy answered (no response head in time).
     timeouts: AtomicU64,
+    /// Requests routed here that failed through the client's fault (a
+    /// malformed or late body): 400/408, never the version's errors.
+    client_errors: AtomicU64,
     /// Arrival to response head (or the proxy's error answer).
     latency: crate::metrics::Latency,
 }
@@ -189,6 +194,9 @@ impl VersionStats {
         self.timeouts.fetch_add(1, Relaxed);
         self.latency.observe(took);
     }
+    pub fn client_error(&self) {
+        self.client_errors.fetch_add(1, Relaxed);
+    }
 }
 
 impl Stats {
@@ -197,7 +205,13 @@ impl Stats {
             versions: std::sync::RwLock::new(versions.iter().map(|v| (v.clone(), Arc::default())).collect()),
             refused: Default::default(),
             head_timeouts: Arc::default(),
+            client_errors: AtomicU64::new(0),
         }
+    }
+
+    /// A request refused before routing through the client's fault.
+    pub fn client_error(&self) {
+        self.client_errors.fetch_add(1, Relaxed);
     }
 
     /// The counters of version `name`.
@@ -217,6 +231,7 @@ impl Stats {
                 refused_budget: self.refused[Refused::Budget as usize].load(Relaxed),
                 head_timeouts: self.head_timeouts.load(Relaxed),
             },
+            client_errors: self.client_errors.load(Relaxed),
             versions: self
                 .versions
                 .read()
@@ -233,6 +248,7 @@ impl Stats {
                         responses_5xx: c(4),
                         bad_gateway: s.bad_gateway.load(Relaxed),
                         timeouts: s.timeouts.load(Relaxed),
+                        client_errors: s.client_errors.load(Relaxed),
                         latency: s.latency.snapshot(),
                     };
                     (name.clone(), v)
@@ -252,6 +268,9 @@ pub struct ServiceStats {
     /// What became of client connections the proxy did not serve.
     #[serde(default)]
     pub connections: ConnectionCounts,
+    /// Requests refused before routing through the client's fault (400/405).
+    #[serde(default)]
+    pub client_errors: u64,
 }
 
 /// Client connections an l7 listener closed without serving them.
@@ -278,6 +297,10 @@ pub struct VersionCounts {
     pub responses_5xx: u64,
     pub bad_gateway: u64,
     pub timeouts: u64,
+    /// Requests routed here that failed through the client's fault (400/408):
+    /// not this version's errors, and not counted in its rollout gates.
+    #[serde(default)]
+    pub client_errors: u64,
     /// Response latency histogram (see `metrics::LATENCY_BUCKETS`).
     #[serde(default)]
     pub latency: crate::metrics::LatencySnapshot,

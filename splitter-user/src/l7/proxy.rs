@@ -3,7 +3,14 @@
 //! `X-Forwarded-For`/`Forwarded` in), forward it to an endpoint with the
 //! pooled client and stream the answer back. Failures become 400/502/504.
 
-use std::{convert::Infallible, net::SocketAddr, sync::Arc};
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicBool, Ordering::Relaxed},
+        Arc,
+    },
+};
 
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri};
@@ -34,6 +41,11 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::TRANSFER_ENCODING,
 ];
 
+/// End-to-end headers a `Connection` list never removes: naming them there
+/// would let a client strip what the endpoint relies on.
+const END_TO_END: [HeaderName; 5] =
+    [header::HOST, header::CONTENT_LENGTH, header::CONTENT_TYPE, header::AUTHORIZATION, header::COOKIE];
+
 /// The mirror marker header on copies sent to a shadow version.
 pub const MIRROR_HEADER: &str = "x-splitter-mirror";
 
@@ -48,6 +60,11 @@ pub async fn handle(
     // and the connection closes after this answer, so nothing smuggled behind
     // the body is ever read. Upstream, the request is framed anew.
     let arrived = std::time::Instant::now();
+    let mut req = req;
+    if let Err(why) = check_request(&mut req) {
+        shared.stats.client_error();
+        return Ok(why.answer());
+    }
     // The table this request started with, even if a flip swaps it meanwhile.
     let table = shared.table.load_full();
     let decision = {
@@ -66,6 +83,9 @@ pub async fn handle(
     let (mut parts, body) = req.into_parts();
     forward_headers(&mut parts.headers, &parts.uri, client);
     let retriable = is_idempotent(&parts.method) && body.is_end_stream();
+    // Whether the client's own body failed (or is still coming): then a
+    // failed request is the client's fault, not the version's.
+    let (body, client_body) = Watched::new(body);
     let mut body = body.boxed();
     // A sampled request is copied to the mirror; `compare` gets the primary's answer.
     let mut compare: Option<(oneshot::Sender<Captured>, usize)> = None;
@@ -127,10 +147,18 @@ pub async fn handle(
             Ok(Err(e)) if e.is_connect() && !last => {
                 tracing::debug!(%endpoint, "connect failed ({e}); trying the next endpoint");
             }
+            Ok(Err(_)) if client_body.failed() => {
+                stats.client_error();
+                return Ok(error(StatusCode::BAD_REQUEST, "the request body is malformed"));
+            }
             Ok(Err(e)) => {
                 tracing::debug!(%endpoint, "upstream failed: {e}");
                 stats.bad_gateway(arrived.elapsed());
                 return Ok(error(StatusCode::BAD_GATEWAY, "the endpoint could not be reached or failed"));
+            }
+            Err(_) if client_body.failed() || !client_body.done() => {
+                stats.client_error();
+                return Ok(error(StatusCode::REQUEST_TIMEOUT, "the request body did not arrive in time"));
             }
             Err(_) => {
                 stats.timeout(arrived.elapsed());
@@ -139,6 +167,138 @@ pub async fn handle(
         }
     }
     unreachable!("the last attempt always answers (a version has at least one endpoint)")
+}
+
+/// What the client's body did: failed (malformed, cut off) or ended.
+#[derive(Clone, Default)]
+pub struct BodyWatch(Arc<[AtomicBool; 2]>);
+
+impl BodyWatch {
+    pub fn failed(&self) -> bool {
+        self.0[0].load(Relaxed)
+    }
+    pub fn done(&self) -> bool {
+        self.0[1].load(Relaxed)
+    }
+}
+
+/// The client's request body, watched on its way to the endpoint.
+pub struct Watched {
+    inner: Incoming,
+    watch: BodyWatch,
+}
+
+impl Watched {
+    pub fn new(inner: Incoming) -> (Watched, BodyWatch) {
+        let watch = BodyWatch::default();
+        if inner.is_end_stream() {
+            watch.0[1].store(true, Relaxed);
+        }
+        (Watched { inner, watch: watch.clone() }, watch)
+    }
+}
+
+impl Body for Watched {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            std::task::Poll::Ready(Some(Err(_))) => self.watch.0[0].store(true, Relaxed),
+            std::task::Poll::Ready(None) => self.watch.0[1].store(true, Relaxed),
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Why a request is refused before it is routed: the client got it wrong.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientError {
+    /// `Host` more than once.
+    TwoHosts,
+    /// HTTP/1.1 without `Host` (RFC 9112 §3.2).
+    NoHost,
+    /// HTTP/2: `host` and `:authority` differ (RFC 9113 §8.3.1).
+    HostAuthorityDiffer,
+    /// A method longer than [`MAX_METHOD`].
+    LongMethod,
+    /// `CONNECT`: the proxy does not tunnel.
+    Connect,
+}
+
+/// Longest method accepted (the standard ones are at most 7 characters).
+pub const MAX_METHOD: usize = 32;
+
+impl ClientError {
+    /// The answer: 400, or 405 for `CONNECT`.
+    pub fn answer(self) -> Response<ProxyBody> {
+        let (status, why) = match self {
+            ClientError::TwoHosts => (StatusCode::BAD_REQUEST, "more than one Host header"),
+            ClientError::NoHost => (StatusCode::BAD_REQUEST, "an HTTP/1.1 request needs a Host header"),
+            ClientError::HostAuthorityDiffer => (StatusCode::BAD_REQUEST, "host and :authority differ"),
+            ClientError::LongMethod => (StatusCode::BAD_REQUEST, "method too long"),
+            ClientError::Connect => (StatusCode::METHOD_NOT_ALLOWED, "CONNECT is not served here"),
+        };
+        let mut resp = error(status, why);
+        if self == ClientError::Connect {
+            resp.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH, TRACE"));
+        }
+        resp
+    }
+}
+
+/// Checks a request's head and puts it in order before it is routed:
+/// refuses what no endpoint should see (see [`ClientError`]), makes an
+/// absolute-form request's authority its `Host`, drops header names with an
+/// underscore (as nginx does: they alias dashed names in CGI-style
+/// environments) and a client's own mirror marker.
+pub fn check_request<B>(req: &mut Request<B>) -> Result<(), ClientError> {
+    if req.method().as_str().len() > MAX_METHOD {
+        return Err(ClientError::LongMethod);
+    }
+    if req.method() == Method::CONNECT {
+        return Err(ClientError::Connect);
+    }
+    let hosts = req.headers().get_all(header::HOST).iter().count();
+    if hosts > 1 {
+        return Err(ClientError::TwoHosts);
+    }
+    let authority = req.uri().authority().map(|a| a.as_str().to_owned());
+    match (req.version(), authority) {
+        (http::Version::HTTP_2 | http::Version::HTTP_3, Some(a))
+            if req.headers().get(header::HOST).is_some_and(|h| h.as_bytes() != a.as_bytes()) =>
+        {
+            return Err(ClientError::HostAuthorityDiffer);
+        }
+        (http::Version::HTTP_2 | http::Version::HTTP_3, Some(_)) => {}
+        // Absolute form: the authority is the host (RFC 9112 §3.2.2).
+        (_, Some(a)) => {
+            let v = HeaderValue::from_str(&a).map_err(|_| ClientError::NoHost)?;
+            req.headers_mut().insert(header::HOST, v);
+        }
+        (http::Version::HTTP_11, None) if hosts == 0 => return Err(ClientError::NoHost),
+        _ => {}
+    }
+    let underscored: Vec<HeaderName> = req.headers().keys().filter(|n| n.as_str().contains('_')).cloned().collect();
+    for name in underscored {
+        req.headers_mut().remove(&name);
+    }
+    req.headers_mut().remove(MIRROR_HEADER);
+    Ok(())
 }
 
 /// GET, HEAD, OPTIONS, TRACE, PUT, DELETE (RFC 9110 §9.2.2).
@@ -166,7 +326,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .flat_map(|v| v.split(','))
         .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
         .collect();
-    for name in HOP_BY_HOP.iter().chain(&named) {
+    for name in HOP_BY_HOP.iter().chain(named.iter().filter(|n| !END_TO_END.contains(n))) {
         headers.remove(name);
     }
     // `Upgrade` only means something with `Connection: upgrade`, which is gone.
@@ -240,6 +400,59 @@ mod tests {
         let mut h6 = HeaderMap::new();
         forward_headers(&mut h6, &"/".parse().unwrap(), "[2001:db8::1]:5000".parse().unwrap());
         assert_eq!(h6[header::FORWARDED], "for=\"[2001:db8::1]\";proto=http");
+    }
+
+    #[test]
+    fn requests_the_client_got_wrong_are_refused_and_the_rest_put_in_order() {
+        let req = |method: &str, uri: &str, version: http::Version, headers: &[(&str, &str)]| {
+            let mut b = Request::builder().method(method).uri(uri).version(version);
+            for (k, v) in headers {
+                b = b.header(*k, *v);
+            }
+            b.body(()).unwrap()
+        };
+        use http::Version as V;
+        let refused = [
+            (req("GET", "/", V::HTTP_11, &[("host", "a"), ("host", "b")]), ClientError::TwoHosts),
+            (req("GET", "/", V::HTTP_11, &[]), ClientError::NoHost),
+            (req("GET", "https://a.example/x", V::HTTP_2, &[("host", "b.example")]), ClientError::HostAuthorityDiffer),
+            (req(&"X".repeat(33), "/", V::HTTP_11, &[("host", "a")]), ClientError::LongMethod),
+            (req("CONNECT", "a.example:443", V::HTTP_11, &[("host", "a.example:443")]), ClientError::Connect),
+        ];
+        for (mut r, want) in refused {
+            assert_eq!(check_request(&mut r), Err(want));
+        }
+        assert_eq!(ClientError::Connect.answer().status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(ClientError::NoHost.answer().status(), StatusCode::BAD_REQUEST);
+        // HTTP/1.0 needs no Host; h2 may repeat its authority in host.
+        assert_eq!(check_request(&mut req("GET", "/", V::HTTP_10, &[])), Ok(()));
+        assert_eq!(check_request(&mut req("GET", "https://a.example/", V::HTTP_2, &[("host", "a.example")])), Ok(()));
+        // The absolute form's authority becomes Host; underscores and the
+        // mirror marker go.
+        let mut r = req(
+            "GET",
+            "http://real.example/x",
+            V::HTTP_11,
+            &[("host", "fake.example"), ("x_user", "admin"), ("x-user", "me"), (MIRROR_HEADER, "1")],
+        );
+        assert_eq!(check_request(&mut r), Ok(()));
+        assert_eq!(r.headers()[header::HOST], "real.example");
+        assert!(!r.headers().contains_key("x_user") && !r.headers().contains_key(MIRROR_HEADER));
+        assert_eq!(r.headers()["x-user"], "me");
+    }
+
+    #[test]
+    fn a_connection_list_never_strips_end_to_end_essentials() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, "host, content-type, cookie, x-drop".parse().unwrap());
+        h.insert(header::HOST, "a.example".parse().unwrap());
+        h.insert(header::CONTENT_TYPE, "text/plain".parse().unwrap());
+        h.insert(header::COOKIE, "s=1".parse().unwrap());
+        h.insert("x-drop", "1".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h[header::HOST], "a.example");
+        assert!(h.contains_key(header::CONTENT_TYPE) && h.contains_key(header::COOKIE));
+        assert!(!h.contains_key("x-drop") && !h.contains_key(header::CONNECTION));
     }
 
     #[test]
