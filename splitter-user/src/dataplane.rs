@@ -156,6 +156,7 @@ pub struct Dataplane {
 }
 
 /// One service as last written to the kernel.
+#[derive(Clone)]
 struct Installed {
     /// Service slot: its tables are `TABLES[2 * slot]` and `[2 * slot + 1]`.
     slot: u32,
@@ -385,7 +386,6 @@ impl Dataplane {
     /// it, so a failure part-way never leaves the agent writing into a live
     /// generation next time.
     pub fn apply(&mut self, plans: &[ServicePlan]) -> Result<(), DataplaneError> {
-        let in_use = |key: &ServiceKey| plans.iter().any(|p| p.key == *key);
         // Replies of the new endpoints are recognised before any flow can be
         // placed on them; endpoints that left stay until their flows are gone
         // (the sweep removes them). Until this apply has succeeded, the old
@@ -395,7 +395,8 @@ impl Dataplane {
         self.configured = backends::merge(&configured, &self.configured).0;
         let kept = self.backends.clone();
         self.write_backends(&kept)?;
-        // Every mirror interface resolved before anything is written.
+        // Every mirror interface resolved, and a slot found for every new
+        // service, before anything is written.
         let mut tables = Vec::with_capacity(plans.len());
         for plan in plans {
             let mut table = plan.table.clone();
@@ -405,6 +406,37 @@ impl Dataplane {
             }
             tables.push(table);
         }
+        let staying = self.live.iter().filter(|(n, _)| plans.iter().any(|p| &p.name == *n)).count();
+        let new = plans.iter().filter(|p| !self.live.contains_key(&p.name)).count();
+        if staying + new > MAX_SERVICES as usize {
+            return Err(DataplaneError::TooManyServices);
+        }
+        // What was there before: restored if a write fails part-way, so the
+        // kernel serves the whole old configuration or the whole new one.
+        let before = self.live.clone();
+        let result = self.write_plans(plans, tables);
+        if let Err(e) = &result {
+            tracing::error!("writing the tables failed ({e}); restoring the ones served before");
+            if let Err(e) = self.restore(before) {
+                tracing::error!("restoring the tables served before failed too: {e}");
+            }
+            return result;
+        }
+        self.configured = configured;
+        Ok(())
+    }
+
+    /// Writes each plan's table into its service's spare generation and
+    /// points `SERVICES` at it; removes the services no plan names.
+    fn write_plans(&mut self, plans: &[ServicePlan], tables: Vec<Box<SelectionTable>>) -> Result<(), DataplaneError> {
+        let in_use = |key: &ServiceKey| plans.iter().any(|p| p.key == *key);
+        // New services take free slots, lowest first; only when those run
+        // short does one take the slot of a service that goes (removed
+        // first; a failure after that cannot bring it back).
+        let mut free: std::collections::VecDeque<u32> =
+            (0..MAX_SERVICES).filter(|s| self.live.values().all(|i| i.slot != *s)).collect();
+        let mut going: Vec<String> =
+            self.live.keys().filter(|n| !plans.iter().any(|p| &p.name == *n)).cloned().collect();
         for (plan, table) in plans.iter().zip(tables) {
             let installed = self.live.get(&plan.name);
             if installed.is_some_and(|i| {
@@ -416,14 +448,21 @@ impl Dataplane {
             }
             let (slot, generation) = match installed {
                 Some(i) => (i.slot, 1 - i.generation),
-                None => {
-                    let slot = (0..MAX_SERVICES)
-                        .find(|s| self.live.values().all(|i| i.slot != *s))
-                        .ok_or(DataplaneError::TooManyServices)?;
-                    (slot, 0)
-                }
+                None => match free.pop_front() {
+                    Some(slot) => (slot, 0),
+                    None => {
+                        let name = going.pop().ok_or(DataplaneError::TooManyServices)?;
+                        let gone = self.live.remove(&name).expect("listed as live");
+                        if !in_use(&gone.key) {
+                            let mut services: HashMap<&mut MapData, ServiceKey, ServiceRef> =
+                                HashMap::try_from(map_mut(&mut self.ebpf, MAP_SERVICES)?)?;
+                            services.remove(&gone.key)?;
+                        }
+                        (gone.slot, 0)
+                    }
+                },
             };
-            let old_key = installed.map(|i| i.key);
+            let old_key = self.live.get(&plan.name).map(|i| i.key);
             let table_id = slot * 2 + generation;
             let mut table_map: Array<&mut MapData, SelectionTable> =
                 Array::try_from(map_mut(&mut self.ebpf, MAP_TABLES)?)?;
@@ -444,8 +483,7 @@ impl Dataplane {
                 services.remove(&old)?;
             }
         }
-        let gone: Vec<String> = self.live.keys().filter(|n| !plans.iter().any(|p| &p.name == *n)).cloned().collect();
-        for name in gone {
+        for name in going {
             let installed = self.live.remove(&name).expect("listed above");
             if !in_use(&installed.key) {
                 let mut services: HashMap<&mut MapData, ServiceKey, ServiceRef> =
@@ -453,7 +491,23 @@ impl Dataplane {
                 services.remove(&installed.key)?;
             }
         }
-        self.configured = configured;
+        Ok(())
+    }
+
+    /// Points `SERVICES` back at the tables `before` had (their generations
+    /// were not written: a write goes to the spare one) and removes the
+    /// services it did not have.
+    fn restore(&mut self, before: BTreeMap<String, Installed>) -> Result<(), DataplaneError> {
+        let mut services: HashMap<&mut MapData, ServiceKey, ServiceRef> =
+            HashMap::try_from(map_mut(&mut self.ebpf, MAP_SERVICES)?)?;
+        let keep: BTreeSet<ServiceKey> = before.values().map(|i| i.key).collect();
+        for i in self.live.values().filter(|i| !keep.contains(&i.key)) {
+            let _ = services.remove(&i.key);
+        }
+        for i in before.values() {
+            services.insert(i.key, ServiceRef { table: i.slot * 2 + i.generation, flags: i.flags }, 0)?;
+        }
+        self.live = before;
         Ok(())
     }
 

@@ -137,11 +137,23 @@ pub struct Keeper {
     settings: LocalAddresses,
     /// The l7 addresses last made local (or warned about).
     held: Option<BTreeSet<IpAddr>>,
+    /// What was held before the last update (for [`Keeper::revert`]).
+    before: Option<BTreeSet<IpAddr>>,
 }
 
 impl Keeper {
     pub fn new(settings: LocalAddresses) -> Keeper {
-        Keeper { settings, held: None }
+        Keeper { settings, held: None, before: None }
+    }
+
+    /// Undoes the last update (a later step of the same change failed).
+    pub fn revert(&mut self) -> Result<(), LocalAddrError> {
+        let Some(before) = self.before.take() else { return Ok(()) };
+        if self.settings.manage {
+            reconcile(&self.settings.interface, &before)?;
+        }
+        self.held = Some(before);
+        Ok(())
     }
 
     /// Makes the l7 addresses of `config` local (with `manage`), or warns
@@ -150,6 +162,7 @@ impl Keeper {
     pub fn update(&mut self, config: &Config) -> Result<(), LocalAddrError> {
         let wanted = wanted(config);
         if self.held.as_ref() == Some(&wanted) {
+            self.before = None;
             return Ok(());
         }
         let interface = &self.settings.interface;
@@ -171,7 +184,7 @@ impl Keeper {
                 );
             }
         }
-        self.held = Some(wanted);
+        self.before = self.held.replace(wanted);
         Ok(())
     }
 }

@@ -4,10 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use splitter_model::{
-    config::Config,
-    plan::{plan_all, ServicePlan},
-};
+use splitter_model::{config::Config, plan::ServicePlan};
 use tracing::info;
 
 use super::AgentError;
@@ -39,19 +36,11 @@ impl AgentCounters {
 }
 
 impl Serving {
-    /// Makes `effective` (file plus runtime changes) the served state: l4
-    /// tables planned from the live ones and swapped in, l7 routing tables
-    /// swapped whole. L7 listeners are bound first, so a bind failure
-    /// changes nothing.
-    pub fn apply(&mut self, effective: &Config) -> Result<Vec<ServicePlan>, AgentError> {
-        let plans = plan_all(effective, |n| self.dp.previous(n))?;
-        self.install(effective, &plans)?;
-        Ok(plans)
-    }
-
-    /// [`Serving::apply`] with the l4 plans already made. A new mirror
-    /// interface gets its guard before any table sends copies there; an
-    /// interface no longer mirrored to loses it afterwards.
+    /// Makes `effective` (file plus runtime changes) the served state with
+    /// the l4 `plans` made for it: l4 tables swapped in, l7 routing tables
+    /// swapped whole. A new mirror interface gets its guard before any table
+    /// sends copies there; an interface no longer mirrored to loses it
+    /// afterwards.
     pub fn install(&mut self, effective: &Config, plans: &[ServicePlan]) -> Result<(), AgentError> {
         let started = std::time::Instant::now();
         let result = self.install_timed(effective, plans);
@@ -59,16 +48,38 @@ impl Serving {
         result
     }
 
+    /// All or nothing: what can fail without changing anything comes first
+    /// (l7 listeners bound, tables built), then the changes, each undone if
+    /// a later one fails; the l7 tables are swapped last (that cannot fail).
     fn install_timed(&mut self, effective: &Config, plans: &[ServicePlan]) -> Result<(), AgentError> {
+        let l7 = self.l7.prepare(effective)?;
         self.local.update(effective)?;
-        self.l7.apply(effective)?;
         let wanted = effective.mirror_interfaces();
-        let mut both = wanted.clone();
-        both.extend(self.dp.guarded().map(str::to_owned));
-        self.dp.guard_mirrors(&both)?;
-        self.dp.apply(plans)?;
-        self.dp.guard_mirrors(&wanted)?;
+        let before: std::collections::BTreeSet<String> = self.dp.guarded().map(str::to_owned).collect();
+        let both: std::collections::BTreeSet<String> = wanted.union(&before).cloned().collect();
+        // The data path restores its own tables when a write fails.
+        if let Err(e) = self.dp.guard_mirrors(&both).and_then(|()| self.dp.apply(plans)) {
+            self.undo(&before);
+            return Err(e.into());
+        }
+        self.l7.commit(l7);
+        // Only takes guards off interfaces no longer mirrored to: served
+        // traffic is the same either way.
+        if let Err(e) = self.dp.guard_mirrors(&wanted) {
+            tracing::warn!("removing mirror guards no longer needed: {e}");
+        }
         Ok(())
+    }
+
+    /// Puts back the l7 addresses and mirror guards of before a change that
+    /// failed part-way.
+    fn undo(&mut self, guarded_before: &std::collections::BTreeSet<String>) {
+        if let Err(e) = self.local.revert() {
+            tracing::error!("restoring the l7 addresses of before: {e}");
+        }
+        if let Err(e) = self.dp.guard_mirrors(guarded_before) {
+            tracing::error!("restoring the mirror guards of before: {e}");
+        }
     }
 }
 

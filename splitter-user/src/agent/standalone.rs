@@ -86,9 +86,20 @@ impl Backing for Standalone {
         for name in dropped {
             warn!(service = %name, "runtime weights no longer fit the file's versions; the file's weights apply");
         }
-        let plans = serving.apply(&effective)?;
-        if next_runtime != *runtime {
+        // Planned, then saved, then served; a failure at any step leaves
+        // the saved state and the served one as they were.
+        let plans = plan_all(&effective, |n| serving.dp.previous(n))?;
+        let changed = next_runtime != *runtime;
+        if changed {
             next_runtime.save(&self.state_dir).map_err(AgentError::from)?;
+        }
+        if let Err(e) = serving.install(&effective, &plans) {
+            if changed {
+                if let Err(e) = runtime.save(&self.state_dir) {
+                    error!("restoring the saved runtime state failed: {e}");
+                }
+            }
+            return Err(e.into());
         }
         *runtime = next_runtime;
         Ok((next, plans))

@@ -306,6 +306,14 @@ pub struct VersionCounts {
     pub latency: crate::metrics::LatencySnapshot,
 }
 
+/// The l7 side's next state, made without changing anything: listeners
+/// bound for new or moved services and every table built.
+pub struct Prepared {
+    wanted: BTreeMap<String, Service>,
+    bound: BTreeMap<String, tokio::net::TcpListener>,
+    tables: BTreeMap<String, RouteTable>,
+}
+
 /// One running l7 service.
 struct Running {
     listen: SocketAddr,
@@ -332,11 +340,18 @@ impl L7 {
     }
 
     /// Makes the l7 services of `config` (the effective one: file plus
-    /// runtime changes) the served ones. Listeners that must be opened are
-    /// bound first; if one fails, nothing changes. Tables are rebuilt from
-    /// the live ones (so a weight change moves the fewest sticky users) and
-    /// swapped whole. Must run inside the tokio runtime.
+    /// runtime changes) the served ones: [`L7::prepare`], then
+    /// [`L7::commit`]. Must run inside the tokio runtime.
     pub fn apply(&mut self, config: &Config) -> Result<(), L7Error> {
+        let prepared = self.prepare(config)?;
+        self.commit(prepared);
+        Ok(())
+    }
+
+    /// Everything that can fail, with nothing changed: the listeners that
+    /// must be opened are bound, and every table is rebuilt from the live
+    /// one (so a weight change moves the fewest sticky users).
+    pub fn prepare(&self, config: &Config) -> Result<Prepared, L7Error> {
         let wanted: BTreeMap<&String, &Service> = config.services.iter().filter(|(_, s)| s.mode == Mode::L7).collect();
         // Bind what is new or moved, before touching anything.
         let mut bound = BTreeMap::new();
@@ -357,14 +372,20 @@ impl L7 {
                 .map_err(|source| L7Error::Route { service: (*name).clone(), source })?;
             tables.insert((*name).clone(), table);
         }
-        // Nothing can fail from here on.
-        let gone: Vec<String> = self.running.keys().filter(|n| !wanted.contains_key(n)).cloned().collect();
+        let wanted = wanted.into_iter().map(|(n, s)| (n.clone(), s.clone())).collect();
+        Ok(Prepared { wanted, bound, tables })
+    }
+
+    /// Swaps in what [`L7::prepare`] made; cannot fail.
+    pub fn commit(&mut self, prepared: Prepared) {
+        let Prepared { wanted, mut bound, mut tables } = prepared;
+        let gone: Vec<String> = self.running.keys().filter(|n| !wanted.contains_key(*n)).cloned().collect();
         for name in gone {
             let r = self.running.remove(&name).expect("listed");
             r.accept.abort();
             info!(service = %name, listen = %r.listen, "l7: stopped listening");
         }
-        for (name, svc) in wanted {
+        for (name, svc) in &wanted {
             let table = tables.remove(name).expect("built above");
             match (self.running.get_mut(name), bound.remove(name)) {
                 (Some(r), None) => {
@@ -396,7 +417,6 @@ impl L7 {
                 (None, None) => unreachable!("a new service is always bound above"),
             }
         }
-        Ok(())
     }
 
     /// Counters of every l7 service.
