@@ -18,11 +18,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use splitter_tests::{load::percentile, netns::unique_name, rss_kib};
-use splitter_user::{
+use splitter_testkit::{
     agent_process::AgentProcess,
-    demo::{ask_version, serve_tcp, Topology},
+    netns::unique_name,
+    serve::{ask_version, serve_tcp},
+    topology::Topology,
 };
+use splitter_tests::{load::percentile, rss_kib};
 
 const CHANGES: usize = 200;
 

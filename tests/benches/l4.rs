@@ -20,13 +20,12 @@ use std::{
     path::PathBuf,
 };
 
+use splitter_testkit::{agent_process::AgentProcess, netns::unique_name, serve::serve_tcp, topology::Topology};
 use splitter_tests::{
     load::{bulk, busy_cpu, connection_rate, median, serve_sink, tcp_segments, Rate},
-    netns::unique_name,
     peers::{Haproxy, Nftables},
     report::{self, Bar},
 };
-use splitter_user::{agent_process::AgentProcess, demo::serve_tcp, demo::Topology};
 
 const THREADS: usize = 4;
 const SECS: u64 = 3;

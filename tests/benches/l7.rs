@@ -21,15 +21,18 @@ use std::{
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
-use splitter_tests::{
+use splitter_testkit::{
+    agent_process::AgentProcess,
     http::serve_http,
+    netns::{unique_name, NetNs},
+    topology::Topology,
+};
+use splitter_tests::{
     load::median,
-    netns::unique_name,
     peers::{Haproxy, Nginx},
     report::{self, Bar},
     rss_kib,
 };
-use splitter_user::{agent_process::AgentProcess, demo::Topology, netns::NetNs};
 
 const CONNS: usize = 32;
 const SECS: u64 = 3;

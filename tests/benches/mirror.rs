@@ -17,11 +17,12 @@ use std::{
 };
 
 use splitter_common::{service::mirror_sampled, FlowKey};
-use splitter_tests::{
-    load::{median, send_bulk, serve_sink},
-    netns::unique_name,
+use splitter_testkit::{
+    agent_process::AgentProcess,
+    netns::{unique_name, NetNs},
+    topology::Topology,
 };
-use splitter_user::{agent_process::AgentProcess, demo::Topology, netns::NetNs};
+use splitter_tests::load::{median, send_bulk, serve_sink};
 
 const CONNS: usize = 40;
 const BYTES: usize = 8 << 20;
@@ -87,7 +88,7 @@ fn main() {
     let topo = Topology::build(&unique_name("spb")).expect("topology");
     serve_sink(&topo.blue, PORT);
     serve_sink(&topo.green, PORT);
-    let _tap = splitter_user::demo::mirror_link(&topo.lb, &unique_name("spb")).expect("mirror link");
+    let _tap = topo.mirror_link(&unique_name("spb")).expect("mirror link");
     let bin = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/splitter");
     let name = unique_name("spb");
     let dir = std::env::temp_dir().join(format!("splitter-bench-{name}"));

@@ -11,8 +11,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use splitter_tests::{etcd::Etcd, load::percentile, netns::unique_name};
-use splitter_user::{agent_process::AgentProcess, netns::NetNs, store::Store};
+use splitter_testkit::{
+    agent_process::AgentProcess,
+    netns::{unique_name, veth, NetNs},
+};
+use splitter_tests::{etcd::Etcd, load::percentile};
+use splitter_user::store::Store;
 
 const NODES: usize = 3;
 const CHANGES: usize = 50;
@@ -101,7 +105,7 @@ fn main() {
     let nodes: Vec<NetNs> = (1..=NODES)
         .map(|n| {
             let ns = NetNs::new(format!("{tag}-n{n}")).unwrap();
-            splitter_user::netns::veth(&ns, "eth-m", &mgmt, &format!("p{n}")).unwrap();
+            veth(&ns, "eth-m", &mgmt, &format!("p{n}")).unwrap();
             ip(&mgmt, &["link", "set", &format!("p{n}"), "master", "br0"]);
             ip(&ns, &["addr", "add", &format!("10.99.0.1{n}/24"), "dev", "eth-m"]);
             ip(&ns, &["link", "add", "eth-c", "type", "veth", "peer", "name", "eth-x"]);

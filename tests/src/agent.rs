@@ -1,6 +1,7 @@
 //! The real `splitter` binary as a child process inside a test namespace
-//! (`splitter_user::agent_process`), with unique paths and helpers to read
-//! its state through the CLI as an operator would.
+//! (`splitter_testkit::agent_process`), with unique paths, and helpers to
+//! read its state through the CLI (as an operator would) and the control
+//! socket's typed answer.
 
 use std::{
     ops::{Deref, DerefMut},
@@ -8,9 +9,11 @@ use std::{
     process::Command,
 };
 
-use splitter_user::agent_process::AgentProcess;
-
-use crate::netns::{unique_name, NetNs};
+use splitter_testkit::{
+    agent_process::AgentProcess,
+    netns::{unique_name, NetNs},
+};
+use splitter_user::control::{request, AgentInfo, Request};
 
 /// Path of the `splitter` binary built next to the test executables
 /// (`target/<profile>/splitter`), or `$SPLITTER_BIN`.
@@ -55,6 +58,12 @@ impl Agent {
         let pin = PathBuf::from("/sys/fs/bpf").join(&name);
         let p = AgentProcess::start(&splitter_bin(), ns, &dir, &pin, body).unwrap_or_else(|e| panic!("{e}"));
         Agent(p)
+    }
+
+    /// What the agent says about itself on its control socket (`None` when
+    /// nothing answers).
+    pub fn info(&self) -> Option<AgentInfo> {
+        request(&self.control_socket, &Request::Status).ok()?.agent
     }
 
     /// A `splitter` CLI command.

@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::netns::{unique_name, NetNs};
+use splitter_testkit::netns::{unique_name, NetNs};
 
 pub struct Etcd {
     child: Option<Child>,

@@ -13,7 +13,8 @@ use splitter_common::{
     stats::Stat,
 };
 use splitter_model::{config::Config, plan::ServicePlan};
-use splitter_user::{config_file::ConfigFile as _, dataplane::Dataplane, netns::NetNs};
+use splitter_testkit::netns::NetNs;
+use splitter_user::{config_file::ConfigFile as _, dataplane::Dataplane};
 
 use crate::netns::netns;
 

@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use splitter_user::netns::{run_ok, NetNs};
+use splitter_testkit::netns::{run_ok, NetNs};
 
 /// A running HAProxy, killed on drop.
 pub struct Haproxy(pub Child);

@@ -12,12 +12,15 @@ use std::{
     time::{Duration, Instant},
 };
 
+use splitter_testkit::{
+    netns::{unique_name, veth, NetNs},
+    serve::{ask_version, serve_tcp},
+};
 use splitter_tests::{
     agent::{splitter_bin, Agent},
     etcd::Etcd,
-    netns::{netns, unique_name, NetNs},
+    netns::netns,
 };
-use splitter_user::demo::{ask_version, serve_tcp};
 
 const TIMEOUT: Duration = Duration::from_secs(3);
 const VIP: &str = "203.0.113.10:80";
@@ -49,7 +52,7 @@ fn bridge(ns: &NetNs, addr: Option<&str>) {
 
 /// A veth from `node` (named `name` there) to a port `port` of `ns`'s bridge.
 fn port(node: &NetNs, name: &str, ns: &NetNs, port: &str) {
-    splitter_user::netns::veth(node, name, ns, port).unwrap_or_else(|e| panic!("veth {name}/{port}: {e}"));
+    veth(node, name, ns, port).unwrap_or_else(|e| panic!("veth {name}/{port}: {e}"));
     ip(ns, &["link", "set", port, "master", "br0"]);
     // XDP redirects into this veth land only with NAPI on its peer (GRO).
     ns.enable_gro(port).unwrap();

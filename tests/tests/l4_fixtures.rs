@@ -437,7 +437,7 @@ const TC_ACT_REDIRECT: i32 = 7;
 #[test]
 fn a_mirrored_flow_is_copied_whole_by_the_tc_program_and_an_unmirrored_one_never() {
     use splitter_common::service::mirror_sampled;
-    use splitter_tests::raw::Capture;
+    use splitter_testkit::capture::Capture;
     let h = Harness::with_config(
         &CONFIG
             .replace(

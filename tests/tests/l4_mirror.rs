@@ -1,5 +1,5 @@
 //! Tier 3, L4 mirroring end to end: the real agent, real TCP clients and
-//! backends (`splitter_user::demo::Topology`), and a packet capture in a
+//! backends (`splitter_testkit::topology::Topology`), and a packet capture in a
 //! `tap` namespace on the far side of the LB's mirror interface. The flows a
 //! capture sees must be exactly the sampled ones (the sampling is a pure
 //! function of the 5-tuple, so the test knows them), each whole.
@@ -12,12 +12,13 @@ use std::{
 };
 
 use splitter_common::{service::mirror_sampled, FlowKey};
-use splitter_tests::{
-    agent::Agent,
+use splitter_testkit::{
+    capture::{tcp_flows, Capture, Recording, SeenFlow},
     netns::{unique_name, NetNs},
-    raw::{mac_of, tcp_flows, Capture, RawSocket, Recording, SeenFlow},
+    serve::{ask_version, serve_tcp, serve_udp},
+    topology::Topology,
 };
-use splitter_user::demo::{ask_version, serve_tcp, serve_udp, Topology};
+use splitter_tests::{agent::Agent, raw::RawSocket};
 
 const TIMEOUT: Duration = Duration::from_secs(3);
 const VIP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
@@ -56,7 +57,7 @@ fn setup(config: &str) -> Setup {
         serve_tcp(ns, 8080, name).expect("TCP backend");
         serve_udp(ns, 5353, name).expect("UDP backend");
     }
-    let tap = splitter_user::demo::mirror_link(&topo.lb, &unique_name("spt")).expect("mirror link");
+    let tap = topo.mirror_link(&unique_name("spt")).expect("mirror link");
     let agent = Agent::start(&topo.lb, config);
     Setup { topo, tap, agent }
 }
@@ -216,8 +217,8 @@ fn mirroring_is_switched_at_run_time_and_bad_requests_change_nothing() {
 #[test]
 fn answers_a_shadow_sends_from_a_service_address_are_dropped_at_the_mirror_interface() {
     let s = setup(CONFIG);
-    let lb_mac = mac_of(&s.topo.lb, "lb-mirror");
-    let tap_mac = mac_of(&s.tap, "eth0");
+    let lb_mac = s.topo.lb.mac("lb-mirror").expect("lb-mirror's MAC");
+    let tap_mac = s.tap.mac("eth0").expect("tap's MAC");
     let udp_from = |src: SocketAddrV4| {
         let mut frame = Vec::new();
         etherparse::PacketBuilder::ethernet2(tap_mac, lb_mac)

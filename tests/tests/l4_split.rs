@@ -1,6 +1,6 @@
 //! Tier 3, the L4 split end to end: the real agent in an lb namespace, real
 //! TCP and UDP clients in a client namespace, backends in blue/green
-//! namespaces (`splitter_user::demo::Topology`). Shares must match weights,
+//! namespaces (`splitter_testkit::topology::Topology`). Shares must match weights,
 //! flows must stick to their backend, and the client must only see the VIP.
 
 use std::{
@@ -9,8 +9,12 @@ use std::{
     time::Duration,
 };
 
-use splitter_tests::{agent::Agent, netns::unique_name};
-use splitter_user::demo::{ask_version, serve_tcp, serve_udp, Topology};
+use splitter_testkit::{
+    netns::unique_name,
+    serve::{ask_version, serve_tcp, serve_udp},
+    topology::Topology,
+};
+use splitter_tests::agent::Agent;
 
 const TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -262,11 +266,11 @@ fn idle_and_closed_flows_age_out_of_the_flow_table() {
 fn a_burst_of_malformed_frames_at_the_vip_changes_nothing_for_normal_traffic() {
     use splitter_tests::{
         packet::{self, Frame, Tcp},
-        raw::{mac_of, RawSocket},
+        raw::RawSocket,
     };
     let (topo, agent) = setup();
-    let lb_mac = mac_of(&topo.lb, "lb-client");
-    let client_mac = mac_of(&topo.client, "eth0");
+    let lb_mac = topo.lb.mac("lb-client").expect("lb-client's MAC");
+    let client_mac = topo.client.mac("eth0").expect("the client's MAC");
     let (client4, vip4) = ([192, 0, 2, 2], [203, 0, 113, 10]);
     let good = Frame::tcp((client4, 40000), (vip4, 80), Tcp::Syn).macs(client_mac, lb_mac).build();
     let udp = Frame::udp((client4, 40001), (vip4, 53)).macs(client_mac, lb_mac).payload(b"q").build();

@@ -10,12 +10,13 @@ use std::{
 };
 
 use http::StatusCode;
-use splitter_tests::{
-    agent::{splitter_bin, Agent},
+use splitter_testkit::{
     http::{get, serve_http, Client},
-    netns::unique_name,
+    netns::{unique_name, NetNs},
+    topology::Topology,
 };
-use splitter_user::{demo::Topology, netns::NetNs, status::Report};
+use splitter_tests::agent::{splitter_bin, Agent};
+use splitter_user::status::Report;
 
 const HEAD: &str = r#"
 interfaces:

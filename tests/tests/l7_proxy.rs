@@ -11,12 +11,12 @@ use std::{
 };
 
 use http::StatusCode;
-use splitter_tests::{
-    agent::Agent,
+use splitter_testkit::{
     http::{get, request, request_with_body, serve_http, serve_http_after, Answer, Client},
     netns::unique_name,
+    topology::Topology,
 };
-use splitter_user::demo::Topology;
+use splitter_tests::agent::Agent;
 
 const VIP: &str = "203.0.113.10:8080";
 /// How long the slow shadow takes to answer.

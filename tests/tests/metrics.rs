@@ -12,15 +12,13 @@ use std::{
 };
 
 use prometheus_parse::{Scrape, Value};
-use splitter_tests::{
-    agent::Agent,
+use splitter_testkit::{
     http::{get, serve_http, Client},
-    netns::unique_name,
+    netns::{unique_name, NetNs},
+    serve::{ask_version, serve_tcp},
+    topology::Topology,
 };
-use splitter_user::{
-    demo::{ask_version, serve_tcp, Topology},
-    netns::NetNs,
-};
+use splitter_tests::agent::Agent;
 
 const METRICS: &str = "127.0.0.1:9190";
 const TIMEOUT: Duration = Duration::from_secs(3);

@@ -8,9 +8,10 @@ use std::{
     time::Duration,
 };
 
+use splitter_testkit::netns::{unique_name, NetNs};
 use splitter_tests::{
     agent::{splitter_bin, Agent},
-    netns::{netns, NetNs, Veth},
+    netns::{netns, Veth},
 };
 
 const CLIENT4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
@@ -117,7 +118,7 @@ fn agent_refuses_a_missing_interface_and_leaves_nothing_behind() {
     splitter_tests::require_root("starting the agent");
     let lb = netns("lb");
     let dir = tempfile::tempdir().unwrap();
-    let pin = std::path::PathBuf::from("/sys/fs/bpf").join(splitter_tests::netns::unique_name("spt"));
+    let pin = std::path::PathBuf::from("/sys/fs/bpf").join(unique_name("spt"));
     let cfg = dir.path().join("c.yaml");
     std::fs::write(&cfg, format!("interfaces: {{ clients: [nosuchif0] }}\npin_path: {}\n", pin.display())).unwrap();
     let out = lb.command(splitter_bin()).args(["run", "--config"]).arg(&cfg).output().expect("spawn");

@@ -12,15 +12,13 @@ use std::{
     time::Duration,
 };
 
-use splitter_tests::{
-    agent::Agent,
+use splitter_testkit::{
     http::{get, serve_http, serve_http_failing, Client},
-    netns::unique_name,
+    netns::{unique_name, NetNs},
+    serve::{ask_version, serve_tcp},
+    topology::Topology,
 };
-use splitter_user::{
-    demo::{ask_version, serve_tcp, Topology},
-    netns::NetNs,
-};
+use splitter_tests::agent::Agent;
 
 const API: &str = "203.0.113.10:8080";
 const SHOP: &str = "203.0.113.10:80";

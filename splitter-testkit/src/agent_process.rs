@@ -1,10 +1,15 @@
 //! The agent as a child process inside a network namespace, started the way a
 //! user starts it (`splitter run --config FILE`); dropped, it is stopped and
-//! its data path removed with `splitter down`. Used by `splitter demo` and by
-//! the end-to-end tests.
+//! its data path removed with `splitter down`. Used by `splitter demo`, the
+//! end-to-end tests and the benches.
+//!
+//! It knows the agent only from the outside: the binary, the config file it
+//! writes, and one raw `status` exchange on the control socket (readiness).
 
 use std::{
     fs,
+    io::{BufRead, BufReader, Write},
+    os::unix::net::UnixStream,
     path::{Path, PathBuf},
     process::{Child, ExitStatus, Stdio},
     time::{Duration, Instant},
@@ -17,6 +22,9 @@ use nix::{
 use thiserror::Error;
 
 use crate::netns::NetNs;
+
+/// How long a `status` exchange on the control socket may take.
+const STATUS_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Error)]
 pub enum AgentProcessError {
@@ -96,7 +104,7 @@ impl AgentProcess {
     /// serves once the data path is programmed and attached.
     fn wait_ready(&mut self, limit: Duration) -> Result<(), AgentProcessError> {
         let start = Instant::now();
-        while self.info().is_none_or(|a| Some(a.pid) != self.pid()) {
+        while self.serving_pid().is_none_or(|pid| Some(pid) != self.pid()) {
             if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
                 return Err(AgentProcessError::Exited { status, log: self.log() });
             }
@@ -134,10 +142,17 @@ impl AgentProcess {
         Ok(child.wait()?)
     }
 
-    /// What the agent says about itself on its control socket (`None` when
-    /// nothing answers).
-    pub fn info(&self) -> Option<crate::control::AgentInfo> {
-        crate::control::request(&self.control_socket, &crate::control::Request::Status).ok()?.agent
+    /// The process id the agent on the control socket gives in its answer
+    /// to `status` (`None` when nothing answers, or not with a pid): one
+    /// JSON line each way, `{"op":"status"}` and `{..., "agent": {"pid": N, ...}}`.
+    pub fn serving_pid(&self) -> Option<u32> {
+        let mut stream = UnixStream::connect(&self.control_socket).ok()?;
+        stream.set_read_timeout(Some(STATUS_TIMEOUT)).ok()?;
+        stream.write_all(b"{\"op\":\"status\"}\n").ok()?;
+        let mut answer = String::new();
+        BufReader::new(&stream).read_line(&mut answer).ok()?;
+        let answer: serde_json::Value = serde_json::from_str(&answer).ok()?;
+        answer["agent"]["pid"].as_u64().and_then(|pid| u32::try_from(pid).ok())
     }
 
     /// `splitter down --config FILE` in the agent's namespace: through the
