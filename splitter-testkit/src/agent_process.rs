@@ -21,7 +21,7 @@ use nix::{
 };
 use thiserror::Error;
 
-use crate::netns::NetNs;
+use crate::netns::{unique_name, NetNs};
 
 /// How long a `status` exchange on the control socket may take.
 const STATUS_TIMEOUT: Duration = Duration::from_secs(5);
@@ -61,6 +61,21 @@ impl AgentProcess {
     /// `exe run` in `ns`. Returns once the agent has pinned its maps.
     pub fn start(exe: &Path, ns: &NetNs, dir: &Path, pin_path: &Path, body: &str) -> Result<Self, AgentProcessError> {
         Self::start_with(exe, ns, dir, pin_path, body, &[])
+    }
+
+    /// [`AgentProcess::start_with`] under a name of its own,
+    /// `unique_name(prefix)`: its files in `$TMPDIR/splitter-NAME`, its pins
+    /// in `/sys/fs/bpf/NAME`.
+    pub fn start_unique(
+        exe: &Path,
+        ns: &NetNs,
+        prefix: &str,
+        body: &str,
+        args: &[&str],
+    ) -> Result<Self, AgentProcessError> {
+        let name = unique_name(prefix);
+        let dir = std::env::temp_dir().join(format!("splitter-{name}"));
+        Self::start_with(exe, ns, &dir, &PathBuf::from("/sys/fs/bpf").join(&name), body, args)
     }
 
     /// [`AgentProcess::start`] with extra `splitter run` arguments.

@@ -5,7 +5,9 @@
 //!
 //! * [`netns`]: network namespaces and veth pairs as guards, names unique per
 //!   process;
-//! * [`topology`]: the client → lb → blue/green topology and its addresses;
+//! * [`topology`]: the client → lb → blue/green topology, its addresses, and
+//!   the agent configs on it (the demo's among them);
+//! * [`config`]: agent configs built from interfaces, settings and services;
 //! * [`serve`]: TCP and UDP backends that answer with their version;
 //! * [`http`]: real HTTP backends and a hyper client in namespaces;
 //! * [`capture`]: AF_PACKET captures and the TCP flows in them;
@@ -16,6 +18,7 @@
 
 pub mod agent_process;
 pub mod capture;
+pub mod config;
 pub mod http;
 pub mod netns;
 pub mod serve;

@@ -7,15 +7,17 @@
 
 use std::{
     fmt::Write as _,
-    path::PathBuf,
+    path::Path,
     time::{Duration, Instant},
 };
 
 use splitter_testkit::{
     agent_process::AgentProcess,
+    config::Config,
     netns::{unique_name, veth, NetNs},
+    topology::numbered_services,
 };
-use splitter_tests::{etcd::Etcd, load::percentile};
+use splitter_tests::{agent::release_bin, etcd::Etcd, load::percentile};
 use splitter_user::store::Store;
 
 const NODES: usize = 3;
@@ -25,36 +27,24 @@ fn ip(ns: &NetNs, args: &[&str]) {
     ns.ip(args).unwrap_or_else(|e| panic!("ip {}: {e}", args.join(" ")));
 }
 
-fn config(node: usize, services: usize, etcd: &str, prefix: &str) -> String {
-    let mut c = format!(
-        "node: n{node}\ninterfaces: {{ clients: [eth-c] }}\nstore: {{ etcd: {{ endpoints: [\"{etcd}\"], prefix: {prefix} }} }}\nservices:\n"
-    );
-    for i in 0..services {
-        writeln!(
-            c,
-            "  s{i}:\n    listen: 203.0.113.10:{}\n    protocol: tcp\n    versions: {{ blue: [198.51.100.10:{}], green: [198.51.100.20:{}] }}\n    weights: {{ blue: 80, green: 20 }}",
-            80 + i,
-            // Each service its own endpoints (an endpoint serves at most 4).
-            8080 + i,
-            8080 + i
-        )
-        .unwrap();
-    }
-    c
+/// Node `n{node}`'s config: its data-path link, the store, and `services`
+/// numbered services.
+fn config(node: usize, services: u16, etcd: &str, prefix: &str) -> Config {
+    let config = Config::new(&["eth-c"], &[])
+        .setting(&format!("node: n{node}"))
+        .setting(&format!("store: {{ etcd: {{ endpoints: [\"{etcd}\"], prefix: {prefix} }} }}"));
+    numbered_services(config, services)
 }
 
 /// Milliseconds from each CLI change until every node applied it.
-fn run(services: usize, bin: &PathBuf, mgmt: &NetNs, nodes: &[NetNs], etcd: &Etcd) -> Vec<f64> {
+fn run(services: u16, bin: &Path, mgmt: &NetNs, nodes: &[NetNs], etcd: &Etcd) -> Vec<f64> {
     let prefix = format!("/{}", unique_name("spb"));
     let agents: Vec<AgentProcess> = nodes
         .iter()
         .enumerate()
         .map(|(i, ns)| {
-            let name = unique_name("spb");
-            let dir = std::env::temp_dir().join(format!("splitter-bench-{name}"));
-            let pin = PathBuf::from("/sys/fs/bpf").join(&name);
-            AgentProcess::start(bin, ns, &dir, &pin, &config(i + 1, services, &etcd.url(), &prefix))
-                .unwrap_or_else(|e| panic!("{e}"))
+            let config = config(i + 1, services, &etcd.url(), &prefix).to_string();
+            AgentProcess::start_unique(bin, ns, "spb", &config, &[]).unwrap_or_else(|e| panic!("{e}"))
         })
         .collect();
     let cfg = splitter_user::store::cli_etcd(&etcd.url(), &prefix, None, None).unwrap();
@@ -95,8 +85,7 @@ fn run(services: usize, bin: &PathBuf, mgmt: &NetNs, nodes: &[NetNs], etcd: &Etc
 
 fn main() {
     splitter_tests::require_root("the store benchmark");
-    let bin = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/splitter");
-    assert!(bin.exists(), "{} missing: `cargo xtask bench` builds it", bin.display());
+    let bin = release_bin();
     let tag = unique_name("spb");
     let mgmt = NetNs::new(format!("{tag}-m")).unwrap();
     ip(&mgmt, &["link", "add", "br0", "type", "bridge"]);

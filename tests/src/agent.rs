@@ -9,10 +9,7 @@ use std::{
     process::Command,
 };
 
-use splitter_testkit::{
-    agent_process::AgentProcess,
-    netns::{unique_name, NetNs},
-};
+use splitter_testkit::{agent_process::AgentProcess, netns::NetNs};
 use splitter_user::control::{request, AgentInfo, Request};
 
 /// Path of the `splitter` binary built next to the test executables
@@ -29,6 +26,14 @@ pub fn splitter_bin() -> PathBuf {
         "{} does not exist: build it first (`cargo build -p splitter-user`; `cargo xtask test` does)",
         bin.display()
     );
+    bin
+}
+
+/// The release `splitter` binary the benchmarks drive (`cargo xtask bench`
+/// builds it).
+pub fn release_bin() -> PathBuf {
+    let bin = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/splitter");
+    assert!(bin.exists(), "{} missing: `cargo xtask bench` builds it", bin.display());
     bin
 }
 
@@ -53,11 +58,7 @@ impl Agent {
     /// services...) and a unique pin path, state dir and control socket.
     pub fn start(ns: &NetNs, body: &str) -> Agent {
         crate::require_root("running the agent");
-        let name = unique_name("spt");
-        let dir = std::env::temp_dir().join(format!("splitter-test-{name}"));
-        let pin = PathBuf::from("/sys/fs/bpf").join(&name);
-        let p = AgentProcess::start(&splitter_bin(), ns, &dir, &pin, body).unwrap_or_else(|e| panic!("{e}"));
-        Agent(p)
+        Agent(AgentProcess::start_unique(&splitter_bin(), ns, "spt", body, &[]).unwrap_or_else(|e| panic!("{e}")))
     }
 
     /// What the agent says about itself on its control socket (`None` when

@@ -1,8 +1,12 @@
-//! Test-side network namespaces: the testkit's guards (`splitter_testkit::netns`)
-//! named uniquely per process and call, so parallel tests and parallel CI
-//! runs never collide, and failures that panic with the command's message.
+//! Test-side network namespaces and topologies: the testkit's guards
+//! (`splitter_testkit::netns`, `splitter_testkit::topology`) named uniquely
+//! per process and call, so parallel tests and parallel CI runs never
+//! collide, and failures that panic with the command's message.
 
-use splitter_testkit::netns::{unique_name, veth, NetNs};
+use splitter_testkit::{
+    netns::{unique_name, veth, NetNs},
+    topology::Topology,
+};
 
 /// A fresh namespace named `spt<pid><n>-<tag>`, deleted on drop.
 pub fn netns(tag: &str) -> NetNs {
@@ -26,4 +30,12 @@ impl Veth {
         veth(ns_a, &a, ns_b, &b).unwrap_or_else(|e| panic!("creating veth {a}/{b}: {e}"));
         Veth { a, b }
     }
+}
+
+/// The demo topology (`splitter_testkit::topology::Topology`) with unique
+/// `spt` names, for a test (it needs root).
+pub fn topology() -> Topology {
+    crate::require_root("building the client/lb/blue/green topology");
+    let prefix = unique_name("spt");
+    Topology::build(&prefix).unwrap_or_else(|e| panic!("building topology {prefix}: {e}"))
 }

@@ -13,6 +13,7 @@ use std::{
 };
 
 use splitter_testkit::{
+    config::{Config, Service},
     netns::{unique_name, veth, NetNs},
     serve::{ask_version, serve_tcp},
 };
@@ -59,20 +60,13 @@ fn port(node: &NetNs, name: &str, ns: &NetNs, port: &str) {
     ns.disable_tx_offload(port).unwrap();
 }
 
-fn config(node: usize, etcd: &str, prefix: &str) -> String {
-    format!(
-        r#"
-node: lb{node}
-interfaces: {{ clients: [eth-c], backends: [eth-b] }}
-store: {{ etcd: {{ endpoints: ["{etcd}"], prefix: {prefix} }} }}
-services:
-  shop:
-    listen: {VIP}
-    protocol: tcp
-    versions: {{ blue: [198.51.100.10:8080], green: [198.51.100.20:8080] }}
-    weights: {{ blue: 50, green: 50 }}
-"#
-    )
+/// Node `lb{node}`'s config: its client and backend links, the store, and
+/// shop split 50/50 over the two backends.
+fn config(node: usize, etcd: &str, prefix: &str) -> Config {
+    Config::new(&["eth-c"], &["eth-b"])
+        .setting(&format!("node: lb{node}"))
+        .setting(&format!("store: {{ etcd: {{ endpoints: [\"{etcd}\"], prefix: {prefix} }} }}"))
+        .service("shop", Service::tcp(VIP).blue_green(8080).weights(&[("blue", 50), ("green", 50)]))
 }
 
 impl Cluster {
@@ -107,8 +101,11 @@ impl Cluster {
         ip(&client, &["route", "add", "203.0.113.10/32", "via", "192.0.2.11"]);
         let etcd = Etcd::in_namespace(&mgmt, "10.99.0.1");
         let prefix = format!("/{}", unique_name("spt"));
-        let agents =
-            nodes.iter().enumerate().map(|(i, ns)| Agent::start(ns, &config(i + 1, &etcd.url(), &prefix))).collect();
+        let agents = nodes
+            .iter()
+            .enumerate()
+            .map(|(i, ns)| Agent::start(ns, &config(i + 1, &etcd.url(), &prefix).to_string()))
+            .collect();
         Cluster { client, backends, mgmt, _bnet: bnet, nodes, etcd, agents, prefix }
     }
 

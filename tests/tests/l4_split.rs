@@ -10,45 +10,35 @@ use std::{
 };
 
 use splitter_testkit::{
-    netns::unique_name,
+    config::{Config, Service},
     serve::{ask_version, serve_tcp, serve_udp},
-    topology::Topology,
+    topology::{vip, vip6, Topology},
 };
-use splitter_tests::agent::Agent;
+use splitter_tests::{agent::Agent, netns::topology};
 
 const TIMEOUT: Duration = Duration::from_secs(3);
 
-const CONFIG: &str = r#"
-interfaces:
-  clients: [lb-client]
-  backends: [lb-blue, lb-green]
-services:
-  shop:
-    listen: 203.0.113.10:80
-    protocol: tcp
-    versions: { blue: [198.51.100.10:8080], green: [198.51.100.20:8080] }
-    weights: { blue: 80, green: 20 }
-  shop6:
-    listen: "[2001:db8::10]:80"
-    protocol: tcp
-    versions: { blue: ["[2001:db8:1::10]:8080"], green: ["[2001:db8:2::10]:8080"] }
-    weights: { blue: 50, green: 50 }
-  dns:
-    listen: 203.0.113.10:53
-    protocol: udp
-    versions: { blue: [198.51.100.10:5353], green: [198.51.100.20:5353] }
-    weights: { blue: 50, green: 50 }
-"#;
+/// shop (80/20) and shop6 (50/50) over TCP, dns (50/50) over UDP.
+fn config() -> Config {
+    Topology::config()
+        .service("shop", Service::tcp(vip(80)).blue_green(8080).weights(&[("blue", 80), ("green", 20)]))
+        .service("shop6", Service::tcp(vip6(80)).blue_green6(8080).weights(&[("blue", 50), ("green", 50)]))
+        .service("dns", Service::udp(vip(53)).blue_green(5353).weights(&[("blue", 50), ("green", 50)]))
+}
 
-fn setup() -> (Topology, Agent) {
-    splitter_tests::require_root("the L4 end-to-end test");
-    let topo = Topology::build(&unique_name("spt")).expect("build topology");
-    for (ns, name) in [(&topo.blue, "blue"), (&topo.green, "green")] {
+/// The topology with TCP (8080) and UDP (5353) backends, and the agent on `config`.
+fn setup_with(config: Config) -> (Topology, Agent) {
+    let topo = topology();
+    for (ns, name) in topo.backends() {
         serve_tcp(ns, 8080, name).expect("TCP backend");
         serve_udp(ns, 5353, name).expect("UDP backend");
     }
-    let agent = Agent::start(&topo.lb, CONFIG);
+    let agent = Agent::start(&topo.lb, &config.to_string());
     (topo, agent)
+}
+
+fn setup() -> (Topology, Agent) {
+    setup_with(config())
 }
 
 /// `n` sequential TCP connections to `vip`; version name → count.
@@ -215,15 +205,8 @@ fn established_connections_keep_their_backend_across_a_weight_change() {
 
 #[test]
 fn idle_and_closed_flows_age_out_of_the_flow_table() {
-    splitter_tests::require_root("the flow aging test");
-    let topo = Topology::build(&unique_name("spt")).expect("build topology");
-    for (ns, name) in [(&topo.blue, "blue"), (&topo.green, "green")] {
-        serve_tcp(ns, 8080, name).expect("TCP backend");
-        serve_udp(ns, 5353, name).expect("UDP backend");
-    }
-    let agent = Agent::start(
-        &topo.lb,
-        &format!("{CONFIG}flow_aging: {{ tcp_idle_secs: 600, udp_idle_secs: 1, closing_secs: 1, sweep_secs: 1 }}\n"),
+    let (topo, agent) = setup_with(
+        config().setting("flow_aging: { tcp_idle_secs: 600, udp_idle_secs: 1, closing_secs: 1, sweep_secs: 1 }"),
     );
     let flows = || agent.status()["active_flows"].as_u64().expect("active_flows");
     let new_flows = || agent.counter("new_flows");

@@ -12,64 +12,52 @@ use std::{
 
 use http::StatusCode;
 use splitter_testkit::{
+    config::{Config, Service},
     http::{get, request, request_with_body, serve_http, serve_http_after, Answer, Client},
-    netns::unique_name,
     topology::Topology,
 };
-use splitter_tests::agent::Agent;
+use splitter_tests::{agent::Agent, netns::topology};
 
 const VIP: &str = "203.0.113.10:8080";
 /// How long the slow shadow takes to answer.
 const SLOW_SHADOW: Duration = Duration::from_secs(3);
 
-fn config(weights: &str, extra: &str) -> String {
-    format!(
-        r#"
-interfaces:
-  clients: [lb-client]
-  backends: [lb-blue, lb-green]
-services:
-  api:
-    listen: {VIP}
-    protocol: tcp
-    mode: l7
-    versions:
-      v1: [198.51.100.10:8081]
-      v2: [198.51.100.20:8081]
-      dead: [198.51.100.11:8081]
-      mixed: [198.51.100.11:8081, 198.51.100.10:8081]
-      shadow: [198.51.100.10:8082]
-      slowshadow: [198.51.100.20:8082]
-      deadshadow: [198.51.100.11:8082]
-    weights: {weights}
-    proxy: {{ connect_timeout_ms: 500, response_timeout_ms: 1000 }}
-{extra}"#
-    )
+/// api (l7) with `weights`, and what `more` adds to it: v1 on blue and v2 on
+/// green (:8081), shadows on :8082, and versions on an address no one
+/// answers (198.51.100.11).
+fn config(weights: &[(&str, u32)], more: impl FnOnce(Service) -> Service) -> Config {
+    let api = Service::l7(VIP)
+        .on_blue("v1", 8081)
+        .on_green("v2", 8081)
+        .version("dead", ["198.51.100.11:8081"])
+        .version("mixed", ["198.51.100.11:8081", "198.51.100.10:8081"])
+        .on_blue("shadow", 8082)
+        .on_green("slowshadow", 8082)
+        .version("deadshadow", ["198.51.100.11:8082"])
+        .weights(weights)
+        .with("proxy: { connect_timeout_ms: 500, response_timeout_ms: 1000 }");
+    Topology::config().service("api", more(api))
 }
 
-const ROUTES: &str = r#"    routes:
-      - match: { headers: { x-canary: "true" } }
-        version: v2
-      - match: { cookies: { beta: "1" }, path_prefix: /checkout }
-        version: v2
-      - match: { query: { preview: "on" }, methods: [GET] }
-        version: v2
-      - match: { headers: { x-dead: { prefix: "y" } } }
-        version: dead
-      - match: { headers: { x-mixed: "1" } }
-        version: mixed
-"#;
+/// Routes to v2 by header, cookie and path, and query and method; to the
+/// dead version and the half-dead one by header.
+fn routes(api: Service) -> Service {
+    api.route(r#"{ headers: { x-canary: "true" } }"#, "v2")
+        .route(r#"{ cookies: { beta: "1" }, path_prefix: /checkout }"#, "v2")
+        .route(r#"{ query: { preview: "on" }, methods: [GET] }"#, "v2")
+        .route(r#"{ headers: { x-dead: { prefix: "y" } } }"#, "dead")
+        .route(r#"{ headers: { x-mixed: "1" } }"#, "mixed")
+}
 
 /// The topology with backends v1 (blue) and v2 (green) on :8081, and the
 /// agent (which makes the VIP local in the lb namespace: the proxy serves it).
-fn setup(yaml: &str) -> (Topology, Agent, Client, SocketAddr) {
-    splitter_tests::require_root("the L7 end-to-end test");
-    let topo = Topology::build(&unique_name("spt")).expect("build topology");
+fn setup(config: Config) -> (Topology, Agent, Client, SocketAddr) {
+    let topo = topology();
     serve_http(&topo.blue, 8081, "v1").expect("v1 backend");
     serve_http(&topo.green, 8081, "v2").expect("v2 backend");
     serve_http(&topo.blue, 8082, "shadow").expect("shadow backend");
     serve_http_after(&topo.green, 8082, "slowshadow", SLOW_SHADOW).expect("slow shadow backend");
-    let agent = Agent::start(&topo.lb, yaml);
+    let agent = Agent::start(&topo.lb, &config.to_string());
     let client = Client::new(&topo.client);
     (topo, agent, client, VIP.parse().unwrap())
 }
@@ -94,7 +82,7 @@ fn cli(agent: &Agent, args: &[&str]) -> (bool, String) {
 
 #[test]
 fn routes_send_marked_requests_to_the_canary_and_the_rest_split_by_weight() {
-    let (topo, agent, client, vip) = setup(&config("{ v1: 95, v2: 5 }", ROUTES));
+    let (topo, agent, client, vip) = setup(config(&[("v1", 95), ("v2", 5)], routes));
     let marked = vec![
         get(vip, "/", &[("x-canary", "true")]),
         get(vip, "/checkout/pay", &[("cookie", "session=1; beta=1")]),
@@ -135,8 +123,8 @@ fn routes_send_marked_requests_to_the_canary_and_the_rest_split_by_weight() {
 
 #[test]
 fn sticky_users_never_see_two_versions_and_stay_in_the_canary_as_it_grows() {
-    let extra = "    affinity: { cookie: user }\n";
-    let (topo, agent, client, vip) = setup(&config("{ v1: 95, v2: 5 }", extra));
+    let (topo, agent, client, vip) =
+        setup(config(&[("v1", 95), ("v2", 5)], |api| api.with("affinity: { cookie: user }")));
     let users: Vec<String> = (0..400).map(|i| format!("user=u{i}")).collect();
     let round = |n: usize| -> Vec<String> {
         let reqs = users.iter().flat_map(|c| (0..n).map(move |_| get(vip, "/", &[("cookie", c.as_str())]))).collect();
@@ -162,7 +150,7 @@ fn sticky_users_never_see_two_versions_and_stay_in_the_canary_as_it_grows() {
 
 #[test]
 fn weight_flip_and_rollback_swap_the_table_and_in_flight_requests_finish_where_they_started() {
-    let (topo, agent, client, vip) = setup(&config("{ v1: 100, v2: 0 }", ""));
+    let (topo, agent, client, vip) = setup(config(&[("v1", 100), ("v2", 0)], |api| api));
     let all_on = |want: &str| {
         let answers = ok(client.send_all(&topo.client, (0..50).map(|_| get(vip, "/", &[])).collect(), 8, false));
         let split = by_backend(&answers);
@@ -189,7 +177,7 @@ fn weight_flip_and_rollback_swap_the_table_and_in_flight_requests_finish_where_t
 
 #[test]
 fn the_proxy_adds_forwarding_headers_strips_hop_by_hop_and_maps_failures() {
-    let (topo, _agent, client, vip) = setup(&config("{ v1: 1 }", ROUTES));
+    let (topo, _agent, client, vip) = setup(config(&[("v1", 1)], routes));
     let a = ok(client.send_all(
         &topo.client,
         vec![get(vip, "/", &[("connection", "x-secret"), ("x-secret", "1"), ("x-forwarded-for", "192.0.2.99")])],
@@ -269,8 +257,8 @@ fn mirror_settled(agent: &Agent) -> serde_json::Value {
 
 #[test]
 fn mirroring_copies_a_sample_compares_out_of_band_and_never_answers_the_client() {
-    let extra = "    mirror: { version: shadow, percent: 10, compare: { headers: [x-seen-mirror] }, methods: [GET, POST], max_body_bytes: 1024 }\n";
-    let (topo, agent, client, vip) = setup(&config("{ v1: 1 }", extra));
+    let mirror = "mirror: { version: shadow, percent: 10, compare: { headers: [x-seen-mirror] }, methods: [GET, POST], max_body_bytes: 1024 }";
+    let (topo, agent, client, vip) = setup(config(&[("v1", 1)], |api| api.with(mirror)));
     let answers = ok(client.send_all(&topo.client, (0..2000).map(|_| get(vip, "/", &[])).collect(), 16, false));
     for a in &answers {
         assert_eq!((a.status, a.backend.as_str(), &a.body[..]), (StatusCode::OK, "v1", &b"v1"[..]), "{a:?}");
@@ -307,8 +295,8 @@ fn mirroring_copies_a_sample_compares_out_of_band_and_never_answers_the_client()
 
 #[test]
 fn a_slow_or_dead_shadow_leaves_primary_statuses_and_latency_unchanged() {
-    let extra = "    mirror: { version: slowshadow, percent: 100, compare: true, timeout_ms: 2500 }\n";
-    let (topo, agent, client, vip) = setup(&config("{ v1: 1 }", extra));
+    let mirror = "mirror: { version: slowshadow, percent: 100, compare: true, timeout_ms: 2500 }";
+    let (topo, agent, client, vip) = setup(config(&[("v1", 1)], |api| api.with(mirror)));
     let answers = ok(client.send_all(&topo.client, (0..200).map(|_| get(vip, "/", &[])).collect(), 8, false));
     // Were the primary waiting for the shadow, every request would take
     // 2.5 s or more; far less means the copy is out of band.
@@ -332,7 +320,7 @@ fn a_slow_or_dead_shadow_leaves_primary_statuses_and_latency_unchanged() {
 
 #[test]
 fn idempotent_requests_retry_another_endpoint_and_bodies_stream() {
-    let (topo, _agent, client, vip) = setup(&config("{ v1: 1 }", ROUTES));
+    let (topo, _agent, client, vip) = setup(config(&[("v1", 1)], routes));
     // Half the "mixed" version is down: GETs go on to the live endpoint, a
     // POST (not idempotent) gets 502 when it lands on the dead one.
     let answers =

@@ -13,33 +13,24 @@ use std::{
 };
 
 use splitter_testkit::{
+    config::{Config, Service},
     http::{get, serve_http, serve_http_failing, Client},
-    netns::{unique_name, NetNs},
+    netns::NetNs,
     serve::{ask_version, serve_tcp},
     topology::Topology,
 };
-use splitter_tests::agent::Agent;
+use splitter_tests::{agent::Agent, netns::topology};
 
 const API: &str = "203.0.113.10:8080";
 const SHOP: &str = "203.0.113.10:80";
 
-const CONFIG: &str = r#"
-interfaces:
-  clients: [lb-client]
-  backends: [lb-blue, lb-green]
-services:
-  api:
-    listen: 203.0.113.10:8080
-    protocol: tcp
-    mode: l7
-    versions: { v1: [198.51.100.10:8081], v2: [198.51.100.20:8081], bad: [198.51.100.20:8083] }
-    weights: { v1: 100 }
-  shop:
-    listen: 203.0.113.10:80
-    protocol: tcp
-    versions: { blue: [198.51.100.10:8080], rst: [198.51.100.20:8090] }
-    weights: { blue: 100 }
-"#;
+/// api (l7): v1 on blue, v2 and bad (answers 500) on green, all on v1;
+/// shop (l4): blue, and rst on green (resets every connection), all on blue.
+fn config() -> Config {
+    let api = Service::l7(API).on_blue("v1", 8081).on_green("v2", 8081).on_green("bad", 8083).weights(&[("v1", 100)]);
+    let shop = Service::tcp(SHOP).on_blue("blue", 8080).on_green("rst", 8090).weights(&[("blue", 100)]);
+    Topology::config().service("api", api).service("shop", shop)
+}
 
 /// A TCP server that resets every connection it accepts (SO_LINGER 0).
 fn serve_resets(ns: &NetNs, port: u16) {
@@ -53,15 +44,14 @@ fn serve_resets(ns: &NetNs, port: u16) {
 }
 
 fn setup() -> (Topology, Agent) {
-    splitter_tests::require_root("the rollout end-to-end test");
-    let topo = Topology::build(&unique_name("spt")).expect("build topology");
+    let topo = topology();
     serve_http(&topo.blue, 8081, "v1").unwrap();
     serve_http(&topo.green, 8081, "v2").unwrap();
     serve_http_failing(&topo.green, 8083, "bad").unwrap();
     serve_tcp(&topo.blue, 8080, "blue").unwrap();
     serve_resets(&topo.green, 8090);
     topo.lb.ip(&["addr", "add", "203.0.113.10/32", "dev", "lo"]).expect("VIP on lo");
-    let agent = Agent::start(&topo.lb, CONFIG);
+    let agent = Agent::start(&topo.lb, &config().to_string());
     (topo, agent)
 }
 

@@ -21,7 +21,7 @@ use splitter_testkit::{
     http::{get, serve_http, serve_http_failing, Client},
     netns::{NetNs, NetnsError},
     serve::{ask_version, serve_tcp},
-    topology::{Topology, DEMO_CONFIG},
+    topology::{demo_config, Topology},
 };
 
 use crate::{
@@ -169,19 +169,21 @@ pub fn run(connections: usize) -> Result<(), DemoError> {
         return Err(DemoError::NotRoot);
     }
     remove_stale_namespaces();
-    let config = Config::from_yaml(DEMO_CONFIG)?;
+    let yaml = demo_config().to_string();
+    let config = Config::from_yaml(&yaml)?;
     let mut shop = config.services["shop"].clone();
     let pid = std::process::id();
     let dir = std::env::temp_dir().join(format!("{NS_PREFIX}{pid}"));
 
     println!("splitter demo\n=============");
-    println!("config (embedded):\n{}", indent(DEMO_CONFIG));
+    println!("config (embedded):\n{}", indent(&yaml));
     let prefix = format!("{NS_PREFIX}{pid}");
     let topo = Topology::build(&prefix)?;
     let tap = topo.mirror_link(&prefix)?;
     println!("topology: namespaces {prefix}-{{client,lb,blue,green,tap}} joined by veth pairs; XDP (and TC) on lb-client, lb-blue, lb-green; lb-mirror leads to tap");
-    serve_tcp(&topo.blue, 8080, "blue")?;
-    serve_tcp(&topo.green, 8080, "green")?;
+    for (ns, name) in topo.backends() {
+        serve_tcp(ns, 8080, name)?;
+    }
     serve_http(&topo.blue, 8081, "blue")?;
     serve_http(&topo.green, 8081, "green")?;
     serve_http(&topo.green, 8082, "shadow")?;
@@ -189,7 +191,7 @@ pub fn run(connections: usize) -> Result<(), DemoError> {
     // The l7 VIP is served by the agent's proxy: the agent makes it a local
     // address of the lb namespace itself (on its dummy interface splitter0).
     let pin_path = PathBuf::from("/sys/fs/bpf").join(&prefix);
-    let agent = AgentProcess::start(&std::env::current_exe()?, &topo.lb, &dir, &pin_path, DEMO_CONFIG)?;
+    let agent = AgentProcess::start(&std::env::current_exe()?, &topo.lb, &dir, &pin_path, &yaml)?;
     println!("agent: `splitter run --config {}` in {prefix}-lb\n", agent.config_path.display());
 
     // 1. The configured split.
