@@ -11,7 +11,9 @@
 //! * [`serve`]: TCP and UDP backends that answer with their version;
 //! * [`http`]: real HTTP backends and a hyper client in namespaces;
 //! * [`capture`]: AF_PACKET captures and the TCP flows in them;
-//! * [`agent_process`]: `splitter run` as a child process in a namespace.
+//! * [`agent_process`]: `splitter run` as a child process in a namespace;
+//! * [`wait`]: waiting for a state (bounded, saying what it saw) instead of
+//!   sleeping.
 //!
 //! It never depends on splitter-user (which depends on it): what it needs of
 //! the agent it reads off the wire, as an operator's tools would.
@@ -23,3 +25,4 @@ pub mod http;
 pub mod netns;
 pub mod serve;
 pub mod topology;
+pub mod wait;

@@ -16,6 +16,7 @@ use splitter_testkit::{
     config::Config,
     netns::{unique_name, veth, NetNs},
     topology::numbered_services,
+    wait::wait_until_every,
 };
 use splitter_tests::{agent::release_bin, etcd::Etcd, load::percentile};
 use splitter_user::store::Store;
@@ -73,10 +74,16 @@ fn run(services: u16, bin: &Path, mgmt: &NetNs, nodes: &[NetNs], etcd: &Etcd) ->
             .and_then(|r| r.split(';').next())
             .and_then(|r| r.parse().ok())
             .unwrap_or_else(|| panic!("no revision in {text}"));
-        while !applied(&mut store, rev) {
-            assert!(t.elapsed() < Duration::from_secs(10), "change {i} did not reach every node");
-            std::thread::sleep(Duration::from_micros(500));
-        }
+        // Looked at every 500 µs: the time it took is the measure.
+        let what = format!("change {i} to reach every node");
+        wait_until_every(
+            &what,
+            Duration::from_secs(10),
+            Duration::from_micros(500),
+            || applied(&mut store, rev),
+            |a| *a,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
         took.push(t.elapsed().as_secs_f64() * 1e3);
     }
     drop(agents);

@@ -4,12 +4,14 @@
 //! socket's typed answer.
 
 use std::{
+    fmt::Debug,
     ops::{Deref, DerefMut},
     path::{Path, PathBuf},
     process::Command,
+    time::Duration,
 };
 
-use splitter_testkit::{agent_process::AgentProcess, netns::NetNs};
+use splitter_testkit::{agent_process::AgentProcess, netns::NetNs, wait::wait_until};
 use splitter_user::control::{request, AgentInfo, Request};
 
 /// Path of the `splitter` binary built next to the test executables
@@ -65,6 +67,20 @@ impl Agent {
     /// nothing answers).
     pub fn info(&self) -> Option<AgentInfo> {
         request(&self.control_socket, &Request::Status).ok()?.agent
+    }
+
+    /// Waits (bounded by `limit`) until `done` accepts what `probe` sees of
+    /// this agent, and returns that; panics with what it awaited, what it saw
+    /// last and the agent's log.
+    #[track_caller]
+    pub fn eventually<V: Debug>(
+        &self,
+        what: &str,
+        limit: Duration,
+        probe: impl FnMut() -> V,
+        done: impl FnMut(&V) -> bool,
+    ) -> V {
+        wait_until(what, limit, probe, done).unwrap_or_else(|e| panic!("{e}\nagent log:\n{}", self.log()))
     }
 
     /// A `splitter` CLI command.

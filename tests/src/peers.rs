@@ -57,6 +57,7 @@ impl Haproxy {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("haproxy (cargo xtask bench installs it)");
+        // Time for a config haproxy refuses to make it exit, said below.
         std::thread::sleep(Duration::from_millis(500));
         let mut h = Haproxy(child);
         if let Ok(Some(status)) = h.0.try_wait() {
@@ -155,6 +156,7 @@ impl Nginx {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("nginx (cargo xtask bench installs it)");
+        // Time for a config nginx refuses to make it exit, said below.
         std::thread::sleep(Duration::from_millis(500));
         let mut n = Nginx(child);
         if let Ok(Some(status)) = n.0.try_wait() {

@@ -16,6 +16,7 @@ use splitter_testkit::{
     config::{Config, Service},
     netns::{unique_name, veth, NetNs},
     serve::{ask_version, serve_tcp},
+    wait::{eventually, wait_until_every},
 };
 use splitter_tests::{
     agent::{splitter_bin, Agent},
@@ -132,15 +133,18 @@ impl Cluster {
     /// how long that took.
     fn converge(&self, limit: Duration) -> Duration {
         let start = Instant::now();
-        loop {
-            let s = self.cluster_status();
-            let nodes = s["nodes"].as_array().unwrap();
-            if nodes.len() == NODES && s["converged"] == true {
-                return start.elapsed();
-            }
-            assert!(start.elapsed() < limit, "nodes did not converge within {limit:?}: {s:#}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let converged =
+            |s: &serde_json::Value| s["nodes"].as_array().is_some_and(|n| n.len() == NODES) && s["converged"] == true;
+        // Every 20 ms: the time it took is reported.
+        wait_until_every(
+            "every node to apply the desired revision",
+            limit,
+            Duration::from_millis(20),
+            || self.cluster_status(),
+            converged,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        start.elapsed()
     }
 
     /// Each node's live basis points for shop (blue, green), from its kernel.
@@ -252,19 +256,20 @@ fn etcd_away_changes_nothing_that_runs_and_its_return_resyncs() {
     // An agent restarted while etcd is away serves its last applied state.
     c.agents[2].restart(&c.nodes[2]).unwrap();
     assert_eq!(c.live_bps()[2], vec![9000, 1000], "the restarted node serves what it had");
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while c.agents[0].status()["agent"]["cluster"]["reachable"] != false {
-        assert!(Instant::now() < deadline, "node 1 never noticed the store was gone");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let reachable = |a: &Agent| a.status()["agent"]["cluster"]["reachable"].clone();
+    c.agents[0].eventually(
+        "node 1 to notice the store is gone",
+        Duration::from_secs(15),
+        || reachable(&c.agents[0]),
+        |r| *r == false,
+    );
 
     c.etcd.start_again();
     // The nodes reconnect (backoff ≤ 5 s) and a new change applies everywhere.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while c.agents.iter().any(|a| a.status()["agent"]["cluster"]["reachable"] != true) {
-        assert!(Instant::now() < deadline, "the nodes did not reconnect to etcd");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let all_reachable = || c.agents.iter().map(reachable).collect::<Vec<_>>();
+    eventually("every node to reconnect to etcd", Duration::from_secs(30), all_reachable, |r| {
+        r.iter().all(|r| *r == true)
+    });
     let (ok, _, err) = c.agents[0].control(&["flip", "shop", "--to", "green"]);
     assert!(ok, "a change after etcd returned: {err}");
     c.converge(Duration::from_secs(15));
@@ -300,17 +305,20 @@ fn the_leader_drives_a_rollout_started_at_etcd_to_every_node() {
     ]);
     assert!(ok, "rollout through etcd: {err}");
     assert!(out.contains("started at 50%"), "{out}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    // Traffic the whole time: ten connections, then a look, every 200 ms.
+    let traffic_and_status = || {
         let seen = c.split(10);
         assert_eq!(seen.values().sum::<usize>(), 10);
-        let (_, out, _) = c.cli(&["rollout", "shop", "--status", "--detach"]);
-        if out.contains("promoted") || out.contains("Promoted") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the rollout was not promoted in 30 s: {out}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+        c.cli(&["rollout", "shop", "--status", "--detach"]).1
+    };
+    wait_until_every(
+        "the rollout to be promoted",
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        traffic_and_status,
+        |out| out.contains("promoted") || out.contains("Promoted"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     c.converge(Duration::from_secs(10));
     assert_eq!(c.live_bps(), vec![vec![0, 10_000]; NODES], "every node serves the promoted canary");
     let r = &c.agents[n % NODES].status()["agent"]["rollouts"]["shop"];
@@ -326,11 +334,12 @@ fn saving_the_file_on_one_node_publishes_its_services_to_every_node() {
     let edited = text.replace("weights: { blue: 50, green: 50 }", "weights: { blue: 30, green: 70 }");
     assert_ne!(text, edited);
     std::fs::write(path, edited).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while c.live_bps() != vec![vec![3000, 7000]; NODES] {
-        assert!(Instant::now() < deadline, "the edit did not reach every node: {:?}", c.live_bps());
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    eventually(
+        "the edit to reach every node",
+        Duration::from_secs(15),
+        || c.live_bps(),
+        |bps| *bps == vec![vec![3000, 7000]; NODES],
+    );
     c.converge(Duration::from_secs(10));
     let s = c.cluster_status();
     assert!(s["change"].as_str().unwrap().contains("services published from"), "{s}");

@@ -13,6 +13,7 @@ use splitter_testkit::{
     config::{Config, Service},
     serve::{ask_version, serve_tcp, serve_udp},
     topology::{vip, vip6, Topology},
+    wait::eventually,
 };
 use splitter_tests::{agent::Agent, netns::topology};
 
@@ -141,18 +142,7 @@ fn reload_weights(agent: &Agent, from: &str, to: &str, want_bps: [u64; 2]) {
     assert!(text.contains(from), "config has no {from:?}");
     std::fs::write(&agent.config_path, text.replace(from, to)).unwrap();
     agent.reload().expect("SIGHUP");
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let status = agent.status();
-        let shop = status["services"].as_array().unwrap().iter().find(|s| s["name"] == "shop").cloned().unwrap();
-        let live: Vec<u64> =
-            shop["versions"].as_array().unwrap().iter().map(|v| v["live_bps"].as_u64().unwrap()).collect();
-        if live == want_bps {
-            return;
-        }
-        assert!(std::time::Instant::now() < deadline, "reload not applied after 10 s: live {live:?}\n{}", agent.log());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    agent.eventually("the reload's split live", Duration::from_secs(10), || live_bps(agent), |live| *live == want_bps);
 }
 
 #[test]
@@ -193,9 +183,13 @@ fn established_connections_keep_their_backend_across_a_weight_change() {
     )
     .unwrap();
     agent.reload().expect("SIGHUP");
-    std::thread::sleep(Duration::from_millis(300));
+    agent.eventually(
+        "the refusal in the log",
+        Duration::from_secs(10),
+        || agent.log().contains("reload refused"),
+        |r| *r,
+    );
     assert!(agent.is_running(), "agent died on a bad reload:\n{}", agent.log());
-    assert!(agent.log().contains("reload refused"), "the refusal is logged:\n{}", agent.log());
     let after_bad = tcp_split(&topo, vip, 50);
     assert_eq!(after_bad.get("green"), Some(&50), "a refused reload changed the split: {after_bad:?}");
     for (i, c) in conns.iter().enumerate() {
@@ -210,13 +204,7 @@ fn idle_and_closed_flows_age_out_of_the_flow_table() {
     );
     let flows = || agent.status()["active_flows"].as_u64().expect("active_flows");
     let new_flows = || agent.counter("new_flows");
-    let wait_for = |what: &str, cond: &dyn Fn() -> bool| {
-        let deadline = std::time::Instant::now() + Duration::from_secs(15);
-        while !cond() {
-            assert!(std::time::Instant::now() < deadline, "{what} did not happen within 15 s:\n{}", agent.log());
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    };
+    let gone = |what: &str| agent.eventually(what, Duration::from_secs(15), flows, |n| *n == 0);
 
     // A closed TCP connection (client FIN) leaves after closing_secs.
     topo.client.run(|| {
@@ -225,7 +213,7 @@ fn idle_and_closed_flows_age_out_of_the_flow_table() {
         ask_version(&c).unwrap();
     });
     assert!(flows() >= 1, "the connection has a flow entry");
-    wait_for("the closed TCP flow's removal", &|| flows() == 0);
+    gone("the closed TCP flow's removal");
 
     // An idle UDP flow leaves after udp_idle_secs; its next datagram is a new flow.
     let vip: SocketAddr = "203.0.113.10:53".parse().unwrap();
@@ -240,7 +228,7 @@ fn idle_and_closed_flows_age_out_of_the_flow_table() {
     ask();
     ask();
     assert_eq!(new_flows(), before + 1, "two datagrams of one flow are one flow");
-    wait_for("the idle UDP flow's removal", &|| flows() == 0);
+    gone("the idle UDP flow's removal");
     ask();
     assert_eq!(new_flows(), before + 2, "after aging out, the next datagram starts a new flow");
 }
@@ -414,6 +402,7 @@ fn status_with_only_the_socket_shows_what_status_with_the_file_shows() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("status --watch");
+    // Part of the scenario: `--watch 1` runs 2.5 s, time for at least two frames.
     std::thread::sleep(Duration::from_millis(2500));
     watch.kill().expect("stop --watch");
     let out = watch.wait_with_output().expect("--watch output");
@@ -464,11 +453,7 @@ fn editing_the_config_file_applies_without_a_signal() {
     let tmp = agent.config_path.with_extension("swp");
     std::fs::write(&tmp, text.replace("weights: { blue: 80, green: 20 }", "weights: { blue: 30, green: 70 }")).unwrap();
     std::fs::rename(&tmp, &agent.config_path).unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while live_bps(&agent) != [3000, 7000] {
-        assert!(std::time::Instant::now() < deadline, "edit not applied within 10 s:\n{}", agent.log());
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    agent.eventually("the edit's split live", Duration::from_secs(10), || live_bps(&agent), |l| *l == [3000, 7000]);
     assert!(agent.log().contains("file changed: reloaded"), "{}", agent.log());
 }
 
@@ -486,6 +471,7 @@ fn thirty_flips_under_a_steady_stream_of_connections() {
             let (ok, _, err) = cli(&agent, &["flip", "shop", "--to", to]);
             assert!(ok, "flip {i} failed: {err}");
             flips += 1;
+            // Pacing: a flip every 50 ms, connections arriving between them.
             std::thread::sleep(Duration::from_millis(50));
         }
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -509,6 +495,7 @@ fn connect_until(topo: &Topology, vip: SocketAddr, stop: &std::sync::atomic::Ato
             match TcpStream::connect_timeout(&vip, TIMEOUT).and_then(|c| {
                 c.set_read_timeout(Some(TIMEOUT))?;
                 let first = ask_version(&c)?;
+                // A pause between the two questions, so a change can fall between them.
                 std::thread::sleep(Duration::from_millis(2));
                 Ok((first, ask_version(&c)?))
             }) {
@@ -561,6 +548,8 @@ fn kill_9_leaves_the_data_path_serving_and_a_restart_adopts_it_without_a_gap() {
     let stop = std::sync::atomic::AtomicBool::new(false);
     let (ok, failed, split_brain) = std::thread::scope(|s| {
         let client = s.spawn(|| connect_until(&topo, vip, &stop));
+        // The scenario: connections arrive while no agent runs (200 ms), across
+        // the start, and after it serves again (300 ms).
         std::thread::sleep(Duration::from_millis(200));
         agent.start_again(&topo.lb).unwrap_or_else(|e| panic!("{e}"));
         std::thread::sleep(Duration::from_millis(300));
@@ -604,11 +593,7 @@ fn down_through_a_running_agent_detaches_and_stops_it() {
     let (ok, out, err) = cli(&agent, &["down"]);
     assert!(ok, "{err}");
     assert!(out.contains("XDP detached"), "{out}");
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while agent.is_running() {
-        assert!(std::time::Instant::now() < deadline, "the agent did not exit after down");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    eventually("the agent to exit after down", Duration::from_secs(10), || agent.is_running(), |running| !running);
     assert!(!topo.lb.has_xdp("lb-client").unwrap() && !topo.lb.has_xdp("lb-blue").unwrap());
     assert!(!agent.pin_path.exists());
     // Again, with nothing running: found through the config file, it says so.
@@ -672,11 +657,7 @@ fn kernel_events_reach_the_agent_log_rate_limited() {
     let dropped = agent.counter("no_table") - before;
     assert!(dropped >= 10, "each SYN to the broken service is counted: {dropped}");
     let needle = format!("service table {table} is missing or inconsistent");
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while !agent.log().contains(&needle) {
-        assert!(std::time::Instant::now() < deadline, "no kernel event in the agent log:\n{}", agent.log());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    agent.eventually("the kernel event in the log", Duration::from_secs(5), || agent.log().contains(&needle), |r| *r);
     // At most once a second per CPU, not once per packet (2 s of SYNs here).
     let lines = agent.log().matches(&needle).count() as u64;
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;

@@ -4,10 +4,7 @@
 //! `local_addresses.manage: false`, `check`, `run` and `status` name the
 //! address and the command that fixes it.
 
-use std::{
-    net::SocketAddr,
-    time::{Duration, Instant},
-};
+use std::{net::SocketAddr, time::Duration};
 
 use http::StatusCode;
 use splitter_testkit::{
@@ -90,15 +87,8 @@ fn reload(agent: &Agent, from: &str, to: &str, names: &[&str]) {
     let text = std::fs::read_to_string(&agent.config_path).unwrap();
     std::fs::write(&agent.config_path, text.replace(from, to)).unwrap();
     agent.reload().expect("SIGHUP");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let served: Vec<String> = agent.info().map(|a| a.services.into_keys().collect()).unwrap_or_default();
-        if served == names {
-            return;
-        }
-        assert!(Instant::now() < deadline, "the agent serves {served:?}, not {names:?}:\n{}", agent.log());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let served = || -> Vec<String> { agent.info().map(|a| a.services.into_keys().collect()).unwrap_or_default() };
+    agent.eventually(&format!("the agent to serve {names:?}"), Duration::from_secs(10), served, |s| *s == names);
 }
 
 /// `splitter check` on `yaml` in the lb namespace: its stdout.

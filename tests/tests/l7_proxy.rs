@@ -11,12 +11,14 @@ use std::{
 };
 
 use http::StatusCode;
+use splitter_model::config::Mirror;
 use splitter_testkit::{
     config::{Config, Service},
     http::{get, request, request_with_body, serve_http, serve_http_after, Answer, Client},
     topology::Topology,
 };
 use splitter_tests::{agent::Agent, netns::topology};
+use splitter_user::l7::mirror::MirrorCounts;
 
 const VIP: &str = "203.0.113.10:8080";
 /// How long the slow shadow takes to answer.
@@ -160,6 +162,8 @@ fn weight_flip_and_rollback_swap_the_table_and_in_flight_requests_finish_where_t
     std::thread::scope(|s| {
         // A slow request decided on the old table...
         let slow = s.spawn(|| client.send_all(&topo.client, vec![get(vip, "/slow/700", &[])], 1, false));
+        // The scenario: the flip comes while that request is in flight (it
+        // takes 700 ms at the backend; 200 ms in, it has been routed).
         std::thread::sleep(Duration::from_millis(200));
         let (ok_flip, out) = cli(&agent, &["flip", "api", "--to", "v2"]);
         assert!(ok_flip, "{out}");
@@ -237,22 +241,11 @@ fn l7_status(agent: &Agent) -> serde_json::Value {
     status["agent"]["l7"]["api"].clone()
 }
 
-/// Waits (bounded) until the mirror has settled every sampled request.
-fn mirror_settled(agent: &Agent) -> serde_json::Value {
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        let m = l7_status(agent)["mirror"].clone();
-        let n = |k: &str| m[k].as_u64().unwrap_or(0);
-        let settled = n("sent")
-            + n("dropped_queue_full")
-            + n("skipped_body_too_large")
-            + n("shadow_errors")
-            + n("shadow_timeouts");
-        if settled == n("sampled") || std::time::Instant::now() > deadline {
-            return m;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+/// Waits (bounded) until the mirror has settled every sampled request; its
+/// counters then.
+fn mirror_settled(agent: &Agent) -> MirrorCounts {
+    let counts = || serde_json::from_value(l7_status(agent)["mirror"].clone()).expect("the mirror's counters");
+    agent.eventually("every sampled request's copy to settle", Duration::from_secs(15), counts, MirrorCounts::settled)
 }
 
 #[test]
@@ -265,18 +258,17 @@ fn mirroring_copies_a_sample_compares_out_of_band_and_never_answers_the_client()
         assert_eq!(a.headers["x-seen-mirror"], "", "a client got a mirrored answer: {a:?}");
     }
     let m = mirror_settled(&agent);
-    let n = |k: &str| m[k].as_u64().unwrap_or(0);
-    let share = n("sampled") as f64 / 2000.0;
-    assert!((share - 0.10).abs() <= 0.02, "mirrored share {share}: {m}");
-    assert_eq!(n("sent"), n("sampled"), "every sampled request reached the shadow: {m}");
-    assert_eq!(n("compared"), n("sent"), "{m}");
-    assert_eq!(n("differ"), n("compared"), "the shadow always differs (it sees the mirror marker): {m}");
+    let share = m.sampled as f64 / 2000.0;
+    assert!((share - 0.10).abs() <= 0.02, "mirrored share {share}: {m:?}");
+    assert_eq!(m.sent, m.sampled, "every sampled request reached the shadow: {m:?}");
+    assert_eq!(m.compared, m.sent, "{m:?}");
+    assert_eq!(m.differ, m.compared, "the shadow always differs (it sees the mirror marker): {m:?}");
 
     let out = agent.cli().args(["diffs", "api", "--json", "--socket"]).arg(&agent.control_socket).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(report["compared"], n("compared"));
-    assert_eq!(report["differ"], n("differ"));
+    assert_eq!(report["compared"], m.compared);
+    assert_eq!(report["differ"], m.differ);
     let sample = &report["samples"][0];
     assert_eq!((sample["request"].as_str(), sample["primary_status"].as_u64()), (Some("GET /"), Some(200)), "{report}");
     assert_eq!(sample["diff"], "header x-seen-mirror:  vs 1", "the shadow saw x-splitter-mirror: 1: {report}");
@@ -287,10 +279,9 @@ fn mirroring_copies_a_sample_compares_out_of_band_and_never_answers_the_client()
     let answers = ok(client.send_all(&topo.client, posts, 8, false));
     assert!(answers.iter().all(|a| a.status == StatusCode::OK && a.backend == "v1"));
     let m2 = mirror_settled(&agent);
-    let n2 = |k: &str| m2[k].as_u64().unwrap_or(0);
-    assert!(n2("skipped_body_too_large") > 0, "{m2}");
-    assert_eq!(n2("skipped_body_too_large"), n2("sampled") - n("sampled"), "every sampled POST was too large: {m2}");
-    assert_eq!(n2("sent"), n("sent"), "{m2}");
+    assert!(m2.skipped_body_too_large > 0, "{m2:?}");
+    assert_eq!(m2.skipped_body_too_large, m2.sampled - m.sampled, "every sampled POST was too large: {m2:?}");
+    assert_eq!(m2.sent, m.sent, "{m2:?}");
 }
 
 #[test]
@@ -304,18 +295,24 @@ fn a_slow_or_dead_shadow_leaves_primary_statuses_and_latency_unchanged() {
     assert!(slowest < Duration::from_millis(1500), "a primary request took {slowest:?} with a {SLOW_SHADOW:?} shadow");
     assert!(answers.iter().all(|a| a.status == StatusCode::OK && a.backend == "v1"));
     let m = mirror_settled(&agent);
-    assert_eq!(m["shadow_timeouts"], m["sampled"], "{m}");
+    assert_eq!(m.shadow_timeouts, m.sampled, "{m:?}");
 
     // A dead shadow (nothing listens): errors counted, primaries fine.
     let text = std::fs::read_to_string(&agent.config_path).unwrap();
     std::fs::write(&agent.config_path, text.replace("version: slowshadow", "version: deadshadow")).unwrap();
     agent.reload().expect("SIGHUP");
-    std::thread::sleep(Duration::from_millis(500));
-    let before = m["shadow_errors"].as_u64().unwrap_or(0);
+    let mirror_version = || match agent.info()?.services.get("api")?.mirror.clone()? {
+        Mirror::L7(m) => Some(m.version),
+        Mirror::L4(_) => None,
+    };
+    agent.eventually("the agent to mirror to deadshadow", Duration::from_secs(10), mirror_version, |v| {
+        v.as_deref() == Some("deadshadow")
+    });
+    let before = m.shadow_errors;
     let answers = ok(client.send_all(&topo.client, (0..100).map(|_| get(vip, "/", &[])).collect(), 8, false));
     assert!(answers.iter().all(|a| a.status == StatusCode::OK && a.backend == "v1"));
     let m = mirror_settled(&agent);
-    assert!(m["shadow_errors"].as_u64().unwrap_or(0) >= before + 100, "{m}\n{}", agent.log());
+    assert!(m.shadow_errors >= before + 100, "{m:?}\n{}", agent.log());
 }
 
 #[test]

@@ -164,25 +164,17 @@ fn metrics_match_the_traffic_the_test_sent() {
 
     // Flows in the table per service, as of the agent's last sweep (every
     // second here; closed connections stay until closing_secs).
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let active = values(&scrape(&topo.lb, None).1, "splitter_active_flows", &[("service", "shop")]);
-        if active.first().is_some_and(|n| *n >= 300.0) {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "active flows of shop: {active:?}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let active = || values(&scrape(&topo.lb, None).1, "splitter_active_flows", &[("service", "shop")]);
+    agent.eventually("300 active flows of shop", Duration::from_secs(10), active, |n| {
+        n.first().is_some_and(|n| *n >= 300.0)
+    });
 
     // A broken file on reload is counted as failed.
     let good = std::fs::read_to_string(&agent.config_path).unwrap();
     std::fs::write(&agent.config_path, good.replace("weights: { v1: 50, v2: 50 }", "weights: { v9: 1 }")).unwrap();
     agent.reload().unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while value(&scrape(&topo.lb, None).1, "splitter_reloads_total", &[("result", "failed")]) < 1.0 {
-        assert!(std::time::Instant::now() < deadline, "the failed reload was not counted:\n{}", agent.log());
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let failed = || value(&scrape(&topo.lb, None).1, "splitter_reloads_total", &[("result", "failed")]);
+    agent.eventually("the failed reload counted", Duration::from_secs(10), failed, |n| *n >= 1.0);
 
     // OpenMetrics when asked for it.
     let (ctype, _) = scrape(&topo.lb, Some("application/openmetrics-text; version=1.0.0"));

@@ -22,16 +22,20 @@ use splitter_testkit::{
     netns::{NetNs, NetnsError},
     serve::{ask_version, serve_tcp},
     topology::{demo_config, Topology},
+    wait::{wait_until, wait_until_every},
 };
 
 use crate::{
     config_file::ConfigFile as _,
     control::{request, AgentInfo, Request},
     dataplane::PinnedMaps,
+    l7::mirror::MirrorCounts,
 };
 
 const NS_PREFIX: &str = "spdemo";
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often the demo looks at a running rollout.
+const ROLLOUT_POLL: Duration = Duration::from_millis(500);
 
 #[derive(Debug, Error)]
 pub enum DemoError {
@@ -273,33 +277,34 @@ pub fn run(connections: usize) -> Result<(), DemoError> {
 fn rollout_phase(topo: &Topology, agent: &AgentProcess, config: &Config) -> Result<usize, DemoError> {
     use crate::control::RolloutAction;
     use splitter_model::rollout::{Gates, Plan, Rollout, State};
-    let run =
-        |service: &str, plan: Plan, traffic: &(dyn Fn(&std::sync::atomic::AtomicBool) + Sync)| -> Option<Rollout> {
-            let stop = std::sync::atomic::AtomicBool::new(false);
-            std::thread::scope(|s| {
-                s.spawn(|| traffic(&stop));
-                std::thread::sleep(Duration::from_millis(300));
-                let start = Request::Rollout { service: service.into(), action: RolloutAction::Start { plan } };
-                let mut last = String::new();
-                let mut rollout = request(&agent.control_socket, &start).ok().and_then(|r| r.rollout);
-                let deadline = Instant::now() + Duration::from_secs(60);
-                while let Some(r) = &rollout {
-                    let line = r.describe();
-                    if line != last {
-                        println!("     {line}");
-                        last = line;
-                    }
-                    if r.state.is_over() || Instant::now() > deadline {
-                        break;
-                    }
-                    std::thread::sleep(Duration::from_millis(500));
-                    let status = Request::Rollout { service: service.into(), action: RolloutAction::Status };
-                    rollout = request(&agent.control_socket, &status).ok().and_then(|r| r.rollout);
+    let run = |service: &str,
+               plan: Plan,
+               traffic: &(dyn Fn(&std::sync::atomic::AtomicBool) + Sync)|
+     -> Option<Rollout> {
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|s| {
+            s.spawn(|| traffic(&stop));
+            // The scenario: traffic flows for a moment before the rollout starts.
+            std::thread::sleep(Duration::from_millis(300));
+            let status = Request::Rollout { service: service.into(), action: RolloutAction::Status };
+            let mut next = Some(Request::Rollout { service: service.into(), action: RolloutAction::Start { plan } });
+            let mut last = String::new();
+            // Start it, then follow it as `splitter rollout` does, printing each new state.
+            let follow = || {
+                let req = next.take().unwrap_or_else(|| status.clone());
+                let rollout = request(&agent.control_socket, &req).ok().and_then(|r| r.rollout);
+                if let Some(line) = rollout.as_ref().map(Rollout::describe).filter(|l| *l != last) {
+                    println!("     {line}");
+                    last = line;
                 }
-                stop.store(true, std::sync::atomic::Ordering::Relaxed);
                 rollout
-            })
-        };
+            };
+            let over = |r: &Option<Rollout>| r.as_ref().is_none_or(|r| r.state.is_over());
+            let rollout = wait_until_every("the rollout to end", Duration::from_secs(60), ROLLOUT_POLL, follow, over);
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            rollout.ok().flatten()
+        })
+    };
     let plan = |to: &str, steps: &[u32], min_requests: u64| Plan {
         to: to.into(),
         steps: steps.to_vec(),
@@ -352,8 +357,11 @@ fn l7_phase(topo: &Topology, agent: &AgentProcess, config: &Config, n: usize) ->
     let on_green = canary.iter().filter(|a| a.as_ref().is_ok_and(|a| a.backend == "green")).count();
     println!("\n   20 requests with `x-canary: true` (the route): {on_green} of 20 answered by green");
     failed += 20 - on_green;
-    // Copies settle out of band; give them a moment.
-    std::thread::sleep(Duration::from_millis(500));
+    // Copies settle out of band: wait (bounded) until each sampled request has
+    // an outcome, then show what there is.
+    let mirror = || info(agent).and_then(|i| i.l7.get("api")?.mirror.clone());
+    let settled = |m: &Option<MirrorCounts>| m.as_ref().is_some_and(MirrorCounts::settled);
+    let _ = wait_until("the mirror's copies to settle", Duration::from_secs(10), mirror, settled);
     let report = request(&agent.control_socket, &Request::Diffs { service: "api".into() })
         .ok()
         .and_then(|r| r.diffs)
