@@ -61,6 +61,9 @@ pub enum Command {
     Down(AgentTarget),
     /// Build a throwaway namespace topology (client, lb, blue, green), run the
     /// agent on an embedded config and show the split real connections get.
+    ///
+    /// Only builds with the cargo feature `demo` have it (the shipped agent
+    /// carries no test support); `cargo xtask demo` builds one and runs it.
     Demo(DemoArgs),
 }
 

@@ -1,19 +1,20 @@
 //! The splitter agent and CLI as a library: the binary (`main.rs`) is a thin
 //! edge over these modules, and the tests package drives them directly.
+//!
+//! Cargo features, both off in the shipped agent: `demo` builds `splitter
+//! demo` (on splitter-testkit; `cargo xtask demo` turns it on), and
+//! `test-hooks` the data path's test and benchmark entry points
+//! (`BPF_PROG_TEST_RUN`, the floor program; the tests package turns it on).
 
 pub mod agent;
-pub mod agent_process;
-pub mod capture;
 pub mod cli;
 pub mod config_file;
 pub mod control;
 pub mod dataplane;
 pub mod demo;
-pub mod demo_http;
 pub mod l7;
 pub mod local_addrs;
 pub mod metrics;
-pub mod netns;
 pub mod state;
 pub mod status;
 pub mod store;

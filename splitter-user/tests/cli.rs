@@ -23,10 +23,12 @@ fn help_lists_every_verb() {
     }
 }
 
+/// `splitter demo`'s config (it lives in splitter-testkit, next to the
+/// topology it names, so it is checked whether or not this build has the demo).
 #[test]
 fn check_accepts_the_embedded_demo_config() {
     let dir = tempfile::tempdir().unwrap();
-    let f = write(&dir, "demo.yaml", splitter_user::demo::DEMO_CONFIG);
+    let f = write(&dir, "demo.yaml", &splitter_testkit::topology::demo_config().to_string());
     let (ok, out, err) = splitter(&["check", "--config", &f]);
     assert!(ok, "demo config rejected: {err}");
     assert!(out.contains("valid, 2 services"), "{out}");

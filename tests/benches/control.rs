@@ -13,46 +13,34 @@
 use std::{
     fmt::Write as _,
     net::{SocketAddr, TcpStream},
-    path::PathBuf,
     process::Command,
     time::{Duration, Instant},
 };
 
-use splitter_tests::{load::percentile, netns::unique_name, rss_kib};
-use splitter_user::{
+use splitter_testkit::{
     agent_process::AgentProcess,
-    demo::{ask_version, serve_tcp, Topology},
+    netns::unique_name,
+    serve::{ask_version, serve_tcp},
+    topology::{numbered_services, Topology},
+    wait::wait_until_every,
 };
+use splitter_tests::{agent::release_bin, load::percentile, rss_kib};
 
 const CHANGES: usize = 200;
 
-fn config(services: usize) -> String {
-    let mut c = String::from("interfaces:\n  clients: [lb-client]\n  backends: [lb-blue, lb-green]\nservices:\n");
-    for i in 0..services {
-        writeln!(
-            c,
-            "  s{i}:\n    listen: 203.0.113.10:{}\n    protocol: tcp\n    versions: {{ blue: [198.51.100.10:{}], green: [198.51.100.20:{}] }}\n    weights: {{ blue: 80, green: 20 }}",
-            80 + i,
-            // Each service its own endpoints (an endpoint serves at most 4).
-            8080 + i,
-            8080 + i
-        )
-        .unwrap();
-    }
-    c
-}
-
 fn main() {
     splitter_tests::require_root("the control-plane benchmark");
-    let bin = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/splitter");
-    assert!(bin.exists(), "{} missing: `cargo xtask bench` builds it", bin.display());
+    let bin = release_bin();
     let topo = Topology::build(&unique_name("spb")).expect("topology");
-    serve_tcp(&topo.blue, 8080, "blue").unwrap();
-    serve_tcp(&topo.green, 8080, "green").unwrap();
-    let name = unique_name("spb");
-    let dir = std::env::temp_dir().join(format!("splitter-bench-{name}"));
-    let pin = PathBuf::from("/sys/fs/bpf").join(&name);
-    let mut agent = AgentProcess::start(&bin, &topo.lb, &dir, &pin, &config(100)).unwrap_or_else(|e| panic!("{e}"));
+    for (ns, name) in topo.backends() {
+        serve_tcp(ns, 8080, name).unwrap();
+    }
+    let start = |services: u16| {
+        let config = numbered_services(Topology::config(), services).to_string();
+        AgentProcess::start_unique(&bin, &topo.lb, "spb", &config, &[]).unwrap_or_else(|e| panic!("{e}"))
+    };
+    let mut agent = start(100);
+    // Part of the measure: RSS once the agent has been idle for a second.
     std::thread::sleep(Duration::from_secs(1));
     let rss100 = rss_kib(agent.pid().expect("pid"));
 
@@ -73,21 +61,23 @@ fn main() {
         let to = if i % 2 == 0 { "green" } else { "blue" };
         let t = Instant::now();
         cli(&["flip", "s0", "--to", to]);
-        let landed = topo.client.run(|| loop {
+        // New connections back to back (no pause: the time is the measure).
+        let answer = || {
             let c = TcpStream::connect_timeout(&vip, Duration::from_secs(2)).expect("connect");
             c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-            if ask_version(&c).expect("answer") == to {
-                break t.elapsed();
-            }
-            assert!(t.elapsed() < Duration::from_secs(5), "flip {i} to {to} never took effect");
-        });
+            ask_version(&c).expect("answer")
+        };
+        let what = format!("flip {i} to {to} to take effect");
+        topo.client
+            .run(|| wait_until_every(&what, Duration::from_secs(5), Duration::ZERO, answer, |v| v == to))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let landed = t.elapsed();
         flip.push(landed.as_secs_f64() * 1e3);
     }
     drop(agent);
 
-    let dir1 = std::env::temp_dir().join(format!("splitter-bench-{name}-1"));
-    let pin1 = PathBuf::from("/sys/fs/bpf").join(format!("{name}1"));
-    agent = AgentProcess::start(&bin, &topo.lb, &dir1, &pin1, &config(1)).unwrap_or_else(|e| panic!("{e}"));
+    agent = start(1);
+    // As above: idle for a second.
     std::thread::sleep(Duration::from_secs(1));
     let rss1 = rss_kib(agent.pid().expect("pid"));
     drop(agent);

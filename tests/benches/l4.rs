@@ -17,43 +17,35 @@
 use std::{
     fmt::Write as _,
     net::{Ipv4Addr, SocketAddr},
-    path::PathBuf,
 };
 
-use splitter_tests::{
-    load::{bulk, busy_cpu, connection_rate, median, serve_sink, tcp_segments, Rate},
+use splitter_testkit::{
+    agent_process::AgentProcess,
+    config::{Config, Service},
     netns::unique_name,
+    serve::serve_tcp,
+    topology::{vip, Topology, BLUE, GREEN, VIP},
+};
+use splitter_tests::{
+    agent::release_bin,
+    load::{bulk, busy_cpu, connection_rate, median, serve_sink, tcp_segments, Rate},
     peers::{Haproxy, Nftables},
     report::{self, Bar},
 };
-use splitter_user::{agent_process::AgentProcess, demo::serve_tcp, demo::Topology};
 
 const THREADS: usize = 4;
 const SECS: u64 = 3;
 const SINK: u16 = 9000;
-const BLUE: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
-const GREEN: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 20);
 
 fn rounds() -> usize {
     std::env::var("SPLITTER_BENCH_ROUNDS").ok().and_then(|v| v.parse().ok()).filter(|n| *n > 0).unwrap_or(3)
 }
 
-const CONFIG: &str = r#"
-interfaces:
-  clients: [lb-client]
-  backends: [lb-blue, lb-green]
-services:
-  conn:
-    listen: 203.0.113.10:80
-    protocol: tcp
-    versions: { blue: [198.51.100.10:80], green: [198.51.100.20:80] }
-    weights: { blue: 80, green: 20 }
-  bulk:
-    listen: 203.0.113.10:9000
-    protocol: tcp
-    versions: { blue: [198.51.100.10:9000], green: [198.51.100.20:9000] }
-    weights: { blue: 80, green: 20 }
-"#;
+/// conn (new connections) and bulk (throughput), both split 80/20.
+fn config() -> Config {
+    let split = |port: u16| Service::tcp(vip(port)).blue_green(port).weights(&[("blue", 80), ("green", 20)]);
+    Topology::config().service("conn", split(80)).service("bulk", split(SINK))
+}
 
 #[derive(Default)]
 struct Runs {
@@ -88,10 +80,9 @@ fn measure(topo: &Topology, vip: Ipv4Addr, runs: &mut Runs) {
 
 fn main() {
     splitter_tests::require_root("the L4 benchmark");
-    let bin = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/splitter");
-    assert!(bin.exists(), "{} missing: `cargo xtask bench` builds it", bin.display());
+    let bin = release_bin();
     let topo = Topology::build(&unique_name("spl")).expect("topology");
-    for (ns, name) in [(&topo.blue, "blue"), (&topo.green, "green")] {
+    for (ns, name) in topo.backends() {
         serve_tcp(ns, 80, name).expect("backend");
         serve_sink(ns, SINK);
     }
@@ -109,10 +100,9 @@ fn main() {
     for round in 0..rounds() {
         measure(&topo, BLUE, &mut runs[0]);
 
-        let pin = PathBuf::from("/sys/fs/bpf").join(unique_name("spl"));
-        let mut agent =
-            AgentProcess::start(&bin, &topo.lb, &dir.join("agent"), &pin, CONFIG).unwrap_or_else(|e| panic!("{e}"));
-        measure(&topo, Ipv4Addr::new(203, 0, 113, 10), &mut runs[1]);
+        let mut agent = AgentProcess::start_unique(&bin, &topo.lb, "spl", &config().to_string(), &[])
+            .unwrap_or_else(|e| panic!("{e}"));
+        measure(&topo, VIP, &mut runs[1]);
         agent.down().unwrap_or_else(|e| panic!("splitter down: {e}"));
 
         {

@@ -14,22 +14,26 @@
 use std::{
     fmt::Write as _,
     net::SocketAddr,
-    path::PathBuf,
     time::{Duration, Instant},
 };
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
-use splitter_tests::{
+use splitter_testkit::{
+    agent_process::AgentProcess,
+    config::Service,
     http::serve_http,
+    netns::{unique_name, NetNs},
+    topology::{vip, Topology},
+};
+use splitter_tests::{
+    agent::release_bin,
     load::median,
-    netns::unique_name,
     peers::{Haproxy, Nginx},
     report::{self, Bar},
     rss_kib,
 };
-use splitter_user::{agent_process::AgentProcess, demo::Topology, netns::NetNs};
 
 const CONNS: usize = 32;
 const SECS: u64 = 3;
@@ -128,8 +132,7 @@ fn with_idle_connections<T: Send>(ns: &NetNs, target: SocketAddr, n: usize, meas
 
 fn main() {
     splitter_tests::require_root("the L7 benchmark");
-    let bin = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/splitter");
-    assert!(bin.exists(), "{} missing: `cargo xtask bench` builds it", bin.display());
+    let bin = release_bin();
     let topo = Topology::build(&unique_name("spl")).expect("topology");
     serve_http(&topo.blue, 8081, "v1").expect("backend");
     serve_http(&topo.green, 8082, "shadow").expect("shadow");
@@ -137,10 +140,13 @@ fn main() {
     // One proxy thread each: the machine's other cores carry the client and
     // the backend, and requests/s is then per proxy core.
     let threads = 1;
-    let config = "interfaces:\n  clients: [lb-client]\n  backends: [lb-blue, lb-green]\nservices:\n  api:\n    listen: 203.0.113.10:8080\n    protocol: tcp\n    mode: l7\n    versions: { v1: [198.51.100.10:8081], shadow: [198.51.100.20:8082] }\n    weights: { v1: 1 }\n  mirrored:\n    listen: 203.0.113.10:8088\n    protocol: tcp\n    mode: l7\n    versions: { v1: [198.51.100.10:8081], shadow: [198.51.100.20:8082] }\n    weights: { v1: 1 }\n    mirror: { version: shadow, percent: 10, compare: true }\n";
+    // api, and mirrored: 10 % of its requests copied to the shadow and compared.
+    let l7 = |port: u16| Service::l7(vip(port)).on_blue("v1", 8081).on_green("shadow", 8082).weights(&[("v1", 1)]);
+    let config = Topology::config()
+        .service("api", l7(8080))
+        .service("mirrored", l7(8088).with("mirror: { version: shadow, percent: 10, compare: true }"));
     let dir = std::env::temp_dir().join(format!("splitter-bench-{}", unique_name("l7")));
-    let pin = PathBuf::from("/sys/fs/bpf").join(unique_name("spl"));
-    let agent = AgentProcess::start_with(&bin, &topo.lb, &dir, &pin, config, &["--workers", "1"])
+    let agent = AgentProcess::start_unique(&bin, &topo.lb, "spl", &config.to_string(), &["--workers", "1"])
         .unwrap_or_else(|e| panic!("{e}"));
     let haproxy = Haproxy::http(
         &topo.lb,

@@ -9,41 +9,32 @@
 //!
 //! Writes `target/bench/mirror.md`.
 
-use std::{
-    fmt::Write as _,
-    net::{Ipv4Addr, SocketAddr},
-    path::PathBuf,
-    time::Instant,
-};
+use std::{fmt::Write as _, net::SocketAddr, time::Instant};
 
 use splitter_common::{service::mirror_sampled, FlowKey};
-use splitter_tests::{
-    load::{median, send_bulk, serve_sink},
-    netns::unique_name,
+use splitter_testkit::{
+    agent_process::AgentProcess,
+    config::{Config, Service},
+    netns::{unique_name, NetNs},
+    topology::{vip, Topology, CLIENT, VIP},
 };
-use splitter_user::{agent_process::AgentProcess, demo::Topology, netns::NetNs};
+use splitter_tests::{
+    agent::release_bin,
+    load::{median, send_bulk, serve_sink},
+};
 
 const CONNS: usize = 40;
 const BYTES: usize = 8 << 20;
 const PORT: u16 = 9000;
-const VIP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
-const CLIENT: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
 
 fn rounds() -> usize {
     std::env::var("SPLITTER_BENCH_ROUNDS").ok().and_then(|v| v.parse().ok()).filter(|n| *n > 0).unwrap_or(5)
 }
 
-const CONFIG: &str = r#"
-interfaces:
-  clients: [lb-client]
-  backends: [lb-blue, lb-green]
-services:
-  bulk:
-    listen: 203.0.113.10:80
-    protocol: tcp
-    versions: { blue: [198.51.100.10:9000], green: [198.51.100.20:9000] }
-    weights: { blue: 1, green: 1 }
-"#;
+/// bulk: split 1:1 over TCP sinks on blue and green.
+fn config() -> Config {
+    Topology::config().service("bulk", Service::tcp(vip(80)).blue_green(PORT).weights(&[("blue", 1), ("green", 1)]))
+}
 
 /// Client ports for one round: `CONNS` fresh ports, exactly `CONNS / 10` of
 /// them sampled at 10 %.
@@ -85,14 +76,13 @@ fn round(client: &NetNs, ports: &[u16]) -> f64 {
 fn main() {
     splitter_tests::require_root("the mirroring benchmark");
     let topo = Topology::build(&unique_name("spb")).expect("topology");
-    serve_sink(&topo.blue, PORT);
-    serve_sink(&topo.green, PORT);
-    let _tap = splitter_user::demo::mirror_link(&topo.lb, &unique_name("spb")).expect("mirror link");
-    let bin = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/splitter");
-    let name = unique_name("spb");
-    let dir = std::env::temp_dir().join(format!("splitter-bench-{name}"));
-    let pin = PathBuf::from("/sys/fs/bpf").join(&name);
-    let mut agent = AgentProcess::start(&bin, &topo.lb, &dir, &pin, CONFIG).unwrap_or_else(|e| panic!("{e}"));
+    for (ns, _) in topo.backends() {
+        serve_sink(ns, PORT);
+    }
+    let _tap = topo.mirror_link(&unique_name("spb")).expect("mirror link");
+    let bin = release_bin();
+    let mut agent =
+        AgentProcess::start_unique(&bin, &topo.lb, "spb", &config().to_string(), &[]).unwrap_or_else(|e| panic!("{e}"));
     let mirror = |args: &[&str]| {
         let out = std::process::Command::new(&bin)
             .args(["mirror", "bulk"])

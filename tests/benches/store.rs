@@ -7,12 +7,19 @@
 
 use std::{
     fmt::Write as _,
-    path::PathBuf,
+    path::Path,
     time::{Duration, Instant},
 };
 
-use splitter_tests::{etcd::Etcd, load::percentile, netns::unique_name};
-use splitter_user::{agent_process::AgentProcess, netns::NetNs, store::Store};
+use splitter_testkit::{
+    agent_process::AgentProcess,
+    config::Config,
+    netns::{unique_name, veth, NetNs},
+    topology::numbered_services,
+    wait::wait_until_every,
+};
+use splitter_tests::{agent::release_bin, etcd::Etcd, load::percentile};
+use splitter_user::store::Store;
 
 const NODES: usize = 3;
 const CHANGES: usize = 50;
@@ -21,36 +28,24 @@ fn ip(ns: &NetNs, args: &[&str]) {
     ns.ip(args).unwrap_or_else(|e| panic!("ip {}: {e}", args.join(" ")));
 }
 
-fn config(node: usize, services: usize, etcd: &str, prefix: &str) -> String {
-    let mut c = format!(
-        "node: n{node}\ninterfaces: {{ clients: [eth-c] }}\nstore: {{ etcd: {{ endpoints: [\"{etcd}\"], prefix: {prefix} }} }}\nservices:\n"
-    );
-    for i in 0..services {
-        writeln!(
-            c,
-            "  s{i}:\n    listen: 203.0.113.10:{}\n    protocol: tcp\n    versions: {{ blue: [198.51.100.10:{}], green: [198.51.100.20:{}] }}\n    weights: {{ blue: 80, green: 20 }}",
-            80 + i,
-            // Each service its own endpoints (an endpoint serves at most 4).
-            8080 + i,
-            8080 + i
-        )
-        .unwrap();
-    }
-    c
+/// Node `n{node}`'s config: its data-path link, the store, and `services`
+/// numbered services.
+fn config(node: usize, services: u16, etcd: &str, prefix: &str) -> Config {
+    let config = Config::new(&["eth-c"], &[])
+        .setting(&format!("node: n{node}"))
+        .setting(&format!("store: {{ etcd: {{ endpoints: [\"{etcd}\"], prefix: {prefix} }} }}"));
+    numbered_services(config, services)
 }
 
 /// Milliseconds from each CLI change until every node applied it.
-fn run(services: usize, bin: &PathBuf, mgmt: &NetNs, nodes: &[NetNs], etcd: &Etcd) -> Vec<f64> {
+fn run(services: u16, bin: &Path, mgmt: &NetNs, nodes: &[NetNs], etcd: &Etcd) -> Vec<f64> {
     let prefix = format!("/{}", unique_name("spb"));
     let agents: Vec<AgentProcess> = nodes
         .iter()
         .enumerate()
         .map(|(i, ns)| {
-            let name = unique_name("spb");
-            let dir = std::env::temp_dir().join(format!("splitter-bench-{name}"));
-            let pin = PathBuf::from("/sys/fs/bpf").join(&name);
-            AgentProcess::start(bin, ns, &dir, &pin, &config(i + 1, services, &etcd.url(), &prefix))
-                .unwrap_or_else(|e| panic!("{e}"))
+            let config = config(i + 1, services, &etcd.url(), &prefix).to_string();
+            AgentProcess::start_unique(bin, ns, "spb", &config, &[]).unwrap_or_else(|e| panic!("{e}"))
         })
         .collect();
     let cfg = splitter_user::store::cli_etcd(&etcd.url(), &prefix, None, None).unwrap();
@@ -79,10 +74,16 @@ fn run(services: usize, bin: &PathBuf, mgmt: &NetNs, nodes: &[NetNs], etcd: &Etc
             .and_then(|r| r.split(';').next())
             .and_then(|r| r.parse().ok())
             .unwrap_or_else(|| panic!("no revision in {text}"));
-        while !applied(&mut store, rev) {
-            assert!(t.elapsed() < Duration::from_secs(10), "change {i} did not reach every node");
-            std::thread::sleep(Duration::from_micros(500));
-        }
+        // Looked at every 500 µs: the time it took is the measure.
+        let what = format!("change {i} to reach every node");
+        wait_until_every(
+            &what,
+            Duration::from_secs(10),
+            Duration::from_micros(500),
+            || applied(&mut store, rev),
+            |a| *a,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
         took.push(t.elapsed().as_secs_f64() * 1e3);
     }
     drop(agents);
@@ -91,8 +92,7 @@ fn run(services: usize, bin: &PathBuf, mgmt: &NetNs, nodes: &[NetNs], etcd: &Etc
 
 fn main() {
     splitter_tests::require_root("the store benchmark");
-    let bin = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/splitter");
-    assert!(bin.exists(), "{} missing: `cargo xtask bench` builds it", bin.display());
+    let bin = release_bin();
     let tag = unique_name("spb");
     let mgmt = NetNs::new(format!("{tag}-m")).unwrap();
     ip(&mgmt, &["link", "add", "br0", "type", "bridge"]);
@@ -101,7 +101,7 @@ fn main() {
     let nodes: Vec<NetNs> = (1..=NODES)
         .map(|n| {
             let ns = NetNs::new(format!("{tag}-n{n}")).unwrap();
-            splitter_user::netns::veth(&ns, "eth-m", &mgmt, &format!("p{n}")).unwrap();
+            veth(&ns, "eth-m", &mgmt, &format!("p{n}")).unwrap();
             ip(&mgmt, &["link", "set", &format!("p{n}"), "master", "br0"]);
             ip(&ns, &["addr", "add", &format!("10.99.0.1{n}/24"), "dev", "eth-m"]);
             ip(&ns, &["link", "add", "eth-c", "type", "veth", "peer", "name", "eth-x"]);

@@ -31,11 +31,12 @@
 //!   redirect (4,000 × 250 like the established flow; each copy really
 //!   leaves through the `fxm` veth).
 
-use std::{fmt::Write as _, time::Duration};
+use std::{fmt::Write as _, net::SocketAddr, time::Duration};
 
 use splitter_common::names::{PROG_FLOOR, PROG_INGRESS, PROG_MIRROR};
+use splitter_testkit::config::{Config, Service};
 use splitter_tests::{
-    fixture::{net::*, Harness},
+    fixture::{net::*, FixtureNet, Harness},
     packet::{Frame, Tcp},
     report::{self, Bar},
 };
@@ -50,21 +51,17 @@ const NEW_FLOWS_FIB: usize = 2_000;
 fn rounds() -> usize {
     std::env::var("SPLITTER_BENCH_ROUNDS").ok().and_then(|v| v.parse().ok()).filter(|n| *n > 0).unwrap_or(5)
 }
-const CONFIG: &str = r#"
-interfaces: { clients: [fxb] }
-services:
-  bench:
-    listen: 203.0.113.10:80
-    protocol: tcp
-    versions: { only: [203.0.113.10:80] }
-    weights: { only: 1 }
-  mirrored:
-    listen: 203.0.113.10:81
-    protocol: tcp
-    versions: { only: [203.0.113.10:81] }
-    weights: { only: 1 }
-    mirror: { interface: fxm, percent: 100 }
-"#;
+/// `bench` and `mirrored` (all its flows copied out of `fxm`), each with one
+/// endpoint: the VIP itself, routed out of fxa below.
+fn config() -> Config {
+    let service = |port: u16| {
+        let vip = SocketAddr::from((VIP4, port));
+        Service::tcp(vip).version("only", [vip]).weights(&[("only", 1)])
+    };
+    FixtureNet::config()
+        .service("bench", service(80))
+        .service("mirrored", service(81).with("mirror: { interface: fxm, percent: 100 }"))
+}
 
 struct Stats {
     median: f64,
@@ -83,7 +80,7 @@ fn ns(d: Duration) -> f64 {
 
 fn main() {
     splitter_tests::require_root("the XDP benchmark");
-    let mut h = Harness::with_config(CONFIG);
+    let mut h = Harness::with_config(&config());
     h.load_floor();
     // The VIP is routed out of fxa with a permanent neighbour: the established
     // flow takes the whole path, FIB lookup and redirect included.

@@ -1,16 +1,18 @@
 //! The real `splitter` binary as a child process inside a test namespace
-//! (`splitter_user::agent_process`), with unique paths and helpers to read
-//! its state through the CLI as an operator would.
+//! (`splitter_testkit::agent_process`), with unique paths, and helpers to
+//! read its state through the CLI (as an operator would) and the control
+//! socket's typed answer.
 
 use std::{
+    fmt::Debug,
     ops::{Deref, DerefMut},
     path::{Path, PathBuf},
     process::Command,
+    time::Duration,
 };
 
-use splitter_user::agent_process::AgentProcess;
-
-use crate::netns::{unique_name, NetNs};
+use splitter_testkit::{agent_process::AgentProcess, netns::NetNs, wait::wait_until};
+use splitter_user::control::{request, AgentInfo, Request};
 
 /// Path of the `splitter` binary built next to the test executables
 /// (`target/<profile>/splitter`), or `$SPLITTER_BIN`.
@@ -26,6 +28,14 @@ pub fn splitter_bin() -> PathBuf {
         "{} does not exist: build it first (`cargo build -p splitter-user`; `cargo xtask test` does)",
         bin.display()
     );
+    bin
+}
+
+/// The release `splitter` binary the benchmarks drive (`cargo xtask bench`
+/// builds it).
+pub fn release_bin() -> PathBuf {
+    let bin = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/splitter");
+    assert!(bin.exists(), "{} missing: `cargo xtask bench` builds it", bin.display());
     bin
 }
 
@@ -50,11 +60,27 @@ impl Agent {
     /// services...) and a unique pin path, state dir and control socket.
     pub fn start(ns: &NetNs, body: &str) -> Agent {
         crate::require_root("running the agent");
-        let name = unique_name("spt");
-        let dir = std::env::temp_dir().join(format!("splitter-test-{name}"));
-        let pin = PathBuf::from("/sys/fs/bpf").join(&name);
-        let p = AgentProcess::start(&splitter_bin(), ns, &dir, &pin, body).unwrap_or_else(|e| panic!("{e}"));
-        Agent(p)
+        Agent(AgentProcess::start_unique(&splitter_bin(), ns, "spt", body, &[]).unwrap_or_else(|e| panic!("{e}")))
+    }
+
+    /// What the agent says about itself on its control socket (`None` when
+    /// nothing answers).
+    pub fn info(&self) -> Option<AgentInfo> {
+        request(&self.control_socket, &Request::Status).ok()?.agent
+    }
+
+    /// Waits (bounded by `limit`) until `done` accepts what `probe` sees of
+    /// this agent, and returns that; panics with what it awaited, what it saw
+    /// last and the agent's log.
+    #[track_caller]
+    pub fn eventually<V: Debug>(
+        &self,
+        what: &str,
+        limit: Duration,
+        probe: impl FnMut() -> V,
+        done: impl FnMut(&V) -> bool,
+    ) -> V {
+        wait_until(what, limit, probe, done).unwrap_or_else(|e| panic!("{e}\nagent log:\n{}", self.log()))
     }
 
     /// A `splitter` CLI command.

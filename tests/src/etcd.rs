@@ -6,10 +6,13 @@
 use std::{
     path::PathBuf,
     process::{Child, Command, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use crate::netns::{unique_name, NetNs};
+use splitter_testkit::{
+    netns::{unique_name, NetNs},
+    wait::wait_until_every,
+};
 
 pub struct Etcd {
     child: Option<Child>,
@@ -118,13 +121,17 @@ impl Etcd {
             .stderr(Stdio::null());
         std::fs::create_dir_all(&self.dir).expect("etcd test dir");
         self.child = Some(cmd.spawn().unwrap_or_else(|e| panic!("starting etcd: {e}")));
-        let start = Instant::now();
-        while !self.healthy() {
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                panic!("etcd exited ({status}) before it answered at {}", self.url());
-            }
-            assert!(start.elapsed() < Duration::from_secs(20), "etcd did not answer at {} within 20s", self.url());
-            std::thread::sleep(Duration::from_millis(100));
+        let what = format!("etcd to answer at {}", self.url());
+        let (healthy, exited) = wait_until_every(
+            &what,
+            Duration::from_secs(20),
+            Duration::from_millis(100),
+            || (self.healthy(), self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())),
+            |(healthy, exited)| *healthy || exited.is_some(),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        if let (false, Some(status)) = (healthy, exited) {
+            panic!("etcd exited ({status}) before it answered at {}", self.url());
         }
     }
 

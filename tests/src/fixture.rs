@@ -12,8 +12,9 @@ use splitter_common::{
     names::{PROG_FLOOR, PROG_INGRESS},
     stats::Stat,
 };
-use splitter_model::{config::Config, plan::ServicePlan};
-use splitter_user::{config_file::ConfigFile as _, dataplane::Dataplane, netns::NetNs};
+use splitter_model::plan::ServicePlan;
+use splitter_testkit::{config::Config, netns::NetNs};
+use splitter_user::{config_file::ConfigFile as _, dataplane::Dataplane};
 
 use crate::netns::netns;
 
@@ -164,6 +165,12 @@ impl FixtureNet {
         let (fxa_ifindex, fxb_ifindex) = (ifindex("fxa"), ifindex("fxb"));
         FixtureNet { ns, fxa_ifindex, fxb_ifindex }
     }
+
+    /// A config for this namespace: clients on `fxb` (where the program
+    /// serves both directions), no services yet.
+    pub fn config() -> Config {
+        Config::new(&["fxb"], &[])
+    }
 }
 
 impl Default for FixtureNet {
@@ -183,18 +190,19 @@ pub struct Harness {
 impl Harness {
     /// Loads the embedded object (root needed) with no services.
     pub fn new() -> Harness {
-        Harness::with_config("interfaces: { clients: [fxb] }\n")
+        Harness::with_config(&FixtureNet::config())
     }
 
-    /// Loads the object and applies the L4 services of `yaml` (a whole config).
-    pub fn with_config(yaml: &str) -> Harness {
+    /// Loads the object and applies the L4 services of `config` (a whole
+    /// config, from [`FixtureNet::config`]).
+    pub fn with_config(config: &Config) -> Harness {
         crate::require_root("BPF_PROG_TEST_RUN fixtures");
-        let config = Config::from_yaml(yaml).expect("fixture config");
-        let dp = Dataplane::load(config.flow_table_size).expect("loading and verifying the embedded eBPF object");
+        let flow_table_size = parse(config).flow_table_size;
+        let dp = Dataplane::load(flow_table_size).expect("loading and verifying the embedded eBPF object");
         let mut h = Harness { dp, net: FixtureNet::new(), plans: Vec::new() };
         let dp = &mut h.dp;
         h.net.ns.run(|| dp.hold_for_test_runs(PROG_INGRESS, "fxh0")).expect("hold the ingress program");
-        h.apply(&config);
+        h.apply(config);
         h
     }
 
@@ -207,7 +215,7 @@ impl Harness {
 
     /// Plans `config` from the current tables and applies it, as a reload does.
     pub fn apply(&mut self, config: &Config) {
-        let plans = splitter_model::plan::plan_all(config, |n| {
+        let plans = splitter_model::plan::plan_all(&parse(config), |n| {
             self.plans.iter().find(|p| p.name == n).map(splitter_model::plan::ServicePlan::as_previous)
         })
         .expect("plan");
@@ -294,6 +302,11 @@ impl Default for Harness {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// `config` as the agent reads it (validated).
+fn parse(config: &Config) -> splitter_model::config::Config {
+    splitter_model::config::Config::from_yaml(&config.to_string()).expect("fixture config")
 }
 
 fn hex(b: &[u8]) -> String {

@@ -1,8 +1,10 @@
-//! Harnesses shared by splitter's tests: network namespaces and veth pairs
-//! (`netns`), test packets (`packet`), `BPF_PROG_TEST_RUN` fixtures
-//! (`fixture`), the real agent as a child process (`agent`) and real HTTP
-//! backends and clients (`http`), and what benchmarks leave for `cargo xtask
-//! bench` (`report`).
+//! Harnesses of splitter's tests and benches (the namespaces, topology,
+//! configs, captures, agent process and HTTP they share with the demo are in
+//! splitter-testkit): test namespaces that panic on failure (`netns`), test
+//! packets (`packet`) and raw frames (`raw`), `BPF_PROG_TEST_RUN` fixtures
+//! (`fixture`), the agent under test (`agent`), real etcd members (`etcd`),
+//! the peers and load of the benchmarks (`peers`, `load`), and what benchmarks
+//! leave for `cargo xtask bench` (`report`).
 //!
 //! Tests that need root or the eBPF object call [`require_root`] and fail
 //! loudly when they cannot run: nothing here skips silently.
@@ -10,7 +12,6 @@
 pub mod agent;
 pub mod etcd;
 pub mod fixture;
-pub mod http;
 pub mod load;
 pub mod netns;
 pub mod packet;

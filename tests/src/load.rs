@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use splitter_user::{demo::ask_version, netns::NetNs};
+use splitter_testkit::{netns::NetNs, serve::ask_version};
 
 /// A sink on `[::]:port`: reads each connection to its end, then answers
 /// with the byte count (8 bytes, big endian).

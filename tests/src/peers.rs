@@ -6,11 +6,28 @@
 use std::{
     net::SocketAddr,
     path::Path,
-    process::{Child, Stdio},
+    process::{Child, Command, Stdio},
     time::Duration,
 };
 
-use splitter_user::netns::{run_ok, NetNs};
+use splitter_testkit::netns::{run_ok, NetNs};
+
+/// Starts peer `what` (`cmd`, its output on stderr) and gives it half a
+/// second to refuse its config: one that exits by then panics, saying `why`.
+fn spawn_peer(cmd: &mut Command, what: &str, why: impl FnOnce() -> String) -> Child {
+    let mut child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{what} (cargo xtask bench installs it): {e}"));
+    // The grace period is the check: a peer that refuses its config exits
+    // at once; one that runs is not waited for any longer.
+    std::thread::sleep(Duration::from_millis(500));
+    if let Ok(Some(status)) = child.try_wait() {
+        panic!("{what} exited at start ({status}); {}", why());
+    }
+    child
+}
 
 /// A running HAProxy, killed on drop.
 pub struct Haproxy(pub Child);
@@ -49,20 +66,8 @@ impl Haproxy {
         let cfg = dir.join("haproxy.cfg");
         std::fs::create_dir_all(dir).expect("bench dir");
         std::fs::write(&cfg, config).expect("haproxy.cfg");
-        let child = ns
-            .command("haproxy")
-            .args(["-db", "-f"])
-            .arg(&cfg)
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("haproxy (cargo xtask bench installs it)");
-        std::thread::sleep(Duration::from_millis(500));
-        let mut h = Haproxy(child);
-        if let Ok(Some(status)) = h.0.try_wait() {
-            panic!("haproxy exited at start ({status}); run `haproxy -c -f {}` to see why", cfg.display());
-        }
-        h
+        let why = || format!("run `haproxy -c -f {}` to see why", cfg.display());
+        Haproxy(spawn_peer(ns.command("haproxy").args(["-db", "-f"]).arg(&cfg), "haproxy", why))
     }
 }
 
@@ -147,20 +152,8 @@ impl Nginx {
         );
         let path = dir.join("nginx.conf");
         std::fs::write(&path, conf).expect("nginx.conf");
-        let child = ns
-            .command("nginx")
-            .arg("-c")
-            .arg(&path)
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("nginx (cargo xtask bench installs it)");
-        std::thread::sleep(Duration::from_millis(500));
-        let mut n = Nginx(child);
-        if let Ok(Some(status)) = n.0.try_wait() {
-            panic!("nginx exited at start ({status}); see {}/nginx-error.log", dir.display());
-        }
-        n
+        let why = || format!("see {}/nginx-error.log", dir.display());
+        Nginx(spawn_peer(ns.command("nginx").arg("-c").arg(&path), "nginx", why))
     }
 
     /// Resident memory of the master and its workers, KiB.

@@ -54,14 +54,3 @@ impl RawSocket {
         Ok(())
     }
 }
-
-/// The MAC address of `dev` in `ns`, from `ip link`.
-pub fn mac_of(ns: &splitter_user::netns::NetNs, dev: &str) -> [u8; 6] {
-    let out = ns.ip(&["-o", "link", "show", "dev", dev]).expect("ip link show");
-    let mac =
-        out.split("link/ether ").nth(1).and_then(|r| r.split_whitespace().next()).expect("link/ether in ip output");
-    let bytes: Vec<u8> = mac.split(':').map(|h| u8::from_str_radix(h, 16).expect("hex")).collect();
-    bytes.try_into().expect("six bytes")
-}
-
-pub use splitter_user::capture::{tcp_flows, Capture, Recording, SeenFlow, TcpFlows};

@@ -12,12 +12,17 @@ use std::{
     time::{Duration, Instant},
 };
 
+use splitter_testkit::{
+    config::{Config, Service},
+    netns::{unique_name, veth, NetNs},
+    serve::{ask_version, serve_tcp},
+    wait::{eventually, wait_until_every},
+};
 use splitter_tests::{
     agent::{splitter_bin, Agent},
     etcd::Etcd,
-    netns::{netns, unique_name, NetNs},
+    netns::netns,
 };
-use splitter_user::demo::{ask_version, serve_tcp};
 
 const TIMEOUT: Duration = Duration::from_secs(3);
 const VIP: &str = "203.0.113.10:80";
@@ -49,27 +54,20 @@ fn bridge(ns: &NetNs, addr: Option<&str>) {
 
 /// A veth from `node` (named `name` there) to a port `port` of `ns`'s bridge.
 fn port(node: &NetNs, name: &str, ns: &NetNs, port: &str) {
-    splitter_user::netns::veth(node, name, ns, port).unwrap_or_else(|e| panic!("veth {name}/{port}: {e}"));
+    veth(node, name, ns, port).unwrap_or_else(|e| panic!("veth {name}/{port}: {e}"));
     ip(ns, &["link", "set", port, "master", "br0"]);
     // XDP redirects into this veth land only with NAPI on its peer (GRO).
     ns.enable_gro(port).unwrap();
     ns.disable_tx_offload(port).unwrap();
 }
 
-fn config(node: usize, etcd: &str, prefix: &str) -> String {
-    format!(
-        r#"
-node: lb{node}
-interfaces: {{ clients: [eth-c], backends: [eth-b] }}
-store: {{ etcd: {{ endpoints: ["{etcd}"], prefix: {prefix} }} }}
-services:
-  shop:
-    listen: {VIP}
-    protocol: tcp
-    versions: {{ blue: [198.51.100.10:8080], green: [198.51.100.20:8080] }}
-    weights: {{ blue: 50, green: 50 }}
-"#
-    )
+/// Node `lb{node}`'s config: its client and backend links, the store, and
+/// shop split 50/50 over the two backends.
+fn config(node: usize, etcd: &str, prefix: &str) -> Config {
+    Config::new(&["eth-c"], &["eth-b"])
+        .setting(&format!("node: lb{node}"))
+        .setting(&format!("store: {{ etcd: {{ endpoints: [\"{etcd}\"], prefix: {prefix} }} }}"))
+        .service("shop", Service::tcp(VIP).blue_green(8080).weights(&[("blue", 50), ("green", 50)]))
 }
 
 impl Cluster {
@@ -104,8 +102,11 @@ impl Cluster {
         ip(&client, &["route", "add", "203.0.113.10/32", "via", "192.0.2.11"]);
         let etcd = Etcd::in_namespace(&mgmt, "10.99.0.1");
         let prefix = format!("/{}", unique_name("spt"));
-        let agents =
-            nodes.iter().enumerate().map(|(i, ns)| Agent::start(ns, &config(i + 1, &etcd.url(), &prefix))).collect();
+        let agents = nodes
+            .iter()
+            .enumerate()
+            .map(|(i, ns)| Agent::start(ns, &config(i + 1, &etcd.url(), &prefix).to_string()))
+            .collect();
         Cluster { client, backends, mgmt, _bnet: bnet, nodes, etcd, agents, prefix }
     }
 
@@ -132,15 +133,18 @@ impl Cluster {
     /// how long that took.
     fn converge(&self, limit: Duration) -> Duration {
         let start = Instant::now();
-        loop {
-            let s = self.cluster_status();
-            let nodes = s["nodes"].as_array().unwrap();
-            if nodes.len() == NODES && s["converged"] == true {
-                return start.elapsed();
-            }
-            assert!(start.elapsed() < limit, "nodes did not converge within {limit:?}: {s:#}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let converged =
+            |s: &serde_json::Value| s["nodes"].as_array().is_some_and(|n| n.len() == NODES) && s["converged"] == true;
+        // Every 20 ms: the time it took is reported.
+        wait_until_every(
+            "every node to apply the desired revision",
+            limit,
+            Duration::from_millis(20),
+            || self.cluster_status(),
+            converged,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        start.elapsed()
     }
 
     /// Each node's live basis points for shop (blue, green), from its kernel.
@@ -252,19 +256,20 @@ fn etcd_away_changes_nothing_that_runs_and_its_return_resyncs() {
     // An agent restarted while etcd is away serves its last applied state.
     c.agents[2].restart(&c.nodes[2]).unwrap();
     assert_eq!(c.live_bps()[2], vec![9000, 1000], "the restarted node serves what it had");
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while c.agents[0].status()["agent"]["cluster"]["reachable"] != false {
-        assert!(Instant::now() < deadline, "node 1 never noticed the store was gone");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let reachable = |a: &Agent| a.status()["agent"]["cluster"]["reachable"].clone();
+    c.agents[0].eventually(
+        "node 1 to notice the store is gone",
+        Duration::from_secs(15),
+        || reachable(&c.agents[0]),
+        |r| *r == false,
+    );
 
     c.etcd.start_again();
     // The nodes reconnect (backoff ≤ 5 s) and a new change applies everywhere.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while c.agents.iter().any(|a| a.status()["agent"]["cluster"]["reachable"] != true) {
-        assert!(Instant::now() < deadline, "the nodes did not reconnect to etcd");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let all_reachable = || c.agents.iter().map(reachable).collect::<Vec<_>>();
+    eventually("every node to reconnect to etcd", Duration::from_secs(30), all_reachable, |r| {
+        r.iter().all(|r| *r == true)
+    });
     let (ok, _, err) = c.agents[0].control(&["flip", "shop", "--to", "green"]);
     assert!(ok, "a change after etcd returned: {err}");
     c.converge(Duration::from_secs(15));
@@ -300,17 +305,20 @@ fn the_leader_drives_a_rollout_started_at_etcd_to_every_node() {
     ]);
     assert!(ok, "rollout through etcd: {err}");
     assert!(out.contains("started at 50%"), "{out}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    // Traffic the whole time: ten connections, then a look, every 200 ms.
+    let traffic_and_status = || {
         let seen = c.split(10);
         assert_eq!(seen.values().sum::<usize>(), 10);
-        let (_, out, _) = c.cli(&["rollout", "shop", "--status", "--detach"]);
-        if out.contains("promoted") || out.contains("Promoted") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the rollout was not promoted in 30 s: {out}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+        c.cli(&["rollout", "shop", "--status", "--detach"]).1
+    };
+    wait_until_every(
+        "the rollout to be promoted",
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        traffic_and_status,
+        |out| out.contains("promoted") || out.contains("Promoted"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     c.converge(Duration::from_secs(10));
     assert_eq!(c.live_bps(), vec![vec![0, 10_000]; NODES], "every node serves the promoted canary");
     let r = &c.agents[n % NODES].status()["agent"]["rollouts"]["shop"];
@@ -326,11 +334,12 @@ fn saving_the_file_on_one_node_publishes_its_services_to_every_node() {
     let edited = text.replace("weights: { blue: 50, green: 50 }", "weights: { blue: 30, green: 70 }");
     assert_ne!(text, edited);
     std::fs::write(path, edited).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while c.live_bps() != vec![vec![3000, 7000]; NODES] {
-        assert!(Instant::now() < deadline, "the edit did not reach every node: {:?}", c.live_bps());
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    eventually(
+        "the edit to reach every node",
+        Duration::from_secs(15),
+        || c.live_bps(),
+        |bps| *bps == vec![vec![3000, 7000]; NODES],
+    );
     c.converge(Duration::from_secs(10));
     let s = c.cluster_status();
     assert!(s["change"].as_str().unwrap().contains("services published from"), "{s}");

@@ -10,35 +10,46 @@ use splitter_common::{
     stats::Stat::{self, *},
     FlowKey,
 };
-use splitter_model::config::{Config, FlowAging};
+use splitter_model::config::FlowAging;
+use splitter_testkit::config::{Config, Service};
 use splitter_tests::{
     fixture::{
         net::{self, *},
-        Case, Harness, Output, Verdict,
+        Case, FixtureNet, Harness, Output, Verdict,
     },
     packet::{Frame, Tcp},
 };
-use splitter_user::config_file::ConfigFile as _;
 
-const CONFIG: &str = r#"
-interfaces: { clients: [fxb] }
-services:
-  shop:
-    listen: 203.0.113.10:80
-    protocol: tcp
-    versions: { blue: [198.51.100.10:8080], green: [198.51.100.20:8080] }
-    weights: { blue: 100 }
-  dns:
-    listen: 203.0.113.10:53
-    protocol: udp
-    versions: { v1: [198.51.100.11:5353] }
-    weights: { v1: 1 }
-  shop6:
-    listen: "[2001:db8::10]:80"
-    protocol: tcp
-    versions: { blue: ["[2001:db8:1::10]:8080"] }
-    weights: { blue: 1 }
-"#;
+/// shop: TCP, versions blue (at `blue`) and green, all on blue.
+fn shop(blue: SocketAddr) -> Service {
+    Service::tcp(sa4(VIP4, 80)).version("blue", [blue]).version("green", [sa4(GREEN4, 8080)]).weights(&[("blue", 100)])
+}
+
+/// The fixtures' services: `shop` (if any), dns (UDP, v1 on .11) and shop6
+/// (TCP over IPv6, blue); with `mirror`, each copies flows out of `fxm`
+/// (shop 50 %, the others all).
+fn config_of(shop: Option<Service>, mirror: bool) -> Config {
+    let copied = |s: Service, percent: u32| {
+        if mirror {
+            s.with(&format!("mirror: {{ interface: fxm, percent: {percent} }}"))
+        } else {
+            s
+        }
+    };
+    let dns = Service::udp(sa4(VIP4, 53)).version("v1", [sa4([198, 51, 100, 11], 5353)]).weights(&[("v1", 1)]);
+    let shop6 = Service::tcp(sa6(VIP6, 80)).version("blue", [sa6(BLUE6, 8080)]).weights(&[("blue", 1)]);
+    let config = FixtureNet::config();
+    let config = match shop {
+        Some(shop) => config.service("shop", copied(shop, 50)),
+        None => config,
+    };
+    config.service("dns", copied(dns, 100)).service("shop6", copied(shop6, 100))
+}
+
+/// The fixtures' services as they start: shop's blue at .10.
+fn config() -> Config {
+    config_of(Some(shop(sa4(BLUE4, 8080))), false)
+}
 
 fn sa4(a: [u8; 4], port: u16) -> SocketAddr {
     (a, port).into()
@@ -70,7 +81,7 @@ fn to_client(reply: &Frame, vip: SocketAddr) -> Frame {
 
 #[test]
 fn service_packets_are_rewritten_forwarded_and_counted() {
-    let h = Harness::with_config(CONFIG);
+    let h = Harness::with_config(&config());
     let client = sa4(CLIENT4, 40000);
     let vip = sa4(VIP4, 80);
     let blue = sa4(BLUE4, 8080);
@@ -186,7 +197,7 @@ fn service_packets_are_rewritten_forwarded_and_counted() {
 
 #[test]
 fn a_flip_moves_new_flows_and_leaves_established_ones() {
-    let mut h = Harness::with_config(CONFIG);
+    let mut h = Harness::with_config(&config());
     let vip = sa4(VIP4, 80);
     let (blue, green) = (sa4(BLUE4, 8080), sa4(GREEN4, 8080));
     let old = Frame::tcp(sa4(CLIENT4, 41000), vip, Tcp::Syn);
@@ -200,8 +211,7 @@ fn a_flip_moves_new_flows_and_leaves_established_ones() {
         &[Ipv4, Tcp, ServicePackets, NewFlows, Redirected],
     )]);
 
-    let flipped = CONFIG.replace("weights: { blue: 100 }", "weights: { green: 100 }");
-    h.apply(&Config::from_yaml(&flipped).unwrap());
+    h.apply(&config_of(Some(shop(blue).weights(&[("green", 100)])), false));
     h.check_table(&[
         case(
             "established flow stays on blue after the flip",
@@ -229,7 +239,7 @@ fn a_flip_moves_new_flows_and_leaves_established_ones() {
 
 #[test]
 fn a_removed_service_stops_taking_new_flows_and_its_established_ones_finish() {
-    let mut h = Harness::with_config(CONFIG);
+    let mut h = Harness::with_config(&config());
     let vip = sa4(VIP4, 80);
     let blue = sa4(BLUE4, 8080);
     let old = Frame::tcp(sa4(CLIENT4, 41500), vip, Tcp::Syn);
@@ -243,9 +253,7 @@ fn a_removed_service_stops_taking_new_flows_and_its_established_ones_finish() {
         Some(to_backend(&old, blue, 10)),
         &[Ipv4, Tcp, ServicePackets, NewFlows, Redirected],
     )]);
-    let mut gone = Config::from_yaml(CONFIG).unwrap();
-    gone.services.remove("shop");
-    h.apply(&gone);
+    h.apply(&config_of(None, false));
     h.check_table(&[
         case(
             "its next packet still reaches blue",
@@ -288,7 +296,7 @@ fn a_removed_service_stops_taking_new_flows_and_its_established_ones_finish() {
 
 #[test]
 fn an_endpoint_slot_given_to_another_endpoint_never_lends_it_the_old_next_hop() {
-    let mut h = Harness::with_config(CONFIG);
+    let mut h = Harness::with_config(&config());
     let vip = sa4(VIP4, 80);
     let first = Frame::tcp(sa4(CLIENT4, 41700), vip, Tcp::Syn);
     let second = Frame::tcp(sa4(CLIENT4, 41701), vip, Tcp::Syn);
@@ -301,8 +309,7 @@ fn an_endpoint_slot_given_to_another_endpoint_never_lends_it_the_old_next_hop() 
         &[Ipv4, Tcp, ServicePackets, NewFlows, Redirected],
     )]);
     // Version blue's only endpoint (slot 0) becomes .11: another neighbour.
-    let moved = Config::from_yaml(&CONFIG.replace("blue: [198.51.100.10:8080]", "blue: [198.51.100.11:8080]")).unwrap();
-    h.apply(&moved);
+    h.apply(&config_of(Some(shop(sa4([198, 51, 100, 11], 8080))), false));
     let other = sa4([198, 51, 100, 11], 8080);
     h.check_table(&[
         case(
@@ -324,21 +331,11 @@ fn an_endpoint_slot_given_to_another_endpoint_never_lends_it_the_old_next_hop() 
 
 #[test]
 fn an_endpoint_shared_by_two_services_answers_each_flow_as_its_own_vip() {
+    let on_blue = |listen: SocketAddr| Service::tcp(listen).version("blue", [sa4(BLUE4, 8080)]).weights(&[("blue", 1)]);
     let h = Harness::with_config(
-        r#"
-interfaces: { clients: [fxb] }
-services:
-  shop:
-    listen: 203.0.113.10:80
-    protocol: tcp
-    versions: { blue: [198.51.100.10:8080] }
-    weights: { blue: 1 }
-  admin:
-    listen: 203.0.113.11:80
-    protocol: tcp
-    versions: { blue: [198.51.100.10:8080] }
-    weights: { blue: 1 }
-"#,
+        &FixtureNet::config()
+            .service("shop", on_blue(sa4(VIP4, 80)))
+            .service("admin", on_blue(sa4([203, 0, 113, 11], 80))),
     );
     let blue = sa4(BLUE4, 8080);
     let (shop, admin) = (sa4(VIP4, 80), sa4([203, 0, 113, 11], 80));
@@ -372,17 +369,11 @@ services:
 
 #[test]
 fn kernel_places_every_flow_where_the_userspace_plan_says() {
-    let h = Harness::with_config(
-        r#"
-interfaces: { clients: [fxb] }
-services:
-  shop:
-    listen: 203.0.113.10:80
-    protocol: tcp
-    versions: { blue: [198.51.100.10:8080, 198.51.100.11:8080], green: [198.51.100.20:8080] }
-    weights: { blue: 60, green: 40 }
-"#,
-    );
+    let shop = Service::tcp(sa4(VIP4, 80))
+        .version("blue", [sa4(BLUE4, 8080), sa4([198, 51, 100, 11], 8080)])
+        .version("green", [sa4(GREEN4, 8080)])
+        .weights(&[("blue", 60), ("green", 40)]);
+    let h = Harness::with_config(&FixtureNet::config().service("shop", shop));
     let plan = &h.plans[0];
     let mut per_version = [0u32; 2];
     for port in 20000..20400u16 {
@@ -406,7 +397,7 @@ services:
 
 #[test]
 fn a_service_without_a_usable_table_is_dropped_and_counted_with_a_clean_verdict() {
-    let mut h = Harness::with_config(CONFIG);
+    let mut h = Harness::with_config(&config());
     let vip = sa4(VIP4, 81);
     let key = splitter_common::service::ServiceKey {
         addr: splitter_model::plan::addr_words(vip.ip()),
@@ -437,16 +428,8 @@ const TC_ACT_REDIRECT: i32 = 7;
 #[test]
 fn a_mirrored_flow_is_copied_whole_by_the_tc_program_and_an_unmirrored_one_never() {
     use splitter_common::service::mirror_sampled;
-    use splitter_tests::raw::Capture;
-    let h = Harness::with_config(
-        &CONFIG
-            .replace(
-                "weights: { blue: 100 }\n",
-                "weights: { blue: 100 }\n    mirror: { interface: fxm, percent: 50 }\n",
-            )
-            .replace("weights: { v1: 1 }\n", "weights: { v1: 1 }\n    mirror: { interface: fxm, percent: 100 }\n")
-            .replace("weights: { blue: 1 }\n", "weights: { blue: 1 }\n    mirror: { interface: fxm, percent: 100 }\n"),
-    );
+    use splitter_testkit::capture::Capture;
+    let h = Harness::with_config(&config_of(Some(shop(sa4(BLUE4, 8080))), true));
     let vip = sa4(VIP4, 80);
     let blue = sa4(BLUE4, 8080);
     let key = |port: u16| FlowKey::v4(CLIENT4, port, VIP4, 80, 6);
@@ -536,7 +519,7 @@ fn a_mirrored_flow_is_copied_whole_by_the_tc_program_and_an_unmirrored_one_never
 
 #[test]
 fn the_mirror_guard_drops_answers_from_a_service_address_and_passes_the_rest() {
-    let h = Harness::with_config(CONFIG);
+    let h = Harness::with_config(&config());
     let guard = |f: &Frame| {
         let before = h.stats();
         let out = h.net.ns.run(|| h.dp.test_run_program(splitter_common::names::PROG_MIRROR_GUARD, &f.build(), 1));

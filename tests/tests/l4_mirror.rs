@@ -1,5 +1,5 @@
 //! Tier 3, L4 mirroring end to end: the real agent, real TCP clients and
-//! backends (`splitter_user::demo::Topology`), and a packet capture in a
+//! backends (`splitter_testkit::topology::Topology`), and a packet capture in a
 //! `tap` namespace on the far side of the LB's mirror interface. The flows a
 //! capture sees must be exactly the sampled ones (the sampling is a pure
 //! function of the 5-tuple, so the test knows them), each whole.
@@ -12,34 +12,28 @@ use std::{
 };
 
 use splitter_common::{service::mirror_sampled, FlowKey};
-use splitter_tests::{
-    agent::Agent,
+use splitter_testkit::{
+    capture::{tcp_flows, Capture, Recording, SeenFlow},
+    config::{Config, Service},
     netns::{unique_name, NetNs},
-    raw::{mac_of, tcp_flows, Capture, RawSocket, Recording, SeenFlow},
+    serve::{ask_version, serve_tcp, serve_udp},
+    topology::{vip, Topology, CLIENT, MIRROR, VIP},
 };
-use splitter_user::demo::{ask_version, serve_tcp, serve_udp, Topology};
+use splitter_tests::{agent::Agent, netns::topology, raw::RawSocket};
 
 const TIMEOUT: Duration = Duration::from_secs(3);
-const VIP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
-const CLIENT: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
 
-const CONFIG: &str = r#"
-interfaces:
-  clients: [lb-client]
-  backends: [lb-blue, lb-green]
-services:
-  shop:
-    listen: 203.0.113.10:80
-    protocol: tcp
-    versions: { blue: [198.51.100.10:8080], green: [198.51.100.20:8080] }
-    weights: { blue: 50, green: 50 }
-    mirror: { interface: lb-mirror, percent: 20 }
-  dns:
-    listen: 203.0.113.10:53
-    protocol: udp
-    versions: { blue: [198.51.100.10:5353] }
-    weights: { blue: 1 }
-"#;
+/// shop (TCP, 50/50) mirroring `mirror_percent` of its flows to the mirror
+/// link (none: no mirroring); dns (UDP, blue only).
+fn config(mirror_percent: Option<u32>) -> Config {
+    let mut shop = Service::tcp(vip(80)).blue_green(8080).weights(&[("blue", 50), ("green", 50)]);
+    if let Some(p) = mirror_percent {
+        shop = shop.with(&format!("mirror: {{ interface: {MIRROR}, percent: {p} }}"));
+    }
+    Topology::config()
+        .service("shop", shop)
+        .service("dns", Service::udp(vip(53)).on_blue("blue", 5353).weights(&[("blue", 1)]))
+}
 
 /// The demo topology plus a `tap` namespace joined to the LB by the mirror
 /// link (`lb-mirror` in lb, `eth0` in tap).
@@ -49,15 +43,14 @@ struct Setup {
     agent: Agent,
 }
 
-fn setup(config: &str) -> Setup {
-    splitter_tests::require_root("the L4 mirroring end-to-end test");
-    let topo = Topology::build(&unique_name("spt")).expect("build topology");
-    for (ns, name) in [(&topo.blue, "blue"), (&topo.green, "green")] {
+fn setup(config: Config) -> Setup {
+    let topo = topology();
+    for (ns, name) in topo.backends() {
         serve_tcp(ns, 8080, name).expect("TCP backend");
         serve_udp(ns, 5353, name).expect("UDP backend");
     }
-    let tap = splitter_user::demo::mirror_link(&topo.lb, &unique_name("spt")).expect("mirror link");
-    let agent = Agent::start(&topo.lb, config);
+    let tap = topo.mirror_link(&unique_name("spt")).expect("mirror link");
+    let agent = Agent::start(&topo.lb, &config.to_string());
     Setup { topo, tap, agent }
 }
 
@@ -100,7 +93,7 @@ fn key(port: u16) -> FlowKey {
 
 #[test]
 fn a_fifth_of_the_flows_is_copied_whole_and_no_other_flow_at_all() {
-    let s = setup(CONFIG);
+    let s = setup(config(Some(20)));
     let recording = record(&s.tap);
     const N: usize = 1000;
     let ports = connect(&s.topo, N);
@@ -134,7 +127,7 @@ fn a_fifth_of_the_flows_is_copied_whole_and_no_other_flow_at_all() {
 
 #[test]
 fn the_mirror_link_going_down_or_away_costs_copies_and_no_primary_connection() {
-    let s = setup(&CONFIG.replace("percent: 20", "percent: 50"));
+    let s = setup(config(Some(50)));
     let vip = SocketAddr::from((VIP, 80));
     let done = AtomicBool::new(false);
     let (ok, failed) = std::thread::scope(|scope| {
@@ -174,7 +167,7 @@ fn the_mirror_link_going_down_or_away_costs_copies_and_no_primary_connection() {
 
 #[test]
 fn mirroring_is_switched_at_run_time_and_bad_requests_change_nothing() {
-    let mut s = setup(&CONFIG.replace("    mirror: { interface: lb-mirror, percent: 20 }\n", ""));
+    let mut s = setup(config(None));
     let copies = |topo: &Topology, tap: &NetNs, n: usize| {
         let recording = record(tap);
         let ports = connect(topo, n);
@@ -215,9 +208,9 @@ fn mirroring_is_switched_at_run_time_and_bad_requests_change_nothing() {
 
 #[test]
 fn answers_a_shadow_sends_from_a_service_address_are_dropped_at_the_mirror_interface() {
-    let s = setup(CONFIG);
-    let lb_mac = mac_of(&s.topo.lb, "lb-mirror");
-    let tap_mac = mac_of(&s.tap, "eth0");
+    let s = setup(config(Some(20)));
+    let lb_mac = s.topo.lb.mac("lb-mirror").expect("lb-mirror's MAC");
+    let tap_mac = s.tap.mac("eth0").expect("tap's MAC");
     let udp_from = |src: SocketAddrV4| {
         let mut frame = Vec::new();
         etherparse::PacketBuilder::ethernet2(tap_mac, lb_mac)

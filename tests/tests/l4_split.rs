@@ -1,6 +1,6 @@
 //! Tier 3, the L4 split end to end: the real agent in an lb namespace, real
 //! TCP and UDP clients in a client namespace, backends in blue/green
-//! namespaces (`splitter_user::demo::Topology`). Shares must match weights,
+//! namespaces (`splitter_testkit::topology::Topology`). Shares must match weights,
 //! flows must stick to their backend, and the client must only see the VIP.
 
 use std::{
@@ -9,42 +9,37 @@ use std::{
     time::Duration,
 };
 
-use splitter_tests::{agent::Agent, netns::unique_name};
-use splitter_user::demo::{ask_version, serve_tcp, serve_udp, Topology};
+use splitter_testkit::{
+    config::{Config, Service},
+    serve::{ask_version, serve_tcp, serve_udp},
+    topology::{vip, vip6, Topology},
+    wait::eventually,
+};
+use splitter_tests::{agent::Agent, netns::topology};
 
 const TIMEOUT: Duration = Duration::from_secs(3);
 
-const CONFIG: &str = r#"
-interfaces:
-  clients: [lb-client]
-  backends: [lb-blue, lb-green]
-services:
-  shop:
-    listen: 203.0.113.10:80
-    protocol: tcp
-    versions: { blue: [198.51.100.10:8080], green: [198.51.100.20:8080] }
-    weights: { blue: 80, green: 20 }
-  shop6:
-    listen: "[2001:db8::10]:80"
-    protocol: tcp
-    versions: { blue: ["[2001:db8:1::10]:8080"], green: ["[2001:db8:2::10]:8080"] }
-    weights: { blue: 50, green: 50 }
-  dns:
-    listen: 203.0.113.10:53
-    protocol: udp
-    versions: { blue: [198.51.100.10:5353], green: [198.51.100.20:5353] }
-    weights: { blue: 50, green: 50 }
-"#;
+/// shop (80/20) and shop6 (50/50) over TCP, dns (50/50) over UDP.
+fn config() -> Config {
+    Topology::config()
+        .service("shop", Service::tcp(vip(80)).blue_green(8080).weights(&[("blue", 80), ("green", 20)]))
+        .service("shop6", Service::tcp(vip6(80)).blue_green6(8080).weights(&[("blue", 50), ("green", 50)]))
+        .service("dns", Service::udp(vip(53)).blue_green(5353).weights(&[("blue", 50), ("green", 50)]))
+}
 
-fn setup() -> (Topology, Agent) {
-    splitter_tests::require_root("the L4 end-to-end test");
-    let topo = Topology::build(&unique_name("spt")).expect("build topology");
-    for (ns, name) in [(&topo.blue, "blue"), (&topo.green, "green")] {
+/// The topology with TCP (8080) and UDP (5353) backends, and the agent on `config`.
+fn setup_with(config: Config) -> (Topology, Agent) {
+    let topo = topology();
+    for (ns, name) in topo.backends() {
         serve_tcp(ns, 8080, name).expect("TCP backend");
         serve_udp(ns, 5353, name).expect("UDP backend");
     }
-    let agent = Agent::start(&topo.lb, CONFIG);
+    let agent = Agent::start(&topo.lb, &config.to_string());
     (topo, agent)
+}
+
+fn setup() -> (Topology, Agent) {
+    setup_with(config())
 }
 
 /// `n` sequential TCP connections to `vip`; version name → count.
@@ -147,18 +142,7 @@ fn reload_weights(agent: &Agent, from: &str, to: &str, want_bps: [u64; 2]) {
     assert!(text.contains(from), "config has no {from:?}");
     std::fs::write(&agent.config_path, text.replace(from, to)).unwrap();
     agent.reload().expect("SIGHUP");
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let status = agent.status();
-        let shop = status["services"].as_array().unwrap().iter().find(|s| s["name"] == "shop").cloned().unwrap();
-        let live: Vec<u64> =
-            shop["versions"].as_array().unwrap().iter().map(|v| v["live_bps"].as_u64().unwrap()).collect();
-        if live == want_bps {
-            return;
-        }
-        assert!(std::time::Instant::now() < deadline, "reload not applied after 10 s: live {live:?}\n{}", agent.log());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    agent.eventually("the reload's split live", Duration::from_secs(10), || live_bps(agent), |live| *live == want_bps);
 }
 
 #[test]
@@ -199,9 +183,13 @@ fn established_connections_keep_their_backend_across_a_weight_change() {
     )
     .unwrap();
     agent.reload().expect("SIGHUP");
-    std::thread::sleep(Duration::from_millis(300));
+    agent.eventually(
+        "the refusal in the log",
+        Duration::from_secs(10),
+        || agent.log().contains("reload refused"),
+        |r| *r,
+    );
     assert!(agent.is_running(), "agent died on a bad reload:\n{}", agent.log());
-    assert!(agent.log().contains("reload refused"), "the refusal is logged:\n{}", agent.log());
     let after_bad = tcp_split(&topo, vip, 50);
     assert_eq!(after_bad.get("green"), Some(&50), "a refused reload changed the split: {after_bad:?}");
     for (i, c) in conns.iter().enumerate() {
@@ -211,25 +199,12 @@ fn established_connections_keep_their_backend_across_a_weight_change() {
 
 #[test]
 fn idle_and_closed_flows_age_out_of_the_flow_table() {
-    splitter_tests::require_root("the flow aging test");
-    let topo = Topology::build(&unique_name("spt")).expect("build topology");
-    for (ns, name) in [(&topo.blue, "blue"), (&topo.green, "green")] {
-        serve_tcp(ns, 8080, name).expect("TCP backend");
-        serve_udp(ns, 5353, name).expect("UDP backend");
-    }
-    let agent = Agent::start(
-        &topo.lb,
-        &format!("{CONFIG}flow_aging: {{ tcp_idle_secs: 600, udp_idle_secs: 1, closing_secs: 1, sweep_secs: 1 }}\n"),
+    let (topo, agent) = setup_with(
+        config().setting("flow_aging: { tcp_idle_secs: 600, udp_idle_secs: 1, closing_secs: 1, sweep_secs: 1 }"),
     );
     let flows = || agent.status()["active_flows"].as_u64().expect("active_flows");
     let new_flows = || agent.counter("new_flows");
-    let wait_for = |what: &str, cond: &dyn Fn() -> bool| {
-        let deadline = std::time::Instant::now() + Duration::from_secs(15);
-        while !cond() {
-            assert!(std::time::Instant::now() < deadline, "{what} did not happen within 15 s:\n{}", agent.log());
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    };
+    let gone = |what: &str| agent.eventually(what, Duration::from_secs(15), flows, |n| *n == 0);
 
     // A closed TCP connection (client FIN) leaves after closing_secs.
     topo.client.run(|| {
@@ -238,7 +213,7 @@ fn idle_and_closed_flows_age_out_of_the_flow_table() {
         ask_version(&c).unwrap();
     });
     assert!(flows() >= 1, "the connection has a flow entry");
-    wait_for("the closed TCP flow's removal", &|| flows() == 0);
+    gone("the closed TCP flow's removal");
 
     // An idle UDP flow leaves after udp_idle_secs; its next datagram is a new flow.
     let vip: SocketAddr = "203.0.113.10:53".parse().unwrap();
@@ -253,7 +228,7 @@ fn idle_and_closed_flows_age_out_of_the_flow_table() {
     ask();
     ask();
     assert_eq!(new_flows(), before + 1, "two datagrams of one flow are one flow");
-    wait_for("the idle UDP flow's removal", &|| flows() == 0);
+    gone("the idle UDP flow's removal");
     ask();
     assert_eq!(new_flows(), before + 2, "after aging out, the next datagram starts a new flow");
 }
@@ -262,11 +237,11 @@ fn idle_and_closed_flows_age_out_of_the_flow_table() {
 fn a_burst_of_malformed_frames_at_the_vip_changes_nothing_for_normal_traffic() {
     use splitter_tests::{
         packet::{self, Frame, Tcp},
-        raw::{mac_of, RawSocket},
+        raw::RawSocket,
     };
     let (topo, agent) = setup();
-    let lb_mac = mac_of(&topo.lb, "lb-client");
-    let client_mac = mac_of(&topo.client, "eth0");
+    let lb_mac = topo.lb.mac("lb-client").expect("lb-client's MAC");
+    let client_mac = topo.client.mac("eth0").expect("the client's MAC");
     let (client4, vip4) = ([192, 0, 2, 2], [203, 0, 113, 10]);
     let good = Frame::tcp((client4, 40000), (vip4, 80), Tcp::Syn).macs(client_mac, lb_mac).build();
     let udp = Frame::udp((client4, 40001), (vip4, 53)).macs(client_mac, lb_mac).payload(b"q").build();
@@ -427,6 +402,7 @@ fn status_with_only_the_socket_shows_what_status_with_the_file_shows() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("status --watch");
+    // Part of the scenario: `--watch 1` runs 2.5 s, time for at least two frames.
     std::thread::sleep(Duration::from_millis(2500));
     watch.kill().expect("stop --watch");
     let out = watch.wait_with_output().expect("--watch output");
@@ -513,11 +489,7 @@ fn editing_the_config_file_applies_without_a_signal() {
     let tmp = agent.config_path.with_extension("swp");
     std::fs::write(&tmp, text.replace("weights: { blue: 80, green: 20 }", "weights: { blue: 30, green: 70 }")).unwrap();
     std::fs::rename(&tmp, &agent.config_path).unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while live_bps(&agent) != [3000, 7000] {
-        assert!(std::time::Instant::now() < deadline, "edit not applied within 10 s:\n{}", agent.log());
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    agent.eventually("the edit's split live", Duration::from_secs(10), || live_bps(&agent), |l| *l == [3000, 7000]);
     assert!(agent.log().contains("file changed: reloaded"), "{}", agent.log());
 }
 
@@ -535,6 +507,7 @@ fn thirty_flips_under_a_steady_stream_of_connections() {
             let (ok, _, err) = cli(&agent, &["flip", "shop", "--to", to]);
             assert!(ok, "flip {i} failed: {err}");
             flips += 1;
+            // Pacing: a flip every 50 ms, connections arriving between them.
             std::thread::sleep(Duration::from_millis(50));
         }
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -558,6 +531,7 @@ fn connect_until(topo: &Topology, vip: SocketAddr, stop: &std::sync::atomic::Ato
             match TcpStream::connect_timeout(&vip, TIMEOUT).and_then(|c| {
                 c.set_read_timeout(Some(TIMEOUT))?;
                 let first = ask_version(&c)?;
+                // A pause between the two questions, so a change can fall between them.
                 std::thread::sleep(Duration::from_millis(2));
                 Ok((first, ask_version(&c)?))
             }) {
@@ -610,6 +584,8 @@ fn kill_9_leaves_the_data_path_serving_and_a_restart_adopts_it_without_a_gap() {
     let stop = std::sync::atomic::AtomicBool::new(false);
     let (ok, failed, split_brain) = std::thread::scope(|s| {
         let client = s.spawn(|| connect_until(&topo, vip, &stop));
+        // The scenario: connections arrive while no agent runs (200 ms), across
+        // the start, and after it serves again (300 ms).
         std::thread::sleep(Duration::from_millis(200));
         agent.start_again(&topo.lb).unwrap_or_else(|e| panic!("{e}"));
         std::thread::sleep(Duration::from_millis(300));
@@ -653,11 +629,7 @@ fn down_through_a_running_agent_detaches_and_stops_it() {
     let (ok, out, err) = cli(&agent, &["down"]);
     assert!(ok, "{err}");
     assert!(out.contains("XDP detached"), "{out}");
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while agent.is_running() {
-        assert!(std::time::Instant::now() < deadline, "the agent did not exit after down");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    eventually("the agent to exit after down", Duration::from_secs(10), || agent.is_running(), |running| !running);
     assert!(!topo.lb.has_xdp("lb-client").unwrap() && !topo.lb.has_xdp("lb-blue").unwrap());
     assert!(!agent.pin_path.exists());
     // Again, with nothing running: found through the config file, it says so.
@@ -721,11 +693,7 @@ fn kernel_events_reach_the_agent_log_rate_limited() {
     let dropped = agent.counter("no_table") - before;
     assert!(dropped >= 10, "each SYN to the broken service is counted: {dropped}");
     let needle = format!("service table {table} is missing or inconsistent");
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while !agent.log().contains(&needle) {
-        assert!(std::time::Instant::now() < deadline, "no kernel event in the agent log:\n{}", agent.log());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    agent.eventually("the kernel event in the log", Duration::from_secs(5), || agent.log().contains(&needle), |r| *r);
     // At most once a second per CPU, not once per packet (2 s of SYNs here).
     let lines = agent.log().matches(&needle).count() as u64;
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;

@@ -4,52 +4,40 @@
 //! `local_addresses.manage: false`, `check`, `run` and `status` name the
 //! address and the command that fixes it.
 
-use std::{
-    net::SocketAddr,
-    time::{Duration, Instant},
-};
+use std::{net::SocketAddr, time::Duration};
 
 use http::StatusCode;
+use splitter_testkit::{
+    config::Service,
+    http::{get, serve_http, Client},
+    netns::{unique_name, NetNs},
+    topology::{vip, vip6, Topology, BLUE, BLUE6},
+};
 use splitter_tests::{
     agent::{splitter_bin, Agent},
-    http::{get, serve_http, Client},
-    netns::unique_name,
+    netns::topology,
 };
-use splitter_user::{demo::Topology, netns::NetNs, status::Report};
+use splitter_user::status::Report;
 
-const HEAD: &str = r#"
-interfaces:
-  clients: [lb-client]
-  backends: [lb-blue, lb-green]
-"#;
+/// An l7 service on `listen`, proxied to v1 at `backend`.
+fn l7(listen: impl std::fmt::Display, backend: SocketAddr) -> Service {
+    Service::l7(listen).version("v1", [backend]).weights(&[("v1", 1)])
+}
 
-const API: &str = r#"
-  api:
-    listen: 203.0.113.10:8080
-    protocol: tcp
-    mode: l7
-    versions: { v1: [198.51.100.10:8081] }
-    weights: { v1: 1 }
-"#;
+/// `api` on 203.0.113.10:8080, to blue's :8081.
+fn api() -> Service {
+    l7(vip(8080), SocketAddr::from((BLUE, 8081)))
+}
 
-const MORE: &str = r#"
-  api2:
-    listen: 203.0.113.11:8080
-    protocol: tcp
-    mode: l7
-    versions: { v1: [198.51.100.10:8081] }
-    weights: { v1: 1 }
-  api6:
-    listen: "[2001:db8::10]:8080"
-    protocol: tcp
-    mode: l7
-    versions: { v1: ["[2001:db8:1::10]:8081"] }
-    weights: { v1: 1 }
-"#;
+/// The services a reload adds, as YAML: api2 on a second IPv4 address, api6
+/// on IPv6.
+fn more() -> String {
+    l7("203.0.113.11:8080", SocketAddr::from((BLUE, 8081))).yaml("api2")
+        + &l7(vip6(8080), SocketAddr::from((BLUE6, 8081))).yaml("api6")
+}
 
 fn setup() -> Topology {
-    splitter_tests::require_root("the l7 address test");
-    let topo = Topology::build(&unique_name("spt")).expect("build topology");
+    let topo = topology();
     serve_http(&topo.blue, 8081, "v1").expect("v1 backend");
     topo
 }
@@ -99,15 +87,8 @@ fn reload(agent: &Agent, from: &str, to: &str, names: &[&str]) {
     let text = std::fs::read_to_string(&agent.config_path).unwrap();
     std::fs::write(&agent.config_path, text.replace(from, to)).unwrap();
     agent.reload().expect("SIGHUP");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let served: Vec<String> = agent.info().map(|a| a.services.into_keys().collect()).unwrap_or_default();
-        if served == names {
-            return;
-        }
-        assert!(Instant::now() < deadline, "the agent serves {served:?}, not {names:?}:\n{}", agent.log());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let served = || -> Vec<String> { agent.info().map(|a| a.services.into_keys().collect()).unwrap_or_default() };
+    agent.eventually(&format!("the agent to serve {names:?}"), Duration::from_secs(10), served, |s| *s == names);
 }
 
 /// `splitter check` on `yaml` in the lb namespace: its stdout.
@@ -123,7 +104,8 @@ fn check(topo: &Topology, dir: &std::path::Path, yaml: &str) -> String {
 fn the_agent_makes_l7_addresses_local_and_removes_only_what_it_added() {
     let topo = setup();
     let dir = tempdir();
-    let yaml = format!("{HEAD}services:{API}");
+    let yaml = Topology::config().service("api", api()).to_string();
+    let (api, more) = (api().yaml("api"), more());
     let said = check(&topo, &dir, &yaml);
     assert!(
         said.contains("api: 203.0.113.10 is not local in this network namespace; the agent adds it to lo"),
@@ -143,13 +125,13 @@ fn the_agent_makes_l7_addresses_local_and_removes_only_what_it_added() {
     // Services come: their addresses are added (IPv6 usable at once), but
     // not one an operator made local already.
     topo.lb.ip(&["addr", "add", "203.0.113.11/32", "dev", "lo"]).unwrap();
-    reload(&agent, API, &format!("{API}{MORE}"), &["api", "api2", "api6"]);
+    reload(&agent, &api, &format!("{api}{more}"), &["api", "api2", "api6"]);
     assert_eq!(on_lo(&topo.lb), ["2001:db8::10/128", "203.0.113.10/32", "203.0.113.11/32"]);
     answered(&topo, "203.0.113.11:8080", 10);
     let (report, _) = status(&agent);
     assert!(report.services.iter().all(|s| s.not_local.is_none()), "{:?}", report.services);
     // ... and go: the agent's are removed, the operator's stays.
-    reload(&agent, &format!("{API}{MORE}"), &format!("{API} "), &["api"]);
+    reload(&agent, &format!("{api}{more}"), &format!("{api} "), &["api"]);
     assert_eq!(on_lo(&topo.lb), ["203.0.113.10/32", "203.0.113.11/32"]);
     answered(&topo, "203.0.113.10:8080", 10);
 
@@ -162,7 +144,7 @@ fn the_agent_makes_l7_addresses_local_and_removes_only_what_it_added() {
 fn without_management_check_run_and_status_name_an_address_that_is_not_local() {
     let topo = setup();
     let dir = tempdir();
-    let yaml = format!("{HEAD}local_addresses: {{ manage: false }}\nservices:{API}");
+    let yaml = Topology::config().setting("local_addresses: { manage: false }").service("api", api()).to_string();
     let fix = "ip addr add 203.0.113.10/32 dev lo";
     let said = check(&topo, &dir, &yaml);
     assert!(said.contains("warning: api: 203.0.113.10 is not local") && said.contains(fix), "{said}");

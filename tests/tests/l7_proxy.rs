@@ -11,65 +11,55 @@ use std::{
 };
 
 use http::StatusCode;
-use splitter_tests::{
-    agent::Agent,
+use splitter_model::config::Mirror;
+use splitter_testkit::{
+    config::{Config, Service},
     http::{get, request, request_with_body, serve_http, serve_http_after, Answer, Client},
-    netns::unique_name,
+    topology::Topology,
 };
-use splitter_user::demo::Topology;
+use splitter_tests::{agent::Agent, netns::topology};
+use splitter_user::l7::mirror::MirrorCounts;
 
 const VIP: &str = "203.0.113.10:8080";
 /// How long the slow shadow takes to answer.
 const SLOW_SHADOW: Duration = Duration::from_secs(3);
 
-fn config(weights: &str, extra: &str) -> String {
-    format!(
-        r#"
-interfaces:
-  clients: [lb-client]
-  backends: [lb-blue, lb-green]
-services:
-  api:
-    listen: {VIP}
-    protocol: tcp
-    mode: l7
-    versions:
-      v1: [198.51.100.10:8081]
-      v2: [198.51.100.20:8081]
-      dead: [198.51.100.11:8081]
-      mixed: [198.51.100.11:8081, 198.51.100.10:8081]
-      shadow: [198.51.100.10:8082]
-      slowshadow: [198.51.100.20:8082]
-      deadshadow: [198.51.100.11:8082]
-    weights: {weights}
-    proxy: {{ connect_timeout_ms: 500, response_timeout_ms: 1000 }}
-{extra}"#
-    )
+/// api (l7) with `weights`, and what `more` adds to it: v1 on blue and v2 on
+/// green (:8081), shadows on :8082, and versions on an address no one
+/// answers (198.51.100.11).
+fn config(weights: &[(&str, u32)], more: impl FnOnce(Service) -> Service) -> Config {
+    let api = Service::l7(VIP)
+        .on_blue("v1", 8081)
+        .on_green("v2", 8081)
+        .version("dead", ["198.51.100.11:8081"])
+        .version("mixed", ["198.51.100.11:8081", "198.51.100.10:8081"])
+        .on_blue("shadow", 8082)
+        .on_green("slowshadow", 8082)
+        .version("deadshadow", ["198.51.100.11:8082"])
+        .weights(weights)
+        .with("proxy: { connect_timeout_ms: 500, response_timeout_ms: 1000 }");
+    Topology::config().service("api", more(api))
 }
 
-const ROUTES: &str = r#"    routes:
-      - match: { headers: { x-canary: "true" } }
-        version: v2
-      - match: { cookies: { beta: "1" }, path_prefix: /checkout }
-        version: v2
-      - match: { query: { preview: "on" }, methods: [GET] }
-        version: v2
-      - match: { headers: { x-dead: { prefix: "y" } } }
-        version: dead
-      - match: { headers: { x-mixed: "1" } }
-        version: mixed
-"#;
+/// Routes to v2 by header, cookie and path, and query and method; to the
+/// dead version and the half-dead one by header.
+fn routes(api: Service) -> Service {
+    api.route(r#"{ headers: { x-canary: "true" } }"#, "v2")
+        .route(r#"{ cookies: { beta: "1" }, path_prefix: /checkout }"#, "v2")
+        .route(r#"{ query: { preview: "on" }, methods: [GET] }"#, "v2")
+        .route(r#"{ headers: { x-dead: { prefix: "y" } } }"#, "dead")
+        .route(r#"{ headers: { x-mixed: "1" } }"#, "mixed")
+}
 
 /// The topology with backends v1 (blue) and v2 (green) on :8081, and the
 /// agent (which makes the VIP local in the lb namespace: the proxy serves it).
-fn setup(yaml: &str) -> (Topology, Agent, Client, SocketAddr) {
-    splitter_tests::require_root("the L7 end-to-end test");
-    let topo = Topology::build(&unique_name("spt")).expect("build topology");
+fn setup(config: Config) -> (Topology, Agent, Client, SocketAddr) {
+    let topo = topology();
     serve_http(&topo.blue, 8081, "v1").expect("v1 backend");
     serve_http(&topo.green, 8081, "v2").expect("v2 backend");
     serve_http(&topo.blue, 8082, "shadow").expect("shadow backend");
     serve_http_after(&topo.green, 8082, "slowshadow", SLOW_SHADOW).expect("slow shadow backend");
-    let agent = Agent::start(&topo.lb, yaml);
+    let agent = Agent::start(&topo.lb, &config.to_string());
     let client = Client::new(&topo.client);
     (topo, agent, client, VIP.parse().unwrap())
 }
@@ -94,7 +84,7 @@ fn cli(agent: &Agent, args: &[&str]) -> (bool, String) {
 
 #[test]
 fn routes_send_marked_requests_to_the_canary_and_the_rest_split_by_weight() {
-    let (topo, agent, client, vip) = setup(&config("{ v1: 95, v2: 5 }", ROUTES));
+    let (topo, agent, client, vip) = setup(config(&[("v1", 95), ("v2", 5)], routes));
     let marked = vec![
         get(vip, "/", &[("x-canary", "true")]),
         get(vip, "/checkout/pay", &[("cookie", "session=1; beta=1")]),
@@ -135,8 +125,8 @@ fn routes_send_marked_requests_to_the_canary_and_the_rest_split_by_weight() {
 
 #[test]
 fn sticky_users_never_see_two_versions_and_stay_in_the_canary_as_it_grows() {
-    let extra = "    affinity: { cookie: user }\n";
-    let (topo, agent, client, vip) = setup(&config("{ v1: 95, v2: 5 }", extra));
+    let (topo, agent, client, vip) =
+        setup(config(&[("v1", 95), ("v2", 5)], |api| api.with("affinity: { cookie: user }")));
     let users: Vec<String> = (0..400).map(|i| format!("user=u{i}")).collect();
     let round = |n: usize| -> Vec<String> {
         let reqs = users.iter().flat_map(|c| (0..n).map(move |_| get(vip, "/", &[("cookie", c.as_str())]))).collect();
@@ -162,7 +152,7 @@ fn sticky_users_never_see_two_versions_and_stay_in_the_canary_as_it_grows() {
 
 #[test]
 fn weight_flip_and_rollback_swap_the_table_and_in_flight_requests_finish_where_they_started() {
-    let (topo, agent, client, vip) = setup(&config("{ v1: 100, v2: 0 }", ""));
+    let (topo, agent, client, vip) = setup(config(&[("v1", 100), ("v2", 0)], |api| api));
     let all_on = |want: &str| {
         let answers = ok(client.send_all(&topo.client, (0..50).map(|_| get(vip, "/", &[])).collect(), 8, false));
         let split = by_backend(&answers);
@@ -172,6 +162,8 @@ fn weight_flip_and_rollback_swap_the_table_and_in_flight_requests_finish_where_t
     std::thread::scope(|s| {
         // A slow request decided on the old table...
         let slow = s.spawn(|| client.send_all(&topo.client, vec![get(vip, "/slow/700", &[])], 1, false));
+        // The scenario: the flip comes while that request is in flight (it
+        // takes 700 ms at the backend; 200 ms in, it has been routed).
         std::thread::sleep(Duration::from_millis(200));
         let (ok_flip, out) = cli(&agent, &["flip", "api", "--to", "v2"]);
         assert!(ok_flip, "{out}");
@@ -189,7 +181,7 @@ fn weight_flip_and_rollback_swap_the_table_and_in_flight_requests_finish_where_t
 
 #[test]
 fn the_proxy_adds_forwarding_headers_strips_hop_by_hop_and_maps_failures() {
-    let (topo, _agent, client, vip) = setup(&config("{ v1: 1 }", ROUTES));
+    let (topo, _agent, client, vip) = setup(config(&[("v1", 1)], routes));
     let a = ok(client.send_all(
         &topo.client,
         vec![get(vip, "/", &[("connection", "x-secret"), ("x-secret", "1"), ("x-forwarded-for", "192.0.2.99")])],
@@ -249,46 +241,34 @@ fn l7_status(agent: &Agent) -> serde_json::Value {
     status["agent"]["l7"]["api"].clone()
 }
 
-/// Waits (bounded) until the mirror has settled every sampled request.
-fn mirror_settled(agent: &Agent) -> serde_json::Value {
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        let m = l7_status(agent)["mirror"].clone();
-        let n = |k: &str| m[k].as_u64().unwrap_or(0);
-        let settled = n("sent")
-            + n("dropped_queue_full")
-            + n("skipped_body_too_large")
-            + n("shadow_errors")
-            + n("shadow_timeouts");
-        if settled == n("sampled") || std::time::Instant::now() > deadline {
-            return m;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+/// Waits (bounded) until the mirror has settled every sampled request; its
+/// counters then.
+fn mirror_settled(agent: &Agent) -> MirrorCounts {
+    let counts = || serde_json::from_value(l7_status(agent)["mirror"].clone()).expect("the mirror's counters");
+    agent.eventually("every sampled request's copy to settle", Duration::from_secs(15), counts, MirrorCounts::settled)
 }
 
 #[test]
 fn mirroring_copies_a_sample_compares_out_of_band_and_never_answers_the_client() {
-    let extra = "    mirror: { version: shadow, percent: 10, compare: { headers: [x-seen-mirror] }, methods: [GET, POST], max_body_bytes: 1024 }\n";
-    let (topo, agent, client, vip) = setup(&config("{ v1: 1 }", extra));
+    let mirror = "mirror: { version: shadow, percent: 10, compare: { headers: [x-seen-mirror] }, methods: [GET, POST], max_body_bytes: 1024 }";
+    let (topo, agent, client, vip) = setup(config(&[("v1", 1)], |api| api.with(mirror)));
     let answers = ok(client.send_all(&topo.client, (0..2000).map(|_| get(vip, "/", &[])).collect(), 16, false));
     for a in &answers {
         assert_eq!((a.status, a.backend.as_str(), &a.body[..]), (StatusCode::OK, "v1", &b"v1"[..]), "{a:?}");
         assert_eq!(a.headers["x-seen-mirror"], "", "a client got a mirrored answer: {a:?}");
     }
     let m = mirror_settled(&agent);
-    let n = |k: &str| m[k].as_u64().unwrap_or(0);
-    let share = n("sampled") as f64 / 2000.0;
-    assert!((share - 0.10).abs() <= 0.02, "mirrored share {share}: {m}");
-    assert_eq!(n("sent"), n("sampled"), "every sampled request reached the shadow: {m}");
-    assert_eq!(n("compared"), n("sent"), "{m}");
-    assert_eq!(n("differ"), n("compared"), "the shadow always differs (it sees the mirror marker): {m}");
+    let share = m.sampled as f64 / 2000.0;
+    assert!((share - 0.10).abs() <= 0.02, "mirrored share {share}: {m:?}");
+    assert_eq!(m.sent, m.sampled, "every sampled request reached the shadow: {m:?}");
+    assert_eq!(m.compared, m.sent, "{m:?}");
+    assert_eq!(m.differ, m.compared, "the shadow always differs (it sees the mirror marker): {m:?}");
 
     let out = agent.cli().args(["diffs", "api", "--json", "--socket"]).arg(&agent.control_socket).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(report["compared"], n("compared"));
-    assert_eq!(report["differ"], n("differ"));
+    assert_eq!(report["compared"], m.compared);
+    assert_eq!(report["differ"], m.differ);
     let sample = &report["samples"][0];
     assert_eq!((sample["request"].as_str(), sample["primary_status"].as_u64()), (Some("GET /"), Some(200)), "{report}");
     assert_eq!(sample["diff"], "header x-seen-mirror:  vs 1", "the shadow saw x-splitter-mirror: 1: {report}");
@@ -299,16 +279,15 @@ fn mirroring_copies_a_sample_compares_out_of_band_and_never_answers_the_client()
     let answers = ok(client.send_all(&topo.client, posts, 8, false));
     assert!(answers.iter().all(|a| a.status == StatusCode::OK && a.backend == "v1"));
     let m2 = mirror_settled(&agent);
-    let n2 = |k: &str| m2[k].as_u64().unwrap_or(0);
-    assert!(n2("skipped_body_too_large") > 0, "{m2}");
-    assert_eq!(n2("skipped_body_too_large"), n2("sampled") - n("sampled"), "every sampled POST was too large: {m2}");
-    assert_eq!(n2("sent"), n("sent"), "{m2}");
+    assert!(m2.skipped_body_too_large > 0, "{m2:?}");
+    assert_eq!(m2.skipped_body_too_large, m2.sampled - m.sampled, "every sampled POST was too large: {m2:?}");
+    assert_eq!(m2.sent, m.sent, "{m2:?}");
 }
 
 #[test]
 fn a_slow_or_dead_shadow_leaves_primary_statuses_and_latency_unchanged() {
-    let extra = "    mirror: { version: slowshadow, percent: 100, compare: true, timeout_ms: 2500 }\n";
-    let (topo, agent, client, vip) = setup(&config("{ v1: 1 }", extra));
+    let mirror = "mirror: { version: slowshadow, percent: 100, compare: true, timeout_ms: 2500 }";
+    let (topo, agent, client, vip) = setup(config(&[("v1", 1)], |api| api.with(mirror)));
     let answers = ok(client.send_all(&topo.client, (0..200).map(|_| get(vip, "/", &[])).collect(), 8, false));
     // Were the primary waiting for the shadow, every request would take
     // 2.5 s or more; far less means the copy is out of band.
@@ -316,23 +295,29 @@ fn a_slow_or_dead_shadow_leaves_primary_statuses_and_latency_unchanged() {
     assert!(slowest < Duration::from_millis(1500), "a primary request took {slowest:?} with a {SLOW_SHADOW:?} shadow");
     assert!(answers.iter().all(|a| a.status == StatusCode::OK && a.backend == "v1"));
     let m = mirror_settled(&agent);
-    assert_eq!(m["shadow_timeouts"], m["sampled"], "{m}");
+    assert_eq!(m.shadow_timeouts, m.sampled, "{m:?}");
 
     // A dead shadow (nothing listens): errors counted, primaries fine.
     let text = std::fs::read_to_string(&agent.config_path).unwrap();
     std::fs::write(&agent.config_path, text.replace("version: slowshadow", "version: deadshadow")).unwrap();
     agent.reload().expect("SIGHUP");
-    std::thread::sleep(Duration::from_millis(500));
-    let before = m["shadow_errors"].as_u64().unwrap_or(0);
+    let mirror_version = || match agent.info()?.services.get("api")?.mirror.clone()? {
+        Mirror::L7(m) => Some(m.version),
+        Mirror::L4(_) => None,
+    };
+    agent.eventually("the agent to mirror to deadshadow", Duration::from_secs(10), mirror_version, |v| {
+        v.as_deref() == Some("deadshadow")
+    });
+    let before = m.shadow_errors;
     let answers = ok(client.send_all(&topo.client, (0..100).map(|_| get(vip, "/", &[])).collect(), 8, false));
     assert!(answers.iter().all(|a| a.status == StatusCode::OK && a.backend == "v1"));
     let m = mirror_settled(&agent);
-    assert!(m["shadow_errors"].as_u64().unwrap_or(0) >= before + 100, "{m}\n{}", agent.log());
+    assert!(m.shadow_errors >= before + 100, "{m:?}\n{}", agent.log());
 }
 
 #[test]
 fn idempotent_requests_retry_another_endpoint_and_bodies_stream() {
-    let (topo, _agent, client, vip) = setup(&config("{ v1: 1 }", ROUTES));
+    let (topo, _agent, client, vip) = setup(config(&[("v1", 1)], routes));
     // Half the "mixed" version is down: GETs go on to the live endpoint, a
     // POST (not idempotent) gets 502 when it lands on the dead one.
     let answers =

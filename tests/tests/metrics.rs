@@ -12,38 +12,30 @@ use std::{
 };
 
 use prometheus_parse::{Scrape, Value};
-use splitter_tests::{
-    agent::Agent,
+use splitter_testkit::{
+    config::{Config, Service},
     http::{get, serve_http, Client},
-    netns::unique_name,
-};
-use splitter_user::{
-    demo::{ask_version, serve_tcp, Topology},
     netns::NetNs,
+    serve::{ask_version, serve_tcp},
+    topology::{vip, Topology},
 };
+use splitter_tests::{agent::Agent, netns::topology};
 
 const METRICS: &str = "127.0.0.1:9190";
 const TIMEOUT: Duration = Duration::from_secs(3);
 
-const CONFIG: &str = r#"
-interfaces:
-  clients: [lb-client]
-  backends: [lb-blue, lb-green]
-metrics: { listen: "127.0.0.1:9190" }
-flow_aging: { sweep_secs: 1 }
-services:
-  shop:
-    listen: 203.0.113.10:80
-    protocol: tcp
-    versions: { blue: [198.51.100.10:8080], green: [198.51.100.20:8080] }
-    weights: { blue: 80, green: 20 }
-  api:
-    listen: 203.0.113.10:8080
-    protocol: tcp
-    mode: l7
-    versions: { v1: [198.51.100.10:8081], v2: [198.51.100.20:8081] }
-    weights: { v1: 50, v2: 50 }
-"#;
+/// shop (l4, 80/20) and api (l7, v1 on blue and v2 on green, 50/50), with
+/// metrics on loopback and the flow table swept every second.
+fn config() -> Config {
+    Topology::config()
+        .setting(&format!("metrics: {{ listen: \"{METRICS}\" }}"))
+        .setting("flow_aging: { sweep_secs: 1 }")
+        .service("shop", Service::tcp(vip(80)).blue_green(8080).weights(&[("blue", 80), ("green", 20)]))
+        .service(
+            "api",
+            Service::l7(vip(8080)).on_blue("v1", 8081).on_green("v2", 8081).weights(&[("v1", 50), ("v2", 50)]),
+        )
+}
 
 /// GET /metrics from inside `ns` (where the agent listens on loopback):
 /// the content type and the parsed samples.
@@ -96,14 +88,14 @@ fn values(s: &Scrape, metric: &str, labels: &[(&str, &str)]) -> Vec<f64> {
 
 #[test]
 fn metrics_match_the_traffic_the_test_sent() {
-    splitter_tests::require_root("the metrics end-to-end test");
-    let topo = Topology::build(&unique_name("spt")).expect("build topology");
-    serve_tcp(&topo.blue, 8080, "blue").unwrap();
-    serve_tcp(&topo.green, 8080, "green").unwrap();
+    let topo = topology();
+    for (ns, name) in topo.backends() {
+        serve_tcp(ns, 8080, name).unwrap();
+    }
     serve_http(&topo.blue, 8081, "v1").unwrap();
     serve_http(&topo.green, 8081, "v2").unwrap();
     topo.lb.ip(&["addr", "add", "203.0.113.10/32", "dev", "lo"]).expect("VIP on lo");
-    let agent = Agent::start(&topo.lb, CONFIG);
+    let agent = Agent::start(&topo.lb, &config().to_string());
 
     // L4: 300 connections; the client knows which version answered each.
     let vip: SocketAddr = "203.0.113.10:80".parse().unwrap();
@@ -172,25 +164,17 @@ fn metrics_match_the_traffic_the_test_sent() {
 
     // Flows in the table per service, as of the agent's last sweep (every
     // second here; closed connections stay until closing_secs).
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let active = values(&scrape(&topo.lb, None).1, "splitter_active_flows", &[("service", "shop")]);
-        if active.first().is_some_and(|n| *n >= 300.0) {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "active flows of shop: {active:?}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let active = || values(&scrape(&topo.lb, None).1, "splitter_active_flows", &[("service", "shop")]);
+    agent.eventually("300 active flows of shop", Duration::from_secs(10), active, |n| {
+        n.first().is_some_and(|n| *n >= 300.0)
+    });
 
     // A broken file on reload is counted as failed.
     let good = std::fs::read_to_string(&agent.config_path).unwrap();
     std::fs::write(&agent.config_path, good.replace("weights: { v1: 50, v2: 50 }", "weights: { v9: 1 }")).unwrap();
     agent.reload().unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while value(&scrape(&topo.lb, None).1, "splitter_reloads_total", &[("result", "failed")]) < 1.0 {
-        assert!(std::time::Instant::now() < deadline, "the failed reload was not counted:\n{}", agent.log());
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let failed = || value(&scrape(&topo.lb, None).1, "splitter_reloads_total", &[("result", "failed")]);
+    agent.eventually("the failed reload counted", Duration::from_secs(10), failed, |n| *n >= 1.0);
 
     // OpenMetrics when asked for it.
     let (ctype, _) = scrape(&topo.lb, Some("application/openmetrics-text; version=1.0.0"));

@@ -8,9 +8,13 @@ use std::{
     time::Duration,
 };
 
+use splitter_testkit::{
+    config::Config,
+    netns::{unique_name, NetNs},
+};
 use splitter_tests::{
     agent::{splitter_bin, Agent},
-    netns::{netns, NetNs, Veth},
+    netns::{netns, Veth},
 };
 
 const CLIENT4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
@@ -51,7 +55,7 @@ fn recv_udp(server: &UdpSocket, n: usize) -> usize {
 #[test]
 fn agent_attaches_xdp_and_counts_real_tcp_and_udp() {
     let (client, lb, veth) = topology();
-    let mut agent = Agent::start(&lb, &format!("interfaces: {{ clients: [{}] }}\n", veth.b));
+    let mut agent = Agent::start(&lb, &Config::new(&[&veth.b], &[]).to_string());
     assert!(lb.has_xdp(&veth.b).unwrap(), "no XDP program on {} after start:\n{}", veth.b, agent.log());
 
     let udp4 = lb.run(|| UdpSocket::bind((LB4, 0)).expect("bind UDP server"));
@@ -117,9 +121,10 @@ fn agent_refuses_a_missing_interface_and_leaves_nothing_behind() {
     splitter_tests::require_root("starting the agent");
     let lb = netns("lb");
     let dir = tempfile::tempdir().unwrap();
-    let pin = std::path::PathBuf::from("/sys/fs/bpf").join(splitter_tests::netns::unique_name("spt"));
+    let pin = std::path::PathBuf::from("/sys/fs/bpf").join(unique_name("spt"));
     let cfg = dir.path().join("c.yaml");
-    std::fs::write(&cfg, format!("interfaces: {{ clients: [nosuchif0] }}\npin_path: {}\n", pin.display())).unwrap();
+    let config = Config::new(&["nosuchif0"], &[]).setting(&format!("pin_path: {}", pin.display()));
+    std::fs::write(&cfg, config.to_string()).unwrap();
     let out = lb.command(splitter_bin()).args(["run", "--config"]).arg(&cfg).output().expect("spawn");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "agent started on a missing interface");

@@ -8,40 +8,30 @@ use std::{
     collections::BTreeMap,
     net::{SocketAddr, TcpListener, TcpStream},
     process::Output,
-    sync::atomic::{AtomicBool, Ordering},
+    sync::atomic::{AtomicBool, AtomicUsize, Ordering},
     time::Duration,
 };
 
-use splitter_tests::{
-    agent::Agent,
+use splitter_testkit::{
+    config::{Config, Service},
     http::{get, serve_http, serve_http_failing, Client},
-    netns::unique_name,
-};
-use splitter_user::{
-    demo::{ask_version, serve_tcp, Topology},
     netns::NetNs,
+    serve::{ask_version, serve_tcp},
+    topology::Topology,
+    wait::eventually,
 };
+use splitter_tests::{agent::Agent, netns::topology};
 
 const API: &str = "203.0.113.10:8080";
 const SHOP: &str = "203.0.113.10:80";
 
-const CONFIG: &str = r#"
-interfaces:
-  clients: [lb-client]
-  backends: [lb-blue, lb-green]
-services:
-  api:
-    listen: 203.0.113.10:8080
-    protocol: tcp
-    mode: l7
-    versions: { v1: [198.51.100.10:8081], v2: [198.51.100.20:8081], bad: [198.51.100.20:8083] }
-    weights: { v1: 100 }
-  shop:
-    listen: 203.0.113.10:80
-    protocol: tcp
-    versions: { blue: [198.51.100.10:8080], rst: [198.51.100.20:8090] }
-    weights: { blue: 100 }
-"#;
+/// api (l7): v1 on blue, v2 and bad (answers 500) on green, all on v1;
+/// shop (l4): blue, and rst on green (resets every connection), all on blue.
+fn config() -> Config {
+    let api = Service::l7(API).on_blue("v1", 8081).on_green("v2", 8081).on_green("bad", 8083).weights(&[("v1", 100)]);
+    let shop = Service::tcp(SHOP).on_blue("blue", 8080).on_green("rst", 8090).weights(&[("blue", 100)]);
+    Topology::config().service("api", api).service("shop", shop)
+}
 
 /// A TCP server that resets every connection it accepts (SO_LINGER 0).
 fn serve_resets(ns: &NetNs, port: u16) {
@@ -55,26 +45,56 @@ fn serve_resets(ns: &NetNs, port: u16) {
 }
 
 fn setup() -> (Topology, Agent) {
-    splitter_tests::require_root("the rollout end-to-end test");
-    let topo = Topology::build(&unique_name("spt")).expect("build topology");
+    let topo = topology();
     serve_http(&topo.blue, 8081, "v1").unwrap();
     serve_http(&topo.green, 8081, "v2").unwrap();
     serve_http_failing(&topo.green, 8083, "bad").unwrap();
     serve_tcp(&topo.blue, 8080, "blue").unwrap();
     serve_resets(&topo.green, 8090);
     topo.lb.ip(&["addr", "add", "203.0.113.10/32", "dev", "lo"]).expect("VIP on lo");
-    let agent = Agent::start(&topo.lb, CONFIG);
+    let agent = Agent::start(&topo.lb, &config().to_string());
     (topo, agent)
 }
 
-/// Sends l7 requests in small batches until `stop` (bounded: 2 minutes);
+/// What a traffic thread shares: when to stop, and how many requests or
+/// connections it has made (answered or not).
+#[derive(Default)]
+struct Traffic {
+    stop: AtomicBool,
+    made: AtomicUsize,
+}
+
+impl Traffic {
+    fn running(&self) -> bool {
+        !self.stop.load(Ordering::Relaxed)
+    }
+
+    /// Waits (bounded) until the thread has made `n` requests or connections.
+    fn wait_made(&self, n: usize) {
+        let made = || self.made.load(Ordering::Relaxed);
+        eventually(&format!("{n} requests or connections made"), Duration::from_secs(30), made, |m| *m >= n);
+    }
+
+    /// Runs `traffic` on its own thread while `during` runs, then stops it.
+    fn around<T: Send, R>(traffic: impl FnOnce(&Traffic) -> T + Send, during: impl FnOnce(&Traffic) -> R) -> (R, T) {
+        let t = Traffic::default();
+        std::thread::scope(|s| {
+            let thread = s.spawn(|| traffic(&t));
+            let r = during(&t);
+            t.stop.store(true, Ordering::Relaxed);
+            (r, thread.join().expect("traffic thread"))
+        })
+    }
+}
+
+/// Sends l7 requests in batches of 20 until stopped (bounded: 2 minutes);
 /// backend name (or "error") → answers.
-fn l7_traffic(topo: &Topology, stop: &AtomicBool) -> BTreeMap<String, usize> {
+fn l7_traffic(topo: &Topology, traffic: &Traffic) -> BTreeMap<String, usize> {
     let client = Client::new(&topo.client);
     let api: SocketAddr = API.parse().unwrap();
     let start = std::time::Instant::now();
     let mut seen = BTreeMap::new();
-    while !stop.load(Ordering::Relaxed) && start.elapsed() < Duration::from_secs(120) {
+    while traffic.running() && start.elapsed() < Duration::from_secs(120) {
         for a in client.send_all(&topo.client, (0..20).map(|_| get(api, "/", &[])).collect(), 4, false) {
             let key = match a {
                 Ok(a) if a.status.is_success() => a.backend,
@@ -83,45 +103,46 @@ fn l7_traffic(topo: &Topology, stop: &AtomicBool) -> BTreeMap<String, usize> {
             };
             *seen.entry(key).or_insert(0) += 1;
         }
+        traffic.made.fetch_add(20, Ordering::Relaxed);
+        // Pacing: a short pause between batches.
         std::thread::sleep(Duration::from_millis(20));
     }
     seen
 }
 
-/// Opens l4 connections until `stop` (bounded); version (or "reset") → count.
-fn l4_traffic(topo: &Topology, stop: &AtomicBool) -> BTreeMap<String, usize> {
+/// Opens l4 connections until stopped (bounded); version (or "reset") → count.
+fn l4_traffic(topo: &Topology, traffic: &Traffic) -> BTreeMap<String, usize> {
     let vip: SocketAddr = SHOP.parse().unwrap();
     topo.client.run(|| {
         let start = std::time::Instant::now();
         let mut seen = BTreeMap::new();
-        while !stop.load(Ordering::Relaxed) && start.elapsed() < Duration::from_secs(120) {
+        while traffic.running() && start.elapsed() < Duration::from_secs(120) {
             let answer = TcpStream::connect_timeout(&vip, Duration::from_secs(2)).and_then(|c| {
                 c.set_read_timeout(Some(Duration::from_secs(2)))?;
                 ask_version(&c)
             });
             *seen.entry(answer.unwrap_or_else(|_| "reset".into())).or_insert(0) += 1;
+            traffic.made.fetch_add(1, Ordering::Relaxed);
+            // Pacing: a 5 ms pause between connections.
             std::thread::sleep(Duration::from_millis(5));
         }
         seen
     })
 }
 
-/// Runs `splitter rollout ARGS` (following it) while `traffic` runs.
-fn rollout_under<T: Send>(agent: &Agent, args: &[&str], traffic: impl FnOnce(&AtomicBool) -> T + Send) -> (Output, T) {
-    let stop = AtomicBool::new(false);
-    std::thread::scope(|s| {
-        let t = s.spawn(|| traffic(&stop));
-        std::thread::sleep(Duration::from_millis(300));
-        let out = agent
+/// Runs `splitter rollout ARGS` (following it) while `traffic` runs; the
+/// rollout starts once traffic flows (20 requests or connections made).
+fn rollout_under<T: Send>(agent: &Agent, args: &[&str], traffic: impl FnOnce(&Traffic) -> T + Send) -> (Output, T) {
+    Traffic::around(traffic, |t| {
+        t.wait_made(20);
+        agent
             .cli()
             .arg("rollout")
             .args(args)
             .arg("--socket")
             .arg(&agent.control_socket)
             .output()
-            .expect("run splitter rollout");
-        stop.store(true, Ordering::Relaxed);
-        (out, t.join().expect("traffic thread"))
+            .expect("run splitter rollout")
     })
 }
 
@@ -147,7 +168,7 @@ fn rollout_state(agent: &Agent, service: &str) -> serde_json::Value {
 fn a_healthy_canary_is_promoted_step_by_step_to_100_percent() {
     let (topo, agent) = setup();
     let args = ["api", "--to", "v2", "--steps", "20,50,100", "--interval", "2s", "--min-requests", "10"];
-    let (out, seen) = rollout_under(&agent, &args, |stop| l7_traffic(&topo, stop));
+    let (out, seen) = rollout_under(&agent, &args, |t| l7_traffic(&topo, t));
     assert!(out.status.success(), "{}\n{}", text(&out), agent.log());
     assert!(text(&out).contains("promoted to v2: step 3/3 at 100%"), "{}", text(&out));
     assert_eq!(weights(&agent, "api"), [("bad".into(), 0), ("v1".into(), 0), ("v2".into(), 10_000)].into());
@@ -172,7 +193,7 @@ fn a_canary_answering_500_is_rolled_back_in_its_first_step_and_gets_nothing_afte
         "--max-error-rate",
         "5%",
     ];
-    let (out, seen) = rollout_under(&agent, &args, |stop| l7_traffic(&topo, stop));
+    let (out, seen) = rollout_under(&agent, &args, |t| l7_traffic(&topo, t));
     assert!(!out.status.success(), "a rolled-back rollout fails the command: {}", text(&out));
     assert!(text(&out).contains("rolled back: step 1 (20%): error rate"), "{}", text(&out));
     assert!(seen.get("bad 500").copied().unwrap_or(0) >= 10, "the canary was tried: {seen:?}");
@@ -203,18 +224,12 @@ fn an_l4_canary_resetting_connections_is_rolled_back() {
         "--max-error-rate",
         "10%",
     ];
-    let (out, seen) = rollout_under(&agent, &args, |stop| l4_traffic(&topo, stop));
+    let (out, seen) = rollout_under(&agent, &args, |t| l4_traffic(&topo, t));
     assert!(!out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("rolled back: step 1 (30%): error rate"), "{}\n{seen:?}", text(&out));
     assert!(seen.get("reset").copied().unwrap_or(0) >= 10, "{seen:?}");
     assert_eq!(weights(&agent, "shop"), [("blue".into(), 100), ("rst".into(), 0)].into());
-    let stop = AtomicBool::new(false);
-    let after = std::thread::scope(|s| {
-        let t = s.spawn(|| l4_traffic(&topo, &stop));
-        std::thread::sleep(Duration::from_millis(500));
-        stop.store(true, Ordering::Relaxed);
-        t.join().unwrap()
-    });
+    let ((), after) = Traffic::around(|t| l4_traffic(&topo, t), |t| t.wait_made(50));
     assert_eq!(after.keys().collect::<Vec<_>>(), ["blue"], "after the rollback: {after:?}");
 }
 

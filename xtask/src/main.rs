@@ -29,7 +29,8 @@ enum Task {
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
-    /// rustfmt check and clippy (-D warnings) on the host crates and the eBPF crate.
+    /// rustfmt check and clippy (-D warnings) on the host crates (as shipped,
+    /// as the tests build them, and with every feature) and the eBPF crate.
     Lint,
     /// Lint, then test: what CI runs.
     Ci,
@@ -39,7 +40,8 @@ enum Task {
     /// L4 throughput with and without mirroring. Installs the peers
     /// (haproxy). Writes target/bench/*.md.
     Bench,
-    /// Bootstrap, build the release binary and run `splitter demo` (needs root).
+    /// Bootstrap, build the release binary with the demo (cargo feature
+    /// `demo`) and run `splitter demo` (needs root).
     Demo {
         /// Extra arguments for `splitter demo`.
         #[arg(trailing_var_arg = true)]
@@ -80,7 +82,8 @@ fn main() -> Result<()> {
         Task::Demo { args } => {
             bootstrap::run()?;
             require_root("the demo")?;
-            cargo(&["build", "--release", "--package", "splitter-user", "--bin", "splitter"])?;
+            // The shipped agent has no demo: it needs the testkit, a feature away.
+            cargo(&["build", "--release", "--package", "splitter-user", "--bin", "splitter", "--features", "demo"])?;
             let bin = workspace_root().join("target/release/splitter");
             let status = Command::new(&bin)
                 .arg("demo")
@@ -98,8 +101,11 @@ fn main() -> Result<()> {
 fn test(args: &[String]) -> Result<()> {
     bootstrap::run()?;
     require_root("the test suite (tiers 2 and 3 load XDP programs and create network namespaces)")?;
-    // The end-to-end tests run the real `splitter` binary: build it first.
-    cargo(&["build", "--package", "splitter-user", "--bin", "splitter"])?;
+    // The end-to-end tests run the real `splitter` binary: build it first,
+    // as the test build builds it (every package's tests: splitter-user's own
+    // need the binary, and the tests package turns on its `test-hooks`), so
+    // that it is there whatever ARGS select and is not built twice.
+    cargo(&["test", "--no-run"])?;
     let mut cmd = vec!["test", "--no-fail-fast"];
     cmd.extend(args.iter().map(String::as_str));
     cargo(&cmd)
@@ -107,7 +113,12 @@ fn test(args: &[String]) -> Result<()> {
 
 fn lint() -> Result<()> {
     cargo(&["fmt", "--all", "--check"])?;
+    // The workspace as the tests build it (splitter-user with `test-hooks`)...
     cargo(&["clippy", "--all-targets", "--", "-D", "warnings"])?;
+    // ... with every feature (`splitter demo` too) ...
+    cargo(&["clippy", "--all-targets", "--all-features", "--", "-D", "warnings"])?;
+    // ... and the agent as shipped: no feature, so nothing only a test uses.
+    cargo(&["clippy", "--package", "splitter-user", "--all-targets", "--", "-D", "warnings"])?;
     // The eBPF crate only builds for the BPF target on nightly.
     let status = Command::new("cargo")
         .current_dir(workspace_root())

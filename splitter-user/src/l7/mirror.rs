@@ -169,6 +169,16 @@ pub struct MirrorCounts {
     pub not_compared: u64,
 }
 
+impl MirrorCounts {
+    /// Whether every sampled request has an outcome: sent (and answered),
+    /// dropped, skipped, failed or timed out. Copies settle out of band, so
+    /// a reader waits for this before reading the comparisons.
+    pub fn settled(&self) -> bool {
+        self.sent + self.dropped_queue_full + self.skipped_body_too_large + self.shadow_errors + self.shadow_timeouts
+            == self.sampled
+    }
+}
+
 /// One recorded difference.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DiffSample {

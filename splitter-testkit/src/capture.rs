@@ -1,12 +1,12 @@
 //! Packet captures in namespaces: an AF_PACKET socket on one interface
 //! (what a tcpdump on the far side of a mirror link sees), and the TCP flows
-//! of a VIP in what it captured. `splitter demo` shows mirrored flows with
-//! it; the tests check them.
+//! of a VIP in what it captured, read with etherparse. `splitter demo` shows
+//! mirrored flows with it; the tests check them.
 
 use std::{
     collections::BTreeMap,
     io,
-    net::{Ipv4Addr, SocketAddrV4},
+    net::SocketAddrV4,
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -14,6 +14,8 @@ use std::{
     },
     time::{Duration, Instant},
 };
+
+use etherparse::{NetSlice, SlicedPacket, TcpSlice, TransportSlice};
 
 /// A packet capture on one interface (AF_PACKET, every protocol, incoming
 /// frames only): what a tcpdump on the far side of a link would see.
@@ -150,28 +152,16 @@ pub struct TcpFlows {
 }
 
 /// Groups the IPv4 TCP frames of `frames` by client, for flows to `vip`.
+/// Frames that are not Ethernet II + IPv4 + TCP, or that do not parse whole
+/// (cut short, impossible lengths), are left out.
 pub fn tcp_flows(frames: &[Vec<u8>], vip: SocketAddrV4) -> TcpFlows {
     let mut out = TcpFlows::default();
     for f in frames {
-        // Ethernet II, IPv4, TCP: the fields this needs, bounds-checked.
-        if f.len() < 34 || f[12..14] != [0x08, 0x00] || f[23] != 6 {
-            continue;
-        }
-        let ihl = usize::from(f[14] & 0x0f) * 4;
-        let total = usize::from(u16::from_be_bytes([f[16], f[17]]));
-        let l4 = 14 + ihl;
-        if f.len() < l4 + 20 || total < ihl + 20 {
-            continue;
-        }
-        let addr = |at: usize| Ipv4Addr::new(f[at], f[at + 1], f[at + 2], f[at + 3]);
-        let port = |at: usize| u16::from_be_bytes([f[at], f[at + 1]]);
-        let src = SocketAddrV4::new(addr(26), port(l4));
-        let dst = SocketAddrV4::new(addr(30), port(l4 + 2));
-        let flags = f[l4 + 13];
-        let payload = total > ihl + usize::from(f[l4 + 12] >> 4) * 4;
+        let Some((src, dst, tcp)) = ipv4_tcp(f) else { continue };
+        let payload = !tcp.payload().is_empty();
         if dst == vip {
             let s = out.flows.entry(src).or_default();
-            s.syn |= flags & 0x12 == 0x02;
+            s.syn |= tcp.syn() && !tcp.ack();
             s.request |= payload;
         } else if src == vip {
             out.flows.entry(dst).or_default().answer |= payload;
@@ -182,9 +172,83 @@ pub fn tcp_flows(frames: &[Vec<u8>], vip: SocketAddrV4) -> TcpFlows {
     out
 }
 
+/// An untagged Ethernet II frame carrying IPv4 and TCP: its source and
+/// destination, and the TCP segment.
+fn ipv4_tcp(frame: &[u8]) -> Option<(SocketAddrV4, SocketAddrV4, TcpSlice<'_>)> {
+    let packet = SlicedPacket::from_ethernet(frame).ok()?;
+    if !packet.link_exts.is_empty() {
+        return None;
+    }
+    let (Some(NetSlice::Ipv4(ip)), Some(TransportSlice::Tcp(tcp))) = (packet.net, packet.transport) else {
+        return None;
+    };
+    let header = ip.header();
+    let src = SocketAddrV4::new(header.source_addr(), tcp.source_port());
+    let dst = SocketAddrV4::new(header.destination_addr(), tcp.destination_port());
+    Some((src, dst, tcp))
+}
+
 impl TcpFlows {
     /// Flows seen with their SYN, a request and an answer.
     pub fn whole(&self) -> usize {
         self.flows.values().filter(|s| s.syn && s.request && s.answer).count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, SocketAddrV4};
+
+    use etherparse::PacketBuilder;
+
+    use super::*;
+
+    const VIP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(203, 0, 113, 10), 80);
+    const CLIENT: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 2), 40000);
+    const BACKEND: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 10), 8080);
+
+    /// A TCP frame from `src` to `dst`; `syn` / `ack` flags, `payload`.
+    fn tcp(src: SocketAddrV4, dst: SocketAddrV4, syn: bool, ack: bool, payload: &[u8]) -> Vec<u8> {
+        let mut b = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+            .ipv4(src.ip().octets(), dst.ip().octets(), 64)
+            .tcp(src.port(), dst.port(), 1, 64_000);
+        if syn {
+            b = b.syn();
+        }
+        if ack {
+            b = b.ack(1);
+        }
+        let mut frame = Vec::new();
+        b.write(&mut frame, payload).unwrap();
+        frame
+    }
+
+    #[test]
+    fn flows_are_grouped_by_client_and_what_is_not_ipv4_tcp_is_left_out() {
+        let other_client = SocketAddrV4::new(*CLIENT.ip(), 40001);
+        let mut cut_short = tcp(CLIENT, VIP, false, true, b"GET");
+        cut_short.truncate(14 + 20 + 10);
+        let mut udp = Vec::new();
+        PacketBuilder::ethernet2([2; 6], [3; 6])
+            .ipv4(CLIENT.ip().octets(), VIP.ip().octets(), 64)
+            .udp(CLIENT.port(), VIP.port())
+            .write(&mut udp, b"q")
+            .unwrap();
+        let frames = vec![
+            tcp(CLIENT, VIP, true, false, b""),
+            tcp(VIP, CLIENT, true, true, b""),
+            tcp(CLIENT, VIP, false, true, b"version?\n"),
+            tcp(VIP, CLIENT, false, true, b"blue\n"),
+            tcp(other_client, VIP, false, true, b""),
+            tcp(CLIENT, BACKEND, true, false, b""),
+            cut_short,
+            udp,
+        ];
+        let seen = tcp_flows(&frames, VIP);
+        assert_eq!(seen.flows[&CLIENT], SeenFlow { syn: true, request: true, answer: true });
+        assert_eq!(seen.flows[&other_client], SeenFlow::default(), "an ACK alone is neither a SYN nor a request");
+        assert_eq!(seen.flows.len(), 2);
+        assert_eq!(seen.other, 1, "the frame addressed to a backend");
+        assert_eq!(seen.whole(), 1);
     }
 }

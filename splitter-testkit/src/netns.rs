@@ -1,5 +1,7 @@
-//! Network namespaces and veth pairs as RAII guards, and ways to run code and
-//! programs inside a namespace. Used by `splitter demo` and by the tests.
+//! Network namespaces and veth pairs as RAII guards, ways to run code and
+//! programs inside a namespace, and names unique to a process so parallel
+//! tests and runs never collide. Used by `splitter demo`, the tests and the
+//! benches.
 //!
 //! Dropping a [`NetNs`] deletes it, and with it every veth end inside it, even
 //! when the caller is unwinding from a panic.
@@ -10,6 +12,7 @@ use std::{
     net::IpAddr,
     path::PathBuf,
     process::{Command, Output},
+    sync::atomic::{AtomicU32, Ordering},
 };
 
 use nix::sched::{setns, CloneFlags};
@@ -21,6 +24,19 @@ pub enum NetnsError {
     Spawn { cmd: String, source: std::io::Error },
     #[error("`{cmd}` failed: {stderr}")]
     Failed { cmd: String, stderr: String },
+    #[error("no {what} in the output of `ip link show dev {dev}`: {out}")]
+    Unexpected { what: &'static str, dev: String, out: String },
+}
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// A short name unique to this process and call (`<prefix><pid><n>` in hex),
+/// short enough for an interface name with a one-letter suffix.
+pub fn unique_name(prefix: &str) -> String {
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let name = format!("{prefix}{:x}{:x}", std::process::id() & 0xff_ffff, n & 0xfff);
+    assert!(name.len() <= 14, "name {name} too long for an interface; use a shorter prefix");
+    name
 }
 
 fn render(cmd: &Command) -> String {
@@ -114,6 +130,17 @@ impl NetNs {
     pub fn has_xdp(&self, dev: &str) -> Result<bool, NetnsError> {
         let out = self.ip(&["-details", "link", "show", "dev", dev])?;
         Ok(out.contains("prog/xdp"))
+    }
+
+    /// The MAC address of `dev`, from `ip link`.
+    pub fn mac(&self, dev: &str) -> Result<[u8; 6], NetnsError> {
+        let out = self.ip(&["-o", "link", "show", "dev", dev])?;
+        let unexpected =
+            || NetnsError::Unexpected { what: "link/ether address", dev: dev.to_owned(), out: out.clone() };
+        let mac = out.split("link/ether ").nth(1).and_then(|r| r.split_whitespace().next()).ok_or_else(unexpected)?;
+        let bytes: Vec<u8> =
+            mac.split(':').map(|h| u8::from_str_radix(h, 16)).collect::<Result<_, _>>().map_err(|_| unexpected())?;
+        bytes.try_into().map_err(|_| unexpected())
     }
 
     /// Turns GRO on for `dev` (ethtool). An XDP redirect into a veth lands only

@@ -1,13 +1,18 @@
 //! The agent as a child process inside a network namespace, started the way a
 //! user starts it (`splitter run --config FILE`); dropped, it is stopped and
-//! its data path removed with `splitter down`. Used by `splitter demo` and by
-//! the end-to-end tests.
+//! its data path removed with `splitter down`. Used by `splitter demo`, the
+//! end-to-end tests and the benches.
+//!
+//! It knows the agent only from the outside: the binary, the config file it
+//! writes, and one raw `status` exchange on the control socket (readiness).
 
 use std::{
     fs,
+    io::{BufRead, BufReader, Write},
+    os::unix::net::UnixStream,
     path::{Path, PathBuf},
     process::{Child, ExitStatus, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use nix::{
@@ -16,7 +21,15 @@ use nix::{
 };
 use thiserror::Error;
 
-use crate::netns::NetNs;
+use crate::{
+    netns::{unique_name, NetNs},
+    wait::{wait_until, wait_until_every},
+};
+
+/// How long a `status` exchange on the control socket may take.
+const STATUS_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often a stopping agent is looked at (it usually exits within a few ms).
+const EXIT_POLL: Duration = Duration::from_millis(20);
 
 #[derive(Debug, Error)]
 pub enum AgentProcessError {
@@ -53,6 +66,21 @@ impl AgentProcess {
     /// `exe run` in `ns`. Returns once the agent has pinned its maps.
     pub fn start(exe: &Path, ns: &NetNs, dir: &Path, pin_path: &Path, body: &str) -> Result<Self, AgentProcessError> {
         Self::start_with(exe, ns, dir, pin_path, body, &[])
+    }
+
+    /// [`AgentProcess::start_with`] under a name of its own,
+    /// `unique_name(prefix)`: its files in `$TMPDIR/splitter-NAME`, its pins
+    /// in `/sys/fs/bpf/NAME`.
+    pub fn start_unique(
+        exe: &Path,
+        ns: &NetNs,
+        prefix: &str,
+        body: &str,
+        args: &[&str],
+    ) -> Result<Self, AgentProcessError> {
+        let name = unique_name(prefix);
+        let dir = std::env::temp_dir().join(format!("splitter-{name}"));
+        Self::start_with(exe, ns, &dir, &PathBuf::from("/sys/fs/bpf").join(&name), body, args)
     }
 
     /// [`AgentProcess::start`] with extra `splitter run` arguments.
@@ -95,17 +123,18 @@ impl AgentProcess {
     /// Waits until the agent answers `status` on its control socket, which it
     /// serves once the data path is programmed and attached.
     fn wait_ready(&mut self, limit: Duration) -> Result<(), AgentProcessError> {
-        let start = Instant::now();
-        while self.info().is_none_or(|a| Some(a.pid) != self.pid()) {
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                return Err(AgentProcessError::Exited { status, log: self.log() });
-            }
-            if start.elapsed() > limit {
-                return Err(AgentProcessError::NotReady { limit, log: self.log() });
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        let pid = self.pid();
+        let seen = wait_until(
+            "the agent to answer `status` on its control socket",
+            limit,
+            || (self.serving_pid(), self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())),
+            |(serving, exited)| (serving.is_some() && *serving == pid) || exited.is_some(),
+        );
+        match seen {
+            Ok((serving, _)) if serving.is_some() && serving == pid => Ok(()),
+            Ok((_, Some(status))) => Err(AgentProcessError::Exited { status, log: self.log() }),
+            Ok((_, None)) | Err(_) => Err(AgentProcessError::NotReady { limit, log: self.log() }),
         }
-        Ok(())
     }
 
     /// Stops the agent (SIGTERM) and starts it again on the same config,
@@ -134,10 +163,17 @@ impl AgentProcess {
         Ok(child.wait()?)
     }
 
-    /// What the agent says about itself on its control socket (`None` when
-    /// nothing answers).
-    pub fn info(&self) -> Option<crate::control::AgentInfo> {
-        crate::control::request(&self.control_socket, &crate::control::Request::Status).ok()?.agent
+    /// The process id the agent on the control socket gives in its answer
+    /// to `status` (`None` when nothing answers, or not with a pid): one
+    /// JSON line each way, `{"op":"status"}` and `{..., "agent": {"pid": N, ...}}`.
+    pub fn serving_pid(&self) -> Option<u32> {
+        let mut stream = UnixStream::connect(&self.control_socket).ok()?;
+        stream.set_read_timeout(Some(STATUS_TIMEOUT)).ok()?;
+        stream.write_all(b"{\"op\":\"status\"}\n").ok()?;
+        let mut answer = String::new();
+        BufReader::new(&stream).read_line(&mut answer).ok()?;
+        let answer: serde_json::Value = serde_json::from_str(&answer).ok()?;
+        answer["agent"]["pid"].as_u64().and_then(|pid| u32::try_from(pid).ok())
     }
 
     /// `splitter down --config FILE` in the agent's namespace: through the
@@ -158,17 +194,9 @@ impl AgentProcess {
                 String::from_utf8_lossy(&out.stderr)
             ))));
         }
-        if let Some(mut child) = self.child.take() {
+        if let Some(child) = self.child.take() {
             // The agent exits once the data path is gone.
-            let start = Instant::now();
-            while child.try_wait()?.is_none() {
-                if start.elapsed() > Duration::from_secs(10) {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return Err(AgentProcessError::Hung(Duration::from_secs(10)));
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
+            wait_exit(child, Duration::from_secs(10))?;
         }
         Ok(())
     }
@@ -197,23 +225,11 @@ impl AgentProcess {
 
     /// SIGTERM, then wait up to 10 s; returns the exit status.
     pub fn stop(&mut self) -> Result<ExitStatus, AgentProcessError> {
-        let Some(mut child) = self.child.take() else {
+        let Some(child) = self.child.take() else {
             return Err(AgentProcessError::Io(std::io::Error::other("agent already stopped")));
         };
-        let limit = Duration::from_secs(10);
         let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
-        let start = Instant::now();
-        loop {
-            if let Some(status) = child.try_wait()? {
-                return Ok(status);
-            }
-            if start.elapsed() > limit {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(AgentProcessError::Hung(limit));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_exit(child, Duration::from_secs(10))
     }
 }
 
@@ -227,6 +243,22 @@ impl Drop for AgentProcess {
             let _ = fs::remove_dir_all(&self.pin_path);
         }
         let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Waits up to `limit` for `child` to exit; one that does not is killed
+/// (and reaped) and reported as hung.
+fn wait_exit(mut child: Child, limit: Duration) -> Result<ExitStatus, AgentProcessError> {
+    let exited =
+        wait_until_every("the agent to exit", limit, EXIT_POLL, || child.try_wait(), |r| !matches!(r, Ok(None)));
+    match exited {
+        Ok(Ok(Some(status))) => Ok(status),
+        Ok(Err(e)) => Err(e.into()),
+        Ok(Ok(None)) | Err(_) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            Err(AgentProcessError::Hung(limit))
+        }
     }
 }
 

@@ -1,0 +1,56 @@
+//! Plain TCP and UDP backends for the demo, the tests and the benches: each
+//! answers with its name (the version it stands for), so a client sees which
+//! version a connection or a datagram reached; and [`ask_version`], the
+//! client's side.
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    net::{Ipv6Addr, TcpListener, TcpStream, UdpSocket},
+};
+
+use crate::netns::NetNs;
+
+/// A TCP backend on `[::]:port` (both families): answers every line a client
+/// sends with `name` and a newline, for as long as the client keeps the
+/// connection open. Runs until the process exits.
+pub fn serve_tcp(ns: &NetNs, port: u16, name: &'static str) -> std::io::Result<()> {
+    let listener = ns.run(|| TcpListener::bind((Ipv6Addr::UNSPECIFIED, port)))?;
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(&conn);
+                let mut line = String::new();
+                while matches!(reader.read_line(&mut line), Ok(n) if n > 0) {
+                    if (&conn).write_all(format!("{name}\n").as_bytes()).is_err() {
+                        break;
+                    }
+                    line.clear();
+                }
+            });
+        }
+    });
+    Ok(())
+}
+
+/// Asks a [`serve_tcp`] backend (through `conn`) which version it is.
+pub fn ask_version(conn: &TcpStream) -> std::io::Result<String> {
+    (&*conn).write_all(b"version?\n")?;
+    let mut line = String::new();
+    BufReader::new(conn).read_line(&mut line)?;
+    if line.is_empty() {
+        return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "backend closed the connection"));
+    }
+    Ok(line.trim().to_owned())
+}
+
+/// A UDP backend on `[::]:port` (both families): answers each datagram with `name`.
+pub fn serve_udp(ns: &NetNs, port: u16, name: &'static str) -> std::io::Result<()> {
+    let sock = ns.run(|| UdpSocket::bind((Ipv6Addr::UNSPECIFIED, port)))?;
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 1500];
+        while let Ok((_, from)) = sock.recv_from(&mut buf) {
+            let _ = sock.send_to(name.as_bytes(), from);
+        }
+    });
+    Ok(())
+}
