@@ -11,35 +11,31 @@ use std::{
 };
 
 use http::StatusCode;
-use splitter_tests::{
-    agent::Agent,
+use splitter_testkit::{
+    config::Service,
     http::{get, serve_http, Client},
-    netns::unique_name,
+    topology::{vip, Topology, BLUE, GREEN},
+    wait::eventually,
 };
-use splitter_user::demo::Topology;
+use splitter_tests::{agent::Agent, netns::topology};
 
 const VIP: &str = "203.0.113.10:8080";
 
-const CONFIG: &str = r#"
-interfaces:
-  clients: [lb-client]
-  backends: [lb-blue, lb-green]
-metrics: { listen: "127.0.0.1:9190" }
-l7: { header_read_timeout: 1s, max_connections_per_client: 100 }
-services:
-  api:
-    listen: 203.0.113.10:8080
-    protocol: tcp
-    mode: l7
-    versions: { v1: [198.51.100.10:8081] }
-    weights: { v1: 1 }
-"#;
+/// `api` on the VIP's :8080, v1 on blue's :8081 (and v2 on green's, when asked).
+fn api(with_v2: bool) -> Service {
+    let api = Service::l7(vip(8080)).version("v1", [SocketAddr::from((BLUE, 8081))]);
+    let api = if with_v2 { api.version("v2", [SocketAddr::from((GREEN, 8081))]) } else { api };
+    api.weights(&[("v1", 1)])
+}
 
 fn setup() -> (Topology, Agent) {
-    splitter_tests::require_root("the hostile l7 test");
-    let topo = Topology::build(&unique_name("spt")).expect("build topology");
+    let topo = topology();
     serve_http(&topo.blue, 8081, "v1").expect("v1 backend");
-    let agent = Agent::start(&topo.lb, CONFIG);
+    let config = Topology::config()
+        .setting("metrics: { listen: \"127.0.0.1:9190\" }")
+        .setting("l7: { header_read_timeout: 1s, max_connections_per_client: 100 }")
+        .service("api", api(false));
+    let agent = Agent::start(&topo.lb, &config.to_string());
     (topo, agent)
 }
 
@@ -61,18 +57,6 @@ fn scrape(topo: &Topology) -> String {
             Ok::<_, std::io::Error>(out)
         })
         .expect("scraping the agent")
-}
-
-/// Polls `f` every 50 ms for up to `limit`; the last value when it never held.
-fn within<T: std::fmt::Debug>(limit: Duration, mut f: impl FnMut() -> T, ok: impl Fn(&T) -> bool) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        let v = f();
-        if ok(&v) || Instant::now() > deadline {
-            return v;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// Whether `stream` was closed by the other side (EOF or reset) within `limit`.
@@ -104,10 +88,12 @@ fn idle_and_slow_clients_are_closed_and_cannot_take_the_agent_down() {
     });
     // The agent's control socket answers meanwhile (the l7 side does not
     // hold it up), and the per-client limit closed 200 of them at once.
-    let counts = within(Duration::from_secs(5), || closed(&agent), |c| c.refused_client >= 200);
+    let counts =
+        eventually("200 refused at accept", Duration::from_secs(5), || closed(&agent), |c| c.refused_client >= 200);
     assert_eq!(counts.refused_client, 200, "{counts:?}");
     // The 100 admitted ones are closed after the header read timeout (1 s).
-    let counts = within(Duration::from_secs(10), || closed(&agent), |c| c.head_timeouts >= 100);
+    let counts =
+        eventually("100 head timeouts", Duration::from_secs(10), || closed(&agent), |c| c.head_timeouts >= 100);
     assert_eq!(counts.head_timeouts, 100, "{counts:?}");
     for (i, c) in idle.iter_mut().enumerate() {
         assert!(closed_by_peer(c, Duration::from_secs(2)), "idle connection {i} is still open");
@@ -148,22 +134,6 @@ fn idle_and_slow_clients_are_closed_and_cannot_take_the_agent_down() {
     }
 }
 
-const ROLLOUT_CONFIG: &str = r#"
-interfaces:
-  clients: [lb-client]
-  backends: [lb-blue, lb-green]
-services:
-  api:
-    listen: 203.0.113.10:8080
-    protocol: tcp
-    mode: l7
-    versions: { v1: [198.51.100.10:8081], v2: [198.51.100.20:8081] }
-    weights: { v1: 1 }
-    routes:
-      - match: { headers: { x-canary: "true" } }
-        version: v2
-"#;
-
 /// The status codes of the answers in a raw HTTP/1.1 exchange, in order.
 fn statuses(answer: &str) -> Vec<&str> {
     answer.match_indices("HTTP/1.1 ").filter_map(|(at, _)| answer.get(at + 9..at + 12)).collect()
@@ -185,11 +155,11 @@ fn raw(topo: &Topology, request: &[u8]) -> String {
 
 #[test]
 fn a_client_sending_malformed_bodies_cannot_roll_a_canary_back() {
-    splitter_tests::require_root("the hostile l7 test");
-    let topo = Topology::build(&unique_name("spt")).expect("build topology");
+    let topo = topology();
     serve_http(&topo.blue, 8081, "v1").expect("v1 backend");
     serve_http(&topo.green, 8081, "v2").expect("v2 backend");
-    let agent = Agent::start(&topo.lb, ROLLOUT_CONFIG);
+    let config = Topology::config().service("api", api(true).route("{ headers: { x-canary: \"true\" } }", "v2"));
+    let agent = Agent::start(&topo.lb, &config.to_string());
     let (ok, out, err) = agent.control(&[
         "rollout",
         "api",

@@ -5,24 +5,26 @@
 
 use std::{
     net::{SocketAddr, TcpListener},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use splitter_tests::{agent::Agent, netns::unique_name};
-use splitter_user::demo::Topology;
+use splitter_testkit::{
+    config::Service,
+    topology::{vip, Topology, BLUE},
+};
+use splitter_tests::{agent::Agent, netns::topology};
 
-const HEAD: &str = r#"
-interfaces:
-  clients: [lb-client]
-  backends: [lb-blue, lb-green]
-services:
-  shop:
-    listen: 203.0.113.10:80
-    protocol: tcp
-    versions: { blue: [198.51.100.10:8080], green: [198.51.100.20:8080] }
-"#;
-
-const WEIGHTS: &str = "    weights: { blue: 80, green: 20 }\n";
+/// The config: shop (l4, blue/green on :8080) with `weights`, `extra` YAML
+/// of shop's (e.g. a mirror), and `api` (l7 on `api`) when given.
+fn config(weights: &[(&str, u32)], extra: &str, api: Option<&str>) -> String {
+    let shop = Service::tcp(vip(80)).blue_green(8080).weights(weights);
+    let shop = if extra.is_empty() { shop } else { shop.with(extra) };
+    let mut c = Topology::config().service("shop", shop);
+    if let Some(listen) = api {
+        c = c.service("api", Service::l7(listen).version("v1", [SocketAddr::from((BLUE, 8081))]).weights(&[("v1", 1)]));
+    }
+    c.to_string()
+}
 
 /// The live basis points of `shop`'s versions.
 fn live(agent: &Agent) -> Vec<Option<u32>> {
@@ -35,40 +37,40 @@ fn on_lo(topo: &Topology) -> String {
     topo.lb.ip(&["-br", "addr", "show", "dev", "lo"]).unwrap()
 }
 
-/// Writes `body` as the agent's services, sends SIGHUP and waits (bounded)
-/// until the agent logged the outcome of this reload; returns the log line.
+/// Writes `body` as the agent's config (keeping the paths the harness put
+/// before it), sends SIGHUP and waits (bounded) until the agent logged the
+/// outcome of this reload; returns the log line.
 fn reload(agent: &Agent, body: &str, nth: usize) -> String {
     let text = std::fs::read_to_string(&agent.config_path).unwrap();
-    let start = text.find("\ninterfaces:").expect("the agent's config has its interfaces");
-    std::fs::write(&agent.config_path, format!("{}{body}", &text[..start])).unwrap();
+    let start = text.find("interfaces:").expect("the agent's config has its interfaces");
+    std::fs::write(&agent.config_path, format!("{}{}", &text[..start], body.trim_start())).unwrap();
     agent.reload().expect("SIGHUP");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let log = agent.log();
-        let outcomes: Vec<&str> =
-            log.lines().filter(|l| l.contains(": reloaded") || l.contains("reload refused")).collect();
-        if outcomes.len() > nth {
-            return outcomes[nth].to_owned();
-        }
-        assert!(Instant::now() < deadline, "no outcome of reload {nth}:\n{log}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let outcomes = |log: &String| {
+        log.lines()
+            .filter(|l| l.contains(": reloaded") || l.contains("reload refused"))
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    let log = agent.eventually(
+        &format!("the outcome of reload {nth}"),
+        Duration::from_secs(10),
+        || agent.log(),
+        |log| outcomes(log).len() > nth,
+    );
+    outcomes(&log)[nth].clone()
 }
 
 #[test]
 fn a_reload_that_fails_part_way_changes_nothing() {
-    splitter_tests::require_root("the reload test");
-    let topo = Topology::build(&unique_name("spt")).expect("build topology");
-    let agent = Agent::start(&topo.lb, &format!("{HEAD}{WEIGHTS}"));
+    let topo = topology();
+    let agent = Agent::start(&topo.lb, &config(&[("blue", 80), ("green", 20)], "", None));
     assert_eq!(live(&agent), [Some(8000), Some(2000)]);
     let lo_before = on_lo(&topo);
 
     // New weights for shop, plus an l7 service on a new address whose port
     // another process holds: the listener cannot be bound.
     let _holder = topo.lb.run(|| TcpListener::bind("0.0.0.0:9999").expect("hold the port"));
-    let busy = format!(
-        "{HEAD}    weights: {{ blue: 10, green: 90 }}\n  api:\n    listen: 203.0.113.12:9999\n    protocol: tcp\n    mode: l7\n    versions: {{ v1: [198.51.100.10:8081] }}\n    weights: {{ v1: 1 }}\n"
-    );
+    let busy = config(&[("blue", 10), ("green", 90)], "", Some("203.0.113.12:9999"));
     let outcome = reload(&agent, &busy, 0);
     assert!(outcome.contains("reload refused") && outcome.contains("9999"), "{outcome}");
     assert_eq!(live(&agent), [Some(8000), Some(2000)], "shop's table is the old one");
@@ -77,9 +79,8 @@ fn a_reload_that_fails_part_way_changes_nothing() {
     // New weights, an l7 service on a free port of a new address, and a
     // mirror interface that does not exist: fails at the mirror guard, after
     // the l7 address was made local, which is taken back.
-    let no_mirror = format!(
-        "{HEAD}    weights: {{ blue: 10, green: 90 }}\n    mirror: {{ interface: nosuch0, percent: 5 }}\n  api:\n    listen: 203.0.113.12:8080\n    protocol: tcp\n    mode: l7\n    versions: {{ v1: [198.51.100.10:8081] }}\n    weights: {{ v1: 1 }}\n"
-    );
+    let no_mirror =
+        config(&[("blue", 10), ("green", 90)], "mirror: { interface: nosuch0, percent: 5 }", Some("203.0.113.12:8080"));
     let outcome = reload(&agent, &no_mirror, 1);
     assert!(outcome.contains("reload refused") && outcome.contains("nosuch0"), "{outcome}");
     assert_eq!(live(&agent), [Some(8000), Some(2000)], "shop's table is the old one");
@@ -91,9 +92,7 @@ fn a_reload_that_fails_part_way_changes_nothing() {
     );
 
     // The same changes without the failing part apply whole.
-    let good = format!(
-        "{HEAD}    weights: {{ blue: 10, green: 90 }}\n  api:\n    listen: 203.0.113.12:8080\n    protocol: tcp\n    mode: l7\n    versions: {{ v1: [198.51.100.10:8081] }}\n    weights: {{ v1: 1 }}\n"
-    );
+    let good = config(&[("blue", 10), ("green", 90)], "", Some("203.0.113.12:8080"));
     let outcome = reload(&agent, &good, 2);
     assert!(outcome.contains(": reloaded"), "{outcome}");
     assert_eq!(live(&agent), [Some(1000), Some(9000)]);
