@@ -58,6 +58,8 @@ pub struct AgentProcess {
     dir: PathBuf,
     /// The agent's network namespace (`down` without the agent works there).
     netns: PathBuf,
+    /// The open-file limit the agent runs under (soft and hard), when set.
+    open_files: Option<u64>,
 }
 
 impl AgentProcess {
@@ -83,6 +85,22 @@ impl AgentProcess {
         Self::start_with(exe, ns, &dir, &PathBuf::from("/sys/fs/bpf").join(&name), body, args)
     }
 
+    /// [`AgentProcess::start_unique`] under an open-file limit of
+    /// `open_files` (soft and hard, as `prlimit --nofile` sets it): the
+    /// agent cannot raise it.
+    pub fn start_unique_limited(
+        exe: &Path,
+        ns: &NetNs,
+        prefix: &str,
+        body: &str,
+        open_files: u64,
+    ) -> Result<Self, AgentProcessError> {
+        let name = unique_name(prefix);
+        let dir = std::env::temp_dir().join(format!("splitter-{name}"));
+        let pin_path = PathBuf::from("/sys/fs/bpf").join(&name);
+        Self::start_inner(exe, ns, &dir, &pin_path, body, &[], Some(open_files))
+    }
+
     /// [`AgentProcess::start`] with extra `splitter run` arguments.
     pub fn start_with(
         exe: &Path,
@@ -91,6 +109,18 @@ impl AgentProcess {
         pin_path: &Path,
         body: &str,
         args: &[&str],
+    ) -> Result<Self, AgentProcessError> {
+        Self::start_inner(exe, ns, dir, pin_path, body, args, None)
+    }
+
+    fn start_inner(
+        exe: &Path,
+        ns: &NetNs,
+        dir: &Path,
+        pin_path: &Path,
+        body: &str,
+        args: &[&str],
+        open_files: Option<u64>,
     ) -> Result<Self, AgentProcessError> {
         let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
         fs::create_dir_all(dir)?;
@@ -104,7 +134,7 @@ impl AgentProcess {
         fs::write(&config_path, config)?;
         let log_path = dir.join("agent.log");
         let log = fs::File::create(&log_path)?;
-        let child = spawn(exe, ns, &config_path, &args, log)?;
+        let child = spawn(exe, ns, &config_path, &args, open_files, log)?;
         let mut agent = AgentProcess {
             child: Some(child),
             exe: exe.to_owned(),
@@ -115,6 +145,7 @@ impl AgentProcess {
             log_path,
             dir: dir.to_owned(),
             netns: ns.path(),
+            open_files,
         };
         agent.wait_ready(Duration::from_secs(20))?;
         Ok(agent)
@@ -151,7 +182,7 @@ impl AgentProcess {
             return Err(AgentProcessError::Io(std::io::Error::other("the agent is still running")));
         }
         let log = fs::OpenOptions::new().append(true).open(&self.log_path)?;
-        self.child = Some(spawn(&self.exe, ns, &self.config_path, &self.args, log)?);
+        self.child = Some(spawn(&self.exe, ns, &self.config_path, &self.args, self.open_files, log)?);
         self.wait_ready(Duration::from_secs(20))
     }
 
@@ -267,10 +298,18 @@ fn spawn(
     ns: &NetNs,
     config_path: &Path,
     args: &[String],
+    open_files: Option<u64>,
     log: fs::File,
 ) -> Result<Child, AgentProcessError> {
-    Ok(ns
-        .command(exe)
+    let mut cmd = match open_files {
+        Some(n) => {
+            let mut c = ns.command("prlimit");
+            c.arg(format!("--nofile={n}:{n}")).arg("--").arg(exe);
+            c
+        }
+        None => ns.command(exe),
+    };
+    Ok(cmd
         .args(["run", "--stats-every", "0", "--config"])
         .arg(config_path)
         .args(args)

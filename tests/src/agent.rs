@@ -63,6 +63,17 @@ impl Agent {
         Agent(AgentProcess::start_unique(&splitter_bin(), ns, "spt", body, &[]).unwrap_or_else(|e| panic!("{e}")))
     }
 
+    /// [`Agent::start`] under an open-file limit of `open_files` (soft and
+    /// hard: the agent cannot raise it), as systemd's default soft limit
+    /// would leave an agent that did not raise its own.
+    pub fn start_limited(ns: &NetNs, body: &str, open_files: u64) -> Agent {
+        crate::require_root("running the agent");
+        Agent(
+            AgentProcess::start_unique_limited(&splitter_bin(), ns, "spt", body, open_files)
+                .unwrap_or_else(|e| panic!("{e}")),
+        )
+    }
+
     /// What the agent says about itself on its control socket (`None` when
     /// nothing answers).
     pub fn info(&self) -> Option<AgentInfo> {

@@ -233,3 +233,42 @@ POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx",
     }
     assert_eq!(agent.info().expect("status").l7["api"].client_errors, 3);
 }
+
+#[test]
+fn under_a_1024_open_file_limit_many_idle_connections_leave_status_and_metrics_answering() {
+    let topo = topology();
+    serve_http(&topo.blue, 8081, "v1").expect("v1 backend");
+    // Per-client limits high enough that only the descriptor budget holds:
+    // (1024 - 512 kept for the agent) / 2 = 256 client connections.
+    let config = Topology::config()
+        .setting("metrics: { listen: \"127.0.0.1:9190\" }")
+        .setting("l7: { header_read_timeout: 3s, max_connections_per_client: 5000 }")
+        .service("api", api(false));
+    let agent = Agent::start_limited(&topo.lb, &config.to_string(), 1024);
+    // This test holds 1,100 sockets itself.
+    let (_, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).expect("getrlimit");
+    nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, hard, hard).expect("setrlimit");
+    let vip: SocketAddr = VIP.parse().unwrap();
+    let idle: Vec<TcpStream> = topo.client.run(|| {
+        (0..1100)
+            .map(|i| TcpStream::connect_timeout(&vip, Duration::from_secs(3)).unwrap_or_else(|e| panic!("{i}: {e}")))
+            .collect()
+    });
+    // status and /metrics answer while they are held.
+    let counts =
+        eventually("844 refused at the budget", Duration::from_secs(5), || closed(&agent), |c| c.refused_budget >= 844);
+    assert_eq!(counts.refused_budget, 1100 - 256, "{counts:?}");
+    let metrics = scrape(&topo);
+    assert!(
+        metrics.contains("splitter_l7_connections_closed_total{service=\"api\",reason=\"budget\"} 844"),
+        "{metrics}"
+    );
+    // Once the held ones are cut off, clients are served again.
+    eventually("256 head timeouts", Duration::from_secs(10), || closed(&agent), |c| c.head_timeouts >= 256);
+    drop(idle);
+    let client = Client::new(&topo.client);
+    for a in client.send_all(&topo.client, (0..20).map(|_| get(vip, "/", &[])).collect(), 4, false) {
+        assert_eq!(a.expect("answered").status, StatusCode::OK);
+    }
+    assert!(agent.log().contains("l7 connection budget"), "the agent says what it gave the l7 side");
+}
