@@ -111,6 +111,7 @@ fn checks() -> Vec<Check> {
         Check::runs("ip", &["-V"], "Debian package iproute2"),
         Check::runs("ethtool", &["--version"], "Debian package ethtool"),
         Check::runs("nsenter", &["--version"], "Debian package util-linux"),
+        Check::runs("prlimit", &["--version"], "Debian package util-linux"),
         Check::runs("sysctl", &["--version"], "Debian package procps"),
         Check::runs("etcd", &["--version"], "Debian package etcd-server"),
         Check::runs("etcdctl", &["version"], "Debian package etcd-client"),
