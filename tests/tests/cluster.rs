@@ -12,6 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use splitter_common::stats::Stat;
 use splitter_testkit::{
     config::{Config, Service},
     netns::{unique_name, veth, NetNs},
@@ -148,15 +149,8 @@ impl Cluster {
     }
 
     /// Each node's live basis points for shop (blue, green), from its kernel.
-    fn live_bps(&self) -> Vec<Vec<u64>> {
-        self.agents
-            .iter()
-            .map(|a| {
-                let s = a.status();
-                let shop = s["services"].as_array().unwrap().iter().find(|s| s["name"] == "shop").unwrap().clone();
-                shop["versions"].as_array().unwrap().iter().map(|v| v["live_bps"].as_u64().unwrap()).collect()
-            })
-            .collect()
+    fn live_bps(&self) -> Vec<Vec<u32>> {
+        self.agents.iter().map(|a| a.live_bps("shop")).collect()
     }
 
     /// Routes the client's VIP traffic and the backends' replies through node `n`.
@@ -209,9 +203,9 @@ fn changes_reach_every_node_and_a_moved_flow_keeps_its_backend() {
     assert_eq!(c.live_bps(), vec![vec![0, 10_000]; NODES], "the flip is served everywhere");
     eprintln!("convergence: weight {t_weight:?}, flip {t_flip:?} (to {NODES} nodes, measured by polling)");
     // Every node's status names the revision and who changed it.
-    let info = &c.agents[0].status()["agent"]["cluster"];
-    assert_eq!(info["node"], "lb1", "{info}");
-    assert!(info["change"].as_str().unwrap().contains("shop"), "{info}");
+    let info = c.agents[0].status().agent.and_then(|a| a.cluster).expect("node 1's place in the store");
+    assert_eq!(info.node, "lb1", "{info:?}");
+    assert!(info.change.contains("shop"), "{info:?}");
 
     // Back to 50/50, then connections through node 1; the route moves to
     // node 2 mid-stream (both ways, as an ECMP change does) and every
@@ -222,13 +216,13 @@ fn changes_reach_every_node_and_a_moved_flow_keeps_its_backend() {
     let conns = c.connect(24);
     let first: Vec<String> = conns.iter().map(|s| ask_version(s).expect("answer via node 1")).collect();
     assert!(first.iter().any(|v| v == "blue") && first.iter().any(|v| v == "green"), "both versions: {first:?}");
-    let before = c.agents[1].counter("adopted");
+    let before = c.agents[1].counter(Stat::Adopted);
     c.route_via(2);
     for (i, s) in conns.iter().enumerate() {
         let again = ask_version(s).unwrap_or_else(|e| panic!("connection {i} after the move to node 2: {e}"));
         assert_eq!(again, first[i], "connection {i} changed backend when its route moved");
     }
-    let adopted = c.agents[1].counter("adopted") - before;
+    let adopted = c.agents[1].counter(Stat::Adopted) - before;
     assert!(adopted >= 24, "node 2 placed the 24 moved flows mid-stream (adopted {adopted})");
     drop(conns);
     c.route_via(1);
@@ -256,19 +250,20 @@ fn etcd_away_changes_nothing_that_runs_and_its_return_resyncs() {
     // An agent restarted while etcd is away serves its last applied state.
     c.agents[2].restart(&c.nodes[2]).unwrap();
     assert_eq!(c.live_bps()[2], vec![9000, 1000], "the restarted node serves what it had");
-    let reachable = |a: &Agent| a.status()["agent"]["cluster"]["reachable"].clone();
+    // `None`: no agent answered, or it has no place in a store.
+    let reachable = |a: &Agent| a.status().agent.and_then(|a| a.cluster).map(|c| c.reachable);
     c.agents[0].eventually(
         "node 1 to notice the store is gone",
         Duration::from_secs(15),
         || reachable(&c.agents[0]),
-        |r| *r == false,
+        |r| *r == Some(false),
     );
 
     c.etcd.start_again();
     // The nodes reconnect (backoff ≤ 5 s) and a new change applies everywhere.
     let all_reachable = || c.agents.iter().map(reachable).collect::<Vec<_>>();
     eventually("every node to reconnect to etcd", Duration::from_secs(30), all_reachable, |r| {
-        r.iter().all(|r| *r == true)
+        r.iter().all(|r| *r == Some(true))
     });
     let (ok, _, err) = c.agents[0].control(&["flip", "shop", "--to", "green"]);
     assert!(ok, "a change after etcd returned: {err}");
@@ -321,8 +316,9 @@ fn the_leader_drives_a_rollout_started_at_etcd_to_every_node() {
     .unwrap_or_else(|e| panic!("{e}"));
     c.converge(Duration::from_secs(10));
     assert_eq!(c.live_bps(), vec![vec![0, 10_000]; NODES], "every node serves the promoted canary");
-    let r = &c.agents[n % NODES].status()["agent"]["rollouts"]["shop"];
-    assert_eq!(r["driver"], leader.as_str(), "the leader drove it: {r}");
+    let info = c.agents[n % NODES].status().agent.expect("an agent answers");
+    let r = info.rollouts.get("shop").unwrap_or_else(|| panic!("no rollout of shop in {:?}", info.rollouts));
+    assert_eq!(r.driver.as_deref(), Some(leader.as_str()), "the leader drove it: {r:?}");
 }
 
 #[test]
