@@ -24,6 +24,7 @@ use splitter_tests::{
     etcd::Etcd,
     netns::netns,
 };
+use splitter_user::status::ClusterReport;
 
 const TIMEOUT: Duration = Duration::from_secs(3);
 const VIP: &str = "203.0.113.10:80";
@@ -124,18 +125,17 @@ impl Cluster {
         (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
     }
 
-    fn cluster_status(&self) -> serde_json::Value {
+    fn cluster_status(&self) -> ClusterReport {
         let (ok, out, err) = self.cli(&["status", "--cluster", "--json"]);
         assert!(ok, "status --cluster: {err}");
-        serde_json::from_str(&out).expect("JSON")
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("status --cluster --json is a ClusterReport ({e}): {out}"))
     }
 
     /// Waits until every node reports the store's desired revision; returns
     /// how long that took.
     fn converge(&self, limit: Duration) -> Duration {
         let start = Instant::now();
-        let converged =
-            |s: &serde_json::Value| s["nodes"].as_array().is_some_and(|n| n.len() == NODES) && s["converged"] == true;
+        let converged = |s: &ClusterReport| s.nodes.len() == NODES && s.converged;
         // Every 20 ms: the time it took is reported.
         wait_until_every(
             "every node to apply the desired revision",
@@ -189,7 +189,7 @@ fn changes_reach_every_node_and_a_moved_flow_keeps_its_backend() {
     c.converge(Duration::from_secs(10));
     assert_eq!(c.live_bps(), vec![vec![5000, 5000]; NODES], "every node serves the seeded weights");
     let s = c.cluster_status();
-    assert_eq!(s["nodes"].as_array().unwrap().iter().filter(|n| n["leader"] == true).count(), 1, "one leader: {s}");
+    assert_eq!(s.nodes.iter().filter(|n| n.leader).count(), 1, "one leader: {s:?}");
 
     // A weight change at etcd directly, then a flip through one agent.
     let (ok, out, err) = c.cli(&["weight", "shop", "green=25", "blue=75"]);
@@ -278,10 +278,7 @@ fn the_leader_drives_a_rollout_started_at_etcd_to_every_node() {
     let c = Cluster::build();
     c.converge(Duration::from_secs(10));
     let s = c.cluster_status();
-    let leader = s["nodes"].as_array().unwrap().iter().find(|n| n["leader"] == true).expect("a leader")["node"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let leader = s.nodes.iter().find(|n| n.leader).expect("a leader").node.clone();
     let n: usize = leader.trim_start_matches("lb").parse().unwrap();
     // The leader judges on its own traffic: send the client's through it.
     c.route_via(n);
@@ -338,6 +335,6 @@ fn saving_the_file_on_one_node_publishes_its_services_to_every_node() {
     );
     c.converge(Duration::from_secs(10));
     let s = c.cluster_status();
-    assert!(s["change"].as_str().unwrap().contains("services published from"), "{s}");
-    assert_eq!(s["changed_by"], "lb2", "{s}");
+    assert!(s.change.as_deref().unwrap().contains("services published from"), "{s:?}");
+    assert_eq!(s.changed_by.as_deref(), Some("lb2"), "{s:?}");
 }
