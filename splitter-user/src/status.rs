@@ -9,6 +9,7 @@ use crate::{
     control::AgentInfo,
     dataplane::{DataplaneError, PinnedMaps},
 };
+use splitter_common::stats::Stat;
 use splitter_model::{
     config::{Mode, Protocol, Service},
     plan::{basis_points, service_key},
@@ -51,6 +52,18 @@ pub struct ServiceStatus {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub flow_mirror: Option<FlowMirrorStatus>,
     pub versions: Vec<VersionStatus>,
+}
+
+impl ServiceStatus {
+    /// The version named `name`.
+    pub fn version(&self, name: &str) -> Option<&VersionStatus> {
+        self.versions.iter().find(|v| v.name == name)
+    }
+
+    /// Each version's live basis points, in the file's order.
+    pub fn live_bps(&self) -> Vec<Option<u32>> {
+        self.versions.iter().map(|v| v.live_bps).collect()
+    }
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -288,6 +301,17 @@ fn observed(v: &VersionStatus) -> String {
 }
 
 impl Report {
+    /// The service named `name`.
+    pub fn service(&self, name: &str) -> Option<&ServiceStatus> {
+        self.services.iter().find(|s| s.name == name)
+    }
+
+    /// A data-path counter; `None` when the report has no such counter (the
+    /// pinned maps are older than it).
+    pub fn counter(&self, stat: Stat) -> Option<u64> {
+        self.counters.get(stat.name()).copied()
+    }
+
     /// The observed-split column's title: the agent's window.
     fn observed_header(&self) -> String {
         match &self.agent {
@@ -404,8 +428,8 @@ impl Report {
         }
         writeln!(out, "active flows: {}", self.active_flows).unwrap();
         writeln!(out, "data path counters ({}):", self.pin_path.display()).unwrap();
-        for stat in splitter_common::stats::Stat::ALL {
-            let v = self.counters.get(stat.name()).copied().unwrap_or(0);
+        for stat in Stat::ALL {
+            let v = self.counter(stat).unwrap_or(0);
             writeln!(out, "  {:<20} {v:>14}", stat.name()).unwrap();
         }
         out

@@ -11,7 +11,7 @@
 
 use std::{fmt::Write as _, net::SocketAddr, time::Instant};
 
-use splitter_common::{service::mirror_sampled, FlowKey};
+use splitter_common::{service::mirror_sampled, stats::Stat, FlowKey};
 use splitter_testkit::{
     agent_process::AgentProcess,
     config::{Config, Service},
@@ -22,6 +22,7 @@ use splitter_tests::{
     agent::release_bin,
     load::{median, send_bulk, serve_sink},
 };
+use splitter_user::status::Report;
 
 const CONNS: usize = 40;
 const BYTES: usize = 8 << 20;
@@ -99,8 +100,8 @@ fn main() {
             .arg(&agent.config_path)
             .output()
             .expect("status");
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status JSON");
-        (v["counters"]["mirrored"].as_u64().unwrap_or(0), v["counters"]["service_packets"].as_u64().unwrap_or(0))
+        let r: Report = serde_json::from_slice(&out.stdout).expect("status --json prints a Report");
+        (r.counter(Stat::Mirrored).unwrap_or(0), r.counter(Stat::ServicePackets).unwrap_or(0))
     };
 
     let mut next_port = 20000u16;

@@ -11,8 +11,12 @@ use std::{
     time::Duration,
 };
 
+use splitter_common::stats::Stat;
 use splitter_testkit::{agent_process::AgentProcess, netns::NetNs, wait::wait_until};
-use splitter_user::control::{request, AgentInfo, Request};
+use splitter_user::{
+    control::{request, AgentInfo, Request},
+    status::Report,
+};
 
 /// Path of the `splitter` binary built next to the test executables
 /// (`target/<profile>/splitter`), or `$SPLITTER_BIN`.
@@ -109,7 +113,7 @@ impl Agent {
     }
 
     /// `splitter status --json --config FILE` for this agent, parsed.
-    pub fn status(&self) -> serde_json::Value {
+    pub fn status(&self) -> Report {
         let out =
             self.cli().args(["status", "--json", "--config"]).arg(&self.config_path).output().expect("run status");
         assert!(
@@ -118,13 +122,22 @@ impl Agent {
             String::from_utf8_lossy(&out.stderr),
             self.log()
         );
-        serde_json::from_slice(&out.stdout).expect("status --json prints JSON")
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("status --json prints a Report ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+    }
+
+    /// The live basis points of each version of `service` (in the file's
+    /// order) from `status --json`; panics unless the service is live.
+    pub fn live_bps(&self, service: &str) -> Vec<u32> {
+        let s = self.status();
+        let svc = s.service(service).unwrap_or_else(|| panic!("no service {service} in {s:?}"));
+        svc.live_bps().into_iter().map(|bps| bps.unwrap_or_else(|| panic!("{service} is not live: {svc:?}"))).collect()
     }
 
     /// One data-path counter from `status --json`.
-    pub fn counter(&self, name: &str) -> u64 {
+    pub fn counter(&self, stat: Stat) -> u64 {
         let s = self.status();
-        s["counters"][name].as_u64().unwrap_or_else(|| panic!("no counter {name} in {s}"))
+        s.counter(stat).unwrap_or_else(|| panic!("no counter {} in {:?}", stat.name(), s.counters))
     }
 
     /// Stops the agent with SIGTERM and returns whether it exited cleanly.

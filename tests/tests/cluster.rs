@@ -12,6 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use splitter_common::stats::Stat;
 use splitter_testkit::{
     config::{Config, Service},
     netns::{unique_name, veth, NetNs},
@@ -23,6 +24,7 @@ use splitter_tests::{
     etcd::Etcd,
     netns::netns,
 };
+use splitter_user::status::ClusterReport;
 
 const TIMEOUT: Duration = Duration::from_secs(3);
 const VIP: &str = "203.0.113.10:80";
@@ -123,18 +125,17 @@ impl Cluster {
         (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
     }
 
-    fn cluster_status(&self) -> serde_json::Value {
+    fn cluster_status(&self) -> ClusterReport {
         let (ok, out, err) = self.cli(&["status", "--cluster", "--json"]);
         assert!(ok, "status --cluster: {err}");
-        serde_json::from_str(&out).expect("JSON")
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("status --cluster --json is a ClusterReport ({e}): {out}"))
     }
 
     /// Waits until every node reports the store's desired revision; returns
     /// how long that took.
     fn converge(&self, limit: Duration) -> Duration {
         let start = Instant::now();
-        let converged =
-            |s: &serde_json::Value| s["nodes"].as_array().is_some_and(|n| n.len() == NODES) && s["converged"] == true;
+        let converged = |s: &ClusterReport| s.nodes.len() == NODES && s.converged;
         // Every 20 ms: the time it took is reported.
         wait_until_every(
             "every node to apply the desired revision",
@@ -148,15 +149,8 @@ impl Cluster {
     }
 
     /// Each node's live basis points for shop (blue, green), from its kernel.
-    fn live_bps(&self) -> Vec<Vec<u64>> {
-        self.agents
-            .iter()
-            .map(|a| {
-                let s = a.status();
-                let shop = s["services"].as_array().unwrap().iter().find(|s| s["name"] == "shop").unwrap().clone();
-                shop["versions"].as_array().unwrap().iter().map(|v| v["live_bps"].as_u64().unwrap()).collect()
-            })
-            .collect()
+    fn live_bps(&self) -> Vec<Vec<u32>> {
+        self.agents.iter().map(|a| a.live_bps("shop")).collect()
     }
 
     /// Routes the client's VIP traffic and the backends' replies through node `n`.
@@ -195,7 +189,7 @@ fn changes_reach_every_node_and_a_moved_flow_keeps_its_backend() {
     c.converge(Duration::from_secs(10));
     assert_eq!(c.live_bps(), vec![vec![5000, 5000]; NODES], "every node serves the seeded weights");
     let s = c.cluster_status();
-    assert_eq!(s["nodes"].as_array().unwrap().iter().filter(|n| n["leader"] == true).count(), 1, "one leader: {s}");
+    assert_eq!(s.nodes.iter().filter(|n| n.leader).count(), 1, "one leader: {s:?}");
 
     // A weight change at etcd directly, then a flip through one agent.
     let (ok, out, err) = c.cli(&["weight", "shop", "green=25", "blue=75"]);
@@ -209,9 +203,9 @@ fn changes_reach_every_node_and_a_moved_flow_keeps_its_backend() {
     assert_eq!(c.live_bps(), vec![vec![0, 10_000]; NODES], "the flip is served everywhere");
     eprintln!("convergence: weight {t_weight:?}, flip {t_flip:?} (to {NODES} nodes, measured by polling)");
     // Every node's status names the revision and who changed it.
-    let info = &c.agents[0].status()["agent"]["cluster"];
-    assert_eq!(info["node"], "lb1", "{info}");
-    assert!(info["change"].as_str().unwrap().contains("shop"), "{info}");
+    let info = c.agents[0].status().agent.and_then(|a| a.cluster).expect("node 1's place in the store");
+    assert_eq!(info.node, "lb1", "{info:?}");
+    assert!(info.change.contains("shop"), "{info:?}");
 
     // Back to 50/50, then connections through node 1; the route moves to
     // node 2 mid-stream (both ways, as an ECMP change does) and every
@@ -222,13 +216,13 @@ fn changes_reach_every_node_and_a_moved_flow_keeps_its_backend() {
     let conns = c.connect(24);
     let first: Vec<String> = conns.iter().map(|s| ask_version(s).expect("answer via node 1")).collect();
     assert!(first.iter().any(|v| v == "blue") && first.iter().any(|v| v == "green"), "both versions: {first:?}");
-    let before = c.agents[1].counter("adopted");
+    let before = c.agents[1].counter(Stat::Adopted);
     c.route_via(2);
     for (i, s) in conns.iter().enumerate() {
         let again = ask_version(s).unwrap_or_else(|e| panic!("connection {i} after the move to node 2: {e}"));
         assert_eq!(again, first[i], "connection {i} changed backend when its route moved");
     }
-    let adopted = c.agents[1].counter("adopted") - before;
+    let adopted = c.agents[1].counter(Stat::Adopted) - before;
     assert!(adopted >= 24, "node 2 placed the 24 moved flows mid-stream (adopted {adopted})");
     drop(conns);
     c.route_via(1);
@@ -256,19 +250,20 @@ fn etcd_away_changes_nothing_that_runs_and_its_return_resyncs() {
     // An agent restarted while etcd is away serves its last applied state.
     c.agents[2].restart(&c.nodes[2]).unwrap();
     assert_eq!(c.live_bps()[2], vec![9000, 1000], "the restarted node serves what it had");
-    let reachable = |a: &Agent| a.status()["agent"]["cluster"]["reachable"].clone();
+    // `None`: no agent answered, or it has no place in a store.
+    let reachable = |a: &Agent| a.status().agent.and_then(|a| a.cluster).map(|c| c.reachable);
     c.agents[0].eventually(
         "node 1 to notice the store is gone",
         Duration::from_secs(15),
         || reachable(&c.agents[0]),
-        |r| *r == false,
+        |r| *r == Some(false),
     );
 
     c.etcd.start_again();
     // The nodes reconnect (backoff ≤ 5 s) and a new change applies everywhere.
     let all_reachable = || c.agents.iter().map(reachable).collect::<Vec<_>>();
     eventually("every node to reconnect to etcd", Duration::from_secs(30), all_reachable, |r| {
-        r.iter().all(|r| *r == true)
+        r.iter().all(|r| *r == Some(true))
     });
     let (ok, _, err) = c.agents[0].control(&["flip", "shop", "--to", "green"]);
     assert!(ok, "a change after etcd returned: {err}");
@@ -283,10 +278,7 @@ fn the_leader_drives_a_rollout_started_at_etcd_to_every_node() {
     let c = Cluster::build();
     c.converge(Duration::from_secs(10));
     let s = c.cluster_status();
-    let leader = s["nodes"].as_array().unwrap().iter().find(|n| n["leader"] == true).expect("a leader")["node"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let leader = s.nodes.iter().find(|n| n.leader).expect("a leader").node.clone();
     let n: usize = leader.trim_start_matches("lb").parse().unwrap();
     // The leader judges on its own traffic: send the client's through it.
     c.route_via(n);
@@ -321,8 +313,9 @@ fn the_leader_drives_a_rollout_started_at_etcd_to_every_node() {
     .unwrap_or_else(|e| panic!("{e}"));
     c.converge(Duration::from_secs(10));
     assert_eq!(c.live_bps(), vec![vec![0, 10_000]; NODES], "every node serves the promoted canary");
-    let r = &c.agents[n % NODES].status()["agent"]["rollouts"]["shop"];
-    assert_eq!(r["driver"], leader.as_str(), "the leader drove it: {r}");
+    let info = c.agents[n % NODES].status().agent.expect("an agent answers");
+    let r = info.rollouts.get("shop").unwrap_or_else(|| panic!("no rollout of shop in {:?}", info.rollouts));
+    assert_eq!(r.driver.as_deref(), Some(leader.as_str()), "the leader drove it: {r:?}");
 }
 
 #[test]
@@ -342,6 +335,6 @@ fn saving_the_file_on_one_node_publishes_its_services_to_every_node() {
     );
     c.converge(Duration::from_secs(10));
     let s = c.cluster_status();
-    assert!(s["change"].as_str().unwrap().contains("services published from"), "{s}");
-    assert_eq!(s["changed_by"], "lb2", "{s}");
+    assert!(s.change.as_deref().unwrap().contains("services published from"), "{s:?}");
+    assert_eq!(s.changed_by.as_deref(), Some("lb2"), "{s:?}");
 }

@@ -11,7 +11,7 @@ use std::{
     time::Duration,
 };
 
-use splitter_common::{service::mirror_sampled, FlowKey};
+use splitter_common::{service::mirror_sampled, stats::Stat, FlowKey};
 use splitter_testkit::{
     capture::{tcp_flows, Capture, Recording, SeenFlow},
     config::{Config, Service},
@@ -114,14 +114,14 @@ fn a_fifth_of_the_flows_is_copied_whole_and_no_other_flow_at_all() {
     }
 
     let status = s.agent.status();
-    let shop = status["services"].as_array().unwrap().iter().find(|x| x["name"] == "shop").unwrap().clone();
-    let m = &shop["flow_mirror"];
-    assert_eq!((m["interface"].as_str(), m["percent"].as_f64()), (Some("lb-mirror"), Some(20.0)), "{shop}");
-    assert!(m["packets"].as_u64().unwrap() >= 4 * sampled.len() as u64, "copies counted per flow: {m}");
-    let c = &status["counters"];
-    assert!(c["mirrored"].as_u64().unwrap() >= 4 * sampled.len() as u64, "{c}");
-    for k in ["mirror_down", "mirror_no_device", "mirror_dropped", "mirror_failed"] {
-        assert_eq!(c[k], 0, "{k}: {c}");
+    let shop = status.service("shop").unwrap();
+    let m = shop.flow_mirror.as_ref().unwrap_or_else(|| panic!("shop's flow mirror in status: {shop:?}"));
+    assert_eq!((m.interface.as_deref(), m.percent), (Some("lb-mirror"), 20.0), "{shop:?}");
+    assert!(m.packets >= 4 * sampled.len() as u64, "copies counted per flow: {m:?}");
+    let c = &status.counters;
+    assert!(status.counter(Stat::Mirrored).unwrap() >= 4 * sampled.len() as u64, "{c:?}");
+    for k in [Stat::MirrorDown, Stat::MirrorNoDevice, Stat::MirrorDropped, Stat::MirrorFailed] {
+        assert_eq!(status.counter(k), Some(0), "{}: {c:?}", k.name());
     }
 }
 
@@ -157,12 +157,13 @@ fn the_mirror_link_going_down_or_away_costs_copies_and_no_primary_connection() {
     });
     assert!(failed.is_empty(), "{} primary connections failed: {:?}", failed.len(), &failed[..failed.len().min(5)]);
     assert_eq!(ok, 600);
-    let c = s.agent.status()["counters"].clone();
-    assert!(c["mirrored"].as_u64().unwrap() > 0, "copies before the link went down: {c}");
-    let n = |k: &str| c[k].as_u64().unwrap();
+    let status = s.agent.status();
+    let c = &status.counters;
+    let n = |stat: Stat| status.counter(stat).unwrap();
+    assert!(n(Stat::Mirrored) > 0, "copies before the link went down: {c:?}");
     // A down veth drops at its (deactivated) queue: NET_XMIT_DROP.
-    assert!(n("mirror_dropped") > 0, "copies while the link was down are counted as mirror_dropped: {c}");
-    assert!(n("mirror_no_device") > 0, "copies after it was removed are counted as mirror_no_device: {c}");
+    assert!(n(Stat::MirrorDropped) > 0, "copies while the link was down are counted as mirror_dropped: {c:?}");
+    assert!(n(Stat::MirrorNoDevice) > 0, "copies after it was removed are counted as mirror_no_device: {c:?}");
 }
 
 #[test]
@@ -203,7 +204,9 @@ fn mirroring_is_switched_at_run_time_and_bad_requests_change_nothing() {
     assert!(ok && out.contains("mirroring off"), "{out}{err}");
     let (_, seen) = copies(&s.topo, &s.tap, 50);
     assert!(seen.is_empty(), "mirroring off, yet copies: {seen:?}");
-    assert!(s.agent.status()["services"][1]["flow_mirror"]["interface"].is_null(), "status shows it off");
+    let status = s.agent.status();
+    let shop = status.service("shop").expect("shop in status");
+    assert!(shop.flow_mirror.as_ref().and_then(|m| m.interface.as_ref()).is_none(), "status shows it off: {shop:?}");
 }
 
 #[test]
@@ -223,7 +226,7 @@ fn answers_a_shadow_sends_from_a_service_address_are_dropped_at_the_mirror_inter
     let sock = s.topo.client.run(|| UdpSocket::bind("0.0.0.0:5555")).expect("client socket");
     sock.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
     let raw = s.tap.run(|| RawSocket::open("eth0")).expect("raw socket in tap");
-    let before = s.agent.counter("shadow_replies");
+    let before = s.agent.counter(Stat::ShadowReplies);
     // Not from a service: the LB's stack forwards it to the client. (Shows
     // the path would deliver, so the drop below is the guard's doing.)
     let mut buf = [0u8; 64];
@@ -240,5 +243,5 @@ fn answers_a_shadow_sends_from_a_service_address_are_dropped_at_the_mirror_inter
         raw.send(&udp_from(SocketAddrV4::new(VIP, 53))).unwrap();
     }
     assert!(sock.recv_from(&mut buf).is_err(), "an answer from the service address reached the client");
-    assert_eq!(s.agent.counter("shadow_replies") - before, 5, "each one counted");
+    assert_eq!(s.agent.counter(Stat::ShadowReplies) - before, 5, "each one counted");
 }

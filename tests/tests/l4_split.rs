@@ -9,6 +9,7 @@ use std::{
     time::Duration,
 };
 
+use splitter_common::stats::Stat;
 use splitter_testkit::{
     config::{Config, Service},
     serve::{ask_version, serve_tcp, serve_udp},
@@ -16,6 +17,7 @@ use splitter_testkit::{
     wait::eventually,
 };
 use splitter_tests::{agent::Agent, netns::topology};
+use splitter_user::status::{Report, ServiceStatus};
 
 const TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -66,7 +68,7 @@ fn share(seen: &BTreeMap<String, usize>, version: &str) -> f64 {
 #[test]
 fn tcp_connections_split_by_weight_over_ipv4_and_ipv6() {
     let (topo, agent) = setup();
-    let before = agent.status()["counters"].clone();
+    let before = agent.status();
 
     // 5,000 connections: the observed share's standard deviation is 0.57 pp,
     // so ± 2 pp is a 3.5-sigma bound.
@@ -82,25 +84,25 @@ fn tcp_connections_split_by_weight_over_ipv4_and_ipv6() {
     let green6 = share(&v6, "green");
     assert!((green6 - 0.5).abs() <= 0.08, "IPv6 green share {green6:.3} is not 50 % ± 8 pp: {v6:?}");
 
-    let after = agent.status()["counters"].clone();
-    let delta = |k: &str| after[k].as_u64().unwrap() - before[k].as_u64().unwrap();
-    assert_eq!(delta("new_flows"), N4 as u64 + 1000, "one flow entry per connection; counters {after}");
-    assert!(delta("replies") >= (N4 as u64 + 1000) * 2, "replies rewritten: {}", delta("replies"));
-    assert_eq!(delta("no_table"), 0);
+    let after = agent.status();
+    let delta = |stat: Stat| after.counter(stat).unwrap() - before.counter(stat).unwrap();
+    let counters = &after.counters;
+    assert_eq!(delta(Stat::NewFlows), N4 as u64 + 1000, "one flow entry per connection; counters {counters:?}");
+    assert!(delta(Stat::Replies) >= (N4 as u64 + 1000) * 2, "replies rewritten: {}", delta(Stat::Replies));
+    assert_eq!(delta(Stat::NoTable), 0);
 
     // status reports the live split next to the file's.
     let status = agent.status();
-    let shop = status["services"].as_array().unwrap().iter().find(|s| s["name"] == "shop").expect("shop in status");
-    assert_eq!(shop["live"], true, "{shop}");
-    assert_eq!(shop["differs_from_file"], false, "{shop}");
-    let live: Vec<u64> = shop["versions"].as_array().unwrap().iter().map(|v| v["live_bps"].as_u64().unwrap()).collect();
-    assert_eq!(live, [8000, 2000], "live basis points of blue/green");
+    let shop = status.service("shop").expect("shop in status");
+    assert!(shop.live, "{shop:?}");
+    assert!(!shop.differs_from_file, "{shop:?}");
+    assert_eq!(shop.live_bps(), [Some(8000), Some(2000)], "live basis points of blue/green");
     // The kernel's per-version flow counters match what the client saw.
-    for v in shop["versions"].as_array().unwrap() {
-        let name = v["name"].as_str().unwrap();
-        assert_eq!(v["flows"].as_u64().unwrap(), v4[name] as u64, "flows of {name}: {v}");
-        let ep = &v["endpoints"][0];
-        assert!(ep["packets_out"].as_u64().unwrap() >= 2 * v4[name] as u64, "replies from {name}: {ep}");
+    for v in &shop.versions {
+        let name = v.name.as_str();
+        assert_eq!(v.flows.unwrap(), v4[name] as u64, "flows of {name}: {v:?}");
+        let ep = &v.endpoints[0];
+        assert!(ep.packets_out.unwrap() >= 2 * v4[name] as u64, "replies from {name}: {ep:?}");
     }
 }
 
@@ -137,7 +139,7 @@ fn udp_flows_split_and_each_flow_sticks_to_its_backend() {
 /// Rewrites the agent's config file with `from` replaced by `to`, sends
 /// SIGHUP and waits (bounded) until `status` shows the expected live basis
 /// points for service `shop`.
-fn reload_weights(agent: &Agent, from: &str, to: &str, want_bps: [u64; 2]) {
+fn reload_weights(agent: &Agent, from: &str, to: &str, want_bps: [u32; 2]) {
     let text = std::fs::read_to_string(&agent.config_path).unwrap();
     assert!(text.contains(from), "config has no {from:?}");
     std::fs::write(&agent.config_path, text.replace(from, to)).unwrap();
@@ -202,8 +204,8 @@ fn idle_and_closed_flows_age_out_of_the_flow_table() {
     let (topo, agent) = setup_with(
         config().setting("flow_aging: { tcp_idle_secs: 600, udp_idle_secs: 1, closing_secs: 1, sweep_secs: 1 }"),
     );
-    let flows = || agent.status()["active_flows"].as_u64().expect("active_flows");
-    let new_flows = || agent.counter("new_flows");
+    let flows = || agent.status().active_flows;
+    let new_flows = || agent.counter(Stat::NewFlows);
     let gone = |what: &str| agent.eventually(what, Duration::from_secs(15), flows, |n| *n == 0);
 
     // A closed TCP connection (client FIN) leaves after closing_secs.
@@ -260,7 +262,7 @@ fn a_burst_of_malformed_frames_at_the_vip_changes_nothing_for_normal_traffic() {
         ("TCP data offset 3", bad_doff),
         ("fragment to the VIP", packet::as_ipv4_fragment(udp.clone(), 0, true)),
     ];
-    let before = agent.status()["counters"].clone();
+    let before = agent.status();
     topo.client.run(|| {
         let sock = RawSocket::open("eth0").expect("AF_PACKET socket");
         for round in 0..200 {
@@ -274,15 +276,16 @@ fn a_burst_of_malformed_frames_at_the_vip_changes_nothing_for_normal_traffic() {
     assert_eq!(seen.values().sum::<usize>(), 1000);
     let green = share(&seen, "green");
     assert!((green - 0.2).abs() <= 0.05, "split after the burst: {seen:?}");
-    let after = agent.status()["counters"].clone();
-    let delta = |k: &str| after[k].as_u64().unwrap() - before[k].as_u64().unwrap();
-    assert_eq!(delta("truncated"), 200, "{after}");
-    assert_eq!(delta("bad_header"), 400, "IHL and data offset: {after}");
-    assert_eq!(delta("bad_length"), 200, "{after}");
-    assert_eq!(delta("fragment"), 200, "{after}");
+    let after = agent.status();
+    let delta = |stat: Stat| after.counter(stat).unwrap() - before.counter(stat).unwrap();
+    let counters = &after.counters;
+    assert_eq!(delta(Stat::Truncated), 200, "{counters:?}");
+    assert_eq!(delta(Stat::BadHeader), 400, "IHL and data offset: {counters:?}");
+    assert_eq!(delta(Stat::BadLength), 200, "{counters:?}");
+    assert_eq!(delta(Stat::Fragment), 200, "{counters:?}");
     // Only the 1,000 good connections were placed: no malformed frame made a flow.
-    assert_eq!(delta("new_flows"), 1000, "{after}");
-    assert_eq!(delta("adopted"), 0, "{after}");
+    assert_eq!(delta(Stat::NewFlows), 1000, "{counters:?}");
+    assert_eq!(delta(Stat::Adopted), 0, "{counters:?}");
 }
 
 /// Runs `splitter ARGS --socket <agent's socket>`; (success, stdout, stderr).
@@ -290,10 +293,8 @@ fn cli(agent: &Agent, args: &[&str]) -> (bool, String, String) {
     agent.control(args)
 }
 
-fn live_bps(agent: &Agent) -> Vec<u64> {
-    let status = agent.status();
-    let shop = status["services"].as_array().unwrap().iter().find(|s| s["name"] == "shop").cloned().unwrap();
-    shop["versions"].as_array().unwrap().iter().map(|v| v["live_bps"].as_u64().unwrap()).collect()
+fn live_bps(agent: &Agent) -> Vec<u32> {
+    agent.live_bps("shop")
 }
 
 #[test]
@@ -353,7 +354,7 @@ fn weight_flip_and_rollback_through_the_control_socket() {
 }
 
 /// `splitter status ARGS --json` with nothing but the agent's socket, parsed.
-fn status_over_socket(agent: &Agent, args: &[&str]) -> splitter_user::status::Report {
+fn status_over_socket(agent: &Agent, args: &[&str]) -> Report {
     let (ok, out, err) = cli(agent, &[&["status", "--json"], args].concat());
     assert!(ok, "status --socket failed: {err}\nagent log:\n{}", agent.log());
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("status --json is a Report ({e}): {out}"))
@@ -368,15 +369,15 @@ fn status_with_only_the_socket_shows_what_status_with_the_file_shows() {
     // Neither the agent's socket nor its pin path is the default one.
     assert_ne!(agent.pin_path, std::path::Path::new(splitter_model::config::DEFAULT_PIN_PATH));
     let by_socket = status_over_socket(&agent, &[]);
-    let by_file: splitter_user::status::Report = serde_json::from_value(agent.status()).expect("a Report");
+    let by_file = agent.status();
     assert_eq!(by_socket.pin_path, agent.pin_path, "the agent's pin path, not the default");
-    let names = |r: &splitter_user::status::Report| r.services.iter().map(|s| s.name.clone()).collect::<Vec<_>>();
+    let names = |r: &Report| r.services.iter().map(|s| s.name.clone()).collect::<Vec<_>>();
     assert_eq!(names(&by_socket), ["dns", "shop", "shop6"]);
     assert_eq!(names(&by_socket), names(&by_file));
     for (a, b) in by_socket.services.iter().zip(&by_file.services) {
         assert!(a.live && b.live, "{} is live in both views", a.name);
         assert_eq!(a.differs_from_file, b.differs_from_file, "{}", a.name);
-        let view = |s: &splitter_user::status::ServiceStatus| {
+        let view = |s: &ServiceStatus| {
             s.versions
                 .iter()
                 .map(|v| (v.name.clone(), v.weight, v.runtime_weight, v.live_bps, v.endpoints.len()))
@@ -384,11 +385,11 @@ fn status_with_only_the_socket_shows_what_status_with_the_file_shows() {
         };
         assert_eq!(view(a), view(b), "{}", a.name);
     }
-    let shop = by_socket.services.iter().find(|s| s.name == "shop").unwrap();
-    assert_eq!(shop.versions.iter().map(|v| v.live_bps).collect::<Vec<_>>(), [Some(4000), Some(6000)]);
+    let shop = by_socket.service("shop").unwrap();
+    assert_eq!(shop.live_bps(), [Some(4000), Some(6000)]);
     assert!(shop.differs_from_file);
     assert!(shop.versions.iter().map(|v| v.flows.unwrap_or(0)).sum::<u64>() >= 20, "flows counted: {shop:?}");
-    assert!(by_socket.counters.get("new_flows").copied().unwrap_or(0) >= 20, "{:?}", by_socket.counters);
+    assert!(by_socket.counter(Stat::NewFlows).unwrap_or(0) >= 20, "{:?}", by_socket.counters);
     // The text and --watch show the same services.
     let (ok, text, err) = cli(&agent, &["status"]);
     assert!(ok, "{err}");
@@ -455,8 +456,8 @@ fn runtime_changes_survive_an_agent_restart() {
     agent.restart(&topo.lb).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(live_bps(&agent), [0, 10000], "the flip must survive the restart:\n{}", agent.log());
     let status = agent.status();
-    let shop = status["services"].as_array().unwrap().iter().find(|s| s["name"] == "shop").cloned().unwrap();
-    assert_eq!(shop["differs_from_file"], true, "status shows the live split differs from the file");
+    let shop = status.service("shop").unwrap();
+    assert!(shop.differs_from_file, "status shows the live split differs from the file");
     let seen = tcp_split(&topo, "203.0.113.10:80".parse().unwrap(), 50);
     assert_eq!(seen.get("green"), Some(&50), "{seen:?}");
     // The history survived too: rollback undoes the flip.
@@ -477,8 +478,8 @@ fn two_agents_on_one_host_never_see_each_others_state() {
     let b = tcp_split(&topo_b, vip, 400);
     assert!(b.get("blue").copied().unwrap_or(0) > 250, "agent B still splits 80/20: {b:?}");
     // Each agent counted only its own traffic.
-    assert_eq!(agent_a.counter("new_flows"), 40);
-    assert_eq!(agent_b.counter("new_flows"), 400);
+    assert_eq!(agent_a.counter(Stat::NewFlows), 40);
+    assert_eq!(agent_b.counter(Stat::NewFlows), 400);
 }
 
 #[test]
@@ -567,7 +568,7 @@ fn kill_9_leaves_the_data_path_serving_and_a_restart_adopts_it_without_a_gap() {
             })
             .collect()
     });
-    let flows_before = agent.counter("new_flows");
+    let flows_before = agent.counter(Stat::NewFlows);
 
     agent.kill().expect("kill -9");
     assert!(agent.info().is_none(), "nothing answers on the control socket after kill -9");
@@ -578,7 +579,7 @@ fn kill_9_leaves_the_data_path_serving_and_a_restart_adopts_it_without_a_gap() {
     let green = share(&while_down, "green");
     assert!((green - 0.70).abs() < 0.07, "new connections without an agent follow the last weights: {while_down:?}");
     let status = agent.status();
-    assert!(status["agent"].is_null(), "status says no agent runs: {}", status["agent"]);
+    assert!(status.agent.is_none(), "status says no agent runs: {:?}", status.agent);
 
     // Restart while connections keep arriving: none may fail or move.
     let stop = std::sync::atomic::AtomicBool::new(false);
@@ -598,7 +599,7 @@ fn kill_9_leaves_the_data_path_serving_and_a_restart_adopts_it_without_a_gap() {
     assert!(log.contains("adopted the pinned data path"), "{log}");
     assert!(log.contains("in the pinned links (atomic)"), "the restart must swap programs, not re-attach:\n{log}");
     // The maps carried over: the counter continued (no reset), the weights held.
-    assert_eq!(agent.counter("new_flows"), flows_before + 400 + u64::from(ok), "counters carried over the restart");
+    assert_eq!(agent.counter(Stat::NewFlows), flows_before + 400 + u64::from(ok), "counters carried over the restart");
     assert_eq!(live_bps(&agent), [3000, 7000], "the runtime weights survive kill -9");
     for (i, (c, v)) in held.iter().enumerate() {
         assert_eq!(&ask_version(c).unwrap(), v, "connection {i} after the restart");
@@ -684,13 +685,13 @@ fn kernel_events_reach_the_agent_log_rate_limited() {
     };
     let table = MAX_TABLES - 1;
     services.insert(key, ServiceRef { table, flags: 0 }, 0).unwrap();
-    let before = agent.counter("no_table");
+    let before = agent.counter(Stat::NoTable);
     topo.client.run(|| {
         for _ in 0..10 {
             assert!(TcpStream::connect_timeout(&vip, Duration::from_millis(200)).is_err());
         }
     });
-    let dropped = agent.counter("no_table") - before;
+    let dropped = agent.counter(Stat::NoTable) - before;
     assert!(dropped >= 10, "each SYN to the broken service is counted: {dropped}");
     let needle = format!("service table {table} is missing or inconsistent");
     agent.eventually("the kernel event in the log", Duration::from_secs(5), || agent.log().contains(&needle), |r| *r);

@@ -18,7 +18,7 @@ use splitter_testkit::{
     topology::Topology,
 };
 use splitter_tests::{agent::Agent, netns::topology};
-use splitter_user::l7::mirror::MirrorCounts;
+use splitter_user::l7::{mirror::MirrorCounts, ServiceStats};
 
 const VIP: &str = "203.0.113.10:8080";
 /// How long the slow shadow takes to answer.
@@ -114,13 +114,9 @@ fn routes_send_marked_requests_to_the_canary_and_the_rest_split_by_weight() {
         assert!(!split.contains_key("dead"), "weight 0 got requests: {split:?}");
     }
     let status = agent.status();
-    let api = status["services"].as_array().unwrap().iter().find(|s| s["name"] == "api").unwrap().clone();
-    let requests = |v: &str| {
-        api["versions"].as_array().unwrap().iter().find(|x| x["name"] == v).unwrap()["requests"]["requests"]
-            .as_u64()
-            .unwrap()
-    };
-    assert_eq!(requests("v1") + requests("v2"), 3 + 60 + 4000, "status counts every request: {api}");
+    let api = status.service("api").unwrap();
+    let requests = |v: &str| api.version(v).unwrap().requests.as_ref().unwrap().requests;
+    assert_eq!(requests("v1") + requests("v2"), 3 + 60 + 4000, "status counts every request: {api:?}");
 }
 
 #[test]
@@ -236,15 +232,16 @@ fn the_proxy_adds_forwarding_headers_strips_hop_by_hop_and_maps_failures() {
     assert!(answer.starts_with("HTTP/1.1 431"), "oversized head: {answer:?}");
 }
 
-fn l7_status(agent: &Agent) -> serde_json::Value {
-    let status = agent.status();
-    status["agent"]["l7"]["api"].clone()
+/// The proxy's counters of `api`, from `status`.
+fn l7_status(agent: &Agent) -> ServiceStats {
+    let mut info = agent.status().agent.expect("an agent answers");
+    info.l7.remove("api").unwrap_or_else(|| panic!("no l7 counters of api in {:?}", info.l7))
 }
 
 /// Waits (bounded) until the mirror has settled every sampled request; its
 /// counters then.
 fn mirror_settled(agent: &Agent) -> MirrorCounts {
-    let counts = || serde_json::from_value(l7_status(agent)["mirror"].clone()).expect("the mirror's counters");
+    let counts = || l7_status(agent).mirror.expect("the mirror's counters");
     agent.eventually("every sampled request's copy to settle", Duration::from_secs(15), counts, MirrorCounts::settled)
 }
 

@@ -150,15 +150,16 @@ fn metrics_match_the_traffic_the_test_sent() {
     // `status` shows the split the agent observed (the first sample was taken
     // at its start, before any traffic: the window holds all of it).
     let status = agent.status();
-    assert!(status["agent"]["observed_secs"].as_u64().unwrap() <= 60, "{}", status["agent"]);
+    let info = status.agent.as_ref().expect("an agent answers");
+    assert!(info.observed_secs <= 60, "{info:?}");
     for (svc, want) in [("shop", &seen), ("api", &by_version)] {
-        let svc = status["services"].as_array().unwrap().iter().find(|x| x["name"] == svc).unwrap();
+        let svc = status.service(svc).unwrap();
         let total: u64 = want.values().sum();
-        for v in svc["versions"].as_array().unwrap() {
-            let n = want.get(v["name"].as_str().unwrap()).copied().unwrap_or(0);
-            assert_eq!(v["observed"].as_u64(), Some(n), "{v}");
-            let share = v["observed_share"].as_f64().unwrap();
-            assert!((share - n as f64 / total as f64).abs() < 1e-9, "{v}");
+        for v in &svc.versions {
+            let n = want.get(&v.name).copied().unwrap_or(0);
+            assert_eq!(v.observed, Some(n), "{v:?}");
+            let share = v.observed_share.unwrap();
+            assert!((share - n as f64 / total as f64).abs() < 1e-9, "{v:?}");
         }
     }
 

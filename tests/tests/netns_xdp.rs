@@ -8,6 +8,7 @@ use std::{
     time::Duration,
 };
 
+use splitter_common::stats::Stat;
 use splitter_testkit::{
     config::Config,
     netns::{unique_name, NetNs},
@@ -16,6 +17,7 @@ use splitter_tests::{
     agent::{splitter_bin, Agent},
     netns::{netns, Veth},
 };
+use splitter_user::status::Report;
 
 const CLIENT4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
 const LB4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
@@ -63,8 +65,10 @@ fn agent_attaches_xdp_and_counts_real_tcp_and_udp() {
     let tcp = lb.run(|| TcpListener::bind((LB4, 0)).expect("bind TCP server"));
     let tcp_addr = tcp.local_addr().unwrap();
 
-    let before = agent.status()["counters"].clone();
-    let get = |v: &serde_json::Value, k: &str| v[k].as_u64().unwrap_or_else(|| panic!("counter {k} missing in {v}"));
+    let before = agent.status();
+    let get = |r: &Report, stat: Stat| {
+        r.counter(stat).unwrap_or_else(|| panic!("counter {} missing in {:?}", stat.name(), r.counters))
+    };
 
     // UDP: every datagram passes the program and reaches the server.
     const N4: usize = 40;
@@ -97,16 +101,21 @@ fn agent_attaches_xdp_and_counts_real_tcp_and_udp() {
     });
     server.join().expect("TCP server");
 
-    let after = agent.status()["counters"].clone();
-    let delta = |k: &str| get(&after, k) - get(&before, k);
-    assert_eq!(delta("udp"), (N4 + N6) as u64, "UDP counter vs datagrams sent; all: {after}");
+    let after = agent.status();
+    let delta = |stat: Stat| get(&after, stat) - get(&before, stat);
+    let all = &after.counters;
+    assert_eq!(delta(Stat::Udp), (N4 + N6) as u64, "UDP counter vs datagrams sent; all: {all:?}");
     // Each connection sends at least SYN, ACK, data and FIN towards the server.
-    assert!(delta("tcp") >= 4 * CONNS as u64, "TCP counter moved by {} for {CONNS} connections", delta("tcp"));
-    assert!(delta("ipv4") >= (N4 + 4 * CONNS) as u64, "ipv4 moved by {}", delta("ipv4"));
-    assert!(delta("ipv6") >= N6 as u64, "ipv6 moved by {}", delta("ipv6"));
-    assert_eq!(delta("dropped"), 0);
-    assert_eq!(delta("truncated") + delta("bad_header") + delta("bad_length"), 0, "no malformed frames were sent");
-    assert_eq!(delta("passed"), delta("rx_packets"), "no service is configured: every packet is passed");
+    assert!(delta(Stat::Tcp) >= 4 * CONNS as u64, "TCP counter moved by {} for {CONNS} connections", delta(Stat::Tcp));
+    assert!(delta(Stat::Ipv4) >= (N4 + 4 * CONNS) as u64, "ipv4 moved by {}", delta(Stat::Ipv4));
+    assert!(delta(Stat::Ipv6) >= N6 as u64, "ipv6 moved by {}", delta(Stat::Ipv6));
+    assert_eq!(delta(Stat::Dropped), 0);
+    assert_eq!(
+        delta(Stat::Truncated) + delta(Stat::BadHeader) + delta(Stat::BadLength),
+        0,
+        "no malformed frames were sent"
+    );
+    assert_eq!(delta(Stat::Passed), delta(Stat::RxPackets), "no service is configured: every packet is passed");
 
     // SIGTERM stops the agent and leaves the data path; `down` removes it.
     assert!(agent.stop_ok(), "agent did not exit cleanly:\n{}", agent.log());

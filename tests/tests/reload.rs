@@ -28,8 +28,7 @@ fn config(weights: &[(&str, u32)], extra: &str, api: Option<&str>) -> String {
 
 /// The live basis points of `shop`'s versions.
 fn live(agent: &Agent) -> Vec<Option<u32>> {
-    let r: splitter_user::status::Report = serde_json::from_value(agent.status()).expect("a Report");
-    r.services.iter().find(|s| s.name == "shop").expect("shop").versions.iter().map(|v| v.live_bps).collect()
+    agent.status().service("shop").expect("shop").live_bps()
 }
 
 /// Addresses on `lo` of the lb namespace besides loopback's.

@@ -12,6 +12,7 @@ use std::{
     time::Duration,
 };
 
+use splitter_model::rollout::{Rollout, State};
 use splitter_testkit::{
     config::{Config, Service},
     http::{get, serve_http, serve_http_failing, Client},
@@ -150,18 +151,16 @@ fn text(out: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
 }
 
-fn weights(agent: &Agent, service: &str) -> BTreeMap<String, u64> {
-    let status = agent.status();
-    status["agent"]["weights"][service]
-        .as_object()
-        .unwrap_or_else(|| panic!("no weights of {service} in {status}"))
-        .iter()
-        .map(|(k, v)| (k.clone(), v.as_u64().unwrap()))
-        .collect()
+/// The weights the agent serves `service` with, from `status`.
+fn weights(agent: &Agent, service: &str) -> BTreeMap<String, u32> {
+    let mut info = agent.status().agent.expect("an agent answers");
+    info.weights.remove(service).unwrap_or_else(|| panic!("no weights of {service} in {:?}", info.weights))
 }
 
-fn rollout_state(agent: &Agent, service: &str) -> serde_json::Value {
-    agent.status()["agent"]["rollouts"][service].clone()
+/// The service's last rollout, from `status`.
+fn rollout_state(agent: &Agent, service: &str) -> Rollout {
+    let mut info = agent.status().agent.expect("an agent answers");
+    info.rollouts.remove(service).unwrap_or_else(|| panic!("no rollout of {service} in {:?}", info.rollouts))
 }
 
 #[test]
@@ -174,7 +173,7 @@ fn a_healthy_canary_is_promoted_step_by_step_to_100_percent() {
     assert_eq!(weights(&agent, "api"), [("bad".into(), 0), ("v1".into(), 0), ("v2".into(), 10_000)].into());
     assert!(seen.get("v2").copied().unwrap_or(0) > 0, "{seen:?}");
     assert_eq!(seen.get("error"), None, "no request failed during the rollout: {seen:?}");
-    assert_eq!(rollout_state(&agent, "api")["state"]["state"], "promoted");
+    assert_eq!(rollout_state(&agent, "api").state, State::Promoted);
 }
 
 #[test]
@@ -198,7 +197,7 @@ fn a_canary_answering_500_is_rolled_back_in_its_first_step_and_gets_nothing_afte
     assert!(text(&out).contains("rolled back: step 1 (20%): error rate"), "{}", text(&out));
     assert!(seen.get("bad 500").copied().unwrap_or(0) >= 10, "the canary was tried: {seen:?}");
     let r = rollout_state(&agent, "api");
-    assert_eq!((r["state"]["state"].as_str(), r["step"].as_u64()), (Some("rolled_back"), Some(0)), "{r}");
+    assert!(matches!(r.state, State::RolledBack { .. }) && r.step == 0, "{r:?}");
     assert_eq!(weights(&agent, "api"), [("bad".into(), 0), ("v1".into(), 100), ("v2".into(), 0)].into());
     // No further traffic to it.
     let client = Client::new(&topo.client);
@@ -240,7 +239,7 @@ fn pause_resume_abort_and_a_restart_steer_it_and_bad_requests_are_refused() {
     let (ok, out, err) = run(&["api", "--to", "v2", "--steps", "10,100", "--interval", "60s", "--detach"]);
     assert!(ok, "{out}{err}");
     assert_eq!(weights(&agent, "api")["v2"], 1000, "the first step is served at once");
-    assert_eq!(rollout_state(&agent, "api")["state"]["state"], "running");
+    assert_eq!(rollout_state(&agent, "api").state, State::Running);
     for (args, want) in
         [(&["api", "--to", "v2", "--detach"][..], "already in progress"), (&["api", "--resume"][..], "nothing to do")]
     {
@@ -253,16 +252,17 @@ fn pause_resume_abort_and_a_restart_steer_it_and_bad_requests_are_refused() {
     let mut agent = agent;
     agent.restart(&topo.lb).expect("restart");
     let r = rollout_state(&agent, "api");
-    assert_eq!(r["state"]["state"], "paused", "{r}");
-    assert!(r["state"]["why"].as_str().unwrap().contains("agent restarted"), "{r}");
+    let State::Paused { why } = &r.state else { panic!("paused: {r:?}") };
+    assert!(why.contains("agent restarted"), "{r:?}");
     assert_eq!(weights(&agent, "api")["v2"], 1000, "its step's weights are served as they were");
     let run = |args: &[&str]| agent.control(&[&["rollout"][..], args].concat());
     assert!(run(&["api", "--resume", "--detach"]).0);
-    assert_eq!(rollout_state(&agent, "api")["state"]["state"], "running");
+    assert_eq!(rollout_state(&agent, "api").state, State::Running);
     assert!(run(&["api", "--pause"]).0);
-    assert_eq!(rollout_state(&agent, "api")["state"]["state"], "paused");
+    let r = rollout_state(&agent, "api");
+    assert!(matches!(r.state, State::Paused { .. }), "{r:?}");
     assert!(run(&["api", "--resume", "--detach"]).0);
-    assert_eq!(rollout_state(&agent, "api")["state"]["state"], "running");
+    assert_eq!(rollout_state(&agent, "api").state, State::Running);
     let (ok, out, _) = run(&["api", "--abort"]);
     assert!(ok && out.contains("aborted"), "{out}");
     assert_eq!(weights(&agent, "api"), [("bad".into(), 0), ("v1".into(), 100), ("v2".into(), 0)].into());
