@@ -80,9 +80,8 @@ impl AgentProcess {
         body: &str,
         args: &[&str],
     ) -> Result<Self, AgentProcessError> {
-        let name = unique_name(prefix);
-        let dir = std::env::temp_dir().join(format!("splitter-{name}"));
-        Self::start_with(exe, ns, &dir, &PathBuf::from("/sys/fs/bpf").join(&name), body, args)
+        let (dir, pin_path) = unique_paths(prefix);
+        Self::start_with(exe, ns, &dir, &pin_path, body, args)
     }
 
     /// [`AgentProcess::start_unique`] under an open-file limit of
@@ -95,9 +94,7 @@ impl AgentProcess {
         body: &str,
         open_files: u64,
     ) -> Result<Self, AgentProcessError> {
-        let name = unique_name(prefix);
-        let dir = std::env::temp_dir().join(format!("splitter-{name}"));
-        let pin_path = PathBuf::from("/sys/fs/bpf").join(&name);
+        let (dir, pin_path) = unique_paths(prefix);
         Self::start_inner(exe, ns, &dir, &pin_path, body, &[], Some(open_files))
     }
 
@@ -291,6 +288,13 @@ fn wait_exit(mut child: Child, limit: Duration) -> Result<ExitStatus, AgentProce
             Err(AgentProcessError::Hung(limit))
         }
     }
+}
+
+/// A private directory and pin path named `unique_name(prefix)`:
+/// `$TMPDIR/splitter-NAME` and `/sys/fs/bpf/NAME`.
+fn unique_paths(prefix: &str) -> (PathBuf, PathBuf) {
+    let name = unique_name(prefix);
+    (std::env::temp_dir().join(format!("splitter-{name}")), PathBuf::from("/sys/fs/bpf").join(&name))
 }
 
 fn spawn(

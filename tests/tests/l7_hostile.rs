@@ -31,12 +31,17 @@ fn api(with_v2: bool) -> Service {
 fn setup() -> (Topology, Agent) {
     let topo = topology();
     serve_http(&topo.blue, 8081, "v1").expect("v1 backend");
-    let config = Topology::config()
-        .setting("metrics: { listen: \"127.0.0.1:9190\" }")
-        .setting("l7: { header_read_timeout: 1s, max_connections_per_client: 100 }")
-        .service("api", api(false));
-    let agent = Agent::start(&topo.lb, &config.to_string());
+    let agent = Agent::start(&topo.lb, &limited("l7: { header_read_timeout: 1s, max_connections_per_client: 100 }"));
     (topo, agent)
+}
+
+/// `api` (v1 only) with metrics on the lb's loopback and the `l7:` settings given.
+fn limited(l7: &str) -> String {
+    Topology::config()
+        .setting("metrics: { listen: \"127.0.0.1:9190\" }")
+        .setting(l7)
+        .service("api", api(false))
+        .to_string()
 }
 
 /// The l7 service's connection counters, from `status`.
@@ -240,11 +245,8 @@ fn under_a_1024_open_file_limit_many_idle_connections_leave_status_and_metrics_a
     serve_http(&topo.blue, 8081, "v1").expect("v1 backend");
     // Per-client limits high enough that only the descriptor budget holds:
     // (1024 - 512 kept for the agent) / 2 = 256 client connections.
-    let config = Topology::config()
-        .setting("metrics: { listen: \"127.0.0.1:9190\" }")
-        .setting("l7: { header_read_timeout: 3s, max_connections_per_client: 5000 }")
-        .service("api", api(false));
-    let agent = Agent::start_limited(&topo.lb, &config.to_string(), 1024);
+    let config = limited("l7: { header_read_timeout: 3s, max_connections_per_client: 5000 }");
+    let agent = Agent::start_limited(&topo.lb, &config, 1024);
     // This test holds 1,100 sockets itself.
     let (_, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).expect("getrlimit");
     nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, hard, hard).expect("setrlimit");
