@@ -245,3 +245,37 @@ fn answers_a_shadow_sends_from_a_service_address_are_dropped_at_the_mirror_inter
     assert!(sock.recv_from(&mut buf).is_err(), "an answer from the service address reached the client");
     assert_eq!(s.agent.counter(Stat::ShadowReplies) - before, 5, "each one counted");
 }
+
+#[test]
+fn a_client_reset_ends_a_mirrored_flow_at_once() {
+    // Every flow mirrored: every packet takes the TC program's path.
+    let s = setup(config(Some(100)));
+    let vip = SocketAddr::from((VIP, 80));
+    let held: Vec<TcpStream> = s.topo.client.run(|| {
+        (0..20)
+            .map(|i| {
+                let c = TcpStream::connect_timeout(&vip, TIMEOUT).unwrap_or_else(|e| panic!("connection {i}: {e}"));
+                c.set_read_timeout(Some(TIMEOUT)).unwrap();
+                ask_version(&c).unwrap_or_else(|e| panic!("connection {i} unanswered: {e}"));
+                c
+            })
+            .collect()
+    });
+    let before = s.agent.status().active_flows;
+    assert!(before >= 20, "{before} flows in the table with 20 held");
+    let mirrored_before = s.agent.counter(Stat::Mirrored);
+    // Closed with a reset (linger 0): the client's RST, seen by TC, removes
+    // each flow from the table then and there, not when it ages out.
+    for c in held {
+        socket2::SockRef::from(&c).set_linger(Some(Duration::ZERO)).expect("linger 0");
+        drop(c);
+    }
+    let after = s.agent.eventually(
+        "the reset flows to leave the table",
+        Duration::from_secs(3),
+        || s.agent.status().active_flows,
+        |n| *n + 20 <= before,
+    );
+    assert!(after + 20 <= before, "{before} → {after}");
+    assert!(s.agent.counter(Stat::Mirrored) > mirrored_before, "the resets went the mirrored path (copied)");
+}
