@@ -205,7 +205,7 @@ impl<B: Backing> Agent<B> {
             .iter()
             .map(|(name, svc)| (name.clone(), service_key(svc), svc.versions.keys().cloned().collect()))
             .collect();
-        let (mut dp, adoption) = Dataplane::load_pinned(config.flow_table_size, &config.pin_path, &services)?;
+        let (dp, adoption) = Dataplane::load_pinned(config.flow_table_size, &config.pin_path, &services)?;
         if !adoption.reused.is_empty() {
             info!(
                 maps = adoption.reused.join(","),
@@ -221,14 +221,17 @@ impl<B: Backing> Agent<B> {
         }
         // Planned from what the kernel (or the store) has now, so a restart moves no flow.
         let plans = backing.first_plans(&effective, &dp)?;
-        dp.guard_mirrors(&effective.mirror_interfaces())?;
-        dp.apply(&plans)?;
+        let mut serving = Serving {
+            dp,
+            l7: L7::new(config.l7.clone(), l7_connection_budget()),
+            local: crate::local_addrs::Keeper::new(config.local_addresses.clone()),
+            counters: AgentCounters::default(),
+        };
+        // The same all-or-nothing install as every later change.
+        serving.install(&effective, &plans)?;
         log_plans(&plans);
-        let mut local = crate::local_addrs::Keeper::new(config.local_addresses.clone());
-        local.update(&effective)?;
-        let mut l7 = L7::new(config.l7.clone(), l7_connection_budget());
-        l7.apply(&effective)?;
-        attach(&mut dp, &config, opts.xdp_mode)?;
+        let dp = &mut serving.dp;
+        attach(dp, &config, opts.xdp_mode)?;
         check_forwarding(&config);
         let kernel_log = match dp.kernel_log().and_then(|l| {
             // SAFETY: the fd is the ring buffer map's, owned by the logger, which
@@ -284,7 +287,7 @@ impl<B: Backing> Agent<B> {
             config,
             runtime,
             opts,
-            serving: Serving { dp, l7, local, counters: AgentCounters::default() },
+            serving,
             backing,
             history: History::new(observe::STATUS_WINDOW),
             last_stats,

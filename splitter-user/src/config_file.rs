@@ -84,33 +84,14 @@ impl ConfigFile for Config {
 }
 
 /// Refuses flow collections nested deeper than [`MAX_NESTING`] before the
-/// parser sees them (quoted scalars and comments are skipped).
+/// parser sees them.
 fn check_nesting(text: &str) -> Result<(), ConfigFileError> {
-    let (mut depth, mut line, mut quote, mut comment) = (0usize, 1usize, None::<u8>, false);
-    let bytes = text.as_bytes();
-    for (i, &b) in bytes.iter().enumerate() {
-        match (b, quote) {
-            (b'\n', _) => {
-                line += 1;
-                comment = false;
-            }
-            _ if comment => {}
-            (b'\\', Some(b'"')) => {}
-            (q, Some(open)) if q == open && !(i > 0 && bytes[i - 1] == b'\\' && open == b'"') => quote = None,
-            (_, Some(_)) => {}
-            (b'"' | b'\'', None) => quote = Some(b),
-            (b'#', None) if i == 0 || bytes[i - 1].is_ascii_whitespace() => comment = true,
-            (b'[' | b'{', None) => {
-                depth += 1;
-                if depth > MAX_NESTING {
-                    return Err(ConfigFileError::TooDeep { line });
-                }
-            }
-            (b']' | b'}', None) => depth = depth.saturating_sub(1),
-            _ => {}
+    match flow_nesting(text.as_bytes(), MAX_NESTING) {
+        (_, Some(at)) => {
+            Err(ConfigFileError::TooDeep { line: 1 + text.as_bytes()[..at].iter().filter(|b| **b == b'\n').count() })
         }
+        (_, None) => Ok(()),
     }
-    Ok(())
 }
 
 /// serde_yaml_ng's message for `err` on `text`, with the location as
@@ -200,38 +181,48 @@ fn quoted_end(s: &[u8], q: u8) -> Option<usize> {
 }
 
 /// Whether the text `before` leaves an open flow collection (`{`, `[`), so a
-/// plain scalar there ends at `,`, `]` or `}`. Skips comments and quoted scalars.
+/// plain scalar there ends at `,`, `]` or `}`.
 fn in_flow(before: &[u8]) -> bool {
+    flow_nesting(before, usize::MAX).0 > 0
+}
+
+/// Walks the flow collections (`[ ]`, `{ }`) of `text`, skipping comments
+/// and quoted scalars, in one pass: the depth open at its end, and where the
+/// depth first went past `limit` (if it did).
+fn flow_nesting(text: &[u8], limit: usize) -> (usize, Option<usize>) {
     let mut depth = 0usize;
     let mut i = 0;
-    while i < before.len() {
-        match before[i] {
-            b'#' if i == 0 || before[i - 1].is_ascii_whitespace() => {
-                while i < before.len() && before[i] != b'\n' {
+    while i < text.len() {
+        match text[i] {
+            b'#' if i == 0 || text[i - 1].is_ascii_whitespace() => {
+                while i < text.len() && text[i] != b'\n' {
                     i += 1;
                 }
             }
-            q @ (b'"' | b'\'') if opens_quoted(&before[..i]) => {
-                i += quoted_end(&before[i..], q).map_or(before.len(), |end| end - 1);
+            q @ (b'"' | b'\'') if opens_quoted(&text[..i]) => {
+                i += quoted_end(&text[i..], q).map_or(text.len(), |end| end - 1);
             }
-            b'[' | b'{' => depth += 1,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > limit {
+                    return (depth, Some(i));
+                }
+            }
             b']' | b'}' => depth = depth.saturating_sub(1),
             _ => {}
         }
         i += 1;
     }
-    depth > 0
+    (depth, None)
 }
 
 /// Whether a quote after `before` opens a quoted scalar rather than sitting
-/// inside a plain one (`don't`).
+/// inside a plain one (`don't`). Looks back only over the blanks before it.
 fn opens_quoted(before: &[u8]) -> bool {
-    let line = &before[before.iter().rposition(|&c| c == b'\n').map_or(0, |n| n + 1)..];
-    match line.iter().rposition(|c| !matches!(c, b' ' | b'\t')) {
-        None => true,
-        Some(p) => {
-            matches!(line[p], b'[' | b'{' | b',') || (p + 1 < line.len() && matches!(line[p], b':' | b'-' | b'?'))
-        }
+    let blanks = before.iter().rev().take_while(|c| matches!(c, b' ' | b'\t')).count();
+    match before.len().checked_sub(blanks + 1).map(|p| before[p]) {
+        None | Some(b'\n') => true,
+        Some(c) => matches!(c, b'[' | b'{' | b',') || (blanks > 0 && matches!(c, b':' | b'-' | b'?')),
     }
 }
 

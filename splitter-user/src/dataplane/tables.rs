@@ -130,7 +130,11 @@ impl Dataplane {
     /// Points `SERVICES` back at the tables `before` had (their generations
     /// were not written: a write goes to the spare one) and removes the
     /// services it did not have.
-    fn restore(&mut self, before: BTreeMap<String, Installed>) -> Result<(), DataplaneError> {
+    fn restore(&mut self, mut before: BTreeMap<String, Installed>) -> Result<(), DataplaneError> {
+        // A service whose slot a new one took (only when slots ran short)
+        // lost its table: it is not pointed back at what is now another
+        // service's, it stays gone.
+        before.retain(|name, i| self.live.iter().all(|(n, l)| n == name || l.slot != i.slot));
         let mut services: HashMap<&mut MapData, ServiceKey, ServiceRef> =
             HashMap::try_from(map_mut(&mut self.ebpf, MAP_SERVICES)?)?;
         let keep: BTreeSet<ServiceKey> = before.values().map(|i| i.key).collect();

@@ -171,14 +171,20 @@ pub async fn handle(
 
 /// What the client's body did: failed (malformed, cut off) or ended.
 #[derive(Clone, Default)]
-pub struct BodyWatch(Arc<[AtomicBool; 2]>);
+pub struct BodyWatch(Arc<BodyState>);
+
+#[derive(Default)]
+pub struct BodyState {
+    failed: AtomicBool,
+    done: AtomicBool,
+}
 
 impl BodyWatch {
     pub fn failed(&self) -> bool {
-        self.0[0].load(Relaxed)
+        self.0.failed.load(Relaxed)
     }
     pub fn done(&self) -> bool {
-        self.0[1].load(Relaxed)
+        self.0.done.load(Relaxed)
     }
 }
 
@@ -192,7 +198,7 @@ impl Watched {
     pub fn new(inner: Incoming) -> (Watched, BodyWatch) {
         let watch = BodyWatch::default();
         if inner.is_end_stream() {
-            watch.0[1].store(true, Relaxed);
+            watch.0.done.store(true, Relaxed);
         }
         (Watched { inner, watch: watch.clone() }, watch)
     }
@@ -208,8 +214,8 @@ impl Body for Watched {
     ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
         let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
         match &polled {
-            std::task::Poll::Ready(Some(Err(_))) => self.watch.0[0].store(true, Relaxed),
-            std::task::Poll::Ready(None) => self.watch.0[1].store(true, Relaxed),
+            std::task::Poll::Ready(Some(Err(_))) => self.watch.0.failed.store(true, Relaxed),
+            std::task::Poll::Ready(None) => self.watch.0.done.store(true, Relaxed),
             _ => {}
         }
         polled
