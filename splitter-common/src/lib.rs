@@ -8,6 +8,7 @@
 pub mod csum;
 pub mod flow;
 pub mod names;
+pub mod packet;
 pub mod service;
 pub mod stats;
 

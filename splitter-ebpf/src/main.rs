@@ -26,7 +26,7 @@ use crate::{
     frame::{Frame, Ingress},
     maps::{SPLITTER_FLOWS, SPLITTER_SCRATCH, SPLITTER_SERVICES},
     nat::Side,
-    parse::{Packet, Parsed, Verdict, IPPROTO_TCP, TCP_FIN},
+    parse::{Packet, Parsed, IPPROTO_TCP, TCP_FIN},
 };
 
 /// `bpf_map_update_elem` flag: insert only, never replace.
@@ -115,13 +115,7 @@ fn try_ingress(ctx: &Ingress) -> u32 {
             }
         }
         Ok(Parsed::Other(verdict)) => {
-            ctx.stats.inc(match verdict {
-                Verdict::NonIp => Stat::NonIp,
-                Verdict::Icmp => Stat::Icmp,
-                Verdict::OtherL4 => Stat::OtherL4,
-                Verdict::Fragment => Stat::Fragment,
-                Verdict::Ipv6Ext => Stat::Ipv6Ext,
-            });
+            ctx.stats.inc(verdict.stat());
             xdp_action::XDP_PASS
         }
         // Policy: a packet we cannot parse is not ours to judge; the stack

@@ -1,110 +1,27 @@
-//! Parse a frame once into a `Packet` (the flow key plus header offsets).
-//!
-//! Understood: Ethernet, one 802.1Q/802.1ad tag, IPv4 (with options), IPv6
-//! (fixed header), TCP and UDP. Everything else is classified so the caller can
-//! count it and apply its written policy.
+//! Parse a frame once into a `Packet` (the flow key plus header offsets),
+//! through bounds-checked pointers the verifier accepts. The types, and the
+//! host-side mirror the fuzzer checks this parser against, are
+//! `splitter_common::packet`: a change here is made there too.
 
 use core::mem;
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, ip::Ipv6Hdr, tcp::TcpHdr, udp::UdpHdr};
-use splitter_common::{flow::ipv6_words, stats::Stat, FlowKey, FAMILY_V4, FAMILY_V6};
+pub use splitter_common::packet::{Malformed, Packet, Parsed, Verdict, IPPROTO_TCP, TCP_FIN};
+use splitter_common::{
+    flow::ipv6_words,
+    packet::{self, is_ipv6_extension, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_UDP, VLAN_HLEN},
+    stats::Stat,
+    FlowKey, FAMILY_V4, FAMILY_V6,
+};
 
 use crate::frame::Frame;
 
-pub const IPPROTO_ICMP: u8 = 1;
-pub const IPPROTO_TCP: u8 = 6;
-pub const IPPROTO_UDP: u8 = 17;
-pub const IPPROTO_ICMPV6: u8 = 58;
-
 // EtherTypes as they sit in memory (network order read as little-endian u16).
-const ETH_P_IP: u16 = 0x0800u16.to_be();
-const ETH_P_IPV6: u16 = 0x86DDu16.to_be();
-const ETH_P_8021Q: u16 = 0x8100u16.to_be();
-const ETH_P_8021AD: u16 = 0x88A8u16.to_be();
-const VLAN_HLEN: usize = 4;
-// More-fragments flag clear and offset 0, in network order: 0x3fff masks both.
-const IP_MF_OFFSET_MASK: u16 = 0x3fffu16.to_be();
-
-/// A TCP or UDP packet this program understands.
-pub struct Packet {
-    pub key: FlowKey,
-    /// Offset of the IP header from the start of the frame.
-    pub l3_off: usize,
-    /// Offset of the TCP/UDP header from the start of the frame.
-    pub l4_off: usize,
-    /// TCP flags byte (`TCP_*`); 0 for UDP.
-    pub tcp_flags: u8,
-}
-
-pub const TCP_FIN: u8 = 0x01;
-pub const TCP_SYN: u8 = 0x02;
-pub const TCP_RST: u8 = 0x04;
-pub const TCP_ACK: u8 = 0x10;
-
-impl Packet {
-    /// The first packet of a connection: a TCP SYN without ACK, or any UDP
-    /// datagram (a UDP "connection" starts wherever there is no entry).
-    #[inline(always)]
-    pub fn opens_flow(&self) -> bool {
-        self.key.proto != IPPROTO_TCP || self.is_syn()
-    }
-
-    /// A TCP SYN without ACK: the first segment of a connection.
-    #[inline(always)]
-    pub fn is_syn(&self) -> bool {
-        self.key.proto == IPPROTO_TCP && self.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
-    }
-
-    /// A TCP RST: the sender aborts the connection.
-    #[inline(always)]
-    pub fn is_rst(&self) -> bool {
-        self.key.proto == IPPROTO_TCP && self.tcp_flags & TCP_RST != 0
-    }
-}
-
-/// What a well-formed packet that is not TCP/UDP turned out to be.
-pub enum Verdict {
-    NonIp,
-    Icmp,
-    OtherL4,
-    Fragment,
-    Ipv6Ext,
-}
-
-/// IPv6 extension headers (RFC 8200 and the IANA registry): hop-by-hop,
-/// routing, fragment, ESP, AH, destination options, mobility, HIP, shim6,
-/// and the two experimental values.
-#[inline(always)]
-fn is_ipv6_extension(next: u8) -> bool {
-    matches!(next, 0 | 43 | 44 | 50 | 51 | 60 | 135 | 139 | 140 | 253 | 254)
-}
-
-pub enum Parsed {
-    Flow(Packet),
-    Other(Verdict),
-}
-
-/// Why a frame could not be parsed: counted by reason, passed by policy.
-#[derive(Clone, Copy)]
-pub enum Malformed {
-    /// A header does not fit in the frame.
-    Truncated,
-    /// Impossible header fields: IP version, IPv4 IHL < 5, TCP data offset < 5.
-    BadHeader,
-    /// The IP length fields claim more than the frame holds, or less than the header.
-    BadLength,
-}
-
-impl Malformed {
-    /// The counter of this reason.
-    #[inline(always)]
-    pub fn stat(self) -> Stat {
-        match self {
-            Malformed::Truncated => Stat::Truncated,
-            Malformed::BadHeader => Stat::BadHeader,
-            Malformed::BadLength => Stat::BadLength,
-        }
-    }
-}
+const ETH_P_IP: u16 = packet::ETH_P_IP.to_be();
+const ETH_P_IPV6: u16 = packet::ETH_P_IPV6.to_be();
+const ETH_P_8021Q: u16 = packet::ETH_P_8021Q.to_be();
+const ETH_P_8021AD: u16 = packet::ETH_P_8021AD.to_be();
+// More-fragments flag and offset, in network order.
+const IP_MF_OFFSET_MASK: u16 = packet::IP_MF_OFFSET_MASK.to_be();
 
 /// The one bounds check: a pointer to a `T` at `offset`, if the frame holds it.
 #[inline(always)]

@@ -10,6 +10,7 @@
 //! loudly when they cannot run: nothing here skips silently.
 
 pub mod agent;
+pub mod differential;
 pub mod etcd;
 pub mod fixture;
 pub mod load;

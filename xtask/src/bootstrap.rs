@@ -54,6 +54,30 @@ pub fn bench_tools() -> Result<()> {
     ])
 }
 
+/// cargo-fuzz release known to work here (libFuzzer through libfuzzer-sys 0.4).
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
+
+/// What `cargo xtask fuzz` needs beyond [`run`]: cargo-fuzz (runs on the
+/// nightly toolchain [`run`] installs).
+pub fn fuzz_tools() -> Result<()> {
+    let installed = output(Command::new("cargo").args(["+nightly", "fuzz", "--version"]));
+    if !installed.as_deref().is_some_and(|v| v.contains(CARGO_FUZZ_VERSION)) {
+        run_cmd(Command::new("cargo").args([
+            "install",
+            "cargo-fuzz",
+            "--version",
+            CARGO_FUZZ_VERSION,
+            "--locked",
+            "--force",
+        ]))?;
+    }
+    verify(&[Check::custom(
+        "`cargo +nightly fuzz`",
+        "cargo install cargo-fuzz (runs on the nightly toolchain)",
+        || probe_cmd(Command::new("cargo").args(["+nightly", "fuzz", "--version"])),
+    )])
+}
+
 /// One thing the build or the tests need, and how to prove it works.
 struct Check {
     what: String,
@@ -108,6 +132,11 @@ fn checks() -> Vec<Check> {
             "cargo install bpf-linker --no-default-features --features llvm-22 (LLVM from Debian package llvm-22-dev)",
             bpf_linker_links,
         ),
+        Check::custom(
+            "free disk space for the build (a clean `cargo xtask test` writes about 3 GiB, fuzzing 2 more)",
+            "room on the filesystem of the target directory: remove old build trees (`cargo clean`)",
+            free_disk,
+        ),
         Check::runs("ip", &["-V"], "Debian package iproute2"),
         Check::runs("ethtool", &["--version"], "Debian package ethtool"),
         Check::runs("nsenter", &["--version"], "Debian package util-linux"),
@@ -160,6 +189,30 @@ impl Drop for Scratch {
 }
 
 /// Runs `cmd`; `Err` carries the last line it printed on failure.
+/// Space the build and the tests need free where they build: CI once ran
+/// out of disk part-way through the build, which said nothing about why.
+const MIN_FREE_GIB: u64 = 6;
+
+fn free_disk() -> Result<(), String> {
+    let dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| crate::workspace_root().join("target"));
+    // The target directory may not exist yet: ask about its nearest ancestor.
+    let existing = dir.ancestors().find(|d| d.exists()).ok_or(format!("no ancestor of {} exists", dir.display()))?;
+    let path = std::ffi::CString::new(existing.as_os_str().as_encoded_bytes())
+        .map_err(|_| format!("{} has a NUL byte", existing.display()))?;
+    // SAFETY: a valid C string and a zeroed out-parameter the call fills in.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+        return Err(format!("statvfs {}: {}", existing.display(), std::io::Error::last_os_error()));
+    }
+    let free_gib = st.f_bavail as u64 * st.f_frsize as u64 / (1 << 30);
+    if free_gib < MIN_FREE_GIB {
+        return Err(format!("{free_gib} GiB free at {}, the build needs {MIN_FREE_GIB} GiB", existing.display()));
+    }
+    Ok(())
+}
+
 fn probe_cmd(cmd: &mut Command) -> Result<(), String> {
     let out = cmd.output().map_err(|e| format!("cannot run {:?}: {e}", cmd.get_program()))?;
     if out.status.success() {

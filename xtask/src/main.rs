@@ -4,6 +4,7 @@
 
 mod bootstrap;
 mod chart;
+mod fuzz;
 
 use std::process::Command;
 
@@ -32,7 +33,7 @@ enum Task {
     /// rustfmt check and clippy (-D warnings) on the host crates (as shipped,
     /// as the tests build them, and with every feature) and the eBPF crate.
     Lint,
-    /// Lint, then test: what CI runs.
+    /// Lint, test, then a short fuzzing pass: what CI runs.
     Ci,
     /// Bootstrap, then run the benchmarks (needs root): XDP program cost by
     /// BPF_PROG_TEST_RUN beside an empty-program floor, control-plane apply and
@@ -40,6 +41,22 @@ enum Task {
     /// L4 throughput with and without mirroring. Installs the peers
     /// (haproxy). Writes target/bench/*.md.
     Bench,
+    /// Bootstrap, then run every cargo-fuzz target (or those named) for a
+    /// bounded time each, from the committed seeds and the corpus earlier
+    /// runs grew (needs root: the packet target loads the XDP program).
+    /// Prints the inputs run per target; fails at the first crash.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// libFuzzer sanitizer: none (fastest; Rust code is memory-safe
+        /// outside its few `unsafe` blocks), address, leak...
+        #[arg(long, default_value = "none")]
+        sanitizer: String,
+        /// Targets to run (framing, route, cli_values, config, packet); all
+        /// when none is named.
+        targets: Vec<String>,
+    },
     /// Bootstrap, build the release binary with the demo (cargo feature
     /// `demo`) and run `splitter demo` (needs root).
     Demo {
@@ -60,7 +77,9 @@ fn main() -> Result<()> {
         Task::Ci => {
             bootstrap::run()?;
             lint()?;
-            test(&[])
+            test(&[])?;
+            bootstrap::fuzz_tools()?;
+            fuzz::run(&fuzz::Options { seconds: CI_FUZZ_SECONDS, sanitizer: "none", only: &[] })
         }
         Task::Bench => {
             bootstrap::run()?;
@@ -78,6 +97,12 @@ fn main() -> Result<()> {
                 cargo(&["bench", "--package", "splitter-tests", "--bench", bench])?;
             }
             write_benchmarks_md(started.elapsed())
+        }
+        Task::Fuzz { seconds, sanitizer, targets } => {
+            bootstrap::run()?;
+            bootstrap::fuzz_tools()?;
+            require_root("fuzzing (the packet target loads the XDP program)")?;
+            fuzz::run(&fuzz::Options { seconds, sanitizer: &sanitizer, only: &targets })
         }
         Task::Demo { args } => {
             bootstrap::run()?;
@@ -119,6 +144,8 @@ fn lint() -> Result<()> {
     cargo(&["clippy", "--all-targets", "--all-features", "--", "-D", "warnings"])?;
     // ... and the agent as shipped: no feature, so nothing only a test uses.
     cargo(&["clippy", "--package", "splitter-user", "--all-targets", "--", "-D", "warnings"])?;
+    // The fuzz targets (not a default member: cargo fuzz builds them).
+    cargo(&["clippy", "--package", "splitter-fuzz", "--all-targets", "--", "-D", "warnings"])?;
     // The eBPF crate only builds for the BPF target on nightly.
     let status = Command::new("cargo")
         .current_dir(workspace_root())
@@ -139,6 +166,10 @@ fn require_root(what: &str) -> Result<()> {
     }
     Ok(())
 }
+
+/// Seconds per fuzz target in CI: a short pass that replays the seeds and
+/// explores a little; long runs are `cargo xtask fuzz --seconds N`.
+const CI_FUZZ_SECONDS: u64 = 20;
 
 /// The benchmarks `cargo xtask bench` runs, in order; each writes
 /// `target/bench/NAME.md`.

@@ -99,11 +99,13 @@ pub struct Framing {
     /// HTTP/2: bytes of the client preface and the first frame header
     /// still to come (the connection's "first head").
     h2_opening: Option<usize>,
+    /// Empty lines of the next head came in (skipped, but its clock runs).
+    started: bool,
 }
 
 impl Default for Framing {
     fn default() -> Self {
-        Framing { state: State::Head, head: Vec::new(), first: true, refused: None, h2_opening: None }
+        Framing { state: State::Head, head: Vec::new(), first: true, refused: None, h2_opening: None, started: false }
     }
 }
 
@@ -161,6 +163,19 @@ impl Framing {
                     let start = self.head.len();
                     self.head.extend_from_slice(input);
                     input = &[];
+                    // Empty lines before a request line are skipped (RFC
+                    // 9112 §2.2; httparse and so hyper skip them too), here
+                    // and not in hyper: the end of the head is then its first
+                    // empty line, whatever the reads' boundaries.
+                    let blank = leading_empty_lines(&self.head);
+                    if blank > 0 {
+                        self.head.drain(..blank);
+                        self.started = true;
+                    }
+                    let start = start.saturating_sub(blank);
+                    if self.head.is_empty() {
+                        continue;
+                    }
                     if self.first && self.head.len() >= 3 && self.head.starts_with(b"PRI") {
                         // HTTP/2 with prior knowledge: hyper's business, once
                         // its opening is in.
@@ -185,6 +200,7 @@ impl Framing {
                                     let rest = self.head.split_off(n);
                                     let head = std::mem::take(&mut self.head);
                                     self.first = false;
+                                    self.started = false;
                                     self.judge(head, out);
                                     return (!rest.is_empty()).then_some(rest);
                                 }
@@ -336,6 +352,18 @@ fn step_chunked(mut c: Chunk, input: &[u8]) -> (usize, State) {
     (i, State::Chunked(c))
 }
 
+/// Length of the empty lines (CRLF or bare LF) `head` starts with.
+fn leading_empty_lines(head: &[u8]) -> usize {
+    let mut at = 0;
+    loop {
+        match head[at..] {
+            [b'\n', ..] => at += 1,
+            [b'\r', b'\n', ..] => at += 2,
+            _ => return at,
+        }
+    }
+}
+
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
@@ -372,7 +400,7 @@ impl Framing {
     /// hyper is on its own, as for HTTP/2.)
     pub fn awaiting_head(&self) -> bool {
         match self.state {
-            State::Head => self.first || !self.head.is_empty(),
+            State::Head => self.first || self.started || !self.head.is_empty(),
             State::Passthrough => self.h2_opening.is_some_and(|left| left > 0),
             _ => false,
         }
@@ -487,6 +515,28 @@ GET /z HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n";
         for step in [1, 2, 3, 7, 13, 64, 4096] {
             assert_eq!(run(stream, step), (stream.to_vec(), None), "step {step}");
         }
+    }
+
+    /// Found by the `framing` fuzz target: a head after empty lines was
+    /// judged when its first read ended at the empty lines' end (refused at
+    /// once) and not when the reads split elsewhere (left waiting).
+    #[test]
+    fn empty_lines_before_a_head_are_skipped_however_the_reads_split() {
+        let garbage: &[u8] = b"\n\nGTEGTEPT/ /\x03P ";
+        for step in [1, 2, 7, 4096] {
+            assert_eq!(run(garbage, step), (Vec::new(), None), "step {step}: an incomplete head waits");
+        }
+        let good: &[u8] = b"\r\n\nGET / HTTP/1.1\r\nHost: a\r\n\r\n\r\nGET /2 HTTP/1.1\r\nHost: a\r\n\r\n";
+        let want = b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET /2 HTTP/1.1\r\nHost: a\r\n\r\n".to_vec();
+        for step in [1, 2, 3, 4096] {
+            assert_eq!(run(good, step), (want.clone(), None), "step {step}");
+        }
+        // Empty lines alone start the next head's clock.
+        let mut f = Framing::default();
+        f.feed(b"GET / HTTP/1.1\r\n\r\n", &mut Vec::new());
+        assert!(!f.awaiting_head());
+        f.feed(b"\r\n", &mut Vec::new());
+        assert!(f.awaiting_head());
     }
 
     #[test]

@@ -67,7 +67,10 @@ pub struct Shared {
 }
 
 impl Shared {
-    fn new(name: &str, svc: &Service, table: RouteTable) -> Shared {
+    /// The state of service `name` serving `table`, its mirror started (so
+    /// inside the tokio runtime). Cannot fail for a validated `svc`: the
+    /// config fuzzer builds one for every config validation accepts.
+    pub fn new(name: &str, svc: &Service, table: RouteTable) -> Shared {
         let shared = Shared {
             name: name.to_owned(),
             stats: Stats::new(&table.versions),

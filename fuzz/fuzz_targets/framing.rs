@@ -1,0 +1,58 @@
+//! The HTTP/1 framing guard (`l7::framing`), fed any bytes split anywhere:
+//! it never panics; where the reads split the input does not change what it
+//! hands hyper or whether it refuses; and what it hands on, fed to a second
+//! guard, comes out unchanged (the guard agrees with itself on where every
+//! message ends, which is what request smuggling needs broken).
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use splitter_user::l7::framing::{Framing, Refusal};
+
+/// Heads longer than this are handed to hyper unfollowed, at a point that
+/// depends on the reads: the split property holds below it.
+const SPLIT_INDEPENDENT_BELOW: usize = 64 * 1024;
+
+fn guard<'a>(reads: impl IntoIterator<Item = &'a [u8]>) -> (Vec<u8>, Option<Refusal>) {
+    let mut framing = Framing::default();
+    let mut out = Vec::new();
+    for read in reads {
+        framing.feed(read, &mut out);
+    }
+    (out, framing.refusal())
+}
+
+/// `bytes` cut into reads whose lengths cycle through three values `pattern`
+/// chooses (1 to 61 bytes).
+fn pieces(bytes: &[u8], pattern: u8) -> Vec<&[u8]> {
+    let lens = [1 + usize::from(pattern % 7), 1 + usize::from(pattern % 13), 1 + usize::from(pattern % 61)];
+    let mut rest = bytes;
+    let mut out = Vec::new();
+    for n in lens.into_iter().cycle() {
+        if rest.is_empty() {
+            break;
+        }
+        let (piece, tail) = rest.split_at(n.min(rest.len()));
+        out.push(piece);
+        rest = tail;
+    }
+    out
+}
+
+// The first byte picks how the rest is cut into reads.
+fuzz_target!(|data: &[u8]| {
+    let Some((&pattern, bytes)) = data.split_first() else { return };
+    let whole = guard([bytes]);
+    let split = guard(pieces(bytes, pattern));
+    if bytes.len() < SPLIT_INDEPENDENT_BELOW {
+        assert_eq!(whole, split, "the reads' boundaries changed the guard's output");
+    }
+    let (out, refusal) = whole;
+    let (again, refusal_again) = guard([out.as_slice()]);
+    assert_eq!(again, out, "a second guard changed what the first handed on");
+    let expected = match refusal {
+        // The stand-in head a refusal leaves is itself unparsable.
+        Some(Refusal::MalformedChunk) | None => refusal,
+        Some(_) => Some(Refusal::Unparsable),
+    };
+    assert_eq!(refusal_again, expected, "a second guard judged the output differently");
+});

@@ -1,0 +1,159 @@
+//! The packet parser checked differentially: the host-side mirror
+//! (`splitter_common::packet::parse`) says what the XDP program must make of a
+//! frame, and [`judge`] compares that with what the program did under
+//! `BPF_PROG_TEST_RUN` — its verdict, the frame it left and the counters it
+//! moved. Shared by the tier-2 test (a generated corpus) and the `packet`
+//! fuzz target (whatever libFuzzer makes up).
+
+use splitter_common::{
+    packet::{self, Parsed},
+    service::ServiceKey,
+    stats::Stat,
+};
+use splitter_model::plan::ServicePlan;
+
+/// `XDP_DROP`, `XDP_PASS`.
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+
+/// The counters that classify a frame: exactly one of them moves per frame.
+pub const CLASSES: [Stat; 10] = [
+    Stat::Tcp,
+    Stat::Udp,
+    Stat::NonIp,
+    Stat::Icmp,
+    Stat::OtherL4,
+    Stat::Fragment,
+    Stat::Ipv6Ext,
+    Stat::Truncated,
+    Stat::BadHeader,
+    Stat::BadLength,
+];
+
+/// Frames `BPF_PROG_TEST_RUN` takes for XDP: at least an Ethernet header, at
+/// most what fits in a page with the kernel's head- and tailroom (kept well
+/// below).
+pub const RUNNABLE: std::ops::RangeInclusive<usize> = packet::ETH_HLEN..=2048;
+
+/// The services the program was given, as the oracle needs them.
+pub struct Services {
+    services: Vec<(ServiceKey, Vec<ServiceKey>)>,
+}
+
+impl Services {
+    pub fn of(plans: &[ServicePlan]) -> Services {
+        let services = plans
+            .iter()
+            .map(|p| {
+                let n = usize::from(p.table.n_endpoints);
+                let eps = p.table.endpoints[..n]
+                    .iter()
+                    .map(|e| ServiceKey { addr: e.addr, port: e.port, proto: p.key.proto, family: e.family })
+                    .collect();
+                (p.key, eps)
+            })
+            .collect();
+        Services { services }
+    }
+
+    fn get(&self, key: &ServiceKey) -> Option<&[ServiceKey]> {
+        self.services.iter().find(|(k, _)| k == key).map(|(_, eps)| eps.as_slice())
+    }
+}
+
+/// What one run of the program did.
+pub struct Run<'a> {
+    pub action: u32,
+    pub output: &'a [u8],
+    /// Counter deltas, indexed by `Stat as usize`.
+    pub deltas: &'a [u64],
+}
+
+/// `Err` says how the program's handling of `frame` differs from what the
+/// host-side parser implies.
+pub fn judge(frame: &[u8], services: &Services, run: &Run<'_>) -> Result<(), String> {
+    let host = packet::parse(frame);
+    let d = |s: Stat| run.deltas[s as usize];
+    let mut problems = Vec::new();
+    let class = host.class_stat();
+    let replied = d(Stat::Replies) > 0;
+    // A service's packet the NAT refused (its TTL ran out, say) may count
+    // a second reason; every other frame moves exactly its own class.
+    let hit = match host.result {
+        Ok(Parsed::Flow(p)) => services.get(&ServiceKey::of_flow(&p.key)),
+        _ => None,
+    };
+    for s in CLASSES {
+        let want = u64::from(s == class);
+        let spare = u64::from(hit.is_some() && matches!(s, Stat::Truncated | Stat::BadHeader | Stat::BadLength));
+        if d(s) < want || d(s) > want + spare {
+            problems.push(format!("counter {} moved by {}, the host parser says {want}", s.name(), d(s)));
+        }
+    }
+    for family in [Stat::Ipv4, Stat::Ipv6] {
+        let want = u64::from(host.family == Some(family));
+        if d(family) != want {
+            problems.push(format!("counter {} moved by {}, the host parser says {want}", family.name(), d(family)));
+        }
+    }
+    let untouched = |problems: &mut Vec<String>| {
+        if run.action != XDP_PASS {
+            problems.push(format!("verdict {}, expected XDP_PASS", run.action));
+        }
+        if run.output != frame {
+            problems.push("the frame was changed".to_owned());
+        }
+    };
+    match (host.result, hit) {
+        (Ok(Parsed::Flow(_)), _) if replied => {}
+        (Ok(Parsed::Flow(p)), Some(endpoints)) => {
+            if d(Stat::ServicePackets) != 1 {
+                problems.push(format!("a packet to a service moved service_packets by {}", d(Stat::ServicePackets)));
+            }
+            let refused = d(Stat::TtlExpired) + d(Stat::Truncated) + d(Stat::BadHeader) + d(Stat::BadLength)
+                - u64::from(matches!(class, Stat::Truncated | Stat::BadHeader | Stat::BadLength));
+            if refused > 0 || run.action == XDP_DROP {
+                if run.output != frame {
+                    problems.push("a packet the NAT refused was changed".to_owned());
+                }
+            } else {
+                // Rewritten to one of the service's endpoints; source kept.
+                match packet::parse(run.output).result {
+                    Ok(Parsed::Flow(out)) => {
+                        let to = ServiceKey::of_flow(&out.key);
+                        if !endpoints.contains(&to) {
+                            problems.push(format!("rewritten to {to:?}, not an endpoint of the service"));
+                        }
+                        if (out.key.src_addr, out.key.src_port) != (p.key.src_addr, p.key.src_port) {
+                            problems.push("the source changed".to_owned());
+                        }
+                    }
+                    other => problems.push(format!("the rewritten frame parses as {other:?}")),
+                }
+            }
+        }
+        (Ok(Parsed::Flow(_)), None) => {
+            if d(Stat::ServicePackets) != 0 {
+                problems.push("a packet to no service counted as a service's".to_owned());
+            }
+            untouched(&mut problems);
+        }
+        // Not TCP/UDP, or malformed: counted and left to the stack.
+        _ => untouched(&mut problems),
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "frame {} (host parser: {:?}, family {:?}):\n  {}",
+            hex(frame),
+            host.result,
+            host.family,
+            problems.join("\n  ")
+        ))
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
