@@ -101,10 +101,11 @@ fn check_nesting(text: &str) -> Result<(), ConfigFileError> {
 /// duplicate fields, mappings and sequences, and text that is not YAML at all
 /// (libyaml's message is kept whole).
 fn describe_yaml_error(text: &str, err: &serde_yaml_ng::Error) -> String {
-    let msg = err.to_string();
-    let Some(loc) = err.location() else { return msg };
+    // serde quotes the values it complains about whole: cut each short.
+    let msg = shorten_quoted(&err.to_string());
+    let Some(loc) = err.location() else { return cut(&msg, 300) };
     if serde_yaml_ng::from_str::<serde_yaml_ng::Value>(text).is_err() {
-        return msg;
+        return cut(&msg, 300);
     }
     let body = msg.strip_suffix(&format!(" at line {} column {}", loc.line(), loc.column())).unwrap_or(&msg);
     let body = &cut(body, 300);
@@ -118,6 +119,46 @@ fn describe_yaml_error(text: &str, err: &serde_yaml_ng::Error) -> String {
         Some(v) => format!("{body}: {} {at}", Quoted(&v)),
         None => format!("{body} {at}"),
     }
+}
+
+/// Longest quoted value (in characters) an error message keeps whole.
+const QUOTE_MAX: usize = 64;
+
+/// `msg` with every double-quoted string in it (as serde writes values,
+/// escapes and all) longer than [`QUOTE_MAX`] characters cut, saying how
+/// long it was.
+fn shorten_quoted(msg: &str) -> String {
+    let mut out = String::with_capacity(msg.len().min(1024));
+    let mut rest = msg;
+    while let Some(open) = rest.find('"') {
+        out.push_str(&rest[..=open]);
+        let after = &rest[open + 1..];
+        // The closing quote: the first one no backslash escapes.
+        let mut escaped = false;
+        let close = after.char_indices().find_map(|(i, c)| {
+            let end = c == '"' && !escaped;
+            escaped = c == '\\' && !escaped;
+            end.then_some(i)
+        });
+        let Some(close) = close else {
+            out.push_str(after);
+            return out;
+        };
+        let inner = &after[..close];
+        match inner.char_indices().nth(QUOTE_MAX) {
+            Some((at, _)) => {
+                out.push_str(&inner[..at]);
+                out.push_str(&format!("…\" ({} bytes)", inner.len()));
+            }
+            None => {
+                out.push_str(inner);
+                out.push('"');
+            }
+        }
+        rest = &after[close + 1..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// `s` cut after `max` characters, saying how long it was.
@@ -672,6 +713,21 @@ mod hostile_tests {
 
     fn err(yaml: &str) -> String {
         Config::from_yaml(yaml).expect_err("refused").to_string()
+    }
+
+    /// Found by the `config` fuzz target: a file that is one long scalar
+    /// was refused with serde's message quoting all of it.
+    #[test]
+    fn values_serde_quotes_are_cut_short_in_every_error() {
+        let huge = "fie#ointerfaci~\n\n\n".repeat(2000);
+        let e = err(&huge);
+        assert!(e.len() < 400, "{} bytes: {e}", e.len());
+        assert!(e.contains("expected struct Config") && e.contains("bytes)"), "{e}");
+        let e = err(&format!("interfaces: {{clients: [eth0]}}\nflow_table_size: \"{}\"\n", "9".repeat(5000)));
+        assert!(e.len() < 400 && e.contains("flow_table_size"), "{} bytes: {e}", e.len());
+        assert_eq!(shorten_quoted(r#"a "short" b "with \" quote""#), r#"a "short" b "with \" quote""#);
+        let long = format!("x \"{}\" y", "é".repeat(100));
+        assert_eq!(shorten_quoted(&long), format!("x \"{}…\" (200 bytes) y", "é".repeat(64)));
     }
 
     #[test]
