@@ -730,6 +730,17 @@ mod hostile_tests {
         assert_eq!(shorten_quoted(&long), format!("x \"{}…\" (200 bytes) y", "é".repeat(64)));
     }
 
+    /// Found by the `config` fuzz target: the regex crate's syntax error
+    /// repeats the whole pattern, over as many lines as it has.
+    #[test]
+    fn a_bad_regex_is_named_in_one_short_line() {
+        let pattern = format!("({}", "ab\\n".repeat(300));
+        let yaml = L7_EXAMPLE.replace("x-canary: \"true\"", &format!("x-canary: {{ regex: \"{pattern}\" }}"));
+        let e = err(&yaml);
+        assert!(e.len() < 400, "{} bytes: {e}", e.len());
+        assert!(e.contains("bad regex") && e.contains("unclosed group") && !e.contains('\n'), "{e}");
+    }
+
     #[test]
     fn what_the_kernel_or_the_proxy_cannot_serve_is_refused_by_validation() {
         // More l4 services than the kernel's tables hold.

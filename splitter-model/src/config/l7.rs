@@ -290,9 +290,21 @@ fn check_methods(what: &str, methods: &[String]) -> Result<(), String> {
 
 fn check_value(what: &str, m: &ValueMatch) -> Result<(), String> {
     if let ValueMatch::Regex(re) = m {
-        regex::Regex::new(re).map_err(|e| format!("{what}: bad regex {}: {e}", Quoted(re)))?;
+        regex::Regex::new(re).map_err(|e| format!("{what}: bad regex {}: {}", Quoted(re), regex_problem(&e)))?;
     }
     Ok(())
+}
+
+/// What is wrong with a regex, in one line: the regex crate's syntax errors
+/// print the whole pattern again, over several lines, before the reason.
+fn regex_problem(e: &regex::Error) -> String {
+    match e {
+        regex::Error::Syntax(msg) => {
+            msg.lines().rev().find_map(|l| l.trim().strip_prefix("error: ")).unwrap_or("invalid syntax").to_owned()
+        }
+        regex::Error::CompiledTooBig(limit) => format!("it compiles to more than the {limit}-byte limit"),
+        other => other.to_string().lines().next().unwrap_or_default().to_owned(),
+    }
 }
 
 /// Checks the l7-only parts of a service against its versions.
