@@ -68,6 +68,8 @@ pub struct AgentMetrics {
     pub control: BTreeMap<(&'static str, &'static str), u64>,
     /// How long applying a change to the data path took.
     pub apply: LatencySnapshot,
+    /// Served interfaces that went or came back, by (interface, event).
+    pub links: BTreeMap<(String, &'static str), u64>,
 }
 
 type Labels = Vec<(&'static str, String)>;
@@ -306,6 +308,20 @@ const FAMILIES: &[Family] = &[
                 .control
                 .iter()
                 .map(|((op, result), n)| (vec![("op", (*op).into()), ("result", (*result).into())], Value::Counter(*n)))
+                .collect()
+        },
+    },
+    Family {
+        name: "splitter_interface_events",
+        help: "Served interfaces (clients, backends, mirror) deleted (lost) or back and attached to again (attached, attach_failed).",
+        kind: MetricType::Counter,
+        samples: |s| {
+            s.agent
+                .links
+                .iter()
+                .map(|((interface, event), n)| {
+                    (vec![("interface", interface.clone()), ("event", (*event).into())], Value::Counter(*n))
+                })
                 .collect()
         },
     },

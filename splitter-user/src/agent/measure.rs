@@ -92,6 +92,7 @@ pub(super) fn scrape(
             reloads_failed: c.reloads_failed,
             control: c.control.clone(),
             apply: c.apply.snapshot(),
+            links: c.links.clone(),
         },
     }
 }
