@@ -308,7 +308,12 @@ impl<B: Backing> Agent<B> {
         events.sweep.tick().await;
         events.sampling.tick().await;
         let mut agent = Agent {
-            sources: Sources { pinned: PinnedMaps::open(&config.pin_path)?, active_flows: Default::default(), started },
+            sources: Sources {
+                pinned: PinnedMaps::open(&config.pin_path)?,
+                active_flows: Default::default(),
+                flow_entries: None,
+                started,
+            },
             config,
             runtime,
             opts,
@@ -600,6 +605,24 @@ impl<B: Backing> Agent<B> {
                     debug!(examined = s.examined, removed = s.removed, "flow sweep");
                 }
                 self.sources.active_flows = s.remaining;
+                let entries = s.examined - s.removed;
+                let capacity = self.sources.pinned.flow_capacity();
+                let was = self.sources.flow_entries.and_then(|n| crate::status::flow_table_fill(n, capacity));
+                let now = crate::status::flow_table_fill(entries, capacity);
+                let warn_at = crate::status::FLOW_TABLE_WARN;
+                // Said once on the way up, and once on the way back down.
+                if now.is_some_and(|f| f > warn_at) && !was.is_some_and(|f| f > warn_at) {
+                    warn!(
+                        entries,
+                        capacity,
+                        "the flow table is above {:.0}% full: when it is full, new flows evict the least recently \
+                         used (their next packets are placed again); raise flow_table_size",
+                        warn_at * 100.0
+                    );
+                } else if was.is_some_and(|f| f > warn_at) && !now.is_some_and(|f| f > warn_at) {
+                    info!(entries, capacity, "the flow table is below {:.0}% full again", warn_at * 100.0);
+                }
+                self.sources.flow_entries = Some(entries);
             }
             Err(e) => warn!("flow sweep failed: {e}"),
         }
