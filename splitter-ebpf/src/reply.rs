@@ -11,6 +11,39 @@ use splitter_common::{
 
 use crate::maps::{SPLITTER_BACKENDS, SPLITTER_FLOWS};
 
+/// What a packet from an endpoint's port with no flow entry is.
+pub enum Orphan {
+    /// Its source is no endpoint of any service: not a reply.
+    NotEndpoint,
+    /// A reply whose flow's entry is gone (evicted, or the table resized):
+    /// the endpoint serves this one VIP on that port (copied to `vip`).
+    Of,
+    /// A reply that cannot be given back its VIP: the endpoint serves
+    /// several on that port.
+    Ambiguous,
+}
+
+/// Classifies a packet [`find`] found no flow for: whether its source is an
+/// endpoint, and if so the one VIP it answers for (in `vip`).
+#[inline(always)]
+pub fn orphan(key: &FlowKey, vip: &mut ServiceKey) -> Orphan {
+    // SAFETY: a lookup; the value stays valid for the program run (RCU).
+    let Some(backend) = (unsafe { SPLITTER_BACKENDS.get(ServiceKey::of_source(key)) }) else {
+        return Orphan::NotEndpoint;
+    };
+    if backend.count != 1 {
+        return Orphan::Ambiguous;
+    }
+    let only = &backend.vips[0];
+    for w in 0..4 {
+        vip.addr[w] = only.addr[w];
+    }
+    vip.port = only.port;
+    vip.proto = only.proto;
+    vip.family = only.family;
+    Orphan::Of
+}
+
 /// The flow `key` (endpoint → client) replies to, when its source is an
 /// endpoint serving a flow of its destination: a pointer into the flow
 /// table, and in `vip` the address its source becomes.

@@ -223,6 +223,9 @@ impl<B: Backing> Agent<B> {
         for (map, why) in &adoption.replaced {
             warn!(map, "pinned map does not fit this build ({why}); replaced with a fresh one");
         }
+        if let Some(r) = adoption.resized {
+            info!(from = r.from, to = r.to, copied = r.copied, "flow table resized: its flows copied into the new one");
+        }
         for map in &adoption.retired {
             info!(map, "removed a map an earlier build pinned and this one no longer uses");
         }

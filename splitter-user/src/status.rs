@@ -552,6 +552,7 @@ mod tests {
             pin_path: "/sys/fs/bpf/x".into(),
             agent: None,
             active_flows: 0,
+            flow_table_size: 0,
             services: vec![
                 service("api", Mode::L7, Some(api)),
                 service("shop", Mode::L4, Some(shop)),
