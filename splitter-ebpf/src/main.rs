@@ -28,7 +28,7 @@ use crate::{
     maps::{SPLITTER_FLOWS, SPLITTER_SCRATCH, SPLITTER_SERVICES, SPLITTER_TABLES},
     nat::Side,
     parse::{Packet, Parsed, IPPROTO_TCP, TCP_FIN},
-    reply::Orphan,
+    reply::Reply,
 };
 
 /// `bpf_map_update_elem` flag: insert only, never replace.
@@ -94,19 +94,17 @@ fn try_ingress(ctx: &Ingress) -> u32 {
                 // A SYN is never a reply.
                 if !syn {
                     let mut vip = ServiceKey::UNSET;
-                    if let Some(state) = reply::find(&pkt.key, &mut vip) {
+                    // An endpoint's packet is never forwarded with the
+                    // endpoint's address.
+                    match reply::find(&pkt.key, &mut vip) {
                         // SAFETY: the map's value; see `established` on racing writes.
-                        return to_client(ctx, &pkt, unsafe { &mut *state }, &vip);
-                    }
-                    // An endpoint's packet with no flow: never forwarded
-                    // with the endpoint's address.
-                    match reply::orphan(&pkt.key, &mut vip) {
-                        Orphan::NotEndpoint => {}
-                        Orphan::Of => return adopt_reply(ctx, &pkt, &vip),
-                        Orphan::Ambiguous => {
+                        Reply::Of(state) => return to_client(ctx, &pkt, unsafe { &mut *state }, &vip),
+                        Reply::Orphan => return adopt_reply(ctx, &pkt, &vip),
+                        Reply::Ambiguous => {
                             ctx.stats.inc(Stat::OrphanReplies);
                             return xdp_action::XDP_DROP;
                         }
+                        Reply::NotEndpoint => {}
                     }
                 }
                 // SAFETY: a lookup; the value is copied at once.
