@@ -58,8 +58,12 @@ fn a_flow_table_above_80_percent_is_reported_in_status_and_the_log() {
 /// Raises this process's open-file limit to `n` (root): the test holds
 /// both ends of thousands of connections.
 fn open_files(n: u64) {
-    use nix::sys::resource::{setrlimit, Resource};
-    setrlimit(Resource::RLIMIT_NOFILE, n, n).expect("raising RLIMIT_NOFILE (root)");
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    // Never lowered: tests of this file run in parallel in one process.
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("RLIMIT_NOFILE");
+    if soft < n {
+        setrlimit(Resource::RLIMIT_NOFILE, n, hard.max(n)).expect("raising RLIMIT_NOFILE (root)");
+    }
 }
 
 #[test]
