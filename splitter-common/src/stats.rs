@@ -109,11 +109,20 @@ pub enum Stat {
     /// Packets from a service address arriving on a mirror interface (a
     /// shadow answering the copies): dropped, never forwarded to clients.
     ShadowReplies,
+    /// Replies from an endpoint whose flow had no entry (evicted from a full
+    /// table, or lost with a resized one): translated to the one VIP the
+    /// endpoint serves on that port, and the entry restored.
+    ReplyAdopted,
+    /// Replies from an endpoint port with no flow entry that could not be
+    /// given back their VIP (the endpoint serves several VIPs on that port,
+    /// or is no longer in the service): dropped, never forwarded with the
+    /// endpoint's address.
+    OrphanReplies,
 }
 
 impl Stat {
     /// Every counter, in index order.
-    pub const ALL: [Stat; 35] = [
+    pub const ALL: [Stat; 37] = [
         Stat::RxPackets,
         Stat::RxBytes,
         Stat::NonIp,
@@ -149,6 +158,8 @@ impl Stat {
         Stat::MirrorDropped,
         Stat::MirrorFailed,
         Stat::ShadowReplies,
+        Stat::ReplyAdopted,
+        Stat::OrphanReplies,
     ];
 
     /// Number of slots in the stats map.
@@ -192,6 +203,8 @@ impl Stat {
             Stat::MirrorDropped => "mirror_dropped",
             Stat::MirrorFailed => "mirror_failed",
             Stat::ShadowReplies => "shadow_replies",
+            Stat::ReplyAdopted => "reply_adopted",
+            Stat::OrphanReplies => "orphan_replies",
         }
     }
 

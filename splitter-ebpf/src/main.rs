@@ -17,16 +17,18 @@ mod select;
 
 use aya_ebpf::{bindings::xdp_action, helpers::generated::bpf_ktime_get_coarse_ns, macros::xdp, programs::XdpContext};
 use splitter_common::{
-    service::{FlowState, NextHop, ServiceKey, ServiceRef, FLOW_ADOPTED, FLOW_CLOSING, FLOW_MIRROR},
+    service::{FlowState, NextHop, ServiceKey, ServiceRef, FLOW_ADOPTED, FLOW_CLOSING, FLOW_MIRROR, MAX_ENDPOINTS},
     stats::Stat,
+    FlowKey,
 };
 
 use crate::{
     counters::{Direction, Stats},
     frame::{Frame, Ingress},
-    maps::{SPLITTER_FLOWS, SPLITTER_SCRATCH, SPLITTER_SERVICES},
+    maps::{SPLITTER_FLOWS, SPLITTER_SCRATCH, SPLITTER_SERVICES, SPLITTER_TABLES},
     nat::Side,
     parse::{Packet, Parsed, IPPROTO_TCP, TCP_FIN},
+    reply::Reply,
 };
 
 /// `bpf_map_update_elem` flag: insert only, never replace.
@@ -92,9 +94,17 @@ fn try_ingress(ctx: &Ingress) -> u32 {
                 // A SYN is never a reply.
                 if !syn {
                     let mut vip = ServiceKey::UNSET;
-                    if let Some(state) = reply::find(&pkt.key, &mut vip) {
+                    // An endpoint's packet is never forwarded with the
+                    // endpoint's address.
+                    match reply::find(&pkt.key, &mut vip) {
                         // SAFETY: the map's value; see `established` on racing writes.
-                        return to_client(ctx, &pkt, unsafe { &mut *state }, &vip);
+                        Reply::Of(state) => return to_client(ctx, &pkt, unsafe { &mut *state }, &vip),
+                        Reply::Orphan => return adopt_reply(ctx, &pkt, &vip),
+                        Reply::Ambiguous => {
+                            ctx.stats.inc(Stat::OrphanReplies);
+                            return xdp_action::XDP_DROP;
+                        }
+                        Reply::NotEndpoint => {}
                     }
                 }
                 // SAFETY: a lookup; the value is copied at once.
@@ -258,6 +268,92 @@ fn to_backend(ctx: &Ingress, pkt: &Packet, backend: &[u32; 4], port: u16, hop: O
     match hop {
         Some(hop) => forward::send(ctx, &hop),
         None => xdp_action::XDP_PASS,
+    }
+}
+
+/// Endpoint → client, a reply whose flow has no entry (evicted from a full
+/// table, or lost when the table was resized) to the one VIP the endpoint
+/// serves on that port: the entry is restored on this endpoint (so the
+/// client's next packet follows it), then the reply goes out as the VIP's.
+/// Dropped and counted when the endpoint is no longer in that service.
+#[inline(always)]
+fn adopt_reply(ctx: &Ingress, pkt: &Packet, vip: &ServiceKey) -> u32 {
+    let client = FlowKey {
+        src_addr: pkt.key.dst_addr,
+        dst_addr: vip.addr,
+        src_port: pkt.key.dst_port,
+        dst_port: vip.port,
+        proto: pkt.key.proto,
+        family: pkt.key.family,
+        _pad: [0; 2],
+    };
+    // SAFETY: lookups; the values are read at once.
+    let Some(svc) = (unsafe { SPLITTER_SERVICES.get(ServiceKey::of_flow(&client)) }) else {
+        ctx.stats.inc(Stat::OrphanReplies);
+        return xdp_action::XDP_DROP;
+    };
+    let Some(table) = SPLITTER_TABLES.get(svc.table) else {
+        ctx.stats.inc(Stat::OrphanReplies);
+        return xdp_action::XDP_DROP;
+    };
+    let n = table.n_endpoints as usize;
+    let mut found = MAX_ENDPOINTS;
+    for i in 0..MAX_ENDPOINTS {
+        if i >= n {
+            break;
+        }
+        let e = &table.endpoints[i];
+        if e.addr == pkt.key.src_addr && e.port == pkt.key.src_port {
+            found = i;
+            break;
+        }
+    }
+    if found >= MAX_ENDPOINTS {
+        ctx.stats.inc(Stat::OrphanReplies);
+        return xdp_action::XDP_DROP;
+    }
+    let version = table.endpoints[found].version;
+    let service = (svc.table / 2) as u16;
+    let Some(scratch) = SPLITTER_SCRATCH.get_ptr_mut(0) else {
+        return xdp_action::XDP_PASS;
+    };
+    // SAFETY: this CPU's slot, as in `new_flow`.
+    let state = unsafe { &mut (*scratch).flow };
+    for w in 0..4 {
+        state.backend[w] = pkt.key.src_addr[w];
+    }
+    state.backend_port = pkt.key.src_port;
+    state.version = version;
+    state.flags = FLOW_ADOPTED;
+    state.endpoint = found as u8;
+    state._pad = 0;
+    state.service = service;
+    state.hop.ifindex = 0;
+    state.reply_hop.ifindex = 0;
+    // SAFETY: plain helper call.
+    state.last_seen_ns = unsafe { bpf_ktime_get_coarse_ns() };
+    state.mirror_ifindex = 0;
+    state._pad2 = 0;
+    let entry: &FlowState = state;
+    match SPLITTER_FLOWS.insert(client, entry, BPF_NOEXIST) {
+        Ok(()) => ctx.stats.inc(Stat::ReplyAdopted),
+        // Restored meanwhile by the client's packet or another CPU: use it.
+        Err(e) if e == -EEXIST => {}
+        Err(_) => ctx.stats.inc(Stat::FlowInsertFailed),
+    }
+    match SPLITTER_FLOWS.get_ptr_mut(client) {
+        Some(entry) => {
+            // SAFETY: the map's value; see `established` on racing writes.
+            let entry = unsafe { &mut *entry };
+            // The client's flow lives on another endpoint: not its reply.
+            if entry.backend != pkt.key.src_addr || entry.backend_port != pkt.key.src_port {
+                ctx.stats.inc(Stat::OrphanReplies);
+                return xdp_action::XDP_DROP;
+            }
+            to_client(ctx, pkt, entry, vip)
+        }
+        // Not kept (the insert failed): translated all the same.
+        None => to_client(ctx, pkt, state, vip),
     }
 }
 

@@ -69,7 +69,9 @@ fn try_mirror(skb: &Skb) -> i32 {
         }
     } else {
         let mut vip = ServiceKey::UNSET;
-        let Some(state) = reply::find(&pkt.key, &mut vip) else {
+        // Only the replies of flows with an entry (the XDP program restores
+        // an orphan's entry, unmirrored, before this sees it).
+        let reply::Reply::Of(state) = reply::find(&pkt.key, &mut vip) else {
             return TC_ACT_OK;
         };
         // SAFETY: the map's value, as above.

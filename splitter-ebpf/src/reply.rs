@@ -11,17 +11,34 @@ use splitter_common::{
 
 use crate::maps::{SPLITTER_BACKENDS, SPLITTER_FLOWS};
 
-/// The flow `key` (endpoint → client) replies to, when its source is an
-/// endpoint serving a flow of its destination: a pointer into the flow
-/// table, and in `vip` the address its source becomes.
+/// What a packet that has no flow of its own turned out to be.
+pub enum Reply {
+    /// Its source is no endpoint of any service: not a reply.
+    NotEndpoint,
+    /// A reply of the flow at this pointer into the flow table; `vip` holds
+    /// the address its source becomes.
+    Of(*mut FlowState),
+    /// A reply whose flow's entry is gone (evicted, or the table resized):
+    /// the endpoint serves this one VIP on that port (copied to `vip`).
+    Orphan,
+    /// An endpoint's packet that answers none of its flows and cannot be
+    /// given a VIP: it serves several on that port, none with this flow.
+    Ambiguous,
+}
+
+/// What `key` (endpoint → client, with no flow of its own) is: the reply
+/// of a flow to a VIP the endpoint serves (in `vip` the address its source
+/// becomes), an orphan reply, or nothing of ours. One `BACKENDS` lookup.
 ///
 /// The VIP is copied out rather than pointed at: whichever candidate
 /// matched, the verifier then sees one state after the search (a pointer
 /// would differ in its offset), not one per candidate.
 #[inline(always)]
-pub fn find(key: &FlowKey, vip: &mut ServiceKey) -> Option<*mut FlowState> {
+pub fn find(key: &FlowKey, vip: &mut ServiceKey) -> Reply {
     // SAFETY: a lookup; the value stays valid for the program run (RCU).
-    let backend = unsafe { SPLITTER_BACKENDS.get(ServiceKey::of_source(key)) }?;
+    let Some(backend) = (unsafe { SPLITTER_BACKENDS.get(ServiceKey::of_source(key)) }) else {
+        return Reply::NotEndpoint;
+    };
     let count = backend.count as usize;
     for i in 0..MAX_SERVICES_PER_ENDPOINT {
         if i >= count {
@@ -41,16 +58,25 @@ pub fn find(key: &FlowKey, vip: &mut ServiceKey) -> Option<*mut FlowState> {
             // SAFETY: the map's value, read only here.
             let s = unsafe { &*state };
             if s.backend == key.src_addr && s.backend_port == key.src_port {
-                // Field by field: a struct copy becomes a `memmove` call.
-                for w in 0..4 {
-                    vip.addr[w] = candidate.addr[w];
-                }
-                vip.port = candidate.port;
-                vip.proto = candidate.proto;
-                vip.family = candidate.family;
-                return Some(state);
+                copy(candidate, vip);
+                return Reply::Of(state);
             }
         }
     }
-    None
+    if count != 1 {
+        return Reply::Ambiguous;
+    }
+    copy(&backend.vips[0], vip);
+    Reply::Orphan
+}
+
+/// Field by field: a struct copy becomes a `memmove` call.
+#[inline(always)]
+fn copy(from: &ServiceKey, to: &mut ServiceKey) {
+    for w in 0..4 {
+        to.addr[w] = from.addr[w];
+    }
+    to.port = from.port;
+    to.proto = from.proto;
+    to.family = from.family;
 }

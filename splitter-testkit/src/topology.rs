@@ -63,41 +63,98 @@ pub struct Topology {
     pub green: NetNs,
 }
 
+/// A host's link to the lb: the lb's end and addresses, the host's (its
+/// `eth0`), and the IPv4 prefix length they share.
+struct Link {
+    lb_if: &'static str,
+    lb4: Ipv4Addr,
+    lb6: Ipv6Addr,
+    host4: Ipv4Addr,
+    host6: Ipv6Addr,
+    prefix4: u8,
+}
+
+const fn v6(s: [u16; 8]) -> Ipv6Addr {
+    Ipv6Addr::new(s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7])
+}
+
+const CLIENT_LINK: Link = Link {
+    lb_if: CLIENTS[0],
+    lb4: Ipv4Addr::new(192, 0, 2, 1),
+    lb6: v6([0x2001, 0xdb8, 0xc, 0, 0, 0, 0, 1]),
+    host4: CLIENT,
+    host6: v6([0x2001, 0xdb8, 0xc, 0, 0, 0, 0, 2]),
+    prefix4: 24,
+};
+const BLUE_LINK: Link = Link {
+    lb_if: BACKENDS[0],
+    lb4: Ipv4Addr::new(198, 51, 100, 1),
+    lb6: v6([0x2001, 0xdb8, 1, 0, 0, 0, 0, 1]),
+    host4: BLUE,
+    host6: BLUE6,
+    prefix4: 28,
+};
+const GREEN_LINK: Link = Link {
+    lb_if: BACKENDS[1],
+    lb4: Ipv4Addr::new(198, 51, 100, 17),
+    lb6: v6([0x2001, 0xdb8, 2, 0, 0, 0, 0, 1]),
+    host4: GREEN,
+    host6: GREEN6,
+    prefix4: 28,
+};
+
+/// Joins `host` to `lb` by a veth pair with `link`'s names and addresses,
+/// the host's default routes through the lb.
+fn connect(lb: &NetNs, host: &NetNs, link: &Link) -> Result<(), NetnsError> {
+    veth(lb, link.lb_if, host, "eth0")?;
+    lb.addr(link.lb_if, link.lb4.into(), link.prefix4)?;
+    lb.addr(link.lb_if, link.lb6.into(), 64)?;
+    host.addr("eth0", link.host4.into(), link.prefix4)?;
+    host.addr("eth0", link.host6.into(), 64)?;
+    host.ip(&["route", "add", "default", "via", &link.lb4.to_string()])?;
+    host.ip(&["-6", "route", "add", "default", "via", &link.lb6.to_string()])?;
+    // XDP redirects into a veth land only if its peer runs NAPI (GRO on),
+    // and a redirected frame loses the "checksum to be completed" state of
+    // locally sent packets: hosts on veth send full checksums.
+    host.enable_gro("eth0")?;
+    host.disable_tx_offload("eth0")
+}
+
 impl Topology {
     /// Builds the topology with namespaces `{prefix}-client`, `-lb`, `-blue`, `-green`.
     pub fn build(prefix: &str) -> Result<Topology, NetnsError> {
         let ns = |role: &str| NetNs::new(format!("{prefix}-{role}"));
         let t = Topology { client: ns("client")?, lb: ns("lb")?, blue: ns("blue")?, green: ns("green")? };
-        let ([to_client], [to_blue, to_green]) = (CLIENTS, BACKENDS);
-        let v6 = |a: &str| -> Ipv6Addr { a.parse().expect("an IPv6 address") };
-        let lb = &t.lb;
-        for (lb_if, host, lb4, prefix4, lb6) in [
-            (to_client, &t.client, Ipv4Addr::new(192, 0, 2, 1), 24, "2001:db8:c::1"),
-            (to_blue, &t.blue, Ipv4Addr::new(198, 51, 100, 1), 28, "2001:db8:1::1"),
-            (to_green, &t.green, Ipv4Addr::new(198, 51, 100, 17), 28, "2001:db8:2::1"),
-        ] {
-            veth(lb, lb_if, host, "eth0")?;
-            lb.addr(lb_if, lb4.into(), prefix4)?;
-            lb.addr(lb_if, v6(lb6).into(), 64)?;
+        for (host, link) in [(&t.client, &CLIENT_LINK), (&t.blue, &BLUE_LINK), (&t.green, &GREEN_LINK)] {
+            connect(&t.lb, host, link)?;
         }
-        lb.sysctl("net.ipv4.ip_forward=1")?;
-        lb.sysctl("net.ipv6.conf.all.forwarding=1")?;
-        for (host, v4, gw4, v6_addr, gw6, prefix4) in [
-            (&t.client, CLIENT, "192.0.2.1", v6("2001:db8:c::2"), "2001:db8:c::1", 24),
-            (&t.blue, BLUE, "198.51.100.1", BLUE6, "2001:db8:1::1", 28),
-            (&t.green, GREEN, "198.51.100.17", GREEN6, "2001:db8:2::1", 28),
-        ] {
-            host.addr("eth0", v4.into(), prefix4)?;
-            host.addr("eth0", v6_addr.into(), 64)?;
-            host.ip(&["route", "add", "default", "via", gw4])?;
-            host.ip(&["-6", "route", "add", "default", "via", gw6])?;
-            // XDP redirects into a veth land only if its peer runs NAPI (GRO
-            // on), and a redirected frame loses the "checksum to be completed"
-            // state of locally sent packets: hosts on veth send full checksums.
-            host.enable_gro("eth0")?;
-            host.disable_tx_offload("eth0")?;
-        }
+        // Also the default for interfaces made later (`relink_backend`).
+        t.lb.sysctl("net.ipv4.ip_forward=1")?;
+        t.lb.sysctl("net.ipv6.conf.all.forwarding=1")?;
         Ok(t)
+    }
+
+    /// Deletes the link between the lb and backend `version` (`blue` or
+    /// `green`): both ends of the veth go, as when a backend's namespace
+    /// is deleted.
+    pub fn unlink_backend(&self, version: &str) -> Result<(), NetnsError> {
+        let (_, link) = self.backend_link(version);
+        self.lb.ip(&["link", "del", link.lb_if]).map(drop)
+    }
+
+    /// Makes the link [`Topology::unlink_backend`] deleted again, with the
+    /// same names and addresses (new interfaces, new indexes).
+    pub fn relink_backend(&self, version: &str) -> Result<(), NetnsError> {
+        let (host, link) = self.backend_link(version);
+        connect(&self.lb, host, link)
+    }
+
+    fn backend_link(&self, version: &str) -> (&NetNs, &'static Link) {
+        match version {
+            "blue" => (&self.blue, &BLUE_LINK),
+            "green" => (&self.green, &GREEN_LINK),
+            other => panic!("the topology's backends are blue and green, not {other:?}"),
+        }
     }
 
     /// Adds the mirror link: [`MIRROR`] in `lb`, joined to `eth0` in a new

@@ -6,6 +6,7 @@
 //! share — is a [`backing::Backing`] of two implementations.
 
 use std::{
+    collections::BTreeMap,
     fs::File,
     path::Path,
     time::{Duration, Instant, SystemTime},
@@ -40,6 +41,7 @@ use crate::{
     control::{Request, RequestError, Response},
     dataplane::{ensure_bpffs, AttachMode, Attached, Counters, Dataplane, DataplaneError, PinnedMaps},
     l7::L7,
+    link_watch::{self, LinkAction, LinkEvent},
     metrics::Scrape,
 };
 
@@ -143,6 +145,9 @@ struct Agent<B: Backing> {
     /// nothing is not a reload).
     last_text: String,
     last_rollout_tick: Instant,
+    /// Index of each interface the agent serves (clients, backends, mirror
+    /// interfaces) when it last attached there; `None` while it is missing.
+    links: BTreeMap<String, Option<u32>>,
 }
 
 /// The event sources the loop waits on that are not the agent's own state.
@@ -158,6 +163,8 @@ struct Events {
     /// When a burst of file events has settled.
     reload_due: Option<tokio::time::Instant>,
     kernel_log: Option<tokio::io::unix::AsyncFd<crate::dataplane::KernelLog>>,
+    /// Interfaces created and deleted in the agent's namespace.
+    links: Option<tokio::sync::mpsc::UnboundedReceiver<LinkEvent>>,
     scrapes: tokio::sync::mpsc::Receiver<tokio::sync::oneshot::Sender<Scrape>>,
     stats: tokio::time::Interval,
     stats_every: Duration,
@@ -216,6 +223,9 @@ impl<B: Backing> Agent<B> {
         for (map, why) in &adoption.replaced {
             warn!(map, "pinned map does not fit this build ({why}); replaced with a fresh one");
         }
+        if let Some(r) = adoption.resized {
+            info!(from = r.from, to = r.to, copied = r.copied, "flow table resized: its flows copied into the new one");
+        }
         for map in &adoption.retired {
             info!(map, "removed a map an earlier build pinned and this one no longer uses");
         }
@@ -230,8 +240,25 @@ impl<B: Backing> Agent<B> {
         // The same all-or-nothing install as every later change.
         serving.install(&effective, &plans)?;
         log_plans(&plans);
+        // Subscribed before attaching: an interface that comes back while
+        // the agent starts is not missed.
+        let links = match link_watch::watch() {
+            Ok(rx) => Some(rx),
+            Err(e) => {
+                warn!("not watching interfaces ({e}): one that is deleted and comes back needs an agent restart");
+                None
+            }
+        };
         let dp = &mut serving.dp;
         attach(dp, &config, opts.xdp_mode)?;
+        let served_links = data_interfaces(&config)
+            .into_iter()
+            .chain(effective.mirror_interfaces())
+            .map(|i| {
+                let index = nix::net::if_::if_nametoindex(i.as_str()).ok();
+                (i, index)
+            })
+            .collect();
         check_forwarding(&config);
         let kernel_log = match dp.kernel_log().and_then(|l| {
             // SAFETY: the fd is the ring buffer map's, owned by the logger, which
@@ -270,6 +297,7 @@ impl<B: Backing> Agent<B> {
             file_events,
             reload_due: None,
             kernel_log,
+            links,
             scrapes,
             stats: tokio::time::interval(stats_every),
             stats_every,
@@ -283,7 +311,12 @@ impl<B: Backing> Agent<B> {
         events.sweep.tick().await;
         events.sampling.tick().await;
         let mut agent = Agent {
-            sources: Sources { pinned: PinnedMaps::open(&config.pin_path)?, active_flows: Default::default(), started },
+            sources: Sources {
+                pinned: PinnedMaps::open(&config.pin_path)?,
+                active_flows: Default::default(),
+                flow_entries: None,
+                started,
+            },
             config,
             runtime,
             opts,
@@ -293,6 +326,7 @@ impl<B: Backing> Agent<B> {
             last_stats,
             last_text,
             last_rollout_tick: Instant::now(),
+            links: served_links,
         };
         // The first sample before the control socket answers anything: the
         // window then covers everything since the start.
@@ -323,6 +357,9 @@ impl<B: Backing> Agent<B> {
                 Ok(mut guard) = async { ev.kernel_log.as_mut().expect("guarded").readable_mut().await }, if ev.kernel_log.is_some() => {
                     guard.get_inner_mut().flush();
                     guard.clear_ready();
+                }
+                Some(event) = async { ev.links.as_mut().expect("guarded").recv().await }, if ev.links.is_some() => {
+                    self.on_link(event).await;
                 }
                 event = self.backing.event() => {
                     self.backing.on_event(event, &mut self.config, &mut self.runtime, &mut self.serving);
@@ -443,6 +480,64 @@ impl<B: Backing> Agent<B> {
         self.backing.commit(next, what, &self.config, &mut self.runtime, &mut self.serving).await
     }
 
+    /// An interface appeared, changed or went: a served one that is back
+    /// gets the programs again (its links died with it); a mirror interface
+    /// that is back gets its guard, and the tables that copy to it its new
+    /// index. Logged and counted either way.
+    async fn on_link(&mut self, event: LinkEvent) {
+        let (effective, _) = self.runtime.clone().effective(&self.config);
+        let data = data_interfaces(&self.config);
+        let mirrors = effective.mirror_interfaces();
+        // Mirror interfaces named since the start are served too.
+        for m in &mirrors {
+            self.links.entry(m.clone()).or_insert(None);
+        }
+        let served: BTreeMap<String, Option<u32>> = self
+            .links
+            .iter()
+            .filter(|(n, _)| data.contains(*n) || mirrors.contains(*n))
+            .map(|(n, i)| (n.clone(), *i))
+            .collect();
+        match link_watch::decide(&event, &served) {
+            LinkAction::None => {}
+            LinkAction::Lost { name, index } => {
+                warn!(interface = %name, index, "interface deleted: nothing is served there until it comes back");
+                self.links.insert(name.clone(), None);
+                self.serving.counters.link(&name, "lost");
+            }
+            LinkAction::Attach { name, index } => {
+                match self.reattach(&name, data.contains(&name), mirrors.contains(&name), &effective) {
+                    Ok(()) => {
+                        info!(interface = %name, index, "interface (re)appeared: programs attached");
+                        self.links.insert(name.clone(), Some(index));
+                        self.serving.counters.link(&name, "attached");
+                    }
+                    Err(e) => {
+                        error!(interface = %name, index, "interface (re)appeared, attaching failed: {e}");
+                        self.serving.counters.link(&name, "attach_failed");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Puts the programs back on interface `name`: the ingress programs on a
+    /// client or backend interface, the guard on a mirror interface (and the
+    /// mirroring tables rewritten with its new index).
+    fn reattach(&mut self, name: &str, data: bool, mirror: bool, effective: &Config) -> Result<(), AgentError> {
+        if data {
+            self.serving.dp.attach_ingress(name, self.opts.xdp_mode)?;
+        }
+        if mirror {
+            self.serving.dp.forget_guard(name);
+            // Planned from the live tables: the same tables, with the
+            // interface's index resolved again.
+            let plans = splitter_model::plan::plan_all(effective, |n| self.serving.dp.previous(n))?;
+            self.serving.install(effective, &plans)?;
+        }
+        Ok(())
+    }
+
     /// The file changed on disk: reload when its text did.
     async fn on_file_changed(&mut self) {
         let text = std::fs::read_to_string(&self.opts.config_path).unwrap_or_default();
@@ -513,6 +608,24 @@ impl<B: Backing> Agent<B> {
                     debug!(examined = s.examined, removed = s.removed, "flow sweep");
                 }
                 self.sources.active_flows = s.remaining;
+                let entries = s.examined - s.removed;
+                let capacity = self.sources.pinned.flow_capacity();
+                let was = self.sources.flow_entries.and_then(|n| crate::status::flow_table_fill(n, capacity));
+                let now = crate::status::flow_table_fill(entries, capacity);
+                let warn_at = crate::status::FLOW_TABLE_WARN;
+                // Said once on the way up, and once on the way back down.
+                if now.is_some_and(|f| f > warn_at) && !was.is_some_and(|f| f > warn_at) {
+                    warn!(
+                        entries,
+                        capacity,
+                        "the flow table is above {:.0}% full: when it is full, new flows evict the least recently \
+                         used (their next packets are placed again); raise flow_table_size",
+                        warn_at * 100.0
+                    );
+                } else if was.is_some_and(|f| f > warn_at) && !now.is_some_and(|f| f > warn_at) {
+                    info!(entries, capacity, "the flow table is below {:.0}% full again", warn_at * 100.0);
+                }
+                self.sources.flow_entries = Some(entries);
             }
             Err(e) => warn!("flow sweep failed: {e}"),
         }
@@ -678,9 +791,8 @@ fn l7_connection_budget() -> usize {
 /// program into pinned links where they exist; detaches interfaces no
 /// longer configured.
 fn attach(dp: &mut Dataplane, config: &Config, mode: AttachMode) -> Result<(), AgentError> {
-    let interfaces: Vec<&String> = config.interfaces.clients.iter().chain(&config.interfaces.backends).collect();
-    let mut seen = std::collections::BTreeSet::new();
-    for ifname in interfaces.into_iter().filter(|i| seen.insert(*i)) {
+    let interfaces = data_interfaces(config);
+    for ifname in &interfaces {
         match dp.attach_ingress(ifname, mode)? {
             Attached::New => {
                 info!(interface = %ifname, mode = ?mode, "attached {PROG_INGRESS} (XDP) and {PROG_MIRROR} (TC)")
@@ -690,11 +802,16 @@ fn attach(dp: &mut Dataplane, config: &Config, mode: AttachMode) -> Result<(), A
             }
         }
     }
-    let keep: Vec<&str> = seen.iter().map(|s| s.as_str()).collect();
+    let keep: Vec<&str> = interfaces.iter().map(String::as_str).collect();
     for gone in dp.detach_others(&keep)? {
         info!(interface = %gone, "detached: no longer in the config");
     }
     Ok(())
+}
+
+/// The client and backend interfaces, each once: where the programs go.
+fn data_interfaces(config: &Config) -> std::collections::BTreeSet<String> {
+    config.interfaces.clients.iter().chain(&config.interfaces.backends).cloned().collect()
 }
 
 /// Watches the config file's directory (editors replace files by renaming)

@@ -13,6 +13,7 @@ pub mod control;
 pub mod dataplane;
 pub mod demo;
 pub mod l7;
+pub mod link_watch;
 pub mod local_addrs;
 pub mod metrics;
 pub mod state;

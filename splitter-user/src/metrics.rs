@@ -26,6 +26,8 @@ pub struct Scrape {
     pub datapath: Vec<(&'static str, u64)>,
     /// Flows in the kernel table per service, as of the last sweep.
     pub active_flows: BTreeMap<String, u64>,
+    /// Entries in the flow table at the last sweep, and its capacity.
+    pub flow_table: Option<(u64, u64)>,
     pub agent: AgentMetrics,
     /// Each service's last rollout.
     pub rollouts: BTreeMap<String, splitter_model::rollout::Rollout>,
@@ -68,6 +70,8 @@ pub struct AgentMetrics {
     pub control: BTreeMap<(&'static str, &'static str), u64>,
     /// How long applying a change to the data path took.
     pub apply: LatencySnapshot,
+    /// Served interfaces that went or came back, by (interface, event).
+    pub links: BTreeMap<(String, &'static str), u64>,
 }
 
 type Labels = Vec<(&'static str, String)>;
@@ -306,6 +310,32 @@ const FAMILIES: &[Family] = &[
                 .control
                 .iter()
                 .map(|((op, result), n)| (vec![("op", (*op).into()), ("result", (*result).into())], Value::Counter(*n)))
+                .collect()
+        },
+    },
+    Family {
+        name: "splitter_flow_table_entries",
+        help: "Entries in the kernel flow table at the last sweep (all services, both directions share one).",
+        kind: MetricType::Gauge,
+        samples: |s| s.flow_table.map(|(n, _)| (Vec::new(), Value::Gauge(n as f64))).into_iter().collect(),
+    },
+    Family {
+        name: "splitter_flow_table_capacity",
+        help: "Entries the kernel flow table holds at most (flow_table_size); when full, new flows evict the least recently used.",
+        kind: MetricType::Gauge,
+        samples: |s| s.flow_table.map(|(_, c)| (Vec::new(), Value::Gauge(c as f64))).into_iter().collect(),
+    },
+    Family {
+        name: "splitter_interface_events",
+        help: "Served interfaces (clients, backends, mirror) deleted (lost) or back and attached to again (attached, attach_failed).",
+        kind: MetricType::Counter,
+        samples: |s| {
+            s.agent
+                .links
+                .iter()
+                .map(|((interface, event), n)| {
+                    (vec![("interface", interface.clone()), ("event", (*event).into())], Value::Counter(*n))
+                })
                 .collect()
         },
     },

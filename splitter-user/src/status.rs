@@ -15,6 +15,14 @@ use splitter_model::{
     plan::{basis_points, service_key},
 };
 
+/// Fill of the flow table above which the agent warns and `status` says so.
+pub const FLOW_TABLE_WARN: f64 = 0.8;
+
+/// `entries` of `capacity` as a fraction (`None` when the size is unknown).
+pub fn flow_table_fill(entries: u64, capacity: u64) -> Option<f64> {
+    (capacity > 0).then(|| entries as f64 / capacity as f64)
+}
+
 #[derive(Debug, Deserialize, Serialize)]
 pub struct Report {
     pub pin_path: PathBuf,
@@ -23,6 +31,10 @@ pub struct Report {
     pub agent: Option<AgentInfo>,
     /// Entries in the kernel flow table now.
     pub active_flows: u64,
+    /// Entries it holds at most; when it is full, new flows evict the least
+    /// recently used.
+    #[serde(default)]
+    pub flow_table_size: u64,
     pub services: Vec<ServiceStatus>,
     /// Every data-path counter by name (`splitter_common::stats::Stat`).
     pub counters: BTreeMap<String, u64>,
@@ -195,8 +207,9 @@ pub fn report(
         });
     }
     let active_flows = pinned.active_flows();
+    let flow_table_size = pinned.flow_capacity();
     let counters = counters.iter().map(|(n, v)| (n.to_owned(), v)).collect();
-    Ok(Report { pin_path, agent, active_flows, services, counters })
+    Ok(Report { pin_path, agent, active_flows, flow_table_size, services, counters })
 }
 
 /// `splitter status --cluster`: the store's desired revision and every
@@ -426,7 +439,22 @@ impl Report {
                 writeln!(out, "  rollout: {}", r.describe()).unwrap();
             }
         }
-        writeln!(out, "active flows: {}", self.active_flows).unwrap();
+        match flow_table_fill(self.active_flows, self.flow_table_size) {
+            Some(fill) => {
+                writeln!(out, "active flows: {} of {} ({:.0}%)", self.active_flows, self.flow_table_size, fill * 100.0)
+                    .unwrap();
+                if fill > FLOW_TABLE_WARN {
+                    writeln!(
+                        out,
+                        "  the flow table is above {:.0}%: when it is full, new flows evict the least recently \
+                         used; raise flow_table_size",
+                        FLOW_TABLE_WARN * 100.0
+                    )
+                    .unwrap();
+                }
+            }
+            None => writeln!(out, "active flows: {}", self.active_flows).unwrap(),
+        }
         writeln!(out, "data path counters ({}):", self.pin_path.display()).unwrap();
         for stat in Stat::ALL {
             let v = self.counter(stat).unwrap_or(0);
@@ -524,6 +552,7 @@ mod tests {
             pin_path: "/sys/fs/bpf/x".into(),
             agent: None,
             active_flows: 0,
+            flow_table_size: 0,
             services: vec![
                 service("api", Mode::L7, Some(api)),
                 service("shop", Mode::L4, Some(shop)),

@@ -56,6 +56,11 @@ impl Services {
         Services { services }
     }
 
+    /// Whether `source` (address and port) is an endpoint of some service.
+    fn is_endpoint(&self, source: &ServiceKey) -> bool {
+        self.services.iter().any(|(_, eps)| eps.contains(source))
+    }
+
     fn get(&self, key: &ServiceKey) -> Option<&[ServiceKey]> {
         self.services.iter().find(|(k, _)| k == key).map(|(_, eps)| eps.as_slice())
     }
@@ -106,6 +111,15 @@ pub fn judge(frame: &[u8], services: &Services, run: &Run<'_>) -> Result<(), Str
     };
     match (host.result, hit) {
         (Ok(Parsed::Flow(_)), _) if replied => {}
+        // An endpoint's packet that answers no flow it has: dropped.
+        (Ok(Parsed::Flow(p)), _) if d(Stat::OrphanReplies) > 0 => {
+            if !services.is_endpoint(&ServiceKey::of_source(&p.key)) {
+                problems.push("dropped as an endpoint's orphan reply, but its source is no endpoint".to_owned());
+            }
+            if run.action != XDP_DROP || run.output != frame {
+                problems.push(format!("an orphan reply got verdict {} (or was changed), not a drop", run.action));
+            }
+        }
         (Ok(Parsed::Flow(p)), Some(endpoints)) => {
             if d(Stat::ServicePackets) != 1 {
                 problems.push(format!("a packet to a service moved service_packets by {}", d(Stat::ServicePackets)));

@@ -100,6 +100,9 @@ fn service_packets_are_rewritten_forwarded_and_counted() {
     let dying = Frame::tcp(sa4(CLIENT4, 40003), vip, Tcp::Syn).ttl(1);
     let other_port = Frame::tcp(client, sa4(VIP4, 443), Tcp::Syn);
     let stranger = Frame::tcp(sa4(GREEN4, 8080), client, Tcp::Ack);
+    let evicted = sa4(CLIENT4, 40100);
+    let evicted_reply = Frame::tcp(blue, evicted, Tcp::Ack).payload(b"more").macs(backend_mac(10), FXA_MAC);
+    let evicted_next = Frame::tcp(evicted, vip, Tcp::Ack).payload(b"next");
 
     let new_flow = [Ipv4, Tcp, ServicePackets, NewFlows, Redirected];
     // A flow's later packets use the next hop cached at its first packet.
@@ -191,7 +194,27 @@ fn service_packets_are_rewritten_forwarded_and_counted() {
             None,
             &[Ipv4, Tcp],
         ),
-        case("traffic from an endpoint without a flow: passed unchanged", &stranger, Verdict::Pass, None, &[Ipv4, Tcp]),
+        case(
+            "green answering a flow that lives on blue: dropped, never forwarded with green's address",
+            &stranger,
+            Verdict::Drop,
+            None,
+            &[Ipv4, Tcp, OrphanReplies],
+        ),
+        case(
+            "a reply whose flow has no entry (evicted): translated to the VIP, the entry restored",
+            &evicted_reply,
+            Verdict::Redirect,
+            Some(to_client(&evicted_reply, vip)),
+            &[Ipv4, Tcp, ReplyAdopted, Replies, Redirected],
+        ),
+        case(
+            "so the client's next packet follows the restored entry to blue",
+            &evicted_next,
+            Verdict::Redirect,
+            Some(to_backend(&evicted_next, blue, 10)),
+            &[Ipv4, Tcp, ServicePackets, FlowHits, Redirected],
+        ),
     ]);
 }
 
@@ -363,7 +386,13 @@ fn an_endpoint_shared_by_two_services_answers_each_flow_as_its_own_vip() {
             Some(to_client(&from_admin, admin)),
             &reply,
         ),
-        case("a packet of blue's that answers no flow is passed", &unasked, Verdict::Pass, None, &[Ipv4, Tcp]),
+        case(
+            "a packet of blue's that answers no flow is dropped: blue serves two VIPs on 8080, which it answers is unknown",
+            &unasked,
+            Verdict::Drop,
+            None,
+            &[Ipv4, Tcp, OrphanReplies],
+        ),
     ]);
 }
 

@@ -28,6 +28,8 @@ use crate::{
 pub(super) struct Sources {
     pub pinned: PinnedMaps,
     pub active_flows: BTreeMap<String, u64>,
+    /// Entries in the flow table at the last sweep.
+    pub flow_entries: Option<u64>,
     pub started: SystemTime,
 }
 
@@ -40,7 +42,7 @@ pub(super) fn scrape(
     sources: &Sources,
     wanted: impl Fn(&str) -> bool,
 ) -> Scrape {
-    let Sources { pinned, active_flows, started } = sources;
+    let Sources { pinned, active_flows, flow_entries, started } = sources;
     let (effective, _) = runtime.clone().effective(config);
     let l7 = serving.l7.stats();
     let mut services = Vec::new();
@@ -85,6 +87,7 @@ pub(super) fn scrape(
         services,
         datapath: pinned.counters().map(|c| c.iter().collect()).unwrap_or_default(),
         active_flows: active_flows.clone(),
+        flow_table: flow_entries.map(|n| (n, pinned.flow_capacity())),
         rollouts: runtime.rollouts.clone(),
         agent: AgentMetrics {
             started_unix: started.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
@@ -92,6 +95,7 @@ pub(super) fn scrape(
             reloads_failed: c.reloads_failed,
             control: c.control.clone(),
             apply: c.apply.snapshot(),
+            links: c.links.clone(),
         },
     }
 }

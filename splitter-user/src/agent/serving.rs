@@ -27,11 +27,17 @@ pub(crate) struct AgentCounters {
     pub control: BTreeMap<(&'static str, &'static str), u64>,
     /// Time to apply a change to the data path and proxy.
     pub apply: crate::metrics::Latency,
+    /// Served interfaces that went or came back, by (interface, event).
+    pub links: BTreeMap<(String, &'static str), u64>,
 }
 
 impl AgentCounters {
     pub fn control(&mut self, op: &'static str, response: &Response) {
         *self.control.entry((op, if response.ok { "ok" } else { "failed" })).or_default() += 1;
+    }
+
+    pub fn link(&mut self, interface: &str, event: &'static str) {
+        *self.links.entry((interface.to_owned(), event)).or_default() += 1;
     }
 }
 

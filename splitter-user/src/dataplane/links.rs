@@ -40,6 +40,12 @@ impl Dataplane {
         Ok(())
     }
 
+    /// Forgets the guard's link on `ifname` (the interface it was on is
+    /// gone), so the next [`Dataplane::guard_mirrors`] attaches a new one.
+    pub fn forget_guard(&mut self, ifname: &str) {
+        self.guarded.remove(ifname);
+    }
+
     /// Mirror interfaces with the guard attached.
     pub fn guarded(&self) -> impl Iterator<Item = &str> {
         self.guarded.keys().map(String::as_str)

@@ -20,31 +20,57 @@ impl Dataplane {
     ) -> Result<(Self, Adoption), DataplaneError> {
         let mut adoption = Adoption::default();
         let expected = expected_maps(flow_table_size)?;
+        // The flow table of before, when only its size changed: its flows
+        // are copied into the new one once it exists.
+        let mut old_flows = None;
         for group in MAP_GROUPS {
-            let misfit = group.iter().find_map(|name| {
-                let path = dir.join(name);
-                if !path.exists() {
-                    return None;
-                }
-                let want = expected.iter().find(|(n, _)| n == name).map(|(_, s)| *s)?;
-                match MapInfo::from_pin(&path) {
-                    Ok(info) => {
-                        let have = MapShape::of(&info);
-                        (have != want).then(|| (*name, format!("pinned {have}, this build needs {want}")))
+            let misfits: Vec<(&str, String, Option<u32>)> = group
+                .iter()
+                .filter_map(|name| {
+                    let path = dir.join(name);
+                    if !path.exists() {
+                        return None;
                     }
-                    Err(e) => Some((*name, format!("cannot open: {e}"))),
-                }
-            });
+                    let want = expected.iter().find(|(n, _)| n == name).map(|(_, s)| *s)?;
+                    match MapInfo::from_pin(&path) {
+                        Ok(info) => {
+                            let have = MapShape::of(&info);
+                            let resized = *name == MAP_FLOWS && MapShape { entries: want.entries, ..have } == want;
+                            let why = format!("pinned {have}, this build needs {want}");
+                            (have != want).then_some((*name, why, resized.then_some(have.entries)))
+                        }
+                        Err(e) => Some((*name, format!("cannot open: {e}"), None)),
+                    }
+                })
+                .collect();
+            // A resize counts only when it is all that differs in the group.
+            let misfit = match misfits.as_slice() {
+                [] => None,
+                [only] => Some(only.clone()),
+                [first, ..] => Some((first.0, first.1.clone(), None)),
+            };
             for name in group.iter() {
                 let path = dir.join(name);
+                if !path.exists() {
+                    continue;
+                }
                 match &misfit {
-                    Some((bad, why)) if path.exists() => {
+                    // Only the flow table's size changed: a new table with
+                    // the old one's flows; the rest of the group stays.
+                    Some((bad, _, Some(entries))) if bad == name => {
+                        let old = MapData::from_pin(&path)
+                            .map_err(|source| DataplaneError::Pinned { path: path.clone(), source })?;
+                        std::fs::remove_file(&path).map_err(|source| DataplaneError::Unpin { path, source })?;
+                        old_flows = Some(old);
+                        adoption.resized = Some(Resized { from: *entries, to: flow_table_size, copied: 0 });
+                    }
+                    Some((_, _, Some(_))) => adoption.reused.push(name),
+                    Some((bad, why, None)) => {
                         std::fs::remove_file(&path).map_err(|source| DataplaneError::Unpin { path, source })?;
                         let why = if bad == name { why.clone() } else { format!("replaced with {bad}") };
                         adoption.replaced.push((name, why));
                     }
-                    None if path.exists() => adoption.reused.push(name),
-                    _ => {}
+                    None => adoption.reused.push(name),
                 }
             }
         }
@@ -68,6 +94,9 @@ impl Dataplane {
             let path = dir.join(pin);
             let _ = std::fs::remove_file(&path);
             prog.pin(&path).map_err(|source| DataplaneError::Pin { what: pin, path, source })?;
+        }
+        if let (Some(old), Some(resized)) = (old_flows, adoption.resized.as_mut()) {
+            resized.copied = copy_flows(old, &mut ebpf)?;
         }
         let mut dp = Dataplane::new(ebpf, Some(dir.to_owned()));
         adoption.services = dp.adopt(services)?;
@@ -112,6 +141,21 @@ impl Dataplane {
         }
         Ok(self.live.len())
     }
+}
+
+/// Copies every flow of `old` (the flow table of before, unpinned) into the
+/// new one; returns how many it took. A smaller table keeps the flows
+/// inserted last (it is an LRU map).
+fn copy_flows(old: MapData, ebpf: &mut Ebpf) -> Result<u64, DataplaneError> {
+    let old: HashMap<MapData, FlowKey, FlowState> = HashMap::try_from(Map::from_map_data(old)?)?;
+    let mut new: HashMap<&mut MapData, FlowKey, FlowState> = HashMap::try_from(map_mut(ebpf, MAP_FLOWS)?)?;
+    let mut copied = 0;
+    for (key, state) in old.iter().filter_map(Result::ok) {
+        if new.insert(key, state, 0).is_ok() {
+            copied += 1;
+        }
+    }
+    Ok(copied)
 }
 
 /// Type, key size, value size and entries of a map.

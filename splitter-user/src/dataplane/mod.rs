@@ -210,6 +210,17 @@ pub struct Adoption {
     pub services: usize,
     /// Pinned maps of an earlier build that this one no longer uses, removed.
     pub retired: Vec<&'static str>,
+    /// The flow table, when only its size changed: a new one holding the
+    /// old one's flows.
+    pub resized: Option<Resized>,
+}
+
+/// A flow table made anew at another size, its flows copied over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resized {
+    pub from: u32,
+    pub to: u32,
+    pub copied: u64,
 }
 
 /// How an interface got the ingress program.

@@ -59,6 +59,8 @@ pub struct PinnedMaps {
     services: HashMap<MapData, ServiceKey, ServiceRef>,
     tables: Array<MapData, SelectionTable>,
     flows: HashMap<MapData, FlowKey, FlowState>,
+    /// Entries the flow table holds at most.
+    flow_capacity: u32,
     endpoint_stats: PerCpuArray<MapData, EndpointStats>,
 }
 
@@ -71,11 +73,17 @@ impl PinnedMaps {
                 .and_then(Map::from_map_data)
                 .map_err(|source| DataplaneError::NotRunning { path, source })
         };
+        let flows = open(MAP_FLOWS)?;
+        let flow_capacity = match &flows {
+            Map::LruHashMap(m) | Map::HashMap(m) => m.info().map(|i| i.max_entries()).unwrap_or(0),
+            _ => 0,
+        };
         Ok(PinnedMaps {
             stats: PerCpuArray::try_from(open(MAP_STATS)?)?,
             services: HashMap::try_from(open(MAP_SERVICES)?)?,
             tables: Array::try_from(open(MAP_TABLES)?)?,
-            flows: HashMap::try_from(open(MAP_FLOWS)?)?,
+            flows: HashMap::try_from(flows)?,
+            flow_capacity,
             endpoint_stats: PerCpuArray::try_from(open(MAP_ENDPOINT_STATS)?)?,
         })
     }
@@ -83,6 +91,11 @@ impl PinnedMaps {
     /// The data-path counters, summed over CPUs.
     pub fn counters(&self) -> Result<Counters, DataplaneError> {
         Counters::read(&self.stats)
+    }
+
+    /// Entries the flow table holds at most (`flow_table_size` when it was made).
+    pub fn flow_capacity(&self) -> u64 {
+        u64::from(self.flow_capacity)
     }
 
     /// Entries in the flow table now (a walk of the keys).
