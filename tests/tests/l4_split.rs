@@ -643,7 +643,7 @@ fn down_through_a_running_agent_detaches_and_stops_it() {
 }
 
 #[test]
-fn a_restart_with_a_resized_flow_table_replaces_only_the_flow_maps() {
+fn a_restart_with_a_resized_flow_table_makes_only_a_new_flow_table_with_the_old_flows() {
     let (topo, mut agent) = setup();
     let vip: SocketAddr = "203.0.113.10:80".parse().unwrap();
     assert!(cli(&agent, &["flip", "shop", "--to", "green"]).0);
@@ -657,7 +657,8 @@ fn a_restart_with_a_resized_flow_table_replaces_only_the_flow_maps() {
     gate.pin(&retired).expect("pin a stand-in for the retired map");
     agent.start_again(&topo.lb).unwrap_or_else(|e| panic!("{e}"));
     let log = agent.log();
-    assert!(log.contains("does not fit this build") && log.contains("SPLITTER_FLOWS"), "{log}");
+    assert!(log.contains("flow table resized") && log.contains("to=4096"), "{log}");
+    assert!(!log.contains("does not fit this build"), "no map was replaced: {log}");
     assert!(!retired.exists(), "the retired map's pin is still there");
     assert!(log.contains("earlier build pinned") && log.contains("SPLITTER_REVERSE"), "{log}");
     // The tables were adopted: the flip holds, and traffic flows.
