@@ -256,7 +256,9 @@ fn mirroring_copies_a_sample_compares_out_of_band_and_never_answers_the_client()
     }
     let m = mirror_settled(&agent);
     let share = m.sampled as f64 / 2000.0;
-    assert!((share - 0.10).abs() <= 0.02, "mirrored share {share}: {m:?}");
+    // One standard deviation of the share is sqrt(0.1 * 0.9 / 2000) = 0.0067:
+    // ±0.03 is 4.5 of them (±0.02 failed once in a few hundred runs).
+    assert!((share - 0.10).abs() <= 0.03, "mirrored share {share}: {m:?}");
     assert_eq!(m.sent, m.sampled, "every sampled request reached the shadow: {m:?}");
     assert_eq!(m.compared, m.sent, "{m:?}");
     assert_eq!(m.differ, m.compared, "the shadow always differs (it sees the mirror marker): {m:?}");
