@@ -118,11 +118,15 @@ pub enum Stat {
     /// or is no longer in the service): dropped, never forwarded with the
     /// endpoint's address.
     OrphanReplies,
+    /// ICMP errors about a VIP's flow (unreachable, too big, time
+    /// exceeded), matched by the header they quote and translated: towards
+    /// the flow's endpoint, or back towards its client as the VIP's.
+    IcmpTranslated,
 }
 
 impl Stat {
     /// Every counter, in index order.
-    pub const ALL: [Stat; 37] = [
+    pub const ALL: [Stat; 38] = [
         Stat::RxPackets,
         Stat::RxBytes,
         Stat::NonIp,
@@ -160,6 +164,7 @@ impl Stat {
         Stat::ShadowReplies,
         Stat::ReplyAdopted,
         Stat::OrphanReplies,
+        Stat::IcmpTranslated,
     ];
 
     /// Number of slots in the stats map.
@@ -205,6 +210,7 @@ impl Stat {
             Stat::ShadowReplies => "shadow_replies",
             Stat::ReplyAdopted => "reply_adopted",
             Stat::OrphanReplies => "orphan_replies",
+            Stat::IcmpTranslated => "icmp_translated",
         }
     }
 

@@ -8,6 +8,7 @@ mod counters;
 mod events;
 mod forward;
 mod frame;
+mod icmp;
 mod maps;
 mod mirror;
 mod nat;
@@ -123,6 +124,11 @@ fn try_ingress(ctx: &Ingress) -> u32 {
                 Some(state) => established(ctx, &pkt, unsafe { &mut *state }),
                 None => xdp_action::XDP_PASS,
             }
+        }
+        Ok(Parsed::Icmp(pkt)) => {
+            ctx.stats.inc(Stat::Icmp);
+            icmp::translate(ctx, &pkt);
+            xdp_action::XDP_PASS
         }
         Ok(Parsed::Other(verdict)) => {
             ctx.stats.inc(verdict.stat());

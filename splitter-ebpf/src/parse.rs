@@ -143,7 +143,7 @@ fn parse_l4<C: Frame>(ctx: &C, key: &mut FlowKey, l3_off: usize, l4_off: usize, 
             key.src_port = u16::from_ne_bytes(udp.src);
             key.dst_port = u16::from_ne_bytes(udp.dst);
         }
-        p if p == icmp => return Ok(Parsed::Other(Verdict::Icmp)),
+        p if p == icmp => return Ok(Parsed::Icmp(Packet { key: *key, l3_off, l4_off, tcp_flags: 0 })),
         _ => return Ok(Parsed::Other(Verdict::OtherL4)),
     }
     Ok(Parsed::Flow(Packet { key: *key, l3_off, l4_off, tcp_flags }))

@@ -152,6 +152,12 @@ pub fn judge(frame: &[u8], services: &Services, run: &Run<'_>) -> Result<(), Str
             }
             untouched(&mut problems);
         }
+        // An ICMP error about a flow is translated, and still passed.
+        (Ok(Parsed::Icmp(_)), _) if d(Stat::IcmpTranslated) > 0 => {
+            if run.action != XDP_PASS {
+                problems.push(format!("a translated ICMP error got verdict {}, not XDP_PASS", run.action));
+            }
+        }
         // Not TCP/UDP, or malformed: counted and left to the stack.
         _ => untouched(&mut problems),
     }
