@@ -122,11 +122,19 @@ pub enum Stat {
     /// exceeded), matched by the header they quote and translated: towards
     /// the flow's endpoint, or back towards its client as the VIP's.
     IcmpTranslated,
+    /// Packets too big for their egress link's MTU, answered with ICMP
+    /// "fragmentation needed" / ICMPv6 "packet too big" (sent back to their
+    /// source, as a router does).
+    TooBig,
+    /// Packets too big for their egress link that could not be answered
+    /// here (IPv4 options, a VLAN tag; or IPv4 without "don't fragment",
+    /// which the stack fragments): left to the stack after NAT.
+    TooBigToStack,
 }
 
 impl Stat {
     /// Every counter, in index order.
-    pub const ALL: [Stat; 38] = [
+    pub const ALL: [Stat; 40] = [
         Stat::RxPackets,
         Stat::RxBytes,
         Stat::NonIp,
@@ -165,6 +173,8 @@ impl Stat {
         Stat::ReplyAdopted,
         Stat::OrphanReplies,
         Stat::IcmpTranslated,
+        Stat::TooBig,
+        Stat::TooBigToStack,
     ];
 
     /// Number of slots in the stats map.
@@ -211,6 +221,8 @@ impl Stat {
             Stat::ReplyAdopted => "reply_adopted",
             Stat::OrphanReplies => "orphan_replies",
             Stat::IcmpTranslated => "icmp_translated",
+            Stat::TooBig => "too_big",
+            Stat::TooBigToStack => "too_big_to_stack",
         }
     }
 

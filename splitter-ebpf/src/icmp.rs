@@ -15,6 +15,11 @@
 //! forward: errors are rare. Everything is bounds-checked before anything is
 //! written.
 
+use aya_ebpf::{
+    bindings::bpf_check_mtu_ret::BPF_MTU_CHK_RET_FRAG_NEEDED,
+    helpers::generated::{bpf_check_mtu, bpf_csum_diff, bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
+    EbpfContext as _,
+};
 use network_types::ip::{Ipv4Hdr, Ipv6Hdr};
 use splitter_common::{
     csum::Delta,
@@ -26,7 +31,7 @@ use splitter_common::{
 };
 
 use crate::{
-    frame::Ingress,
+    frame::{Frame as _, Ingress},
     maps::SPLITTER_FLOWS,
     parse::{ptr_at, Packet},
     reply::{self, Reply},
@@ -254,4 +259,193 @@ fn put_v6(field: &mut [u8; 16], words: &[u32; 4]) {
     for (i, w) in words.iter().enumerate() {
         field[4 * i..4 * i + 4].copy_from_slice(&w.to_ne_bytes());
     }
+}
+
+/// Frames up to this long are not checked against the egress MTU: every
+/// IPv6 link carries 1280-byte packets (and IPv4 links below that are rare).
+const MTU_CHECK_ABOVE: usize = 1280 + 14;
+/// What an answer quotes of the packet: its IP header (without options)
+/// and the first 8 bytes of its TCP/UDP header.
+const QUOTE_V4: usize = 20 + 8;
+const QUOTE_V6: usize = 40 + 8;
+
+/// Whether a packet about to be sent out of `ifindex` fits its MTU; the
+/// MTU when it does not. Only frames above [`MTU_CHECK_ABOVE`] are checked.
+#[inline(always)]
+pub fn too_big_for(ctx: &Ingress, ifindex: u32) -> Option<u32> {
+    if ctx.data_end() - ctx.data() <= MTU_CHECK_ABOVE {
+        return None;
+    }
+    let mut mtu: u32 = 0;
+    // SAFETY: plain helper call; `mtu` is ours.
+    let rc = unsafe { bpf_check_mtu(ctx.as_ptr(), ifindex, &mut mtu, 0, 0) };
+    (rc == BPF_MTU_CHK_RET_FRAG_NEEDED as i64).then_some(mtu)
+}
+
+/// What to do with a packet too big for its egress link.
+pub enum TooBig {
+    /// Answered: the frame is now the ICMP error, for the stack to route
+    /// back (`XDP_PASS`).
+    Answered,
+    /// IPv4 without "don't fragment": the stack fragments it (after NAT).
+    Fragment,
+    /// Cannot be answered here (IP options, a VLAN tag): the stack's.
+    Unanswered,
+}
+
+/// Turns the frame (a packet too big for an egress MTU of `mtu`, before NAT)
+/// into the ICMP error a router sends: "fragmentation needed" or "packet
+/// too big", from the packet's destination to its source, quoting its IP
+/// header and 8 bytes.
+#[inline(always)]
+pub fn answer_too_big(ctx: &Ingress, pkt: &Packet, mtu: u32) -> TooBig {
+    if pkt.l3_off != 14 {
+        return TooBig::Unanswered;
+    }
+    if pkt.key.family == FAMILY_V4 {
+        too_big_v4(ctx, pkt, mtu)
+    } else {
+        too_big_v6(ctx, pkt, mtu)
+    }
+}
+
+/// The frame's MACs, as they are: the answer is handed to this host's
+/// stack, which routes it back to the source like any packet it forwards.
+/// (Sent back with `XDP_TX` from a veth, the frames were counted as sent and
+/// never arrived.)
+#[inline(always)]
+fn kept_macs(ctx: &Ingress) -> Option<[u8; 12]> {
+    let eth = ptr_at::<_, [u8; 12]>(ctx, 0).ok()?;
+    // SAFETY: bounds-checked by ptr_at.
+    Some(unsafe { *eth })
+}
+
+/// Grows the head by `head` bytes and cuts the frame to `len` bytes.
+#[inline(always)]
+fn reshape(ctx: &Ingress, head: usize, len: usize) -> bool {
+    // SAFETY: plain helper calls on this program's context; every packet
+    // pointer is taken again afterwards.
+    unsafe {
+        if bpf_xdp_adjust_head(ctx.ctx.ctx, -(head as i32)) != 0 {
+            return false;
+        }
+        let now = ctx.data_end() - ctx.data();
+        bpf_xdp_adjust_tail(ctx.ctx.ctx, len as i32 - now as i32) == 0
+    }
+}
+
+/// The one's-complement checksum of `len` bytes at `off` (a multiple of 4,
+/// bounds-checked by the caller's pointer type), continuing `seed`.
+#[inline(always)]
+fn csum<T>(ptr: *mut T, seed: u32) -> u16 {
+    // SAFETY: `ptr` covers a whole `T` inside the packet (or the stack).
+    let sum =
+        unsafe { bpf_csum_diff(core::ptr::null_mut(), 0, ptr as *mut u32, core::mem::size_of::<T>() as u32, seed) };
+    let mut s = sum as u64;
+    s = (s & 0xffff) + (s >> 16);
+    s = (s & 0xffff) + (s >> 16);
+    s = (s & 0xffff) + (s >> 16);
+    !(s as u16)
+}
+
+#[inline(always)]
+fn too_big_v4(ctx: &Ingress, pkt: &Packet, mtu: u32) -> TooBig {
+    let Ok(ip) = ptr_at::<_, Ipv4Hdr>(ctx, 14) else { return TooBig::Unanswered };
+    // SAFETY: bounds-checked by ptr_at.
+    let (vihl, frags) = unsafe { ((*ip).vihl, u16::from_be_bytes((*ip).frags)) };
+    if vihl & 0x0f != 5 {
+        return TooBig::Unanswered;
+    }
+    if frags & 0x4000 == 0 {
+        return TooBig::Fragment;
+    }
+    let Some(macs) = kept_macs(ctx) else { return TooBig::Unanswered };
+    // [eth][new IP][ICMP][quoted IP header + 8 bytes]
+    if !reshape(ctx, 20 + ICMP_HLEN, 14 + 20 + ICMP_HLEN + QUOTE_V4) {
+        return TooBig::Unanswered;
+    }
+    let Ok(frame) = ptr_at::<_, [u8; 14 + 20 + ICMP_HLEN]>(ctx, 0) else { return TooBig::Unanswered };
+    let Ok(icmp) = ptr_at::<_, [u8; ICMP_HLEN + QUOTE_V4]>(ctx, 14 + 20) else { return TooBig::Unanswered };
+    let Ok(new_ip) = ptr_at::<_, [u8; 20]>(ctx, 14) else { return TooBig::Unanswered };
+    // SAFETY: bounds-checked by ptr_at; the frame is writable in XDP.
+    unsafe {
+        let f = &mut *frame;
+        f[..12].copy_from_slice(&macs);
+        f[12] = 0x08;
+        f[13] = 0x00;
+        let total = (20 + ICMP_HLEN + QUOTE_V4) as u16;
+        let (src, dst) = (pkt.key.dst_addr[0].to_ne_bytes(), pkt.key.src_addr[0].to_ne_bytes());
+        let h: [u8; 20] = [
+            0x45,
+            0,
+            (total >> 8) as u8,
+            total as u8,
+            0,
+            0,
+            0x40,
+            0,
+            64,
+            1,
+            0,
+            0, //
+            src[0],
+            src[1],
+            src[2],
+            src[3],
+            dst[0],
+            dst[1],
+            dst[2],
+            dst[3],
+        ];
+        f[14..34].copy_from_slice(&h);
+        let m = (mtu.min(0xffff) as u16).to_be_bytes();
+        f[34..42].copy_from_slice(&[3, 4, 0, 0, 0, 0, m[0], m[1]]);
+        let ip_check = csum(new_ip, 0).to_ne_bytes();
+        (*frame)[24] = ip_check[0];
+        (*frame)[25] = ip_check[1];
+        let icmp_check = csum(icmp, 0).to_ne_bytes();
+        (*frame)[36] = icmp_check[0];
+        (*frame)[37] = icmp_check[1];
+    }
+    TooBig::Answered
+}
+
+#[inline(always)]
+fn too_big_v6(ctx: &Ingress, pkt: &Packet, mtu: u32) -> TooBig {
+    let Some(macs) = kept_macs(ctx) else { return TooBig::Unanswered };
+    // [eth][new IPv6][ICMPv6][quoted IPv6 header + 8 bytes]
+    if !reshape(ctx, 40 + ICMP_HLEN, 14 + 40 + ICMP_HLEN + QUOTE_V6) {
+        return TooBig::Unanswered;
+    }
+    let Ok(frame) = ptr_at::<_, [u8; 14 + 40 + ICMP_HLEN]>(ctx, 0) else { return TooBig::Unanswered };
+    let Ok(icmp) = ptr_at::<_, [u8; ICMP_HLEN + QUOTE_V6]>(ctx, 14 + 40) else { return TooBig::Unanswered };
+    let len = (ICMP_HLEN + QUOTE_V6) as u16;
+    // The pseudo-header the ICMPv6 checksum starts from.
+    let mut pseudo = [0u8; 40];
+    // SAFETY: bounds-checked by ptr_at; the frame is writable in XDP.
+    unsafe {
+        let f = &mut *frame;
+        f[..12].copy_from_slice(&macs);
+        f[12] = 0x86;
+        f[13] = 0xdd;
+        f[14..22].copy_from_slice(&[0x60, 0, 0, 0, (len >> 8) as u8, len as u8, 58, 64]);
+        for w in 0..4 {
+            let s = pkt.key.dst_addr[w].to_ne_bytes();
+            let d = pkt.key.src_addr[w].to_ne_bytes();
+            f[22 + 4 * w..26 + 4 * w].copy_from_slice(&s);
+            f[38 + 4 * w..42 + 4 * w].copy_from_slice(&d);
+            pseudo[4 * w..4 + 4 * w].copy_from_slice(&s);
+            pseudo[16 + 4 * w..20 + 4 * w].copy_from_slice(&d);
+        }
+        pseudo[34] = (len >> 8) as u8;
+        pseudo[35] = len as u8;
+        pseudo[39] = 58;
+        let m = mtu.to_be_bytes();
+        f[54..62].copy_from_slice(&[2, 0, 0, 0, m[0], m[1], m[2], m[3]]);
+        let seed = bpf_csum_diff(core::ptr::null_mut(), 0, pseudo.as_mut_ptr() as *mut u32, 40, 0) as u32;
+        let check = csum(icmp, seed).to_ne_bytes();
+        (*frame)[56] = check[0];
+        (*frame)[57] = check[1];
+    }
+    TooBig::Answered
 }

@@ -267,6 +267,10 @@ fn end_flow_on_client_rst(pkt: &Packet) {
 #[inline(always)]
 fn to_backend(ctx: &Ingress, pkt: &Packet, backend: &[u32; 4], port: u16, hop: Option<NextHop>) -> u32 {
     end_flow_on_client_rst(pkt);
+    let hop = match fits(ctx, pkt, hop) {
+        Fits::Yes(hop) => hop,
+        Fits::Answered => return xdp_action::XDP_PASS,
+    };
     if let Err(e) = nat::rewrite(ctx, pkt, Side::Dst, backend, port) {
         e.count(ctx.stats);
         return xdp_action::XDP_PASS;
@@ -274,6 +278,36 @@ fn to_backend(ctx: &Ingress, pkt: &Packet, backend: &[u32; 4], port: u16, hop: O
     match hop {
         Some(hop) => forward::send(ctx, &hop),
         None => xdp_action::XDP_PASS,
+    }
+}
+
+/// Whether a packet fits the link of the next hop it is about to take.
+enum Fits {
+    /// It does (or goes to the stack: `None`).
+    Yes(Option<NextHop>),
+    /// It did not: the frame is now the ICMP error back to its source, for
+    /// the stack to route.
+    Answered,
+}
+
+/// Checks a large packet against its next hop's MTU (before NAT): one too
+/// big is answered with the ICMP error a router sends, or (IPv4 without
+/// "don't fragment", or not answerable here) left to the stack, which
+/// fragments it or answers it itself. Redirected, it would be dropped
+/// silently by the egress device.
+#[inline(always)]
+fn fits(ctx: &Ingress, pkt: &Packet, hop: Option<NextHop>) -> Fits {
+    let Some(h) = hop else { return Fits::Yes(None) };
+    let Some(mtu) = icmp::too_big_for(ctx, h.ifindex) else { return Fits::Yes(hop) };
+    match icmp::answer_too_big(ctx, pkt, mtu) {
+        icmp::TooBig::Answered => {
+            ctx.stats.inc(Stat::TooBig);
+            Fits::Answered
+        }
+        icmp::TooBig::Fragment | icmp::TooBig::Unanswered => {
+            ctx.stats.inc(Stat::TooBigToStack);
+            Fits::Yes(None)
+        }
     }
 }
 
@@ -384,6 +418,10 @@ fn to_client(ctx: &Ingress, pkt: &Packet, state: &mut FlowState, vip: &ServiceKe
         return xdp_action::XDP_PASS | HANDOFF;
     }
     let hop = forward::next_hop(ctx, pkt, &vip.addr, &pkt.key.dst_addr, &mut state.reply_hop, now);
+    let hop = match fits(ctx, pkt, hop) {
+        Fits::Yes(hop) => hop,
+        Fits::Answered => return xdp_action::XDP_PASS,
+    };
     if let Err(e) = nat::rewrite(ctx, pkt, Side::Src, &vip.addr, vip.port) {
         e.count(ctx.stats);
         return xdp_action::XDP_PASS;

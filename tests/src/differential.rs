@@ -111,6 +111,11 @@ pub fn judge(frame: &[u8], services: &Services, run: &Run<'_>) -> Result<(), Str
     };
     match (host.result, hit) {
         (Ok(Parsed::Flow(_)), _) if replied => {}
+        // Too big for the next hop's link: now the ICMP error, for the stack.
+        (Ok(Parsed::Flow(p)), _) if d(Stat::TooBig) > 0 => match packet::parse(run.output).result {
+            Ok(Parsed::Icmp(icmp)) if icmp.key.src_addr == p.key.dst_addr && icmp.key.dst_addr == p.key.src_addr => {}
+            other => problems.push(format!("a too-big packet's answer parses as {other:?}")),
+        },
         // An endpoint's packet that answers no flow it has: dropped.
         (Ok(Parsed::Flow(p)), _) if d(Stat::OrphanReplies) > 0 => {
             if !services.is_endpoint(&ServiceKey::of_source(&p.key)) {

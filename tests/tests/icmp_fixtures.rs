@@ -188,3 +188,36 @@ fn icmp_errors_about_a_vip_flow_are_translated_both_ways_v4_and_v6() {
         ),
     ]);
 }
+
+#[test]
+fn a_packet_too_big_for_the_endpoints_link_is_answered_with_fragmentation_needed() {
+    let blue = sa4(BLUE4, 8080);
+    let config = FixtureNet::config()
+        .service("shop", Service::tcp(sa4(VIP4, 80)).version("blue", [blue]).weights(&[("blue", 1)]));
+    let h = Harness::with_config(&config);
+    h.net.ns.ip(&["link", "set", "dev", "fxa", "mtu", "1400"]).expect("a smaller MTU towards the endpoints");
+    let vip = sa4(VIP4, 80);
+    let client = sa4(CLIENT4, 40400);
+    let (v, _) = h.run(&Frame::tcp(client, vip, Tcp::Syn).build());
+    assert_eq!(v, Verdict::Redirect as u32);
+    let big = Frame::tcp(client, vip, Tcp::Ack).payload(&[9u8; 1460]).macs(CLIENT_NEIGH_MAC, FXB_MAC).build();
+    let mut quoted = quote(&big);
+    // The answer says "don't fragment" and quotes the packet as the client sent it.
+    let mut want = Vec::new();
+    PacketBuilder::ethernet2(CLIENT_NEIGH_MAC, FXB_MAC)
+        .ipv4(VIP4, CLIENT4, 64)
+        .icmpv4(Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1400 }))
+        .write(&mut want, &quoted)
+        .unwrap();
+    want[14 + 6] = 0x40;
+    let (h4, _) = Ipv4Header::from_slice(&want[14..]).unwrap();
+    want[24..26].copy_from_slice(&h4.calc_header_checksum().to_be_bytes());
+    quoted.clear();
+    h.check_table(&[Case {
+        description: "1,514-byte frame towards a 1,400-byte link: fragmentation needed, back to the client",
+        input: big,
+        verdict: Verdict::Pass,
+        output: Output::Bytes(want),
+        counts: vec![Ipv4, Tcp, ServicePackets, FlowHits, FibCached, TooBig],
+    }]);
+}
