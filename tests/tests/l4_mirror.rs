@@ -167,6 +167,31 @@ fn the_mirror_link_going_down_or_away_costs_copies_and_no_primary_connection() {
 }
 
 #[test]
+fn a_mirror_link_deleted_and_made_again_gets_its_guard_and_the_copies_back() {
+    let s = setup(config(Some(100)));
+    let copied = |tap: &NetNs, n: usize| {
+        let recording = record(tap);
+        let ports = connect(&s.topo, n);
+        let seen = flows(&recording.finish());
+        ports.iter().filter(|p| seen.contains_key(p)).count()
+    };
+    assert_eq!(copied(&s.tap, 10), 10, "every flow copied before");
+    s.topo.lb.ip(&["link", "del", "dev", MIRROR]).expect("mirror link removed");
+    // The same names again: a new interface, with a new index.
+    splitter_testkit::netns::veth(&s.topo.lb, MIRROR, &s.tap, "eth0").expect("mirror link made again");
+    let again = s.agent.eventually(
+        "copies of new flows on the new mirror link",
+        Duration::from_secs(2),
+        || copied(&s.tap, 5),
+        |n| *n == 5,
+    );
+    assert_eq!(again, 5);
+    assert!(s.topo.lb.has_xdp(MIRROR).expect("ip link"), "the guard is back on the new link");
+    let log = s.agent.log();
+    assert!(log.contains("interface (re)appeared") && log.contains(MIRROR), "{log}");
+}
+
+#[test]
 fn mirroring_is_switched_at_run_time_and_bad_requests_change_nothing() {
     let mut s = setup(config(None));
     let copies = |topo: &Topology, tap: &NetNs, n: usize| {
