@@ -57,6 +57,15 @@ enum Task {
         /// when none is named.
         targets: Vec<String>,
     },
+    /// Bootstrap, then run the real agent under steady L4 and L7 traffic for
+    /// N minutes while it is flipped, reloaded, rolled out and restarted
+    /// (needs root). Reports failures, memory and descriptors over time and
+    /// the flow table's fill.
+    Soak {
+        /// How long, in minutes.
+        #[arg(long, default_value_t = 2)]
+        minutes: u64,
+    },
     /// Bootstrap, build the release binary with the demo (cargo feature
     /// `demo`) and run `splitter demo` (needs root).
     Demo {
@@ -103,6 +112,22 @@ fn main() -> Result<()> {
             bootstrap::fuzz_tools()?;
             require_root("fuzzing (the packet target loads the XDP program)")?;
             fuzz::run(&fuzz::Options { seconds, sanitizer: &sanitizer, only: &targets })
+        }
+        Task::Soak { minutes } => {
+            bootstrap::run()?;
+            require_root("the soak (it runs the agent in network namespaces)")?;
+            cargo(&["build", "--package", "splitter-user", "--bin", "splitter"])?;
+            cargo(&["build", "--package", "splitter-tests", "--bin", "soak"])?;
+            let root = workspace_root();
+            let status = Command::new(root.join("target/debug/soak"))
+                .args(["--minutes", &minutes.to_string()])
+                .env("SPLITTER_BIN", root.join("target/debug/splitter"))
+                .status()
+                .context("running the soak")?;
+            if !status.success() {
+                bail!("the soak failed ({status})");
+            }
+            Ok(())
         }
         Task::Demo { args } => {
             bootstrap::run()?;
