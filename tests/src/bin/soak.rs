@@ -79,7 +79,7 @@ fn minutes() -> u64 {
     }
 }
 
-fn main() {
+fn main() -> std::process::ExitCode {
     let minutes = minutes();
     let run_for = Duration::from_secs(minutes * 60);
     let topo = topology();
@@ -182,6 +182,12 @@ fn main() {
                 restarts.push((began, start.elapsed()));
                 life += 1;
                 events.push(format!("{began:>6.1?} restart ({:.1?})", start.elapsed() - began));
+                // A restarted agent pauses a running rollout until told to
+                // go on, as an operator would after checking it.
+                let (resumed, _, _) = agent.control(&["rollout", "api", "--resume"]);
+                if resumed {
+                    events.push(format!("{:>6.1?} rollout api resumed after the restart", start.elapsed()));
+                }
             }
             if second % SAMPLE_EVERY == 0 {
                 if let Some(info) = agent.info() {
@@ -255,9 +261,12 @@ fn main() {
         }
     }
     let grew = worst.is_some_and(|(_, rss, fds)| rss > MAX_GROWTH || fds > MAX_GROWTH);
+    // Returned, not exited: the agent and the namespaces are dropped (and
+    // removed) on the way out.
     if !unexpected.is_empty() || grew || l4_ok == 0 || l7_ok == 0 {
         println!("soak FAILED\nagent log:\n{}", agent.log());
-        std::process::exit(1);
+        return std::process::ExitCode::FAILURE;
     }
     println!("soak passed");
+    std::process::ExitCode::SUCCESS
 }
