@@ -145,6 +145,21 @@ pub struct HostParse {
     pub family: Option<Stat>,
 }
 
+/// The counters that classify a frame: the parser moves exactly one of
+/// them per frame ([`HostParse::class_stat`]).
+pub const CLASS_STATS: [Stat; 10] = [
+    Stat::Tcp,
+    Stat::Udp,
+    Stat::NonIp,
+    Stat::Icmp,
+    Stat::OtherL4,
+    Stat::Fragment,
+    Stat::Ipv6Ext,
+    Stat::Truncated,
+    Stat::BadHeader,
+    Stat::BadLength,
+];
+
 impl HostParse {
     /// The one classification counter the ingress program moves for this
     /// frame: `tcp`/`udp` for a flow, else the verdict's or the reason's.

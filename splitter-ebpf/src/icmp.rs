@@ -149,18 +149,10 @@ fn quoted_v4(ctx: &Ingress, off: usize, q: &mut Quoted) -> bool {
     if ip.vihl >> 4 != 4 || ihl < Ipv4Hdr::LEN || (ip.proto != IPPROTO_TCP && ip.proto != IPPROTO_UDP) {
         return false;
     }
-    let ports_off = off + ihl;
-    let Ok(ports) = ptr_at::<_, [u8; 4]>(ctx, ports_off) else { return false };
-    // SAFETY: as above.
-    let p = unsafe { *ports };
     q.src = [u32::from_ne_bytes(ip.src_addr), 0, 0, 0];
     q.dst = [u32::from_ne_bytes(ip.dst_addr), 0, 0, 0];
-    q.sport = u16::from_ne_bytes([p[0], p[1]]);
-    q.dport = u16::from_ne_bytes([p[2], p[3]]);
     q.proto = ip.proto;
-    q.ip_off = off;
-    q.ports_off = ports_off;
-    true
+    quoted_ports(ctx, off, off + ihl, q)
 }
 
 /// The quoted IPv6 packet at `off` into `q`, if it is TCP or UDP (no
@@ -173,16 +165,22 @@ fn quoted_v6(ctx: &Ingress, off: usize, q: &mut Quoted) -> bool {
     if ip.vcf[0] >> 4 != 6 || (ip.next_hdr != IPPROTO_TCP && ip.next_hdr != IPPROTO_UDP) {
         return false;
     }
-    let ports_off = off + Ipv6Hdr::LEN;
-    let Ok(ports) = ptr_at::<_, [u8; 4]>(ctx, ports_off) else { return false };
-    // SAFETY: as above.
-    let p = unsafe { *ports };
     q.src = ipv6_words(ip.src_addr);
     q.dst = ipv6_words(ip.dst_addr);
+    q.proto = ip.next_hdr;
+    quoted_ports(ctx, off, off + Ipv6Hdr::LEN, q)
+}
+
+/// The quoted packet's ports (at `ports_off`, its IP header at `ip_off`)
+/// into `q`, if the frame holds them.
+#[inline(always)]
+fn quoted_ports(ctx: &Ingress, ip_off: usize, ports_off: usize, q: &mut Quoted) -> bool {
+    let Ok(ports) = ptr_at::<_, [u8; 4]>(ctx, ports_off) else { return false };
+    // SAFETY: bounds-checked by ptr_at.
+    let p = unsafe { *ports };
     q.sport = u16::from_ne_bytes([p[0], p[1]]);
     q.dport = u16::from_ne_bytes([p[2], p[3]]);
-    q.proto = ip.next_hdr;
-    q.ip_off = off;
+    q.ip_off = ip_off;
     q.ports_off = ports_off;
     true
 }

@@ -37,11 +37,38 @@ pub struct Sweep {
     pub remaining: std::collections::BTreeMap<String, u64>,
 }
 
+/// Fill of the flow table above which the agent warns and `status` says so.
+pub const FLOW_TABLE_WARN: f64 = 0.8;
+
+/// Whether `entries` of `capacity` is above [`FLOW_TABLE_WARN`] (false when
+/// the capacity is unknown).
+pub fn flow_table_high(entries: u64, capacity: u64) -> bool {
+    capacity > 0 && entries as f64 / capacity as f64 > FLOW_TABLE_WARN
+}
+
+/// What a sweep that found `entries` (of `capacity`) has to say, after the
+/// last one found `before`: once on the way above the warning level, once
+/// on the way back below. `Some(true)`: it went above; `Some(false)`: below.
+pub fn flow_table_crossed(before: Option<u64>, entries: u64, capacity: u64) -> Option<bool> {
+    let was = before.is_some_and(|n| flow_table_high(n, capacity));
+    let now = flow_table_high(entries, capacity);
+    (was != now).then_some(now)
+}
+
 #[cfg(test)]
 mod tests {
     use bytemuck::Zeroable;
 
     use super::*;
+
+    #[test]
+    fn the_flow_table_warning_is_said_once_each_way() {
+        assert_eq!(flow_table_crossed(None, 900, 1000), Some(true), "the first sweep already above");
+        assert_eq!(flow_table_crossed(Some(900), 950, 1000), None);
+        assert_eq!(flow_table_crossed(Some(950), 700, 1000), Some(false));
+        assert_eq!(flow_table_crossed(Some(700), 800, 1000), None, "80 % is not above 80 %");
+        assert_eq!(flow_table_crossed(None, 10, 0), None, "unknown capacity");
+    }
 
     const S: u64 = 1_000_000_000;
 

@@ -14,6 +14,12 @@ use crate::netns::NetNs;
 /// sends with `name` and a newline, for as long as the client keeps the
 /// connection open. Runs until the process exits.
 pub fn serve_tcp(ns: &NetNs, port: u16, name: &'static str) -> std::io::Result<()> {
+    serve_tcp_after(ns, port, name, std::time::Duration::ZERO)
+}
+
+/// [`serve_tcp`] answering each line `delay` after it came: a client's next
+/// packet after its question is the server's.
+pub fn serve_tcp_after(ns: &NetNs, port: u16, name: &'static str, delay: std::time::Duration) -> std::io::Result<()> {
     let listener = ns.run(|| TcpListener::bind((Ipv6Addr::UNSPECIFIED, port)))?;
     std::thread::spawn(move || {
         for conn in listener.incoming().flatten() {
@@ -21,6 +27,9 @@ pub fn serve_tcp(ns: &NetNs, port: u16, name: &'static str) -> std::io::Result<(
                 let mut reader = BufReader::new(&conn);
                 let mut line = String::new();
                 while matches!(reader.read_line(&mut line), Ok(n) if n > 0) {
+                    if !delay.is_zero() {
+                        std::thread::sleep(delay);
+                    }
                     if (&conn).write_all(format!("{name}\n").as_bytes()).is_err() {
                         break;
                     }
@@ -34,7 +43,17 @@ pub fn serve_tcp(ns: &NetNs, port: u16, name: &'static str) -> std::io::Result<(
 
 /// Asks a [`serve_tcp`] backend (through `conn`) which version it is.
 pub fn ask_version(conn: &TcpStream) -> std::io::Result<String> {
-    (&*conn).write_all(b"version?\n")?;
+    ask(conn)?;
+    answer(conn)
+}
+
+/// The question half of [`ask_version`] (to have many in flight at once).
+pub fn ask(conn: &TcpStream) -> std::io::Result<()> {
+    (&*conn).write_all(b"version?\n")
+}
+
+/// The answer half of [`ask_version`].
+pub fn answer(conn: &TcpStream) -> std::io::Result<String> {
     let mut line = String::new();
     BufReader::new(conn).read_line(&mut line)?;
     if line.is_empty() {

@@ -14,6 +14,7 @@ use std::{
 
 use splitter_common::names::{PROG_INGRESS, PROG_MIRROR};
 use splitter_model::{
+    aging,
     config::{Config, Mode},
     observe::{self, History},
     plan::{service_key, PlanError},
@@ -610,20 +611,16 @@ impl<B: Backing> Agent<B> {
                 self.sources.active_flows = s.remaining;
                 let entries = s.examined - s.removed;
                 let capacity = self.sources.pinned.flow_capacity();
-                let was = self.sources.flow_entries.and_then(|n| crate::status::flow_table_fill(n, capacity));
-                let now = crate::status::flow_table_fill(entries, capacity);
-                let warn_at = crate::status::FLOW_TABLE_WARN;
-                // Said once on the way up, and once on the way back down.
-                if now.is_some_and(|f| f > warn_at) && !was.is_some_and(|f| f > warn_at) {
-                    warn!(
+                let level = aging::FLOW_TABLE_WARN * 100.0;
+                match aging::flow_table_crossed(self.sources.flow_entries, entries, capacity) {
+                    Some(true) => warn!(
                         entries,
                         capacity,
-                        "the flow table is above {:.0}% full: when it is full, new flows evict the least recently \
-                         used (their next packets are placed again); raise flow_table_size",
-                        warn_at * 100.0
-                    );
-                } else if was.is_some_and(|f| f > warn_at) && !now.is_some_and(|f| f > warn_at) {
-                    info!(entries, capacity, "the flow table is below {:.0}% full again", warn_at * 100.0);
+                        "the flow table is above {level:.0}% full: when it is full, new flows evict the least \
+                         recently used (their next packets are placed again); raise flow_table_size"
+                    ),
+                    Some(false) => info!(entries, capacity, "the flow table is below {level:.0}% full again"),
+                    None => {}
                 }
                 self.sources.flow_entries = Some(entries);
             }

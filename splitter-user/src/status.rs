@@ -11,17 +11,10 @@ use crate::{
 };
 use splitter_common::stats::Stat;
 use splitter_model::{
+    aging,
     config::{Mode, Protocol, Service},
     plan::{basis_points, service_key},
 };
-
-/// Fill of the flow table above which the agent warns and `status` says so.
-pub const FLOW_TABLE_WARN: f64 = 0.8;
-
-/// `entries` of `capacity` as a fraction (`None` when the size is unknown).
-pub fn flow_table_fill(entries: u64, capacity: u64) -> Option<f64> {
-    (capacity > 0).then(|| entries as f64 / capacity as f64)
-}
 
 #[derive(Debug, Deserialize, Serialize)]
 pub struct Report {
@@ -439,21 +432,21 @@ impl Report {
                 writeln!(out, "  rollout: {}", r.describe()).unwrap();
             }
         }
-        match flow_table_fill(self.active_flows, self.flow_table_size) {
-            Some(fill) => {
-                writeln!(out, "active flows: {} of {} ({:.0}%)", self.active_flows, self.flow_table_size, fill * 100.0)
-                    .unwrap();
-                if fill > FLOW_TABLE_WARN {
-                    writeln!(
-                        out,
-                        "  the flow table is above {:.0}%: when it is full, new flows evict the least recently \
-                         used; raise flow_table_size",
-                        FLOW_TABLE_WARN * 100.0
-                    )
-                    .unwrap();
-                }
-            }
-            None => writeln!(out, "active flows: {}", self.active_flows).unwrap(),
+        if self.flow_table_size > 0 {
+            let fill = self.active_flows as f64 / self.flow_table_size as f64;
+            writeln!(out, "active flows: {} of {} ({:.0}%)", self.active_flows, self.flow_table_size, fill * 100.0)
+                .unwrap();
+        } else {
+            writeln!(out, "active flows: {}", self.active_flows).unwrap();
+        }
+        if aging::flow_table_high(self.active_flows, self.flow_table_size) {
+            writeln!(
+                out,
+                "  the flow table is above {:.0}%: when it is full, new flows evict the least recently used; raise \
+                 flow_table_size",
+                aging::FLOW_TABLE_WARN * 100.0
+            )
+            .unwrap();
         }
         writeln!(out, "data path counters ({}):", self.pin_path.display()).unwrap();
         for stat in Stat::ALL {

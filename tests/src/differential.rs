@@ -6,7 +6,7 @@
 //! fuzz target (whatever libFuzzer makes up).
 
 use splitter_common::{
-    packet::{self, Parsed},
+    packet::{self, Parsed, CLASS_STATS},
     service::ServiceKey,
     stats::Stat,
 };
@@ -15,20 +15,6 @@ use splitter_model::plan::ServicePlan;
 /// `XDP_DROP`, `XDP_PASS`.
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
-
-/// The counters that classify a frame: exactly one of them moves per frame.
-pub const CLASSES: [Stat; 10] = [
-    Stat::Tcp,
-    Stat::Udp,
-    Stat::NonIp,
-    Stat::Icmp,
-    Stat::OtherL4,
-    Stat::Fragment,
-    Stat::Ipv6Ext,
-    Stat::Truncated,
-    Stat::BadHeader,
-    Stat::BadLength,
-];
 
 /// Frames `BPF_PROG_TEST_RUN` takes for XDP: at least an Ethernet header, at
 /// most what fits in a page with the kernel's head- and tailroom (kept well
@@ -88,7 +74,7 @@ pub fn judge(frame: &[u8], services: &Services, run: &Run<'_>) -> Result<(), Str
         Ok(Parsed::Flow(p)) => services.get(&ServiceKey::of_flow(&p.key)),
         _ => None,
     };
-    for s in CLASSES {
+    for s in CLASS_STATS {
         let want = u64::from(s == class);
         let spare = u64::from(hit.is_some() && matches!(s, Stat::Truncated | Stat::BadHeader | Stat::BadLength));
         if d(s) < want || d(s) > want + spare {

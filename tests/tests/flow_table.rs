@@ -13,7 +13,7 @@ use splitter_common::stats::Stat;
 use splitter_testkit::{
     capture::Capture,
     config::Service,
-    serve::{ask_version, serve_tcp, serve_udp},
+    serve::{answer, ask, ask_version, serve_tcp, serve_tcp_after, serve_udp},
     topology::{vip, Topology},
 };
 use splitter_tests::{agent::Agent, netns::topology};
@@ -128,51 +128,13 @@ fn twice_as_many_held_connections_as_flow_entries_all_keep_working_and_never_lea
     assert!(agent.counter(Stat::ReplyAdopted) + agent.counter(Stat::Adopted) > HELD as u64);
 }
 
-/// A TCP backend that answers each line `delay` after it came: a client's
-/// next packet after its request is the server's.
-fn serve_slow(ns: &splitter_testkit::netns::NetNs, port: u16, name: &'static str, delay: Duration) {
-    use std::io::{BufRead, BufReader, Write};
-    let listener = ns.run(|| std::net::TcpListener::bind(("::", port))).expect("bind the slow backend");
-    std::thread::spawn(move || {
-        for conn in listener.incoming().flatten() {
-            std::thread::spawn(move || {
-                let mut reader = BufReader::new(&conn);
-                let mut line = String::new();
-                while matches!(reader.read_line(&mut line), Ok(n) if n > 0) {
-                    std::thread::sleep(delay);
-                    if (&conn).write_all(format!("{name}\n").as_bytes()).is_err() {
-                        break;
-                    }
-                    line.clear();
-                }
-            });
-        }
-    });
-}
-
-/// Sends a request on every connection, then reads every answer.
-fn ask_all(conns: &[TcpStream]) -> Vec<std::io::Result<String>> {
-    use std::io::{BufRead, BufReader, Write};
-    for c in conns {
-        let _ = (&*c).write_all(b"version?\n");
-    }
-    conns
-        .iter()
-        .map(|c| {
-            let mut line = String::new();
-            BufReader::new(c).read_line(&mut line)?;
-            Ok(line.trim().to_owned())
-        })
-        .collect()
-}
-
 #[test]
 fn a_restart_with_another_flow_table_size_keeps_every_flow_even_when_the_server_speaks_next() {
     open_files(4096);
     let topo = topology();
     let delay = Duration::from_secs(3);
     for (ns, name) in topo.backends() {
-        serve_slow(ns, 8080, name, delay);
+        serve_tcp_after(ns, 8080, name, delay).expect("slow TCP backend");
     }
     let config = Topology::config()
         .setting("flow_table_size: 1024")
@@ -187,26 +149,16 @@ fn a_restart_with_another_flow_table_size_keeps_every_flow_even_when_the_server_
             })
             .collect()
     });
-    let first: Vec<String> = ask_all(&conns).into_iter().map(|r| r.expect("first answer")).collect();
+    conns.iter().for_each(|c| ask(c).expect("first request"));
+    let first: Vec<String> = conns.iter().map(|c| answer(c).expect("first answer")).collect();
     // Requests in flight (the answers come 3 s later), and meanwhile the
     // agent restarts with a larger table.
-    for c in &conns {
-        use std::io::Write;
-        (&*c).write_all(b"version?\n").expect("second request");
-    }
+    conns.iter().for_each(|c| ask(c).expect("second request"));
     agent.stop().expect("stop the agent");
     let text = std::fs::read_to_string(&agent.config_path).unwrap();
     std::fs::write(&agent.config_path, text.replace("flow_table_size: 1024", "flow_table_size: 4096")).unwrap();
     agent.start_again(&topo.lb).unwrap_or_else(|e| panic!("{e}"));
-    let answers: Vec<std::io::Result<String>> = conns
-        .iter()
-        .map(|c| {
-            use std::io::{BufRead, BufReader};
-            let mut line = String::new();
-            BufReader::new(c).read_line(&mut line)?;
-            Ok(line.trim().to_owned())
-        })
-        .collect();
+    let answers: Vec<std::io::Result<String>> = conns.iter().map(answer).collect();
     let lost: Vec<String> = answers
         .iter()
         .zip(&first)

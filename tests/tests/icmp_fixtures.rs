@@ -60,49 +60,34 @@ fn requote(quoted: &[u8], src: Option<SocketAddr>, dst: Option<SocketAddr>) -> V
     q
 }
 
-/// An ICMP "fragmentation needed" (mtu 1400) from `from` to `to` quoting `quoted`.
-fn too_big4(from: [u8; 4], to: [u8; 4], quoted: &[u8], macs: ([u8; 6], [u8; 6])) -> Vec<u8> {
+/// An ICMP error of `kind` from `from` to `to` quoting `quoted`.
+fn icmp4(kind: Icmpv4Type, from: [u8; 4], to: [u8; 4], quoted: &[u8], macs: ([u8; 6], [u8; 6])) -> Vec<u8> {
     let mut out = Vec::new();
     PacketBuilder::ethernet2(macs.0, macs.1)
         .ipv4(from, to, 64)
-        .icmpv4(Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1400 }))
+        .icmpv4(kind)
         .write(&mut out, quoted)
         .expect("an ICMP error");
     out
 }
 
-/// An ICMP "port unreachable" from `from` to `to` quoting `quoted`.
-fn unreachable4(from: [u8; 4], to: [u8; 4], quoted: &[u8], macs: ([u8; 6], [u8; 6])) -> Vec<u8> {
-    let mut out = Vec::new();
-    PacketBuilder::ethernet2(macs.0, macs.1)
-        .ipv4(from, to, 64)
-        .icmpv4(Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::Port))
-        .write(&mut out, quoted)
-        .expect("an ICMP error");
-    out
-}
-
-/// An ICMPv6 "packet too big" (mtu 1400) from `from` to `to` quoting `quoted`.
-fn too_big6(from: [u8; 16], to: [u8; 16], quoted: &[u8], macs: ([u8; 6], [u8; 6])) -> Vec<u8> {
+/// An ICMPv6 error of `kind` from `from` to `to` quoting `quoted`.
+fn icmp6(kind: Icmpv6Type, from: [u8; 16], to: [u8; 16], quoted: &[u8], macs: ([u8; 6], [u8; 6])) -> Vec<u8> {
     let mut out = Vec::new();
     PacketBuilder::ethernet2(macs.0, macs.1)
         .ipv6(from, to, 64)
-        .icmpv6(Icmpv6Type::PacketTooBig { mtu: 1400 })
+        .icmpv6(kind)
         .write(&mut out, quoted)
         .expect("an ICMPv6 error");
     out
 }
 
-/// An ICMPv6 "port unreachable" from `from` to `to` quoting `quoted`.
-fn unreachable6(from: [u8; 16], to: [u8; 16], quoted: &[u8], macs: ([u8; 6], [u8; 6])) -> Vec<u8> {
-    let mut out = Vec::new();
-    PacketBuilder::ethernet2(macs.0, macs.1)
-        .ipv6(from, to, 64)
-        .icmpv6(Icmpv6Type::DestinationUnreachable(DestUnreachableCode::Port))
-        .write(&mut out, quoted)
-        .expect("an ICMPv6 error");
-    out
-}
+/// "Fragmentation needed" and "packet too big" with an MTU of 1400; "port unreachable".
+const TOO_BIG4: Icmpv4Type =
+    Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1400 });
+const UNREACHABLE4: Icmpv4Type = Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::Port);
+const TOO_BIG6: Icmpv6Type = Icmpv6Type::PacketTooBig { mtu: 1400 };
+const UNREACHABLE6: Icmpv6Type = Icmpv6Type::DestinationUnreachable(DestUnreachableCode::Port);
 
 fn case(description: &'static str, input: Vec<u8>, output: Output, counts: &[splitter_common::stats::Stat]) -> Case {
     Case { description, input, verdict: Verdict::Pass, output, counts: counts.to_vec() }
@@ -136,20 +121,33 @@ fn icmp_errors_about_a_vip_flow_are_translated_both_ways_v4_and_v6() {
     h.check_table(&[
         case(
             "fragmentation needed, sent to the VIP by a router on the client's side: to blue, about blue's packet",
-            too_big4(CLIENT_ROUTER4, VIP4, &vip_said, from_client_side),
-            Output::Bytes(too_big4(CLIENT_ROUTER4, BLUE4, &requote(&vip_said, Some(blue), None), from_client_side)),
+            icmp4(TOO_BIG4, CLIENT_ROUTER4, VIP4, &vip_said, from_client_side),
+            Output::Bytes(icmp4(
+                TOO_BIG4,
+                CLIENT_ROUTER4,
+                BLUE4,
+                &requote(&vip_said, Some(blue), None),
+                from_client_side,
+            )),
             &counts,
         ),
         case(
             "port unreachable from blue to the client: from the VIP, about the client's packet to the VIP",
-            unreachable4(BLUE4, CLIENT4, &client_said, from_endpoint_side),
-            Output::Bytes(unreachable4(VIP4, CLIENT4, &requote(&client_said, None, Some(vip)), from_endpoint_side)),
+            icmp4(UNREACHABLE4, BLUE4, CLIENT4, &client_said, from_endpoint_side),
+            Output::Bytes(icmp4(
+                UNREACHABLE4,
+                VIP4,
+                CLIENT4,
+                &requote(&client_said, None, Some(vip)),
+                from_endpoint_side,
+            )),
             &counts,
         ),
         case(
             "from a router on blue's side: its own address kept, the quoted packet translated",
-            too_big4([198, 51, 100, 1], CLIENT4, &client_said, from_endpoint_side),
-            Output::Bytes(too_big4(
+            icmp4(TOO_BIG4, [198, 51, 100, 1], CLIENT4, &client_said, from_endpoint_side),
+            Output::Bytes(icmp4(
+                TOO_BIG4,
                 [198, 51, 100, 1],
                 CLIENT4,
                 &requote(&client_said, None, Some(vip)),
@@ -159,19 +157,32 @@ fn icmp_errors_about_a_vip_flow_are_translated_both_ways_v4_and_v6() {
         ),
         case(
             "IPv6 packet too big, sent to the VIP: to blue, about blue's packet",
-            too_big6(CLIENT_ROUTER6, VIP6, &vip6_said, from_client_side),
-            Output::Bytes(too_big6(CLIENT_ROUTER6, BLUE6, &requote(&vip6_said, Some(blue6), None), from_client_side)),
+            icmp6(TOO_BIG6, CLIENT_ROUTER6, VIP6, &vip6_said, from_client_side),
+            Output::Bytes(icmp6(
+                TOO_BIG6,
+                CLIENT_ROUTER6,
+                BLUE6,
+                &requote(&vip6_said, Some(blue6), None),
+                from_client_side,
+            )),
             &counts6,
         ),
         case(
             "IPv6 port unreachable from blue: from the VIP, about the client's packet to the VIP",
-            unreachable6(BLUE6, CLIENT6, &client6_said, from_endpoint_side),
-            Output::Bytes(unreachable6(VIP6, CLIENT6, &requote(&client6_said, None, Some(vip6)), from_endpoint_side)),
+            icmp6(UNREACHABLE6, BLUE6, CLIENT6, &client6_said, from_endpoint_side),
+            Output::Bytes(icmp6(
+                UNREACHABLE6,
+                VIP6,
+                CLIENT6,
+                &requote(&client6_said, None, Some(vip6)),
+                from_endpoint_side,
+            )),
             &counts6,
         ),
         case(
             "an error about a packet of no flow: passed unchanged",
-            too_big4(
+            icmp4(
+                TOO_BIG4,
                 CLIENT_ROUTER4,
                 VIP4,
                 &quote(&Frame::tcp(vip, sa4(CLIENT4, 40999), Tcp::Ack).build()),
@@ -182,7 +193,7 @@ fn icmp_errors_about_a_vip_flow_are_translated_both_ways_v4_and_v6() {
         ),
         case(
             "an error sent to the VIP about a packet the VIP did not send: passed unchanged",
-            too_big4(CLIENT_ROUTER4, [203, 0, 113, 99], &vip_said, from_client_side),
+            icmp4(TOO_BIG4, CLIENT_ROUTER4, [203, 0, 113, 99], &vip_said, from_client_side),
             Output::Unchanged,
             &[Ipv4, Icmp],
         ),
@@ -201,18 +212,12 @@ fn a_packet_too_big_for_the_endpoints_link_is_answered_with_fragmentation_needed
     let (v, _) = h.run(&Frame::tcp(client, vip, Tcp::Syn).build());
     assert_eq!(v, Verdict::Redirect as u32);
     let big = Frame::tcp(client, vip, Tcp::Ack).payload(&[9u8; 1460]).macs(CLIENT_NEIGH_MAC, FXB_MAC).build();
-    let mut quoted = quote(&big);
+    let quoted = quote(&big);
     // The answer says "don't fragment" and quotes the packet as the client sent it.
-    let mut want = Vec::new();
-    PacketBuilder::ethernet2(CLIENT_NEIGH_MAC, FXB_MAC)
-        .ipv4(VIP4, CLIENT4, 64)
-        .icmpv4(Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1400 }))
-        .write(&mut want, &quoted)
-        .unwrap();
+    let mut want = icmp4(TOO_BIG4, VIP4, CLIENT4, &quoted, (CLIENT_NEIGH_MAC, FXB_MAC));
     want[14 + 6] = 0x40;
     let (h4, _) = Ipv4Header::from_slice(&want[14..]).unwrap();
     want[24..26].copy_from_slice(&h4.calc_header_checksum().to_be_bytes());
-    quoted.clear();
     h.check_table(&[Case {
         description: "1,514-byte frame towards a 1,400-byte link: fragmentation needed, back to the client",
         input: big,

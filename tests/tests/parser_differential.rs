@@ -11,10 +11,13 @@ use std::{
     net::{Ipv6Addr, SocketAddr},
 };
 
-use splitter_common::{packet::ETH_HLEN, stats::Stat};
+use splitter_common::{
+    packet::{CLASS_STATS, ETH_HLEN},
+    stats::Stat,
+};
 use splitter_testkit::config::Service;
 use splitter_tests::{
-    differential::{judge, Run, Services, CLASSES, RUNNABLE},
+    differential::{judge, Run, Services, RUNNABLE},
     fixture::{net::*, FixtureNet, Harness},
     packet::{self, Tcp},
 };
@@ -112,7 +115,7 @@ fn the_xdp_parser_agrees_with_its_host_side_mirror_on_every_frame() {
             if let Err(e) = judge(frame, &services, &Run { action: out.action, output: &out.output, deltas: &deltas }) {
                 failures.push(e);
             }
-            for c in CLASSES.iter().filter(|c| deltas[**c as usize] > 0) {
+            for c in CLASS_STATS.iter().filter(|c| deltas[**c as usize] > 0) {
                 *classes.entry(c.name()).or_default() += 1;
             }
         }
@@ -126,7 +129,7 @@ fn the_xdp_parser_agrees_with_its_host_side_mirror_on_every_frame() {
         failures.iter().take(5).cloned().collect::<Vec<_>>().join("\n")
     );
     // The corpus reached every outcome, so each comparison could have failed.
-    for c in CLASSES {
+    for c in CLASS_STATS {
         assert!(classes.get(c.name()).is_some_and(|n| *n > 0), "no frame was classified {}: {classes:?}", c.name());
     }
     assert!(corpus.len() > 5000, "{} frames", corpus.len());

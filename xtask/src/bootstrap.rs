@@ -71,11 +71,13 @@ pub fn fuzz_tools() -> Result<()> {
             "--force",
         ]))?;
     }
-    verify(&[Check::custom(
-        "`cargo +nightly fuzz`",
-        "cargo install cargo-fuzz (runs on the nightly toolchain)",
-        || probe_cmd(Command::new("cargo").args(["+nightly", "fuzz", "--version"])),
-    )])
+    verify(&[
+        Check::custom("`cargo +nightly fuzz`", "cargo install cargo-fuzz (runs on the nightly toolchain)", || {
+            probe_cmd(Command::new("cargo").args(["+nightly", "fuzz", "--version"]))
+        }),
+        // libfuzzer-sys's build script compiles libFuzzer (C++).
+        Check::runs("c++", &["--version"], "Debian package g++ (build-essential)"),
+    ])
 }
 
 /// One thing the build or the tests need, and how to prove it works.

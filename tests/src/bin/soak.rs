@@ -94,6 +94,7 @@ fn main() -> std::process::ExitCode {
     let start = Instant::now();
     let done = AtomicBool::new(false);
     let failures = Mutex::new(Vec::<Failure>::new());
+    let fail = |what: String| failures.lock().unwrap().push(Failure { at: start.elapsed(), what });
     let (mut l4_ok, mut l7_ok) = (0u64, 0u64);
     let mut restarts: Vec<(Duration, Duration)> = Vec::new();
     let mut samples = Vec::new();
@@ -109,10 +110,7 @@ fn main() -> std::process::ExitCode {
                     });
                     match r {
                         Ok(_) => ok += 1,
-                        Err(e) => failures
-                            .lock()
-                            .unwrap()
-                            .push(Failure { at: start.elapsed(), what: format!("l4 connection: {e}") }),
+                        Err(e) => fail(format!("l4 connection: {e}")),
                     }
                     std::thread::sleep(Duration::from_millis(20));
                 }
@@ -157,7 +155,7 @@ fn main() -> std::process::ExitCode {
                 let (ok, out, err) = agent.control(&["flip", "shop", "--to", to]);
                 events.push(format!("{at:>6.1?} flip shop to {to}: {}", if ok { "ok" } else { err.trim() }));
                 if !ok {
-                    failures.lock().unwrap().push(Failure { at, what: format!("flip refused: {out}{err}") });
+                    fail(format!("flip refused: {out}{err}"));
                 }
             }
             if second % RELOAD_EVERY == 0 {
@@ -173,7 +171,7 @@ fn main() -> std::process::ExitCode {
                     agent.control(&["rollout", "api", "--to", to, "--steps", "50,100", "--interval", "5s", "--detach"]);
                 events.push(format!("{at:>6.1?} rollout api to {to}: {}", if ok { "started" } else { err.trim() }));
                 if !ok {
-                    failures.lock().unwrap().push(Failure { at, what: format!("rollout refused: {out}{err}") });
+                    fail(format!("rollout refused: {out}{err}"));
                 }
             }
             if second % RESTART_EVERY == 0 && second < run_for.as_secs() {
