@@ -33,7 +33,7 @@ enum Task {
     /// rustfmt check and clippy (-D warnings) on the host crates (as shipped,
     /// as the tests build them, and with every feature) and the eBPF crate.
     Lint,
-    /// Lint, test, then a short fuzzing pass: what CI runs.
+    /// Lint, test, a 2-minute soak, then a short fuzzing pass: what CI runs.
     Ci,
     /// Bootstrap, then run the benchmarks (needs root): XDP program cost by
     /// BPF_PROG_TEST_RUN beside an empty-program floor, control-plane apply and
@@ -87,6 +87,7 @@ fn main() -> Result<()> {
             bootstrap::run()?;
             lint()?;
             test(&[])?;
+            soak(CI_SOAK_MINUTES)?;
             bootstrap::fuzz_tools()?;
             fuzz::run(&fuzz::Options { seconds: CI_FUZZ_SECONDS, sanitizer: "none", only: &[] })
         }
@@ -115,19 +116,7 @@ fn main() -> Result<()> {
         }
         Task::Soak { minutes } => {
             bootstrap::run()?;
-            require_root("the soak (it runs the agent in network namespaces)")?;
-            cargo(&["build", "--package", "splitter-user", "--bin", "splitter"])?;
-            cargo(&["build", "--package", "splitter-tests", "--bin", "soak"])?;
-            let root = workspace_root();
-            let status = Command::new(root.join("target/debug/soak"))
-                .args(["--minutes", &minutes.to_string()])
-                .env("SPLITTER_BIN", root.join("target/debug/splitter"))
-                .status()
-                .context("running the soak")?;
-            if !status.success() {
-                bail!("the soak failed ({status})");
-            }
-            Ok(())
+            soak(minutes)
         }
         Task::Demo { args } => {
             bootstrap::run()?;
@@ -188,6 +177,27 @@ fn lint() -> Result<()> {
 fn require_root(what: &str) -> Result<()> {
     if !bootstrap::is_root() {
         bail!("{what} needs root: run `sudo -E cargo xtask ...`");
+    }
+    Ok(())
+}
+
+/// Minutes of soak in CI: one of each event (flips, reloads, a rollout, a
+/// restart); the long runs are `cargo xtask soak --minutes N`.
+const CI_SOAK_MINUTES: u64 = 2;
+
+/// The real agent under traffic and churn for `minutes` (tests/src/bin/soak.rs).
+fn soak(minutes: u64) -> Result<()> {
+    require_root("the soak (it runs the agent in network namespaces)")?;
+    cargo(&["build", "--package", "splitter-user", "--bin", "splitter"])?;
+    cargo(&["build", "--package", "splitter-tests", "--bin", "soak"])?;
+    let root = workspace_root();
+    let status = Command::new(root.join("target/debug/soak"))
+        .args(["--minutes", &minutes.to_string()])
+        .env("SPLITTER_BIN", root.join("target/debug/splitter"))
+        .status()
+        .context("running the soak")?;
+    if !status.success() {
+        bail!("the soak failed ({status})");
     }
     Ok(())
 }
