@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use splitter_common::service::{MAX_ENDPOINTS, MAX_SERVICES, MAX_SERVICES_PER_ENDPOINT, MAX_VERSIONS};
 use thiserror::Error;
 
+pub mod health;
 pub mod l7;
 
 /// Durations in the config as people write them (`10s`, `1m30s`, `250ms`),
@@ -453,6 +454,9 @@ pub struct Service {
     /// L7: timeouts towards the endpoints.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proxy: Option<l7::ProxyOptions>,
+    /// Endpoint health checks; without them every endpoint counts as up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<health::Health>,
 }
 
 /// `mirror:` of a service. Mode l4 takes `{ interface, percent }` (whole
@@ -855,6 +859,15 @@ fn check_service(name: &str, svc: &Service) -> Result<(), ConfigError> {
     }
     if let Some(proxy) = &svc.proxy {
         proxy.check().map_err(ctx)?;
+    }
+    if let Some(h) = &svc.health {
+        h.check().map_err(|why| ctx(format!("health.{why}")))?;
+        if svc.protocol == Protocol::Udp && h.port.is_none() {
+            return Err(ctx(format!(
+                "health.check {}: a udp service's endpoints cannot be checked on their own (udp) port; set health.port to a TCP port they answer on",
+                if h.check == health::CheckKind::Http { "http" } else { "tcp" }
+            )));
+        }
     }
     l7::check(&svc.versions, &svc.routes, svc.l7_mirror()).map_err(ctx)?;
     Ok(())

@@ -1,7 +1,8 @@
 //! splitter's domain, pure and host-tested: what an operator wants (config),
 //! what the kernel gets (plan), what changes at run time (runtime, change),
 //! how a release is judged (rollout, observe, latency), what several nodes
-//! share (cluster), and which endpoints and flows the kernel keeps (backends,
+//! share (cluster), which endpoints are healthy and what that serves
+//! (health), and which endpoints and flows the kernel keeps (backends,
 //! aging). Decisions are functions of their inputs: the agent gathers the
 //! inputs and carries out the results.
 
@@ -10,6 +11,7 @@ pub mod backends;
 pub mod change;
 pub mod cluster;
 pub mod config;
+pub mod health;
 pub mod latency;
 pub mod observe;
 pub mod plan;

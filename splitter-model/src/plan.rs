@@ -68,6 +68,17 @@ fn family(addr: &SocketAddr) -> u8 {
     }
 }
 
+/// An endpoint of a kernel table as the config writes it.
+pub fn endpoint_addr(e: &Endpoint) -> SocketAddr {
+    let bytes: Vec<u8> = e.addr.iter().flat_map(|w| w.to_ne_bytes()).collect();
+    let ip: std::net::IpAddr = if e.family == FAMILY_V4 {
+        std::net::Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]).into()
+    } else {
+        std::net::Ipv6Addr::from(<[u8; 16]>::try_from(bytes).expect("16 bytes")).into()
+    };
+    SocketAddr::new(ip, u16::from_be(e.port))
+}
+
 /// `addr:port/protocol` of a service or endpoint key, for messages.
 pub fn describe_key(key: &ServiceKey) -> String {
     let bytes: Vec<u8> = key.addr.iter().flat_map(|w| w.to_ne_bytes()).collect();
