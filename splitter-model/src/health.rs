@@ -22,6 +22,9 @@ use crate::{
     plan::{basis_points, endpoint_addr, maglev, slot_table, ServicePlan},
 };
 
+/// The endpoints out of service, by service.
+pub type Down = BTreeMap<String, BTreeSet<SocketAddr>>;
+
 /// One endpoint's health as the agent keeps and shows it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Tracker {
@@ -147,14 +150,15 @@ pub fn passive_step(run: &mut u32, failed: bool, threshold: u32) -> bool {
 }
 
 /// The failures an l4 endpoint's counters show over one interval, for the
-/// passive check: its resets, and when nothing else came back, the new
-/// connections it was given (none was answered). `None`: it answered
+/// passive check: its resets, and when nothing at all came back, the new
+/// connections it was given in the interval before (`earlier_flows`: they
+/// had a whole interval to be answered, and none was). `None`: it answered
 /// something that was not a reset, so its run of failures is broken.
-pub fn l4_failures(new_flows: u64, replies: u64, resets: u64) -> Option<u64> {
+pub fn l4_failures(earlier_flows: u64, replies: u64, resets: u64) -> Option<u64> {
     if replies > resets {
         return None;
     }
-    Some(if replies == 0 { new_flows.max(resets) } else { resets })
+    Some(if replies == 0 { earlier_flows.max(resets) } else { resets })
 }
 
 /// A version's share as served: with `redistribute`, a version with no

@@ -192,6 +192,12 @@ pub struct Counts {
     /// Mirror comparisons (l7): compared and differing.
     pub compared: u64,
     pub differ: u64,
+    /// With `health:`: the canary's endpoints and how many are out of
+    /// service now (not cumulative). 0 endpoints: not checked.
+    #[serde(default)]
+    pub canary_endpoints: u32,
+    #[serde(default)]
+    pub canary_down: u32,
 }
 
 impl Counts {
@@ -202,6 +208,8 @@ impl Counts {
             baseline: self.baseline.since(&earlier.baseline),
             compared: self.compared.saturating_sub(earlier.compared),
             differ: self.differ.saturating_sub(earlier.differ),
+            canary_endpoints: self.canary_endpoints,
+            canary_down: self.canary_down,
         }
     }
 }
@@ -279,6 +287,30 @@ impl Rollout {
         let requests = d.canary.placed;
         self.step_requests = requests;
         self.readings = self.judge(&d, l4);
+        // An unhealthy canary endpoint is no statistic: judged at once (a
+        // canary with none healthy gets no traffic to wait for).
+        if d.canary_down > 0 {
+            let reason = if d.canary_down == d.canary_endpoints {
+                format!(
+                    "step {} ({}%): the canary {} has no healthy endpoint ({} of {} down)",
+                    self.step + 1,
+                    self.percent(),
+                    self.plan.to,
+                    d.canary_down,
+                    d.canary_endpoints
+                )
+            } else {
+                format!(
+                    "step {} ({}%): {} of the canary's {} endpoints unhealthy",
+                    self.step + 1,
+                    self.percent(),
+                    d.canary_down,
+                    d.canary_endpoints
+                )
+            };
+            self.state = State::RolledBack { reason };
+            return Action::SetWeights(self.before.clone());
+        }
         let judged = requests >= self.plan.gates.min_requests.max(1);
         if judged {
             if let Some(bad) = self.readings.iter().find(|r| !r.ok) {
@@ -352,6 +384,15 @@ impl Rollout {
                 baseline: d.baseline.latency.quantile(0.99),
                 limit,
                 ok,
+            });
+        }
+        if d.canary_endpoints > 0 {
+            out.push(Reading {
+                gate: "canary endpoints down".into(),
+                value: Some(f64::from(d.canary_down)),
+                baseline: None,
+                limit: 0.0,
+                ok: d.canary_down == 0,
             });
         }
         if let Some(limit) = g.max_diff_rate {
@@ -510,6 +551,27 @@ mod tests {
         let State::RolledBack { reason } = &r.state else { panic!("{:?}", r.state) };
         assert!(reason.contains("error rate"), "{reason}");
         assert_eq!(r.tick(Duration::from_secs(1), &counts(40, 6, 400, 4)), Action::Nothing, "over");
+    }
+
+    #[test]
+    fn an_unhealthy_canary_endpoint_rolls_back_at_once_without_waiting_for_traffic() {
+        let health = |down: u32| Counts { canary_endpoints: 2, canary_down: down, ..counts(0, 0, 0, 0) };
+        let (mut r, _) = Rollout::start(plan(&[10, 100]), before(), health(0));
+        // No traffic yet and both endpoints healthy: waiting.
+        assert_eq!(r.tick(Duration::from_secs(1), &health(0)), Action::Nothing);
+        assert!(r.readings.iter().any(|g| g.gate == "canary endpoints down" && g.ok), "{:?}", r.readings);
+        assert_eq!(r.tick(Duration::from_secs(1), &health(1)), Action::SetWeights(before()));
+        let State::RolledBack { reason } = &r.state else { panic!("{:?}", r.state) };
+        assert!(reason.contains("1 of the canary's 2 endpoints unhealthy"), "{reason}");
+        // A canary version entirely down says so.
+        let (mut r, _) = Rollout::start(plan(&[10, 100]), before(), health(0));
+        assert_eq!(r.tick(Duration::from_secs(1), &health(2)), Action::SetWeights(before()));
+        let State::RolledBack { reason } = &r.state else { panic!("{:?}", r.state) };
+        assert!(reason.contains("the canary green has no healthy endpoint (2 of 2 down)"), "{reason}");
+        // Without checks (0 endpoints known) nothing of this applies.
+        let (mut r, _) = Rollout::start(plan(&[10, 100]), before(), counts(0, 0, 0, 0));
+        assert_eq!(r.tick(Duration::from_secs(1), &counts(0, 0, 0, 0)), Action::Nothing);
+        assert!(r.readings.iter().all(|g| g.gate != "canary endpoints down"));
     }
 
     #[test]

@@ -3,7 +3,12 @@
 //! that sends many requests from a namespace. Nothing is mocked: requests
 //! cross veth pairs and the agent's proxy.
 
-use std::{convert::Infallible, net::SocketAddr, time::Duration};
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    sync::atomic::{AtomicU16, Ordering::Relaxed},
+    time::Duration,
+};
 
 use crate::netns::NetNs;
 use bytes::Bytes;
@@ -31,15 +36,48 @@ pub fn serve_http(ns: &NetNs, port: u16, name: &'static str) -> std::io::Result<
 
 /// [`serve_http`] that waits `delay` before every answer (a slow shadow).
 pub fn serve_http_after(ns: &NetNs, port: u16, name: &'static str, delay: Duration) -> std::io::Result<()> {
-    serve(ns, port, name, delay, false)
+    serve(ns, port, name, delay, Switch::default())
 }
 
 /// [`serve_http`] whose every answer is 500 (a broken canary).
 pub fn serve_http_failing(ns: &NetNs, port: u16, name: &'static str) -> std::io::Result<()> {
-    serve(ns, port, name, Duration::ZERO, true)
+    let switch = Switch::default();
+    switch.all(500);
+    serve(ns, port, name, Duration::ZERO, switch)
 }
 
-fn serve(ns: &NetNs, port: u16, name: &'static str, delay: Duration, fail: bool) -> std::io::Result<()> {
+/// [`serve_http`] whose answers a test changes while it runs, through the
+/// [`Switch`] returned.
+pub fn serve_http_switched(ns: &NetNs, port: u16, name: &'static str) -> std::io::Result<Switch> {
+    let switch = Switch::default();
+    serve(ns, port, name, Duration::ZERO, switch.clone())?;
+    Ok(switch)
+}
+
+/// What a [`serve_http_switched`] backend answers: the status of
+/// `/healthz` (200 unless set), and a status every other request gets
+/// instead of its usual answer's (none unless set).
+#[derive(Clone, Default)]
+pub struct Switch(std::sync::Arc<(AtomicU16, AtomicU16)>);
+
+impl Switch {
+    /// `/healthz` answers `status` from now on.
+    pub fn healthz(&self, status: u16) {
+        self.0 .0.store(status, Relaxed);
+    }
+
+    /// Every other request answers `status` from now on (0: as usual).
+    pub fn all(&self, status: u16) {
+        self.0 .1.store(status, Relaxed);
+    }
+
+    fn status(&self, path: &str) -> Option<StatusCode> {
+        let s = if path == "/healthz" { self.0 .0.load(Relaxed) } else { self.0 .1.load(Relaxed) };
+        StatusCode::from_u16(s).ok()
+    }
+}
+
+fn serve(ns: &NetNs, port: u16, name: &'static str, delay: Duration, switch: Switch) -> std::io::Result<()> {
     let listener = ns.run(|| std::net::TcpListener::bind((std::net::Ipv6Addr::UNSPECIFIED, port)))?;
     listener.set_nonblocking(true)?;
     std::thread::spawn(move || {
@@ -48,14 +86,18 @@ fn serve(ns: &NetNs, port: u16, name: &'static str, delay: Duration, fail: bool)
             let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
             loop {
                 let Ok((stream, _)) = listener.accept().await else { continue };
+                let switch = switch.clone();
                 tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req| async move {
-                        tokio::time::sleep(delay).await;
-                        let mut resp = answer(name, req).await?;
-                        if fail {
-                            *resp.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+                    let svc = hyper::service::service_fn(move |req| {
+                        let forced = switch.status(req.uri().path());
+                        async move {
+                            tokio::time::sleep(delay).await;
+                            let mut resp = answer(name, req).await?;
+                            if let Some(status) = forced {
+                                *resp.status_mut() = status;
+                            }
+                            Ok::<_, Infallible>(resp)
                         }
-                        Ok::<_, Infallible>(resp)
                     });
                     let _ =
                         hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;

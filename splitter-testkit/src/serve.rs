@@ -41,6 +41,67 @@ pub fn serve_tcp_after(ns: &NetNs, port: u16, name: &'static str, delay: std::ti
     Ok(())
 }
 
+/// A [`serve_tcp`] backend that can be stopped, as a killed server is: its
+/// listener closes (new connections are refused) and the connections it
+/// holds are shut down. Stopped when dropped.
+pub struct StoppableTcp {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    accept: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Starts a [`StoppableTcp`] backend on `[::]:port` in `ns`, answering with `name`.
+pub fn serve_tcp_stoppable(ns: &NetNs, port: u16, name: &'static str) -> std::io::Result<StoppableTcp> {
+    use std::sync::{atomic::Ordering::Relaxed, Arc, Mutex};
+    let listener = ns.run(|| TcpListener::bind((Ipv6Addr::UNSPECIFIED, port)))?;
+    listener.set_nonblocking(true)?;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stop.clone();
+    let accept = std::thread::spawn(move || {
+        let held: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+        while !flag.load(Relaxed) {
+            match listener.accept() {
+                Ok((conn, _)) => {
+                    let _ = conn.set_nonblocking(false);
+                    if let Ok(copy) = conn.try_clone() {
+                        held.lock().expect("held").push(copy);
+                    }
+                    std::thread::spawn(move || {
+                        let mut reader = BufReader::new(&conn);
+                        let mut line = String::new();
+                        while matches!(reader.read_line(&mut line), Ok(n) if n > 0) {
+                            if (&conn).write_all(format!("{name}\n").as_bytes()).is_err() {
+                                break;
+                            }
+                            line.clear();
+                        }
+                    });
+                }
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(5)),
+            }
+        }
+        for conn in held.lock().expect("held").drain(..) {
+            let _ = conn.shutdown(std::net::Shutdown::Both);
+        }
+    });
+    Ok(StoppableTcp { stop, accept: Some(accept) })
+}
+
+impl StoppableTcp {
+    /// Closes the listener and the connections; returns once it is closed.
+    pub fn stop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.accept.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for StoppableTcp {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
 /// Asks a [`serve_tcp`] backend (through `conn`) which version it is.
 pub fn ask_version(conn: &TcpStream) -> std::io::Result<String> {
     ask(conn)?;

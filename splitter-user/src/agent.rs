@@ -27,6 +27,7 @@ use tracing::{debug, error, info, warn};
 
 mod backing;
 mod control_socket;
+mod health;
 mod measure;
 mod node;
 mod serving;
@@ -149,6 +150,8 @@ struct Agent<B: Backing> {
     /// Index of each interface the agent serves (clients, backends, mirror
     /// interfaces) when it last attached there; `None` while it is missing.
     links: BTreeMap<String, Option<u32>>,
+    /// Endpoint health: trackers, checks, passive counts.
+    health: health::HealthState,
 }
 
 /// The event sources the loop waits on that are not the agent's own state.
@@ -172,6 +175,12 @@ struct Events {
     sweep: tokio::time::Interval,
     rollout_tick: tokio::time::Interval,
     sampling: tokio::time::Interval,
+    /// Active checks' results.
+    probes: tokio::sync::mpsc::Receiver<crate::health::Probe>,
+    /// Endpoints the proxy's passive checks eject.
+    ejections: tokio::sync::mpsc::UnboundedReceiver<crate::l7::Ejection>,
+    /// Ejections ending, trackers kept to the config, l4 passive checks.
+    health_tick: tokio::time::Interval,
 }
 
 /// Runs the agent until SIGINT/SIGTERM (it exits and the pinned data path
@@ -232,11 +241,18 @@ impl<B: Backing> Agent<B> {
         }
         // Planned from what the kernel (or the store) has now, so a restart moves no flow.
         let plans = backing.first_plans(&effective, &dp)?;
+        // Endpoints the kernel's tables have out of service stay out until
+        // their checks bring them back: a restart does not flap.
+        let (health, probes) = health::HealthState::start(&effective, &dp);
+        let mut l7 = L7::new(config.l7.clone(), l7_connection_budget());
+        let ejections = l7.take_ejections().expect("a new proxy's");
         let mut serving = Serving {
             dp,
-            l7: L7::new(config.l7.clone(), l7_connection_budget()),
+            l7,
             local: crate::local_addrs::Keeper::new(config.local_addresses.clone()),
             counters: AgentCounters::default(),
+            down: health.down(),
+            installed: None,
         };
         // The same all-or-nothing install as every later change.
         serving.install(&effective, &plans)?;
@@ -306,11 +322,18 @@ impl<B: Backing> Agent<B> {
             // Rollouts are judged every second.
             rollout_tick: tokio::time::interval(Duration::from_secs(1)),
             sampling: tokio::time::interval(observe::SAMPLE_EVERY),
+            probes,
+            ejections,
+            health_tick: tokio::time::interval(Duration::from_secs(1)),
         };
         // Every interval's first tick is now: skip it.
         events.stats.tick().await;
         events.sweep.tick().await;
         events.sampling.tick().await;
+        events.health_tick.tick().await;
+        if health.checked() > 0 {
+            info!(endpoints = health.checked(), "checking endpoint health");
+        }
         let mut agent = Agent {
             sources: Sources {
                 pinned: PinnedMaps::open(&config.pin_path)?,
@@ -328,6 +351,7 @@ impl<B: Backing> Agent<B> {
             last_text,
             last_rollout_tick: Instant::now(),
             links: served_links,
+            health,
         };
         // The first sample before the control socket answers anything: the
         // window then covers everything since the start.
@@ -381,6 +405,9 @@ impl<B: Backing> Agent<B> {
                 _ = ev.sweep.tick() => self.on_sweep(),
                 _ = ev.rollout_tick.tick() => self.on_rollout_tick().await,
                 _ = ev.sampling.tick() => self.on_sample(),
+                Some(probe) = ev.probes.recv() => self.on_probe(probe),
+                Some(ejection) = ev.ejections.recv() => self.on_ejection(ejection),
+                _ = ev.health_tick.tick() => self.on_health_tick(),
                 Some(reply) = ev.scrapes.recv() => {
                     let _ = reply.send(self.on_scrape());
                 }
@@ -426,6 +453,8 @@ impl<B: Backing> Agent<B> {
             observed,
         );
         info.cluster = self.backing.info();
+        let (effective, _) = self.runtime.clone().effective(&self.config);
+        info.health = self.health.report(&effective);
         Response { agent: Some(info), ..Response::ok("running".into()) }
     }
 
@@ -463,7 +492,7 @@ impl<B: Backing> Agent<B> {
         let l7 = self.serving.l7.stats();
         let outcome =
             splitter_model::change::rollout(service, action, &self.config, &self.runtime, |svc, canary, before| {
-                measure::rollout_counts(service, svc, canary, before, &counts, &l7)
+                measure::rollout_counts(service, svc, canary, before, &counts, &l7, &self.serving.down)
             });
         let outcome = match outcome {
             Ok(o) => o,
@@ -647,7 +676,7 @@ impl<B: Backing> Agent<B> {
             let Some(svc) = effective.services.get(&service) else { continue };
             let mut next = self.runtime.clone();
             let r = next.rollouts.get_mut(&service).expect("listed above");
-            let now = measure::rollout_counts(&service, svc, &r.plan.to, &r.before, &counts, &l7);
+            let now = measure::rollout_counts(&service, svc, &r.plan.to, &r.before, &counts, &l7, &self.serving.down);
             self.backing.claim(&service, r, &now);
             let before_state = r.state.clone();
             let step = r.step;
@@ -693,7 +722,18 @@ impl<B: Backing> Agent<B> {
 
     /// What one `/metrics` scrape shows.
     fn on_scrape(&self) -> Scrape {
-        measure::scrape(&self.config, &self.runtime, &self.serving, &self.sources, |_| true)
+        let mut scrape = measure::scrape(&self.config, &self.runtime, &self.serving, &self.sources, |_| true);
+        let (effective, _) = self.runtime.clone().effective(&self.config);
+        scrape.endpoints_up = self
+            .health
+            .report(&effective)
+            .into_iter()
+            .flat_map(|(service, h)| {
+                h.endpoints.into_iter().map(move |e| (service.clone(), e.version, e.endpoint, e.up))
+            })
+            .collect();
+        scrape.health_transitions = self.health.transitions.clone();
+        scrape
     }
 
     /// The periodic log line of what the data path did.

@@ -160,6 +160,31 @@ pub struct AgentInfo {
     /// This node's place in a shared store (`store:`), if it has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<ClusterInfo>,
+    /// Endpoint health of the services with `health:` (this node's own).
+    #[serde(default)]
+    pub health: BTreeMap<String, ServiceHealth>,
+}
+
+/// A service's endpoint health and what it makes of each version's share.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+pub struct ServiceHealth {
+    pub versions: Vec<splitter_model::health::VersionServed>,
+    pub endpoints: Vec<EndpointHealth>,
+}
+
+/// One endpoint's health.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+pub struct EndpointHealth {
+    pub version: String,
+    pub endpoint: std::net::SocketAddr,
+    pub up: bool,
+    /// Out because its traffic failed (passive), until its time is over.
+    pub ejected: bool,
+    /// Since when the verdict holds (Unix milliseconds).
+    pub since_unix_ms: u64,
+    pub reason: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
 }
 
 /// A node of a shared store, as it describes itself.

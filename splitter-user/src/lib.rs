@@ -12,6 +12,7 @@ pub mod config_file;
 pub mod control;
 pub mod dataplane;
 pub mod demo;
+pub mod health;
 pub mod l7;
 pub mod link_watch;
 pub mod local_addrs;

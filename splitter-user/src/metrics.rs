@@ -31,6 +31,10 @@ pub struct Scrape {
     pub agent: AgentMetrics,
     /// Each service's last rollout.
     pub rollouts: BTreeMap<String, splitter_model::rollout::Rollout>,
+    /// Each checked endpoint's verdict: (service, version, endpoint, up).
+    pub endpoints_up: Vec<(String, String, SocketAddr, bool)>,
+    /// Health transitions by (service, endpoint, "down" | "up").
+    pub health_transitions: BTreeMap<(String, SocketAddr, &'static str), u64>,
 }
 
 #[derive(Debug, Default)]
@@ -324,6 +328,35 @@ const FAMILIES: &[Family] = &[
         help: "Entries the kernel flow table holds at most (flow_table_size); when full, new flows evict the least recently used.",
         kind: MetricType::Gauge,
         samples: |s| s.flow_table.map(|(_, c)| (Vec::new(), Value::Gauge(c as f64))).into_iter().collect(),
+    },
+    Family {
+        name: "splitter_endpoint_up",
+        help: "Whether a checked endpoint is healthy (1) or out of service (0): services with health: only.",
+        kind: MetricType::Gauge,
+        samples: |s| {
+            s.endpoints_up
+                .iter()
+                .map(|(service, version, endpoint, up)| {
+                    let labels =
+                        vec![("service", service.clone()), ("version", version.clone()), ("endpoint", endpoint.to_string())];
+                    (labels, Value::Gauge(if *up { 1.0 } else { 0.0 }))
+                })
+                .collect()
+        },
+    },
+    Family {
+        name: "splitter_endpoint_health_transitions",
+        help: "Times a checked endpoint went down or came back up (to).",
+        kind: MetricType::Counter,
+        samples: |s| {
+            s.health_transitions
+                .iter()
+                .map(|((service, endpoint, to), n)| {
+                    let labels = vec![("service", service.clone()), ("endpoint", endpoint.to_string()), ("to", (*to).into())];
+                    (labels, Value::Counter(*n))
+                })
+                .collect()
+        },
     },
     Family {
         name: "splitter_interface_events",

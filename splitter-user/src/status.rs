@@ -56,6 +56,10 @@ pub struct ServiceStatus {
     /// L4: flow mirroring as the kernel table has it, and the copies sent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub flow_mirror: Option<FlowMirrorStatus>,
+    /// Endpoint health and each version's share as configured and served
+    /// (from the running agent; services with `health:` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<crate::control::ServiceHealth>,
     pub versions: Vec<VersionStatus>,
 }
 
@@ -181,6 +185,7 @@ pub fn report(
             },
             mirror: agent.as_ref().and_then(|a| a.l7.get(name)?.mirror.clone()),
             rollout: agent.as_ref().and_then(|a| a.rollouts.get(name).cloned()),
+            health: agent.as_ref().and_then(|a| a.health.get(name).cloned()),
             flow_mirror: live.as_ref().and_then(|l| {
                 let packets: u64 = l.endpoint_stats.iter().map(|e| e.mirrored_packets).sum();
                 (l.mirror_ifindex != 0 || packets > 0).then(|| FlowMirrorStatus {
@@ -294,6 +299,44 @@ impl ClusterReport {
             .unwrap();
         }
         out
+    }
+}
+
+fn now_unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0))
+}
+
+/// A service's endpoint health: how many are down, each version whose
+/// served share differs from its configured one (and why), and every
+/// endpoint that is down, since when and why.
+fn render_health(out: &mut String, h: &crate::control::ServiceHealth, now_ms: u64) {
+    let pct = |b: u32| format!("{:.2}%", b as f64 / 100.0);
+    let down: Vec<&crate::control::EndpointHealth> = h.endpoints.iter().filter(|e| !e.up).collect();
+    writeln!(out, "  health: {} of {} endpoints up", h.endpoints.len() - down.len(), h.endpoints.len()).unwrap();
+    for v in h.versions.iter().filter(|v| v.why.is_some()) {
+        writeln!(
+            out,
+            "    version {}: served {} of configured {}: {}",
+            v.version,
+            pct(v.served_bps),
+            pct(v.configured_bps),
+            v.why.as_deref().unwrap_or("")
+        )
+        .unwrap();
+    }
+    for e in down {
+        let ago = now_ms.saturating_sub(e.since_unix_ms) / 1000;
+        writeln!(
+            out,
+            "    {} ({}) {} for {ago}s: {}",
+            e.endpoint,
+            e.version,
+            if e.ejected { "EJECTED" } else { "DOWN" },
+            e.reason
+        )
+        .unwrap();
     }
 }
 
@@ -431,6 +474,9 @@ impl Report {
             if let Some(r) = &s.rollout {
                 writeln!(out, "  rollout: {}", r.describe()).unwrap();
             }
+            if let Some(h) = &s.health {
+                render_health(&mut out, h, now_unix_ms());
+            }
         }
         if self.flow_table_size > 0 {
             let fill = self.active_flows as f64 / self.flow_table_size as f64;
@@ -522,6 +568,7 @@ mod tests {
             mirror: None,
             rollout,
             flow_mirror: None,
+            health: None,
             versions: Vec::new(),
         }
     }

@@ -31,6 +31,17 @@ pub fn require_root(what: &str) {
     }
 }
 
+/// CPU time (user and system) process `pid` has used, from `/proc/PID/stat`.
+pub fn process_cpu(pid: u32) -> std::time::Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("process stat");
+    // After the command's closing parenthesis: state is field 3, utime 14, stime 15.
+    let rest = &stat[stat.rfind(')').expect("comm") + 2..];
+    let f: Vec<u64> = rest.split_whitespace().map(|v| v.parse().unwrap_or(0)).collect();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    std::time::Duration::from_secs_f64((f[11] + f[12]) as f64 / hz as f64)
+}
+
 /// Resident memory of process `pid`, in KiB (`VmRSS`), for the benchmarks.
 pub fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("process status");

@@ -208,7 +208,7 @@ const CI_FUZZ_SECONDS: u64 = 20;
 
 /// The benchmarks `cargo xtask bench` runs, in order; each writes
 /// `target/bench/NAME.md`.
-const BENCHES: [&str; 6] = ["xdp", "l4", "l7", "mirror", "control", "store"];
+const BENCHES: [&str; 7] = ["xdp", "l4", "l7", "mirror", "control", "health", "store"];
 
 /// Puts the latest full run into BENCHMARKS.md: the chart (BENCHMARKS.svg),
 /// the machine, kernel, date and command, the benches' headline lines, then

@@ -89,6 +89,9 @@ pub(super) fn scrape(
         active_flows: active_flows.clone(),
         flow_table: flow_entries.map(|n| (n, pinned.flow_capacity())),
         rollouts: runtime.rollouts.clone(),
+        // The agent adds its health.
+        endpoints_up: Vec::new(),
+        health_transitions: BTreeMap::new(),
         agent: AgentMetrics {
             started_unix: started.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
             reloads_ok: c.reloads_ok,
@@ -101,8 +104,8 @@ pub(super) fn scrape(
 }
 
 /// What a rollout of `service` judges now: cumulative counts of the canary
-/// and of the baseline (the versions that had weight before), resets (l4)
-/// and mirror comparisons (l7).
+/// and of the baseline (the versions that had weight before), resets (l4),
+/// mirror comparisons (l7), and the canary's endpoints out of service.
 pub(super) fn rollout_counts(
     service: &str,
     svc: &Service,
@@ -110,7 +113,14 @@ pub(super) fn rollout_counts(
     before: &Weights,
     counts: &Counts,
     l7: &BTreeMap<String, crate::l7::ServiceStats>,
+    down: &splitter_model::health::Down,
 ) -> splitter_model::rollout::Counts {
+    // With `health:`, the canary's endpoints out of service count too.
+    let canary_endpoints = match (&svc.health, svc.versions.get(canary)) {
+        (Some(_), Some(eps)) => eps.as_slice(),
+        _ => &[],
+    };
+    let canary_down = canary_endpoints.iter().filter(|e| down.get(service).is_some_and(|d| d.contains(e))).count();
     let versions = counts.get(service).cloned().unwrap_or_default();
     let mut baseline = VersionSample::default();
     for (_, c) in versions.iter().filter(|(v, _)| *v != canary && before.get(*v).is_some_and(|w| *w > 0)) {
@@ -124,6 +134,8 @@ pub(super) fn rollout_counts(
         baseline,
         compared: mirror.compared,
         differ: mirror.differ,
+        canary_endpoints: u32::try_from(canary_endpoints.len()).unwrap_or(u32::MAX),
+        canary_down: u32::try_from(canary_down).unwrap_or(u32::MAX),
     }
 }
 
@@ -157,6 +169,7 @@ pub(super) fn agent_info(
         started_unix: started.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
         l7: l7.stats(),
         cluster: None,
+        health: BTreeMap::new(),
         mirrors: effective.services.iter().filter_map(|(n, s)| Some((n.clone(), s.l4_mirror()?.clone()))).collect(),
         weights: effective
             .services

@@ -4,7 +4,11 @@
 
 use std::collections::BTreeMap;
 
-use splitter_model::{config::Config, plan::ServicePlan};
+use splitter_model::{
+    config::Config,
+    health::{self, Down},
+    plan::ServicePlan,
+};
 use tracing::info;
 
 use super::AgentError;
@@ -16,6 +20,12 @@ pub(crate) struct Serving {
     /// The l7 listen addresses made local.
     pub local: Keeper,
     pub counters: AgentCounters,
+    /// The endpoints health has out of service: what is installed is
+    /// served around them.
+    pub down: Down,
+    /// The last state installed, as configured (before health): what a
+    /// change of health serves again.
+    pub installed: Option<(Config, Vec<ServicePlan>)>,
 }
 
 /// What the agent counts of its own work (exported as metrics).
@@ -43,14 +53,35 @@ impl AgentCounters {
 
 impl Serving {
     /// Makes `effective` (file plus runtime changes) the served state with
-    /// the l4 `plans` made for it: l4 tables swapped in, l7 routing tables
-    /// swapped whole. A new mirror interface gets its guard before any table
-    /// sends copies there; an interface no longer mirrored to loses it
-    /// afterwards.
+    /// the l4 `plans` made for it, served around the endpoints `down` has
+    /// out of service: l4 tables swapped in, l7 routing tables swapped
+    /// whole. A new mirror interface gets its guard before any table sends
+    /// copies there; an interface no longer mirrored to loses it afterwards.
     pub fn install(&mut self, effective: &Config, plans: &[ServicePlan]) -> Result<(), AgentError> {
         let started = std::time::Instant::now();
-        let result = self.install_timed(effective, plans);
+        let served: Vec<ServicePlan> = plans
+            .iter()
+            .map(|p| match (effective.services.get(&p.name), self.down.get(&p.name)) {
+                (Some(svc), Some(out)) if !out.is_empty() => health::serve_plan(p, svc, &|e| out.contains(e)),
+                _ => p.clone(),
+            })
+            .collect();
+        let result = self.install_timed(effective, &served);
         self.counters.apply.observe(started.elapsed());
+        if result.is_ok() {
+            self.installed = Some((effective.clone(), plans.to_vec()));
+        }
+        result
+    }
+
+    /// Serves the last installed state again around the endpoints `down`
+    /// has out of service now (health changed; nothing else did).
+    pub fn reinstall(&mut self) -> Result<(), AgentError> {
+        let Some((effective, plans)) = self.installed.take() else { return Ok(()) };
+        let result = self.install(&effective, &plans);
+        if result.is_err() {
+            self.installed = Some((effective, plans));
+        }
         result
     }
 
@@ -58,7 +89,7 @@ impl Serving {
     /// (l7 listeners bound, tables built), then the changes, each undone if
     /// a later one fails; the l7 tables are swapped last (that cannot fail).
     fn install_timed(&mut self, effective: &Config, plans: &[ServicePlan]) -> Result<(), AgentError> {
-        let l7 = self.l7.prepare(effective)?;
+        let l7 = self.l7.prepare(effective, &self.down)?;
         self.local.update(effective)?;
         let wanted = effective.mirror_interfaces();
         let before: std::collections::BTreeSet<String> = self.dp.guarded().map(str::to_owned).collect();

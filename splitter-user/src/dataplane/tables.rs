@@ -11,6 +11,12 @@ impl Dataplane {
         self.live.get(name).map(|i| Previous { versions: &i.versions, slots: &i.table.slot_version })
     }
 
+    /// The table service `name` has in the kernel now, with its version
+    /// names in index order.
+    pub fn live_table(&self, name: &str) -> Option<(&[String], &SelectionTable)> {
+        self.live.get(name).map(|i| (i.versions.as_slice(), &*i.table))
+    }
+
     /// Makes `plans` the live services. A changed service's new table is
     /// written into its spare generation first; then one `SERVICES` write
     /// repoints the service, so a packet sees the whole old or the whole new

@@ -14,7 +14,7 @@ pub mod proxy;
 pub mod route;
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     net::{IpAddr, SocketAddr},
     sync::{
         atomic::{AtomicU64, Ordering::Relaxed},
@@ -39,6 +39,7 @@ use splitter_model::config::{
     l7::{ProxyOptions, Settings},
     Config, Mode, Service,
 };
+use splitter_model::health::Down;
 
 #[derive(Debug, Error)]
 pub enum L7Error {
@@ -64,6 +65,19 @@ pub struct Shared {
     pub mirror: arc_swap::ArcSwapOption<mirror::Mirror>,
     /// Mirror counters (kept across mirror reconfigurations).
     pub mirror_stats: Arc<mirror::MirrorStats>,
+    /// Failures in a row of each endpoint's requests (`health.passive`).
+    passive_runs: std::sync::Mutex<std::collections::HashMap<SocketAddr, u32>>,
+    /// Where an endpoint whose requests failed too often is reported.
+    ejections: Option<tokio::sync::mpsc::UnboundedSender<Ejection>>,
+}
+
+/// An endpoint whose requests failed `health.passive.consecutive_failures`
+/// times in a row: the agent ejects it.
+#[derive(Debug)]
+pub struct Ejection {
+    pub service: String,
+    pub endpoint: SocketAddr,
+    pub why: String,
 }
 
 impl Shared {
@@ -79,9 +93,28 @@ impl Shared {
             random: AtomicU64::new(seed()),
             mirror: arc_swap::ArcSwapOption::empty(),
             mirror_stats: Arc::default(),
+            passive_runs: Default::default(),
+            ejections: None,
         };
         shared.configure_mirror(svc);
         shared
+    }
+
+    /// One request's outcome at `endpoint` for the passive check of
+    /// `table` (nothing without one): a failure adds to the endpoint's run,
+    /// a success ends it; a run reaching the threshold is reported, saying
+    /// what the last failure was (`what`).
+    pub fn passive(&self, table: &RouteTable, endpoint: SocketAddr, failed: bool, what: impl FnOnce() -> String) {
+        let (Some(threshold), Some(tx)) = (table.passive_failures, &self.ejections) else { return };
+        let eject = {
+            let mut runs = self.passive_runs.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let run = runs.entry(endpoint).or_default();
+            splitter_model::health::passive_step(run, failed, threshold)
+        };
+        if eject {
+            let why = format!("{threshold} requests failed in a row, the last: {}", what());
+            let _ = tx.send(Ejection { service: self.name.clone(), endpoint, why });
+        }
     }
 
     /// Starts, restarts or stops the mirror sender for `svc.mirror`.
@@ -315,6 +348,7 @@ pub struct Prepared {
     wanted: BTreeMap<String, Service>,
     bound: BTreeMap<String, tokio::net::TcpListener>,
     tables: BTreeMap<String, RouteTable>,
+    down: BTreeMap<String, BTreeSet<SocketAddr>>,
 }
 
 /// One running l7 service.
@@ -323,6 +357,8 @@ struct Running {
     service: Service,
     shared: Arc<Shared>,
     accept: tokio::task::JoinHandle<()>,
+    /// Its endpoints out of service, as its table was built.
+    down: BTreeSet<SocketAddr>,
 }
 
 /// Every l7 service the agent serves.
@@ -333,28 +369,45 @@ pub struct L7 {
     /// descriptor towards an endpoint); what is left of the agent's open-file
     /// limit is kept for the control socket, `/metrics` and the data path.
     budget: Arc<Semaphore>,
+    /// Endpoints ejected by their requests (passive checks) are sent here...
+    ejections: tokio::sync::mpsc::UnboundedSender<Ejection>,
+    /// ... and read by the agent ([`L7::take_ejections`]).
+    ejections_rx: Option<tokio::sync::mpsc::UnboundedReceiver<Ejection>>,
 }
 
 impl L7 {
     /// The l7 side with the agent-wide `settings` and room for `budget`
     /// client connections in all.
     pub fn new(settings: Settings, budget: usize) -> L7 {
-        L7 { running: BTreeMap::new(), settings, budget: Arc::new(Semaphore::new(budget)) }
+        let (ejections, rx) = tokio::sync::mpsc::unbounded_channel();
+        L7 {
+            running: BTreeMap::new(),
+            settings,
+            budget: Arc::new(Semaphore::new(budget)),
+            ejections,
+            ejections_rx: Some(rx),
+        }
+    }
+
+    /// Where endpoints that the passive checks eject are reported (once).
+    pub fn take_ejections(&mut self) -> Option<tokio::sync::mpsc::UnboundedReceiver<Ejection>> {
+        self.ejections_rx.take()
     }
 
     /// Makes the l7 services of `config` (the effective one: file plus
-    /// runtime changes) the served ones: [`L7::prepare`], then
-    /// [`L7::commit`]. Must run inside the tokio runtime.
+    /// runtime changes) the served ones, every endpoint healthy:
+    /// [`L7::prepare`], then [`L7::commit`]. Must run inside the tokio runtime.
     pub fn apply(&mut self, config: &Config) -> Result<(), L7Error> {
-        let prepared = self.prepare(config)?;
+        let prepared = self.prepare(config, &Down::new())?;
         self.commit(prepared);
         Ok(())
     }
 
     /// Everything that can fail, with nothing changed: the listeners that
     /// must be opened are bound, and every table is rebuilt from the live
-    /// one (so a weight change moves the fewest sticky users).
-    pub fn prepare(&self, config: &Config) -> Result<Prepared, L7Error> {
+    /// one (so a weight change moves the fewest sticky users), served
+    /// around the endpoints `down` has out of service.
+    pub fn prepare(&self, config: &Config, down: &Down) -> Result<Prepared, L7Error> {
         let wanted: BTreeMap<&String, &Service> = config.services.iter().filter(|(_, s)| s.mode == Mode::L7).collect();
         // Bind what is new or moved, before touching anything.
         let mut bound = BTreeMap::new();
@@ -369,19 +422,22 @@ impl L7 {
             }
         }
         let mut tables = BTreeMap::new();
+        let mut downs = BTreeMap::new();
         for (name, svc) in &wanted {
             let previous = self.running.get(*name).map(|r| r.shared.table.load_full());
-            let table = RouteTable::build(svc, previous.as_ref().map(|t| t.as_previous()))
+            let out = down.get(*name).cloned().unwrap_or_default();
+            let table = RouteTable::build_served(svc, previous.as_ref().map(|t| t.as_previous()), &|e| out.contains(e))
                 .map_err(|source| L7Error::Route { service: (*name).clone(), source })?;
             tables.insert((*name).clone(), table);
+            downs.insert((*name).clone(), out);
         }
         let wanted = wanted.into_iter().map(|(n, s)| (n.clone(), s.clone())).collect();
-        Ok(Prepared { wanted, bound, tables })
+        Ok(Prepared { wanted, bound, tables, down: downs })
     }
 
     /// Swaps in what [`L7::prepare`] made; cannot fail.
     pub fn commit(&mut self, prepared: Prepared) {
-        let Prepared { wanted, mut bound, mut tables } = prepared;
+        let Prepared { wanted, mut bound, mut tables, mut down } = prepared;
         let gone: Vec<String> = self.running.keys().filter(|n| !wanted.contains_key(*n)).cloned().collect();
         for name in gone {
             let r = self.running.remove(&name).expect("listed");
@@ -390,9 +446,10 @@ impl L7 {
         }
         for (name, svc) in &wanted {
             let table = tables.remove(name).expect("built above");
+            let out = down.remove(name).unwrap_or_default();
             match (self.running.get_mut(name), bound.remove(name)) {
                 (Some(r), None) => {
-                    if r.service != *svc {
+                    if r.service != *svc || r.down != out {
                         if r.service.proxy != svc.proxy {
                             r.shared.client.store(Arc::new(client(&svc.proxy.clone().unwrap_or_default())));
                         }
@@ -402,6 +459,7 @@ impl L7 {
                         }
                         r.shared.table.store(Arc::new(table));
                         r.service = svc.clone();
+                        r.down = out;
                         debug!(service = %name, "l7: table swapped");
                     }
                 }
@@ -409,13 +467,17 @@ impl L7 {
                     if let Some(old) = existing {
                         old.accept.abort();
                     }
-                    let shared = Arc::new(Shared::new(name, svc, table));
+                    let mut shared = Shared::new(name, svc, table);
+                    shared.ejections = Some(self.ejections.clone());
+                    let shared = Arc::new(shared);
                     let limits = Limits::new(&self.settings, self.budget.clone());
                     let accept =
                         tokio::spawn(serve(listener, shared.clone(), limits, self.settings.header_read_timeout));
                     info!(service = %name, listen = %svc.listen, "l7: proxying");
-                    self.running
-                        .insert(name.clone(), Running { listen: svc.listen, service: svc.clone(), shared, accept });
+                    self.running.insert(
+                        name.clone(),
+                        Running { listen: svc.listen, service: svc.clone(), shared, accept, down: out },
+                    );
                 }
                 (None, None) => unreachable!("a new service is always bound above"),
             }

@@ -112,14 +112,13 @@ pub async fn handle(
             }
         }
     }
-    let n = target.endpoints.len();
-    // Only an idempotent request without a body is sent again, to the next endpoint.
-    let attempts = if retriable { n } else { 1 };
+    // Only an idempotent request without a body is sent again, to the next
+    // endpoint (a healthy one first).
+    let attempts = if retriable { target.endpoints.len() } else { 1 };
     let http = shared.client.load_full();
     let mut body = Some(body);
     let mut parts = Some(parts);
-    for attempt in 0..attempts {
-        let endpoint = target.endpoints[(decision.endpoint + attempt) % n];
+    for (attempt, endpoint) in target.attempts(decision.endpoint, attempts).enumerate() {
         let last = attempt + 1 == attempts;
         // Copied only while another attempt may follow.
         let mut head = if last { parts.take() } else { parts.clone() }.expect("kept until the last attempt");
@@ -131,6 +130,9 @@ pub async fn handle(
         match sent {
             Ok(Ok(resp)) => {
                 let (mut rparts, rbody) = resp.into_parts();
+                shared.passive(&table, endpoint, rparts.status.is_server_error(), || {
+                    format!("answered {}", rparts.status.as_u16())
+                });
                 strip_hop_by_hop(&mut rparts.headers);
                 stats.response(rparts.status, arrived.elapsed());
                 let rbody = match compare.take() {
@@ -145,6 +147,7 @@ pub async fn handle(
                 return Ok(Response::from_parts(rparts, rbody));
             }
             Ok(Err(e)) if e.is_connect() && !last => {
+                shared.passive(&table, endpoint, true, || "connect failed".into());
                 tracing::debug!(%endpoint, "connect failed ({e}); trying the next endpoint");
             }
             Ok(Err(_)) if client_body.failed() => {
@@ -152,6 +155,8 @@ pub async fn handle(
                 return Ok(error(StatusCode::BAD_REQUEST, "the request body is malformed"));
             }
             Ok(Err(e)) => {
+                let what = if e.is_connect() { "connect failed" } else { "the connection failed" };
+                shared.passive(&table, endpoint, true, || what.into());
                 tracing::debug!(%endpoint, "upstream failed: {e}");
                 stats.bad_gateway(arrived.elapsed());
                 return Ok(error(StatusCode::BAD_GATEWAY, "the endpoint could not be reached or failed"));
@@ -161,6 +166,7 @@ pub async fn handle(
                 return Ok(error(StatusCode::REQUEST_TIMEOUT, "the request body did not arrive in time"));
             }
             Err(_) => {
+                shared.passive(&table, endpoint, true, || "no answer in time".into());
                 stats.timeout(arrived.elapsed());
                 return Ok(error(StatusCode::GATEWAY_TIMEOUT, "the endpoint did not answer in time"));
             }

@@ -14,7 +14,8 @@ use splitter_model::{
         l7::{Route, ValueMatch},
         Affinity, Service,
     },
-    plan::{basis_points, maglev, slot_table, Previous},
+    health,
+    plan::{basis_points, slot_table, Previous},
 };
 
 /// A service's routing table.
@@ -35,6 +36,9 @@ pub struct RouteTable {
     /// How long an endpoint may take to answer (in the table, so a request
     /// sees the options of the table it was decided on).
     pub response_timeout: std::time::Duration,
+    /// Failures in a row of an endpoint's requests that eject it
+    /// (`health.passive`), if passive checks are on.
+    pub passive_failures: Option<u32>,
 }
 
 /// The routing side of `mirror:`.
@@ -54,7 +58,10 @@ pub struct MirrorPlan {
 #[derive(Debug)]
 pub struct Target {
     pub endpoints: Vec<SocketAddr>,
-    /// `RING_SIZE` slots → index into `endpoints`.
+    /// Whether each endpoint is healthy (all are without `health:`).
+    pub up: Vec<bool>,
+    /// `RING_SIZE` slots → index into `endpoints`: over the healthy ones
+    /// only, while some are down (`health::ring_over_healthy`).
     ring: Vec<u8>,
 }
 
@@ -123,6 +130,20 @@ pub struct Decision {
 }
 
 impl Target {
+    /// The endpoints a request tries, in order, from its ring's choice
+    /// `first`: the healthy ones (the unhealthy after them, in case every
+    /// healthy one fails to connect). `limit` attempts at most.
+    pub fn attempts(&self, first: usize, limit: usize) -> impl Iterator<Item = SocketAddr> + '_ {
+        let n = self.endpoints.len();
+        let order = (0..n).map(move |i| (first + i) % n);
+        order
+            .clone()
+            .filter(|i| self.up[*i])
+            .chain(order.filter(|i| !self.up[*i]))
+            .take(limit)
+            .map(|i| self.endpoints[i])
+    }
+
     /// The endpoint a hash (or random number) lands on.
     pub fn endpoint_for(&self, h: u64) -> SocketAddr {
         let i = self.ring.get(reduce((h >> 32) as u32, RING_SIZE)).map_or(0, |i| usize::from(*i));
@@ -131,8 +152,21 @@ impl Target {
 }
 
 impl RouteTable {
-    /// Compiles `svc`. `previous` is the table it replaces, if any.
+    /// Compiles `svc` with every endpoint healthy. `previous` is the table
+    /// it replaces, if any.
     pub fn build(svc: &Service, previous: Option<Previous<'_>>) -> Result<RouteTable, regex::Error> {
+        RouteTable::build_served(svc, previous, &|_| false)
+    }
+
+    /// Compiles `svc` as served with the endpoints `is_down` judges: rings
+    /// over the healthy endpoints, and a version with none giving its share
+    /// to the others (or keeping it), as the kernel's tables do
+    /// (`splitter_model::health`). `bps` are the shares served.
+    pub fn build_served(
+        svc: &Service,
+        previous: Option<Previous<'_>>,
+        is_down: &dyn Fn(&SocketAddr) -> bool,
+    ) -> Result<RouteTable, regex::Error> {
         let weights = svc.version_weights();
         let versions: Vec<String> = weights.iter().map(|(n, _)| (*n).to_owned()).collect();
         let mut bps = basis_points(&weights.iter().map(|(_, w)| *w).collect::<Vec<_>>());
@@ -140,15 +174,25 @@ impl RouteTable {
             // Validation forbids it; keep the table total anyway.
             bps[0] = BPS as u32;
         }
+        // Without `health:` every endpoint serves.
+        let checked = svc.health.is_some();
+        let up: Vec<Vec<bool>> =
+            svc.versions.values().map(|eps| eps.iter().map(|e| !(checked && is_down(e))).collect()).collect();
+        if let Some(h) = &svc.health {
+            let down: Vec<bool> = up.iter().map(|u| !u.iter().any(|x| *x)).collect();
+            bps = health::served_bps(&bps, &down, h.when_version_down);
+        }
         let names: Vec<&str> = versions.iter().map(String::as_str).collect();
         let previous = previous.map(|p| p.remap(&names));
         let slots = slot_table(&bps, previous.as_deref());
         let targets = svc
             .versions
             .values()
-            .map(|eps| Target {
+            .zip(up)
+            .map(|(eps, up)| Target {
                 endpoints: eps.clone(),
-                ring: maglev(&eps.iter().map(ToString::to_string).collect::<Vec<_>>()),
+                ring: health::ring_over_healthy(&eps.iter().map(ToString::to_string).collect::<Vec<_>>(), &up),
+                up,
             })
             .collect();
         let index = |v: &str| versions.iter().position(|n| n == v).expect("validated: routes name known versions");
@@ -191,6 +235,7 @@ impl RouteTable {
             affinity: svc.affinity.clone(),
             mirror,
             response_timeout,
+            passive_failures: svc.health.as_ref().and_then(|h| h.passive.as_ref()).map(|p| p.consecutive_failures),
         })
     }
 

@@ -79,7 +79,7 @@ fn restart_due(second: u64, run_secs: u64) -> bool {
     if run_secs <= RESTART_EVERY {
         second == run_secs * 3 / 4
     } else {
-        second % RESTART_EVERY == 0 && second < run_secs
+        second.is_multiple_of(RESTART_EVERY) && second < run_secs
     }
 }
 
