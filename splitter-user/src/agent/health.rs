@@ -12,7 +12,7 @@ use std::{
 };
 
 use splitter_model::{
-    config::{Config, Mode},
+    config::{health::Health, Config, Mode},
     health::{self, Down, Tracker, Transition},
     plan::service_key,
 };
@@ -25,6 +25,11 @@ use crate::{
     health::{Checker, Probe},
     l7::Ejection,
 };
+
+/// Each checked service's `health:`.
+fn settings(effective: &Config) -> BTreeMap<String, Health> {
+    effective.services.iter().filter_map(|(n, s)| Some((n.clone(), s.health.clone()?))).collect()
+}
 
 /// Unix milliseconds now.
 fn now_ms() -> u64 {
@@ -46,6 +51,8 @@ pub(super) struct HealthState {
     checker: Checker,
     /// Service → endpoint → its health.
     trackers: BTreeMap<String, BTreeMap<SocketAddr, Tracker>>,
+    /// Each checked service's `health:` (kept to the config by `sync`).
+    settings: BTreeMap<String, Health>,
     /// Transitions by (service, endpoint, "down" | "up"), for the metrics.
     pub transitions: BTreeMap<(String, SocketAddr, &'static str), u64>,
     /// l4 passive: each endpoint's counters at the last tick and its run of
@@ -64,11 +71,13 @@ impl HealthState {
         let mut state = HealthState {
             checker,
             trackers: BTreeMap::new(),
+            settings: BTreeMap::new(),
             transitions: BTreeMap::new(),
             seen: BTreeMap::new(),
             runs: BTreeMap::new(),
         };
         let now = now_ms();
+        state.settings = settings(effective);
         for (name, svc) in effective.services.iter().filter(|(_, s)| s.health.is_some()) {
             let down = match (svc.mode, dp.live_table(name)) {
                 (Mode::L4, Some((versions, table))) => {
@@ -93,6 +102,7 @@ impl HealthState {
     /// start up, gone ones are forgotten.
     pub fn sync(&mut self, effective: &Config) {
         self.checker.reconcile(effective);
+        self.settings = settings(effective);
         let now = now_ms();
         let wanted: BTreeMap<&String, BTreeSet<SocketAddr>> = effective
             .services
@@ -185,8 +195,7 @@ impl HealthState {
 impl<B: Backing> Agent<B> {
     /// A check's result.
     pub(super) fn on_probe(&mut self, probe: Probe) {
-        let (effective, _) = self.runtime.clone().effective(&self.config);
-        let Some(h) = effective.services.get(&probe.service).and_then(|s| s.health.clone()) else { return };
+        let Some(h) = self.health.settings.get(&probe.service).cloned() else { return };
         let now = now_ms();
         if self.health.update(&probe.service, probe.endpoint, |t| t.check(probe.result, &h, now)) {
             self.serve_health();
@@ -195,10 +204,7 @@ impl<B: Backing> Agent<B> {
 
     /// The proxy's passive check ejected an endpoint.
     pub(super) fn on_ejection(&mut self, e: Ejection) {
-        let (effective, _) = self.runtime.clone().effective(&self.config);
-        let Some(p) = effective.services.get(&e.service).and_then(|s| s.health.as_ref()?.passive.clone()) else {
-            return;
-        };
+        let Some(p) = self.health.settings.get(&e.service).and_then(|h| h.passive.clone()) else { return };
         let now = now_ms();
         let until = now + u64::try_from(p.eject_for.as_millis()).unwrap_or(u64::MAX / 2);
         if self.health.update(&e.service, e.endpoint, |t| t.eject(&e.why, until, now)) {
