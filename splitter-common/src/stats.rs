@@ -130,11 +130,17 @@ pub enum Stat {
     /// here (IPv4 options, a VLAN tag; or IPv4 without "don't fragment",
     /// which the stack fragments): left to the stack after NAT.
     TooBigToStack,
+    /// Packets from an endpoint with no flow entry that the FIB would not
+    /// forward: addressed to this host itself (its own connections to an
+    /// endpoint, such as health checks or an operator's `curl`), or
+    /// broadcast, multicast or unroutable. Passed unchanged to the stack,
+    /// never taken for a client's reply.
+    ToHost,
 }
 
 impl Stat {
     /// Every counter, in index order.
-    pub const ALL: [Stat; 40] = [
+    pub const ALL: [Stat; 41] = [
         Stat::RxPackets,
         Stat::RxBytes,
         Stat::NonIp,
@@ -175,6 +181,7 @@ impl Stat {
         Stat::IcmpTranslated,
         Stat::TooBig,
         Stat::TooBigToStack,
+        Stat::ToHost,
     ];
 
     /// Number of slots in the stats map.
@@ -223,6 +230,7 @@ impl Stat {
             Stat::IcmpTranslated => "icmp_translated",
             Stat::TooBig => "too_big",
             Stat::TooBigToStack => "too_big_to_stack",
+            Stat::ToHost => "to_host",
         }
     }
 

@@ -8,7 +8,7 @@
 use core::mem;
 
 use aya_ebpf::{
-    bindings::{bpf_fib_lookup, xdp_action, BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_REDIRECT},
+    bindings::{bpf_fib_lookup, xdp_action, BPF_FIB_LKUP_RET_NOT_FWDED, BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_REDIRECT},
     helpers::generated::{bpf_fib_lookup as fib_lookup, bpf_redirect},
 };
 use network_types::eth::EthHdr;
@@ -48,7 +48,44 @@ pub fn next_hop<C: Frame>(
         return None;
     };
     // SAFETY: this CPU's slot; only its `fib` field is used here.
-    let p = zero_fib_params(unsafe { &mut (*scratch).fib });
+    let params = unsafe { &mut (*scratch).fib };
+    let rc = lookup(ctx, pkt, src, dst, params);
+    let p = &params.0;
+    if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
+        ctx.stats().inc(Stat::FibPass);
+        cache.ifindex = 0;
+        return None;
+    }
+    cache.ifindex = p.ifindex;
+    copy_mac(&mut cache.smac, &p.smac);
+    copy_mac(&mut cache.dmac, &p.dmac);
+    cache.looked_up_ns = now;
+    Some(*cache)
+}
+
+/// Whether `pkt`'s destination is this host's own: the FIB, asked as for
+/// forwarding the packet from the interface it arrived on, answers
+/// `BPF_FIB_LKUP_RET_NOT_FWDED` — a local address (`RTN_LOCAL`, IPv4 and
+/// IPv6), or a destination the stack would not forward either (broadcast,
+/// multicast, no route). False when forwarding is off on that interface
+/// (the data path forwards nothing there anyway). A FIB lookup: only for an
+/// endpoint's packet that has no flow.
+#[inline(always)]
+pub fn is_local<C: Frame>(ctx: &C, pkt: &Packet) -> bool {
+    let Some(scratch) = SPLITTER_SCRATCH.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: this CPU's slot; only its `fib` field is used here.
+    lookup(ctx, pkt, &pkt.key.src_addr, &pkt.key.dst_addr, unsafe { &mut (*scratch).fib })
+        == BPF_FIB_LKUP_RET_NOT_FWDED as i64
+}
+
+/// A FIB lookup of `src` → `dst` (`pkt`'s protocol and family) arriving on
+/// the packet's interface, in `params` (zeroed first): the helper's return
+/// code; `params` holds its answer on success.
+#[inline(always)]
+fn lookup<C: Frame>(ctx: &C, pkt: &Packet, src: &[u32; 4], dst: &[u32; 4], params: &mut FibParams) -> i64 {
+    let p = zero_fib_params(params);
     p.l4_protocol = pkt.key.proto;
     p.ifindex = ctx.arrival_ifindex();
     if pkt.key.family == FAMILY_V4 {
@@ -61,17 +98,7 @@ pub fn next_hop<C: Frame>(
         p.__bindgen_anon_4.ipv6_dst = *dst;
     }
     // SAFETY: the helper reads and writes only `p`, whose size we pass.
-    let rc = unsafe { fib_lookup(ctx.as_ptr(), p, mem::size_of::<bpf_fib_lookup>() as i32, 0) };
-    if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
-        ctx.stats().inc(Stat::FibPass);
-        cache.ifindex = 0;
-        return None;
-    }
-    cache.ifindex = p.ifindex;
-    copy_mac(&mut cache.smac, &p.smac);
-    copy_mac(&mut cache.dmac, &p.dmac);
-    cache.looked_up_ns = now;
-    Some(*cache)
+    unsafe { fib_lookup(ctx.as_ptr(), p, mem::size_of::<bpf_fib_lookup>() as i32, 0) }
 }
 
 /// The next hop of a new flow to `endpoint` (index `index` of service slot

@@ -100,6 +100,13 @@ fn try_ingress(ctx: &Ingress) -> u32 {
                     match reply::find(&pkt.key, &mut vip) {
                         // SAFETY: the map's value; see `established` on racing writes.
                         Reply::Of(state) => return to_client(ctx, &pkt, unsafe { &mut *state }, &vip),
+                        // Not a client's reply but this host's own
+                        // conversation with the endpoint (a health check,
+                        // an operator's connection): the stack's.
+                        Reply::Orphan | Reply::Ambiguous if forward::is_local(ctx, &pkt) => {
+                            ctx.stats.inc(Stat::ToHost);
+                            return xdp_action::XDP_PASS;
+                        }
                         Reply::Orphan => return adopt_reply(ctx, &pkt, &vip),
                         Reply::Ambiguous => {
                             ctx.stats.inc(Stat::OrphanReplies);

@@ -20,9 +20,11 @@ pub enum Reply {
     Of(*mut FlowState),
     /// A reply whose flow's entry is gone (evicted, or the table resized):
     /// the endpoint serves this one VIP on that port (copied to `vip`).
+    /// (Unless it is addressed to this host: `main.rs` asks the FIB first.)
     Orphan,
     /// An endpoint's packet that answers none of its flows and cannot be
     /// given a VIP: it serves several on that port, none with this flow.
+    /// (Unless it is addressed to this host, as for `Orphan`.)
     Ambiguous,
 }
 

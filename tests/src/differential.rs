@@ -5,12 +5,15 @@
 //! moved. Shared by the tier-2 test (a generated corpus) and the `packet`
 //! fuzz target (whatever libFuzzer makes up).
 
+use std::net::IpAddr;
+
 use splitter_common::{
     packet::{self, Parsed, CLASS_STATS},
     service::ServiceKey,
     stats::Stat,
+    FAMILY_V4, FAMILY_V6,
 };
-use splitter_model::plan::ServicePlan;
+use splitter_model::plan::{addr_words, ServicePlan};
 
 /// `XDP_DROP`, `XDP_PASS`.
 const XDP_DROP: u32 = 1;
@@ -21,9 +24,21 @@ const XDP_PASS: u32 = 2;
 /// below).
 pub const RUNNABLE: std::ops::RangeInclusive<usize> = packet::ETH_HLEN..=2048;
 
-/// The services the program was given, as the oracle needs them.
+/// The services the program was given, as the oracle needs them, and what
+/// it knows of the namespace the program runs in.
 pub struct Services {
     services: Vec<(ServiceKey, Vec<ServiceKey>)>,
+    /// Addresses of the namespace's own: an endpoint's packet to one that
+    /// answers no flow is the host's (`to_host`), never a client's reply.
+    local: Vec<(u8, [u32; 4])>,
+    /// Addresses the namespace forwards to (it has a route and a neighbour):
+    /// an endpoint's packet to one is never the host's.
+    forwarded: Vec<(u8, [u32; 4])>,
+}
+
+/// An address as the kernel's keys hold it: family and words.
+fn key_addr(a: IpAddr) -> (u8, [u32; 4]) {
+    (if a.is_ipv4() { FAMILY_V4 } else { FAMILY_V6 }, addr_words(a))
 }
 
 impl Services {
@@ -39,7 +54,16 @@ impl Services {
                 (p.key, eps)
             })
             .collect();
-        Services { services }
+        Services { services, local: Vec::new(), forwarded: Vec::new() }
+    }
+
+    /// Tells the judge the namespace's own addresses (`local`) and some it
+    /// forwards to (`forwarded`); without, it only checks what the program
+    /// says it passed to the host for plausibility.
+    pub fn on_host(mut self, local: &[IpAddr], forwarded: &[IpAddr]) -> Services {
+        self.local = local.iter().copied().map(key_addr).collect();
+        self.forwarded = forwarded.iter().copied().map(key_addr).collect();
+        self
     }
 
     /// Whether `source` (address and port) is an endpoint of some service.
@@ -95,6 +119,17 @@ pub fn judge(frame: &[u8], services: &Services, run: &Run<'_>) -> Result<(), Str
             problems.push("the frame was changed".to_owned());
         }
     };
+    // An endpoint's packet (not a SYN: that goes to the services) to one of
+    // the host's own addresses answers no client's flow: the host's.
+    if let Ok(Parsed::Flow(p)) = host.result {
+        let local = services.local.contains(&(p.key.family, p.key.dst_addr));
+        if local && !p.is_syn() && services.is_endpoint(&ServiceKey::of_source(&p.key)) && d(Stat::ToHost) == 0 {
+            problems.push(format!(
+                "an endpoint's packet to the host's own address was not passed to it (to_host): verdict {}",
+                run.action
+            ));
+        }
+    }
     match (host.result, hit) {
         (Ok(Parsed::Flow(_)), _) if replied => {}
         // Too big for the next hop's link: now the ICMP error, for the stack.
@@ -102,6 +137,25 @@ pub fn judge(frame: &[u8], services: &Services, run: &Run<'_>) -> Result<(), Str
             Ok(Parsed::Icmp(icmp)) if icmp.key.src_addr == p.key.dst_addr && icmp.key.dst_addr == p.key.src_addr => {}
             other => problems.push(format!("a too-big packet's answer parses as {other:?}")),
         },
+        // An endpoint's packet that answers no flow, to this host itself
+        // (the FIB does not forward it): the host's, passed unchanged.
+        (Ok(Parsed::Flow(p)), _) if d(Stat::ToHost) > 0 => {
+            if !services.is_endpoint(&ServiceKey::of_source(&p.key)) {
+                problems.push("passed as the host's own, but its source is no endpoint".to_owned());
+            }
+            if p.is_syn() {
+                problems.push("a SYN passed as an endpoint's packet to the host".to_owned());
+            }
+            if services.forwarded.contains(&(p.key.family, p.key.dst_addr)) {
+                problems.push("passed as the host's own, but the namespace forwards to its destination".to_owned());
+            }
+            for s in [Stat::ServicePackets, Stat::ReplyAdopted, Stat::OrphanReplies] {
+                if d(s) != 0 {
+                    problems.push(format!("a packet passed to the host moved {} by {}", s.name(), d(s)));
+                }
+            }
+            untouched(&mut problems);
+        }
         // An endpoint's packet that answers no flow it has: dropped.
         (Ok(Parsed::Flow(p)), _) if d(Stat::OrphanReplies) > 0 => {
             if !services.is_endpoint(&ServiceKey::of_source(&p.key)) {

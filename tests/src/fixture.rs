@@ -85,6 +85,12 @@ pub mod net {
     pub const CLIENT6: [u8; 16] = [0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
     pub const VIP6: [u8; 16] = [0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10];
     pub const BLUE6: [u8; 16] = [0x20, 1, 0xd, 0xb8, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10];
+    /// The namespace's own addresses: on `fxa` (the backends' side) and
+    /// `fxb` (the clients').
+    pub const FXA4: [u8; 4] = [198, 51, 100, 1];
+    pub const FXA6: [u8; 16] = [0x20, 1, 0xd, 0xb8, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+    pub const FXB4: [u8; 4] = [192, 0, 2, 254];
+    pub const FXB6: [u8; 16] = [0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xfe];
 }
 
 /// A namespace where FIB lookups have fixed answers:
@@ -143,10 +149,12 @@ impl FixtureNet {
         ip(&["link", "add", "name", "fxh0", "type", "veth", "peer", "name", "fxh1"]);
         ip(&["link", "set", "dev", "fxm", "up"]);
         ip(&["link", "set", "dev", "fxn", "up"]);
-        ip(&["addr", "add", "198.51.100.1/24", "dev", "fxa"]);
-        ip(&["addr", "add", "2001:db8:1::1/64", "dev", "fxa", "nodad"]);
-        ip(&["addr", "add", "192.0.2.254/24", "dev", "fxb"]);
-        ip(&["addr", "add", "2001:db8::fe/64", "dev", "fxb", "nodad"]);
+        let a4 = |a: [u8; 4]| std::net::Ipv4Addr::from(a).to_string();
+        let a6 = |a: [u8; 16]| std::net::Ipv6Addr::from(a).to_string();
+        ip(&["addr", "add", &format!("{}/24", a4(FXA4)), "dev", "fxa"]);
+        ip(&["addr", "add", &format!("{}/64", a6(FXA6)), "dev", "fxa", "nodad"]);
+        ip(&["addr", "add", &format!("{}/24", a4(FXB4)), "dev", "fxb"]);
+        ip(&["addr", "add", &format!("{}/64", a6(FXB6)), "dev", "fxb", "nodad"]);
         // 198.51.100.N has MAC backend_mac(N); 2001:db8:1::X (hex) has backend_mac(0xX).
         for (v4_last, v6_last) in [(10u8, 0x10u8), (11, 0x11), (20, 0x20)] {
             let v4 = format!("198.51.100.{v4_last}");

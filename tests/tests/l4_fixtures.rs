@@ -397,6 +397,65 @@ fn an_endpoint_shared_by_two_services_answers_each_flow_as_its_own_vip() {
 }
 
 #[test]
+fn an_endpoint_packet_to_this_host_is_passed_unchanged_and_never_taken_for_a_reply() {
+    // blue:8080 serves shop only (a flowless packet of its would be an
+    // orphan reply), green:8080 shop and admin (one would be ambiguous).
+    let admin = Service::tcp(sa4([203, 0, 113, 11], 80)).version("blue", [sa4(GREEN4, 8080)]).weights(&[("blue", 1)]);
+    let h = Harness::with_config(&config().service("admin", admin));
+    let (blue, green) = (sa4(BLUE4, 8080), sa4(GREEN4, 8080));
+    let from = |endpoint: SocketAddr, last: u8, to: SocketAddr, flags: Tcp| {
+        Frame::tcp(endpoint, to, flags).payload(b"hello").macs(backend_mac(last), FXA_MAC)
+    };
+    // The host's own connections: to blue, to green, from its other
+    // interface's address, over IPv6; and a UDP exchange with dns's endpoint.
+    let host_blue = from(blue, 10, sa4(FXA4, 50000), Tcp::Ack);
+    let host_blue_fin = from(blue, 10, sa4(FXA4, 50000), Tcp::Fin);
+    let host_green = from(green, 20, sa4(FXA4, 50001), Tcp::Ack);
+    let host_other_side = from(blue, 10, sa4(FXB4, 50002), Tcp::Ack);
+    let host_blue6 = from(sa6(BLUE6, 8080), 0x10, sa6(FXA6, 50003), Tcp::Ack);
+    let host_dns =
+        Frame::udp(sa4([198, 51, 100, 11], 5353), sa4(FXA4, 50004)).payload(b"answer").macs(backend_mac(11), FXA_MAC);
+    // The same endpoints' flowless packets to a client, as before.
+    let client_blue = from(blue, 10, sa4(CLIENT4, 50000), Tcp::Ack);
+    let client_green = from(green, 20, sa4(CLIENT4, 50001), Tcp::Ack);
+    let to_host = |family| [family, Tcp, ToHost];
+    h.check_table(&[
+        case("blue answers the host itself: passed unchanged", &host_blue, Verdict::Pass, None, &to_host(Ipv4)),
+        case("and again (no flow was made of it)", &host_blue_fin, Verdict::Pass, None, &to_host(Ipv4)),
+        case(
+            "green, which serves two VIPs on 8080, answers the host: passed, not dropped",
+            &host_green,
+            Verdict::Pass,
+            None,
+            &to_host(Ipv4),
+        ),
+        case(
+            "to the host's address on the clients' side: passed unchanged",
+            &host_other_side,
+            Verdict::Pass,
+            None,
+            &to_host(Ipv4),
+        ),
+        case("over IPv6: passed unchanged", &host_blue6, Verdict::Pass, None, &to_host(Ipv6)),
+        case("UDP: passed unchanged", &host_dns, Verdict::Pass, None, &[Ipv4, Udp, ToHost]),
+        case(
+            "blue's flowless packet to a client is still given back its VIP",
+            &client_blue,
+            Verdict::Redirect,
+            Some(to_client(&client_blue, sa4(VIP4, 80))),
+            &[Ipv4, Tcp, ReplyAdopted, Replies, Redirected],
+        ),
+        case(
+            "and green's still dropped, never forwarded with green's address",
+            &client_green,
+            Verdict::Drop,
+            None,
+            &[Ipv4, Tcp, OrphanReplies],
+        ),
+    ]);
+}
+
+#[test]
 fn kernel_places_every_flow_where_the_userspace_plan_says() {
     let shop = Service::tcp(sa4(VIP4, 80))
         .version("blue", [sa4(BLUE4, 8080), sa4([198, 51, 100, 11], 8080)])

@@ -13,7 +13,7 @@ use splitter_common::stats::Stat;
 use splitter_testkit::{
     config::{Config, Service},
     serve::{ask_version, serve_tcp, serve_udp},
-    topology::{vip, vip6, Topology},
+    topology::{vip, vip6, Topology, BLUE, BLUE6, GREEN},
     wait::eventually,
 };
 use splitter_tests::{agent::Agent, netns::topology};
@@ -134,6 +134,66 @@ fn udp_flows_split_and_each_flow_sticks_to_its_backend() {
     });
     let green = share(&seen, "green");
     assert!((green - 0.5).abs() <= 0.1, "UDP green share {green:.3} is not 50 % ± 10 pp: {seen:?}");
+}
+
+/// `n` exchanges with `endpoint` from the lb namespace (the host itself, not
+/// a client): TCP connections asking the backend's name, or UDP datagrams
+/// on a connected socket. Stops at the first failure, which it returns.
+fn from_lb_host(topo: &Topology, endpoint: SocketAddr, tcp: bool, n: usize, name: &str) -> Result<(), String> {
+    let timeout = Duration::from_secs(1);
+    topo.lb.run(|| {
+        for i in 0..n {
+            let answer = if tcp {
+                TcpStream::connect_timeout(&endpoint, timeout).and_then(|c| {
+                    c.set_read_timeout(Some(timeout))?;
+                    ask_version(&c)
+                })
+            } else {
+                UdpSocket::bind(if endpoint.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }).and_then(|s| {
+                    s.set_read_timeout(Some(timeout))?;
+                    s.connect(endpoint)?;
+                    s.send(b"q")?;
+                    let mut buf = [0u8; 64];
+                    let n = s.recv(&mut buf)?;
+                    Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+                })
+            };
+            match answer {
+                Ok(a) if a == name => {}
+                other => {
+                    let proto = if tcp { "TCP" } else { "UDP" };
+                    return Err(format!("{proto} exchange {i} with {endpoint}: {other:?}"));
+                }
+            }
+        }
+        Ok(())
+    })
+}
+
+#[test]
+fn the_lb_host_talks_to_endpoints_directly_and_their_answers_are_never_taken_for_replies() {
+    // blue:8080 serves shop only; green:8080 shop and admin.
+    let config = config().service("admin", Service::tcp(vip(81)).on_green("green", 8080).weights(&[("green", 1)]));
+    let (topo, agent) = setup_with(config);
+    let failures: Vec<String> = [
+        (SocketAddr::from((BLUE, 8080)), true, "blue"),
+        (SocketAddr::from((GREEN, 8080)), true, "green"),
+        (SocketAddr::from((BLUE6, 8080)), true, "blue"),
+        (SocketAddr::from((BLUE, 5353)), false, "blue"),
+    ]
+    .into_iter()
+    .filter_map(|(endpoint, tcp, name)| from_lb_host(&topo, endpoint, tcp, 20, name).err())
+    .collect();
+    assert!(failures.is_empty(), "the lb host could not talk to its endpoints: {failures:#?}\n{}", agent.log());
+    // Every answer reached the host as the endpoint's (at least one packet
+    // per TCP connection and per datagram), none was given a VIP or dropped.
+    assert!(agent.counter(Stat::ToHost) >= 80, "to_host {}", agent.counter(Stat::ToHost));
+    assert_eq!(agent.counter(Stat::ReplyAdopted), 0);
+    assert_eq!(agent.counter(Stat::OrphanReplies), 0);
+    // Clients are served as before, blue's replies given the VIP.
+    let seen = tcp_split(&topo, vip(80), 50);
+    assert_eq!(seen.values().sum::<usize>(), 50, "{seen:?}");
+    assert!(agent.counter(Stat::Replies) >= 100);
 }
 
 /// Rewrites the agent's config file with `from` replaced by `to`, sends

@@ -8,7 +8,7 @@
 
 use std::{
     collections::BTreeMap,
-    net::{Ipv6Addr, SocketAddr},
+    net::{IpAddr, Ipv6Addr, SocketAddr},
 };
 
 use splitter_common::{
@@ -38,6 +38,10 @@ fn bases() -> Vec<Vec<u8>> {
         packet::tcp_v4(CLIENT4, 40000, VIP4, 80, Tcp::Ack, b"GET / HTTP/1.1\r\n\r\n"),
         packet::tcp_v4(CLIENT4, 40001, VIP4, 81, Tcp::Syn, b""),
         packet::tcp_v4(BLUE4, 8080, CLIENT4, 40000, Tcp::Ack, b"reply"),
+        // Endpoints answering the host itself (its own connections).
+        packet::tcp_v4(BLUE4, 8080, FXA4, 50000, Tcp::Ack, b"to the host"),
+        packet::udp_v4([198, 51, 100, 11], 5353, FXB4, 50001, b"to the host"),
+        packet::tcp_v6(BLUE6, 8080, FXA6, 50002, Tcp::Ack, b"to the host"),
         packet::udp_v4(CLIENT4, 5000, VIP4, 53, b"query"),
         packet::udp_v4_vlan(7, CLIENT4, 5001, VIP4, 53, b"query"),
         packet::tcp_v6(CLIENT6, 40000, VIP6, 80, Tcp::Syn, b""),
@@ -98,7 +102,12 @@ fn the_xdp_parser_agrees_with_its_host_side_mirror_on_every_frame() {
         )
         .service("shop6", Service::tcp(sa6(VIP6, 80)).version("blue", [sa6(BLUE6, 8080)]).weights(&[("blue", 1)]));
     let h = Harness::with_config(&config);
-    let services = Services::of(&h.plans);
+    let ip4 = |a: [u8; 4]| IpAddr::from(a);
+    let ip6 = |a: [u8; 16]| IpAddr::from(a);
+    let services = Services::of(&h.plans).on_host(
+        &[ip4(FXA4), ip4(FXB4), ip6(FXA6), ip6(FXB6)],
+        &[ip4(CLIENT4), ip4(BLUE4), ip4(GREEN4), ip4([198, 51, 100, 11]), ip6(CLIENT6), ip6(BLUE6)],
+    );
     let corpus = corpus();
     let counters = || {
         let c = h.dp.stats().expect("read counters");
@@ -115,7 +124,7 @@ fn the_xdp_parser_agrees_with_its_host_side_mirror_on_every_frame() {
             if let Err(e) = judge(frame, &services, &Run { action: out.action, output: &out.output, deltas: &deltas }) {
                 failures.push(e);
             }
-            for c in CLASS_STATS.iter().filter(|c| deltas[**c as usize] > 0) {
+            for c in CLASS_STATS.iter().chain([&Stat::ToHost]).filter(|c| deltas[**c as usize] > 0) {
                 *classes.entry(c.name()).or_default() += 1;
             }
         }
@@ -132,5 +141,6 @@ fn the_xdp_parser_agrees_with_its_host_side_mirror_on_every_frame() {
     for c in CLASS_STATS {
         assert!(classes.get(c.name()).is_some_and(|n| *n > 0), "no frame was classified {}: {classes:?}", c.name());
     }
+    assert!(classes.get(Stat::ToHost.name()).is_some_and(|n| *n > 0), "no frame was passed to the host: {classes:?}");
     assert!(corpus.len() > 5000, "{} frames", corpus.len());
 }
