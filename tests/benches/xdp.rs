@@ -52,11 +52,13 @@ fn rounds() -> usize {
     std::env::var("SPLITTER_BENCH_ROUNDS").ok().and_then(|v| v.parse().ok()).filter(|n| *n > 0).unwrap_or(5)
 }
 /// `bench` and `mirrored` (all its flows copied out of `fxm`), each with one
-/// endpoint: the VIP itself, routed out of fxa below.
+/// endpoint: the VIP's address on another port (a service may not be its own
+/// endpoint), routed out of fxa below.
 fn config() -> Config {
     let service = |port: u16| {
         let vip = SocketAddr::from((VIP4, port));
-        Service::tcp(vip).version("only", [vip]).weights(&[("only", 1)])
+        let endpoint = SocketAddr::from((VIP4, port + 8000));
+        Service::tcp(vip).version("only", [endpoint]).weights(&[("only", 1)])
     };
     FixtureNet::config()
         .service("bench", service(80))

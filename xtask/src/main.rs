@@ -191,9 +191,17 @@ fn soak(minutes: u64) -> Result<()> {
     cargo(&["build", "--package", "splitter-user", "--bin", "splitter"])?;
     cargo(&["build", "--package", "splitter-tests", "--bin", "soak"])?;
     let root = workspace_root();
-    let status = Command::new(root.join("target/debug/soak"))
+    // The soak runs a copy of both binaries: a build meanwhile (the same
+    // checkout's tests, say) must not swap the agent's CLI under it.
+    let dir = root.join("target/soak");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    for bin in ["splitter", "soak"] {
+        std::fs::copy(root.join("target/debug").join(bin), dir.join(bin))
+            .with_context(|| format!("copying target/debug/{bin} to {}", dir.display()))?;
+    }
+    let status = Command::new(dir.join("soak"))
         .args(["--minutes", &minutes.to_string()])
-        .env("SPLITTER_BIN", root.join("target/debug/splitter"))
+        .env("SPLITTER_BIN", dir.join("splitter"))
         .status()
         .context("running the soak")?;
     if !status.success() {
