@@ -114,16 +114,22 @@ impl Agent {
 
     /// `splitter status --json --config FILE` for this agent, parsed.
     pub fn status(&self) -> Report {
-        let out =
-            self.cli().args(["status", "--json", "--config"]).arg(&self.config_path).output().expect("run status");
-        assert!(
-            out.status.success(),
-            "splitter status failed: {}\nagent log:\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            self.log()
-        );
+        self.try_status().unwrap_or_else(|e| panic!("{e}\nagent log:\n{}", self.log()))
+    }
+
+    /// [`Agent::status`], or what went wrong.
+    pub fn try_status(&self) -> Result<Report, String> {
+        let out = self
+            .cli()
+            .args(["status", "--json", "--config"])
+            .arg(&self.config_path)
+            .output()
+            .map_err(|e| format!("running splitter status: {e}"))?;
+        if !out.status.success() {
+            return Err(format!("splitter status failed: {}", String::from_utf8_lossy(&out.stderr)));
+        }
         serde_json::from_slice(&out.stdout)
-            .unwrap_or_else(|e| panic!("status --json prints a Report ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+            .map_err(|e| format!("status --json prints a Report ({e}): {}", String::from_utf8_lossy(&out.stdout)))
     }
 
     /// The live basis points of each version of `service` (in the file's

@@ -200,8 +200,8 @@ fn main() -> std::process::ExitCode {
                 }
             }
             if second % SAMPLE_EVERY == 0 {
-                if let Some(info) = agent.info() {
-                    let report = agent.status();
+                let report = agent.try_status();
+                if let (Some(info), Ok(report)) = (agent.info(), &report) {
                     samples.push(Sample {
                         at: start.elapsed(),
                         life,
@@ -210,6 +210,11 @@ fn main() -> std::process::ExitCode {
                         flows: report.active_flows,
                         flow_capacity: report.flow_table_size,
                     });
+                }
+                // Recorded, not a panic: the soak always ends with its
+                // report, and removes its namespaces and pins.
+                if let Err(e) = report {
+                    fail(format!("status: {e}"));
                 }
             }
         }
