@@ -368,6 +368,7 @@ impl<B: Backing> Agent<B> {
 
     /// The loop: one event at a time, each handled by one method.
     async fn serve(mut self, mut ev: Events) -> Result<(), AgentError> {
+        let mut probes = Vec::new();
         let keeps_serving = "the data path keeps serving the last state from the pins; `splitter down` removes it";
         let down = loop {
             tokio::select! {
@@ -405,7 +406,11 @@ impl<B: Backing> Agent<B> {
                 _ = ev.sweep.tick() => self.on_sweep(),
                 _ = ev.rollout_tick.tick() => self.on_rollout_tick().await,
                 _ = ev.sampling.tick() => self.on_sample(),
-                Some(probe) = ev.probes.recv() => self.on_probe(probe),
+                n = ev.probes.recv_many(&mut probes, 1024) => {
+                    if n > 0 {
+                        self.on_probes(probes.drain(..));
+                    }
+                }
                 Some(ejection) = ev.ejections.recv() => self.on_ejection(ejection),
                 _ = ev.health_tick.tick() => self.on_health_tick(),
                 Some(reply) = ev.scrapes.recv() => {

@@ -193,11 +193,16 @@ impl HealthState {
 }
 
 impl<B: Backing> Agent<B> {
-    /// A check's result.
-    pub(super) fn on_probe(&mut self, probe: Probe) {
-        let Some(h) = self.health.settings.get(&probe.service).cloned() else { return };
+    /// Checks' results (those of a slot arrive together): a table swap
+    /// once if any verdict changed.
+    pub(super) fn on_probes(&mut self, probes: impl Iterator<Item = Probe>) {
         let now = now_ms();
-        if self.health.update(&probe.service, probe.endpoint, |t| t.check(probe.result, &h, now)) {
+        let mut changed = false;
+        for probe in probes {
+            let Some(h) = self.health.settings.get(&probe.service).cloned() else { continue };
+            changed |= self.health.update(&probe.service, probe.endpoint, |t| t.check(probe.result, &h, now));
+        }
+        if changed {
             self.serve_health();
         }
     }

@@ -105,6 +105,9 @@ fn main() -> std::process::ExitCode {
     let mut agent = Agent::start(&topo.lb, &config().to_string());
     let start = Instant::now();
     let done = AtomicBool::new(false);
+    // The clients stop by then even if the schedule never says so (it
+    // panicked): the process ends and its guards clean up.
+    let give_up = run_for + Duration::from_secs(60);
     let failures = Mutex::new(Vec::<Failure>::new());
     let fail = |what: String| failures.lock().unwrap().push(Failure { at: start.elapsed(), what });
     let (mut l4_ok, mut l7_ok) = (0u64, 0u64);
@@ -115,7 +118,7 @@ fn main() -> std::process::ExitCode {
         let l4 = s.spawn(|| {
             topo.client.run(|| {
                 let mut ok = 0;
-                while !done.load(Ordering::Relaxed) {
+                while !done.load(Ordering::Relaxed) && start.elapsed() < give_up {
                     let r = TcpStream::connect_timeout(&vip(80), Duration::from_secs(2)).and_then(|c| {
                         c.set_read_timeout(Some(Duration::from_secs(2)))?;
                         ask_version(&c)
@@ -133,7 +136,7 @@ fn main() -> std::process::ExitCode {
             let client = Client::new(&topo.client);
             let target: SocketAddr = vip(8080);
             let mut ok = 0;
-            while !done.load(Ordering::Relaxed) {
+            while !done.load(Ordering::Relaxed) && start.elapsed() < give_up {
                 let reqs = (0..10).map(|_| get(target, "/", &[])).collect();
                 for a in client.send_all(&topo.client, reqs, 4, false) {
                     match a {
