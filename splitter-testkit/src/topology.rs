@@ -220,7 +220,8 @@ pub fn demo_config() -> Config {
     Topology::config()
         .comment(
             "splitter demo: a TCP service split in the kernel (80 % blue / 20 % green,\n\
-             10 % of its flows copied whole to a mirror interface) and an HTTP service\n\
+             10 % of its flows copied whole to a mirror interface, its endpoints\n\
+             health-checked) and an HTTP service\n\
              through the agent's proxy (90/10, a header canary, 10 % of requests\n\
              mirrored to a shadow and compared).",
         )
@@ -229,7 +230,8 @@ pub fn demo_config() -> Config {
             Service::tcp(vip(80))
                 .blue_green(8080)
                 .weights(&[("blue", 80), ("green", 20)])
-                .with(&format!("mirror: {{ interface: {MIRROR}, percent: 10 }}")),
+                .with(&format!("mirror: {{ interface: {MIRROR}, percent: 10 }}"))
+                .with("health: { interval: 1s, timeout: 500ms }"),
         )
         .service(
             "api",
