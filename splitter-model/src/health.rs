@@ -150,15 +150,20 @@ pub fn passive_step(run: &mut u32, failed: bool, threshold: u32) -> bool {
 }
 
 /// The failures an l4 endpoint's counters show over one interval, for the
-/// passive check: its resets, and when nothing at all came back, the new
-/// connections it was given in the interval before (`earlier_flows`: they
-/// had a whole interval to be answered, and none was). `None`: it answered
-/// something that was not a reset, so its run of failures is broken.
-pub fn l4_failures(earlier_flows: u64, replies: u64, resets: u64) -> Option<u64> {
+/// passive check: its resets (`replies` of the interval that were all
+/// resets); or, when nothing at all came back from it over this interval
+/// and the one before, the connections it was given in the one before
+/// (`earlier_flows`, with `earlier_replies` back then: they had a whole
+/// interval to be answered, and none was). `None`: it answered something
+/// that was not a reset, so its run of failures is broken.
+pub fn l4_failures(earlier_flows: u64, earlier_replies: u64, replies: u64, resets: u64) -> Option<u64> {
     if replies > resets {
         return None;
     }
-    Some(if replies == 0 { earlier_flows.max(resets) } else { resets })
+    if replies == 0 {
+        return Some(if earlier_replies == 0 { earlier_flows } else { 0 });
+    }
+    Some(resets)
 }
 
 /// A version's share as served: with `redistribute`, a version with no
@@ -383,9 +388,10 @@ mod tests {
         let outcomes = [true, true, false, true, true, true, true, true, true];
         let ejected: Vec<bool> = outcomes.iter().map(|f| passive_step(&mut run, *f, 5)).collect();
         assert_eq!(ejected, [false, false, false, false, false, false, false, true, false]);
-        assert_eq!(l4_failures(10, 0, 0), Some(10), "new connections and no answer at all");
-        assert_eq!(l4_failures(10, 4, 4), Some(4), "only resets came back");
-        assert_eq!(l4_failures(10, 40, 1), None, "it answers");
+        assert_eq!(l4_failures(10, 0, 0, 0), Some(10), "new connections and no answer at all");
+        assert_eq!(l4_failures(10, 30, 0, 0), Some(0), "quiet now, but it answered the interval before");
+        assert_eq!(l4_failures(10, 0, 4, 4), Some(4), "only resets came back");
+        assert_eq!(l4_failures(10, 0, 40, 1), None, "it answers");
     }
 
     #[test]

@@ -57,14 +57,19 @@ pub fn serve_tcp_stoppable(ns: &NetNs, port: u16, name: &'static str) -> std::io
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let flag = stop.clone();
     let accept = std::thread::spawn(move || {
-        let held: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+        // The connections open now (each handler removes its own when it ends).
+        let held: Arc<Mutex<std::collections::HashMap<u64, TcpStream>>> = Arc::default();
+        let mut next_id = 0u64;
         while !flag.load(Relaxed) {
             match listener.accept() {
                 Ok((conn, _)) => {
                     let _ = conn.set_nonblocking(false);
+                    let id = next_id;
+                    next_id += 1;
                     if let Ok(copy) = conn.try_clone() {
-                        held.lock().expect("held").push(copy);
+                        held.lock().expect("held").insert(id, copy);
                     }
+                    let held = held.clone();
                     std::thread::spawn(move || {
                         let mut reader = BufReader::new(&conn);
                         let mut line = String::new();
@@ -74,12 +79,13 @@ pub fn serve_tcp_stoppable(ns: &NetNs, port: u16, name: &'static str) -> std::io
                             }
                             line.clear();
                         }
+                        held.lock().expect("held").remove(&id);
                     });
                 }
                 Err(_) => std::thread::sleep(std::time::Duration::from_millis(5)),
             }
         }
-        for conn in held.lock().expect("held").drain(..) {
+        for (_, conn) in held.lock().expect("held").drain() {
             let _ = conn.shutdown(std::net::Shutdown::Both);
         }
     });

@@ -110,6 +110,38 @@ fn a_killed_l4_endpoint_gets_no_new_connections_within_its_thresholds_and_its_sh
     assert!(metrics_log.contains("endpoint UP"), "{metrics_log}");
 }
 
+#[test]
+fn l4_passive_checks_eject_an_endpoint_whose_connections_fail() {
+    let topo = topology();
+    serve_tcp(&topo.blue, 8080, "blue-a").expect("blue-a");
+    let mut b = serve_tcp_stoppable(&topo.blue, 8081, "blue-b").expect("blue-b");
+    // Active checks an hour apart: only the traffic can eject it here.
+    let shop = Service::tcp(vip(80))
+        .version("blue", [blue(8080), blue(8081)])
+        .weights(&[("blue", 1)])
+        .with("health: { interval: 1h, timeout: 1s, passive: { consecutive_failures: 3, eject_for: 1h } }");
+    let agent = Agent::start(&topo.lb, &Topology::config().service("shop", shop).to_string());
+    let before = connect(&topo, 100);
+    assert!(before.get("blue-b").is_some_and(|n| *n > 10), "{before:?}");
+    // The passive check reads the counters every second: from its second
+    // reading on, it judges what happened since the one before.
+    std::thread::sleep(Duration::from_millis(2100));
+    b.stop();
+    // Its new connections are reset; the kernel counts the resets.
+    let failing = connect(&topo, 40);
+    assert!(failing.get("failed").is_some_and(|n| *n >= 3), "{failing:?}");
+    agent.eventually(
+        "blue-b ejected",
+        Duration::from_secs(4),
+        || endpoint_up(&agent, "shop", blue(8081)),
+        |u| *u == Some(false),
+    );
+    let e = agent.info().expect("info").health["shop"].endpoints.iter().find(|e| e.endpoint == blue(8081)).cloned();
+    assert!(e.as_ref().is_some_and(|e| e.ejected && e.reason.contains("connections failed in a row")), "{e:?}");
+    let after = connect(&topo, 100);
+    assert_eq!(after.get("blue-a"), Some(&100), "{after:?}\nagent log:\n{}", agent.log());
+}
+
 /// A service whose green version has one endpoint, `when_version_down` as given.
 fn blue_green(policy: &str) -> Service {
     Service::tcp(vip(80))

@@ -37,13 +37,14 @@ fn now_ms() -> u64 {
 }
 
 /// An l4 endpoint's counters as the passive check last read them, and the
-/// connections it was given in the interval before.
+/// connections it was given and the packets it sent in the interval before.
 #[derive(Clone, Copy, Default)]
 struct Seen {
     flows: u64,
     packets_out: u64,
     resets: u64,
     new_flows: u64,
+    replies: u64,
 }
 
 /// Every checked endpoint's tracker and what the passive checks remember.
@@ -238,14 +239,17 @@ impl<B: Backing> Agent<B> {
                 let key = (name.clone(), *ep);
                 let before = self.health.seen.get(&key).copied();
                 let new_flows = before.map_or(0, |b| st.flows.saturating_sub(b.flows));
-                let now_seen = Seen { flows: st.flows, packets_out: st.packets_out, resets: st.resets, new_flows };
+                let replies = before.map_or(0, |b| st.packets_out.saturating_sub(b.packets_out));
+                let now_seen =
+                    Seen { flows: st.flows, packets_out: st.packets_out, resets: st.resets, new_flows, replies };
                 self.health.seen.insert(key.clone(), now_seen);
                 let Some(before) = before else { continue };
                 // Connections given in the interval before had a whole
                 // interval to be answered.
                 let failures = health::l4_failures(
                     before.new_flows,
-                    st.packets_out.saturating_sub(before.packets_out),
+                    before.replies,
+                    replies,
                     st.resets.saturating_sub(before.resets),
                 );
                 let run = self.health.runs.entry(key).or_default();
