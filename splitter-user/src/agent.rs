@@ -356,6 +356,7 @@ impl<B: Backing> Agent<B> {
         // The first sample before the control socket answers anything: the
         // window then covers everything since the start.
         agent.on_sample();
+        agent.rebase_rollouts();
         match metrics_listener {
             Some(listener) => {
                 info!(listen = %listener.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string()), "metrics at /metrics");
@@ -716,6 +717,27 @@ impl<B: Backing> Agent<B> {
                         .await;
                 }
             }
+        }
+    }
+
+    /// A rollout that outlived the agent before this one (paused, or
+    /// driven from a store) counts its step from this agent's counters: the
+    /// proxy's start again at 0, so the old base would hide every request
+    /// until this agent had counted past it.
+    fn rebase_rollouts(&mut self) {
+        let open: Vec<String> =
+            self.runtime.rollouts.iter().filter(|(_, r)| !r.state.is_over()).map(|(n, _)| n.clone()).collect();
+        if open.is_empty() {
+            return;
+        }
+        let counts = self.counts(|n| open.iter().any(|o| o == n));
+        let (effective, _) = self.runtime.clone().effective(&self.config);
+        let l7 = self.serving.l7.stats();
+        for service in open {
+            let Some(svc) = effective.services.get(&service) else { continue };
+            let Some(r) = self.runtime.rollouts.get_mut(&service) else { continue };
+            r.base = measure::rollout_counts(&service, svc, &r.plan.to, &r.before, &counts, &l7, &self.serving.down);
+            info!(service, "rollout: its step is judged on this agent's counts from now on");
         }
     }
 

@@ -277,3 +277,44 @@ fn pause_resume_abort_and_a_restart_steer_it_and_bad_requests_are_refused() {
         assert!(!ok && err.contains(want), "{args:?}: want {want:?}, got {out}{err}");
     }
 }
+
+#[test]
+fn a_rollout_resumed_after_a_restart_is_judged_on_the_new_agents_counts_and_promoted() {
+    let (topo, agent) = setup();
+    let run = |agent: &Agent, args: &[&str]| agent.control(&[&["rollout"][..], args].concat());
+    // v2 answers half the requests for a while, then none: the first agent
+    // has counted a lot of v2 before its rollout starts.
+    assert!(agent.control(&["weight", "api", "v2=100"]).0);
+    let ((), _) = Traffic::around(|t| l7_traffic(&topo, t), |t| t.wait_made(400));
+    assert!(agent.control(&["weight", "api", "v2=0"]).0);
+    let args = ["api", "--to", "v2", "--steps", "50,100", "--interval", "2s", "--min-requests", "20", "--detach"];
+    let (ok, out, err) = run(&agent, &args);
+    assert!(ok, "{out}{err}");
+    let old_base = rollout_state(&agent, "api").base.canary.placed;
+    assert!(old_base >= 100, "v2's requests before the rollout: {old_base}");
+    let mut agent = agent;
+    agent.restart(&topo.lb).expect("restart");
+    assert!(run(&agent, &["api", "--resume", "--detach"]).0);
+    // Judged on what this agent counts (its counters start at 0): with the
+    // old agent's counts as its base, the step would see no canary request
+    // until this agent had counted past them.
+    let r = eventually(
+        "a tick of the resumed rollout",
+        Duration::from_secs(5),
+        || rollout_state(&agent, "api"),
+        |r| r.elapsed_ms > 0,
+    );
+    assert!(r.base.canary.placed < old_base / 2, "re-based on this agent's counts: {r:?}");
+    let (r, _) = Traffic::around(
+        |t| l7_traffic(&topo, t),
+        |_| {
+            eventually(
+                "the rollout promoted",
+                Duration::from_secs(20),
+                || rollout_state(&agent, "api"),
+                |r| r.state.is_over(),
+            )
+        },
+    );
+    assert_eq!(r.state, State::Promoted, "{r:?}\nagent log:\n{}", agent.log());
+}
