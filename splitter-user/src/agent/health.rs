@@ -82,7 +82,12 @@ impl HealthState {
         for (name, svc) in effective.services.iter().filter(|(_, s)| s.health.is_some()) {
             let down = match (svc.mode, dp.live_table(name)) {
                 (Mode::L4, Some((versions, table))) => {
-                    health::down_in_table(table, versions, &|v| svc.weights.get(v).is_some_and(|w| *w > 0))
+                    // A version "weighs" when its weight earns it a slot (a
+                    // tiny weight beside huge ones may round to none).
+                    let weights = svc.version_weights();
+                    let bps = splitter_model::plan::basis_points(&weights.iter().map(|(_, w)| *w).collect::<Vec<_>>());
+                    let weighs = |v: &str| weights.iter().zip(&bps).any(|((n, _), b)| *n == v && *b > 0);
+                    health::down_in_table(table, versions, &weighs)
                 }
                 _ => BTreeSet::new(),
             };
