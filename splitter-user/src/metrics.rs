@@ -591,8 +591,13 @@ mod tests {
             l7_client_errors: None,
         });
         scrape.datapath.push(("passed", 3));
+        let dead: SocketAddr = "10.0.0.2:80".parse().unwrap();
+        scrape.endpoints_up.push(("shop".into(), "blue".into(), dead, false));
+        scrape.health_transitions.insert(("shop".into(), dead, "down"), 2);
         let text = scrape.render(Format::OpenMetrics);
         for want in [
+            "splitter_endpoint_up{service=\"shop\",version=\"blue\",endpoint=\"10.0.0.2:80\"} 0",
+            "splitter_endpoint_health_transitions_total{service=\"shop\",endpoint=\"10.0.0.2:80\",to=\"down\"} 2",
             "# TYPE splitter_endpoint_flows counter",
             "splitter_endpoint_flows_total{service=\"shop\",version=\"blue\",endpoint=\"10.0.0.1:80\"} 7",
             "splitter_version_weight{service=\"shop\",version=\"blue\"} 95",
