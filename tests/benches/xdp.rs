@@ -104,7 +104,8 @@ fn main() {
     assert_eq!(h.run(&msyn).0, 2, "the mirrored flow's SYN is left to TC (XDP_PASS)");
     assert_eq!(h.run_mirror(&mirrored).0, 7, "TC redirects the mirrored flow's packets (TC_ACT_REDIRECT)");
 
-    let reply = Frame::tcp(vip, (CLIENT4, 40000), Tcp::Ack).payload(&[0u8; 64]).ttl(255).build();
+    // From the bench service's endpoint (the VIP's address, port 80 + 8000).
+    let reply = Frame::tcp((VIP4, 8080), (CLIENT4, 40000), Tcp::Ack).payload(&[0u8; 64]).ttl(255).build();
     assert_eq!(h.run(&reply).0, 4, "the endpoint's reply must be redirected to the client");
     // Live frames: the frames the program redirects out of fxa really land
     // on its peer fxb (NAPI on, so the veth takes them).
