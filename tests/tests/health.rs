@@ -15,7 +15,7 @@ use std::{
 use splitter_testkit::{
     config::Service,
     http::{get, serve_http_switched, Client},
-    serve::{ask_version, serve_tcp, serve_tcp_stoppable},
+    serve::{ask_version, serve_tcp, serve_tcp_stoppable, StoppableTcp},
     topology::{vip, Topology, BLUE, GREEN},
 };
 use splitter_tests::{agent::Agent, netns::topology};
@@ -57,6 +57,14 @@ fn endpoint_up(agent: &Agent, service: &str, endpoint: SocketAddr) -> Option<boo
     info.health.get(service)?.endpoints.iter().find(|e| e.endpoint == endpoint).map(|e| e.up)
 }
 
+/// Waits (bounded by `limit`) until the agent has `endpoint` of `service`
+/// up (`up`) or out of service.
+#[track_caller]
+fn wait_health(agent: &Agent, service: &str, endpoint: SocketAddr, up: bool, limit: Duration) {
+    let what = format!("{endpoint} of {service} {}", if up { "up" } else { "down" });
+    agent.eventually(&what, limit, || endpoint_up(agent, service, endpoint), |u| *u == Some(up));
+}
+
 #[test]
 fn a_killed_l4_endpoint_gets_no_new_connections_within_its_thresholds_and_its_share_back_when_it_returns() {
     let topo = topology();
@@ -70,12 +78,7 @@ fn a_killed_l4_endpoint_gets_no_new_connections_within_its_thresholds_and_its_sh
         .with(CHECKS);
     let agent = Agent::start(&topo.lb, &Topology::config().service("shop", shop).to_string());
     // Every endpoint checked healthy (the LB's own checks reach them) and used.
-    agent.eventually(
-        "blue-b checked up",
-        Duration::from_secs(5),
-        || endpoint_up(&agent, "shop", blue(8081)),
-        |u| *u == Some(true),
-    );
+    wait_health(&agent, "shop", blue(8081), true, Duration::from_secs(5));
     let before = connect(&topo, 200);
     assert!(before.get("blue-b").is_some_and(|n| *n > 20) && !before.contains_key("failed"), "{before:?}");
 
@@ -98,12 +101,7 @@ fn a_killed_l4_endpoint_gets_no_new_connections_within_its_thresholds_and_its_sh
 
     // Back: in again within healthy_after intervals (plus slack), its share with it.
     let _b = serve_tcp_stoppable(&topo.blue, 8081, "blue-b").expect("blue-b again");
-    agent.eventually(
-        "blue-b checked up again",
-        Duration::from_millis(2 * 300 + 1500),
-        || endpoint_up(&agent, "shop", blue(8081)),
-        |u| *u == Some(true),
-    );
+    wait_health(&agent, "shop", blue(8081), true, Duration::from_millis(2 * 300 + 1500));
     let back = connect(&topo, 200);
     assert!(back.get("blue-b").is_some_and(|n| *n > 20) && !back.contains_key("failed"), "{back:?}");
     let metrics_log = agent.log();
@@ -130,12 +128,7 @@ fn l4_passive_checks_eject_an_endpoint_whose_connections_fail() {
     // Its new connections are reset; the kernel counts the resets.
     let failing = connect(&topo, 40);
     assert!(failing.get("failed").is_some_and(|n| *n >= 3), "{failing:?}");
-    agent.eventually(
-        "blue-b ejected",
-        Duration::from_secs(4),
-        || endpoint_up(&agent, "shop", blue(8081)),
-        |u| *u == Some(false),
-    );
+    wait_health(&agent, "shop", blue(8081), false, Duration::from_secs(4));
     let e = agent.info().expect("info").health["shop"].endpoints.iter().find(|e| e.endpoint == blue(8081)).cloned();
     assert!(e.as_ref().is_some_and(|e| e.ejected && e.reason.contains("connections failed in a row")), "{e:?}");
     let after = connect(&topo, 100);
@@ -153,18 +146,20 @@ fn blue_green(policy: &str) -> Service {
         ))
 }
 
-#[test]
-fn a_version_with_no_healthy_endpoint_gives_its_share_away_with_redistribute() {
+/// blue (its server for good) and green (one that can be stopped) serving
+/// [`blue_green`] with `policy`, green checked up.
+fn start_blue_green(policy: &str) -> (Topology, StoppableTcp, Agent) {
     let topo = topology();
     serve_tcp(&topo.blue, 8080, "blue").expect("blue");
-    let mut g = serve_tcp_stoppable(&topo.green, 8080, "green").expect("green");
-    let agent = Agent::start(&topo.lb, &Topology::config().service("shop", blue_green("redistribute")).to_string());
-    agent.eventually(
-        "green up",
-        Duration::from_secs(5),
-        || endpoint_up(&agent, "shop", green(8080)),
-        |u| *u == Some(true),
-    );
+    let green_server = serve_tcp_stoppable(&topo.green, 8080, "green").expect("green");
+    let agent = Agent::start(&topo.lb, &Topology::config().service("shop", blue_green(policy)).to_string());
+    wait_health(&agent, "shop", green(8080), true, Duration::from_secs(5));
+    (topo, green_server, agent)
+}
+
+#[test]
+fn a_version_with_no_healthy_endpoint_gives_its_share_away_with_redistribute() {
+    let (topo, mut g, agent) = start_blue_green("redistribute");
     assert_eq!(agent.live_bps("shop"), [5000, 5000]);
     g.stop();
     agent.eventually(
@@ -190,23 +185,9 @@ fn a_version_with_no_healthy_endpoint_gives_its_share_away_with_redistribute() {
 
 #[test]
 fn a_version_with_no_healthy_endpoint_keeps_its_share_with_keep() {
-    let topo = topology();
-    serve_tcp(&topo.blue, 8080, "blue").expect("blue");
-    let mut g = serve_tcp_stoppable(&topo.green, 8080, "green").expect("green");
-    let agent = Agent::start(&topo.lb, &Topology::config().service("shop", blue_green("keep")).to_string());
-    agent.eventually(
-        "green up",
-        Duration::from_secs(5),
-        || endpoint_up(&agent, "shop", green(8080)),
-        |u| *u == Some(true),
-    );
+    let (topo, mut g, agent) = start_blue_green("keep");
     g.stop();
-    agent.eventually(
-        "green down",
-        Duration::from_secs(3),
-        || endpoint_up(&agent, "shop", green(8080)),
-        |u| *u == Some(false),
-    );
+    wait_health(&agent, "shop", green(8080), false, Duration::from_secs(3));
     assert_eq!(agent.live_bps("shop"), [5000, 5000], "keep: nothing moves");
     let seen = connect(&topo, 100);
     assert!(seen.get("failed").is_some_and(|n| *n > 20), "green's new connections fail, as configured: {seen:?}");
@@ -226,12 +207,7 @@ fn a_rollout_to_a_canary_whose_endpoint_is_down_is_rolled_back() {
         .weights(&[("blue", 100), ("green", 0)])
         .with(CHECKS);
     let agent = Agent::start(&topo.lb, &Topology::config().service("shop", shop).to_string());
-    agent.eventually(
-        "green down",
-        Duration::from_secs(5),
-        || endpoint_up(&agent, "shop", green(8080)),
-        |u| *u == Some(false),
-    );
+    wait_health(&agent, "shop", green(8080), false, Duration::from_secs(5));
     let (ok, out, err) =
         agent.control(&["rollout", "shop", "--to", "green", "--steps", "50,100", "--interval", "5s", "--detach"]);
     assert!(ok, "{out}{err}");
@@ -268,33 +244,18 @@ fn l7_active_http_checks_take_out_an_endpoint_whose_healthz_answers_503() {
         }
         seen
     };
-    agent.eventually(
-        "v1-b up",
-        Duration::from_secs(5),
-        || endpoint_up(&agent, "api", blue(8082)),
-        |u| *u == Some(true),
-    );
+    wait_health(&agent, "api", blue(8082), true, Duration::from_secs(5));
     let before = by_backend(100);
     assert!(before.get("v1-b").is_some_and(|n| *n > 10), "{before:?}");
     b.healthz(503);
-    agent.eventually(
-        "v1-b down",
-        Duration::from_secs(3),
-        || endpoint_up(&agent, "api", blue(8082)),
-        |u| *u == Some(false),
-    );
+    wait_health(&agent, "api", blue(8082), false, Duration::from_secs(3));
     let after = by_backend(100);
     assert_eq!(after.get("v1-a"), Some(&100), "every request to the healthy endpoint: {after:?}");
     let h = agent.info().expect("info").health["api"].clone();
     let e = h.endpoints.iter().find(|e| e.endpoint == blue(8082)).expect("listed");
     assert!(e.reason.contains("status 503 (expected 200)"), "{e:?}");
     b.healthz(200);
-    agent.eventually(
-        "v1-b up again",
-        Duration::from_secs(3),
-        || endpoint_up(&agent, "api", blue(8082)),
-        |u| *u == Some(true),
-    );
+    wait_health(&agent, "api", blue(8082), true, Duration::from_secs(3));
     assert!(by_backend(100).get("v1-b").is_some_and(|n| *n > 10));
 }
 
@@ -331,12 +292,7 @@ fn l7_passive_checks_eject_an_endpoint_answering_502_and_bring_it_back_after_eje
     let during = statuses(40);
     assert_eq!(during.get(&("v1-a".into(), 200)), Some(&40), "{during:?}");
     b.all(0);
-    agent.eventually(
-        "v1-b back after eject_for",
-        Duration::from_secs(4),
-        || endpoint_up(&agent, "api", blue(8082)),
-        |u| *u == Some(true),
-    );
+    wait_health(&agent, "api", blue(8082), true, Duration::from_secs(4));
     assert!(ejected_at.elapsed() >= Duration::from_millis(1800), "back before eject_for: {:?}", ejected_at.elapsed());
     assert!(statuses(60).get(&("v1-b".into(), 200)).is_some_and(|n| *n > 5));
 }
@@ -366,16 +322,7 @@ fn a_flapping_endpoint_causes_no_churn_beyond_the_thresholds() {
 
 #[test]
 fn a_restarted_agent_starts_from_the_kernels_table_without_flapping() {
-    let topo = topology();
-    serve_tcp(&topo.blue, 8080, "blue").expect("blue");
-    let mut g = serve_tcp_stoppable(&topo.green, 8080, "green").expect("green");
-    let mut agent = Agent::start(&topo.lb, &Topology::config().service("shop", blue_green("redistribute")).to_string());
-    agent.eventually(
-        "green up",
-        Duration::from_secs(5),
-        || endpoint_up(&agent, "shop", green(8080)),
-        |u| *u == Some(true),
-    );
+    let (topo, mut g, mut agent) = start_blue_green("redistribute");
     g.stop();
     agent.eventually("green out", Duration::from_secs(3), || agent.live_bps("shop"), |b| *b == [10_000, 0]);
     agent.restart(&topo.lb).expect("restart");

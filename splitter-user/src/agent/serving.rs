@@ -59,14 +59,17 @@ impl Serving {
     /// copies there; an interface no longer mirrored to loses it afterwards.
     pub fn install(&mut self, effective: &Config, plans: &[ServicePlan]) -> Result<(), AgentError> {
         let started = std::time::Instant::now();
-        let served: Vec<ServicePlan> = plans
-            .iter()
-            .map(|p| match (effective.services.get(&p.name), self.down.get(&p.name)) {
-                (Some(svc), Some(out)) if !out.is_empty() => health::serve_plan(p, svc, &|e| out.contains(e)),
-                _ => p.clone(),
-            })
-            .collect();
-        let result = self.install_timed(effective, &served);
+        // Copied only when some endpoint is out: the plans as they are otherwise.
+        let served: Option<Vec<ServicePlan>> = (!self.down.is_empty()).then(|| {
+            plans
+                .iter()
+                .map(|p| match (effective.services.get(&p.name), self.down.get(&p.name)) {
+                    (Some(svc), Some(out)) => health::serve_plan(p, svc, &|e| out.contains(e)),
+                    _ => p.clone(),
+                })
+                .collect()
+        });
+        let result = self.install_timed(effective, served.as_deref().unwrap_or(plans));
         self.counters.apply.observe(started.elapsed());
         if result.is_ok() {
             self.installed = Some((effective.clone(), plans.to_vec()));
