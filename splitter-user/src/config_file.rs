@@ -294,7 +294,7 @@ services:
 
 #[cfg(test)]
 mod tests {
-    use std::path::PathBuf;
+    use std::{path::PathBuf, time::Duration};
 
     use splitter_model::config::*;
 
@@ -453,6 +453,29 @@ services:
         let c = Config::from_yaml(&mirror("timeout_ms: 3600000, queue: 1000000")).unwrap();
         let m = c.services["api"].l7_mirror().unwrap();
         assert_eq!((m.timeout_ms, m.queue, m.max_body_bytes), (3_600_000, 1_000_000, 64 * 1024));
+    }
+
+    #[test]
+    fn l7_settings_out_of_range_are_refused_and_defaults_filled() {
+        let with = |l7: &str| format!("l7: {{ {l7} }}\n{L7_EXAMPLE}");
+        for (l7, want) in [
+            ("header_read_timeout: 10ms", "header_read_timeout 10ms is out of range: use 100ms to 5m"),
+            ("drain_timeout: 11m", "drain_timeout 11m is out of range: use 0s to 10m"),
+            ("idle_timeout: 500ms", "idle_timeout 500ms is out of range: use 1s to 1h"),
+            ("max_header_bytes: 4096", "max_header_bytes 4096 is out of range: use 8192 to 1048576"),
+            ("max_concurrent_streams: 0", "max_concurrent_streams 0 is out of range: use 1 to 10000"),
+            ("idle_timeout: soon", "is not a duration"),
+        ] {
+            let msg = err(&with(l7));
+            assert!(msg.contains("l7") && msg.contains(want), "want {want:?} in: {msg}");
+        }
+        let c = Config::from_yaml(L7_EXAMPLE).unwrap();
+        assert_eq!(
+            (c.l7.drain_timeout, c.l7.idle_timeout, c.l7.max_header_bytes, c.l7.max_concurrent_streams),
+            (Duration::from_secs(30), Duration::from_secs(60), 65536, 256)
+        );
+        let c = Config::from_yaml(&with("drain_timeout: 0s, idle_timeout: 1h, max_concurrent_streams: 10000")).unwrap();
+        assert_eq!((c.l7.drain_timeout, c.l7.idle_timeout), (Duration::ZERO, Duration::from_secs(3600)));
     }
 
     #[test]

@@ -248,7 +248,7 @@ const FAMILIES: &[Family] = &[
     },
     Family {
         name: "splitter_l7_connections_closed",
-        help: "Client connections an l7 listener closed without serving them: at accept by the limit hit (listener, client, budget), or because no complete request head came in time (head_timeout).",
+        help: "Client connections an l7 listener closed: at accept by the limit hit (listener, client, budget), because no complete request head came in time (head_timeout), after a head over l7.max_header_bytes or with too many fields (too_large, answered 431), an h2 client over the stream limits (h2_flood, GOAWAY), or after l7.idle_timeout with no request in flight (idle).",
         kind: MetricType::Counter,
         samples: |s| {
             s.services
@@ -260,6 +260,9 @@ const FAMILIES: &[Family] = &[
                         ("client", c.refused_client),
                         ("budget", c.refused_budget),
                         ("head_timeout", c.head_timeouts),
+                        ("too_large", c.too_large),
+                        ("h2_flood", c.h2_flood),
+                        ("idle", c.idle_closed),
                     ];
                     split(l, "reason", reasons)
                 })

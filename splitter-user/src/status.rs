@@ -420,6 +420,14 @@ impl Report {
                 )
                 .unwrap();
             }
+            if c.too_large + c.h2_flood + c.idle_closed > 0 {
+                writeln!(
+                    out,
+                    "  connections closed by the limits: {} after a head too large (431), {} h2 stream floods, {} idle",
+                    c.too_large, c.h2_flood, c.idle_closed
+                )
+                .unwrap();
+            }
         }
         if let Some(m) = &s.mirror {
             writeln!(

@@ -378,6 +378,20 @@ pub struct Settings {
     pub max_connections: u32,
     /// Client connections one client address holds at once on one listener.
     pub max_connections_per_client: u32,
+    /// On SIGTERM (and when a new agent takes the listeners over), how long
+    /// in-flight requests may take to finish before their connections are cut.
+    #[serde(with = "duration")]
+    pub drain_timeout: std::time::Duration,
+    /// A client connection with no request in flight this long is closed
+    /// politely (HTTP/1.1: closed between requests; h2: GOAWAY); an upgraded
+    /// connection (WebSocket) with no byte either way this long is cut.
+    #[serde(with = "duration")]
+    pub idle_timeout: std::time::Duration,
+    /// Largest request head (HTTP/1.1 request line and headers, or an h2
+    /// header list); larger → 431.
+    pub max_header_bytes: u32,
+    /// Streams one h2 client connection may have open at once.
+    pub max_concurrent_streams: u32,
 }
 
 impl Default for Settings {
@@ -386,6 +400,10 @@ impl Default for Settings {
             header_read_timeout: std::time::Duration::from_secs(10),
             max_connections: 10_000,
             max_connections_per_client: 256,
+            drain_timeout: std::time::Duration::from_secs(30),
+            idle_timeout: std::time::Duration::from_secs(60),
+            max_header_bytes: 65536,
+            max_concurrent_streams: 256,
         }
     }
 }
@@ -394,6 +412,14 @@ impl Default for Settings {
 const HEADER_READ_TIMEOUT: RangeInclusive<std::time::Duration> =
     std::time::Duration::from_millis(100)..=std::time::Duration::from_secs(300);
 const MAX_CONNECTIONS: RangeInclusive<u32> = 1..=1_000_000;
+const DRAIN_TIMEOUT: RangeInclusive<std::time::Duration> =
+    std::time::Duration::ZERO..=std::time::Duration::from_secs(600);
+const IDLE_TIMEOUT: RangeInclusive<std::time::Duration> =
+    std::time::Duration::from_secs(1)..=std::time::Duration::from_secs(3600);
+const MAX_HEADER_BYTES: RangeInclusive<u32> = 8192..=1024 * 1024;
+const MAX_CONCURRENT_STREAMS: RangeInclusive<u32> = 1..=10_000;
+/// Most header fields one HTTP/1.1 request head may have (more → 431).
+pub const MAX_HEADERS: usize = 100;
 
 impl Settings {
     /// What `validate` checks of `l7:`; the error names the key.
@@ -411,6 +437,28 @@ impl Settings {
             return Err(format!(
                 "max_connections_per_client {} is out of range: use 1 to max_connections ({})",
                 self.max_connections_per_client, self.max_connections
+            ));
+        }
+        let span = |name: &str, d: std::time::Duration, range: &RangeInclusive<std::time::Duration>| {
+            if range.contains(&d) {
+                return Ok(());
+            }
+            Err(format!(
+                "{name} {} is out of range: use {} to {}",
+                humantime::format_duration(d),
+                humantime::format_duration(*range.start()),
+                humantime::format_duration(*range.end())
+            ))
+        };
+        span("drain_timeout", self.drain_timeout, &DRAIN_TIMEOUT)?;
+        span("idle_timeout", self.idle_timeout, &IDLE_TIMEOUT)?;
+        if !MAX_HEADER_BYTES.contains(&self.max_header_bytes) {
+            return Err(format!("max_header_bytes {} is out of range: use 8192 to 1048576", self.max_header_bytes));
+        }
+        if !MAX_CONCURRENT_STREAMS.contains(&self.max_concurrent_streams) {
+            return Err(format!(
+                "max_concurrent_streams {} is out of range: use 1 to 10000",
+                self.max_concurrent_streams
             ));
         }
         Ok(())

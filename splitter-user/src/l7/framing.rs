@@ -15,7 +15,8 @@
 //! too large, a line without its CRLF, data without its CRLF) ends the
 //! connection's input with an error: the request fails as the client's
 //! fault (400), never the endpoint's. Only an HTTP/2 preface and a head too
-//! large for hyper (431) are passed through, and hyper closes after both.
+//! large for hyper, or with more fields than it takes (431), are passed
+//! through, and hyper closes after both.
 
 use std::{
     future::Future as _,
@@ -26,8 +27,12 @@ use std::{
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// Longest head the guard holds back; longer ones go to hyper (431).
+/// Longest head the guard holds back by default (`l7.max_header_bytes`'s
+/// default and some slack); longer ones go to hyper (431).
 const MAX_HEAD: usize = 64 * 1024 + 1024;
+/// Header fields the guard parses; a head with more goes to hyper, which
+/// has the same bound ([`MAX_HEADERS`]) and answers 431.
+use splitter_model::config::l7::MAX_HEADERS;
 /// What hyper sees instead of a refused head: an invalid method (400).
 const REFUSED: &[u8] = b"\x01 / HTTP/1.1\r\n\r\n";
 
@@ -101,11 +106,13 @@ pub struct Framing {
     h2_opening: Option<usize>,
     /// Empty lines of the next head came in (skipped, but its clock runs).
     started: bool,
+    /// Longest head held back; a longer one goes to hyper (431).
+    max_head: usize,
 }
 
 impl Default for Framing {
     fn default() -> Self {
-        Framing { state: State::Head, head: Vec::new(), first: true, refused: None, h2_opening: None, started: false }
+        Framing::new(MAX_HEAD)
     }
 }
 
@@ -114,6 +121,19 @@ impl Default for Framing {
 const H2_OPENING: usize = 24 + 9;
 
 impl Framing {
+    /// A connection's framing, holding back heads up to `max_head` bytes.
+    pub fn new(max_head: usize) -> Framing {
+        Framing {
+            state: State::Head,
+            head: Vec::new(),
+            first: true,
+            refused: None,
+            h2_opening: None,
+            started: false,
+            max_head,
+        }
+    }
+
     /// Why the connection's last head was refused, if it was.
     pub fn refusal(&self) -> Option<Refusal> {
         self.refused
@@ -194,7 +214,7 @@ impl Framing {
                         .min();
                     match end {
                         Some(_) => {
-                            let mut headers = [httparse::EMPTY_HEADER; 128];
+                            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
                             match httparse::Request::new(&mut headers).parse(&self.head) {
                                 Ok(httparse::Status::Complete(n)) => {
                                     let rest = self.head.split_off(n);
@@ -205,13 +225,15 @@ impl Framing {
                                     return (!rest.is_empty()).then_some(rest);
                                 }
                                 Ok(httparse::Status::Partial) => {}
+                                // hyper has the same bound and answers 431.
+                                Err(httparse::Error::TooManyHeaders) => self.pass_rest(out),
                                 Err(_) => {
                                     self.refuse(Refusal::Unparsable, out);
                                     return None;
                                 }
                             }
                         }
-                        None if self.head.len() > MAX_HEAD => self.pass_rest(out),
+                        None if self.head.len() > self.max_head => self.pass_rest(out),
                         None => {}
                     }
                 }
@@ -228,7 +250,7 @@ impl Framing {
 
     /// Decides a complete head.
     fn judge(&mut self, head: Vec<u8>, out: &mut Vec<u8>) {
-        let mut headers = [httparse::EMPTY_HEADER; 128];
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut req = httparse::Request::new(&mut headers);
         if !matches!(req.parse(&head), Ok(httparse::Status::Complete(_))) {
             return self.refuse(Refusal::Unparsable, out);
@@ -384,12 +406,18 @@ pub struct Guarded<T> {
 }
 
 impl<T> Guarded<T> {
+    /// `inner` guarded: heads must arrive within `head_limit` and heads of
+    /// up to `max_head` bytes are checked (a larger one goes to hyper, which
+    /// answers 431).
     pub fn new(
         inner: T,
         head_limit: std::time::Duration,
+        max_head: usize,
         timeouts: std::sync::Arc<std::sync::atomic::AtomicU64>,
     ) -> Guarded<T> {
-        Guarded { inner, framing: Framing::default(), ready: Vec::new(), at: 0, head_limit, deadline: None, timeouts }
+        // Some slack over the limit: hyper draws the line itself.
+        let framing = Framing::new(max_head + 1024);
+        Guarded { inner, framing, ready: Vec::new(), at: 0, head_limit, deadline: None, timeouts }
     }
 }
 
@@ -566,6 +594,19 @@ GET /z HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n";
         assert_eq!(run(h2, 1).0, h2.to_vec());
         let huge = [&b"GET / HTTP/1.1\r\nX: "[..], &vec![b'a'; MAX_HEAD + 10]].concat();
         assert_eq!(run(&huge, 4096).0, huge, "hyper answers 431 and closes");
+        let many: Vec<u8> = (0..=MAX_HEADERS)
+            .fold(b"GET / HTTP/1.1\r\n".to_vec(), |mut h, i| {
+                h.extend_from_slice(format!("X-{i}: 1\r\n").as_bytes());
+                h
+            })
+            .into_iter()
+            .chain(*b"\r\n")
+            .collect();
+        assert_eq!(run(&many, 64).0, many, "more fields than hyper takes: hyper answers 431 and closes");
+        let (mut limited, mut out) = (Framing::new(100), Vec::new());
+        let long = [&b"GET / HTTP/1.1\r\nX: "[..], &[b'a'; 200]].concat();
+        limited.feed(&long, &mut out);
+        assert_eq!(out, long, "a head over a lower max_head goes to hyper as it is");
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! whole table; a request keeps the table it started with) and counters.
 //! `route.rs` decides, `proxy.rs` forwards.
 
+pub mod conn;
 pub mod framing;
 pub mod mirror;
 pub mod proxy;
@@ -26,7 +27,7 @@ use std::{
 use arc_swap::ArcSwap;
 use hyper_util::{
     client::legacy::{connect::HttpConnector, Client},
-    rt::{TokioExecutor, TokioIo, TokioTimer},
+    rt::{TokioExecutor, TokioTimer},
 };
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -48,9 +49,6 @@ pub enum L7Error {
     #[error("service {service}: {source}")]
     Route { service: String, source: regex::Error },
 }
-
-/// Largest request head (request line and headers) accepted; larger → 431.
-const MAX_HEAD_BYTES: usize = 64 * 1024;
 
 /// What a service's requests share: its live table, client pool and counters.
 pub struct Shared {
@@ -171,6 +169,8 @@ pub struct Stats {
     pub head_timeouts: Arc<AtomicU64>,
     /// Requests refused before routing through the client's fault.
     client_errors: AtomicU64,
+    /// Connections a limit or the idle bound ended.
+    pub closes: conn::Closes,
 }
 
 /// Which limit closed a connection at accept.
@@ -242,6 +242,7 @@ impl Stats {
             refused: Default::default(),
             head_timeouts: Arc::default(),
             client_errors: AtomicU64::new(0),
+            closes: conn::Closes::default(),
         }
     }
 
@@ -266,6 +267,9 @@ impl Stats {
                 refused_client: self.refused[Refused::Client as usize].load(Relaxed),
                 refused_budget: self.refused[Refused::Budget as usize].load(Relaxed),
                 head_timeouts: self.head_timeouts.load(Relaxed),
+                idle_closed: self.closes.idle.load(Relaxed),
+                too_large: self.closes.too_large.load(Relaxed),
+                h2_flood: self.closes.h2_flood.load(Relaxed),
             },
             client_errors: self.client_errors.load(Relaxed),
             versions: self
@@ -320,6 +324,15 @@ pub struct ConnectionCounts {
     pub refused_budget: u64,
     /// A request head did not arrive within `l7.header_read_timeout`.
     pub head_timeouts: u64,
+    /// Closed after `l7.idle_timeout` with no request in flight.
+    #[serde(default)]
+    pub idle_closed: u64,
+    /// A request head over `l7.max_header_bytes` or with too many fields (431).
+    #[serde(default)]
+    pub too_large: u64,
+    /// An h2 client over the stream limits (GOAWAY `ENHANCE_YOUR_CALM`).
+    #[serde(default)]
+    pub h2_flood: u64,
 }
 
 /// Counters of one version of an l7 service.
@@ -471,8 +484,7 @@ impl L7 {
                     shared.ejections = Some(self.ejections.clone());
                     let shared = Arc::new(shared);
                     let limits = Limits::new(&self.settings, self.budget.clone());
-                    let accept =
-                        tokio::spawn(serve(listener, shared.clone(), limits, self.settings.header_read_timeout));
+                    let accept = tokio::spawn(serve(listener, shared.clone(), limits, self.settings.clone()));
                     info!(service = %name, listen = %svc.listen, "l7: proxying");
                     self.running.insert(
                         name.clone(),
@@ -588,7 +600,8 @@ const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
 /// Accepts connections and serves HTTP/1.1 and h2c on each until aborted.
 /// A connection over a limit is closed at once and counted; the listener
 /// says so in the log at most every [`REFUSAL_LOG_EVERY`].
-async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>, limits: Limits, head_limit: Duration) {
+async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>, limits: Limits, settings: Settings) {
+    let builder = Arc::new(conn::builder(&settings));
     let mut last_log: Option<std::time::Instant> = None;
     let mut unlogged = 0u64;
     loop {
@@ -617,17 +630,21 @@ async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>, limits: L
         };
         let _ = stream.set_nodelay(true);
         let shared = shared.clone();
+        let builder = builder.clone();
+        let (head_limit, idle, max_head) =
+            (settings.header_read_timeout, settings.idle_timeout, settings.max_header_bytes as usize);
         tokio::spawn(async move {
             let _admitted = admitted;
-            let timeouts = shared.stats.head_timeouts.clone();
-            let svc = hyper::service::service_fn(move |req| proxy::handle(shared.clone(), client, req));
-            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            builder.http1().timer(TokioTimer::new()).header_read_timeout(head_limit).max_buf_size(MAX_HEAD_BYTES);
-            builder.http2().timer(TokioTimer::new()).max_header_list_size(MAX_HEAD_BYTES as u32);
-            let io = TokioIo::new(framing::Guarded::new(stream, head_limit, timeouts));
-            if let Err(e) = builder.serve_connection(io, svc).await {
-                debug!(%client, "connection ended: {e}");
-            }
+            let io = framing::Guarded::new(stream, head_limit, max_head, shared.stats.head_timeouts.clone());
+            let service = |activity: conn::Activity| {
+                let shared = shared.clone();
+                hyper::service::service_fn(move |req| {
+                    let busy = activity.begin();
+                    let answer = proxy::handle(shared.clone(), client, req);
+                    async move { answer.await.map(|resp| resp.map(|body| conn::Tracked::new(body, busy))) }
+                })
+            };
+            conn::serve(&builder, io, idle, &shared.stats.closes, client, service).await;
         });
     }
 }
