@@ -454,6 +454,9 @@ pub struct Service {
     /// L7: timeouts towards the endpoints.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proxy: Option<l7::ProxyOptions>,
+    /// L7: the protocol towards the endpoints (default HTTP/1.1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<l7::Upstream>,
     /// Endpoint health checks; without them every endpoint counts as up.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<health::Health>,
@@ -839,6 +842,7 @@ fn check_service(name: &str, svc: &Service) -> Result<(), ConfigError> {
             ("routes", !svc.routes.is_empty()),
             ("mirror: { version, ... }", svc.l7_mirror().is_some()),
             ("proxy", svc.proxy.is_some()),
+            ("upstream", svc.upstream.is_some()),
         ] {
             if set {
                 return Err(ctx(format!(

@@ -194,6 +194,22 @@ const FAMILIES: &[Family] = &[
         },
     },
     Family {
+        name: "splitter_l7_grpc_responses",
+        help: "gRPC answers (HTTP 2xx) by grpc-status code (0 OK .. 16 UNAUTHENTICATED; a stream that ended without one counts as 2 UNKNOWN). A non-zero code is an error in the rollout gates.",
+        kind: MetricType::Counter,
+        samples: |s| {
+            l7(s)
+                .flat_map(|(l, c, _)| {
+                    c.grpc.iter().map(move |(code, n)| {
+                        let mut labels = l.clone();
+                        labels.push(("code", code.to_string()));
+                        (labels, Value::Counter(*n))
+                    })
+                })
+                .collect()
+        },
+    },
+    Family {
         name: "splitter_request_duration_seconds",
         help: "Time from a request's arrival to its response head (or the proxy's error answer).",
         kind: MetricType::Histogram,
@@ -495,7 +511,8 @@ impl Scrape {
                         if let Some((c, latency)) = &v.l7 {
                             // The client's own failures are not the version's requests.
                             sample.placed = c.requests.saturating_sub(c.client_errors);
-                            sample.errors = c.responses_5xx + c.bad_gateway + c.timeouts;
+                            // A gRPC answer is a 200 whose grpc-status may say it failed.
+                            sample.errors = c.responses_5xx + c.bad_gateway + c.timeouts + c.grpc_errors();
                             sample.latency = latency.clone();
                         }
                         (v.name.clone(), sample)

@@ -411,6 +411,19 @@ impl Report {
             )
             .unwrap();
         }
+        for v in &s.versions {
+            let Some(c) = v.requests.as_ref().filter(|c| !c.grpc.is_empty()) else { continue };
+            let codes: Vec<String> = c.grpc.iter().map(|(code, n)| format!("{n}×{code}")).collect();
+            writeln!(
+                out,
+                "  {}: gRPC {} ok, {} failed (by grpc-status: {})",
+                v.name,
+                c.grpc.get(&0).copied().unwrap_or(0),
+                c.grpc_errors(),
+                codes.join(", ")
+            )
+            .unwrap();
+        }
         if let Some(c) = self.agent.as_ref().and_then(|a| a.l7.get(&s.name)).map(|l| &l.connections) {
             if c.refused_listener + c.refused_client + c.refused_budget + c.head_timeouts > 0 {
                 writeln!(

@@ -98,6 +98,32 @@ impl Agent {
         wait_until(what, limit, probe, done).unwrap_or_else(|e| panic!("{e}\nagent log:\n{}", self.log()))
     }
 
+    /// Writes `body` as the agent's config (keeping the paths the harness
+    /// put before it), sends SIGHUP and waits (bounded) until the agent
+    /// logged the outcome of this reload; returns that log line (`reloaded`
+    /// or `reload refused`).
+    #[track_caller]
+    pub fn reload_with(&self, body: &str) -> String {
+        let outcomes = |log: &str| {
+            log.lines()
+                .filter(|l| l.contains(": reloaded") || l.contains("reload refused"))
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        };
+        let before = outcomes(&self.log()).len();
+        let text = std::fs::read_to_string(&self.config_path).expect("the agent's config");
+        let start = text.find("interfaces:").expect("the agent's config has its interfaces");
+        std::fs::write(&self.config_path, format!("{}{}", &text[..start], body.trim_start())).expect("config written");
+        self.reload().expect("SIGHUP");
+        let log = self.eventually(
+            &format!("the outcome of reload {}", before + 1),
+            Duration::from_secs(10),
+            || self.log(),
+            |log| outcomes(log).len() > before,
+        );
+        outcomes(&log)[before].clone()
+    }
+
     /// A `splitter` CLI command.
     pub fn cli(&self) -> Command {
         let mut cmd = Command::new(splitter_bin());

@@ -3,6 +3,7 @@
 //! splitter-testkit): test namespaces that panic on failure (`netns`), test
 //! packets (`packet`) and raw frames (`raw`), `BPF_PROG_TEST_RUN` fixtures
 //! (`fixture`), the agent under test (`agent`), real etcd members (`etcd`),
+//! a real gRPC service and client (`grpc`),
 //! the peers and load of the benchmarks (`peers`, `load`), and what benchmarks
 //! leave for `cargo xtask bench` (`report`).
 //!
@@ -13,6 +14,7 @@ pub mod agent;
 pub mod differential;
 pub mod etcd;
 pub mod fixture;
+pub mod grpc;
 pub mod load;
 pub mod netns;
 pub mod packet;

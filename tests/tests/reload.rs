@@ -36,27 +36,11 @@ fn on_lo(topo: &Topology) -> String {
     topo.lb.ip(&["-br", "addr", "show", "dev", "lo"]).unwrap()
 }
 
-/// Writes `body` as the agent's config (keeping the paths the harness put
-/// before it), sends SIGHUP and waits (bounded) until the agent logged the
-/// outcome of this reload; returns the log line.
+/// [`Agent::reload_with`], checking that it is the agent's `nth` reload.
 fn reload(agent: &Agent, body: &str, nth: usize) -> String {
-    let text = std::fs::read_to_string(&agent.config_path).unwrap();
-    let start = text.find("interfaces:").expect("the agent's config has its interfaces");
-    std::fs::write(&agent.config_path, format!("{}{}", &text[..start], body.trim_start())).unwrap();
-    agent.reload().expect("SIGHUP");
-    let outcomes = |log: &String| {
-        log.lines()
-            .filter(|l| l.contains(": reloaded") || l.contains("reload refused"))
-            .map(str::to_owned)
-            .collect::<Vec<_>>()
-    };
-    let log = agent.eventually(
-        &format!("the outcome of reload {nth}"),
-        Duration::from_secs(10),
-        || agent.log(),
-        |log| outcomes(log).len() > nth,
-    );
-    outcomes(&log)[nth].clone()
+    let before = agent.log().lines().filter(|l| l.contains(": reloaded") || l.contains("reload refused")).count();
+    assert_eq!(before, nth, "reloads before this one");
+    agent.reload_with(body)
 }
 
 #[test]

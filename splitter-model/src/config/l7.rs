@@ -244,6 +244,41 @@ impl Default for ProxyOptions {
     }
 }
 
+/// `upstream:` of an l7 service: how the proxy talks to its endpoints.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Upstream {
+    #[serde(default)]
+    pub protocol: UpstreamProtocol,
+}
+
+/// The protocol towards the endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 with keep-alive (a pool of connections per endpoint).
+    #[default]
+    Http1,
+    /// HTTP/2 in clear text with prior knowledge: one multiplexed
+    /// connection per endpoint. gRPC needs it (or `auto`).
+    H2c,
+    /// Follow the client: HTTP/2 requests (gRPC among them) go over h2c,
+    /// HTTP/1.x requests (and upgrades) over HTTP/1.1.
+    Auto,
+}
+
+impl UpstreamProtocol {
+    /// Whether a request that came in as HTTP/2 (`client_h2`) goes to the
+    /// endpoint over HTTP/2.
+    pub fn h2_for(self, client_h2: bool) -> bool {
+        match self {
+            UpstreamProtocol::Http1 => false,
+            UpstreamProtocol::H2c => true,
+            UpstreamProtocol::Auto => client_h2,
+        }
+    }
+}
+
 /// Bounds of the l7 timeouts (`mirror.timeout_ms`, `proxy.connect_timeout_ms`,
 /// `proxy.response_timeout_ms`): 1 ms to 1 hour.
 pub const TIMEOUT_MS: RangeInclusive<u64> = 1..=3_600_000;

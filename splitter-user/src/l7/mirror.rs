@@ -29,7 +29,7 @@ use hyper::body::{Body, Frame};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
-use super::proxy::{ProxyBody, MIRROR_HEADER};
+use super::proxy::MIRROR_HEADER;
 use splitter_model::config::l7::Compare;
 
 /// Differences kept for `splitter diffs`.
@@ -45,13 +45,21 @@ pub struct Tee<B> {
     inner: B,
     cap: usize,
     copy: Option<BytesMut>,
-    done: Option<oneshot::Sender<Option<Bytes>>>,
+    trailers: HeaderMap,
+    done: Option<oneshot::Sender<Option<Copied>>>,
+}
+
+/// A whole body copied by a [`Tee`], with its trailers (gRPC's status).
+#[derive(Debug, PartialEq)]
+pub struct Copied {
+    pub body: Bytes,
+    pub trailers: HeaderMap,
 }
 
 impl<B: Body> Tee<B> {
-    pub fn new(inner: B, cap: usize) -> (Tee<B>, oneshot::Receiver<Option<Bytes>>) {
+    pub fn new(inner: B, cap: usize) -> (Tee<B>, oneshot::Receiver<Option<Copied>>) {
         let (tx, rx) = oneshot::channel();
-        let mut tee = Tee { inner, cap, copy: Some(BytesMut::new()), done: Some(tx) };
+        let mut tee = Tee { inner, cap, copy: Some(BytesMut::new()), trailers: HeaderMap::new(), done: Some(tx) };
         // An empty body may never be polled (hyper sees it is over).
         if tee.inner.is_end_stream() {
             tee.finish(true);
@@ -63,8 +71,9 @@ impl<B: Body> Tee<B> {
 impl<B> Tee<B> {
     fn finish(&mut self, ok: bool) {
         if let Some(tx) = self.done.take() {
-            let copy = self.copy.take().filter(|_| ok).map(BytesMut::freeze);
-            let _ = tx.send(copy);
+            let body = self.copy.take().filter(|_| ok).map(BytesMut::freeze);
+            let trailers = std::mem::take(&mut self.trailers);
+            let _ = tx.send(body.map(|body| Copied { body, trailers }));
         }
     }
 }
@@ -85,6 +94,10 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Tee<B> {
                     } else if let Some(c) = self.copy.as_mut() {
                         c.extend_from_slice(data);
                     }
+                }
+                if let Some(t) = frame.trailers_ref() {
+                    let t = t.clone();
+                    self.trailers.extend(t);
                 }
                 if self.inner.is_end_stream() {
                     let ok = self.copy.is_some();
@@ -122,7 +135,7 @@ pub struct Captured {
     pub status: StatusCode,
     pub headers: HeaderMap,
     /// `None` when larger than the cap or cut short: not compared.
-    pub body: oneshot::Receiver<Option<Bytes>>,
+    pub body: oneshot::Receiver<Option<Copied>>,
 }
 
 /// One request to copy to the shadow.
@@ -130,7 +143,7 @@ pub struct Job {
     pub parts: http::request::Parts,
     pub endpoint: SocketAddr,
     /// The request body, complete (or `None`: too large / aborted).
-    pub body: oneshot::Receiver<Option<Bytes>>,
+    pub body: oneshot::Receiver<Option<Copied>>,
     /// The primary's answer, when comparing.
     pub primary: Option<oneshot::Receiver<Captured>>,
 }
@@ -259,7 +272,8 @@ pub struct Mirror {
 
 /// What the sender needs besides the jobs.
 pub struct Settings {
-    pub client: hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, ProxyBody>,
+    /// The service's connections towards its endpoints (the shadow's are among them).
+    pub upstreams: Arc<super::upstream::Upstreams>,
     pub timeout: Duration,
     pub cap: usize,
     pub compare: Compare,
@@ -331,8 +345,11 @@ async fn send_one(job: Job, s: &Settings) {
     // The primary finishes on its own schedule; give it the same time.
     let primary = tokio::time::timeout(s.timeout, async {
         let head = primary.await.ok()?;
-        let body = head.body.await.ok().flatten()?;
-        Some((head.status, head.headers, body))
+        let copied = head.body.await.ok().flatten()?;
+        // Trailers are compared as headers (gRPC's status is one).
+        let mut headers = head.headers;
+        headers.extend(copied.trailers);
+        Some((head.status, headers, copied.body))
     })
     .await;
     let (Ok(Some((pstatus, pheaders, pbody))), Some(sbody)) = (primary, &body) else {
@@ -363,18 +380,22 @@ async fn send_one(job: Job, s: &Settings) {
 async fn shadow(
     mut parts: http::request::Parts,
     endpoint: SocketAddr,
-    body: oneshot::Receiver<Option<Bytes>>,
+    body: oneshot::Receiver<Option<Copied>>,
     s: &Settings,
 ) -> Shadow {
-    let Ok(Some(body)) = body.await else { return Shadow::NotSent };
+    let Ok(Some(Copied { body, .. })) = body.await else { return Shadow::NotSent };
     parts.headers.insert(MIRROR_HEADER, HeaderValue::from_static("1"));
-    parts.uri = super::proxy::upstream_uri(endpoint, &parts.uri);
-    parts.version = http::Version::HTTP_11;
-    let req = http::Request::from_parts(parts, Full::new(body).map_err(|n| match n {}).boxed());
-    let Ok(resp) = s.client.request(req).await else { return Shadow::Failed };
-    let (parts, incoming) = resp.into_parts();
+    let via = s.upstreams.via(parts.version, false);
+    let body = Full::new(body).map_err(|n| match n {}).boxed();
+    let Ok(resp) = s.upstreams.send(via, endpoint, parts, body).await else { return Shadow::Failed };
+    let (mut parts, incoming) = resp.into_parts();
     let body = match http_body_util::Limited::new(incoming, s.cap).collect().await {
-        Ok(b) => Some(b.to_bytes()),
+        Ok(b) => {
+            if let Some(t) = b.trailers() {
+                parts.headers.extend(t.clone());
+            }
+            Some(b.to_bytes())
+        }
         // Larger than the cap: answered, but the body is not compared.
         Err(e) if e.is::<http_body_util::LengthLimitError>() => None,
         Err(_) => return Shadow::Failed,
@@ -391,6 +412,11 @@ pub fn compare(
 ) -> Option<String> {
     if primary.0 != shadow.0 {
         return Some(format!("status {} vs {}", primary.0.as_u16(), shadow.0.as_u16()));
+    }
+    let (a, b) = (super::proxy::grpc_status(primary.1), super::proxy::grpc_status(shadow.1));
+    if a != b {
+        let show = |c: Option<u32>| c.map_or("(none)".into(), |c| c.to_string());
+        return Some(format!("grpc-status {} vs {}", show(a), show(b)));
     }
     for name in &spec.headers {
         let (a, b) = (primary.1.get(name.as_str()), shadow.1.get(name.as_str()));
@@ -547,15 +573,38 @@ mod tests {
             compare(&spec, (StatusCode::OK, &h1, &body), (StatusCode::OK, &h2, &body)).unwrap(),
             "header content-type: text/plain vs (none)"
         );
+        let grpc = |code: &str| {
+            let mut h = h1.clone();
+            h.insert("grpc-status", code.parse().unwrap());
+            h
+        };
+        let spec = Compare::default();
+        assert_eq!(
+            compare(&spec, (StatusCode::OK, &grpc("0"), &body), (StatusCode::OK, &grpc("13"), &body)).unwrap(),
+            "grpc-status 0 vs 13",
+            "a gRPC answer's status is always compared"
+        );
+        assert_eq!(compare(&spec, (StatusCode::OK, &grpc("0"), &body), (StatusCode::OK, &grpc("0"), &body)), None);
     }
 
     #[tokio::test]
     async fn a_tee_copies_up_to_its_cap_and_passes_everything_through() {
         let (_tee, rx) = Tee::new(http_body_util::Empty::<Bytes>::new(), 16);
-        assert_eq!(rx.await.unwrap().unwrap(), "", "an empty body is complete without being polled");
+        assert_eq!(rx.await.unwrap().unwrap().body, "", "an empty body is complete without being polled");
         let (tee, rx) = Tee::new(Full::new(Bytes::from_static(b"0123456789")), 16);
         assert_eq!(tee.collect().await.unwrap().to_bytes(), "0123456789");
-        assert_eq!(rx.await.unwrap().unwrap(), "0123456789");
+        assert_eq!(rx.await.unwrap().unwrap().body, "0123456789");
+        // Trailers pass through and are copied.
+        let mut t = HeaderMap::new();
+        t.insert("grpc-status", "5".parse().unwrap());
+        let frames =
+            vec![Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from_static(b"ab"))), Ok(Frame::trailers(t))];
+        let (tee, rx) = Tee::new(http_body_util::StreamBody::new(futures_util::stream::iter(frames)), 16);
+        let got = tee.collect().await.unwrap();
+        assert_eq!(got.trailers().unwrap()["grpc-status"], "5", "the client gets the trailers");
+        let copied = rx.await.unwrap().unwrap();
+        assert_eq!(copied.body, "ab");
+        assert_eq!(copied.trailers["grpc-status"], "5");
         let (tee, rx) = Tee::new(Full::new(Bytes::from_static(b"0123456789")), 4);
         assert_eq!(tee.collect().await.unwrap().to_bytes(), "0123456789", "the primary gets it all");
         assert_eq!(rx.await.unwrap(), None, "over the cap: no copy");

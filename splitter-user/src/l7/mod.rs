@@ -13,6 +13,7 @@ pub mod framing;
 pub mod mirror;
 pub mod proxy;
 pub mod route;
+pub mod upstream;
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
@@ -25,22 +26,15 @@ use std::{
 };
 
 use arc_swap::ArcSwap;
-use hyper_util::{
-    client::legacy::{connect::HttpConnector, Client},
-    rt::{TokioExecutor, TokioTimer},
-};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, info, warn};
 
-use proxy::ProxyBody;
 use route::RouteTable;
-use splitter_model::config::{
-    l7::{ProxyOptions, Settings},
-    Config, Mode, Service,
-};
+use splitter_model::config::{l7::Settings, Config, Mode, Service};
 use splitter_model::health::Down;
+use upstream::Upstreams;
 
 #[derive(Debug, Error)]
 pub enum L7Error {
@@ -54,9 +48,10 @@ pub enum L7Error {
 pub struct Shared {
     pub name: String,
     pub table: ArcSwap<RouteTable>,
-    /// The pool towards the endpoints; replaced whole when the connect
-    /// timeout changes (the response timeout lives in the table).
-    pub client: ArcSwap<Client<HttpConnector, ProxyBody>>,
+    /// The connections towards the endpoints; replaced whole when the
+    /// connect timeout or the protocol changes (the response timeout lives
+    /// in the table).
+    pub upstreams: ArcSwap<Upstreams>,
     pub stats: Stats,
     random: AtomicU64,
     /// The mirror's queue and sender, while `mirror:` is configured.
@@ -87,7 +82,7 @@ impl Shared {
             name: name.to_owned(),
             stats: Stats::new(&table.versions),
             table: ArcSwap::from_pointee(table),
-            client: ArcSwap::from_pointee(client(&svc.proxy.clone().unwrap_or_default())),
+            upstreams: ArcSwap::from_pointee(upstreams(svc)),
             random: AtomicU64::new(seed()),
             mirror: arc_swap::ArcSwapOption::empty(),
             mirror_stats: Arc::default(),
@@ -121,7 +116,7 @@ impl Shared {
             Arc::new(mirror::Mirror::start(
                 m.queue,
                 mirror::Settings {
-                    client: Client::clone(&self.client.load()),
+                    upstreams: self.upstreams.load_full(),
                     timeout: Duration::from_millis(m.timeout_ms),
                     cap: usize::try_from(m.max_body_bytes).unwrap_or(usize::MAX),
                     compare: m.compare.clone(),
@@ -146,16 +141,9 @@ fn seed() -> u64 {
     t.as_nanos() as u64 ^ u64::from(std::process::id()).rotate_left(32)
 }
 
-/// The pooled client towards endpoints: HTTP/1.1, keep-alive, no Nagle.
-fn client(options: &ProxyOptions) -> Client<HttpConnector, ProxyBody> {
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(Duration::from_millis(options.connect_timeout_ms)));
-    connector.set_nodelay(true);
-    connector.enforce_http(true);
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_timer(TokioTimer::new())
-        .build(connector)
+/// The connections towards `svc`'s endpoints.
+fn upstreams(svc: &Service) -> Upstreams {
+    Upstreams::new(&svc.proxy.clone().unwrap_or_default(), &svc.upstream.clone().unwrap_or_default())
 }
 
 /// Counters of one service, per version.
@@ -210,7 +198,12 @@ pub struct VersionStats {
     client_errors: AtomicU64,
     /// Arrival to response head (or the proxy's error answer).
     latency: crate::metrics::Latency,
+    /// gRPC answers (HTTP 2xx) by `grpc-status`, 0..=16 (others count as 2).
+    grpc: [AtomicU64; GRPC_CODES],
 }
+
+/// gRPC status codes: OK (0) to UNAUTHENTICATED (16).
+const GRPC_CODES: usize = 17;
 
 impl VersionStats {
     pub fn request(&self) {
@@ -232,6 +225,11 @@ impl VersionStats {
     }
     pub fn client_error(&self) {
         self.client_errors.fetch_add(1, Relaxed);
+    }
+    /// A gRPC answer's `grpc-status`.
+    pub fn grpc(&self, code: u32) {
+        let at = if (code as usize) < GRPC_CODES { code as usize } else { 2 };
+        self.grpc[at].fetch_add(1, Relaxed);
     }
 }
 
@@ -290,6 +288,10 @@ impl Stats {
                         timeouts: s.timeouts.load(Relaxed),
                         client_errors: s.client_errors.load(Relaxed),
                         latency: s.latency.snapshot(),
+                        grpc: (0..GRPC_CODES)
+                            .map(|code| (code as u32, s.grpc[code].load(Relaxed)))
+                            .filter(|(_, n)| *n > 0)
+                            .collect(),
                     };
                     (name.clone(), v)
                 })
@@ -353,6 +355,17 @@ pub struct VersionCounts {
     /// Response latency histogram (see `metrics::LATENCY_BUCKETS`).
     #[serde(default)]
     pub latency: crate::metrics::LatencySnapshot,
+    /// gRPC answers by `grpc-status` (codes seen only); a non-zero status
+    /// is an error in the rollout gates.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub grpc: BTreeMap<u32, u64>,
+}
+
+impl VersionCounts {
+    /// gRPC answers with a non-zero `grpc-status`.
+    pub fn grpc_errors(&self) -> u64 {
+        self.grpc.iter().filter(|(code, _)| **code != 0).map(|(_, n)| n).sum()
+    }
 }
 
 /// The l7 side's next state, made without changing anything: listeners
@@ -463,11 +476,12 @@ impl L7 {
             match (self.running.get_mut(name), bound.remove(name)) {
                 (Some(r), None) => {
                     if r.service != *svc || r.down != out {
-                        if r.service.proxy != svc.proxy {
-                            r.shared.client.store(Arc::new(client(&svc.proxy.clone().unwrap_or_default())));
+                        let new_upstreams = r.service.proxy != svc.proxy || r.service.upstream != svc.upstream;
+                        if new_upstreams {
+                            r.shared.upstreams.store(Arc::new(upstreams(svc)));
                         }
-                        // The mirror sends with the client too.
-                        if r.service.mirror != svc.mirror || r.service.proxy != svc.proxy {
+                        // The mirror sends with them too.
+                        if r.service.mirror != svc.mirror || new_upstreams {
                             r.shared.configure_mirror(svc);
                         }
                         r.shared.table.store(Arc::new(table));

@@ -23,21 +23,23 @@ use tokio::sync::oneshot;
 use super::{
     mirror::{Captured, Job, Tee},
     route::RequestView,
-    Shared,
+    upstream::{is_grpc, Via},
+    Shared, VersionStats,
 };
 
 /// The body every response and upstream request carries.
 pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
 
-/// Headers that describe one hop only (RFC 9110 §7.6.1), never forwarded.
-const HOP_BY_HOP: [HeaderName; 8] = [
+/// Headers that describe one hop only (RFC 9110 §7.6.1), never forwarded
+/// (`TE: trailers` is put back: it says the client takes trailers, which
+/// gRPC needs). `Trailer` is end-to-end (RFC 9110 §6.6.2) and kept.
+const HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
     header::PROXY_AUTHENTICATE,
     header::PROXY_AUTHORIZATION,
     header::TE,
-    header::TRAILER,
     header::TRANSFER_ENCODING,
 ];
 
@@ -49,8 +51,55 @@ const END_TO_END: [HeaderName; 5] =
 /// The mirror marker header on copies sent to a shadow version.
 pub const MIRROR_HEADER: &str = "x-splitter-mirror";
 
-/// Handles one request from `client`.
+/// Handles one request from `client`. A gRPC request that the proxy
+/// itself answers (no endpoint reachable, a timeout, a refused request)
+/// gets the answer as gRPC: a trailers-only response whose `grpc-status`
+/// is the HTTP status's (as the gRPC spec maps them) and `grpc-message` the
+/// reason, which every gRPC client reads.
 pub async fn handle(
+    shared: Arc<Shared>,
+    client: SocketAddr,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let grpc = is_grpc(req.headers());
+    let resp = forward(shared, client, req).await?;
+    Ok(if grpc { as_grpc(resp) } else { resp })
+}
+
+/// A response the proxy made itself, and why.
+#[derive(Clone, Copy, Debug)]
+struct LocalReply(&'static str);
+
+/// `resp` for a gRPC client: the proxy's own answers become trailers-only
+/// gRPC errors; an endpoint's pass as they are.
+fn as_grpc(resp: Response<ProxyBody>) -> Response<ProxyBody> {
+    let Some(LocalReply(why)) = resp.extensions().get::<LocalReply>().copied() else { return resp };
+    let code = grpc_code_for(resp.status());
+    let mut out = Response::new(Empty::new().map_err(|never| match never {}).boxed());
+    let h = out.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    h.insert("grpc-status", HeaderValue::from(code));
+    h.insert("grpc-message", HeaderValue::from_static(why));
+    out.extensions_mut().insert(LocalReply(why));
+    out
+}
+
+/// The gRPC status for an HTTP status, as gRPC's HTTP mapping says: 400
+/// INTERNAL, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 UNIMPLEMENTED,
+/// 429/502/503/504 UNAVAILABLE, anything else UNKNOWN.
+pub fn grpc_code_for(status: StatusCode) -> u32 {
+    match status.as_u16() {
+        400 => 13,
+        401 => 16,
+        403 => 7,
+        404 => 12,
+        429 | 502 | 503 | 504 => 14,
+        _ => 2,
+    }
+}
+
+/// Routes and forwards one request (see [`handle`]).
+async fn forward(
     shared: Arc<Shared>,
     client: SocketAddr,
     req: Request<Incoming>,
@@ -115,18 +164,25 @@ pub async fn handle(
     // Only an idempotent request without a body is sent again, to the next
     // endpoint (a healthy one first).
     let attempts = if retriable { target.endpoints.len() } else { 1 };
-    let http = shared.client.load_full();
+    let upstreams = shared.upstreams.load_full();
+    let via = upstreams.via(parts.version, false);
+    if via == Via::Http1 && is_grpc(&parts.headers) {
+        tracing::debug!(service = %shared.name, "a gRPC request, and upstream.protocol sends HTTP/1.1: 502");
+        stats.bad_gateway(arrived.elapsed());
+        return Ok(error(
+            StatusCode::BAD_GATEWAY,
+            "gRPC needs HTTP/2 to the endpoints: set upstream.protocol to h2c or auto",
+        ));
+    }
     let mut body = Some(body);
     let mut parts = Some(parts);
     for (attempt, endpoint) in target.attempts(decision.endpoint, attempts).enumerate() {
         let last = attempt + 1 == attempts;
         // Copied only while another attempt may follow.
-        let mut head = if last { parts.take() } else { parts.clone() }.expect("kept until the last attempt");
-        head.version = http::Version::HTTP_11;
-        head.uri = upstream_uri(endpoint, &head.uri);
+        let head = if last { parts.take() } else { parts.clone() }.expect("kept until the last attempt");
         let upstream_body = body.take().unwrap_or_else(|| Empty::new().map_err(|never| match never {}).boxed());
         let sent =
-            tokio::time::timeout(table.response_timeout, http.request(Request::from_parts(head, upstream_body))).await;
+            tokio::time::timeout(table.response_timeout, upstreams.send(via, endpoint, head, upstream_body)).await;
         match sent {
             Ok(Ok(resp)) => {
                 let (mut rparts, rbody) = resp.into_parts();
@@ -135,14 +191,22 @@ pub async fn handle(
                 });
                 strip_hop_by_hop(&mut rparts.headers);
                 stats.response(rparts.status, arrived.elapsed());
+                let mut rbody = rbody.boxed();
+                if rparts.status.is_success() && is_grpc(&rparts.headers) {
+                    match grpc_status(&rparts.headers) {
+                        // Trailers-only: the status is in the head.
+                        Some(code) => stats.grpc(code),
+                        None => rbody = GrpcWatch { inner: rbody, stats: Some(stats.clone()) }.boxed(),
+                    }
+                }
                 let rbody = match compare.take() {
                     Some((tx, cap)) => {
-                        let (tee, copy) = Tee::new(rbody.boxed(), cap);
+                        let (tee, copy) = Tee::new(rbody, cap);
                         let _ =
                             tx.send(Captured { status: rparts.status, headers: rparts.headers.clone(), body: copy });
                         tee.boxed()
                     }
-                    None => rbody.boxed(),
+                    None => rbody,
                 };
                 return Ok(Response::from_parts(rparts, rbody));
             }
@@ -173,6 +237,62 @@ pub async fn handle(
         }
     }
     unreachable!("the last attempt always answers (a version has at least one endpoint)")
+}
+
+/// The `grpc-status` of a gRPC answer's head or trailers: its number, or
+/// `UNKNOWN` (2) when it is not one.
+pub fn grpc_status(headers: &HeaderMap) -> Option<u32> {
+    let v = headers.get("grpc-status")?;
+    Some(v.to_str().ok().and_then(|s| s.trim().parse().ok()).unwrap_or(2))
+}
+
+/// A gRPC response body on its way to the client: its `grpc-status`
+/// (from the trailers) is counted for the version once it passes; a stream
+/// that ends without one counts as `UNKNOWN` (2), as gRPC clients see it.
+struct GrpcWatch {
+    inner: ProxyBody,
+    stats: Option<Arc<VersionStats>>,
+}
+
+impl Body for GrpcWatch {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            std::task::Poll::Ready(Some(Ok(frame))) => {
+                let code = match frame.trailers_ref() {
+                    Some(t) => Some(grpc_status(t).unwrap_or(2)),
+                    None if self.inner.is_end_stream() => Some(2),
+                    None => None,
+                };
+                if let Some(code) = code {
+                    if let Some(stats) = self.stats.take() {
+                        stats.grpc(code);
+                    }
+                }
+            }
+            std::task::Poll::Ready(None) => {
+                if let Some(stats) = self.stats.take() {
+                    stats.grpc(2);
+                }
+            }
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// What the client's body did: failed (malformed, cut off) or ended.
@@ -318,17 +438,6 @@ pub fn is_idempotent(m: &Method) -> bool {
     matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE)
 }
 
-/// `http://ENDPOINT/path?query`.
-pub(super) fn upstream_uri(endpoint: SocketAddr, original: &Uri) -> Uri {
-    let pq = original.path_and_query().map_or("/", |pq| pq.as_str());
-    Uri::builder()
-        .scheme("http")
-        .authority(endpoint.to_string())
-        .path_and_query(pq)
-        .build()
-        .expect("an address and a parsed path make a URI")
-}
-
 /// Removes hop-by-hop headers, including those `Connection` names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let named: Vec<HeaderName> = headers
@@ -349,7 +458,16 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// client appended to `X-Forwarded-For` and `Forwarded`, `Host` kept (set
 /// from the HTTP/2 authority when the client sent none).
 pub fn forward_headers(headers: &mut HeaderMap, uri: &Uri, client: SocketAddr) {
+    let trailers = headers
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
     strip_hop_by_hop(headers);
+    if trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
     if !headers.contains_key(header::HOST) {
         if let Some(v) = uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
             headers.insert(header::HOST, v);
@@ -382,6 +500,7 @@ pub fn forward_headers(headers: &mut HeaderMap, uri: &Uri, client: SocketAddr) {
 pub fn error(status: StatusCode, why: &'static str) -> Response<ProxyBody> {
     let mut resp = Response::new(Full::new(Bytes::from(format!("{status}: {why}\n"))).map_err(|n| match n {}).boxed());
     *resp.status_mut() = status;
+    resp.extensions_mut().insert(LocalReply(why));
     resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
     resp
 }
@@ -396,15 +515,22 @@ mod tests {
         h.insert(header::CONNECTION, "keep-alive, x-secret".parse().unwrap());
         h.insert("keep-alive", "timeout=5".parse().unwrap());
         h.insert("x-secret", "1".parse().unwrap());
-        h.insert(header::TE, "trailers".parse().unwrap());
+        h.insert(header::TE, "gzip, Trailers".parse().unwrap());
         h.insert(header::UPGRADE, "h2c".parse().unwrap());
         h.insert("x-forwarded-for", "192.0.2.7".parse().unwrap());
         h.insert("x-kept", "yes".parse().unwrap());
         let uri: Uri = "http://api.example/x".parse().unwrap();
         forward_headers(&mut h, &uri, "198.51.100.1:5000".parse().unwrap());
-        for gone in ["connection", "keep-alive", "x-secret", "te", "upgrade"] {
+        for gone in ["connection", "keep-alive", "x-secret", "upgrade"] {
             assert!(!h.contains_key(gone), "{gone} was forwarded");
         }
+        assert_eq!(h[header::TE], "trailers", "only TE: trailers is forwarded");
+        let mut gzip = HeaderMap::new();
+        gzip.insert(header::TE, "gzip".parse().unwrap());
+        gzip.insert(header::TRAILER, "grpc-status".parse().unwrap());
+        forward_headers(&mut gzip, &uri, "198.51.100.1:5000".parse().unwrap());
+        assert!(!gzip.contains_key(header::TE));
+        assert_eq!(gzip[header::TRAILER], "grpc-status", "Trailer is end-to-end");
         assert_eq!(h["x-kept"], "yes");
         assert_eq!(h["x-forwarded-for"], "192.0.2.7, 198.51.100.1");
         assert_eq!(h[header::HOST], "api.example");
@@ -465,6 +591,25 @@ mod tests {
         assert_eq!(h[header::HOST], "a.example");
         assert!(h.contains_key(header::CONTENT_TYPE) && h.contains_key(header::COOKIE));
         assert!(!h.contains_key("x-drop") && !h.contains_key(header::CONNECTION));
+    }
+
+    #[test]
+    fn the_proxys_own_answers_to_grpc_clients_are_grpc_errors() {
+        let reply = as_grpc(error(StatusCode::BAD_GATEWAY, "the endpoint could not be reached or failed"));
+        assert_eq!(reply.status(), StatusCode::OK);
+        assert_eq!(reply.headers()[header::CONTENT_TYPE], "application/grpc");
+        assert_eq!(reply.headers()["grpc-status"], "14");
+        assert_eq!(reply.headers()["grpc-message"], "the endpoint could not be reached or failed");
+        assert!(reply.body().is_end_stream(), "trailers-only");
+        assert_eq!(as_grpc(ClientError::NoHost.answer()).headers()["grpc-status"], "13");
+        // An endpoint's answer is left as it is.
+        let endpoint = Response::builder().status(503).body(Empty::new().map_err(|n| match n {}).boxed()).unwrap();
+        assert_eq!(as_grpc(endpoint).status(), StatusCode::SERVICE_UNAVAILABLE);
+        let codes: Vec<u32> = [400, 401, 403, 404, 408, 429, 500, 502, 503, 504]
+            .iter()
+            .map(|s| grpc_code_for(StatusCode::from_u16(*s).unwrap()))
+            .collect();
+        assert_eq!(codes, [13, 16, 7, 12, 2, 14, 2, 14, 14, 14]);
     }
 
     #[test]
