@@ -390,9 +390,26 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
+/// Set once the connection has switched protocols (a 101 to an
+/// `Upgrade`): from the next read on, the guard passes every byte as it
+/// is and keeps no head deadline (the tunnel has its own idle bound).
+#[derive(Clone, Default)]
+pub struct Switch(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl Switch {
+    pub fn switch(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+    fn switched(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
 /// A client connection whose reads pass through [`Framing`].
 pub struct Guarded<T> {
     inner: T,
+    /// The protocol switch, once it happened (see [`Switch`]).
+    switch: Switch,
     framing: Framing,
     ready: Vec<u8>,
     at: usize,
@@ -414,10 +431,11 @@ impl<T> Guarded<T> {
         head_limit: std::time::Duration,
         max_head: usize,
         timeouts: std::sync::Arc<std::sync::atomic::AtomicU64>,
+        switch: Switch,
     ) -> Guarded<T> {
         // Some slack over the limit: hyper draws the line itself.
         let framing = Framing::new(max_head + 1024);
-        Guarded { inner, framing, ready: Vec::new(), at: 0, head_limit, deadline: None, timeouts }
+        Guarded { inner, switch, framing, ready: Vec::new(), at: 0, head_limit, deadline: None, timeouts }
     }
 }
 
@@ -447,6 +465,15 @@ impl<T: AsyncRead + Unpin> AsyncRead for Guarded<T> {
             }
             this.ready.clear();
             this.at = 0;
+            if this.framing.state != State::Passthrough && this.switch.switched() {
+                // Not HTTP any more: what was held (bytes sent early) and
+                // all that follows go through as they are.
+                this.framing.pass_rest(&mut this.ready);
+                this.deadline = None;
+                if !this.ready.is_empty() {
+                    continue;
+                }
+            }
             if this.framing.state == State::Refused {
                 // End of input: hyper answers the refused head and closes.
                 return Poll::Ready(Ok(()));

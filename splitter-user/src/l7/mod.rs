@@ -13,6 +13,7 @@ pub mod framing;
 pub mod mirror;
 pub mod proxy;
 pub mod route;
+pub mod tunnel;
 pub mod upstream;
 
 use std::{
@@ -648,13 +649,15 @@ async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>, limits: L
         let (head_limit, idle, max_head) =
             (settings.header_read_timeout, settings.idle_timeout, settings.max_header_bytes as usize);
         tokio::spawn(async move {
-            let _admitted = admitted;
-            let io = framing::Guarded::new(stream, head_limit, max_head, shared.stats.head_timeouts.clone());
+            let switch = framing::Switch::default();
+            let io =
+                framing::Guarded::new(stream, head_limit, max_head, shared.stats.head_timeouts.clone(), switch.clone());
+            let info = Arc::new(proxy::ClientConn { addr: client, switch, hold: Arc::new(admitted), idle });
             let service = |activity: conn::Activity| {
                 let shared = shared.clone();
                 hyper::service::service_fn(move |req| {
                     let busy = activity.begin();
-                    let answer = proxy::handle(shared.clone(), client, req);
+                    let answer = proxy::handle(shared.clone(), info.clone(), req);
                     async move { answer.await.map(|resp| resp.map(|body| conn::Tracked::new(body, busy))) }
                 })
             };

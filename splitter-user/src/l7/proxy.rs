@@ -51,19 +51,47 @@ const END_TO_END: [HeaderName; 5] =
 /// The mirror marker header on copies sent to a shadow version.
 pub const MIRROR_HEADER: &str = "x-splitter-mirror";
 
-/// Handles one request from `client`. A gRPC request that the proxy
+/// The client connection a request came on.
+pub struct ClientConn {
+    pub addr: SocketAddr,
+    /// Set when the connection switches protocols (a 101).
+    pub switch: super::framing::Switch,
+    /// The connection's place under the limits, kept by a tunnel that
+    /// outlives hyper's connection.
+    pub hold: Arc<dyn std::any::Any + Send + Sync>,
+    /// `l7.idle_timeout`: how long a tunnel may carry nothing.
+    pub idle: std::time::Duration,
+}
+
+/// Handles one request from `conn`. A gRPC request that the proxy
 /// itself answers (no endpoint reachable, a timeout, a refused request)
 /// gets the answer as gRPC: a trailers-only response whose `grpc-status`
 /// is the HTTP status's (as the gRPC spec maps them) and `grpc-message` the
 /// reason, which every gRPC client reads.
 pub async fn handle(
     shared: Arc<Shared>,
-    client: SocketAddr,
+    conn: Arc<ClientConn>,
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let grpc = is_grpc(req.headers());
-    let resp = forward(shared, client, req).await?;
+    let resp = forward(shared, conn, req).await?;
     Ok(if grpc { as_grpc(resp) } else { resp })
+}
+
+/// The protocol an HTTP/1.1 request asks to switch to (`Upgrade`, with
+/// `upgrade` among its `Connection` options), if any.
+pub fn wants_upgrade<B>(req: &Request<B>) -> Option<HeaderValue> {
+    if req.version() != http::Version::HTTP_11 {
+        return None;
+    }
+    let asked = req
+        .headers()
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|o| o.trim().eq_ignore_ascii_case("upgrade"));
+    asked.then(|| req.headers().get(header::UPGRADE).cloned()).flatten()
 }
 
 /// A response the proxy made itself, and why.
@@ -101,9 +129,10 @@ pub fn grpc_code_for(status: StatusCode) -> u32 {
 /// Routes and forwards one request (see [`handle`]).
 async fn forward(
     shared: Arc<Shared>,
-    client: SocketAddr,
+    conn: Arc<ClientConn>,
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
+    let client = conn.addr;
     // Framing was settled by hyper's parser: differing Content-Lengths are
     // refused (400); with Transfer-Encoding and Content-Length, chunked wins
     // and the connection closes after this answer, so nothing smuggled behind
@@ -129,8 +158,16 @@ async fn forward(
     let stats = shared.stats.version(&table.versions[decision.version]);
     stats.request();
     let target = &table.targets[decision.version];
+    // An upgrade (WebSocket...) goes to the version chosen like any request;
+    // after a 101 the connection becomes a tunnel to that endpoint.
+    let upgrade = wants_upgrade(&req);
+    let mut client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     forward_headers(&mut parts.headers, &parts.uri, client);
+    if let Some(protocol) = &upgrade {
+        parts.headers.insert(header::UPGRADE, protocol.clone());
+        parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
     let retriable = is_idempotent(&parts.method) && body.is_end_stream();
     // Whether the client's own body failed (or is still coming): then a
     // failed request is the client's fault, not the version's.
@@ -165,7 +202,7 @@ async fn forward(
     // endpoint (a healthy one first).
     let attempts = if retriable { target.endpoints.len() } else { 1 };
     let upstreams = shared.upstreams.load_full();
-    let via = upstreams.via(parts.version, false);
+    let via = upstreams.via(parts.version, upgrade.is_some());
     if via == Via::Http1 && is_grpc(&parts.headers) {
         tracing::debug!(service = %shared.name, "a gRPC request, and upstream.protocol sends HTTP/1.1: 502");
         stats.bad_gateway(arrived.elapsed());
@@ -184,13 +221,30 @@ async fn forward(
         let sent =
             tokio::time::timeout(table.response_timeout, upstreams.send(via, endpoint, head, upstream_body)).await;
         match sent {
-            Ok(Ok(resp)) => {
+            Ok(Ok(mut resp)) => {
+                let switched = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+                let endpoint_upgrade = switched.then(|| hyper::upgrade::on(&mut resp));
                 let (mut rparts, rbody) = resp.into_parts();
                 shared.passive(&table, endpoint, rparts.status.is_server_error(), || {
                     format!("answered {}", rparts.status.as_u16())
                 });
+                let protocol = rparts.headers.get(header::UPGRADE).cloned();
                 strip_hop_by_hop(&mut rparts.headers);
                 stats.response(rparts.status, arrived.elapsed());
+                if let (Some(theirs), Some(ours), Some(protocol)) = (endpoint_upgrade, client_upgrade.take(), protocol)
+                {
+                    rparts.headers.insert(header::UPGRADE, protocol);
+                    rparts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+                    // The framing guard steps aside before the 101 is written.
+                    conn.switch.switch();
+                    let (idle, hold, shared) = (conn.idle, conn.hold.clone(), shared.clone());
+                    tokio::spawn(async move {
+                        if super::tunnel::run(ours, theirs, idle, hold).await == super::tunnel::Ended::Idle {
+                            shared.stats.closes.idle.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                    });
+                    return Ok(Response::from_parts(rparts, Empty::new().map_err(|never| match never {}).boxed()));
+                }
                 let mut rbody = rbody.boxed();
                 if rparts.status.is_success() && is_grpc(&rparts.headers) {
                     match grpc_status(&rparts.headers) {
