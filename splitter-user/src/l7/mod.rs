@@ -6,12 +6,13 @@
 //! the agent starts before the address is up; the address must be local for
 //! packets to arrive), a routing table behind an `ArcSwap` (a change swaps the
 //! whole table; a request keeps the table it started with) and counters.
-//! `route.rs` decides, `proxy.rs` forwards.
+//! `route.rs` decides, `proxy.rs` forwards, `tls.rs` terminates TLS.
 
 pub mod framing;
 pub mod mirror;
 pub mod proxy;
 pub mod route;
+pub mod tls;
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
@@ -47,6 +48,8 @@ pub enum L7Error {
     Bind { service: String, addr: SocketAddr, source: std::io::Error },
     #[error("service {service}: {source}")]
     Route { service: String, source: regex::Error },
+    #[error("services.{service}.tls.{source}")]
+    Tls { service: String, source: tls::TlsError },
 }
 
 /// Largest request head (request line and headers) accepted; larger → 431.
@@ -69,6 +72,8 @@ pub struct Shared {
     passive_runs: std::sync::Mutex<std::collections::HashMap<SocketAddr, u32>>,
     /// Where an endpoint whose requests failed too often is reported.
     ejections: Option<tokio::sync::mpsc::UnboundedSender<Ejection>>,
+    /// TLS termination (none: plain HTTP) and its counters.
+    pub tls: Arc<tls::ServiceTls>,
 }
 
 /// An endpoint whose requests failed `health.passive.consecutive_failures`
@@ -95,6 +100,7 @@ impl Shared {
             mirror_stats: Arc::default(),
             passive_runs: Default::default(),
             ejections: None,
+            tls: Arc::default(),
         };
         shared.configure_mirror(svc);
         shared
@@ -261,11 +267,13 @@ impl Stats {
     pub fn snapshot(&self) -> ServiceStats {
         ServiceStats {
             mirror: None,
+            tls: None,
             connections: ConnectionCounts {
                 refused_listener: self.refused[Refused::Listener as usize].load(Relaxed),
                 refused_client: self.refused[Refused::Client as usize].load(Relaxed),
                 refused_budget: self.refused[Refused::Budget as usize].load(Relaxed),
                 head_timeouts: self.head_timeouts.load(Relaxed),
+                ..ConnectionCounts::default()
             },
             client_errors: self.client_errors.load(Relaxed),
             versions: self
@@ -307,6 +315,9 @@ pub struct ServiceStats {
     /// Requests refused before routing through the client's fault (400/405).
     #[serde(default)]
     pub client_errors: u64,
+    /// TLS services: the certificates served and their reloads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsCounts>,
 }
 
 /// Client connections an l7 listener closed without serving them.
@@ -320,6 +331,24 @@ pub struct ConnectionCounts {
     pub refused_budget: u64,
     /// A request head did not arrive within `l7.header_read_timeout`.
     pub head_timeouts: u64,
+    /// TLS listeners: handshakes that failed (no common version or ALPN
+    /// protocol, not TLS, the client hung up)...
+    #[serde(default)]
+    pub tls_handshake_failures: u64,
+    /// ... or were not done within `l7.header_read_timeout`.
+    #[serde(default)]
+    pub tls_handshake_timeouts: u64,
+}
+
+/// The certificates of a TLS service and their reloads, as `status` shows them.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct TlsCounts {
+    /// The DNS names of each pair served, in `certificates[]` order.
+    pub certificates: Vec<Vec<String>>,
+    /// Certificate file changes loaded and served.
+    pub reloads_ok: u64,
+    /// Certificate file changes refused (the previous certificates stayed).
+    pub reloads_refused: u64,
 }
 
 /// Counters of one version of an l7 service.
@@ -343,12 +372,14 @@ pub struct VersionCounts {
 }
 
 /// The l7 side's next state, made without changing anything: listeners
-/// bound for new or moved services and every table built.
+/// bound for new or moved services, every table built, and the certificates
+/// of new, moved or changed `tls:` loaded.
 pub struct Prepared {
     wanted: BTreeMap<String, Service>,
     bound: BTreeMap<String, tokio::net::TcpListener>,
     tables: BTreeMap<String, RouteTable>,
     down: BTreeMap<String, BTreeSet<SocketAddr>>,
+    tls: BTreeMap<String, Option<Arc<tls::Terminator>>>,
 }
 
 /// One running l7 service.
@@ -373,6 +404,8 @@ pub struct L7 {
     ejections: tokio::sync::mpsc::UnboundedSender<Ejection>,
     /// ... and read by the agent ([`L7::take_ejections`]).
     ejections_rx: Option<tokio::sync::mpsc::UnboundedReceiver<Ejection>>,
+    /// The TLS services' certificate files, reloaded when they change.
+    certs: tls::CertWatch,
 }
 
 impl L7 {
@@ -386,6 +419,7 @@ impl L7 {
             budget: Arc::new(Semaphore::new(budget)),
             ejections,
             ejections_rx: Some(rx),
+            certs: tls::CertWatch::default(),
         }
     }
 
@@ -431,13 +465,24 @@ impl L7 {
             tables.insert((*name).clone(), table);
             downs.insert((*name).clone(), out);
         }
+        // Certificates are read when `tls:` is new or changed (or the
+        // listener is): a bad pair refuses the change here. Later changes
+        // to the files are the certificate watch's.
+        let mut terminators = BTreeMap::new();
+        for (name, svc) in &wanted {
+            if bound.contains_key(*name) || self.running.get(*name).is_none_or(|r| r.service.tls != svc.tls) {
+                let t = svc.tls.as_ref().map(tls::Terminator::new).transpose();
+                let t = t.map_err(|source| L7Error::Tls { service: (*name).clone(), source })?;
+                terminators.insert((*name).clone(), t.map(Arc::new));
+            }
+        }
         let wanted = wanted.into_iter().map(|(n, s)| (n.clone(), s.clone())).collect();
-        Ok(Prepared { wanted, bound, tables, down: downs })
+        Ok(Prepared { wanted, bound, tables, down: downs, tls: terminators })
     }
 
     /// Swaps in what [`L7::prepare`] made; cannot fail.
     pub fn commit(&mut self, prepared: Prepared) {
-        let Prepared { wanted, mut bound, mut tables, mut down } = prepared;
+        let Prepared { wanted, mut bound, mut tables, mut down, tls: mut terminators } = prepared;
         let gone: Vec<String> = self.running.keys().filter(|n| !wanted.contains_key(*n)).cloned().collect();
         for name in gone {
             let r = self.running.remove(&name).expect("listed");
@@ -450,6 +495,9 @@ impl L7 {
             match (self.running.get_mut(name), bound.remove(name)) {
                 (Some(r), None) => {
                     if r.service != *svc || r.down != out {
+                        if let Some(t) = terminators.remove(name) {
+                            r.shared.tls.terminator.store(t);
+                        }
                         if r.service.proxy != svc.proxy {
                             r.shared.client.store(Arc::new(client(&svc.proxy.clone().unwrap_or_default())));
                         }
@@ -469,6 +517,7 @@ impl L7 {
                     }
                     let mut shared = Shared::new(name, svc, table);
                     shared.ejections = Some(self.ejections.clone());
+                    shared.tls.terminator.store(terminators.remove(name).flatten());
                     let shared = Arc::new(shared);
                     let limits = Limits::new(&self.settings, self.budget.clone());
                     let accept =
@@ -482,6 +531,8 @@ impl L7 {
                 (None, None) => unreachable!("a new service is always bound above"),
             }
         }
+        let tls = self.running.iter().filter(|(_, r)| r.service.tls.is_some());
+        self.certs.update(tls.map(|(n, r)| (n.clone(), r.shared.tls.clone())).collect());
     }
 
     /// Counters of every l7 service.
@@ -491,6 +542,14 @@ impl L7 {
             .map(|(n, r)| {
                 let mut s = r.shared.stats.snapshot();
                 s.mirror = r.service.mirror.as_ref().map(|_| r.shared.mirror_stats.counts());
+                let c = &r.shared.tls.counters;
+                s.connections.tls_handshake_failures = c.handshake_failures.load(Relaxed);
+                s.connections.tls_handshake_timeouts = c.handshake_timeouts.load(Relaxed);
+                s.tls = r.shared.tls.terminator.load_full().map(|t| TlsCounts {
+                    certificates: t.certs().names.clone(),
+                    reloads_ok: c.reloads_ok.load(Relaxed),
+                    reloads_refused: c.reloads_refused.load(Relaxed),
+                });
                 (n.clone(), s)
             })
             .collect()
@@ -585,7 +644,8 @@ impl Limits {
 /// How often a listener may log that it refuses connections.
 const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
 
-/// Accepts connections and serves HTTP/1.1 and h2c on each until aborted.
+/// Accepts connections and serves HTTP/1.1 and h2 (h2c, or over TLS when
+/// the service terminates it) on each until aborted.
 /// A connection over a limit is closed at once and counted; the listener
 /// says so in the log at most every [`REFUSAL_LOG_EVERY`].
 async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>, limits: Limits, head_limit: Duration) {
@@ -619,8 +679,11 @@ async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>, limits: L
         let shared = shared.clone();
         tokio::spawn(async move {
             let _admitted = admitted;
+            // The socket, or TLS over it (the handshake bounded like a head).
+            let Some(stream) = tls::accept(&shared.tls, stream, head_limit, client).await else { return };
+            let scheme = stream.scheme();
             let timeouts = shared.stats.head_timeouts.clone();
-            let svc = hyper::service::service_fn(move |req| proxy::handle(shared.clone(), client, req));
+            let svc = hyper::service::service_fn(move |req| proxy::handle(shared.clone(), client, scheme, req));
             let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             builder.http1().timer(TokioTimer::new()).header_read_timeout(head_limit).max_buf_size(MAX_HEAD_BYTES);
             builder.http2().timer(TokioTimer::new()).max_header_list_size(MAX_HEAD_BYTES as u32);

@@ -23,6 +23,7 @@ use tokio::sync::oneshot;
 use super::{
     mirror::{Captured, Job, Tee},
     route::RequestView,
+    tls::Scheme,
     Shared,
 };
 
@@ -49,10 +50,11 @@ const END_TO_END: [HeaderName; 5] =
 /// The mirror marker header on copies sent to a shadow version.
 pub const MIRROR_HEADER: &str = "x-splitter-mirror";
 
-/// Handles one request from `client`.
+/// Handles one request from `client`, which came over `scheme`.
 pub async fn handle(
     shared: Arc<Shared>,
     client: SocketAddr,
+    scheme: Scheme,
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     // Framing was settled by hyper's parser: differing Content-Lengths are
@@ -81,7 +83,7 @@ pub async fn handle(
     stats.request();
     let target = &table.targets[decision.version];
     let (mut parts, body) = req.into_parts();
-    forward_headers(&mut parts.headers, &parts.uri, client);
+    forward_headers(&mut parts.headers, &parts.uri, client, scheme);
     let retriable = is_idempotent(&parts.method) && body.is_end_stream();
     // Whether the client's own body failed (or is still coming): then a
     // failed request is the client's fault, not the version's.
@@ -347,8 +349,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 /// The request headers as the endpoint sees them: hop-by-hop removed, the
 /// client appended to `X-Forwarded-For` and `Forwarded`, `Host` kept (set
-/// from the HTTP/2 authority when the client sent none).
-pub fn forward_headers(headers: &mut HeaderMap, uri: &Uri, client: SocketAddr) {
+/// from the HTTP/2 authority when the client sent none), the client's
+/// `scheme` in `Forwarded` and `X-Forwarded-Proto`.
+pub fn forward_headers(headers: &mut HeaderMap, uri: &Uri, client: SocketAddr, scheme: Scheme) {
     strip_hop_by_hop(headers);
     if !headers.contains_key(header::HOST) {
         if let Some(v) = uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
@@ -362,7 +365,7 @@ pub fn forward_headers(headers: &mut HeaderMap, uri: &Uri, client: SocketAddr) {
     };
     headers.insert("x-forwarded-for", HeaderValue::from_str(&xff).expect("addresses are valid header text"));
     let node = if ip.is_ipv6() { format!("\"[{ip}]\"") } else { ip.to_string() };
-    let mut fwd = format!("for={node};proto=http");
+    let mut fwd = format!("for={node};proto={}", scheme.as_str());
     if let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) {
         if !host.contains(['"', ';', ',']) {
             fwd.push_str(&format!(";host=\"{host}\""));
@@ -375,7 +378,7 @@ pub fn forward_headers(headers: &mut HeaderMap, uri: &Uri, client: SocketAddr) {
     if let Ok(v) = HeaderValue::from_str(&fwd) {
         headers.insert(header::FORWARDED, v);
     }
-    headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    headers.insert("x-forwarded-proto", HeaderValue::from_static(scheme.as_str()));
 }
 
 /// A short plain-text error answer from the proxy itself.
@@ -401,7 +404,7 @@ mod tests {
         h.insert("x-forwarded-for", "192.0.2.7".parse().unwrap());
         h.insert("x-kept", "yes".parse().unwrap());
         let uri: Uri = "http://api.example/x".parse().unwrap();
-        forward_headers(&mut h, &uri, "198.51.100.1:5000".parse().unwrap());
+        forward_headers(&mut h, &uri, "198.51.100.1:5000".parse().unwrap(), Scheme::Http);
         for gone in ["connection", "keep-alive", "x-secret", "te", "upgrade"] {
             assert!(!h.contains_key(gone), "{gone} was forwarded");
         }
@@ -409,9 +412,11 @@ mod tests {
         assert_eq!(h["x-forwarded-for"], "192.0.2.7, 198.51.100.1");
         assert_eq!(h[header::HOST], "api.example");
         assert_eq!(h[header::FORWARDED], "for=198.51.100.1;proto=http;host=\"api.example\"");
+        assert_eq!(h["x-forwarded-proto"], "http");
         let mut h6 = HeaderMap::new();
-        forward_headers(&mut h6, &"/".parse().unwrap(), "[2001:db8::1]:5000".parse().unwrap());
-        assert_eq!(h6[header::FORWARDED], "for=\"[2001:db8::1]\";proto=http");
+        forward_headers(&mut h6, &"/".parse().unwrap(), "[2001:db8::1]:5000".parse().unwrap(), Scheme::Https);
+        assert_eq!(h6[header::FORWARDED], "for=\"[2001:db8::1]\";proto=https");
+        assert_eq!(h6["x-forwarded-proto"], "https");
     }
 
     #[test]
