@@ -460,6 +460,9 @@ pub struct Service {
     /// Endpoint health checks; without them every endpoint counts as up.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<health::Health>,
+    /// L7: terminate TLS on the listener.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<l7::Tls>,
 }
 
 /// `mirror:` of a service. Mode l4 takes `{ interface, percent }` (whole
@@ -843,6 +846,7 @@ fn check_service(name: &str, svc: &Service) -> Result<(), ConfigError> {
             ("mirror: { version, ... }", svc.l7_mirror().is_some()),
             ("proxy", svc.proxy.is_some()),
             ("upstream", svc.upstream.is_some()),
+            ("tls", svc.tls.is_some()),
         ] {
             if set {
                 return Err(ctx(format!(
@@ -863,6 +867,9 @@ fn check_service(name: &str, svc: &Service) -> Result<(), ConfigError> {
     }
     if let Some(proxy) = &svc.proxy {
         proxy.check().map_err(ctx)?;
+    }
+    if let Some(tls) = &svc.tls {
+        tls.check().map_err(|why| invalid(format!("services.{name}.tls.{why}")))?;
     }
     if let Some(h) = &svc.health {
         h.check().map_err(|why| ctx(format!("health.{why}")))?;

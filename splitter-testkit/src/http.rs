@@ -27,7 +27,8 @@ pub const BACKEND: &str = "x-backend";
 /// * anything else answers 200 with body `name`.
 ///
 /// Every answer carries `x-backend: name` and echoes what the proxy sent:
-/// `x-seen-xff`, `x-seen-forwarded`, `x-seen-host`, `x-seen-mirror`, and
+/// `x-seen-xff`, `x-seen-forwarded`, `x-seen-proto` (`x-forwarded-proto`),
+/// `x-seen-host`, `x-seen-mirror`, and
 /// `x-seen-secret` when a header `x-secret` arrived (it must not: the client
 /// names it in `Connection`).
 pub fn serve_http(ns: &NetNs, port: u16, name: &'static str) -> std::io::Result<()> {
@@ -116,6 +117,7 @@ async fn answer(name: &'static str, req: Request<hyper::body::Incoming>) -> Resu
     let seen = [
         ("x-seen-xff", echo("x-forwarded-for")),
         ("x-seen-forwarded", echo("forwarded")),
+        ("x-seen-proto", echo("x-forwarded-proto")),
         ("x-seen-host", echo("host")),
         ("x-seen-mirror", echo("x-splitter-mirror")),
         ("x-seen-secret", echo("x-secret")),

@@ -68,6 +68,11 @@ fn dispatch(command: Command) -> Result<()> {
                     .map_or(String::new(), |m| format!("; {}% of flows mirrored to {}", m.percent, m.interface));
                 println!("  {name}  {}/{} {}  {}{mirror}", svc.listen, svc.protocol, svc.mode, split.join(", "));
             }
+            // Certificates read and matched with their keys, as run reads them.
+            for (name, set) in splitter_user::l7::tls::load_all(&config)? {
+                let pairs: Vec<String> = set.names.iter().map(|n| format!("[{}]", n.join(", "))).collect();
+                println!("  {name}: tls, certificates for {}", pairs.join(" "));
+            }
             // l7 addresses: local here, or what the agent will do about it.
             let local = &config.local_addresses;
             for (name, ip) in splitter_user::local_addrs::not_local(&config) {

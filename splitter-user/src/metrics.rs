@@ -49,6 +49,8 @@ pub struct ServiceMetrics {
     pub l7_connections: Option<crate::l7::ConnectionCounts>,
     /// L7: requests refused before routing, the client's fault.
     pub l7_client_errors: Option<u64>,
+    /// L7 with `tls:`: the certificates and their reloads.
+    pub l7_tls: Option<crate::l7::TlsCounts>,
 }
 
 #[derive(Debug, Default)]
@@ -264,7 +266,7 @@ const FAMILIES: &[Family] = &[
     },
     Family {
         name: "splitter_l7_connections_closed",
-        help: "Client connections an l7 listener closed: at accept by the limit hit (listener, client, budget), because no complete request head came in time (head_timeout), after a head over l7.max_header_bytes or with too many fields (too_large, answered 431), an h2 client over the stream limits (h2_flood, GOAWAY), or after l7.idle_timeout with no request in flight (idle).",
+        help: "Client connections an l7 listener closed: at accept by the limit hit (listener, client, budget), because no complete request head came in time (head_timeout), because the TLS handshake failed (tls_handshake_failed) or took longer than l7.header_read_timeout (tls_handshake_timeout), after a head over l7.max_header_bytes or with too many fields (too_large, answered 431), an h2 client over the stream limits (h2_flood, GOAWAY), or after l7.idle_timeout with no request in flight (idle).",
         kind: MetricType::Counter,
         samples: |s| {
             s.services
@@ -279,9 +281,23 @@ const FAMILIES: &[Family] = &[
                         ("too_large", c.too_large),
                         ("h2_flood", c.h2_flood),
                         ("idle", c.idle_closed),
+                        ("tls_handshake_failed", c.tls_handshake_failures),
+                        ("tls_handshake_timeout", c.tls_handshake_timeouts),
                     ];
                     split(l, "reason", reasons)
                 })
+                .collect()
+        },
+    },
+    Family {
+        name: "splitter_l7_tls_reloads",
+        help: "Changes to a TLS service's certificate files: loaded and served (ok), or refused with the previous certificates kept (refused).",
+        kind: MetricType::Counter,
+        samples: |s| {
+            s.services
+                .iter()
+                .filter_map(|svc| svc.l7_tls.as_ref().map(|t| (vec![("service", svc.name.clone())], t)))
+                .flat_map(|(l, t)| split(l, "result", [("ok", t.reloads_ok), ("refused", t.reloads_refused)]))
                 .collect()
         },
     },
@@ -609,6 +625,13 @@ mod tests {
             l7_mirror: None,
             l7_connections: None,
             l7_client_errors: None,
+            l7_tls: None,
+        });
+        scrape.services.push(ServiceMetrics {
+            name: "api".into(),
+            mode: "l7",
+            l7_tls: Some(crate::l7::TlsCounts { certificates: vec![], reloads_ok: 2, reloads_refused: 1 }),
+            ..ServiceMetrics::default()
         });
         scrape.datapath.push(("passed", 3));
         let dead: SocketAddr = "10.0.0.2:80".parse().unwrap();
@@ -622,6 +645,8 @@ mod tests {
             "splitter_endpoint_flows_total{service=\"shop\",version=\"blue\",endpoint=\"10.0.0.1:80\"} 7",
             "splitter_version_weight{service=\"shop\",version=\"blue\"} 95",
             "splitter_datapath_total{event=\"passed\"} 3",
+            "splitter_l7_tls_reloads_total{service=\"api\",result=\"ok\"} 2",
+            "splitter_l7_tls_reloads_total{service=\"api\",result=\"refused\"} 1",
             "# EOF",
         ] {
             assert!(text.contains(want), "missing {want:?} in:\n{text}");

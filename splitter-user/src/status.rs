@@ -424,7 +424,8 @@ impl Report {
             )
             .unwrap();
         }
-        if let Some(c) = self.agent.as_ref().and_then(|a| a.l7.get(&s.name)).map(|l| &l.connections) {
+        let l7 = self.agent.as_ref().and_then(|a| a.l7.get(&s.name));
+        if let Some(c) = l7.map(|l| &l.connections) {
             if c.refused_listener + c.refused_client + c.refused_budget + c.head_timeouts > 0 {
                 writeln!(
                     out,
@@ -441,6 +442,19 @@ impl Report {
                 )
                 .unwrap();
             }
+        }
+        if let Some((t, c)) = l7.and_then(|l| Some((l.tls.as_ref()?, &l.connections))) {
+            let pairs: Vec<String> = t.certificates.iter().map(|n| format!("[{}]", n.join(", "))).collect();
+            writeln!(
+                out,
+                "  tls: certificates for {}; file reloads {} ok, {} refused; handshakes {} failed, {} timed out",
+                pairs.join(" "),
+                t.reloads_ok,
+                t.reloads_refused,
+                c.tls_handshake_failures,
+                c.tls_handshake_timeouts
+            )
+            .unwrap();
         }
         if let Some(m) = &s.mirror {
             writeln!(

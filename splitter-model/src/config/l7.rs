@@ -1,8 +1,9 @@
 //! The YAML model of what only `mode: l7` services have: routes (header,
-//! cookie, query, path and method matches), mirroring, and proxy timeouts.
-//! Validated with the rest of the file; compiled by `l7::route`.
+//! cookie, query, path and method matches), mirroring, proxy timeouts and
+//! TLS termination. Validated with the rest of the file; compiled by
+//! `l7::route` (and `l7::tls`, which loads the certificates).
 
-use std::{collections::BTreeMap, fmt, ops::RangeInclusive};
+use std::{collections::BTreeMap, fmt, ops::RangeInclusive, path::PathBuf};
 
 use super::{duration, Quoted};
 use serde::{de, Deserialize, Serialize};
@@ -500,7 +501,188 @@ impl Settings {
     }
 }
 
+/// `tls:` of an l7 service: the proxy terminates TLS on its listener.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tls {
+    /// Certificate and key pairs; the client's SNI picks one by the names
+    /// its certificate covers, and the first is the default (no SNI, or a
+    /// name none covers).
+    pub certificates: Vec<CertPair>,
+    /// The oldest protocol version offered.
+    #[serde(default)]
+    pub min_version: TlsVersion,
+}
+
+/// One certificate chain (PEM, end-entity first) and its private key (PEM:
+/// PKCS#8, PKCS#1 or SEC1), both absolute paths read by the agent.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertPair {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// `min_version`: `"1.2"` (TLS 1.2 and 1.3, the default) or `"1.3"` (1.3
+/// only). Read from a string or, as YAML reads an unquoted `1.2`, a number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TlsVersion {
+    #[default]
+    V1_2,
+    V1_3,
+}
+
+impl TlsVersion {
+    /// As the config writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TlsVersion::V1_2 => "1.2",
+            TlsVersion::V1_3 => "1.3",
+        }
+    }
+}
+
+impl Serialize for TlsVersion {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for TlsVersion {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl de::Visitor<'_> for V {
+            type Value = TlsVersion;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("\"1.2\" or \"1.3\"")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<TlsVersion, E> {
+                match s {
+                    "1.2" => Ok(TlsVersion::V1_2),
+                    "1.3" => Ok(TlsVersion::V1_3),
+                    other => Err(E::custom(format!(
+                        "TLS version {} is not supported: use \"1.2\" (1.2 and 1.3) or \"1.3\" (1.3 only)",
+                        Quoted(other)
+                    ))),
+                }
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<TlsVersion, E> {
+                self.visit_str(&v.to_string())
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<TlsVersion, E> {
+                self.visit_str(&v.to_string())
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<TlsVersion, E> {
+                self.visit_str(&v.to_string())
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl Tls {
+    /// Every file it names, each with the key that names it
+    /// (`certificates[0].cert`).
+    pub fn files(&self) -> impl Iterator<Item = (String, &PathBuf)> {
+        self.certificates.iter().enumerate().flat_map(|(i, p)| {
+            [(format!("certificates[{i}].cert"), &p.cert), (format!("certificates[{i}].key"), &p.key)]
+        })
+    }
+
+    /// What `validate` checks of `tls:`; the error starts with the key
+    /// under `tls.` (`certificates[0].cert: ...`).
+    pub fn check(&self) -> Result<(), String> {
+        if self.certificates.is_empty() {
+            return Err(
+                "certificates: the list is empty: give at least one { cert: /path/cert.pem, key: /path/key.pem }"
+                    .into(),
+            );
+        }
+        for (key, path) in self.files() {
+            if !path.is_absolute() {
+                return Err(format!(
+                    "{key}: {} is not an absolute path: write it from / (the agent's working directory is no anchor)",
+                    Quoted(&path.to_string_lossy())
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// An HTTP field name: one or more `tchar`s (RFC 9110 §5.1, §5.6.2); any case.
 fn is_header_name(name: &str) -> bool {
     !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A whole config with service `api` in `mode` carrying `tls` (YAML
+    /// flow text), validated.
+    fn config(mode: &str, tls: &str) -> Result<crate::config::Config, String> {
+        crate::config::from_yaml(&format!(
+            "interfaces: {{ clients: [eth0] }}\nservices:\n  api:\n    listen: 203.0.113.10:443\n    protocol: tcp\n    mode: {mode}\n    versions: {{ v1: [10.0.0.1:8080] }}\n    weights: {{ v1: 1 }}\n    tls: {tls}\n"
+        ))
+    }
+
+    #[test]
+    fn tls_is_read_with_its_default_version_and_both_spellings_of_one() {
+        let c = config("l7", "{ certificates: [{ cert: /etc/s/a.pem, key: /etc/s/a.key }] }").unwrap();
+        let tls = c.services["api"].tls.clone().unwrap();
+        assert_eq!(tls.min_version, TlsVersion::V1_2);
+        assert_eq!(
+            tls.certificates,
+            [CertPair { cert: "/etc/s/a.pem".into(), key: "/etc/s/a.key".into() }],
+            "the first pair is the default"
+        );
+        let files: Vec<String> = tls.files().map(|(k, p)| format!("{k}={}", p.display())).collect();
+        assert_eq!(files, ["certificates[0].cert=/etc/s/a.pem", "certificates[0].key=/etc/s/a.key"]);
+        for (written, want) in [("\"1.3\"", TlsVersion::V1_3), ("1.3", TlsVersion::V1_3), ("1.2", TlsVersion::V1_2)] {
+            let c = config("l7", &format!("{{ certificates: [{{ cert: /a, key: /b }}], min_version: {written} }}"))
+                .unwrap_or_else(|e| panic!("{written}: {e}"));
+            assert_eq!(c.services["api"].tls.as_ref().unwrap().min_version, want, "{written}");
+        }
+        // It survives the store's JSON round trip as written.
+        let json = serde_json::to_string(&tls).unwrap();
+        assert!(json.contains(r#""min_version":"1.2""#), "{json}");
+        assert_eq!(serde_json::from_str::<Tls>(&json).unwrap(), tls);
+    }
+
+    #[test]
+    fn bad_tls_is_refused_naming_the_key() {
+        let pair = "{ cert: /etc/s/a.pem, key: /etc/s/a.key }";
+        for (mode, tls, says) in [
+            ("l4", format!("{{ certificates: [{pair}] }}"), "services.api: tls: these need mode l7"),
+            ("l7", "{ certificates: [] }".into(), "services.api.tls.certificates: the list is empty"),
+            (
+                "l7",
+                format!("{{ certificates: [{pair}, {{ cert: certs/b.pem, key: /etc/s/b.key }}] }}"),
+                "services.api.tls.certificates[1].cert: \"certs/b.pem\" is not an absolute path",
+            ),
+            (
+                "l7",
+                "{ certificates: [{ cert: /etc/s/a.pem, key: a.key }] }".into(),
+                "services.api.tls.certificates[0].key: \"a.key\" is not an absolute path",
+            ),
+            (
+                "l7",
+                format!("{{ certificates: [{pair}], min_version: \"1.1\" }}"),
+                "TLS version \"1.1\" is not supported",
+            ),
+            ("l7", format!("{{ certificates: [{pair}], min_version: 1.4 }}"), "TLS version \"1.4\" is not supported"),
+            ("l7", format!("{{ certificates: [{pair}], min_version: tls13 }}"), "\"tls13\" is not supported"),
+            ("l7", "{ certificates: [{ cert: /a }] }".into(), "missing field `key`"),
+            ("l7", "{ certificates: [{ cert: /a, key: /b, chain: /c }] }".into(), "unknown field `chain`"),
+            ("l7", format!("{{ certificate: [{pair}] }}"), "unknown field `certificate`"),
+            ("l7", "{}".into(), "missing field `certificates`"),
+        ] {
+            let err = config(mode, &tls).expect_err(&tls);
+            assert!(err.contains(says), "{mode} {tls}: {err:?} does not say {says:?}");
+        }
+        // serde's errors name the key too.
+        let err = config("l7", &format!("{{ certificates: [{pair}], min_version: \"1.1\" }}")).unwrap_err();
+        assert!(err.contains("services.api.tls.min_version"), "{err}");
+    }
 }

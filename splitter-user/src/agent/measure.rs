@@ -80,6 +80,7 @@ pub(super) fn scrape(
             l7_mirror: l7.get(name).and_then(|s| s.mirror.clone()),
             l7_connections: l7.get(name).map(|s| s.connections.clone()),
             l7_client_errors: l7.get(name).map(|s| s.client_errors),
+            l7_tls: l7.get(name).and_then(|s| s.tls.clone()),
         });
     }
     let c = &serving.counters;

@@ -6,13 +6,14 @@
 //! the agent starts before the address is up; the address must be local for
 //! packets to arrive), a routing table behind an `ArcSwap` (a change swaps the
 //! whole table; a request keeps the table it started with) and counters.
-//! `route.rs` decides, `proxy.rs` forwards.
+//! `route.rs` decides, `proxy.rs` forwards, `tls.rs` terminates TLS.
 
 pub mod conn;
 pub mod framing;
 pub mod mirror;
 pub mod proxy;
 pub mod route;
+pub mod tls;
 pub mod tunnel;
 pub mod upstream;
 
@@ -43,6 +44,8 @@ pub enum L7Error {
     Bind { service: String, addr: SocketAddr, source: std::io::Error },
     #[error("service {service}: {source}")]
     Route { service: String, source: regex::Error },
+    #[error("services.{service}.tls.{source}")]
+    Tls { service: String, source: tls::TlsError },
 }
 
 /// What a service's requests share: its live table, client pool and counters.
@@ -63,6 +66,8 @@ pub struct Shared {
     passive_runs: std::sync::Mutex<std::collections::HashMap<SocketAddr, u32>>,
     /// Where an endpoint whose requests failed too often is reported.
     ejections: Option<tokio::sync::mpsc::UnboundedSender<Ejection>>,
+    /// TLS termination (none: plain HTTP) and its counters.
+    pub tls: Arc<tls::ServiceTls>,
 }
 
 /// An endpoint whose requests failed `health.passive.consecutive_failures`
@@ -89,6 +94,7 @@ impl Shared {
             mirror_stats: Arc::default(),
             passive_runs: Default::default(),
             ejections: None,
+            tls: Arc::default(),
         };
         shared.configure_mirror(svc);
         shared
@@ -261,6 +267,7 @@ impl Stats {
     pub fn snapshot(&self) -> ServiceStats {
         ServiceStats {
             mirror: None,
+            tls: None,
             connections: ConnectionCounts {
                 refused_listener: self.refused[Refused::Listener as usize].load(Relaxed),
                 refused_client: self.refused[Refused::Client as usize].load(Relaxed),
@@ -269,6 +276,7 @@ impl Stats {
                 idle_closed: self.closes.idle.load(Relaxed),
                 too_large: self.closes.too_large.load(Relaxed),
                 h2_flood: self.closes.h2_flood.load(Relaxed),
+                ..ConnectionCounts::default()
             },
             client_errors: self.client_errors.load(Relaxed),
             versions: self
@@ -314,6 +322,9 @@ pub struct ServiceStats {
     /// Requests refused before routing through the client's fault (400/405).
     #[serde(default)]
     pub client_errors: u64,
+    /// TLS services: the certificates served and their reloads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsCounts>,
 }
 
 /// Client connections an l7 listener closed without serving them.
@@ -336,6 +347,24 @@ pub struct ConnectionCounts {
     /// An h2 client over the stream limits (GOAWAY `ENHANCE_YOUR_CALM`).
     #[serde(default)]
     pub h2_flood: u64,
+    /// TLS listeners: handshakes that failed (no common version or ALPN
+    /// protocol, not TLS, the client hung up)...
+    #[serde(default)]
+    pub tls_handshake_failures: u64,
+    /// ... or were not done within `l7.header_read_timeout`.
+    #[serde(default)]
+    pub tls_handshake_timeouts: u64,
+}
+
+/// The certificates of a TLS service and their reloads, as `status` shows them.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct TlsCounts {
+    /// The DNS names of each pair served, in `certificates[]` order.
+    pub certificates: Vec<Vec<String>>,
+    /// Certificate file changes loaded and served.
+    pub reloads_ok: u64,
+    /// Certificate file changes refused (the previous certificates stayed).
+    pub reloads_refused: u64,
 }
 
 /// Counters of one version of an l7 service.
@@ -370,12 +399,14 @@ impl VersionCounts {
 }
 
 /// The l7 side's next state, made without changing anything: listeners
-/// bound for new or moved services and every table built.
+/// bound for new or moved services, every table built, and the certificates
+/// of new, moved or changed `tls:` loaded.
 pub struct Prepared {
     wanted: BTreeMap<String, Service>,
     bound: BTreeMap<String, tokio::net::TcpListener>,
     tables: BTreeMap<String, RouteTable>,
     down: BTreeMap<String, BTreeSet<SocketAddr>>,
+    tls: BTreeMap<String, Option<Arc<tls::Terminator>>>,
 }
 
 /// One running l7 service.
@@ -400,6 +431,8 @@ pub struct L7 {
     ejections: tokio::sync::mpsc::UnboundedSender<Ejection>,
     /// ... and read by the agent ([`L7::take_ejections`]).
     ejections_rx: Option<tokio::sync::mpsc::UnboundedReceiver<Ejection>>,
+    /// The TLS services' certificate files, reloaded when they change.
+    certs: tls::CertWatch,
 }
 
 impl L7 {
@@ -413,6 +446,7 @@ impl L7 {
             budget: Arc::new(Semaphore::new(budget)),
             ejections,
             ejections_rx: Some(rx),
+            certs: tls::CertWatch::default(),
         }
     }
 
@@ -458,13 +492,24 @@ impl L7 {
             tables.insert((*name).clone(), table);
             downs.insert((*name).clone(), out);
         }
+        // Certificates are read when `tls:` is new or changed (or the
+        // listener is): a bad pair refuses the change here. Later changes
+        // to the files are the certificate watch's.
+        let mut terminators = BTreeMap::new();
+        for (name, svc) in &wanted {
+            if bound.contains_key(*name) || self.running.get(*name).is_none_or(|r| r.service.tls != svc.tls) {
+                let t = svc.tls.as_ref().map(tls::Terminator::new).transpose();
+                let t = t.map_err(|source| L7Error::Tls { service: (*name).clone(), source })?;
+                terminators.insert((*name).clone(), t.map(Arc::new));
+            }
+        }
         let wanted = wanted.into_iter().map(|(n, s)| (n.clone(), s.clone())).collect();
-        Ok(Prepared { wanted, bound, tables, down: downs })
+        Ok(Prepared { wanted, bound, tables, down: downs, tls: terminators })
     }
 
     /// Swaps in what [`L7::prepare`] made; cannot fail.
     pub fn commit(&mut self, prepared: Prepared) {
-        let Prepared { wanted, mut bound, mut tables, mut down } = prepared;
+        let Prepared { wanted, mut bound, mut tables, mut down, tls: mut terminators } = prepared;
         let gone: Vec<String> = self.running.keys().filter(|n| !wanted.contains_key(*n)).cloned().collect();
         for name in gone {
             let r = self.running.remove(&name).expect("listed");
@@ -477,6 +522,9 @@ impl L7 {
             match (self.running.get_mut(name), bound.remove(name)) {
                 (Some(r), None) => {
                     if r.service != *svc || r.down != out {
+                        if let Some(t) = terminators.remove(name) {
+                            r.shared.tls.terminator.store(t);
+                        }
                         let new_upstreams = r.service.proxy != svc.proxy || r.service.upstream != svc.upstream;
                         if new_upstreams {
                             r.shared.upstreams.store(Arc::new(upstreams(svc)));
@@ -497,6 +545,7 @@ impl L7 {
                     }
                     let mut shared = Shared::new(name, svc, table);
                     shared.ejections = Some(self.ejections.clone());
+                    shared.tls.terminator.store(terminators.remove(name).flatten());
                     let shared = Arc::new(shared);
                     let limits = Limits::new(&self.settings, self.budget.clone());
                     let accept = tokio::spawn(serve(listener, shared.clone(), limits, self.settings.clone()));
@@ -509,6 +558,8 @@ impl L7 {
                 (None, None) => unreachable!("a new service is always bound above"),
             }
         }
+        let tls = self.running.iter().filter(|(_, r)| r.service.tls.is_some());
+        self.certs.update(tls.map(|(n, r)| (n.clone(), r.shared.tls.clone())).collect());
     }
 
     /// Counters of every l7 service.
@@ -518,6 +569,14 @@ impl L7 {
             .map(|(n, r)| {
                 let mut s = r.shared.stats.snapshot();
                 s.mirror = r.service.mirror.as_ref().map(|_| r.shared.mirror_stats.counts());
+                let c = &r.shared.tls.counters;
+                s.connections.tls_handshake_failures = c.handshake_failures.load(Relaxed);
+                s.connections.tls_handshake_timeouts = c.handshake_timeouts.load(Relaxed);
+                s.tls = r.shared.tls.terminator.load_full().map(|t| TlsCounts {
+                    certificates: t.certs().names.clone(),
+                    reloads_ok: c.reloads_ok.load(Relaxed),
+                    reloads_refused: c.reloads_refused.load(Relaxed),
+                });
                 (n.clone(), s)
             })
             .collect()
@@ -612,7 +671,8 @@ impl Limits {
 /// How often a listener may log that it refuses connections.
 const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
 
-/// Accepts connections and serves HTTP/1.1 and h2c on each until aborted.
+/// Accepts connections and serves HTTP/1.1 and h2 (h2c, or over TLS when
+/// the service terminates it) on each until aborted.
 /// A connection over a limit is closed at once and counted; the listener
 /// says so in the log at most every [`REFUSAL_LOG_EVERY`].
 async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>, limits: Limits, settings: Settings) {
@@ -649,10 +709,13 @@ async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>, limits: L
         let (head_limit, idle, max_head) =
             (settings.header_read_timeout, settings.idle_timeout, settings.max_header_bytes as usize);
         tokio::spawn(async move {
+            // The socket, or TLS over it (the handshake bounded like a head).
+            let Some(stream) = tls::accept(&shared.tls, stream, head_limit, client).await else { return };
+            let scheme = stream.scheme();
             let switch = framing::Switch::default();
             let io =
                 framing::Guarded::new(stream, head_limit, max_head, shared.stats.head_timeouts.clone(), switch.clone());
-            let info = Arc::new(proxy::ClientConn { addr: client, switch, hold: Arc::new(admitted), idle });
+            let info = Arc::new(proxy::ClientConn { addr: client, switch, hold: Arc::new(admitted), idle, scheme });
             let service = |activity: conn::Activity| {
                 let shared = shared.clone();
                 hyper::service::service_fn(move |req| {

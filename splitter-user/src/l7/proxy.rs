@@ -23,6 +23,7 @@ use tokio::sync::oneshot;
 use super::{
     mirror::{Captured, Job, Tee},
     route::RequestView,
+    tls::Scheme,
     upstream::{is_grpc, Via},
     Shared, VersionStats,
 };
@@ -61,6 +62,8 @@ pub struct ClientConn {
     pub hold: Arc<dyn std::any::Any + Send + Sync>,
     /// `l7.idle_timeout`: how long a tunnel may carry nothing.
     pub idle: std::time::Duration,
+    /// How the client reached us (plain HTTP or TLS).
+    pub scheme: Scheme,
 }
 
 /// Handles one request from `conn`. A gRPC request that the proxy
@@ -163,7 +166,7 @@ async fn forward(
     let upgrade = wants_upgrade(&req);
     let mut client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
-    forward_headers(&mut parts.headers, &parts.uri, client);
+    forward_headers(&mut parts.headers, &parts.uri, client, conn.scheme);
     if let Some(protocol) = &upgrade {
         parts.headers.insert(header::UPGRADE, protocol.clone());
         parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -510,8 +513,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 /// The request headers as the endpoint sees them: hop-by-hop removed, the
 /// client appended to `X-Forwarded-For` and `Forwarded`, `Host` kept (set
-/// from the HTTP/2 authority when the client sent none).
-pub fn forward_headers(headers: &mut HeaderMap, uri: &Uri, client: SocketAddr) {
+/// from the HTTP/2 authority when the client sent none), the client's
+/// `scheme` in `Forwarded` and `X-Forwarded-Proto`.
+pub fn forward_headers(headers: &mut HeaderMap, uri: &Uri, client: SocketAddr, scheme: Scheme) {
     let trailers = headers
         .get_all(header::TE)
         .iter()
@@ -534,7 +538,7 @@ pub fn forward_headers(headers: &mut HeaderMap, uri: &Uri, client: SocketAddr) {
     };
     headers.insert("x-forwarded-for", HeaderValue::from_str(&xff).expect("addresses are valid header text"));
     let node = if ip.is_ipv6() { format!("\"[{ip}]\"") } else { ip.to_string() };
-    let mut fwd = format!("for={node};proto=http");
+    let mut fwd = format!("for={node};proto={}", scheme.as_str());
     if let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) {
         if !host.contains(['"', ';', ',']) {
             fwd.push_str(&format!(";host=\"{host}\""));
@@ -547,7 +551,7 @@ pub fn forward_headers(headers: &mut HeaderMap, uri: &Uri, client: SocketAddr) {
     if let Ok(v) = HeaderValue::from_str(&fwd) {
         headers.insert(header::FORWARDED, v);
     }
-    headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    headers.insert("x-forwarded-proto", HeaderValue::from_static(scheme.as_str()));
 }
 
 /// A short plain-text error answer from the proxy itself.
@@ -574,7 +578,7 @@ mod tests {
         h.insert("x-forwarded-for", "192.0.2.7".parse().unwrap());
         h.insert("x-kept", "yes".parse().unwrap());
         let uri: Uri = "http://api.example/x".parse().unwrap();
-        forward_headers(&mut h, &uri, "198.51.100.1:5000".parse().unwrap());
+        forward_headers(&mut h, &uri, "198.51.100.1:5000".parse().unwrap(), Scheme::Http);
         for gone in ["connection", "keep-alive", "x-secret", "upgrade"] {
             assert!(!h.contains_key(gone), "{gone} was forwarded");
         }
@@ -589,9 +593,11 @@ mod tests {
         assert_eq!(h["x-forwarded-for"], "192.0.2.7, 198.51.100.1");
         assert_eq!(h[header::HOST], "api.example");
         assert_eq!(h[header::FORWARDED], "for=198.51.100.1;proto=http;host=\"api.example\"");
+        assert_eq!(h["x-forwarded-proto"], "http");
         let mut h6 = HeaderMap::new();
-        forward_headers(&mut h6, &"/".parse().unwrap(), "[2001:db8::1]:5000".parse().unwrap());
-        assert_eq!(h6[header::FORWARDED], "for=\"[2001:db8::1]\";proto=http");
+        forward_headers(&mut h6, &"/".parse().unwrap(), "[2001:db8::1]:5000".parse().unwrap(), Scheme::Https);
+        assert_eq!(h6[header::FORWARDED], "for=\"[2001:db8::1]\";proto=https");
+        assert_eq!(h6["x-forwarded-proto"], "https");
     }
 
     #[test]
