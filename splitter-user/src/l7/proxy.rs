@@ -586,7 +586,7 @@ mod tests {
         let mut gzip = HeaderMap::new();
         gzip.insert(header::TE, "gzip".parse().unwrap());
         gzip.insert(header::TRAILER, "grpc-status".parse().unwrap());
-        forward_headers(&mut gzip, &uri, "198.51.100.1:5000".parse().unwrap());
+        forward_headers(&mut gzip, &uri, "198.51.100.1:5000".parse().unwrap(), Scheme::Https);
         assert!(!gzip.contains_key(header::TE));
         assert_eq!(gzip[header::TRAILER], "grpc-status", "Trailer is end-to-end");
         assert_eq!(h["x-kept"], "yes");
