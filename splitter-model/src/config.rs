@@ -463,6 +463,11 @@ pub struct Service {
     /// L7: terminate TLS on the listener.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<l7::Tls>,
+    /// L7: the hosts this service answers on its address (`name` or
+    /// `*.name`, any depth); several l7 services may then share `listen`.
+    /// Without: every host not claimed by another service on the address.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
 }
 
 /// `mirror:` of a service. Mode l4 takes `{ interface, percent }` (whole
@@ -657,18 +662,25 @@ impl Config {
                 "{l4} l4 services; the kernel's tables hold at most {MAX_SERVICES}: move some to another agent (or pin_path)"
             )));
         }
-        let mut listeners = BTreeMap::new();
+        let mut listeners: BTreeMap<(SocketAddr, Protocol), Vec<(&String, &Service)>> = BTreeMap::new();
         for (name, svc) in &self.services {
             check_service(name, svc)?;
             if let Some(m) = svc.l4_mirror() {
                 self.check_mirror_interface(&m.interface).map_err(|why| invalid(format!("services.{name}: {why}")))?;
             }
-            if let Some(other) = listeners.insert((svc.listen, svc.protocol), name) {
-                return Err(invalid(format!(
-                    "services.{name}: listen {} ({:?}) is already used by service {other:?}",
-                    svc.listen, svc.protocol
-                )));
+            let sharing = listeners.entry((svc.listen, svc.protocol)).or_default();
+            if let Some((other, o)) = sharing.first() {
+                if svc.mode == Mode::L4 || o.mode == Mode::L4 {
+                    return Err(invalid(format!(
+                        "services.{name}: listen {} ({:?}) is already used by service {other:?} (only l7 services may share an address, told apart by hosts)",
+                        svc.listen, svc.protocol
+                    )));
+                }
             }
+            sharing.push((name, svc));
+        }
+        for ((listen, _), sharing) in &listeners {
+            l7::check_shared_address(*listen, sharing).map_err(invalid)?;
         }
         self.check_shared_endpoints()
     }
@@ -847,6 +859,7 @@ fn check_service(name: &str, svc: &Service) -> Result<(), ConfigError> {
             ("proxy", svc.proxy.is_some()),
             ("upstream", svc.upstream.is_some()),
             ("tls", svc.tls.is_some()),
+            ("hosts", !svc.hosts.is_empty()),
         ] {
             if set {
                 return Err(ctx(format!(
@@ -867,6 +880,9 @@ fn check_service(name: &str, svc: &Service) -> Result<(), ConfigError> {
     }
     if let Some(proxy) = &svc.proxy {
         proxy.check().map_err(ctx)?;
+    }
+    for (i, host) in svc.hosts.iter().enumerate() {
+        l7::check_host_pattern(host).map_err(|why| ctx(format!("hosts[{i}] {}: {why}", Quoted(host))))?;
     }
     if let Some(tls) = &svc.tls {
         tls.check().map_err(|why| invalid(format!("services.{name}.tls.{why}")))?;

@@ -676,6 +676,52 @@ services:
     }
 
     #[test]
+    fn l7_services_share_an_address_only_told_apart_by_hosts() {
+        let svc = |name: &str, more: &str| {
+            format!("  {name}: {{listen: 10.0.0.1:80, protocol: tcp, mode: l7, versions: {{x: [10.0.1.1:80]}}, weights: {{x: 1}}{more}}}\n")
+        };
+        let file = |services: &[String]| format!("interfaces: {{clients: [eth0]}}\nservices:\n{}", services.concat());
+        let tls = ", tls: {certificates: [{cert: /c.pem, key: /k.pem}]}";
+        let ok = Config::from_yaml(&file(&[
+            svc("a", ", hosts: [a.example.com, \"*.a.example.com\"]"),
+            svc("b", ", hosts: [b.example.com]"),
+            svc("c", ""),
+        ]))
+        .unwrap();
+        assert_eq!(ok.services["a"].hosts, ["a.example.com", "*.a.example.com"]);
+        for (services, want) in [
+            (
+                vec![svc("a", ", hosts: [a.example.com]"), svc("b", ", hosts: [A.example.com]")],
+                "services.b: host \"A.example.com\" on 10.0.0.1:80 is already claimed by service \"a\"",
+            ),
+            (
+                vec![svc("a", ""), svc("b", "")],
+                "services.b: listen 10.0.0.1:80 is shared with service \"a\", and neither names its hosts",
+            ),
+            (
+                vec![svc("a", ", hosts: [a.example.com]"), svc("b", &format!(", hosts: [b.example.com]{tls}"))],
+                "one terminates TLS while the other does not",
+            ),
+            (
+                vec![svc("a", ", hosts: [\"a.example.com:80\"]")],
+                "services.a: hosts[0] \"a.example.com:80\": a host is matched without its port",
+            ),
+            (vec![svc("a", ", hosts: [\"*\"]")], "is not a host name"),
+            (vec![svc("a", ", hosts: [\"a..b\"]")], "is not a host name"),
+        ] {
+            let msg = err(&file(&services));
+            assert!(msg.contains(want), "want {want:?} in: {msg}");
+        }
+        // An l4 service never shares its address, and hosts need l7.
+        let l4 =
+            "  d: {listen: 10.0.0.1:80, protocol: tcp, versions: {x: [10.0.1.2:80]}, weights: {x: 1}}\n".to_string();
+        let msg = err(&file(&[svc("a", ", hosts: [a.example.com]"), l4.clone()]));
+        assert!(msg.contains("is already used by service \"a\" (only l7 services may share an address"), "{msg}");
+        let msg = err(&file(&[l4.replace("weights: {x: 1}", "weights: {x: 1}, hosts: [d.example.com]")]));
+        assert!(msg.contains("hosts: these need mode l7"), "{msg}");
+    }
+
+    #[test]
     fn at_most_four_l4_services_share_an_endpoint() {
         let services = |n: usize, mode: &str| {
             let mut text = String::from("interfaces: {clients: [eth0]}\nservices:\n");

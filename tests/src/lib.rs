@@ -3,7 +3,8 @@
 //! splitter-testkit): test namespaces that panic on failure (`netns`), test
 //! packets (`packet`) and raw frames (`raw`), `BPF_PROG_TEST_RUN` fixtures
 //! (`fixture`), the agent under test (`agent`), real etcd members (`etcd`),
-//! a real gRPC service and client (`grpc`), a WebSocket echo (`ws`),
+//! a real gRPC service and client (`grpc`), a WebSocket echo (`ws`), a test
+//! CA and TLS client (`tls`),
 //! the peers and load of the benchmarks (`peers`, `load`), and what benchmarks
 //! leave for `cargo xtask bench` (`report`).
 //!
@@ -21,6 +22,7 @@ pub mod packet;
 pub mod peers;
 pub mod raw;
 pub mod report;
+pub mod tls;
 pub mod ws;
 
 /// Panics unless the test runs as root (CI does). A test that needs the kernel

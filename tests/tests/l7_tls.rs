@@ -9,196 +9,24 @@ use std::{
     collections::BTreeMap,
     io::{Read as _, Write as _},
     net::SocketAddr,
-    path::{Path, PathBuf},
-    sync::Arc,
+    path::Path,
     time::{Duration, Instant},
 };
 
-use bytes::Bytes;
-use http::{Request, StatusCode};
-use http_body_util::{BodyExt, Empty};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
-use rustls::{
-    pki_types::{CertificateDer, ServerName},
-    ClientConfig, RootCertStore,
-};
+use http::StatusCode;
 use splitter_testkit::{
     config::{Config, Service},
-    http::{serve_http, BACKEND},
-    netns::NetNs,
+    http::serve_http,
     topology::Topology,
 };
-use splitter_tests::{agent::Agent, netns::topology};
+use splitter_tests::{
+    agent::Agent,
+    netns::topology,
+    tls::{block, connect, Pki, H1, H2},
+};
 use splitter_user::l7::tls::{load_pair, CertSet};
 
 const VIP: &str = "203.0.113.10:8443";
-
-/// A test CA and the certificates it issues, written under a temporary
-/// directory (removed when dropped).
-struct Pki {
-    ca: Issuer<'static, KeyPair>,
-    ca_der: CertificateDer<'static>,
-    dir: tempfile::TempDir,
-}
-
-/// One issued certificate: its PEM, its key's PEM, and its DER (what a
-/// client sees in the handshake).
-#[derive(Clone)]
-struct Issued {
-    cert_pem: String,
-    key_pem: String,
-    der: Vec<u8>,
-}
-
-impl Pki {
-    fn new() -> Pki {
-        let key = KeyPair::generate().expect("CA key");
-        let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, "splitter test CA");
-        let cert = params.self_signed(&key).expect("CA certificate");
-        Pki { ca: Issuer::new(params, key), ca_der: cert.der().clone(), dir: tempfile::tempdir().expect("tempdir") }
-    }
-
-    /// A server certificate for `names` with serial number `serial`.
-    fn issue(&self, names: &[&str], serial: u64) -> Issued {
-        let key = KeyPair::generate().expect("key");
-        let mut params = CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>()).unwrap();
-        params.serial_number = Some(serial.into());
-        params.distinguished_name.push(DnType::CommonName, names[0]);
-        let cert = params.signed_by(&key, &self.ca).expect("issue");
-        Issued { cert_pem: cert.pem(), key_pem: key.serialize_pem(), der: cert.der().to_vec() }
-    }
-
-    fn path(&self, file: &str) -> PathBuf {
-        self.dir.path().join(file)
-    }
-
-    /// Writes `issued` to NAME.pem and NAME.key (each replaced by a rename,
-    /// as rotation tools do); returns the YAML of the pair.
-    fn write(&self, name: &str, issued: &Issued) -> String {
-        for (file, text) in [(format!("{name}.key"), &issued.key_pem), (format!("{name}.pem"), &issued.cert_pem)] {
-            let tmp = self.path(&format!(".{file}.tmp"));
-            std::fs::write(&tmp, text).unwrap();
-            std::fs::rename(&tmp, self.path(&file)).unwrap();
-        }
-        self.pair(&format!("{name}.pem"), &format!("{name}.key"))
-    }
-
-    /// `{ cert: DIR/CERT, key: DIR/KEY }`.
-    fn pair(&self, cert: &str, key: &str) -> String {
-        format!("{{ cert: {}, key: {} }}", self.path(cert).display(), self.path(key).display())
-    }
-
-    /// A client config trusting only this CA, offering `alpn`, sending SNI
-    /// or not. It never resumes a session: every handshake is a full one
-    /// and shows the certificate served now (a resumed session keeps the
-    /// one it started with, on any server).
-    fn client(&self, alpn: &[&[u8]], sni: bool) -> Arc<ClientConfig> {
-        let mut roots = RootCertStore::empty();
-        roots.add(self.ca_der.clone()).unwrap();
-        let mut c = ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        c.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-        c.enable_sni = sni;
-        c.resumption = rustls::client::Resumption::disabled();
-        Arc::new(c)
-    }
-}
-
-const H2: &[u8] = b"h2";
-const H1: &[u8] = b"http/1.1";
-
-/// A TLS connection to the proxy, with what its handshake showed.
-struct Conn {
-    /// The server's certificate (DER).
-    cert: Vec<u8>,
-    alpn: Option<Vec<u8>>,
-    sender: Sender,
-    name: String,
-}
-
-enum Sender {
-    H1(hyper::client::conn::http1::SendRequest<Empty<Bytes>>),
-    H2(hyper::client::conn::http2::SendRequest<Empty<Bytes>>),
-}
-
-/// One answer.
-#[derive(Debug)]
-struct Answer {
-    status: StatusCode,
-    backend: String,
-    headers: http::HeaderMap,
-}
-
-/// Connects to `addr` and completes a handshake that verifies the server as
-/// `name` (5 s at most), then HTTP/1.1 or h2 as ALPN chose.
-async fn connect(addr: SocketAddr, config: Arc<ClientConfig>, name: &str) -> Result<Conn, String> {
-    let work = async {
-        let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| format!("connect: {e}"))?;
-        let server = ServerName::try_from(name.to_owned()).map_err(|e| format!("{name}: {e}"))?;
-        let tls = tokio_rustls::TlsConnector::from(config)
-            .connect(server, tcp)
-            .await
-            .map_err(|e| format!("handshake: {e}"))?;
-        let session = tls.get_ref().1;
-        let cert = session.peer_certificates().and_then(|c| c.first()).map(|c| c.to_vec()).unwrap_or_default();
-        let alpn = session.alpn_protocol().map(<[u8]>::to_vec);
-        let io = TokioIo::new(tls);
-        let sender = if alpn.as_deref() == Some(H2) {
-            let (s, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
-                .await
-                .map_err(|e| format!("h2 handshake: {e}"))?;
-            tokio::spawn(conn);
-            Sender::H2(s)
-        } else {
-            let (s, conn) = hyper::client::conn::http1::handshake(io).await.map_err(|e| format!("http1: {e}"))?;
-            tokio::spawn(conn);
-            Sender::H1(s)
-        };
-        Ok(Conn { cert, alpn, sender, name: name.to_owned() })
-    };
-    tokio::time::timeout(Duration::from_secs(5), work).await.map_err(|_| "no handshake in 5 s".to_owned())?
-}
-
-impl Conn {
-    /// GET `path` with `headers` (10 s at most).
-    async fn get(&mut self, path: &str, headers: &[(&str, &str)]) -> Result<Answer, String> {
-        let uri = match self.sender {
-            Sender::H1(_) => path.to_owned(),
-            Sender::H2(_) => format!("https://{}{path}", self.name),
-        };
-        let mut req = Request::get(uri);
-        if let Sender::H1(_) = self.sender {
-            req = req.header(http::header::HOST, self.name.as_str());
-        }
-        for (k, v) in headers {
-            req = req.header(*k, *v);
-        }
-        let req = req.body(Empty::new()).unwrap();
-        let work = async {
-            let resp = match &mut self.sender {
-                Sender::H1(s) => s.send_request(req).await,
-                Sender::H2(s) => s.send_request(req).await,
-            }
-            .map_err(|e| format!("request: {e}"))?;
-            let (parts, body) = resp.into_parts();
-            body.collect().await.map_err(|e| format!("body: {e}"))?;
-            let backend = parts.headers.get(BACKEND).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
-            Ok(Answer { status: parts.status, backend, headers: parts.headers })
-        };
-        tokio::time::timeout(Duration::from_secs(10), work).await.map_err(|_| "no answer in 10 s".to_owned())?
-    }
-}
-
-/// Runs `f` to completion on a runtime in `ns` (its sockets are there).
-fn block<T: Send>(ns: &NetNs, f: impl std::future::Future<Output = T> + Send) -> T {
-    ns.run(|| tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio").block_on(f))
-}
 
 /// The certificate a new handshake with `name` (SNI on or off) gets.
 fn served_cert(topo: &Topology, pki: &Pki, name: &str, sni: bool) -> Result<Vec<u8>, String> {
@@ -226,27 +54,11 @@ fn setup(config: &Config) -> (Topology, Agent) {
     (topo, agent)
 }
 
-/// Writes `config` as the agent's config file (keeping the paths the
-/// harness put before it), sends SIGHUP and returns the log line of the
-/// outcome (the `nth` reload of this agent).
+/// [`Agent::reload_with`] `config`, checking that it is the agent's `nth` reload.
 fn reload(agent: &Agent, config: &Config, nth: usize) -> String {
-    let text = std::fs::read_to_string(&agent.config_path).unwrap();
-    let start = text.find("interfaces:").expect("the agent's config has its interfaces");
-    std::fs::write(&agent.config_path, format!("{}{}", &text[..start], config.to_string().trim_start())).unwrap();
-    agent.reload().expect("SIGHUP");
-    let outcomes = |log: &String| {
-        log.lines()
-            .filter(|l| l.contains(": reloaded") || l.contains("reload refused"))
-            .map(str::to_owned)
-            .collect::<Vec<String>>()
-    };
-    let log = agent.eventually(
-        &format!("the outcome of reload {nth}"),
-        Duration::from_secs(10),
-        || agent.log(),
-        |log| outcomes(log).len() > nth,
-    );
-    outcomes(&log)[nth].clone()
+    let before = agent.log().lines().filter(|l| l.contains(": reloaded") || l.contains("reload refused")).count();
+    assert_eq!(before, nth, "reloads before this one");
+    agent.reload_with(&config.to_string())
 }
 
 /// `(reloads ok, reloads refused, handshake failures)` of api in `status`.

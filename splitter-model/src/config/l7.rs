@@ -280,6 +280,68 @@ impl UpstreamProtocol {
     }
 }
 
+/// Checks one `hosts:` pattern: a DNS name (letters, digits, `-`, dots
+/// between labels) or `*.` and one, without a port.
+pub fn check_host_pattern(host: &str) -> Result<(), String> {
+    let name = host.strip_prefix("*.").unwrap_or(host);
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    if host.contains(':') {
+        return Err("a host is matched without its port: leave the port out".into());
+    }
+    if name.len() > 253 || !name.split('.').all(label_ok) {
+        return Err(
+            "is not a host name: write a DNS name such as api.example.com, or *.example.com for its subdomains".into(),
+        );
+    }
+    Ok(())
+}
+
+/// The rules for services sharing one `listen` address: all l7 (checked
+/// before), all with TLS or none, at most one without `hosts` (the default
+/// for hosts no other claims), and no host claimed twice.
+pub fn check_shared_address(
+    listen: std::net::SocketAddr,
+    sharing: &[(&String, &super::Service)],
+) -> Result<(), String> {
+    let Some((first, f)) = sharing.first() else { return Ok(()) };
+    if sharing.len() == 1 {
+        return Ok(());
+    }
+    let mut default: Option<&String> = None;
+    let mut claimed: BTreeMap<String, &String> = BTreeMap::new();
+    for (name, svc) in sharing {
+        if svc.tls.is_some() != f.tls.is_some() {
+            return Err(format!(
+                "services.{name}: listen {listen} is shared with service {first:?}, and one terminates TLS while the other does not: give them the same tls: (or other addresses)"
+            ));
+        }
+        if svc.hosts.is_empty() {
+            if let Some(d) = default {
+                return Err(format!(
+                    "services.{name}: listen {listen} is shared with service {d:?}, and neither names its hosts: give one of them hosts: [...]"
+                ));
+            }
+            default = Some(name);
+        }
+        for host in &svc.hosts {
+            let key = host.trim_end_matches('.').to_ascii_lowercase();
+            if let Some(other) = claimed.insert(key, name) {
+                return Err(format!(
+                    "services.{name}: host {} on {listen} is already claimed by service {other:?}",
+                    Quoted(host)
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Bounds of the l7 timeouts (`mirror.timeout_ms`, `proxy.connect_timeout_ms`,
 /// `proxy.response_timeout_ms`): 1 ms to 1 hour.
 pub const TIMEOUT_MS: RangeInclusive<u64> = 1..=3_600_000;

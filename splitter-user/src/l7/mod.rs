@@ -1,28 +1,32 @@
 //! The L7 path: services with `mode: l7` are served by an HTTP reverse proxy
-//! inside the agent (hyper 1.x; HTTP/1.1 and h2c from clients, pooled
-//! HTTP/1.1 keep-alive to endpoints). XDP passes their packets to the stack.
+//! inside the agent (hyper 1.x; HTTP/1.1, h2c and HTTPS with h2 from
+//! clients; HTTP/1.1 or h2c to endpoints). XDP passes their packets to the
+//! stack.
 //!
-//! Each service has a listener on its VIP:port (bound with `IP_FREEBIND`, so
-//! the agent starts before the address is up; the address must be local for
-//! packets to arrive), a routing table behind an `ArcSwap` (a change swaps the
-//! whole table; a request keeps the table it started with) and counters.
-//! `route.rs` decides, `proxy.rs` forwards, `tls.rs` terminates TLS.
+//! Each listen address is a site (`site.rs`): a listener on the VIP:port
+//! (bound with `IP_FREEBIND`, so the agent starts before the address is up;
+//! the address must be local for packets to arrive) shared by the services
+//! on it, told apart by host. Each service has a routing table behind an
+//! `ArcSwap` (a change swaps the whole table; a request keeps the table it
+//! started with) and counters. `route.rs` decides, `proxy.rs` forwards,
+//! `tls.rs` terminates TLS, `conn.rs` serves one connection.
 
 pub mod conn;
 pub mod framing;
 pub mod mirror;
 pub mod proxy;
 pub mod route;
+pub mod site;
 pub mod tls;
 pub mod tunnel;
 pub mod upstream;
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
-    net::{IpAddr, SocketAddr},
+    collections::{BTreeMap, BTreeSet},
+    net::SocketAddr,
     sync::{
         atomic::{AtomicU64, Ordering::Relaxed},
-        Arc, Mutex,
+        Arc,
     },
     time::Duration,
 };
@@ -30,8 +34,8 @@ use std::{
 use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tracing::{debug, info, warn};
+use tokio::sync::Semaphore;
+use tracing::{debug, info};
 
 use route::RouteTable;
 use splitter_model::config::{l7::Settings, Config, Mode, Service};
@@ -399,11 +403,11 @@ impl VersionCounts {
 }
 
 /// The l7 side's next state, made without changing anything: listeners
-/// bound for new or moved services, every table built, and the certificates
-/// of new, moved or changed `tls:` loaded.
+/// bound for new addresses, every table built, and the certificates of new
+/// or changed `tls:` loaded.
 pub struct Prepared {
     wanted: BTreeMap<String, Service>,
-    bound: BTreeMap<String, tokio::net::TcpListener>,
+    bound: BTreeMap<SocketAddr, tokio::net::TcpListener>,
     tables: BTreeMap<String, RouteTable>,
     down: BTreeMap<String, BTreeSet<SocketAddr>>,
     tls: BTreeMap<String, Option<Arc<tls::Terminator>>>,
@@ -411,17 +415,22 @@ pub struct Prepared {
 
 /// One running l7 service.
 struct Running {
-    listen: SocketAddr,
     service: Service,
     shared: Arc<Shared>,
-    accept: tokio::task::JoinHandle<()>,
     /// Its endpoints out of service, as its table was built.
     down: BTreeSet<SocketAddr>,
+}
+
+/// One listen address: its accept loop and the services on it.
+struct Site {
+    accept: tokio::task::JoinHandle<()>,
+    hosts: Arc<ArcSwap<site::HostTable>>,
 }
 
 /// Every l7 service the agent serves.
 pub struct L7 {
     running: BTreeMap<String, Running>,
+    sites: BTreeMap<SocketAddr, Site>,
     settings: Settings,
     /// Client connections the whole l7 side may hold (each may take a second
     /// descriptor towards an endpoint); what is left of the agent's open-file
@@ -442,6 +451,7 @@ impl L7 {
         let (ejections, rx) = tokio::sync::mpsc::unbounded_channel();
         L7 {
             running: BTreeMap::new(),
+            sites: BTreeMap::new(),
             settings,
             budget: Arc::new(Semaphore::new(budget)),
             ejections,
@@ -470,16 +480,16 @@ impl L7 {
     /// around the endpoints `down` has out of service.
     pub fn prepare(&self, config: &Config, down: &Down) -> Result<Prepared, L7Error> {
         let wanted: BTreeMap<&String, &Service> = config.services.iter().filter(|(_, s)| s.mode == Mode::L7).collect();
-        // Bind what is new or moved, before touching anything.
+        // Bind the new addresses, before touching anything.
         let mut bound = BTreeMap::new();
         for (name, svc) in &wanted {
-            if self.running.get(*name).is_none_or(|r| r.listen != svc.listen) {
-                let listener = bind(svc.listen).map_err(|source| L7Error::Bind {
+            if !self.sites.contains_key(&svc.listen) && !bound.contains_key(&svc.listen) {
+                let listener = site::bind(svc.listen).map_err(|source| L7Error::Bind {
                     service: (*name).clone(),
                     addr: svc.listen,
                     source,
                 })?;
-                bound.insert((*name).clone(), listener);
+                bound.insert(svc.listen, listener);
             }
         }
         let mut tables = BTreeMap::new();
@@ -492,12 +502,12 @@ impl L7 {
             tables.insert((*name).clone(), table);
             downs.insert((*name).clone(), out);
         }
-        // Certificates are read when `tls:` is new or changed (or the
-        // listener is): a bad pair refuses the change here. Later changes
-        // to the files are the certificate watch's.
+        // Certificates are read when `tls:` is new or changed: a bad pair
+        // refuses the change here. Later changes to the files are the
+        // certificate watch's.
         let mut terminators = BTreeMap::new();
         for (name, svc) in &wanted {
-            if bound.contains_key(*name) || self.running.get(*name).is_none_or(|r| r.service.tls != svc.tls) {
+            if self.running.get(*name).is_none_or(|r| r.service.tls != svc.tls) {
                 let t = svc.tls.as_ref().map(tls::Terminator::new).transpose();
                 let t = t.map_err(|source| L7Error::Tls { service: (*name).clone(), source })?;
                 terminators.insert((*name).clone(), t.map(Arc::new));
@@ -510,17 +520,12 @@ impl L7 {
     /// Swaps in what [`L7::prepare`] made; cannot fail.
     pub fn commit(&mut self, prepared: Prepared) {
         let Prepared { wanted, mut bound, mut tables, mut down, tls: mut terminators } = prepared;
-        let gone: Vec<String> = self.running.keys().filter(|n| !wanted.contains_key(*n)).cloned().collect();
-        for name in gone {
-            let r = self.running.remove(&name).expect("listed");
-            r.accept.abort();
-            info!(service = %name, listen = %r.listen, "l7: stopped listening");
-        }
+        self.running.retain(|name, _| wanted.contains_key(name));
         for (name, svc) in &wanted {
             let table = tables.remove(name).expect("built above");
             let out = down.remove(name).unwrap_or_default();
-            match (self.running.get_mut(name), bound.remove(name)) {
-                (Some(r), None) => {
+            match self.running.get_mut(name) {
+                Some(r) => {
                     if r.service != *svc || r.down != out {
                         if let Some(t) = terminators.remove(name) {
                             r.shared.tls.terminator.store(t);
@@ -539,23 +544,41 @@ impl L7 {
                         debug!(service = %name, "l7: table swapped");
                     }
                 }
-                (existing, Some(listener)) => {
-                    if let Some(old) = existing {
-                        old.accept.abort();
-                    }
+                None => {
                     let mut shared = Shared::new(name, svc, table);
                     shared.ejections = Some(self.ejections.clone());
                     shared.tls.terminator.store(terminators.remove(name).flatten());
-                    let shared = Arc::new(shared);
-                    let limits = Limits::new(&self.settings, self.budget.clone());
-                    let accept = tokio::spawn(serve(listener, shared.clone(), limits, self.settings.clone()));
-                    info!(service = %name, listen = %svc.listen, "l7: proxying");
-                    self.running.insert(
-                        name.clone(),
-                        Running { listen: svc.listen, service: svc.clone(), shared, accept, down: out },
-                    );
+                    self.running
+                        .insert(name.clone(), Running { service: svc.clone(), shared: Arc::new(shared), down: out });
                 }
-                (None, None) => unreachable!("a new service is always bound above"),
+            }
+        }
+        // Each address's services, by name.
+        let mut by_address: BTreeMap<SocketAddr, Vec<(&Service, Arc<Shared>)>> = BTreeMap::new();
+        for r in self.running.values() {
+            by_address.entry(r.service.listen).or_default().push((&r.service, r.shared.clone()));
+        }
+        self.sites.retain(|addr, site| {
+            let keep = by_address.contains_key(addr);
+            if !keep {
+                site.accept.abort();
+                info!(listen = %addr, "l7: stopped listening");
+            }
+            keep
+        });
+        for (addr, services) in &by_address {
+            let hosts = site::HostTable::new(services);
+            let names: Vec<&str> = services.iter().map(|(_, s)| s.name.as_str()).collect();
+            match (self.sites.get(addr), bound.remove(addr)) {
+                (Some(site), _) => site.hosts.store(Arc::new(hosts)),
+                (None, Some(listener)) => {
+                    let hosts = Arc::new(ArcSwap::from_pointee(hosts));
+                    let limits = site::Limits::new(&self.settings, self.budget.clone());
+                    let accept = tokio::spawn(site::serve(listener, hosts.clone(), limits, self.settings.clone()));
+                    info!(listen = %addr, services = ?names, "l7: proxying");
+                    self.sites.insert(*addr, Site { accept, hosts });
+                }
+                (None, None) => unreachable!("a new address is always bound in prepare"),
             }
         }
         let tls = self.running.iter().filter(|(_, r)| r.service.tls.is_some());
@@ -591,140 +614,8 @@ impl L7 {
 
 impl Drop for L7 {
     fn drop(&mut self) {
-        for r in self.running.values() {
-            r.accept.abort();
+        for site in self.sites.values() {
+            site.accept.abort();
         }
-    }
-}
-
-/// A listener on `addr` with `IP_FREEBIND` (the address need not exist yet)
-/// and `SO_REUSEADDR`.
-fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
-    use socket2::{Domain, Socket, Type};
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
-    socket.set_reuse_address(true)?;
-    if addr.is_ipv6() {
-        socket.set_only_v6(true)?;
-        socket.set_freebind_v6(true)?;
-    } else {
-        socket.set_freebind_v4(true)?;
-    }
-    socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(1024)?;
-    tokio::net::TcpListener::from_std(socket.into())
-}
-
-/// Who may hold a connection to one listener: its own limit, one per client
-/// address, and the l7 side's share of the agent's descriptors.
-struct Limits {
-    listener: Arc<Semaphore>,
-    per_client: u32,
-    clients: Arc<Mutex<HashMap<IpAddr, u32>>>,
-    budget: Arc<Semaphore>,
-}
-
-/// A served connection's place under every limit, given back when it ends.
-struct Admitted {
-    _listener: OwnedSemaphorePermit,
-    _budget: OwnedSemaphorePermit,
-    client: IpAddr,
-    clients: Arc<Mutex<HashMap<IpAddr, u32>>>,
-}
-
-impl Drop for Admitted {
-    fn drop(&mut self) {
-        let mut clients = self.clients.lock().expect("not poisoned");
-        if let Some(n) = clients.get_mut(&self.client) {
-            *n -= 1;
-            if *n == 0 {
-                clients.remove(&self.client);
-            }
-        }
-    }
-}
-
-impl Limits {
-    fn new(settings: &Settings, budget: Arc<Semaphore>) -> Limits {
-        Limits {
-            listener: Arc::new(Semaphore::new(settings.max_connections as usize)),
-            per_client: settings.max_connections_per_client,
-            clients: Arc::default(),
-            budget,
-        }
-    }
-
-    /// A place for a connection from `client`, or the limit that refuses it.
-    fn admit(&self, client: IpAddr) -> Result<Admitted, Refused> {
-        let budget = self.budget.clone().try_acquire_owned().map_err(|_| Refused::Budget)?;
-        let listener = self.listener.clone().try_acquire_owned().map_err(|_| Refused::Listener)?;
-        let mut clients = self.clients.lock().expect("not poisoned");
-        let n = clients.entry(client).or_default();
-        if *n >= self.per_client {
-            return Err(Refused::Client);
-        }
-        *n += 1;
-        Ok(Admitted { _listener: listener, _budget: budget, client, clients: self.clients.clone() })
-    }
-}
-
-/// How often a listener may log that it refuses connections.
-const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
-
-/// Accepts connections and serves HTTP/1.1 and h2 (h2c, or over TLS when
-/// the service terminates it) on each until aborted.
-/// A connection over a limit is closed at once and counted; the listener
-/// says so in the log at most every [`REFUSAL_LOG_EVERY`].
-async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>, limits: Limits, settings: Settings) {
-    let builder = Arc::new(conn::builder(&settings));
-    let mut last_log: Option<std::time::Instant> = None;
-    let mut unlogged = 0u64;
-    loop {
-        let (stream, client) = match listener.accept().await {
-            Ok(c) => c,
-            Err(e) => {
-                // Out of fds and the like: back off rather than spin.
-                warn!(service = %shared.name, "l7: accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let admitted = match limits.admit(client.ip()) {
-            Ok(a) => a,
-            Err(why) => {
-                drop(stream);
-                shared.stats.refused[why as usize].fetch_add(1, Relaxed);
-                unlogged += 1;
-                if last_log.is_none_or(|t| t.elapsed() >= REFUSAL_LOG_EVERY) {
-                    warn!(service = %shared.name, %client, refused = unlogged, "l7: refusing connections: at {}", why.why());
-                    last_log = Some(std::time::Instant::now());
-                    unlogged = 0;
-                }
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        let shared = shared.clone();
-        let builder = builder.clone();
-        let (head_limit, idle, max_head) =
-            (settings.header_read_timeout, settings.idle_timeout, settings.max_header_bytes as usize);
-        tokio::spawn(async move {
-            // The socket, or TLS over it (the handshake bounded like a head).
-            let Some(stream) = tls::accept(&shared.tls, stream, head_limit, client).await else { return };
-            let scheme = stream.scheme();
-            let switch = framing::Switch::default();
-            let io =
-                framing::Guarded::new(stream, head_limit, max_head, shared.stats.head_timeouts.clone(), switch.clone());
-            let info = Arc::new(proxy::ClientConn { addr: client, switch, hold: Arc::new(admitted), idle, scheme });
-            let service = |activity: conn::Activity| {
-                let shared = shared.clone();
-                hyper::service::service_fn(move |req| {
-                    let busy = activity.begin();
-                    let answer = proxy::handle(shared.clone(), info.clone(), req);
-                    async move { answer.await.map(|resp| resp.map(|body| conn::Tracked::new(body, busy))) }
-                })
-            };
-            conn::serve(&builder, io, idle, &shared.stats.closes, client, service).await;
-        });
     }
 }

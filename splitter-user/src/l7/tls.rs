@@ -257,7 +257,7 @@ pub struct Terminator {
     /// As configured.
     pub tls: Tls,
     resolver: Arc<Resolver>,
-    acceptor: tokio_rustls::TlsAcceptor,
+    config: Arc<ServerConfig>,
     /// The files' fingerprints when they were last loaded or tried.
     tried: Mutex<Vec<Fingerprint>>,
 }
@@ -279,8 +279,7 @@ impl Terminator {
             .with_cert_resolver(resolver.clone());
         // The server's order wins: h2 when the client offers it.
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-        Ok(Terminator { tls: tls.clone(), resolver, acceptor, tried: Mutex::new(tried) })
+        Ok(Terminator { tls: tls.clone(), resolver, config: Arc::new(config), tried: Mutex::new(tried) })
     }
 
     /// The live certificate set.
@@ -366,25 +365,36 @@ impl ClientIo {
     }
 }
 
-/// The connection `stream` from `client` ready for HTTP: as it is on a
-/// plain listener, after a TLS handshake (bounded by `limit`) on a TLS
-/// one. A failed or late handshake is counted and gives `None`.
+/// The connection `stream` from `client` ready for HTTP, after a TLS
+/// handshake bounded by `limit`: `choose` picks the terminator (the
+/// service's certificates and settings) by the ClientHello's server name.
+/// Returns the stream and that name; a failed or late handshake (or no
+/// terminator) is counted in `counters` and gives `None`.
 pub async fn accept(
-    tls: &ServiceTls,
+    counters: &Counters,
     stream: tokio::net::TcpStream,
     limit: Duration,
     client: std::net::SocketAddr,
-) -> Option<ClientIo> {
-    let Some(terminator) = tls.terminator.load_full() else { return Some(ClientIo::Plain(stream)) };
-    match tokio::time::timeout(limit, terminator.acceptor.accept(stream)).await {
-        Ok(Ok(stream)) => Some(ClientIo::Tls(Box::new(stream))),
+    choose: impl FnOnce(Option<&str>) -> Option<Arc<Terminator>>,
+) -> Option<(ClientIo, Option<String>)> {
+    let handshake = async {
+        let start = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream).await?;
+        let sni = start.client_hello().server_name().map(str::to_owned);
+        let Some(terminator) = choose(sni.as_deref()) else {
+            return Err(std::io::Error::other("no certificate for this name"));
+        };
+        let stream = start.into_stream(terminator.config.clone()).await?;
+        Ok((stream, sni))
+    };
+    match tokio::time::timeout(limit, handshake).await {
+        Ok(Ok((stream, sni))) => Some((ClientIo::Tls(Box::new(stream)), sni)),
         Ok(Err(e)) => {
-            tls.counters.handshake_failures.fetch_add(1, Relaxed);
+            counters.handshake_failures.fetch_add(1, Relaxed);
             debug!(%client, "tls handshake failed: {e}");
             None
         }
         Err(_) => {
-            tls.counters.handshake_timeouts.fetch_add(1, Relaxed);
+            counters.handshake_timeouts.fetch_add(1, Relaxed);
             debug!(%client, "tls handshake not done in {limit:?}");
             None
         }
