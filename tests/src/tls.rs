@@ -32,7 +32,14 @@ pub struct Issued {
     pub der: Vec<u8>,
 }
 
+impl Default for Pki {
+    fn default() -> Self {
+        Pki::new()
+    }
+}
+
 impl Pki {
+    /// A new CA, and a temporary directory for the files it issues.
     pub fn new() -> Pki {
         let key = KeyPair::generate().expect("CA key");
         let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
