@@ -60,6 +60,8 @@ pub struct AgentProcess {
     netns: PathBuf,
     /// The open-file limit the agent runs under (soft and hard), when set.
     open_files: Option<u64>,
+    /// The agent a [`AgentProcess::replace`] stopped, while it drains.
+    replaced: Option<Child>,
 }
 
 impl AgentProcess {
@@ -143,6 +145,7 @@ impl AgentProcess {
             dir: dir.to_owned(),
             netns: ns.path(),
             open_files,
+            replaced: None,
         };
         agent.wait_ready(Duration::from_secs(20))?;
         Ok(agent)
@@ -181,6 +184,26 @@ impl AgentProcess {
         let log = fs::OpenOptions::new().append(true).open(&self.log_path)?;
         self.child = Some(spawn(&self.exe, ns, &self.config_path, &self.args, self.open_files, log)?);
         self.wait_ready(Duration::from_secs(20))
+    }
+
+    /// SIGTERM, and at once a new agent on the same config, state dir and
+    /// pin path, which takes the l7 listeners over from the stopping one
+    /// (as `splitter run` during a drain does); returns once the new agent
+    /// serves. The old one drains meanwhile: [`AgentProcess::wait_replaced`].
+    pub fn replace(&mut self, ns: &NetNs) -> Result<(), AgentProcessError> {
+        let old = self.child.take().ok_or_else(|| AgentProcessError::Io(std::io::Error::other("agent not running")))?;
+        let _ = kill(Pid::from_raw(old.id() as i32), Signal::SIGTERM);
+        self.replaced = Some(old);
+        let log = fs::OpenOptions::new().append(true).open(&self.log_path)?;
+        self.child = Some(spawn(&self.exe, ns, &self.config_path, &self.args, self.open_files, log)?);
+        self.wait_ready(Duration::from_secs(20))
+    }
+
+    /// Waits up to `limit` for the agent [`AgentProcess::replace`] stopped
+    /// to finish draining and exit.
+    pub fn wait_replaced(&mut self, limit: Duration) -> Result<ExitStatus, AgentProcessError> {
+        let old = self.replaced.take().ok_or_else(|| AgentProcessError::Io(std::io::Error::other("none replaced")))?;
+        wait_exit(old, limit)
     }
 
     /// `kill -9`: the agent dies without any cleanup.
@@ -263,6 +286,10 @@ impl AgentProcess {
 
 impl Drop for AgentProcess {
     fn drop(&mut self) {
+        if let Some(mut old) = self.replaced.take() {
+            let _ = old.kill();
+            let _ = old.wait();
+        }
         if self.down().is_err() {
             if self.child.is_some() {
                 let _ = self.stop();

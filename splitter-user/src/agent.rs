@@ -27,6 +27,7 @@ use tracing::{debug, error, info, warn};
 
 mod backing;
 mod control_socket;
+mod handover;
 mod health;
 mod measure;
 mod node;
@@ -75,6 +76,8 @@ pub enum AgentError {
     Desired(#[from] splitter_model::cluster::DesiredError),
     #[error(transparent)]
     LocalAddrs(#[from] crate::local_addrs::LocalAddrError),
+    #[error("another splitter agent holds {path}, and {source}; give each agent its own state_dir (and pin_path, control.socket), or stop the running one first")]
+    Handover { path: std::path::PathBuf, source: handover::HandoverError },
 }
 
 /// Why a runtime change was not made. In every case nothing changed.
@@ -105,6 +108,9 @@ pub struct RunOptions {
     pub config_path: std::path::PathBuf,
     /// `--socket` from the command line, which outlives reloads.
     pub socket_override: Option<std::path::PathBuf>,
+    /// `--takeover`: if an agent runs on this state dir, ask it for its l7
+    /// listeners and to stop (a stopping one hands them over anyway).
+    pub takeover: bool,
 }
 
 /// Why a reload was refused (the running configuration stays as it was).
@@ -152,7 +158,28 @@ struct Agent<B: Backing> {
     links: BTreeMap<String, Option<u32>>,
     /// Endpoint health: trackers, checks, passive counts.
     health: health::HealthState,
+    /// The state dir's lock: given up when the listeners are handed over.
+    lock: Option<nix::fcntl::Flock<File>>,
+    /// The control socket's accept loop (stopped at a hand-over, so the
+    /// new agent can bind the path).
+    control_task: Option<tokio::task::JoinHandle<()>>,
+    /// `/metrics` (stopped when the agent stops: the new one binds it).
+    metrics_task: Option<tokio::task::JoinHandle<()>>,
 }
+
+/// Why the loop ended.
+enum Exit {
+    /// SIGTERM/SIGINT: the data path stays; l7 connections drain.
+    Stop,
+    /// `down`: the data path goes, then the request is answered.
+    Down(tokio::net::UnixStream),
+    /// A new agent takes the l7 listeners over (`--takeover`).
+    Handover(tokio::net::UnixStream),
+}
+
+/// How long a stopping agent with no l7 connection left still keeps its
+/// listeners for a new agent to take (at most `l7.drain_timeout`).
+const HANDOVER_WAIT: Duration = Duration::from_secs(2);
 
 /// The event sources the loop waits on that are not the agent's own state.
 struct Events {
@@ -186,21 +213,68 @@ struct Events {
 /// Runs the agent until SIGINT/SIGTERM (it exits and the pinned data path
 /// keeps serving) or a `down` request (it removes the data path, then exits).
 pub async fn run(config: Config, opts: RunOptions) -> Result<(), AgentError> {
-    let _lock = lock_state_dir(&config.state_dir)?;
+    let (lock, inherited) = acquire(&config, opts.takeover).await?;
     if config.store.is_some() {
-        let (agent, events) = Agent::<node::StoreNode>::start(config, opts).await?;
+        let (agent, events) = Agent::<node::StoreNode>::start(config, opts, lock, inherited).await?;
         agent.serve(events).await
     } else {
-        let (agent, events) = Agent::<standalone::Standalone>::start(config, opts).await?;
+        let (agent, events) = Agent::<standalone::Standalone>::start(config, opts, lock, inherited).await?;
         agent.serve(events).await
     }
+}
+
+/// The state dir's lock, and the l7 listeners of the agent this one
+/// replaces: when another agent holds the lock and is stopping (or with
+/// `takeover`), it hands its listeners over and gives the lock up.
+async fn acquire(
+    config: &Config,
+    takeover: bool,
+) -> Result<(nix::fcntl::Flock<File>, Vec<(std::net::SocketAddr, std::net::TcpListener)>), AgentError> {
+    let path = match lock_state_dir(&config.state_dir) {
+        Ok(lock) => return Ok((lock, Vec::new())),
+        Err(AgentError::Locked { path }) => path,
+        Err(e) => return Err(e),
+    };
+    // An agent sent SIGTERM a moment ago may not have begun stopping yet:
+    // ask again for a little while.
+    let asking_until = Instant::now() + HANDOVER_WAIT;
+    let listeners = loop {
+        let socket = config.control.socket.clone();
+        let taken = tokio::task::spawn_blocking(move || handover::take(&socket, takeover))
+            .await
+            .expect("the hand-over task does not panic");
+        match taken {
+            Err(handover::HandoverError::Running { .. }) if Instant::now() < asking_until => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            other => break other.map_err(|source| AgentError::Handover { path: path.clone(), source })?,
+        }
+    };
+    // The old agent gives the lock up right after handing over.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let lock = loop {
+        match lock_state_dir(&config.state_dir) {
+            Ok(lock) => break lock,
+            Err(AgentError::Locked { .. }) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    info!(listeners = listeners.len(), "took the l7 listeners over from the agent that is stopping");
+    Ok((lock, listeners))
 }
 
 impl<B: Backing> Agent<B> {
     /// Everything before serving: the backing's state, checks, listeners,
     /// the data path loaded (adopting what is pinned), programmed and
     /// attached, the l7 side bound.
-    async fn start(file: Config, opts: RunOptions) -> Result<(Agent<B>, Events), AgentError> {
+    async fn start(
+        file: Config,
+        opts: RunOptions,
+        lock: nix::fcntl::Flock<File>,
+        inherited: Vec<(std::net::SocketAddr, std::net::TcpListener)>,
+    ) -> Result<(Agent<B>, Events), AgentError> {
         let started = SystemTime::now();
         let started_unix = started.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let Opened { backing, config, runtime } = B::open(&file, started_unix).await?;
@@ -245,6 +319,7 @@ impl<B: Backing> Agent<B> {
         // their checks bring them back: a restart does not flap.
         let (health, probes) = health::HealthState::start(&effective, &dp);
         let mut l7 = L7::new(config.l7.clone(), l7_connection_budget());
+        l7.inherit(inherited);
         let ejections = l7.take_ejections().expect("a new proxy's");
         let mut serving = Serving {
             dp,
@@ -304,7 +379,7 @@ impl<B: Backing> Agent<B> {
         let last_stats = dp.stats()?;
         let (scrape_tx, scrapes) = tokio::sync::mpsc::channel(16);
         let (calls_tx, calls) = tokio::sync::mpsc::channel(8);
-        tokio::spawn(control_socket::serve(control, calls_tx));
+        let control_task = tokio::spawn(control_socket::serve(control, calls_tx));
         let mut events = Events {
             calls,
             sigterm: signal(SignalKind::terminate()).map_err(AgentError::Signals)?,
@@ -352,6 +427,9 @@ impl<B: Backing> Agent<B> {
             last_rollout_tick: Instant::now(),
             links: served_links,
             health,
+            lock: Some(lock),
+            control_task: Some(control_task),
+            metrics_task: None,
         };
         // The first sample before the control socket answers anything: the
         // window then covers everything since the start.
@@ -360,7 +438,7 @@ impl<B: Backing> Agent<B> {
         match metrics_listener {
             Some(listener) => {
                 info!(listen = %listener.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string()), "metrics at /metrics");
-                tokio::spawn(crate::metrics::serve(listener, scrape_tx));
+                agent.metrics_task = Some(tokio::spawn(crate::metrics::serve(listener, scrape_tx)));
             }
             None => drop(scrape_tx),
         }
@@ -371,15 +449,26 @@ impl<B: Backing> Agent<B> {
     async fn serve(mut self, mut ev: Events) -> Result<(), AgentError> {
         let mut probes = Vec::new();
         let keeps_serving = "the data path keeps serving the last state from the pins; `splitter down` removes it";
-        let down = loop {
+        let exit = loop {
             tokio::select! {
-                _ = ev.sigterm.recv() => { info!("SIGTERM: agent exiting; {keeps_serving}"); break None; }
-                _ = ev.sigint.recv() => { info!("SIGINT: agent exiting; {keeps_serving}"); break None; }
+                _ = ev.sigterm.recv() => { info!("SIGTERM: agent exiting; {keeps_serving}"); break Exit::Stop; }
+                _ = ev.sigint.recv() => { info!("SIGINT: agent exiting; {keeps_serving}"); break Exit::Stop; }
                 Some(call) = ev.calls.recv() => match call {
                     control_socket::Call::Ask { request, reply } => {
                         let _ = reply.send(self.on_control(request).await);
                     }
-                    control_socket::Call::Down { stream } => break Some(stream),
+                    control_socket::Call::Down { stream } => break Exit::Down(stream),
+                    control_socket::Call::Handover { stream, takeover: true } => {
+                        info!("a new agent takes over: stopping; {keeps_serving}");
+                        break Exit::Handover(stream);
+                    }
+                    control_socket::Call::Handover { mut stream, takeover: false } => {
+                        let refuse = Response::fail(format!(
+                            "{}: stop it first (SIGTERM), or start the new one with `splitter run --takeover`",
+                            handover::RUNNING
+                        ));
+                        control_socket::respond(&mut stream, &refuse).await;
+                    }
                 },
                 Ok(mut guard) = async { ev.kernel_log.as_mut().expect("guarded").readable_mut().await }, if ev.kernel_log.is_some() => {
                     guard.get_inner_mut().flush();
@@ -420,7 +509,7 @@ impl<B: Backing> Agent<B> {
                 _ = ev.stats.tick() => self.on_stats_tick(ev.stats_every)?,
             }
         };
-        self.stop(down).await
+        self.stop(exit, ev).await
     }
 
     /// A control request: a read (status, diffs) or a change (weight,
@@ -782,14 +871,128 @@ impl<B: Backing> Agent<B> {
         measure::scrape(&self.config, &self.runtime, &self.serving, &self.sources, wanted).counts()
     }
 
-    /// The way out: on SIGINT/SIGTERM the data path stays pinned and
-    /// serving; on `down` it is removed (and the l7 addresses the agent
-    /// added), then the request is answered.
-    async fn stop(self, down: Option<tokio::net::UnixStream>) -> Result<(), AgentError> {
+    /// Stops the l7 side politely: no more accepting (the listeners stay
+    /// open, queueing), every connection finishes what is in flight and
+    /// closes (HTTP/1.1 `Connection: close`, h2 GOAWAY), and a new agent may
+    /// take the listeners over (`handover`, or one asking meanwhile). Ends
+    /// when no connection is left (and the listeners were handed over, or
+    /// [`HANDOVER_WAIT`] passed), at `l7.drain_timeout`, or at a second signal.
+    async fn drain(&mut self, ev: &mut Events, mut handover: Option<tokio::net::UnixStream>) {
+        if let Some(metrics) = self.metrics_task.take() {
+            metrics.abort();
+        }
+        let mut listeners = self.serving.l7.stop_accepting().await;
+        self.serving.l7.drain();
+        let limit = self.config.l7.drain_timeout;
+        let started = tokio::time::Instant::now();
+        let deadline = started + limit;
+        let keep_for_handover = started + limit.min(HANDOVER_WAIT);
+        if !listeners.is_empty() || self.serving.l7.open_connections() > 0 {
+            info!(
+                open = self.serving.l7.open_connections(),
+                listeners = listeners.len(),
+                "stopping: l7 connections finish what is in flight (up to l7.drain_timeout, {}); a new `splitter run` takes the listeners over now",
+                humantime::format_duration(limit)
+            );
+        }
+        let mut tick = tokio::time::interval(Duration::from_millis(50));
+        loop {
+            if let Some(stream) = handover.take() {
+                self.hand_over(stream, &mut listeners).await;
+            }
+            let now = tokio::time::Instant::now();
+            let idle = self.serving.l7.open_connections() == 0;
+            if idle && (listeners.is_empty() || now >= keep_for_handover) {
+                break;
+            }
+            if now >= deadline {
+                warn!(
+                    open = self.serving.l7.open_connections(),
+                    "l7.drain_timeout passed: closing the connections still open"
+                );
+                break;
+            }
+            tokio::select! {
+                Some(call) = ev.calls.recv() => match call {
+                    control_socket::Call::Ask { request: Ok(Request::Status), reply } => {
+                        let mut answer = self.status();
+                        answer.message = format!("stopping: {} l7 connections draining", self.serving.l7.open_connections());
+                        let _ = reply.send(answer);
+                    }
+                    control_socket::Call::Ask { reply, .. } => {
+                        let _ = reply.send(Response::fail(
+                            "this agent is stopping (its l7 connections drain): ask the agent that replaces it".into(),
+                        ));
+                    }
+                    control_socket::Call::Handover { stream, .. } => handover = Some(stream),
+                    control_socket::Call::Down { mut stream } => {
+                        let refuse = Response::fail("this agent is stopping: run `splitter down` once it has exited, or against the agent that replaces it".into());
+                        control_socket::respond(&mut stream, &refuse).await;
+                    }
+                },
+                _ = ev.sigterm.recv() => { info!("SIGTERM again: exiting now"); break; }
+                _ = ev.sigint.recv() => { info!("SIGINT again: exiting now"); break; }
+                _ = tick.tick() => {}
+            }
+        }
+    }
+
+    /// Hands `listeners` over on `stream`, then gives up the control socket
+    /// and the state dir's lock for the new agent. On failure the
+    /// listeners stay here (and close when this agent exits).
+    async fn hand_over(
+        &mut self,
+        stream: tokio::net::UnixStream,
+        listeners: &mut Vec<(std::net::SocketAddr, std::net::TcpListener)>,
+    ) {
+        if self.lock.is_none() {
+            let mut stream = stream;
+            control_socket::respond(&mut stream, &Response::fail("the listeners were handed over already".into()))
+                .await;
+            return;
+        }
+        match handover::give(stream, listeners).await {
+            Ok(()) => {
+                info!(
+                    listeners = listeners.len(),
+                    "handed the l7 listeners over to the new agent; finishing in-flight requests"
+                );
+                listeners.clear();
+                // The control socket's path and the lock are the new agent's now.
+                if let Some(task) = self.control_task.take() {
+                    task.abort();
+                    let _ = task.await;
+                }
+                self.lock = None;
+            }
+            Err(e) => warn!("handing the l7 listeners over failed ({e}); they close when this agent exits"),
+        }
+    }
+
+    /// The way out: on SIGINT/SIGTERM (or a hand-over) the data path stays
+    /// pinned and serving, and l7 connections drain (a new agent may take
+    /// the listeners over meanwhile); on `down` it is removed (and the l7
+    /// addresses the agent added), then the request is answered.
+    async fn stop(mut self, exit: Exit, mut ev: Events) -> Result<(), AgentError> {
+        let down = match exit {
+            Exit::Down(stream) => Some(stream),
+            Exit::Stop => {
+                self.drain(&mut ev, None).await;
+                None
+            }
+            Exit::Handover(stream) => {
+                self.drain(&mut ev, Some(stream)).await;
+                None
+            }
+        };
         let config = self.config.clone();
+        // After a hand-over the socket path is the new agent's.
+        let handed_over = self.lock.is_none();
         drop(self);
         let Some(mut stream) = down else {
-            let _ = std::fs::remove_file(&config.control.socket);
+            if !handed_over {
+                let _ = std::fs::remove_file(&config.control.socket);
+            }
             return Ok(());
         };
         info!("down requested: detaching, unpinning and exiting");

@@ -92,6 +92,11 @@ pub struct RunArgs {
     /// Log a counters summary this often (seconds, up to 86400; 0 disables).
     #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=86_400))]
     pub stats_every: u64,
+    /// If an agent already runs on this state dir, take its l7 listeners
+    /// over (no connection is refused) and let it drain and exit. An agent
+    /// that is already stopping (SIGTERM) hands them over without it.
+    #[arg(long)]
+    pub takeover: bool,
 }
 
 #[derive(Debug, Args)]

@@ -39,6 +39,14 @@ pub enum Request {
     Diffs { service: String },
     /// Detach, unpin everything and exit (`splitter down`).
     Down,
+    /// Hand the l7 listeners over to the agent that asks (a new `splitter
+    /// run` on the same state dir): answered with the sockets themselves.
+    /// A running agent hands over only with `takeover` (then stops); a
+    /// stopping one always.
+    Handover {
+        #[serde(default)]
+        takeover: bool,
+    },
 }
 
 impl Request {
@@ -53,6 +61,7 @@ impl Request {
             Request::Status => "status",
             Request::Diffs { .. } => "diffs",
             Request::Down => "down",
+            Request::Handover { .. } => "handover",
         }
     }
 }
@@ -68,7 +77,11 @@ impl Request {
             Request::Flip { service, to } => Change::Flip { service, to },
             Request::Rollback { service } => Change::Rollback { service },
             Request::Mirror { service, mirror } => Change::Mirror { service, mirror },
-            Request::Rollout { .. } | Request::Status | Request::Diffs { .. } | Request::Down => return None,
+            Request::Rollout { .. }
+            | Request::Status
+            | Request::Diffs { .. }
+            | Request::Down
+            | Request::Handover { .. } => return None,
         })
     }
 
@@ -103,15 +116,19 @@ pub struct Response {
     /// The service's rollout (answer to `rollout`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<splitter_model::rollout::Rollout>,
+    /// The addresses of the listeners handed over (answer to `handover`;
+    /// the sockets come with the message).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handover: Option<Vec<std::net::SocketAddr>>,
 }
 
 impl Response {
     pub fn ok(message: String) -> Response {
-        Response { ok: true, message, weights: None, agent: None, diffs: None, rollout: None }
+        Response { ok: true, message, weights: None, agent: None, diffs: None, rollout: None, handover: None }
     }
 
     pub fn fail(message: String) -> Response {
-        Response { ok: false, message, weights: None, agent: None, diffs: None, rollout: None }
+        Response { ok: false, message, weights: None, agent: None, diffs: None, rollout: None, handover: None }
     }
 
     /// The answer to `rollout SERVICE --status`.

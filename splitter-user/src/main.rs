@@ -41,6 +41,7 @@ fn dispatch(command: Command) -> Result<()> {
                 stats_every: Duration::from_secs(args.stats_every),
                 config_path: args.config.clone(),
                 socket_override: args.socket,
+                takeover: args.takeover,
             };
             // Worker threads serve the l7 proxy; the agent loop runs on this thread.
             let mut rt = tokio::runtime::Builder::new_multi_thread();

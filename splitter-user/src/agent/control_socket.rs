@@ -25,6 +25,8 @@ pub(super) enum Call {
     Ask { request: Result<Request, RequestError>, reply: oneshot::Sender<Response> },
     /// `down`: answered on `stream` once the data path is gone.
     Down { stream: UnixStream },
+    /// `handover`: answered on `stream` with the listeners themselves.
+    Handover { stream: UnixStream, takeover: bool },
 }
 
 /// Accepts control connections until the loop stops listening.
@@ -47,9 +49,16 @@ pub(super) async fn serve(listener: UnixListener, calls: mpsc::Sender<Call>) {
         tokio::spawn(async move {
             let _slot = slot;
             let request = read_request(&mut stream).await;
-            if matches!(request, Ok(Request::Down)) {
-                let _ = calls.send(Call::Down { stream }).await;
-                return;
+            match request {
+                Ok(Request::Down) => {
+                    let _ = calls.send(Call::Down { stream }).await;
+                    return;
+                }
+                Ok(Request::Handover { takeover }) => {
+                    let _ = calls.send(Call::Handover { stream, takeover }).await;
+                    return;
+                }
+                _ => {}
             }
             let (reply, answer) = oneshot::channel();
             if calls.send(Call::Ask { request, reply }).await.is_err() {

@@ -140,14 +140,27 @@ impl Body for Tracked {
     }
 }
 
+/// The agent stopping, as a connection sees it.
+pub struct Drain {
+    /// Set when the agent stops: the connection finishes what is in flight
+    /// and closes.
+    pub signal: tokio::sync::watch::Receiver<bool>,
+    /// How long after the signal the connection still serves (its HTTP/1
+    /// answers carrying `Connection: close`) before it is shut down
+    /// politely: HTTP/1.1 closes once idle, h2 sends GOAWAY.
+    pub grace: Duration,
+}
+
 /// Serves HTTP/1.1 (with upgrades) or h2 on `io` until the client goes, a
-/// limit closes it, or it idles `idle` with no request in flight (then:
-/// HTTP/1.1 closes, h2 sends GOAWAY). `make` builds the connection's
-/// service from its [`Activity`].
+/// limit closes it, it idles `idle` with no request in flight, or the agent
+/// stops ([`Drain`]); each ending is polite (HTTP/1.1 closes between
+/// requests, h2 sends GOAWAY and finishes its streams). `make` builds the
+/// connection's service from its [`Activity`].
 pub async fn serve<I, S, F>(
     builder: &Builder<TokioExecutor>,
     io: I,
     idle: Duration,
+    mut drain: Drain,
     closes: &Closes,
     client: std::net::SocketAddr,
     make: F,
@@ -166,6 +179,7 @@ pub async fn serve<I, S, F>(
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), make(activity.clone()));
     let mut conn = pin!(conn);
     let mut closing = false;
+    let mut shut_at: Option<tokio::time::Instant> = None;
     let ended = loop {
         // While a request is in flight, look again after `idle`.
         let wake = activity.idle_deadline(idle).unwrap_or_else(|| tokio::time::Instant::now() + idle);
@@ -177,6 +191,13 @@ pub async fn serve<I, S, F>(
                     conn.as_mut().graceful_shutdown();
                     closing = true;
                 }
+            }
+            _ = drain.signal.wait_for(|d| *d), if shut_at.is_none() && !closing => {
+                shut_at = Some(tokio::time::Instant::now() + drain.grace);
+            }
+            () = async { tokio::time::sleep_until(shut_at.expect("guarded")).await }, if shut_at.is_some() && !closing => {
+                conn.as_mut().graceful_shutdown();
+                closing = true;
             }
         }
     };

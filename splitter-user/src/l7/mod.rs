@@ -52,6 +52,11 @@ pub enum L7Error {
     Tls { service: String, source: tls::TlsError },
 }
 
+/// How long, once the agent stops, HTTP/1 answers carry `Connection: close`
+/// before idle connections are closed (at most `l7.drain_timeout`): a
+/// client about to reuse its connection learns first.
+const DRAIN_GRACE: Duration = Duration::from_secs(1);
+
 /// What a service's requests share: its live table, client pool and counters.
 pub struct Shared {
     pub name: String,
@@ -421,9 +426,10 @@ struct Running {
     down: BTreeSet<SocketAddr>,
 }
 
-/// One listen address: its accept loop and the services on it.
+/// One listen address: its accept loop (which hands its listener back when
+/// told to stop) and the services on it.
 struct Site {
-    accept: tokio::task::JoinHandle<()>,
+    accept: tokio::task::JoinHandle<tokio::net::TcpListener>,
     hosts: Arc<ArcSwap<site::HostTable>>,
 }
 
@@ -442,6 +448,14 @@ pub struct L7 {
     ejections_rx: Option<tokio::sync::mpsc::UnboundedReceiver<Ejection>>,
     /// The TLS services' certificate files, reloaded when they change.
     certs: tls::CertWatch,
+    /// All of `budget`: when every permit is back, no connection is open.
+    budget_total: usize,
+    /// Set to stop accepting (listeners are handed back)...
+    stop_accepting: tokio::sync::watch::Sender<bool>,
+    /// ... and to finish what is in flight and close every connection.
+    drain: tokio::sync::watch::Sender<bool>,
+    /// Listeners another agent handed over, taken by address when bound.
+    inherited: std::sync::Mutex<std::collections::HashMap<SocketAddr, std::net::TcpListener>>,
 }
 
 impl L7 {
@@ -457,7 +471,45 @@ impl L7 {
             ejections,
             ejections_rx: Some(rx),
             certs: tls::CertWatch::default(),
+            budget_total: budget,
+            stop_accepting: tokio::sync::watch::Sender::new(false),
+            drain: tokio::sync::watch::Sender::new(false),
+            inherited: Default::default(),
         }
+    }
+
+    /// Listeners handed over by the agent this one replaces: an address the
+    /// config listens on takes its listener (and its queued connections)
+    /// instead of binding anew; the rest are closed after the first install.
+    pub fn inherit(&mut self, listeners: Vec<(SocketAddr, std::net::TcpListener)>) {
+        self.inherited.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner).extend(listeners);
+    }
+
+    /// Stops accepting on every address and hands the listeners back, still
+    /// open (connections keep queueing in the kernel for whoever takes them).
+    pub async fn stop_accepting(&mut self) -> Vec<(SocketAddr, std::net::TcpListener)> {
+        self.stop_accepting.send_replace(true);
+        let mut listeners = Vec::new();
+        for (addr, site) in std::mem::take(&mut self.sites) {
+            match site.accept.await.map(|l| l.into_std()) {
+                Ok(Ok(l)) => listeners.push((addr, l)),
+                Ok(Err(e)) => tracing::warn!(listen = %addr, "l7: listener not kept: {e}"),
+                Err(e) => tracing::warn!(listen = %addr, "l7: listener lost: {e}"),
+            }
+        }
+        listeners
+    }
+
+    /// Tells every connection to finish what is in flight and close
+    /// politely (HTTP/1 answers carry `Connection: close` for the grace,
+    /// then idle HTTP/1.1 connections close and h2 ones get GOAWAY).
+    pub fn drain(&self) {
+        self.drain.send_replace(true);
+    }
+
+    /// Client connections still open (tunnels included).
+    pub fn open_connections(&self) -> usize {
+        self.budget_total.saturating_sub(self.budget.available_permits())
     }
 
     /// Where endpoints that the passive checks eject are reported (once).
@@ -484,11 +536,9 @@ impl L7 {
         let mut bound = BTreeMap::new();
         for (name, svc) in &wanted {
             if !self.sites.contains_key(&svc.listen) && !bound.contains_key(&svc.listen) {
-                let listener = site::bind(svc.listen).map_err(|source| L7Error::Bind {
-                    service: (*name).clone(),
-                    addr: svc.listen,
-                    source,
-                })?;
+                let listener = self.take_inherited(svc.listen).unwrap_or_else(|| site::bind(svc.listen));
+                let listener =
+                    listener.map_err(|source| L7Error::Bind { service: (*name).clone(), addr: svc.listen, source })?;
                 bound.insert(svc.listen, listener);
             }
         }
@@ -515,6 +565,13 @@ impl L7 {
         }
         let wanted = wanted.into_iter().map(|(n, s)| (n.clone(), s.clone())).collect();
         Ok(Prepared { wanted, bound, tables, down: downs, tls: terminators })
+    }
+
+    /// The listener another agent handed over for `addr`, if any.
+    fn take_inherited(&self, addr: SocketAddr) -> Option<std::io::Result<tokio::net::TcpListener>> {
+        let l = self.inherited.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&addr)?;
+        info!(listen = %addr, "l7: serving the listener handed over (with its queued connections)");
+        Some(l.set_nonblocking(true).and_then(|()| tokio::net::TcpListener::from_std(l)))
     }
 
     /// Swaps in what [`L7::prepare`] made; cannot fail.
@@ -574,7 +631,13 @@ impl L7 {
                 (None, Some(listener)) => {
                     let hosts = Arc::new(ArcSwap::from_pointee(hosts));
                     let limits = site::Limits::new(&self.settings, self.budget.clone());
-                    let accept = tokio::spawn(site::serve(listener, hosts.clone(), limits, self.settings.clone()));
+                    let stop = site::Stopping {
+                        accept: self.stop_accepting.subscribe(),
+                        drain: self.drain.subscribe(),
+                        grace: self.settings.drain_timeout.min(DRAIN_GRACE),
+                    };
+                    let accept =
+                        tokio::spawn(site::serve(listener, hosts.clone(), limits, self.settings.clone(), stop));
                     info!(listen = %addr, services = ?names, "l7: proxying");
                     self.sites.insert(*addr, Site { accept, hosts });
                 }
@@ -583,6 +646,11 @@ impl L7 {
         }
         let tls = self.running.iter().filter(|(_, r)| r.service.tls.is_some());
         self.certs.update(tls.map(|(n, r)| (n.clone(), r.shared.tls.clone())).collect());
+        // Handed-over listeners no service here wants any more.
+        let mut left = self.inherited.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (addr, _) in left.drain() {
+            info!(listen = %addr, "l7: closed a listener handed over that this config does not use");
+        }
     }
 
     /// Counters of every l7 service.

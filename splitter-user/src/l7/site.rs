@@ -129,7 +129,9 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     }
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
-    socket.listen(1024)?;
+    // Room for the connections that queue while a new agent takes the
+    // listener over (the kernel caps it at net.core.somaxconn).
+    socket.listen(4096)?;
     tokio::net::TcpListener::from_std(socket.into())
 }
 
@@ -189,22 +191,43 @@ impl Limits {
 /// How often a listener may log that it refuses connections.
 const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
 
+/// What tells a listener and its connections that the agent stops.
+#[derive(Clone)]
+pub struct Stopping {
+    /// Set: stop accepting (the listener is handed back, still open).
+    pub accept: tokio::sync::watch::Receiver<bool>,
+    /// Set: finish what is in flight and close (see [`conn::serve`]).
+    pub drain: tokio::sync::watch::Receiver<bool>,
+    /// How long responses carry `Connection: close` before idle
+    /// connections are closed.
+    pub grace: Duration,
+}
+
 /// Accepts connections on `listener` and serves HTTP/1.1 and h2 (h2c, or
-/// over TLS when its services terminate it) on each until aborted, each
-/// request by the service `hosts` picks. A connection over a limit is
-/// closed at once and counted; the listener says so in the log at most
-/// every [`REFUSAL_LOG_EVERY`].
+/// over TLS when its services terminate it) on each, each request by the
+/// service `hosts` picks, until `stop.accept` is set: then it hands the
+/// listener back (still open: the kernel keeps queueing connections for
+/// whoever takes it). A connection over a limit is closed at once and
+/// counted; the listener says so in the log at most every
+/// [`REFUSAL_LOG_EVERY`].
 pub async fn serve(
     listener: tokio::net::TcpListener,
     hosts: Arc<ArcSwap<HostTable>>,
     limits: Limits,
     settings: Settings,
-) {
+    stop: Stopping,
+) -> tokio::net::TcpListener {
     let builder = Arc::new(conn::builder(&settings));
     let mut last_log: Option<std::time::Instant> = None;
     let mut unlogged = 0u64;
+    let mut stop_accepting = stop.accept.clone();
     loop {
-        let (stream, client) = match listener.accept().await {
+        let accepted = tokio::select! {
+            biased;
+            _ = stop_accepting.wait_for(|s| *s) => return listener,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, client) = match accepted {
             Ok(c) => c,
             Err(e) => {
                 // Out of fds and the like: back off rather than spin.
@@ -230,7 +253,7 @@ pub async fn serve(
             }
         };
         let _ = stream.set_nodelay(true);
-        let (hosts, builder) = (hosts.clone(), builder.clone());
+        let (hosts, builder, stop) = (hosts.clone(), builder.clone(), stop.clone());
         let (head_limit, idle, max_head) =
             (settings.header_read_timeout, settings.idle_timeout, settings.max_header_bytes as usize);
         tokio::spawn(async move {
@@ -251,13 +274,16 @@ pub async fn serve(
             let io =
                 framing::Guarded::new(stream, head_limit, max_head, first.stats.head_timeouts.clone(), switch.clone());
             let info = Arc::new(proxy::ClientConn { addr: client, switch, hold: Arc::new(admitted), idle, scheme });
+            let draining = stop.drain.clone();
             let service = |activity: conn::Activity| {
                 hyper::service::service_fn(move |req| {
                     let busy = activity.begin();
                     let picked = pick(&hosts.load(), &req, by_sni.as_ref());
                     let info = info.clone();
+                    let http1 = req.version() < http::Version::HTTP_2;
+                    let draining = draining.clone();
                     async move {
-                        let answer = match picked {
+                        let mut answer = match picked {
                             Pick::Service(shared) => proxy::handle(shared, info, req).await?,
                             Pick::Misdirected => proxy::error(
                                 StatusCode::MISDIRECTED_REQUEST,
@@ -265,11 +291,17 @@ pub async fn serve(
                             ),
                             Pick::Unknown => proxy::error(StatusCode::NOT_FOUND, "no service here serves this host"),
                         };
+                        // Stopping: an HTTP/1 client is told not to send
+                        // more on this connection.
+                        if http1 && *draining.borrow() && answer.status() != StatusCode::SWITCHING_PROTOCOLS {
+                            answer.headers_mut().insert(header::CONNECTION, http::HeaderValue::from_static("close"));
+                        }
                         Ok(answer.map(|body| conn::Tracked::new(body, busy)))
                     }
                 })
             };
-            conn::serve(&builder, io, idle, &first.stats.closes, client, service).await;
+            let drain = conn::Drain { signal: stop.drain, grace: stop.grace };
+            conn::serve(&builder, io, idle, drain, &first.stats.closes, client, service).await;
         });
     }
 }
