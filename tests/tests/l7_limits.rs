@@ -204,3 +204,37 @@ fn an_h2_client_gets_max_concurrent_streams_and_the_rest_wait() {
     }
     assert!(took >= Duration::from_millis(2900), "20 requests with 8 streams at a time took {took:?}");
 }
+
+#[test]
+fn an_h2_client_opening_and_resetting_streams_in_a_flood_gets_goaway_and_is_counted() {
+    let topo = topology();
+    serve_http(&topo.blue, 8081, "v1").expect("v1 backend");
+    let agent = start(&topo, "l7: { max_concurrent_streams: 256 }");
+    // The "rapid reset" attack (CVE-2023-44487): 200 streams opened and
+    // reset at once, before the server has taken them.
+    let ended = topo.client.run(|| {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let tcp = tokio::net::TcpStream::connect(vip(8080)).await.expect("connect");
+            let (mut client, conn) = h2::client::handshake(tcp).await.expect("h2 handshake");
+            let conn = tokio::spawn(conn);
+            for _ in 0..200 {
+                let req = http::Request::get("http://api/").body(()).unwrap();
+                let Ok((_, mut stream)) = client.send_request(req, true) else { break };
+                stream.send_reset(h2::Reason::CANCEL);
+            }
+            tokio::time::timeout(Duration::from_secs(5), conn).await
+        })
+    });
+    let err = match ended {
+        Ok(Ok(Err(e))) => e,
+        other => panic!("the connection ends with an error: {other:?}"),
+    };
+    assert_eq!(err.reason(), Some(h2::Reason::ENHANCE_YOUR_CALM), "{err:?}");
+    let c = eventually("the flood counted", Duration::from_secs(3), || counts(&agent), |c| c.h2_flood >= 1);
+    assert_eq!(c.h2_flood, 1, "{c:?}");
+    // Others are served.
+    let client = Client::new(&topo.client);
+    let a = client.send_all(&topo.client, vec![get(vip(8080), "/", &[])], 1, true).remove(0);
+    assert_eq!(a.expect("served over h2").status, StatusCode::OK);
+}
