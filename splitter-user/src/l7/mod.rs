@@ -538,13 +538,12 @@ impl L7 {
                         if let Some(t) = terminators.remove(name) {
                             r.shared.tls.terminator.store(t);
                         }
-                        let new_upstreams = upstreams.remove(name);
-                        let renewed = new_upstreams.is_some();
-                        if let Some(u) = new_upstreams {
-                            r.shared.upstreams.store(u);
+                        let renewed = upstreams.remove(name);
+                        if let Some(u) = &renewed {
+                            r.shared.upstreams.store(u.clone());
                         }
                         // The mirror sends with them too.
-                        if r.service.mirror != svc.mirror || renewed {
+                        if r.service.mirror != svc.mirror || renewed.is_some() {
                             r.shared.configure_mirror(svc);
                         }
                         r.shared.table.store(Arc::new(table));
