@@ -5,7 +5,7 @@
 //! table and starts its mirror.
 #![no_main]
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use libfuzzer_sys::fuzz_target;
 use splitter_model::{
@@ -14,7 +14,11 @@ use splitter_model::{
 };
 use splitter_user::{
     config_file::ConfigFile as _,
-    l7::{route::RouteTable, Shared},
+    l7::{
+        route::RouteTable,
+        upstream::{self, Upstreams},
+        Shared,
+    },
 };
 
 /// Longest error a refusal may print: values are quoted cut short, so an
@@ -43,7 +47,19 @@ fuzz_target!(|text: &str| {
         for (name, svc) in config.services.iter().filter(|(_, s)| s.mode == Mode::L7) {
             let table = RouteTable::build(svc, None)
                 .unwrap_or_else(|e| panic!("validation accepted service {name} whose table does not build: {e}"));
-            drop(Shared::new(name, svc, table));
+            let tls = svc.upstream.as_ref().and_then(|u| u.tls.as_ref());
+            if let Some(server_name) = tls.and_then(|t| t.server_name.as_deref()) {
+                upstream::server_name(server_name).unwrap_or_else(|e| {
+                    panic!("validation accepted service {name} whose upstream.tls.server_name rustls refuses: {e}")
+                });
+            }
+            let upstreams = match Upstreams::for_service(svc) {
+                Ok(u) => Arc::new(u),
+                // The CA file lies outside the config (and seldom exists here).
+                Err(_) if tls.is_some() => continue,
+                Err(e) => panic!("validation accepted service {name} whose upstreams cannot be made: {e}"),
+            };
+            drop(Shared::new(name, svc, table, upstreams));
         }
     });
 });

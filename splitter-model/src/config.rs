@@ -887,6 +887,9 @@ fn check_service(name: &str, svc: &Service) -> Result<(), ConfigError> {
     if let Some(tls) = &svc.tls {
         tls.check().map_err(|why| invalid(format!("services.{name}.tls.{why}")))?;
     }
+    if let Some(upstream) = &svc.upstream {
+        upstream.check().map_err(|why| invalid(format!("services.{name}.upstream.{why}")))?;
+    }
     if let Some(h) = &svc.health {
         h.check().map_err(|why| ctx(format!("health.{why}")))?;
         if svc.protocol == Protocol::Udp && h.port.is_none() {

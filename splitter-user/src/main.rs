@@ -74,6 +74,18 @@ fn dispatch(command: Command) -> Result<()> {
                 let pairs: Vec<String> = set.names.iter().map(|n| format!("[{}]", n.join(", "))).collect();
                 println!("  {name}: tls, certificates for {}", pairs.join(" "));
             }
+            // CA files of TLS towards the endpoints, read as run reads them.
+            for (name, tls) in splitter_user::l7::upstream::load_all(&config)? {
+                let upstream = config.services[&name].upstream.clone().unwrap_or_default();
+                let tls_conf = upstream.tls.unwrap_or_default();
+                let verified_as = tls_conf.server_name.unwrap_or_else(|| "each endpoint's IP address".into());
+                println!(
+                    "  {name}: upstream {} over tls, {} CA certificate(s) from {}, endpoints verified as {verified_as}",
+                    upstream.protocol.as_str(),
+                    tls.roots,
+                    tls_conf.ca.display()
+                );
+            }
             // l7 addresses: local here, or what the agent will do about it.
             let local = &config.local_addresses;
             for (name, ip) in splitter_user::local_addrs::not_local(&config) {

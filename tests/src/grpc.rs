@@ -1,7 +1,8 @@
 //! A real gRPC service (tonic) for the l7 tests and benches: `echo.Echo`
 //! with a unary and a bidirectional streaming method, served in a namespace,
-//! each answer saying which backend gave it. Text `fail` fails everywhere
-//! with INTERNAL (13); `fail-on-NAME` fails only on backend NAME.
+//! each answer saying which backend gave it (in clear text, or over TLS).
+//! Text `fail` fails everywhere with INTERNAL (13); `fail-on-NAME` fails
+//! only on backend NAME.
 
 use std::{net::SocketAddr, pin::Pin};
 
@@ -57,17 +58,29 @@ impl Echo for Backend {
 /// Serves `echo.Echo` as backend `name` on `[::]:port` in `ns` (plain
 /// HTTP/2, as gRPC endpoints are), until the process ends.
 pub fn serve_grpc(ns: &NetNs, port: u16, name: &'static str) -> std::io::Result<()> {
+    serve(ns, port, name, None)
+}
+
+/// [`serve_grpc`] over TLS only (tonic's rustls, ALPN h2) with the PEM
+/// certificate chain `cert` and its key `key`.
+pub fn serve_grpc_tls(ns: &NetNs, port: u16, name: &'static str, cert: &str, key: &str) -> std::io::Result<()> {
+    serve(ns, port, name, Some(tonic::transport::Identity::from_pem(cert, key)))
+}
+
+fn serve(ns: &NetNs, port: u16, name: &'static str, tls: Option<tonic::transport::Identity>) -> std::io::Result<()> {
     let listener = ns.run(|| std::net::TcpListener::bind((std::net::Ipv6Addr::UNSPECIFIED, port)))?;
     listener.set_nonblocking(true)?;
+    let mut server = tonic::transport::Server::builder();
+    if let Some(identity) = tls {
+        let config = tonic::transport::ServerTlsConfig::new().identity(identity);
+        server = server.tls_config(config).map_err(std::io::Error::other)?;
+    }
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio");
         rt.block_on(async move {
             let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
             let incoming = tonic::transport::server::TcpIncoming::from(listener);
-            let _ = tonic::transport::Server::builder()
-                .add_service(EchoServer::new(Backend { name }))
-                .serve_with_incoming(incoming)
-                .await;
+            let _ = server.add_service(EchoServer::new(Backend { name })).serve_with_incoming(incoming).await;
         });
     });
     Ok(())

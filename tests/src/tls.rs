@@ -41,12 +41,29 @@ impl Default for Pki {
 impl Pki {
     /// A new CA, and a temporary directory for the files it issues.
     pub fn new() -> Pki {
+        Pki::named("splitter test CA")
+    }
+
+    /// A new CA named `name`; its certificate is written to `ca.pem`
+    /// ([`Pki::ca_file`]).
+    pub fn named(name: &str) -> Pki {
         let key = KeyPair::generate().expect("CA key");
         let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, "splitter test CA");
+        params.distinguished_name.push(DnType::CommonName, name);
         let cert = params.self_signed(&key).expect("CA certificate");
-        Pki { ca: Issuer::new(params, key), ca_der: cert.der().clone(), dir: tempfile::tempdir().expect("tempdir") }
+        let pki = Pki {
+            ca: Issuer::new(params, key),
+            ca_der: cert.der().clone(),
+            dir: tempfile::tempdir().expect("tempdir"),
+        };
+        std::fs::write(pki.path("ca.pem"), cert.pem()).expect("ca.pem written");
+        pki
+    }
+
+    /// This CA's certificate file.
+    pub fn ca_file(&self) -> String {
+        self.path("ca.pem").display().to_string()
     }
 
     /// A server certificate for `names` with serial number `serial`.

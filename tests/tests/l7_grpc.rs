@@ -98,7 +98,7 @@ fn grpc_towards_http1_endpoints_is_refused_with_the_reason() {
     assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
     assert_eq!(
         status.message(),
-        "gRPC needs HTTP/2 to the endpoints: set upstream.protocol to h2c or auto",
+        "gRPC needs HTTP/2 to the endpoints: set upstream.protocol to h2c, h2 or auto",
         "{status:?}"
     );
     assert_eq!(l7_status(&agent).versions["v1"].bad_gateway, 1);

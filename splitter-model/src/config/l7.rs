@@ -251,20 +251,45 @@ impl Default for ProxyOptions {
 pub struct Upstream {
     #[serde(default)]
     pub protocol: UpstreamProtocol,
+    /// TLS towards the endpoints (none: clear text).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<UpstreamTls>,
+}
+
+/// `upstream.tls:` — the proxy speaks TLS to the endpoints and verifies
+/// their certificates against `ca` only (no system roots).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTls {
+    /// The PEM certificate(s) of the CA that signed the endpoints'
+    /// certificates: an absolute path read by the agent. Required (an
+    /// empty path is refused by `check`, saying so).
+    #[serde(default)]
+    pub ca: PathBuf,
+    /// The name the endpoints' certificates are verified against and sent
+    /// as SNI (a DNS name or an IP address); default: each endpoint's IP
+    /// address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
 }
 
 /// The protocol towards the endpoints.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum UpstreamProtocol {
-    /// HTTP/1.1 with keep-alive (a pool of connections per endpoint).
+    /// HTTP/1.1 with keep-alive (a pool of connections per endpoint); over
+    /// TLS (ALPN http/1.1) with `tls:`.
     #[default]
     Http1,
     /// HTTP/2 in clear text with prior knowledge: one multiplexed
-    /// connection per endpoint. gRPC needs it (or `auto`).
+    /// connection per endpoint. gRPC needs it (or `h2`, or `auto`).
     H2c,
-    /// Follow the client: HTTP/2 requests (gRPC among them) go over h2c,
-    /// HTTP/1.x requests (and upgrades) over HTTP/1.1.
+    /// HTTP/2 over TLS (ALPN h2; needs `tls:`): one multiplexed connection
+    /// per endpoint.
+    H2,
+    /// Follow the client: HTTP/2 requests (gRPC among them) go over h2c
+    /// (h2 with `tls:`), HTTP/1.x requests (and upgrades) over HTTP/1.1
+    /// (over TLS with `tls:`).
     Auto,
 }
 
@@ -274,10 +299,85 @@ impl UpstreamProtocol {
     pub fn h2_for(self, client_h2: bool) -> bool {
         match self {
             UpstreamProtocol::Http1 => false,
-            UpstreamProtocol::H2c => true,
+            UpstreamProtocol::H2c | UpstreamProtocol::H2 => true,
             UpstreamProtocol::Auto => client_h2,
         }
     }
+
+    /// As the config writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamProtocol::Http1 => "http1",
+            UpstreamProtocol::H2c => "h2c",
+            UpstreamProtocol::H2 => "h2",
+            UpstreamProtocol::Auto => "auto",
+        }
+    }
+}
+
+impl Upstream {
+    /// What `validate` checks of `upstream:`; the error starts with the key
+    /// under `upstream.` (`tls.ca: ...`).
+    pub fn check(&self) -> Result<(), String> {
+        match (self.protocol, &self.tls) {
+            (UpstreamProtocol::H2, None) => {
+                return Err("protocol: h2 is HTTP/2 over TLS and needs tls: { ca: /path/ca.pem }; \
+                     for HTTP/2 in clear text use protocol: h2c"
+                    .into())
+            }
+            (UpstreamProtocol::H2c, Some(_)) => {
+                return Err("protocol: h2c is HTTP/2 in clear text (prior knowledge), which cannot go over tls:; \
+                     use protocol: h2 for HTTP/2 over TLS (ALPN h2), or drop tls:"
+                    .into())
+            }
+            _ => {}
+        }
+        if let Some(tls) = &self.tls {
+            if tls.ca.as_os_str().is_empty() {
+                return Err("tls.ca: missing: give the PEM certificate(s) of the CA that signed the endpoints' \
+                     certificates (system roots are not used)"
+                    .into());
+            }
+            if !tls.ca.is_absolute() {
+                return Err(format!(
+                    "tls.ca: {} is not an absolute path: write it from / (the agent's working directory is no anchor)",
+                    Quoted(&tls.ca.to_string_lossy())
+                ));
+            }
+            if let Some(name) = &tls.server_name {
+                if !is_server_name(name) {
+                    return Err(format!(
+                        "tls.server_name: {} is neither a DNS name (labels of letters, digits, '-' and '_', \
+                         the last starting with a letter) nor an IP address",
+                        Quoted(name)
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A name a TLS client may verify a server as: an IP address, or a DNS name
+/// (at most 253 bytes, one trailing dot allowed; labels of 1 to 63 letters,
+/// digits, `-` and `_`, not starting or ending with `-`; the last starting
+/// with a letter, so it is never mistaken for an IPv4 address).
+pub fn is_server_name(name: &str) -> bool {
+    if name.parse::<std::net::IpAddr>().is_ok() {
+        return true;
+    }
+    let bare = name.strip_suffix('.').unwrap_or(name);
+    if bare.is_empty() || bare.len() > 253 {
+        return false;
+    }
+    let label_ok = |l: &str| {
+        (1..=63).contains(&l.len())
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    bare.split('.').all(label_ok)
+        && bare.rsplit('.').next().is_some_and(|l| l.starts_with(|c: char| c.is_ascii_alphabetic()))
 }
 
 /// Checks one `hosts:` pattern: a DNS name (letters, digits, `-`, dots
@@ -746,5 +846,105 @@ mod tests {
         // serde's errors name the key too.
         let err = config("l7", &format!("{{ certificates: [{pair}], min_version: \"1.1\" }}")).unwrap_err();
         assert!(err.contains("services.api.tls.min_version"), "{err}");
+    }
+
+    /// A whole config with service `api` in `mode` carrying `upstream`
+    /// (YAML flow text), validated.
+    fn with_upstream(mode: &str, upstream: &str) -> Result<crate::config::Config, String> {
+        crate::config::from_yaml(&format!(
+            "interfaces: {{ clients: [eth0] }}\nservices:\n  api:\n    listen: 203.0.113.10:443\n    protocol: tcp\n    mode: {mode}\n    versions: {{ v1: [10.0.0.1:8443] }}\n    weights: {{ v1: 1 }}\n    upstream: {upstream}\n"
+        ))
+    }
+
+    #[test]
+    fn upstream_tls_is_read_with_each_protocol_that_may_carry_it() {
+        for (written, protocol, server_name) in [
+            (
+                "{ protocol: h2, tls: { ca: /etc/s/ca.pem, server_name: api.internal } }",
+                UpstreamProtocol::H2,
+                Some("api.internal"),
+            ),
+            ("{ protocol: http1, tls: { ca: /etc/s/ca.pem } }", UpstreamProtocol::Http1, None),
+            ("{ tls: { ca: /etc/s/ca.pem } }", UpstreamProtocol::Http1, None),
+            (
+                "{ protocol: auto, tls: { ca: /etc/s/ca.pem, server_name: 10.0.0.1 } }",
+                UpstreamProtocol::Auto,
+                Some("10.0.0.1"),
+            ),
+            (
+                "{ protocol: auto, tls: { ca: /etc/s/ca.pem, server_name: \"fd00::1\" } }",
+                UpstreamProtocol::Auto,
+                Some("fd00::1"),
+            ),
+            (
+                "{ protocol: h2, tls: { ca: /etc/s/ca.pem, server_name: my_svc.internal. } }",
+                UpstreamProtocol::H2,
+                Some("my_svc.internal."),
+            ),
+        ] {
+            let c = with_upstream("l7", written).unwrap_or_else(|e| panic!("{written}: {e}"));
+            let up = c.services["api"].upstream.clone().unwrap();
+            assert_eq!(up.protocol, protocol, "{written}");
+            let tls = up.tls.clone().expect("tls");
+            assert_eq!((tls.ca.to_str().unwrap(), tls.server_name.as_deref()), ("/etc/s/ca.pem", server_name));
+            // The store's JSON round trip keeps it as written.
+            let json = serde_json::to_string(&up).unwrap();
+            assert_eq!(serde_json::from_str::<Upstream>(&json).unwrap(), up, "{json}");
+        }
+        // Without tls: as before.
+        let c = with_upstream("l7", "{ protocol: h2c }").unwrap();
+        assert_eq!(c.services["api"].upstream.as_ref().unwrap().tls, None);
+        assert!(UpstreamProtocol::H2.h2_for(false) && UpstreamProtocol::H2.h2_for(true));
+    }
+
+    #[test]
+    fn bad_upstream_tls_is_refused_naming_the_key_and_saying_why() {
+        for (mode, upstream, says) in [
+            ("l4", "{ tls: { ca: /etc/s/ca.pem } }", "services.api: upstream: these need mode l7"),
+            ("l7", "{ protocol: h2 }", "services.api.upstream.protocol: h2 is HTTP/2 over TLS and needs tls: { ca: /path/ca.pem }"),
+            (
+                "l7",
+                "{ protocol: h2c, tls: { ca: /etc/s/ca.pem } }",
+                "services.api.upstream.protocol: h2c is HTTP/2 in clear text (prior knowledge), which cannot go over tls:; use protocol: h2",
+            ),
+            ("l7", "{ protocol: h2, tls: {} }", "services.api.upstream.tls.ca: missing: give the PEM certificate(s) of the CA"),
+            ("l7", "{ protocol: h2, tls: { server_name: api.internal } }", "services.api.upstream.tls.ca: missing"),
+            ("l7", "{ tls: { ca: ca.pem } }", "services.api.upstream.tls.ca: \"ca.pem\" is not an absolute path"),
+            ("l7", "{ tls: { ca: /ca.pem, server_name: \"api internal\" } }", "services.api.upstream.tls.server_name: \"api internal\" is neither a DNS name"),
+            ("l7", "{ tls: { ca: /ca.pem, server_name: \"\" } }", "services.api.upstream.tls.server_name: \"\" is neither"),
+            ("l7", "{ tls: { ca: /ca.pem, server_name: -api.internal } }", "tls.server_name: \"-api.internal\""),
+            ("l7", "{ tls: { ca: /ca.pem, server_name: api..internal } }", "tls.server_name: \"api..internal\""),
+            ("l7", "{ tls: { ca: /ca.pem, server_name: 10.0.0.300 } }", "tls.server_name: \"10.0.0.300\""),
+            ("l7", "{ tls: { ca: /ca.pem, roots: system } }", "unknown field `roots`"),
+            ("l7", "{ protocol: h3 }", "unknown variant `h3`"),
+        ] {
+            let err = with_upstream(mode, upstream).expect_err(upstream);
+            assert!(err.contains(says), "{mode} {upstream}: {err:?} does not say {says:?}");
+        }
+    }
+
+    #[test]
+    fn a_server_name_is_a_dns_name_or_an_ip_address() {
+        for ok in ["api.internal", "API.Internal.", "localhost", "a_b.c-d.e", "10.0.0.1", "::1", "x.y2"] {
+            assert!(is_server_name(ok), "{ok}");
+        }
+        let long_label = "a".repeat(64);
+        let long_name = format!("{}.internal", ["a"; 125].join("."));
+        for bad in [
+            "",
+            ".",
+            "a b",
+            "api.-x",
+            "x-.internal",
+            "a..b",
+            "1.2.3",
+            "api.123",
+            "api.0x1f",
+            &long_label,
+            &long_name,
+            "ä.internal",
+        ] {
+            assert!(!is_server_name(bad), "{bad:?}");
+        }
     }
 }

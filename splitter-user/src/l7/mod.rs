@@ -50,6 +50,8 @@ pub enum L7Error {
     Route { service: String, source: regex::Error },
     #[error("services.{service}.tls.{source}")]
     Tls { service: String, source: tls::TlsError },
+    #[error("services.{service}.upstream.tls.{source}")]
+    UpstreamTls { service: String, source: upstream::CaError },
 }
 
 /// How long, once the agent stops, HTTP/1 answers carry `Connection: close`
@@ -89,15 +91,16 @@ pub struct Ejection {
 }
 
 impl Shared {
-    /// The state of service `name` serving `table`, its mirror started (so
-    /// inside the tokio runtime). Cannot fail for a validated `svc`: the
-    /// config fuzzer builds one for every config validation accepts.
-    pub fn new(name: &str, svc: &Service, table: RouteTable) -> Shared {
+    /// The state of service `name` serving `table` through `upstreams`
+    /// (`Upstreams::for_service`), its mirror started (so inside the tokio
+    /// runtime). Cannot fail for a validated `svc`: the config fuzzer builds
+    /// one for every config validation accepts.
+    pub fn new(name: &str, svc: &Service, table: RouteTable, upstreams: Arc<Upstreams>) -> Shared {
         let shared = Shared {
             name: name.to_owned(),
             stats: Stats::new(&table.versions),
             table: ArcSwap::from_pointee(table),
-            upstreams: ArcSwap::from_pointee(upstreams(svc)),
+            upstreams: ArcSwap::new(upstreams),
             random: AtomicU64::new(seed()),
             mirror: arc_swap::ArcSwapOption::empty(),
             mirror_stats: Arc::default(),
@@ -155,11 +158,6 @@ impl Shared {
 fn seed() -> u64 {
     let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     t.as_nanos() as u64 ^ u64::from(std::process::id()).rotate_left(32)
-}
-
-/// The connections towards `svc`'s endpoints.
-fn upstreams(svc: &Service) -> Upstreams {
-    Upstreams::new(&svc.proxy.clone().unwrap_or_default(), &svc.upstream.clone().unwrap_or_default())
 }
 
 /// Counters of one service, per version.
@@ -408,14 +406,16 @@ impl VersionCounts {
 }
 
 /// The l7 side's next state, made without changing anything: listeners
-/// bound for new addresses, every table built, and the certificates of new
-/// or changed `tls:` loaded.
+/// bound for new addresses, every table built, the certificates of new or
+/// changed `tls:` loaded, and the connections towards the endpoints of new
+/// or changed `proxy:`/`upstream:` made (their CA files read).
 pub struct Prepared {
     wanted: BTreeMap<String, Service>,
     bound: BTreeMap<SocketAddr, tokio::net::TcpListener>,
     tables: BTreeMap<String, RouteTable>,
     down: BTreeMap<String, BTreeSet<SocketAddr>>,
     tls: BTreeMap<String, Option<Arc<tls::Terminator>>>,
+    upstreams: BTreeMap<String, Arc<Upstreams>>,
 }
 
 /// One running l7 service.
@@ -563,8 +563,20 @@ impl L7 {
                 terminators.insert((*name).clone(), t.map(Arc::new));
             }
         }
+        // The connections towards the endpoints are made anew when
+        // `proxy:` or `upstream:` is new or changed:
+        // a missing or bad CA file refuses the change here.
+        let mut upstreams = BTreeMap::new();
+        for (name, svc) in &wanted {
+            let changed = |r: &Running| r.service.proxy != svc.proxy || r.service.upstream != svc.upstream;
+            if self.running.get(*name).is_none_or(changed) {
+                let u = Upstreams::for_service(svc)
+                    .map_err(|source| L7Error::UpstreamTls { service: (*name).clone(), source })?;
+                upstreams.insert((*name).clone(), Arc::new(u));
+            }
+        }
         let wanted = wanted.into_iter().map(|(n, s)| (n.clone(), s.clone())).collect();
-        Ok(Prepared { wanted, bound, tables, down: downs, tls: terminators })
+        Ok(Prepared { wanted, bound, tables, down: downs, tls: terminators, upstreams })
     }
 
     /// The listener another agent handed over for `addr`, if any.
@@ -576,7 +588,7 @@ impl L7 {
 
     /// Swaps in what [`L7::prepare`] made; cannot fail.
     pub fn commit(&mut self, prepared: Prepared) {
-        let Prepared { wanted, mut bound, mut tables, mut down, tls: mut terminators } = prepared;
+        let Prepared { wanted, mut bound, mut tables, mut down, tls: mut terminators, mut upstreams } = prepared;
         self.running.retain(|name, _| wanted.contains_key(name));
         for (name, svc) in &wanted {
             let table = tables.remove(name).expect("built above");
@@ -587,12 +599,12 @@ impl L7 {
                         if let Some(t) = terminators.remove(name) {
                             r.shared.tls.terminator.store(t);
                         }
-                        let new_upstreams = r.service.proxy != svc.proxy || r.service.upstream != svc.upstream;
-                        if new_upstreams {
-                            r.shared.upstreams.store(Arc::new(upstreams(svc)));
+                        let renewed = upstreams.remove(name);
+                        if let Some(u) = &renewed {
+                            r.shared.upstreams.store(u.clone());
                         }
                         // The mirror sends with them too.
-                        if r.service.mirror != svc.mirror || new_upstreams {
+                        if r.service.mirror != svc.mirror || renewed.is_some() {
                             r.shared.configure_mirror(svc);
                         }
                         r.shared.table.store(Arc::new(table));
@@ -602,7 +614,8 @@ impl L7 {
                     }
                 }
                 None => {
-                    let mut shared = Shared::new(name, svc, table);
+                    let made = upstreams.remove(name).expect("made for every new service");
+                    let mut shared = Shared::new(name, svc, table, made);
                     shared.ejections = Some(self.ejections.clone());
                     shared.tls.terminator.store(terminators.remove(name).flatten());
                     self.running

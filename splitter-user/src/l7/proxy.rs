@@ -211,7 +211,7 @@ async fn forward(
         stats.bad_gateway(arrived.elapsed());
         return Ok(error(
             StatusCode::BAD_GATEWAY,
-            "gRPC needs HTTP/2 to the endpoints: set upstream.protocol to h2c or auto",
+            "gRPC needs HTTP/2 to the endpoints: set upstream.protocol to h2c, h2 or auto",
         ));
     }
     let mut body = Some(body);

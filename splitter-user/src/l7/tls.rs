@@ -84,7 +84,7 @@ fn provider() -> Arc<CryptoProvider> {
 
 /// The contents of `path`, a regular file (symlinks followed) of at most
 /// [`MAX_PEM_BYTES`]: a FIFO would block, `/dev/zero` never end.
-fn read_capped(path: &Path) -> Result<Vec<u8>, TlsError> {
+pub(super) fn read_capped(path: &Path) -> Result<Vec<u8>, TlsError> {
     let read = |source| TlsError::Read { path: path.to_owned(), source };
     let meta = std::fs::metadata(path).map_err(read)?;
     if !meta.is_file() {
