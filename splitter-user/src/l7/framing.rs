@@ -453,7 +453,11 @@ impl Framing {
     }
 }
 
-impl<T: AsyncRead + Unpin> AsyncRead for Guarded<T> {
+/// What a client whose HTTP/1 head did not arrive in time is told before
+/// the connection closes.
+const TIMED_OUT: &[u8] = b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n";
+
+impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for Guarded<T> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         loop {
             let this = &mut *self;
@@ -494,6 +498,15 @@ impl<T: AsyncRead + Unpin> AsyncRead for Guarded<T> {
                     let deadline = this.deadline.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
                     if deadline.as_mut().poll(cx).is_ready() {
                         this.timeouts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        // An HTTP/1 client is told (408), best effort: the
+                        // socket takes these few bytes at once or never.
+                        if this.framing.state == State::Head {
+                            if let Poll::Ready(Ok(n)) = Pin::new(&mut this.inner).poll_write(cx, TIMED_OUT) {
+                                if n == TIMED_OUT.len() {
+                                    let _ = Pin::new(&mut this.inner).poll_flush(cx);
+                                }
+                            }
+                        }
                         return Poll::Ready(Err(io::Error::new(
                             io::ErrorKind::TimedOut,
                             format!("no complete request head within {limit:?}"),
