@@ -309,11 +309,12 @@ struct Proxy {
 /// CPU time used during a run: by the proxy's processes, by the load side
 /// (this process: the Rust clients and the gRPC backend; the generators it
 /// ran and waited for: wrk, h2load; the nginx origin) and by anything on
-/// the load core, other work on the machine included.
+/// each core, other work on the machine included.
 struct Usage {
     proxy: Duration,
     load: Duration,
     load_core: Duration,
+    proxy_core: Duration,
     wall: Duration,
 }
 
@@ -337,10 +338,11 @@ fn rusage(who: libc::c_int) -> Duration {
 fn measured<T>(pids: &[u32], load_pids: &[u32], f: impl FnOnce() -> T) -> (T, Usage) {
     let cpu = |pids: &[u32]| pids.iter().map(|p| process_cpu(*p)).sum::<Duration>();
     let load = || cpu(load_pids) + rusage(libc::RUSAGE_SELF) + rusage(libc::RUSAGE_CHILDREN);
-    let (p0, l0, c0, t0) = (cpu(pids), load(), busy_per_cpu()[LOAD_CPU], Instant::now());
+    let (p0, l0, c0, t0) = (cpu(pids), load(), busy_per_cpu(), Instant::now());
     let out = f();
-    let (p1, l1, c1, wall) = (cpu(pids), load(), busy_per_cpu()[LOAD_CPU], t0.elapsed());
-    (out, Usage { proxy: p1 - p0, load: l1 - l0, load_core: c1.saturating_sub(c0), wall })
+    let (p1, l1, c1, wall) = (cpu(pids), load(), busy_per_cpu(), t0.elapsed());
+    let core = |cpu: usize| c1[cpu].saturating_sub(c0[cpu]);
+    (out, Usage { proxy: p1 - p0, load: l1 - l0, load_core: core(LOAD_CPU), proxy_core: core(PROXY_CPU), wall })
 }
 
 /// One rate run: operations per second, failures, and the CPU it took.
@@ -685,18 +687,16 @@ fn main() {
     let fmt_rps = |(m, lo, hi): (f64, f64, f64)| format!("{m:.0} [{lo:.0}–{hi:.0}]");
     // The proxy's CPU use (of its core), the load side's and CPU 0's (of CPU 0).
     let usage = |runs: &[Run], proxy: bool| {
-        let (p, l, c) = (
-            med(runs, &|r| r.usage.share(r.usage.proxy)).0,
-            med(runs, &|r| r.usage.share(r.usage.load)).0,
-            med(runs, &|r| r.usage.share(r.usage.load_core)).0,
-        );
+        let share = |f: &dyn Fn(&Usage) -> Duration| med(runs, &|r| r.usage.share(f(&r.usage))).0;
+        let (p, l, c0, c1) =
+            (share(&|u| u.proxy), share(&|u| u.load), share(&|u| u.load_core), share(&|u| u.proxy_core));
         let p = if proxy { format!("{p:.0} %") } else { "—".into() };
-        format!("{p} | {l:.0} % | {c:.0} %")
+        format!("{p} | {c1:.0} % | {l:.0} % | {c0:.0} %")
     };
-    const USE: &str = "proxy's CPU use | load side's CPU use | CPU 0 busy";
+    const USE: &str = "proxy's CPU use | CPU 1 busy | load side's CPU use | CPU 0 busy";
     w("#### HTTPS keep-alive (wrk -t1, `GET /`)\n".into());
     w(format!("| path | connections | requests/s | vs splitter | CPU µs per request | errors | {USE} |"));
-    w("|---|---|---|---|---|---|---|---|---|".into());
+    w("|---|---|---|---|---|---|---|---|---|---|".into());
     let mut bars = Vec::new();
     for (c, conns) in CONNS.iter().enumerate() {
         let split = rps(&keepalive[0][c]).0;
@@ -731,7 +731,7 @@ fn main() {
         .map(|(c, conns)| format!("{:.1}× at {conns} connections", rps(&direct[c]).0 / best(c)))
         .collect();
     w(format!(
-        "\nThe generator's headroom: wrk's plain-HTTP rate straight to the backend is {} the best proxy's HTTPS rate (over TLS wrk spends a few µs a request more). A proxy using ~100 % of its core is the bottleneck; the load side's CPU use (this bench's process, wrk or h2load, the origin) is what the generator and backend needed of CPU 0, and CPU 0 busy adds whatever else ran there (this machine is shared).\n",
+        "\nThe generator's headroom: wrk's plain-HTTP rate straight to the backend is {} the best proxy's HTTPS rate (over TLS wrk spends a few µs a request more). The proxy's CPU use is its processes' share of its core (from /proc); CPU 1 busy counts whatever ran there, since other work on this shared machine is not kept off the proxy's core: a proxy below 100 % on a CPU 1 near 100 % lost the rest to its neighbours, and its requests/s is lower than alone. The load side's CPU use (this bench's process, wrk or h2load, the origin) is what the generator and the backend needed of CPU 0, CPU 0 busy adds the rest. CPU µs per request is the comparison that survives this; it also drops as a proxy gets busier (more requests per wake-up), so compare it between rows of one connection count.\n",
         headroom.join(", ")
     ));
     w(format!("Open loop at {rate:.0} requests/s (half the slowest proxy's median maximum at {} connections), {LATENCY_CONNS} keep-alive connections on fixed schedules; latency from each request's due time:\n", CONNS[0]));
@@ -751,7 +751,7 @@ fn main() {
     }
     w(format!("\n#### New TLS handshakes ({HANDSHAKERS} clients: connect, full handshake, one `GET /` with `Connection: close`)\n"));
     w(format!("| path | handshakes/s | vs splitter | CPU µs per handshake | failed | {USE} |"));
-    w("|---|---|---|---|---|---|---|---|".into());
+    w("|---|---|---|---|---|---|---|---|---|".into());
     let split_hs = rps(&hs[0]).0;
     for (i, p) in proxies.iter().enumerate() {
         let runs = &hs[i];
@@ -772,12 +772,12 @@ fn main() {
         .map(|(p, _)| p.name)
         .collect();
     if !bound.is_empty() {
-        w(format!("\nNot saturated here: {} (its process used under 90 % of its core). The handshakes/s of those rows are bound by the load side — the client's own handshake work (key exchange) and whatever else ran on CPU 0 — so compare CPU µs per handshake, which does not depend on the rate.", bound.join(", ")));
+        w(format!("\nUnder 90 % of their core: {}. Their handshakes/s is bound by the load side (the client's own key exchange, and whatever else ran on CPU 0) or by neighbours on CPU 1, so compare CPU µs per handshake.", bound.join(", ")));
     }
     w("\nThe client is rustls (ring) with session resumption off and every handshake checked to be a full one (no resumption, no HelloRetryRequest); it does not verify the server (the proxies' work is the same either way; each proxy's certificate was verified against the CA once before the runs).\n".into());
     w(format!("#### gRPC unary (h2load: {GRPC_CONNS} h2c connections × {GRPC_STREAMS} streams, `echo.Echo/Unary`, a tonic server)\n"));
     w(format!("| path | calls/s | vs direct | CPU µs per call (splitter) | failed | {USE} |"));
-    w("|---|---|---|---|---|---|---|---|".into());
+    w("|---|---|---|---|---|---|---|---|---|".into());
     let grpc_d = rps(&grpc_direct).0;
     for (name, runs, cpu) in
         [("direct to the tonic server", &grpc_direct, None), ("splitter (`upstream: h2c`)", &grpc_splitter, Some(()))]
@@ -806,7 +806,7 @@ fn main() {
             mib(rss[i][1])
         ));
     }
-    w("\nThe splitter agent also holds the eBPF data path, the control plane and the gRPC service.".into());
+    w("\nRead after the rate runs, as the l7 bench does (allocators keep what the load made them take), with each connection idle after one request. The splitter agent also holds the eBPF data path, the control plane and the gRPC service.".into());
     report::write_md("l7_tls", &md);
 
     let ka = |i: usize| rps(&keepalive[i][0]).0;
