@@ -150,3 +150,71 @@ pub fn tcp_segments(ns: &NetNs) -> (u64, u64) {
         (field("OutSegs"), field("RetransSegs"))
     })
 }
+
+/// Busy time of each CPU since boot (user, nice, system, irq, softirq), from
+/// the `cpuN` lines of `/proc/stat`, in CPU order. Taken around a run it
+/// shows which core was saturated: the one pinned to the proxy under test
+/// or the one carrying the load generator and the backend.
+pub fn busy_per_cpu() -> Vec<Duration> {
+    let stat = std::fs::read_to_string("/proc/stat").expect("read /proc/stat");
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    stat.lines()
+        .filter(|l| l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit))
+        .map(|line| {
+            let f: Vec<u64> = line.split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
+            Duration::from_secs_f64((f[0] + f[1] + f[2] + f[5] + f[6]) as f64 / hz as f64)
+        })
+        .collect()
+}
+
+fn cpu_set(cpu: usize) -> libc::cpu_set_t {
+    // SAFETY: cpu_set_t is plain data, all zeroes is the empty set; CPU_SET
+    // writes one bit of it (cpu is below CPU_SETSIZE on any machine here).
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        set
+    }
+}
+
+/// Pins the calling thread to `cpu`; the threads and processes it starts
+/// afterwards inherit that.
+pub fn pin_current_thread(cpu: usize) {
+    let set = cpu_set(cpu);
+    // SAFETY: `set` is a valid cpu_set_t of the size passed; tid 0 is the caller.
+    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+    assert_eq!(rc, 0, "pin this thread to CPU {cpu}: {}", std::io::Error::last_os_error());
+}
+
+/// The thread ids of process `pid`.
+fn threads(pid: u32) -> Vec<i32> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap_or_else(|e| panic!("threads of process {pid}: {e}"))
+        .filter_map(|t| t.ok()?.file_name().to_str()?.parse().ok())
+        .collect()
+}
+
+/// Pins every thread of process `pid` to `cpu` (the threads it starts later
+/// inherit it from theirs), like `taskset -a -p -c CPU PID`.
+pub fn pin_process(pid: u32, cpu: usize) {
+    let set = cpu_set(cpu);
+    for tid in threads(pid) {
+        // SAFETY: `set` is a valid cpu_set_t of the size passed.
+        let rc = unsafe { libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+        assert_eq!(rc, 0, "pin thread {tid} of {pid} to CPU {cpu}: {}", std::io::Error::last_os_error());
+    }
+}
+
+/// Panics unless every thread of process `pid` may run on `cpu` only
+/// (`Cpus_allowed_list` of each thread): the pinning held for the run.
+pub fn assert_pinned(pid: u32, cpu: usize) {
+    for tid in threads(pid) {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")).unwrap_or_default();
+        let allowed = status.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:")).map(str::trim);
+        // A thread that ended meanwhile has no status left: nothing to check.
+        if let Some(allowed) = allowed {
+            assert_eq!(allowed, cpu.to_string(), "thread {tid} of process {pid} may run on CPUs {allowed}");
+        }
+    }
+}

@@ -1,6 +1,7 @@
 //! The peers the benchmarks measure splitter against, run in a namespace the
-//! bench built: HAProxy (`mode http` or `mode tcp`) and nftables weighted
-//! DNAT (`numgen random mod ... map`, what kube-proxy's nftables mode does).
+//! bench built: HAProxy (`mode http`, over TLS too, or `mode tcp`), nginx
+//! (plain, mirroring or terminating TLS) and nftables weighted DNAT
+//! (`numgen random mod ... map`, what kube-proxy's nftables mode does).
 //! Each is a guard: dropping it stops the process or deletes the rules.
 
 use std::{
@@ -41,6 +42,27 @@ impl Haproxy {
             dir,
             &format!(
                 "global\n  nbthread {threads}\n  maxconn 4096\ndefaults\n  mode http\n  option http-keep-alive\n  timeout connect 1s\n  timeout client 30s\n  timeout server 30s\nfrontend fe\n  bind {listen}\n  default_backend be\nbackend be\n  http-reuse always\n  server s1 {backend}\n"
+            ),
+        )
+    }
+
+    /// [`Haproxy::http`] terminating TLS on `listen` with `pem` (the
+    /// certificate chain and its key in one file, as HAProxy's `crt` reads
+    /// them; its defaults otherwise: TLS 1.2 and 1.3, session tickets on).
+    pub fn https(
+        ns: &NetNs,
+        dir: &Path,
+        listen: SocketAddr,
+        backend: SocketAddr,
+        threads: usize,
+        pem: &Path,
+    ) -> Haproxy {
+        Haproxy::start(
+            ns,
+            dir,
+            &format!(
+                "global\n  nbthread {threads}\n  maxconn 4096\ndefaults\n  mode http\n  option http-keep-alive\n  timeout connect 1s\n  timeout client 30s\n  timeout server 30s\nfrontend fe\n  bind {listen} ssl crt {}\n  default_backend be\nbackend be\n  http-reuse always\n  server s1 {backend}\n",
+                pem.display()
             ),
         )
     }
@@ -125,6 +147,9 @@ impl Drop for Nftables<'_> {
     }
 }
 
+/// What each nginx `location` adds to reach its upstream over keep-alive.
+const UPSTREAM: &str = "proxy_http_version 1.1; proxy_set_header Connection \"\";";
+
 /// A running nginx (master and one worker), killed on drop.
 pub struct Nginx(pub Child);
 
@@ -144,23 +169,74 @@ impl Nginx {
         shadow: SocketAddr,
         percent: u32,
     ) -> Nginx {
-        std::fs::create_dir_all(dir.join("nginx-tmp")).expect("nginx dir");
-        let d = dir.display();
-        let upstream = "proxy_http_version 1.1; proxy_set_header Connection \"\";";
+        let upstream = UPSTREAM;
+        Nginx::run(
+            ns,
+            dir,
+            "nginx",
+            &format!(
+                "  upstream primary {{ server {backend}; keepalive 64; }}\n  upstream shadow {{ server {shadow}; keepalive 16; }}\n  split_clients \"${{request_id}}\" $mirrored {{ {percent}% 1; * 0; }}\n  server {{ listen {listen}; location / {{ proxy_pass http://primary; {upstream} }} }}\n  server {{\n    listen {mirror_listen};\n    location / {{ mirror /mirror; proxy_pass http://primary; {upstream} }}\n    location = /mirror {{ internal; if ($mirrored = 0) {{ return 204; }} proxy_pass http://shadow$request_uri; {upstream} }}\n  }}\n"
+            ),
+        )
+    }
+
+    /// nginx with one worker terminating TLS on `listen` with `cert` (PEM
+    /// chain) and `key`, proxying to `backend` as [`Nginx::start`] does.
+    /// TLS 1.2 and 1.3 as the other proxies (nginx before 1.23.4, Debian
+    /// 12's 1.22, leaves 1.3 out by default); its defaults otherwise
+    /// (session tickets on). Its files are `DIR/nginx-tls.*`, so it can
+    /// share `dir` with an [`Nginx::start`].
+    pub fn https(ns: &NetNs, dir: &Path, listen: SocketAddr, backend: SocketAddr, cert: &Path, key: &Path) -> Nginx {
+        let upstream = UPSTREAM;
+        Nginx::run(
+            ns,
+            dir,
+            "nginx-tls",
+            &format!(
+                "  upstream primary {{ server {backend}; keepalive 64; }}\n  server {{\n    listen {listen} ssl;\n    ssl_protocols TLSv1.2 TLSv1.3;\n    ssl_certificate {};\n    ssl_certificate_key {};\n    location / {{ proxy_pass http://primary; {upstream} }}\n  }}\n",
+                cert.display(),
+                key.display()
+            ),
+        )
+    }
+
+    /// nginx with one worker as an origin on `listen`: every request
+    /// answers 200 with `body` (keep-alive, no logging). Its files are
+    /// `DIR/nginx-origin.*`.
+    pub fn origin(ns: &NetNs, dir: &Path, listen: SocketAddr, body: &str) -> Nginx {
+        Nginx::run(
+            ns,
+            dir,
+            "nginx-origin",
+            &format!("  server {{ listen {listen}; location / {{ return 200 \"{body}\"; }} }}\n"),
+        )
+    }
+
+    /// Runs nginx (one worker, in the foreground) with `servers` (the
+    /// upstreams and servers of its `http` block), its files `DIR/NAME.*`.
+    fn run(ns: &NetNs, dir: &Path, name: &str, servers: &str) -> Nginx {
+        let tmp = dir.join(format!("{name}-tmp"));
+        std::fs::create_dir_all(&tmp).expect("nginx dir");
+        let (d, t) = (dir.display(), tmp.display());
         let conf = format!(
-            "worker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/nginx-error.log;\nevents {{ worker_connections 4096; }}\nhttp {{\n  access_log off;\n  keepalive_requests 1000000;\n  keepalive_timeout 60s;\n  client_body_temp_path {d}/nginx-tmp;\n  proxy_temp_path {d}/nginx-tmp;\n  fastcgi_temp_path {d}/nginx-tmp;\n  uwsgi_temp_path {d}/nginx-tmp;\n  scgi_temp_path {d}/nginx-tmp;\n  upstream primary {{ server {backend}; keepalive 64; }}\n  upstream shadow {{ server {shadow}; keepalive 16; }}\n  split_clients \"${{request_id}}\" $mirrored {{ {percent}% 1; * 0; }}\n  server {{ listen {listen}; location / {{ proxy_pass http://primary; {upstream} }} }}\n  server {{\n    listen {mirror_listen};\n    location / {{ mirror /mirror; proxy_pass http://primary; {upstream} }}\n    location = /mirror {{ internal; if ($mirrored = 0) {{ return 204; }} proxy_pass http://shadow$request_uri; {upstream} }}\n  }}\n}}\n"
+            "worker_processes 1;\ndaemon off;\npid {d}/{name}.pid;\nerror_log {d}/{name}-error.log;\nevents {{ worker_connections 4096; }}\nhttp {{\n  access_log off;\n  keepalive_requests 1000000;\n  keepalive_timeout 60s;\n  client_body_temp_path {t};\n  proxy_temp_path {t};\n  fastcgi_temp_path {t};\n  uwsgi_temp_path {t};\n  scgi_temp_path {t};\n{servers}}}\n"
         );
-        let path = dir.join("nginx.conf");
-        std::fs::write(&path, conf).expect("nginx.conf");
-        let why = || format!("see {}/nginx-error.log", dir.display());
+        let path = dir.join(format!("{name}.conf"));
+        std::fs::write(&path, conf).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let why = || format!("see {d}/{name}-error.log");
         Nginx(spawn_peer(ns.command("nginx").arg("-c").arg(&path), "nginx", why))
+    }
+
+    /// The master's process id and its workers'.
+    pub fn pids(&self) -> Vec<u32> {
+        let pid = self.0.id();
+        let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        std::iter::once(pid).chain(children.split_whitespace().filter_map(|c| c.parse().ok())).collect()
     }
 
     /// Resident memory of the master and its workers, KiB.
     pub fn rss_kib(&self) -> u64 {
-        let pid = self.0.id();
-        let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
-        std::iter::once(pid).chain(children.split_whitespace().filter_map(|c| c.parse().ok())).map(crate::rss_kib).sum()
+        self.pids().into_iter().map(crate::rss_kib).sum()
     }
 }
 

@@ -34,8 +34,10 @@ const APT_PACKAGES: &[&str] = &[
     "openssl",
 ];
 
-/// Peers the benchmarks measure against (Debian packages).
-const BENCH_PACKAGES: &[&str] = &["haproxy", "nftables", "nginx"];
+/// Peers the benchmarks measure against and their load generators (Debian
+/// packages): wrk (HTTP/1.1 and HTTPS keep-alive load) and h2load from
+/// nghttp2-client (h2c load, gRPC-framed POSTs) for the TLS and gRPC bench.
+const BENCH_PACKAGES: &[&str] = &["haproxy", "nftables", "nginx", "wrk", "nghttp2-client"];
 
 pub fn run() -> Result<()> {
     nightly()?;
@@ -44,13 +46,21 @@ pub fn run() -> Result<()> {
     verify(&checks())
 }
 
-/// What `cargo xtask bench` needs beyond [`run`]: the peers it compares with.
+/// What `cargo xtask bench` needs beyond [`run`]: the peers it compares with
+/// and the load generators.
 pub fn bench_tools() -> Result<()> {
     apt(BENCH_PACKAGES)?;
     verify(&[
         Check::runs("haproxy", &["-v"], "Debian package haproxy"),
         Check::runs("nft", &["--version"], "Debian package nftables"),
         Check::runs("nginx", &["-v"], "Debian package nginx"),
+        // `wrk -v` prints its version and usage, and exits 1.
+        Check::custom("`wrk`", "Debian package wrk", || match Command::new("wrk").arg("-v").output() {
+            Ok(o) if String::from_utf8_lossy(&o.stdout).starts_with("wrk ") => Ok(()),
+            Ok(o) => Err(format!("`wrk -v` printed no version ({}): {}", o.status, last_line(&o.stderr))),
+            Err(e) => Err(format!("cannot run `wrk`: {e}")),
+        }),
+        Check::runs("h2load", &["--version"], "Debian package nghttp2-client"),
     ])
 }
 

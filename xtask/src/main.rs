@@ -38,8 +38,10 @@ enum Task {
     /// Bootstrap, then run the benchmarks (needs root): XDP program cost by
     /// BPF_PROG_TEST_RUN beside an empty-program floor, control-plane apply and
     /// flip latency, agent RSS, the L7 proxy against direct and HAProxy, and
-    /// L4 throughput with and without mirroring. Installs the peers
-    /// (haproxy). Writes target/bench/*.md.
+    /// the L7 proxy over TLS and gRPC against HAProxy and nginx, and L4
+    /// throughput with and without mirroring. Installs the peers (haproxy,
+    /// nginx, nftables) and load generators (wrk, h2load). Writes
+    /// target/bench/*.md.
     Bench,
     /// Bootstrap, then run every cargo-fuzz target (or those named) for a
     /// bounded time each, from the committed seeds and the corpus earlier
@@ -216,7 +218,7 @@ const CI_FUZZ_SECONDS: u64 = 20;
 
 /// The benchmarks `cargo xtask bench` runs, in order; each writes
 /// `target/bench/NAME.md`.
-const BENCHES: [&str; 7] = ["xdp", "l4", "l7", "mirror", "control", "health", "store"];
+const BENCHES: [&str; 8] = ["xdp", "l4", "l7", "l7_tls", "mirror", "control", "health", "store"];
 
 /// Puts the latest full run into BENCHMARKS.md: the chart (BENCHMARKS.svg),
 /// the machine, kernel, date and command, the benches' headline lines, then
