@@ -230,24 +230,28 @@ async fn acquire(
     config: &Config,
     takeover: bool,
 ) -> Result<(nix::fcntl::Flock<File>, Vec<(std::net::SocketAddr, std::net::TcpListener)>), AgentError> {
-    let path = match lock_state_dir(&config.state_dir) {
-        Ok(lock) => return Ok((lock, Vec::new())),
-        Err(AgentError::Locked { path }) => path,
-        Err(e) => return Err(e),
-    };
-    // An agent sent SIGTERM a moment ago may not have begun stopping yet:
-    // ask again for a little while.
+    // An agent sent SIGTERM a moment ago may not have begun stopping yet,
+    // or may be exiting (one with nothing to drain): ask, and try the lock,
+    // again for a little while.
     let asking_until = Instant::now() + HANDOVER_WAIT;
     let listeners = loop {
+        let path = match lock_state_dir(&config.state_dir) {
+            Ok(lock) => return Ok((lock, Vec::new())),
+            Err(AgentError::Locked { path }) => path,
+            Err(e) => return Err(e),
+        };
         let socket = config.control.socket.clone();
         let taken = tokio::task::spawn_blocking(move || handover::take(&socket, takeover))
             .await
             .expect("the hand-over task does not panic");
         match taken {
-            Err(handover::HandoverError::Running { .. }) if Instant::now() < asking_until => {
+            Ok(listeners) => break listeners,
+            Err(handover::HandoverError::Running { .. } | handover::HandoverError::Io { .. })
+                if Instant::now() < asking_until =>
+            {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            other => break other.map_err(|source| AgentError::Handover { path: path.clone(), source })?,
+            Err(source) => return Err(AgentError::Handover { path, source }),
         }
     };
     // The old agent gives the lock up right after handing over.

@@ -260,11 +260,14 @@ pub async fn serve(
             // The socket, or TLS over it (the handshake bounded like a head),
             // with the certificates of the service the server name picks.
             let (stream, by_sni) = if table.tls() {
-                let choose = |sni: Option<&str>| table.lookup(sni).unwrap_or(&table.first).tls.terminator.load_full();
+                let normal = |n: &str| n.trim_end_matches('.').to_ascii_lowercase();
+                let choose = |sni: Option<&str>| {
+                    let sni = sni.map(normal);
+                    table.lookup(sni.as_deref()).unwrap_or(&table.first).tls.terminator.load_full()
+                };
                 let accepted = tls::accept(&first.tls.counters, stream, head_limit, client, choose).await;
                 let Some((stream, sni)) = accepted else { return };
-                let by_sni =
-                    sni.and_then(|n| table.lookup(Some(&n.trim_end_matches('.').to_ascii_lowercase())).cloned());
+                let by_sni = sni.and_then(|n| table.lookup(Some(&normal(&n))).cloned());
                 (stream, by_sni)
             } else {
                 (tls::ClientIo::Plain(stream), None)
