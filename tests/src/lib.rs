@@ -5,7 +5,8 @@
 //! (`fixture`), the agent under test (`agent`), real etcd members (`etcd`),
 //! a real gRPC service and client (`grpc`), a WebSocket echo (`ws`), a test
 //! CA and TLS client (`tls`),
-//! the peers and load of the benchmarks (`peers`, `load`), and what benchmarks
+//! the peers and load of the benchmarks (`peers`, `load`), the method and
+//! tables the L7 benches share (`l7bench`), and what benchmarks
 //! leave for `cargo xtask bench` (`report`).
 //!
 //! Tests that need root or the eBPF object call [`require_root`] and fail
@@ -16,6 +17,7 @@ pub mod differential;
 pub mod etcd;
 pub mod fixture;
 pub mod grpc;
+pub mod l7bench;
 pub mod load;
 pub mod netns;
 pub mod packet;
