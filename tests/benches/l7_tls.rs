@@ -443,7 +443,7 @@ fn main() {
         .chain(proxies.iter().map(|p| format!("{} over TLS", p.name)))
         .collect();
     w(latency_table(&lat_names, &latency));
-    w(format!("\n#### New TLS handshakes ({HANDSHAKERS} clients: connect, full handshake, one `GET /` with `Connection: close`)\n"));
+    w(format!("#### New TLS handshakes ({HANDSHAKERS} clients: connect, full handshake, one `GET /` with `Connection: close`)\n"));
     w(rate_head(&["path", "handshakes/s", "vs splitter", "CPU µs per handshake", "failed"]));
     for (p, runs) in proxies.iter().zip(&hs) {
         w(rate_row(&p.name, runs, rps(&hs[0]).0, Some(0)));
@@ -455,7 +455,7 @@ fn main() {
         .map(|(p, _)| p.name.as_str())
         .collect();
     if !bound.is_empty() {
-        w(format!("Under 90 % of their core: {}. Their handshakes/s is bound by the load side (the client's own key exchange, and whatever else ran on CPU {LOAD_CPU}) or by neighbours on CPU {PROXY_CPU}, so compare CPU µs per handshake.", bound.join(", ")));
+        w(format!("\nUnder 90 % of their core: {}. Their handshakes/s is bound by the load side (the client's own key exchange, and whatever else ran on CPU {LOAD_CPU}) or by neighbours on CPU {PROXY_CPU}, so compare CPU µs per handshake.", bound.join(", ")));
     }
     w("\nThe client is rustls (ring) with session resumption off and every handshake checked to be a full one (no resumption, no HelloRetryRequest); it does not verify the server (the proxies' work is the same either way; each proxy's certificate was verified against the CA once before the runs).\n".into());
     w(format!("#### gRPC unary (h2load: {GRPC_CONNS} h2c connections × {GRPC_STREAMS} streams, `echo.Echo/Unary`, a tonic server)\n"));
@@ -464,7 +464,7 @@ fn main() {
     w(rate_row("direct to the tonic server", &grpc_direct, grpc_d, None));
     w(rate_row("splitter (`upstream: h2c`)", &grpc_splitter, grpc_d, Some(1)));
     let mib = |kib: u64| kib as f64 / 1024.0;
-    w("#### RSS with TLS connections open (MiB)\n".into());
+    w("\n#### RSS with TLS connections open (MiB)\n".into());
     let mut idle = vec![None; proxies.len()];
     idle[0] = Some(rss_idle);
     w(rss_table(&proxies, &idle, &RSS_AT, &rss));

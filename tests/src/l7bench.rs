@@ -179,20 +179,21 @@ pub fn usage_cells(runs: &[Run], proxy: bool) -> String {
     format!("{p} | {c1:.0} % | {l:.0} % | {c0:.0} %")
 }
 
-/// The head of a table of rate runs: `columns`, then [`USAGE_COLUMNS`].
+/// The head of a table of rate runs: `columns`, then [`USAGE_COLUMNS`]
+/// (two lines, no newline at the end).
 pub fn rate_head(columns: &[&str]) -> String {
     let n = columns.len() + USAGE_COLUMNS.split('|').count();
-    format!("| {} | {USAGE_COLUMNS} |\n|{}\n", columns.join(" | "), "---|".repeat(n))
+    format!("| {} | {USAGE_COLUMNS} |\n|{}", columns.join(" | "), "---|".repeat(n))
 }
 
-/// A row under [`rate_head`]: `first` (the leading cells), the runs'
+/// A row under [`rate_head`] (no newline at the end): `first` (the leading cells), the runs'
 /// median [min–max] rate, the median against `base`, the proxy's CPU µs
 /// per operation with `cpu` decimals (`—` for a path without a proxy),
 /// failures and [`usage_cells`].
 pub fn rate_row(first: &str, runs: &[Run], base: f64, cpu: Option<usize>) -> String {
     let cpu_us = cpu.map_or("—".to_owned(), |d| format!("{:.d$}", med(runs, &|r| r.cpu_us()).0));
     format!(
-        "| {first} | {} | {:.2}× | {cpu_us} | {} | {} |\n",
+        "| {first} | {} | {:.2}× | {cpu_us} | {} | {} |",
         range(rps(runs)),
         rps(runs).0 / base,
         failed(runs),
@@ -288,15 +289,15 @@ impl KeepAlive {
     /// proxy's, CPU µs per request, errors and the usage columns.
     pub fn table(&self, direct: &str, proxies: &[Proxy], label: &dyn Fn(&Proxy) -> String) -> String {
         let vs = format!("vs {}", proxies[0].name);
-        let mut md = rate_head(&["path", "connections", "requests/s", &vs, "CPU µs per request", "errors"]);
+        let mut lines = vec![rate_head(&["path", "connections", "requests/s", &vs, "CPU µs per request", "errors"])];
         for (c, conns) in self.conns.iter().enumerate() {
             let first = self.rps(0, c);
-            md += &rate_row(&format!("{direct} | {conns}"), &self.direct[c], first, None);
+            lines.push(rate_row(&format!("{direct} | {conns}"), &self.direct[c], first, None));
             for (i, p) in proxies.iter().enumerate() {
-                md += &rate_row(&format!("{} | {conns}", label(p)), &self.proxied[i][c], first, Some(1));
+                lines.push(rate_row(&format!("{} | {conns}", label(p)), &self.proxied[i][c], first, Some(1)));
             }
         }
-        md
+        lines.join("\n") + "\n"
     }
 
     /// The paragraph under the table: the generator's headroom at each

@@ -227,11 +227,16 @@ pub fn counts_table(rows: &[(String, Counts, f64)]) -> String {
         .iter()
         .map(|e| e.trim_start_matches("syscalls:sys_enter_").replace("raw_syscalls:sys_enter", "all syscalls"))
         .collect();
-    let mut md = format!("| per request | {} |\n|---|{}\n", names.join(" | "), "---|".repeat(names.len()));
+    let mut md = format!(
+        "| per request | user CPU µs | system CPU µs | {} |\n|---|---|---|{}\n",
+        names.join(" | "),
+        "---|".repeat(names.len())
+    );
     for (name, counts, ops) in rows {
-        let cells: Vec<String> =
-            counts.events.iter().map(|(_, n)| format!("{:.2}", *n as f64 / ops.max(1.0))).collect();
-        writeln!(md, "| {name} | {} |", cells.join(" | ")).unwrap();
+        let ops = ops.max(1.0);
+        let cells: Vec<String> = counts.events.iter().map(|(_, n)| format!("{:.2}", *n as f64 / ops)).collect();
+        let us = |d: Duration| d.as_secs_f64() * 1e6 / ops;
+        writeln!(md, "| {name} | {:.1} | {:.1} | {} |", us(counts.user), us(counts.system), cells.join(" | ")).unwrap();
     }
     md
 }
