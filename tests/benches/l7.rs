@@ -1,270 +1,269 @@
-//! The L7 proxy under load, run by `cargo xtask bench` (root): requests/s and
-//! p50/p99 latency through splitter's proxy, directly to the backend, through
-//! HAProxy (`mode http`, same thread count) and through splitter with 10 %
-//! mirroring, all on the same backend in the same run, rounds interleaved;
-//! then the proxies' RSS with 256 open connections.
+//! The L7 proxy over plain HTTP, run by `cargo xtask bench` (root).
+//! splitter (`--workers 1`), HAProxy (`mode http`, `nbthread 1`) and nginx
+//! (1 worker) proxy to the same origin (an nginx answering 200 from memory)
+//! over keep-alive, in the same run, rounds interleaved:
 //!
-//! The load generator is a hyper client in the client namespace: `CONNS`
-//! keep-alive HTTP/1.1 connections, each sending requests back to back for
-//! `SECS` seconds. Client, proxy and backend share this machine's cores, so
-//! the absolute numbers are low; the ratios are the point.
+//! 1. keep-alive requests/s at 32 and 256 connections (wrk, one thread)
+//!    and CPU µs per request of each proxy's processes; splitter with 10 %
+//!    of its requests mirrored to a shadow and compared, nginx with its
+//!    `mirror` (not compared);
+//! 2. p50/p99 at a fixed rate below saturation (half HAProxy's maximum at
+//!    32 connections), open loop;
+//! 3. RSS idle (splitter with one service) and with 32 and 256 connections
+//!    open.
+//!
+//! Issue #23's rules, the method of [`splitter_tests::l7bench`] that the TLS
+//! bench shares: each proxy runs alone on CPU 1, wrk, the origins and this
+//! process on CPU 0; the generator's direct rate against the best proxy's
+//! is reported, and CPU per request comes from `/proc` of the proxy's own
+//! processes.
+//!
+//! With `SPLITTER_BENCH_PROFILE=SECS` it also profiles splitter under wrk
+//! (32 connections) with `perf record -g` for SECS seconds and adds where
+//! the time goes to the report (see [`splitter_tests::profile`]).
 //!
 //! Writes `target/bench/l7.md`.
 
-use std::{
-    fmt::Write as _,
-    net::SocketAddr,
-    time::{Duration, Instant},
-};
+use std::{fmt::Write as _, net::SocketAddr, process::Command, time::Duration};
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
-use hyper_util::rt::TokioIo;
 use splitter_testkit::{
     agent_process::AgentProcess,
     config::Service,
-    http::serve_http,
-    netns::{unique_name, NetNs},
+    netns::unique_name,
     topology::{vip, Topology},
 };
 use splitter_tests::{
     agent::release_bin,
-    load::median,
+    l7bench::wrk,
+    l7bench::{
+        latency_table, med, open_loop, rounds, rss_table, rss_with_connections, with_open_connections, KeepAlive,
+        Latency, Proxy, LOAD_CPU, PROXY_CPU,
+    },
+    load::pin_current_thread,
     peers::{Haproxy, Nginx},
+    profile,
     report::{self, Bar},
     rss_kib,
 };
 
-const CONNS: usize = 32;
-const SECS: u64 = 3;
+/// Seconds per rate run.
+const SECS: u64 = 4;
+/// Keep-alive connections of the requests/s runs.
+const CONNS: [usize; 2] = [32, 256];
+/// Connections of the open-loop latency runs.
+const LATENCY_CONNS: usize = 32;
+/// Seconds of each proxy's `perf stat` when profiling.
+const COUNT_SECS: u64 = 5;
 /// Open connections at which each proxy's RSS is read.
 const RSS_AT: [usize; 2] = [32, 256];
 
-fn rounds() -> usize {
-    std::env::var("SPLITTER_BENCH_ROUNDS").ok().and_then(|v| v.parse().ok()).filter(|n| *n > 0).unwrap_or(3)
+const BACKEND: &str = "198.51.100.10:8081";
+const SHADOW: &str = "198.51.100.20:8082";
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().expect("a socket address")
 }
 
-struct Run {
-    rps: f64,
-    p50_us: f64,
-    p99_us: f64,
-    errors: usize,
+/// An l7 service on `port` to the origin (`v1`), its shadow on green.
+fn l7(port: u16) -> Service {
+    Service::l7(vip(port)).on_blue("v1", 8081).on_green("shadow", 8082).weights(&[("v1", 1)])
 }
 
-/// `CONNS` connections sending GET / back to back for `SECS` seconds.
-fn load(ns: &NetNs, target: SocketAddr) -> Run {
-    ns.run(|| {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio");
-        rt.block_on(async move {
-            let deadline = Instant::now() + Duration::from_secs(SECS);
-            let mut tasks = Vec::new();
-            for _ in 0..CONNS {
-                tasks.push(tokio::spawn(async move {
-                    let mut lat = Vec::new();
-                    let mut errors = 0usize;
-                    let Ok(stream) = tokio::net::TcpStream::connect(target).await else { return (lat, 1) };
-                    let _ = stream.set_nodelay(true);
-                    let Ok((mut send, conn)) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await else {
-                        return (lat, 1);
-                    };
-                    tokio::spawn(conn);
-                    while Instant::now() < deadline {
-                        let req = http::Request::get("/")
-                            .header("host", target.to_string())
-                            .body(Empty::<Bytes>::new())
-                            .unwrap();
-                        let start = Instant::now();
-                        match send.send_request(req).await {
-                            Ok(resp) if resp.status().is_success() => {
-                                let _ = resp.into_body().collect().await;
-                                lat.push(start.elapsed().as_micros() as u32);
-                            }
-                            _ => {
-                                errors += 1;
-                                break;
-                            }
-                        }
-                    }
-                    (lat, errors)
-                }));
-            }
-            let mut all = Vec::new();
-            let mut errors = 0;
-            for t in tasks {
-                let (lat, e) = t.await.expect("load task");
-                all.extend(lat);
-                errors += e;
-            }
-            all.sort_unstable();
-            let pct = |p: f64| all.get(((all.len() as f64 - 1.0) * p) as usize).copied().unwrap_or(0) as f64;
-            Run { rps: all.len() as f64 / SECS as f64, p50_us: pct(0.5), p99_us: pct(0.99), errors }
-        })
-    })
-}
-
-/// Opens `n` keep-alive connections, one request each, and keeps them open
-/// while `measure` runs.
-fn with_idle_connections<T: Send>(ns: &NetNs, target: SocketAddr, n: usize, measure: impl FnOnce() -> T + Send) -> T {
-    ns.run(|| {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio");
-        let senders = rt.block_on(async move {
-            let mut held = Vec::new();
-            for _ in 0..n {
-                let stream = tokio::net::TcpStream::connect(target)
-                    .await
-                    .unwrap_or_else(|e| panic!("connection {} of {n} to {target}: {e}", held.len()));
-                let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.expect("h1");
-                tokio::spawn(conn);
-                let req =
-                    http::Request::get("/").header("host", target.to_string()).body(Empty::<Bytes>::new()).unwrap();
-                let resp = send.send_request(req).await.expect("request");
-                let _ = resp.into_body().collect().await;
-                held.push(send);
-            }
-            held
-        });
-        let out = measure();
-        drop(senders);
-        drop(rt);
-        out
-    })
+/// The RSS of a fresh splitter agent serving one l7 service, once it has
+/// answered one request, KiB.
+fn idle_rss_one_service(bin: &std::path::Path, topo: &Topology) -> u64 {
+    let config = Topology::config().service("api", l7(8080));
+    let agent = AgentProcess::start_unique(bin, &topo.lb, "spl", &config.to_string(), &["--workers", "1"])
+        .unwrap_or_else(|e| panic!("{e}"));
+    with_open_connections(&topo.client, vip(8080), None, 1, || ());
+    std::thread::sleep(Duration::from_secs(1));
+    rss_kib(agent.pid().expect("agent runs"))
 }
 
 fn main() {
     splitter_tests::require_root("the L7 benchmark");
+    Command::new("wrk")
+        .arg("-v")
+        .output()
+        .unwrap_or_else(|e| panic!("wrk is missing ({e}): `cargo xtask bench` installs it"));
+    // This thread, and so every thread and process it starts (the origins,
+    // the clients, wrk and, until they are moved, the proxies), runs on
+    // LOAD_CPU.
+    pin_current_thread(LOAD_CPU);
     let bin = release_bin();
     let topo = Topology::build(&unique_name("spl")).expect("topology");
-    serve_http(&topo.blue, 8081, "v1").expect("backend");
-    serve_http(&topo.green, 8082, "shadow").expect("shadow");
     topo.lb.ip(&["addr", "add", "203.0.113.10/32", "dev", "lo"]).expect("VIP on lo");
-    // One proxy thread each: the machine's other cores carry the client and
-    // the backend, and requests/s is then per proxy core.
-    let threads = 1;
+    let dir = std::env::temp_dir().join(format!("splitter-bench-{}", unique_name("l7")));
+    // The origin and the mirrors' shadow: nginx answering 200 from memory,
+    // light enough to leave CPU 0 to the generator.
+    let origin = Nginx::origin(&topo.blue, &dir.join("origin"), addr("0.0.0.0:8081"), "v1");
+    let shadow = Nginx::origin(&topo.green, &dir.join("shadow"), addr("0.0.0.0:8082"), "shadow");
+    let load_pids: Vec<u32> = origin.pids().into_iter().chain(shadow.pids()).collect();
+
+    let splitter_idle = idle_rss_one_service(&bin, &topo);
     // api, and mirrored: 10 % of its requests copied to the shadow and compared.
-    let l7 = |port: u16| Service::l7(vip(port)).on_blue("v1", 8081).on_green("shadow", 8082).weights(&[("v1", 1)]);
     let config = Topology::config()
         .service("api", l7(8080))
         .service("mirrored", l7(8088).with("mirror: { version: shadow, percent: 10, compare: true }"));
-    let dir = std::env::temp_dir().join(format!("splitter-bench-{}", unique_name("l7")));
     let agent = AgentProcess::start_unique(&bin, &topo.lb, "spl", &config.to_string(), &["--workers", "1"])
         .unwrap_or_else(|e| panic!("{e}"));
-    let haproxy = Haproxy::http(
-        &topo.lb,
-        &dir,
-        "203.0.113.10:8090".parse().unwrap(),
-        "198.51.100.10:8081".parse().unwrap(),
-        threads,
-    );
-
+    let agent_pid = agent.pid().expect("agent runs");
+    let haproxy = Haproxy::http(&topo.lb, &dir, addr("203.0.113.10:8090"), addr(BACKEND), 1);
     let nginx = Nginx::start(
         &topo.lb,
         &dir,
-        "203.0.113.10:8092".parse().unwrap(),
-        "198.51.100.10:8081".parse().unwrap(),
-        "203.0.113.10:8093".parse().unwrap(),
-        "198.51.100.20:8082".parse().unwrap(),
+        addr("203.0.113.10:8092"),
+        addr(BACKEND),
+        addr("203.0.113.10:8093"),
+        addr(SHADOW),
         10,
     );
-    let scenarios: [(&str, SocketAddr); 6] = [
-        ("direct to the backend", "198.51.100.10:8081".parse().unwrap()),
-        ("splitter proxy", "203.0.113.10:8080".parse().unwrap()),
-        ("HAProxy mode http", "203.0.113.10:8090".parse().unwrap()),
-        ("nginx (1 worker)", "203.0.113.10:8092".parse().unwrap()),
-        ("splitter proxy, 10 % mirrored + compared", "203.0.113.10:8088".parse().unwrap()),
-        ("nginx, 10 % mirrored (`mirror`, not compared)", "203.0.113.10:8093".parse().unwrap()),
+    let proxies = [
+        Proxy::new("splitter", vip(8080), false, vec![agent_pid]),
+        Proxy::new("HAProxy", addr("203.0.113.10:8090"), false, vec![haproxy.0.id()]),
+        Proxy::new("nginx", addr("203.0.113.10:8092"), false, nginx.pids()),
+        Proxy::new("splitter, 10 % mirrored + compared", vip(8088), false, vec![agent_pid]),
+        Proxy::new("nginx, 10 % mirrored (`mirror`, not compared)", addr("203.0.113.10:8093"), false, nginx.pids()),
     ];
-    let mut results: Vec<Vec<Run>> = scenarios.iter().map(|_| Vec::new()).collect();
+    // The three proxies (the mirrored paths are the same processes).
+    let main = &proxies[..3];
+    proxies.iter().for_each(Proxy::pin);
+    for p in &proxies {
+        with_open_connections(&topo.client, p.addr, None, 1, || ());
+    }
+    let idle = [Some(splitter_idle), Some(main[1].rss_kib()), Some(main[2].rss_kib())];
+
+    // Rate runs, rounds interleaved.
+    let mut keepalive = KeepAlive::new(&CONNS, SECS, proxies.len());
     for round in 0..rounds() {
-        for (i, (_, target)) in scenarios.iter().enumerate() {
-            results[i].push(load(&topo.client, *target));
-        }
+        keepalive.round(&topo.client, &format!("http://{BACKEND}/"), &proxies, &load_pids);
         eprintln!("round {}/{} done", round + 1, rounds());
     }
-    let agent_pid = agent.pid().expect("agent runs");
-    let rss_idle = rss_kib(agent_pid);
-    // Per proxy, RSS in KiB with each count of RSS_AT open.
-    let rss_at = |target: SocketAddr, rss: &(dyn Fn() -> u64 + Sync)| -> Vec<u64> {
-        RSS_AT.iter().map(|n| with_idle_connections(&topo.client, target, *n, rss)).collect()
-    };
-    let rss_agent = rss_at(scenarios[1].1, &|| rss_kib(agent_pid));
-    let rss_haproxy = rss_at(scenarios[2].1, &|| rss_kib(haproxy.0.id()));
-    let rss_nginx = rss_at(scenarios[3].1, &|| nginx.rss_kib());
 
-    let mut md = String::new();
-    writeln!(
-        md,
-        "### L7 proxy ({CONNS} keep-alive connections, {SECS} s per run, {} interleaved rounds, median [min–max])\n",
-        rounds()
-    )
-    .unwrap();
-    writeln!(md, "| path | requests/s | p50 µs | p99 µs | errors | requests/s vs splitter |").unwrap();
-    writeln!(md, "|---|---|---|---|---|---|").unwrap();
-    let rps_of = |i: usize| median(results[i].iter().map(|r| r.rps).collect()).0;
-    for (i, (name, _)) in scenarios.iter().enumerate() {
-        let (rps, lo, hi) = median(results[i].iter().map(|r| r.rps).collect());
-        let p50 = median(results[i].iter().map(|r| r.p50_us).collect()).0;
-        let p99 = median(results[i].iter().map(|r| r.p99_us).collect()).0;
-        let errors: usize = results[i].iter().map(|r| r.errors).sum();
-        writeln!(
-            md,
-            "| {name} | {rps:.0} [{lo:.0}–{hi:.0}] | {p50:.0} | {p99:.0} | {errors} | {:.2}× |",
-            rps / rps_of(1)
-        )
-        .unwrap();
+    // Latency at a fixed rate: half of HAProxy's median maximum at CONNS[0]
+    // connections, the same offered rate for every path.
+    let rate = (0.5 * keepalive.rps(1, 0) / 100.0).floor() * 100.0;
+    let mut latency: Vec<Vec<Latency>> = (0..=proxies.len()).map(|_| Vec::new()).collect();
+    for _ in 0..rounds() {
+        latency[0].push(open_loop(&topo.client, addr(BACKEND), None, rate, LATENCY_CONNS, SECS));
+        for (i, p) in proxies.iter().enumerate() {
+            latency[i + 1].push(open_loop(&topo.client, p.addr, None, rate, LATENCY_CONNS, SECS));
+        }
     }
-    let p99 = |i: usize| median(results[i].iter().map(|r| r.p99_us).collect()).0;
-    writeln!(
-        md,
-        "\nAdded p99 over direct: splitter {:.0} µs, HAProxy {:.0} µs, nginx {:.0} µs (target ≤ 1,000 µs). splitter vs HAProxy {:.2}×, vs nginx {:.2}× requests/s. Mirroring at 10 % keeps {:.0} % of splitter's unmirrored throughput (target ≥ 85 %; splitter also compares every copy's answer), nginx's `mirror` {:.0} % of its own.",
-        p99(1) - p99(0),
-        p99(2) - p99(0),
-        p99(3) - p99(0),
-        rps_of(1) / rps_of(2),
-        rps_of(1) / rps_of(3),
-        100.0 * rps_of(4) / rps_of(1),
-        100.0 * rps_of(5) / rps_of(3)
-    )
-    .unwrap();
-    let mib = |kib: u64| kib as f64 / 1024.0;
-    writeln!(
-        md,
-        "\n| RSS (MiB) | idle | {} open connections | {} open connections |\n|---|---|---|---|",
-        RSS_AT[0], RSS_AT[1]
-    )
-    .unwrap();
-    writeln!(md, "| splitter agent | {:.1} | {:.1} | {:.1} |", mib(rss_idle), mib(rss_agent[0]), mib(rss_agent[1]))
-        .unwrap();
-    writeln!(md, "| HAProxy | — | {:.1} | {:.1} |", mib(rss_haproxy[0]), mib(rss_haproxy[1])).unwrap();
-    writeln!(md, "| nginx (master and worker) | — | {:.1} | {:.1} |", mib(rss_nginx[0]), mib(rss_nginx[1])).unwrap();
-    writeln!(
-        md,
-        "\nTarget: splitter ≤ 30 MB with {} connections. Each proxy runs {threads} thread or worker (requests/s is per proxy core); the client and the backend share the machine's other cores. The splitter agent also holds the eBPF data path and the control plane.",
-        RSS_AT[1]
-    )
-    .unwrap();
+    let rss = rss_with_connections(&topo.client, main, None, &RSS_AT);
+    // The profile, last: it must not disturb the runs. First each proxy's
+    // system calls and context switches per request, then splitter's.
+    let profiled = profile::secs().map(|secs| {
+        let counts: Vec<(String, profile::Counts, f64)> = main
+            .iter()
+            .map(|p| {
+                let mut rps = 0.0;
+                let counts = profile::count(&p.pids, COUNT_SECS, || {
+                    rps = wrk(&topo.client, &p.url(), CONNS[0], COUNT_SECS + 1).0;
+                });
+                (p.name.clone(), counts, rps * COUNT_SECS as f64)
+            })
+            .collect();
+        let url = main[0].url();
+        let prof = profile::record(&main[0].pids, secs, &profile::dir("l7"), || {
+            wrk(&topo.client, &url, CONNS[0], secs + 1);
+        });
+        (prof, counts)
+    });
+    proxies.iter().for_each(Proxy::assert_pinned);
+
+    // The report.
+    let mut md = String::new();
+    let mut w = |s: String| writeln!(md, "{s}").unwrap();
+    w(format!("### L7 proxy, plain HTTP ({} interleaved rounds of {SECS} s runs, median [min–max])\n", rounds()));
+    w(format!("splitter (`--workers 1`), HAProxy (`mode http`, `nbthread 1`) and nginx (1 worker) proxy to the same origin over keep-alive. Each proxy's threads are pinned to CPU {PROXY_CPU}, alone (sched_setaffinity, as `taskset -a -p`; checked after the runs); wrk (one thread), the origin and the mirrors' shadow (nginx answering 200 from memory, 1 worker each) and the bench process run on CPU {LOAD_CPU}.\n"));
+    w("#### Keep-alive requests/s (wrk -t1, `GET /`)\n".into());
+    w(keepalive.table("direct to the origin (the generator's ceiling)", &proxies, &|p| p.name.clone()));
+    w(keepalive.headroom_note(""));
+    let cpu = |i: usize, c: usize| keepalive.cpu_us(i, c);
+    w(format!(
+        "Mirroring 10 % and comparing each copy's answer costs splitter {:+.1} µs of CPU per request ({:.2}× its unmirrored CPU per request) and keeps {:.0} % of its requests/s at {} connections; nginx's `mirror` (not compared) costs it {:+.1} µs ({:.2}×) and keeps {:.0} % of its own.\n",
+        cpu(3, 0) - cpu(0, 0),
+        cpu(3, 0) / cpu(0, 0),
+        100.0 * keepalive.rps(3, 0) / keepalive.rps(0, 0),
+        CONNS[0],
+        cpu(4, 0) - cpu(2, 0),
+        cpu(4, 0) / cpu(2, 0),
+        100.0 * keepalive.rps(4, 0) / keepalive.rps(2, 0),
+    ));
+    w(format!("#### Latency at {rate:.0} requests/s, open loop\n\nHalf HAProxy's median maximum at {} connections, offered to every path over {LATENCY_CONNS} keep-alive connections on fixed schedules; latency from each request's due time:\n", CONNS[0]));
+    let lat_names: Vec<String> =
+        std::iter::once("direct to the origin".to_owned()).chain(proxies.iter().map(|p| p.name.clone())).collect();
+    w(latency_table(&lat_names, &latency));
+    let p99 = |i: usize| med(&latency[i], &|l| l.p99_us).0;
+    let added = |i: usize| p99(i + 1) - p99(0);
+    w(format!(
+        "Added p99 over direct: splitter {:.0} µs, HAProxy {:.0} µs, nginx {:.0} µs; splitter mirrored {:.0} µs.\n",
+        added(0),
+        added(1),
+        added(2),
+        added(3)
+    ));
+    w("#### RSS (MiB)\n".into());
+    w(rss_table(main, &idle, &RSS_AT, &rss));
+    w("Idle: splitter is a fresh agent with one l7 service after one request (the bench's agent has two); HAProxy and nginx (with its two servers, plain and mirroring) before any load. With connections open: read after the rate runs (allocators keep what the load made them take), each connection idle after one request. The splitter agent also holds the eBPF data path and the control plane.".into());
+    if let Some((prof, counts)) = &profiled {
+        let what = format!("splitter under wrk, {} keep-alive connections, pinned as above", CONNS[0]);
+        w(format!("\n{}", prof.markdown(&what)));
+        w(format!("System calls and context switches per request of each proxy's processes under the same load (`perf stat`, {COUNT_SECS} s each; requests from wrk's rate):\n"));
+        w(profile::counts_table(counts));
+    }
     report::write_md("l7", &md);
+
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    let ka = |i: usize, c: usize| keepalive.rps(i, c);
+    let short = (0..CONNS.len()).map(|c| keepalive.headroom(c)).fold(f64::INFINITY, f64::min);
+    let caveat = if short < splitter_tests::l7bench::HEADROOM_BAR {
+        format!(" (wrk's headroom over the best proxy is only {short:.2}×: requests/s are lower bounds, CPU per request compares)")
+    } else {
+        String::new()
+    };
     report::write_headline(
         "l7",
         &[format!(
-            "L7 proxy: splitter serves {:.2}× HAProxy's and {:.2}× nginx's requests/s, adds {:.0} µs p99 over direct (HAProxy {:.0}, nginx {:.0}), keeps {:.0} % of its throughput with 10 % mirrored and compared, and holds {:.1} MiB with {} connections open.",
-            rps_of(1) / rps_of(2),
-            rps_of(1) / rps_of(3),
-            p99(1) - p99(0),
-            p99(2) - p99(0),
-            p99(3) - p99(0),
-            100.0 * rps_of(4) / rps_of(1),
-            mib(rss_agent[1]),
-            RSS_AT[1]
+            "L7 proxy, plain HTTP (each proxy pinned to one core): splitter spends {:.1} µs of CPU per keep-alive request at {} connections, {:.2}× HAProxy's ({:.1}) and {:.2}× nginx's ({:.1}); per core it serves {:.2}× HAProxy's requests/s at {} connections and {:.2}× at {} (nginx: {:.2}×, {:.2}×){caveat}; at {rate:.0} requests/s open loop it adds {:.0} µs p99 over direct (HAProxy {:.0}, nginx {:.0}); it holds {:.1} MiB idle with one service and {:.1} MiB with {} connections open (HAProxy {:.1}, nginx {:.1}).",
+            cpu(0, 0),
+            CONNS[0],
+            cpu(0, 0) / cpu(1, 0),
+            cpu(1, 0),
+            cpu(0, 0) / cpu(2, 0),
+            cpu(2, 0),
+            ka(0, 0) / ka(1, 0),
+            CONNS[0],
+            ka(0, 1) / ka(1, 1),
+            CONNS[1],
+            ka(0, 0) / ka(2, 0),
+            ka(0, 1) / ka(2, 1),
+            added(0),
+            added(1),
+            added(2),
+            mib(splitter_idle),
+            mib(rss[0][1]),
+            RSS_AT[1],
+            mib(rss[1][1]),
+            mib(rss[2][1]),
         )],
     );
-    // Scenarios 1 and 4 are splitter's (unmirrored and mirrored).
-    let bars: Vec<Bar> = scenarios
+    let bars: Vec<Bar> = proxies
         .iter()
-        .zip(&results)
         .enumerate()
-        .map(|(i, ((name, _), runs))| Bar::new(name, i == 1 || i == 4, median(runs.iter().map(|r| r.rps).collect())))
+        .map(|(i, p)| Bar::new(&p.name, i == 0 || i == 3, splitter_tests::l7bench::rps(&keepalive.proxied[i][0])))
         .collect();
-    report::write_chart("l7", &format!("L7 proxy, {CONNS} connections: requests/s"), "requests/s", true, &bars);
+    report::write_chart(
+        "l7",
+        &format!("L7 proxy (plain HTTP), one core each: requests/s at {} connections", CONNS[0]),
+        "requests/s",
+        true,
+        &bars,
+    );
+    drop(nginx);
     drop(haproxy);
     drop(agent);
+    drop(shadow);
+    drop(origin);
 }

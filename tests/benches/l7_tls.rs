@@ -32,10 +32,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
-use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 use rustls::{
     client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
@@ -51,9 +47,12 @@ use splitter_testkit::{
 use splitter_tests::{
     agent::release_bin,
     grpc::{pb, serve_grpc, GrpcClient},
-    load::{assert_pinned, busy_per_cpu, median, pin_current_thread, pin_process},
+    l7bench::{
+        latency_table, med, open_loop, rate_head, rate_row, rounds, rps, rss_table, rss_with_connections, tls_connect,
+        KeepAlive, Latency, Proxy, Run, TlsStream, HOST, LOAD_CPU, PROXY_CPU,
+    },
+    load::pin_current_thread,
     peers::{Haproxy, Nginx},
-    process_cpu,
     report::{self, Bar},
     rss_kib,
 };
@@ -72,27 +71,17 @@ const GRPC_CONNS: usize = 4;
 const GRPC_STREAMS: usize = 8;
 /// Open TLS connections at which each proxy's RSS is read.
 const RSS_AT: [usize; 2] = [32, 256];
-/// The proxy under test runs here, alone.
-const PROXY_CPU: usize = 1;
-/// The load generators, the backends and this process run here.
-const LOAD_CPU: usize = 0;
-/// The name in the certificate (the clients send it as SNI).
-const SERVER_NAME: &str = "bench.example";
 
 const BACKEND: &str = "198.51.100.10:8081";
 const GRPC_BACKEND: &str = "198.51.100.10:9091";
 const SPLITTER_GRPC: u16 = 8051;
-
-fn rounds() -> usize {
-    std::env::var("SPLITTER_BENCH_ROUNDS").ok().and_then(|v| v.parse().ok()).filter(|n| *n > 0).unwrap_or(3)
-}
 
 fn addr(s: &str) -> SocketAddr {
     s.parse().expect("a socket address")
 }
 
 /// The certificates: a CA, and a server certificate it signed for
-/// [`SERVER_NAME`], as PEM files every proxy reads.
+/// [`HOST`], as PEM files every proxy reads.
 struct Pki {
     ca_der: CertificateDer<'static>,
     server_der: Vec<u8>,
@@ -111,8 +100,8 @@ impl Pki {
         let ca_cert = ca_params.self_signed(&ca_key).expect("CA certificate");
         let ca = Issuer::new(ca_params, ca_key);
         let key = KeyPair::generate().expect("server key");
-        let mut params = CertificateParams::new(vec![SERVER_NAME.to_owned()]).expect("server params");
-        params.distinguished_name.push(DnType::CommonName, SERVER_NAME);
+        let mut params = CertificateParams::new(vec![HOST.to_owned()]).expect("server params");
+        params.distinguished_name.push(DnType::CommonName, HOST);
         let cert = params.signed_by(&key, &ca).expect("server certificate");
         std::fs::create_dir_all(dir).expect("bench dir");
         let (cert_path, key_path, bundle) = (dir.join("server.pem"), dir.join("server.key"), dir.join("haproxy.pem"));
@@ -188,47 +177,6 @@ impl ServerCertVerifier for Unverified {
     }
 }
 
-type TlsStream = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
-
-async fn tls_connect(target: SocketAddr, config: Arc<ClientConfig>) -> Result<TlsStream, String> {
-    let tcp = tokio::net::TcpStream::connect(target).await.map_err(|e| format!("connect {target}: {e}"))?;
-    let _ = tcp.set_nodelay(true);
-    let name = ServerName::try_from(SERVER_NAME).expect("a DNS name");
-    tokio_rustls::TlsConnector::from(config).connect(name, tcp).await.map_err(|e| format!("handshake: {e}"))
-}
-
-/// An HTTP/1.1 keep-alive connection to `target`, over TLS when `tls`.
-async fn h1_connect(target: SocketAddr, tls: Option<Arc<ClientConfig>>) -> Result<SendRequest<Empty<Bytes>>, String> {
-    macro_rules! handshake {
-        ($io:expr) => {{
-            let (send, conn) =
-                hyper::client::conn::http1::handshake($io).await.map_err(|e| format!("HTTP/1.1: {e}"))?;
-            tokio::spawn(conn);
-            Ok(send)
-        }};
-    }
-    match tls {
-        Some(config) => handshake!(TokioIo::new(tls_connect(target, config).await?)),
-        None => {
-            let tcp = tokio::net::TcpStream::connect(target).await.map_err(|e| format!("connect {target}: {e}"))?;
-            let _ = tcp.set_nodelay(true);
-            handshake!(TokioIo::new(tcp))
-        }
-    }
-}
-
-async fn get(send: &mut SendRequest<Empty<Bytes>>) -> Result<(), String> {
-    let req = http::Request::get("/").header("host", SERVER_NAME).body(Empty::<Bytes>::new()).unwrap();
-    let resp = send.send_request(req).await.map_err(|e| e.to_string())?;
-    let status = resp.status();
-    resp.into_body().collect().await.map_err(|e| e.to_string())?;
-    if status.is_success() {
-        Ok(())
-    } else {
-        Err(format!("status {status}"))
-    }
-}
-
 /// What one proxy's handshake showed: protocol, cipher suite, key exchange.
 struct Negotiated(String);
 
@@ -250,7 +198,7 @@ fn check_proxy(ns: &NetNs, name: &str, target: SocketAddr, pki: &Pki) -> Negotia
                 conn.negotiated_cipher_suite().expect("suite").suite(),
                 conn.negotiated_key_exchange_group().map(|g| g.name()).expect("group")
             );
-            tls.write_all(format!("GET / HTTP/1.1\r\nHost: {SERVER_NAME}\r\nConnection: close\r\n\r\n").as_bytes())
+            tls.write_all(format!("GET / HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n").as_bytes())
                 .await
                 .expect("request");
             let status = read_response(&mut tls).await.unwrap_or_else(|e| panic!("{name}: {e}"));
@@ -299,93 +247,6 @@ async fn read_response(s: &mut TlsStream) -> Result<u16, String> {
     }
 }
 
-/// A proxy under test: its name, where it listens for TLS, its processes.
-struct Proxy {
-    name: &'static str,
-    addr: SocketAddr,
-    pids: Vec<u32>,
-}
-
-/// CPU time used during a run: by the proxy's processes, by the load side
-/// (this process: the Rust clients and the gRPC backend; the generators it
-/// ran and waited for: wrk, h2load; the nginx origin) and by anything on
-/// each core, other work on the machine included.
-struct Usage {
-    proxy: Duration,
-    load: Duration,
-    load_core: Duration,
-    proxy_core: Duration,
-    wall: Duration,
-}
-
-impl Usage {
-    fn share(&self, d: Duration) -> f64 {
-        100.0 * d.as_secs_f64() / self.wall.as_secs_f64()
-    }
-}
-
-/// User and system CPU time of this process (`RUSAGE_SELF`) or of its
-/// children that ended and were waited for (`RUSAGE_CHILDREN`).
-fn rusage(who: libc::c_int) -> Duration {
-    // SAFETY: rusage is plain data; getrusage fills it.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: a valid `who` and a valid pointer.
-    assert_eq!(unsafe { libc::getrusage(who, &mut ru) }, 0, "getrusage");
-    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    tv(ru.ru_utime) + tv(ru.ru_stime)
-}
-
-fn measured<T>(pids: &[u32], load_pids: &[u32], f: impl FnOnce() -> T) -> (T, Usage) {
-    let cpu = |pids: &[u32]| pids.iter().map(|p| process_cpu(*p)).sum::<Duration>();
-    let load = || cpu(load_pids) + rusage(libc::RUSAGE_SELF) + rusage(libc::RUSAGE_CHILDREN);
-    let (p0, l0, c0, t0) = (cpu(pids), load(), busy_per_cpu(), Instant::now());
-    let out = f();
-    let (p1, l1, c1, wall) = (cpu(pids), load(), busy_per_cpu(), t0.elapsed());
-    let core = |cpu: usize| c1[cpu].saturating_sub(c0[cpu]);
-    (out, Usage { proxy: p1 - p0, load: l1 - l0, load_core: core(LOAD_CPU), proxy_core: core(PROXY_CPU), wall })
-}
-
-/// One rate run: operations per second, failures, and the CPU it took.
-struct Run {
-    per_sec: f64,
-    failed: u64,
-    usage: Usage,
-}
-
-impl Run {
-    /// CPU µs of the proxy's processes per operation.
-    fn cpu_us(&self) -> f64 {
-        self.usage.proxy.as_secs_f64() * 1e6 / (self.per_sec * SECS as f64).max(1.0)
-    }
-}
-
-/// `wrk -t1 -cCONNS` against `url` for [`SECS`]: requests/s and errors
-/// (socket errors and non-2xx/3xx answers).
-fn wrk(ns: &NetNs, url: &str, conns: usize) -> (f64, u64) {
-    let out = ns
-        .command("wrk")
-        .args(["-t1", &format!("-c{conns}"), &format!("-d{SECS}s"), "--timeout", "5s", url])
-        .output()
-        .unwrap_or_else(|e| panic!("wrk (cargo xtask bench installs it, Debian package wrk): {e}"));
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "wrk {url} failed: {text}{}", String::from_utf8_lossy(&out.stderr));
-    let rps = text
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("Requests/sec:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no Requests/sec in wrk's output: {text}"));
-    let mut errors = 0u64;
-    for line in text.lines().map(str::trim) {
-        if let Some(socket) = line.strip_prefix("Socket errors:") {
-            errors += socket.split(',').filter_map(|p| p.split_whitespace().last()?.parse::<u64>().ok()).sum::<u64>();
-        }
-        if let Some(n) = line.strip_prefix("Non-2xx or 3xx responses:") {
-            errors += n.trim().parse::<u64>().unwrap_or(0);
-        }
-    }
-    (rps, errors)
-}
-
 /// [`HANDSHAKERS`] clients, each in a loop for [`SECS`]: connect, full TLS
 /// handshake, one `GET /` with `Connection: close`, read the answer, close.
 /// Returns handshakes/s and failures; panics if any handshake resumed a
@@ -405,7 +266,7 @@ fn handshakes(ns: &NetNs, target: SocketAddr) -> (f64, u64) {
                             let one = async {
                                 let mut tls = tls_connect(target, config.clone()).await?;
                                 let kind = tls.get_ref().1.handshake_kind();
-                                let req = format!("GET / HTTP/1.1\r\nHost: {SERVER_NAME}\r\nConnection: close\r\n\r\n");
+                                let req = format!("GET / HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n");
                                 tls.write_all(req.as_bytes()).await.map_err(|e| e.to_string())?;
                                 match read_response(&mut tls).await? {
                                     200 => Ok(kind),
@@ -434,68 +295,6 @@ fn handshakes(ns: &NetNs, target: SocketAddr) -> (f64, u64) {
     })
 }
 
-/// What an open-loop run saw: latency from the request's due time (or its
-/// send, when the timer woke late and the connection was free) to the
-/// answer's end.
-struct Latency {
-    p50_us: f64,
-    p99_us: f64,
-    achieved: f64,
-    errors: u64,
-}
-
-/// `rate` requests/s over [`LATENCY_CONNS`] keep-alive connections for
-/// [`SECS`], each connection sending on its own fixed schedule whatever
-/// the answers do (open loop). A request due while its connection still
-/// waits for the previous answer goes right after it, and its latency
-/// counts from when it was due: the queueing shows.
-fn open_loop(ns: &NetNs, target: SocketAddr, tls: Option<Arc<ClientConfig>>, rate: f64) -> Latency {
-    ns.run(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio");
-        rt.block_on(async move {
-            let mut senders = Vec::new();
-            for _ in 0..LATENCY_CONNS {
-                senders.push(h1_connect(target, tls.clone()).await.unwrap_or_else(|e| panic!("{target}: {e}")));
-            }
-            let period = Duration::from_secs_f64(LATENCY_CONNS as f64 / rate);
-            let start = tokio::time::Instant::now() + Duration::from_millis(100);
-            let end = start + Duration::from_secs(SECS);
-            let tasks: Vec<_> = senders
-                .into_iter()
-                .enumerate()
-                .map(|(i, mut send)| {
-                    tokio::spawn(async move {
-                        let (mut lat, mut errors) = (Vec::new(), 0u64);
-                        let mut due = start + Duration::from_secs_f64(i as f64 / rate);
-                        while due < end {
-                            tokio::time::sleep_until(due).await;
-                            // Late because the last answer was: count from due.
-                            // Late because the timer woke late: from now.
-                            let now = tokio::time::Instant::now();
-                            let from = if now.duration_since(due) > Duration::from_millis(2) { due } else { now };
-                            match get(&mut send).await {
-                                Ok(()) => lat.push(from.elapsed().as_secs_f64() * 1e6),
-                                Err(_) => errors += 1,
-                            }
-                            due += period;
-                        }
-                        (lat, errors)
-                    })
-                })
-                .collect();
-            let (mut all, mut errors) = (Vec::new(), 0);
-            for t in tasks {
-                let (l, e) = t.await.expect("latency task");
-                all.extend(l);
-                errors += e;
-            }
-            all.sort_by(f64::total_cmp);
-            let q = |p: f64| all.get(((all.len() as f64 - 1.0) * p) as usize).copied().unwrap_or(f64::NAN);
-            Latency { p50_us: q(0.5), p99_us: q(0.99), achieved: all.len() as f64 / SECS as f64, errors }
-        })
-    })
-}
-
 /// h2load sending the unary call in `body` (gRPC-framed) over
 /// [`GRPC_CONNS`] h2c connections with [`GRPC_STREAMS`] streams each for
 /// [`SECS`]: calls/s (2xx answers) and failures.
@@ -520,29 +319,6 @@ fn h2load_grpc(ns: &NetNs, target: SocketAddr, body: &Path) -> (f64, u64) {
     let ok = field("status codes:", "2xx");
     let failed = field("requests:", "failed") + field("requests:", "errored") + field("requests:", "timeout");
     (ok as f64 / SECS as f64, failed)
-}
-
-/// Opens `n` TLS keep-alive connections to `target`, one request each, and
-/// keeps them open while `measure` runs.
-fn with_open_connections<T: Send>(ns: &NetNs, target: SocketAddr, n: usize, measure: impl FnOnce() -> T + Send) -> T {
-    ns.run(|| {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio");
-        let held = rt.block_on(async move {
-            let mut held = Vec::new();
-            for i in 0..n {
-                let mut send = h1_connect(target, Some(load_client()))
-                    .await
-                    .unwrap_or_else(|e| panic!("connection {i} of {n} to {target}: {e}"));
-                get(&mut send).await.unwrap_or_else(|e| panic!("request on connection {i} to {target}: {e}"));
-                held.push(send);
-            }
-            held
-        });
-        let out = measure();
-        drop(held);
-        drop(rt);
-        out
-    })
 }
 
 /// The gRPC request body: one length-prefixed, uncompressed `echo.Msg`.
@@ -598,16 +374,13 @@ fn main() {
     let haproxy = Haproxy::https(&topo.lb, &dir, addr("203.0.113.10:8444"), addr(BACKEND), 1, &pki.bundle);
     let nginx = Nginx::https(&topo.lb, &dir, addr("203.0.113.10:8445"), addr(BACKEND), &pki.cert, &pki.key);
     let proxies = [
-        Proxy { name: "splitter", addr: addr("203.0.113.10:8443"), pids: vec![agent_pid] },
-        Proxy { name: "HAProxy", addr: addr("203.0.113.10:8444"), pids: vec![haproxy.0.id()] },
-        Proxy { name: "nginx", addr: addr("203.0.113.10:8445"), pids: nginx.pids() },
+        Proxy::new("splitter", addr("203.0.113.10:8443"), true, vec![agent_pid]),
+        Proxy::new("HAProxy", addr("203.0.113.10:8444"), true, vec![haproxy.0.id()]),
+        Proxy::new("nginx", addr("203.0.113.10:8445"), true, nginx.pids()),
     ];
-    for p in &proxies {
-        for pid in &p.pids {
-            pin_process(*pid, PROXY_CPU);
-        }
-    }
-    let negotiated: Vec<Negotiated> = proxies.iter().map(|p| check_proxy(&topo.client, p.name, p.addr, &pki)).collect();
+    proxies.iter().for_each(Proxy::pin);
+    let negotiated: Vec<Negotiated> =
+        proxies.iter().map(|p| check_proxy(&topo.client, &p.name, p.addr, &pki)).collect();
     let body = grpc_body(&dir);
     let splitter_grpc = vip(SPLITTER_GRPC);
     for (what, target) in [("directly", addr(GRPC_BACKEND)), ("through splitter", splitter_grpc)] {
@@ -619,64 +392,35 @@ fn main() {
 
     // Rate runs, rounds interleaved: per round, every path of every scenario.
     let direct_url = format!("http://{BACKEND}/");
-    let mut direct: Vec<Vec<Run>> = CONNS.iter().map(|_| Vec::new()).collect();
-    // [proxy][conns] → runs.
-    let mut keepalive: Vec<Vec<Vec<Run>>> =
-        proxies.iter().map(|_| CONNS.iter().map(|_| Vec::new()).collect()).collect();
+    let mut keepalive = KeepAlive::new(&CONNS, SECS, proxies.len());
     let mut hs: Vec<Vec<Run>> = proxies.iter().map(|_| Vec::new()).collect();
     let (mut grpc_direct, mut grpc_splitter) = (Vec::new(), Vec::new());
     for round in 0..rounds() {
-        for (c, conns) in CONNS.iter().enumerate() {
-            let ((per_sec, failed), usage) = measured(&[], &load_pids, || wrk(&topo.client, &direct_url, *conns));
-            direct[c].push(Run { per_sec, failed, usage });
-            for (i, p) in proxies.iter().enumerate() {
-                let url = format!("https://{}/", p.addr);
-                let ((per_sec, failed), usage) = measured(&p.pids, &load_pids, || wrk(&topo.client, &url, *conns));
-                keepalive[i][c].push(Run { per_sec, failed, usage });
-            }
-        }
+        keepalive.round(&topo.client, &direct_url, &proxies, &load_pids);
         for (i, p) in proxies.iter().enumerate() {
-            let ((per_sec, failed), usage) = measured(&p.pids, &load_pids, || handshakes(&topo.client, p.addr));
-            hs[i].push(Run { per_sec, failed, usage });
+            hs[i].push(Run::measure(&p.pids, &load_pids, SECS, || handshakes(&topo.client, p.addr)));
         }
-        let ((per_sec, failed), usage) =
-            measured(&[], &load_pids, || h2load_grpc(&topo.client, addr(GRPC_BACKEND), &body));
-        grpc_direct.push(Run { per_sec, failed, usage });
-        let ((per_sec, failed), usage) =
-            measured(&[agent_pid], &load_pids, || h2load_grpc(&topo.client, splitter_grpc, &body));
-        grpc_splitter.push(Run { per_sec, failed, usage });
+        grpc_direct.push(Run::measure(&[], &load_pids, SECS, || h2load_grpc(&topo.client, addr(GRPC_BACKEND), &body)));
+        grpc_splitter
+            .push(Run::measure(&[agent_pid], &load_pids, SECS, || h2load_grpc(&topo.client, splitter_grpc, &body)));
         eprintln!("round {}/{} done", round + 1, rounds());
     }
-    let med = |runs: &[Run], f: &dyn Fn(&Run) -> f64| median(runs.iter().map(f).collect());
-    let rps = |runs: &[Run]| med(runs, &|r| r.per_sec);
 
     // Latency at a fixed rate: half of the slowest proxy's median maximum at
     // CONNS[0] connections, the same offered rate for every path.
-    let rate = 0.5 * keepalive.iter().map(|k| rps(&k[0]).0).fold(f64::INFINITY, f64::min);
+    let rate = 0.5 * (0..proxies.len()).map(|i| keepalive.rps(i, 0)).fold(f64::INFINITY, f64::min);
     let rate = (rate / 100.0).floor() * 100.0;
     let mut latency: Vec<Vec<Latency>> = (0..=proxies.len()).map(|_| Vec::new()).collect();
     for _ in 0..rounds() {
-        latency[0].push(open_loop(&topo.client, addr(BACKEND), None, rate));
+        latency[0].push(open_loop(&topo.client, addr(BACKEND), None, rate, LATENCY_CONNS, SECS));
         for (i, p) in proxies.iter().enumerate() {
-            latency[i + 1].push(open_loop(&topo.client, p.addr, Some(load_client()), rate));
+            latency[i + 1].push(open_loop(&topo.client, p.addr, Some(load_client()), rate, LATENCY_CONNS, SECS));
         }
     }
 
     // RSS with TLS connections open.
-    let rss: Vec<Vec<u64>> = proxies
-        .iter()
-        .map(|p| {
-            RSS_AT
-                .iter()
-                .map(|n| with_open_connections(&topo.client, p.addr, *n, || p.pids.iter().map(|q| rss_kib(*q)).sum()))
-                .collect()
-        })
-        .collect();
-    for p in &proxies {
-        for pid in &p.pids {
-            assert_pinned(*pid, PROXY_CPU);
-        }
-    }
+    let rss = rss_with_connections(&topo.client, &proxies, Some(load_client()), &RSS_AT);
+    proxies.iter().for_each(Proxy::assert_pinned);
 
     // The report.
     let n = rounds();
@@ -684,133 +428,51 @@ fn main() {
     let mut w = |s: String| writeln!(md, "{s}").unwrap();
     w(format!("### L7 over TLS and gRPC ({n} interleaved rounds of {SECS} s runs, median [min–max])\n"));
     w(format!("splitter (`--workers 1`), HAProxy (`nbthread 1`) and nginx (1 worker) terminate TLS with the same certificate (ECDSA P-256, signed by a CA made for the run) and proxy to the same plain-HTTP/1.1 backend over keep-alive. Each proxy's threads are pinned to CPU {PROXY_CPU}, alone (sched_setaffinity, as `taskset -a -p`; checked after the runs); the load generators, the backends (an nginx origin answering 200 from memory, 1 worker; a tonic gRPC server) and the bench process run on CPU {LOAD_CPU}. Every handshake negotiated: splitter {}; HAProxy {}; nginx {}.\n", negotiated[0].0, negotiated[1].0, negotiated[2].0));
-    let fmt_rps = |(m, lo, hi): (f64, f64, f64)| format!("{m:.0} [{lo:.0}–{hi:.0}]");
-    // The proxy's CPU use (of its core), the load side's and CPU 0's (of CPU 0).
-    let usage = |runs: &[Run], proxy: bool| {
-        let share = |f: &dyn Fn(&Usage) -> Duration| med(runs, &|r| r.usage.share(f(&r.usage))).0;
-        let (p, l, c0, c1) =
-            (share(&|u| u.proxy), share(&|u| u.load), share(&|u| u.load_core), share(&|u| u.proxy_core));
-        let p = if proxy { format!("{p:.0} %") } else { "—".into() };
-        format!("{p} | {c1:.0} % | {l:.0} % | {c0:.0} %")
-    };
-    const USE: &str = "proxy's CPU use | CPU 1 busy | load side's CPU use | CPU 0 busy";
     w("#### HTTPS keep-alive (wrk -t1, `GET /`)\n".into());
-    w(format!("| path | connections | requests/s | vs splitter | CPU µs per request | errors | {USE} |"));
-    w("|---|---|---|---|---|---|---|---|---|---|".into());
-    let mut bars = Vec::new();
-    for (c, conns) in CONNS.iter().enumerate() {
-        let split = rps(&keepalive[0][c]).0;
-        let d = &direct[c];
-        w(format!(
-            "| direct to the backend (plain HTTP: the generator's ceiling) | {conns} | {} | {:.2}× | — | {} | {} |",
-            fmt_rps(rps(d)),
-            rps(d).0 / split,
-            d.iter().map(|r| r.failed).sum::<u64>(),
-            usage(d, false)
-        ));
-        for (i, p) in proxies.iter().enumerate() {
-            let runs = &keepalive[i][c];
-            w(format!(
-                "| {} over TLS | {conns} | {} | {:.2}× | {:.1} | {} | {} |",
-                p.name,
-                fmt_rps(rps(runs)),
-                rps(runs).0 / split,
-                med(runs, &|r| r.cpu_us()).0,
-                runs.iter().map(|r| r.failed).sum::<u64>(),
-                usage(runs, true)
-            ));
-            if c == 0 {
-                bars.push(Bar::new(&format!("{} (HTTPS)", p.name), i == 0, rps(runs)));
-            }
-        }
-    }
-    let best = |c: usize| keepalive.iter().map(|k| rps(&k[c]).0).fold(0.0, f64::max);
-    let headroom: Vec<String> = CONNS
+    w(keepalive.table("direct to the backend (plain HTTP: the generator's ceiling)", &proxies, &|p| {
+        format!("{} over TLS", p.name)
+    }));
+    w(keepalive.headroom_note(" (its rate is plain HTTP; over TLS wrk spends a few µs a request more)"));
+    let mut bars: Vec<Bar> = proxies
         .iter()
         .enumerate()
-        .map(|(c, conns)| format!("{:.1}× at {conns} connections", rps(&direct[c]).0 / best(c)))
+        .map(|(i, p)| Bar::new(&format!("{} (HTTPS)", p.name), i == 0, rps(&keepalive.proxied[i][0])))
         .collect();
-    w(format!(
-        "\nThe generator's headroom: wrk's plain-HTTP rate straight to the backend is {} the best proxy's HTTPS rate (over TLS wrk spends a few µs a request more). The proxy's CPU use is its processes' share of its core (from /proc); CPU 1 busy counts whatever ran there, since other work on this shared machine is not kept off the proxy's core: a proxy below 100 % on a CPU 1 near 100 % lost the rest to its neighbours, and its requests/s is lower than alone. The load side's CPU use (this bench's process, wrk or h2load, the origin) is what the generator and the backend needed of CPU 0, CPU 0 busy adds the rest. CPU µs per request is the comparison that survives this; it also drops as a proxy gets busier (more requests per wake-up), so compare it between rows of one connection count.\n",
-        headroom.join(", ")
-    ));
     w(format!("Open loop at {rate:.0} requests/s (half the slowest proxy's median maximum at {} connections), {LATENCY_CONNS} keep-alive connections on fixed schedules; latency from each request's due time:\n", CONNS[0]));
-    w("| path | achieved requests/s | p50 µs | p99 µs | errors |\n|---|---|---|---|---|".into());
     let lat_names: Vec<String> = std::iter::once("direct to the backend (plain HTTP)".to_owned())
         .chain(proxies.iter().map(|p| format!("{} over TLS", p.name)))
         .collect();
-    let p = |i: usize, f: &dyn Fn(&Latency) -> f64| median(latency[i].iter().map(f).collect());
-    for (i, name) in lat_names.iter().enumerate() {
-        w(format!(
-            "| {name} | {:.0} | {} | {} | {} |",
-            p(i, &|l| l.achieved).0,
-            fmt_rps(p(i, &|l| l.p50_us)),
-            fmt_rps(p(i, &|l| l.p99_us)),
-            latency[i].iter().map(|l| l.errors).sum::<u64>()
-        ));
-    }
-    w(format!("\n#### New TLS handshakes ({HANDSHAKERS} clients: connect, full handshake, one `GET /` with `Connection: close`)\n"));
-    w(format!("| path | handshakes/s | vs splitter | CPU µs per handshake | failed | {USE} |"));
-    w("|---|---|---|---|---|---|---|---|---|".into());
-    let split_hs = rps(&hs[0]).0;
-    for (i, p) in proxies.iter().enumerate() {
-        let runs = &hs[i];
-        w(format!(
-            "| {} | {} | {:.2}× | {:.0} | {} | {} |",
-            p.name,
-            fmt_rps(rps(runs)),
-            rps(runs).0 / split_hs,
-            med(runs, &|r| r.cpu_us()).0,
-            runs.iter().map(|r| r.failed).sum::<u64>(),
-            usage(runs, true)
-        ));
+    w(latency_table(&lat_names, &latency));
+    w(format!("#### New TLS handshakes ({HANDSHAKERS} clients: connect, full handshake, one `GET /` with `Connection: close`)\n"));
+    w(rate_head(&["path", "handshakes/s", "vs splitter", "CPU µs per handshake", "failed"]));
+    for (p, runs) in proxies.iter().zip(&hs) {
+        w(rate_row(&p.name, runs, rps(&hs[0]).0, Some(0)));
     }
     let bound: Vec<&str> = proxies
         .iter()
         .zip(&hs)
         .filter(|(_, runs)| med(runs, &|r| r.usage.share(r.usage.proxy)).0 < 90.0)
-        .map(|(p, _)| p.name)
+        .map(|(p, _)| p.name.as_str())
         .collect();
     if !bound.is_empty() {
-        w(format!("\nUnder 90 % of their core: {}. Their handshakes/s is bound by the load side (the client's own key exchange, and whatever else ran on CPU 0) or by neighbours on CPU 1, so compare CPU µs per handshake.", bound.join(", ")));
+        w(format!("\nUnder 90 % of their core: {}. Their handshakes/s is bound by the load side (the client's own key exchange, and whatever else ran on CPU {LOAD_CPU}) or by neighbours on CPU {PROXY_CPU}, so compare CPU µs per handshake.", bound.join(", ")));
     }
     w("\nThe client is rustls (ring) with session resumption off and every handshake checked to be a full one (no resumption, no HelloRetryRequest); it does not verify the server (the proxies' work is the same either way; each proxy's certificate was verified against the CA once before the runs).\n".into());
     w(format!("#### gRPC unary (h2load: {GRPC_CONNS} h2c connections × {GRPC_STREAMS} streams, `echo.Echo/Unary`, a tonic server)\n"));
-    w(format!("| path | calls/s | vs direct | CPU µs per call (splitter) | failed | {USE} |"));
-    w("|---|---|---|---|---|---|---|---|---|".into());
+    w(rate_head(&["path", "calls/s", "vs direct", "CPU µs per call (splitter)", "failed"]));
     let grpc_d = rps(&grpc_direct).0;
-    for (name, runs, cpu) in
-        [("direct to the tonic server", &grpc_direct, None), ("splitter (`upstream: h2c`)", &grpc_splitter, Some(()))]
-    {
-        w(format!(
-            "| {name} | {} | {:.2}× | {} | {} | {} |",
-            fmt_rps(rps(runs)),
-            rps(runs).0 / grpc_d,
-            cpu.map_or("—".to_owned(), |()| format!("{:.1}", med(runs, &|r| r.cpu_us()).0)),
-            runs.iter().map(|r| r.failed).sum::<u64>(),
-            usage(runs, cpu.is_some())
-        ));
-    }
+    w(rate_row("direct to the tonic server", &grpc_direct, grpc_d, None));
+    w(rate_row("splitter (`upstream: h2c`)", &grpc_splitter, grpc_d, Some(1)));
     let mib = |kib: u64| kib as f64 / 1024.0;
-    w(format!(
-        "\n#### RSS with TLS connections open (MiB)\n\n| proxy | idle | {} open | {} open |\n|---|---|---|---|",
-        RSS_AT[0], RSS_AT[1]
-    ));
-    for (i, p) in proxies.iter().enumerate() {
-        let idle = if i == 0 { format!("{:.1}", mib(rss_idle)) } else { "—".into() };
-        w(format!(
-            "| {}{} | {idle} | {:.1} | {:.1} |",
-            p.name,
-            if i == 2 { " (master and worker)" } else { "" },
-            mib(rss[i][0]),
-            mib(rss[i][1])
-        ));
-    }
-    w("\nRead after the rate runs, as the l7 bench does (allocators keep what the load made them take), with each connection idle after one request. The splitter agent also holds the eBPF data path, the control plane and the gRPC service.".into());
+    w("\n#### RSS with TLS connections open (MiB)\n".into());
+    let mut idle = vec![None; proxies.len()];
+    idle[0] = Some(rss_idle);
+    w(rss_table(&proxies, &idle, &RSS_AT, &rss));
+    w("Idle is splitter's before the runs, with its two services; the others are read after the rate runs, as the l7 bench does (allocators keep what the load made them take), with each connection idle after one request. The splitter agent also holds the eBPF data path, the control plane and the gRPC service.".into());
     report::write_md("l7_tls", &md);
 
-    let ka = |i: usize| rps(&keepalive[i][0]).0;
-    let cpu_ka = |i: usize| med(&keepalive[i][0], &|r| r.cpu_us()).0;
+    let ka = |i: usize| keepalive.rps(i, 0);
+    let cpu_ka = |i: usize| keepalive.cpu_us(i, 0);
     let hsr = |i: usize| rps(&hs[i]).0;
     let cpu_hs = |i: usize| med(&hs[i], &|r| r.cpu_us()).0;
     report::write_headline(

@@ -5,7 +5,9 @@
 //! (`fixture`), the agent under test (`agent`), real etcd members (`etcd`),
 //! a real gRPC service and client (`grpc`), a WebSocket echo (`ws`), a test
 //! CA and TLS client (`tls`),
-//! the peers and load of the benchmarks (`peers`, `load`), and what benchmarks
+//! the peers and load of the benchmarks (`peers`, `load`), the method and
+//! tables the L7 benches share (`l7bench`), profiles with perf (`profile`),
+//! and what benchmarks
 //! leave for `cargo xtask bench` (`report`).
 //!
 //! Tests that need root or the eBPF object call [`require_root`] and fail
@@ -16,10 +18,12 @@ pub mod differential;
 pub mod etcd;
 pub mod fixture;
 pub mod grpc;
+pub mod l7bench;
 pub mod load;
 pub mod netns;
 pub mod packet;
 pub mod peers;
+pub mod profile;
 pub mod raw;
 pub mod report;
 pub mod tls;
@@ -38,13 +42,20 @@ pub fn require_root(what: &str) {
 
 /// CPU time (user and system) process `pid` has used, from `/proc/PID/stat`.
 pub fn process_cpu(pid: u32) -> std::time::Duration {
+    let (user, system) = process_user_system(pid);
+    user + system
+}
+
+/// User and system CPU time process `pid` has used, from `/proc/PID/stat`.
+pub fn process_user_system(pid: u32) -> (std::time::Duration, std::time::Duration) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("process stat");
     // After the command's closing parenthesis: state is field 3, utime 14, stime 15.
     let rest = &stat[stat.rfind(')').expect("comm") + 2..];
     let f: Vec<u64> = rest.split_whitespace().map(|v| v.parse().unwrap_or(0)).collect();
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    std::time::Duration::from_secs_f64((f[11] + f[12]) as f64 / hz as f64)
+    let secs = |ticks: u64| std::time::Duration::from_secs_f64(ticks as f64 / hz as f64);
+    (secs(f[11]), secs(f[12]))
 }
 
 /// Resident memory of process `pid`, in KiB (`VmRSS`), for the benchmarks.
