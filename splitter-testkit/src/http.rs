@@ -79,34 +79,26 @@ impl Switch {
 }
 
 fn serve(ns: &NetNs, port: u16, name: &'static str, delay: Duration, switch: Switch) -> std::io::Result<()> {
-    let listener = ns.run(|| std::net::TcpListener::bind((std::net::Ipv6Addr::UNSPECIFIED, port)))?;
-    listener.set_nonblocking(true)?;
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio");
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
-            loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
-                let switch = switch.clone();
-                tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req| {
-                        let forced = switch.status(req.uri().path());
-                        async move {
-                            tokio::time::sleep(delay).await;
-                            let mut resp = answer(name, req).await?;
-                            if let Some(status) = forced {
-                                *resp.status_mut() = status;
-                            }
-                            Ok::<_, Infallible>(resp)
+    crate::serve::spawn_tokio_server(ns, port, move |listener| async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { continue };
+            let switch = switch.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req| {
+                    let forced = switch.status(req.uri().path());
+                    async move {
+                        tokio::time::sleep(delay).await;
+                        let mut resp = answer(name, req).await?;
+                        if let Some(status) = forced {
+                            *resp.status_mut() = status;
                         }
-                    });
-                    let _ =
-                        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+                        Ok::<_, Infallible>(resp)
+                    }
                 });
-            }
-        });
-    });
-    Ok(())
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+            });
+        }
+    })
 }
 
 type Body = BoxBody<Bytes, Infallible>;

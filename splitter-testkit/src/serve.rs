@@ -1,7 +1,8 @@
 //! Plain TCP and UDP backends for the demo, the tests and the benches: each
 //! answers with its name (the version it stands for), so a client sees which
 //! version a connection or a datagram reached; and [`ask_version`], the
-//! client's side.
+//! client's side. [`spawn_tokio_server`] runs any async server (HTTP, gRPC,
+//! WebSocket) in a namespace.
 
 use std::{
     io::{BufRead, BufReader, Write},
@@ -9,6 +10,26 @@ use std::{
 };
 
 use crate::netns::NetNs;
+
+/// Binds `[::]:port` (both families) in `ns` and runs `serve` on that
+/// listener on a thread of its own (a current-thread tokio runtime) until
+/// the process ends. Binding errors come back; the server's are its own.
+pub fn spawn_tokio_server<F, Fut>(ns: &NetNs, port: u16, serve: F) -> std::io::Result<()>
+where
+    F: FnOnce(tokio::net::TcpListener) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()>,
+{
+    let listener = ns.run(|| TcpListener::bind((Ipv6Addr::UNSPECIFIED, port)))?;
+    listener.set_nonblocking(true)?;
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio");
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
+            serve(listener).await;
+        });
+    });
+    Ok(())
+}
 
 /// A TCP backend on `[::]:port` (both families): answers every line a client
 /// sends with `name` and a newline, for as long as the client keeps the

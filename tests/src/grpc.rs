@@ -9,7 +9,7 @@ use std::{net::SocketAddr, pin::Pin};
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
-use splitter_testkit::netns::NetNs;
+use splitter_testkit::{netns::NetNs, serve::spawn_tokio_server};
 
 /// The generated messages, server and client.
 pub mod pb {
@@ -68,22 +68,15 @@ pub fn serve_grpc_tls(ns: &NetNs, port: u16, name: &'static str, cert: &str, key
 }
 
 fn serve(ns: &NetNs, port: u16, name: &'static str, tls: Option<tonic::transport::Identity>) -> std::io::Result<()> {
-    let listener = ns.run(|| std::net::TcpListener::bind((std::net::Ipv6Addr::UNSPECIFIED, port)))?;
-    listener.set_nonblocking(true)?;
     let mut server = tonic::transport::Server::builder();
     if let Some(identity) = tls {
         let config = tonic::transport::ServerTlsConfig::new().identity(identity);
         server = server.tls_config(config).map_err(std::io::Error::other)?;
     }
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio");
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
-            let incoming = tonic::transport::server::TcpIncoming::from(listener);
-            let _ = server.add_service(EchoServer::new(Backend { name })).serve_with_incoming(incoming).await;
-        });
-    });
-    Ok(())
+    spawn_tokio_server(ns, port, move |listener| async move {
+        let incoming = tonic::transport::server::TcpIncoming::from(listener);
+        let _ = server.add_service(EchoServer::new(Backend { name })).serve_with_incoming(incoming).await;
+    })
 }
 
 /// A gRPC client whose connection starts in `ns`, with its own runtime.

@@ -5,37 +5,30 @@
 use std::net::SocketAddr;
 
 use futures_util::{SinkExt, StreamExt};
-use splitter_testkit::netns::NetNs;
+use splitter_testkit::{netns::NetNs, serve::spawn_tokio_server};
 use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
 
 /// Serves the echo as backend `name` on `[::]:port` in `ns`, until the
 /// process ends.
 pub fn serve_ws(ns: &NetNs, port: u16, name: &'static str) -> std::io::Result<()> {
-    let listener = ns.run(|| std::net::TcpListener::bind((std::net::Ipv6Addr::UNSPECIFIED, port)))?;
-    listener.set_nonblocking(true)?;
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio");
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
-            loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
-                tokio::spawn(async move {
-                    let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else { return };
-                    while let Some(Ok(msg)) = ws.next().await {
-                        let answer = match msg {
-                            Message::Text(t) => Message::text(format!("{name}: {}", t.as_str())),
-                            Message::Close(_) => break,
-                            _ => continue,
-                        };
-                        if ws.send(answer).await.is_err() {
-                            break;
-                        }
+    spawn_tokio_server(ns, port, move |listener| async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { continue };
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else { return };
+                while let Some(Ok(msg)) = ws.next().await {
+                    let answer = match msg {
+                        Message::Text(t) => Message::text(format!("{name}: {}", t.as_str())),
+                        Message::Close(_) => break,
+                        _ => continue,
+                    };
+                    if ws.send(answer).await.is_err() {
+                        break;
                     }
-                });
-            }
-        });
-    });
-    Ok(())
+                }
+            });
+        }
+    })
 }
 
 /// A WebSocket client session from a namespace, on its own runtime.

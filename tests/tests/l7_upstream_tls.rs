@@ -19,6 +19,7 @@ use splitter_testkit::{
     config::Service,
     http::{get, Client, BACKEND},
     netns::NetNs,
+    serve::spawn_tokio_server,
     topology::{vip, Topology, BLUE, GREEN},
 };
 use splitter_tests::{
@@ -45,34 +46,27 @@ fn serve_https(ns: &NetNs, port: u16, name: &'static str, issued: &Issued) {
         .expect("server config");
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let listener =
-        ns.run(|| std::net::TcpListener::bind((std::net::Ipv6Addr::UNSPECIFIED, port))).expect("bind the backend");
-    listener.set_nonblocking(true).unwrap();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio");
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
-            loop {
-                let Ok((tcp, _)) = listener.accept().await else { continue };
-                let acceptor = acceptor.clone();
-                tokio::spawn(async move {
-                    let Ok(tls) = acceptor.accept(tcp).await else { return };
-                    let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| async move {
-                        let seen =
-                            |h: &str| req.headers().get(h).cloned().unwrap_or(http::HeaderValue::from_static(""));
-                        let resp = Response::builder()
-                            .header(BACKEND, name)
-                            .header("x-seen-host", seen("host"))
-                            .header("x-seen-proto", seen("x-forwarded-proto"))
-                            .body(Full::new(Bytes::from(name)))
-                            .unwrap();
-                        Ok::<_, std::convert::Infallible>(resp)
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tls), svc).await;
+    spawn_tokio_server(ns, port, move |listener| async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else { continue };
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else { return };
+                let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| async move {
+                    let seen = |h: &str| req.headers().get(h).cloned().unwrap_or(http::HeaderValue::from_static(""));
+                    let resp = Response::builder()
+                        .header(BACKEND, name)
+                        .header("x-seen-host", seen("host"))
+                        .header("x-seen-proto", seen("x-forwarded-proto"))
+                        .body(Full::new(Bytes::from(name)))
+                        .unwrap();
+                    Ok::<_, std::convert::Infallible>(resp)
                 });
-            }
-        });
-    });
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tls), svc).await;
+            });
+        }
+    })
+    .expect("bind the backend");
 }
 
 /// api (l7) on the VIP's :8080: v1 on blue and v2 on green (`port`),
