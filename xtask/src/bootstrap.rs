@@ -35,9 +35,10 @@ const APT_PACKAGES: &[&str] = &[
 ];
 
 /// Peers the benchmarks measure against and their load generators (Debian
-/// packages): wrk (HTTP/1.1 and HTTPS keep-alive load) and h2load from
+/// nghttp2-client (h2c load, gRPC-framed POSTs) for the L7 benches, and perf
+/// (linux-perf) for the L7 bench's profile.
 /// nghttp2-client (h2c load, gRPC-framed POSTs) for the TLS and gRPC bench.
-const BENCH_PACKAGES: &[&str] = &["haproxy", "nftables", "nginx", "wrk", "nghttp2-client"];
+const BENCH_PACKAGES: &[&str] = &["haproxy", "nftables", "nginx", "wrk", "nghttp2-client", "linux-perf"];
 
 pub fn run() -> Result<()> {
     nightly()?;
@@ -61,6 +62,8 @@ pub fn bench_tools() -> Result<()> {
             Err(e) => Err(format!("cannot run `wrk`: {e}")),
         }),
         Check::runs("h2load", &["--version"], "Debian package nghttp2-client"),
+        // The L7 bench's profile (`SPLITTER_BENCH_PROFILE`).
+        Check::runs("perf", &["--version"], "Debian package linux-perf"),
     ])
 }
 
