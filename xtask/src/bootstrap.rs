@@ -35,9 +35,9 @@ const APT_PACKAGES: &[&str] = &[
 ];
 
 /// Peers the benchmarks measure against and their load generators (Debian
+/// packages): wrk (HTTP/1.1 and HTTPS keep-alive load) and h2load from
 /// nghttp2-client (h2c load, gRPC-framed POSTs) for the L7 benches, and perf
 /// (linux-perf) for the L7 bench's profile.
-/// nghttp2-client (h2c load, gRPC-framed POSTs) for the TLS and gRPC bench.
 const BENCH_PACKAGES: &[&str] = &["haproxy", "nftables", "nginx", "wrk", "nghttp2-client", "linux-perf"];
 
 pub fn run() -> Result<()> {
