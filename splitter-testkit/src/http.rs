@@ -277,3 +277,19 @@ pub fn request_with_body(
     }
     b.body(Full::new(body)).expect("valid request")
 }
+
+/// One raw exchange from `ns`: `request` (bytes as given, on a new
+/// connection to `addr`) and everything the other side sent before it
+/// closed, or 5 s passed.
+pub fn raw_exchange(ns: &NetNs, addr: std::net::SocketAddr, request: &[u8]) -> String {
+    use std::io::{Read, Write};
+    ns.run(|| {
+        let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(5))).expect("a read timeout");
+        // A write the peer refuses part-way still leaves its answer to read.
+        let _ = s.write_all(request);
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    })
+}

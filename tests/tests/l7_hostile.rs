@@ -13,7 +13,7 @@ use std::{
 use http::StatusCode;
 use splitter_testkit::{
     config::Service,
-    http::{get, serve_http, Client},
+    http::{get, raw_exchange, serve_http, Client},
     topology::{vip, Topology, BLUE, GREEN},
     wait::eventually,
 };
@@ -144,20 +144,6 @@ fn statuses(answer: &str) -> Vec<&str> {
     answer.match_indices("HTTP/1.1 ").filter_map(|(at, _)| answer.get(at + 9..at + 12)).collect()
 }
 
-/// One raw request on a new connection from the client: the answer's status
-/// line and, for the rest, the whole answer.
-fn raw(topo: &Topology, request: &[u8]) -> String {
-    let vip: SocketAddr = VIP.parse().unwrap();
-    topo.client.run(|| {
-        let mut s = TcpStream::connect_timeout(&vip, Duration::from_secs(3)).expect("connect");
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        s.write_all(request).expect("send");
-        let mut out = Vec::new();
-        let _ = s.read_to_end(&mut out);
-        String::from_utf8_lossy(&out).into_owned()
-    })
-}
-
 #[test]
 fn a_client_sending_malformed_bodies_cannot_roll_a_canary_back() {
     let topo = topology();
@@ -190,7 +176,7 @@ fn a_client_sending_malformed_bodies_cannot_roll_a_canary_back() {
     // until the rollout is over.
     let state = loop {
         for body in bodies {
-            let answer = raw(&topo, format!("{head}{body}").as_bytes());
+            let answer = raw_exchange(&topo.client, vip, format!("{head}{body}").as_bytes());
             assert!(answer.starts_with("HTTP/1.1 400"), "a malformed body is the client's error: {answer:?}");
             malformed += 1;
         }
@@ -216,15 +202,17 @@ fn the_framing_guard_and_header_checks_hold_for_the_whole_connection() {
     let (topo, agent) = setup();
     // A chunk size with a blank before its CRLF, then a smuggling attempt on
     // the same connection: the second is refused.
-    let answer = raw(
-        &topo,
+    let answer = raw_exchange(
+        &topo.client,
+        vip(8080),
         b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3 \r\nabc\r\n0\r\n\r\n\
 POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx",
     );
     assert_eq!(statuses(&answer), ["200", "400"], "{answer}");
     // The same after a first request with bare-LF line endings.
-    let answer = raw(
-        &topo,
+    let answer = raw_exchange(
+        &topo.client,
+        vip(8080),
         b"GET / HTTP/1.1\nHost: a\n\nPOST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx",
     );
     assert_eq!(statuses(&answer), ["200", "400"], "{answer}");
@@ -233,7 +221,7 @@ POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx",
         (b"GET / HTTP/1.1\r\n\r\n", "HTTP/1.1 400"),
         (b"CONNECT a.example:443 HTTP/1.1\r\nHost: a.example:443\r\n\r\n", "HTTP/1.1 405"),
     ] {
-        let answer = raw(&topo, request);
+        let answer = raw_exchange(&topo.client, vip(8080), request);
         assert!(answer.starts_with(status), "{} -> {answer:?}", String::from_utf8_lossy(request));
     }
     assert_eq!(agent.info().expect("status").l7["api"].client_errors, 3);

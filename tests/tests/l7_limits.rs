@@ -14,7 +14,7 @@ use std::{
 use http::StatusCode;
 use splitter_testkit::{
     config::Service,
-    http::{get, serve_http, serve_http_after, Client},
+    http::{get, raw_exchange, serve_http, serve_http_after, Client},
     topology::{vip, Topology, BLUE},
     wait::eventually,
 };
@@ -102,19 +102,6 @@ fn slowloris(vip: SocketAddr, stop: &AtomicBool) -> usize {
     conns.len()
 }
 
-/// One raw exchange on a new connection from the client: everything the
-/// agent sent before it closed (or 5 s passed).
-fn raw(topo: &Topology, request: &[u8]) -> String {
-    topo.client.run(|| {
-        let mut s = TcpStream::connect_timeout(&vip(8080), Duration::from_secs(3)).expect("connect");
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let _ = s.write_all(request);
-        let mut out = Vec::new();
-        let _ = s.read_to_end(&mut out);
-        String::from_utf8_lossy(&out).into_owned()
-    })
-}
-
 #[test]
 fn heads_over_the_limits_get_431_and_idle_connections_are_closed_politely() {
     let topo = topology();
@@ -133,13 +120,13 @@ fn heads_over_the_limits_get_431_and_idle_connections_are_closed_politely() {
     // the backend is a hyper server with the same bound) and a 7 KiB head
     // are not.
     for (fields, size, want) in [(99, 1, "431"), (1, 9000, "431"), (95, 1, "200"), (1, 7000, "200")] {
-        let answer = raw(&topo, &head(fields, size));
+        let answer = raw_exchange(&topo.client, vip(8080), &head(fields, size));
         assert!(answer.starts_with(&format!("HTTP/1.1 {want}")), "{fields} fields of {size} bytes: {answer:.200}");
     }
     assert_eq!(counts(&agent).too_large, 2);
     // A head that does not arrive within header_read_timeout (1 s): 408.
     let started = Instant::now();
-    let answer = raw(&topo, b"GET / HTTP/1.1\r\nHost: api\r\nX-Slow: ");
+    let answer = raw_exchange(&topo.client, vip(8080), b"GET / HTTP/1.1\r\nHost: api\r\nX-Slow: ");
     assert!(answer.starts_with("HTTP/1.1 408 Request Timeout"), "{answer}");
     assert!(started.elapsed() >= Duration::from_millis(900), "after the timeout: {:?}", started.elapsed());
 
