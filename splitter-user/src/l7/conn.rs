@@ -6,7 +6,7 @@
 use std::{
     pin::{pin, Pin},
     sync::{
-        atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed},
         Arc,
     },
     task::{Context, Poll},
@@ -69,14 +69,17 @@ pub struct Activity(Arc<ActivityState>);
 
 pub struct ActivityState {
     in_flight: AtomicUsize,
+    /// A request head is awaited (the framing guard bounds it).
+    awaiting_head: AtomicBool,
     last_ms: AtomicU64,
     born: tokio::time::Instant,
 }
 
 impl Activity {
-    fn new() -> Activity {
+    pub fn new() -> Activity {
         Activity(Arc::new(ActivityState {
             in_flight: AtomicUsize::new(0),
+            awaiting_head: AtomicBool::new(false),
             last_ms: AtomicU64::new(0),
             born: tokio::time::Instant::now(),
         }))
@@ -89,10 +92,16 @@ impl Activity {
         Busy(self.0.clone())
     }
 
+    /// Whether a request head is awaited: meanwhile the connection is not
+    /// idle (`l7.header_read_timeout` bounds it instead).
+    pub fn awaiting_head(&self, awaiting: bool) {
+        self.0.awaiting_head.store(awaiting, Relaxed);
+    }
+
     /// When the connection may be closed as idle, or `None` while a request
-    /// is in flight.
+    /// is in flight or its head is arriving.
     fn idle_deadline(&self, idle: Duration) -> Option<tokio::time::Instant> {
-        if self.0.in_flight.load(Relaxed) > 0 {
+        if self.0.in_flight.load(Relaxed) > 0 || self.0.awaiting_head.load(Relaxed) {
             return None;
         }
         Some(self.0.born + Duration::from_millis(self.0.last_ms.load(Relaxed)) + idle)
@@ -155,7 +164,7 @@ pub struct Drain {
 /// limit closes it, it idles `idle` with no request in flight, or the agent
 /// stops ([`Drain`]); each ending is polite (HTTP/1.1 closes between
 /// requests, h2 sends GOAWAY and finishes its streams). `make` builds the
-/// connection's service from its [`Activity`].
+/// connection's service from its `activity`.
 pub async fn serve<I, S, F>(
     builder: &Builder<TokioExecutor>,
     io: I,
@@ -163,6 +172,7 @@ pub async fn serve<I, S, F>(
     mut drain: Drain,
     closes: &Closes,
     client: std::net::SocketAddr,
+    activity: Activity,
     make: F,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -175,7 +185,6 @@ pub async fn serve<I, S, F>(
         + 'static,
     S::Future: Send + 'static,
 {
-    let activity = Activity::new();
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), make(activity.clone()));
     let mut conn = pin!(conn);
     let mut closing = false;

@@ -33,6 +33,8 @@ const MAX_HEAD: usize = 64 * 1024 + 1024;
 /// Header fields the guard parses; a head with more goes to hyper, which
 /// has the same bound ([`MAX_HEADERS`]) and answers 431.
 use splitter_model::config::l7::MAX_HEADERS;
+
+use super::conn::Activity;
 /// What hyper sees instead of a refused head: an invalid method (400).
 const REFUSED: &[u8] = b"\x01 / HTTP/1.1\r\n\r\n";
 
@@ -420,6 +422,10 @@ pub struct Guarded<T> {
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
     /// Counts connections closed because a head did not arrive in time.
     timeouts: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Told while a head is awaited, so the connection is not closed as
+    /// idle under a head that `head_limit` bounds (and answers with 408).
+    activity: Activity,
+    awaiting: bool,
 }
 
 impl<T> Guarded<T> {
@@ -432,10 +438,24 @@ impl<T> Guarded<T> {
         max_head: usize,
         timeouts: std::sync::Arc<std::sync::atomic::AtomicU64>,
         switch: Switch,
+        activity: Activity,
     ) -> Guarded<T> {
         // Some slack over the limit: hyper draws the line itself.
         let framing = Framing::new(max_head + 1024);
-        Guarded { inner, switch, framing, ready: Vec::new(), at: 0, head_limit, deadline: None, timeouts }
+        let awaiting = framing.awaiting_head();
+        activity.awaiting_head(awaiting);
+        Guarded {
+            inner,
+            switch,
+            framing,
+            ready: Vec::new(),
+            at: 0,
+            head_limit,
+            deadline: None,
+            timeouts,
+            activity,
+            awaiting,
+        }
     }
 }
 
@@ -459,6 +479,19 @@ const TIMED_OUT: &[u8] = b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\n
 
 impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for Guarded<T> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let read = self.as_mut().read_framed(cx, buf);
+        let this = &mut *self;
+        let awaiting = this.framing.awaiting_head();
+        if awaiting != this.awaiting {
+            this.awaiting = awaiting;
+            this.activity.awaiting_head(awaiting);
+        }
+        read
+    }
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> Guarded<T> {
+    fn read_framed(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         loop {
             let this = &mut *self;
             if this.at < this.ready.len() {
