@@ -68,6 +68,8 @@ pub struct Closes {
 pub struct Activity(Arc<ActivityState>);
 
 pub struct ActivityState {
+    /// `l7.idle_timeout`: how long the connection may idle.
+    idle: Duration,
     in_flight: AtomicUsize,
     /// A request head is awaited (the framing guard bounds it).
     awaiting_head: AtomicBool,
@@ -76,8 +78,10 @@ pub struct ActivityState {
 }
 
 impl Activity {
-    pub fn new() -> Activity {
+    /// A new connection's, which may idle `idle`.
+    pub fn new(idle: Duration) -> Activity {
         Activity(Arc::new(ActivityState {
+            idle,
             in_flight: AtomicUsize::new(0),
             awaiting_head: AtomicBool::new(false),
             last_ms: AtomicU64::new(0),
@@ -100,11 +104,11 @@ impl Activity {
 
     /// When the connection may be closed as idle, or `None` while a request
     /// is in flight or its head is arriving.
-    fn idle_deadline(&self, idle: Duration) -> Option<tokio::time::Instant> {
+    fn idle_deadline(&self) -> Option<tokio::time::Instant> {
         if self.0.in_flight.load(Relaxed) > 0 || self.0.awaiting_head.load(Relaxed) {
             return None;
         }
-        Some(self.0.born + Duration::from_millis(self.0.last_ms.load(Relaxed)) + idle)
+        Some(self.0.born + Duration::from_millis(self.0.last_ms.load(Relaxed)) + self.0.idle)
     }
 }
 
@@ -161,14 +165,13 @@ pub struct Drain {
 }
 
 /// Serves HTTP/1.1 (with upgrades) or h2 on `io` until the client goes, a
-/// limit closes it, it idles `idle` with no request in flight, or the agent
+/// limit closes it, it idles (see [`Activity`]) with no request in flight, or the agent
 /// stops ([`Drain`]); each ending is polite (HTTP/1.1 closes between
 /// requests, h2 sends GOAWAY and finishes its streams). `make` builds the
 /// connection's service from its `activity`.
 pub async fn serve<I, S, F>(
     builder: &Builder<TokioExecutor>,
     io: I,
-    idle: Duration,
     mut drain: Drain,
     closes: &Closes,
     client: std::net::SocketAddr,
@@ -191,11 +194,12 @@ pub async fn serve<I, S, F>(
     let mut shut_at: Option<tokio::time::Instant> = None;
     let ended = loop {
         // While a request is in flight, look again after `idle`.
-        let wake = activity.idle_deadline(idle).unwrap_or_else(|| tokio::time::Instant::now() + idle);
+        let idle = activity.0.idle;
+        let wake = activity.idle_deadline().unwrap_or_else(|| tokio::time::Instant::now() + idle);
         tokio::select! {
             ended = conn.as_mut() => break ended,
             () = tokio::time::sleep_until(wake), if !closing => {
-                if activity.idle_deadline(idle).is_some_and(|d| d <= tokio::time::Instant::now()) {
+                if activity.idle_deadline().is_some_and(|d| d <= tokio::time::Instant::now()) {
                     closes.idle.fetch_add(1, Relaxed);
                     conn.as_mut().graceful_shutdown();
                     closing = true;

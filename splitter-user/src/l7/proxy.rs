@@ -531,27 +531,41 @@ pub fn forward_headers(headers: &mut HeaderMap, uri: &Uri, client: SocketAddr, s
             headers.insert(header::HOST, v);
         }
     }
+    use std::fmt::Write as _;
+    // Each value is written once into its own buffer, which the header
+    // then owns (no copy).
     let ip = client.ip();
-    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(prev) => format!("{prev}, {ip}"),
-        None => ip.to_string(),
+    let mut xff = String::with_capacity(48);
+    if let Some(prev) = headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        let _ = write!(xff, "{prev}, ");
+    }
+    let _ = write!(xff, "{ip}");
+    headers.insert(X_FORWARDED_FOR, owned_value(xff).expect("addresses are valid header text"));
+    let mut fwd = String::with_capacity(96);
+    if let Some(prev) = headers.get(header::FORWARDED).and_then(|v| v.to_str().ok()) {
+        let _ = write!(fwd, "{prev}, ");
+    }
+    let _ = match ip {
+        std::net::IpAddr::V4(ip) => write!(fwd, "for={ip};proto={}", scheme.as_str()),
+        std::net::IpAddr::V6(ip) => write!(fwd, "for=\"[{ip}]\";proto={}", scheme.as_str()),
     };
-    headers.insert("x-forwarded-for", HeaderValue::from_str(&xff).expect("addresses are valid header text"));
-    let node = if ip.is_ipv6() { format!("\"[{ip}]\"") } else { ip.to_string() };
-    let mut fwd = format!("for={node};proto={}", scheme.as_str());
     if let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) {
         if !host.contains(['"', ';', ',']) {
-            fwd.push_str(&format!(";host=\"{host}\""));
+            let _ = write!(fwd, ";host=\"{host}\"");
         }
     }
-    let fwd = match headers.get(header::FORWARDED).and_then(|v| v.to_str().ok()) {
-        Some(prev) => format!("{prev}, {fwd}"),
-        None => fwd,
-    };
-    if let Ok(v) = HeaderValue::from_str(&fwd) {
+    if let Some(v) = owned_value(fwd) {
         headers.insert(header::FORWARDED, v);
     }
-    headers.insert("x-forwarded-proto", HeaderValue::from_static(scheme.as_str()));
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(scheme.as_str()));
+}
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+/// `text` as a header value that owns its buffer, if it is valid header text.
+fn owned_value(text: String) -> Option<HeaderValue> {
+    HeaderValue::from_maybe_shared(Bytes::from(text)).ok()
 }
 
 /// A short plain-text error answer from the proxy itself.

@@ -274,7 +274,7 @@ pub async fn serve(
             };
             let scheme = stream.scheme();
             let switch = framing::Switch::default();
-            let activity = conn::Activity::new();
+            let activity = conn::Activity::new(idle);
             let timeouts = first.stats.head_timeouts.clone();
             let io = framing::Guarded::new(stream, head_limit, max_head, timeouts, switch.clone(), activity.clone());
             let info = Arc::new(proxy::ClientConn { addr: client, switch, hold: Arc::new(admitted), idle, scheme });
@@ -305,7 +305,7 @@ pub async fn serve(
                 })
             };
             let drain = conn::Drain { signal: stop.drain, grace: stop.grace };
-            conn::serve(&builder, io, idle, drain, &first.stats.closes, client, activity, service).await;
+            conn::serve(&builder, io, drain, &first.stats.closes, client, activity, service).await;
         });
     }
 }

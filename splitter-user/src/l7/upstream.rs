@@ -21,7 +21,12 @@ use std::{
     time::Duration,
 };
 
-use http::{header, request::Parts, HeaderValue, Request, Response, Uri, Version};
+use http::{
+    header,
+    request::Parts,
+    uri::{Authority, PathAndQuery, Scheme},
+    HeaderValue, Request, Response, Uri, Version,
+};
 use hyper::{body::Incoming, client::conn::http2::SendRequest};
 use hyper_util::{
     client::legacy::{
@@ -277,11 +282,14 @@ impl Upstreams {
         mut head: Parts,
         body: ProxyBody,
     ) -> Result<Response<Incoming>, UpstreamError> {
-        let pq = head.uri.path_and_query().map_or("/", |pq| pq.as_str()).to_owned();
+        // The client's path and query, moved (not parsed again) into the
+        // endpoint's URI.
+        let pq =
+            std::mem::take(&mut head.uri).into_parts().path_and_query.unwrap_or_else(|| PathAndQuery::from_static("/"));
         match via {
             Via::Http1 => {
                 head.version = Version::HTTP_11;
-                head.uri = uri(self.scheme, &endpoint.to_string(), &pq);
+                head.uri = uri(self.scheme, endpoint_authority(endpoint), pq);
                 let req = Request::from_parts(head, body);
                 let sent = match &self.http1 {
                     Http1::Plain(client) => client.request(req).await,
@@ -301,11 +309,10 @@ impl Upstreams {
                 let authority = head
                     .headers
                     .remove(header::HOST)
-                    .and_then(|h| h.to_str().ok().map(str::to_owned))
-                    .filter(|h| h.parse::<http::uri::Authority>().is_ok())
-                    .unwrap_or_else(|| endpoint.to_string());
+                    .and_then(|h| Authority::try_from(h.as_bytes()).ok())
+                    .unwrap_or_else(|| endpoint_authority(endpoint));
                 head.version = Version::HTTP_2;
-                head.uri = uri(self.scheme, &authority, &pq);
+                head.uri = uri(self.scheme, authority, pq);
                 let mut sender = self.h2.sender(endpoint).await?;
                 sender.ready().await.map_err(|e| UpstreamError::Request(describe(&e)))?;
                 sender
@@ -395,13 +402,22 @@ impl hyper::rt::Write for TlsConn {
 }
 
 /// `SCHEME://AUTHORITY/path?query`.
-fn uri(scheme: &str, authority: &str, pq: &str) -> Uri {
-    Uri::builder()
-        .scheme(scheme)
-        .authority(authority)
-        .path_and_query(pq)
-        .build()
-        .unwrap_or_else(|_| Uri::from_static("http://invalid/"))
+fn uri(scheme: &str, authority: Authority, pq: PathAndQuery) -> Uri {
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(if scheme == "https" { Scheme::HTTPS } else { Scheme::HTTP });
+    parts.authority = Some(authority);
+    parts.path_and_query = Some(pq);
+    Uri::from_parts(parts).unwrap_or_else(|_| Uri::from_static("http://invalid/"))
+}
+
+/// `endpoint` as a URI authority (`192.0.2.1:80`, `[2001:db8::1]:80`).
+fn endpoint_authority(endpoint: SocketAddr) -> Authority {
+    use std::io::Write as _;
+    let mut text = [0u8; 64];
+    let mut at = &mut text[..];
+    let _ = write!(at, "{endpoint}");
+    let len = 64 - at.len();
+    Authority::try_from(&text[..len]).expect("a socket address is an authority")
 }
 
 /// An error with its causes, on one line.
@@ -505,4 +521,18 @@ pub fn is_grpc(headers: &http::HeaderMap) -> bool {
 /// `te: trailers` (the only `TE` HTTP/2 allows, which gRPC requires).
 pub fn te_trailers() -> HeaderValue {
     HeaderValue::from_static("trailers")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_endpoints_uri_keeps_the_clients_path_and_query() {
+        let v4 = uri("http", endpoint_authority("192.0.2.1:8080".parse().unwrap()), "/a/b?x=1".parse().unwrap());
+        assert_eq!(v4.to_string(), "http://192.0.2.1:8080/a/b?x=1");
+        let v6 = uri("https", endpoint_authority("[2001:db8::1]:443".parse().unwrap()), PathAndQuery::from_static("/"));
+        assert_eq!(v6.to_string(), "https://[2001:db8::1]:443/");
+        assert_eq!(v6.host(), Some("[2001:db8::1]"));
+    }
 }
