@@ -286,7 +286,10 @@ pub async fn serve(
                     let info = info.clone();
                     let http1 = req.version() < http::Version::HTTP_2;
                     let draining = draining.clone();
-                    async move {
+                    // Boxed: hyper moves the future it gets into its
+                    // connection's state, and ours (the whole proxying,
+                    // timers and upstream futures inside) is large.
+                    Box::pin(async move {
                         let mut answer = match picked {
                             Pick::Service(shared) => proxy::handle(shared, info, req).await?,
                             Pick::Misdirected => proxy::error(
@@ -301,7 +304,7 @@ pub async fn serve(
                             answer.headers_mut().insert(header::CONNECTION, http::HeaderValue::from_static("close"));
                         }
                         Ok(answer.map(|body| conn::Tracked::new(body, busy)))
-                    }
+                    })
                 })
             };
             let drain = conn::Drain { signal: stop.drain, grace: stop.grace };

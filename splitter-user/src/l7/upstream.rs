@@ -313,7 +313,9 @@ impl Upstreams {
                     .unwrap_or_else(|| endpoint_authority(endpoint));
                 head.version = Version::HTTP_2;
                 head.uri = uri(self.scheme, authority, pq);
-                let mut sender = self.h2.sender(endpoint).await?;
+                // Boxed: the connect and handshake inside would make every
+                // request's future (moved several times) kilobytes larger.
+                let mut sender = Box::pin(self.h2.sender(endpoint)).await?;
                 sender.ready().await.map_err(|e| UpstreamError::Request(describe(&e)))?;
                 sender
                     .send_request(Request::from_parts(head, body))
