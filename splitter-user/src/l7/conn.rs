@@ -36,8 +36,12 @@ pub fn builder(settings: &Settings) -> Builder<TokioExecutor> {
         // wait between requests: hyper's own head timer (which also runs
         // while a keep-alive connection idles) is not wanted.
         .header_read_timeout(None)
-        .max_buf_size(max_head.max(8192))
-        .max_headers(MAX_HEADERS);
+        .max_buf_size(max_head.max(8192));
+    // hyper's own bound on header fields is MAX_HEADERS (100) when none is
+    // set, kept in an array on the stack; setting it, even to 100, makes
+    // hyper fill a vector of that many per request. l7_limits checks that
+    // 101 fields get 431.
+    const _: () = assert!(MAX_HEADERS == 100, "hyper's default bound on header fields");
     builder
         .http2()
         .timer(TokioTimer::new())

@@ -64,6 +64,8 @@ pub struct ClientConn {
     pub idle: std::time::Duration,
     /// How the client reached us (plain HTTP or TLS).
     pub scheme: Scheme,
+    /// What its requests add to the forwarding headers.
+    pub forwarding: Forwarding,
 }
 
 /// Handles one request from `conn`. A gRPC request that the proxy
@@ -166,7 +168,7 @@ async fn forward(
     let upgrade = wants_upgrade(&req);
     let mut client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
-    forward_headers(&mut parts.headers, &parts.uri, client, conn.scheme);
+    forward_headers(&mut parts.headers, &parts.uri, &conn.forwarding);
     if let Some(protocol) = &upgrade {
         parts.headers.insert(header::UPGRADE, protocol.clone());
         parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -511,11 +513,34 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     headers.remove(header::UPGRADE);
 }
 
+/// What a client connection adds to each request's forwarding headers,
+/// written once per connection.
+pub struct Forwarding {
+    /// The client's address, as `X-Forwarded-For` lists it.
+    client: HeaderValue,
+    /// `for=...;proto=...`, `Forwarded`'s element for the client.
+    element: String,
+    scheme: Scheme,
+}
+
+impl Forwarding {
+    pub fn new(client: SocketAddr, scheme: Scheme) -> Forwarding {
+        let ip = client.ip();
+        let element = match ip {
+            std::net::IpAddr::V4(ip) => format!("for={ip};proto={}", scheme.as_str()),
+            std::net::IpAddr::V6(ip) => format!("for=\"[{ip}]\";proto={}", scheme.as_str()),
+        };
+        let client = HeaderValue::from_str(&ip.to_string()).expect("addresses are valid header text");
+        Forwarding { client, element, scheme }
+    }
+}
+
 /// The request headers as the endpoint sees them: hop-by-hop removed, the
 /// client appended to `X-Forwarded-For` and `Forwarded`, `Host` kept (set
 /// from the HTTP/2 authority when the client sent none), the client's
-/// `scheme` in `Forwarded` and `X-Forwarded-Proto`.
-pub fn forward_headers(headers: &mut HeaderMap, uri: &Uri, client: SocketAddr, scheme: Scheme) {
+/// scheme in `Forwarded` and `X-Forwarded-Proto`.
+pub fn forward_headers(headers: &mut HeaderMap, uri: &Uri, from: &Forwarding) {
+    use std::fmt::Write as _;
     let trailers = headers
         .get_all(header::TE)
         .iter()
@@ -531,24 +556,18 @@ pub fn forward_headers(headers: &mut HeaderMap, uri: &Uri, client: SocketAddr, s
             headers.insert(header::HOST, v);
         }
     }
-    use std::fmt::Write as _;
-    // Each value is written once into its own buffer, which the header
-    // then owns (no copy).
-    let ip = client.ip();
-    let mut xff = String::with_capacity(48);
-    if let Some(prev) = headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        let _ = write!(xff, "{prev}, ");
-    }
-    let _ = write!(xff, "{ip}");
-    headers.insert(X_FORWARDED_FOR, owned_value(xff).expect("addresses are valid header text"));
+    // A value written here goes into its own buffer, which the header then
+    // owns (no copy).
+    let xff = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prev) => owned_value(format!("{prev}, {}", from.client.to_str().unwrap_or_default())),
+        None => Some(from.client.clone()),
+    };
+    headers.insert(X_FORWARDED_FOR, xff.expect("addresses are valid header text"));
     let mut fwd = String::with_capacity(96);
     if let Some(prev) = headers.get(header::FORWARDED).and_then(|v| v.to_str().ok()) {
         let _ = write!(fwd, "{prev}, ");
     }
-    let _ = match ip {
-        std::net::IpAddr::V4(ip) => write!(fwd, "for={ip};proto={}", scheme.as_str()),
-        std::net::IpAddr::V6(ip) => write!(fwd, "for=\"[{ip}]\";proto={}", scheme.as_str()),
-    };
+    fwd.push_str(&from.element);
     if let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) {
         if !host.contains(['"', ';', ',']) {
             let _ = write!(fwd, ";host=\"{host}\"");
@@ -557,7 +576,7 @@ pub fn forward_headers(headers: &mut HeaderMap, uri: &Uri, client: SocketAddr, s
     if let Some(v) = owned_value(fwd) {
         headers.insert(header::FORWARDED, v);
     }
-    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(scheme.as_str()));
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(from.scheme.as_str()));
 }
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -592,7 +611,7 @@ mod tests {
         h.insert("x-forwarded-for", "192.0.2.7".parse().unwrap());
         h.insert("x-kept", "yes".parse().unwrap());
         let uri: Uri = "http://api.example/x".parse().unwrap();
-        forward_headers(&mut h, &uri, "198.51.100.1:5000".parse().unwrap(), Scheme::Http);
+        forward_headers(&mut h, &uri, &Forwarding::new("198.51.100.1:5000".parse().unwrap(), Scheme::Http));
         for gone in ["connection", "keep-alive", "x-secret", "upgrade"] {
             assert!(!h.contains_key(gone), "{gone} was forwarded");
         }
@@ -600,7 +619,7 @@ mod tests {
         let mut gzip = HeaderMap::new();
         gzip.insert(header::TE, "gzip".parse().unwrap());
         gzip.insert(header::TRAILER, "grpc-status".parse().unwrap());
-        forward_headers(&mut gzip, &uri, "198.51.100.1:5000".parse().unwrap(), Scheme::Https);
+        forward_headers(&mut gzip, &uri, &Forwarding::new("198.51.100.1:5000".parse().unwrap(), Scheme::Https));
         assert!(!gzip.contains_key(header::TE));
         assert_eq!(gzip[header::TRAILER], "grpc-status", "Trailer is end-to-end");
         assert_eq!(h["x-kept"], "yes");
@@ -609,7 +628,8 @@ mod tests {
         assert_eq!(h[header::FORWARDED], "for=198.51.100.1;proto=http;host=\"api.example\"");
         assert_eq!(h["x-forwarded-proto"], "http");
         let mut h6 = HeaderMap::new();
-        forward_headers(&mut h6, &"/".parse().unwrap(), "[2001:db8::1]:5000".parse().unwrap(), Scheme::Https);
+        let from = Forwarding::new("[2001:db8::1]:5000".parse().unwrap(), Scheme::Https);
+        forward_headers(&mut h6, &"/".parse().unwrap(), &from);
         assert_eq!(h6[header::FORWARDED], "for=\"[2001:db8::1]\";proto=https");
         assert_eq!(h6["x-forwarded-proto"], "https");
     }

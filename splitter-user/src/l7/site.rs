@@ -107,6 +107,10 @@ pub enum Pick {
 /// The service for `req` on a connection whose TLS server name chose
 /// `by_sni` (`None`: plain, or a name no service claims).
 pub fn pick<B>(table: &HostTable, req: &Request<B>, by_sni: Option<&Arc<Shared>>) -> Pick {
+    if table.exact.is_empty() && table.wildcard.is_empty() {
+        // One service, claiming every host: no need to read the host.
+        return Pick::Service(table.first.clone());
+    }
     let host = request_host(req);
     match table.lookup(host.as_deref()) {
         None => Pick::Unknown,
@@ -277,7 +281,9 @@ pub async fn serve(
             let activity = conn::Activity::new(idle);
             let timeouts = first.stats.head_timeouts.clone();
             let io = framing::Guarded::new(stream, head_limit, max_head, timeouts, switch.clone(), activity.clone());
-            let info = Arc::new(proxy::ClientConn { addr: client, switch, hold: Arc::new(admitted), idle, scheme });
+            let forwarding = proxy::Forwarding::new(client, scheme);
+            let hold = Arc::new(admitted);
+            let info = Arc::new(proxy::ClientConn { addr: client, switch, hold, idle, scheme, forwarding });
             let draining = stop.drain.clone();
             let service = |activity: conn::Activity| {
                 hyper::service::service_fn(move |req| {
