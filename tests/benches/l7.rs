@@ -12,6 +12,11 @@
 //! 3. RSS idle (splitter with one service) and with 32 and 256 connections
 //!    open.
 //!
+//! Beside them runs a bare proxy made of splitter's parts, doing none of
+//! its work ([`splitter_tests::hyper_floor`]): what splitter spends above
+//! it is splitter's own layer, what it spends above HAProxy hyper's and
+//! tokio's.
+//!
 //! Issue #23's rules, the method of [`splitter_tests::l7bench`] that the TLS
 //! bench shares: each proxy runs alone on CPU 1, wrk, the origins and this
 //! process on CPU 0; the generator's direct rate against the best proxy's
@@ -34,6 +39,7 @@ use splitter_testkit::{
 };
 use splitter_tests::{
     agent::release_bin,
+    hyper_floor::HyperFloor,
     l7bench::wrk,
     l7bench::{
         latency_table, med, open_loop, rounds, rss_table, rss_with_connections, with_open_connections, KeepAlive,
@@ -58,6 +64,11 @@ const COUNT_SECS: u64 = 5;
 const RSS_AT: [usize; 2] = [32, 256];
 
 const BACKEND: &str = "198.51.100.10:8081";
+/// The bare hyper proxy (splitter_tests::hyper_floor): its address, its row.
+const FLOOR: &str = "203.0.113.10:8094";
+const FLOOR_NAME: &str = "bare hyper proxy (splitter's parts, none of its work)";
+/// Its index among the proxies.
+const FLOOR_AT: usize = 5;
 const SHADOW: &str = "198.51.100.20:8082";
 
 fn addr(s: &str) -> SocketAddr {
@@ -81,6 +92,8 @@ fn idle_rss_one_service(bin: &std::path::Path, topo: &Topology) -> u64 {
 }
 
 fn main() {
+    // The floor proxy is this binary run again, in the lb namespace.
+    splitter_tests::hyper_floor::run_if_asked();
     splitter_tests::require_root("the L7 benchmark");
     Command::new("wrk")
         .arg("-v")
@@ -118,12 +131,15 @@ fn main() {
         addr(SHADOW),
         10,
     );
+    let exe = std::env::current_exe().expect("the bench binary");
+    let floor = HyperFloor::start(&topo.lb, &exe, addr(FLOOR), addr(BACKEND));
     let proxies = [
         Proxy::new("splitter", vip(8080), false, vec![agent_pid]),
         Proxy::new("HAProxy", addr("203.0.113.10:8090"), false, vec![haproxy.0.id()]),
         Proxy::new("nginx", addr("203.0.113.10:8092"), false, nginx.pids()),
         Proxy::new("splitter, 10 % mirrored + compared", vip(8088), false, vec![agent_pid]),
         Proxy::new("nginx, 10 % mirrored (`mirror`, not compared)", addr("203.0.113.10:8093"), false, nginx.pids()),
+        Proxy::new(FLOOR_NAME, addr(FLOOR), false, vec![floor.0.id()]),
     ];
     // The three proxies (the mirrored paths are the same processes).
     let main = &proxies[..3];
@@ -156,6 +172,7 @@ fn main() {
     let profiled = profile::secs().map(|secs| {
         let counts: Vec<(String, profile::Counts, f64)> = main
             .iter()
+            .chain([&proxies[FLOOR_AT]])
             .map(|p| {
                 let mut rps = 0.0;
                 let counts = profile::count(&p.pids, COUNT_SECS, || {
@@ -176,7 +193,7 @@ fn main() {
     let mut md = String::new();
     let mut w = |s: String| writeln!(md, "{s}").unwrap();
     w(format!("### L7 proxy, plain HTTP ({} interleaved rounds of {SECS} s runs, median [min–max])\n", rounds()));
-    w(format!("splitter (`--workers 1`), HAProxy (`mode http`, `nbthread 1`) and nginx (1 worker) proxy to the same origin over keep-alive. Each proxy's threads are pinned to CPU {PROXY_CPU}, alone (sched_setaffinity, as `taskset -a -p`; checked after the runs); wrk (one thread), the origin and the mirrors' shadow (nginx answering 200 from memory, 1 worker each) and the bench process run on CPU {LOAD_CPU}.\n"));
+    w(format!("splitter (`--workers 1`), HAProxy (`mode http`, `nbthread 1`) and nginx (1 worker) proxy to the same origin over keep-alive, beside a bare proxy made of splitter's parts (hyper-util's server and pooled client on tokio with one worker thread) doing none of its work: the floor of splitter's design, so that what splitter spends above it is its own layer, and what the floor spends above HAProxy is hyper's and tokio's. Each proxy's threads are pinned to CPU {PROXY_CPU}, alone (sched_setaffinity, as `taskset -a -p`; checked after the runs); wrk (one thread), the origin and the mirrors' shadow (nginx answering 200 from memory, 1 worker each) and the bench process run on CPU {LOAD_CPU}.\n"));
     w("#### Keep-alive requests/s (wrk -t1, `GET /`)\n".into());
     w(keepalive.table("direct to the origin (the generator's ceiling)", &proxies, &|p| p.name.clone()));
     w(keepalive.headroom_note(""));
@@ -190,6 +207,19 @@ fn main() {
         cpu(4, 0) - cpu(2, 0),
         cpu(4, 0) / cpu(2, 0),
         100.0 * keepalive.rps(4, 0) / keepalive.rps(2, 0),
+    ));
+    w(format!(
+        "Where splitter's CPU per request goes at {} connections: the bare hyper proxy spends {:.1} µs ({:.2}× HAProxy's {:.1}); splitter's own layer (framing guard, routing, limits, statistics, forwarding headers) adds {:+.1} µs to it ({:.2}× the floor). At {} connections: floor {:.1} µs ({:.2}× HAProxy), splitter {:+.1} µs over it.\n",
+        CONNS[0],
+        cpu(FLOOR_AT, 0),
+        cpu(FLOOR_AT, 0) / cpu(1, 0),
+        cpu(1, 0),
+        cpu(0, 0) - cpu(FLOOR_AT, 0),
+        cpu(0, 0) / cpu(FLOOR_AT, 0),
+        CONNS[1],
+        cpu(FLOOR_AT, 1),
+        cpu(FLOOR_AT, 1) / cpu(1, 1),
+        cpu(0, 1) - cpu(FLOOR_AT, 1),
     ));
     w(format!("#### Latency at {rate:.0} requests/s, open loop\n\nHalf HAProxy's median maximum at {} connections, offered to every path over {LATENCY_CONNS} keep-alive connections on fixed schedules; latency from each request's due time:\n", CONNS[0]));
     let lat_names: Vec<String> =
@@ -226,7 +256,7 @@ fn main() {
     report::write_headline(
         "l7",
         &[format!(
-            "L7 proxy, plain HTTP (each proxy pinned to one core): splitter spends {:.1} µs of CPU per keep-alive request at {} connections, {:.2}× HAProxy's ({:.1}) and {:.2}× nginx's ({:.1}); per core it serves {:.2}× HAProxy's requests/s at {} connections and {:.2}× at {} (nginx: {:.2}×, {:.2}×){caveat}; at {rate:.0} requests/s open loop it adds {:.0} µs p99 over direct (HAProxy {:.0}, nginx {:.0}); it holds {:.1} MiB idle with one service and {:.1} MiB with {} connections open (HAProxy {:.1}, nginx {:.1}).",
+            "L7 proxy, plain HTTP (each proxy pinned to one core): splitter spends {:.1} µs of CPU per keep-alive request at {} connections, {:.2}× HAProxy's ({:.1}) and {:.2}× nginx's ({:.1}); per core it serves {:.2}× HAProxy's requests/s at {} connections and {:.2}× at {} (nginx: {:.2}×, {:.2}×){caveat}; at {rate:.0} requests/s open loop it adds {:.0} µs p99 over direct (HAProxy {:.0}, nginx {:.0}); it holds {:.1} MiB idle with one service and {:.1} MiB with {} connections open (HAProxy {:.1}, nginx {:.1}); a bare proxy of the same parts (hyper, tokio) spends {:.1} µs per request ({:.2}× HAProxy's), so splitter's own layer adds {:+.1} µs.",
             cpu(0, 0),
             CONNS[0],
             cpu(0, 0) / cpu(1, 0),
@@ -247,6 +277,9 @@ fn main() {
             RSS_AT[1],
             mib(rss[1][1]),
             mib(rss[2][1]),
+            cpu(FLOOR_AT, 0),
+            cpu(FLOOR_AT, 0) / cpu(1, 0),
+            cpu(0, 0) - cpu(FLOOR_AT, 0),
         )],
     );
     let bars: Vec<Bar> = proxies
@@ -261,6 +294,7 @@ fn main() {
         true,
         &bars,
     );
+    drop(floor);
     drop(nginx);
     drop(haproxy);
     drop(agent);

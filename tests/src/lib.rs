@@ -18,6 +18,7 @@ pub mod differential;
 pub mod etcd;
 pub mod fixture;
 pub mod grpc;
+pub mod hyper_floor;
 pub mod l7bench;
 pub mod load;
 pub mod netns;
