@@ -9,13 +9,7 @@
 //! The bench runs it as a child process (itself, with [`ARG`]), so that its
 //! CPU time and pinning are measured like every other proxy's.
 
-use std::{
-    convert::Infallible,
-    net::SocketAddr,
-    path::Path,
-    process::{Child, Stdio},
-    time::Duration,
-};
+use std::{convert::Infallible, net::SocketAddr, path::Path, process::Child};
 
 use http_body_util::{combinators::BoxBody, BodyExt};
 use hyper::{body::Incoming, Request, Response, StatusCode};
@@ -25,6 +19,8 @@ use hyper_util::{
     server::conn::auto::Builder,
 };
 use splitter_testkit::netns::NetNs;
+
+use crate::peers::spawn_peer;
 
 /// The first argument that makes a bench binary run the floor proxy:
 /// `BENCH hyper-floor LISTEN BACKEND`.
@@ -85,18 +81,9 @@ pub struct HyperFloor(pub Child);
 
 impl HyperFloor {
     pub fn start(ns: &NetNs, exe: &Path, listen: SocketAddr, backend: SocketAddr) -> HyperFloor {
-        let mut child = ns
-            .command(exe)
-            .args([ARG, &listen.to_string(), &backend.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting the hyper floor proxy: {e}"));
-        std::thread::sleep(Duration::from_millis(300));
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("the hyper floor proxy exited at start ({status})");
-        }
-        HyperFloor(child)
+        let mut cmd = ns.command(exe);
+        cmd.args([ARG, &listen.to_string(), &backend.to_string()]);
+        HyperFloor(spawn_peer(&mut cmd, "the hyper floor proxy", || format!("it could not listen on {listen}")))
     }
 }
 

@@ -15,12 +15,12 @@ use splitter_testkit::netns::{run_ok, NetNs};
 
 /// Starts peer `what` (`cmd`, its output on stderr) and gives it half a
 /// second to refuse its config: one that exits by then panics, saying `why`.
-fn spawn_peer(cmd: &mut Command, what: &str, why: impl FnOnce() -> String) -> Child {
+pub(crate) fn spawn_peer(cmd: &mut Command, what: &str, why: impl FnOnce() -> String) -> Child {
     let mut child = cmd
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
-        .unwrap_or_else(|e| panic!("{what} (cargo xtask bench installs it): {e}"));
+        .unwrap_or_else(|e| panic!("starting {what}: {e} (`cargo xtask bench` installs the peers)"));
     // The grace period is the check: a peer that refuses its config exits
     // at once; one that runs is not waited for any longer.
     std::thread::sleep(Duration::from_millis(500));

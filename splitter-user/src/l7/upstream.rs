@@ -412,14 +412,17 @@ fn uri(scheme: &str, authority: Authority, pq: PathAndQuery) -> Uri {
     Uri::from_parts(parts).unwrap_or_else(|_| Uri::from_static("http://invalid/"))
 }
 
-/// `endpoint` as a URI authority (`192.0.2.1:80`, `[2001:db8::1]:80`).
+/// `endpoint` as a URI authority (`192.0.2.1:80`, `[2001:db8::1]:80`);
+/// should http refuse one, it becomes `invalid` (the request then fails to
+/// connect, as before) rather than a panic.
 fn endpoint_authority(endpoint: SocketAddr) -> Authority {
     use std::io::Write as _;
-    let mut text = [0u8; 64];
+    const ROOM: usize = 80;
+    let mut text = [0u8; ROOM];
     let mut at = &mut text[..];
     let _ = write!(at, "{endpoint}");
-    let len = 64 - at.len();
-    Authority::try_from(&text[..len]).expect("a socket address is an authority")
+    let len = ROOM - at.len();
+    Authority::try_from(&text[..len]).unwrap_or_else(|_| Authority::from_static("invalid"))
 }
 
 /// An error with its causes, on one line.
@@ -536,5 +539,9 @@ mod tests {
         let v6 = uri("https", endpoint_authority("[2001:db8::1]:443".parse().unwrap()), PathAndQuery::from_static("/"));
         assert_eq!(v6.to_string(), "https://[2001:db8::1]:443/");
         assert_eq!(v6.host(), Some("[2001:db8::1]"));
+        // The longest an address can be written fits, whole.
+        let ip = "ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255".parse().unwrap();
+        let longest = SocketAddr::from(std::net::SocketAddrV6::new(ip, 65535, 0, u32::MAX));
+        assert_eq!(endpoint_authority(longest).as_str(), longest.to_string());
     }
 }
