@@ -43,7 +43,7 @@ use splitter_tests::{
     l7bench::wrk,
     l7bench::{
         latency_table, med, open_loop, rounds, rss_table, rss_with_connections, with_open_connections, KeepAlive,
-        Latency, Proxy, LOAD_CPU, PROXY_CPU,
+        Latency, Proxy, LOAD_CPU, PACE_TICK, PROXY_CPU,
     },
     load::pin_current_thread,
     peers::{Haproxy, Nginx},
@@ -221,7 +221,7 @@ fn main() {
         cpu(FLOOR_AT, 1) / cpu(1, 1),
         cpu(0, 1) - cpu(FLOOR_AT, 1),
     ));
-    w(format!("#### Latency at {rate:.0} requests/s, open loop\n\nHalf HAProxy's median maximum at {} connections, offered to every path over {LATENCY_CONNS} keep-alive connections on fixed schedules; latency from each request's due time:\n", CONNS[0]));
+    w(format!("#### Latency at {rate:.0} requests/s, open loop\n\nHalf HAProxy's median maximum at {} connections, offered to every path over {LATENCY_CONNS} keep-alive connections: requests fall due evenly spaced and are released every {} µs (a timerfd; a handful at a time) to the connections in turn, whatever the answers do, by a bare HTTP/1.1 client (httparse, as wrk's) so that the load side stays far from saturating CPU {LOAD_CPU} (its busy column); latency from each request's release:\n", CONNS[0], PACE_TICK.as_micros()));
     let lat_names: Vec<String> =
         std::iter::once("direct to the origin".to_owned()).chain(proxies.iter().map(|p| p.name.clone())).collect();
     w(latency_table(&lat_names, &latency));

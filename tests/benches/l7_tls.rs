@@ -49,7 +49,7 @@ use splitter_tests::{
     grpc::{pb, serve_grpc, GrpcClient},
     l7bench::{
         latency_table, med, open_loop, rate_head, rate_row, rounds, rps, rss_table, rss_with_connections, tls_connect,
-        KeepAlive, Latency, Proxy, Run, TlsStream, HOST, LOAD_CPU, PROXY_CPU,
+        KeepAlive, Latency, Proxy, Run, TlsStream, HOST, LOAD_CPU, PACE_TICK, PROXY_CPU,
     },
     load::pin_current_thread,
     peers::{Haproxy, Nginx},
@@ -438,7 +438,7 @@ fn main() {
         .enumerate()
         .map(|(i, p)| Bar::new(&format!("{} (HTTPS)", p.name), i == 0, rps(&keepalive.proxied[i][0])))
         .collect();
-    w(format!("Open loop at {rate:.0} requests/s (half the slowest proxy's median maximum at {} connections), {LATENCY_CONNS} keep-alive connections on fixed schedules; latency from each request's due time:\n", CONNS[0]));
+    w(format!("Open loop at {rate:.0} requests/s (half the slowest proxy's median maximum at {} connections), {LATENCY_CONNS} keep-alive connections, requests released every {} µs as in the plain HTTP bench; latency from each request's release:\n", CONNS[0], PACE_TICK.as_micros()));
     let lat_names: Vec<String> = std::iter::once("direct to the backend (plain HTTP)".to_owned())
         .chain(proxies.iter().map(|p| format!("{} over TLS", p.name)))
         .collect();

@@ -9,19 +9,19 @@
 use std::{
     fmt::Write as _,
     net::SocketAddr,
+    os::fd::AsFd,
     sync::Arc,
     time::{Duration, Instant},
 };
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
-use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
+use bytes::{Buf, BytesMut};
+use nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFlags};
 use rustls::{pki_types::ServerName, ClientConfig};
 use splitter_testkit::netns::NetNs;
+use tokio::io::{unix::AsyncFd, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::{
-    load::{assert_pinned, busy_per_cpu, median, pin_process},
+    load::{assert_pinned, busy_per_cpu, median, pin_process, stolen_per_cpu},
     process_cpu, rss_kib,
 };
 
@@ -81,6 +81,12 @@ impl Proxy {
     }
 }
 
+/// Steal on [`LOAD_CPU`] and [`PROXY_CPU`] together.
+fn stolen() -> Duration {
+    let s = stolen_per_cpu();
+    s[LOAD_CPU] + s[PROXY_CPU]
+}
+
 /// CPU time used during a run: by the proxy's processes, by the load side
 /// (this process: the Rust clients and any backend it serves; the
 /// generators it ran and waited for; the origins) and by anything on each
@@ -90,6 +96,8 @@ pub struct Usage {
     pub load: Duration,
     pub load_core: Duration,
     pub proxy_core: Duration,
+    /// Steal on the load's and the proxy's cores together.
+    pub stolen: Duration,
     pub wall: Duration,
 }
 
@@ -117,11 +125,19 @@ fn rusage(who: libc::c_int) -> Duration {
 pub fn measured<T>(pids: &[u32], load_pids: &[u32], f: impl FnOnce() -> T) -> (T, Usage) {
     let cpu = |pids: &[u32]| pids.iter().map(|p| process_cpu(*p)).sum::<Duration>();
     let load = || cpu(load_pids) + rusage(libc::RUSAGE_SELF) + rusage(libc::RUSAGE_CHILDREN);
-    let (p0, l0, c0, t0) = (cpu(pids), load(), busy_per_cpu(), Instant::now());
+    let (p0, l0, c0, s0, t0) = (cpu(pids), load(), busy_per_cpu(), stolen(), Instant::now());
     let out = f();
-    let (p1, l1, c1, wall) = (cpu(pids), load(), busy_per_cpu(), t0.elapsed());
+    let (p1, l1, c1, s1, wall) = (cpu(pids), load(), busy_per_cpu(), stolen(), t0.elapsed());
     let core = |cpu: usize| c1[cpu].saturating_sub(c0[cpu]);
-    (out, Usage { proxy: p1 - p0, load: l1 - l0, load_core: core(LOAD_CPU), proxy_core: core(PROXY_CPU), wall })
+    let usage = Usage {
+        proxy: p1 - p0,
+        load: l1 - l0,
+        load_core: core(LOAD_CPU),
+        proxy_core: core(PROXY_CPU),
+        stolen: s1.saturating_sub(s0),
+        wall,
+    };
+    (out, usage)
 }
 
 /// One rate run: operations per second, failures, and the CPU it took.
@@ -167,16 +183,18 @@ pub fn range((m, lo, hi): (f64, f64, f64)) -> String {
 }
 
 /// The table columns [`usage_cells`] fills.
-pub const USAGE_COLUMNS: &str = "proxy's CPU use | CPU 1 busy | load side's CPU use | CPU 0 busy";
+pub const USAGE_COLUMNS: &str = "proxy's CPU use | CPU 1 busy | load side's CPU use | CPU 0 busy | stolen";
 
 /// The median shares of the runs' [`Usage`]: the proxy's use of its core
 /// (`—` for a path without a proxy), CPU 1 busy, the load side's use of
-/// CPU 0 and CPU 0 busy.
+/// CPU 0, CPU 0 busy and the steal on both.
 pub fn usage_cells(runs: &[Run], proxy: bool) -> String {
     let share = |f: &dyn Fn(&Usage) -> Duration| med(runs, &|r| r.usage.share(f(&r.usage))).0;
     let (p, l, c0, c1) = (share(&|u| u.proxy), share(&|u| u.load), share(&|u| u.load_core), share(&|u| u.proxy_core));
+    // Of the two cores together.
+    let stolen = share(&|u| u.stolen) / 2.0;
     let p = if proxy { format!("{p:.0} %") } else { "—".into() };
-    format!("{p} | {c1:.0} % | {l:.0} % | {c0:.0} %")
+    format!("{p} | {c1:.0} % | {l:.0} % | {c0:.0} % | {stolen:.0} %")
 }
 
 /// The head of a table of rate runs: `columns`, then [`USAGE_COLUMNS`]
@@ -203,7 +221,7 @@ pub fn rate_row(first: &str, runs: &[Run], base: f64, cpu: Option<usize>) -> Str
 
 /// What the usage columns mean and how to read CPU µs per request, for the
 /// report under a table of rate runs.
-pub const USAGE_NOTE: &str = "The proxy's CPU use is its processes' share of its core (from /proc); CPU 1 busy counts whatever ran there, since other work on this shared machine is not kept off the proxy's core: a proxy below 100 % on a CPU 1 near 100 % lost the rest to its neighbours, and its requests/s is lower than alone. The load side's CPU use (this bench's process, the generator, the origin) is what the generator and the backend needed of CPU 0, CPU 0 busy adds the rest. CPU µs per request is the comparison that survives this; it also drops as a proxy gets busier (more requests per wake-up), so compare it between rows of one connection count.";
+pub const USAGE_NOTE: &str = "The proxy's CPU use is its processes' share of its core (from /proc); CPU 1 busy counts whatever ran there, since other work on this shared machine is not kept off the proxy's core: a proxy below 100 % on a CPU 1 near 100 % lost the rest to its neighbours, and its requests/s is lower than alone. The load side's CPU use (this bench's process, the generator, the origin) is what the generator and the backend needed of CPU 0, CPU 0 busy adds the rest. Stolen is the time the hypervisor gave both cores' turns to other machines (steal, of both cores' wall time): a run that lost much of it measured a slower machine. CPU µs per request is the comparison that survives this; it also drops as a proxy gets busier (more requests per wake-up), so compare it between rows of one connection count.";
 
 /// `wrk -t1 -cCONNS` against `url` for `secs`: requests/s and errors
 /// (socket errors and non-2xx/3xx answers).
@@ -343,40 +361,82 @@ pub async fn tls_connect(target: SocketAddr, config: Arc<ClientConfig>) -> Resul
     tokio_rustls::TlsConnector::from(config).connect(name, tcp).await.map_err(|e| format!("handshake: {e}"))
 }
 
-/// An HTTP/1.1 keep-alive connection to `target`, over TLS when `tls`.
-pub async fn h1_connect(
-    target: SocketAddr,
-    tls: Option<Arc<ClientConfig>>,
-) -> Result<SendRequest<Empty<Bytes>>, String> {
-    macro_rules! handshake {
-        ($io:expr) => {{
-            let (send, conn) =
-                hyper::client::conn::http1::handshake($io).await.map_err(|e| format!("HTTP/1.1: {e}"))?;
-            tokio::spawn(conn);
-            Ok(send)
-        }};
-    }
-    match tls {
-        Some(config) => handshake!(TokioIo::new(tls_connect(target, config).await?)),
-        None => {
-            let tcp = tokio::net::TcpStream::connect(target).await.map_err(|e| format!("connect {target}: {e}"))?;
-            let _ = tcp.set_nodelay(true);
-            handshake!(TokioIo::new(tcp))
-        }
-    }
+/// A byte stream the bench client speaks HTTP/1.1 over: TCP, or TLS on TCP.
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Stream for S {}
+
+/// The one request the bench clients send: `GET /` for [`HOST`].
+const REQUEST: &[u8] = b"GET / HTTP/1.1\r\nhost: bench.example\r\n\r\n";
+// It names HOST: the same length at least.
+const _: () = assert!(REQUEST.len() == "GET / HTTP/1.1\r\nhost: \r\n\r\n".len() + HOST.len());
+
+/// A bare HTTP/1.1 keep-alive client, as wrk is: [`REQUEST`] written whole,
+/// the answer's head parsed (httparse) and its `Content-Length` body read.
+/// The open-loop generator uses it so that the load side spends little CPU
+/// per request (a hyper client on one core spent as much as the proxies it
+/// measured, and its own queueing showed in every path's p99).
+pub struct BenchConn {
+    io: Box<dyn Stream>,
+    buf: BytesMut,
 }
 
-/// `GET /` for [`HOST`] on `send`, the answer read to its end; an error
-/// unless it is a 2xx.
-pub async fn get(send: &mut SendRequest<Empty<Bytes>>) -> Result<(), String> {
-    let req = http::Request::get("/").header("host", HOST).body(Empty::<Bytes>::new()).unwrap();
-    let resp = send.send_request(req).await.map_err(|e| e.to_string())?;
-    let status = resp.status();
-    resp.into_body().collect().await.map_err(|e| e.to_string())?;
-    if status.is_success() {
-        Ok(())
-    } else {
-        Err(format!("status {status}"))
+impl BenchConn {
+    /// A keep-alive connection to `target`, over TLS when `tls`.
+    pub async fn connect(target: SocketAddr, tls: Option<Arc<ClientConfig>>) -> Result<BenchConn, String> {
+        let io: Box<dyn Stream> = match tls {
+            Some(config) => Box::new(tls_connect(target, config).await?),
+            None => {
+                let tcp = tokio::net::TcpStream::connect(target).await.map_err(|e| format!("connect {target}: {e}"))?;
+                let _ = tcp.set_nodelay(true);
+                Box::new(tcp)
+            }
+        };
+        Ok(BenchConn { io, buf: BytesMut::with_capacity(4096) })
+    }
+
+    /// `GET /` and its answer read to the end; an error unless it is a 2xx
+    /// with a `Content-Length` (the bench's origins answer so) on a
+    /// connection that stays open.
+    pub async fn get(&mut self) -> Result<(), String> {
+        self.io.write_all(REQUEST).await.map_err(|e| format!("write: {e}"))?;
+        loop {
+            let mut headers = [httparse::EMPTY_HEADER; 32];
+            let mut resp = httparse::Response::new(&mut headers);
+            match resp.parse(&self.buf).map_err(|e| format!("answer's head: {e}"))? {
+                httparse::Status::Complete(head) => {
+                    let status = resp.code.unwrap_or(0);
+                    let length = resp
+                        .headers
+                        .iter()
+                        .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                        .and_then(|h| std::str::from_utf8(h.value).ok()?.trim().parse::<usize>().ok())
+                        .ok_or_else(|| format!("status {status} without a Content-Length"))?;
+                    let closes = resp
+                        .headers
+                        .iter()
+                        .any(|h| h.name.eq_ignore_ascii_case("connection") && h.value.eq_ignore_ascii_case(b"close"));
+                    while self.buf.len() < head + length {
+                        self.fill().await?;
+                    }
+                    self.buf.advance(head + length);
+                    return match status {
+                        200..=299 if !closes => Ok(()),
+                        200..=299 => Err("the connection was closed".into()),
+                        _ => Err(format!("status {status}")),
+                    };
+                }
+                httparse::Status::Partial => self.fill().await?,
+            }
+        }
+    }
+
+    async fn fill(&mut self) -> Result<(), String> {
+        self.buf.reserve(4096);
+        match self.io.read_buf(&mut self.buf).await {
+            Ok(0) => Err("the connection was closed".into()),
+            Ok(_) => Ok(()),
+            Err(e) => Err(format!("read: {e}")),
+        }
     }
 }
 
@@ -388,13 +448,21 @@ pub struct Latency {
     pub p99_us: f64,
     pub achieved: f64,
     pub errors: u64,
+    /// How busy [`LOAD_CPU`] (generator, origin) and [`PROXY_CPU`] were
+    /// over the run, 0–1: the load side must stay well below saturation
+    /// for the latency to be the proxy's.
+    pub load_busy: f64,
+    pub proxy_busy: f64,
+    /// Steal on both cores, of both cores' time, 0–1.
+    pub stolen: f64,
 }
 
 /// `rate` requests/s over `conns` keep-alive connections (over TLS when
-/// `tls`) for `secs`, each connection sending on its own fixed schedule
-/// whatever the answers do (open loop). A request due while its connection
-/// still waits for the previous answer goes right after it, and its latency
-/// counts from when it was due: the queueing shows.
+/// `tls`) for `secs`, open loop: requests fall due on a fixed schedule,
+/// evenly spaced, are released every [`PACE_TICK`] and go to the
+/// connections in turn, whatever the answers do. A request released while
+/// its connection still waits for the previous answer goes right after it,
+/// and its latency counts from its release: the queueing shows.
 pub fn open_loop(
     ns: &NetNs,
     target: SocketAddr,
@@ -408,34 +476,28 @@ pub fn open_loop(
         rt.block_on(async move {
             let mut senders = Vec::new();
             for _ in 0..conns {
-                senders.push(h1_connect(target, tls.clone()).await.unwrap_or_else(|e| panic!("{target}: {e}")));
+                senders.push(BenchConn::connect(target, tls.clone()).await.unwrap_or_else(|e| panic!("{target}: {e}")));
             }
-            let period = Duration::from_secs_f64(conns as f64 / rate);
-            let start = tokio::time::Instant::now() + Duration::from_millis(100);
-            let end = start + Duration::from_secs(secs);
-            let tasks: Vec<_> = senders
+            let (busy0, stolen0, t0) = (busy_per_cpu(), stolen(), Instant::now());
+            let (dues, tasks): (Vec<_>, Vec<_>) = senders
                 .into_iter()
-                .enumerate()
-                .map(|(i, mut send)| {
-                    tokio::spawn(async move {
+                .map(|mut send| {
+                    let (due, mut dues) = tokio::sync::mpsc::unbounded_channel::<Instant>();
+                    let task = tokio::spawn(async move {
                         let (mut lat, mut errors) = (Vec::new(), 0u64);
-                        let mut due = start + Duration::from_secs_f64(i as f64 / rate);
-                        while due < end {
-                            tokio::time::sleep_until(due).await;
-                            // Late because the last answer was: count from due.
-                            // Late because the timer woke late: from now.
-                            let now = tokio::time::Instant::now();
-                            let from = if now.duration_since(due) > Duration::from_millis(2) { due } else { now };
-                            match get(&mut send).await {
-                                Ok(()) => lat.push(from.elapsed().as_secs_f64() * 1e6),
+                        while let Some(at) = dues.recv().await {
+                            match send.get().await {
+                                Ok(()) => lat.push(at.elapsed().as_secs_f64() * 1e6),
                                 Err(_) => errors += 1,
                             }
-                            due += period;
                         }
                         (lat, errors)
-                    })
+                    });
+                    (due, task)
                 })
-                .collect();
+                .unzip();
+            pace(&dues, rate, secs).await;
+            drop(dues);
             let (mut all, mut errors) = (Vec::new(), 0);
             for t in tasks {
                 let (l, e) = t.await.expect("latency task");
@@ -444,23 +506,94 @@ pub fn open_loop(
             }
             all.sort_by(f64::total_cmp);
             let q = |p: f64| all.get(((all.len() as f64 - 1.0) * p) as usize).copied().unwrap_or(f64::NAN);
-            Latency { p50_us: q(0.5), p99_us: q(0.99), achieved: all.len() as f64 / secs as f64, errors }
+            let (busy1, took) = (busy_per_cpu(), t0.elapsed().as_secs_f64());
+            let busy = |cpu: usize| (busy1[cpu] - busy0[cpu]).as_secs_f64() / took;
+            Latency {
+                p50_us: q(0.5),
+                p99_us: q(0.99),
+                achieved: all.len() as f64 / secs as f64,
+                errors,
+                load_busy: busy(LOAD_CPU),
+                proxy_busy: busy(PROXY_CPU),
+                stolen: stolen().saturating_sub(stolen0).as_secs_f64() / took / 2.0,
+            }
         })
     })
+}
+
+/// A timerfd tokio can wait on.
+struct Ticks(TimerFd);
+
+impl std::os::fd::AsRawFd for Ticks {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        std::os::fd::AsRawFd::as_raw_fd(&self.0.as_fd())
+    }
+}
+
+/// How often the open-loop pacer releases what fell due: fine enough that
+/// a release is a handful of requests (tokio's 1 ms timer sends some 20 at
+/// once at these rates, and that burst's queueing showed in every path's
+/// p50), coarse enough that the load side's wake-ups stay cheap (a
+/// release per request woke the generator and the origin so often that
+/// they filled their core).
+pub const PACE_TICK: Duration = Duration::from_micros(250);
+
+/// The open-loop schedule: `rate × secs` requests due evenly spaced from
+/// 100 ms on, handed to `dues` in turn. A periodic timerfd ticks every
+/// [`PACE_TICK`]; each tick releases what fell due since the last, stamped
+/// with the tick's time, and a late wake-up releases all the ticks it
+/// missed with their own times. Returns when all are handed out.
+async fn pace(dues: &[tokio::sync::mpsc::UnboundedSender<Instant>], rate: f64, secs: u64) {
+    let gap = Duration::from_secs_f64(1.0 / rate);
+    let timer =
+        TimerFd::new(ClockId::CLOCK_MONOTONIC, TimerFlags::TFD_NONBLOCK | TimerFlags::TFD_CLOEXEC).expect("a timerfd");
+    let first = Duration::from_millis(100);
+    let start = Instant::now() + first;
+    timer
+        .set(Expiration::IntervalDelayed(first.into(), PACE_TICK.into()), TimerSetTimeFlags::empty())
+        .expect("timerfd_settime");
+    // SAFETY: Ticks owns the TimerFd, so its descriptor stays open and the
+    // same for as long as the AsyncFd holds it.
+    let timer = unsafe { AsyncFd::register(Ticks(timer)) }.unwrap_or_else(|e| panic!("the timerfd on tokio: {e}"));
+    let total = (rate * secs as f64) as u32;
+    let (mut n, mut tick) = (0u32, 0u32);
+    while n < total {
+        let mut ready = timer.readable().await.expect("the timerfd");
+        let mut count = [0u8; 8];
+        match nix::unistd::read(ready.get_inner().0.as_fd(), &mut count) {
+            Ok(8) => {
+                for _ in 0..u64::from_ne_bytes(count) {
+                    let at = start + PACE_TICK * tick;
+                    tick += 1;
+                    while n < total && start + gap * n <= at {
+                        let _ = dues[n as usize % dues.len()].send(at);
+                        n += 1;
+                    }
+                }
+            }
+            Err(nix::errno::Errno::EAGAIN) => ready.clear_ready(),
+            other => panic!("reading the timerfd: {other:?}"),
+        }
+    }
 }
 
 /// The open-loop table: per path (`names[i]`) the achieved rate, p50 and
 /// p99 (median [min–max] over the rounds of `latency[i]`) and errors.
 pub fn latency_table(names: &[String], latency: &[Vec<Latency>]) -> String {
-    let mut md = "| path | achieved requests/s | p50 µs | p99 µs | errors |\n|---|---|---|---|---|\n".to_owned();
+    let mut md = format!(
+        "| path | achieved requests/s | p50 µs | p99 µs | errors | CPU {LOAD_CPU} busy (load side) | CPU {PROXY_CPU} busy (proxy) | stolen |\n|---|---|---|---|---|---|---|---|\n"
+    );
     for (name, runs) in names.iter().zip(latency) {
         writeln!(
             md,
-            "| {name} | {:.0} | {} | {} | {} |",
+            "| {name} | {:.0} | {} | {} | {} | {:.0} % | {:.0} % | {:.0} % |",
             med(runs, &|l| l.achieved).0,
             range(med(runs, &|l| l.p50_us)),
             range(med(runs, &|l| l.p99_us)),
-            runs.iter().map(|l| l.errors).sum::<u64>()
+            runs.iter().map(|l| l.errors).sum::<u64>(),
+            med(runs, &|l| l.load_busy).0 * 100.0,
+            med(runs, &|l| l.proxy_busy).0 * 100.0,
+            med(runs, &|l| l.stolen).0 * 100.0,
         )
         .unwrap();
     }
@@ -481,10 +614,10 @@ pub fn with_open_connections<T: Send>(
         let held = rt.block_on(async move {
             let mut held = Vec::new();
             for i in 0..n {
-                let mut send = h1_connect(target, tls.clone())
+                let mut send = BenchConn::connect(target, tls.clone())
                     .await
                     .unwrap_or_else(|e| panic!("connection {i} of {n} to {target}: {e}"));
-                get(&mut send).await.unwrap_or_else(|e| panic!("request on connection {i} to {target}: {e}"));
+                send.get().await.unwrap_or_else(|e| panic!("request on connection {i} to {target}: {e}"));
                 held.push(send);
             }
             held

@@ -156,6 +156,19 @@ pub fn tcp_segments(ns: &NetNs) -> (u64, u64) {
 /// shows which core was saturated: the one pinned to the proxy under test
 /// or the one carrying the load generator and the backend.
 pub fn busy_per_cpu() -> Vec<Duration> {
+    per_cpu(|f| f[0] + f[1] + f[2] + f[5] + f[6])
+}
+
+/// Per CPU, the time the hypervisor ran something else while this VM's
+/// CPU wanted to run (steal): a run that lost much of it measured a
+/// slower machine.
+pub fn stolen_per_cpu() -> Vec<Duration> {
+    per_cpu(|f| f.get(7).copied().unwrap_or(0))
+}
+
+/// Per CPU, `pick` of its `/proc/stat` fields (user, nice, system, idle,
+/// iowait, irq, softirq, steal...) in clock ticks, as time.
+fn per_cpu(pick: impl Fn(&[u64]) -> u64) -> Vec<Duration> {
     let stat = std::fs::read_to_string("/proc/stat").expect("read /proc/stat");
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
@@ -163,7 +176,7 @@ pub fn busy_per_cpu() -> Vec<Duration> {
         .filter(|l| l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit))
         .map(|line| {
             let f: Vec<u64> = line.split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
-            Duration::from_secs_f64((f[0] + f[1] + f[2] + f[5] + f[6]) as f64 / hz as f64)
+            Duration::from_secs_f64(pick(&f) as f64 / hz as f64)
         })
         .collect()
 }
