@@ -362,13 +362,33 @@ pub struct Interfaces {
 pub struct Control {
     #[serde(default = "default_socket")]
     pub socket: PathBuf,
+    /// The HTTP control API: off unless set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<ControlHttp>,
 }
 
 impl Default for Control {
     fn default() -> Self {
-        Control { socket: default_socket() }
+        Control { socket: default_socket(), http: None }
     }
 }
+
+/// `control.http`: the control socket's operations as REST/JSON on a TCP
+/// listener, for automation off the host (Argo Rollouts, Flagger, CI).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlHttp {
+    pub listen: SocketAddr,
+    /// A file holding the bearer token every request must carry (its
+    /// first line; at least [`MIN_TOKEN_LEN`] characters).
+    pub token_file: PathBuf,
+    /// HTTPS instead of HTTP, with these certificates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<l7::Tls>,
+}
+
+/// The shortest bearer token `control.http` accepts.
+pub const MIN_TOKEN_LEN: usize = 16;
 
 fn default_socket() -> PathBuf {
     DEFAULT_SOCKET.into()
@@ -637,6 +657,23 @@ impl Config {
         }
         if let Some(store) = &self.store {
             store.etcd.check().map_err(invalid)?;
+        }
+        if let Some(http) = &self.control.http {
+            if !http.token_file.is_absolute() {
+                return Err(invalid(format!(
+                    "control.http.token_file: {:?} is not an absolute path: write it from /",
+                    http.token_file
+                )));
+            }
+            if let Some(tls) = &http.tls {
+                tls.check().map_err(|why| invalid(format!("control.http.tls.{why}")))?;
+            }
+            if self.metrics.as_ref().is_some_and(|m| m.listen == http.listen) {
+                return Err(invalid(format!(
+                    "control.http.listen: {} is also metrics.listen: give each its own address",
+                    http.listen
+                )));
+            }
         }
         self.l7.check().map_err(|why| invalid(format!("l7.{why}")))?;
         let local = &self.local_addresses.interface;

@@ -16,6 +16,9 @@ use crate::latency::LatencySnapshot;
 pub const SAMPLE_EVERY: Duration = Duration::from_secs(5);
 /// The window `status` shows.
 pub const STATUS_WINDOW: Duration = Duration::from_secs(60);
+/// The longest window an analysis reads (`GET /v1/services/NAME/analysis`):
+/// what the agent keeps of its samples.
+pub const MAX_WINDOW: Duration = Duration::from_secs(600);
 
 /// Cumulative counts of one version (or their difference over a window).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -30,6 +33,12 @@ pub struct VersionSample {
     /// L4: TCP resets the version's endpoints sent.
     #[serde(default)]
     pub resets: u64,
+    /// L7, the mirrored version: copies whose answer was compared with the
+    /// primary's, and those that differed.
+    #[serde(default)]
+    pub compared: u64,
+    #[serde(default)]
+    pub differed: u64,
 }
 
 impl VersionSample {
@@ -38,6 +47,8 @@ impl VersionSample {
         self.placed += other.placed;
         self.errors += other.errors;
         self.resets += other.resets;
+        self.compared += other.compared;
+        self.differed += other.differed;
         self.latency.add(&other.latency);
     }
 
@@ -48,6 +59,8 @@ impl VersionSample {
             errors: self.errors.saturating_sub(earlier.errors),
             latency: self.latency.since(&earlier.latency),
             resets: self.resets.saturating_sub(earlier.resets),
+            compared: self.compared.saturating_sub(earlier.compared),
+            differed: self.differed.saturating_sub(earlier.differed),
         }
     }
 }
@@ -98,6 +111,95 @@ impl History {
     }
 }
 
+/// What each version of a service did over a recent window: what an
+/// outside judge (Argo Rollouts' `web` metric, a Flagger webhook, a
+/// dashboard) reads from `GET /v1/services/NAME/analysis`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Analysis {
+    pub service: String,
+    /// `l4` or `l7`.
+    pub mode: String,
+    /// The window asked for, and the span the numbers cover: less just
+    /// after the agent started, or up to one sample interval more.
+    pub window_secs: u64,
+    pub span_secs: f64,
+    pub versions: BTreeMap<String, VersionAnalysis>,
+}
+
+/// One version over the window. A rate or quantile with nothing to read it
+/// from is `null`: no data, which a judge must not take as good.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VersionAnalysis {
+    /// Its weight now.
+    pub weight: u32,
+    /// L7: requests routed to it (the client's own failures not counted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests: Option<u64>,
+    /// L4: new flows placed on it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flows: Option<u64>,
+    /// L7: 5xx answers, the proxy's 502/504 and failed gRPC calls; L4: TCP
+    /// resets from its endpoints.
+    pub errors: u64,
+    /// `errors` per request (l7) or flow (l4).
+    pub error_rate: Option<f64>,
+    /// L7: response latency quantiles, seconds.
+    pub p50_seconds: Option<f64>,
+    pub p99_seconds: Option<f64>,
+    /// L7, the mirrored version: copies compared with the primary's answer,
+    /// how many differed, and their ratio.
+    pub compared: u64,
+    pub differed: u64,
+    pub diff_rate: Option<f64>,
+    /// Its endpoints, and how many are in service (`null` without health
+    /// checks).
+    pub endpoints: u32,
+    pub endpoints_up: Option<u32>,
+}
+
+/// The analysis of `service` (`l4` when an l4 service) from what happened
+/// over `span` (`window`, each version's counts over it): per version of
+/// `versions` (name, weight now, endpoints, endpoints up if checked).
+pub fn analyse(
+    service: &str,
+    l4: bool,
+    window: Duration,
+    span: Duration,
+    counts: &BTreeMap<String, VersionSample>,
+    versions: &[(String, u32, u32, Option<u32>)],
+) -> Analysis {
+    let rate = |n: u64, of: u64| (of > 0).then(|| n as f64 / of as f64);
+    let versions = versions
+        .iter()
+        .map(|(name, weight, endpoints, endpoints_up)| {
+            let c = counts.get(name).cloned().unwrap_or_default();
+            let errors = if l4 { c.resets } else { c.errors };
+            let v = VersionAnalysis {
+                weight: *weight,
+                requests: (!l4).then_some(c.placed),
+                flows: l4.then_some(c.placed),
+                errors,
+                error_rate: rate(errors, c.placed),
+                p50_seconds: if l4 { None } else { c.latency.quantile(0.5) },
+                p99_seconds: if l4 { None } else { c.latency.quantile(0.99) },
+                compared: c.compared,
+                differed: c.differed,
+                diff_rate: rate(c.differed, c.compared),
+                endpoints: *endpoints,
+                endpoints_up: *endpoints_up,
+            };
+            (name.clone(), v)
+        })
+        .collect();
+    Analysis {
+        service: service.to_owned(),
+        mode: if l4 { "l4" } else { "l7" }.to_owned(),
+        window_secs: window.as_secs(),
+        span_secs: span.as_secs_f64(),
+        versions,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -128,5 +230,41 @@ mod tests {
         let (_, d) = h.window(now, &counts(&[("canary", 7)]), Duration::from_secs(60)).unwrap();
         assert_eq!(d["shop"]["canary"].placed, 7);
         assert!(h.samples.len() <= 14, "old samples are dropped: {}", h.samples.len());
+    }
+
+    #[test]
+    fn an_analysis_reads_rates_and_quantiles_per_version_and_null_without_data() {
+        let latency = crate::latency::Latency::default();
+        for ms in [1u64, 1, 1, 1, 1, 1, 1, 1, 1, 900] {
+            latency.observe(Duration::from_millis(ms));
+        }
+        let green = VersionSample {
+            placed: 200,
+            errors: 5,
+            latency: latency.snapshot(),
+            compared: 40,
+            differed: 2,
+            ..VersionSample::default()
+        };
+        let counts: BTreeMap<String, VersionSample> = [("green".to_owned(), green)].into();
+        let versions = [("blue".to_owned(), 90, 2, Some(2)), ("green".to_owned(), 10, 1, Some(0))];
+        let a = analyse("shop", false, Duration::from_secs(60), Duration::from_secs(55), &counts, &versions);
+        let g = &a.versions["green"];
+        assert_eq!((g.requests, g.flows, g.errors, g.weight), (Some(200), None, 5, 10));
+        assert_eq!(g.error_rate, Some(0.025));
+        assert_eq!(g.diff_rate, Some(0.05));
+        assert!(g.p50_seconds.unwrap() <= 0.005, "{:?}", g.p50_seconds);
+        assert!(g.p99_seconds.unwrap() >= 0.5, "{:?}", g.p99_seconds);
+        assert_eq!((g.endpoints, g.endpoints_up), (1, Some(0)));
+        // Blue saw nothing in the window: no rates, not zero rates.
+        let b = &a.versions["blue"];
+        assert_eq!((b.requests, b.error_rate, b.p99_seconds, b.diff_rate), (Some(0), None, None, None));
+        assert_eq!((a.window_secs, a.span_secs, a.mode.as_str()), (60, 55.0, "l7"));
+        // L4 counts flows and judges resets.
+        let l4: BTreeMap<String, VersionSample> =
+            [("green".to_owned(), VersionSample { placed: 50, resets: 1, ..VersionSample::default() })].into();
+        let a = analyse("db", true, Duration::from_secs(60), Duration::from_secs(60), &l4, &versions[1..]);
+        let g = &a.versions["green"];
+        assert_eq!((g.requests, g.flows, g.errors, g.error_rate, g.p99_seconds), (None, Some(50), 1, Some(0.02), None));
     }
 }

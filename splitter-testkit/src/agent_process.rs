@@ -123,8 +123,16 @@ impl AgentProcess {
     ) -> Result<Self, AgentProcessError> {
         let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
         fs::create_dir_all(dir)?;
+        // The body's own `control: { ... }` (one line) joins the socket's.
+        let (control, body) = match body.lines().find_map(|l| l.strip_prefix("control: {")) {
+            Some(rest) => {
+                let line = format!("control: {{{rest}");
+                (format!(", {}", rest.trim().trim_end_matches('}').trim()), body.replacen(&line, "", 1))
+            }
+            None => (String::new(), body.to_owned()),
+        };
         let config = format!(
-            "pin_path: {}\nstate_dir: {}\ncontrol: {{ socket: {} }}\n{body}",
+            "pin_path: {}\nstate_dir: {}\ncontrol: {{ socket: {}{control} }}\n{body}",
             pin_path.display(),
             dir.join("state").display(),
             dir.join("splitter.sock").display()

@@ -26,6 +26,7 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 use tracing::{debug, error, info, warn};
 
 mod backing;
+mod control_http;
 mod control_socket;
 mod handover;
 mod health;
@@ -70,6 +71,9 @@ pub enum AgentError {
     Signals(std::io::Error),
     #[error("metrics.listen {addr}: {source} (is another process listening there?)")]
     Metrics { addr: std::net::SocketAddr, source: std::io::Error },
+    /// `control.http`: its token, certificates or listener.
+    #[error("{0}")]
+    ControlHttp(String),
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
     #[error(transparent)]
@@ -165,6 +169,8 @@ struct Agent<B: Backing> {
     control_task: Option<tokio::task::JoinHandle<()>>,
     /// `/metrics` (stopped when the agent stops: the new one binds it).
     metrics_task: Option<tokio::task::JoinHandle<()>>,
+    /// The HTTP control API (`control.http`), while it serves.
+    control_http_task: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// Why the loop ended.
@@ -294,6 +300,7 @@ impl<B: Backing> Agent<B> {
             }
             None => None,
         };
+        let control_http = config.control.http.as_ref().map(control_http::prepare).transpose()?;
         ensure_bpffs(&config.pin_path)?;
         let services: Vec<_> = effective
             .services
@@ -383,6 +390,7 @@ impl<B: Backing> Agent<B> {
         let last_stats = dp.stats()?;
         let (scrape_tx, scrapes) = tokio::sync::mpsc::channel(16);
         let (calls_tx, calls) = tokio::sync::mpsc::channel(8);
+        let control_http_task = control_http.map(|l| tokio::spawn(control_http::serve(l, calls_tx.clone())));
         let control_task = tokio::spawn(control_socket::serve(control, calls_tx));
         let mut events = Events {
             calls,
@@ -425,7 +433,7 @@ impl<B: Backing> Agent<B> {
             opts,
             serving,
             backing,
-            history: History::new(observe::STATUS_WINDOW),
+            history: History::new(observe::MAX_WINDOW),
             last_stats,
             last_text,
             last_rollout_tick: Instant::now(),
@@ -434,6 +442,7 @@ impl<B: Backing> Agent<B> {
             lock: Some(lock),
             control_task: Some(control_task),
             metrics_task: None,
+            control_http_task,
         };
         // The first sample before the control socket answers anything: the
         // window then covers everything since the start.
@@ -527,6 +536,7 @@ impl<B: Backing> Agent<B> {
                 Some(report) => Response { diffs: Some(report), ..Response::ok(service) },
                 None => Response::fail(format!("{service:?} is not an l7 service of this agent")),
             },
+            Ok(Request::Analysis { service, window_secs }) => self.analysis(&service, window_secs),
             Ok(Request::Rollout { service, action }) => self.on_rollout(&service, action).await,
             Ok(req) => self.on_change(req).await,
             Err(e) => {
@@ -834,6 +844,38 @@ impl<B: Backing> Agent<B> {
         }
     }
 
+    /// What each version of `service` did over the last `window_secs`.
+    fn analysis(&self, service: &str, window_secs: u64) -> Response {
+        let max = observe::MAX_WINDOW.as_secs();
+        if !(1..=max).contains(&window_secs) {
+            return Response::fail(format!("window {window_secs}s is out of range: use 1 to {max} seconds"));
+        }
+        let (effective, _) = self.runtime.clone().effective(&self.config);
+        let Some(svc) = effective.services.get(service) else {
+            return Response::fail(format!("no service {service:?} in this agent"));
+        };
+        let current = self.counts(|n| n == service);
+        let window = Duration::from_secs(window_secs);
+        let (span, counts) = self.history.window(Instant::now(), &current, window).unwrap_or_default();
+        let health = self.health.report(&effective).remove(service);
+        let versions: Vec<_> = svc
+            .version_weights()
+            .into_iter()
+            .map(|(v, weight)| {
+                let endpoints = u32::try_from(svc.versions[v].len()).unwrap_or(u32::MAX);
+                let up = health.as_ref().map(|h| {
+                    let up = h.endpoints.iter().filter(|e| e.version == v && e.up && !e.ejected).count();
+                    u32::try_from(up).unwrap_or(u32::MAX)
+                });
+                (v.to_owned(), weight, endpoints, up)
+            })
+            .collect();
+        let l4 = svc.mode == Mode::L4;
+        let analysis =
+            observe::analyse(service, l4, window, span, &counts.get(service).cloned().unwrap_or_default(), &versions);
+        Response { analysis: Some(analysis), ..Response::ok(format!("{service}: analysis")) }
+    }
+
     /// Samples the counts for the observed split.
     fn on_sample(&mut self) {
         let counts = self.counts(|_| true);
@@ -882,8 +924,9 @@ impl<B: Backing> Agent<B> {
     /// when no connection is left (and the listeners were handed over, or
     /// [`HANDOVER_WAIT`] passed), at `l7.drain_timeout`, or at a second signal.
     async fn drain(&mut self, ev: &mut Events, mut handover: Option<tokio::net::UnixStream>) {
-        if let Some(metrics) = self.metrics_task.take() {
-            metrics.abort();
+        // Their addresses are a new agent's to bind.
+        for task in [self.metrics_task.take(), self.control_http_task.take()].into_iter().flatten() {
+            task.abort();
         }
         let mut listeners = self.serving.l7.stop_accepting().await;
         self.serving.l7.drain();

@@ -18,6 +18,8 @@ use splitter_model::{
 };
 use thiserror::Error;
 
+pub mod http;
+
 /// What the CLI asks the agent.
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
@@ -37,6 +39,9 @@ pub enum Request {
     Status,
     /// The mirror comparison report of an l7 service.
     Diffs { service: String },
+    /// What each version of `service` did over the last `window_secs`
+    /// seconds (up to [`splitter_model::observe::MAX_WINDOW`]).
+    Analysis { service: String, window_secs: u64 },
     /// Detach, unpin everything and exit (`splitter down`).
     Down,
     /// Hand the l7 listeners over to the agent that asks (a new `splitter
@@ -60,6 +65,7 @@ impl Request {
             Request::Rollout { .. } => "rollout",
             Request::Status => "status",
             Request::Diffs { .. } => "diffs",
+            Request::Analysis { .. } => "analysis",
             Request::Down => "down",
             Request::Handover { .. } => "handover",
         }
@@ -80,6 +86,7 @@ impl Request {
             Request::Rollout { .. }
             | Request::Status
             | Request::Diffs { .. }
+            | Request::Analysis { .. }
             | Request::Down
             | Request::Handover { .. } => return None,
         })
@@ -113,6 +120,9 @@ pub struct Response {
     /// Mirror comparisons (answer to `diffs`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub diffs: Option<crate::l7::mirror::DiffReport>,
+    /// Each version over a window (answer to `analysis`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysis: Option<splitter_model::observe::Analysis>,
     /// The service's rollout (answer to `rollout`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<splitter_model::rollout::Rollout>,
@@ -124,11 +134,20 @@ pub struct Response {
 
 impl Response {
     pub fn ok(message: String) -> Response {
-        Response { ok: true, message, weights: None, agent: None, diffs: None, rollout: None, handover: None }
+        Response { ok: true, ..Response::fail(message) }
     }
 
     pub fn fail(message: String) -> Response {
-        Response { ok: false, message, weights: None, agent: None, diffs: None, rollout: None, handover: None }
+        Response {
+            ok: false,
+            message,
+            weights: None,
+            agent: None,
+            diffs: None,
+            analysis: None,
+            rollout: None,
+            handover: None,
+        }
     }
 
     /// The answer to `rollout SERVICE --status`.

@@ -86,6 +86,15 @@ fn dispatch(command: Command) -> Result<()> {
                     tls_conf.ca.display()
                 );
             }
+            // The HTTP control API's token and certificates, read as run reads them.
+            if let Some(http) = &config.control.http {
+                splitter_user::control::http::Token::read(&http.token_file)?;
+                if let Some(tls) = &http.tls {
+                    splitter_user::l7::tls::Terminator::new(tls).context("control.http.tls")?;
+                }
+                let scheme = if http.tls.is_some() { "https" } else { "http" };
+                println!("  control API at {scheme}://{}/v1, token from {}", http.listen, http.token_file.display());
+            }
             // l7 addresses: local here, or what the agent will do about it.
             let local = &config.local_addresses;
             for (name, ip) in splitter_user::local_addrs::not_local(&config) {

@@ -45,6 +45,8 @@ pub struct ServiceMetrics {
     pub versions: Vec<VersionMetrics>,
     /// L7 mirror counters, when the service mirrors requests.
     pub l7_mirror: Option<crate::l7::mirror::MirrorCounts>,
+    /// L7: the version the mirror copies requests to.
+    pub l7_mirror_version: Option<String>,
     /// L7: client connections closed without being served.
     pub l7_connections: Option<crate::l7::ConnectionCounts>,
     /// L7: requests refused before routing, the client's fault.
@@ -531,6 +533,11 @@ impl Scrape {
                             sample.errors = c.responses_5xx + c.bad_gateway + c.timeouts + c.grpc_errors();
                             sample.latency = latency.clone();
                         }
+                        if let Some(m) = s.l7_mirror.as_ref().filter(|_| s.l7_mirror_version.as_ref() == Some(&v.name))
+                        {
+                            sample.compared = m.compared;
+                            sample.differed = m.differ;
+                        }
                         (v.name.clone(), sample)
                     })
                     .collect();
@@ -622,10 +629,7 @@ mod tests {
                 endpoints: vec![("10.0.0.1:80".into(), EndpointStats { flows: 7, ..Default::default() })],
                 l7: None,
             }],
-            l7_mirror: None,
-            l7_connections: None,
-            l7_client_errors: None,
-            l7_tls: None,
+            ..ServiceMetrics::default()
         });
         scrape.services.push(ServiceMetrics {
             name: "api".into(),

@@ -78,6 +78,7 @@ pub(super) fn scrape(
             mode: if svc.mode == Mode::L4 { "l4" } else { "l7" },
             versions,
             l7_mirror: l7.get(name).and_then(|s| s.mirror.clone()),
+            l7_mirror_version: svc.l7_mirror().map(|m| m.version.clone()),
             l7_connections: l7.get(name).map(|s| s.connections.clone()),
             l7_client_errors: l7.get(name).map(|s| s.client_errors),
             l7_tls: l7.get(name).and_then(|s| s.tls.clone()),

@@ -282,6 +282,12 @@ impl Terminator {
         Ok(Terminator { tls: tls.clone(), resolver, config: Arc::new(config), tried: Mutex::new(tried) })
     }
 
+    /// An acceptor for this config (the HTTP control API's listener; the
+    /// proxy's listeners take the config per connection).
+    pub fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
+        tokio_rustls::TlsAcceptor::from(self.config.clone())
+    }
+
     /// The live certificate set.
     pub fn certs(&self) -> Arc<CertSet> {
         self.resolver.0.load_full()
