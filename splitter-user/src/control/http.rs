@@ -32,8 +32,8 @@ impl std::fmt::Debug for Token {
 #[derive(Debug, Error)]
 pub enum TokenError {
     #[error(
-        "control.http.token_file {path:?}: {source}: create it, e.g. `head -c 32 /dev/urandom | base64 > {path:?}` \
-         and `chmod 600` it"
+        "control.http.token_file {path:?} cannot be read (create it, e.g. `head -c 32 /dev/urandom | base64 > \
+         {path:?}` and `chmod 600` it)"
     )]
     Read { path: PathBuf, source: std::io::Error },
     #[error("control.http.token_file {path:?}: the token (its first line) has {len} characters: use at least {MIN_TOKEN_LEN}")]
