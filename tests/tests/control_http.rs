@@ -19,7 +19,11 @@ use splitter_testkit::{
     netns::{unique_name, NetNs},
     topology::{vip, Topology},
 };
-use splitter_tests::{agent::Agent, netns::topology};
+use splitter_tests::{
+    agent::Agent,
+    netns::topology,
+    tls::{block, connect, Pki, H1, H2},
+};
 
 const API: &str = "127.0.0.1:9191";
 const TOKEN: &str = "tkn-7f3a9c2e41b84d06a5e1";
@@ -36,26 +40,29 @@ fn config(token_file: &std::path::Path) -> Config {
 /// `method path` with `body` (JSON) and `Authorization: Bearer token`
 /// when given, from inside `ns`: the status and the JSON body.
 fn call(ns: &NetNs, method: &str, path: &str, token: Option<&str>, body: &str) -> (u16, Value, String) {
-    let addr: SocketAddr = API.parse().unwrap();
     let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
-    let text = ns
-        .run(|| {
-            let mut s = TcpStream::connect_timeout(&addr, TIMEOUT)?;
-            s.set_read_timeout(Some(TIMEOUT))?;
-            write!(
-                s,
-                "{method} {path} HTTP/1.1\r\nHost: splitter\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            )?;
-            let mut out = String::new();
-            s.read_to_string(&mut out)?;
-            Ok::<_, std::io::Error>(out)
-        })
-        .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: splitter\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let text = exchange(ns, &request).unwrap_or_else(|e| panic!("{method} {path}: {e}"));
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or_else(|| panic!("{method} {path}: no answer: {text:?}"));
     let status: u16 = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("{head}"));
     let json = serde_json::from_str(body).unwrap_or_else(|e| panic!("{method} {path}: {e}: {body:?}"));
     (status, json, head.to_owned())
+}
+
+/// Writes `request` to the API from inside `ns` and reads until it closes.
+fn exchange(ns: &NetNs, request: &str) -> std::io::Result<String> {
+    let addr: SocketAddr = API.parse().unwrap();
+    ns.run(|| {
+        let mut s = TcpStream::connect_timeout(&addr, TIMEOUT)?;
+        s.set_read_timeout(Some(TIMEOUT))?;
+        s.write_all(request.as_bytes())?;
+        let mut out = Vec::new();
+        s.read_to_end(&mut out)?;
+        Ok(String::from_utf8_lossy(&out).into_owned())
+    })
 }
 
 /// `n` requests to api from the client: answers per version.
@@ -171,4 +178,43 @@ fn the_http_api_needs_the_token_and_does_what_the_socket_does() {
     let log = agent.log();
     assert!(!log.contains(TOKEN) && !log.contains(&wrong), "the token was logged:\n{log}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// With `tls:` the API is HTTPS (HTTP/1.1 and h2 by ALPN), with the same
+/// token rules; a plain HTTP client gets no answer from it.
+#[test]
+fn over_tls_the_api_answers_https_only_and_still_needs_the_token() {
+    let topo = topology();
+    let pki = Pki::new();
+    let pair = pki.write("api", &pki.issue(&["api.splitter.test"], 1));
+    let token_file = pki.path("token");
+    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+    let config = Topology::config()
+        .setting(&format!(
+            "control: {{ http: {{ listen: \"{API}\", token_file: {}, tls: {{ certificates: [{pair}] }} }} }}",
+            token_file.display()
+        ))
+        .service("api", Service::l7(vip(8080)).on_blue("v1", 8081).on_green("v2", 8081).weights(&[("v1", 100)]));
+    let agent = Agent::start(&topo.lb, &config.to_string());
+    let api: SocketAddr = API.parse().unwrap();
+    let bearer = format!("Bearer {TOKEN}");
+    for alpn in [H2, H1] {
+        let statuses = block(&topo.lb, async {
+            let mut conn = connect(api, pki.client(&[alpn], true), "api.splitter.test").await.expect("a handshake");
+            assert_eq!(conn.alpn.as_deref(), Some(alpn));
+            let mut out = Vec::new();
+            for auth in [None, Some("Bearer not-the-token-at-all"), Some(bearer.as_str())] {
+                let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("authorization", *a)).collect();
+                let status = conn.get("/v1/services/api/analysis?window=30s", &headers).await.expect("an answer");
+                out.push(status.status.as_u16());
+            }
+            out
+        });
+        assert_eq!(statuses, [401, 403, 200], "{}", String::from_utf8_lossy(alpn));
+    }
+    // Plain HTTP to the HTTPS listener: the handshake fails, nothing is served.
+    let plain = format!("GET /v1/status HTTP/1.1\r\nHost: splitter\r\nAuthorization: Bearer {TOKEN}\r\n\r\n");
+    let answer = exchange(&topo.lb, &plain).unwrap_or_default();
+    assert!(!answer.contains("HTTP/1.1 200") && !answer.contains("\"ok\""), "plain HTTP was answered: {answer:?}");
+    assert!(!agent.log().contains(TOKEN));
 }
