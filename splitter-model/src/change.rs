@@ -121,6 +121,10 @@ pub fn rollout(
             if runtime.rollout_active(service) {
                 return Err(ChangeError::RolloutInProgress(service.to_owned()));
             }
+            if let Some(name) = plan.analysis.iter().find(|n| !file.analysis.metrics.contains_key(*n)) {
+                let known: Vec<_> = file.analysis.metrics.keys().cloned().collect();
+                return Err(ChangeError::NoAnalysisMetric { name: name.clone(), known: known.join(", ") });
+            }
             let before = runtime.weights(file, service)?;
             let counts = now(&svc, &plan.to, &before);
             let (r, weights) = Rollout::start(plan, before, counts);

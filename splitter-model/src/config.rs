@@ -23,17 +23,27 @@ pub mod l7;
 pub mod duration {
     use std::time::Duration;
 
-    use serde::{de::Error as _, Deserialize, Deserializer, Serializer};
+    use serde::{Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&humantime::format_duration(*d).to_string())
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let text = String::deserialize(d)?;
-        humantime::parse_duration(&text).map_err(|e| {
-            D::Error::custom(format!("{:?} is not a duration ({e}): write e.g. 10s, 1m30s or 250ms", text))
-        })
+        // Refused inside the value's own deserialization, so that the error's
+        // path names the key (`l7.idle_timeout`), not only its section.
+        struct Text;
+        impl serde::de::Visitor<'_> for Text {
+            type Value = Duration;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a duration such as 10s, 1m30s or 250ms")
+            }
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Duration, E> {
+                humantime::parse_duration(text)
+                    .map_err(|e| E::custom(format!("{text:?} is not a duration ({e}): write e.g. 10s, 1m30s or 250ms")))
+            }
+        }
+        d.deserialize_str(Text)
     }
 }
 
@@ -96,6 +106,9 @@ pub struct Config {
     /// file and `state_dir` are the whole truth.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub store: Option<Store>,
+    /// Release analysis from outside: Prometheus queries rollouts are judged on.
+    #[serde(default, skip_serializing_if = "crate::analysis::Analysis::is_empty")]
+    pub analysis: crate::analysis::Analysis,
     #[serde(default)]
     pub services: BTreeMap<String, Service>,
 }
@@ -194,6 +207,7 @@ impl Config {
             pin_path: default_pin_path(),
             flow_table_size: default_flow_table_size(),
             flow_aging: FlowAging::default(),
+            analysis: Default::default(),
             metrics: None,
             local_addresses: LocalAddresses::default(),
             l7: l7::Settings::default(),
@@ -658,6 +672,7 @@ impl Config {
         if let Some(store) = &self.store {
             store.etcd.check().map_err(invalid)?;
         }
+        self.analysis.check().map_err(|why| invalid(format!("analysis.{why}")))?;
         if let Some(http) = &self.control.http {
             if !http.token_file.is_absolute() {
                 return Err(invalid(format!(

@@ -7,6 +7,7 @@
 //! inputs and carries out the results.
 
 pub mod aging;
+pub mod analysis;
 pub mod backends;
 pub mod change;
 pub mod cluster;

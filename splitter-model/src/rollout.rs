@@ -4,12 +4,12 @@
 //! the agent feeds it the time and cumulative counts, and carries out the
 //! weights it asks for through the same path as `weight`.
 
-use std::{ops::RangeInclusive, time::Duration};
+use std::{collections::BTreeMap, ops::RangeInclusive, time::Duration};
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::{config::Weights, observe::VersionSample};
+use crate::{analysis::Judged, config::Weights, observe::VersionSample};
 
 /// What the operator asked for.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -23,6 +23,10 @@ pub struct Plan {
     pub interval_ms: u64,
     #[serde(default)]
     pub gates: Gates,
+    /// Metrics of `analysis.metrics` each step is also judged on (asked of
+    /// Prometheus once the step's interval is over).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub analysis: Vec<String>,
 }
 
 /// When a step's canary counts as bad. Rates are fractions (0.01 = 1 %).
@@ -152,8 +156,19 @@ pub struct Reading {
     /// The canary's value (and the baseline's where the gate compares).
     pub value: Option<f64>,
     pub baseline: Option<f64>,
+    /// NaN (`null` in JSON) where the gate's name says the limit (analysis
+    /// metrics: `min 0.02`).
+    #[serde(deserialize_with = "nan_if_null")]
     pub limit: f64,
     pub ok: bool,
+    /// No value to judge (an analysis metric Prometheus gave nothing for):
+    /// the step waits; never a pass.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub inconclusive: bool,
+}
+
+fn nan_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
 }
 
 /// A rollout of one service, as the agent keeps (and persists) it.
@@ -198,6 +213,10 @@ pub struct Counts {
     pub canary_endpoints: u32,
     #[serde(default)]
     pub canary_down: u32,
+    /// The plan's analysis metrics as judged for the current step (not
+    /// cumulative; absent until the agent has asked).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub analysis: BTreeMap<String, Judged>,
 }
 
 impl Counts {
@@ -210,6 +229,7 @@ impl Counts {
             differ: self.differ.saturating_sub(earlier.differ),
             canary_endpoints: self.canary_endpoints,
             canary_down: self.canary_down,
+            analysis: self.analysis.clone(),
         }
     }
 }
@@ -311,9 +331,32 @@ impl Rollout {
             self.state = State::RolledBack { reason };
             return Action::SetWeights(self.before.clone());
         }
-        let judged = requests >= self.plan.gates.min_requests.max(1);
-        if judged {
-            if let Some(bad) = self.readings.iter().find(|r| !r.ok) {
+        let enough = requests >= self.plan.gates.min_requests.max(1);
+        // The analysis metrics, once asked at the step's end: a breach rolls
+        // back; a missing or inconclusive one holds the step (never a pass).
+        let mut pending = None;
+        for name in &self.plan.analysis {
+            match d.analysis.get(name) {
+                Some(j) if j.ok == Some(false) => {
+                    let reason = format!(
+                        "step {} ({}%): analysis {name} is {} ({}; limit {})",
+                        self.step + 1,
+                        self.percent(),
+                        fmt(j.value),
+                        j.why,
+                        j.limit
+                    );
+                    self.state = State::RolledBack { reason };
+                    return Action::SetWeights(self.before.clone());
+                }
+                Some(j) if j.ok == Some(true) => {}
+                Some(j) => pending = pending.or(Some(format!("analysis {name} inconclusive: {}", j.why))),
+                None => pending = pending.or(Some(format!("analysis {name} not read yet"))),
+            }
+        }
+        let judged = enough && pending.is_none();
+        if enough {
+            if let Some(bad) = self.readings.iter().find(|r| !r.ok && !r.inconclusive) {
                 let reason = format!(
                     "step {} ({}%): {} {} over the limit {} (baseline {})",
                     self.step + 1,
@@ -333,8 +376,14 @@ impl Rollout {
         if !judged {
             self.waited_ms = self.elapsed_ms - self.plan.interval_ms;
             if self.waited_ms >= self.plan.gates.max_wait_ms {
-                self.state = State::RolledBack {
-                    reason: format!(
+                let reason = match pending.filter(|_| enough) {
+                    Some(why) => format!(
+                        "step {} ({}%): {why} {}s past the step; not promoting blind",
+                        self.step + 1,
+                        self.percent(),
+                        self.waited_ms / 1000
+                    ),
+                    None => format!(
                         "step {} ({}%): only {requests} canary requests/flows in {}s, {} needed to judge; not promoting blind",
                         self.step + 1,
                         self.percent(),
@@ -342,6 +391,7 @@ impl Rollout {
                         self.plan.gates.min_requests
                     ),
                 };
+                self.state = State::RolledBack { reason };
                 return Action::SetWeights(self.before.clone());
             }
             return Action::Nothing;
@@ -372,7 +422,7 @@ impl Rollout {
             // Judged on the canary's excess over the baseline: a failing
             // baseline does not make the canary bad.
             let ok = c.is_none_or(|c| c - b.unwrap_or(0.0) <= limit);
-            out.push(Reading { gate: "error rate".into(), value: c, baseline: b, limit, ok });
+            out.push(Reading { gate: "error rate".into(), value: c, baseline: b, limit, ok, inconclusive: false });
         }
         if let Some(ms) = g.max_p99_ms {
             let limit = ms as f64 / 1000.0;
@@ -384,6 +434,7 @@ impl Rollout {
                 baseline: d.baseline.latency.quantile(0.99),
                 limit,
                 ok,
+                inconclusive: false,
             });
         }
         if d.canary_endpoints > 0 {
@@ -393,12 +444,30 @@ impl Rollout {
                 baseline: None,
                 limit: 0.0,
                 ok: d.canary_down == 0,
+                inconclusive: false,
             });
         }
         if let Some(limit) = g.max_diff_rate {
             let c = rate(d.differ, d.compared);
             let ok = c.is_none_or(|c| c <= limit);
-            out.push(Reading { gate: "mirror diff rate".into(), value: c, baseline: None, limit, ok });
+            out.push(Reading {
+                gate: "mirror diff rate".into(),
+                value: c,
+                baseline: None,
+                limit,
+                ok,
+                inconclusive: false,
+            });
+        }
+        for (name, j) in self.plan.analysis.iter().filter_map(|n| Some((n, d.analysis.get(n)?))) {
+            out.push(Reading {
+                gate: format!("analysis {name} ({})", j.limit),
+                value: j.value,
+                baseline: j.baseline,
+                limit: f64::NAN,
+                ok: j.ok == Some(true),
+                inconclusive: j.ok.is_none(),
+            });
         }
         out
     }
@@ -440,20 +509,27 @@ impl Rollout {
 }
 
 impl Rollout {
+    /// The plan's analysis metrics as last judged: name and reading.
+    pub fn analysis_readings(&self) -> impl Iterator<Item = (&str, &Reading)> {
+        self.plan.analysis.iter().filter_map(|name| {
+            let prefix = format!("analysis {name} (");
+            Some((name.as_str(), self.readings.iter().find(|r| r.gate.starts_with(&prefix))?))
+        })
+    }
+
     /// One line for people: where it is, the time in the step, the gates.
     pub fn describe(&self) -> String {
         let gates: Vec<String> = self
             .readings
             .iter()
             .map(|r| {
-                format!(
-                    "{} {} (baseline {}, limit {}) {}",
-                    r.gate,
-                    fmt(r.value),
-                    fmt(r.baseline),
-                    r.limit,
-                    if r.ok { "ok" } else { "BREACHED" }
-                )
+                let limit = if r.limit.is_nan() { String::new() } else { format!(", limit {}", r.limit) };
+                let verdict = match (r.ok, r.inconclusive) {
+                    (true, _) => "ok",
+                    (false, true) => "inconclusive",
+                    (false, false) => "BREACHED",
+                };
+                format!("{} {} (baseline {}{limit}) {verdict}", r.gate, fmt(r.value), fmt(r.baseline))
             })
             .collect();
         let (state, why) = match &self.state {
@@ -503,6 +579,7 @@ mod tests {
             steps: steps.to_vec(),
             interval_ms: 10_000,
             gates: Gates { min_requests: 10, max_wait_ms: 30_000, ..Gates::default() },
+            analysis: Vec::new(),
         }
     }
 
@@ -648,5 +725,53 @@ mod tests {
         r.elapsed_ms = u64::MAX - 5;
         r.tick(Duration::MAX, &counts(0, 0, 0, 0));
         assert_eq!(r.elapsed_ms, u64::MAX);
+    }
+
+    #[test]
+    fn analysis_metrics_judge_each_step_and_an_inconclusive_one_holds_then_rolls_back() {
+        use crate::analysis::Judged;
+        let judged = |value: Option<f64>, ok: Option<bool>, why: &str| Judged {
+            value,
+            baseline: None,
+            limit: "min 0.02".into(),
+            ok,
+            why: why.into(),
+        };
+        let with = |c: u64, j: Option<Judged>| Counts {
+            analysis: j.into_iter().map(|j| ("conversion".to_owned(), j)).collect(),
+            ..counts(c, 0, c, 0)
+        };
+        let plan = Plan { analysis: vec!["conversion".into()], ..plan(&[50, 100]) };
+        let step = Duration::from_secs(10);
+
+        // Enough traffic and healthy own gates, but the metric not read yet: the step waits.
+        let (mut r, _) = Rollout::start(plan.clone(), before(), counts(0, 0, 0, 0));
+        assert_eq!(r.tick(step, &with(50, None)), Action::Nothing);
+        assert_eq!((r.step, &r.state), (0, &State::Running));
+        // A pass moves on; its reading shows.
+        let pass = Some(judged(Some(0.05), Some(true), ""));
+        assert!(matches!(r.tick(Duration::from_secs(1), &with(60, pass)), Action::SetWeights(_)));
+        assert_eq!(r.step, 1);
+        // A breach rolls back at once, naming the metric and its value.
+        let breach = Some(judged(Some(0.01), Some(false), "below its min 0.02"));
+        assert_eq!(r.tick(step, &with(120, breach)), Action::SetWeights(before()));
+        let State::RolledBack { reason } = &r.state else { panic!("{:?}", r.state) };
+        assert!(reason.contains("analysis conversion is 0.0100") && reason.contains("below its min 0.02"), "{reason}");
+
+        // Inconclusive (Prometheus unreachable): held, shown, then rolled back after max_wait.
+        let (mut r, _) = Rollout::start(plan, before(), counts(0, 0, 0, 0));
+        let unknown = || Some(judged(None, None, "connection refused"));
+        assert_eq!(r.tick(step, &with(50, unknown())), Action::Nothing);
+        assert!(r.readings.iter().any(|g| g.inconclusive && g.gate.starts_with("analysis conversion")));
+        assert!(r.describe().contains("inconclusive"), "{}", r.describe());
+        assert_eq!(r.tick(Duration::from_secs(20), &with(60, unknown())), Action::Nothing);
+        assert_eq!(r.tick(Duration::from_secs(10), &with(70, unknown())), Action::SetWeights(before()));
+        let State::RolledBack { reason } = &r.state else { panic!("{:?}", r.state) };
+        assert!(reason.contains("analysis conversion inconclusive: connection refused"), "{reason}");
+        assert!(reason.contains("not promoting blind"), "{reason}");
+        // A persisted reading (NaN limit written as null) reads back.
+        let json = serde_json::to_string(&r).unwrap();
+        let back: Rollout = serde_json::from_str(&json).unwrap();
+        assert!(back.readings.iter().any(|g| g.limit.is_nan()));
     }
 }

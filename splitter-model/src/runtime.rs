@@ -43,6 +43,8 @@ pub enum ChangeError {
     RolloutIs { service: String, state: String },
     #[error("`{0}` changes nothing")]
     NotAChange(&'static str),
+    #[error("--analysis {name:?} is not in analysis.metrics of the config (metrics: {known})")]
+    NoAnalysisMetric { name: String, known: String },
 }
 
 /// Overrides and history. The file stays the source of everything else.

@@ -25,6 +25,7 @@ use thiserror::Error;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tracing::{debug, error, info, warn};
 
+mod analysis;
 mod backing;
 mod control_http;
 mod control_socket;
@@ -169,6 +170,8 @@ struct Agent<B: Backing> {
     control_task: Option<tokio::task::JoinHandle<()>>,
     /// `/metrics` (stopped when the agent stops: the new one binds it).
     metrics_task: Option<tokio::task::JoinHandle<()>>,
+    /// Rollout steps' analysis verdicts (`analysis:`), and the asking.
+    step_analysis: analysis::Steps,
     /// The HTTP control API (`control.http`), while it serves.
     control_http_task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -214,6 +217,8 @@ struct Events {
     ejections: tokio::sync::mpsc::UnboundedReceiver<crate::l7::Ejection>,
     /// Ejections ending, trackers kept to the config, l4 passive checks.
     health_tick: tokio::time::Interval,
+    /// Rollout steps' analysis, asked off the loop.
+    analysis: tokio::sync::mpsc::UnboundedReceiver<analysis::Done>,
 }
 
 /// Runs the agent until SIGINT/SIGTERM (it exits and the pinned data path
@@ -390,6 +395,7 @@ impl<B: Backing> Agent<B> {
         let last_stats = dp.stats()?;
         let (scrape_tx, scrapes) = tokio::sync::mpsc::channel(16);
         let (calls_tx, calls) = tokio::sync::mpsc::channel(8);
+        let (step_analysis, analysis_done) = analysis::Steps::new();
         let control_http_task = control_http.map(|l| tokio::spawn(control_http::serve(l, calls_tx.clone())));
         let control_task = tokio::spawn(control_socket::serve(control, calls_tx));
         let mut events = Events {
@@ -412,6 +418,7 @@ impl<B: Backing> Agent<B> {
             probes,
             ejections,
             health_tick: tokio::time::interval(Duration::from_secs(1)),
+            analysis: analysis_done,
         };
         // Every interval's first tick is now: skip it.
         events.stats.tick().await;
@@ -443,6 +450,7 @@ impl<B: Backing> Agent<B> {
             control_task: Some(control_task),
             metrics_task: None,
             control_http_task,
+            step_analysis,
         };
         // The first sample before the control socket answers anything: the
         // window then covers everything since the start.
@@ -516,6 +524,7 @@ impl<B: Backing> Agent<B> {
                 }
                 Some(ejection) = ev.ejections.recv() => self.on_ejection(ejection),
                 _ = ev.health_tick.tick() => self.on_health_tick(),
+                Some(done) = ev.analysis.recv() => self.step_analysis.done(done),
                 Some(reply) = ev.scrapes.recv() => {
                     let _ = reply.send(self.on_scrape());
                 }
@@ -785,8 +794,11 @@ impl<B: Backing> Agent<B> {
             let Some(svc) = effective.services.get(&service) else { continue };
             let mut next = self.runtime.clone();
             let r = next.rollouts.get_mut(&service).expect("listed above");
-            let now = measure::rollout_counts(&service, svc, &r.plan.to, &r.before, &counts, &l7, &self.serving.down);
+            let mut now =
+                measure::rollout_counts(&service, svc, &r.plan.to, &r.before, &counts, &l7, &self.serving.down);
             self.backing.claim(&service, r, &now);
+            self.step_analysis.ask_if_due(&service, r, dt, &self.config.analysis);
+            now.analysis = self.step_analysis.verdicts(&service, r);
             let before_state = r.state.clone();
             let step = r.step;
             let action = r.tick(dt, &now);

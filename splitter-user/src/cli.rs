@@ -249,6 +249,11 @@ pub struct RolloutArgs {
     /// How long a step waits for --min-requests before rolling back, 0s to 30d.
     #[arg(long, value_name = "DURATION", value_parser = parse_max_wait, default_value = "10m")]
     pub max_wait: Duration,
+    /// Also judge each step on these metrics of the config's
+    /// `analysis.metrics` (Prometheus queries), e.g. checkout-conversion.
+    /// An inconclusive one holds the step, up to --max-wait.
+    #[arg(long, value_name = "METRIC,...", value_delimiter = ',')]
+    pub analysis: Vec<String>,
     /// Return once the rollout has started instead of following it.
     #[arg(long)]
     pub detach: bool,

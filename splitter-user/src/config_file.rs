@@ -784,6 +784,57 @@ mod hostile_tests {
         Config::from_yaml(yaml).expect_err("refused").to_string()
     }
 
+    /// `analysis:` and `control.http`: bad queries, URLs, durations and
+    /// shares are refused naming the field.
+    #[test]
+    fn analysis_and_the_http_api_are_refused_naming_the_field() {
+        let analysis = |metrics: &str, prometheus: &str| {
+            err(&format!("interfaces: {{clients: [eth0]}}\nanalysis:\n  prometheus: {prometheus}\n  metrics:\n    conv: {metrics}\n"))
+        };
+        let prom = "{ url: \"http://127.0.0.1:9090\" }";
+        for (metrics, prometheus, says) in [
+            (
+                "{ query: 'kpi{v=\"{{version}}\"}', min: 0.1 }",
+                prom,
+                "analysis.metrics.conv.query: {{version}} is not a variable",
+            ),
+            ("{ query: 'kpi{v=\"{{canary\"}', min: 0.1 }", prom, "analysis.metrics.conv.query: an unclosed {{"),
+            ("{ query: '  ', min: 0.1 }", prom, "analysis.metrics.conv.query: it is empty"),
+            ("{ query: 'kpi' }", prom, "analysis.metrics.conv.give min, max or baseline"),
+            ("{ query: 'kpi', min: 2, max: 1 }", prom, "analysis.metrics.conv.min 2 is above max 1"),
+            ("{ query: 'kpi', baseline: { max_drop: 150% } }", prom, "max_drop: 150% is out of range"),
+            ("{ query: 'kpi', baseline: { max_drop: lots } }", prom, "max_drop: lots is not a share"),
+            (
+                "{ query: 'kpi', min: 1 }",
+                "{ url: \"prom:9090\" }",
+                "analysis.prometheus.url: \"prom:9090\" must start with http://",
+            ),
+            (
+                "{ query: 'kpi', min: 1 }",
+                "{ url: \"http://p:9090\", timeout: soon }",
+                "analysis.prometheus.timeout: \"soon\" is not a duration",
+            ),
+            (
+                "{ query: 'kpi', min: 1 }",
+                "{ url: \"http://p:9090\", timeout: 5m }",
+                "analysis.prometheus.timeout: use 1ms to 60s",
+            ),
+            ("{ query: 'kpi', min: 1, mx: 2 }", prom, "unknown field `mx`"),
+        ] {
+            let e = analysis(metrics, prometheus);
+            assert!(e.contains(says), "{metrics} / {prometheus}: {e}");
+        }
+        let e = err("interfaces: {clients: [eth0]}\nanalysis: { metrics: { c: { query: x, min: 1 } } }\n");
+        assert!(e.contains("analysis.metrics: they need prometheus"), "{e}");
+        let http = |h: &str| err(&format!("interfaces: {{clients: [eth0]}}\ncontrol: {{ http: {h} }}\n"));
+        let e = http("{ listen: \"127.0.0.1:9191\", token_file: token }");
+        assert!(e.contains("control.http.token_file: \"token\" is not an absolute path"), "{e}");
+        let e = http("{ listen: \"127.0.0.1:9191\", token_file: /t, tls: { certificates: [] } }");
+        assert!(e.contains("control.http.tls.certificates: the list is empty"), "{e}");
+        let e = http("{ listen: nowhere, token_file: /t }");
+        assert!(e.contains("listen"), "{e}");
+    }
+
     /// Found by the `config` fuzz target: a file that is one long scalar
     /// was refused with serde's message quoting all of it.
     #[test]

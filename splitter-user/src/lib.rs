@@ -7,6 +7,7 @@
 //! (`BPF_PROG_TEST_RUN`, the floor program; the tests package turns it on).
 
 pub mod agent;
+pub mod analysis;
 pub mod cli;
 pub mod config_file;
 pub mod control;

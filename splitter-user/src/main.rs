@@ -86,6 +86,10 @@ fn dispatch(command: Command) -> Result<()> {
                     tls_conf.ca.display()
                 );
             }
+            if let Some(p) = &config.analysis.prometheus {
+                let names: Vec<&str> = config.analysis.metrics.keys().map(String::as_str).collect();
+                println!("  analysis: {} metric(s) asked of {} ({})", names.len(), p.url, names.join(", "));
+            }
             // The HTTP control API's token and certificates, read as run reads them.
             if let Some(http) = &config.control.http {
                 splitter_user::control::http::Token::read(&http.token_file)?;
@@ -165,6 +169,7 @@ fn rollout(args: RolloutArgs) -> Result<()> {
                     min_requests: args.min_requests,
                     max_wait_ms: args.max_wait.as_millis() as u64,
                 },
+                analysis: args.analysis.clone(),
             },
         },
     };

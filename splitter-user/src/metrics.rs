@@ -317,6 +317,42 @@ const FAMILIES: &[Family] = &[
         },
     },
     Family {
+        name: "splitter_rollout_analysis_value",
+        help: "The value of each analysis metric (a Prometheus query) a service's rollout last judged, for its canary.",
+        kind: MetricType::Gauge,
+        samples: |s| {
+            s.rollouts
+                .iter()
+                .flat_map(|(svc, r)| {
+                    r.analysis_readings().filter_map(move |(metric, reading)| {
+                        Some((vec![("service", svc.clone()), ("metric", metric.to_owned())], Value::Gauge(reading.value?)))
+                    })
+                })
+                .collect()
+        },
+    },
+    Family {
+        name: "splitter_rollout_analysis_verdict",
+        help: "1 for the verdict on each analysis metric a service's rollout last judged (ok, breached, inconclusive).",
+        kind: MetricType::Gauge,
+        samples: |s| {
+            s.rollouts
+                .iter()
+                .flat_map(|(svc, r)| {
+                    r.analysis_readings().map(move |(metric, reading)| {
+                        let verdict = match (reading.ok, reading.inconclusive) {
+                            (true, _) => "ok",
+                            (false, true) => "inconclusive",
+                            (false, false) => "breached",
+                        };
+                        let labels = vec![("service", svc.clone()), ("metric", metric.to_owned()), ("verdict", verdict.into())];
+                        (labels, Value::Gauge(1.0))
+                    })
+                })
+                .collect()
+        },
+    },
+    Family {
         name: "splitter_rollout_state",
         help: "1 for the state a service's last rollout is in (running, paused, promoted, rolled_back, aborted).",
         kind: MetricType::Gauge,
@@ -641,6 +677,24 @@ mod tests {
         let dead: SocketAddr = "10.0.0.2:80".parse().unwrap();
         scrape.endpoints_up.push(("shop".into(), "blue".into(), dead, false));
         scrape.health_transitions.insert(("shop".into(), dead, "down"), 2);
+        let plan = splitter_model::rollout::Plan {
+            to: "green".into(),
+            steps: vec![50, 100],
+            interval_ms: 1000,
+            gates: Default::default(),
+            analysis: vec!["conversion".into()],
+        };
+        let (mut rollout, _) =
+            splitter_model::rollout::Rollout::start(plan, [("blue".into(), 1)].into(), Default::default());
+        rollout.readings.push(splitter_model::rollout::Reading {
+            gate: "analysis conversion (min 0.02)".into(),
+            value: Some(0.01),
+            baseline: None,
+            limit: f64::NAN,
+            ok: false,
+            inconclusive: false,
+        });
+        scrape.rollouts.insert("shop".into(), rollout);
         let text = scrape.render(Format::OpenMetrics);
         for want in [
             "splitter_endpoint_up{service=\"shop\",version=\"blue\",endpoint=\"10.0.0.2:80\"} 0",
@@ -651,6 +705,8 @@ mod tests {
             "splitter_datapath_total{event=\"passed\"} 3",
             "splitter_l7_tls_reloads_total{service=\"api\",result=\"ok\"} 2",
             "splitter_l7_tls_reloads_total{service=\"api\",result=\"refused\"} 1",
+            "splitter_rollout_analysis_value{service=\"shop\",metric=\"conversion\"} 0.01",
+            "splitter_rollout_analysis_verdict{service=\"shop\",metric=\"conversion\",verdict=\"breached\"} 1",
             "# EOF",
         ] {
             assert!(text.contains(want), "missing {want:?} in:\n{text}");

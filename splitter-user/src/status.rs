@@ -618,7 +618,13 @@ mod tests {
 
     #[test]
     fn each_service_shows_only_its_own_rollout() {
-        let plan = |to: &str| Plan { to: to.into(), steps: vec![50, 100], interval_ms: 1000, gates: Gates::default() };
+        let plan = |to: &str| Plan {
+            to: to.into(),
+            steps: vec![50, 100],
+            interval_ms: 1000,
+            gates: Gates::default(),
+            analysis: Vec::new(),
+        };
         let (shop, _) =
             Rollout::start(plan("green"), [("blue".into(), 1), ("green".into(), 0)].into(), Default::default());
         let (api, _) = Rollout::start(plan("v2"), [("v1".into(), 1), ("v2".into(), 0)].into(), Default::default());

@@ -25,6 +25,7 @@ pub mod netns;
 pub mod packet;
 pub mod peers;
 pub mod profile;
+pub mod prometheus;
 pub mod raw;
 pub mod report;
 pub mod tls;

@@ -17,7 +17,8 @@ const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 /// files (`google/protobuf/descriptor.proto`, `struct.proto`: libprotobuf-dev)
 /// for the etcd client's generated gRPC code, then the test and demo tools
 /// (ip/netns, ethtool for veth GRO, nsenter, sysctl, etcd and etcdctl for the
-/// shared-store tests, openssl for their certificates).
+/// shared-store tests, openssl for their certificates, prometheus for the
+/// release-analysis tests).
 const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -32,6 +33,7 @@ const APT_PACKAGES: &[&str] = &[
     "etcd-server",
     "etcd-client",
     "openssl",
+    "prometheus",
 ];
 
 /// Peers the benchmarks measure against and their load generators (Debian
@@ -160,6 +162,7 @@ fn checks() -> Vec<Check> {
         Check::runs("etcd", &["--version"], "Debian package etcd-server"),
         Check::runs("etcdctl", &["version"], "Debian package etcd-client"),
         Check::runs("openssl", &["version"], "Debian package openssl"),
+        Check::runs("prometheus", &["--version"], "Debian package prometheus"),
     ]
 }
 

@@ -137,6 +137,8 @@ pub(super) fn rollout_counts(
         compared: mirror.compared,
         differ: mirror.differ,
         canary_endpoints: u32::try_from(canary_endpoints.len()).unwrap_or(u32::MAX),
+        // The agent adds its analysis verdicts for the step.
+        analysis: Default::default(),
         canary_down: u32::try_from(canary_down).unwrap_or(u32::MAX),
     }
 }

@@ -1,0 +1,40 @@
+//! The gatherer of release analysis (`analysis:`): asks Prometheus each of
+//! a rollout step's metrics, rendered for the step, and judges the answers
+//! (`splitter_model::analysis::judge`); the agent hands the verdicts to the
+//! rollout with its own counts.
+
+pub mod prometheus;
+
+use std::collections::BTreeMap;
+
+use splitter_model::analysis::{judge, render, Analysis, Judged, Vars};
+
+/// Each of `names` judged for the step `vars` describes, per `config`:
+/// asked of its Prometheus (the canary's query, and the baseline's when the
+/// metric compares). A name the config no longer has, or a config without
+/// Prometheus, is inconclusive.
+pub async fn evaluate(config: &Analysis, names: &[String], vars: &Vars) -> BTreeMap<String, Judged> {
+    let client = config.prometheus.as_ref().map(prometheus::Client::new);
+    let mut out = BTreeMap::new();
+    for name in names {
+        let inconclusive = |why: String| Judged { value: None, baseline: None, limit: String::new(), ok: None, why };
+        let judged = match (config.metrics.get(name), &client) {
+            (None, _) => inconclusive(format!("{name} is no longer in analysis.metrics")),
+            (Some(_), None) => inconclusive("analysis.prometheus is not configured".into()),
+            (Some(metric), Some(client)) => {
+                let ask = |vars: Vars| async move {
+                    let query = render(&metric.query, &vars)?;
+                    client.value(&query).await
+                };
+                let canary = ask(vars.clone()).await;
+                let baseline = match &metric.baseline {
+                    Some(_) => Some(ask(vars.for_baseline()).await),
+                    None => None,
+                };
+                judge(metric, canary, baseline)
+            }
+        };
+        out.insert(name.clone(), judged);
+    }
+    out
+}

@@ -1,0 +1,167 @@
+//! Tier 3, release analysis from outside (`analysis:`): a real Prometheus
+//! (Debian's) scrapes a KPI exporter the test runs, which says each
+//! version's checkout conversion; the real agent asks Prometheus at the end
+//! of every rollout step while real l7 traffic flows. A canary whose KPI
+//! breaches is rolled back with the metric's name and value in the reason;
+//! a healthy one is promoted; with Prometheus gone mid-rollout the step is
+//! inconclusive, held, then rolled back, never promoted blind.
+
+use std::{
+    process::Output,
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant},
+};
+
+use splitter_model::rollout::{Rollout, State};
+use splitter_testkit::{
+    config::Service,
+    http::{get, serve_http, Client},
+    topology::{vip, Topology},
+};
+use splitter_tests::{
+    agent::Agent,
+    netns::topology,
+    prometheus::{KpiExporter, Prometheus},
+};
+
+const PROMETHEUS: &str = "127.0.0.1:9090";
+const EXPORTER: &str = "127.0.0.1:9300";
+const KPI: &str = "checkout_conversion";
+
+struct Setup {
+    topo: Topology,
+    agent: Agent,
+    prometheus: Prometheus,
+    kpi: KpiExporter,
+}
+
+/// api (l7: v1 on blue, v2 on green, all on v1); the exporter saying v1
+/// converts 5 % and v2 `canary_kpi`; Prometheus scraping it, and the agent
+/// with `analysis.metrics.conversion` (min 2 %, at most 50 % below v1).
+fn setup(canary_kpi: f64) -> Setup {
+    let topo = topology();
+    serve_http(&topo.blue, 8081, "v1").unwrap();
+    serve_http(&topo.green, 8081, "v2").unwrap();
+    topo.lb.ip(&["addr", "add", "203.0.113.10/32", "dev", "lo"]).expect("VIP on lo");
+    let kpi = KpiExporter::start(&topo.lb, EXPORTER.parse().unwrap(), KPI);
+    kpi.set("v1", 0.05);
+    kpi.set("v2", canary_kpi);
+    let prometheus = Prometheus::start(&topo.lb, PROMETHEUS.parse().unwrap(), &[kpi.addr]);
+    // Scraped before any rollout starts.
+    let start = Instant::now();
+    while prometheus.value(&topo.lb, &format!("{KPI}{{version=\"v2\"}}")).is_none() {
+        assert!(start.elapsed() < Duration::from_secs(15), "no scrape in 15 s: {}", prometheus.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let analysis = format!(
+        "analysis:\n  prometheus: {{ url: \"http://{PROMETHEUS}\", timeout: 2s }}\n  metrics:\n    conversion:\n      query: '{KPI}{{version=\"{{{{canary}}}}\"}}'\n      min: 0.02\n      baseline: {{ max_drop: 50% }}"
+    );
+    let config = Topology::config()
+        .setting(&analysis)
+        .service("api", Service::l7(vip(8080)).on_blue("v1", 8081).on_green("v2", 8081).weights(&[("v1", 100)]));
+    let agent = Agent::start(&topo.lb, &config.to_string());
+    Setup { topo, agent, prometheus, kpi }
+}
+
+/// Runs `splitter rollout api --to v2 ... ARGS` (following it) while l7
+/// traffic flows, and `during` meanwhile; the command's output.
+fn rollout(s: &Setup, args: &[&str], during: impl FnOnce() + Send) -> Output {
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            let client = Client::new(&s.topo.client);
+            let start = Instant::now();
+            while !stop.load(Ordering::Relaxed) && start.elapsed() < Duration::from_secs(90) {
+                client.send_all(&s.topo.client, (0..10).map(|_| get(vip(8080), "/", &[])).collect(), 2, false);
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        scope.spawn(during);
+        let out = s
+            .agent
+            .cli()
+            .args(["rollout", "api", "--to", "v2", "--min-requests", "5", "--analysis", "conversion"])
+            .args(args)
+            .arg("--socket")
+            .arg(&s.agent.control_socket)
+            .output()
+            .expect("splitter rollout");
+        stop.store(true, Ordering::Relaxed);
+        out
+    })
+}
+
+fn text(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+fn last_rollout(agent: &Agent) -> Rollout {
+    agent.info().expect("the agent answers").rollouts.remove("api").expect("a rollout of api")
+}
+
+#[test]
+fn a_canary_whose_kpi_holds_is_promoted_and_one_whose_kpi_breaches_is_rolled_back() {
+    // v2 converts 4 %: above the 2 % floor and within 50 % of v1's 5 %.
+    let s = setup(0.04);
+    let out = rollout(&s, &["--steps", "50,100", "--interval", "2s"], || ());
+    assert!(out.status.success(), "{}\n{}", text(&out), s.agent.log());
+    assert!(text(&out).contains("promoted to v2"), "{}", text(&out));
+    let r = last_rollout(&s.agent);
+    assert_eq!(r.state, State::Promoted);
+    let reading = r.readings.iter().find(|g| g.gate.starts_with("analysis conversion")).expect("the KPI's reading");
+    assert_eq!((reading.value, reading.baseline, reading.ok), (Some(0.04), Some(0.05), true), "{reading:?}");
+    assert!(s.agent.log().contains("rollout analysis: ok"), "{}", s.agent.log());
+
+    // Now v2 converts 1 %: rolled back in its first step, the KPI named.
+    s.kpi.set("v2", 0.01);
+    s.agent.control(&["weight", "api", "v1=100", "v2=0"]);
+    let start = Instant::now();
+    while s.prometheus.value(&s.topo.lb, &format!("{KPI}{{version=\"v2\"}}")) != Some(0.01) {
+        assert!(start.elapsed() < Duration::from_secs(10), "the new KPI not scraped");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = rollout(&s, &["--steps", "50,100", "--interval", "2s"], || ());
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("step 1 (50%): analysis conversion is 0.0100 (below its min 0.02"),
+        "{}\n{}",
+        text(&out),
+        s.agent.log()
+    );
+    assert_eq!(
+        s.agent.info().unwrap().weights["api"],
+        [("v1".to_owned(), 100), ("v2".to_owned(), 0)].into(),
+        "the weights from before"
+    );
+    assert!(s.agent.log().contains("rollout analysis: BREACHED"), "{}", s.agent.log());
+}
+
+#[test]
+fn with_prometheus_gone_mid_rollout_the_step_is_inconclusive_then_rolled_back() {
+    let s = setup(0.04);
+    // Prometheus is stopped as soon as the first step has passed on its answer.
+    let reached_step_2 = AtomicBool::new(false);
+    let out = rollout(&s, &["--steps", "50,100", "--interval", "3s", "--max-wait", "4s"], || {
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(30) {
+            if s.agent.info().and_then(|mut i| i.rollouts.remove("api")).is_some_and(|r| r.step == 1) {
+                s.prometheus.stop();
+                reached_step_2.store(true, Ordering::Relaxed);
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
+    assert!(reached_step_2.load(Ordering::Relaxed), "the first step passed: {}\n{}", text(&out), s.agent.log());
+    assert!(!out.status.success(), "never promoted blind: {}", text(&out));
+    let out = text(&out);
+    assert!(
+        out.contains("step 2 (100%): analysis conversion inconclusive") && out.contains("not promoting blind"),
+        "{out}\n{}",
+        s.agent.log()
+    );
+    let r = last_rollout(&s.agent);
+    assert!(matches!(r.state, State::RolledBack { .. }) && r.step == 1, "{r:?}");
+    assert_eq!(s.agent.info().unwrap().weights["api"], [("v1".to_owned(), 100), ("v2".to_owned(), 0)].into());
+    assert!(s.agent.log().contains("rollout analysis: inconclusive"), "{}", s.agent.log());
+}
