@@ -40,7 +40,7 @@ impl Client {
             .body(Empty::new())
             .map_err(|e| format!("the query's URL: {e}"))?;
         let work = async {
-            let resp = self.http.request(req).await.map_err(|e| format!("{}: {}", self.base, error_chain(&e)))?;
+            let resp = self.http.request(req).await.map_err(|e| format!("{}: {}", self.base, crate::l7::upstream::describe(&e)))?;
             let status = resp.status().as_u16();
             let body = Limited::new(resp.into_body(), MAX_ANSWER)
                 .collect()
@@ -54,18 +54,6 @@ impl Client {
             .map_err(|_| format!("{}: no answer in {:?}", self.base, self.timeout))??;
         parse(status, &body)
     }
-}
-
-/// The error and its causes (hyper-util's say "client error (Connect)" on top).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 #[derive(Deserialize)]

@@ -425,8 +425,9 @@ fn endpoint_authority(endpoint: SocketAddr) -> Authority {
     Authority::try_from(&text[..len]).unwrap_or_else(|_| Authority::from_static("invalid"))
 }
 
-/// An error with its causes, on one line.
-fn describe(e: &(dyn std::error::Error + 'static)) -> String {
+/// An error with its causes, on one line (hyper-util's client errors say
+/// only "client error (Connect)" on top; the Prometheus client uses it too).
+pub(crate) fn describe(e: &(dyn std::error::Error + 'static)) -> String {
     let mut out = e.to_string();
     let mut at = e.source();
     while let Some(cause) = at {
