@@ -19,6 +19,11 @@ pub const STATUS_WINDOW: Duration = Duration::from_secs(60);
 /// The longest window an analysis reads (`GET /v1/services/NAME/analysis`):
 /// what the agent keeps of its samples.
 pub const MAX_WINDOW: Duration = Duration::from_secs(600);
+/// Older than [`STATUS_WINDOW`], one sample in this long is kept: a long
+/// window's span may fall short of it by up to this much, and ten minutes
+/// of samples (every service, every version) cost a third of what every 5 s
+/// sample would.
+pub const COARSE_EVERY: Duration = Duration::from_secs(30);
 
 /// Cumulative counts of one version (or their difference over a window).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -68,7 +73,8 @@ impl VersionSample {
 /// Service → version → counts.
 pub type Counts = BTreeMap<String, BTreeMap<String, VersionSample>>;
 
-/// Samples over the last `keep`.
+/// Samples over the last `keep`: every one over the last [`STATUS_WINDOW`],
+/// one per [`COARSE_EVERY`] before that.
 #[derive(Debug)]
 pub struct History {
     samples: VecDeque<(Instant, Counts)>,
@@ -84,6 +90,17 @@ impl History {
     /// (but always one at least `keep` old, so a full window stays answerable).
     pub fn push(&mut self, at: Instant, counts: Counts) {
         self.samples.push_back((at, counts));
+        let mut kept: Option<Instant> = None;
+        self.samples.retain(|(t, _)| {
+            if at.duration_since(*t) <= STATUS_WINDOW {
+                return true;
+            }
+            let keep = kept.is_none_or(|k| t.duration_since(k) >= COARSE_EVERY);
+            if keep {
+                kept = Some(*t);
+            }
+            keep
+        });
         while self.samples.len() > 2 && at.duration_since(self.samples[1].0) >= self.keep {
             self.samples.pop_front();
         }
@@ -266,5 +283,25 @@ mod tests {
         let a = analyse("db", true, Duration::from_secs(60), Duration::from_secs(60), &l4, &versions[1..]);
         let g = &a.versions["green"];
         assert_eq!((g.requests, g.flows, g.errors, g.error_rate, g.p99_seconds), (None, Some(50), 1, Some(0.02), None));
+    }
+
+    #[test]
+    fn beyond_a_minute_one_sample_per_30_s_is_kept_and_long_windows_still_answer() {
+        let t0 = Instant::now();
+        let mut h = History::new(MAX_WINDOW);
+        for i in 0..300u64 {
+            h.push(t0 + Duration::from_secs(5 * i), counts(&[("blue", i)]));
+        }
+        // 12 fine samples in the last minute, ~19 coarse ones before, and the one at the edge.
+        assert!(h.samples.len() <= 34, "{} samples kept", h.samples.len());
+        let now = t0 + Duration::from_secs(5 * 299);
+        for window in [60u64, 120, 300, 600] {
+            let (span, d) = h.window(now, &counts(&[("blue", 299)]), Duration::from_secs(window)).unwrap();
+            let short = Duration::from_secs(window) - span;
+            assert!(short <= COARSE_EVERY, "window {window}s: span {span:?}");
+            assert_eq!(d["shop"]["blue"].placed, span.as_secs() / 5, "window {window}s");
+        }
+        let (span, _) = h.window(now, &counts(&[("blue", 299)]), Duration::from_secs(60)).unwrap();
+        assert_eq!(span, Duration::from_secs(60), "the last minute is exact");
     }
 }

@@ -40,7 +40,11 @@ impl Client {
             .body(Empty::new())
             .map_err(|e| format!("the query's URL: {e}"))?;
         let work = async {
-            let resp = self.http.request(req).await.map_err(|e| format!("{}: {}", self.base, crate::l7::upstream::describe(&e)))?;
+            let resp = self
+                .http
+                .request(req)
+                .await
+                .map_err(|e| format!("{}: {}", self.base, crate::l7::upstream::describe(&e)))?;
             let status = resp.status().as_u16();
             let body = Limited::new(resp.into_body(), MAX_ANSWER)
                 .collect()
