@@ -16,17 +16,29 @@ pub struct Analysis {
     pub prometheus: Option<Prometheus>,
     #[serde(default)]
     pub metrics: BTreeMap<String, Metric>,
+    /// Hooks rollouts call (`rollout.webhooks`, `--webhook`), by name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub webhooks: BTreeMap<String, crate::webhook::Webhook>,
 }
 
 /// `analysis.prometheus`: the server the metrics' queries go to.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Prometheus {
-    /// `http://host:port` (a path prefix allowed); its `/api/v1/query` is asked.
+    /// `http://host:port` or `https://...` (a path prefix allowed); its
+    /// `/api/v1/query` is asked.
     pub url: String,
     /// How long a query may take before the step's reading is inconclusive.
     #[serde(default = "default_timeout", with = "crate::config::duration")]
     pub timeout: Duration,
+    /// A file holding a bearer token sent with each query (read at each
+    /// query, so a rotated token is used at once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bearer_token_file: Option<std::path::PathBuf>,
+    /// https: the PEM certificate(s) of the CA that signed Prometheus's
+    /// certificate (default: the system's roots).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<std::path::PathBuf>,
 }
 
 fn default_timeout() -> Duration {
@@ -172,12 +184,13 @@ impl Metric {
 
 impl Prometheus {
     pub fn check(&self) -> Result<(), String> {
-        let Some(rest) = self.url.strip_prefix("http://") else {
-            return Err(format!("url: {:?} must start with http://", self.url));
-        };
-        let host = rest.split('/').next().unwrap_or("");
-        if host.is_empty() || host.contains(['?', '#', ' ', '@']) {
-            return Err(format!("url: {:?} has no host:port", self.url));
+        let https = crate::webhook::check_url(&self.url)?;
+        if self.url.contains(['?', '#']) {
+            return Err(format!("url: {:?}: give the server's address without a query", self.url));
+        }
+        crate::webhook::check_ca(&self.ca, https)?;
+        if let Some(path) = self.bearer_token_file.as_ref().filter(|p| !p.is_absolute()) {
+            return Err(format!("bearer_token_file: {path:?} is not an absolute path: write it from /"));
         }
         if self.timeout.is_zero() || self.timeout > Duration::from_secs(60) {
             return Err("timeout: use 1ms to 60s".into());
@@ -201,6 +214,9 @@ impl Analysis {
         }
         for (name, m) in &self.metrics {
             m.check().map_err(|e| format!("metrics.{name}.{e}"))?;
+        }
+        for (name, w) in &self.webhooks {
+            w.check().map_err(|e| format!("webhooks.{name}.{e}"))?;
         }
         Ok(())
     }
@@ -322,12 +338,18 @@ mod tests {
     #[test]
     fn the_config_is_checked_naming_the_field() {
         let mut a = Analysis {
-            prometheus: Some(Prometheus { url: "http://127.0.0.1:9090".into(), timeout: default_timeout() }),
+            prometheus: Some(Prometheus {
+                url: "http://127.0.0.1:9090".into(),
+                timeout: default_timeout(),
+                bearer_token_file: None,
+                ca: None,
+            }),
             metrics: [(
                 "conversion".to_owned(),
                 Metric { query: "x{v=\"{{canary}}\"}".into(), min: Some(0.02), max: None, baseline: None },
             )]
             .into(),
+            webhooks: BTreeMap::new(),
         };
         assert_eq!(a.check(), Ok(()));
         a.metrics.get_mut("conversion").unwrap().query = "x{v=\"{{version}}\"}".into();
@@ -339,8 +361,16 @@ mod tests {
         a.metrics.get_mut("conversion").unwrap().max = Some(0.5);
         assert!(a.check().unwrap_err().contains("min 1 is above max 0.5"));
         a.metrics.get_mut("conversion").unwrap().max = None;
+        a.prometheus.as_mut().unwrap().url = "ftp://prom:9090".into();
+        assert!(a.check().unwrap_err().starts_with("prometheus.url: \"ftp://prom:9090\" must start with http://"));
         a.prometheus.as_mut().unwrap().url = "https://prom:9090".into();
-        assert!(a.check().unwrap_err().starts_with("prometheus.url: \"https://prom:9090\" must start with http://"));
+        a.prometheus.as_mut().unwrap().bearer_token_file = Some("token".into());
+        assert!(a.check().unwrap_err().starts_with("prometheus.bearer_token_file: \"token\" is not an absolute"));
+        a.prometheus.as_mut().unwrap().bearer_token_file = Some("/etc/splitter/prom-token".into());
+        a.prometheus.as_mut().unwrap().ca = Some("/etc/splitter/prom-ca.pem".into());
+        assert_eq!(a.check(), Ok(()));
+        a.prometheus.as_mut().unwrap().url = "http://prom:9090".into();
+        assert!(a.check().unwrap_err().starts_with("prometheus.ca: "), "{:?}", a.check());
         a.prometheus = None;
         assert!(a.check().unwrap_err().starts_with("metrics: they need prometheus"));
     }

@@ -37,6 +37,8 @@ pub enum RolloutAction {
     Resume,
     Abort,
     Promote,
+    /// Answer a waiting confirm-promotion webhook by hand.
+    Approve,
     /// Read it (changes nothing).
     Status,
 }
@@ -125,12 +127,38 @@ pub fn rollout(
                 let known: Vec<_> = file.analysis.metrics.keys().cloned().collect();
                 return Err(ChangeError::NoAnalysisMetric { name: name.clone(), known: known.join(", ") });
             }
+            let mut hooks = BTreeMap::new();
+            for name in &plan.webhooks {
+                let Some(hook) = file.analysis.webhooks.get(name) else {
+                    let known: Vec<_> = file.analysis.webhooks.keys().cloned().collect();
+                    return Err(ChangeError::NoWebhook { name: name.clone(), known: known.join(", ") });
+                };
+                hooks.insert(name.clone(), hook.kind);
+            }
             let before = runtime.weights(file, service)?;
             let counts = now(&svc, &plan.to, &before);
-            let (r, weights) = Rollout::start(plan, before, counts);
-            let msg = format!("rollout of {} started at {}%", r.plan.to, r.percent());
+            let (r, weights) = Rollout::start_with_hooks(plan, before, counts, hooks);
+            let msg = if r.started() {
+                format!("rollout of {} started at {}%", r.plan.to, r.percent())
+            } else {
+                format!("rollout of {} waits for its pre-rollout webhooks before step 1", r.plan.to)
+            };
             next.rollouts.insert(service.to_owned(), r);
             (Some(weights), msg)
+        }
+        A::Approve => {
+            let Some(mut r) = current else {
+                return Err(ChangeError::NoRolloutToSteer(service.to_owned()));
+            };
+            if !r.approve() {
+                let state = match &r.awaiting {
+                    Some(a) if !r.state.is_over() => format!("held by {}", a.why),
+                    _ => format!("{:?}", r.state),
+                };
+                return Err(ChangeError::NothingToApprove { service: service.to_owned(), state });
+            }
+            next.rollouts.insert(service.to_owned(), r);
+            (None, "promotion approved; the last step starts at the next tick".to_owned())
         }
         A::Pause | A::Resume | A::Abort | A::Promote => {
             let Some(mut r) = current else {

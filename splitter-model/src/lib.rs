@@ -1,6 +1,6 @@
 //! splitter's domain, pure and host-tested: what an operator wants (config),
 //! what the kernel gets (plan), what changes at run time (runtime, change),
-//! how a release is judged (rollout, observe, latency), what several nodes
+//! how a release is judged (rollout, observe, latency, analysis, webhook), what several nodes
 //! share (cluster), which endpoints are healthy and what that serves
 //! (health), and which endpoints and flows the kernel keeps (backends,
 //! aging). Decisions are functions of their inputs: the agent gathers the
@@ -18,3 +18,4 @@ pub mod observe;
 pub mod plan;
 pub mod rollout;
 pub mod runtime;
+pub mod webhook;

@@ -9,7 +9,12 @@ use std::{collections::BTreeMap, ops::RangeInclusive, time::Duration};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::{analysis::Judged, config::Weights, observe::VersionSample};
+use crate::{
+    analysis::Judged,
+    config::Weights,
+    observe::VersionSample,
+    webhook::{Answer, Kind},
+};
 
 /// What the operator asked for.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -27,6 +32,10 @@ pub struct Plan {
     /// Prometheus once the step's interval is over).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub analysis: Vec<String>,
+    /// Hooks of `analysis.webhooks` the rollout calls: the gating kinds hold
+    /// a step until they answer 2xx, event hooks are told what happens.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub webhooks: Vec<String>,
 }
 
 /// When a step's canary counts as bad. Rates are fractions (0.01 = 1 %).
@@ -194,6 +203,28 @@ pub struct Rollout {
     /// that drives the rollout). Another leader re-bases on its own counts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub driver: Option<String>,
+    /// The plan's webhooks with their kinds, as the config had them when
+    /// the rollout started.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub hooks: BTreeMap<String, Kind>,
+    /// The gate the next step waits at for its webhooks' 2xx (or `--approve`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub awaiting: Option<Awaiting>,
+    /// The waiting confirm-promotion was answered by hand (`--approve`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub approved: bool,
+}
+
+/// A step held at its gate until its webhooks answer 2xx.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Awaiting {
+    /// The step (index into `plan.steps`) the gate opens; 0: the canary has
+    /// had no traffic yet (pre-rollout).
+    pub step: usize,
+    /// The kinds asked at this gate.
+    pub kinds: Vec<Kind>,
+    /// What holds it: the first hook without a 2xx, and its answer.
+    pub why: String,
 }
 
 /// The counts a rollout judges: canary and baseline (every other version
@@ -217,6 +248,10 @@ pub struct Counts {
     /// cumulative; absent until the agent has asked).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub analysis: BTreeMap<String, Judged>,
+    /// The answers of the webhooks asked at the gate the rollout waits at
+    /// (none until the agent has asked).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub hooks: BTreeMap<String, Answer>,
 }
 
 impl Counts {
@@ -230,6 +265,7 @@ impl Counts {
             canary_endpoints: self.canary_endpoints,
             canary_down: self.canary_down,
             analysis: self.analysis.clone(),
+            hooks: self.hooks.clone(),
         }
     }
 }
@@ -273,8 +309,20 @@ pub fn step_weights(before: &Weights, canary: &str, percent: u32) -> Weights {
 impl Rollout {
     /// A rollout starting now from `before`, with the first step's weights.
     pub fn start(plan: Plan, before: Weights, now: Counts) -> (Rollout, Weights) {
+        Rollout::start_with_hooks(plan, before, now, BTreeMap::new())
+    }
+
+    /// A rollout starting now from `before` that calls `hooks` (the plan's
+    /// webhooks and their kinds): with pre-rollout hooks the weights stay
+    /// as they were until they answer 2xx; else the first step's weights.
+    pub fn start_with_hooks(
+        plan: Plan,
+        before: Weights,
+        now: Counts,
+        hooks: BTreeMap<String, Kind>,
+    ) -> (Rollout, Weights) {
         let weights = step_weights(&before, &plan.to, plan.steps[0]);
-        let r = Rollout {
+        let mut r = Rollout {
             plan,
             before,
             step: 0,
@@ -285,13 +333,80 @@ impl Rollout {
             readings: Vec::new(),
             step_requests: 0,
             driver: None,
+            hooks,
+            awaiting: None,
+            approved: false,
         };
-        (r, weights)
+        let kinds = r.gate_kinds(0);
+        if kinds.is_empty() {
+            return (r, weights);
+        }
+        r.awaiting = Some(Awaiting { step: 0, kinds, why: "asking the pre-rollout webhooks".into() });
+        let unchanged = r.before.clone();
+        (r, unchanged)
     }
 
-    /// The canary's share now, in percent.
+    /// The baseline: the version that had the most weight before, other
+    /// than the canary (what analysis queries and webhooks name).
+    pub fn baseline(&self) -> String {
+        self.before
+            .iter()
+            .filter(|(v, _)| **v != self.plan.to)
+            .max_by_key(|(_, w)| **w)
+            .map_or_else(String::new, |(v, _)| v.clone())
+    }
+
+    /// Whether the canary has had its first step (pre-rollout hooks passed).
+    pub fn started(&self) -> bool {
+        !matches!(&self.awaiting, Some(a) if a.step == 0)
+    }
+
+    /// The canary's share now, in percent (0 until pre-rollout hooks pass).
     pub fn percent(&self) -> u32 {
-        self.plan.steps[self.step]
+        if self.started() {
+            self.plan.steps[self.step]
+        } else {
+            0
+        }
+    }
+
+    /// The gating kinds entering step `step` waits for, of those the plan
+    /// has: pre-rollout before the first, confirm-step before each later
+    /// one, confirm-promotion before the one at 100 %.
+    fn gate_kinds(&self, step: usize) -> Vec<Kind> {
+        let last = step + 1 == self.plan.steps.len();
+        [(Kind::PreRollout, step == 0), (Kind::ConfirmStep, step > 0), (Kind::ConfirmPromotion, last)]
+            .into_iter()
+            .filter(|(kind, here)| *here && self.hooks.values().any(|k| k == kind))
+            .map(|(kind, _)| kind)
+            .collect()
+    }
+
+    /// Whether every hook of `kinds` answered 2xx (a confirm-promotion hook
+    /// also by `--approve`); else what holds the gate.
+    fn gate_open(&self, kinds: &[Kind], answers: &BTreeMap<String, Answer>) -> Result<(), String> {
+        for (name, kind) in self.hooks.iter().filter(|(_, k)| kinds.contains(k)) {
+            if *kind == Kind::ConfirmPromotion && self.approved {
+                continue;
+            }
+            match answers.get(name) {
+                Some(a) if a.ok => {}
+                Some(a) => return Err(format!("{} webhook {name}: {}", kind.as_str(), a.why)),
+                None => return Err(format!("{} webhook {name}: waiting for its answer", kind.as_str())),
+            }
+        }
+        Ok(())
+    }
+
+    /// `--approve`: answers a waiting confirm-promotion by hand. False when
+    /// none waits.
+    pub fn approve(&mut self) -> bool {
+        let waits = self.awaiting.as_ref().is_some_and(|a| a.kinds.contains(&Kind::ConfirmPromotion));
+        if self.state.is_over() || !waits {
+            return false;
+        }
+        self.approved = true;
+        true
     }
 
     /// Advances by `dt` with the cumulative `now` counts: judges the step,
@@ -302,6 +417,9 @@ impl Rollout {
         }
         // Saturating: a rollout persisted by an older agent was not bounded by `check`.
         self.elapsed_ms = self.elapsed_ms.saturating_add(u64::try_from(dt.as_millis()).unwrap_or(u64::MAX));
+        if !self.started() {
+            return self.before_first_step(now);
+        }
         let d = now.since(&self.base);
         let l4 = d.l4;
         let requests = d.canary.placed;
@@ -400,6 +518,24 @@ impl Rollout {
             self.state = State::Promoted;
             return Action::Nothing;
         }
+        let kinds = self.gate_kinds(self.step + 1);
+        if let Err(why) = self.gate_open(&kinds, &now.hooks) {
+            self.waited_ms = self.elapsed_ms - self.plan.interval_ms;
+            if self.waited_ms >= self.plan.gates.max_wait_ms {
+                let reason = format!(
+                    "step {} ({}%): {why}; {}s past the step, not going on",
+                    self.step + 1,
+                    self.percent(),
+                    self.waited_ms / 1000
+                );
+                self.state = State::RolledBack { reason };
+                return Action::SetWeights(self.before.clone());
+            }
+            self.awaiting = Some(Awaiting { step: self.step + 1, kinds, why });
+            return Action::Nothing;
+        }
+        self.awaiting = None;
+        self.approved = false;
         self.step += 1;
         self.elapsed_ms = 0;
         self.waited_ms = 0;
@@ -407,6 +543,32 @@ impl Rollout {
         self.readings.clear();
         self.base = now.clone();
         Action::SetWeights(step_weights(&self.before, &self.plan.to, self.percent()))
+    }
+
+    /// A tick while pre-rollout hooks hold the first step: the canary gets
+    /// its first share once they all answer 2xx; past `max_wait` the
+    /// rollout ends without it having had any.
+    fn before_first_step(&mut self, now: &Counts) -> Action {
+        let kinds = self.gate_kinds(0);
+        self.waited_ms = self.elapsed_ms;
+        match self.gate_open(&kinds, &now.hooks) {
+            Ok(()) => {
+                self.awaiting = None;
+                self.elapsed_ms = 0;
+                self.waited_ms = 0;
+                self.base = now.clone();
+                Action::SetWeights(step_weights(&self.before, &self.plan.to, self.percent()))
+            }
+            Err(why) if self.waited_ms >= self.plan.gates.max_wait_ms => {
+                let reason = format!("before step 1: {why}; {}s waited, not starting", self.waited_ms / 1000);
+                self.state = State::RolledBack { reason };
+                Action::SetWeights(self.before.clone())
+            }
+            Err(why) => {
+                self.awaiting = Some(Awaiting { step: 0, kinds, why });
+                Action::Nothing
+            }
+        }
     }
 
     fn judge(&self, d: &Counts, l4: bool) -> Vec<Reading> {
@@ -503,6 +665,7 @@ impl Rollout {
             return None;
         }
         self.step = self.plan.steps.len() - 1;
+        self.awaiting = None;
         self.state = State::Promoted;
         Some(step_weights(&self.before, &self.plan.to, 100))
     }
@@ -552,10 +715,16 @@ impl Rollout {
             self.plan.gates.min_requests,
             gates.join("; "),
             if gates.is_empty() { "no gate judged yet" } else { "" },
-            if self.waited_ms > 0 {
-                format!("; waiting for traffic {}s", self.waited_ms / 1000)
-            } else {
-                String::new()
+            match &self.awaiting {
+                Some(a) => format!(
+                    "; held {}s before step {} by {}{}",
+                    self.waited_ms / 1000,
+                    a.step + 1,
+                    a.why,
+                    if self.approved { " (promotion approved by hand)" } else { "" }
+                ),
+                None if self.waited_ms > 0 => format!("; waiting for traffic {}s", self.waited_ms / 1000),
+                None => String::new(),
             }
         )
     }
@@ -580,6 +749,7 @@ mod tests {
             interval_ms: 10_000,
             gates: Gates { min_requests: 10, max_wait_ms: 30_000, ..Gates::default() },
             analysis: Vec::new(),
+            webhooks: Vec::new(),
         }
     }
 
@@ -773,5 +943,81 @@ mod tests {
         let json = serde_json::to_string(&r).unwrap();
         let back: Rollout = serde_json::from_str(&json).unwrap();
         assert!(back.readings.iter().any(|g| g.limit.is_nan()));
+    }
+
+    #[test]
+    fn webhooks_gate_the_first_step_each_later_one_and_the_promotion_and_approve_answers_by_hand() {
+        let hooks: BTreeMap<String, Kind> = [
+            ("load".to_owned(), Kind::PreRollout),
+            ("gate".to_owned(), Kind::ConfirmStep),
+            ("approve".to_owned(), Kind::ConfirmPromotion),
+            ("notify".to_owned(), Kind::Event),
+        ]
+        .into();
+        let answer = |ok: bool, why: &str| Answer { ok, why: why.into() };
+        let with = |c: u64, answers: &[(&str, bool)]| Counts {
+            hooks: answers
+                .iter()
+                .map(|(n, ok)| (n.to_string(), answer(*ok, if *ok { "HTTP 200" } else { "HTTP 503" })))
+                .collect(),
+            ..counts(c, 0, c, 0)
+        };
+        let step = Duration::from_secs(10);
+        let tick = Duration::from_secs(1);
+
+        // pre-rollout: the weights stay as they were until the hook says 2xx.
+        let (mut r, w) = Rollout::start_with_hooks(plan(&[10, 50, 100]), before(), counts(0, 0, 0, 0), hooks.clone());
+        assert_eq!((w, r.started(), r.percent()), (before(), false, 0));
+        assert_eq!(r.tick(tick, &with(0, &[])), Action::Nothing);
+        assert_eq!(r.tick(tick, &with(0, &[("load", false)])), Action::Nothing);
+        assert!(r.describe().contains("pre-rollout webhook load: HTTP 503"), "{}", r.describe());
+        let Action::SetWeights(w) = r.tick(tick, &with(0, &[("load", true)])) else { panic!("{:?}", r.state) };
+        assert_eq!((w["green"], r.percent(), r.elapsed_ms), (1_000, 10, 0));
+
+        // The step passes its gates, then waits for confirm-step; a step's
+        // own breach still rolls back while it waits (checked below).
+        assert_eq!(r.tick(step, &with(50, &[])), Action::Nothing);
+        assert_eq!(r.awaiting.as_ref().map(|a| (a.step, a.kinds.clone())), Some((1, vec![Kind::ConfirmStep])));
+        assert_eq!(r.tick(tick, &with(60, &[("gate", false)])), Action::Nothing);
+        assert_eq!((r.step, r.waited_ms), (0, 1_000));
+        // Only the kinds of this gate count: a 2xx from another does not open it.
+        assert_eq!(r.tick(tick, &with(70, &[("gate", false), ("approve", true)])), Action::Nothing);
+        assert!(matches!(r.tick(tick, &with(80, &[("gate", true)])), Action::SetWeights(_)));
+        assert_eq!((r.step, r.percent(), &r.awaiting), (1, 50, &None));
+
+        // Entering 100 % needs confirm-step and confirm-promotion; --approve
+        // stands for the latter only, and only while it waits.
+        assert!(!r.approve(), "nothing waits for approval yet");
+        assert_eq!(r.tick(step, &with(200, &[("gate", true)])), Action::Nothing);
+        assert_eq!(r.awaiting.as_ref().unwrap().kinds, vec![Kind::ConfirmStep, Kind::ConfirmPromotion]);
+        assert!(r.describe().contains("confirm-promotion webhook approve"), "{}", r.describe());
+        assert!(r.approve());
+        assert_eq!(r.tick(tick, &with(210, &[("approve", false)])), Action::Nothing, "confirm-step still says no");
+        assert!(matches!(r.tick(tick, &with(220, &[("gate", true), ("approve", false)])), Action::SetWeights(_)));
+        assert_eq!((r.percent(), r.approved), (100, false));
+        assert_eq!(r.tick(step, &with(400, &[])), Action::Nothing);
+        assert_eq!(r.state, State::Promoted, "no gate after the last step");
+
+        // A gate that never opens rolls back after max_wait, naming the hook.
+        let (mut r, _) = Rollout::start_with_hooks(plan(&[10, 100]), before(), counts(0, 0, 0, 0), hooks.clone());
+        let _ = r.tick(tick, &with(0, &[("load", true)]));
+        assert_eq!(r.tick(step, &with(50, &[])), Action::Nothing);
+        let no = [("gate", false), ("approve", true)];
+        assert_eq!(r.tick(Duration::from_secs(29), &with(60, &no)), Action::Nothing);
+        // Meanwhile the step is still judged: errors roll back at once.
+        let mut breached = r.clone();
+        assert_eq!(breached.tick(tick, &counts(100, 40, 100, 0)), Action::SetWeights(before()));
+        assert_eq!(r.tick(tick, &with(70, &no)), Action::SetWeights(before()));
+        let State::RolledBack { reason } = &r.state else { panic!("{:?}", r.state) };
+        assert!(reason.contains("confirm-step webhook gate: HTTP 503") && reason.contains("not going on"), "{reason}");
+
+        // A pre-rollout hook that never answers 2xx: rolled back without the canary having had traffic.
+        let (mut r, _) = Rollout::start_with_hooks(plan(&[10, 100]), before(), counts(0, 0, 0, 0), hooks);
+        assert_eq!(r.tick(Duration::from_secs(31), &with(0, &[("load", false)])), Action::SetWeights(before()));
+        let State::RolledBack { reason } = &r.state else { panic!("{:?}", r.state) };
+        assert!(reason.starts_with("before step 1: pre-rollout webhook load: HTTP 503"), "{reason}");
+        // Persisted and read back with its hooks.
+        let back: Rollout = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
+        assert_eq!(back, r);
     }
 }

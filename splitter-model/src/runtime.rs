@@ -45,6 +45,13 @@ pub enum ChangeError {
     NotAChange(&'static str),
     #[error("--analysis {name:?} is not in analysis.metrics of the config (metrics: {known})")]
     NoAnalysisMetric { name: String, known: String },
+    #[error("--webhook {name:?} is not in analysis.webhooks of the config (webhooks: {known})")]
+    NoWebhook { name: String, known: String },
+    #[error(
+        "{service}: nothing waits for approval (the rollout is {state}); --approve answers a rollout held \
+         before its last step by a confirm-promotion webhook"
+    )]
+    NothingToApprove { service: String, state: String },
 }
 
 /// Overrides and history. The file stays the source of everything else.

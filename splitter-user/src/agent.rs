@@ -35,6 +35,7 @@ mod measure;
 mod node;
 mod serving;
 mod standalone;
+mod webhooks;
 
 use self::{
     backing::{Backing, Opened},
@@ -172,6 +173,8 @@ struct Agent<B: Backing> {
     metrics_task: Option<tokio::task::JoinHandle<()>>,
     /// Rollout steps' analysis verdicts (`analysis:`), and the asking.
     step_analysis: analysis::Steps,
+    /// Rollout gates' webhook answers, and the asking.
+    gate_hooks: webhooks::Hooks,
     /// The HTTP control API (`control.http`), while it serves.
     control_http_task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -219,6 +222,8 @@ struct Events {
     health_tick: tokio::time::Interval,
     /// Rollout steps' analysis, asked off the loop.
     analysis: tokio::sync::mpsc::UnboundedReceiver<analysis::Done>,
+    /// Rollout gates' webhooks, asked off the loop.
+    hooks: tokio::sync::mpsc::UnboundedReceiver<webhooks::Done>,
 }
 
 /// Runs the agent until SIGINT/SIGTERM (it exits and the pinned data path
@@ -396,6 +401,7 @@ impl<B: Backing> Agent<B> {
         let (scrape_tx, scrapes) = tokio::sync::mpsc::channel(16);
         let (calls_tx, calls) = tokio::sync::mpsc::channel(8);
         let (step_analysis, analysis_done) = analysis::Steps::new();
+        let (gate_hooks, hooks_done) = webhooks::Hooks::new();
         let control_http_task = control_http.map(|l| tokio::spawn(control_http::serve(l, calls_tx.clone())));
         let control_task = tokio::spawn(control_socket::serve(control, calls_tx));
         let mut events = Events {
@@ -419,6 +425,7 @@ impl<B: Backing> Agent<B> {
             ejections,
             health_tick: tokio::time::interval(Duration::from_secs(1)),
             analysis: analysis_done,
+            hooks: hooks_done,
         };
         // Every interval's first tick is now: skip it.
         events.stats.tick().await;
@@ -451,6 +458,7 @@ impl<B: Backing> Agent<B> {
             metrics_task: None,
             control_http_task,
             step_analysis,
+            gate_hooks,
         };
         // The first sample before the control socket answers anything: the
         // window then covers everything since the start.
@@ -525,6 +533,7 @@ impl<B: Backing> Agent<B> {
                 Some(ejection) = ev.ejections.recv() => self.on_ejection(ejection),
                 _ = ev.health_tick.tick() => self.on_health_tick(),
                 Some(done) = ev.analysis.recv() => self.step_analysis.done(done),
+                Some(done) = ev.hooks.recv() => self.gate_hooks.done(done),
                 Some(reply) = ev.scrapes.recv() => {
                     let _ = reply.send(self.on_scrape());
                 }
@@ -603,23 +612,41 @@ impl<B: Backing> Agent<B> {
 
     /// Starts, steers or reads the rollout of `service`.
     async fn on_rollout(&mut self, service: &str, action: crate::control::RolloutAction) -> Response {
-        if action == crate::control::RolloutAction::Status {
+        use crate::control::RolloutAction as A;
+        if action == A::Status {
             return Response::rollout_status(&self.runtime, service);
         }
         let counts = self.counts(|n| n == service);
         let l7 = self.serving.l7.stats();
-        let outcome =
-            splitter_model::change::rollout(service, action, &self.config, &self.runtime, |svc, canary, before| {
+        let outcome = splitter_model::change::rollout(
+            service,
+            action.clone(),
+            &self.config,
+            &self.runtime,
+            |svc, canary, before| {
                 measure::rollout_counts(service, svc, canary, before, &counts, &l7, &self.serving.down)
-            });
+            },
+        );
         let outcome = match outcome {
             Ok(o) => o,
             Err(e) => return Response::fail(e.to_string()),
         };
+        let before = self.runtime.rollouts.get(service).filter(|_| !matches!(action, A::Start { .. })).cloned();
         if let Err(e) = self.commit(outcome.next, &outcome.message).await {
             return Response::fail(e.to_string());
         }
         info!("rollout: {}", outcome.message);
+        if let Some(after) = self.runtime.rollouts.get(service) {
+            let told = match (&action, before) {
+                (A::Start { .. }, _) => Some(("started", outcome.message.clone())),
+                (A::Approve, _) => Some(("approved", "promotion approved by hand".to_owned())),
+                (_, Some(before)) => webhooks::what_happened(&before, after),
+                _ => None,
+            };
+            if let Some((phase, reason)) = told {
+                webhooks::tell(service, after, phase, reason, &self.config.analysis);
+            }
+        }
         Response { rollout: self.runtime.rollouts.get(service).cloned(), ..Response::ok(outcome.message) }
     }
 
@@ -799,9 +826,17 @@ impl<B: Backing> Agent<B> {
             self.backing.claim(&service, r, &now);
             self.step_analysis.ask_if_due(&service, r, dt, &self.config.analysis);
             now.analysis = self.step_analysis.verdicts(&service, r);
-            let before_state = r.state.clone();
-            let step = r.step;
+            now.hooks = self.gate_hooks.answers(&service, r);
+            let earlier = r.clone();
             let action = r.tick(dt, &now);
+            // A gate it waits at now is asked at once (answered by a later tick).
+            self.gate_hooks.ask_if_due(&service, r, &self.config.analysis);
+            if let Some((phase, reason)) = webhooks::what_happened(&earlier, r) {
+                webhooks::tell(&service, r, phase, reason, &self.config.analysis);
+            }
+            // A new gate is saved at once (its wait shows after a restart).
+            let gate_changed = earlier.awaiting.as_ref().map(|a| a.step) != r.awaiting.as_ref().map(|a| a.step);
+            let (before_state, step) = (earlier.state, earlier.step);
             let (state, percent) = (r.state.clone(), r.percent());
             match action {
                 rollout::Action::SetWeights(w) => {
@@ -823,8 +858,8 @@ impl<B: Backing> Agent<B> {
                     }
                 }
                 rollout::Action::Nothing => {
-                    let changed = state != before_state;
-                    if changed {
+                    let changed = state != before_state || gate_changed;
+                    if state != before_state {
                         info!(service, "rollout: {state:?}");
                     }
                     self.backing

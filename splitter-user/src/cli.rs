@@ -219,7 +219,7 @@ pub struct MirrorArgs {
 }
 
 #[derive(Debug, Args)]
-#[command(group(ArgGroup::new("what").required(true).args(["to", "pause", "resume", "abort", "promote", "status"])))]
+#[command(group(ArgGroup::new("what").required(true).args(["to", "pause", "resume", "abort", "promote", "approve", "status"])))]
 pub struct RolloutArgs {
     /// Service name, as in the config file.
     pub service: String,
@@ -254,6 +254,11 @@ pub struct RolloutArgs {
     /// An inconclusive one holds the step, up to --max-wait.
     #[arg(long, value_name = "METRIC,...", value_delimiter = ',')]
     pub analysis: Vec<String>,
+    /// Call these hooks of the config's `analysis.webhooks`: pre-rollout,
+    /// confirm-step and confirm-promotion hooks hold the rollout until they
+    /// answer 2xx (up to --max-wait); event hooks are told of each step.
+    #[arg(long = "webhook", value_name = "HOOK,...", value_delimiter = ',')]
+    pub webhooks: Vec<String>,
     /// Return once the rollout has started instead of following it.
     #[arg(long)]
     pub detach: bool,
@@ -269,6 +274,10 @@ pub struct RolloutArgs {
     /// Skip the remaining steps: the canary gets everything now.
     #[arg(long)]
     pub promote: bool,
+    /// Answer a rollout held before its last step by a confirm-promotion
+    /// webhook: the promotion goes ahead without the hook's 2xx.
+    #[arg(long)]
+    pub approve: bool,
     /// Show the rollout (and follow it while it runs, unless --detach).
     #[arg(long)]
     pub status: bool,

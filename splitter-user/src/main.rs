@@ -86,9 +86,16 @@ fn dispatch(command: Command) -> Result<()> {
                     tls_conf.ca.display()
                 );
             }
+            // Outbound CAs read as the agent reads them when it calls out.
             if let Some(p) = &config.analysis.prometheus {
                 let names: Vec<&str> = config.analysis.metrics.keys().map(String::as_str).collect();
+                splitter_user::analysis::prometheus::Client::new(p).map_err(anyhow::Error::msg)?;
                 println!("  analysis: {} metric(s) asked of {} ({})", names.len(), p.url, names.join(", "));
+            }
+            for (name, hook) in &config.analysis.webhooks {
+                splitter_user::analysis::http::Outbound::new(&hook.url, hook.ca.as_deref())
+                    .map_err(|e| anyhow::anyhow!("analysis.webhooks.{name}.{e}"))?;
+                println!("  webhook {name}: {} {}", hook.kind.as_str(), hook.url);
             }
             // The HTTP control API's token and certificates, read as run reads them.
             if let Some(http) = &config.control.http {
@@ -156,6 +163,7 @@ fn rollout(args: RolloutArgs) -> Result<()> {
         _ if args.resume => A::Resume,
         _ if args.abort => A::Abort,
         _ if args.promote => A::Promote,
+        _ if args.approve => A::Approve,
         _ if args.status => A::Status,
         _ => A::Start {
             plan: Plan {
@@ -170,6 +178,7 @@ fn rollout(args: RolloutArgs) -> Result<()> {
                     max_wait_ms: args.max_wait.as_millis() as u64,
                 },
                 analysis: args.analysis.clone(),
+                webhooks: args.webhooks.clone(),
             },
         },
     };

@@ -683,6 +683,7 @@ mod tests {
             interval_ms: 1000,
             gates: Default::default(),
             analysis: vec!["conversion".into()],
+            webhooks: Vec::new(),
         };
         let (mut rollout, _) =
             splitter_model::rollout::Rollout::start(plan, [("blue".into(), 1)].into(), Default::default());

@@ -624,6 +624,7 @@ mod tests {
             interval_ms: 1000,
             gates: Gates::default(),
             analysis: Vec::new(),
+            webhooks: Vec::new(),
         };
         let (shop, _) =
             Rollout::start(plan("green"), [("blue".into(), 1), ("green".into(), 0)].into(), Default::default());

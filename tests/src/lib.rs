@@ -4,7 +4,8 @@
 //! packets (`packet`) and raw frames (`raw`), `BPF_PROG_TEST_RUN` fixtures
 //! (`fixture`), the agent under test (`agent`), real etcd members (`etcd`),
 //! a real gRPC service and client (`grpc`), a WebSocket echo (`ws`), a test
-//! CA and TLS client (`tls`),
+//! CA and TLS client (`tls`), a real Prometheus (`prometheus`), a webhook
+//! receiver (`webhook`),
 //! the peers and load of the benchmarks (`peers`, `load`), the method and
 //! tables the L7 benches share (`l7bench`), profiles with perf (`profile`),
 //! and what benchmarks
@@ -29,6 +30,7 @@ pub mod prometheus;
 pub mod raw;
 pub mod report;
 pub mod tls;
+pub mod webhook;
 pub mod ws;
 
 /// Panics unless the test runs as root (CI does). A test that needs the kernel

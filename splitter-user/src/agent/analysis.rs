@@ -73,16 +73,10 @@ impl Steps {
                 return;
             }
         }
-        let baseline = r
-            .before
-            .iter()
-            .filter(|(v, _)| **v != r.plan.to)
-            .max_by_key(|(_, w)| **w)
-            .map_or_else(String::new, |(v, _)| v.clone());
         let vars = Vars {
             service: service.to_owned(),
             canary: r.plan.to.clone(),
-            baseline,
+            baseline: r.baseline(),
             step: r.step + 1,
             interval: r.plan.interval(),
         };

@@ -137,8 +137,9 @@ pub(super) fn rollout_counts(
         compared: mirror.compared,
         differ: mirror.differ,
         canary_endpoints: u32::try_from(canary_endpoints.len()).unwrap_or(u32::MAX),
-        // The agent adds its analysis verdicts for the step.
+        // The agent adds its analysis verdicts for the step and its gate's webhook answers.
         analysis: Default::default(),
+        hooks: Default::default(),
         canary_down: u32::try_from(canary_down).unwrap_or(u32::MAX),
     }
 }

@@ -3,7 +3,9 @@
 //! (`splitter_model::analysis::judge`); the agent hands the verdicts to the
 //! rollout with its own counts.
 
+pub mod http;
 pub mod prometheus;
+pub mod webhook;
 
 use std::collections::BTreeMap;
 
@@ -14,14 +16,17 @@ use splitter_model::analysis::{judge, render, Analysis, Judged, Vars};
 /// metric compares). A name the config no longer has, or a config without
 /// Prometheus, is inconclusive.
 pub async fn evaluate(config: &Analysis, names: &[String], vars: &Vars) -> BTreeMap<String, Judged> {
-    let client = config.prometheus.as_ref().map(prometheus::Client::new);
+    let client = match &config.prometheus {
+        Some(p) => prometheus::Client::new(p),
+        None => Err("analysis.prometheus is not configured".into()),
+    };
     let mut out = BTreeMap::new();
     for name in names {
         let inconclusive = |why: String| Judged { value: None, baseline: None, limit: String::new(), ok: None, why };
         let judged = match (config.metrics.get(name), &client) {
             (None, _) => inconclusive(format!("{name} is no longer in analysis.metrics")),
-            (Some(_), None) => inconclusive("analysis.prometheus is not configured".into()),
-            (Some(metric), Some(client)) => {
+            (Some(_), Err(why)) => inconclusive(why.clone()),
+            (Some(metric), Ok(client)) => {
                 let ask = |vars: Vars| async move {
                     let query = render(&metric.query, &vars)?;
                     client.value(&query).await

@@ -5,59 +5,69 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Limited};
-use hyper_util::{
-    client::legacy::{connect::HttpConnector, Client as HttpClient},
-    rt::TokioExecutor,
-};
+use http_body_util::Full;
 use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
 use serde::Deserialize;
 use splitter_model::analysis::Prometheus;
 
+use super::http::Outbound;
+
 /// The largest answer read (a single value is a few hundred bytes).
 const MAX_ANSWER: usize = 1 << 20;
+/// The largest bearer token file read.
+const MAX_TOKEN: u64 = 16 << 10;
 
 pub struct Client {
-    http: HttpClient<HttpConnector, Empty<Bytes>>,
+    http: Outbound,
     base: String,
     timeout: Duration,
+    token_file: Option<std::path::PathBuf>,
 }
 
 impl Client {
-    pub fn new(p: &Prometheus) -> Client {
-        Client {
-            http: HttpClient::builder(TokioExecutor::new()).build_http(),
+    /// A client for `p`; the error says why its CA cannot be used.
+    pub fn new(p: &Prometheus) -> Result<Client, String> {
+        Ok(Client {
+            http: Outbound::new(&p.url, p.ca.as_deref()).map_err(|e| format!("analysis.prometheus.{e}"))?,
             base: p.url.trim_end_matches('/').to_owned(),
             timeout: p.timeout,
-        }
+            token_file: p.bearer_token_file.clone(),
+        })
     }
 
     /// The value of `promql` now: a scalar, or a vector of one sample.
     pub async fn value(&self, promql: &str) -> Result<f64, String> {
         let uri = format!("{}/api/v1/query?query={}", self.base, utf8_percent_encode(promql, NON_ALPHANUMERIC));
-        let req = http::Request::get(uri)
-            .header(http::header::ACCEPT, "application/json")
-            .body(Empty::new())
-            .map_err(|e| format!("the query's URL: {e}"))?;
-        let work = async {
-            let resp = self
-                .http
-                .request(req)
-                .await
-                .map_err(|e| format!("{}: {}", self.base, crate::l7::upstream::describe(&e)))?;
-            let status = resp.status().as_u16();
-            let body = Limited::new(resp.into_body(), MAX_ANSWER)
-                .collect()
-                .await
-                .map_err(|e| format!("{}: reading the answer: {e}", self.base))?
-                .to_bytes();
-            Ok::<_, String>((status, body))
-        };
-        let (status, body) = tokio::time::timeout(self.timeout, work)
-            .await
-            .map_err(|_| format!("{}: no answer in {:?}", self.base, self.timeout))??;
-        parse(status, &body)
+        let mut req = http::Request::get(uri).header(http::header::ACCEPT, "application/json");
+        if let Some(path) = &self.token_file {
+            req = req.header(http::header::AUTHORIZATION, bearer(path)?);
+        }
+        let req = req.body(Full::new(Bytes::new())).map_err(|e| format!("the query's URL: {e}"))?;
+        let reply = self.http.send(&self.base, req, self.timeout, MAX_ANSWER).await?;
+        parse(reply.status, &reply.body)
     }
+}
+
+/// `Bearer TOKEN` from the file at `path` (read at each query: a rotated
+/// token is used at once); the error names the file, never the token.
+fn bearer(path: &std::path::Path) -> Result<http::HeaderValue, String> {
+    use std::io::Read as _;
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_TOKEN).read_to_string(&mut text))
+        .map_err(|e| format!("analysis.prometheus.bearer_token_file {}: {e}", path.display()))?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(format!("analysis.prometheus.bearer_token_file {} is empty", path.display()));
+    }
+    let mut value = http::HeaderValue::try_from(format!("Bearer {token}")).map_err(|_| {
+        format!(
+            "analysis.prometheus.bearer_token_file {}: the token has characters a header cannot hold",
+            path.display()
+        )
+    })?;
+    value.set_sensitive(true);
+    Ok(value)
 }
 
 #[derive(Deserialize)]
@@ -106,7 +116,24 @@ pub fn parse(status: u16, body: &[u8]) -> Result<f64, String> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse;
+    use super::{bearer, parse};
+
+    #[test]
+    fn the_bearer_token_is_read_trimmed_and_marked_sensitive_and_errors_name_the_file_not_the_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "s3cret-token-value\n").unwrap();
+        let v = bearer(&path).unwrap();
+        assert_eq!(v.to_str().unwrap(), "Bearer s3cret-token-value");
+        assert!(v.is_sensitive(), "kept out of hyper's debug output");
+        std::fs::write(&path, "  \n").unwrap();
+        assert!(bearer(&path).unwrap_err().ends_with("is empty"));
+        std::fs::write(&path, "bad\u{1}token").unwrap();
+        let e = bearer(&path).unwrap_err();
+        assert!(e.contains("characters a header cannot hold") && !e.contains("bad"), "{e}");
+        let e = bearer(&dir.path().join("missing")).unwrap_err();
+        assert!(e.starts_with("analysis.prometheus.bearer_token_file ") && e.contains("missing"), "{e}");
+    }
 
     #[test]
     fn answers_give_one_number_or_say_why_not() {

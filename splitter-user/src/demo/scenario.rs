@@ -311,6 +311,7 @@ fn rollout_phase(topo: &Topology, agent: &AgentProcess, config: &Config) -> Resu
         interval_ms: 2000,
         gates: Gates { max_error_rate: Some(0.05), min_requests, ..Gates::default() },
         analysis: Vec::new(),
+        webhooks: Vec::new(),
     };
     let shop = config.services["shop"].listen;
     println!("\n4. `splitter rollout shop --to green --steps 75,100 --interval 2s` while connections keep coming:");

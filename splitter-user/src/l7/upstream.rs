@@ -82,8 +82,8 @@ pub enum CaError {
     #[error("ca: {path} is not valid PEM ({why})")]
     BadPem { path: PathBuf, why: String },
     #[error(
-        "ca: no CERTIFICATE in {path}: give the PEM certificate(s) of the CA that signed the endpoints' \
-         certificates (-----BEGIN CERTIFICATE-----); system roots are not used"
+        "ca: no CERTIFICATE in {path}: give the PEM certificate(s) of the CA that signed the servers' \
+         certificates (-----BEGIN CERTIFICATE-----); with ca: given, system roots are not used"
     )]
     NoCertificate { path: PathBuf },
     #[error("ca: none of the {count} certificates in {path} can be a trust anchor (not X.509 DER inside the PEM?)")]
@@ -123,6 +123,23 @@ impl Alpn {
     }
 }
 
+/// Every certificate of the PEM file `path` as a trust anchor, and how many.
+pub fn load_roots(path: &std::path::Path) -> Result<(RootCertStore, usize), CaError> {
+    let pem = super::tls::read_capped(path).map_err(CaError::File)?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| CaError::BadPem { path: path.to_owned(), why: e.to_string() })?;
+    if certs.is_empty() {
+        return Err(CaError::NoCertificate { path: path.to_owned() });
+    }
+    let mut roots = RootCertStore::empty();
+    let (added, _) = roots.add_parsable_certificates(certs.iter().cloned());
+    if added == 0 {
+        return Err(CaError::NoAnchor { path: path.to_owned(), count: certs.len() });
+    }
+    Ok((roots, added))
+}
+
 /// `name` as rustls verifies a server: a DNS name or an IP address.
 pub fn server_name(name: &str) -> Result<ServerName<'static>, CaError> {
     ServerName::try_from(name.to_owned()).map_err(|_| CaError::ServerName { name: name.to_owned() })
@@ -132,19 +149,7 @@ impl TlsTo {
     /// Reads the CA file of `tls` (every certificate in it a trust anchor)
     /// and builds the client configs; nothing connects yet.
     pub fn load(tls: &UpstreamTls) -> Result<TlsTo, CaError> {
-        let path = &tls.ca;
-        let pem = super::tls::read_capped(path).map_err(CaError::File)?;
-        let certs = CertificateDer::pem_slice_iter(&pem)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| CaError::BadPem { path: path.clone(), why: e.to_string() })?;
-        if certs.is_empty() {
-            return Err(CaError::NoCertificate { path: path.clone() });
-        }
-        let mut roots = RootCertStore::empty();
-        let (added, _) = roots.add_parsable_certificates(certs.iter().cloned());
-        if added == 0 {
-            return Err(CaError::NoAnchor { path: path.clone(), count: certs.len() });
-        }
+        let (roots, added) = load_roots(&tls.ca)?;
         let server_name = tls.server_name.as_deref().map(server_name).transpose()?;
         let config = ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
             .with_safe_default_protocol_versions()
