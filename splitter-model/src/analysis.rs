@@ -69,30 +69,46 @@ pub struct Baseline {
     pub max_drop: f64,
 }
 
-/// `max_drop`: a fraction (0.1) or a percentage (`10%`), 0 to 1.
+/// `max_drop`: a share of the baseline.
 fn fraction<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
-    use serde::de::Error as _;
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Either {
-        Number(f64),
-        Text(String),
-    }
-    let bad = |shown: &str| D::Error::custom(format!("max_drop: {shown} is not a share: write e.g. 10% or 0.1"));
-    let (v, shown) = match Either::deserialize(d)? {
-        Either::Number(n) => (n, n.to_string()),
-        Either::Text(t) => {
-            let v = match t.trim().strip_suffix('%') {
-                Some(p) => p.trim().parse::<f64>().map_err(|_| bad(&t))? / 100.0,
-                None => t.trim().parse().map_err(|_| bad(&t))?,
-            };
-            (v, t)
+    share(d)
+}
+
+/// A share written as a fraction (0.1) or a percentage (`10%`), 0 to 1.
+/// Refused inside the value's deserialization, so the error's path names
+/// the key.
+pub(crate) fn share<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    struct Share;
+    impl serde::de::Visitor<'_> for Share {
+        type Value = f64;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a share such as 10% or 0.1")
         }
-    };
-    if !(0.0..=1.0).contains(&v) {
-        return Err(D::Error::custom(format!("max_drop: {shown} is out of range: use 0% to 100%")));
+        fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<f64, E> {
+            in_range(v, &v.to_string())
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<f64, E> {
+            in_range(v as f64, &v.to_string())
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<f64, E> {
+            in_range(v as f64, &v.to_string())
+        }
+        fn visit_str<E: serde::de::Error>(self, t: &str) -> Result<f64, E> {
+            let bad = || E::custom(format!("{t} is not a share: write e.g. 10% or 0.1"));
+            let v = match t.trim().strip_suffix('%') {
+                Some(p) => p.trim().parse::<f64>().map_err(|_| bad())? / 100.0,
+                None => t.trim().parse().map_err(|_| bad())?,
+            };
+            in_range(v, t)
+        }
     }
-    Ok(v)
+    fn in_range<E: serde::de::Error>(v: f64, shown: &str) -> Result<f64, E> {
+        if !(0.0..=1.0).contains(&v) {
+            return Err(E::custom(format!("{shown} is out of range: use 0% to 100%")));
+        }
+        Ok(v)
+    }
+    d.deserialize_any(Share)
 }
 
 /// The variables a query may name.

@@ -502,6 +502,10 @@ pub struct Service {
     /// Without: every host not claimed by another service on the address.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hosts: Vec<String>,
+    /// A rollout declared here: started when this appears or changes,
+    /// aborted when it goes (GitOps); the CLI's rollouts work beside it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<crate::rollout::Declared>,
 }
 
 /// `mirror:` of a service. Mode l4 takes `{ interface, percent }` (whole
@@ -731,10 +735,35 @@ impl Config {
             }
             sharing.push((name, svc));
         }
+        for (name, svc) in &self.services {
+            if let Some(r) = &svc.rollout {
+                self.check_declared_rollout(svc, r).map_err(|why| invalid(format!("services.{name}.rollout.{why}")))?;
+            }
+        }
         for ((listen, _), sharing) in &listeners {
             l7::check_shared_address(*listen, sharing).map_err(invalid)?;
         }
         self.check_shared_endpoints()
+    }
+
+    /// `services.NAME.rollout`: a plan `splitter rollout` would accept, to
+    /// a version the service has, naming metrics and hooks this config
+    /// has. The error starts with the key under `rollout.`.
+    fn check_declared_rollout(&self, svc: &Service, r: &crate::rollout::Declared) -> Result<(), String> {
+        if !svc.versions.contains_key(&r.to) {
+            let known: Vec<&str> = svc.versions.keys().map(String::as_str).collect();
+            return Err(format!("to: {:?} is not a version of the service (versions: {})", r.to, known.join(", ")));
+        }
+        r.plan().check().map_err(|e| format!("steps, interval or gates: {e}"))?;
+        if let Some(name) = r.analysis.iter().find(|n| !self.analysis.metrics.contains_key(*n)) {
+            let known: Vec<&str> = self.analysis.metrics.keys().map(String::as_str).collect();
+            return Err(format!("analysis: {name:?} is not in analysis.metrics (metrics: {})", known.join(", ")));
+        }
+        if let Some(name) = r.webhooks.iter().find(|n| !self.analysis.webhooks.contains_key(*n)) {
+            let known: Vec<&str> = self.analysis.webhooks.keys().map(String::as_str).collect();
+            return Err(format!("webhooks: {name:?} is not in analysis.webhooks (webhooks: {})", known.join(", ")));
+        }
+        Ok(())
     }
 
     /// The kernel matches an endpoint's replies to each service it serves

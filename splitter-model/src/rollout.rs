@@ -135,6 +135,126 @@ impl Plan {
     }
 }
 
+/// `services.NAME.rollout`: a rollout declared in the config (or the
+/// shared store). The agent starts it when the declaration appears or
+/// changes, and aborts it when the declaration goes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Declared {
+    pub to: String,
+    #[serde(default = "default_steps")]
+    pub steps: Vec<u32>,
+    #[serde(default = "default_interval", with = "crate::config::duration")]
+    pub interval: Duration,
+    #[serde(default)]
+    pub gates: DeclaredGates,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub analysis: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub webhooks: Vec<String>,
+}
+
+/// `rollout.gates` as the config writes them (shares as `1%`, durations as `250ms`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeclaredGates {
+    #[serde(deserialize_with = "crate::analysis::share")]
+    pub max_error_rate: f64,
+    #[serde(with = "optional_duration", skip_serializing_if = "Option::is_none")]
+    pub max_p99: Option<Duration>,
+    #[serde(deserialize_with = "share_opt", skip_serializing_if = "Option::is_none")]
+    pub max_diff_rate: Option<f64>,
+    pub min_requests: u64,
+    #[serde(with = "crate::config::duration")]
+    pub max_wait: Duration,
+}
+
+impl Default for DeclaredGates {
+    fn default() -> Self {
+        let g = Gates::default();
+        DeclaredGates {
+            max_error_rate: g.max_error_rate.unwrap_or(0.01),
+            max_p99: None,
+            max_diff_rate: None,
+            min_requests: g.min_requests,
+            max_wait: Duration::from_millis(g.max_wait_ms),
+        }
+    }
+}
+
+fn default_steps() -> Vec<u32> {
+    vec![1, 5, 25, 50, 100]
+}
+
+fn default_interval() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn share_opt<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+    crate::analysis::share(d).map(Some)
+}
+
+mod optional_duration {
+    use std::time::Duration;
+
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => crate::config::duration::serialize(d, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        crate::config::duration::deserialize(d).map(Some)
+    }
+}
+
+impl Declared {
+    /// The plan it declares (what `splitter rollout` would send).
+    pub fn plan(&self) -> Plan {
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        Plan {
+            to: self.to.clone(),
+            steps: self.steps.clone(),
+            interval_ms: ms(self.interval),
+            gates: Gates {
+                max_error_rate: Some(self.gates.max_error_rate),
+                max_p99_ms: self.gates.max_p99.map(ms),
+                max_diff_rate: self.gates.max_diff_rate,
+                min_requests: self.gates.min_requests,
+                max_wait_ms: ms(self.gates.max_wait),
+            },
+            analysis: self.analysis.clone(),
+            webhooks: self.webhooks.clone(),
+        }
+    }
+}
+
+/// Who started a rollout.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Origin {
+    /// `splitter rollout` or the HTTP API.
+    #[default]
+    Operator,
+    /// `services.NAME.rollout` of the config file.
+    File,
+    /// `services.NAME.rollout` of the shared store's services.
+    Store,
+}
+
+impl Origin {
+    pub fn describe(self, service: &str) -> String {
+        match self {
+            Origin::Operator => "started by an operator (CLI or API)".into(),
+            Origin::File => format!("declared in the config file (services.{service}.rollout)"),
+            Origin::Store => format!("declared in the shared store (services.{service}.rollout)"),
+        }
+    }
+}
+
 /// Where a rollout is.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
@@ -213,6 +333,9 @@ pub struct Rollout {
     /// The waiting confirm-promotion was answered by hand (`--approve`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub approved: bool,
+    /// Who started it.
+    #[serde(default)]
+    pub origin: Origin,
 }
 
 /// A step held at its gate until its webhooks answer 2xx.
@@ -336,6 +459,7 @@ impl Rollout {
             hooks,
             awaiting: None,
             approved: false,
+            origin: Origin::Operator,
         };
         let kinds = r.gate_kinds(0);
         if kinds.is_empty() {

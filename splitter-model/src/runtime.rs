@@ -66,6 +66,10 @@ pub struct Runtime {
     /// The last rollout of each service (running, paused or over).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub rollouts: BTreeMap<String, crate::rollout::Rollout>,
+    /// The declared rollout (`services.NAME.rollout`) last acted on, per
+    /// service: a declaration that differs from it starts a rollout.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub declared: BTreeMap<String, crate::rollout::Plan>,
 }
 
 fn full_weights(file: &Config, service: &str, w: &Weights) -> Weights {

@@ -808,6 +808,9 @@ impl<B: Backing> Agent<B> {
     async fn on_rollout_tick(&mut self) {
         let dt = self.last_rollout_tick.elapsed();
         self.last_rollout_tick = Instant::now();
+        if self.backing.drives_rollouts() {
+            self.on_declared_rollouts().await;
+        }
         let running: Vec<String> =
             self.runtime.rollouts.iter().filter(|(_, r)| r.state == State::Running).map(|(n, _)| n.clone()).collect();
         if running.is_empty() || !self.backing.drives_rollouts() {
@@ -865,6 +868,47 @@ impl<B: Backing> Agent<B> {
                     self.backing
                         .keep_progress(&service, next, changed, &self.config, &mut self.runtime, &mut self.serving)
                         .await;
+                }
+            }
+        }
+    }
+
+    /// Starts, restarts or aborts the rollouts the config declares
+    /// (`services.NAME.rollout`) where they differ from those last acted on.
+    async fn on_declared_rollouts(&mut self) {
+        use splitter_model::change::{apply_declared, declared, Declared};
+        let changes = declared(&self.config, &self.runtime);
+        let origin = if self.backing.info().is_some() { rollout::Origin::Store } else { rollout::Origin::File };
+        for change in changes {
+            let (Declared::Start { service, .. } | Declared::Withdraw { service }) = &change;
+            let service = service.clone();
+            let was_active = self.runtime.rollout_active(&service);
+            let counts = self.counts(|n| n == service);
+            let l7 = self.serving.l7.stats();
+            let (recorded, outcome) =
+                apply_declared(&change, origin, &self.config, &self.runtime, |svc, canary, before| {
+                    measure::rollout_counts(&service, svc, canary, before, &counts, &l7, &self.serving.down)
+                });
+            let (next, message) = match outcome {
+                Ok(o) => (o.next, o.message),
+                Err(e) => {
+                    error!(service, "the declared rollout cannot start: {e}");
+                    (recorded, format!("{service}: declared rollout recorded, not started"))
+                }
+            };
+            if let Err(e) = self.commit(next, &message).await {
+                error!(service, "declared rollout: {e}");
+                continue;
+            }
+            info!("rollout: {message}");
+            if let Some(r) = self.runtime.rollouts.get(&service) {
+                let phase = match change {
+                    Declared::Start { .. } if r.state == State::Running || !r.started() => Some("started"),
+                    Declared::Withdraw { .. } if was_active && r.state == State::Aborted => Some("aborted"),
+                    _ => None,
+                };
+                if let Some(phase) = phase {
+                    webhooks::tell(&service, r, phase, message.clone(), &self.config.analysis);
                 }
             }
         }

@@ -195,6 +195,9 @@ fn rollout(args: RolloutArgs) -> Result<()> {
         bail!("{}", r.message);
     }
     println!("{}", r.message);
+    if let Some(current) = &r.rollout {
+        println!("  {}", current.origin.describe(&args.service));
+    }
     let mut last = String::new();
     let mut state = r.rollout;
     loop {

@@ -507,7 +507,7 @@ impl Report {
             }
             // Under its own service's heading.
             if let Some(r) = &s.rollout {
-                writeln!(out, "  rollout: {}", r.describe()).unwrap();
+                writeln!(out, "  rollout: {} ({})", r.describe(), r.origin.describe(&s.name)).unwrap();
             }
             if let Some(h) = &s.health {
                 render_health(&mut out, h, now_unix_ms());

@@ -337,4 +337,32 @@ fn saving_the_file_on_one_node_publishes_its_services_to_every_node() {
     let s = c.cluster_status();
     assert!(s.change.as_deref().unwrap().contains("services published from"), "{s:?}");
     assert_eq!(s.changed_by.as_deref(), Some("lb2"), "{s:?}");
+
+    // A rollout declared in the same file reaches the store, and the
+    // leader (whatever node was edited) starts it and drives it to the end.
+    let leader = s.nodes.iter().find(|n| n.leader).expect("a leader").node.clone();
+    let n: usize = leader.trim_start_matches("lb").parse().unwrap();
+    c.route_via(n);
+    let text = std::fs::read_to_string(path).unwrap();
+    let declared = text.replace(
+        "weights: { blue: 30, green: 70 }",
+        "weights: { blue: 30, green: 70 }\n    rollout: { to: blue, steps: [50, 100], interval: 1s, gates: { min_requests: 5 } }",
+    );
+    assert_ne!(text, declared);
+    std::fs::write(path, declared).unwrap();
+    wait_until_every(
+        "the declared rollout to be promoted",
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        || {
+            c.split(10);
+            c.cli(&["rollout", "shop", "--status", "--detach"]).1
+        },
+        |out| out.contains("promoted to blue"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let (_, out, _) = c.cli(&["rollout", "shop", "--status", "--detach"]);
+    assert!(out.contains("declared in the shared store (services.shop.rollout)"), "{out}");
+    c.converge(Duration::from_secs(10));
+    assert_eq!(c.live_bps(), vec![vec![10_000, 0]; NODES], "every node serves the promoted canary");
 }
