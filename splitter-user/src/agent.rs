@@ -644,7 +644,7 @@ impl<B: Backing> Agent<B> {
                 _ => None,
             };
             if let Some((phase, reason)) = told {
-                webhooks::tell(service, after, phase, reason, &self.config.analysis);
+                self.gate_hooks.tell(service, after, phase, reason, &self.config.analysis);
             }
         }
         Response { rollout: self.runtime.rollouts.get(service).cloned(), ..Response::ok(outcome.message) }
@@ -835,7 +835,7 @@ impl<B: Backing> Agent<B> {
             // A gate it waits at now is asked at once (answered by a later tick).
             self.gate_hooks.ask_if_due(&service, r, &self.config.analysis);
             if let Some((phase, reason)) = webhooks::what_happened(&earlier, r) {
-                webhooks::tell(&service, r, phase, reason, &self.config.analysis);
+                self.gate_hooks.tell(&service, r, phase, reason, &self.config.analysis);
             }
             // A new gate is saved at once (its wait shows after a restart).
             let gate_changed = earlier.awaiting.as_ref().map(|a| a.step) != r.awaiting.as_ref().map(|a| a.step);
@@ -908,7 +908,7 @@ impl<B: Backing> Agent<B> {
                     _ => None,
                 };
                 if let Some(phase) = phase {
-                    webhooks::tell(&service, r, phase, message.clone(), &self.config.analysis);
+                    self.gate_hooks.tell(&service, r, phase, message.clone(), &self.config.analysis);
                 }
             }
         }

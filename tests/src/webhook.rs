@@ -94,6 +94,11 @@ impl HookServer {
         self.answers.lock().expect("answers").insert(path.to_owned(), status);
     }
 
+    /// Every call so far, in the order they came.
+    pub fn all_calls(&self) -> Vec<Call> {
+        self.calls.lock().expect("calls").clone()
+    }
+
     /// Every call to `path` so far.
     pub fn calls(&self, path: &str) -> Vec<Call> {
         self.calls.lock().expect("calls").iter().filter(|c| c.path == path).cloned().collect()

@@ -184,9 +184,16 @@ fn webhooks_hold_gate_and_hear_a_rollout_and_approve_answers_the_promotion_by_ha
                 c.body["phase"].as_str().unwrap_or("").to_owned()
             })
             .collect();
-        for phase in ["started", "step", "waiting", "approved", "promoted"] {
-            assert!(phases.iter().any(|p| p == phase), "no {phase} event in {phases:?}\n{}", agent.log());
-        }
+        assert_eq!(phases, ["started", "step", "waiting", "approved", "step", "promoted"], "{}", agent.log());
+        let steps: Vec<_> =
+            events.calls("/events").iter().map(|c| (c.body["step"].clone(), c.body["weight"].clone())).collect();
+        assert_eq!(steps[1], (serde_json::json!(1), serde_json::json!(50)), "{steps:?}");
+        assert_eq!(steps[5], (serde_json::json!(2), serde_json::json!(100)), "{steps:?}");
+        // The gates were asked in order: every pre-rollout call before the later gates'.
+        let order: Vec<String> = hooks.all_calls().into_iter().map(|c| c.path).filter(|p| p != "/broken").collect();
+        let first_gate = order.iter().position(|p| p != "/start").expect("the later gates asked");
+        assert!(order[..first_gate].iter().all(|p| p == "/start"), "{order:?}");
+        assert!(order[first_gate..].iter().all(|p| p != "/start"), "{order:?}");
         assert!(!hooks.calls("/broken").is_empty() && agent.log().contains("event webhook failed"), "{}", agent.log());
 
         // A confirm-step that keeps saying no: rolled back past --max-wait.

@@ -1,7 +1,8 @@
 //! Rollout webhooks for the agent's loop: asks the hooks of the gate a
 //! rollout waits at (on their own task, off the loop), keeps their answers
 //! for that gate and asks again while any says no; and tells event hooks
-//! what happened (never waited for, never changing the rollout).
+//! what happened, in order, from one task of their own (never waited for,
+//! never changing the rollout).
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -11,13 +12,15 @@ use std::{
 use splitter_model::{
     analysis::Analysis,
     rollout::{Rollout, State},
-    webhook::{Answer, Kind, Payload},
+    webhook::{Answer, Kind, Payload, Webhook},
 };
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 /// How soon a gate whose hooks said no is asked again.
 const RETRY: Duration = Duration::from_secs(2);
+/// Events waiting for their hooks; beyond this they are dropped (logged).
+const EVENT_QUEUE: usize = 1024;
 
 /// Which gate of which rollout answers are for: the step it opens and the
 /// counts the step started from (a new rollout starts from others).
@@ -45,6 +48,8 @@ pub(super) struct Hooks {
     held: BTreeMap<String, (GateKey, BTreeMap<String, Answer>, Instant)>,
     asking: BTreeSet<String>,
     tx: mpsc::UnboundedSender<Done>,
+    /// To the task that calls event hooks, one event after the other.
+    events: mpsc::Sender<(Vec<(String, Webhook)>, Payload)>,
 }
 
 /// What a hook is sent about `r` of `service`: `phase`, `reason`, and the
@@ -63,9 +68,28 @@ fn payload(service: &str, r: &Rollout, step: usize, phase: &str, reason: String)
 }
 
 impl Hooks {
+    /// The gates' asker, and the task that delivers events (it ends with
+    /// the agent's runtime).
     pub fn new() -> (Hooks, mpsc::UnboundedReceiver<Done>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        (Hooks { held: BTreeMap::new(), asking: BTreeSet::new(), tx }, rx)
+        let (events, mut queue) = mpsc::channel::<(Vec<(String, Webhook)>, Payload)>(EVENT_QUEUE);
+        tokio::spawn(async move {
+            while let Some((hooks, p)) = queue.recv().await {
+                for (name, hook) in hooks {
+                    let a = crate::analysis::webhook::call(&name, &hook, &p).await;
+                    if !a.ok {
+                        warn!(
+                            service = p.service,
+                            webhook = name,
+                            phase = p.phase,
+                            answer = a.why,
+                            "event webhook failed"
+                        );
+                    }
+                }
+            }
+        });
+        (Hooks { held: BTreeMap::new(), asking: BTreeSet::new(), tx, events }, rx)
     }
 
     /// The answers held for the gate `service`'s rollout waits at.
@@ -160,27 +184,28 @@ pub(super) fn what_happened(before: &Rollout, after: &Rollout) -> Option<(&'stat
     })
 }
 
-/// Tells `r`'s event hooks (of `config`) that `phase` happened, with a
-/// Slack-compatible `text`; on their own task: a failing one is logged.
-pub(super) fn tell(service: &str, r: &Rollout, phase: &str, reason: String, config: &Analysis) {
-    let hooks: Vec<_> = r
-        .hooks
-        .iter()
-        .filter(|(_, k)| **k == Kind::Event)
-        .filter_map(|(name, _)| Some((name.clone(), config.webhooks.get(name)?.clone())))
-        .collect();
-    if hooks.is_empty() {
-        return;
-    }
-    let mut p = payload(service, r, r.step, phase, reason);
-    p.weight = r.percent();
-    p.text = Some(format!("splitter: {service}: rollout of {} {phase}: {}", p.canary, p.reason));
-    tokio::spawn(async move {
-        for (name, hook) in hooks {
-            let a = crate::analysis::webhook::call(&name, &hook, &p).await;
-            if !a.ok {
-                warn!(service = p.service, webhook = name, phase = p.phase, answer = a.why, "event webhook failed");
-            }
+impl Hooks {
+    /// Tells `r`'s event hooks (of `config`) that `phase` happened, with a
+    /// Slack-compatible `text`, after the events before it; a failing hook
+    /// is logged.
+    pub fn tell(&self, service: &str, r: &Rollout, phase: &str, reason: String, config: &Analysis) {
+        let hooks: Vec<_> = r
+            .hooks
+            .iter()
+            .filter(|(_, k)| **k == Kind::Event)
+            .filter_map(|(name, _)| Some((name.clone(), config.webhooks.get(name)?.clone())))
+            .collect();
+        if hooks.is_empty() {
+            return;
         }
-    });
+        let mut p = payload(service, r, r.step, phase, reason);
+        p.weight = r.percent();
+        p.text = Some(format!("splitter: {service}: rollout of {} {phase}: {}", p.canary, p.reason));
+        if self.events.try_send((hooks, p)).is_err() {
+            warn!(
+                service,
+                phase, "event webhooks: {EVENT_QUEUE} events already wait for their hooks; this one is dropped"
+            );
+        }
+    }
 }
