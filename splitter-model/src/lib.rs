@@ -16,6 +16,7 @@ pub mod health;
 pub mod latency;
 pub mod observe;
 pub mod plan;
+pub mod report;
 pub mod rollout;
 pub mod runtime;
 pub mod webhook;

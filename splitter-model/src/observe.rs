@@ -16,14 +16,19 @@ use crate::latency::LatencySnapshot;
 pub const SAMPLE_EVERY: Duration = Duration::from_secs(5);
 /// The window `status` shows.
 pub const STATUS_WINDOW: Duration = Duration::from_secs(60);
-/// The longest window an analysis reads (`GET /v1/services/NAME/analysis`):
-/// what the agent keeps of its samples.
-pub const MAX_WINDOW: Duration = Duration::from_secs(600);
-/// Older than [`STATUS_WINDOW`], one sample in this long is kept: a long
-/// window's span may fall short of it by up to this much, and ten minutes
-/// of samples (every service, every version) cost a third of what every 5 s
-/// sample would.
+/// The longest window an analysis reads (`GET /v1/services/NAME/analysis`,
+/// `splitter report --since`): what the agent keeps of its samples.
+pub const MAX_WINDOW: Duration = Duration::from_secs(3600);
+/// Older than [`STATUS_WINDOW`] (and up to [`COARSE_UNTIL`]), one sample in
+/// this long is kept: such a window's span may fall short of it by up to
+/// this much, and ten minutes of samples (every service, every version)
+/// cost a third of what every 5 s sample would.
 pub const COARSE_EVERY: Duration = Duration::from_secs(30);
+/// How far back samples are [`COARSE_EVERY`] apart.
+pub const COARSE_UNTIL: Duration = Duration::from_secs(600);
+/// Older than [`COARSE_UNTIL`], one sample in this long is kept (an hour
+/// costs ten more samples).
+pub const SPARSE_EVERY: Duration = Duration::from_secs(300);
 
 /// Cumulative counts of one version (or their difference over a window).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -74,7 +79,8 @@ impl VersionSample {
 pub type Counts = BTreeMap<String, BTreeMap<String, VersionSample>>;
 
 /// Samples over the last `keep`: every one over the last [`STATUS_WINDOW`],
-/// one per [`COARSE_EVERY`] before that.
+/// one per [`COARSE_EVERY`] before that back to [`COARSE_UNTIL`], and one
+/// per [`SPARSE_EVERY`] beyond.
 #[derive(Debug)]
 pub struct History {
     samples: VecDeque<(Instant, Counts)>,
@@ -92,10 +98,12 @@ impl History {
         self.samples.push_back((at, counts));
         let mut kept: Option<Instant> = None;
         self.samples.retain(|(t, _)| {
-            if at.duration_since(*t) <= STATUS_WINDOW {
+            let age = at.duration_since(*t);
+            if age <= STATUS_WINDOW {
                 return true;
             }
-            let keep = kept.is_none_or(|k| t.duration_since(k) >= COARSE_EVERY);
+            let every = if age <= COARSE_UNTIL { COARSE_EVERY } else { SPARSE_EVERY };
+            let keep = kept.is_none_or(|k| t.duration_since(k) >= every);
             if keep {
                 kept = Some(*t);
             }
@@ -286,22 +294,31 @@ mod tests {
     }
 
     #[test]
-    fn beyond_a_minute_one_sample_per_30_s_is_kept_and_long_windows_still_answer() {
+    fn beyond_a_minute_one_sample_per_30_s_is_kept_beyond_ten_one_per_5_min_and_long_windows_still_answer() {
         let t0 = Instant::now();
         let mut h = History::new(MAX_WINDOW);
-        for i in 0..300u64 {
+        let n = 2 * 3600 / 5;
+        for i in 0..n {
             h.push(t0 + Duration::from_secs(5 * i), counts(&[("blue", i)]));
         }
-        // 12 fine samples in the last minute, ~19 coarse ones before, and the one at the edge.
-        assert!(h.samples.len() <= 34, "{} samples kept", h.samples.len());
-        let now = t0 + Duration::from_secs(5 * 299);
-        for window in [60u64, 120, 300, 600] {
-            let (span, d) = h.window(now, &counts(&[("blue", 299)]), Duration::from_secs(window)).unwrap();
+        // 12 fine samples in the last minute, ~18 coarse ones to ten
+        // minutes, ~10 sparse ones to the hour, and the one at the edge.
+        assert!(h.samples.len() <= 44, "{} samples kept", h.samples.len());
+        let now = t0 + Duration::from_secs(5 * (n - 1));
+        let current = counts(&[("blue", n - 1)]);
+        for (window, every) in [
+            (60u64, COARSE_EVERY),
+            (120, COARSE_EVERY),
+            (600, COARSE_EVERY),
+            (1800, SPARSE_EVERY),
+            (3600, SPARSE_EVERY),
+        ] {
+            let (span, d) = h.window(now, &current, Duration::from_secs(window)).unwrap();
             let short = Duration::from_secs(window) - span;
-            assert!(short <= COARSE_EVERY, "window {window}s: span {span:?}");
+            assert!(short <= every, "window {window}s: span {span:?}");
             assert_eq!(d["shop"]["blue"].placed, span.as_secs() / 5, "window {window}s");
         }
-        let (span, _) = h.window(now, &counts(&[("blue", 299)]), Duration::from_secs(60)).unwrap();
+        let (span, _) = h.window(now, &current, Duration::from_secs(60)).unwrap();
         assert_eq!(span, Duration::from_secs(60), "the last minute is exact");
     }
 }

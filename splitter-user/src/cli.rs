@@ -54,6 +54,10 @@ pub enum Command {
     /// Show how an l7 service's mirror answers compare with the primary's:
     /// counts and the latest differences.
     Diffs(DiffsArgs),
+    /// Compare SERVICE's versions over a recent window: traffic, error rates
+    /// (with a two-proportion z-test), latency, mirror differences, and each
+    /// analysis metric per version.
+    Report(ReportArgs),
     /// Remove the data path: detach XDP and TC from every interface and unpin
     /// the programs and maps (through the running agent, which then exits, or
     /// directly from the pins when no agent runs). Persisted runtime weights
@@ -202,6 +206,24 @@ pub struct DiffsArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// Service name, as in the config file.
+    pub service: String,
+    /// The window: 1s to 1h (what the agent keeps), e.g. 10m.
+    #[arg(long, value_name = "DURATION", value_parser = parse_since, default_value = "1h")]
+    pub since: Duration,
+    /// The version the others are compared with (default: the one with the
+    /// most traffic in the window).
+    #[arg(long, value_name = "VERSION")]
+    pub baseline: Option<String>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub target: AgentTarget,
+}
+
+#[derive(Debug, Args)]
 pub struct MirrorArgs {
     /// Service name (mode l4), as in the config file.
     pub service: String,
@@ -332,6 +354,11 @@ pub fn parse_interval(s: &str) -> Result<Duration, String> {
 /// `--max-p99`: the p99 gate, 1ms to 1h.
 pub fn parse_max_p99(s: &str) -> Result<Duration, String> {
     parse_duration_ms(s, splitter_model::rollout::MAX_P99_MS)
+}
+
+/// `report --since`: 1s to what the agent keeps of its samples (1h).
+pub fn parse_since(s: &str) -> Result<Duration, String> {
+    parse_duration_ms(s, 1_000..=splitter_model::observe::MAX_WINDOW.as_millis() as u64)
 }
 
 /// `--max-wait`: how long a step waits for traffic, 0s to 30d.

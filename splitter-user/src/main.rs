@@ -8,7 +8,7 @@ use clap::Parser as _;
 use splitter_model::config::{Config, DEFAULT_PIN_PATH, DEFAULT_SOCKET};
 use splitter_user::{
     agent::{self, RunOptions},
-    cli::{AgentTarget, Cli, Command, DiffsArgs, EtcdArgs, RolloutArgs, StatusArgs},
+    cli::{AgentTarget, Cli, Command, DiffsArgs, EtcdArgs, ReportArgs, RolloutArgs, StatusArgs},
     config_file::ConfigFile as _,
     control::{ControlError, Request},
 };
@@ -140,6 +140,7 @@ fn dispatch(command: Command) -> Result<()> {
         Command::Down(target) => down(&target),
         Command::Rollout(args) => rollout(args),
         Command::Diffs(args) => diffs(&args),
+        Command::Report(args) => report(&args),
     }
 }
 
@@ -237,6 +238,55 @@ fn diffs(args: &DiffsArgs) -> Result<()> {
     );
     for s in report.samples.iter().rev() {
         println!("  {}  primary {} / shadow {}  {}", s.request, s.primary_status, s.shadow_status, s.diff);
+    }
+    Ok(())
+}
+
+/// `splitter report SERVICE`: the agent's numbers per version over the
+/// window, and each analysis metric asked of Prometheus per version.
+fn report(args: &ReportArgs) -> Result<()> {
+    use splitter_model::report;
+    let socket = socket_of(&args.target)?;
+    let ask = |req: &Request| -> Result<splitter_user::control::Response> {
+        let r = splitter_user::control::request(&socket, req)?;
+        if !r.ok {
+            bail!("{}", r.message);
+        }
+        Ok(r)
+    };
+    let window_secs = args.since.as_secs();
+    let analysis = ask(&Request::Analysis { service: args.service.clone(), window_secs })?
+        .analysis
+        .context("the agent sent no analysis")?;
+    let baseline = match &args.baseline {
+        Some(b) => b.clone(),
+        None => report::pick_baseline(&analysis).context("the service has no versions")?,
+    };
+    // The analysis metrics of the config the agent runs (or --config's).
+    let config_path = match &args.target.config {
+        Some(path) => path.clone(),
+        None => ask(&Request::Status)?.agent.context("the agent sent no status")?.config,
+    };
+    let config = Config::load(&config_path)?;
+    let versions: Vec<String> = analysis.versions.keys().cloned().collect();
+    let values = if config.analysis.metrics.is_empty() {
+        Default::default()
+    } else {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        rt.block_on(splitter_user::analysis::per_version(
+            &config.analysis,
+            &args.service,
+            &versions,
+            &baseline,
+            args.since,
+        ))
+    };
+    let r = report::build(&analysis, &baseline, window_secs, &config.analysis.metrics, &values)
+        .map_err(anyhow::Error::msg)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        print!("{}", r.render());
     }
     Ok(())
 }

@@ -162,7 +162,7 @@ fn the_http_api_needs_the_token_and_does_what_the_socket_does() {
         ("POST", "/v1/services/api/mirror", r#"{"mirror": null}"#, 409, "l4"),
         ("POST", "/v1/services/api/weights", r#"{"weights": {"v2": "lots"}}"#, 400, "VERSION"),
         ("POST", "/v1/services/api/rollout", r#"{"action": "fly"}"#, 400, "pause"),
-        ("GET", "/v1/services/api/analysis?window=2h", "", 400, "600s"),
+        ("GET", "/v1/services/api/analysis?window=2h", "", 400, "3600s"),
         ("GET", "/v1/nothing", "", 404, "no such route"),
         ("GET", "/v1/services/api/weights", "", 405, "POST"),
     ];

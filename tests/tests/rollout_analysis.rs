@@ -15,11 +15,11 @@ use std::{
 use splitter_model::rollout::{Rollout, State};
 use splitter_testkit::{
     config::Service,
-    http::{get, serve_http, Client},
+    http::{get, serve_http, serve_http_failing, Client},
     topology::{vip, Topology},
 };
 use splitter_tests::{
-    agent::Agent,
+    agent::{splitter_bin, Agent},
     netns::topology,
     prometheus::{KpiExporter, Prometheus},
 };
@@ -53,14 +53,17 @@ fn setup(canary_kpi: f64) -> Setup {
         assert!(start.elapsed() < Duration::from_secs(15), "no scrape in 15 s: {}", prometheus.log());
         std::thread::sleep(Duration::from_millis(200));
     }
+    let config = config(Service::l7(vip(8080)).on_blue("v1", 8081).on_green("v2", 8081).weights(&[("v1", 100)]));
+    let agent = Agent::start(&topo.lb, &config);
+    Setup { topo, agent, prometheus, kpi }
+}
+
+/// The agent's config: `api` and `analysis.metrics.conversion`.
+fn config(api: Service) -> String {
     let analysis = format!(
         "analysis:\n  prometheus: {{ url: \"http://{PROMETHEUS}\", timeout: 2s }}\n  metrics:\n    conversion:\n      query: '{KPI}{{version=\"{{{{canary}}}}\"}}'\n      min: 0.02\n      baseline: {{ max_drop: 50% }}"
     );
-    let config = Topology::config()
-        .setting(&analysis)
-        .service("api", Service::l7(vip(8080)).on_blue("v1", 8081).on_green("v2", 8081).weights(&[("v1", 100)]));
-    let agent = Agent::start(&topo.lb, &config.to_string());
-    Setup { topo, agent, prometheus, kpi }
+    Topology::config().setting(&analysis).service("api", api).to_string()
 }
 
 /// Runs `splitter rollout api --to v2 ... ARGS` (following it) while l7
@@ -164,4 +167,68 @@ fn with_prometheus_gone_mid_rollout_the_step_is_inconclusive_then_rolled_back() 
     assert!(matches!(r.state, State::RolledBack { .. }) && r.step == 1, "{r:?}");
     assert_eq!(s.agent.info().unwrap().weights["api"], [("v1".to_owned(), 100), ("v2".to_owned(), 0)].into());
     assert!(s.agent.log().contains("rollout analysis: inconclusive"), "{}", s.agent.log());
+}
+
+#[test]
+fn the_report_sets_each_version_against_the_baseline_with_a_z_test_and_each_kpi() {
+    let s = setup(0.04);
+    serve_http_failing(&s.topo.green, 8083, "bad").unwrap();
+    let api = Service::l7(vip(8080)).on_blue("v1", 8081).on_green("v2", 8081).on_green("bad", 8083).weights(&[
+        ("v1", 50),
+        ("v2", 30),
+        ("bad", 20),
+    ]);
+    assert!(s.agent.reload_with(&config(api)).contains("reloaded"), "{}", s.agent.log());
+    let client = Client::new(&s.topo.client);
+    let answers = client.send_all(&s.topo.client, (0..400).map(|_| get(vip(8080), "/", &[])).collect(), 8, false);
+    let sent = answers.iter().filter(|a| a.is_ok()).count() as u64;
+    let report = |args: &[&str]| {
+        // On the agent's host (its namespace), where Prometheus is.
+        let out = s
+            .topo
+            .lb
+            .command(splitter_bin())
+            .args(["report", "api", "--since", "10m"])
+            .args(args)
+            .arg("--socket")
+            .arg(&s.agent.control_socket)
+            .output()
+            .expect("splitter report");
+        assert!(out.status.success(), "{}\n{}", text(&out), s.agent.log());
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let r: splitter_model::report::Report = serde_json::from_str(&report(&["--json"])).expect("the report's JSON");
+    assert_eq!(r.baseline, "v1", "the busiest version");
+    let requests: u64 = r.versions.values().map(|v| v.requests.unwrap_or(0)).sum();
+    assert_eq!(requests, sent, "every request answered is counted once: {r:?}");
+    let bad = &r.versions["bad"];
+    assert!(bad.requests.unwrap() > 20 && bad.errors == bad.requests.unwrap(), "{bad:?}");
+    let t = r.error_rates.iter().find(|t| t.version == "bad").expect("bad against v1");
+    assert_eq!((t.events, t.trials, t.baseline_events), (bad.errors, bad.requests.unwrap(), 0));
+    assert_eq!(t.baseline_trials, r.versions["v1"].requests.unwrap());
+    assert_eq!(t.significant, Some(true), "{t:?}");
+    assert!(t.p_value.unwrap() < 1e-6, "{t:?}");
+    let t = r.error_rates.iter().find(|t| t.version == "v2").expect("v2 against v1");
+    assert_eq!((t.significant, t.why.as_str()), (None, "no errors on either side"), "{t:?}");
+    // The KPI per version, from Prometheus.
+    let kpi = &r.metrics["conversion"].values;
+    assert_eq!((kpi["v1"].value, kpi["v2"].value), (Some(0.05), Some(0.04)));
+    assert!((kpi["v2"].change.unwrap() + 0.2).abs() < 1e-9, "{kpi:?}");
+    assert!(kpi["bad"].value.is_none() && kpi["bad"].why.contains("no series"), "{kpi:?}");
+    let shown = report(&[]);
+    println!("{shown}");
+    assert!(
+        shown.contains("error rate, bad against v1: 100.00% vs 0.00%") && shown.contains("SIGNIFICANT at 5%"),
+        "{shown}"
+    );
+    assert!(shown.contains("metric conversion (min 0.02, at most 50% below the baseline): bad none"), "{shown}");
+    // A baseline the service does not have is refused.
+    let out = s
+        .agent
+        .cli()
+        .args(["report", "api", "--baseline", "red", "--socket"])
+        .arg(&s.agent.control_socket)
+        .output()
+        .unwrap();
+    assert!(!out.status.success() && text(&out).contains("no version \"red\""), "{}", text(&out));
 }

@@ -1,7 +1,8 @@
 //! The gatherer of release analysis (`analysis:`): asks Prometheus each of
 //! a rollout step's metrics, rendered for the step, and judges the answers
 //! (`splitter_model::analysis::judge`); the agent hands the verdicts to the
-//! rollout with its own counts.
+//! rollout with its own counts. `splitter report` asks each metric per
+//! version.
 
 pub mod http;
 pub mod prometheus;
@@ -40,6 +41,45 @@ pub async fn evaluate(config: &Analysis, names: &[String], vars: &Vars) -> BTree
             }
         };
         out.insert(name.clone(), judged);
+    }
+    out
+}
+
+/// Every metric of `config` for each of `versions` of `service` (as the
+/// canary, `baseline` as the baseline, over `since`): metric → version →
+/// its value or why there is none.
+pub async fn per_version(
+    config: &Analysis,
+    service: &str,
+    versions: &[String],
+    baseline: &str,
+    since: std::time::Duration,
+) -> BTreeMap<String, BTreeMap<String, Result<f64, String>>> {
+    let client = match &config.prometheus {
+        Some(p) => prometheus::Client::new(p),
+        None => Err("analysis.prometheus is not configured".into()),
+    };
+    let mut out = BTreeMap::new();
+    for (name, metric) in &config.metrics {
+        let mut row = BTreeMap::new();
+        for version in versions {
+            let vars = Vars {
+                service: service.to_owned(),
+                canary: version.clone(),
+                baseline: baseline.to_owned(),
+                step: 0,
+                interval: since,
+            };
+            let value = match &client {
+                Ok(c) => match render(&metric.query, &vars) {
+                    Ok(q) => c.value(&q).await,
+                    Err(e) => Err(e),
+                },
+                Err(why) => Err(why.clone()),
+            };
+            row.insert(version.clone(), value);
+        }
+        out.insert(name.clone(), row);
     }
     out
 }

@@ -314,8 +314,8 @@ mod tests {
         assert!(e.to_string().contains("unknown field"), "{e}");
         for (query, says) in [
             ("window=soon", "not a duration"),
-            ("window=0s", "from 1s to 600s"),
-            ("window=1h", "from 1s to 600s"),
+            ("window=0s", "from 1s to 3600s"),
+            ("window=2h", "from 1s to 3600s"),
             ("window=1500ms", "whole seconds"),
             ("step=2", "unknown query parameter \"step\""),
         ] {
