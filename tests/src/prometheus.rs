@@ -29,6 +29,17 @@ impl Prometheus {
     /// Prometheus in `ns` on `listen`, scraping `targets` every second;
     /// returns once it answers `/-/ready` (15 s at most, else panics).
     pub fn start(ns: &NetNs, listen: SocketAddr, targets: &[SocketAddr]) -> Prometheus {
+        Prometheus::start_with(ns, listen, targets, None)
+    }
+
+    /// [`Prometheus::start`] serving HTTPS with `tls` (certificate and key
+    /// files) when given; then ready once its log says so.
+    pub fn start_with(
+        ns: &NetNs,
+        listen: SocketAddr,
+        targets: &[SocketAddr],
+        tls: Option<(&std::path::Path, &std::path::Path)>,
+    ) -> Prometheus {
         assert!(
             std::path::Path::new("/usr/bin/prometheus").exists(),
             "prometheus is not installed: the release-analysis tests need Debian's prometheus (`cargo xtask bootstrap` installs it)"
@@ -41,8 +52,13 @@ impl Prometheus {
             targets.join(", ")
         );
         std::fs::write(dir.join("prometheus.yml"), config).expect("prometheus.yml");
-        let child = ns
-            .command("/usr/bin/prometheus")
+        let mut cmd = ns.command("/usr/bin/prometheus");
+        if let Some((cert, key)) = tls {
+            let web = format!("tls_server_config:\n  cert_file: {}\n  key_file: {}\n", cert.display(), key.display());
+            std::fs::write(dir.join("web.yml"), web).expect("web.yml");
+            cmd.arg(format!("--web.config.file={}", dir.join("web.yml").display()));
+        }
+        let child = cmd
             .arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
             .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
             .arg(format!("--web.listen-address={listen}"))
@@ -52,7 +68,11 @@ impl Prometheus {
             .unwrap_or_else(|e| panic!("starting prometheus: {e}"));
         let p = Prometheus { child: Mutex::new(Some(child)), dir, listen };
         let start = Instant::now();
-        while get(ns, listen, "/-/ready").is_none_or(|(status, _)| status != 200) {
+        let ready = || match tls {
+            None => get(ns, listen, "/-/ready").is_some_and(|(status, _)| status == 200),
+            Some(_) => p.log().contains("Server is ready to receive web requests"),
+        };
+        while !ready() {
             let exited = p.child.lock().expect("child").as_mut().and_then(|c| c.try_wait().ok().flatten());
             if let Some(status) = exited {
                 panic!("prometheus exited at start ({status}): {}", p.log());

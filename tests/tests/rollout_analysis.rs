@@ -22,6 +22,7 @@ use splitter_tests::{
     agent::{splitter_bin, Agent},
     netns::topology,
     prometheus::{KpiExporter, Prometheus},
+    tls::Pki,
 };
 
 const PROMETHEUS: &str = "127.0.0.1:9090";
@@ -231,4 +232,77 @@ fn the_report_sets_each_version_against_the_baseline_with_a_z_test_and_each_kpi(
         .output()
         .unwrap();
     assert!(!out.status.success() && text(&out).contains("no version \"red\""), "{}", text(&out));
+}
+
+#[test]
+fn prometheus_over_https_is_verified_against_the_configured_ca() {
+    let topo = topology();
+    serve_http(&topo.blue, 8081, "v1").unwrap();
+    serve_http(&topo.green, 8081, "v2").unwrap();
+    topo.lb.ip(&["addr", "add", "203.0.113.10/32", "dev", "lo"]).expect("VIP on lo");
+    let kpi = KpiExporter::start(&topo.lb, EXPORTER.parse().unwrap(), KPI);
+    kpi.set("v1", 0.05);
+    kpi.set("v2", 0.04);
+    let pki = Pki::named("prometheus CA");
+    pki.write("prom", &pki.issue(&["127.0.0.1"], 1));
+    let (cert, key) = (pki.path("prom.pem"), pki.path("prom.key"));
+    let prometheus = Prometheus::start_with(&topo.lb, PROMETHEUS.parse().unwrap(), &[kpi.addr], Some((&cert, &key)));
+    let other = Pki::named("not Prometheus's CA");
+    let with_ca = |ca: &str| {
+        let analysis = format!(
+            "analysis:\n  prometheus: {{ url: \"https://{PROMETHEUS}\", timeout: 2s, ca: {ca} }}\n  metrics:\n    conversion:\n      query: '{KPI}{{version=\"{{{{canary}}}}\"}}'\n      min: 0.02"
+        );
+        let api = Service::l7(vip(8080)).on_blue("v1", 8081).on_green("v2", 8081).weights(&[("v1", 100)]);
+        Topology::config().setting(&analysis).service("api", api).to_string()
+    };
+    let agent = Agent::start(&topo.lb, &with_ca(&pki.ca_file()));
+    let report = |config: Option<&std::path::Path>| {
+        let mut cmd = topo.lb.command(splitter_bin());
+        cmd.args(["report", "api", "--since", "1m", "--json", "--socket"]).arg(&agent.control_socket);
+        if let Some(c) = config {
+            cmd.arg("--config").arg(c);
+        }
+        let out = cmd.output().expect("splitter report");
+        assert!(out.status.success(), "{}", text(&out));
+        let r: splitter_model::report::Report = serde_json::from_slice(&out.stdout).expect("JSON");
+        r.metrics["conversion"].values["v2"].clone()
+    };
+    // Trusted: the KPI arrives over TLS once scraped.
+    let start = Instant::now();
+    loop {
+        let v2 = report(None);
+        if v2.value == Some(0.04) {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "no KPI over https: {v2:?}\n{}", prometheus.log());
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // The agent judges a rollout on it over TLS too (with traffic to judge).
+    let stop = AtomicBool::new(false);
+    let out = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            let client = Client::new(&topo.client);
+            let start = Instant::now();
+            while !stop.load(Ordering::Relaxed) && start.elapsed() < Duration::from_secs(30) {
+                client.send_all(&topo.client, (0..10).map(|_| get(vip(8080), "/", &[])).collect(), 2, false);
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        let out = agent
+            .cli()
+            .args(["rollout", "api", "--to", "v2", "--steps", "100", "--interval", "1s", "--min-requests", "5"])
+            .args(["--max-wait", "20s", "--analysis", "conversion", "--socket"])
+            .arg(&agent.control_socket)
+            .output()
+            .unwrap();
+        stop.store(true, Ordering::Relaxed);
+        out
+    });
+    assert!(out.status.success() && text(&out).contains("promoted"), "{}\n{}", text(&out), agent.log());
+    // Another CA: no value, and the reason names the certificate.
+    let untrusting = agent.config_path.with_file_name("untrusting.yaml");
+    let mine = std::fs::read_to_string(&agent.config_path).unwrap();
+    std::fs::write(&untrusting, mine.replace(&pki.ca_file(), &other.ca_file())).unwrap();
+    let v2 = report(Some(&untrusting));
+    assert!(v2.value.is_none() && v2.why.to_lowercase().contains("certificate"), "{v2:?}");
 }
