@@ -68,6 +68,15 @@ fn dispatch(command: Command) -> Result<()> {
                     .l4_mirror()
                     .map_or(String::new(), |m| format!("; {}% of flows mirrored to {}", m.percent, m.interface));
                 println!("  {name}  {}/{} {}  {}{mirror}", svc.listen, svc.protocol, svc.mode, split.join(", "));
+                if let Some(r) = &svc.rollout {
+                    let steps: Vec<String> = r.steps.iter().map(|s| format!("{s}%")).collect();
+                    println!(
+                        "    rollout declared: to {} in steps {}, {} each (started when this declaration is new to the agent)",
+                        r.to,
+                        steps.join(" "),
+                        humantime::format_duration(r.interval)
+                    );
+                }
             }
             // Certificates read and matched with their keys, as run reads them.
             for (name, set) in splitter_user::l7::tls::load_all(&config)? {
