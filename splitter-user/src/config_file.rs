@@ -826,6 +826,30 @@ mod hostile_tests {
         }
         let e = err("interfaces: {clients: [eth0]}\nanalysis: { metrics: { c: { query: x, min: 1 } } }\n");
         assert!(e.contains("analysis.metrics: they need prometheus"), "{e}");
+        let hook = |h: &str| err(&format!("interfaces: {{clients: [eth0]}}\nanalysis:\n  webhooks:\n    gate: {h}\n"));
+        for (h, says) in [
+            ("{ kind: gate, url: \"http://h/\" }", "unknown variant `gate`"),
+            (
+                "{ kind: event, url: \"h:80/x\" }",
+                "analysis.webhooks.gate.url: \"h:80/x\" must start with http:// or https://",
+            ),
+            (
+                "{ kind: event, url: \"http://h/\", timeout: 1x }",
+                "analysis.webhooks.gate.timeout: \"1x\" is not a duration",
+            ),
+            ("{ kind: event, url: \"http://h/\", retries: 99 }", "analysis.webhooks.gate.retries: 99 is too many"),
+            (
+                "{ kind: event, url: \"http://h/\", ca: /ca.pem }",
+                "analysis.webhooks.gate.ca: \"/ca.pem\" is only for an https:// url",
+            ),
+        ] {
+            let e = hook(h);
+            assert!(e.contains(says), "{h}: {e}");
+        }
+        let e = err(
+            "interfaces: {clients: [eth0]}\nanalysis:\n  prometheus: { url: \"https://p:9090\", bearer_token_file: token }\n",
+        );
+        assert!(e.contains("analysis.prometheus.bearer_token_file: \"token\" is not an absolute path"), "{e}");
         let http = |h: &str| err(&format!("interfaces: {{clients: [eth0]}}\ncontrol: {{ http: {h} }}\n"));
         let e = http("{ listen: \"127.0.0.1:9191\", token_file: token }");
         assert!(e.contains("control.http.token_file: \"token\" is not an absolute path"), "{e}");
