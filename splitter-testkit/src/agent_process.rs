@@ -58,8 +58,8 @@ pub struct AgentProcess {
     dir: PathBuf,
     /// The agent's network namespace (`down` without the agent works there).
     netns: PathBuf,
-    /// The open-file limit the agent runs under (soft and hard), when set.
-    open_files: Option<u64>,
+    /// How the agent is started (limits, environment), each time.
+    launch: Launch,
     /// The agent a [`AgentProcess::replace`] stopped, while it drains.
     replaced: Option<Child>,
 }
@@ -97,7 +97,21 @@ impl AgentProcess {
         open_files: u64,
     ) -> Result<Self, AgentProcessError> {
         let (dir, pin_path) = unique_paths(prefix);
-        Self::start_inner(exe, ns, &dir, &pin_path, body, &[], Some(open_files))
+        Self::start_inner(exe, ns, &dir, &pin_path, body, &[], Launch { open_files: Some(open_files), env: Vec::new() })
+    }
+
+    /// [`AgentProcess::start_unique`] with `env` added to the agent's
+    /// environment (each start, restarts too).
+    pub fn start_unique_env(
+        exe: &Path,
+        ns: &NetNs,
+        prefix: &str,
+        body: &str,
+        env: &[(&str, &str)],
+    ) -> Result<Self, AgentProcessError> {
+        let (dir, pin_path) = unique_paths(prefix);
+        let env = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        Self::start_inner(exe, ns, &dir, &pin_path, body, &[], Launch { open_files: None, env })
     }
 
     /// [`AgentProcess::start`] with extra `splitter run` arguments.
@@ -109,7 +123,7 @@ impl AgentProcess {
         body: &str,
         args: &[&str],
     ) -> Result<Self, AgentProcessError> {
-        Self::start_inner(exe, ns, dir, pin_path, body, args, None)
+        Self::start_inner(exe, ns, dir, pin_path, body, args, Launch::default())
     }
 
     fn start_inner(
@@ -119,7 +133,7 @@ impl AgentProcess {
         pin_path: &Path,
         body: &str,
         args: &[&str],
-        open_files: Option<u64>,
+        launch: Launch,
     ) -> Result<Self, AgentProcessError> {
         let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
         fs::create_dir_all(dir)?;
@@ -141,7 +155,7 @@ impl AgentProcess {
         fs::write(&config_path, config)?;
         let log_path = dir.join("agent.log");
         let log = fs::File::create(&log_path)?;
-        let child = spawn(exe, ns, &config_path, &args, open_files, log)?;
+        let child = spawn(exe, ns, &config_path, &args, &launch, log)?;
         let mut agent = AgentProcess {
             child: Some(child),
             exe: exe.to_owned(),
@@ -152,7 +166,7 @@ impl AgentProcess {
             log_path,
             dir: dir.to_owned(),
             netns: ns.path(),
-            open_files,
+            launch,
             replaced: None,
         };
         agent.wait_ready(Duration::from_secs(20))?;
@@ -190,7 +204,7 @@ impl AgentProcess {
             return Err(AgentProcessError::Io(std::io::Error::other("the agent is still running")));
         }
         let log = fs::OpenOptions::new().append(true).open(&self.log_path)?;
-        self.child = Some(spawn(&self.exe, ns, &self.config_path, &self.args, self.open_files, log)?);
+        self.child = Some(spawn(&self.exe, ns, &self.config_path, &self.args, &self.launch, log)?);
         self.wait_ready(Duration::from_secs(20))
     }
 
@@ -203,7 +217,7 @@ impl AgentProcess {
         let _ = kill(Pid::from_raw(old.id() as i32), Signal::SIGTERM);
         self.replaced = Some(old);
         let log = fs::OpenOptions::new().append(true).open(&self.log_path)?;
-        self.child = Some(spawn(&self.exe, ns, &self.config_path, &self.args, self.open_files, log)?);
+        self.child = Some(spawn(&self.exe, ns, &self.config_path, &self.args, &self.launch, log)?);
         self.wait_ready(Duration::from_secs(20))
     }
 
@@ -327,6 +341,15 @@ fn wait_exit(mut child: Child, limit: Duration) -> Result<ExitStatus, AgentProce
 
 /// A private directory and pin path named `unique_name(prefix)`:
 /// `$TMPDIR/splitter-NAME` and `/sys/fs/bpf/NAME`.
+/// How an agent is started.
+#[derive(Clone, Debug, Default)]
+struct Launch {
+    /// The open-file limit it runs under (soft and hard), when set.
+    open_files: Option<u64>,
+    /// Added to its environment.
+    env: Vec<(String, String)>,
+}
+
 fn unique_paths(prefix: &str) -> (PathBuf, PathBuf) {
     let name = unique_name(prefix);
     (std::env::temp_dir().join(format!("splitter-{name}")), PathBuf::from("/sys/fs/bpf").join(&name))
@@ -337,10 +360,10 @@ fn spawn(
     ns: &NetNs,
     config_path: &Path,
     args: &[String],
-    open_files: Option<u64>,
+    launch: &Launch,
     log: fs::File,
 ) -> Result<Child, AgentProcessError> {
-    let mut cmd = match open_files {
+    let mut cmd = match launch.open_files {
         Some(n) => {
             let mut c = ns.command("prlimit");
             c.arg(format!("--nofile={n}:{n}")).arg("--").arg(exe);
@@ -353,6 +376,7 @@ fn spawn(
         .arg(config_path)
         .args(args)
         .env("SPLITTER_LOG", std::env::var("SPLITTER_LOG").unwrap_or_else(|_| "info".into()))
+        .envs(launch.env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)

@@ -35,6 +35,7 @@ mod measure;
 mod node;
 mod serving;
 mod standalone;
+mod systemd;
 mod webhooks;
 
 use self::{
@@ -224,6 +225,8 @@ struct Events {
     analysis: tokio::sync::mpsc::UnboundedReceiver<analysis::Done>,
     /// Rollout gates' webhooks, asked off the loop.
     hooks: tokio::sync::mpsc::UnboundedReceiver<webhooks::Done>,
+    /// systemd's watchdog, pinged from the loop (`WatchdogSec`).
+    watchdog: Option<tokio::time::Interval>,
 }
 
 /// Runs the agent until SIGINT/SIGTERM (it exits and the pinned data path
@@ -426,6 +429,7 @@ impl<B: Backing> Agent<B> {
             health_tick: tokio::time::interval(Duration::from_secs(1)),
             analysis: analysis_done,
             hooks: hooks_done,
+            watchdog: systemd::watchdog_every().map(tokio::time::interval),
         };
         // Every interval's first tick is now: skip it.
         events.stats.tick().await;
@@ -478,6 +482,7 @@ impl<B: Backing> Agent<B> {
     async fn serve(mut self, mut ev: Events) -> Result<(), AgentError> {
         let mut probes = Vec::new();
         let keeps_serving = "the data path keeps serving the last state from the pins; `splitter down` removes it";
+        systemd::ready(&format!("serving {} services", self.config.services.len()));
         let exit = loop {
             tokio::select! {
                 _ = ev.sigterm.recv() => { info!("SIGTERM: agent exiting; {keeps_serving}"); break Exit::Stop; }
@@ -538,8 +543,14 @@ impl<B: Backing> Agent<B> {
                     let _ = reply.send(self.on_scrape());
                 }
                 _ = ev.stats.tick() => self.on_stats_tick(ev.stats_every)?,
+                _ = async { ev.watchdog.as_mut().expect("guarded").tick().await }, if ev.watchdog.is_some() => systemd::watchdog(),
             }
         };
+        systemd::stopping(match exit {
+            Exit::Stop => "stopping; the data path keeps serving",
+            Exit::Down(_) => "removing the data path",
+            Exit::Handover(_) => "handing the l7 listeners over",
+        });
         self.stop(exit, ev).await
     }
 
@@ -725,7 +736,13 @@ impl<B: Backing> Agent<B> {
     /// Reloads the file and, when it is good, makes it the running config;
     /// otherwise the running configuration stays as it was.
     async fn on_reload(&mut self, why: &str) {
-        match self.reload().await {
+        systemd::reloading();
+        let outcome = self.reload().await;
+        systemd::ready(&match &outcome {
+            Ok(_) => format!("serving {} services (reloaded)", self.config.services.len()),
+            Err(_) => format!("serving {} services (the last reload was refused)", self.config.services.len()),
+        });
+        match outcome {
             Ok(plans) => {
                 info!(config = %self.opts.config_path.display(), "{why}: reloaded");
                 log_plans(&plans);

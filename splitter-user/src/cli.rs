@@ -69,6 +69,25 @@ pub enum Command {
     /// Only builds with the cargo feature `demo` have it (the shipped agent
     /// carries no test support); `cargo xtask demo` builds one and runs it.
     Demo(DemoArgs),
+    /// Print a shell completion script to stdout, e.g.
+    /// `splitter completions bash > /etc/bash_completion.d/splitter`.
+    Completions(CompletionsArgs),
+    /// Write the man pages (splitter.1 and one per command, splitter-run.1...)
+    /// into DIR: what the package installs.
+    #[command(hide = true)]
+    Manpages(ManpagesArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// bash, zsh, fish, elvish or powershell.
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Debug, Args)]
+pub struct ManpagesArgs {
+    /// The directory to write them into (created if missing).
+    pub dir: PathBuf,
 }
 
 #[derive(Debug, Args)]

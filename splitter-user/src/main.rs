@@ -131,6 +131,12 @@ fn dispatch(command: Command) -> Result<()> {
         }
         Command::Status(args) => status(args),
         Command::Demo(args) => Ok(splitter_user::demo::run(args.connections as usize)?),
+        Command::Completions(args) => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(args.shell, &mut cmd, "splitter", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Manpages(args) => manpages(&args.dir),
         Command::Weight(args) => {
             let weights = args.weights.into_iter().collect();
             control(&args.target, Request::Weight { service: args.service, weights })
@@ -298,6 +304,25 @@ fn report(args: &ReportArgs) -> Result<()> {
         print!("{}", r.render());
     }
     Ok(())
+}
+
+/// The man pages: `splitter.1`, and `splitter-COMMAND.1` for each visible
+/// command, rendered from the CLI's own definition (clap_mangen).
+fn manpages(dir: &std::path::Path) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut cmd = <Cli as clap::CommandFactory>::command();
+    cmd.build();
+    let write = |name: &str, page: clap::Command| -> Result<()> {
+        let mut text = Vec::new();
+        clap_mangen::Man::new(page).render(&mut text)?;
+        let path = dir.join(format!("{name}.1"));
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))
+    };
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set() && s.get_name() != "help") {
+        let name = format!("splitter-{}", sub.get_name());
+        write(&name, sub.clone().name(name.clone()))?;
+    }
+    write("splitter", cmd)
 }
 
 /// `splitter down`: through the agent when one listens, else from the pins.

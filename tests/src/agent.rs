@@ -67,6 +67,12 @@ impl Agent {
         Agent(AgentProcess::start_unique(&splitter_bin(), ns, "spt", body, &[]).unwrap_or_else(|e| panic!("{e}")))
     }
 
+    /// [`Agent::start`] with `env` added to the agent's environment.
+    pub fn start_env(ns: &NetNs, body: &str, env: &[(&str, &str)]) -> Agent {
+        crate::require_root("running the agent");
+        Agent(AgentProcess::start_unique_env(&splitter_bin(), ns, "spt", body, env).unwrap_or_else(|e| panic!("{e}")))
+    }
+
     /// [`Agent::start`] under an open-file limit of `open_files` (soft and
     /// hard: the agent cannot raise it), as systemd's default soft limit
     /// would leave an agent that did not raise its own.

@@ -18,7 +18,8 @@ const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 /// for the etcd client's generated gRPC code, then the test and demo tools
 /// (ip/netns, ethtool for veth GRO, nsenter, sysctl, etcd and etcdctl for the
 /// shared-store tests, openssl for their certificates, prometheus for the
-/// release-analysis tests).
+/// release-analysis tests, gzip for the package (dpkg-deb is Debian's own) and
+/// systemd's systemd-analyze to verify its unit).
 const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -34,6 +35,8 @@ const APT_PACKAGES: &[&str] = &[
     "etcd-client",
     "openssl",
     "prometheus",
+    "gzip",
+    "systemd",
 ];
 
 /// Peers the benchmarks measure against and their load generators (Debian
@@ -163,6 +166,9 @@ fn checks() -> Vec<Check> {
         Check::runs("etcdctl", &["version"], "Debian package etcd-client"),
         Check::runs("openssl", &["version"], "Debian package openssl"),
         Check::runs("prometheus", &["--version"], "Debian package prometheus"),
+        Check::runs("dpkg-deb", &["--version"], "Debian package dpkg"),
+        Check::runs("gzip", &["--version"], "Debian package gzip"),
+        Check::runs("systemd-analyze", &["--version"], "Debian package systemd"),
     ]
 }
 

@@ -5,6 +5,7 @@
 mod bootstrap;
 mod chart;
 mod fuzz;
+mod package;
 
 use std::process::Command;
 
@@ -68,6 +69,10 @@ enum Task {
         #[arg(long, default_value_t = 2)]
         minutes: u64,
     },
+    /// Build the Debian package (target/package/splitter_VERSION_ARCH.deb):
+    /// the release binary, the systemd unit, the default config, shell
+    /// completions and man pages.
+    Package,
     /// Bootstrap, build the release binary with the demo (cargo feature
     /// `demo`) and run `splitter demo` (needs root).
     Demo {
@@ -116,6 +121,10 @@ fn main() -> Result<()> {
             require_root("fuzzing (the packet target loads the XDP program)")?;
             fuzz::run(&fuzz::Options { seconds, sanitizer: &sanitizer, only: &targets })
         }
+        Task::Package => {
+            bootstrap::run()?;
+            package::run().map(drop)
+        }
         Task::Soak { minutes } => {
             bootstrap::run()?;
             soak(minutes)
@@ -147,6 +156,8 @@ fn test(args: &[String]) -> Result<()> {
     // need the binary, and the tests package turns on its `test-hooks`), so
     // that it is there whatever ARGS select and is not built twice.
     cargo(&["test", "--no-run"])?;
+    // The package test installs and removes the .deb this builds.
+    package::run()?;
     let mut cmd = vec!["test", "--no-fail-fast"];
     cmd.extend(args.iter().map(String::as_str));
     cargo(&cmd)
