@@ -29,9 +29,11 @@ mod analysis;
 mod backing;
 mod control_http;
 mod control_socket;
+mod dashboard;
 mod handover;
 mod health;
 mod measure;
+mod metrics_http;
 mod node;
 mod serving;
 mod standalone;
@@ -45,7 +47,7 @@ use self::{
 };
 use crate::{
     config_file::ConfigFile as _,
-    control::{Request, RequestError, Response},
+    control::{AgentInfo, Request, RequestError, Response},
     dataplane::{ensure_bpffs, AttachMode, Attached, Counters, Dataplane, DataplaneError, PinnedMaps},
     l7::L7,
     link_watch::{self, LinkAction, LinkEvent},
@@ -209,7 +211,8 @@ struct Events {
     kernel_log: Option<tokio::io::unix::AsyncFd<crate::dataplane::KernelLog>>,
     /// Interfaces created and deleted in the agent's namespace.
     links: Option<tokio::sync::mpsc::UnboundedReceiver<LinkEvent>>,
-    scrapes: tokio::sync::mpsc::Receiver<tokio::sync::oneshot::Sender<Scrape>>,
+    /// Requests on the metrics listener: scrapes and dashboard polls.
+    looks: tokio::sync::mpsc::Receiver<metrics_http::Look>,
     stats: tokio::time::Interval,
     stats_every: Duration,
     sweep: tokio::time::Interval,
@@ -401,7 +404,7 @@ impl<B: Backing> Agent<B> {
         let stats_every =
             if opts.stats_every.is_zero() { Duration::from_secs(365 * 24 * 3600) } else { opts.stats_every };
         let last_stats = dp.stats()?;
-        let (scrape_tx, scrapes) = tokio::sync::mpsc::channel(16);
+        let (looks_tx, looks) = tokio::sync::mpsc::channel(16);
         let (calls_tx, calls) = tokio::sync::mpsc::channel(8);
         let (step_analysis, analysis_done) = analysis::Steps::new();
         let (gate_hooks, hooks_done) = webhooks::Hooks::new();
@@ -417,7 +420,7 @@ impl<B: Backing> Agent<B> {
             reload_due: None,
             kernel_log,
             links,
-            scrapes,
+            looks,
             stats: tokio::time::interval(stats_every),
             stats_every,
             sweep: tokio::time::interval(Duration::from_secs(config.flow_aging.sweep_secs)),
@@ -470,10 +473,10 @@ impl<B: Backing> Agent<B> {
         agent.rebase_rollouts();
         match metrics_listener {
             Some(listener) => {
-                info!(listen = %listener.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string()), "metrics at /metrics");
-                agent.metrics_task = Some(tokio::spawn(crate::metrics::serve(listener, scrape_tx)));
+                info!(listen = %listener.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string()), "metrics at /metrics, the dashboard at /");
+                agent.metrics_task = Some(tokio::spawn(metrics_http::serve(listener, looks_tx)));
             }
-            None => drop(scrape_tx),
+            None => drop(looks_tx),
         }
         Ok((agent, events))
     }
@@ -539,9 +542,14 @@ impl<B: Backing> Agent<B> {
                 _ = ev.health_tick.tick() => self.on_health_tick(),
                 Some(done) = ev.analysis.recv() => self.step_analysis.done(done),
                 Some(done) = ev.hooks.recv() => self.gate_hooks.done(done),
-                Some(reply) = ev.scrapes.recv() => {
-                    let _ = reply.send(self.on_scrape());
-                }
+                Some(look) = ev.looks.recv() => match look {
+                    metrics_http::Look::Scrape(reply) => {
+                        let _ = reply.send(self.on_scrape());
+                    }
+                    metrics_http::Look::Dashboard(reply) => {
+                        let _ = reply.send((self.agent_info(), self.serving.l7.all_diffs()));
+                    }
+                },
                 _ = ev.stats.tick() => self.on_stats_tick(ev.stats_every)?,
                 _ = async { ev.watchdog.as_mut().expect("guarded").tick().await }, if ev.watchdog.is_some() => systemd::watchdog(),
             }
@@ -580,6 +588,11 @@ impl<B: Backing> Agent<B> {
     /// What `status` asks the agent: who it is, what it serves, the
     /// observed split.
     fn status(&self) -> Response {
+        Response { agent: Some(self.agent_info()), ..Response::ok("running".into()) }
+    }
+
+    /// Who is running and what it serves: what `status` answers.
+    fn agent_info(&self) -> AgentInfo {
         let now = self.counts(|_| true);
         let observed = self.history.window(Instant::now(), &now, observe::STATUS_WINDOW);
         let mut info = measure::agent_info(
@@ -593,7 +606,7 @@ impl<B: Backing> Agent<B> {
         info.cluster = self.backing.info();
         let (effective, _) = self.runtime.clone().effective(&self.config);
         info.health = self.health.report(&effective);
-        Response { agent: Some(info), ..Response::ok("running".into()) }
+        info
     }
 
     /// Applies one runtime change: the change, then the service's new

@@ -1,13 +1,13 @@
-//! Prometheus metrics: what the agent exposes on `metrics.listen` (GET
-//! /metrics, OpenMetrics text through the official `prometheus-client`
-//! encoder), the latency histograms the l7 proxy records, and windowed views
-//! of those (the observed split over the last minute, a p99 over a window).
+//! Prometheus metrics: what the agent exposes at GET /metrics on
+//! `metrics.listen` (served by `agent::metrics_http`; OpenMetrics text
+//! through the official `prometheus-client` encoder), the latency histograms
+//! the l7 proxy records, and windowed views of those (the observed split over the last minute, a p99 over a window).
 //!
 //! The agent loop owns every source (kernel maps, l7 counters, its own
 //! counters): a scrape asks it for a [`Scrape`], a plain snapshot, which is
 //! encoded off the loop.
 
-use std::{collections::BTreeMap, convert::Infallible, net::SocketAddr};
+use std::{collections::BTreeMap, net::SocketAddr};
 
 use prometheus_client::{
     encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet},
@@ -596,50 +596,6 @@ impl Scrape {
     }
 }
 
-/// Asks the agent loop for a scrape.
-pub type ScrapeRequests = tokio::sync::mpsc::Sender<tokio::sync::oneshot::Sender<Scrape>>;
-
-/// Serves GET /metrics on `listener` until the process exits; every scrape
-/// asks the agent loop (through `requests`) for a fresh snapshot.
-pub async fn serve(listener: tokio::net::TcpListener, requests: ScrapeRequests) {
-    use http_body_util::Full;
-    use hyper::{body::Bytes, Response, StatusCode};
-    loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
-        let requests = requests.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                let requests = requests.clone();
-                async move {
-                    let reply = |status, ctype: &str, body: String| {
-                        let mut r = Response::new(Full::new(Bytes::from(body)));
-                        *r.status_mut() = status;
-                        r.headers_mut().insert(http::header::CONTENT_TYPE, ctype.parse().expect("valid header"));
-                        Ok::<_, Infallible>(r)
-                    };
-                    let format =
-                        Format::negotiate(req.headers().get(http::header::ACCEPT).and_then(|a| a.to_str().ok()));
-                    if req.method() != http::Method::GET || req.uri().path() != "/metrics" {
-                        return reply(StatusCode::NOT_FOUND, "text/plain", "splitter serves GET /metrics\n".into());
-                    }
-                    let (tx, rx) = tokio::sync::oneshot::channel();
-                    let scrape = match requests.send(tx).await {
-                        Ok(()) => rx.await.ok(),
-                        Err(_) => None,
-                    };
-                    match scrape {
-                        Some(s) => reply(StatusCode::OK, format.content_type(), s.render(format)),
-                        None => reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "the agent is stopping\n".into()),
-                    }
-                }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                .await;
-        });
-    }
-}
-
 /// Binds the metrics listener (before anything else is started, so a busy
 /// address fails the start cleanly).
 pub fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
@@ -652,8 +608,8 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_scrape_renders_as_openmetrics_text() {
+    /// A scrape with a sample in every family.
+    fn full_scrape() -> Scrape {
         let mut scrape = Scrape::default();
         scrape.services.push(ServiceMetrics {
             name: "shop".into(),
@@ -696,6 +652,30 @@ mod tests {
             inconclusive: false,
         });
         scrape.rollouts.insert("shop".into(), rollout);
+        let mut counts = crate::l7::VersionCounts { requests: 4, responses_2xx: 3, ..Default::default() };
+        counts.grpc.insert(14, 1);
+        let api = &mut scrape.services[1];
+        api.versions.push(VersionMetrics {
+            name: "v1".into(),
+            weight: 1,
+            share: 1.0,
+            endpoints: Vec::new(),
+            l7: Some((counts, LatencySnapshot::default())),
+        });
+        api.l7_mirror = Some(crate::l7::mirror::MirrorCounts { compared: 3, differ: 1, ..Default::default() });
+        api.l7_mirror_version = Some("v1".into());
+        api.l7_connections = Some(crate::l7::ConnectionCounts::default());
+        api.l7_client_errors = Some(1);
+        scrape.active_flows.insert("shop".into(), 3);
+        scrape.flow_table = Some((3, 1024));
+        scrape.agent.control.insert(("weight", "ok"), 1);
+        scrape.agent.links.insert(("lb-blue".into(), "lost"), 1);
+        scrape
+    }
+
+    #[test]
+    fn a_scrape_renders_as_openmetrics_text() {
+        let scrape = full_scrape();
         let text = scrape.render(Format::OpenMetrics);
         for want in [
             "splitter_endpoint_up{service=\"shop\",version=\"blue\",endpoint=\"10.0.0.2:80\"} 0",
@@ -715,5 +695,185 @@ mod tests {
         assert_eq!(Format::negotiate(Some("application/openmetrics-text;version=1.0.0")), Format::OpenMetrics);
         assert_eq!(Format::negotiate(Some("text/plain")), Format::Prometheus);
         assert_eq!(Format::negotiate(None), Format::Prometheus);
+    }
+
+    /// Every metric name on a rendered scrape (Prometheus text: counters as
+    /// `_total`, histograms as `_bucket`/`_sum`/`_count`) and the label
+    /// names its samples carry.
+    fn exported(text: &str) -> BTreeMap<String, std::collections::BTreeSet<String>> {
+        let mut out: BTreeMap<String, std::collections::BTreeSet<String>> = BTreeMap::new();
+        for line in text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+            let name_end = line.find(['{', ' ']).expect("a sample line");
+            let labels = out.entry(line[..name_end].to_owned()).or_default();
+            if line[name_end..].starts_with('{') {
+                // key="value" pairs; values may hold escaped quotes and commas.
+                let mut rest = &line[name_end + 1..];
+                while let Some(eq) = rest.find("=\"") {
+                    labels.insert(rest[..eq].trim_start_matches(',').to_owned());
+                    let mut chars = rest[eq + 2..].char_indices();
+                    let mut close = None;
+                    while let Some((i, c)) = chars.next() {
+                        match c {
+                            '\\' => {
+                                chars.next();
+                            }
+                            '"' => {
+                                close = Some(eq + 2 + i + 1);
+                                break;
+                            }
+                            _ => {}
+                        }
+                    }
+                    rest = &rest[close.expect("a closed label value")..];
+                    if rest.starts_with('}') {
+                        break;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// What is wrong with `expr` against `exported`: unknown metrics, and
+    /// labels (matched, grouped by, matched on) none of its metrics carry.
+    /// Returns the metrics the expression reads.
+    fn check_promql(
+        expr: &promql_parser::parser::Expr,
+        exported: &BTreeMap<String, std::collections::BTreeSet<String>>,
+        problems: &mut Vec<String>,
+    ) -> Vec<String> {
+        use promql_parser::parser::{Expr, LabelModifier, VectorSelector};
+        let labels_of = |names: &[String]| -> std::collections::BTreeSet<String> {
+            names.iter().filter_map(|n| exported.get(n)).flatten().cloned().collect()
+        };
+        let selector = |vs: &VectorSelector, problems: &mut Vec<String>| {
+            let Some(name) = vs.name.clone() else {
+                problems.push(format!("{vs}: no metric name"));
+                return Vec::new();
+            };
+            match exported.get(&name) {
+                None => problems.push(format!("{name}: not a metric the agent exports")),
+                Some(labels) => {
+                    for m in vs.matchers.matchers.iter().filter(|m| m.name != "__name__") {
+                        if !labels.contains(&m.name) {
+                            problems.push(format!("{name}: no label {:?} (it has {labels:?})", m.name));
+                        }
+                    }
+                }
+            }
+            vec![name]
+        };
+        let grouped = |what: &str, modifier: Option<&LabelModifier>, names: &[String], problems: &mut Vec<String>| {
+            let have = labels_of(names);
+            for l in modifier.map(|m| m.labels().labels.clone()).unwrap_or_default() {
+                if !have.contains(&l) {
+                    problems.push(format!("{what} {l:?}: none of {names:?} has it"));
+                }
+            }
+        };
+        match expr {
+            Expr::VectorSelector(vs) => selector(vs, problems),
+            Expr::MatrixSelector(ms) => selector(&ms.vs, problems),
+            Expr::Aggregate(a) => {
+                let names = check_promql(&a.expr, exported, problems);
+                if let Some(p) = &a.param {
+                    check_promql(p, exported, problems);
+                }
+                grouped("by/without", a.modifier.as_ref(), &names, problems);
+                names
+            }
+            Expr::Binary(b) => {
+                let mut names = check_promql(&b.lhs, exported, problems);
+                names.extend(check_promql(&b.rhs, exported, problems));
+                if let Some(m) = &b.modifier {
+                    grouped("on/ignoring", m.matching.as_ref(), &names, problems);
+                    if let Some(extra) = m.card.labels() {
+                        grouped("group_left/right", Some(&LabelModifier::Include(extra.clone())), &names, problems);
+                    }
+                }
+                names
+            }
+            Expr::Call(c) => c.args.args.iter().flat_map(|a| check_promql(a, exported, problems)).collect(),
+            Expr::Paren(p) => check_promql(&p.expr, exported, problems),
+            Expr::Unary(u) => check_promql(&u.expr, exported, problems),
+            Expr::Subquery(q) => check_promql(&q.expr, exported, problems),
+            Expr::NumberLiteral(_) | Expr::StringLiteral(_) | Expr::Extension(_) => Vec::new(),
+        }
+    }
+
+    /// Every query string of a Grafana dashboard: panel targets' `expr`
+    /// and the template variables' queries.
+    fn grafana_queries(v: &serde_json::Value, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, v) in m {
+                    match (k.as_str(), v) {
+                        ("expr" | "definition", serde_json::Value::String(q)) => out.push(q.clone()),
+                        _ => grafana_queries(v, out),
+                    }
+                }
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|v| grafana_queries(v, out)),
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn the_grafana_dashboard_asks_only_for_metrics_and_labels_the_agent_exports() {
+        let exported = exported(&full_scrape().render(Format::Prometheus));
+        assert!(exported["splitter_request_duration_seconds_bucket"].contains("le"), "{exported:?}");
+        let dashboard: serde_json::Value = serde_json::from_str(include_str!("../../packaging/grafana-dashboard.json"))
+            .expect("the dashboard is JSON");
+        let mut queries = Vec::new();
+        grafana_queries(&dashboard, &mut queries);
+        assert!(queries.len() >= 10, "{queries:?}");
+        let mut problems = Vec::new();
+        let mut read = std::collections::BTreeSet::new();
+        for q in &queries {
+            // Grafana's variables, as Grafana would fill them in.
+            let promql = q.replace("$__rate_interval", "1m").replace("$service", ".*");
+            assert!(!promql.contains('$'), "an unknown Grafana variable in {q}");
+            // A variable's `label_values(METRIC, LABEL)` is Grafana's, not PromQL.
+            if let Some(args) = promql.strip_prefix("label_values(").and_then(|r| r.strip_suffix(')')) {
+                let (metric, label) = args.split_once(',').expect("label_values(METRIC, LABEL)");
+                let (metric, label) = (metric.trim(), label.trim());
+                if !exported.get(metric).is_some_and(|l| l.contains(label)) {
+                    problems.push(format!("{q}: {metric} has no label {label}"));
+                }
+                continue;
+            }
+            match promql_parser::parser::parse(&promql) {
+                Ok(expr) => read.extend(check_promql(&expr, &exported, &mut problems)),
+                Err(e) => problems.push(format!("{q}: not PromQL: {e}")),
+            }
+        }
+        assert!(
+            problems.is_empty(),
+            "the Grafana dashboard asks for what the agent does not export:\n{}",
+            problems.join("\n")
+        );
+        // The panels the dashboard promises read these.
+        for want in [
+            "splitter_version_share",
+            "splitter_endpoint_flows_total",
+            "splitter_requests_total",
+            "splitter_responses_total",
+            "splitter_request_duration_seconds_bucket",
+            "splitter_mirror_comparisons_total",
+            "splitter_rollout_percent",
+            "splitter_datapath_total",
+        ] {
+            assert!(read.contains(want), "no panel reads {want}: {read:?}");
+        }
+        // The check itself catches a wrong name and a wrong label.
+        for bad in [
+            "rate(splitter_nope_total[1m])",
+            "sum by (colour) (splitter_version_share)",
+            "splitter_version_share{colour=\"x\"}",
+        ] {
+            let mut p = Vec::new();
+            check_promql(&promql_parser::parser::parse(bad).unwrap(), &exported, &mut p);
+            assert!(!p.is_empty(), "{bad} passed");
+        }
     }
 }

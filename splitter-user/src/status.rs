@@ -302,7 +302,8 @@ impl ClusterReport {
     }
 }
 
-fn now_unix_ms() -> u64 {
+/// Milliseconds since the Unix epoch now.
+pub(crate) fn now_unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0))

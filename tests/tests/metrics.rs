@@ -74,6 +74,24 @@ fn value(s: &Scrape, metric: &str, labels: &[(&str, &str)]) -> f64 {
     hits[0]
 }
 
+/// One raw HTTP/1.1 exchange with the metrics listener from inside `ns`:
+/// the response head and body.
+fn exchange(ns: &NetNs, request: &str) -> (String, String) {
+    let addr: SocketAddr = METRICS.parse().unwrap();
+    let text = ns
+        .run(|| {
+            let mut s = TcpStream::connect_timeout(&addr, TIMEOUT)?;
+            s.set_read_timeout(Some(TIMEOUT))?;
+            s.write_all(request.as_bytes())?;
+            let mut out = String::new();
+            s.read_to_string(&mut out)?;
+            Ok::<_, std::io::Error>(out)
+        })
+        .expect("talking to the metrics listener");
+    let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP response");
+    (head.to_owned(), body.to_owned())
+}
+
 fn values(s: &Scrape, metric: &str, labels: &[(&str, &str)]) -> Vec<f64> {
     s.samples
         .iter()
@@ -95,7 +113,7 @@ fn metrics_match_the_traffic_the_test_sent() {
     serve_http(&topo.blue, 8081, "v1").unwrap();
     serve_http(&topo.green, 8081, "v2").unwrap();
     topo.lb.ip(&["addr", "add", "203.0.113.10/32", "dev", "lo"]).expect("VIP on lo");
-    let agent = Agent::start(&topo.lb, &config().to_string());
+    let mut agent = Agent::start(&topo.lb, &config().to_string());
 
     // L4: 300 connections; the client knows which version answered each.
     let vip: SocketAddr = "203.0.113.10:80".parse().unwrap();
@@ -180,4 +198,28 @@ fn metrics_match_the_traffic_the_test_sent() {
     // OpenMetrics when asked for it.
     let (ctype, _) = scrape(&topo.lb, Some("application/openmetrics-text; version=1.0.0"));
     assert!(ctype.starts_with("application/openmetrics-text"), "{ctype}");
+
+    // Beside /metrics: the dashboard, confined to its own script, and its
+    // data; anything else is refused, and nothing there changes the agent.
+    let ask = |req: &str| exchange(&topo.lb, &format!("{req}\r\nHost: splitter\r\nConnection: close\r\n\r\n"));
+    let (head, body) = ask("GET / HTTP/1.1");
+    assert!(head.starts_with("HTTP/1.1 200") && head.contains("text/html"), "{head}");
+    assert!(head.contains("content-security-policy: default-src 'none'; script-src 'self'"), "{head}");
+    assert!(body.contains("<script src=\"/dashboard.js\""), "{body}");
+    let (head, body) = ask("GET /dashboard.js HTTP/1.1");
+    assert!(head.starts_with("HTTP/1.1 200") && body.contains("/dashboard.json"), "{head}");
+    let (head, body) = ask("GET /dashboard.json HTTP/1.1");
+    assert!(head.starts_with("HTTP/1.1 200") && head.contains("application/json"), "{head}");
+    let view: serde_json::Value = serde_json::from_str(&body).expect("the dashboard's data is JSON");
+    let names: Vec<&str> = view["services"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["api", "shop"], "{view}");
+    let weights_before = agent.info().unwrap().weights;
+    let (head, _) = ask("POST /dashboard.json HTTP/1.1\r\nContent-Length: 0");
+    assert!(head.starts_with("HTTP/1.1 405") && head.contains("allow: GET"), "{head}");
+    let (head, body) = ask("GET /v1/status HTTP/1.1");
+    assert!(head.starts_with("HTTP/1.1 404") && body.contains("/metrics"), "{head}\n{body}");
+    let (head, _) = ask("GET /%zz HTTP/1.1\r\nX-Junk: \u{1}");
+    assert!(head.starts_with("HTTP/1.1 400"), "{head}");
+    assert_eq!(agent.info().unwrap().weights, weights_before, "the dashboard changes nothing");
+    assert!(agent.stop_ok(), "the agent kept running: {}", agent.log());
 }

@@ -57,6 +57,7 @@ fn the_package_holds_the_agent_its_unit_config_completions_and_man_pages_and_ins
         "./usr/share/zsh/vendor-completions/_splitter",
         "./usr/share/fish/vendor_completions.d/splitter.fish",
         "./usr/share/man/man1/splitter.1.gz",
+        "./usr/share/splitter/grafana-dashboard.json",
     ]
     .map(str::to_owned)
     .into();

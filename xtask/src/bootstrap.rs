@@ -18,8 +18,9 @@ const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 /// for the etcd client's generated gRPC code, then the test and demo tools
 /// (ip/netns, ethtool for veth GRO, nsenter, sysctl, etcd and etcdctl for the
 /// shared-store tests, openssl for their certificates, prometheus for the
-/// release-analysis tests, gzip for the package (dpkg-deb is Debian's own) and
-/// systemd's systemd-analyze to verify its unit).
+/// release-analysis tests, gzip for the package (dpkg-deb is Debian's own),
+/// systemd's systemd-analyze to verify its unit, and Chromium with its
+/// WebDriver server for the dashboard test).
 const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -37,6 +38,8 @@ const APT_PACKAGES: &[&str] = &[
     "prometheus",
     "gzip",
     "systemd",
+    "chromium",
+    "chromium-driver",
 ];
 
 /// Peers the benchmarks measure against and their load generators (Debian
@@ -169,6 +172,12 @@ fn checks() -> Vec<Check> {
         Check::runs("dpkg-deb", &["--version"], "Debian package dpkg"),
         Check::runs("gzip", &["--version"], "Debian package gzip"),
         Check::runs("systemd-analyze", &["--version"], "Debian package systemd"),
+        Check::custom(
+            "headless Chromium running a page's script (as root: --no-sandbox)",
+            "Debian package chromium",
+            chromium_runs_scripts,
+        ),
+        Check::runs("chromedriver", &["--version"], "Debian package chromium-driver"),
     ]
 }
 
@@ -294,6 +303,25 @@ fn bpf_linker_links() -> Result<(), String> {
         Ok(())
     } else {
         Err(format!("{} is not a BPF ELF object", obj.display()))
+    }
+}
+
+/// Headless Chromium loads a page whose script changes it, and prints the
+/// changed page (what the dashboard test needs of it, short of WebDriver).
+fn chromium_runs_scripts() -> Result<(), String> {
+    let dir = Scratch::new("chromium")?;
+    let page = "data:text/html,<p id=p>static</p><script>document.getElementById('p').textContent='scripted'</script>";
+    let out = Command::new("timeout")
+        .args(["60", "chromium", "--headless=new", "--no-sandbox", "--disable-gpu", "--dump-dom"])
+        .arg(format!("--user-data-dir={}", dir.0.display()))
+        .arg(page)
+        .stderr(Stdio::piped())
+        .output()
+        .map_err(|e| format!("cannot run `chromium`: {e}"))?;
+    if out.status.success() && String::from_utf8_lossy(&out.stdout).contains("<p id=\"p\">scripted</p>") {
+        Ok(())
+    } else {
+        Err(format!("headless chromium did not run the page's script ({}): {}", out.status, last_line(&out.stderr)))
     }
 }
 

@@ -1,7 +1,7 @@
 //! `cargo xtask package`: the agent as a Debian package, built with
-//! dpkg-deb from the release binary, the systemd unit and default config in
-//! `packaging/`, and the shell completions and man pages the binary
-//! generates from its own CLI definition. Written to
+//! dpkg-deb from the release binary, the systemd unit, default config and
+//! Grafana dashboard in `packaging/`, and the shell completions and man
+//! pages the binary generates from its own CLI definition. Written to
 //! `target/package/splitter_VERSION_ARCH.deb`.
 
 use std::{
@@ -72,6 +72,9 @@ pub fn run() -> Result<PathBuf> {
         put(&tree, &format!("/usr/share/man/man1/{name}.gz"), &gz, 0o644)?;
     }
     put(&tree, "/usr/share/doc/splitter/README.md", &std::fs::read(root.join("README.md"))?, 0o644)?;
+    // For Grafana to import (Dashboards > Import).
+    let grafana = std::fs::read(packaging.join("grafana-dashboard.json"))?;
+    put(&tree, "/usr/share/splitter/grafana-dashboard.json", &grafana, 0o644)?;
     put(
         &tree,
         "/usr/share/doc/splitter/copyright",

@@ -691,6 +691,11 @@ impl L7 {
     pub fn diffs(&self, name: &str) -> Option<mirror::DiffReport> {
         self.running.get(name).map(|r| r.shared.mirror_stats.report())
     }
+
+    /// The mirror comparisons of every l7 service.
+    pub fn all_diffs(&self) -> BTreeMap<String, mirror::DiffReport> {
+        self.running.iter().map(|(name, r)| (name.clone(), r.shared.mirror_stats.report())).collect()
+    }
 }
 
 impl Drop for L7 {
