@@ -95,6 +95,9 @@ pub struct Config {
     /// How the l7 listen addresses become local (`local_addrs.rs`).
     #[serde(default)]
     pub local_addresses: LocalAddresses,
+    /// The VIPs this node announces (for a BGP daemon to export).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub announce: Option<Announce>,
     /// The proxy's agent-wide settings.
     #[serde(default)]
     pub l7: l7::Settings,
@@ -210,6 +213,7 @@ impl Config {
             analysis: Default::default(),
             metrics: None,
             local_addresses: LocalAddresses::default(),
+            announce: None,
             l7: l7::Settings::default(),
             node: None,
             store: None,
@@ -252,6 +256,29 @@ pub struct LocalAddresses {
     pub manage: bool,
     pub interface: String,
 }
+
+/// `announce:` — the VIPs this node should receive traffic for, kept as /32
+/// and /128 addresses on a dummy interface the agent owns, where a BGP
+/// daemon (BIRD, FRR) on the node picks them up and announces them. The
+/// agent withdraws them on `splitter node drain`, before `down` removes the
+/// data path, and for a service with no healthy endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Announce {
+    /// The dummy interface (created when missing), e.g. `splitter0`.
+    pub interface: String,
+    /// How long `down` waits between withdrawing the VIPs and removing the
+    /// data path, while the routers move the flows to other nodes.
+    #[serde(default = "default_announce_settle", with = "duration")]
+    pub settle: std::time::Duration,
+}
+
+fn default_announce_settle() -> std::time::Duration {
+    std::time::Duration::from_secs(2)
+}
+
+/// The longest `announce.settle`.
+pub const MAX_ANNOUNCE_SETTLE: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// Default `local_addresses.interface`.
 pub const DEFAULT_LOCAL_INTERFACE: &str = "lo";
@@ -708,6 +735,30 @@ impl Config {
             return Err(invalid(format!(
                 "local_addresses.interface {local:?} is a clients/backends/mirror interface; use {DEFAULT_LOCAL_INTERFACE} (the default) or a dummy interface"
             )));
+        }
+        if let Some(announce) = &self.announce {
+            let name = &announce.interface;
+            check_ifname(name).map_err(|why| invalid(format!("announce.interface: {why}")))?;
+            if name == "lo"
+                || name == local
+                || self
+                    .interfaces
+                    .clients
+                    .iter()
+                    .chain(&self.interfaces.backends)
+                    .chain(&self.mirror_interfaces())
+                    .any(|i| i == name)
+            {
+                return Err(invalid(format!(
+                    "announce.interface {name:?} is lo, local_addresses.interface or a served interface: name a dummy interface of its own, e.g. splitter0 (the agent creates it)"
+                )));
+            }
+            if announce.settle > MAX_ANNOUNCE_SETTLE {
+                return Err(invalid(format!(
+                    "announce.settle {:?} is over {MAX_ANNOUNCE_SETTLE:?}: `down` waits this long after withdrawing",
+                    announce.settle
+                )));
+            }
         }
         if let Some(node) = &self.node {
             check_name("node", node).map_err(invalid)?;

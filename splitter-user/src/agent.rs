@@ -85,6 +85,8 @@ pub enum AgentError {
     Desired(#[from] splitter_model::cluster::DesiredError),
     #[error(transparent)]
     LocalAddrs(#[from] crate::local_addrs::LocalAddrError),
+    #[error(transparent)]
+    Announce(#[from] crate::announce::AnnounceError),
     #[error("another splitter agent holds {path}, and {source}; give each agent its own state_dir (and pin_path, control.socket), or stop the running one first")]
     Handover { path: std::path::PathBuf, source: handover::HandoverError },
 }
@@ -352,6 +354,8 @@ impl<B: Backing> Agent<B> {
             dp,
             l7,
             local: crate::local_addrs::Keeper::new(config.local_addresses.clone()),
+            announce: None,
+            announcing: false,
             counters: AgentCounters::default(),
             down: health.down(),
             installed: None,
@@ -467,6 +471,10 @@ impl<B: Backing> Agent<B> {
             step_analysis,
             gate_hooks,
         };
+        // Attached and serving: now the VIPs may be routed here.
+        agent.serving.announcing = true;
+        let (effective, _) = agent.runtime.clone().effective(&agent.config);
+        agent.serving.announce(&effective)?;
         // The first sample before the control socket answers anything: the
         // window then covers everything since the start.
         agent.on_sample();
@@ -575,6 +583,7 @@ impl<B: Backing> Agent<B> {
             },
             Ok(Request::Analysis { service, window_secs }) => self.analysis(&service, window_secs),
             Ok(Request::Rollout { service, action }) => self.on_rollout(&service, action).await,
+            Ok(Request::Node { action }) => self.on_node(action),
             Ok(req) => self.on_change(req).await,
             Err(e) => {
                 warn!("{e}");
@@ -606,7 +615,42 @@ impl<B: Backing> Agent<B> {
         info.cluster = self.backing.info();
         let (effective, _) = self.runtime.clone().effective(&self.config);
         info.health = self.health.report(&effective);
+        info.announce = self.serving.announce.as_ref().map(|a| a.info());
         info
+    }
+
+    /// `splitter node drain|undrain`: recorded first (a restart keeps it),
+    /// then the VIPs withdrawn or announced.
+    fn on_node(&mut self, action: crate::control::NodeAction) -> Response {
+        let drain = action == crate::control::NodeAction::Drain;
+        let Some(announcer) = self.serving.announce.as_mut() else {
+            return Response::fail("this agent announces nothing: its config has no `announce:` section".into());
+        };
+        if announcer.drained() == drain {
+            let state = if drain { "already drained" } else { "not drained" };
+            return Response { agent: Some(self.agent_info()), ..Response::ok(format!("node {state}; nothing to do")) };
+        }
+        if let Err(e) = announcer.set_drained(drain) {
+            return Response::fail(format!("{e}; nothing changed"));
+        }
+        let (effective, _) = self.runtime.clone().effective(&self.config);
+        let result = self.serving.announce(&effective);
+        let info = self.agent_info();
+        let vips = |list: Vec<String>| if list.is_empty() { "none".to_owned() } else { list.join(", ") };
+        let a = info.announce.clone().expect("announcing");
+        let message = match (&result, drain) {
+            (Ok(()), true) => {
+                info!(withdrawn = a.withheld.len(), "node drained");
+                format!("node drained: withdrew {}", vips(a.withheld.keys().map(|ip| ip.to_string()).collect()))
+            }
+            (Ok(()), false) => {
+                info!(announced = a.announced.len(), "node undrained");
+                format!("node undrained: announcing {}", vips(a.announced.iter().map(|ip| ip.to_string()).collect()))
+            }
+            (Err(e), _) => format!("recorded, but the interface did not follow: {e}"),
+        };
+        let ok = result.is_ok();
+        Response { agent: Some(info), ..if ok { Response::ok(message) } else { Response::fail(message) } }
     }
 
     /// Applies one runtime change: the change, then the service's new
@@ -1164,6 +1208,17 @@ impl<B: Backing> Agent<B> {
             return Ok(());
         };
         info!("down requested: detaching, unpinning and exiting");
+        // Withdrawn first: the routers move the flows to the other nodes
+        // while this one still serves them.
+        if let Some(announce) = &config.announce {
+            match crate::announce::withdraw_all(announce) {
+                Ok(withdrawn) => {
+                    info!(withdrawn, settle = ?announce.settle, "VIPs withdrawn; waiting for the routers before removing the data path");
+                    tokio::time::sleep(announce.settle).await;
+                }
+                Err(e) => error!("withdrawing the VIPs: {e}; removing the data path all the same"),
+            }
+        }
         let result = crate::dataplane::down(&config.pin_path);
         let local = crate::local_addrs::down(&config.local_addresses);
         let response = match (&result, &local) {

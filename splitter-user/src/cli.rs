@@ -58,6 +58,9 @@ pub enum Command {
     /// (with a two-proportion z-test), latency, mirror differences, and each
     /// analysis metric per version.
     Report(ReportArgs),
+    /// Take this node out of (or back into) the routers' ECMP: withdraw
+    /// every VIP it announces (`announce:`), or announce them again.
+    Node(NodeArgs),
     /// Remove the data path: detach XDP and TC from every interface and unpin
     /// the programs and maps (through the running agent, which then exits, or
     /// directly from the pins when no agent runs). Persisted runtime weights
@@ -200,6 +203,34 @@ pub struct AgentTarget {
     /// Read `control.socket` from this config file (default socket otherwise).
     #[arg(short, long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct NodeArgs {
+    #[command(subcommand)]
+    pub action: NodeCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NodeCommand {
+    /// Withdraw this node's VIPs: the routers move its flows to the other
+    /// nodes. Kept across agent restarts until `undrain`.
+    Drain {
+        /// Then wait until the node's flow table has no flows left (its
+        /// clients moved on and their entries aged out), or --timeout passes.
+        #[arg(long)]
+        wait: bool,
+        /// How long --wait waits at most, e.g. 5m.
+        #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = parse_drain_timeout)]
+        timeout: Duration,
+        #[command(flatten)]
+        target: AgentTarget,
+    },
+    /// Announce this node's VIPs again.
+    Undrain {
+        #[command(flatten)]
+        target: AgentTarget,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -378,6 +409,11 @@ pub fn parse_max_p99(s: &str) -> Result<Duration, String> {
 /// `report --since`: 1s to what the agent keeps of its samples (1h).
 pub fn parse_since(s: &str) -> Result<Duration, String> {
     parse_duration_ms(s, 1_000..=splitter_model::observe::MAX_WINDOW.as_millis() as u64)
+}
+
+/// `node drain --timeout`: 1s to a day.
+pub fn parse_drain_timeout(s: &str) -> Result<Duration, String> {
+    parse_duration_ms(s, 1_000..=86_400_000)
 }
 
 /// `--max-wait`: how long a step waits for traffic, 0s to 30d.

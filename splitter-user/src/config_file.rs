@@ -768,6 +768,32 @@ mod local_address_tests {
         let e = err("local_addresses: {manage: yes-please}");
         assert!(e.contains("local_addresses.manage"), "{e}");
     }
+
+    #[test]
+    fn announce_takes_an_interface_of_its_own_and_a_bounded_settle() {
+        let ok =
+            Config::from_yaml(&format!("interfaces: {{clients: [eth0]}}\nannounce: {{interface: splitter0}}\n{SVC}"))
+                .unwrap();
+        let a = ok.announce.expect("announce");
+        assert_eq!((a.interface.as_str(), a.settle), ("splitter0", std::time::Duration::from_secs(2)));
+        let err = |extra: &str| {
+            Config::from_yaml(&format!("interfaces: {{clients: [eth0], backends: [eth1]}}\n{extra}\n{SVC}"))
+                .unwrap_err()
+                .to_string()
+        };
+        for (bad, want) in [
+            ("announce: {interface: eth1}", "announce.interface \"eth1\" is lo, local_addresses.interface or a served"),
+            ("announce: {interface: lo}", "announce.interface \"lo\""),
+            ("announce: {interface: \"much-too-long-name\"}", "announce.interface"),
+            ("announce: {interface: s0, settle: 10m}", "announce.settle"),
+            ("announce: {interface: s0, settle: soon}", "announce.settle"),
+            ("announce: {}", "interface"),
+            ("announce: {interface: s0, bgp: true}", "unknown field `bgp`"),
+        ] {
+            let e = err(bad);
+            assert!(e.contains(want), "{bad}: {e}");
+        }
+    }
 }
 
 #[cfg(test)]

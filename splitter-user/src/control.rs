@@ -42,6 +42,9 @@ pub enum Request {
     /// What each version of `service` did over the last `window_secs`
     /// seconds (up to [`splitter_model::observe::MAX_WINDOW`]).
     Analysis { service: String, window_secs: u64 },
+    /// Drain or undrain this node: withdraw or announce its VIPs
+    /// (`announce:`).
+    Node { action: NodeAction },
     /// Detach, unpin everything and exit (`splitter down`).
     Down,
     /// Hand the l7 listeners over to the agent that asks (a new `splitter
@@ -66,6 +69,7 @@ impl Request {
             Request::Status => "status",
             Request::Diffs { .. } => "diffs",
             Request::Analysis { .. } => "analysis",
+            Request::Node { .. } => "node",
             Request::Down => "down",
             Request::Handover { .. } => "handover",
         }
@@ -73,6 +77,16 @@ impl Request {
 }
 
 pub use splitter_model::change::RolloutAction;
+
+/// What `splitter node` asks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeAction {
+    /// Withdraw every VIP (kept across restarts until undrained).
+    Drain,
+    /// Announce them again.
+    Undrain,
+}
 
 impl Request {
     /// The domain change a `weight`, `flip`, `rollback` or `mirror` request
@@ -87,6 +101,7 @@ impl Request {
             | Request::Status
             | Request::Diffs { .. }
             | Request::Analysis { .. }
+            | Request::Node { .. }
             | Request::Down
             | Request::Handover { .. } => return None,
         })
@@ -199,6 +214,9 @@ pub struct AgentInfo {
     /// Endpoint health of the services with `health:` (this node's own).
     #[serde(default)]
     pub health: BTreeMap<String, ServiceHealth>,
+    /// The VIPs this node announces (`announce:`), and whether it is drained.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub announce: Option<crate::announce::AnnounceInfo>,
 }
 
 /// A service's endpoint health and what it makes of each version's share.

@@ -8,6 +8,7 @@
 
 pub mod agent;
 pub mod analysis;
+pub mod announce;
 pub mod cli;
 pub mod config_file;
 pub mod control;

@@ -28,8 +28,8 @@ use splitter_model::config::{Config, LocalAddresses, Mode};
 
 #[derive(Debug, Error)]
 pub enum LocalAddrError {
-    #[error("local_addresses: {what}: {source} (the agent needs CAP_NET_ADMIN in its network namespace)")]
-    Netlink { what: String, source: rtnetlink::Error },
+    #[error("{what}: {error} (the agent needs CAP_NET_ADMIN in its network namespace)")]
+    Netlink { what: String, error: rtnetlink::Error },
     #[error("local_addresses: opening a netlink socket: {0}")]
     Socket(std::io::Error),
     #[error(
@@ -104,30 +104,47 @@ pub fn changes(wanted: &BTreeSet<IpAddr>, elsewhere: &BTreeSet<IpAddr>, ours: &B
 /// its own. Returns what it changed.
 pub fn reconcile(interface: &str, wanted: &BTreeSet<IpAddr>) -> Result<Changes, LocalAddrError> {
     netlink(|handle| async move {
-        let (mine, others): (Vec<_>, Vec<_>) = addresses(&handle).await?.into_iter().partition(|a| a.ours);
-        let elsewhere: BTreeSet<IpAddr> = others.iter().map(|a| a.ip).collect();
-        let ours: BTreeSet<IpAddr> = mine.iter().map(|a| a.ip).collect();
-        let changes = changes(wanted, &elsewhere, &ours);
-        for a in mine.into_iter().filter(|a| changes.remove.contains(&a.ip)) {
-            let ip = a.ip;
-            handle.address().del(a.message).execute().await.map_err(nl(format!("removing {ip}")))?;
-        }
-        if changes.add.is_empty() {
-            return Ok(changes);
-        }
-        let index = link_index(&handle, interface).await?;
-        for ip in &changes.add {
-            let mut add = handle.address().add(index, *ip, if ip.is_ipv4() { 32 } else { 128 });
-            let m = add.message_mut();
-            m.attributes.push(AddressAttribute::Protocol(AddressProtocol::Other(ADDRESS_PROTOCOL)));
-            if ip.is_ipv6() {
-                m.header.flags |= AddressHeaderFlags::Nodad;
-                m.attributes.push(AddressAttribute::Flags(AddressFlags::Nodad));
-            }
-            add.execute().await.map_err(nl(format!("adding {ip} to {interface}")))?;
-        }
-        Ok(changes)
+        let all = addresses(&handle).await?;
+        let elsewhere: BTreeSet<IpAddr> =
+            all.iter().filter(|a| a.proto != Some(ADDRESS_PROTOCOL)).map(|a| a.ip).collect();
+        set_tagged(&handle, interface, ADDRESS_PROTOCOL, wanted, &elsewhere, all).await
     })
+}
+
+/// Makes the addresses tagged `tag` exactly the `wanted` ones not in
+/// `elsewhere` ([`changes`]), adding the missing ones to `interface` as /32
+/// or /128 and removing the others (wherever they are); `all` is every
+/// address of the namespace now.
+pub(crate) async fn set_tagged(
+    handle: &Handle,
+    interface: &str,
+    tag: u8,
+    wanted: &BTreeSet<IpAddr>,
+    elsewhere: &BTreeSet<IpAddr>,
+    all: Vec<Address>,
+) -> Result<Changes, LocalAddrError> {
+    let mine: Vec<Address> = all.into_iter().filter(|a| a.proto == Some(tag)).collect();
+    let ours: BTreeSet<IpAddr> = mine.iter().map(|a| a.ip).collect();
+    let changes = changes(wanted, elsewhere, &ours);
+    for a in mine.into_iter().filter(|a| changes.remove.contains(&a.ip)) {
+        let ip = a.ip;
+        handle.address().del(a.message).execute().await.map_err(nl(format!("removing {ip}")))?;
+    }
+    if changes.add.is_empty() {
+        return Ok(changes);
+    }
+    let index = link_index(handle, interface).await?;
+    for ip in &changes.add {
+        let mut add = handle.address().add(index, *ip, if ip.is_ipv4() { 32 } else { 128 });
+        let m = add.message_mut();
+        m.attributes.push(AddressAttribute::Protocol(AddressProtocol::Other(tag)));
+        if ip.is_ipv6() {
+            m.header.flags |= AddressHeaderFlags::Nodad;
+            m.attributes.push(AddressAttribute::Flags(AddressFlags::Nodad));
+        }
+        add.execute().await.map_err(nl(format!("adding {ip} to {interface}")))?;
+    }
+    Ok(changes)
 }
 
 /// The agent's side: keeps the interface in step with the served config,
@@ -144,6 +161,12 @@ pub struct Keeper {
 impl Keeper {
     pub fn new(settings: LocalAddresses) -> Keeper {
         Keeper { settings, held: None, before: None }
+    }
+
+    /// Forgets what it made local, so the next update reconciles (what is
+    /// local elsewhere changed: the announce interface).
+    pub fn forget(&mut self) {
+        self.held = None;
     }
 
     /// Undoes the last update (a later step of the same change failed).
@@ -200,7 +223,7 @@ pub fn down(settings: &LocalAddresses) -> Result<usize, LocalAddrError> {
 
 /// Runs `f` with a netlink handle of this network namespace on a thread of
 /// its own (callers are sync, some of them inside the agent's runtime).
-fn netlink<T, F, Fut>(f: F) -> Result<T, LocalAddrError>
+pub(crate) fn netlink<T, F, Fut>(f: F) -> Result<T, LocalAddrError>
 where
     T: Send,
     F: FnOnce(Handle) -> Fut + Send,
@@ -223,12 +246,12 @@ where
     })
 }
 
-fn nl(what: String) -> impl FnOnce(rtnetlink::Error) -> LocalAddrError {
-    move |source| LocalAddrError::Netlink { what, source }
+pub(crate) fn nl(what: String) -> impl FnOnce(rtnetlink::Error) -> LocalAddrError {
+    move |error| LocalAddrError::Netlink { what, error }
 }
 
 /// The index of the interface called `name`.
-async fn link_index(handle: &Handle, name: &str) -> Result<u32, LocalAddrError> {
+pub(crate) async fn link_index(handle: &Handle, name: &str) -> Result<u32, LocalAddrError> {
     let mut links = handle.link().get().execute();
     while let Some(link) = links.try_next().await.map_err(nl("listing interfaces".into()))? {
         if link.attributes.iter().any(|a| matches!(a, LinkAttribute::IfName(n) if n == name)) {
@@ -239,32 +262,32 @@ async fn link_index(handle: &Handle, name: &str) -> Result<u32, LocalAddrError> 
 }
 
 /// One address of the namespace.
-struct Address {
-    ip: IpAddr,
-    /// Added by the agent (tagged with [`ADDRESS_PROTOCOL`]).
-    ours: bool,
+pub(crate) struct Address {
+    pub ip: IpAddr,
+    /// Its address protocol (`IFA_PROTO`): the agent's tags its own.
+    pub proto: Option<u8>,
     /// What deletes it.
-    message: AddressMessage,
+    pub message: AddressMessage,
 }
 
 /// Every address of the namespace.
-async fn addresses(handle: &Handle) -> Result<Vec<Address>, LocalAddrError> {
+pub(crate) async fn addresses(handle: &Handle) -> Result<Vec<Address>, LocalAddrError> {
     let mut out = Vec::new();
     let mut all = handle.address().get().execute();
     while let Some(message) = all.try_next().await.map_err(nl("listing addresses".into()))? {
         // IFA_LOCAL is the local address (IFA_ADDRESS is the peer on a
         // point-to-point link); IPv6 has only IFA_ADDRESS.
-        let (mut local, mut address, mut ours) = (None, None, false);
+        let (mut local, mut address, mut proto) = (None, None, None);
         for a in &message.attributes {
             match a {
                 AddressAttribute::Local(ip) => local = Some(*ip),
                 AddressAttribute::Address(ip) => address = Some(*ip),
-                AddressAttribute::Protocol(p) => ours = u8::from(*p) == ADDRESS_PROTOCOL,
+                AddressAttribute::Protocol(p) => proto = Some(u8::from(*p)),
                 _ => {}
             }
         }
         if let Some(ip) = local.or(address) {
-            out.push(Address { ip, ours, message });
+            out.push(Address { ip, proto, message });
         }
     }
     Ok(out)

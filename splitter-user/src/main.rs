@@ -8,7 +8,7 @@ use clap::Parser as _;
 use splitter_model::config::{Config, DEFAULT_PIN_PATH, DEFAULT_SOCKET};
 use splitter_user::{
     agent::{self, RunOptions},
-    cli::{AgentTarget, Cli, Command, DiffsArgs, EtcdArgs, ReportArgs, RolloutArgs, StatusArgs},
+    cli::{AgentTarget, Cli, Command, DiffsArgs, EtcdArgs, NodeArgs, NodeCommand, ReportArgs, RolloutArgs, StatusArgs},
     config_file::ConfigFile as _,
     control::{ControlError, Request},
 };
@@ -153,6 +153,7 @@ fn dispatch(command: Command) -> Result<()> {
             control(&args.target, Request::Mirror { service: args.service, mirror })
         }
         Command::Down(target) => down(&target),
+        Command::Node(args) => node(args),
         Command::Rollout(args) => rollout(args),
         Command::Diffs(args) => diffs(&args),
         Command::Report(args) => report(&args),
@@ -348,6 +349,17 @@ fn down(target: &AgentTarget) -> Result<()> {
     let _lock = agent::lock_state_dir(&config.state_dir).with_context(|| {
         format!("an agent holds {} but does not answer at {}", config.state_dir.display(), socket.display())
     })?;
+    // The routers move the flows away before the data path goes.
+    if let Some(announce) = &config.announce {
+        let withdrawn = splitter_user::announce::withdraw_all(announce)?;
+        if withdrawn > 0 {
+            println!(
+                "withdrew {withdrawn} VIPs from {}; waiting {:?} for the routers",
+                announce.interface, announce.settle
+            );
+            std::thread::sleep(announce.settle);
+        }
+    }
     let removed = splitter_user::dataplane::down(&config.pin_path)?;
     let _ = std::fs::remove_file(&socket);
     if removed.is_empty() {
@@ -360,6 +372,43 @@ fn down(target: &AgentTarget) -> Result<()> {
         println!("removed the {addrs} l7 listen addresses the agent had added");
     }
     Ok(())
+}
+
+/// `splitter node drain|undrain`: asks the agent; with `drain --wait`,
+/// then follows the node's flow table until it is empty or the time is up.
+fn node(args: NodeArgs) -> Result<()> {
+    use splitter_user::control::NodeAction;
+    let (action, target, wait) = match args.action {
+        NodeCommand::Drain { wait, timeout, target } => (NodeAction::Drain, target, wait.then_some(timeout)),
+        NodeCommand::Undrain { target } => (NodeAction::Undrain, target, None),
+    };
+    let socket = socket_of(&target)?;
+    let r = splitter_user::control::request(&socket, &Request::Node { action })?;
+    if !r.ok {
+        bail!("{}", r.message);
+    }
+    println!("{}", r.message);
+    let Some(timeout) = wait else { return Ok(()) };
+    let pin_path = r.agent.map(|a| a.pin_path).context("the agent did not say where its data path is pinned")?;
+    let started = std::time::Instant::now();
+    let mut last = None;
+    loop {
+        let flows = splitter_user::dataplane::PinnedMaps::open(&pin_path)?.active_flows();
+        if flows == 0 {
+            println!("drained: no flows left in the flow table after {:.1?}", started.elapsed());
+            return Ok(());
+        }
+        if started.elapsed() >= timeout {
+            bail!(
+                "{flows} flows still in the flow table after {timeout:?}; the node is drained (withdrawn) all the same"
+            );
+        }
+        if last != Some(flows) {
+            println!("waiting: {flows} flows in the flow table");
+            last = Some(flows);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
 }
 
 /// The store `--etcd` names, if it does.

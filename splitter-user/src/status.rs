@@ -493,6 +493,20 @@ impl Report {
                         writeln!(out, "  NOT APPLIED here: {e}").unwrap();
                     }
                 }
+                if let Some(an) = &a.announce {
+                    let list = |ips: Vec<String>| if ips.is_empty() { "none".to_owned() } else { ips.join(", ") };
+                    writeln!(
+                        out,
+                        "announce on {}: {}{}",
+                        an.interface,
+                        list(an.announced.iter().map(|ip| ip.to_string()).collect()),
+                        if an.drained { "; node DRAINED (`splitter node undrain` announces again)" } else { "" }
+                    )
+                    .unwrap();
+                    for (ip, why) in an.withheld.iter().filter(|_| !an.drained) {
+                        writeln!(out, "  withdrawn {ip}: {}", crate::announce::describe(why)).unwrap();
+                    }
+                }
             }
             None => writeln!(
                 out,

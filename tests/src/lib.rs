@@ -5,7 +5,8 @@
 //! (`fixture`), the agent under test (`agent`), real etcd members (`etcd`),
 //! a real gRPC service and client (`grpc`), a WebSocket echo (`ws`), a test
 //! CA and TLS client (`tls`), a real Prometheus (`prometheus`), a webhook
-//! receiver (`webhook`), a real headless Chromium (`browser`),
+//! receiver (`webhook`), a real headless Chromium (`browser`), a real BIRD
+//! (`bird`),
 //! the peers and load of the benchmarks (`peers`, `load`), the method and
 //! tables the L7 benches share (`l7bench`), profiles with perf (`profile`),
 //! and what benchmarks
@@ -15,6 +16,7 @@
 //! loudly when they cannot run: nothing here skips silently.
 
 pub mod agent;
+pub mod bird;
 pub mod browser;
 pub mod differential;
 pub mod etcd;

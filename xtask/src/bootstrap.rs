@@ -19,8 +19,8 @@ const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 /// (ip/netns, ethtool for veth GRO, nsenter, sysctl, etcd and etcdctl for the
 /// shared-store tests, openssl for their certificates, prometheus for the
 /// release-analysis tests, gzip for the package (dpkg-deb is Debian's own),
-/// systemd's systemd-analyze to verify its unit, and Chromium with its
-/// WebDriver server for the dashboard test).
+/// systemd's systemd-analyze to verify its unit, Chromium with its
+/// WebDriver server for the dashboard test, and BIRD 2 for the BGP tests).
 const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -40,6 +40,7 @@ const APT_PACKAGES: &[&str] = &[
     "systemd",
     "chromium",
     "chromium-driver",
+    "bird2",
 ];
 
 /// Peers the benchmarks measure against and their load generators (Debian
@@ -178,6 +179,11 @@ fn checks() -> Vec<Check> {
             chromium_runs_scripts,
         ),
         Check::runs("chromedriver", &["--version"], "Debian package chromium-driver"),
+        Check::custom(
+            "BIRD 2 parsing the shipped example (packaging/bgp/bird.conf)",
+            "Debian package bird2",
+            bird_parses,
+        ),
     ]
 }
 
@@ -304,6 +310,13 @@ fn bpf_linker_links() -> Result<(), String> {
     } else {
         Err(format!("{} is not a BPF ELF object", obj.display()))
     }
+}
+
+/// BIRD 2 runs and accepts the example config the package ships (`-p`:
+/// parse only).
+fn bird_parses() -> Result<(), String> {
+    let conf = crate::workspace_root().join("packaging/bgp/bird.conf");
+    probe_cmd(Command::new("bird").arg("-p").arg("-c").arg(&conf))
 }
 
 /// Headless Chromium loads a page whose script changes it, and prints the

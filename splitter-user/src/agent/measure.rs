@@ -175,6 +175,7 @@ pub(super) fn agent_info(
         l7: l7.stats(),
         cluster: None,
         health: BTreeMap::new(),
+        announce: None,
         mirrors: effective.services.iter().filter_map(|(n, s)| Some((n.clone(), s.l4_mirror()?.clone()))).collect(),
         weights: effective
             .services

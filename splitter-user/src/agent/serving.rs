@@ -12,13 +12,18 @@ use splitter_model::{
 use tracing::info;
 
 use super::AgentError;
-use crate::{control::Response, dataplane::Dataplane, l7::L7, local_addrs::Keeper};
+use crate::{announce::Announcer, control::Response, dataplane::Dataplane, l7::L7, local_addrs::Keeper};
 
 pub(crate) struct Serving {
     pub dp: Dataplane,
     pub l7: L7,
     /// The l7 listen addresses made local.
     pub local: Keeper,
+    /// The VIPs this node announces (`announce:`).
+    pub announce: Option<Announcer>,
+    /// Announcing starts once the data path is attached: a VIP routed here
+    /// before then would meet the host's stack, not the split.
+    pub announcing: bool,
     pub counters: AgentCounters,
     /// The endpoints health has out of service: what is installed is
     /// served around them.
@@ -107,6 +112,36 @@ impl Serving {
         // traffic is the same either way.
         if let Err(e) = self.dp.guard_mirrors(&wanted) {
             tracing::warn!("removing mirror guards no longer needed: {e}");
+        }
+        // What is served is in place: now announce it (or withdraw it).
+        if let Err(e) = self.announce(effective) {
+            tracing::error!("{e}; the next change tries again");
+        }
+        Ok(())
+    }
+
+    /// Keeps the announced VIPs in step with `effective`, health and the
+    /// drained flag; an l7 VIP that leaves the announce interface stays
+    /// local (the l7 addresses are made local again around it).
+    pub fn announce(&mut self, effective: &Config) -> Result<(), AgentError> {
+        if !self.announcing {
+            return Ok(());
+        }
+        let settings = effective.announce.clone();
+        if self.announce.as_ref().map(|a| a.settings()) != settings.as_ref() {
+            // Another interface, or none: the old one's VIPs go first.
+            if let Some(old) = self.announce.take() {
+                let withdrawn = crate::announce::withdraw_all(old.settings())?;
+                info!(interface = old.settings().interface, withdrawn, "announce interface retired");
+            }
+            if let Some(settings) = settings {
+                self.announce = Some(Announcer::new(settings, &effective.state_dir)?);
+            }
+        }
+        let Some(announcer) = self.announce.as_mut() else { return Ok(()) };
+        if announcer.update(effective, &self.down)? {
+            self.local.forget();
+            self.local.update(effective)?;
         }
         Ok(())
     }

@@ -14,7 +14,7 @@ use splitter_model::{
 use subtle::ConstantTimeEq;
 use thiserror::Error;
 
-use super::{Request, Response, RolloutAction};
+use super::{NodeAction, Request, Response, RolloutAction};
 
 /// The window an analysis reads when the query names none.
 pub const DEFAULT_WINDOW: Duration = Duration::from_secs(60);
@@ -157,6 +157,8 @@ pub fn route(method: &Method, path: &str, query: Option<&str>, body: &[u8]) -> R
     }
     match segments.as_slice() {
         ["v1", "status"] => allow("GET").map(|()| Request::Status),
+        ["v1", "node", "drain"] => allow("POST").map(|()| Request::Node { action: NodeAction::Drain }),
+        ["v1", "node", "undrain"] => allow("POST").map(|()| Request::Node { action: NodeAction::Undrain }),
         ["v1", "services", service, op] if is_name(service) => {
             let service = (*service).to_owned();
             match *op {
@@ -280,6 +282,9 @@ mod tests {
             Ok(Request::Flip { service: "shop".into(), to: "green".into() })
         );
         assert_eq!(post("/v1/services/shop/rollback", ""), Ok(Request::Rollback { service: "shop".into() }));
+        assert_eq!(post("/v1/node/drain", ""), Ok(Request::Node { action: NodeAction::Drain }));
+        assert_eq!(post("/v1/node/undrain", ""), Ok(Request::Node { action: NodeAction::Undrain }));
+        assert!(get("/v1/node/drain", None).is_err(), "draining is a POST");
         assert_eq!(
             post("/v1/services/db/mirror", r#"{"mirror": null}"#),
             Ok(Request::Mirror { service: "db".into(), mirror: None })
