@@ -1,18 +1,25 @@
 //! The XDP program's packet parser, differentially: every frame libFuzzer
 //! makes up runs through the real program (`BPF_PROG_TEST_RUN`, root needed),
 //! and its verdict, output and counters must be what the host-side mirror
-//! (`splitter_common::packet`) implies (`splitter_tests::differential`).
+//! (`splitter_common::packet`) implies (`splitter_tests::differential`,
+//! compiled in here from its file: it needs only splitter-common and
+//! splitter-model, and depending on splitter-tests would have the fuzz build
+//! instrument every test harness too).
 //!
 //! The process moves into a network namespace of its own at the first input,
 //! so the interface holding the program vanishes with it, however it ends.
 #![no_main]
 
+#[path = "../../tests/src/differential.rs"]
+#[allow(dead_code)] // The tier-2 test uses parts this target does not.
+mod differential;
+
 use std::{process::Command, sync::OnceLock};
 
+use differential::{judge, Run, Services, RUNNABLE};
 use libfuzzer_sys::fuzz_target;
 use splitter_common::{names::PROG_INGRESS, stats::Stat};
 use splitter_model::{config::Config, plan::plan_all};
-use splitter_tests::differential::{judge, Run, Services, RUNNABLE};
 use splitter_user::{config_file::ConfigFile as _, dataplane::Dataplane};
 
 /// A TCP service on IPv4 and a UDP one on IPv6, two versions each.

@@ -6,7 +6,7 @@
 //! a real gRPC service and client (`grpc`), a WebSocket echo (`ws`), a test
 //! CA and TLS client (`tls`), a real Prometheus (`prometheus`), a webhook
 //! receiver (`webhook`), a real headless Chromium (`browser`), a real BIRD
-//! (`bird`),
+//! (`bird`), three LB nodes behind a BGP router with ECMP (`ecmp`),
 //! the peers and load of the benchmarks (`peers`, `load`), the method and
 //! tables the L7 benches share (`l7bench`), profiles with perf (`profile`),
 //! and what benchmarks
@@ -19,6 +19,7 @@ pub mod agent;
 pub mod bird;
 pub mod browser;
 pub mod differential;
+pub mod ecmp;
 pub mod etcd;
 pub mod fixture;
 pub mod grpc;

@@ -32,6 +32,30 @@ impl Veth {
     }
 }
 
+/// `ip ARGS` in `ns`, panicking with the command's message.
+pub fn ip(ns: &NetNs, args: &[&str]) {
+    ns.ip(args).unwrap_or_else(|e| panic!("{}: ip {}: {e}", ns.name(), args.join(" ")));
+}
+
+/// `ns` gets a bridge `br0` (with `addr`, if any) that [`bridge_port`]s join.
+pub fn bridge(ns: &NetNs, addr: Option<&str>) {
+    ip(ns, &["link", "add", "br0", "type", "bridge", "stp_state", "0"]);
+    ip(ns, &["link", "set", "br0", "up"]);
+    if let Some(a) = addr {
+        ip(ns, &["addr", "add", a, "dev", "br0"]);
+    }
+}
+
+/// A veth from `node` (named `name` there) to a port `port` of `ns`'s
+/// bridge ([`bridge`]).
+pub fn bridge_port(node: &NetNs, name: &str, ns: &NetNs, port: &str) {
+    veth(node, name, ns, port).unwrap_or_else(|e| panic!("veth {name}/{port}: {e}"));
+    ip(ns, &["link", "set", port, "master", "br0"]);
+    // XDP redirects into this veth land only with NAPI on its peer (GRO).
+    ns.enable_gro(port).unwrap();
+    ns.disable_tx_offload(port).unwrap();
+}
+
 /// The demo topology (`splitter_testkit::topology::Topology`) with unique
 /// `spt` names, for a test (it needs root).
 pub fn topology() -> Topology {

@@ -47,6 +47,8 @@ protocol bgp lb {
 fn config() -> Config {
     Topology::config()
         .setting("announce: { interface: splitter0, settle: 2s }")
+        // Short aging: `node drain --wait` sees the table empty soon.
+        .setting("flow_aging: { tcp_idle_secs: 2, closing_secs: 1, sweep_secs: 1 }")
         .service("shop", Service::tcp(SHOP).blue_green(8080).weights(&[("blue", 1), ("green", 1)]))
         .service("api", Service::l7(API).on_blue("v1", 8081).weights(&[("v1", 1)]))
 }
@@ -115,12 +117,25 @@ fn vips_are_announced_by_bgp_withdrawn_on_drain_and_before_down_and_kept_when_th
     .into_owned();
     assert!(status.contains("announce on splitter0: 198.18.0.10, 198.18.0.20"), "{status}");
 
-    // Drained: withdrawn at once (BGP withdraws without waiting for timers).
-    let (ok, out, err) = agent.control(&["node", "drain"]);
-    assert!(ok && out.contains("node drained: withdrew 198.18.0.10, 198.18.0.20"), "{out}{err}");
+    // Drained: withdrawn at once (BGP withdraws without waiting for timers);
+    // `--wait` returns once the flows of before have aged out of the table.
+    assert!(agent.status().active_flows > 0, "the flows just served are in the table");
     let started = Instant::now();
-    agent.eventually("the VIPs gone from the router", Duration::from_secs(10), || routes(&topo), |_| withdrawn(&topo));
-    assert!(started.elapsed() < Duration::from_secs(5), "withdrawn in {:?}", started.elapsed());
+    let drain = std::thread::scope(|s| {
+        let drain = s.spawn(|| agent.control(&["node", "drain", "--wait", "--timeout", "30s"]));
+        agent.eventually(
+            "the VIPs gone from the router",
+            Duration::from_secs(10),
+            || routes(&topo),
+            |_| withdrawn(&topo),
+        );
+        assert!(started.elapsed() < Duration::from_secs(5), "withdrawn in {:?}", started.elapsed());
+        drain.join().unwrap()
+    });
+    let (ok, out, err) = drain;
+    assert!(ok && out.contains("node drained: withdrew 198.18.0.10, 198.18.0.20"), "{out}{err}");
+    assert!(out.contains("drained: no flows left in the flow table"), "{out}{err}");
+    assert_eq!(agent.status().active_flows, 0);
     assert!(served(&topo).is_err(), "the client has no route left");
     // The l7 VIP stays local on the node (its own connections may finish).
     let lo = topo.lb.ip(&["addr", "show", "dev", "lo"]).unwrap();

@@ -15,14 +15,14 @@ use std::{
 use splitter_common::stats::Stat;
 use splitter_testkit::{
     config::{Config, Service},
-    netns::{unique_name, veth, NetNs},
+    netns::{unique_name, NetNs},
     serve::{ask_version, serve_tcp},
     wait::{eventually, wait_until_every},
 };
 use splitter_tests::{
     agent::{splitter_bin, Agent},
     etcd::Etcd,
-    netns::netns,
+    netns::{bridge, bridge_port, ip, netns},
 };
 use splitter_user::status::ClusterReport;
 
@@ -39,28 +39,6 @@ struct Cluster {
     etcd: Etcd,
     agents: Vec<Agent>,
     prefix: String,
-}
-
-fn ip(ns: &NetNs, args: &[&str]) {
-    ns.ip(args).unwrap_or_else(|e| panic!("{}: ip {}: {e}", ns.name(), args.join(" ")));
-}
-
-/// `ns` gets a bridge `br0` (with `addr`, if any) that ports join.
-fn bridge(ns: &NetNs, addr: Option<&str>) {
-    ip(ns, &["link", "add", "br0", "type", "bridge", "stp_state", "0"]);
-    ip(ns, &["link", "set", "br0", "up"]);
-    if let Some(a) = addr {
-        ip(ns, &["addr", "add", a, "dev", "br0"]);
-    }
-}
-
-/// A veth from `node` (named `name` there) to a port `port` of `ns`'s bridge.
-fn port(node: &NetNs, name: &str, ns: &NetNs, port: &str) {
-    veth(node, name, ns, port).unwrap_or_else(|e| panic!("veth {name}/{port}: {e}"));
-    ip(ns, &["link", "set", port, "master", "br0"]);
-    // XDP redirects into this veth land only with NAPI on its peer (GRO).
-    ns.enable_gro(port).unwrap();
-    ns.disable_tx_offload(port).unwrap();
 }
 
 /// Node `lb{node}`'s config: its client and backend links, the store, and
@@ -82,7 +60,7 @@ impl Cluster {
         bridge(&mgmt, Some("10.99.0.1/24"));
         bridge(&bnet, None);
         for (i, (b, addr)) in backends.iter().zip(["198.51.100.10/24", "198.51.100.20/24"]).enumerate() {
-            port(b, "eth0", &bnet, &format!("be{i}"));
+            bridge_port(b, "eth0", &bnet, &format!("be{i}"));
             ip(b, &["addr", "add", addr, "dev", "eth0"]);
             ip(b, &["route", "add", "default", "via", "198.51.100.1"]);
             b.disable_tx_offload("eth0").unwrap();
@@ -92,9 +70,9 @@ impl Cluster {
         let mut nodes = Vec::new();
         for n in 1..=NODES {
             let node = netns(&format!("n{n}"));
-            port(&node, "eth-c", &client, &format!("p{n}"));
-            port(&node, "eth-b", &bnet, &format!("p{n}"));
-            port(&node, "eth-m", &mgmt, &format!("p{n}"));
+            bridge_port(&node, "eth-c", &client, &format!("p{n}"));
+            bridge_port(&node, "eth-b", &bnet, &format!("p{n}"));
+            bridge_port(&node, "eth-m", &mgmt, &format!("p{n}"));
             ip(&node, &["addr", "add", &format!("192.0.2.1{n}/24"), "dev", "eth-c"]);
             ip(&node, &["addr", "add", &format!("198.51.100.{n}/24"), "dev", "eth-b"]);
             ip(&node, &["addr", "add", &format!("10.99.0.1{n}/24"), "dev", "eth-m"]);

@@ -229,7 +229,7 @@ const CI_FUZZ_SECONDS: u64 = 20;
 
 /// The benchmarks `cargo xtask bench` runs, in order; each writes
 /// `target/bench/NAME.md`.
-const BENCHES: [&str; 8] = ["xdp", "l4", "l7", "l7_tls", "mirror", "control", "health", "store"];
+const BENCHES: [&str; 9] = ["xdp", "l4", "l7", "l7_tls", "mirror", "control", "health", "store", "bgp"];
 
 /// Puts the latest full run into BENCHMARKS.md: the chart (BENCHMARKS.svg),
 /// the machine, kernel, date and command, the benches' headline lines, then
