@@ -83,6 +83,16 @@ impl Announcer {
         })
     }
 
+    /// What [`Announcer::update`] would announce now.
+    pub fn planned(&self, config: &Config, down: &Down) -> BTreeSet<IpAddr> {
+        plan(config, self.drained, down).0
+    }
+
+    /// Whether [`Announcer::update`] would change the interface.
+    pub fn would_change(&self, config: &Config, down: &Down) -> bool {
+        self.held.as_ref() != Some(&self.planned(config, down))
+    }
+
     /// Announces what `config` and `down` (the endpoints health has out)
     /// call for. Returns whether the announced set changed.
     pub fn update(&mut self, config: &Config, down: &Down) -> Result<bool, AnnounceError> {

@@ -183,7 +183,14 @@ impl Keeper {
     /// about each that is not (without). On failure nothing is recorded, so
     /// the next change tries again.
     pub fn update(&mut self, config: &Config) -> Result<(), LocalAddrError> {
-        let wanted = wanted(config);
+        self.update_excluding(config, &BTreeSet::new())
+    }
+
+    /// [`Keeper::update`] without the `excluded` addresses: they are about
+    /// to be local elsewhere (announced), and an address is never on two
+    /// interfaces at once (routing daemons lose a connected route that is).
+    pub fn update_excluding(&mut self, config: &Config, excluded: &BTreeSet<IpAddr>) -> Result<(), LocalAddrError> {
+        let wanted: BTreeSet<IpAddr> = wanted(config).difference(excluded).copied().collect();
         if self.held.as_ref() == Some(&wanted) {
             self.before = None;
             return Ok(());
@@ -195,7 +202,7 @@ impl Keeper {
                 info!(address = %ip, interface, "made an l7 listen address local");
             }
             for ip in &c.remove {
-                info!(address = %ip, "removed an l7 listen address no service needs now");
+                info!(address = %ip, "took off an l7 listen address the agent had made local (no service needs it, or it is local elsewhere now)");
             }
         } else {
             for (service, ip) in not_local(config) {

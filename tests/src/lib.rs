@@ -6,7 +6,7 @@
 //! a real gRPC service and client (`grpc`), a WebSocket echo (`ws`), a test
 //! CA and TLS client (`tls`), a real Prometheus (`prometheus`), a webhook
 //! receiver (`webhook`), a real headless Chromium (`browser`), a real BIRD
-//! (`bird`), three LB nodes behind a BGP router with ECMP (`ecmp`),
+//! (`bird`) and FRR (`frr`), three LB nodes behind a BGP router with ECMP (`ecmp`),
 //! the peers and load of the benchmarks (`peers`, `load`), the method and
 //! tables the L7 benches share (`l7bench`), profiles with perf (`profile`),
 //! and what benchmarks
@@ -22,6 +22,7 @@ pub mod differential;
 pub mod ecmp;
 pub mod etcd;
 pub mod fixture;
+pub mod frr;
 pub mod grpc;
 pub mod hyper_floor;
 pub mod l7bench;

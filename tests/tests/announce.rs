@@ -1,7 +1,8 @@
 //! Tier 3, announcing VIPs (`announce:`): the real agent keeps its VIPs on a
 //! dummy interface, a real BIRD 2 in the lb namespace runs the shipped
-//! example (`packaging/bgp/bird.conf`) and announces them by eBGP to a real
-//! BIRD in the client namespace, the router, which installs them in its FIB
+//! example (`packaging/bgp/bird.conf`; and real FRR the other,
+//! `packaging/bgp/frr.conf`) and announces them by eBGP to a real BIRD in
+//! the client namespace, the router, which installs them in its FIB
 //! (the client has no other route to them). Connections follow the routes;
 //! `splitter node drain` withdraws them (kept across a restart) and
 //! `undrain` announces them again; stopping the agent keeps them; `splitter
@@ -19,7 +20,7 @@ use splitter_testkit::{
     serve::{ask_version, serve_tcp},
     topology::Topology,
 };
-use splitter_tests::{agent::Agent, bird::Bird, netns::topology};
+use splitter_tests::{agent::Agent, bird::Bird, frr::Frr, netns::topology};
 
 /// VIPs outside everything the topology routes: reachable only by BGP.
 const SHOP: &str = "198.18.0.10:80";
@@ -186,4 +187,31 @@ fn vips_are_announced_by_bgp_withdrawn_on_drain_and_before_down_and_kept_when_th
         assert!(gone + Duration::from_secs(1) < detached, "withdrawn at {gone:?}, XDP detached at {detached:?}");
     });
     assert!(topo.lb.ip(&["link", "show", "dev", "splitter0"]).is_err(), "down removes the announce interface");
+}
+
+#[test]
+fn the_shipped_frr_example_announces_the_vips_and_withdraws_them_on_drain() {
+    let topo = topology();
+    for (ns, name) in topo.backends() {
+        serve_tcp(ns, 8080, name).unwrap();
+    }
+    serve_http(&topo.blue, 8081, "v1").unwrap();
+    topo.client.ip(&["route", "del", "default"]).expect("dropping the client's default route");
+    let agent = Agent::start(&topo.lb, &config().to_string());
+    let conf = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../packaging/bgp/frr.conf"))
+        .expect("the shipped FRR example");
+    let frr = Frr::start(&topo.lb, &conf);
+    let router = Bird::start(&topo.client, ROUTER);
+    let state = || format!("router: {:?}\n{}", router.birdc(&["show", "route"]), frr.logs());
+    let limit = Duration::from_secs(30);
+    let waited = agent.eventually("both VIPs in the router's FIB", limit, || routes(&topo), |_| announced(&topo));
+    assert!(announced(&topo), "{waited}\n{}", state());
+    served(&topo).unwrap_or_else(|e| panic!("{e}\n{}", state()));
+    let (ok, out, err) = agent.control(&["node", "drain"]);
+    assert!(ok, "{out}{err}");
+    agent.eventually("the VIPs gone from the router", Duration::from_secs(10), || routes(&topo), |_| withdrawn(&topo));
+    let (ok, out, err) = agent.control(&["node", "undrain"]);
+    assert!(ok, "{out}{err}");
+    agent.eventually("the VIPs back in the router", Duration::from_secs(10), || routes(&topo), |_| announced(&topo));
+    served(&topo).unwrap();
 }

@@ -20,7 +20,8 @@ const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 /// shared-store tests, openssl for their certificates, prometheus for the
 /// release-analysis tests, gzip for the package (dpkg-deb is Debian's own),
 /// systemd's systemd-analyze to verify its unit, Chromium with its
-/// WebDriver server for the dashboard test, and BIRD 2 for the BGP tests).
+/// WebDriver server for the dashboard test, and BIRD 2 and FRR for the BGP
+/// tests).
 const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -41,6 +42,7 @@ const APT_PACKAGES: &[&str] = &[
     "chromium",
     "chromium-driver",
     "bird2",
+    "frr",
 ];
 
 /// Peers the benchmarks measure against and their load generators (Debian
@@ -184,6 +186,11 @@ fn checks() -> Vec<Check> {
             "Debian package bird2",
             bird_parses,
         ),
+        Check::custom(
+            "FRR's bgpd parsing the shipped example (packaging/bgp/frr.conf)",
+            "Debian package frr",
+            frr_parses,
+        ),
     ]
 }
 
@@ -317,6 +324,24 @@ fn bpf_linker_links() -> Result<(), String> {
 fn bird_parses() -> Result<(), String> {
     let conf = crate::workspace_root().join("packaging/bgp/bird.conf");
     probe_cmd(Command::new("bird").arg("-p").arg("-c").arg(&conf))
+}
+
+/// FRR's bgpd checks the example config the package ships (`-C`: it
+/// exits 0 either way, so any word it says is a refusal).
+fn frr_parses() -> Result<(), String> {
+    let conf = crate::workspace_root().join("packaging/bgp/frr.conf");
+    let out = Command::new("/usr/lib/frr/bgpd")
+        .arg("-C")
+        .arg("-f")
+        .arg(&conf)
+        .output()
+        .map_err(|e| format!("cannot run /usr/lib/frr/bgpd: {e}"))?;
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    if out.status.success() && said.trim().is_empty() {
+        Ok(())
+    } else {
+        Err(format!("bgpd -C refused {}: {}", conf.display(), said.trim()))
+    }
 }
 
 /// Headless Chromium loads a page whose script changes it, and prints the

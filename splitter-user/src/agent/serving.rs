@@ -139,10 +139,20 @@ impl Serving {
             }
         }
         let Some(announcer) = self.announce.as_mut() else { return Ok(()) };
-        if announcer.update(effective, &self.down)? {
-            self.local.forget();
-            self.local.update(effective)?;
+        if !announcer.would_change(effective, &self.down) {
+            // Keeps `status`'s reasons current.
+            announcer.update(effective, &self.down)?;
+            return Ok(());
         }
+        // An address is never on two interfaces at once: what is about to
+        // be announced leaves the local one first, what was withdrawn goes
+        // there after.
+        let planned = announcer.planned(effective, &self.down);
+        self.local.forget();
+        self.local.update_excluding(effective, &planned)?;
+        announcer.update(effective, &self.down)?;
+        self.local.forget();
+        self.local.update(effective)?;
         Ok(())
     }
 
