@@ -6,8 +6,9 @@
 //! (the client has no other route to them). Connections follow the routes;
 //! `splitter node drain` withdraws them (kept across a restart) and
 //! `undrain` announces them again; stopping the agent keeps them; `splitter
-//! down` withdraws them before the data path goes. An l7 VIP is local
-//! without any `ip addr`.
+//! down` withdraws them before the data path goes, and a VIP whose
+//! services have no healthy endpoint is withdrawn until one is back. An l7
+//! VIP is local without any `ip addr`.
 
 use std::{
     net::{SocketAddr, TcpStream},
@@ -17,7 +18,7 @@ use std::{
 use splitter_testkit::{
     config::{Config, Service},
     http::{get, serve_http, Client},
-    serve::{ask_version, serve_tcp},
+    serve::{ask_version, serve_tcp, serve_tcp_stoppable},
     topology::Topology,
 };
 use splitter_tests::{agent::Agent, bird::Bird, frr::Frr, netns::topology};
@@ -214,4 +215,46 @@ fn the_shipped_frr_example_announces_the_vips_and_withdraws_them_on_drain() {
     assert!(ok, "{out}{err}");
     agent.eventually("the VIPs back in the router", Duration::from_secs(10), || routes(&topo), |_| announced(&topo));
     served(&topo).unwrap();
+}
+
+#[test]
+fn a_vip_whose_services_have_no_healthy_endpoint_is_withdrawn_until_one_is_back() {
+    let topo = topology();
+    let mut backends: Vec<_> =
+        topo.backends().iter().map(|(ns, name)| serve_tcp_stoppable(ns, 8080, name).unwrap()).collect();
+    serve_http(&topo.blue, 8081, "v1").unwrap();
+    topo.client.ip(&["route", "del", "default"]).expect("dropping the client's default route");
+    let checked = Topology::config()
+        .setting("announce: { interface: splitter0, settle: 2s }")
+        .service(
+            "shop",
+            Service::tcp(SHOP)
+                .blue_green(8080)
+                .weights(&[("blue", 1), ("green", 1)])
+                .with("health: { interval: 300ms, timeout: 200ms, unhealthy_after: 2, healthy_after: 2 }"),
+        )
+        .service("api", Service::l7(API).on_blue("v1", 8081).weights(&[("v1", 1)]));
+    let agent = Agent::start(&topo.lb, &checked.to_string());
+    let node_conf = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../packaging/bgp/bird.conf"))
+        .expect("the shipped BIRD example");
+    let _node = Bird::start(&topo.lb, &node_conf);
+    let _router = Bird::start(&topo.client, ROUTER);
+    agent.eventually("both VIPs in the router's FIB", Duration::from_secs(30), || routes(&topo), |_| announced(&topo));
+
+    // Every endpoint of shop dies: its VIP leaves the router; api's stays.
+    for b in &mut backends {
+        b.stop();
+    }
+    let shop_gone = |r: &String| !r.contains("198.18.0.10 ") && r.contains("198.18.0.20 via 192.0.2.1");
+    agent.eventually("shop's VIP withdrawn, api's kept", Duration::from_secs(10), || routes(&topo), shop_gone);
+    let status = String::from_utf8_lossy(
+        &agent.cli().args(["status", "--config"]).arg(&agent.config_path).output().unwrap().stdout,
+    )
+    .into_owned();
+    assert!(status.contains("withdrawn 198.18.0.10: no healthy endpoint in shop"), "{status}");
+
+    // One is back: announced again, and served.
+    backends[0] = serve_tcp_stoppable(&topo.blue, 8080, "blue").unwrap();
+    agent.eventually("shop's VIP back", Duration::from_secs(10), || routes(&topo), |_| announced(&topo));
+    assert_eq!(shop_served(&topo).unwrap(), "blue");
 }
