@@ -112,7 +112,8 @@ pub struct RunArgs {
     #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
     pub xdp_mode: AttachMode,
     /// Threads serving the l7 proxy (default: one per CPU). Fewer leave
-    /// cores to other work on a shared host.
+    /// cores to other work on a shared host; 1 runs the whole agent on one
+    /// thread, the least CPU per request.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub workers: Option<u16>,
     /// Log a counters summary this often (seconds, up to 86400; 0 disables).

@@ -1,5 +1,5 @@
 //! The L7 proxy over plain HTTP, run by `cargo xtask bench` (root).
-//! splitter (`--workers 1`), HAProxy (`mode http`, `nbthread 1`) and nginx
+//! splitter (`--workers 1`: the whole agent on one thread, tokio's current-thread runtime), HAProxy (`mode http`, `nbthread 1`) and nginx
 //! (1 worker) proxy to the same origin (an nginx answering 200 from memory)
 //! over keep-alive, in the same run, rounds interleaved:
 //!
@@ -193,7 +193,7 @@ fn main() {
     let mut md = String::new();
     let mut w = |s: String| writeln!(md, "{s}").unwrap();
     w(format!("### L7 proxy, plain HTTP ({} interleaved rounds of {SECS} s runs, median [min–max])\n", rounds()));
-    w(format!("splitter (`--workers 1`), HAProxy (`mode http`, `nbthread 1`) and nginx (1 worker) proxy to the same origin over keep-alive, beside a bare proxy made of splitter's parts (hyper-util's server and pooled client on tokio with one worker thread) doing none of its work: the floor of splitter's design, so that what splitter spends above it is its own layer, and what the floor spends above HAProxy is hyper's and tokio's. Each proxy's threads are pinned to CPU {PROXY_CPU}, alone (sched_setaffinity, as `taskset -a -p`; checked after the runs); wrk (one thread), the origin and the mirrors' shadow (nginx answering 200 from memory, 1 worker each) and the bench process run on CPU {LOAD_CPU}.\n"));
+    w(format!("splitter (`--workers 1`), HAProxy (`mode http`, `nbthread 1`) and nginx (1 worker) proxy to the same origin over keep-alive, beside a bare proxy made of splitter's parts (hyper-util's server and pooled client on tokio's current-thread runtime) doing none of its work: the floor of splitter's parts, so that what splitter spends above it is its own layer, and what the floor spends above HAProxy is hyper's and tokio's. splitter sends a client's HTTP/1 requests on the endpoint connections that client connection holds, where the floor looks its pooled client up per request: splitter's layer is its own work less that saving, and can come out below the floor. Each proxy's threads are pinned to CPU {PROXY_CPU}, alone (sched_setaffinity, as `taskset -a -p`; checked after the runs); wrk (one thread), the origin and the mirrors' shadow (nginx answering 200 from memory, 1 worker each) and the bench process run on CPU {LOAD_CPU}.\n"));
     w("#### Keep-alive requests/s (wrk -t1, `GET /`)\n".into());
     w(keepalive.table("direct to the origin (the generator's ceiling)", &proxies, &|p| p.name.clone()));
     w(keepalive.headroom_note(""));
@@ -209,7 +209,7 @@ fn main() {
         100.0 * keepalive.rps(4, 0) / keepalive.rps(2, 0),
     ));
     w(format!(
-        "Where splitter's CPU per request goes at {} connections: the bare hyper proxy spends {:.1} µs ({:.2}× HAProxy's {:.1}); splitter's own layer (framing guard, routing, limits, statistics, forwarding headers) adds {:+.1} µs to it ({:.2}× the floor). At {} connections: floor {:.1} µs ({:.2}× HAProxy), splitter {:+.1} µs over it.\n",
+        "Where splitter's CPU per request goes at {} connections: the bare hyper proxy spends {:.1} µs ({:.2}× HAProxy's {:.1}); splitter's own layer (framing guard, routing, limits, statistics, forwarding headers, less the pool lookups it skips) adds {:+.1} µs to it ({:.2}× the floor). At {} connections: floor {:.1} µs ({:.2}× HAProxy), splitter {:+.1} µs over it.\n",
         CONNS[0],
         cpu(FLOOR_AT, 0),
         cpu(FLOOR_AT, 0) / cpu(1, 0),

@@ -67,6 +67,12 @@ impl Agent {
         Agent(AgentProcess::start_unique(&splitter_bin(), ns, "spt", body, &[]).unwrap_or_else(|e| panic!("{e}")))
     }
 
+    /// [`Agent::start`] with `args` added to `splitter run`'s.
+    pub fn start_args(ns: &NetNs, body: &str, args: &[&str]) -> Agent {
+        crate::require_root("running the agent");
+        Agent(AgentProcess::start_unique(&splitter_bin(), ns, "spt", body, args).unwrap_or_else(|e| panic!("{e}")))
+    }
+
     /// [`Agent::start`] with `env` added to the agent's environment.
     pub fn start_env(ns: &NetNs, body: &str, env: &[(&str, &str)]) -> Agent {
         crate::require_root("running the agent");

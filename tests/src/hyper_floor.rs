@@ -1,10 +1,12 @@
 //! The floor under splitter's l7 proxy, for the L7 bench: a bare reverse
 //! proxy built of the parts splitter's is built of (hyper-util's server and
-//! pooled client, tokio's multi-thread runtime with one worker, as
-//! `splitter run --workers 1`), doing none of splitter's own work (framing
-//! guard, routing, limits, statistics, forwarding headers, mirroring).
-//! What splitter spends above it is splitter's layer; what it spends above
-//! HAProxy is hyper's and tokio's.
+//! pooled client, on tokio's current-thread runtime, as `splitter run
+//! --workers 1`), doing none of splitter's own work (framing guard,
+//! routing, limits, statistics, forwarding headers, mirroring). What
+//! splitter spends above it is splitter's layer; what it spends above
+//! HAProxy is hyper's and tokio's. splitter's own HTTP/1.1 path to the
+//! endpoints (each client connection holding its endpoint connections)
+//! skips the pool lookups this floor pays per request.
 //!
 //! The bench runs it as a child process (itself, with [`ARG`]), so that its
 //! CPU time and pinning are measured like every other proxy's.
@@ -41,7 +43,7 @@ pub fn run_if_asked() {
 }
 
 fn serve(listen: SocketAddr, backend: SocketAddr) {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("tokio");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio");
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(listen).await.expect("bind the floor proxy's address");
         let client = Client::builder(TokioExecutor::new()).build_http::<Incoming>();

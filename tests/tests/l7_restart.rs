@@ -21,7 +21,9 @@ use splitter_tests::{agent::Agent, netns::topology};
 fn start(topo: &Topology) -> Agent {
     let api = Service::l7(vip(8080)).version("v1", [SocketAddr::from((BLUE, 8081))]).weights(&[("v1", 1)]);
     let config = Topology::config().setting("l7: { drain_timeout: 10s }").service("api", api).to_string();
-    Agent::start(&topo.lb, &config)
+    // One worker: the whole agent on one thread (a current-thread runtime),
+    // as the benches run it; the hand-over and the drain must work there too.
+    Agent::start_args(&topo.lb, &config, &["--workers", "1"])
 }
 
 /// 1400 requests, 200 at a time, to a backend taking 1 s each (about 7 s

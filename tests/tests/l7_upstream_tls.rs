@@ -327,7 +327,7 @@ fn an_endpoint_that_does_not_choose_h2_is_a_connect_error_naming_what_it_chose()
         let (head, _) = Request::get("http://api/").body(()).unwrap().into_parts();
         let body = http_body_util::Empty::new().map_err(|never| match never {}).boxed();
         let via = upstreams.via(http::Version::HTTP_2, false);
-        let err = upstreams.send(via, endpoint, head, body).await.expect_err("h2 over an http/1.1 endpoint");
+        let err = upstreams.send(via, endpoint, head, body, None).await.expect_err("h2 over an http/1.1 endpoint");
         assert!(err.is_connect(), "{err}");
         let msg = err.to_string();
         let says = format!("{endpoint} chose no ALPN protocol where protocol h2 needs \"h2\"");

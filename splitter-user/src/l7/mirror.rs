@@ -387,7 +387,7 @@ async fn shadow(
     parts.headers.insert(MIRROR_HEADER, HeaderValue::from_static("1"));
     let via = s.upstreams.via(parts.version, false);
     let body = Full::new(body).map_err(|n| match n {}).boxed();
-    let Ok(resp) = s.upstreams.send(via, endpoint, parts, body).await else { return Shadow::Failed };
+    let Ok(resp) = s.upstreams.send(via, endpoint, parts, body, None).await else { return Shadow::Failed };
     let (mut parts, incoming) = resp.into_parts();
     let body = match http_body_util::Limited::new(incoming, s.cap).collect().await {
         Ok(b) => {

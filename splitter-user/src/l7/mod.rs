@@ -11,6 +11,7 @@
 //! started with) and counters. `route.rs` decides, `proxy.rs` forwards,
 //! `tls.rs` terminates TLS, `conn.rs` serves one connection.
 
+pub mod affine;
 pub mod conn;
 pub mod framing;
 pub mod mirror;

@@ -13,7 +13,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri};
+use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{combinators::BoxBody, BodyExt, Empty, Full};
 use hyper::body::{Body, Incoming};
 
@@ -66,6 +66,8 @@ pub struct ClientConn {
     pub scheme: Scheme,
     /// What its requests add to the forwarding headers.
     pub forwarding: Forwarding,
+    /// The endpoint connections its HTTP/1 requests went out on.
+    pub affinity: super::affine::Affinity,
 }
 
 /// Handles one request from `conn`. A gRPC request that the proxy
@@ -216,6 +218,10 @@ async fn forward(
             "gRPC needs HTTP/2 to the endpoints: set upstream.protocol to h2c, h2 or auto",
         ));
     }
+    // A client's HTTP/1 requests come one at a time: they go on the
+    // endpoint connections its connection holds. HTTP/2 streams and
+    // upgrades take the shared pool.
+    let affinity = (parts.version < Version::HTTP_2 && upgrade.is_none()).then_some(&conn.affinity);
     let mut body = Some(body);
     let mut parts = Some(parts);
     for (attempt, endpoint) in target.attempts(decision.endpoint, attempts).enumerate() {
@@ -224,7 +230,8 @@ async fn forward(
         let head = if last { parts.take() } else { parts.clone() }.expect("kept until the last attempt");
         let upstream_body = body.take().unwrap_or_else(|| Empty::new().map_err(|never| match never {}).boxed());
         let sent =
-            tokio::time::timeout(table.response_timeout, upstreams.send(via, endpoint, head, upstream_body)).await;
+            tokio::time::timeout(table.response_timeout, upstreams.send(via, endpoint, head, upstream_body, affinity))
+                .await;
         match sent {
             Ok(Ok(mut resp)) => {
                 let switched = resp.status() == StatusCode::SWITCHING_PROTOCOLS;

@@ -283,7 +283,15 @@ pub async fn serve(
             let io = framing::Guarded::new(stream, head_limit, max_head, timeouts, switch.clone(), activity.clone());
             let forwarding = proxy::Forwarding::new(client, scheme);
             let hold = Arc::new(admitted);
-            let info = Arc::new(proxy::ClientConn { addr: client, switch, hold, idle, scheme, forwarding });
+            let info = Arc::new(proxy::ClientConn {
+                addr: client,
+                switch,
+                hold,
+                idle,
+                scheme,
+                forwarding,
+                affinity: Default::default(),
+            });
             let draining = stop.drain.clone();
             let service = |activity: conn::Activity| {
                 hyper::service::service_fn(move |req| {

@@ -1,5 +1,7 @@
-//! The connections towards a service's endpoints: a pooled HTTP/1.1
-//! keep-alive client, and one multiplexed HTTP/2 connection per endpoint
+//! The connections towards a service's endpoints: HTTP/1.1 on the
+//! connections a client's HTTP/1 connection holds ([`super::affine`]), a
+//! pooled HTTP/1.1 keep-alive client (for HTTP/2 clients' requests,
+//! upgrades and mirror copies), and one multiplexed HTTP/2 connection per endpoint
 //! (our own small pool: the request keeps the client's `:authority`, and a
 //! failed connect is told from a failed request). `upstream.protocol` and
 //! the client's version choose one per request.
@@ -21,6 +23,7 @@ use std::{
     time::Duration,
 };
 
+use futures_util::future::Either;
 use http::{
     header,
     request::Parts,
@@ -231,6 +234,9 @@ pub struct Upstreams {
     scheme: &'static str,
     http1: Http1,
     h2: H2Pool,
+    /// Idle HTTP/1.1 connections for the requests of clients' HTTP/1
+    /// connections (the [`super::affine`] path).
+    idle: Arc<super::affine::Idle>,
 }
 
 impl Upstreams {
@@ -266,6 +272,7 @@ impl Upstreams {
             scheme: if tls.is_some() { "https" } else { "http" },
             http1,
             h2: H2Pool::new(connect_timeout, tls),
+            idle: Arc::default(),
         }
     }
 
@@ -279,19 +286,35 @@ impl Upstreams {
         }
     }
 
-    /// Sends `head` and `body` to `endpoint` over `via`.
+    /// Sends `head` and `body` to `endpoint` over `via`. With `affinity`
+    /// (a request of a client's HTTP/1 connection, not an upgrade), HTTP/1.1
+    /// goes on the connections that client connection holds.
     pub async fn send(
         &self,
         via: Via,
         endpoint: SocketAddr,
         mut head: Parts,
         body: ProxyBody,
+        affinity: Option<&super::affine::Affinity>,
     ) -> Result<Response<Incoming>, UpstreamError> {
         // The client's path and query, moved (not parsed again) into the
         // endpoint's URI.
         let pq =
             std::mem::take(&mut head.uri).into_parts().path_and_query.unwrap_or_else(|| PathAndQuery::from_static("/"));
         match via {
+            Via::Http1 if affinity.is_some() => {
+                head.version = Version::HTTP_11;
+                // Origin form on the wire; a request without `host` (from
+                // HTTP/2) gets the endpoint's, as the pooled client does.
+                head.uri = Uri::from(pq);
+                head.headers.entry(header::HOST).or_insert_with(|| {
+                    HeaderValue::from_str(endpoint_authority(endpoint).as_str()).expect("an address is a header value")
+                });
+                let req = Request::from_parts(head, body);
+                let affinity = affinity.expect("matched");
+                let dial = || self.h2.dial_http1(endpoint);
+                super::affine::send(&self.idle, affinity, endpoint, req, dial).await
+            }
             Via::Http1 => {
                 head.version = Version::HTTP_11;
                 head.uri = uri(self.scheme, endpoint_authority(endpoint), pq);
@@ -481,12 +504,47 @@ impl H2Pool {
         Ok(sender)
     }
 
-    async fn connect(&self, endpoint: SocketAddr) -> Result<SendRequest<ProxyBody>, UpstreamError> {
+    /// A TCP connection to `endpoint` within the connect timeout.
+    async fn tcp(&self, endpoint: SocketAddr) -> Result<TcpStream, UpstreamError> {
         let tcp = tokio::time::timeout(self.connect_timeout, TcpStream::connect(endpoint))
             .await
             .map_err(|_| UpstreamError::Connect(format!("no connection within {:?}", self.connect_timeout)))?
             .map_err(|e| UpstreamError::Connect(e.to_string()))?;
         let _ = tcp.set_nodelay(true);
+        Ok(tcp)
+    }
+
+    /// A new HTTP/1.1 connection to `endpoint` (over TLS with ALPN
+    /// `http/1.1` when configured), driven by a task of its own.
+    async fn dial_http1(&self, endpoint: SocketAddr) -> Result<super::affine::Sender, UpstreamError> {
+        let tcp = self.tcp(endpoint).await?;
+        let handshake = |e: hyper::Error| UpstreamError::Connect(format!("HTTP/1.1 handshake: {}", describe(&e)));
+        let (sender, conn) = match &self.tls {
+            None => {
+                let (sender, conn) =
+                    hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.map_err(handshake)?;
+                (sender, Either::Left(conn))
+            }
+            Some(tls) => {
+                let stream = tls
+                    .handshake(Alpn::Http1, tcp, endpoint, self.connect_timeout)
+                    .await
+                    .map_err(UpstreamError::Connect)?;
+                let (sender, conn) =
+                    hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(handshake)?;
+                (sender, Either::Right(conn))
+            }
+        };
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%endpoint, "HTTP/1.1 connection to the endpoint ended: {e}");
+            }
+        });
+        Ok(sender)
+    }
+
+    async fn connect(&self, endpoint: SocketAddr) -> Result<SendRequest<ProxyBody>, UpstreamError> {
+        let tcp = self.tcp(endpoint).await?;
         match &self.tls {
             None => h2_handshake(TokioIo::new(tcp), endpoint).await,
             Some(tls) => {
