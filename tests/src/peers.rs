@@ -242,8 +242,13 @@ impl Nginx {
 
 impl Drop for Nginx {
     fn drop(&mut self) {
+        // A worker outlives a killed master (it was seen serving on in a
+        // deleted namespace after the bench): its workers go first.
+        let workers: Vec<u32> = self.pids().into_iter().skip(1).collect();
         let _ = self.0.kill();
         let _ = self.0.wait();
-        // The worker exits when its master is gone.
+        for pid in workers {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::SIGKILL);
+        }
     }
 }

@@ -130,6 +130,22 @@ fn heads_over_the_limits_get_431_and_idle_connections_are_closed_politely() {
     let answer = raw_exchange(&topo.client, vip(8080), b"GET / HTTP/1.1\r\nHost: api\r\nX-Slow: ");
     assert!(answer.starts_with("HTTP/1.1 408 Request Timeout"), "not closed as idle under a head: {answer:?}");
     assert!(started.elapsed() >= Duration::from_millis(1900), "after the timeout: {:?}", started.elapsed());
+    // The clock is the connection's, re-armed for each head: a second head
+    // on a kept-alive connection gets its own 2 s, from its first byte.
+    let (answer, waited) = topo.client.run(|| {
+        let mut s = TcpStream::connect_timeout(&vip(8080), Duration::from_secs(3)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(6))).unwrap();
+        // The first head's clock runs meanwhile.
+        std::thread::sleep(Duration::from_millis(300));
+        let sent = Instant::now();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: api\r\n\r\nGET / HTTP/1.1\r\nHost: api\r\nX-Slow: ").unwrap();
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        (String::from_utf8_lossy(&out).into_owned(), sent.elapsed())
+    });
+    assert!(answer.starts_with("HTTP/1.1 200"), "the first request is answered: {answer:.200}");
+    assert!(answer.contains("HTTP/1.1 408 Request Timeout"), "then the slow head times out: {answer:?}");
+    assert!(waited >= Duration::from_millis(1900), "the second head had its own time: {waited:?}");
 
     // An HTTP/1.1 keep-alive connection is closed about 1 s after its answer.
     let closed_after = topo.client.run(|| {

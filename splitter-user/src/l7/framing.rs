@@ -110,6 +110,8 @@ pub struct Framing {
     started: bool,
     /// Longest head held back; a longer one goes to hyper (431).
     max_head: usize,
+    /// Heads completed so far.
+    heads: u64,
 }
 
 impl Default for Framing {
@@ -133,6 +135,7 @@ impl Framing {
             h2_opening: None,
             started: false,
             max_head,
+            heads: 0,
         }
     }
 
@@ -200,6 +203,7 @@ impl Framing {
                             Ok(next) => {
                                 self.state = next;
                                 self.first = false;
+                                self.heads += 1;
                                 self.started = false;
                                 at += n;
                             }
@@ -287,6 +291,7 @@ impl Framing {
                                     let rest = self.head.split_off(n);
                                     let head = std::mem::take(&mut self.head);
                                     self.first = false;
+                                    self.heads += 1;
                                     self.started = false;
                                     match verdict {
                                         Ok(next) => {
@@ -481,13 +486,15 @@ pub struct Guarded<T> {
     /// and from each later head's first byte to its end.
     head_limit: std::time::Duration,
     /// Running while a head is awaited.
-    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    deadline: HeadClock,
     /// Counts connections closed because a head did not arrive in time.
     timeouts: std::sync::Arc<std::sync::atomic::AtomicU64>,
     /// Told while a head is awaited, so the connection is not closed as
     /// idle under a head that `head_limit` bounds (and answers with 408).
     activity: Activity,
     awaiting: bool,
+    /// The framing's count of completed heads when the clock last looked.
+    heads: u64,
 }
 
 impl<T> Guarded<T> {
@@ -513,10 +520,11 @@ impl<T> Guarded<T> {
             ready: Vec::new(),
             at: 0,
             head_limit,
-            deadline: None,
+            deadline: HeadClock::default(),
             timeouts,
             activity,
             awaiting,
+            heads: 0,
         }
     }
 }
@@ -571,7 +579,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Guarded<T> {
                 // Not HTTP any more: what was held (bytes sent early) and
                 // all that follows go through as they are.
                 this.framing.pass_rest(&mut this.ready);
-                this.deadline = None;
+                this.deadline.stop();
                 if !this.ready.is_empty() {
                     continue;
                 }
@@ -600,9 +608,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Guarded<T> {
                             buf.set_filled(before + passed);
                             this.framing.feed(&rest, &mut this.ready);
                         }
-                        if !this.framing.awaiting_head() {
-                            this.deadline = None;
-                        }
+                        this.head_clock_after_input();
                         if passed > 0 {
                             return Poll::Ready(Ok(()));
                         }
@@ -631,11 +637,19 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Guarded<T> {
                     this.framing.feed(rb.filled(), &mut out);
                     this.ready = out;
                     // A head completed: the next one gets its own time.
-                    if !this.framing.awaiting_head() {
-                        this.deadline = None;
-                    }
+                    this.head_clock_after_input();
                 }
             }
+        }
+    }
+
+    /// After input went through the framing: a completed head stops the
+    /// clock, so the next head (even one that came in the same read) gets
+    /// its own time, from now.
+    fn head_clock_after_input(&mut self) {
+        if !self.framing.awaiting_head() || self.framing.heads != self.heads {
+            self.heads = self.framing.heads;
+            self.deadline.stop();
         }
     }
 
@@ -643,12 +657,11 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Guarded<T> {
     /// when it is out an HTTP/1 client is told (408) and the input ends.
     fn pending(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         if !self.framing.awaiting_head() {
-            self.deadline = None;
+            self.deadline.stop();
             return Poll::Pending;
         }
         let limit = self.head_limit;
-        let deadline = self.deadline.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
-        if deadline.as_mut().poll(cx).is_pending() {
+        if self.deadline.poll(cx, limit).is_pending() {
             return Poll::Pending;
         }
         self.timeouts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -661,6 +674,37 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Guarded<T> {
             }
         }
         Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, format!("no complete request head within {limit:?}"))))
+    }
+}
+
+/// The clock of the head being awaited: one timer per connection, re-armed
+/// for each head rather than made anew (an allocation and a timer per
+/// keep-alive request otherwise).
+#[derive(Default)]
+struct HeadClock {
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    running: bool,
+}
+
+impl HeadClock {
+    /// The head arrived (or none is awaited any more).
+    fn stop(&mut self) {
+        self.running = false;
+    }
+
+    /// Starts the clock at `limit` if it is not running, and polls it.
+    fn poll(&mut self, cx: &mut Context<'_>, limit: std::time::Duration) -> Poll<()> {
+        let sleep = match &mut self.sleep {
+            Some(sleep) => {
+                if !self.running {
+                    sleep.as_mut().reset(tokio::time::Instant::now() + limit);
+                }
+                sleep
+            }
+            None => self.sleep.insert(Box::pin(tokio::time::sleep(limit))),
+        };
+        self.running = true;
+        sleep.as_mut().poll(cx)
     }
 }
 

@@ -312,7 +312,10 @@ impl Upstreams {
                 });
                 let req = Request::from_parts(head, body);
                 let affinity = affinity.expect("matched");
-                let dial = || self.h2.dial_http1(endpoint);
+                // Boxed: the connect and TLS handshake inside would make
+                // every request's future (moved into its box) kilobytes
+                // larger, for the few requests that dial.
+                let dial = || Box::pin(self.h2.dial_http1(endpoint));
                 super::affine::send(&self.idle, affinity, endpoint, req, dial).await
             }
             Via::Http1 => {
