@@ -329,7 +329,22 @@ fn bird_parses() -> Result<(), String> {
 /// FRR's bgpd checks the example config the package ships (`-C`: it
 /// exits 0 either way, so any word it says is a refusal).
 fn frr_parses() -> Result<(), String> {
-    let conf = crate::workspace_root().join("packaging/bgp/frr.conf");
+    let shipped = crate::workspace_root().join("packaging/bgp/frr.conf");
+    let text = std::fs::read_to_string(&shipped).map_err(|e| format!("reading {}: {e}", shipped.display()))?;
+    // bgpd reads it as user frr, after dropping root: a checkout under a
+    // private directory (mktemp -d is 0700) is not readable to it, so it
+    // reads a copy in a scratch directory that is.
+    let dir = Scratch::new("frr")?;
+    let conf = dir.write("frr.conf", &text)?;
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let open = |p: &std::path::Path, mode| {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
+                .map_err(|e| format!("chmod {}: {e}", p.display()))
+        };
+        open(&dir.0, 0o755)?;
+        open(&conf, 0o644)?;
+    }
     let out = Command::new("/usr/lib/frr/bgpd")
         .arg("-C")
         .arg("-f")
@@ -340,7 +355,7 @@ fn frr_parses() -> Result<(), String> {
     if out.status.success() && said.trim().is_empty() {
         Ok(())
     } else {
-        Err(format!("bgpd -C refused {}: {}", conf.display(), said.trim()))
+        Err(format!("bgpd -C refused {} (as {}): {}", shipped.display(), conf.display(), said.trim()))
     }
 }
 
