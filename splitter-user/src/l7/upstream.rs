@@ -304,8 +304,9 @@ impl Upstreams {
         match via {
             Via::Http1 if affinity.is_some() => {
                 head.version = Version::HTTP_11;
-                // Origin form on the wire; a request without `host` (from
-                // HTTP/2) gets the endpoint's, as the pooled client does.
+                // Origin form on the wire; a request without `host` (only
+                // HTTP/1.0 may lack it) gets the endpoint's, as the pooled
+                // client does.
                 head.uri = Uri::from(pq);
                 head.headers.entry(header::HOST).or_insert_with(|| {
                     HeaderValue::from_str(endpoint_authority(endpoint).as_str()).expect("an address is a header value")
