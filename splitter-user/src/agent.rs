@@ -479,6 +479,8 @@ impl<B: Backing> Agent<B> {
         // window then covers everything since the start.
         agent.on_sample();
         agent.rebase_rollouts();
+        // Detached: it stops with the runtime.
+        crate::heap::spawn_trimmer();
         match metrics_listener {
             Some(listener) => {
                 info!(listen = %listener.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string()), "metrics at /metrics, the dashboard at /");

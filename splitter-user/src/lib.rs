@@ -15,6 +15,7 @@ pub mod control;
 pub mod dataplane;
 pub mod demo;
 pub mod health;
+pub mod heap;
 pub mod l7;
 pub mod link_watch;
 pub mod local_addrs;
