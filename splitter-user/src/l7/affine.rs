@@ -8,7 +8,7 @@
 //! before the request is written, and the request goes on a fresh one.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     net::SocketAddr,
     sync::{Arc, Mutex, PoisonError},
     time::{Duration, Instant},
@@ -31,20 +31,32 @@ const HELD_PER_CLIENT: usize = 8;
 /// How long a connection handed back while its last answer is still being
 /// read may take to become reusable before it is closed instead.
 const SETTLE: Duration = Duration::from_secs(5);
+/// How often, at most, a hand-back also looks through every endpoint's
+/// list for connections that waited too long or were closed (a hand-back
+/// per closing client connection must not cost a walk of every idle one).
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// A service's idle HTTP/1.1 connections to its endpoints.
 #[derive(Default)]
 pub struct Idle {
-    conns: Mutex<HashMap<SocketAddr, Vec<(Sender, Instant)>>>,
+    lists: Mutex<Lists>,
+}
+
+/// Per endpoint its idle connections, oldest first, and when they were
+/// last all looked through.
+#[derive(Default)]
+struct Lists {
+    conns: HashMap<SocketAddr, VecDeque<(Sender, Instant)>>,
+    swept: Option<Instant>,
 }
 
 impl Idle {
     /// The newest usable idle connection to `endpoint`; stale and closed
     /// ones met on the way are dropped.
     fn take(&self, endpoint: SocketAddr) -> Option<Sender> {
-        let mut conns = self.conns.lock().unwrap_or_else(PoisonError::into_inner);
-        let list = conns.get_mut(&endpoint)?;
-        while let Some((sender, since)) = list.pop() {
+        let mut lists = self.lists.lock().unwrap_or_else(PoisonError::into_inner);
+        let list = lists.conns.get_mut(&endpoint)?;
+        while let Some((sender, since)) = list.pop_back() {
             if !sender.is_closed() && since.elapsed() < IDLE_FOR {
                 return Some(sender);
             }
@@ -73,24 +85,28 @@ impl Idle {
     }
 
     fn keep(&self, endpoint: SocketAddr, sender: Sender) {
-        let mut conns = self.conns.lock().unwrap_or_else(PoisonError::into_inner);
-        // Whatever waited too long anywhere goes now, so an endpoint no
-        // longer used does not keep its connections open.
-        conns.retain(|_, list| {
-            list.retain(|(s, since)| !s.is_closed() && since.elapsed() < IDLE_FOR);
-            !list.is_empty()
-        });
-        let list = conns.entry(endpoint).or_default();
-        if list.len() >= IDLE_PER_ENDPOINT {
-            list.remove(0);
+        let mut lists = self.lists.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        // Whatever waited too long anywhere goes, so an endpoint no longer
+        // used does not keep its connections open.
+        if lists.swept.is_none_or(|at| now.duration_since(at) >= SWEEP_EVERY) {
+            lists.conns.retain(|_, list| {
+                list.retain(|(s, since)| !s.is_closed() && now.duration_since(*since) < IDLE_FOR);
+                !list.is_empty()
+            });
+            lists.swept = Some(now);
         }
-        list.push((sender, Instant::now()));
+        let list = lists.conns.entry(endpoint).or_default();
+        if list.len() >= IDLE_PER_ENDPOINT {
+            list.pop_front();
+        }
+        list.push_back((sender, now));
     }
 
     /// How many idle connections wait, over all endpoints.
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.conns.lock().unwrap_or_else(PoisonError::into_inner).values().map(Vec::len).sum()
+        self.lists.lock().unwrap_or_else(PoisonError::into_inner).conns.values().map(VecDeque::len).sum()
     }
 }
 

@@ -101,7 +101,6 @@ pub enum Refusal {
 pub struct Framing {
     state: State,
     head: Vec<u8>,
-    first: bool,
     refused: Option<Refusal>,
     /// HTTP/2: bytes of the client preface and the first frame header
     /// still to come (the connection's "first head").
@@ -110,7 +109,7 @@ pub struct Framing {
     started: bool,
     /// Longest head held back; a longer one goes to hyper (431).
     max_head: usize,
-    /// Heads completed so far.
+    /// Heads completed so far (none: the connection's first is awaited).
     heads: u64,
 }
 
@@ -130,7 +129,6 @@ impl Framing {
         Framing {
             state: State::Head,
             head: Vec::new(),
-            first: true,
             refused: None,
             h2_opening: None,
             started: false,
@@ -193,7 +191,7 @@ impl Framing {
                 State::Head => {
                     // Empty lines before a head (skipped, not passed) and a
                     // possible HTTP/2 preface take the slow path.
-                    if matches!(rest[0], b'\r' | b'\n') || self.first && rest[0] == b'P' {
+                    if matches!(rest[0], b'\r' | b'\n') || self.heads == 0 && rest[0] == b'P' {
                         return at;
                     }
                     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
@@ -202,7 +200,6 @@ impl Framing {
                         Ok(httparse::Status::Complete(n)) if n <= self.max_head => match decide(req.headers) {
                             Ok(next) => {
                                 self.state = next;
-                                self.first = false;
                                 self.heads += 1;
                                 self.started = false;
                                 at += n;
@@ -265,7 +262,7 @@ impl Framing {
                     if self.head.is_empty() {
                         continue;
                     }
-                    if self.first && self.head.len() >= 3 && self.head.starts_with(b"PRI") {
+                    if self.heads == 0 && self.head.len() >= 3 && self.head.starts_with(b"PRI") {
                         // HTTP/2 with prior knowledge: hyper's business, once
                         // its opening is in.
                         self.h2_opening = Some(H2_OPENING.saturating_sub(self.head.len()));
@@ -290,7 +287,6 @@ impl Framing {
                                     let verdict = decide(req.headers);
                                     let rest = self.head.split_off(n);
                                     let head = std::mem::take(&mut self.head);
-                                    self.first = false;
                                     self.heads += 1;
                                     self.started = false;
                                     match verdict {
@@ -536,7 +532,7 @@ impl Framing {
     /// hyper is on its own, as for HTTP/2.)
     pub fn awaiting_head(&self) -> bool {
         match self.state {
-            State::Head => self.first || self.started || !self.head.is_empty(),
+            State::Head => self.heads == 0 || self.started || !self.head.is_empty(),
             State::Passthrough => self.h2_opening.is_some_and(|left| left > 0),
             _ => false,
         }

@@ -233,6 +233,8 @@ pub struct Upstreams {
     /// `https` with `upstream.tls`, else `http`.
     scheme: &'static str,
     http1: Http1,
+    /// Opens the HTTP/2 pool's connections and the [`super::affine`] path's.
+    dial: Dialer,
     h2: H2Pool,
     /// Idle HTTP/1.1 connections for the requests of clients' HTTP/1
     /// connections (the [`super::affine`] path).
@@ -271,7 +273,8 @@ impl Upstreams {
             protocol: upstream.protocol,
             scheme: if tls.is_some() { "https" } else { "http" },
             http1,
-            h2: H2Pool::new(connect_timeout, tls),
+            dial: Dialer { connect_timeout, tls },
+            h2: H2Pool::default(),
             idle: Arc::default(),
         }
     }
@@ -316,7 +319,7 @@ impl Upstreams {
                 // Boxed: the connect and TLS handshake inside would make
                 // every request's future (moved into its box) kilobytes
                 // larger, for the few requests that dial.
-                let dial = || Box::pin(self.h2.dial_http1(endpoint));
+                let dial = || Box::pin(self.dial.http1(endpoint));
                 super::affine::send(&self.idle, affinity, endpoint, req, dial).await
             }
             Via::Http1 => {
@@ -347,7 +350,7 @@ impl Upstreams {
                 head.uri = uri(self.scheme, authority, pq);
                 // Boxed: the connect and handshake inside would make every
                 // request's future (moved several times) kilobytes larger.
-                let mut sender = Box::pin(self.h2.sender(endpoint)).await?;
+                let mut sender = Box::pin(self.h2.sender(&self.dial, endpoint)).await?;
                 sender.ready().await.map_err(|e| UpstreamError::Request(describe(&e)))?;
                 sender
                     .send_request(Request::from_parts(head, body))
@@ -473,24 +476,20 @@ pub(crate) fn describe(e: &(dyn std::error::Error + 'static)) -> String {
 /// One HTTP/2 connection per endpoint (h2c, or h2 over TLS), opened on
 /// first use and replaced once closed; concurrent first requests share one
 /// connect.
+#[derive(Default)]
 struct H2Pool {
-    connect_timeout: Duration,
-    tls: Option<Arc<TlsTo>>,
     ready: std::sync::Mutex<HashMap<SocketAddr, SendRequest<ProxyBody>>>,
     connecting: std::sync::Mutex<HashMap<SocketAddr, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl H2Pool {
-    fn new(connect_timeout: Duration, tls: Option<Arc<TlsTo>>) -> H2Pool {
-        H2Pool { connect_timeout, tls, ready: Default::default(), connecting: Default::default() }
-    }
-
     fn open(&self, endpoint: SocketAddr) -> Option<SendRequest<ProxyBody>> {
         let ready = self.ready.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         ready.get(&endpoint).filter(|s| !s.is_closed()).cloned()
     }
 
-    async fn sender(&self, endpoint: SocketAddr) -> Result<SendRequest<ProxyBody>, UpstreamError> {
+    /// The open connection to `endpoint`, or a new one `dial` opens.
+    async fn sender(&self, dial: &Dialer, endpoint: SocketAddr) -> Result<SendRequest<ProxyBody>, UpstreamError> {
         if let Some(s) = self.open(endpoint) {
             return Ok(s);
         }
@@ -503,11 +502,21 @@ impl H2Pool {
         if let Some(s) = self.open(endpoint) {
             return Ok(s);
         }
-        let sender = self.connect(endpoint).await?;
+        let sender = dial.h2(endpoint).await?;
         self.ready.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(endpoint, sender.clone());
         Ok(sender)
     }
+}
 
+/// Opens connections to a service's endpoints: TCP within the connect
+/// timeout, then TLS with `upstream.tls` (ALPN per protocol), then the
+/// HTTP handshake, each connection driven by a task of its own.
+struct Dialer {
+    connect_timeout: Duration,
+    tls: Option<Arc<TlsTo>>,
+}
+
+impl Dialer {
     /// A TCP connection to `endpoint` within the connect timeout.
     async fn tcp(&self, endpoint: SocketAddr) -> Result<TcpStream, UpstreamError> {
         let tcp = tokio::time::timeout(self.connect_timeout, TcpStream::connect(endpoint))
@@ -520,7 +529,7 @@ impl H2Pool {
 
     /// A new HTTP/1.1 connection to `endpoint` (over TLS with ALPN
     /// `http/1.1` when configured), driven by a task of its own.
-    async fn dial_http1(&self, endpoint: SocketAddr) -> Result<super::affine::Sender, UpstreamError> {
+    async fn http1(&self, endpoint: SocketAddr) -> Result<super::affine::Sender, UpstreamError> {
         let tcp = self.tcp(endpoint).await?;
         let handshake = |e: hyper::Error| UpstreamError::Connect(format!("HTTP/1.1 handshake: {}", describe(&e)));
         let (sender, conn) = match &self.tls {
@@ -547,7 +556,8 @@ impl H2Pool {
         Ok(sender)
     }
 
-    async fn connect(&self, endpoint: SocketAddr) -> Result<SendRequest<ProxyBody>, UpstreamError> {
+    /// A new HTTP/2 connection to `endpoint` (h2c, or TLS with ALPN `h2`).
+    async fn h2(&self, endpoint: SocketAddr) -> Result<SendRequest<ProxyBody>, UpstreamError> {
         let tcp = self.tcp(endpoint).await?;
         match &self.tls {
             None => h2_handshake(TokioIo::new(tcp), endpoint).await,
