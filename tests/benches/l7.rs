@@ -7,8 +7,8 @@
 //!    and CPU µs per request of each proxy's processes; splitter with 10 %
 //!    of its requests mirrored to a shadow and compared, nginx with its
 //!    `mirror` (not compared);
-//! 2. p50/p99 at a fixed rate below saturation (half HAProxy's maximum at
-//!    32 connections), open loop;
+//! 2. p50/p99 at two fixed rates below saturation (a quarter and a half of
+//!    HAProxy's maximum at 32 connections), open loop;
 //! 3. RSS idle (splitter with one service) and with 32 and 256 connections
 //!    open.
 //!
@@ -49,7 +49,7 @@ use splitter_tests::{
     peers::{Haproxy, Nginx},
     profile,
     report::{self, Bar},
-    rss_kib,
+    Rss,
 };
 
 /// Seconds per rate run.
@@ -58,6 +58,11 @@ const SECS: u64 = 4;
 const CONNS: [usize; 2] = [32, 256];
 /// Connections of the open-loop latency runs.
 const LATENCY_CONNS: usize = 32;
+/// The open-loop rates, as shares of HAProxy's maximum at 32 connections:
+/// a quarter, where every proxy's core is mostly idle, and a half, near
+/// where this two-core machine's load side (generator, origin, and the
+/// packets' processing) starts queueing for every path.
+const LATENCY_AT: [f64; 2] = [0.25, 0.5];
 /// Seconds of each proxy's `perf stat` when profiling.
 const COUNT_SECS: u64 = 5;
 /// Open connections at which each proxy's RSS is read.
@@ -82,13 +87,13 @@ fn l7(port: u16) -> Service {
 
 /// The RSS of a fresh splitter agent serving one l7 service, once it has
 /// answered one request, KiB.
-fn idle_rss_one_service(bin: &std::path::Path, topo: &Topology) -> u64 {
+fn idle_rss_one_service(bin: &std::path::Path, topo: &Topology) -> Rss {
     let config = Topology::config().service("api", l7(8080));
     let agent = AgentProcess::start_unique(bin, &topo.lb, "spl", &config.to_string(), &["--workers", "1"])
         .unwrap_or_else(|e| panic!("{e}"));
     with_open_connections(&topo.client, vip(8080), None, 1, || ());
     std::thread::sleep(Duration::from_secs(1));
-    rss_kib(agent.pid().expect("agent runs"))
+    Rss::of(agent.pid().expect("agent runs"))
 }
 
 fn main() {
@@ -147,7 +152,7 @@ fn main() {
     for p in &proxies {
         with_open_connections(&topo.client, p.addr, None, 1, || ());
     }
-    let idle = [Some(splitter_idle), Some(main[1].rss_kib()), Some(main[2].rss_kib())];
+    let idle = [Some(splitter_idle), Some(main[1].rss()), Some(main[2].rss())];
 
     // Rate runs, rounds interleaved.
     let mut keepalive = KeepAlive::new(&CONNS, SECS, proxies.len());
@@ -156,14 +161,17 @@ fn main() {
         eprintln!("round {}/{} done", round + 1, rounds());
     }
 
-    // Latency at a fixed rate: half of HAProxy's median maximum at CONNS[0]
-    // connections, the same offered rate for every path.
-    let rate = (0.5 * keepalive.rps(1, 0) / 100.0).floor() * 100.0;
-    let mut latency: Vec<Vec<Latency>> = (0..=proxies.len()).map(|_| Vec::new()).collect();
+    // Latency at fixed rates: shares of HAProxy's median maximum at
+    // CONNS[0] connections, the same offered rates for every path.
+    let rates = LATENCY_AT.map(|share| (share * keepalive.rps(1, 0) / 100.0).floor() * 100.0);
+    let mut latency: Vec<Vec<Vec<Latency>>> =
+        rates.iter().map(|_| (0..=proxies.len()).map(|_| Vec::new()).collect()).collect();
     for _ in 0..rounds() {
-        latency[0].push(open_loop(&topo.client, addr(BACKEND), None, rate, LATENCY_CONNS, SECS));
-        for (i, p) in proxies.iter().enumerate() {
-            latency[i + 1].push(open_loop(&topo.client, p.addr, None, rate, LATENCY_CONNS, SECS));
+        for (at, rate) in latency.iter_mut().zip(rates) {
+            at[0].push(open_loop(&topo.client, addr(BACKEND), None, rate, LATENCY_CONNS, SECS));
+            for (i, p) in proxies.iter().enumerate() {
+                at[i + 1].push(open_loop(&topo.client, p.addr, None, rate, LATENCY_CONNS, SECS));
+            }
         }
     }
     let rss = rss_with_connections(&topo.client, main, None, &RSS_AT);
@@ -221,22 +229,33 @@ fn main() {
         cpu(FLOOR_AT, 1) / cpu(1, 1),
         cpu(0, 1) - cpu(FLOOR_AT, 1),
     ));
-    w(format!("#### Latency at {rate:.0} requests/s, open loop\n\nHalf HAProxy's median maximum at {} connections, offered to every path over {LATENCY_CONNS} keep-alive connections: requests fall due evenly spaced and are released every {} µs (a timerfd; a handful at a time) to the connections in turn, whatever the answers do, by a bare HTTP/1.1 client (httparse, as wrk's) so that the load side stays far from saturating CPU {LOAD_CPU} (its busy column); latency from each request's release:\n", CONNS[0], PACE_TICK.as_micros()));
+    w(format!("#### Latency at fixed rates, open loop\n\nA quarter and a half of HAProxy's median maximum at {} connections, each offered to every path over {LATENCY_CONNS} keep-alive connections: requests fall due evenly spaced and are released every {} µs (a timerfd; a handful at a time) to the connections in turn, whatever the answers do, by a bare HTTP/1.1 client (httparse, as wrk's) so that the load side stays far from saturating CPU {LOAD_CPU} (its busy column); latency from each request's release.\n", CONNS[0], PACE_TICK.as_micros()));
     let lat_names: Vec<String> =
         std::iter::once("direct to the origin".to_owned()).chain(proxies.iter().map(|p| p.name.clone())).collect();
-    w(latency_table(&lat_names, &latency));
-    let p99 = |i: usize| med(&latency[i], &|l| l.p99_us).0;
-    let added = |i: usize| p99(i + 1) - p99(0);
+    let p99 = |r: usize, i: usize| med(&latency[r][i], &|l| l.p99_us).0;
+    let added = |r: usize, i: usize| p99(r, i + 1) - p99(r, 0);
+    for (r, rate) in rates.iter().enumerate() {
+        w(format!("At {rate:.0} requests/s ({:.0} % of HAProxy's maximum):\n", 100.0 * LATENCY_AT[r]));
+        w(latency_table(&lat_names, &latency[r]));
+        w(format!(
+            "Added p99 over direct: splitter {:.0} µs, HAProxy {:.0} µs, nginx {:.0} µs; splitter mirrored {:.0} µs.\n",
+            added(r, 0),
+            added(r, 1),
+            added(r, 2),
+            added(r, 3)
+        ));
+    }
+    let growth = |i: usize| p99(1, i) / p99(0, i);
     w(format!(
-        "Added p99 over direct: splitter {:.0} µs, HAProxy {:.0} µs, nginx {:.0} µs; splitter mirrored {:.0} µs.\n",
-        added(0),
-        added(1),
-        added(2),
-        added(3)
+        "From the lower rate to the higher, p99 grows {:.1}× straight to the origin, {:.1}× through splitter, {:.1}× through HAProxy and {:.1}× through nginx. A proxy's core is still far from busy at the higher rate (its CPU 1 column), but each request through a proxy is two hops, and the load core also processes the packets it sends and receives (its busy column): where every proxy's p99 grows alike, the queueing is on that side, not in a proxy.\n",
+        growth(0),
+        growth(1),
+        growth(2),
+        growth(3)
     ));
     w("#### RSS (MiB)\n".into());
     w(rss_table(main, &idle, &RSS_AT, &rss));
-    w("Idle: splitter is a fresh agent with one l7 service after one request (the bench's agent has two); HAProxy and nginx (with its two servers, plain and mirroring) before any load. With connections open: read after the rate runs (allocators keep what the load made them take), each connection idle after one request. The splitter agent also holds the eBPF data path and the control plane.".into());
+    w("Idle: splitter is a fresh agent with one l7 service after one request (the bench's agent has two); HAProxy and nginx (with its two servers, plain and mirroring) before any load. With connections open: read after the rate and latency runs (an allocator may keep what the load made it take; splitter's agent hands its free heap pages back within 10 s of a peak, HAProxy keeps its buffer pools), each connection idle after one request, and splitter's connections each holding the endpoint connection its request was sent on. The splitter agent also holds the eBPF data path and the control plane.".into());
     if let Some((prof, counts)) = &profiled {
         let what = format!("splitter under wrk, {} keep-alive connections, pinned as above", CONNS[0]);
         w(format!("\n{}", prof.markdown(&what)));
@@ -245,7 +264,8 @@ fn main() {
     }
     report::write_md("l7", &md);
 
-    let mib = |kib: u64| kib as f64 / 1024.0;
+    let mib = |r: Rss| r.total as f64 / 1024.0;
+    let anon = |r: Rss| r.anon as f64 / 1024.0;
     let ka = |i: usize, c: usize| keepalive.rps(i, c);
     let short = (0..CONNS.len()).map(|c| keepalive.headroom(c)).fold(f64::INFINITY, f64::min);
     let caveat = if short < splitter_tests::l7bench::HEADROOM_BAR {
@@ -256,7 +276,7 @@ fn main() {
     report::write_headline(
         "l7",
         &[format!(
-            "L7 proxy, plain HTTP (each proxy pinned to one core): splitter spends {:.1} µs of CPU per keep-alive request at {} connections, {:.2}× HAProxy's ({:.1}) and {:.2}× nginx's ({:.1}); per core it serves {:.2}× HAProxy's requests/s at {} connections and {:.2}× at {} (nginx: {:.2}×, {:.2}×){caveat}; at {rate:.0} requests/s open loop it adds {:.0} µs p99 over direct (HAProxy {:.0}, nginx {:.0}); it holds {:.1} MiB idle with one service and {:.1} MiB with {} connections open (HAProxy {:.1}, nginx {:.1}); a bare proxy of the same parts (hyper, tokio) spends {:.1} µs per request ({:.2}× HAProxy's), so splitter's own layer adds {:+.1} µs.",
+            "L7 proxy, plain HTTP (each proxy pinned to one core): splitter spends {:.1} µs of CPU per keep-alive request at {} connections, {:.2}× HAProxy's ({:.1}) and {:.2}× nginx's ({:.1}); per core it serves {:.2}× HAProxy's requests/s at {} connections and {:.2}× at {} (nginx: {:.2}×, {:.2}×){caveat}; open loop it adds {:.0} µs p99 over direct at {:.0} requests/s (HAProxy {:.0}, nginx {:.0}) and {:.0} µs at {:.0} (HAProxy {:.0}, nginx {:.0}); it holds {:.1} MiB idle with one service and {:.1} MiB with {} connections open (HAProxy {:.1}, nginx {:.1}), of which its allocations are {:.1} and {:.1} MiB (HAProxy {:.1}, nginx {:.1}) and the rest its binary's pages; a bare proxy of the same parts (hyper, tokio) spends {:.1} µs per request ({:.2}× HAProxy's), so splitter's own layer adds {:+.1} µs.",
             cpu(0, 0),
             CONNS[0],
             cpu(0, 0) / cpu(1, 0),
@@ -269,14 +289,23 @@ fn main() {
             CONNS[1],
             ka(0, 0) / ka(2, 0),
             ka(0, 1) / ka(2, 1),
-            added(0),
-            added(1),
-            added(2),
+            added(0, 0),
+            rates[0],
+            added(0, 1),
+            added(0, 2),
+            added(1, 0),
+            rates[1],
+            added(1, 1),
+            added(1, 2),
             mib(splitter_idle),
             mib(rss[0][1]),
             RSS_AT[1],
             mib(rss[1][1]),
             mib(rss[2][1]),
+            anon(splitter_idle),
+            anon(rss[0][1]),
+            anon(rss[1][1]),
+            anon(rss[2][1]),
             cpu(FLOOR_AT, 0),
             cpu(FLOOR_AT, 0) / cpu(1, 0),
             cpu(0, 0) - cpu(FLOOR_AT, 0),

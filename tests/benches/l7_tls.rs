@@ -54,7 +54,7 @@ use splitter_tests::{
     load::pin_current_thread,
     peers::{Haproxy, Nginx},
     report::{self, Bar},
-    rss_kib,
+    Rss,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -388,7 +388,7 @@ fn main() {
         let answer = answer.unwrap_or_else(|s| panic!("the bench's gRPC call {what}: {s}"));
         assert_eq!(answer.served_by, "v1", "the gRPC call {what} reached the backend");
     }
-    let rss_idle = rss_kib(agent_pid);
+    let rss_idle = Rss::of(agent_pid);
 
     // Rate runs, rounds interleaved: per round, every path of every scenario.
     let direct_url = format!("http://{BACKEND}/");
@@ -463,7 +463,7 @@ fn main() {
     let grpc_d = rps(&grpc_direct).0;
     w(rate_row("direct to the tonic server", &grpc_direct, grpc_d, None));
     w(rate_row("splitter (`upstream: h2c`)", &grpc_splitter, grpc_d, Some(1)));
-    let mib = |kib: u64| kib as f64 / 1024.0;
+    let mib = |r: Rss| r.total as f64 / 1024.0;
     w("\n#### RSS with TLS connections open (MiB)\n".into());
     let mut idle = vec![None; proxies.len()];
     idle[0] = Some(rss_idle);

@@ -22,7 +22,7 @@ use tokio::io::{unix::AsyncFd, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteEx
 
 use crate::{
     load::{assert_pinned, busy_per_cpu, median, pin_process, stolen_per_cpu},
-    process_cpu, rss_kib,
+    process_cpu, Rss,
 };
 
 /// The proxy under test runs here, alone.
@@ -76,8 +76,8 @@ impl Proxy {
     }
 
     /// Resident memory of the proxy's processes, KiB.
-    pub fn rss_kib(&self) -> u64 {
-        self.pids.iter().map(|p| rss_kib(*p)).sum()
+    pub fn rss(&self) -> Rss {
+        self.pids.iter().map(|p| Rss::of(*p)).fold(Rss::default(), |a, b| a + b)
     }
 }
 
@@ -633,35 +633,38 @@ pub fn with_open_connections<T: Send>(
 }
 
 /// Each proxy's RSS with each count of `at` connections open (over TLS
-/// where the proxy is), KiB: `[proxy][count]`.
+/// where the proxy is): `[proxy][count]`.
 pub fn rss_with_connections(
     ns: &NetNs,
     proxies: &[Proxy],
     tls: Option<Arc<ClientConfig>>,
     at: &[usize],
-) -> Vec<Vec<u64>> {
+) -> Vec<Vec<Rss>> {
     proxies
         .iter()
         .map(|p| {
             let tls = tls.clone().filter(|_| p.tls);
-            at.iter().map(|n| with_open_connections(ns, p.addr, tls.clone(), *n, || p.rss_kib())).collect()
+            at.iter().map(|n| with_open_connections(ns, p.addr, tls.clone(), *n, || p.rss())).collect()
         })
         .collect()
 }
 
 /// The RSS table in MiB: per proxy its idle RSS (when read) and its RSS
-/// with each count of `at` connections open (`rss[proxy][count]`, KiB).
-pub fn rss_table(proxies: &[Proxy], idle: &[Option<u64>], at: &[usize], rss: &[Vec<u64>]) -> String {
+/// with each count of `at` connections open (`rss[proxy][count]`), each
+/// as total and, in brackets, its anonymous part.
+pub fn rss_table(proxies: &[Proxy], idle: &[Option<Rss>], at: &[usize], rss: &[Vec<Rss>]) -> String {
     let mib = |kib: u64| format!("{:.1}", kib as f64 / 1024.0);
+    let cell = |r: &Rss| format!("{} ({})", mib(r.total), mib(r.anon));
     let mut md =
         format!("| proxy | idle |{}\n|---|---|", at.iter().map(|n| format!(" {n} open |")).collect::<String>());
     md += &"---|".repeat(at.len());
     md.push('\n');
     for ((p, idle), rss) in proxies.iter().zip(idle).zip(rss) {
-        let cells: String = rss.iter().map(|k| format!(" {} |", mib(*k))).collect();
+        let cells: String = rss.iter().map(|r| format!(" {} |", cell(r))).collect();
         let procs = if p.pids.len() > 1 { format!(" ({} processes)", p.pids.len()) } else { String::new() };
-        writeln!(md, "| {}{procs} | {} |{cells}", p.name, idle.map_or("—".into(), mib)).unwrap();
+        writeln!(md, "| {}{procs} | {} |{cells}", p.name, idle.as_ref().map_or("—".into(), cell)).unwrap();
     }
+    md += "\nEach cell: all resident memory (VmRSS) and, in brackets, its anonymous part (RssAnon: heap, stacks, what the process allocated). The rest is the pages of the binary and its libraries it has touched: shared with every process mapping them and dropped by the kernel under memory pressure.\n";
     md
 }
 
