@@ -247,7 +247,7 @@ fn main() {
     }
     let growth = |i: usize| p99(1, i) / p99(0, i);
     w(format!(
-        "From the lower rate to the higher, p99 grows {:.1}× straight to the origin, {:.1}× through splitter, {:.1}× through HAProxy and {:.1}× through nginx. A proxy's core is still far from busy at the higher rate (its CPU 1 column), but each request through a proxy is two hops, and the load core also processes the packets it sends and receives (its busy column): where every proxy's p99 grows alike, the queueing is on that side, not in a proxy.\n",
+        "From the lower rate to the higher, p99 grows {:.1}× straight to the origin, {:.1}× through splitter, {:.1}× through HAProxy and {:.1}× through nginx. Each request through a proxy is two hops, and the load core also processes the packets it sends and receives (its busy column): where every proxy's p99 grows alike, the queueing is on that side. A proxy that needs more of its core per request (its CPU 1 column) is nearer its own saturation at the same rate, and queues sooner.\n",
         growth(0),
         growth(1),
         growth(2),
@@ -255,6 +255,15 @@ fn main() {
     ));
     w("#### RSS (MiB)\n".into());
     w(rss_table(main, &idle, &RSS_AT, &rss));
+    let per_conn = |p: usize| (rss[p][1].anon as f64 - rss[p][0].anon as f64) / (RSS_AT[1] - RSS_AT[0]) as f64;
+    w(format!(
+        "Allocated (anonymous) memory per open connection, from {} to {} open: splitter {:.1} KiB, HAProxy {:.1} KiB, nginx {:.1} KiB. A splitter client connection keeps two hyper connections (its own and the endpoint connection it holds), each with its read buffer and its head write buffer for good, the endpoint connection's request channel, and a task each; HAProxy takes its buffers from a shared pool only while data passes.\n",
+        RSS_AT[0],
+        RSS_AT[1],
+        per_conn(0),
+        per_conn(1),
+        per_conn(2)
+    ));
     w("Idle: splitter is a fresh agent with one l7 service after one request (the bench's agent has two); HAProxy and nginx (with its two servers, plain and mirroring) before any load. With connections open: read after the rate and latency runs (an allocator may keep what the load made it take; splitter's agent hands its free heap pages back within 10 s of a peak, HAProxy keeps its buffer pools), each connection idle after one request, and splitter's connections each holding the endpoint connection its request was sent on. The splitter agent also holds the eBPF data path and the control plane.".into());
     if let Some((prof, counts)) = &profiled {
         let what = format!("splitter under wrk, {} keep-alive connections, pinned as above", CONNS[0]);
