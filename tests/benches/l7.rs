@@ -23,7 +23,8 @@
 //! is reported, and CPU per request comes from `/proc` of the proxy's own
 //! processes.
 //!
-//! With `SPLITTER_BENCH_PROFILE=SECS` it also profiles splitter under wrk
+//! With `SPLITTER_BENCH_PROFILE=SECS` (`cargo xtask bench` sets 5 unless
+//! it is set) it also profiles splitter under wrk
 //! (32 connections) with `perf record -g` for SECS seconds and adds where
 //! the time goes to the report (see [`splitter_tests::profile`]).
 //!

@@ -109,6 +109,11 @@ fn main() -> Result<()> {
             if out.exists() {
                 std::fs::remove_dir_all(&out).with_context(|| format!("clearing {}", out.display()))?;
             }
+            // The L7 bench profiles splitter with perf for the report (where
+            // its CPU goes), unless told otherwise.
+            if std::env::var_os("SPLITTER_BENCH_PROFILE").is_none() {
+                std::env::set_var("SPLITTER_BENCH_PROFILE", BENCH_PROFILE_SECS);
+            }
             let started = std::time::Instant::now();
             for bench in BENCHES {
                 cargo(&["bench", "--package", "splitter-tests", "--bench", bench])?;
@@ -226,6 +231,10 @@ fn soak(minutes: u64) -> Result<()> {
 /// Seconds per fuzz target in CI: a short pass that replays the seeds and
 /// explores a little; long runs are `cargo xtask fuzz --seconds N`.
 const CI_FUZZ_SECONDS: u64 = 20;
+
+/// Seconds the full bench run's L7 bench profiles splitter for
+/// (`SPLITTER_BENCH_PROFILE`).
+const BENCH_PROFILE_SECS: &str = "5";
 
 /// The benchmarks `cargo xtask bench` runs, in order; each writes
 /// `target/bench/NAME.md`.
