@@ -155,7 +155,10 @@ pub struct Nginx(pub Child);
 
 impl Nginx {
     /// nginx as a reverse proxy with one worker: on `listen` to `backend`
-    /// (keep-alive upstream, its documented tuning; client keep-alive without
+    /// (keep-alive upstream, its documented tuning, with as many idle
+    /// upstream connections kept as the benches open client connections:
+    /// with 64, 256 busy clients made it close and reopen upstream
+    /// connections all the time; client keep-alive without
     /// nginx's default cap of 1,000 requests per connection, which HAProxy and
     /// splitter do not have), and on `mirror_listen`
     /// the same with `mirror` sending `percent` % of requests (sampled with
@@ -175,7 +178,7 @@ impl Nginx {
             dir,
             "nginx",
             &format!(
-                "  upstream primary {{ server {backend}; keepalive 64; }}\n  upstream shadow {{ server {shadow}; keepalive 16; }}\n  split_clients \"${{request_id}}\" $mirrored {{ {percent}% 1; * 0; }}\n  server {{ listen {listen}; location / {{ proxy_pass http://primary; {upstream} }} }}\n  server {{\n    listen {mirror_listen};\n    location / {{ mirror /mirror; proxy_pass http://primary; {upstream} }}\n    location = /mirror {{ internal; if ($mirrored = 0) {{ return 204; }} proxy_pass http://shadow$request_uri; {upstream} }}\n  }}\n"
+                "  upstream primary {{ server {backend}; keepalive 256; }}\n  upstream shadow {{ server {shadow}; keepalive 16; }}\n  split_clients \"${{request_id}}\" $mirrored {{ {percent}% 1; * 0; }}\n  server {{ listen {listen}; location / {{ proxy_pass http://primary; {upstream} }} }}\n  server {{\n    listen {mirror_listen};\n    location / {{ mirror /mirror; proxy_pass http://primary; {upstream} }}\n    location = /mirror {{ internal; if ($mirrored = 0) {{ return 204; }} proxy_pass http://shadow$request_uri; {upstream} }}\n  }}\n"
             ),
         )
     }
@@ -193,7 +196,7 @@ impl Nginx {
             dir,
             "nginx-tls",
             &format!(
-                "  upstream primary {{ server {backend}; keepalive 64; }}\n  server {{\n    listen {listen} ssl;\n    ssl_protocols TLSv1.2 TLSv1.3;\n    ssl_certificate {};\n    ssl_certificate_key {};\n    location / {{ proxy_pass http://primary; {upstream} }}\n  }}\n",
+                "  upstream primary {{ server {backend}; keepalive 256; }}\n  server {{\n    listen {listen} ssl;\n    ssl_protocols TLSv1.2 TLSv1.3;\n    ssl_certificate {};\n    ssl_certificate_key {};\n    location / {{ proxy_pass http://primary; {upstream} }}\n  }}\n",
                 cert.display(),
                 key.display()
             ),
