@@ -468,7 +468,7 @@ fn main() {
     let mut idle = vec![None; proxies.len()];
     idle[0] = Some(rss_idle);
     w(rss_table(&proxies, &idle, &RSS_AT, &rss));
-    w("Idle is splitter's before the runs, with its two services; the others are read after the rate runs, as the l7 bench does (allocators keep what the load made them take), with each connection idle after one request. The splitter agent also holds the eBPF data path, the control plane and the gRPC service.".into());
+    w("Idle is splitter's before the runs, with its two services; the others are read after the rate runs, as the l7 bench does (an allocator may keep what the load made it take; splitter's agent hands its free heap pages back within 10 s of a peak), with each connection idle after one request. The splitter agent also holds the eBPF data path, the control plane and the gRPC service.".into());
     report::write_md("l7_tls", &md);
 
     let ka = |i: usize| keepalive.rps(i, 0);
