@@ -5,6 +5,8 @@
 //!
 //! It knows the agent only from the outside: the binary, the config file it
 //! writes, and one raw `status` exchange on the control socket (readiness).
+//! [`Rss`] reads a process's resident memory from the outside too (the
+//! agent's, a peer proxy's, a test's own).
 
 use std::{
     fs,
@@ -381,4 +383,36 @@ fn spawn(
         .stdout(log.try_clone()?)
         .stderr(log)
         .spawn()?)
+}
+
+/// A process's resident memory, KiB: all of it, and the anonymous part
+/// (heap, stacks: what the process allocated, where the rest is its
+/// binary's and libraries' pages, shared with every copy and given back
+/// under pressure).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Rss {
+    pub total: u64,
+    pub anon: u64,
+}
+
+impl Rss {
+    /// From `/proc/PID/status` (`VmRSS`, `RssAnon`).
+    pub fn of(pid: u32) -> Rss {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("process status");
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+                .unwrap_or_else(|| panic!("{name} in /proc/{pid}/status"))
+        };
+        Rss { total: field("VmRSS:"), anon: field("RssAnon:") }
+    }
+}
+
+impl std::ops::Add for Rss {
+    type Output = Rss;
+    fn add(self, o: Rss) -> Rss {
+        Rss { total: self.total + o.total, anon: self.anon + o.anon }
+    }
 }

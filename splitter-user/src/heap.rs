@@ -57,12 +57,7 @@ mod tests {
 
     /// This process's anonymous resident memory, KiB.
     fn rss_anon_kib() -> u64 {
-        let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("RssAnon:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("RssAnon")
+        splitter_testkit::agent_process::Rss::of(std::process::id()).anon
     }
 
     #[test]

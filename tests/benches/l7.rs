@@ -60,9 +60,10 @@ const CONNS: [usize; 2] = [32, 256];
 /// Connections of the open-loop latency runs.
 const LATENCY_CONNS: usize = 32;
 /// The open-loop rates, as shares of HAProxy's maximum at 32 connections:
-/// a quarter, where every proxy's core is mostly idle, and a half, near
-/// where this two-core machine's load side (generator, origin, and the
-/// packets' processing) starts queueing for every path.
+/// a quarter, where every proxy's core is mostly idle, and a half, where
+/// queueing starts to show: on the load side (generator, origin, and the
+/// packets' processing), and sooner in a proxy that needs more of its core
+/// per request.
 const LATENCY_AT: [f64; 2] = [0.25, 0.5];
 /// Seconds of each proxy's `perf stat` when profiling.
 const COUNT_SECS: u64 = 5;
