@@ -1,12 +1,13 @@
 //! The floor under splitter's l7 proxy, for the L7 bench: a bare reverse
-//! proxy built of the parts splitter's is built of (hyper-util's server and
-//! pooled client, on tokio's current-thread runtime, as `splitter run
-//! --workers 1`), doing none of splitter's own work (framing guard,
-//! routing, limits, statistics, forwarding headers, mirroring). What
-//! splitter spends above it is splitter's layer; what it spends above
-//! HAProxy is hyper's and tokio's. splitter's own HTTP/1.1 path to the
-//! endpoints (each client connection holding its endpoint connections)
-//! skips the pool lookups this floor pays per request.
+//! proxy built of off-the-shelf parts (hyper-util's server and pooled
+//! client, on tokio's current-thread runtime, as `splitter run --workers
+//! 1`), doing none of splitter's own work (framing guard, routing, limits,
+//! statistics, forwarding headers, mirroring). What splitter spends above
+//! it is splitter's layer; what it spends above HAProxy is hyper's and
+//! tokio's. splitter's own HTTP/1.1 path to the endpoints (each client
+//! connection holding its endpoint connections, driven by its own client in
+//! the client connection's task) skips the pool lookup and the hand-off to
+//! a connection task that this floor pays per request.
 //!
 //! The bench runs it as a child process (itself, with [`ARG`]), so that its
 //! CPU time and pinning are measured like every other proxy's.

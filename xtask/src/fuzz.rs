@@ -11,8 +11,8 @@ use anyhow::{bail, Context as _, Result};
 use crate::workspace_root;
 
 /// Every target, with the longest input libFuzzer may make for it.
-pub const TARGETS: [(&str, usize); 5] =
-    [("framing", 8192), ("route", 4096), ("cli_values", 256), ("config", 8192), ("packet", 2048)];
+pub const TARGETS: [(&str, usize); 6] =
+    [("framing", 8192), ("answer", 8192), ("route", 4096), ("cli_values", 256), ("config", 8192), ("packet", 2048)];
 
 /// Options of one `cargo xtask fuzz`.
 pub struct Options<'a> {

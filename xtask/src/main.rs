@@ -56,7 +56,7 @@ enum Task {
         /// outside its few `unsafe` blocks), address, leak...
         #[arg(long, default_value = "none")]
         sanitizer: String,
-        /// Targets to run (framing, route, cli_values, config, packet); all
+        /// Targets to run (framing, answer, route, cli_values, config, packet); all
         /// when none is named.
         targets: Vec<String>,
     },

@@ -1,11 +1,14 @@
 //! The HTTP/1.1 path to endpoints for requests of a client's HTTP/1
 //! connection: the client connection keeps the endpoint connections it
 //! used ([`Affinity`]), so a keep-alive client's next request goes out on
-//! the same one without a pool lookup, a lock held across services or a
-//! task hand-off; when the client connection closes they go to the
-//! service's idle list ([`Idle`]), where the next client connection finds
-//! them. A kept connection that the endpoint closed meanwhile is noticed
-//! before the request is written, and the request goes on a fresh one.
+//! the same one without a pool lookup or a lock held across services; when
+//! the client connection closes they go to the service's idle list
+//! ([`Idle`]), where the next client connection finds them. Each exchange
+//! runs in the client connection's task ([`super::origin`]); a connection
+//! comes back once its answer was read to the end. A kept connection that
+//! the endpoint closed meanwhile is noticed before the request is written,
+//! and the request goes on a fresh one; one that closes as a bodiless
+//! idempotent request goes out is replaced once.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -14,13 +17,15 @@ use std::{
     time::{Duration, Instant},
 };
 
-use http::{Request, Response};
-use hyper::{body::Incoming, client::conn::http1::SendRequest};
+use http::{request::Parts, Response};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Body;
 
-use super::{proxy::ProxyBody, upstream::UpstreamError};
-
-/// One HTTP/1.1 connection to an endpoint, as its sender.
-pub type Sender = SendRequest<ProxyBody>;
+use super::{
+    origin::{self, OriginConn, OriginError},
+    proxy::ProxyBody,
+    upstream::UpstreamError,
+};
 
 /// How long an endpoint connection may wait unused in the idle list.
 const IDLE_FOR: Duration = Duration::from_secs(90);
@@ -28,9 +33,6 @@ const IDLE_FOR: Duration = Duration::from_secs(90);
 const IDLE_PER_ENDPOINT: usize = 256;
 /// Endpoint connections one client connection keeps; more go to the idle list.
 const HELD_PER_CLIENT: usize = 8;
-/// How long a connection handed back while its last answer is still being
-/// read may take to become reusable before it is closed instead.
-const SETTLE: Duration = Duration::from_secs(5);
 /// How often, at most, a hand-back also looks through every endpoint's
 /// list for connections that waited too long or were closed (a hand-back
 /// per closing client connection must not cost a walk of every idle one).
@@ -46,52 +48,33 @@ pub struct Idle {
 /// last all looked through.
 #[derive(Default)]
 struct Lists {
-    conns: HashMap<SocketAddr, VecDeque<(Sender, Instant)>>,
+    conns: HashMap<SocketAddr, VecDeque<(OriginConn, Instant)>>,
     swept: Option<Instant>,
 }
 
 impl Idle {
     /// The newest usable idle connection to `endpoint`; stale and closed
     /// ones met on the way are dropped.
-    fn take(&self, endpoint: SocketAddr) -> Option<Sender> {
+    fn take(&self, endpoint: SocketAddr) -> Option<OriginConn> {
         let mut lists = self.lists.lock().unwrap_or_else(PoisonError::into_inner);
         let list = lists.conns.get_mut(&endpoint)?;
-        while let Some((sender, since)) = list.pop_back() {
-            if !sender.is_closed() && since.elapsed() < IDLE_FOR {
-                return Some(sender);
+        while let Some((mut conn, since)) = list.pop_back() {
+            if since.elapsed() < IDLE_FOR && conn.usable() {
+                return Some(conn);
             }
         }
         None
     }
 
-    /// Keeps `sender` for the next request to `endpoint`, once it can take
-    /// one (its last answer read to the end); a closed one is dropped.
-    fn put(self: &Arc<Self>, endpoint: SocketAddr, mut sender: Sender) {
-        if sender.is_closed() {
-            return;
-        }
-        if sender.is_ready() {
-            self.keep(endpoint, sender);
-            return;
-        }
-        let idle = Arc::downgrade(self);
-        tokio::spawn(async move {
-            if let Ok(Ok(())) = tokio::time::timeout(SETTLE, sender.ready()).await {
-                if let Some(idle) = idle.upgrade() {
-                    idle.keep(endpoint, sender);
-                }
-            }
-        });
-    }
-
-    fn keep(&self, endpoint: SocketAddr, sender: Sender) {
+    /// Keeps `conn` for the next request to `endpoint`.
+    fn put(&self, endpoint: SocketAddr, conn: OriginConn) {
         let mut lists = self.lists.lock().unwrap_or_else(PoisonError::into_inner);
         let now = Instant::now();
         // Whatever waited too long anywhere goes, so an endpoint no longer
         // used does not keep its connections open.
         if lists.swept.is_none_or(|at| now.duration_since(at) >= SWEEP_EVERY) {
             lists.conns.retain(|_, list| {
-                list.retain(|(s, since)| !s.is_closed() && now.duration_since(*since) < IDLE_FOR);
+                list.retain_mut(|(c, since)| now.duration_since(*since) < IDLE_FOR && c.usable());
                 !list.is_empty()
             });
             lists.swept = Some(now);
@@ -100,7 +83,7 @@ impl Idle {
         if list.len() >= IDLE_PER_ENDPOINT {
             list.pop_front();
         }
-        list.push_back((sender, now));
+        list.push_back((conn, now));
     }
 
     /// How many idle connections wait, over all endpoints.
@@ -115,23 +98,23 @@ impl Idle {
 /// old connection is not used for the new settings).
 #[derive(Default)]
 pub struct Affinity {
-    held: Mutex<Vec<(Arc<Idle>, SocketAddr, Sender)>>,
+    held: Mutex<Vec<(Arc<Idle>, SocketAddr, OriginConn)>>,
 }
 
 impl Affinity {
-    fn take(&self, idle: &Arc<Idle>, endpoint: SocketAddr) -> Option<Sender> {
+    fn take(&self, idle: &Arc<Idle>, endpoint: SocketAddr) -> Option<OriginConn> {
         let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
         let at = held.iter().position(|(i, e, _)| *e == endpoint && Arc::ptr_eq(i, idle))?;
         Some(held.swap_remove(at).2)
     }
 
-    fn hold(&self, idle: &Arc<Idle>, endpoint: SocketAddr, sender: Sender) {
+    fn hold(&self, idle: &Arc<Idle>, endpoint: SocketAddr, conn: OriginConn) {
         let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
         if held.len() < HELD_PER_CLIENT {
-            held.push((idle.clone(), endpoint, sender));
+            held.push((idle.clone(), endpoint, conn));
         } else {
             drop(held);
-            idle.put(endpoint, sender);
+            idle.put(endpoint, conn);
         }
     }
 }
@@ -139,57 +122,54 @@ impl Affinity {
 impl Drop for Affinity {
     fn drop(&mut self) {
         let held = std::mem::take(self.held.get_mut().unwrap_or_else(PoisonError::into_inner));
-        for (idle, endpoint, sender) in held {
-            idle.put(endpoint, sender);
+        for (idle, endpoint, conn) in held {
+            idle.put(endpoint, conn);
         }
     }
 }
 
-/// Sends `req` to `endpoint` on a connection `affinity` holds, else on an
-/// idle one of the service, else on a new one from `dial` (whose failure is
-/// the connect error). The connection is held again once the answer's head
-/// is in.
+/// Sends `head` and `body` to `endpoint` on a connection `affinity` holds,
+/// else on an idle one of the service, else on a new one from `dial` (whose
+/// failure is the connect error). `affinity` holds the connection again
+/// once the answer was read to the end.
 pub async fn send<D, F>(
     idle: &Arc<Idle>,
-    affinity: &Affinity,
+    affinity: &Arc<Affinity>,
     endpoint: SocketAddr,
-    mut req: Request<ProxyBody>,
+    head: Parts,
+    body: ProxyBody,
     dial: D,
-) -> Result<Response<Incoming>, UpstreamError>
+) -> Result<Response<ProxyBody>, UpstreamError>
 where
-    D: FnOnce() -> F,
-    F: std::future::Future<Output = Result<Sender, UpstreamError>>,
+    D: Fn() -> F,
+    F: std::future::Future<Output = Result<OriginConn, UpstreamError>>,
 {
-    let mut held = affinity.take(idle, endpoint);
-    // A kept connection first; one that the endpoint closed meanwhile gives
-    // the request back unsent, and the next is tried.
-    loop {
-        let Some(mut sender) = held.take().or_else(|| idle.take(endpoint)) else { break };
-        if sender.ready().await.is_err() {
-            continue;
+    let kept = affinity.take(idle, endpoint).and_then(|mut c| c.usable().then_some(c)).or_else(|| idle.take(endpoint));
+    let again = body.is_end_stream() && super::proxy::is_idempotent(&head.method);
+    let keep = {
+        let (idle, affinity) = (idle.clone(), affinity.clone());
+        move |conn| affinity.hold(&idle, endpoint, conn)
+    };
+    let conn = match kept {
+        Some(conn) => conn,
+        None => dial().await?,
+    };
+    match origin::exchange(conn, &head, body, keep.clone()).await {
+        // Closed by the endpoint as the request went out: once more, on a
+        // new connection.
+        Err(OriginError::ClosedUnanswered) if again => {
+            let conn = dial().await?;
+            origin::exchange(conn, &head, Empty::new().map_err(|never| match never {}).boxed(), keep)
+                .await
+                .map_err(|e| UpstreamError::Request(e.to_string()))
         }
-        match sender.try_send_request(req).await {
-            Ok(resp) => {
-                affinity.hold(idle, endpoint, sender);
-                return Ok(resp);
-            }
-            Err(mut e) => match e.take_message() {
-                Some(unsent) => req = unsent,
-                None => return Err(UpstreamError::Request(super::upstream::describe(e.error()))),
-            },
-        }
+        sent => sent.map_err(|e| UpstreamError::Request(e.to_string())),
     }
-    let mut sender = dial().await?;
-    sender.ready().await.map_err(|e| UpstreamError::Connect(super::upstream::describe(&e)))?;
-    let resp = sender.send_request(req).await.map_err(|e| UpstreamError::Request(super::upstream::describe(&e)))?;
-    affinity.hold(idle, endpoint, sender);
-    Ok(resp)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http_body_util::{BodyExt, Empty};
     use hyper_util::rt::TokioIo;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -223,24 +203,22 @@ mod tests {
         (addr, accepted)
     }
 
-    async fn dial(endpoint: SocketAddr) -> Result<Sender, UpstreamError> {
+    async fn dial(endpoint: SocketAddr) -> Result<OriginConn, UpstreamError> {
         let tcp = tokio::net::TcpStream::connect(endpoint).await.map_err(|e| UpstreamError::Connect(e.to_string()))?;
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-            .await
-            .map_err(|e| UpstreamError::Connect(e.to_string()))?;
-        tokio::spawn(conn);
-        Ok(sender)
+        Ok(OriginConn::new(super::origin::Io::Plain(tcp)))
     }
 
-    fn get() -> Request<ProxyBody> {
-        Request::builder()
-            .uri("/")
-            .header(http::header::HOST, "x")
-            .body(Empty::new().map_err(|never| match never {}).boxed())
-            .unwrap()
+    async fn send_get(
+        idle: &Arc<Idle>,
+        affinity: &Arc<Affinity>,
+        ep: SocketAddr,
+    ) -> Result<Response<ProxyBody>, UpstreamError> {
+        let (head, ()) =
+            http::Request::builder().uri("/").header(http::header::HOST, "x").body(()).unwrap().into_parts();
+        send(idle, affinity, ep, head, Empty::new().map_err(|never| match never {}).boxed(), || dial(ep)).await
     }
 
-    async fn body(resp: Response<Incoming>) -> String {
+    async fn body(resp: Response<ProxyBody>) -> String {
         String::from_utf8(resp.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap()
     }
 
@@ -248,19 +226,19 @@ mod tests {
     async fn a_client_connection_keeps_its_endpoint_connection_and_hands_it_on_when_it_closes() {
         let (ep, accepted) = endpoint(None).await;
         let idle = Arc::new(Idle::default());
-        let first = Affinity::default();
+        let first = Arc::new(Affinity::default());
         for _ in 0..5 {
-            let resp = send(&idle, &first, ep, get(), || dial(ep)).await.unwrap();
+            let resp = send_get(&idle, &first, ep).await.unwrap();
             assert_eq!(body(resp).await, "1", "every request on the first connection");
         }
         // A second client connection at the same time gets its own.
-        let second = Affinity::default();
-        assert_eq!(body(send(&idle, &second, ep, get(), || dial(ep)).await.unwrap()).await, "2");
+        let second = Arc::new(Affinity::default());
+        assert_eq!(body(send_get(&idle, &second, ep).await.unwrap()).await, "2");
         drop(first);
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert_eq!(idle.len(), 1, "the closed client's endpoint connection is idle");
-        let third = Affinity::default();
-        assert_eq!(body(send(&idle, &third, ep, get(), || dial(ep)).await.unwrap()).await, "1", "reused");
+        let third = Arc::new(Affinity::default());
+        assert_eq!(body(send_get(&idle, &third, ep).await.unwrap()).await, "1", "reused");
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }
 
@@ -268,9 +246,9 @@ mod tests {
     async fn a_connection_the_endpoint_closed_is_replaced_without_failing_the_request() {
         let (ep, accepted) = endpoint(Some(1)).await;
         let idle = Arc::new(Idle::default());
-        let client = Affinity::default();
+        let client = Arc::new(Affinity::default());
         for i in 1..=4 {
-            let resp = send(&idle, &client, ep, get(), || dial(ep)).await.unwrap();
+            let resp = send_get(&idle, &client, ep).await.unwrap();
             assert_eq!(body(resp).await, i.to_string());
             // Let the connection see the endpoint's close.
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -284,7 +262,44 @@ mod tests {
         let ep = listener.local_addr().unwrap();
         drop(listener);
         let idle = Arc::new(Idle::default());
-        let err = send(&idle, &Affinity::default(), ep, get(), || dial(ep)).await.unwrap_err();
+        let err = send_get(&idle, &Arc::default(), ep).await.unwrap_err();
         assert!(err.is_connect(), "{err}");
+    }
+
+    /// An endpoint whose first connection answers one request ("1") and
+    /// closes at the next without answering; later connections answer
+    /// every request with their number.
+    async fn closes_unanswered() -> SocketAddr {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            for n in 1.. {
+                let (mut s, _) = listener.accept().await.unwrap();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    for answered in 0.. {
+                        // A GET's head comes in one read here.
+                        if !matches!(s.read(&mut buf).await, Ok(k) if k > 0) || n == 1 && answered == 1 {
+                            return;
+                        }
+                        let answer = format!("HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\n{n}");
+                        s.write_all(answer.as_bytes()).await.unwrap();
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_kept_connection_closed_as_a_get_goes_out_is_replaced_once() {
+        let ep = closes_unanswered().await;
+        let idle = Arc::new(Idle::default());
+        let client = Arc::new(Affinity::default());
+        assert_eq!(body(send_get(&idle, &client, ep).await.unwrap()).await, "1");
+        // The kept connection looks fine; the endpoint closes it unanswered.
+        let resp = send_get(&idle, &client, ep).await.expect("sent again on a new connection");
+        assert_eq!(body(resp).await, "2");
     }
 }

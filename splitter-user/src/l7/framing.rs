@@ -384,15 +384,40 @@ fn decide(headers: &[httparse::Header<'_>]) -> Result<State, Refusal> {
 /// ends, hex sizes of at most 15 digits, whitespace only before an
 /// extension): bytes consumed and the next state; [`State::Broken`] at the
 /// first byte that breaks the grammar.
-fn step_chunked(mut c: Chunk, input: &[u8]) -> (usize, State) {
+fn step_chunked(c: Chunk, input: &[u8]) -> (usize, State) {
+    walk_chunked(c, input, &mut |_, _| {}, false)
+}
+
+/// What a span of a chunked body is: chunk data, or trailer section bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Span {
+    Data,
+    Trailer,
+}
+
+/// [`step_chunked`], telling `on` where the data and the trailer bytes are;
+/// with `stop_after_data` it returns right after the first data span.
+fn walk_chunked(
+    mut c: Chunk,
+    input: &[u8],
+    on: &mut dyn FnMut(Span, std::ops::Range<usize>),
+    stop_after_data: bool,
+) -> (usize, State) {
     let mut i = 0;
     while i < input.len() {
         let b = input[i];
+        if matches!(c, Chunk::Trailer { .. }) {
+            on(Span::Trailer, i..i + 1);
+        }
         c = match c {
             Chunk::Data(n) => {
                 let take = n.min((input.len() - i) as u64) as usize;
+                on(Span::Data, i..i + take);
                 i += take;
                 c = if n == take as u64 { Chunk::DataEnd(2) } else { Chunk::Data(n - take as u64) };
+                if stop_after_data {
+                    return (i, State::Chunked(c));
+                }
                 continue;
             }
             Chunk::DataEnd(2) if b == b'\r' => Chunk::DataEnd(1),
@@ -437,6 +462,58 @@ fn step_chunked(mut c: Chunk, input: &[u8]) -> (usize, State) {
         i += 1;
     }
     (i, State::Chunked(c))
+}
+
+/// A chunked body read by the proxy itself (an endpoint's answer, in
+/// [`super::origin`]), on the same strict grammar the guard holds clients'
+/// bodies to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Chunked(ChunkedAt);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ChunkedAt {
+    In(Chunk),
+    Done,
+}
+
+/// A chunked body broke the grammar.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Malformed;
+
+impl Default for Chunked {
+    fn default() -> Self {
+        Chunked(ChunkedAt::In(Chunk::Size { value: 0, digits: 0, after: After::Digits }))
+    }
+}
+
+impl Chunked {
+    /// Reads `input` up to the end of its first data span (or to its end,
+    /// or the body's): the bytes used, and where that data is; trailer
+    /// bytes met on the way go to `trailer`.
+    pub fn next(
+        &mut self,
+        input: &[u8],
+        trailer: &mut dyn FnMut(std::ops::Range<usize>),
+    ) -> Result<(usize, Option<std::ops::Range<usize>>), Malformed> {
+        let ChunkedAt::In(c) = self.0 else { return Ok((0, None)) };
+        let mut data = None;
+        let mut on = |span, range: std::ops::Range<usize>| match span {
+            Span::Data => data = Some(range),
+            Span::Trailer => trailer(range),
+        };
+        let (used, next) = walk_chunked(c, input, &mut on, true);
+        self.0 = match next {
+            State::Chunked(c) => ChunkedAt::In(c),
+            State::Head => ChunkedAt::Done,
+            _ => return Err(Malformed),
+        };
+        Ok((used, data))
+    }
+
+    /// The body's last byte (the trailer section's end) was read.
+    pub fn done(&self) -> bool {
+        self.0 == ChunkedAt::Done
+    }
 }
 
 /// Length of the empty lines (CRLF or bare LF) `head` starts with.

@@ -15,6 +15,7 @@ pub mod affine;
 pub mod conn;
 pub mod framing;
 pub mod mirror;
+pub mod origin;
 pub mod proxy;
 pub mod route;
 pub mod site;

@@ -29,7 +29,43 @@ use super::{
 };
 
 /// The body every response and upstream request carries.
-pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
+pub type ProxyBody = BoxBody<Bytes, BodyError>;
+
+/// Why a body failed: hyper's error, or the proxy's own HTTP/1.1 client's
+/// ([`super::origin`]). A type of its own: with a boxed error as the
+/// body's, spawned futures fail the compiler's `Send` check.
+#[derive(Debug)]
+pub struct BodyError(Box<dyn std::error::Error + Send + Sync>);
+
+impl std::fmt::Display for BodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for BodyError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.0)
+    }
+}
+
+impl From<hyper::Error> for BodyError {
+    fn from(e: hyper::Error) -> Self {
+        BodyError(Box::new(e))
+    }
+}
+
+impl From<std::io::Error> for BodyError {
+    fn from(e: std::io::Error) -> Self {
+        BodyError(Box::new(e))
+    }
+}
+
+impl From<&'static str> for BodyError {
+    fn from(why: &'static str) -> Self {
+        BodyError(why.into())
+    }
+}
 
 /// Headers that describe one hop only (RFC 9110 §7.6.1), never forwarded
 /// (`TE: trailers` is put back: it says the client takes trailers, which
@@ -67,7 +103,7 @@ pub struct ClientConn {
     /// What its requests add to the forwarding headers.
     pub forwarding: Forwarding,
     /// The endpoint connections its HTTP/1 requests went out on.
-    pub affinity: super::affine::Affinity,
+    pub affinity: Arc<super::affine::Affinity>,
 }
 
 /// Handles one request from `conn`. A gRPC request that the proxy
@@ -322,12 +358,12 @@ struct GrpcWatch {
 
 impl Body for GrpcWatch {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, BodyError>>> {
         let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
         match &polled {
             std::task::Poll::Ready(Some(Ok(frame))) => {
@@ -398,13 +434,13 @@ impl Watched {
 
 impl Body for Watched {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
-        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, BodyError>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx).map_err(BodyError::from);
         match &polled {
             std::task::Poll::Ready(Some(Err(_))) => self.watch.0.failed.store(true, Relaxed),
             std::task::Poll::Ready(None) => self.watch.0.done.store(true, Relaxed),

@@ -23,13 +23,13 @@ use std::{
     time::Duration,
 };
 
-use futures_util::future::Either;
 use http::{
     header,
     request::Parts,
     uri::{Authority, PathAndQuery, Scheme},
     HeaderValue, Request, Response, Uri, Version,
 };
+use http_body_util::BodyExt;
 use hyper::{body::Incoming, client::conn::http2::SendRequest};
 use hyper_util::{
     client::legacy::{
@@ -49,7 +49,11 @@ use splitter_model::config::{
 use thiserror::Error;
 use tokio::net::TcpStream;
 
-use super::{proxy::ProxyBody, tls::TlsError};
+use super::{
+    origin::{Io, OriginConn},
+    proxy::ProxyBody,
+    tls::TlsError,
+};
 
 /// Why a request got no response from an endpoint.
 #[derive(Debug, Error)]
@@ -298,8 +302,8 @@ impl Upstreams {
         endpoint: SocketAddr,
         mut head: Parts,
         body: ProxyBody,
-        affinity: Option<&super::affine::Affinity>,
-    ) -> Result<Response<Incoming>, UpstreamError> {
+        affinity: Option<&Arc<super::affine::Affinity>>,
+    ) -> Result<Response<ProxyBody>, UpstreamError> {
         // The client's path and query, moved (not parsed again) into the
         // endpoint's URI.
         let pq =
@@ -314,13 +318,12 @@ impl Upstreams {
                 head.headers.entry(header::HOST).or_insert_with(|| {
                     HeaderValue::from_str(endpoint_authority(endpoint).as_str()).expect("an address is a header value")
                 });
-                let req = Request::from_parts(head, body);
                 let affinity = affinity.expect("matched");
                 // Boxed: the connect and TLS handshake inside would make
                 // every request's future (moved into its box) kilobytes
                 // larger, for the few requests that dial.
                 let dial = || Box::pin(self.dial.http1(endpoint));
-                super::affine::send(&self.idle, affinity, endpoint, req, dial).await
+                super::affine::send(&self.idle, affinity, endpoint, head, body, dial).await
             }
             Via::Http1 => {
                 head.version = Version::HTTP_11;
@@ -330,7 +333,7 @@ impl Upstreams {
                     Http1::Plain(client) => client.request(req).await,
                     Http1::Tls(client) => client.request(req).await,
                 };
-                sent.map_err(|e| {
+                sent.map(boxed).map_err(|e| {
                     if e.is_connect() {
                         UpstreamError::Connect(describe(&e))
                     } else {
@@ -355,10 +358,16 @@ impl Upstreams {
                 sender
                     .send_request(Request::from_parts(head, body))
                     .await
+                    .map(boxed)
                     .map_err(|e| UpstreamError::Request(describe(&e)))
             }
         }
     }
+}
+
+/// An answer of hyper's clients, with the body every answer carries.
+fn boxed(resp: Response<Incoming>) -> Response<ProxyBody> {
+    resp.map(|body| body.map_err(Into::into).boxed())
 }
 
 /// The HTTP/1.1 pool's connector with `upstream.tls`: TCP (hyper-util's
@@ -528,32 +537,18 @@ impl Dialer {
     }
 
     /// A new HTTP/1.1 connection to `endpoint` (over TLS with ALPN
-    /// `http/1.1` when configured), driven by a task of its own.
-    async fn http1(&self, endpoint: SocketAddr) -> Result<super::affine::Sender, UpstreamError> {
+    /// `http/1.1` when configured), for [`super::origin`].
+    async fn http1(&self, endpoint: SocketAddr) -> Result<OriginConn, UpstreamError> {
         let tcp = self.tcp(endpoint).await?;
-        let handshake = |e: hyper::Error| UpstreamError::Connect(format!("HTTP/1.1 handshake: {}", describe(&e)));
-        let (sender, conn) = match &self.tls {
-            None => {
-                let (sender, conn) =
-                    hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.map_err(handshake)?;
-                (sender, Either::Left(conn))
-            }
-            Some(tls) => {
-                let stream = tls
-                    .handshake(Alpn::Http1, tcp, endpoint, self.connect_timeout)
+        let io = match &self.tls {
+            None => Io::Plain(tcp),
+            Some(tls) => Io::Tls(Box::new(
+                tls.handshake(Alpn::Http1, tcp, endpoint, self.connect_timeout)
                     .await
-                    .map_err(UpstreamError::Connect)?;
-                let (sender, conn) =
-                    hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(handshake)?;
-                (sender, Either::Right(conn))
-            }
+                    .map_err(UpstreamError::Connect)?,
+            )),
         };
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%endpoint, "HTTP/1.1 connection to the endpoint ended: {e}");
-            }
-        });
-        Ok(sender)
+        Ok(OriginConn::new(io))
     }
 
     /// A new HTTP/2 connection to `endpoint` (h2c, or TLS with ALPN `h2`).
