@@ -8,24 +8,11 @@
 
 use http::Method;
 use libfuzzer_sys::fuzz_target;
-use splitter_user::l7::origin::read_answer;
 
-/// `bytes` cut into reads whose lengths cycle through three values `pattern`
-/// chooses (1 to 61 bytes).
-fn pieces(bytes: &[u8], pattern: u8) -> Vec<&[u8]> {
-    let lens = [1 + usize::from(pattern % 7), 1 + usize::from(pattern % 13), 1 + usize::from(pattern % 61)];
-    let mut rest = bytes;
-    let mut out = Vec::new();
-    for n in lens.into_iter().cycle() {
-        if rest.is_empty() {
-            break;
-        }
-        let (piece, tail) = rest.split_at(n.min(rest.len()));
-        out.push(piece);
-        rest = tail;
-    }
-    out
-}
+#[path = "shared/pieces.rs"]
+mod shared;
+use shared::pieces;
+use splitter_user::l7::origin::read_answer;
 
 // The first byte picks how the rest is cut into reads, and its low bit
 // whether the request was a HEAD.

@@ -7,6 +7,10 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+
+#[path = "shared/pieces.rs"]
+mod shared;
+use shared::pieces;
 use splitter_user::l7::framing::{Framing, Refusal};
 
 /// Heads longer than this are handed to hyper unfollowed, at a point that
@@ -33,23 +37,6 @@ fn guard_fast<'a>(reads: impl IntoIterator<Item = &'a [u8]>) -> (Vec<u8>, Option
         framing.feed(&read[passed..], &mut out);
     }
     (out, framing.refusal())
-}
-
-/// `bytes` cut into reads whose lengths cycle through three values `pattern`
-/// chooses (1 to 61 bytes).
-fn pieces(bytes: &[u8], pattern: u8) -> Vec<&[u8]> {
-    let lens = [1 + usize::from(pattern % 7), 1 + usize::from(pattern % 13), 1 + usize::from(pattern % 61)];
-    let mut rest = bytes;
-    let mut out = Vec::new();
-    for n in lens.into_iter().cycle() {
-        if rest.is_empty() {
-            break;
-        }
-        let (piece, tail) = rest.split_at(n.min(rest.len()));
-        out.push(piece);
-        rest = tail;
-    }
-    out
 }
 
 // The first byte picks how the rest is cut into reads.
